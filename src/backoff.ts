@@ -1,0 +1,55 @@
+/** Retry delays after a failed attempt. */
+import { type Duration, parseDuration } from "./duration.js";
+import { ConfigError } from "./errors.js";
+import { rejectUnknownKeys } from "./suggest.js";
+
+export type Backoff =
+  | { type: "exponential"; base?: Duration; max?: Duration; jitter?: boolean }
+  | { type: "fixed"; delay: Duration; jitter?: boolean }
+  | ((attempt: number) => Duration);
+
+/** A resolved backoff: milliseconds to wait before attempt `attempt + 1`, given that `attempt` (1-based) failed. */
+export type BackoffFn = (attempt: number) => number;
+
+export const DEFAULT_BACKOFF = { type: "exponential", base: "1s", max: "1h", jitter: true } as const;
+
+export function resolveBackoff(option: Backoff | undefined, where: string): BackoffFn {
+  const spec = option ?? DEFAULT_BACKOFF;
+  const fail = (message: string) => new ConfigError(`${where}: ${message}`);
+  if (typeof spec === "function") {
+    return (attempt) => {
+      const ms = parseDuration(spec(attempt), `${where}(${attempt})`);
+      // A user function that returns garbage at run time must not wedge retries: fall back to the default.
+      return typeof ms === "number" ? ms : exponential(1000, 3_600_000, true)(attempt);
+    };
+  }
+  if (typeof spec !== "object" || spec === null) throw fail(`backoff must be { type: "exponential" | "fixed", ... } or a function`);
+  if (spec.type === "exponential") {
+    rejectUnknownKeys(spec, ["type", "base", "max", "jitter"], `${where} (exponential)`, (m) => new ConfigError(m));
+    const base = duration(spec.base ?? "1s", `${where}.base`);
+    const max = duration(spec.max ?? "1h", `${where}.max`);
+    return exponential(base, max, spec.jitter ?? true);
+  }
+  if (spec.type === "fixed") {
+    rejectUnknownKeys(spec, ["type", "delay", "jitter"], `${where} (fixed)`, (m) => new ConfigError(m));
+    const delay = duration(spec.delay, `${where}.delay`);
+    const jitter = spec.jitter ?? false;
+    return () => (jitter ? delay * (0.5 + Math.random() / 2) : delay);
+  }
+  throw fail(`backoff.type must be "exponential" or "fixed", got ${JSON.stringify((spec as { type?: unknown }).type)}`);
+}
+
+function duration(value: unknown, what: string): number {
+  const ms = parseDuration(value, what);
+  if (typeof ms === "string") throw new ConfigError(ms);
+  return ms;
+}
+
+function exponential(baseMs: number, maxMs: number, jitter: boolean): BackoffFn {
+  return (attempt) => {
+    const raw = Math.min(maxMs, baseMs * 2 ** Math.min(attempt - 1, 40));
+    // "Equal jitter": between half and all of the delay, so retries of a burst spread out
+    // but never fire sooner than half the nominal delay.
+    return jitter ? raw / 2 + Math.random() * (raw / 2) : raw;
+  };
+}

@@ -1,0 +1,166 @@
+/**
+ * Engine options, validated once at construction into a frozen object with
+ * every default in one place. An unknown key is an error that suggests the
+ * nearest valid one.
+ */
+import { hostname } from "node:os";
+import { randomBytes } from "node:crypto";
+import type pg from "pg";
+import type { AnyMachine } from "./define.js";
+import { type Duration, describe, toMs } from "./duration.js";
+import { ConfigError } from "./errors.js";
+import { silentLogger, type Logger } from "./logger.js";
+import { DEFAULT_SCHEMA } from "./migrate.js";
+import { checkName, checkSchemaName } from "./names.js";
+import { rejectUnknownKeys } from "./suggest.js";
+
+export type QueueOption = number | { concurrency: number };
+
+export interface GenDurableOptions {
+  /** Postgres connection string (or pass `pool`). */
+  connectionString?: string;
+  /** Your own pg.Pool; the engine then does not end it on stop(). */
+  pool?: pg.Pool;
+  /** Schema holding gen-durable's tables. Default "gen_durable". */
+  schema?: string;
+  /** Queues this node runs, with per-node concurrency. None: a pure client that runs no loops. */
+  queues?: Record<string, QueueOption>;
+  /** Machines and jobs this node may run. */
+  machines?: readonly AnyMachine[];
+  /** How long a claim holds an instance without renewal. Default "30s". */
+  leaseDuration?: Duration;
+  /** Poll for due work this often even without NOTIFY. Default "1s". */
+  pollInterval?: Duration;
+  /** How often the reaper looks for expired leases. Default "5s". */
+  reaperInterval?: Duration;
+  /** On stop(), how long in-flight steps may run before their leases are released. Default "10s". */
+  shutdownGrace?: Duration;
+  /** Largest JSON state, args, result or signal payload, in bytes. Default 1 MiB. */
+  maxPayloadBytes?: number;
+  /** Size of the pool the engine creates from connectionString. Default 10. */
+  poolSize?: number;
+  /** A pino-style logger. Default: silent. */
+  logger?: Logger;
+  /** Name of this node in leases (`leased_by`). Default host:pid:random. */
+  nodeId?: string;
+}
+
+export interface ResolvedConfig {
+  connectionString: string | undefined;
+  pool: pg.Pool | undefined;
+  schema: string;
+  channel: string;
+  queues: ReadonlyMap<string, { concurrency: number }>;
+  machines: ReadonlyMap<string, AnyMachine>;
+  leaseMs: number;
+  pollMs: number;
+  reaperMs: number;
+  shutdownGraceMs: number;
+  maxPayloadBytes: number;
+  poolSize: number;
+  logger: Logger;
+  nodeId: string;
+}
+
+const KEYS = [
+  "connectionString",
+  "pool",
+  "schema",
+  "queues",
+  "machines",
+  "leaseDuration",
+  "pollInterval",
+  "reaperInterval",
+  "shutdownGrace",
+  "maxPayloadBytes",
+  "poolSize",
+  "logger",
+  "nodeId",
+] as const satisfies ReadonlyArray<keyof GenDurableOptions>;
+
+export const DEFAULTS = {
+  schema: DEFAULT_SCHEMA,
+  leaseDuration: "30s",
+  pollInterval: "1s",
+  reaperInterval: "5s",
+  shutdownGrace: "10s",
+  maxPayloadBytes: 1024 * 1024,
+  poolSize: 10,
+} as const;
+
+export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
+  const fail = (m: string) => new ConfigError(`GenDurable: ${m}`);
+  if (typeof options !== "object" || options === null) throw fail("options are required, e.g. new GenDurable({ connectionString })");
+  rejectUnknownKeys(options, KEYS, "GenDurable", (m) => new ConfigError(m));
+  if (options.pool === undefined && (typeof options.connectionString !== "string" || options.connectionString === "")) {
+    throw fail("connectionString (or pool) is required, e.g. connectionString: process.env.DATABASE_URL");
+  }
+  const schema = checkSchemaName(options.schema ?? DEFAULTS.schema, fail);
+
+  const queues = new Map<string, { concurrency: number }>();
+  if (options.queues !== undefined) {
+    if (typeof options.queues !== "object" || options.queues === null || Array.isArray(options.queues)) {
+      throw fail(`queues must be an object such as { default: 10 }, got ${describe(options.queues)}`);
+    }
+    for (const [name, value] of Object.entries(options.queues)) {
+      checkName(name, `queues: queue name`, fail);
+      const concurrency = typeof value === "number" ? value : (value as { concurrency?: unknown } | null)?.concurrency;
+      if (typeof value === "object" && value !== null) rejectUnknownKeys(value, ["concurrency"], `GenDurable: queues.${name}`, (m) => new ConfigError(m));
+      if (typeof concurrency !== "number" || !Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
+        throw fail(`queues.${name} must be a concurrency from 1 to 10000 (or { concurrency }), got ${describe(value)}`);
+      }
+      queues.set(name, { concurrency });
+    }
+  }
+
+  const machines = new Map<string, AnyMachine>();
+  if (options.machines !== undefined) {
+    if (!Array.isArray(options.machines)) throw fail("machines must be an array of defineMachine/defineJob results");
+    for (const [i, machine] of options.machines.entries()) {
+      if (typeof machine !== "object" || machine === null || !(machine.steps instanceof Map) || typeof machine.name !== "string") {
+        throw fail(`machines[${i}] is ${describe(machine)}, not a defineMachine/defineJob result`);
+      }
+      const twin = machines.get(machine.name);
+      if (twin && twin !== machine) throw fail(`two different machines are named "${machine.name}"`);
+      if (queues.size > 0 && !queues.has(machine.queue)) {
+        throw fail(`machine "${machine.name}" runs on queue "${machine.queue}", which is not in queues (${[...queues.keys()].join(", ")})`);
+      }
+      machines.set(machine.name, machine);
+    }
+  }
+
+  const positiveInt = (value: unknown, key: string, def: number, max: number) => {
+    if (value === undefined) return def;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
+    return value;
+  };
+  const ms = (value: unknown, key: keyof typeof DEFAULTS, min: number) => {
+    const parsed = toMs(value ?? DEFAULTS[key], key, fail);
+    if (parsed < min) throw fail(`${key} must be at least ${min} ms, got ${parsed} ms`);
+    return parsed;
+  };
+
+  const logger = options.logger ?? silentLogger;
+  for (const level of ["debug", "info", "warn", "error"] as const) {
+    if (typeof (logger as unknown as Record<string, unknown>)[level] !== "function") throw fail(`logger must have debug, info, warn and error methods (pino-style); ${level} is missing`);
+  }
+  const nodeId = options.nodeId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString("hex")}`;
+  checkName(nodeId, "nodeId", fail);
+
+  return Object.freeze({
+    connectionString: options.connectionString,
+    pool: options.pool,
+    schema,
+    channel: `gen_durable_${schema}`,
+    queues,
+    machines,
+    leaseMs: ms(options.leaseDuration, "leaseDuration", 1000),
+    pollMs: ms(options.pollInterval, "pollInterval", 10),
+    reaperMs: ms(options.reaperInterval, "reaperInterval", 10),
+    shutdownGraceMs: ms(options.shutdownGrace, "shutdownGrace", 0),
+    maxPayloadBytes: positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024),
+    poolSize: positiveInt(options.poolSize, "poolSize", DEFAULTS.poolSize, 1000),
+    logger,
+    nodeId,
+  });
+}

@@ -1,0 +1,56 @@
+/** Connections: the engine's pool, transactions, and which errors mean "the connection, not the query". */
+import pg from "pg";
+import { ConfigError } from "../errors.js";
+
+export interface ConnectionOptions {
+  connectionString?: string;
+  pool?: pg.Pool;
+}
+
+/** Returns the caller's pool, or a new one we own (and must end). */
+export function openPool(options: ConnectionOptions, where: string, applicationName: string, max = 10): { pool: pg.Pool; owned: boolean } {
+  if (options.pool && options.connectionString) throw new ConfigError(`${where}: pass either connectionString or pool, not both`);
+  if (options.pool) {
+    if (!(options.pool instanceof pg.Pool) && typeof (options.pool as { query?: unknown }).query !== "function") {
+      throw new ConfigError(`${where}: pool must be a pg.Pool`);
+    }
+    return { pool: options.pool, owned: false };
+  }
+  if (typeof options.connectionString !== "string" || options.connectionString.length === 0) {
+    throw new ConfigError(`${where}: connectionString (or pool) is required; e.g. connectionString: process.env.DATABASE_URL`);
+  }
+  const pool = new pg.Pool({ connectionString: options.connectionString, max, application_name: applicationName });
+  // An idle client that loses its connection emits 'error' on the pool; without a
+  // listener that would crash the process. The next query simply gets a new client.
+  pool.on("error", () => {});
+  return { pool, owned: true };
+}
+
+export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken: unknown;
+  try {
+    await client.query("begin");
+    const value = await body(client);
+    await client.query("commit");
+    return value;
+  } catch (error) {
+    broken = isConnectionError(error) ? error : undefined;
+    await client.query("rollback").catch((e: unknown) => (broken = e));
+    throw error;
+  } finally {
+    // A client whose connection failed is destroyed rather than returned to the pool.
+    client.release(broken instanceof Error ? broken : undefined);
+  }
+}
+
+const CONNECTION_SQLSTATES = new Set(["57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004", "25006", "53300"]);
+
+/** True when an error came from the connection or server state rather than from the statement itself. */
+export function isConnectionError(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string" && (CONNECTION_SQLSTATES.has(code) || code.startsWith("08"))) return true;
+  if (typeof code === "string" && ["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "ENOTFOUND"].includes(code)) return true;
+  return /Connection terminated|connection is closed|Client has encountered a connection error|not queryable/i.test(error.message);
+}

@@ -1,0 +1,246 @@
+/**
+ * Machine and job definitions. `defineMachine` checks a definition once, at
+ * import time, and keeps the step names in the type so that `ctx.next("shp")`
+ * is a compile error.
+ */
+import type pg from "pg";
+import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
+import { type Duration, toMs } from "./duration.js";
+import { ConfigError } from "./errors.js";
+import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./outcome.js";
+import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
+import { didYouMean, rejectUnknownKeys } from "./suggest.js";
+import { checkName } from "./names.js";
+
+export type { AwaitSpec, StepOutcome } from "./outcome.js";
+
+/** A signal consumed by an await, as seen in `ctx.awaited`. */
+export interface ReceivedSignal {
+  id: string;
+  event: string;
+  payload: unknown;
+  insertedAt: Date;
+}
+
+/** A child's outcome, as seen in `ctx.children` on a join. */
+export interface ChildOutcome {
+  id: string;
+  machine: string;
+  status: string;
+  result: unknown;
+  error: unknown;
+}
+
+export interface StepLogger {
+  debug(message: string, fields?: Record<string, unknown>): void;
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+}
+
+/** Insert options shared by `engine.insert` and `ctx.spawn` children. */
+export interface InstanceOptions {
+  queue?: string;
+  priority?: number;
+  delay?: Duration;
+  runAt?: Date;
+  maxAttempts?: number;
+  correlationKey?: string;
+  concurrencyKey?: string;
+}
+
+/** A child for `ctx.spawn`: a machine with `state`, or a job with `args`. */
+export type ChildSpec = InstanceOptions & { machine: AnyMachine } & ({ state: unknown } | { args: unknown } | object);
+
+export interface StepContext<State, StateIn, K extends string> {
+  readonly id: string;
+  readonly machine: string;
+  readonly step: K;
+  readonly state: State;
+  /** 1-based attempt number of this step. */
+  readonly attempt: number;
+  readonly awaited: readonly ReceivedSignal[];
+  readonly children: readonly ChildOutcome[];
+  readonly correlationKey: string | null;
+  readonly insertedAt: Date;
+  /** Aborted on step timeout, cancel, lost lease and shutdown. */
+  readonly abortSignal: AbortSignal;
+  readonly log: StepLogger;
+  /** The transaction that will commit this step's outcome. Only in steps declared `transactional: true`. */
+  readonly client: pg.ClientBase;
+
+  /** Commit `state` (or keep it) and run `step`, now or after `delay` / at `runAt`. */
+  next(step: K, state?: StateIn, options?: ScheduleOptions): StepOutcome;
+  /** Commit `state`, park until `spec` is satisfied, then run `step` with the consumed signals in `ctx.awaited`. */
+  await(spec: AwaitSpec, step: K, state?: StateIn, options?: AwaitOptions<K>): StepOutcome;
+  /** Commit `state`, insert `children` atomically, and run `step` once all of them are terminal. */
+  spawn(children: readonly ChildSpec[], step: K, state?: StateIn): StepOutcome;
+  /** Finish: terminal `done`, `result` stored. */
+  done(result?: unknown): StepOutcome;
+  /** Run this step again after `delay`; not a failure, the attempt is not consumed. */
+  snooze(delay: Duration): StepOutcome;
+  /** Finish: terminal `cancelled`, no retry. */
+  cancel(reason?: string): StepOutcome;
+}
+
+export type StepFn<State, StateIn, K extends string> = (
+  ctx: StepContext<State, StateIn, K>,
+) => StepOutcome | Promise<StepOutcome>;
+
+export interface StepOptions<State, StateIn, K extends string> {
+  run: StepFn<State, StateIn, K>;
+  /** Abort `ctx.abortSignal` and fail the attempt after this long. */
+  timeout?: Duration;
+  maxAttempts?: number;
+  backoff?: Backoff;
+  /** Run inside the transaction that commits the outcome; `ctx.client` is that transaction. */
+  transactional?: boolean;
+}
+
+export type StepDefinition<State, StateIn, K extends string> = StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
+
+/** A step as the runtime sees it, whatever form it was declared in. */
+export interface ResolvedStep {
+  name: string;
+  run: (ctx: StepContext<unknown, unknown, string>) => unknown;
+  timeoutMs: number | undefined;
+  maxAttempts: number | undefined;
+  backoff: BackoffFn | undefined;
+  transactional: boolean;
+}
+
+declare const TYPES: unique symbol;
+
+export interface Machine<Schema extends StandardSchemaV1 = StandardSchemaV1, K extends string = string, Kind extends "machine" | "job" = "machine" | "job"> {
+  readonly kind: Kind;
+  readonly name: string;
+  readonly queue: string;
+  readonly schema: Schema;
+  readonly initial: K;
+  readonly steps: ReadonlyMap<string, ResolvedStep>;
+  readonly maxAttempts: number | undefined;
+  readonly backoff: BackoffFn | undefined;
+  /** Type-level only. */
+  readonly [TYPES]?: { steps: K };
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyMachine = Machine<any, any, "machine" | "job">;
+export type Job<Schema extends StandardSchemaV1 = StandardSchemaV1> = Machine<Schema, "perform", "job">;
+
+type In<S extends StandardSchemaV1> = StandardSchemaV1.InferInput<S>;
+type Out<S extends StandardSchemaV1> = StandardSchemaV1.InferOutput<S>;
+
+export interface MachineDefinition<Schema extends StandardSchemaV1, K extends string> {
+  /** Stable name, stored in every row. */
+  name: string;
+  queue?: string;
+  state: Schema;
+  initial?: NoInfer<K>;
+  steps: { [P in K]: StepDefinition<Out<Schema>, In<Schema>, K> };
+  /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
+  maxAttempts?: number;
+  backoff?: Backoff;
+}
+
+export const DEFAULT_QUEUE = "default";
+
+export function defineMachine<Schema extends StandardSchemaV1, K extends string>(
+  definition: MachineDefinition<Schema, K>,
+): Machine<Schema, K, "machine"> {
+  const where = `defineMachine(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
+  if (typeof definition !== "object" || definition === null) throw new ConfigError("defineMachine needs a definition object");
+  rejectUnknownKeys(definition, ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff"], where, (m) => new ConfigError(m));
+  const common = resolveCommon(definition, where);
+  if (typeof definition.steps !== "object" || definition.steps === null || Object.keys(definition.steps).length === 0) {
+    throw new ConfigError(`${where}: steps must be an object with at least one step`);
+  }
+  const steps = new Map<string, ResolvedStep>();
+  for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
+    steps.set(name, resolveStep(name, step, `${where}.steps.${name}`));
+  }
+  const initial = definition.initial ?? "start";
+  if (!steps.has(initial)) {
+    throw new ConfigError(
+      `${where}: initial step "${initial}" is not one of its steps (${[...steps.keys()].join(", ")})${didYouMean(initial, steps.keys())}`,
+    );
+  }
+  return Object.freeze({ kind: "machine" as const, ...common, schema: definition.state, initial: initial as K, steps });
+}
+
+export interface JobDefinition<Schema extends StandardSchemaV1, R> {
+  name: string;
+  queue?: string;
+  args: Schema;
+  maxAttempts?: number;
+  backoff?: Backoff;
+  timeout?: Duration;
+  transactional?: boolean;
+  /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
+  perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
+}
+
+export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definition: JobDefinition<Schema, R>): Job<Schema> {
+  const where = `defineJob(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
+  if (typeof definition !== "object" || definition === null) throw new ConfigError("defineJob needs a definition object");
+  rejectUnknownKeys(definition, ["name", "queue", "args", "maxAttempts", "backoff", "timeout", "transactional", "perform"], where, (m) => new ConfigError(m));
+  const common = resolveCommon({ ...definition, state: definition.args }, where, "args");
+  if (typeof definition.perform !== "function") throw new ConfigError(`${where}: perform must be a function (args, ctx) => result`);
+  const perform = definition.perform;
+  const step = resolveStep(
+    "perform",
+    {
+      // A job's return value is its result, unless it is an outcome (snooze, cancel, done).
+      run: async (ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => perform(ctx.state, ctx),
+      timeout: definition.timeout,
+      transactional: definition.transactional,
+    },
+    `${where}.perform`,
+  );
+  (step as { isJob?: boolean }).isJob = true;
+  return Object.freeze({ kind: "job" as const, ...common, schema: definition.args, initial: "perform" as const, steps: new Map([["perform", step]]) });
+}
+
+function resolveCommon(definition: { name: unknown; queue?: unknown; state: unknown; maxAttempts?: unknown; backoff?: Backoff }, where: string, schemaKey = "state") {
+  const name = checkName(definition.name, `${where}: name`, (m) => new ConfigError(m));
+  const queue = definition.queue === undefined ? DEFAULT_QUEUE : checkName(definition.queue, `${where}: queue`, (m) => new ConfigError(m));
+  if (!isStandardSchema(definition.state)) {
+    throw new ConfigError(`${where}: ${schemaKey} must be a Standard Schema (a zod, valibot or arktype schema, for example)`);
+  }
+  return {
+    name,
+    queue,
+    maxAttempts: checkMaxAttempts(definition.maxAttempts, `${where}: maxAttempts`),
+    backoff: definition.backoff === undefined ? undefined : resolveBackoff(definition.backoff, `${where}: backoff`),
+  };
+}
+
+export function checkMaxAttempts(value: unknown, what: string, make: (m: string) => Error = (m) => new ConfigError(m)): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > 1_000_000) {
+    throw make(`${what} must be an integer from 1 to 1000000, got ${String(value)}`);
+  }
+  return value;
+}
+
+function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
+  if (typeof step === "function") {
+    return { name, run: step as ResolvedStep["run"], timeoutMs: undefined, maxAttempts: undefined, backoff: undefined, transactional: false };
+  }
+  if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
+    throw new ConfigError(`${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional? }`);
+  }
+  rejectUnknownKeys(step, ["run", "timeout", "maxAttempts", "backoff", "transactional"], where, (m) => new ConfigError(m));
+  const options = step as StepOptions<unknown, unknown, string>;
+  if (options.transactional !== undefined && typeof options.transactional !== "boolean") {
+    throw new ConfigError(`${where}.transactional must be a boolean`);
+  }
+  return {
+    name,
+    run: options.run as ResolvedStep["run"],
+    timeoutMs: options.timeout === undefined ? undefined : toMs(options.timeout, `${where}.timeout`, (m) => new ConfigError(m)),
+    maxAttempts: checkMaxAttempts(options.maxAttempts, `${where}.maxAttempts`),
+    backoff: options.backoff === undefined ? undefined : resolveBackoff(options.backoff, `${where}.backoff`),
+    transactional: options.transactional ?? false,
+  };
+}

@@ -1,0 +1,508 @@
+/**
+ * GenDurable: the public face. Composes the pieces — scheduler per queue,
+ * executor, group commit, leases, reaper, listener — and offers the client API
+ * (insert, signal, inspect, cancel, retry). It holds no per-instance state:
+ * every instance is a row, and any node may run any step.
+ */
+import pg from "pg";
+import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
+import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
+import { describe } from "./duration.js";
+import { Listener } from "./db/listener.js";
+import { openPool, withTransaction } from "./db/pool.js";
+import {
+  EngineStoppedError,
+  InstanceTerminatedError,
+  InvalidStateError,
+  UnknownInstanceError,
+  ValidationError,
+  WaitTimeoutError,
+} from "./errors.js";
+import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
+import { encodeJson, type ErrorRecord } from "./json.js";
+import { Loop } from "./loops/loop.js";
+import { QueueScheduler } from "./loops/scheduler.js";
+import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
+import { checkKey, checkName } from "./names.js";
+import { NotMigratedError } from "./errors.js";
+import { Completer } from "./runtime/completer.js";
+import type { Status } from "./runtime/completion.js";
+import { explainInstance, type Explanation } from "./runtime/explain.js";
+import { Executor } from "./runtime/executor.js";
+import { prepareInsert, type InsertRow } from "./runtime/insert.js";
+import { Leases } from "./runtime/leases.js";
+import { Notifier } from "./runtime/notifier.js";
+import { deliverSignal } from "./runtime/signals.js";
+import { claimQueries } from "./sql/claims.js";
+import { instanceQueries } from "./sql/instances.js";
+import { signalQueries } from "./sql/signals.js";
+import type { StandardSchemaV1 } from "./schema.js";
+import { rejectUnknownKeys } from "./suggest.js";
+
+export type { Status } from "./runtime/completion.js";
+
+export interface Instance<State = unknown> {
+  id: string;
+  machine: string;
+  status: Status;
+  step: string;
+  state: State;
+  attempt: number;
+  result: unknown;
+  error: ErrorRecord | null;
+  queue: string;
+  priority: number;
+  runAt: Date;
+  correlationKey: string | null;
+  concurrencyKey: string | null;
+  parentId: string | null;
+  insertedAt: Date;
+  updatedAt: Date;
+}
+
+export interface Transition {
+  at: Date;
+  fromStep: string | null;
+  toStep: string | null;
+  outcome: string;
+  attempt: number;
+  durationMs: number | null;
+  error?: ErrorRecord;
+}
+
+type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;
+
+/** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
+export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<infer S, string, "job">
+    ? { args: In<S> }
+    : M extends Machine<infer S, string, "machine">
+      ? { state: In<S> }
+      : { state?: unknown; args?: unknown });
+
+export type InsertManyItem = { machine: AnyMachine } & InstanceOptions & { state?: unknown; args?: unknown };
+
+export interface InsertResult {
+  id: string;
+  /** false when a live instance with the same correlation key existed: `id` is that instance. */
+  inserted: boolean;
+}
+
+export interface SignalOptions {
+  /** A pg client inside your transaction: the signal exists (and wakes its instance) only if it commits. */
+  client?: pg.ClientBase;
+  /** A second signal with this key to the same instance is accepted and stored once. */
+  dedupKey?: string;
+  /** "keep": hold a signal for a correlation key with no live instance until one is inserted. Default "error". */
+  ifMissing?: "error" | "keep";
+}
+
+export interface SignalResult {
+  /** The stored signal, or null when `dedupKey` had been seen. */
+  signalId: string | null;
+  /** The instance it was delivered to; null when kept in the key's inbox. */
+  instanceId: string | null;
+  duplicate: boolean;
+}
+
+export interface ListFilter {
+  machine?: string;
+  status?: Status | Status[];
+  queue?: string;
+  correlationKey?: string;
+  limit?: number;
+  /** Page: instances older than this id. */
+  after?: string;
+}
+
+const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
+const SIGNAL_RETENTION_MS = 24 * 3600 * 1000;
+
+export class GenDurable {
+  private readonly config: ResolvedConfig;
+  private readonly pool: pg.Pool;
+  private readonly ownsPool: boolean;
+  private readonly q: ReturnType<typeof instanceQueries>;
+  private readonly claims: ReturnType<typeof claimQueries>;
+  private readonly signalsQ: ReturnType<typeof signalQueries>;
+  private readonly events = new TypedEmitter();
+  private readonly notifier: Notifier;
+  private readonly completer: Completer;
+  private readonly leases: Leases;
+  private readonly schedulers = new Map<string, QueueScheduler>();
+  /** Background loops: poll (wake schedulers), lease (renew), reaper (expired leases). */
+  private loops: { poll: Loop; lease: Loop; reaper: Loop } | undefined;
+  private listener: Listener | undefined;
+  private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
+
+  constructor(options: GenDurableOptions) {
+    this.config = resolveConfig(options);
+    const { pool, owned } = openPool(options, "GenDurable", "gen-durable", this.config.poolSize);
+    this.pool = pool;
+    this.ownsPool = owned;
+    this.q = instanceQueries(this.config.schema);
+    this.claims = claimQueries(this.config.schema);
+    this.signalsQ = signalQueries(this.config.schema);
+    this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
+    this.completer = new Completer(pool, this.claims.complete);
+    this.leases = new Leases(pool, this.claims, this.config.leaseMs);
+  }
+
+  /** Subscribe to an engine event; returns a function that unsubscribes. */
+  on<E extends EngineEventName>(event: E, listener: (payload: EngineEvents[E]) => void): () => void {
+    return this.events.on(event, listener);
+  }
+
+  /** Checks the schema and, when this node has queues, starts its loops. */
+  async start(): Promise<void> {
+    if (this.state !== "new") throw new InvalidStateError(`start() was already called (engine is ${this.state})`);
+    this.state = "starting";
+    const version = await currentVersion(this.pool, this.config.schema);
+    if (version < LATEST_MIGRATION) {
+      this.state = "new";
+      throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
+    }
+    if (this.config.queues.size > 0) this.startLoops();
+    this.state = "started";
+  }
+
+  private startLoops(): void {
+    const { config } = this;
+    const executor = new Executor({
+      pool: this.pool,
+      machines: config.machines,
+      claims: this.claims,
+      signals: this.signalsQ,
+      completer: this.completer,
+      leases: this.leases,
+      events: this.events,
+      logger: config.logger,
+      maxPayloadBytes: config.maxPayloadBytes,
+      wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
+    });
+    for (const [queue, { concurrency }] of config.queues) {
+      const machines = [...config.machines.values()].filter((m) => m.queue === queue).map((m) => m.name);
+      // A queue with no machines on this node has nothing it could claim.
+      if (machines.length === 0) continue;
+      const scheduler = new QueueScheduler({
+        queue,
+        concurrency,
+        machines,
+        nodeId: config.nodeId,
+        leaseMs: config.leaseMs,
+        pool: this.pool,
+        claims: this.claims,
+        executor,
+        events: this.events,
+      });
+      this.schedulers.set(queue, scheduler);
+      scheduler.start();
+    }
+    const onError = (loop: string, error: unknown) => this.reportError(loop, error);
+    const wakeAll = () => {
+      for (const scheduler of this.schedulers.values()) scheduler.wake();
+    };
+    this.loops = {
+      poll: new Loop({ name: "poll", intervalMs: config.pollMs, tick: async () => wakeAll(), onError }),
+      lease: new Loop({
+        name: "lease",
+        intervalMs: config.leaseMs / 3,
+        onError,
+        tick: async () => {
+          const started = performance.now();
+          const count = await this.leases.renew();
+          this.events.emit("loop:tick", { loop: "lease", durationMs: performance.now() - started, count });
+        },
+      }),
+      reaper: new Loop({ name: "reaper", intervalMs: config.reaperMs, onError, tick: () => this.reap() }),
+    };
+    for (const loop of Object.values(this.loops)) loop.start();
+    const clientConfig: pg.ClientConfig = this.config.connectionString
+      ? { connectionString: this.config.connectionString, application_name: "gen-durable-listen" }
+      : { ...(this.pool as unknown as { options: pg.ClientConfig }).options, application_name: "gen-durable-listen" };
+    this.listener = new Listener({
+      clientConfig,
+      channel: config.channel,
+      heartbeatMs: 10_000,
+      onNotify: (queue) => this.schedulers.get(queue)?.wake(),
+      onConnected: wakeAll,
+      onError: (error) => this.reportError("listener", error),
+    });
+    void this.listener.start();
+  }
+
+  /** Makes rows whose lease expired runnable again, in bounded batches, and wakes their queues. */
+  private async reap(): Promise<void> {
+    const started = performance.now();
+    let total = 0;
+    for (;;) {
+      const { rows } = await this.pool.query<{ queue: string; n: number }>(this.claims.reap, [1000]);
+      const count = rows.reduce((sum, r) => sum + r.n, 0);
+      total += count;
+      for (const row of rows) this.wakeQueue(row.queue);
+      if (count < 1000) break;
+    }
+    this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
+  }
+
+  /**
+   * Graceful stop: claims no more work; steps in flight get `shutdownGrace` to
+   * finish and commit; the rest are aborted and their leases released at once
+   * (runnable again, attempt not counted), so another node picks them up now.
+   */
+  async stop(): Promise<void> {
+    if (this.state === "stopped" || this.state === "stopping") return;
+    const wasStarted = this.state === "started";
+    this.state = "stopping";
+    for (const scheduler of this.schedulers.values()) await scheduler.stop();
+    // Leases keep being renewed while in-flight steps finish.
+    await this.loops?.poll.stop();
+    await this.loops?.reaper.stop();
+    if (wasStarted) {
+      const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([settled, new Promise((resolve) => (timer = setTimeout(resolve, this.config.shutdownGraceMs)))]);
+      clearTimeout(timer);
+      const released = await this.leases.releaseAll(new EngineStoppedError()).catch((error: unknown) => {
+        this.reportError("stop", error);
+        return [] as string[];
+      });
+      for (const queue of released) this.notifier.request(queue);
+      await settled;
+    }
+    await this.loops?.lease.stop();
+    await this.listener?.stop();
+    while (!this.completer.idle) await new Promise((resolve) => setTimeout(resolve, 5));
+    await this.notifier.drain();
+    this.state = "stopped";
+    if (this.ownsPool) await this.pool.end();
+  }
+
+  // ---------------------------------------------------------------- clients
+
+  /** Inserts one instance. With a live `correlationKey` twin, inserts nothing and returns its id. */
+  async insert<M extends AnyMachine>(machine: M, options: InsertOptions<M>): Promise<InsertResult> {
+    const { client, ...rest } = (options ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
+    const [result] = await this.insertRows([await prepareInsert(machine, rest, 0, "insert", this.config.maxPayloadBytes)], client);
+    return result!;
+  }
+
+  /** Inserts many instances in one statement (all or nothing); results in input order. */
+  async insertMany(items: readonly InsertManyItem[], options: { client?: pg.ClientBase } = {}): Promise<InsertResult[]> {
+    if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
+    rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
+    const rows = await Promise.all(items.map(({ machine, ...rest }, i) => prepareInsert(machine, rest, i, `insertMany[${i}]`, this.config.maxPayloadBytes)));
+    return this.insertRows(rows, options.client);
+  }
+
+  private async insertRows(rows: InsertRow[], client: pg.ClientBase | undefined): Promise<InsertResult[]> {
+    this.assertUsable();
+    const results: Array<InsertResult | undefined> = new Array(rows.length);
+    // A key repeated within the batch refers to the first row that carries it.
+    const firstWithKey = new Map<string, number>();
+    const unique = rows.filter((row) => {
+      if (row.correlation_key === null) return true;
+      if (firstWithKey.has(row.correlation_key)) return false;
+      firstWithKey.set(row.correlation_key, row.idx);
+      return true;
+    });
+    const runner = client ?? this.pool;
+    const channel = client ? this.config.channel : null;
+    let pending = unique;
+    for (let round = 0; pending.length > 0; round++) {
+      if (round === 10) throw new Error("insert: could not settle correlation keys after 10 rounds of concurrent inserts");
+      const { rows: out } = await runner.query<{ idx: number; id: string; inserted: boolean; queue: string; due: boolean }>(this.q.insert, [
+        JSON.stringify(pending),
+        channel,
+      ]);
+      for (const row of out) {
+        if (row.idx < 0) continue;
+        results[row.idx] = { id: row.id, inserted: row.inserted };
+        if (row.inserted && row.due && !client) this.wakeQueue(row.queue);
+      }
+      // Rows whose twin committed after this statement's snapshot: look again.
+      pending = pending.filter((row) => results[row.idx] === undefined);
+    }
+    for (const row of rows) {
+      if (results[row.idx] === undefined) results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
+    }
+    return results as InsertResult[];
+  }
+
+  /** Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. */
+  async signal(target: string | { id: string }, event: string, payload?: unknown, options: SignalOptions = {}): Promise<SignalResult> {
+    this.assertUsable();
+    const bad = (m: string) => new ValidationError(`signal: ${m}`);
+    rejectUnknownKeys(options ?? {}, ["client", "dedupKey", "ifMissing"], "signal", (m) => new ValidationError(m));
+    if (typeof target === "string") checkKey(target, "the target correlation key", bad);
+    else if (typeof target !== "object" || target === null || typeof target.id !== "string") {
+      throw bad(`target must be a correlation key (string) or { id }, got ${describe(target)}`);
+    }
+    checkName(event, "event", bad);
+    const payloadJson = encodeJson(payload ?? null, `signal "${event}" payload`, this.config.maxPayloadBytes);
+    if (options.dedupKey !== undefined) checkKey(options.dedupKey, "dedupKey", bad);
+    if (options.ifMissing !== undefined && options.ifMissing !== "error" && options.ifMissing !== "keep") {
+      throw bad(`ifMissing must be "error" or "keep", got ${describe(options.ifMissing)}`);
+    }
+    if (typeof target === "object" && !isId(target.id)) throw new UnknownInstanceError(JSON.stringify(target.id));
+    const input = {
+      target,
+      event,
+      payloadJson,
+      dedupKey: options.dedupKey ?? null,
+      keepIfMissing: options.ifMissing === "keep",
+      inboxRetentionMs: SIGNAL_RETENTION_MS,
+      notifyChannel: options.client ? this.config.channel : null,
+    };
+    const delivered = options.client
+      ? await deliverSignal(options.client, this.signalsQ, input)
+      : await withTransaction(this.pool, (client) => deliverSignal(client, this.signalsQ, input));
+    if (delivered.resumedQueue && !options.client) this.wakeQueue(delivered.resumedQueue);
+    return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };
+  }
+
+  /** The instance by id or `{ correlationKey }` (the live one, else the newest), or null. */
+  async get(target: string | { correlationKey: string }): Promise<Instance | null> {
+    this.assertUsable();
+    if (typeof target === "object" && target !== null && typeof target.correlationKey === "string") {
+      const { rows } = await this.pool.query(this.q.getByKey, [target.correlationKey]);
+      return rows[0] ? toInstance(rows[0]) : null;
+    }
+    if (typeof target !== "string") throw new ValidationError(`get: expected an id or { correlationKey }, got ${describe(target)}`);
+    if (!isId(target)) return null;
+    const { rows } = await this.pool.query(this.q.get, [target]);
+    return rows[0] ? toInstance(rows[0]) : null;
+  }
+
+  /** Instances, newest first; page with `after: lastId`. */
+  async list(filter: ListFilter = {}): Promise<Instance[]> {
+    this.assertUsable();
+    rejectUnknownKeys(filter, ["machine", "status", "queue", "correlationKey", "limit", "after"], "list", (m) => new ValidationError(m));
+    const limit = filter.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ValidationError(`list: limit must be an integer from 1 to 10000, got ${describe(filter.limit)}`);
+    if (filter.after !== undefined && !isId(filter.after)) throw new ValidationError(`list: after must be an instance id, got ${describe(filter.after)}`);
+    const statuses = filter.status === undefined ? null : Array.isArray(filter.status) ? filter.status : [filter.status];
+    const { rows } = await this.pool.query(this.q.list, [
+      filter.machine ?? null,
+      statuses,
+      filter.queue ?? null,
+      filter.correlationKey ?? null,
+      filter.after ?? null,
+      limit,
+    ]);
+    return rows.map(toInstance);
+  }
+
+  /** Every committed transition of the instance, oldest first. */
+  async history(id: string): Promise<Transition[]> {
+    this.assertUsable();
+    if (!isId(id)) return [];
+    const { rows } = await this.pool.query(this.q.history, [id]);
+    return rows.map((r) => ({
+      at: r.at,
+      fromStep: r.from_step,
+      toStep: r.to_step,
+      outcome: r.outcome,
+      attempt: r.attempt,
+      durationMs: r.duration_ms,
+      ...(r.error ? { error: r.error } : {}),
+    }));
+  }
+
+  /** Why the instance is not running right now, in words and as data. */
+  async explain(id: string): Promise<Explanation> {
+    this.assertUsable();
+    const instance = await this.get(id);
+    if (!instance) throw new UnknownInstanceError(String(id));
+    return explainInstance(this.pool, this.config, instance, this.config.schema);
+  }
+
+  /** Resolves with the instance once it is terminal (done, failed or cancelled). */
+  async wait(id: string, options: { timeout?: number } = {}): Promise<Instance> {
+    const deadline = options.timeout === undefined ? Infinity : Date.now() + options.timeout;
+    let pause = 10;
+    for (;;) {
+      const instance = await this.get(id);
+      if (!instance) throw new UnknownInstanceError(String(id));
+      if (TERMINAL.has(instance.status)) return instance;
+      if (Date.now() >= deadline) throw new WaitTimeoutError(id, options.timeout!);
+      await this.nextChange(id, Math.min(pause, deadline - Date.now()));
+      pause = Math.min(pause * 2, 250);
+    }
+  }
+
+  /** Sleeps up to `ms`, waking early when this node finishes the instance. */
+  private nextChange(id: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const offs: Array<() => void> = [];
+      const done = () => {
+        clearTimeout(timer);
+        for (const off of offs) off();
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      for (const event of ["instance:done", "instance:failed", "instance:cancelled"] as const) {
+        offs.push(this.events.on(event, (e) => e.id === id && done()));
+      }
+    });
+  }
+
+  /** Terminal `cancelled` (no retry). A step running now is aborted and its outcome discarded. */
+  async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
+    this.assertUsable();
+    if (!isId(id)) throw new UnknownInstanceError(String(id));
+    const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : String(reason) };
+    const { rows } = await (options.client ?? this.pool).query<{ status: string }>(this.q.cancel, [id, JSON.stringify(error)]);
+    if (!rows[0]) throw new UnknownInstanceError(id);
+    if (rows[0].status !== "cancelled" && TERMINAL.has(rows[0].status)) throw new InstanceTerminatedError(id, rows[0].status);
+    this.leases.held.get(id)?.controller.abort(new InvalidStateError(`instance ${id} was cancelled`));
+  }
+
+  /** A failed instance runs its failed step again with fresh attempts. */
+  async retry(id: string): Promise<void> {
+    this.assertUsable();
+    if (!isId(id)) throw new UnknownInstanceError(String(id));
+    const { rows } = await this.pool.query<{ status: string }>(this.q.retry, [id, this.config.channel]);
+    if (!rows[0]) throw new UnknownInstanceError(id);
+    if (rows[0].status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${rows[0].status}; only failed instances can be retried`);
+  }
+
+  private wakeQueue(queue: string): void {
+    this.schedulers.get(queue)?.wake();
+    this.notifier.request(queue);
+  }
+
+  private reportError(loop: string, error: unknown): void {
+    this.events.emit("engine:error", { loop, error });
+    this.config.logger.error({ err: error, loop }, `gen-durable ${loop} error`);
+  }
+
+  private assertUsable(): void {
+    if (this.state === "stopped") throw new EngineStoppedError();
+  }
+}
+
+function isId(value: unknown): value is string {
+  return typeof value === "string" && /^[1-9][0-9]{0,18}$/.test(value);
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+function toInstance(r: any): Instance {
+  return {
+    id: String(r.id),
+    machine: r.machine,
+    status: r.status,
+    step: r.step,
+    state: r.state,
+    attempt: r.attempt,
+    result: r.result,
+    error: r.error,
+    queue: r.queue,
+    priority: r.priority,
+    runAt: r.run_at,
+    correlationKey: r.correlation_key,
+    concurrencyKey: r.concurrency_key,
+    parentId: r.parent_id === null ? null : String(r.parent_id),
+    insertedAt: r.inserted_at,
+    updatedAt: r.updated_at,
+  };
+}

@@ -1,0 +1,96 @@
+/**
+ * The error hierarchy. Every error the engine throws on purpose is a
+ * `GenDurableError` with a stable string `code` that callers may switch on.
+ */
+export type ErrorCode =
+  | "VALIDATION"
+  | "CONFIG"
+  | "UNKNOWN_INSTANCE"
+  | "INSTANCE_TERMINATED"
+  | "INVALID_STATE"
+  | "LEASE_LOST"
+  | "STEP_TIMEOUT"
+  | "NOT_MIGRATED"
+  | "WAIT_TIMEOUT"
+  | "ENGINE_STOPPED";
+
+export class GenDurableError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** Bad input: a state or args that fail their schema, a payload that is not JSON, a bad name. */
+export class ValidationError extends GenDurableError {
+  /** Where in the value the problem is, e.g. `["order", "id"]`, when known. */
+  readonly issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }>;
+  constructor(message: string, issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }> = []) {
+    super("VALIDATION", message);
+    this.issues = issues;
+  }
+}
+
+/** A bad engine option, machine definition or migration option. */
+export class ConfigError extends GenDurableError {
+  constructor(message: string) {
+    super("CONFIG", message);
+  }
+}
+
+export class UnknownInstanceError extends GenDurableError {
+  constructor(target: string) {
+    super("UNKNOWN_INSTANCE", `no instance ${target}`);
+  }
+}
+
+export class InstanceTerminatedError extends GenDurableError {
+  constructor(target: string, status: string) {
+    super("INSTANCE_TERMINATED", `instance ${target} is already ${status}`);
+  }
+}
+
+/** An operation that does not fit the instance's current status (e.g. retry of a running instance). */
+export class InvalidStateError extends GenDurableError {
+  constructor(message: string) {
+    super("INVALID_STATE", message);
+  }
+}
+
+/** The claim on an instance was lost (lease expired, cancelled, or claimed elsewhere): the step's result was discarded. */
+export class LeaseLostError extends GenDurableError {
+  constructor(id: string) {
+    super("LEASE_LOST", `lease on instance ${id} was lost; the step's outcome was not committed`);
+  }
+}
+
+export class StepTimeoutError extends GenDurableError {
+  constructor(machine: string, step: string, timeoutMs: number) {
+    super("STEP_TIMEOUT", `step "${step}" of machine "${machine}" ran longer than its timeout of ${timeoutMs} ms`);
+  }
+}
+
+export class NotMigratedError extends GenDurableError {
+  constructor(schema: string, have: number, want: number) {
+    super(
+      "NOT_MIGRATED",
+      have === 0
+        ? `schema "${schema}" is not migrated: run \`npx gen-durable migrate\` or call migrate() first`
+        : `schema "${schema}" is at migration ${have} but this version of gen-durable needs ${want}: run \`npx gen-durable migrate\``,
+    );
+  }
+}
+
+export class WaitTimeoutError extends GenDurableError {
+  constructor(id: string, timeoutMs: number) {
+    super("WAIT_TIMEOUT", `instance ${id} did not finish within ${timeoutMs} ms`);
+  }
+}
+
+export class EngineStoppedError extends GenDurableError {
+  constructor() {
+    super("ENGINE_STOPPED", "the engine is stopped");
+  }
+}

@@ -1,0 +1,44 @@
+// The public surface of gen-durable. Everything else is internal.
+export { GenDurable } from "./engine.js";
+export type { Instance, InsertOptions, InsertManyItem, InsertResult, ListFilter, SignalOptions, SignalResult, Transition, Status } from "./engine.js";
+export { defineMachine, defineJob } from "./define.js";
+export type {
+  AnyMachine,
+  AwaitSpec,
+  ChildOutcome,
+  ChildSpec,
+  InstanceOptions,
+  Job,
+  JobDefinition,
+  Machine,
+  MachineDefinition,
+  ReceivedSignal,
+  StepContext,
+  StepDefinition,
+  StepLogger,
+  StepOptions,
+  StepOutcome,
+} from "./define.js";
+export type { GenDurableOptions, QueueOption } from "./config.js";
+export type { Backoff } from "./backoff.js";
+export type { Duration } from "./duration.js";
+export type { EngineEvents, EngineEventName } from "./events.js";
+export type { Explanation } from "./runtime/explain.js";
+export type { ErrorRecord } from "./json.js";
+export type { Logger } from "./logger.js";
+export { migrate, Migration } from "./migrate.js";
+export type { MigrateOptions } from "./migrate.js";
+export {
+  GenDurableError,
+  ValidationError,
+  ConfigError,
+  UnknownInstanceError,
+  InstanceTerminatedError,
+  InvalidStateError,
+  LeaseLostError,
+  StepTimeoutError,
+  NotMigratedError,
+  WaitTimeoutError,
+  EngineStoppedError,
+} from "./errors.js";
+export type { ErrorCode } from "./errors.js";

@@ -1,0 +1,159 @@
+/**
+ * What may be stored: states, args, results and signal payloads are JSON, checked
+ * before any write so that a bad value fails loudly and writes nothing; and
+ * anything a step throws becomes a bounded, storable error record — a failure
+ * path must never fail on data (RELIABILITY.md, design rule 4).
+ */
+import { describe } from "./duration.js";
+import { ValidationError } from "./errors.js";
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/**
+ * Checks that `value` is plain JSON that Postgres' jsonb accepts and returns its
+ * text. Rejects (with a ValidationError naming `label` and the path) cycles,
+ * functions, symbols, BigInt, undefined, non-finite numbers, class instances
+ * such as Date or Map, NUL characters, lone UTF-16 surrogates, and text over
+ * `maxBytes` UTF-8 bytes. Iterative, so 10,000-deep nesting cannot overflow the stack.
+ */
+export function encodeJson(value: unknown, label: string, maxBytes: number): string {
+  const problem = findNonJson(value);
+  if (problem) {
+    throw new ValidationError(`${label}${problem.path} ${problem.message}`, [
+      { message: problem.message, path: problem.keys },
+    ]);
+  }
+  const text = JSON.stringify(value);
+  const bytes = Buffer.byteLength(text, "utf8");
+  if (bytes > maxBytes) {
+    throw new ValidationError(`${label} is ${bytes} bytes of JSON, over the limit of ${maxBytes} bytes (maxPayloadBytes)`);
+  }
+  return text;
+}
+
+interface Problem {
+  path: string;
+  keys: PropertyKey[];
+  message: string;
+}
+
+function findNonJson(root: unknown): Problem | null {
+  const stack: Array<{ value: unknown; keys: PropertyKey[] }> = [{ value: root, keys: [] }];
+  const onPath = new Set<object>();
+  const exits: Array<{ object: object; depth: number }> = [];
+  while (stack.length > 0) {
+    const { value, keys } = stack.pop()!;
+    // Leave objects whose subtree is done (we are back at a shallower depth).
+    while (exits.length > 0 && exits[exits.length - 1]!.depth >= keys.length) onPath.delete(exits.pop()!.object);
+    const bad = (message: string): Problem => ({ path: formatPath(keys), keys, message });
+    switch (typeof value) {
+      case "string":
+        if (value.includes("\u0000")) return bad("contains a NUL character (\\u0000), which Postgres cannot store");
+        if (LONE_SURROGATE.test(value)) return bad("contains a lone UTF-16 surrogate, which is not valid Unicode");
+        continue;
+      case "number":
+        if (!Number.isFinite(value)) return bad(`is ${value}, which is not a JSON number`);
+        continue;
+      case "boolean":
+        continue;
+      case "undefined":
+        if (keys.length === 0 || typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
+        continue; // an undefined property is simply omitted, as JSON.stringify does
+      case "bigint":
+      case "function":
+      case "symbol":
+        return bad(`is ${describe(value)}, which is not JSON`);
+    }
+    if (value === null) continue;
+    const object = value as object;
+    if (onPath.has(object)) return bad("is a circular reference");
+    if (Array.isArray(object)) {
+      onPath.add(object);
+      exits.push({ object, depth: keys.length });
+      for (let i = object.length - 1; i >= 0; i--) stack.push({ value: object[i], keys: [...keys, i] });
+      continue;
+    }
+    const proto = Object.getPrototypeOf(object);
+    if (proto !== Object.prototype && proto !== null) {
+      const hint = object instanceof Date ? "; store an ISO string (date.toISOString()) instead" : "";
+      return bad(`is ${describe(object)}, not a plain object${hint}`);
+    }
+    onPath.add(object);
+    exits.push({ object, depth: keys.length });
+    const entries = Object.entries(object);
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const [key, child] = entries[i]!;
+      if (key.includes("\u0000")) return bad(`has a key containing a NUL character`);
+      if (LONE_SURROGATE.test(key)) return bad(`has a key containing a lone UTF-16 surrogate`);
+      stack.push({ value: child, keys: [...keys, key] });
+    }
+  }
+  return null;
+}
+
+function formatPath(keys: PropertyKey[]): string {
+  return keys.map((k) => (typeof k === "number" ? `[${k}]` : /^[A-Za-z_$][\w$]*$/.test(String(k)) ? `.${String(k)}` : `[${JSON.stringify(String(k))}]`)).join("");
+}
+
+/** The stored form of a thrown value. */
+export interface ErrorRecord {
+  name: string;
+  message: string;
+  stack?: string;
+  code?: string;
+  cause?: ErrorRecord;
+}
+
+const MAX_MESSAGE = 8 * 1024;
+const MAX_STACK = 32 * 1024;
+const MAX_CAUSE_DEPTH = 5;
+
+/** Turns anything thrown — strings, null, cyclic objects, Proxies that throw — into a bounded ErrorRecord. */
+export function toErrorRecord(thrown: unknown, depth = 0): ErrorRecord {
+  const record: ErrorRecord = { name: "Error", message: "" };
+  try {
+    if (thrown instanceof Error) {
+      record.name = clean(safeGet(() => thrown.name), 200) || "Error";
+      record.message = clean(safeGet(() => thrown.message), MAX_MESSAGE);
+      const stack = clean(safeGet(() => thrown.stack), MAX_STACK);
+      if (stack) record.stack = stack;
+      const code = safeGet(() => (thrown as { code?: unknown }).code);
+      if (typeof code === "string" || typeof code === "number") record.code = clean(String(code), 200);
+      const cause = safeGet(() => thrown.cause);
+      if (cause !== undefined && depth < MAX_CAUSE_DEPTH) record.cause = toErrorRecord(cause, depth + 1);
+      if (thrown instanceof AggregateError) {
+        const count = safeGet(() => thrown.errors.length);
+        if (count) record.message = clean(`${record.message} (${count} errors)`, MAX_MESSAGE);
+      }
+    } else if (typeof thrown === "string") {
+      record.message = clean(thrown, MAX_MESSAGE);
+    } else if (thrown !== null && typeof thrown === "object") {
+      const message = safeGet(() => (thrown as { message?: unknown }).message);
+      record.message = clean(typeof message === "string" ? message : safeGet(() => JSON.stringify(thrown)) ?? describe(thrown), MAX_MESSAGE);
+    } else {
+      record.message = clean(safeGet(() => String(thrown)) ?? describe(thrown), MAX_MESSAGE);
+    }
+  } catch {
+    record.message = "(the thrown value could not be read)";
+  }
+  if (!record.message) record.message = `(thrown ${safeGet(() => describe(thrown)) ?? "value"} with no message)`;
+  return record;
+}
+
+function safeGet<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Makes text storable: a string, no NUL, no lone surrogates, at most `max` UTF-16 units. */
+function clean(value: unknown, max: number): string {
+  if (typeof value !== "string") return "";
+  let text = value.length > max ? value.slice(0, max - 1) + "…" : value;
+  text = text.replace(/\u0000/g, "\\0");
+  return text.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
+}

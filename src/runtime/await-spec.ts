@@ -1,0 +1,56 @@
+/** Await specs: which signals satisfy an await, decided over the mailbox in arrival order. */
+import { describe } from "../duration.js";
+import { ValidationError } from "../errors.js";
+import type { AwaitSpec } from "../outcome.js";
+
+/** The stored form of an await spec. */
+export interface NormalizedSpec {
+  mode: "one" | "all" | "any" | "pack";
+  events: string[];
+  count: number;
+}
+
+export function normalizeSpec(spec: AwaitSpec, where: string): NormalizedSpec {
+  const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+  const event = (e: unknown) => {
+    if (typeof e !== "string" || e.length === 0 || e.length > 200 || e.includes("\u0000")) {
+      throw bad(`event names must be non-empty strings of at most 200 characters, got ${describe(e)}`);
+    }
+    return e;
+  };
+  if (typeof spec === "string") return { mode: "one", events: [event(spec)], count: 1 };
+  if (typeof spec === "object" && spec !== null) {
+    if ("all" in spec || "any" in spec) {
+      const mode = "all" in spec ? "all" : "any";
+      const list = (spec as { all?: unknown; any?: unknown })[mode];
+      if (!Array.isArray(list) || list.length === 0) throw bad(`{ ${mode}: [...] } needs a non-empty array of event names`);
+      const events = [...new Set(list.map(event))];
+      return { mode, events, count: mode === "all" ? events.length : 1 };
+    }
+    if ("event" in spec) {
+      const count = (spec as { count?: unknown }).count;
+      if (typeof count !== "number" || !Number.isInteger(count) || count < 1 || count > 100_000) {
+        throw bad(`a pack { event, count } needs an integer count from 1 to 100000, got ${describe(count)}`);
+      }
+      return { mode: "pack", events: [event(spec.event)], count };
+    }
+  }
+  throw bad(`an await spec is "event", { all: [...] }, { any: [...] } or { event, count }; got ${describe(spec)}`);
+}
+
+/** Picks the signals that satisfy `spec` from `mailbox` (oldest first), or null when it is not satisfied yet. */
+export function matchSpec<S extends { event: string }>(spec: NormalizedSpec, mailbox: readonly S[]): S[] | null {
+  const relevant = mailbox.filter((s) => spec.events.includes(s.event));
+  switch (spec.mode) {
+    case "one":
+    case "any":
+      return relevant.length > 0 ? [relevant[0]!] : null;
+    case "pack":
+      return relevant.length >= spec.count ? relevant.slice(0, spec.count) : null;
+    case "all": {
+      const firsts = spec.events.map((e) => relevant.find((s) => s.event === e));
+      if (firsts.some((s) => s === undefined)) return null;
+      return relevant.filter((s) => firsts.includes(s));
+    }
+  }
+}

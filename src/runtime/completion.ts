@@ -1,0 +1,25 @@
+/** A step's outcome as one row of the group-commit statement (sql/claims.ts `complete`). */
+export type Status = "runnable" | "running" | "awaiting" | "joining" | "done" | "failed" | "cancelled";
+
+export interface Completion {
+  id: string;
+  token: string;
+  status: Status;
+  /** New current step; null keeps it. */
+  step: string | null;
+  set_state: boolean;
+  state: unknown;
+  run_at: string | null;
+  delay_ms: number | null;
+  priority: number | null;
+  attempt_op: "reset" | "keep" | "refund";
+  result: unknown;
+  error: unknown;
+  await_spec: unknown;
+  from_step: string;
+  to_step: string | null;
+  outcome: string;
+  attempt: number;
+  duration_ms: number;
+  hist_error: unknown;
+}

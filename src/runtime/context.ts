@@ -1,0 +1,43 @@
+/** Builds the `ctx` a step receives: instance facts plus the outcome helpers. */
+import type pg from "pg";
+import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger } from "../define.js";
+import type { Duration } from "../duration.js";
+import { ConfigError } from "../errors.js";
+import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions } from "../outcome.js";
+
+export interface ContextInput {
+  id: string;
+  machine: string;
+  step: string;
+  state: unknown;
+  attempt: number;
+  awaited: readonly ReceivedSignal[];
+  children: readonly ChildOutcome[];
+  correlationKey: string | null;
+  insertedAt: Date;
+  abortSignal: AbortSignal;
+  log: StepLogger;
+  client: pg.ClientBase | undefined;
+}
+
+export function createContext(input: ContextInput): StepContext<unknown, unknown, string> {
+  const { client, ...facts } = input;
+  return Object.freeze({
+    ...facts,
+    get client(): pg.ClientBase {
+      if (!client) {
+        throw new ConfigError(`ctx.client is only available in transactional steps: declare step "${input.step}" of machine "${input.machine}" as { run, transactional: true }`);
+      }
+      return client;
+    },
+    next: (step: string, ...rest: [unknown?, ScheduleOptions?]) =>
+      makeOutcome({ kind: "next", step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined, options: rest[1] ?? {} }),
+    await: (spec: AwaitSpec, step: string, ...rest: [unknown?, AwaitOptions?]) =>
+      makeOutcome({ kind: "await", spec, step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined, options: rest[1] ?? {} }),
+    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?]) =>
+      makeOutcome({ kind: "spawn", children: [...children], step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined }),
+    done: (result?: unknown) => makeOutcome({ kind: "done", result }),
+    snooze: (delay: Duration) => makeOutcome({ kind: "snooze", delay }),
+    cancel: (reason?: string) => makeOutcome({ kind: "cancel", reason }),
+  });
+}

@@ -1,0 +1,366 @@
+/**
+ * Runs one claimed step: build ctx, run the user's code (with timeout and
+ * abort), turn what it returned or threw into a Completion, and commit it
+ * fenced by the claim. Never throws: every path ends in a commit attempt or in
+ * a lease left to expire.
+ */
+import type pg from "pg";
+import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
+import type { AnyMachine, ReceivedSignal, ResolvedStep } from "../define.js";
+import { describe, toMs } from "../duration.js";
+import { StepTimeoutError, ValidationError } from "../errors.js";
+import type { TypedEmitter } from "../events.js";
+import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
+import { stepLogger, type Logger } from "../logger.js";
+import { outcomeData, type OutcomeData } from "../outcome.js";
+import { validate } from "../schema.js";
+import type { ClaimQueries } from "../sql/claims.js";
+import type { SignalQueries } from "../sql/signals.js";
+import { normalizeSpec, type NormalizedSpec } from "./await-spec.js";
+import type { Completer } from "./completer.js";
+import type { Completion } from "./completion.js";
+import { createContext } from "./context.js";
+import type { Leases } from "./leases.js";
+import { tryResume } from "./signals.js";
+
+/** A row as the claim query returns it. */
+export interface ClaimedRow {
+  id: string;
+  machine: string;
+  step: string;
+  state: unknown;
+  attempt: number;
+  max_attempts: number | null;
+  claim_token: string;
+  correlation_key: string | null;
+  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string }> | null;
+  inserted_at: Date;
+  queue: string;
+  error: ErrorRecord | null;
+}
+
+export interface ExecutorDeps {
+  pool: pg.Pool;
+  machines: ReadonlyMap<string, AnyMachine>;
+  claims: ClaimQueries;
+  signals: SignalQueries;
+  completer: Completer;
+  leases: Leases;
+  events: TypedEmitter;
+  logger: Logger;
+  maxPayloadBytes: number;
+  /** Wake this node's scheduler for `queue`, now or after `delayMs`. */
+  wake: (queue: string, delayMs: number) => void;
+}
+
+export const DEFAULT_MAX_ATTEMPTS = 20;
+const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
+
+export class Executor {
+  constructor(private readonly deps: ExecutorDeps) {}
+
+  async execute(row: ClaimedRow): Promise<void> {
+    const controller = new AbortController();
+    this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
+    const started = performance.now();
+    try {
+      await this.run(row, controller, started);
+    } catch (error) {
+      // Only the commit itself can land here (e.g. the database is gone): the
+      // lease will expire and the reaper hands the step to another attempt.
+      this.deps.events.emit("engine:error", { loop: "executor", error });
+      this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not commit a step outcome; it will re-run after its lease expires");
+    } finally {
+      this.deps.leases.delete(row.id);
+    }
+  }
+
+  private async run(row: ClaimedRow, controller: AbortController, started: number): Promise<void> {
+    const machine = this.deps.machines.get(row.machine)!;
+    const step = machine.steps.get(row.step);
+    const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
+    const maxAttempts = row.max_attempts ?? step?.maxAttempts ?? machine.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+
+    if (!step) {
+      const error = new ValidationError(`machine "${machine.name}" has no step "${row.step}" (its steps: ${[...machine.steps.keys()].join(", ")})`);
+      return this.fail(row, machine, undefined, maxAttempts, error, started);
+    }
+    if (row.attempt > maxAttempts) {
+      // Earlier attempts died with their worker (the reaper recorded why); do not run it again.
+      const error = new Error(`step "${row.step}" exhausted its ${maxAttempts} attempts; the last one: ${row.error?.message ?? "lost its worker"}`);
+      return this.fail(row, machine, step, maxAttempts, error, started);
+    }
+
+    this.deps.events.emit("step:start", facts);
+    if (step.transactional) return this.runTransactional(row, machine, step, maxAttempts, controller, started);
+
+    let completion: Completion;
+    try {
+      const returned = await this.invoke(row, machine, step, controller, undefined);
+      completion = await this.toCompletion(row, machine, step, returned, started);
+    } catch (error) {
+      return this.fail(row, machine, step, maxAttempts, error, started);
+    }
+    if (completion.status === "awaiting") {
+      const client = await this.deps.pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query("begin");
+        const { won, resumedQueue } = await this.commitOn(client, completion);
+        await client.query(won ? "commit" : "rollback");
+        return this.committed(row, machine, completion, won, resumedQueue);
+      } catch (error) {
+        broken = error instanceof Error ? error : new Error(String(error));
+        await client.query("rollback").catch(() => {});
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    }
+    return this.committed(row, machine, completion, await this.deps.completer.submit(completion), null);
+  }
+
+  /** The step and its outcome share one transaction: ctx.client writes commit with the new state, or not at all. */
+  private async runTransactional(
+    row: ClaimedRow,
+    machine: AnyMachine,
+    step: ResolvedStep,
+    maxAttempts: number,
+    controller: AbortController,
+    started: number,
+  ): Promise<void> {
+    const client = await this.deps.pool.connect();
+    let failure: unknown;
+    let broken: Error | undefined;
+    try {
+      await client.query("begin");
+      let completion: Completion | undefined;
+      try {
+        const returned = await this.invoke(row, machine, step, controller, client);
+        completion = await this.toCompletion(row, machine, step, returned, started);
+      } catch (error) {
+        failure = error;
+      }
+      if (completion) {
+        const { won, resumedQueue } = await this.commitOn(client, completion);
+        await client.query(won ? "commit" : "rollback");
+        return this.committed(row, machine, completion, won, resumedQueue);
+      }
+      await client.query("rollback");
+    } catch (error) {
+      broken = error instanceof Error ? error : new Error(String(error));
+      await client.query("rollback").catch(() => {});
+      throw error;
+    } finally {
+      client.release(broken);
+    }
+    return this.fail(row, machine, step, maxAttempts, failure, started);
+  }
+
+  /** Commits one completion on a client inside a transaction; an await also consumes a waiting mailbox. */
+  private async commitOn(client: pg.ClientBase, completion: Completion): Promise<{ won: boolean; resumedQueue: string | null }> {
+    const awaiting = completion.status === "awaiting";
+    if (awaiting) {
+      // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
+      const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);
+      if (locked.rowCount === 0) return { won: false, resumedQueue: null };
+    }
+    const { rows } = await client.query(this.deps.claims.complete, [JSON.stringify([completion])]);
+    if (rows.length === 0) return { won: false, resumedQueue: null };
+    const resumedQueue = awaiting ? await tryResume(client, this.deps.signals, completion.id, completion.await_spec as NormalizedSpec, null) : null;
+    return { won: true, resumedQueue };
+  }
+
+  private async invoke(
+    row: ClaimedRow,
+    machine: AnyMachine,
+    step: ResolvedStep,
+    controller: AbortController,
+    client: pg.ClientBase | undefined,
+  ): Promise<unknown> {
+    const ctx = createContext({
+      id: row.id,
+      machine: row.machine,
+      step: row.step,
+      state: row.state,
+      attempt: row.attempt,
+      awaited: toReceived(row.awaited),
+      children: [],
+      correlationKey: row.correlation_key,
+      insertedAt: row.inserted_at,
+      abortSignal: controller.signal,
+      log: stepLogger(this.deps.logger, { id: row.id, machine: machine.name, step: row.step, attempt: row.attempt }),
+      client,
+    });
+    let timer: NodeJS.Timeout | undefined;
+    if (step.timeoutMs !== undefined) {
+      timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
+    }
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(controller.signal.reason);
+      if (controller.signal.aborted) onAbort();
+      else controller.signal.addEventListener("abort", onAbort, { once: true });
+    });
+    aborted.catch(() => {});
+    try {
+      // The step cannot be killed, but it can be abandoned: on abort we stop waiting for it.
+      return await Promise.race([Promise.resolve().then(() => step.run(ctx)), aborted]);
+    } finally {
+      clearTimeout(timer);
+      controller.signal.removeEventListener("abort", onAbort!);
+    }
+  }
+
+  private async toCompletion(row: ClaimedRow, machine: AnyMachine, step: ResolvedStep, returned: unknown, started: number): Promise<Completion> {
+    const where = `step "${row.step}" of machine "${machine.name}"`;
+    let data = outcomeData(returned);
+    if (!data) {
+      if (machine.kind !== "job") {
+        throw new ValidationError(
+          `${where} returned ${describe(returned)}; a step must return ctx.next(...), ctx.await(...), ctx.spawn(...), ctx.done(...), ctx.snooze(...) or ctx.cancel(...)`,
+        );
+      }
+      data = { kind: "done", result: returned };
+    }
+    const base = this.base(row, started);
+    switch (data.kind) {
+      case "next": {
+        const target = this.checkStep(machine, data.step, where, "ctx.next");
+        const schedule = this.schedule(data.options, where);
+        return {
+          ...base,
+          ...(await this.newState(machine, data, where)),
+          ...schedule,
+          status: "runnable",
+          step: target,
+          attempt_op: "reset",
+          to_step: target,
+          outcome: "next",
+        };
+      }
+      case "await": {
+        const target = this.checkStep(machine, data.step, where, "ctx.await");
+        if (data.options.timeout !== undefined || data.options.onTimeout !== undefined) {
+          throw new ValidationError(`${where}: await timeouts are not supported by this version of gen-durable`);
+        }
+        return {
+          ...base,
+          ...(await this.newState(machine, data, where)),
+          status: "awaiting",
+          step: target,
+          attempt_op: "reset",
+          await_spec: normalizeSpec(data.spec, `${where}: ctx.await`),
+          to_step: target,
+          outcome: "await",
+        };
+      }
+      case "spawn":
+        throw new ValidationError(`${where}: ctx.spawn is not supported by this version of gen-durable`);
+      case "done":
+        encodeJson(data.result ?? null, `the result of ${where}`, this.deps.maxPayloadBytes);
+        return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
+      case "snooze": {
+        const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
+        return { ...base, status: "runnable", delay_ms: delay, attempt_op: "refund", to_step: row.step, outcome: "snooze" };
+      }
+      case "cancel": {
+        const reason = data.reason === undefined ? undefined : String(data.reason);
+        const error = { name: "Cancelled", message: reason ?? `cancelled by ${where}` };
+        return { ...base, status: "cancelled", error, hist_error: error, outcome: "cancelled" };
+      }
+    }
+  }
+
+  private base(row: ClaimedRow, started: number): Completion {
+    return {
+      id: row.id,
+      token: row.claim_token,
+      status: "runnable",
+      step: null,
+      set_state: false,
+      state: null,
+      run_at: null,
+      delay_ms: null,
+      priority: null,
+      attempt_op: "keep",
+      result: null,
+      error: null,
+      await_spec: null,
+      from_step: row.step,
+      to_step: null,
+      outcome: "",
+      attempt: row.attempt,
+      duration_ms: Math.round(performance.now() - started),
+      hist_error: null,
+    };
+  }
+
+  private checkStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
+    if (typeof step !== "string" || !machine.steps.has(step)) {
+      throw new ValidationError(`${where}: ${helper} named ${describe(step)}, which is not a step of the machine (its steps: ${[...machine.steps.keys()].join(", ")})`);
+    }
+    return step;
+  }
+
+  private async newState(machine: AnyMachine, data: Extract<OutcomeData, { state: unknown }>, where: string) {
+    if (!data.hasState) return { set_state: false, state: null };
+    const state = await validate(machine.schema, data.state, `the new state from ${where}`);
+    encodeJson(state, `the new state from ${where}`, this.deps.maxPayloadBytes);
+    return { set_state: true, state };
+  }
+
+  private schedule(options: { delay?: unknown; runAt?: unknown; priority?: unknown }, where: string) {
+    const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+    if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
+    const out: { delay_ms: number | null; run_at: string | null; priority: number | null } = { delay_ms: null, run_at: null, priority: null };
+    if (options.delay !== undefined) out.delay_ms = toMs(options.delay, "delay", bad);
+    if (options.runAt !== undefined) {
+      if (!(options.runAt instanceof Date) || Number.isNaN(options.runAt.getTime())) throw bad(`runAt must be a valid Date, got ${describe(options.runAt)}`);
+      out.run_at = options.runAt.toISOString();
+    }
+    if (options.priority !== undefined) {
+      if (!Number.isInteger(options.priority) || Math.abs(options.priority as number) > 2 ** 31 - 1) throw bad(`priority must be an integer, got ${describe(options.priority)}`);
+      out.priority = options.priority as number;
+    }
+    return out;
+  }
+
+  /** A failed attempt: retried after backoff, or terminal `failed` when attempts are exhausted. State is unchanged. */
+  private async fail(row: ClaimedRow, machine: AnyMachine, step: ResolvedStep | undefined, maxAttempts: number, thrown: unknown, started: number): Promise<void> {
+    const error = toErrorRecord(thrown);
+    const willRetry = row.attempt < maxAttempts;
+    const durationMs = Math.round(performance.now() - started);
+    const backoff = step?.backoff ?? machine.backoff ?? defaultBackoff;
+    const completion: Completion = willRetry
+      ? { ...this.base(row, started), status: "runnable", delay_ms: backoff(row.attempt), error, hist_error: error, to_step: row.step, outcome: "error" }
+      : { ...this.base(row, started), status: "failed", error, hist_error: error, outcome: "failed" };
+    this.deps.events.emit("step:exception", { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue, error, durationMs, willRetry });
+    const won = await this.deps.completer.submit(completion);
+    this.committed(row, machine, completion, won, null);
+  }
+
+  private committed(row: ClaimedRow, machine: AnyMachine, completion: Completion, won: boolean, resumedQueue: string | null): void {
+    const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
+    if (!won) {
+      this.deps.events.emit("lease:lost", facts);
+      this.deps.logger.warn(facts, "lease lost before the step's outcome committed; outcome discarded");
+      return;
+    }
+    this.deps.events.emit("step:stop", { ...facts, outcome: completion.outcome, durationMs: completion.duration_ms });
+    if (completion.status === "done") this.deps.events.emit("instance:done", { id: row.id, machine: machine.name, result: completion.result });
+    if (completion.status === "failed") this.deps.events.emit("instance:failed", { id: row.id, machine: machine.name, error: completion.error as ErrorRecord });
+    if (completion.status === "cancelled") {
+      this.deps.events.emit("instance:cancelled", { id: row.id, machine: machine.name, reason: (completion.error as ErrorRecord).message });
+    }
+    if (completion.status === "runnable") {
+      const delay = completion.run_at ? Date.parse(completion.run_at) - Date.now() : (completion.delay_ms ?? 0);
+      this.deps.wake(row.queue, Math.max(0, delay));
+    }
+    if (resumedQueue) this.deps.wake(resumedQueue, 0);
+  }
+}
+
+function toReceived(awaited: ClaimedRow["awaited"]): ReceivedSignal[] {
+  return (awaited ?? []).map((s) => ({ id: s.id, event: s.event, payload: s.payload, insertedAt: new Date(s.insertedAt) }));
+}

@@ -1,0 +1,68 @@
+/** engine.explain(): why an instance is not running right now, in words and as data. */
+import type pg from "pg";
+import type { ResolvedConfig } from "../config.js";
+import type { Instance } from "../engine.js";
+import { quoteIdent } from "../names.js";
+import type { NormalizedSpec } from "./await-spec.js";
+
+export interface Explanation {
+  id: string;
+  status: string;
+  /** One sentence per reason. */
+  reasons: string[];
+  /** The facts behind the reasons. */
+  details: Record<string, unknown>;
+}
+
+export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, instance: Instance, schema: string): Promise<Explanation> {
+  const s = quoteIdent(schema);
+  const reasons: string[] = [];
+  const details: Record<string, unknown> = {};
+  const { rows } = await pool.query<{ now: Date; leased_by: string | null; lease_expires_at: Date | null; await_spec: NormalizedSpec | null }>(
+    `select now() as now, leased_by, lease_expires_at, await_spec from ${s}.instances where id = $1`,
+    [instance.id],
+  );
+  const row = rows[0];
+  const now = row?.now ?? new Date();
+  details.databaseTime = now;
+  switch (instance.status) {
+    case "runnable":
+      if (instance.runAt > now) {
+        reasons.push(`due at ${instance.runAt.toISOString()} (in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`);
+        details.dueAt = instance.runAt;
+      } else {
+        reasons.push(`due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" with machine "${instance.machine}" has a free slot`);
+      }
+      if (instance.error) reasons.push(`its last attempt failed: ${instance.error.message}`);
+      if (config.queues.size > 0 && !config.machines.has(instance.machine)) {
+        reasons.push(`this node does not run machine "${instance.machine}"`);
+      }
+      break;
+    case "running":
+      reasons.push(`it is running step "${instance.step}" (attempt ${instance.attempt}) on node ${row?.leased_by ?? "?"}, lease until ${row?.lease_expires_at?.toISOString() ?? "?"}`);
+      details.node = row?.leased_by;
+      details.leaseExpiresAt = row?.lease_expires_at;
+      break;
+    case "awaiting": {
+      const spec = row?.await_spec;
+      if (spec) {
+        const arrived = await pool.query<{ event: string; n: number }>(
+          `select event, count(*)::int as n from ${s}.signals where instance_id = $1 and event = any($2::text[]) group by event`,
+          [instance.id, spec.events],
+        );
+        const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
+        const wanted = spec.mode === "pack" ? `${spec.count} × "${spec.events[0]}"` : spec.mode === "one" ? `"${spec.events[0]}"` : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
+        reasons.push(`awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`);
+        details.awaiting = spec;
+        details.arrived = counts;
+      }
+      break;
+    }
+    case "joining":
+      reasons.push("joining: waiting for its children to finish");
+      break;
+    default:
+      reasons.push(`it is ${instance.status} (terminal) since ${instance.updatedAt.toISOString()}`);
+  }
+  return { id: instance.id, status: instance.status, reasons, details };
+}

@@ -1,0 +1,130 @@
+/**
+ * The hot path: claim runnable rows, renew leases, commit outcomes, release and
+ * reap. Every write after a claim is fenced on (id, claim_token, status =
+ * 'running'), so an execution whose lease was lost updates nothing.
+ */
+import { quoteIdent } from "../names.js";
+
+const CLAIMED_COLUMNS =
+  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.inserted_at, i.queue, i.error";
+
+export function claimQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /**
+     * Claims up to $3 due rows of queue $1 whose machine this node runs ($2),
+     * counting the attempt at claim. Walks instances_claim in order and skips
+     * rows another node is claiming.
+     */
+    claim: `
+      with next as (
+        select id from ${s}.instances
+        where status = 'runnable' and queue = $1 and run_at <= now() and machine = any($2::text[])
+        order by priority, run_at, id
+        limit $3
+        for update skip locked
+      )
+      update ${s}.instances i
+      set status = 'running', attempt = i.attempt + 1, claim_token = i.claim_token + 1,
+          leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
+      from next where i.id = next.id
+      returning ${CLAIMED_COLUMNS}`,
+
+    /**
+     * Extends the leases of the steps this node is running. Rows locked by a
+     * commit in progress are skipped, not waited for (so renewal never queues
+     * behind step work); `held = false` marks a claim that is really gone.
+     */
+    renew: `
+      with mine as (
+        select x.id, x.token from unnest($1::bigint[], $2::bigint[]) as x(id, token)
+      ),
+      renewable as (
+        select i.id from ${s}.instances i join mine x on i.id = x.id
+        where i.claim_token = x.token and i.status = 'running'
+        for update of i skip locked
+      ),
+      renewed as (
+        update ${s}.instances i set lease_expires_at = now() + $3 * interval '1 millisecond'
+        from renewable r where i.id = r.id
+        returning i.id
+      )
+      select id::text as id, true as held from renewed
+      union all
+      select x.id::text, false from mine x
+      where not exists (select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running')`,
+
+    /** Gives claimed rows back at once (graceful stop): runnable now, the attempt not counted. */
+    release: `
+      update ${s}.instances i
+      set status = 'runnable', run_at = now(), attempt = greatest(i.attempt - 1, 0),
+          leased_by = null, lease_expires_at = null, updated_at = now()
+      from unnest($1::bigint[], $2::bigint[]) as x(id, token)
+      where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+      returning i.queue`,
+
+    /**
+     * Commits a batch of step outcomes in one statement (group commit): one
+     * fenced UPDATE and the matching history rows. Returns the ids that won.
+     */
+    complete: `
+      with input as (
+        select * from jsonb_to_recordset($1::jsonb) as x(
+          id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
+          run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
+          result jsonb, error jsonb, await_spec jsonb,
+          from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb)
+      ),
+      won as (
+        update ${s}.instances i set
+          status = x.status,
+          step = coalesce(x.step, i.step),
+          state = case when x.set_state then x.state else i.state end,
+          run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
+          priority = coalesce(x.priority, i.priority),
+          attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0) else i.attempt end,
+          result = x.result, error = x.error, await_spec = x.await_spec, awaited = null,
+          leased_by = null, lease_expires_at = null, updated_at = now()
+        from input x
+        where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+        returning i.id
+      ),
+      history as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, duration_ms, error)
+        select x.id, x.from_step, x.to_step, x.outcome, x.attempt, x.duration_ms, x.hist_error
+        from input x join won w on w.id = x.id
+      )
+      select id::text as id from won`,
+
+    /** Locks a claimed row for a commit that must read other tables after the lock (await). */
+    lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
+
+    /**
+     * Makes rows whose lease expired runnable again, at most $1 per call, and
+     * records the lost attempt. The next claim counts a new attempt, so a step
+     * that keeps killing its worker still runs out of attempts.
+     */
+    reap: `
+      with expired as (
+        select id from ${s}.instances
+        where status = 'running' and lease_expires_at < now()
+        order by lease_expires_at limit $1
+        for update skip locked
+      ),
+      reaped as (
+        update ${s}.instances i
+        set status = 'runnable', run_at = now(), leased_by = null, lease_expires_at = null, updated_at = now(),
+            error = jsonb_build_object('name', 'LeaseExpired',
+              'message', format('attempt %s of step "%s" lost its worker %s: its lease expired', i.attempt, i.step, coalesce(i.leased_by, '')))
+        from expired e where i.id = e.id
+        returning i.id, i.step, i.attempt, i.queue, i.error
+      ),
+      history as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
+        select id, step, step, 'lease_expired', attempt, error from reaped
+      )
+      select queue, count(*)::int as n from reaped group by queue`,
+  };
+}
+
+export type ClaimQueries = ReturnType<typeof claimQueries>;

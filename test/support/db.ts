@@ -1,0 +1,57 @@
+/**
+ * Test isolation: every test file gets its own migrated schema, dropped at the
+ * end, so files run in parallel against one database without sharing rows.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import pg from "pg";
+import { afterAll, inject } from "vitest";
+import { GenDurable, migrate, type GenDurableOptions } from "../../src/index.js";
+
+export const databaseUrl = (): string => inject("databaseUrl");
+
+export interface TestDatabase {
+  url: string;
+  schema: string;
+  pool: pg.Pool;
+  /** New engine on this schema; stopped after the file. */
+  engine(options?: Omit<GenDurableOptions, "connectionString" | "schema">): GenDurable;
+}
+
+export async function useTestDatabase(file: string): Promise<TestDatabase> {
+  const url = databaseUrl();
+  const schema = `t_${createHash("sha1").update(file).digest("hex").slice(0, 8)}_${randomBytes(3).toString("hex")}`;
+  await migrate({ connectionString: url, schema });
+  const pool = new pg.Pool({ connectionString: url, max: 5 });
+  const engines: GenDurable[] = [];
+  afterAll(async () => {
+    for (const engine of engines) await engine.stop();
+    await pool.query(`drop schema if exists ${schema} cascade`);
+    await pool.end();
+  });
+  return {
+    url,
+    schema,
+    pool,
+    engine(options = {}) {
+      const engine = new GenDurable({ connectionString: url, schema, pollInterval: 200, ...options });
+      engines.push(engine);
+      return engine;
+    },
+  };
+}
+
+/** Waits for `check` to return a truthy value, polling until `timeoutMs`; fails with `what` on timeout. */
+export async function eventually<T>(what: string, check: () => Promise<T> | T, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    await new Promise((resolve) => setTimeout(resolve, pause));
+  }
+}
