@@ -1,5 +1,9 @@
-/** Durations are milliseconds (a finite number >= 0) or strings such as "250ms", "30s", "5m", "2h", "1d". */
-export type Duration = number | `${number}${"ms" | "s" | "m" | "h" | "d"}` | `${number}`;
+/**
+ * Durations are milliseconds (a finite number >= 0) or strings such as "250ms",
+ * "30s", "5m", "2h", "1d". Typed as string so values read from configuration
+ * fit; every duration is checked at run time with an error naming the option.
+ */
+export type Duration = number | string;
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 

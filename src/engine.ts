@@ -4,6 +4,7 @@
  * (insert, signal, inspect, cancel, retry). It holds no per-instance state:
  * every instance is a row, and any node may run any step.
  */
+import { prepared } from "./db/prepared.js";
 import pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
@@ -310,10 +311,9 @@ export class GenDurable {
     let pending = unique;
     for (let round = 0; pending.length > 0; round++) {
       if (round === 10) throw new Error("insert: could not settle correlation keys after 10 rounds of concurrent inserts");
-      const { rows: out } = await runner.query<{ idx: number; id: string; inserted: boolean; queue: string; due: boolean }>(this.q.insert, [
-        JSON.stringify(pending),
-        channel,
-      ]);
+      const { rows: out } = await runner.query<{ idx: number; id: string; inserted: boolean; queue: string; due: boolean }>(
+        prepared(this.q.insert, [JSON.stringify(pending), channel]),
+      );
       for (const row of out) {
         if (row.idx < 0) continue;
         results[row.idx] = { id: row.id, inserted: row.inserted };

@@ -9,6 +9,9 @@ import { ValidationError } from "./errors.js";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
+/** Deeper values are rejected: JSON.stringify and Postgres' parser both recurse. */
+export const MAX_DEPTH = 1000;
+
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /**
@@ -16,7 +19,8 @@ const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[
  * text. Rejects (with a ValidationError naming `label` and the path) cycles,
  * functions, symbols, BigInt, undefined, non-finite numbers, class instances
  * such as Date or Map, NUL characters, lone UTF-16 surrogates, and text over
- * `maxBytes` UTF-8 bytes. Iterative, so 10,000-deep nesting cannot overflow the stack.
+ * `maxBytes` UTF-8 bytes, and nesting deeper than MAX_DEPTH. The walk is
+ * iterative, so a 10,000-deep value gets an error, not a stack overflow.
  */
 export function encodeJson(value: unknown, label: string, maxBytes: number): string {
   const problem = findNonJson(value);
@@ -67,6 +71,7 @@ function findNonJson(root: unknown): Problem | null {
         return bad(`is ${describe(value)}, which is not JSON`);
     }
     if (value === null) continue;
+    if (keys.length >= MAX_DEPTH) return bad(`is nested deeper than ${MAX_DEPTH} levels`);
     const object = value as object;
     if (onPath.has(object)) return bad("is a circular reference");
     if (Array.isArray(object)) {

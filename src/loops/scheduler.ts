@@ -4,6 +4,7 @@
  * as there are free slots). Woken by NOTIFY, by local commits and by the poll
  * loop; after a batch of completions it claims again in one go.
  */
+import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import type { TypedEmitter } from "../events.js";
 import type { ClaimQueries } from "../sql/claims.js";
@@ -87,7 +88,9 @@ export class QueueScheduler {
         const free = this.o.concurrency - this.running;
         this.mayHaveMore = false;
         const started = performance.now();
-        const { rows } = await this.o.pool.query<ClaimedRow>(this.o.claims.claim, [this.o.queue, this.o.machines, free, this.o.nodeId, this.o.leaseMs]);
+        const { rows } = await this.o.pool.query<ClaimedRow>(
+          prepared(this.o.claims.claim, [this.o.queue, this.o.machines, free, this.o.nodeId, this.o.leaseMs]),
+        );
         this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
         if (rows.length === free) this.mayHaveMore = true;
         for (const row of rows) this.launch(row);

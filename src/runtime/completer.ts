@@ -5,6 +5,7 @@
  * why processing beats per-job completion). A step's promise resolves only
  * after its batch has committed: the guarantee holds per step.
  */
+import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { isConnectionError } from "../db/pool.js";
 import type { Completion } from "./completion.js";
@@ -75,7 +76,7 @@ export class Completer {
     const payload = JSON.stringify([...completions].sort((a, b) => Number(BigInt(a.id) - BigInt(b.id))));
     for (let attempt = 1; ; attempt++) {
       try {
-        const { rows } = await this.pool.query<{ id: string }>(this.sql, [payload]);
+        const { rows } = await this.pool.query<{ id: string }>(prepared(this.sql, [payload]));
         return new Set(rows.map((r) => r.id));
       } catch (error) {
         // Fenced writes are safe to repeat: a batch that did commit before the

@@ -4,6 +4,7 @@
  * fenced by the claim. Never throws: every path ends in a commit attempt or in
  * a lease left to expire.
  */
+import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
 import type { AnyMachine, ReceivedSignal, ResolvedStep } from "../define.js";
@@ -165,7 +166,7 @@ export class Executor {
       const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);
       if (locked.rowCount === 0) return { won: false, resumedQueue: null };
     }
-    const { rows } = await client.query(this.deps.claims.complete, [JSON.stringify([completion])]);
+    const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([completion])]));
     if (rows.length === 0) return { won: false, resumedQueue: null };
     const resumedQueue = awaiting ? await tryResume(client, this.deps.signals, completion.id, completion.await_spec as NormalizedSpec, null) : null;
     return { won: true, resumedQueue };

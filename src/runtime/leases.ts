@@ -3,6 +3,7 @@
  * them all in one statement; a lease found lost aborts its step's abortSignal
  * (its commit would be fenced anyway).
  */
+import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { LeaseLostError } from "../errors.js";
 import type { ClaimQueries } from "../sql/claims.js";
@@ -34,21 +35,19 @@ export class Leases {
   async renew(): Promise<number> {
     if (this.held.size === 0) return 0;
     const entries = [...this.held];
-    const { rows } = await this.pool.query<{ id: string; held: boolean }>(this.q.renew, [
-      entries.map(([id]) => id),
-      entries.map(([, h]) => h.token),
-      this.leaseMs,
-    ]);
+    const { rows } = await this.pool.query<{ id: string; held: boolean }>(
+      prepared(this.q.renew, [entries.map(([id]) => id), entries.map(([, h]) => h.token), this.leaseMs]),
+    );
+    const tokens = new Map(entries.map(([id, h]) => [id, h.token]));
     let renewed = 0;
     for (const row of rows) {
       if (row.held) {
         renewed++;
         continue;
       }
+      // Abort only if the same claim is still running here (not a newer claim of the same id).
       const held = this.held.get(row.id);
-      if (held && held.token === entries.find(([id]) => id === row.id)?.[1].token) {
-        held.controller.abort(new LeaseLostError(row.id));
-      }
+      if (held && held.token === tokens.get(row.id)) held.controller.abort(new LeaseLostError(row.id));
     }
     return renewed;
   }

@@ -8,6 +8,15 @@ import { quoteIdent } from "../names.js";
 const CLAIMED_COLUMNS =
   "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.inserted_at, i.queue, i.error";
 
+/**
+ * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
+ * off for that transaction only): if the database crashes and loses one, the row
+ * simply is runnable or expired again, which at-least-once already allows. It
+ * saves a WAL flush per claim round trip. Outcome commits stay synchronous: a
+ * committed transition is never lost.
+ */
+const ASYNC_COMMIT = "async_commit as (select set_config('synchronous_commit', 'off', true) as ok)";
+
 export function claimQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
@@ -23,11 +32,12 @@ export function claimQueries(schema: string) {
         order by priority, run_at, id
         limit $3
         for update skip locked
-      )
+      ),
+      ${ASYNC_COMMIT}
       update ${s}.instances i
       set status = 'running', attempt = i.attempt + 1, claim_token = i.claim_token + 1,
           leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
-      from next where i.id = next.id
+      from next, async_commit where i.id = next.id
       returning ${CLAIMED_COLUMNS}`,
 
     /**
@@ -44,9 +54,10 @@ export function claimQueries(schema: string) {
         where i.claim_token = x.token and i.status = 'running'
         for update of i skip locked
       ),
+      ${ASYNC_COMMIT},
       renewed as (
         update ${s}.instances i set lease_expires_at = now() + $3 * interval '1 millisecond'
-        from renewable r where i.id = r.id
+        from renewable r, async_commit where i.id = r.id
         returning i.id
       )
       select id::text as id, true as held from renewed
@@ -56,10 +67,11 @@ export function claimQueries(schema: string) {
 
     /** Gives claimed rows back at once (graceful stop): runnable now, the attempt not counted. */
     release: `
+      with ${ASYNC_COMMIT}
       update ${s}.instances i
       set status = 'runnable', run_at = now(), attempt = greatest(i.attempt - 1, 0),
           leased_by = null, lease_expires_at = null, updated_at = now()
-      from unnest($1::bigint[], $2::bigint[]) as x(id, token)
+      from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
       where i.id = x.id and i.claim_token = x.token and i.status = 'running'
       returning i.queue`,
 
@@ -111,12 +123,13 @@ export function claimQueries(schema: string) {
         order by lease_expires_at limit $1
         for update skip locked
       ),
+      ${ASYNC_COMMIT},
       reaped as (
         update ${s}.instances i
         set status = 'runnable', run_at = now(), leased_by = null, lease_expires_at = null, updated_at = now(),
             error = jsonb_build_object('name', 'LeaseExpired',
               'message', format('attempt %s of step "%s" lost its worker %s: its lease expired', i.attempt, i.step, coalesce(i.leased_by, '')))
-        from expired e where i.id = e.id
+        from expired e, async_commit where i.id = e.id
         returning i.id, i.step, i.attempt, i.queue, i.error
       ),
       history as (
