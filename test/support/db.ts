@@ -41,13 +41,13 @@ export async function useTestDatabase(file: string): Promise<TestDatabase> {
 }
 
 /** Waits for `check` to return a truthy value, polling until `timeoutMs`; fails with `what` on timeout. */
-export async function eventually<T>(what: string, check: () => Promise<T> | T, timeoutMs = 20_000): Promise<T> {
+export async function eventually<T>(what: string, check: () => Promise<T> | T, timeoutMs = 20_000): Promise<Exclude<T, null | undefined | false | 0 | "">> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
     try {
       const value = await check();
-      if (value) return value;
+      if (value) return value as Exclude<T, null | undefined | false | 0 | "">;
     } catch (error) {
       last = error;
     }
