@@ -1,0 +1,103 @@
+// The scheduler: per-node concurrency, claim order, due times, and a claim plan that ignores finished rows.
+import { describe, expect, it } from "vitest";
+import { z } from "zod";
+import { defineJob, defineMachine } from "../../src/index.js";
+import { claimQueries } from "../../src/sql/claims.js";
+import { eventually, useTestDatabase } from "../support/db.js";
+
+const db = await useTestDatabase(import.meta.url);
+
+let active = 0;
+let peak = 0;
+const releases: Array<() => void> = [];
+const Limited = defineJob({
+  name: "Limited",
+  queue: "limited",
+  args: z.object({}),
+  perform: async () => {
+    active++;
+    peak = Math.max(peak, active);
+    await new Promise<void>((resolve) => releases.push(resolve));
+    active--;
+    return null;
+  },
+});
+
+const order: number[] = [];
+const Ordered = defineJob({
+  name: "Ordered",
+  queue: "ordered",
+  args: z.object({ n: z.number() }),
+  perform: async (args) => {
+    order.push(args.n);
+    return null;
+  },
+});
+
+const Later = defineMachine({ name: "Later", queue: "later", state: z.object({}), steps: { start: (ctx) => ctx.done() } });
+
+describe("scheduler", () => {
+  it("never runs more than the queue's concurrency on a node", async () => {
+    const engine = db.engine({ queues: { limited: 3 }, machines: [Limited] });
+    await engine.start();
+    const ids = (await engine.insertMany(Array.from({ length: 10 }, () => ({ machine: Limited, args: {} })))).map((r) => r.id);
+    let finished = 0;
+    while (finished < 10) {
+      await eventually("a step waiting", () => releases.length > 0);
+      expect(active).toBeLessThanOrEqual(3);
+      releases.shift()!();
+      finished++;
+    }
+    for (const id of ids) expect((await engine.wait(id, { timeout: 5000 })).status).toBe("done");
+    expect(peak).toBe(3);
+    await engine.stop();
+  });
+
+  it("claims in priority, then due-time, then insertion order", async () => {
+    const client = db.engine();
+    await client.start();
+    const past = (s: number) => new Date(Date.now() - s * 1000);
+    await client.insertMany([
+      { machine: Ordered, args: { n: 4 }, priority: 5 },
+      { machine: Ordered, args: { n: 3 }, priority: 0, runAt: past(1) },
+      { machine: Ordered, args: { n: 1 }, priority: -1 },
+      { machine: Ordered, args: { n: 2 }, priority: 0, runAt: past(10) },
+      { machine: Ordered, args: { n: 5 }, priority: 5 },
+    ]);
+    const engine = db.engine({ queues: { ordered: 1 }, machines: [Ordered] });
+    await engine.start();
+    await eventually("all five ran", () => order.length === 5);
+    expect(order).toEqual([1, 2, 3, 4, 5]);
+    await engine.stop();
+  });
+
+  it("does not run an instance before its due time, by the database clock", async () => {
+    const engine = db.engine({ queues: { later: 2 }, machines: [Later], pollInterval: 50 });
+    await engine.start();
+    const { id } = await engine.insert(Later, { state: {}, delay: 300 });
+    const done = await engine.wait(id, { timeout: 5000 });
+    const { rows } = await db.pool.query(`select updated_at - inserted_at >= interval '300 ms' as late_enough from ${db.schema}.instances where id = $1`, [id]);
+    expect(done.status).toBe("done");
+    expect(rows[0].late_enough).toBe(true);
+    await engine.stop();
+  });
+
+  it("claims through the partial index, so finished rows do not cost anything", async () => {
+    await db.pool.query(
+      `insert into ${db.schema}.instances (machine, step, state, status, queue)
+       select 'Old', 'start', '{}', 'done', 'ordered' from generate_series(1, 20000)`,
+    );
+    await db.pool.query(`analyze ${db.schema}.instances`);
+    const conn = await db.pool.connect();
+    try {
+      await conn.query("begin");
+      const { rows } = await conn.query(`explain ${claimQueries(db.schema).claim}`.replace(/\$1/g, "'ordered'").replace(/\$2::text\[\]/g, "array['Ordered']").replace(/\$3/g, "10").replace(/\$4/g, "'n'").replace(/\$5/g, "1000"));
+      const plan = rows.map((r) => r["QUERY PLAN"]).join("\n");
+      expect(plan).toMatch(/instances_claim/);
+      expect(plan).not.toMatch(/Seq Scan on instances/);
+      await conn.query("rollback");
+    } finally {
+      conn.release();
+    }
+  });
+});
