@@ -35,6 +35,8 @@ export interface GenDurableOptions {
   reaperInterval?: Duration;
   /** On stop(), how long in-flight steps may run before their leases are released. Default "10s". */
   shutdownGrace?: Duration;
+  /** How long a signal sent with ifMissing: "keep" waits for an instance with its key. Default "1d". */
+  signalRetention?: Duration;
   /** Largest JSON state, args, result or signal payload, in bytes. Default 1 MiB. */
   maxPayloadBytes?: number;
   /** Size of the pool the engine creates from connectionString. Default 10. */
@@ -56,6 +58,7 @@ export interface ResolvedConfig {
   pollMs: number;
   reaperMs: number;
   shutdownGraceMs: number;
+  signalRetentionMs: number;
   maxPayloadBytes: number;
   poolSize: number;
   logger: Logger;
@@ -72,6 +75,7 @@ const KEYS = [
   "pollInterval",
   "reaperInterval",
   "shutdownGrace",
+  "signalRetention",
   "maxPayloadBytes",
   "poolSize",
   "logger",
@@ -84,6 +88,7 @@ export const DEFAULTS = {
   pollInterval: "1s",
   reaperInterval: "5s",
   shutdownGrace: "10s",
+  signalRetention: "1d",
   maxPayloadBytes: 1024 * 1024,
   poolSize: 10,
 } as const;
@@ -158,6 +163,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     pollMs: ms(options.pollInterval, "pollInterval", 10),
     reaperMs: ms(options.reaperInterval, "reaperInterval", 10),
     shutdownGraceMs: ms(options.shutdownGrace, "shutdownGrace", 0),
+    signalRetentionMs: ms(options.signalRetention, "signalRetention", 0),
     maxPayloadBytes: positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024),
     poolSize: positiveInt(options.poolSize, "poolSize", DEFAULTS.poolSize, 1000),
     logger,

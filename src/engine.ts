@@ -33,7 +33,7 @@ import { Executor } from "./runtime/executor.js";
 import { prepareInsert, type InsertRow } from "./runtime/insert.js";
 import { Leases } from "./runtime/leases.js";
 import { Notifier } from "./runtime/notifier.js";
-import { deliverSignal } from "./runtime/signals.js";
+import { deliverSignal, fireTimeouts } from "./runtime/signals.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
 import { signalQueries } from "./sql/signals.js";
@@ -116,7 +116,8 @@ export interface ListFilter {
 }
 
 const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
-const SIGNAL_RETENTION_MS = 24 * 3600 * 1000;
+/** Rows per maintenance statement: bounded so no sweep holds many locks at once. */
+const BATCH = 1000;
 
 export class GenDurable {
   private readonly config: ResolvedConfig;
@@ -130,8 +131,8 @@ export class GenDurable {
   private readonly completer: Completer;
   private readonly leases: Leases;
   private readonly schedulers = new Map<string, QueueScheduler>();
-  /** Background loops: poll (wake schedulers), lease (renew), reaper (expired leases). */
-  private loops: { poll: Loop; lease: Loop; reaper: Loop } | undefined;
+  /** Background loops: poll (wake schedulers), timeouts (await deadlines), lease (renew), reaper (expired leases, inbox). */
+  private loops: { poll: Loop; timeouts: Loop; lease: Loop; reaper: Loop } | undefined;
   private listener: Listener | undefined;
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
 
@@ -179,6 +180,7 @@ export class GenDurable {
       logger: config.logger,
       maxPayloadBytes: config.maxPayloadBytes,
       wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
+      wakeTimeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
     });
     for (const [queue, { concurrency }] of config.queues) {
       const machines = [...config.machines.values()].filter((m) => m.queue === queue).map((m) => m.name);
@@ -204,6 +206,7 @@ export class GenDurable {
     };
     this.loops = {
       poll: new Loop({ name: "poll", intervalMs: config.pollMs, tick: async () => wakeAll(), onError }),
+      timeouts: new Loop({ name: "timeouts", intervalMs: config.pollMs, tick: () => this.fireTimeouts(), onError }),
       lease: new Loop({
         name: "lease",
         intervalMs: config.leaseMs / 3,
@@ -231,18 +234,35 @@ export class GenDurable {
     void this.listener.start();
   }
 
-  /** Makes rows whose lease expired runnable again, in bounded batches, and wakes their queues. */
+  /**
+   * Makes rows whose lease expired runnable again and drops inbox signals past
+   * signalRetention, both in bounded batches; wakes the queues that got work.
+   */
   private async reap(): Promise<void> {
     const started = performance.now();
     let total = 0;
     for (;;) {
-      const { rows } = await this.pool.query<{ queue: string; n: number }>(this.claims.reap, [1000]);
+      const { rows } = await this.pool.query<{ queue: string; n: number }>(this.claims.reap, [BATCH]);
       const count = rows.reduce((sum, r) => sum + r.n, 0);
       total += count;
       for (const row of rows) this.wakeQueue(row.queue);
-      if (count < 1000) break;
+      if (count < BATCH) break;
     }
+    while ((await this.pool.query(this.signalsQ.expireInbox, [BATCH])).rowCount === BATCH);
     this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
+  }
+
+  /** Resumes awaits whose timeout passed at their onTimeout step. */
+  private async fireTimeouts(): Promise<void> {
+    const started = performance.now();
+    let total = 0;
+    for (;;) {
+      const queues = await fireTimeouts(this.pool, this.signalsQ, 100);
+      total += queues.length;
+      for (const queue of new Set(queues)) this.wakeQueue(queue);
+      if (queues.length < 100) break;
+    }
+    this.events.emit("loop:tick", { loop: "timeouts", durationMs: performance.now() - started, count: total });
   }
 
   /**
@@ -257,6 +277,7 @@ export class GenDurable {
     for (const scheduler of this.schedulers.values()) await scheduler.stop();
     // Leases keep being renewed while in-flight steps finish.
     await this.loops?.poll.stop();
+    await this.loops?.timeouts.stop();
     await this.loops?.reaper.stop();
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
@@ -350,7 +371,7 @@ export class GenDurable {
       payloadJson,
       dedupKey: options.dedupKey ?? null,
       keepIfMissing: options.ifMissing === "keep",
-      inboxRetentionMs: SIGNAL_RETENTION_MS,
+      inboxRetentionMs: this.config.signalRetentionMs,
       notifyChannel: options.client ? this.config.channel : null,
     };
     const delivered = options.client

@@ -37,6 +37,13 @@ export class Loop {
     this.schedule(0);
   }
 
+  /** Ticks after `delayMs` unless a tick comes sooner (e.g. a deadline known to this node). */
+  triggerIn(delayMs: number): void {
+    if (this.stopped) return;
+    const timer = setTimeout(() => this.trigger(), delayMs);
+    timer.unref?.();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);

@@ -8,6 +8,8 @@ export interface NormalizedSpec {
   mode: "one" | "all" | "any" | "pack";
   events: string[];
   count: number;
+  /** Step to run when the await times out (set by the executor when a timeout is given). */
+  onTimeout?: string;
 }
 
 export function normalizeSpec(spec: AwaitSpec, where: string): NormalizedSpec {
@@ -51,6 +53,22 @@ export function matchSpec<S extends { event: string }>(spec: NormalizedSpec, mai
       const firsts = spec.events.map((e) => relevant.find((s) => s.event === e));
       if (firsts.some((s) => s === undefined)) return null;
       return relevant.filter((s) => firsts.includes(s));
+    }
+  }
+}
+
+/** On timeout: the signals that count toward `spec` so far (none of them satisfied it). */
+export function partialMatch<S extends { event: string }>(spec: NormalizedSpec, mailbox: readonly S[]): S[] {
+  const relevant = mailbox.filter((s) => spec.events.includes(s.event));
+  switch (spec.mode) {
+    case "one":
+    case "any":
+      return relevant.slice(0, 1);
+    case "pack":
+      return relevant.slice(0, spec.count);
+    case "all": {
+      const firsts = new Set(spec.events.map((e) => relevant.find((s) => s.event === e)).filter((s) => s !== undefined));
+      return relevant.filter((s) => firsts.has(s));
     }
   }
 }

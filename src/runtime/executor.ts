@@ -52,6 +52,8 @@ export interface ExecutorDeps {
   maxPayloadBytes: number;
   /** Wake this node's scheduler for `queue`, now or after `delayMs`. */
   wake: (queue: string, delayMs: number) => void;
+  /** Sweep await timeouts after `delayMs` (this node just parked one with that deadline). */
+  wakeTimeouts: (delayMs: number) => void;
 }
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
@@ -242,16 +244,21 @@ export class Executor {
       }
       case "await": {
         const target = this.checkStep(machine, data.step, where, "ctx.await");
-        if (data.options.timeout !== undefined || data.options.onTimeout !== undefined) {
-          throw new ValidationError(`${where}: await timeouts are not supported by this version of gen-durable`);
+        const spec = normalizeSpec(data.spec, `${where}: ctx.await`);
+        const { timeout, onTimeout } = data.options;
+        if ((timeout === undefined) !== (onTimeout === undefined)) {
+          throw new ValidationError(`${where}: ctx.await needs both timeout and onTimeout, or neither`);
         }
+        if (onTimeout !== undefined) spec.onTimeout = this.checkStep(machine, onTimeout, where, "ctx.await's onTimeout");
         return {
           ...base,
           ...(await this.newState(machine, data, where)),
           status: "awaiting",
           step: target,
           attempt_op: "reset",
-          await_spec: normalizeSpec(data.spec, `${where}: ctx.await`),
+          await_spec: spec,
+          // The deadline lives in run_at; an await without timeout never comes due.
+          ...(timeout === undefined ? { run_at: "infinity" } : { delay_ms: toMs(timeout, `${where}: ctx.await timeout`, (m) => new ValidationError(m)) }),
           to_step: target,
           outcome: "await",
         };
@@ -359,6 +366,7 @@ export class Executor {
       this.deps.wake(row.queue, Math.max(0, delay));
     }
     if (resumedQueue) this.deps.wake(resumedQueue, 0);
+    else if (completion.status === "awaiting" && completion.delay_ms !== null) this.deps.wakeTimeouts(completion.delay_ms);
   }
 }
 

@@ -55,6 +55,10 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
         reasons.push(`awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`);
         details.awaiting = spec;
         details.arrived = counts;
+        if (spec.onTimeout) {
+          reasons.push(`times out at ${instance.runAt.toISOString()}, then runs step "${spec.onTimeout}"`);
+          details.timeoutAt = instance.runAt;
+        }
       }
       break;
     }

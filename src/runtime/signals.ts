@@ -7,7 +7,7 @@
 import type pg from "pg";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { SignalQueries } from "../sql/signals.js";
-import { matchSpec, type NormalizedSpec } from "./await-spec.js";
+import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
 
 interface LockedInstance {
   id: string;
@@ -78,10 +78,57 @@ export async function tryResume(
   spec: NormalizedSpec,
   notifyChannel: string | null,
 ): Promise<string | null> {
-  const mailbox = await client.query<{ id: string; event: string; payload: unknown; inserted_at: Date }>(q.mailbox, [instanceId, spec.events]);
-  const matched = matchSpec(spec, mailbox.rows);
+  const matched = matchSpec(spec, await readMailbox(client, q, instanceId, spec));
   if (!matched) return null;
-  const awaited = matched.map((m) => ({ id: m.id, event: m.event, payload: m.payload, insertedAt: m.inserted_at }));
-  const resumed = await client.query<{ queue: string }>(q.resume, [instanceId, matched.map((m) => m.id), JSON.stringify(awaited), notifyChannel]);
-  return resumed.rows[0]?.queue ?? null;
+  return resume(client, q, instanceId, matched, null, "resumed", notifyChannel);
+}
+
+type MailboxRow = { id: string; event: string; payload: unknown; inserted_at: Date };
+
+function readMailbox(client: pg.ClientBase, q: SignalQueries, instanceId: string, spec: NormalizedSpec): Promise<MailboxRow[]> {
+  return client.query<MailboxRow>(q.mailbox, [instanceId, spec.events]).then((r) => r.rows);
+}
+
+async function resume(
+  client: pg.ClientBase,
+  q: SignalQueries,
+  instanceId: string,
+  consumed: MailboxRow[],
+  step: string | null,
+  outcome: "resumed" | "timeout",
+  notifyChannel: string | null,
+): Promise<string | null> {
+  const awaited = consumed.map((m) => ({ id: m.id, event: m.event, payload: m.payload, insertedAt: m.inserted_at }));
+  const { rows } = await client.query<{ queue: string }>(q.resume, [instanceId, consumed.map((m) => m.id), JSON.stringify(awaited), notifyChannel, step, outcome]);
+  return rows[0]?.queue ?? null;
+}
+
+/**
+ * Resumes awaiting instances whose timeout passed at their onTimeout step, with
+ * whatever had arrived toward the spec. Each runs in its own transaction with
+ * the row locked, so a timeout and a last signal racing resolve to exactly one
+ * of the two: whichever locks the row first; the other finds it no longer
+ * awaiting (a late signal then simply stays in the mailbox).
+ */
+export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: number): Promise<string[]> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query("begin");
+    const { rows } = await client.query<{ id: string; await_spec: NormalizedSpec & { onTimeout: string } }>(q.timedOut, [batch]);
+    const queues: string[] = [];
+    for (const row of rows) {
+      const arrived = partialMatch(row.await_spec, await readMailbox(client, q, row.id, row.await_spec));
+      const queue = await resume(client, q, row.id, arrived, row.await_spec.onTimeout, "timeout", null);
+      if (queue) queues.push(queue);
+    }
+    await client.query("commit");
+    return queues;
+  } catch (error) {
+    broken = error instanceof Error ? error : new Error(String(error));
+    await client.query("rollback").catch(() => {});
+    throw error;
+  } finally {
+    client.release(broken);
+  }
 }

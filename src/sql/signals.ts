@@ -25,21 +25,40 @@ export function signalQueries(schema: string) {
       select id::text as id, event, payload, inserted_at from ${s}.signals
       where instance_id = $1 and event = any($2::text[]) order by id`,
 
-    /** Consumes the matched signals and makes the awaiting instance runnable, in one statement. */
+    /**
+     * Consumes the matched signals and makes the awaiting instance runnable, in
+     * one statement: at step $5 when given (the await's onTimeout), else the
+     * step it parked for. $6 is the history outcome ("resumed" or "timeout").
+     */
     resume: `
       with consumed as (delete from ${s}.signals where id = any($2::bigint[])),
+      before as (select id, step from ${s}.instances where id = $1),
       resumed as (
         update ${s}.instances
-        set status = 'runnable', run_at = now(), awaited = $3::jsonb, await_spec = null, attempt = 0, updated_at = now()
+        set status = 'runnable', run_at = now(), step = coalesce($5::text, step), awaited = $3::jsonb,
+            await_spec = null, attempt = 0, updated_at = now()
         where id = $1 and status = 'awaiting'
         returning id, step, queue
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome)
-        select id, step, step, 'resumed' from resumed
+        select r.id, b.step, r.step, $6::text from resumed r join before b on b.id = r.id
       ),
       woke as (select count(pg_notify($4::text, queue)) as n from resumed where $4::text is not null)
       select queue, (select n from woke) as woke from resumed`,
+
+    /** Awaiting instances whose timeout passed, locked (skipping any a signal is resuming right now). */
+    timedOut: `
+      select id::text as id, await_spec from ${s}.instances
+      where status = 'awaiting' and run_at <= now()
+      order by run_at limit $1
+      for update skip locked`,
+
+    /** Inbox signals nobody claimed within signalRetention, in bounded batches. */
+    expireInbox: `
+      delete from ${s}.signals where id in (
+        select id from ${s}.signals where instance_id is null and expires_at < now()
+        order by expires_at limit $1 for update skip locked)`,
   };
 }
 

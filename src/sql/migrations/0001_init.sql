@@ -39,6 +39,8 @@ create table {{schema}}.instances (
 create index instances_claim on {{schema}}.instances (queue, priority, run_at, id) where status = 'runnable';
 -- The reaper: running rows by lease expiry.
 create index instances_lease on {{schema}}.instances (lease_expires_at) where status = 'running';
+-- Await timeouts: awaiting rows by deadline (run_at; 'infinity' when none).
+create index instances_await_deadline on {{schema}}.instances (run_at) where status = 'awaiting';
 -- A correlation key names at most one live instance.
 create unique index instances_live_correlation_key on {{schema}}.instances (correlation_key)
   where correlation_key is not null and status not in ('done', 'failed', 'cancelled');
@@ -74,6 +76,7 @@ create table {{schema}}.signals (
 );
 create index signals_mailbox on {{schema}}.signals (instance_id, event, id) where instance_id is not null;
 create index signals_inbox on {{schema}}.signals (correlation_key, id) where instance_id is null;
+create index signals_inbox_expiry on {{schema}}.signals (expires_at) where instance_id is null;
 create unique index signals_dedup on {{schema}}.signals (instance_id, dedup_key)
   where dedup_key is not null and instance_id is not null;
 create unique index signals_inbox_dedup on {{schema}}.signals (correlation_key, dedup_key)
