@@ -47,7 +47,7 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
       const spec = row?.await_spec;
       if (spec) {
         const arrived = await pool.query<{ event: string; n: number }>(
-          `select event, count(*)::int as n from ${s}.signals where instance_id = $1 and event = any($2::text[]) group by event`,
+          `select event, count(*)::int as n from ${s}.signals where instance_id = $1 and event = any($2::text[]) and consumed_at is null group by event`,
           [instance.id, spec.events],
         );
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));

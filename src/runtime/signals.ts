@@ -9,6 +9,8 @@ import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { SignalQueries } from "../sql/signals.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
 
+const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
+
 interface LockedInstance {
   id: string;
   status: string;
@@ -45,16 +47,17 @@ export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, inp
   const instance = rows[0];
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
 
-  if (!instance || ["done", "failed", "cancelled"].includes(instance.status)) {
-    if (instance) throw new InstanceTerminatedError(label, instance.status);
+  if (!instance || TERMINAL.has(instance.status)) {
+    const last = instance ?? (byKey ? (await client.query<{ id: string; status: string }>(q.lastByKey, [key])).rows[0] : undefined);
+    // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
+    if (last && input.dedupKey !== null && (await client.query(q.seenDedupKey, [last.id, input.dedupKey])).rowCount) {
+      return { signalId: null, instanceId: last.id, resumedQueue: null };
+    }
     if (byKey && input.keepIfMissing) {
       const kept = await client.query<{ id: string }>(q.insert, [null, key, input.event, input.payloadJson, input.dedupKey, input.inboxRetentionMs]);
       return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
     }
-    if (byKey) {
-      const last = await client.query<{ status: string }>(q.lastStatusByKey, [key]);
-      if (last.rows[0]) throw new InstanceTerminatedError(label, last.rows[0].status);
-    }
+    if (last) throw new InstanceTerminatedError(label, last.status);
     throw new UnknownInstanceError(label);
   }
 

@@ -12,7 +12,7 @@ export function signalQueries(schema: string) {
   return {
     lockById: `select ${lockColumns} from ${s}.instances where id = $1 for update`,
     lockLiveByKey: `select ${lockColumns} from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL} for update`,
-    lastStatusByKey: `select status from ${s}.instances where correlation_key = $1 order by id desc limit 1`,
+    lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by id desc limit 1`,
 
     /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
     insert: `
@@ -23,7 +23,10 @@ export function signalQueries(schema: string) {
 
     mailbox: `
       select id::text as id, event, payload, inserted_at from ${s}.signals
-      where instance_id = $1 and event = any($2::text[]) order by id`,
+      where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by id`,
+
+    /** Whether a signal with this dedup key was ever delivered to the instance (consumed or not). */
+    seenDedupKey: `select 1 from ${s}.signals where instance_id = $1 and dedup_key = $2`,
 
     /**
      * Consumes the matched signals and makes the awaiting instance runnable, in
@@ -31,7 +34,7 @@ export function signalQueries(schema: string) {
      * step it parked for. $6 is the history outcome ("resumed" or "timeout").
      */
     resume: `
-      with consumed as (delete from ${s}.signals where id = any($2::bigint[])),
+      with consumed as (update ${s}.signals set consumed_at = now() where id = any($2::bigint[])),
       before as (select id, step from ${s}.instances where id = $1),
       resumed as (
         update ${s}.instances

@@ -45,7 +45,7 @@ describe("await specs", () => {
     expect((await engine.get(id))?.status).toBe("awaiting");
     await engine.signal({ id }, "b", 4);
     expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({ step: "resumed", awaited: ["c:1", "a:2", "b:4"] });
-    const left = await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1`, [id]);
+    const left = await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`, [id]);
     expect(left.rows).toEqual([{ event: "a", payload: 3 }]);
   });
 

@@ -35,7 +35,7 @@ const Gated = defineMachine({
 const engine = db.engine({ queues: { checkout: 10 }, machines: [Checkout, Gated] });
 await engine.start();
 const mailbox = async (id: string) =>
-  (await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 order by id`, [id])).rows;
+  (await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null order by id`, [id])).rows;
 
 describe("signals", () => {
   it("resumes an awaiting instance by correlation key, with the payload in ctx.awaited", async () => {
@@ -72,6 +72,8 @@ describe("signals", () => {
     gates.get("dedup")!();
     await engine.signal({ id }, "go", "second");
     expect((await engine.wait(id, { timeout: 10_000 })).result).toEqual(["second"]);
+    // Retried after it was consumed, and even after the instance finished: still harmless.
+    expect(await engine.signal({ id }, "go", "late retry", { dedupKey: "hook-1" })).toMatchObject({ duplicate: true, instanceId: id });
   });
 
   it("an unknown key is an UnknownInstanceError; a finished one an InstanceTerminatedError; nothing is stored", async () => {
@@ -84,7 +86,7 @@ describe("signals", () => {
     await engine.wait(id, { timeout: 10_000 });
     await expect(engine.signal("order:2", "payment_confirmed")).rejects.toBeInstanceOf(InstanceTerminatedError);
     await expect(engine.signal({ id }, "payment_confirmed")).rejects.toThrowError(/is already done/);
-    expect((await db.pool.query(`select count(*)::int as n from ${db.schema}.signals`)).rows[0].n).toBe(before);
+    expect((await db.pool.query(`select count(*)::int as n from ${db.schema}.signals`)).rows[0].n).toBe(before + 1); // only the valid one
   });
 
   it('ifMissing: "keep" holds the signal until an instance with the key is inserted', async () => {
