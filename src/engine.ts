@@ -8,7 +8,7 @@ import { prepared } from "./db/prepared.js";
 import pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
-import { describe } from "./duration.js";
+import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
 import { openPool, withTransaction } from "./db/pool.js";
 import {
@@ -182,9 +182,10 @@ export class GenDurable {
       wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
       wakeTimeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
     });
+    // Any queue may hold any machine (insert's `queue` option), so every
+    // scheduler claims every machine this node runs.
+    const machines = [...config.machines.keys()];
     for (const [queue, { concurrency }] of config.queues) {
-      const machines = [...config.machines.values()].filter((m) => m.queue === queue).map((m) => m.name);
-      // A queue with no machines on this node has nothing it could claim.
       if (machines.length === 0) continue;
       const scheduler = new QueueScheduler({
         queue,
@@ -438,14 +439,15 @@ export class GenDurable {
   }
 
   /** Resolves with the instance once it is terminal (done, failed or cancelled). */
-  async wait(id: string, options: { timeout?: number } = {}): Promise<Instance> {
-    const deadline = options.timeout === undefined ? Infinity : Date.now() + options.timeout;
+  async wait(id: string, options: { timeout?: Duration } = {}): Promise<Instance> {
+    const timeoutMs = options.timeout === undefined ? undefined : toMs(options.timeout, "wait: timeout", (m) => new ValidationError(m));
+    const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
     let pause = 10;
     for (;;) {
       const instance = await this.get(id);
       if (!instance) throw new UnknownInstanceError(String(id));
       if (TERMINAL.has(instance.status)) return instance;
-      if (Date.now() >= deadline) throw new WaitTimeoutError(id, options.timeout!);
+      if (Date.now() >= deadline) throw new WaitTimeoutError(id, timeoutMs!);
       await this.nextChange(id, Math.min(pause, deadline - Date.now()));
       pause = Math.min(pause * 2, 250);
     }
@@ -472,10 +474,13 @@ export class GenDurable {
     this.assertUsable();
     if (!isId(id)) throw new UnknownInstanceError(String(id));
     const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : String(reason) };
-    const { rows } = await (options.client ?? this.pool).query<{ status: string }>(this.q.cancel, [id, JSON.stringify(error)]);
+    const { rows } = await (options.client ?? this.pool).query<{ status: string; machine: string }>(this.q.cancel, [id, JSON.stringify(error)]);
     if (!rows[0]) throw new UnknownInstanceError(id);
-    if (rows[0].status !== "cancelled" && TERMINAL.has(rows[0].status)) throw new InstanceTerminatedError(id, rows[0].status);
+    const before = rows[0].status;
+    if (before === "cancelled") return;
+    if (TERMINAL.has(before)) throw new InstanceTerminatedError(id, before);
     this.leases.held.get(id)?.controller.abort(new InvalidStateError(`instance ${id} was cancelled`));
+    this.events.emit("instance:cancelled", { id, machine: rows[0].machine, reason: error.message });
   }
 
   /** A failed instance runs its failed step again with fresh attempts. */

@@ -95,7 +95,9 @@ export function claimQueries(schema: string) {
           run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
           priority = coalesce(x.priority, i.priority),
           attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0) else i.attempt end,
-          result = x.result, error = x.error, await_spec = x.await_spec, awaited = null,
+          result = x.result, error = x.error, await_spec = x.await_spec,
+          -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
+          awaited = case when x.step is null then i.awaited end,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x
         where i.id = x.id and i.claim_token = x.token and i.status = 'running'

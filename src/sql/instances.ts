@@ -77,7 +77,7 @@ export function instanceQueries(schema: string) {
 
     /** Terminal `cancelled` unless already terminal; returns the status before. */
     cancel: `
-      with target as (select id, status, step, attempt from ${s}.instances where id = $1 for update),
+      with target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
       changed as (
         update ${s}.instances i
         set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
@@ -89,7 +89,7 @@ export function instanceQueries(schema: string) {
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select t.id, t.step, null, 'cancelled', t.attempt, $2::jsonb from target t join changed c on c.id = t.id
       )
-      select status from target`,
+      select status, machine from target`,
 
     /** A failed instance runs its failed step again, with fresh attempts. */
     retry: `

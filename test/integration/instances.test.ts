@@ -142,6 +142,8 @@ describe("reading", () => {
   it("wait times out with WaitTimeoutError and rejects unknown ids", async () => {
     const { id } = await client.insert(Parked, { state: { order: 1 } });
     await expect(client.wait(id, { timeout: 50 })).rejects.toBeInstanceOf(WaitTimeoutError);
+    await expect(client.wait(id, { timeout: "50ms" })).rejects.toThrowError(/did not finish within 50 ms/);
+    await expect(client.wait(id, { timeout: "soon" })).rejects.toThrowError(/wait: timeout must be a duration/);
     await expect(client.wait("987654321", { timeout: 50 })).rejects.toBeInstanceOf(UnknownInstanceError);
   });
 
@@ -156,7 +158,10 @@ describe("reading", () => {
 describe("cancel", () => {
   it("cancels a live instance once; a second cancel is harmless; unknown ids are errors", async () => {
     const { id } = await client.insert(Parked, { state: { order: 1 } });
+    const cancelled: string[] = [];
+    client.on("instance:cancelled", (e) => cancelled.push(`${e.id}:${e.machine}:${e.reason}`));
     await client.cancel(id, "because");
+    expect(cancelled).toEqual([`${id}:Parked:because`]);
     await client.cancel(id, "again");
     expect(await client.get(id)).toMatchObject({ status: "cancelled", error: { message: "because" } });
     expect((await client.history(id)).map((h) => h.outcome)).toEqual(["cancelled"]);

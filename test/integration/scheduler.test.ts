@@ -53,6 +53,14 @@ describe("scheduler", () => {
     await engine.stop();
   });
 
+  it("runs an instance inserted into another queue than its machine's default", async () => {
+    const engine = db.engine({ queues: { later: 1, limited: 1 }, machines: [Later, Limited] });
+    await engine.start();
+    const { id } = await engine.insert(Later, { state: {}, queue: "limited" });
+    expect(await engine.wait(id, { timeout: 5000 })).toMatchObject({ status: "done", queue: "limited" });
+    await engine.stop();
+  });
+
   it("claims in priority, then due-time, then insertion order", async () => {
     const client = db.engine();
     await client.start();

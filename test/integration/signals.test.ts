@@ -32,7 +32,25 @@ const Gated = defineMachine({
   },
 });
 
-const engine = db.engine({ queues: { checkout: 10 }, machines: [Checkout, Gated] });
+// The step after the await fails once and snoozes once: both re-runs must see the same ctx.awaited.
+const seen: unknown[][] = [];
+const Retrying = defineMachine({
+  name: "Retrying",
+  queue: "other",
+  state: z.object({}),
+  backoff: { type: "fixed", delay: 0 },
+  steps: {
+    start: (ctx) => ctx.await("go", "after"),
+    after: (ctx) => {
+      seen.push(ctx.awaited.map((s) => s.payload));
+      if (ctx.attempt === 1 && seen.length === 1) throw new Error("first run fails");
+      if (seen.length === 2) return ctx.snooze(1);
+      return ctx.done(ctx.awaited.map((s) => s.payload));
+    },
+  },
+});
+
+const engine = db.engine({ queues: { checkout: 10, other: 2 }, machines: [Checkout, Gated, Retrying] });
 await engine.start();
 const mailbox = async (id: string) =>
   (await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null order by id`, [id])).rows;
@@ -59,6 +77,14 @@ describe("signals", () => {
     const done = await engine.wait(id, { timeout: 10_000 });
     expect(done.result).toEqual([2]);
     expect(await mailbox(id)).toEqual([{ event: "other", payload: "ignored" }]);
+  });
+
+  it("a retried or snoozed step after an await sees the same ctx.awaited", async () => {
+    const { id } = await engine.insert(Retrying, { state: {} });
+    await eventually("awaiting", async () => (await engine.get(id))?.status === "awaiting");
+    await engine.signal({ id }, "go", "payload");
+    expect((await engine.wait(id, { timeout: 10_000 })).result).toEqual(["payload"]);
+    expect(seen).toEqual([["payload"], ["payload"], ["payload"]]);
   });
 
   it("a dedup key stores a repeated signal once", async () => {
