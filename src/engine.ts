@@ -37,6 +37,7 @@ import { deliverSignal, fireTimeouts } from "./runtime/signals.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
 import { signalQueries } from "./sql/signals.js";
+import { childQueries } from "./sql/children.js";
 import type { StandardSchemaV1 } from "./schema.js";
 import { rejectUnknownKeys } from "./suggest.js";
 
@@ -118,6 +119,8 @@ export interface ListFilter {
 const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 /** Rows per maintenance statement: bounded so no sweep holds many locks at once. */
 const BATCH = 1000;
+/** Children counted per join sweep statement: one parent update per parent per 5,000 finished children. */
+const JOIN_BATCH = 5000;
 
 export class GenDurable {
   private readonly config: ResolvedConfig;
@@ -126,13 +129,14 @@ export class GenDurable {
   private readonly q: ReturnType<typeof instanceQueries>;
   private readonly claims: ReturnType<typeof claimQueries>;
   private readonly signalsQ: ReturnType<typeof signalQueries>;
+  private readonly childrenQ: ReturnType<typeof childQueries>;
   private readonly events = new TypedEmitter();
   private readonly notifier: Notifier;
   private readonly completer: Completer;
   private readonly leases: Leases;
   private readonly schedulers = new Map<string, QueueScheduler>();
-  /** Background loops: poll (wake schedulers), timeouts (await deadlines), lease (renew), reaper (expired leases, inbox). */
-  private loops: { poll: Loop; timeouts: Loop; lease: Loop; reaper: Loop } | undefined;
+  /** Background loops: poll (wake schedulers), timeouts (await deadlines), joins (count finished children), lease (renew), reaper (expired leases, inbox). */
+  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop } | undefined;
   private listener: Listener | undefined;
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
 
@@ -144,6 +148,7 @@ export class GenDurable {
     this.q = instanceQueries(this.config.schema);
     this.claims = claimQueries(this.config.schema);
     this.signalsQ = signalQueries(this.config.schema);
+    this.childrenQ = childQueries(this.config.schema);
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
     this.completer = new Completer(pool, this.claims.complete);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
@@ -181,6 +186,10 @@ export class GenDurable {
       maxPayloadBytes: config.maxPayloadBytes,
       wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
       wakeTimeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
+      wakeJoins: () => this.loops?.joins.trigger(),
+      instances: this.q,
+      children: this.childrenQ,
+      channel: config.channel,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
     // scheduler claims every machine this node runs.
@@ -208,6 +217,7 @@ export class GenDurable {
     this.loops = {
       poll: new Loop({ name: "poll", intervalMs: config.pollMs, tick: async () => wakeAll(), onError }),
       timeouts: new Loop({ name: "timeouts", intervalMs: config.pollMs, tick: () => this.fireTimeouts(), onError }),
+      joins: new Loop({ name: "joins", intervalMs: config.pollMs, tick: () => this.sweepJoins(), onError }),
       lease: new Loop({
         name: "lease",
         intervalMs: config.leaseMs / 3,
@@ -253,6 +263,20 @@ export class GenDurable {
     this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
   }
 
+  /** Counts finished children into their parents and wakes parents whose last child finished. */
+  private async sweepJoins(): Promise<void> {
+    const started = performance.now();
+    let total = 0;
+    for (;;) {
+      const { rows } = await this.pool.query<{ counted: number; woken: string[] }>(prepared(this.childrenQ.sweep, [JOIN_BATCH]));
+      const { counted, woken } = rows[0]!;
+      total += counted;
+      for (const queue of woken) this.wakeQueue(queue);
+      if (counted < JOIN_BATCH) break;
+    }
+    this.events.emit("loop:tick", { loop: "joins", durationMs: performance.now() - started, count: total });
+  }
+
   /** Resumes awaits whose timeout passed at their onTimeout step. */
   private async fireTimeouts(): Promise<void> {
     const started = performance.now();
@@ -279,6 +303,7 @@ export class GenDurable {
     // Leases keep being renewed while in-flight steps finish.
     await this.loops?.poll.stop();
     await this.loops?.timeouts.stop();
+    await this.loops?.joins.stop();
     await this.loops?.reaper.stop();
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
@@ -469,17 +494,26 @@ export class GenDurable {
     });
   }
 
-  /** Terminal `cancelled` (no retry). A step running now is aborted and its outcome discarded. */
+  /**
+   * Terminal `cancelled` (no retry), with its live descendants. A step running
+   * now is aborted and its outcome discarded.
+   */
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
     this.assertUsable();
     if (!isId(id)) throw new UnknownInstanceError(String(id));
     const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : String(reason) };
-    const { rows } = await (options.client ?? this.pool).query<{ status: string; machine: string }>(this.q.cancel, [id, JSON.stringify(error)]);
+    const { rows } = await (options.client ?? this.pool).query<{ status: string; machine: string; cancelled: string[] }>(this.q.cancel, [
+      id,
+      JSON.stringify(error),
+    ]);
     if (!rows[0]) throw new UnknownInstanceError(id);
     const before = rows[0].status;
     if (before === "cancelled") return;
     if (TERMINAL.has(before)) throw new InstanceTerminatedError(id, before);
-    this.leases.held.get(id)?.controller.abort(new InvalidStateError(`instance ${id} was cancelled`));
+    for (const cancelled of rows[0].cancelled) {
+      this.leases.held.get(cancelled)?.controller.abort(new InvalidStateError(`instance ${cancelled} was cancelled`));
+    }
+    this.loops?.joins.trigger();
     this.events.emit("instance:cancelled", { id, machine: rows[0].machine, reason: error.message });
   }
 

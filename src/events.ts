@@ -22,7 +22,7 @@ export interface EngineEvents {
   /** The claim was lost before the outcome committed; the outcome was discarded. */
   "lease:lost": StepFacts;
   /** A background loop finished a tick. */
-  "loop:tick": { loop: "scheduler" | "reaper" | "lease" | "timeouts"; durationMs: number; count: number; queue?: string };
+  "loop:tick": { loop: "scheduler" | "reaper" | "lease" | "timeouts" | "joins"; durationMs: number; count: number; queue?: string };
   /** A background loop or connection failed; the engine carries on. */
   "engine:error": { loop: string; error: unknown };
 }

@@ -16,10 +16,16 @@ export interface Completion {
   result: unknown;
   error: unknown;
   await_spec: unknown;
+  /** Set when parking as joining: children still to finish. */
+  children_pending: number | null;
+  /** The next step runs as a join (ctx.children is loaded for it). */
+  joined: boolean | null;
   from_step: string;
   to_step: string | null;
   outcome: string;
   attempt: number;
   duration_ms: number;
   hist_error: unknown;
+  /** Children to insert with a spawn (not part of the row written by `complete`). */
+  spawn?: import("./insert.js").InsertRow[];
 }

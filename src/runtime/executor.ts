@@ -7,7 +7,11 @@
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
-import type { AnyMachine, ReceivedSignal, ResolvedStep } from "../define.js";
+import type { AnyMachine, ChildOutcome, ReceivedSignal, ResolvedStep } from "../define.js";
+import { isConnectionError } from "../db/pool.js";
+import type { ChildQueries } from "../sql/children.js";
+import type { InstanceQueries } from "../sql/instances.js";
+import { prepareInsert, type InsertRow } from "./insert.js";
 import { describe, toMs } from "../duration.js";
 import { StepTimeoutError, ValidationError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
@@ -35,6 +39,9 @@ export interface ClaimedRow {
   claim_token: string;
   correlation_key: string | null;
   awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string }> | null;
+  /** This step is a join: ctx.children is loaded for it. */
+  joined: boolean;
+  parent_id: string | null;
   inserted_at: Date;
   queue: string;
   error: ErrorRecord | null;
@@ -52,11 +59,18 @@ export interface ExecutorDeps {
   maxPayloadBytes: number;
   /** Wake this node's scheduler for `queue`, now or after `delayMs`. */
   wake: (queue: string, delayMs: number) => void;
+  /** A child finished: run the join sweep soon. */
+  wakeJoins: () => void;
+  instances: InstanceQueries;
+  children: ChildQueries;
+  /** NOTIFY channel, for writes made inside a step's own transaction. */
+  channel: string;
   /** Sweep await timeouts after `delayMs` (this node just parked one with that deadline). */
   wakeTimeouts: (delayMs: number) => void;
 }
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
+const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 
 export class Executor {
@@ -95,8 +109,12 @@ export class Executor {
     }
 
     this.deps.events.emit("step:start", facts);
-    if (step.transactional) return this.runTransactional(row, machine, step, maxAttempts, controller, started);
-
+    if (step.transactional) {
+      // The step and its outcome share one transaction: ctx.client writes commit with the new state, or not at all.
+      return this.inTransaction(row, machine, step, maxAttempts, started, async (client) =>
+        this.toCompletion(row, machine, step, await this.invoke(row, machine, step, controller, client), started),
+      );
+    }
     let completion: Completion;
     try {
       const returned = await this.invoke(row, machine, step, controller, undefined);
@@ -104,50 +122,39 @@ export class Executor {
     } catch (error) {
       return this.fail(row, machine, step, maxAttempts, error, started);
     }
-    if (completion.status === "awaiting") {
-      const client = await this.deps.pool.connect();
-      let broken: Error | undefined;
-      try {
-        await client.query("begin");
-        const { won, resumedQueue } = await this.commitOn(client, completion);
-        await client.query(won ? "commit" : "rollback");
-        return this.committed(row, machine, completion, won, resumedQueue);
-      } catch (error) {
-        broken = error instanceof Error ? error : new Error(String(error));
-        await client.query("rollback").catch(() => {});
-        throw error;
-      } finally {
-        client.release(broken);
-      }
+    // Awaits and spawns write more than their own row: they commit in a transaction of their own.
+    if (completion.status === "awaiting" || completion.spawn) {
+      return this.inTransaction(row, machine, step, maxAttempts, started, async () => completion);
     }
     return this.committed(row, machine, completion, await this.deps.completer.submit(completion), null);
   }
 
-  /** The step and its outcome share one transaction: ctx.client writes commit with the new state, or not at all. */
-  private async runTransactional(
+  /**
+   * Produces a completion inside a transaction and commits it there. If the
+   * step throws, or the commit is refused on its data (say, a child's
+   * correlation key is taken), everything rolls back and the attempt fails.
+   */
+  private async inTransaction(
     row: ClaimedRow,
     machine: AnyMachine,
     step: ResolvedStep,
     maxAttempts: number,
-    controller: AbortController,
     started: number,
+    produce: (client: pg.ClientBase) => Promise<Completion>,
   ): Promise<void> {
     const client = await this.deps.pool.connect();
     let failure: unknown;
     let broken: Error | undefined;
     try {
       await client.query("begin");
-      let completion: Completion | undefined;
       try {
-        const returned = await this.invoke(row, machine, step, controller, client);
-        completion = await this.toCompletion(row, machine, step, returned, started);
-      } catch (error) {
-        failure = error;
-      }
-      if (completion) {
+        const completion = await produce(client);
         const { won, resumedQueue } = await this.commitOn(client, completion);
         await client.query(won ? "commit" : "rollback");
         return this.committed(row, machine, completion, won, resumedQueue);
+      } catch (error) {
+        if (isConnectionError(error)) throw error;
+        failure = error;
       }
       await client.query("rollback");
     } catch (error) {
@@ -160,18 +167,35 @@ export class Executor {
     return this.fail(row, machine, step, maxAttempts, failure, started);
   }
 
-  /** Commits one completion on a client inside a transaction; an await also consumes a waiting mailbox. */
+  /**
+   * Commits one completion on a client inside a transaction. An await also
+   * consumes a mailbox that already satisfies it; a spawn inserts its children.
+   */
   private async commitOn(client: pg.ClientBase, completion: Completion): Promise<{ won: boolean; resumedQueue: string | null }> {
+    const { spawn, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
       const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);
       if (locked.rowCount === 0) return { won: false, resumedQueue: null };
     }
-    const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([completion])]));
+    const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
     if (rows.length === 0) return { won: false, resumedQueue: null };
+    if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn);
     const resumedQueue = awaiting ? await tryResume(client, this.deps.signals, completion.id, completion.await_spec as NormalizedSpec, null) : null;
     return { won: true, resumedQueue };
+  }
+
+  /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
+  private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
+    const rows = children.map((child) => ({ ...child, parent_id: parentId }));
+    const { rows: out } = await client.query<{ idx: number; inserted: boolean | null }>(
+      prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel]),
+    );
+    const taken = out.filter((r) => r.idx >= 0 && r.inserted === false).map((r) => children[r.idx]!.correlation_key);
+    if (taken.length > 0 || out.filter((r) => r.idx >= 0).length !== children.length) {
+      throw new ValidationError(`ctx.spawn: the correlation key ${JSON.stringify(taken[0] ?? "?")} of a child already names a live instance; no child was inserted`);
+    }
   }
 
   private async invoke(
@@ -188,7 +212,7 @@ export class Executor {
       state: row.state,
       attempt: row.attempt,
       awaited: toReceived(row.awaited),
-      children: [],
+      children: row.joined ? await this.loadChildren(row.id) : [],
       correlationKey: row.correlation_key,
       insertedAt: row.inserted_at,
       abortSignal: controller.signal,
@@ -213,6 +237,11 @@ export class Executor {
       clearTimeout(timer);
       controller.signal.removeEventListener("abort", onAbort!);
     }
+  }
+
+  private async loadChildren(parentId: string): Promise<ChildOutcome[]> {
+    const { rows } = await this.deps.pool.query<ChildOutcome>(this.deps.children.children, [parentId]);
+    return rows;
   }
 
   private async toCompletion(row: ClaimedRow, machine: AnyMachine, step: ResolvedStep, returned: unknown, started: number): Promise<Completion> {
@@ -263,8 +292,23 @@ export class Executor {
           outcome: "await",
         };
       }
-      case "spawn":
-        throw new ValidationError(`${where}: ctx.spawn is not supported by this version of gen-durable`);
+      case "spawn": {
+        const target = this.checkStep(machine, data.step, where, "ctx.spawn");
+        const spawn = await this.prepareChildren(data.children, `${where}: ctx.spawn`);
+        return {
+          ...base,
+          ...(await this.newState(machine, data, where)),
+          // No children: nothing to wait for, the join step runs now.
+          status: spawn.length > 0 ? "joining" : "runnable",
+          step: target,
+          attempt_op: "reset",
+          children_pending: spawn.length,
+          joined: spawn.length === 0,
+          spawn,
+          to_step: target,
+          outcome: "spawn",
+        };
+      }
       case "done":
         encodeJson(data.result ?? null, `the result of ${where}`, this.deps.maxPayloadBytes);
         return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
@@ -278,6 +322,25 @@ export class Executor {
         return { ...base, status: "cancelled", error, hist_error: error, outcome: "cancelled" };
       }
     }
+  }
+
+  /** Validates every child before anything is written; at most 100,000 per spawn. */
+  private async prepareChildren(children: unknown[], where: string): Promise<InsertRow[]> {
+    if (children.length > 100_000) throw new ValidationError(`${where}: at most 100000 children per spawn, got ${children.length}`);
+    const rows = await Promise.all(
+      children.map((child, i) => {
+        if (typeof child !== "object" || child === null) throw new ValidationError(`${where}: child ${i} must be { machine, state | args, ... }, got ${describe(child)}`);
+        const { machine, ...options } = child as { machine: AnyMachine };
+        return prepareInsert(machine, options, i, `${where} child ${i}:`, this.deps.maxPayloadBytes);
+      }),
+    );
+    const keys = new Set<string>();
+    for (const row of rows) {
+      if (row.correlation_key === null) continue;
+      if (keys.has(row.correlation_key)) throw new ValidationError(`${where}: two children share the correlation key ${JSON.stringify(row.correlation_key)}`);
+      keys.add(row.correlation_key);
+    }
+    return rows;
   }
 
   private base(row: ClaimedRow, started: number): Completion {
@@ -295,6 +358,8 @@ export class Executor {
       result: null,
       error: null,
       await_spec: null,
+      children_pending: null,
+      joined: null,
       from_step: row.step,
       to_step: null,
       outcome: "",
@@ -365,6 +430,7 @@ export class Executor {
       const delay = completion.run_at ? Date.parse(completion.run_at) - Date.now() : (completion.delay_ms ?? 0);
       this.deps.wake(row.queue, Math.max(0, delay));
     }
+    if (row.parent_id !== null && TERMINAL.has(completion.status)) this.deps.wakeJoins();
     if (resumedQueue) this.deps.wake(resumedQueue, 0);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) this.deps.wakeTimeouts(completion.delay_ms);
   }

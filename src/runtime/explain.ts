@@ -62,9 +62,17 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
       }
       break;
     }
-    case "joining":
-      reasons.push("joining: waiting for its children to finish");
+    case "joining": {
+      const { rows: progress } = await pool.query<{ total: number; live: number }>(
+        `select count(*)::int as total, count(*) filter (where status not in ('done', 'failed', 'cancelled'))::int as live
+         from ${s}.instances where parent_id = $1`,
+        [instance.id],
+      );
+      const { total, live } = progress[0]!;
+      reasons.push(`joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`);
+      details.children = { total, live, finished: total - live };
       break;
+    }
     default:
       reasons.push(`it is ${instance.status} (terminal) since ${instance.updatedAt.toISOString()}`);
   }

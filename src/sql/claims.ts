@@ -6,7 +6,7 @@
 import { quoteIdent } from "../names.js";
 
 const CLAIMED_COLUMNS =
-  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.inserted_at, i.queue, i.error";
+  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error";
 
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
@@ -84,7 +84,7 @@ export function claimQueries(schema: string) {
         select * from jsonb_to_recordset($1::jsonb) as x(
           id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
           run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
-          result jsonb, error jsonb, await_spec jsonb,
+          result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean,
           from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb)
       ),
       won as (
@@ -98,17 +98,19 @@ export function claimQueries(schema: string) {
           result = x.result, error = x.error, await_spec = x.await_spec,
           -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
           awaited = case when x.step is null then i.awaited end,
+          joined = case when x.step is null then i.joined else coalesce(x.joined, false) end,
+          children_pending = x.children_pending,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x
         where i.id = x.id and i.claim_token = x.token and i.status = 'running'
-        returning i.id
+        returning i.id, i.parent_id
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, duration_ms, error)
         select x.id, x.from_step, x.to_step, x.outcome, x.attempt, x.duration_ms, x.hist_error
         from input x join won w on w.id = x.id
       )
-      select id::text as id from won`,
+      select id::text as id, parent_id::text as parent_id from won`,
 
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
     lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,

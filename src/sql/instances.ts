@@ -75,21 +75,32 @@ export function instanceQueries(schema: string) {
       select at, from_step, to_step, outcome, attempt, duration_ms, error
       from ${s}.transitions where instance_id = $1 order by id`,
 
-    /** Terminal `cancelled` unless already terminal; returns the status before. */
+    /**
+     * Terminal `cancelled` unless already terminal, together with its live
+     * descendants (a parent's cancellation reaches its children and theirs).
+     * Returns the status before and the ids cancelled. Locks the instance first
+     * and only then its descendants; completions lock only their own rows, so
+     * this never forms a lock cycle with them.
+     */
     cancel: `
-      with target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
+      with recursive target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
+      tree as (
+        select id from target where status not in ${TERMINAL}
+        union all
+        select c.id from ${s}.instances c join tree t on c.parent_id = t.id
+      ),
       changed as (
         update ${s}.instances i
         set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
             lease_expires_at = null, updated_at = now()
-        from target t where i.id = t.id and t.status not in ${TERMINAL}
-        returning i.id
+        from tree t where i.id = t.id and i.status not in ${TERMINAL}
+        returning i.id, i.step, i.attempt
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
-        select t.id, t.step, null, 'cancelled', t.attempt, $2::jsonb from target t join changed c on c.id = t.id
+        select id, step, null, 'cancelled', attempt, $2::jsonb from changed
       )
-      select status, machine from target`,
+      select status, machine, array(select id::text from changed) as cancelled from target`,
 
     /** A failed instance runs its failed step again, with fresh attempts. */
     retry: `

@@ -2,6 +2,8 @@
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineMachine, ValidationError } from "../../src/index.js";
+import { fireTimeouts } from "../../src/runtime/signals.js";
+import { signalQueries } from "../../src/sql/signals.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -20,7 +22,6 @@ const Awaiter = defineMachine({
         case "any": return ctx.await({ any: ["a", "b"] }, "resumed");
         case "pack": return ctx.await({ event: "item", count: 3 }, "resumed");
         case "pack-timeout": return ctx.await({ event: "item", count: 3 }, "resumed", undefined, { timeout: 300, onTimeout: "late" });
-        case "race": return ctx.await("go", "resumed", undefined, { timeout: 100, onTimeout: "late" });
         case "bad-timeout": return ctx.await("go", "resumed", undefined, { timeout: 100 } as never);
         default: return ctx.await({ all: [] } as never, "resumed");
       }
@@ -78,24 +79,44 @@ describe("await specs", () => {
     ]);
   });
 
-  it("a timeout and a last signal racing resolve to exactly one of the two (100 races)", async () => {
-    const ids = await Promise.all(Array.from({ length: 100 }, async () => (await engine.insert(Awaiter, { state: { wait: "race" } })).id));
-    // Signal each at a moment from before its await to after its deadline.
-    await Promise.all(ids.map((id, i) => new Promise<void>((resolve, reject) => {
-      setTimeout(() => engine.signal({ id }, "go", i).then(() => resolve(), (e: unknown) => (e instanceof Error && /already done/.test(e.message) ? resolve() : reject(e))), (i % 25) * 10);
-    })));
-    const results = await Promise.all(ids.map((id) => engine.wait(id, { timeout: 10_000 })));
-    const steps = results.map((r) => (r.result as { step: string }).step);
-    // Both sides of the race happened, so the race itself was exercised.
-    expect(steps.filter((s) => s === "resumed").length).toBeGreaterThan(0);
-    expect(steps.filter((s) => s === "late").length).toBeGreaterThan(0);
-    for (const [i, done] of results.entries()) {
-      const r = done.result as { step: string; awaited: string[] };
-      const history = await engine.history(ids[i]!);
-      expect(history.filter((h) => h.outcome === "resumed" || h.outcome === "timeout")).toHaveLength(1);
-      if (r.step === "resumed") expect(r.awaited).toEqual([`go:${i}`]);
-      else expect(r).toEqual({ step: "late", awaited: [] });
+  it("a timeout and a last signal racing resolve to exactly one of the two (200 races)", async () => {
+    // 200 instances parked on "go" whose timeout has already passed, written directly so that
+    // nothing has swept them yet; then two timeout sweepers and 200 signals go at once.
+    const { rows } = await db.pool.query(
+      `insert into ${db.schema}.instances (machine, step, state, status, queue, run_at, await_spec)
+       select 'Awaiter', 'resumed', '{"wait": "race"}', 'awaiting', 'parked', now() - interval '1 second',
+              '{"mode": "one", "events": ["go"], "count": 1, "onTimeout": "late"}'
+       from generate_series(1, 200) returning id::text as id`,
+    );
+    const ids = rows.map((r) => r.id as string);
+    const q = signalQueries(db.schema);
+    await Promise.all([
+      fireTimeouts(db.pool, q, 10),
+      ...ids.map((id, i) => engine.signal({ id }, "go", i)),
+      fireTimeouts(db.pool, q, 10),
+    ]);
+    while ((await fireTimeouts(db.pool, q, 100)).length > 0);
+    let resumed = 0;
+    for (const [i, id] of ids.entries()) {
+      const row = (await db.pool.query(`select status, step, awaited from ${db.schema}.instances where id = $1`, [id])).rows[0];
+      const history = (await engine.history(id)).map((h) => h.outcome);
+      const mailbox = (await db.pool.query(`select payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`, [id])).rows;
+      expect(history).toHaveLength(1);
+      expect(row.status).toBe("runnable");
+      if (history[0] === "resumed") {
+        resumed++;
+        expect(row.step).toBe("resumed");
+        expect(row.awaited.map((s: { payload: number }) => s.payload)).toEqual([i]);
+        expect(mailbox).toEqual([]);
+      } else {
+        expect(history[0]).toBe("timeout");
+        expect(row.step).toBe("late");
+        expect(row.awaited).toEqual([]);
+        expect(mailbox).toEqual([{ payload: i }]); // the late signal is kept, not lost and not consumed
+      }
     }
+    expect(resumed).toBeGreaterThan(0);
+    expect(resumed).toBeLessThan(200);
   });
 
   it("rejects malformed awaits: the attempt fails with a clear error", async () => {

@@ -26,6 +26,12 @@ create table {{schema}}.instances (
   correlation_key  text,
   concurrency_key  text,
   parent_id        bigint,
+  -- Fan-out. A joining parent counts its children still to finish; the join
+  -- sweep counts each finished child once (join_counted) and wakes the parent
+  -- when the count reaches zero. `joined` marks the step that ctx.children is for.
+  children_pending integer,
+  join_counted     boolean     not null default false,
+  joined           boolean     not null default false,
   await_spec       jsonb,
   -- Signals consumed by the await that led to the current step (ctx.awaited).
   awaited          jsonb,
@@ -45,7 +51,10 @@ create index instances_await_deadline on {{schema}}.instances (run_at) where sta
 create unique index instances_live_correlation_key on {{schema}}.instances (correlation_key)
   where correlation_key is not null and status not in ('done', 'failed', 'cancelled');
 create index instances_correlation_key on {{schema}}.instances (correlation_key, id) where correlation_key is not null;
-create index instances_parent on {{schema}}.instances (parent_id) where parent_id is not null;
+create index instances_parent on {{schema}}.instances (parent_id, id) where parent_id is not null;
+-- The join sweep: finished children not yet counted by their parent (a small, short-lived set).
+create index instances_join_pending on {{schema}}.instances (parent_id)
+  where parent_id is not null and not join_counted and status in ('done', 'failed', 'cancelled');
 create index instances_machine on {{schema}}.instances (machine, id);
 
 -- Every committed transition, for engine.history().

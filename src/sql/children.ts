@@ -1,0 +1,65 @@
+/**
+ * Fan-out and join. A child's completion writes only its own row; the join
+ * sweep later counts finished children per parent in bulk. So 10,000 children
+ * finishing do not queue 10,000 updates on one parent row, and no completion
+ * ever locks a row it did not claim (no lock cycles with cancel).
+ */
+import { quoteIdent } from "../names.js";
+import { TERMINAL } from "./instances.js";
+
+export function childQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /**
+     * Counts up to $1 finished, uncounted children, each exactly once (row
+     * lock + join_counted), and subtracts them from their parents, locked in id
+     * order so two sweepers never deadlock. A parent whose count reaches zero
+     * becomes runnable at its join step: that transition happens once, under
+     * the parent's row lock. Returns the queues of woken parents.
+     */
+    sweep: `
+      with finished as (
+        select id, parent_id from ${s}.instances
+        where parent_id is not null and not join_counted and status in ${TERMINAL}
+        limit $1
+        for update skip locked
+      ),
+      counted as (
+        update ${s}.instances c set join_counted = true
+        from finished f where c.id = f.id
+        returning f.parent_id
+      ),
+      per_parent as (select parent_id, count(*)::int as n from counted group by parent_id),
+      locked as (
+        select p.id from ${s}.instances p
+        where p.id in (select parent_id from per_parent)
+        order by p.id
+        for update
+      ),
+      parents as (
+        update ${s}.instances p
+        set children_pending = p.children_pending - pp.n,
+            status = case when p.status = 'joining' and p.children_pending - pp.n <= 0 then 'runnable' else p.status end,
+            run_at = case when p.status = 'joining' and p.children_pending - pp.n <= 0 then now() else p.run_at end,
+            joined = p.joined or (p.status = 'joining' and p.children_pending - pp.n <= 0),
+            updated_at = now()
+        from per_parent pp, locked l
+        where p.id = pp.parent_id and l.id = p.id and p.children_pending is not null
+        returning p.id, p.step, p.queue, p.status, p.children_pending
+      ),
+      history as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome)
+        select id, step, step, 'joined' from parents where status = 'runnable'
+      )
+      select (select count(*)::int from finished) as counted,
+             array(select distinct queue from parents where status = 'runnable') as woken`,
+
+    /** The children of a parent, in spawn order, for ctx.children. */
+    children: `
+      select id::text as id, machine, status, result, error from ${s}.instances
+      where parent_id = $1 order by id`,
+
+  };
+}
+
+export type ChildQueries = ReturnType<typeof childQueries>;
