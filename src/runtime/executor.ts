@@ -8,12 +8,12 @@ import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
 import type { AnyMachine, ChildOutcome, ReceivedSignal, ResolvedStep } from "../define.js";
-import { isConnectionError } from "../db/pool.js";
+import { isConnectionError, withTransaction } from "../db/pool.js";
 import type { ChildQueries } from "../sql/children.js";
 import type { InstanceQueries } from "../sql/instances.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
 import { describe, toMs } from "../duration.js";
-import { StepTimeoutError, ValidationError } from "../errors.js";
+import { LeaseLostError, StepTimeoutError, ValidationError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
 import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
 import { stepLogger, type Logger } from "../logger.js";
@@ -142,29 +142,21 @@ export class Executor {
     started: number,
     produce: (client: pg.ClientBase) => Promise<Completion>,
   ): Promise<void> {
-    const client = await this.deps.pool.connect();
-    let failure: unknown;
-    let broken: Error | undefined;
+    let committed: { completion: Completion; resumedQueue: string | null };
     try {
-      await client.query("begin");
-      try {
+      committed = await withTransaction(this.deps.pool, async (client) => {
         const completion = await produce(client);
         const { won, resumedQueue } = await this.commitOn(client, completion);
-        await client.query(won ? "commit" : "rollback");
-        return this.committed(row, machine, completion, won, resumedQueue);
-      } catch (error) {
-        if (isConnectionError(error)) throw error;
-        failure = error;
-      }
-      await client.query("rollback");
+        // Throwing rolls back everything, the step's own ctx.client writes included.
+        if (!won) throw new LeaseLostError(row.id);
+        return { completion, resumedQueue };
+      });
     } catch (error) {
-      broken = error instanceof Error ? error : new Error(String(error));
-      await client.query("rollback").catch(() => {});
-      throw error;
-    } finally {
-      client.release(broken);
+      if (error instanceof LeaseLostError) return this.lost(row);
+      if (isConnectionError(error)) throw error;
+      return this.fail(row, machine, step, maxAttempts, error, started);
     }
-    return this.fail(row, machine, step, maxAttempts, failure, started);
+    return this.committed(row, machine, committed.completion, true, committed.resumedQueue);
   }
 
   /**
@@ -413,13 +405,15 @@ export class Executor {
     this.committed(row, machine, completion, won, null);
   }
 
-  private committed(row: ClaimedRow, machine: AnyMachine, completion: Completion, won: boolean, resumedQueue: string | null): void {
+  private lost(row: ClaimedRow): void {
     const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
-    if (!won) {
-      this.deps.events.emit("lease:lost", facts);
-      this.deps.logger.warn(facts, "lease lost before the step's outcome committed; outcome discarded");
-      return;
-    }
+    this.deps.events.emit("lease:lost", facts);
+    this.deps.logger.warn(facts, "lease lost before the step's outcome committed; outcome discarded");
+  }
+
+  private committed(row: ClaimedRow, machine: AnyMachine, completion: Completion, won: boolean, resumedQueue: string | null): void {
+    if (!won) return this.lost(row);
+    const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
     this.deps.events.emit("step:stop", { ...facts, outcome: completion.outcome, durationMs: completion.duration_ms });
     if (completion.status === "done") this.deps.events.emit("instance:done", { id: row.id, machine: machine.name, result: completion.result });
     if (completion.status === "failed") this.deps.events.emit("instance:failed", { id: row.id, machine: machine.name, error: completion.error as ErrorRecord });

@@ -5,6 +5,7 @@
  * lock-then-read order makes the signal/await race safe.
  */
 import type pg from "pg";
+import { withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { SignalQueries } from "../sql/signals.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
@@ -114,10 +115,7 @@ async function resume(
  * awaiting (a late signal then simply stays in the mailbox).
  */
 export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: number): Promise<string[]> {
-  const client = await pool.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query("begin");
+  return withTransaction(pool, async (client) => {
     const { rows } = await client.query<{ id: string; await_spec: NormalizedSpec & { onTimeout: string } }>(q.timedOut, [batch]);
     const queues: string[] = [];
     for (const row of rows) {
@@ -125,13 +123,6 @@ export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: numbe
       const queue = await resume(client, q, row.id, arrived, row.await_spec.onTimeout, "timeout", null);
       if (queue) queues.push(queue);
     }
-    await client.query("commit");
     return queues;
-  } catch (error) {
-    broken = error instanceof Error ? error : new Error(String(error));
-    await client.query("rollback").catch(() => {});
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+  });
 }

@@ -1,20 +1,24 @@
-// The `gen-durable` command line, run as a real process (tsx on the sources)
-// against the test database, each run in a fresh schema.
+// The `gen-durable` command line. End-to-end paths run it as a real process
+// (`node --import tsx src/cli/main.ts`, one process per run) against the test
+// database, each in a fresh schema; the many command-line parsing paths run the
+// same entry point in process, which is fast.
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { Migration } from "../../src/index.js";
-import { databaseUrl } from "../support/db.js";
 import { runCli } from "../../src/cli/cli.js";
 import { COMMANDS } from "../../src/cli/commands/index.js";
+import { Migration } from "../../src/index.js";
+import { databaseUrl } from "../support/db.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
-const tsx = fileURLToPath(new URL("../../node_modules/.bin/tsx", import.meta.url));
 const url = databaseUrl();
 const pool = new pg.Pool({ connectionString: url, max: 2 });
 const schemas: string[] = [];
+const LAST = Migration.list().length;
+// Spawning Node.js with TypeScript is slow on a busy 2-core machine.
+const SPAWNING = { timeout: 180_000 };
 
 function freshSchema(): string {
   const schema = `cli_${randomBytes(4).toString("hex")}`;
@@ -33,19 +37,21 @@ interface Run {
   stderr: string;
 }
 
-/** Runs `gen-durable ...args`; DATABASE_URL is unset unless `env` sets it. */
+/** Runs `gen-durable ...args` as a process; DATABASE_URL is unset unless `env` sets it. */
 function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
   const base = { ...process.env };
   delete base.DATABASE_URL;
   return new Promise((resolve) => {
-    execFile(tsx, ["src/cli/main.ts", ...args], { cwd: root, env: { ...base, ...env }, timeout: 45_000 }, (error, stdout, stderr) => {
-      const code = error ? (typeof error.code === "number" ? error.code : null) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      ["--import", "tsx", "src/cli/main.ts", ...args],
+      { cwd: root, env: { ...base, ...env }, timeout: 150_000 },
+      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
+    );
   });
 }
 
-/** The same entry point in this process: fast, for the command-line parsing paths. */
+/** The same entry point in this process. */
 async function inProcess(args: string[], env: Record<string, string> = {}): Promise<Run> {
   let stdout = "";
   let stderr = "";
@@ -58,86 +64,110 @@ async function schemaExists(schema: string): Promise<boolean> {
   return rows.length === 1;
 }
 
-const noStack = (text: string) => expect(text).not.toMatch(/^\s+at /m);
+async function appliedIds(schema: string): Promise<number[]> {
+  const { rows } = await pool.query<{ id: number }>(`select id from ${schema}.migrations order by id`);
+  return rows.map((r) => r.id);
+}
 
-describe("gen-durable migrate", () => {
+const noStack = (text: string) => expect(text).not.toMatch(/^\s+at /m);
+const applied = (schema: string) => (LAST === 1 ? `applied migration 1 to schema ${schema}\n` : `applied migrations 1..${LAST} to schema ${schema}\n`);
+
+describe("gen-durable migrate (a real process)", SPAWNING, () => {
   it("migrates a fresh schema from DATABASE_URL, then finds it up to date", async () => {
     const schema = freshSchema();
-    const last = Migration.list().length;
     const first = await cli(["migrate", "--schema", schema], { DATABASE_URL: url });
-    expect(first.stderr).toBe("");
-    expect(first.code).toBe(0);
-    expect(first.stdout.trim()).toBe(last === 1 ? `applied migration 1 to schema ${schema}` : `applied migrations 1..${last} to schema ${schema}`);
-    const { rows } = await pool.query(`select id from ${schema}.migrations order by id`);
-    expect(rows.map((r) => r.id)).toEqual(Migration.list().map((m) => m.id));
+    expect(first).toEqual({ code: 0, stdout: applied(schema), stderr: "" });
+    expect(await appliedIds(schema)).toEqual(Migration.list().map((m) => m.id));
     await pool.query(`select count(*) from ${schema}.instances`);
 
     const second = await cli(["migrate", "--schema", schema], { DATABASE_URL: url });
-    expect(second.code).toBe(0);
-    expect(second.stdout.trim()).toBe(`schema ${schema} is up to date (migration ${last} of ${last})`);
+    expect(second).toEqual({ code: 0, stdout: `schema ${schema} is up to date (migration ${LAST} of ${LAST})\n`, stderr: "" });
   });
 
   it("takes --database-url over DATABASE_URL", async () => {
     const schema = freshSchema();
     const run = await cli(["migrate", `--schema=${schema}`, "--database-url", url], { DATABASE_URL: "postgres://nobody@127.0.0.1:1/nothing" });
-    expect(run.stderr).toBe("");
-    expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(new RegExp(`^applied migrations? 1.* to schema ${schema}\\n$`));
+    expect(run).toEqual({ code: 0, stdout: applied(schema), stderr: "" });
     expect(await schemaExists(schema)).toBe(true);
   });
 
-  it("applies each migration once when several processes migrate at once", async () => {
+  it("applies each migration once when three processes migrate at once", async () => {
     const schema = freshSchema();
     const runs = await Promise.all([1, 2, 3].map(() => cli(["migrate", "--schema", schema], { DATABASE_URL: url })));
     for (const run of runs) expect(run.code, run.stderr).toBe(0);
-    expect(runs.filter((r) => r.stdout.startsWith("applied ")).length).toBe(1);
-    expect(runs.filter((r) => r.stdout.includes("is up to date")).length).toBe(2);
-    const { rows } = await pool.query(`select count(*)::int as n from ${schema}.migrations`);
-    expect(rows[0].n).toBe(Migration.list().length);
+    expect(runs.filter((r) => r.stdout === applied(schema))).toHaveLength(1);
+    expect(runs.filter((r) => r.stdout.includes("is up to date"))).toHaveLength(2);
+    expect(await appliedIds(schema)).toEqual(Migration.list().map((m) => m.id));
   });
 
-  it("exits 1 with pg's message, not a stack, when the database cannot be reached or does not exist", async () => {
+  it("exits 1 with pg's message, not a stack, when the server is unreachable or the database missing", async () => {
     const schema = freshSchema();
-    const [refused, missingDb, notUrl] = await Promise.all([
+    const [refused, missingDb] = await Promise.all([
       cli(["migrate", "--schema", schema, "--database-url", "postgres://postgres:secret@127.0.0.1:1/test"]),
       cli(["migrate", "--schema", schema], { DATABASE_URL: withDatabase(url, "gen_durable_no_such_db") }),
-      cli(["migrate", "--schema", schema, "--database-url", "not a url"]),
     ]);
-    const wrongScheme = await inProcess(["migrate", "--database-url", "mysql://root@127.0.0.1/test"]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/could not migrate schema cli_\w+ at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED/);
+    expect(refused.stderr).toMatch(/^gen-durable migrate: could not migrate schema cli_\w+ at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED/);
     expect(refused.stderr).not.toContain("secret");
     expect(missingDb.code).toBe(1);
     expect(missingDb.stderr).toContain('database "gen_durable_no_such_db" does not exist');
-    expect(notUrl.code).toBe(1);
-    expect(notUrl.stderr).toContain('"not a url" is not a URL');
-    expect(wrongScheme.code).toBe(1);
-    expect(wrongScheme.stderr).toContain("is not a Postgres URL");
-    for (const run of [refused, missingDb, notUrl, wrongScheme]) {
+    for (const run of [refused, missingDb]) {
       expect(run.stdout).toBe("");
       noStack(run.stderr);
     }
     expect(await schemaExists(schema)).toBe(false);
   });
 
-  it("exits 2 for a bad schema name or a missing database, and creates nothing", async () => {
-    const [badSchema, noDb] = await Promise.all([cli(["migrate", "--schema", "Bad-Name"], { DATABASE_URL: url }), cli(["migrate"])]);
-    expect(badSchema.code).toBe(2);
-    expect(badSchema.stderr).toContain('invalid --schema: schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got "Bad-Name"');
-    expect(badSchema.stderr).toContain("usage: gen-durable migrate");
-    expect(noDb.code).toBe(2);
-    expect(noDb.stderr).toContain("no database: set DATABASE_URL or pass --database-url");
-    for (const run of [badSchema, noDb]) {
-      expect(run.stdout).toBe("");
-      noStack(run.stderr);
-    }
+  it("exits 2 for a bad schema name, and creates nothing", async () => {
+    const run = await cli(["migrate", "--schema", "Bad-Name"], { DATABASE_URL: url });
+    expect(run.code).toBe(2);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toContain('gen-durable: invalid --schema: schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got "Bad-Name"');
+    expect(run.stderr).toContain("usage: gen-durable migrate");
+    noStack(run.stderr);
     expect(await schemaExists("Bad-Name")).toBe(false);
+  });
+
+  it("sql prints Migration.up() for the schema, which migrates it when run as is", async () => {
+    const schema = freshSchema();
+    const up = await cli(["sql", "--schema", schema], { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" });
+    expect(up).toEqual({ code: 0, stdout: Migration.up({ schema }) + "\n", stderr: "" });
+    await pool.query(up.stdout);
+    expect(await appliedIds(schema)).toEqual(Migration.list().map((m) => m.id));
+    expect((await inProcess(["migrate", "--schema", schema], { DATABASE_URL: url })).stdout).toContain("is up to date");
+  });
+
+  it("--help lists the commands", async () => {
+    const help = await cli(["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^usage: gen-durable <command>/);
+    for (const command of COMMANDS) expect(help.stdout).toMatch(new RegExp(`^\\s+${command.name}\\s`, "m"));
   });
 });
 
-/** The same command line parsing, in process (fast): every usage error is exit 2 with a pointer to help. */
-describe("command line parsing", () => {
+describe("gen-durable (in process)", () => {
+  it("exits 1 for a database URL that is not a Postgres URL", async () => {
+    const [notUrl, wrongScheme] = await Promise.all([
+      inProcess(["migrate", "--database-url", "not a url"]),
+      inProcess(["migrate"], { DATABASE_URL: "mysql://root@127.0.0.1/test" }),
+    ]);
+    expect(notUrl).toEqual({ code: 1, stdout: "", stderr: 'gen-durable migrate: "not a url" is not a URL; expected postgres://user:password@host:5432/database\n' });
+    expect(wrongScheme.code).toBe(1);
+    expect(wrongScheme.stderr).toContain("is not a Postgres URL (it starts with mysql:)");
+  });
+
+  it("migrates with DATABASE_URL from the environment it is given", async () => {
+    const schema = freshSchema();
+    expect(await inProcess(["migrate", "--schema", schema], { DATABASE_URL: url })).toEqual({ code: 0, stdout: applied(schema), stderr: "" });
+  });
+
+  it("sql --down prints Migration.down(); sql alone uses the default schema", async () => {
+    expect(await inProcess(["sql", "--schema", "my_jobs", "--down"])).toEqual({ code: 0, stdout: Migration.down({ schema: "my_jobs" }) + "\n", stderr: "" });
+    expect((await inProcess(["sql"])).stdout).toBe(Migration.up() + "\n");
+  });
+
   it.each([
+    [["migrate"], "no database: set DATABASE_URL or pass --database-url"],
     [["migrate", "--schema", "pg_catalog"], "invalid --schema"],
     [["migrate", "--schema", "x".repeat(60)], "invalid --schema"],
     [["migrate", "--schema", "1abc"], "invalid --schema"],
@@ -152,12 +182,15 @@ describe("command line parsing", () => {
     [["--schema", "x"], "unknown option --schema; a command comes first"],
     [["help", "nope"], 'unknown command "nope"'],
     [["sql", "--database-url", "postgres://x@y/z"], "unknown option --database-url"],
+    [["sql", "--schema", "No"], "invalid --schema"],
     [[], "usage: gen-durable <command> [options]"],
-  ])("%j is a usage error", async (args, message) => {
-    const result = await inProcess(args, { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" });
+  ])("%j is a usage error (exit 2)", async (args, message) => {
+    const env: Record<string, string> = args[0] === "migrate" && args.length === 1 ? {} : { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" };
+    const result = await inProcess(args, env);
     expect(result.code).toBe(2);
     expect(result.stdout).toBe("");
     expect(result.stderr).toContain(message);
+    noStack(result.stderr);
   });
 
   it("treats an empty DATABASE_URL as unset", async () => {
@@ -166,7 +199,7 @@ describe("command line parsing", () => {
     expect(result.stderr).toContain("no database");
   });
 
-  it("prints help for every command in the table", async () => {
+  it("prints help for every command in the table, and the version", async () => {
     for (const command of COMMANDS) {
       for (const args of [[command.name, "--help"], [command.name, "-h"], ["help", command.name]]) {
         const result = await inProcess(args);
@@ -175,46 +208,8 @@ describe("command line parsing", () => {
         for (const option of Object.keys(command.options)) expect(result.stdout).toContain(`--${option}`);
       }
     }
-  });
-});
-
-describe("gen-durable sql and help", () => {
-  it("prints Migration.up() and Migration.down() for the schema without connecting", async () => {
-    const [up, down] = await Promise.all([
-      cli(["sql", "--schema", "my_jobs"], { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" }),
-      cli(["sql", "--schema", "my_jobs", "--down"]),
-    ]);
-    const defaults = await inProcess(["sql"]);
-    expect(defaults.code).toBe(0);
-    expect(up.code).toBe(0);
-    expect(up.stdout).toBe(Migration.up({ schema: "my_jobs" }) + "\n");
-    expect(down.code).toBe(0);
-    expect(down.stdout).toBe(Migration.down({ schema: "my_jobs" }) + "\n");
-    expect(defaults.stdout).toBe(Migration.up() + "\n");
-  });
-
-  it("the printed SQL migrates a schema when run as is", async () => {
-    const schema = freshSchema();
-    const run = await cli(["sql", "--schema", schema]);
-    await pool.query(run.stdout);
-    const { rows } = await pool.query(`select count(*)::int as n from ${schema}.migrations`);
-    expect(rows[0].n).toBe(Migration.list().length);
-    const again = await cli(["migrate", "--schema", schema], { DATABASE_URL: url });
-    expect(again.stdout).toContain("is up to date");
-  });
-
-  it("--help lists the commands; <command> --help shows its options", async () => {
-    const [main, migrate, helpSql, version] = await Promise.all([cli(["--help"]), cli(["migrate", "--help"]), cli(["help", "sql"]), cli(["-v"])]);
-    expect(main.code).toBe(0);
-    expect(main.stdout).toMatch(/^usage: gen-durable <command>/);
-    expect(main.stdout).toMatch(/^\s+migrate\s/m);
-    expect(main.stdout).toMatch(/^\s+sql\s/m);
-    expect(migrate.code).toBe(0);
-    expect(migrate.stdout).toContain("usage: gen-durable migrate [--schema name] [--database-url url]");
-    expect(migrate.stdout).toContain("DATABASE_URL");
-    expect(helpSql.code).toBe(0);
-    expect(helpSql.stdout).toContain("--down");
-    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    expect((await inProcess(["migrate", "--help"])).stdout).toContain("DATABASE_URL");
+    expect((await inProcess(["--version"])).stdout).toMatch(/^\d+\.\d+\.\d+/);
   });
 });
 

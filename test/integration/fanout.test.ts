@@ -1,7 +1,7 @@
 // Child fan-out and join: atomic spawn, exactly-once join, nesting, cancellation, failures.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, defineMachine, type ChildOutcome } from "../../src/index.js";
+import { defineJob, defineMachine, type AnyMachine, type ChildOutcome, type StepOutcome } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -43,12 +43,13 @@ const Waiter = defineMachine({
   state: z.object({ key: z.string() }),
   steps: { start: (ctx) => ctx.await("go", "finish"), finish: (ctx) => ctx.done(ctx.awaited[0]!.payload) },
 });
-const Tree = defineMachine({
+// A machine that spawns itself needs its type written down once.
+const Tree: AnyMachine = defineMachine({
   name: "Tree",
   queue: "fanout",
   state: z.object({ depth: z.number(), wait: z.boolean().optional() }),
   steps: {
-    start: (ctx) => {
+    start: (ctx): StepOutcome => {
       if (ctx.state.depth === 0) {
         return ctx.state.wait ? ctx.spawn([{ machine: Waiter, state: { key: ctx.id } }], "sum") : ctx.done(1);
       }
