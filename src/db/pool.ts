@@ -14,6 +14,7 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
     if (!(options.pool instanceof pg.Pool) && typeof (options.pool as { query?: unknown }).query !== "function") {
       throw new ConfigError(`${where}: pool must be a pg.Pool`);
     }
+    guardClients(options.pool);
     return { pool: options.pool, owned: false };
   }
   if (typeof options.connectionString !== "string" || options.connectionString.length === 0) {
@@ -23,7 +24,23 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
   // An idle client that loses its connection emits 'error' on the pool; without a
   // listener that would crash the process. The next query simply gets a new client.
   pool.on("error", () => {});
+  guardClients(pool);
   return { pool, owned: true };
+}
+
+const guarded = new WeakSet<pg.Pool>();
+
+/**
+ * pg-pool listens for a client's 'error' only while the client is idle. A
+ * connection that dies while checked out (a step's transaction, say, when the
+ * server restarts) would emit an unhandled 'error' and kill the process. The
+ * failure reaches the caller through its pending query anyway, so a listener
+ * that ignores it is all that is needed.
+ */
+function guardClients(pool: pg.Pool): void {
+  if (guarded.has(pool)) return;
+  guarded.add(pool);
+  pool.on("connect", (client) => client.on("error", () => {}));
 }
 
 export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolClient) => Promise<T>): Promise<T> {

@@ -181,13 +181,16 @@ export class Executor {
   /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
   private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
-    const { rows: out } = await client.query<{ idx: number; inserted: boolean | null }>(
+    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null }>(
       prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel]),
     );
-    const taken = out.filter((r) => r.idx >= 0 && r.inserted === false).map((r) => children[r.idx]!.correlation_key);
-    if (taken.length > 0 || out.filter((r) => r.idx >= 0).length !== children.length) {
+    const results = out.filter((r) => r.idx >= 0);
+    const taken = results.filter((r) => !r.inserted).map((r) => children[r.idx]!.correlation_key);
+    if (taken.length > 0 || results.length !== children.length) {
       throw new ValidationError(`ctx.spawn: the correlation key ${JSON.stringify(taken[0] ?? "?")} of a child already names a live instance; no child was inserted`);
     }
+    const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
+    await client.query(this.deps.children.markSpawn, [parentId, first]);
   }
 
   private async invoke(

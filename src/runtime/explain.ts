@@ -4,6 +4,7 @@ import type { ResolvedConfig } from "../config.js";
 import type { Instance } from "../engine.js";
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "./await-spec.js";
+import { childQueries } from "../sql/children.js";
 
 export interface Explanation {
   id: string;
@@ -63,11 +64,7 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number }>(
-        `select count(*)::int as total, count(*) filter (where status not in ('done', 'failed', 'cancelled'))::int as live
-         from ${s}.instances where parent_id = $1`,
-        [instance.id],
-      );
+      const { rows: progress } = await pool.query<{ total: number; live: number }>(childQueries(schema).progress, [instance.id]);
       const { total, live } = progress[0]!;
       reasons.push(`joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`);
       details.children = { total, live, finished: total - live };

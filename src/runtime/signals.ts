@@ -44,6 +44,8 @@ export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, inp
   const byKey = typeof input.target === "string";
   const lookup = byKey ? q.lockLiveByKey : q.lockById;
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
+  // A kept signal must not slip past an insert of its key in flight: take the key's lock, then look.
+  if (byKey && input.keepIfMissing) await client.query(q.lockInboxKey, [key]);
   const { rows } = await client.query<LockedInstance>(lookup, [key]);
   const instance = rows[0];
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;

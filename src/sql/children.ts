@@ -54,10 +54,20 @@ export function childQueries(schema: string) {
       select (select count(*)::int from finished) as counted,
              array(select distinct queue from parents where status = 'runnable') as woken`,
 
-    /** The children of a parent, in spawn order, for ctx.children. */
+    /** The children of a parent's latest spawn, in spawn order, for ctx.children. */
     children: `
-      select id::text as id, machine, status, result, error from ${s}.instances
-      where parent_id = $1 order by id`,
+      select c.id::text as id, c.machine, c.status, c.result, c.error
+      from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
+      where p.id = $1 order by c.id`,
+
+    /** Live and total children of the latest spawn (explain). */
+    progress: `
+      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL})::int as live
+      from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
+      where p.id = $1`,
+
+    /** Marks where the latest spawn's children start. */
+    markSpawn: `update ${s}.instances set children_from = $2 where id = $1`,
 
   };
 }

@@ -36,14 +36,9 @@ export function instanceQueries(schema: string) {
                max_attempts, correlation_key, concurrency_key, parent_id
         from input order by idx
         on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL} do nothing
-        returning id, correlation_key, queue, run_at <= now() as due
-      ),
-      inbox as (
-        update ${s}.signals g set instance_id = ins.id, expires_at = null
-        from ins
-        where ins.correlation_key is not null and g.instance_id is null
-          and g.correlation_key = ins.correlation_key and (g.expires_at is null or g.expires_at > now())
-        returning g.instance_id
+        -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
+        returning id, correlation_key, queue, run_at <= now() as due,
+          case when correlation_key is not null then ${s}.take_inbox(correlation_key, id) end as inbox
       ),
       woke as (
         select count(pg_notify($2::text, q.queue)) as n

@@ -10,6 +10,8 @@ export function signalQueries(schema: string) {
   const s = quoteIdent(schema);
   const lockColumns = "id::text as id, status, queue, step, await_spec";
   return {
+    /** Serialises a kept signal with an insert of the same key (see take_inbox in the migration). */
+    lockInboxKey: `select pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || $1, 0))`,
     lockById: `select ${lockColumns} from ${s}.instances where id = $1 for update`,
     lockLiveByKey: `select ${lockColumns} from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL} for update`,
     lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by id desc limit 1`,

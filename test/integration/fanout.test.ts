@@ -70,7 +70,18 @@ const Conflict = defineMachine({
   },
 });
 
-const engine = db.engine({ queues: { fanout: 32 }, machines: [Square, MapReduce, Waiter, Tree, Conflict], poolSize: 12 });
+const Twice = defineMachine({
+  name: "Twice",
+  queue: "fanout",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => ctx.spawn([1, 2].map((n) => ({ machine: Square, args: { n } })), "again"),
+    again: (ctx) => ctx.spawn([{ machine: Square, args: { n: 3 } }], "end"),
+    end: (ctx) => ctx.done(ctx.children.map((c) => c.result)),
+  },
+});
+
+const engine = db.engine({ queues: { fanout: 32 }, machines: [Square, MapReduce, Waiter, Tree, Conflict, Twice], poolSize: 12 });
 await engine.start();
 
 describe("fan-out", () => {
@@ -86,6 +97,11 @@ describe("fan-out", () => {
     const children = await engine.list({ machine: "Square", limit: 1000 });
     expect(children.filter((c) => c.parentId === id)).toHaveLength(6);
     expect((await engine.history(id)).map((h) => h.outcome)).toEqual(["spawn", "joined", "done"]);
+  });
+
+  it("a second spawn's join sees only its own children", async () => {
+    const { id } = await engine.insert(Twice, { state: {} });
+    expect((await engine.wait(id, { timeout: 10_000 })).result).toEqual([9]);
   });
 
   it("an empty spawn joins at once", async () => {

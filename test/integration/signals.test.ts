@@ -127,6 +127,23 @@ describe("signals", () => {
     expect(await mailbox(id)).toHaveLength(1); // the second kept signal stays in the mailbox
   });
 
+  it('a kept signal racing the insert of its key is never stranded in the inbox (300 races)', async () => {
+    const keys = Array.from({ length: 300 }, (_, i) => `racing:${i}`);
+    const inserted = await Promise.all(
+      keys.map(async (key, i) => {
+        const [, result] = await Promise.all([
+          engine.signal(key, "payment_confirmed", i, { ifMissing: "keep" }),
+          engine.insert(Checkout, { state: { order: i }, correlationKey: key }),
+        ]);
+        return result.id;
+      }),
+    );
+    const done = await Promise.all(inserted.map((id) => engine.wait(id, { timeout: 30_000 })));
+    done.forEach((d, i) => expect(d.result).toMatchObject({ awaited: [{ payload: i }] }));
+    const stranded = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id is null and correlation_key like 'racing:%'`);
+    expect(stranded.rows[0].n).toBe(0);
+  });
+
   it("with { client }, a signal exists and wakes only if the caller's transaction commits", async () => {
     const { id } = await engine.insert(Checkout, { state: { order: 4 }, correlationKey: "order:4" });
     await eventually("awaiting", async () => (await engine.get(id))?.status === "awaiting");

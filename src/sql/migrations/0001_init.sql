@@ -1,5 +1,6 @@
 -- gen-durable schema, version 1.
--- {{schema}} is replaced by the (validated, quoted) schema name.
+-- The schema placeholder (double braces around "schema") is replaced by the
+-- validated, quoted schema name when the migration runs.
 
 -- One row per instance. Its status decides which partial index it lives in, so
 -- the claim and reaper queries cost O(runnable rows), not O(table).
@@ -30,6 +31,8 @@ create table {{schema}}.instances (
   -- sweep counts each finished child once (join_counted) and wakes the parent
   -- when the count reaches zero. `joined` marks the step that ctx.children is for.
   children_pending integer,
+  -- The first child id of the latest spawn: ctx.children lists that spawn's children only.
+  children_from    bigint,
   join_counted     boolean     not null default false,
   joined           boolean     not null default false,
   await_spec       jsonb,
@@ -94,3 +97,20 @@ create unique index signals_dedup on {{schema}}.signals (instance_id, dedup_key)
   where dedup_key is not null and instance_id is not null;
 create unique index signals_inbox_dedup on {{schema}}.signals (correlation_key, dedup_key)
   where dedup_key is not null and instance_id is null;
+
+-- Hands the inbox of a correlation key to the instance just inserted with it.
+-- It takes the key's advisory lock first and, being VOLATILE, reads the inbox
+-- with a fresh snapshot after that: a signal kept (ifMissing: "keep") while
+-- the insert was in flight is either seen here or sees the new instance itself.
+create function {{schema}}.take_inbox(key text, instance bigint) returns integer
+language plpgsql volatile as $$
+declare
+  moved integer;
+begin
+  perform pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || key, 0));
+  update {{schema}}.signals set instance_id = instance, expires_at = null
+  where instance_id is null and correlation_key = key and (expires_at is null or expires_at > now());
+  get diagnostics moved = row_count;
+  return moved;
+end
+$$;
