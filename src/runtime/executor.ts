@@ -88,7 +88,7 @@ export class Executor {
       this.deps.events.emit("engine:error", { loop: "executor", error });
       this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not commit a step outcome; it will re-run after its lease expires");
     } finally {
-      this.deps.leases.delete(row.id);
+      this.deps.leases.delete(row.id, row.claim_token);
     }
   }
 
@@ -145,7 +145,10 @@ export class Executor {
     let committed: { completion: Completion; resumedQueue: string | null };
     try {
       committed = await withTransaction(this.deps.pool, async (client) => {
-        const completion = await produce(client);
+        // The step may outlive its attempt (timeout, lost lease, shutdown): once the attempt is
+        // settled, its ctx.client refuses every query, so nothing it does later can commit.
+        const step = guardClient(client, row.id);
+        const completion = await produce(step.client).finally(step.close);
         const { won, resumedQueue } = await this.commitOn(client, completion);
         // Throwing rolls back everything, the step's own ctx.client writes included.
         if (!won) throw new LeaseLostError(row.id);
@@ -435,4 +438,26 @@ export class Executor {
 
 function toReceived(awaited: ClaimedRow["awaited"]): ReceivedSignal[] {
   return (awaited ?? []).map((s) => ({ id: s.id, event: s.event, payload: s.payload, insertedAt: new Date(s.insertedAt) }));
+}
+
+/** A view of `client` for user code whose `query` rejects with LeaseLostError once `close()` was called. */
+function guardClient(client: pg.PoolClient, id: string): { client: pg.ClientBase; close: () => void } {
+  let closed = false;
+  const guarded = new Proxy(client, {
+    get(target, prop) {
+      if (prop === "query") {
+        return (...args: unknown[]) => {
+          if (!closed) return (target.query as (...a: unknown[]) => unknown).apply(target, args);
+          const error = new LeaseLostError(id);
+          const callback = args[args.length - 1];
+          if (typeof callback === "function") return void (callback as (e: Error) => void)(error);
+          return Promise.reject(error);
+        };
+      }
+      if (prop === "release") return () => {};
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { client: guarded, close: () => void (closed = true) };
 }

@@ -24,11 +24,15 @@ export class Leases {
   ) {}
 
   add(id: string, held: Held): void {
+    // A new claim of the same instance supersedes an attempt still running here.
+    const previous = this.held.get(id);
+    if (previous && previous.token !== held.token) previous.controller.abort(new LeaseLostError(id));
     this.held.set(id, held);
   }
 
-  delete(id: string): void {
-    this.held.delete(id);
+  /** Forgets the lease of this claim only: a newer claim of the same instance keeps its own. */
+  delete(id: string, token: string): void {
+    if (this.held.get(id)?.token === token) this.held.delete(id);
   }
 
   /** Renews every held lease; returns how many were renewed. */

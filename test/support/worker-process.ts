@@ -187,6 +187,8 @@ export class Fleet {
   readonly slots: Array<Child | undefined> = [];
   readonly exits: Array<{ slot: number; pid: number; code: number | null; signal: NodeJS.Signals | null; killedByUs: boolean }> = [];
   readonly fatal: ChildMessage[] = [];
+  /** Every message from every worker generation, tagged with the worker's name. */
+  readonly received: ChildMessage[] = [];
   private readonly killed = new Set<number>();
   private stopping = false;
   private spawned = 0;
@@ -210,6 +212,7 @@ export class Fleet {
     this.slots[slot] = child;
     child.process.on("message", (m) => {
       const message = m as ChildMessage;
+      this.received.push({ ...message, worker: child.name });
       if (message.type === "fatal") this.fatal.push({ ...message, worker: child.name });
     });
     void child.exited.then(({ code, signal }) => {
