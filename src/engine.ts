@@ -205,6 +205,7 @@ export class GenDurable {
         pool: this.pool,
         claims: this.claims,
         executor,
+        leases: this.leases,
         events: this.events,
       });
       this.schedulers.set(queue, scheduler);

@@ -1,14 +1,21 @@
 /**
  * The scheduler of one queue on this node: keeps up to `concurrency` steps
- * running by claiming due rows in batches (one round trip claims as many rows
- * as there are free slots). Woken by NOTIFY, by local commits and by the poll
- * loop; after a batch of completions it claims again in one go.
+ * running. It claims due rows in batches into a small local buffer (claim-ahead,
+ * up to `concurrency` rows beyond the running ones, leased and renewed like
+ * running rows), and frees a slot as soon as a step's code has settled: the
+ * next step starts while the previous outcome is still in the group commit.
+ * Each instance still waits for its own commit, because its row stays
+ * `running` until then. Measured in bench/: with 20,000 no-op jobs at
+ * concurrency 32 this lifted gen-durable from 0.30× to 0.56× of graphile-worker
+ * with its local queue and batched completion (same run, same database).
+ * Woken by NOTIFY, by local commits and by the poll loop.
  */
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import type { TypedEmitter } from "../events.js";
 import type { ClaimQueries } from "../sql/claims.js";
 import type { ClaimedRow, Executor } from "../runtime/executor.js";
+import type { Leases } from "../runtime/leases.js";
 
 export interface QueueSchedulerOptions {
   queue: string;
@@ -19,11 +26,17 @@ export interface QueueSchedulerOptions {
   pool: pg.Pool;
   claims: ClaimQueries;
   executor: Executor;
+  leases: Leases;
   events: TypedEmitter;
 }
 
 export class QueueScheduler {
+  /** Steps whose code is running. */
   private running = 0;
+  /** Steps whose code settled and whose outcome is being committed. */
+  private committing = 0;
+  /** Claimed rows waiting for a slot. */
+  private buffer: ClaimedRow[] = [];
   private claiming = false;
   /** Set by every wake-up; cleared when a claim comes back short (nothing more is due). */
   private mayHaveMore = true;
@@ -34,22 +47,20 @@ export class QueueScheduler {
 
   constructor(private readonly o: QueueSchedulerOptions) {}
 
-  get active(): number {
-    return this.running;
-  }
-
   start(): void {
     this.stopped = false;
     this.wake();
   }
 
-  /** Stops claiming; resolves when the steps in flight have settled. */
+  /** Stops claiming and launching; buffered rows stay leased until the engine releases them. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.buffer = [];
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
   }
 
+  /** Resolves when every launched step has committed (or given up). */
   async settled(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
@@ -70,30 +81,44 @@ export class QueueScheduler {
     this.scheduleFill();
   }
 
-  /** Coalesces the wake-ups of one event-loop turn into one claim. */
+  /** Coalesces the wake-ups and freed slots of one event-loop turn into one claim. */
   private scheduleFill(): void {
     if (this.fillScheduled) return;
     this.fillScheduled = true;
     setImmediate(() => {
       this.fillScheduled = false;
+      this.launchBuffered();
       void this.fill();
     });
+  }
+
+  /** How many more rows this node should hold: free slots plus room in the claim-ahead buffer. */
+  private get wanted(): number {
+    const { concurrency } = this.o;
+    // Commits lagging behind (a slow database) stop further claims rather than pile up leases.
+    if (this.committing >= concurrency) return 0;
+    return Math.max(0, 2 * concurrency - this.running - this.buffer.length);
   }
 
   private async fill(): Promise<void> {
     if (this.claiming || this.stopped) return;
     this.claiming = true;
     try {
-      while (!this.stopped && this.mayHaveMore && this.running < this.o.concurrency) {
-        const free = this.o.concurrency - this.running;
+      while (!this.stopped && this.mayHaveMore && this.wanted > 0) {
+        const want = this.wanted;
         this.mayHaveMore = false;
         const started = performance.now();
         const { rows } = await this.o.pool.query<ClaimedRow>(
-          prepared(this.o.claims.claim, [this.o.queue, this.o.machines, free, this.o.nodeId, this.o.leaseMs]),
+          prepared(this.o.claims.claim, [this.o.queue, this.o.machines, want, this.o.nodeId, this.o.leaseMs]),
         );
         this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
-        if (rows.length === free) this.mayHaveMore = true;
-        for (const row of rows) this.launch(row);
+        if (rows.length === want) this.mayHaveMore = true;
+        for (const row of rows) {
+          // Leased from now on: renewed while it waits, released if the node stops first.
+          this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
+          this.buffer.push(row);
+        }
+        this.launchBuffered();
       }
     } catch (error) {
       this.o.events.emit("engine:error", { loop: `scheduler:${this.o.queue}`, error });
@@ -105,12 +130,25 @@ export class QueueScheduler {
     }
   }
 
+  private launchBuffered(): void {
+    while (!this.stopped && this.running < this.o.concurrency && this.buffer.length > 0) this.launch(this.buffer.shift()!);
+  }
+
   private launch(row: ClaimedRow): void {
     this.running++;
-    const task = this.o.executor.execute(row).finally(() => {
+    let settled = false;
+    const onSettled = () => {
+      if (settled) return;
+      settled = true;
       this.running--;
+      this.committing++;
+      this.scheduleFill();
+    };
+    const task = this.o.executor.execute(row, onSettled).finally(() => {
+      if (settled) this.committing--;
+      else this.running--;
       this.inFlight.delete(task);
-      if (this.mayHaveMore) this.scheduleFill();
+      this.scheduleFill();
     });
     this.inFlight.add(task);
   }

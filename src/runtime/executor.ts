@@ -76,23 +76,29 @@ const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 export class Executor {
   constructor(private readonly deps: ExecutorDeps) {}
 
-  async execute(row: ClaimedRow): Promise<void> {
+  /**
+   * Runs the step and commits its outcome. `onSettled` is called once the
+   * step's code is done and only the commit remains, so the scheduler can
+   * start other work meanwhile.
+   */
+  async execute(row: ClaimedRow, onSettled: () => void = () => {}): Promise<void> {
     const controller = new AbortController();
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();
     try {
-      await this.run(row, controller, started);
+      await this.run(row, controller, started, onSettled);
     } catch (error) {
       // Only the commit itself can land here (e.g. the database is gone): the
       // lease will expire and the reaper hands the step to another attempt.
       this.deps.events.emit("engine:error", { loop: "executor", error });
       this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not commit a step outcome; it will re-run after its lease expires");
     } finally {
+      onSettled();
       this.deps.leases.delete(row.id, row.claim_token);
     }
   }
 
-  private async run(row: ClaimedRow, controller: AbortController, started: number): Promise<void> {
+  private async run(row: ClaimedRow, controller: AbortController, started: number, settled: () => void): Promise<void> {
     const machine = this.deps.machines.get(row.machine)!;
     const step = machine.steps.get(row.step);
     const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
@@ -100,12 +106,12 @@ export class Executor {
 
     if (!step) {
       const error = new ValidationError(`machine "${machine.name}" has no step "${row.step}" (its steps: ${[...machine.steps.keys()].join(", ")})`);
-      return this.fail(row, machine, undefined, maxAttempts, error, started);
+      return this.fail(row, machine, undefined, maxAttempts, error, started, settled);
     }
     if (row.attempt > maxAttempts) {
       // Earlier attempts died with their worker (the reaper recorded why); do not run it again.
       const error = new Error(`step "${row.step}" exhausted its ${maxAttempts} attempts; the last one: ${row.error?.message ?? "lost its worker"}`);
-      return this.fail(row, machine, step, maxAttempts, error, started);
+      return this.fail(row, machine, step, maxAttempts, error, started, settled);
     }
 
     this.deps.events.emit("step:start", facts);
@@ -120,12 +126,13 @@ export class Executor {
       const returned = await this.invoke(row, machine, step, controller, undefined);
       completion = await this.toCompletion(row, machine, step, returned, started);
     } catch (error) {
-      return this.fail(row, machine, step, maxAttempts, error, started);
+      return this.fail(row, machine, step, maxAttempts, error, started, settled);
     }
     // Awaits and spawns write more than their own row: they commit in a transaction of their own.
     if (completion.status === "awaiting" || completion.spawn) {
       return this.inTransaction(row, machine, step, maxAttempts, started, async () => completion);
     }
+    settled();
     return this.committed(row, machine, completion, await this.deps.completer.submit(completion), null);
   }
 
@@ -398,7 +405,15 @@ export class Executor {
   }
 
   /** A failed attempt: retried after backoff, or terminal `failed` when attempts are exhausted. State is unchanged. */
-  private async fail(row: ClaimedRow, machine: AnyMachine, step: ResolvedStep | undefined, maxAttempts: number, thrown: unknown, started: number): Promise<void> {
+  private async fail(
+    row: ClaimedRow,
+    machine: AnyMachine,
+    step: ResolvedStep | undefined,
+    maxAttempts: number,
+    thrown: unknown,
+    started: number,
+    settled: () => void = () => {},
+  ): Promise<void> {
     const error = toErrorRecord(thrown);
     const willRetry = row.attempt < maxAttempts;
     const durationMs = Math.round(performance.now() - started);
@@ -407,6 +422,7 @@ export class Executor {
       ? { ...this.base(row, started), status: "runnable", delay_ms: backoff(row.attempt), error, hist_error: error, to_step: row.step, outcome: "error" }
       : { ...this.base(row, started), status: "failed", error, hist_error: error, outcome: "failed" };
     this.deps.events.emit("step:exception", { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue, error, durationMs, willRetry });
+    settled();
     const won = await this.deps.completer.submit(completion);
     this.committed(row, machine, completion, won, null);
   }

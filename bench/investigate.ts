@@ -1,0 +1,420 @@
+/**
+ * Where does processing time go? A diagnostic companion to main.ts (not part of
+ * `npm run bench`): runs the processing phase for gen-durable and its peers
+ * with every pg client instrumented, and reports per job
+ *   - round trips, by statement kind, with their mean latency and batch size,
+ *   - CPU spent in this Node process and in Postgres (from /proc, when the
+ *     server is local), so one can tell a round-trip-bound engine from a
+ *     CPU-bound one on a small machine,
+ * plus a micro-benchmark of gen-durable's claim and complete statements alone,
+ * at several batch sizes, to separate the fixed cost of a round trip from the
+ * per-row cost.
+ *
+ *   bash bench/run.sh --investigate      (BENCH_JOBS, BENCH_INVESTIGATE=a,b,… to choose)
+ */
+import { readFileSync, readdirSync } from "node:fs";
+import { Logger, run, runMigrations } from "graphile-worker";
+import { PgBoss } from "pg-boss";
+import pg from "pg";
+import { z } from "zod";
+import { startDevDatabase } from "../dev/postgres.js";
+import { defineJob, GenDurable, migrate } from "../src/index.js";
+import { claimQueries } from "../src/sql/claims.js";
+import { pgBossSplit } from "./systems/pg-boss.js";
+import { fmt, sleep } from "./util.js";
+
+const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
+const silent = new Logger(() => () => {});
+
+// ------------------------------------------------------------------ instruments
+
+interface KindStats {
+  n: number;
+  ms: number;
+  rows: number;
+}
+
+/** Counts and times every statement sent by any client of `pool`, classified by its text. */
+function instrument(pool: pg.Pool) {
+  const stats = new Map<string, KindStats>();
+  let enabled = false;
+  pool.on("connect", (client) => {
+    const original = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const first = args[0];
+      const text = typeof first === "string" ? first : ((first as { text?: string } | null)?.text ?? "");
+      if (!enabled) return original(...args);
+      const started = performance.now();
+      const record = (r: { rowCount?: number | null } | undefined) => {
+        const kind = classify(text);
+        const s = stats.get(kind) ?? { n: 0, ms: 0, rows: 0 };
+        s.n++;
+        s.ms += performance.now() - started;
+        s.rows += r?.rowCount ?? 0;
+        stats.set(kind, s);
+      };
+      // pg.Pool#query calls client.query(text, values, callback): wrap the callback form too.
+      const last = args[args.length - 1];
+      if (typeof last === "function") {
+        args[args.length - 1] = (error: unknown, r: { rowCount?: number | null } | undefined) => {
+          record(r);
+          (last as (e: unknown, r: unknown) => void)(error, r);
+        };
+        return original(...args);
+      }
+      const result = original(...args);
+      if (!(result instanceof Promise)) return result;
+      return result.then((r: { rowCount?: number | null }) => {
+        record(r);
+        return r;
+      });
+    };
+  });
+  return {
+    stats,
+    start() {
+      stats.clear();
+      enabled = true;
+    },
+    stop() {
+      enabled = false;
+    },
+  };
+}
+
+function classify(text: string): string {
+  const t = text.replace(/\s+/g, " ").toLowerCase();
+  // gen-durable
+  if (t.includes("set status = 'running', attempt = i.attempt + 1")) return "gd claim";
+  if (t.includes("jsonb_to_recordset($1::jsonb) as x( id bigint, token bigint")) return "gd complete (group commit)";
+  if (t.includes("pg_notify($1, q)")) return "gd notify";
+  if (t.includes("lease_expires_at = now() +") && t.includes("renewable")) return "gd lease renew";
+  if (t.includes("lease_expires_at < now()")) return "gd reaper";
+  if (t.includes("where status = 'awaiting' and run_at <= now()")) return "gd await timeouts";
+  // graphile-worker (function names of its schema)
+  const gw = /(get_job|complete_job|fail_job|add_job|reset_locked|force_unlock|get_jobs|complete_jobs)/.exec(t);
+  if (gw) return `gw ${gw[1]}`;
+  if (t.startsWith("listen") || t.startsWith("unlisten")) return "listen";
+  if (t === "begin" || t === "commit" || t === "rollback") return "tx control";
+  return `other: ${t.slice(0, 50)}`;
+}
+
+/** CPU seconds (user+sys) of this process. */
+const nodeCpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+
+/** CPU ms of the whole Postgres server: postmaster (incl. reaped children) + live children; null if not local. */
+function pgCpuMs(postmasterPid: number | null): number | null {
+  if (postmasterPid === null) return null;
+  const tick = 1000 / 100; // USER_HZ is 100 on Linux
+  const fields = (pid: number) => {
+    const raw = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const rest = raw.slice(raw.lastIndexOf(")") + 2).split(" ");
+    // rest[0] is field 3 (state): ppid=4, utime=14, stime=15, cutime=16, cstime=17
+    return { ppid: Number(rest[1]), utime: Number(rest[11]), stime: Number(rest[12]), cutime: Number(rest[13]), cstime: Number(rest[14]) };
+  };
+  try {
+    const master = fields(postmasterPid);
+    let total = master.utime + master.stime + master.cutime + master.cstime;
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const f = fields(Number(entry));
+        if (f.ppid === postmasterPid) total += f.utime + f.stime;
+      } catch {
+        // process exited meanwhile
+      }
+    }
+    return total * tick;
+  } catch {
+    return null;
+  }
+}
+
+async function postmasterPid(admin: pg.Pool): Promise<number | null> {
+  const { rows } = await admin.query<{ pid: number }>("select pid from pg_stat_activity where backend_type = 'checkpointer'");
+  if (!rows[0]) return null;
+  try {
+    const raw = readFileSync(`/proc/${rows[0].pid}/stat`, "utf8");
+    return Number(raw.slice(raw.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return null;
+  }
+}
+
+// ------------------------------------------------------------------ runs
+
+interface Run {
+  label: string;
+  jobs: number;
+  ms: number;
+  /** WAL written by the whole server during the run, per job: a load-independent measure of database work. */
+  walBytes: number;
+  nodeCpuMs: number;
+  pgCpuMs: number | null;
+  stats: Map<string, KindStats>;
+}
+
+function report(r: Run): void {
+  const perJob = (x: number) => x / r.jobs;
+  const cpu = `Node CPU ${fmt(perJob(r.nodeCpuMs) * 1000)} µs/job` + (r.pgCpuMs === null ? "" : `, Postgres CPU ${fmt(perJob(r.pgCpuMs) * 1000)} µs/job`);
+  const busy = ((r.nodeCpuMs + (r.pgCpuMs ?? 0)) / r.ms).toFixed(2);
+  console.log(`\n${r.label}: ${fmt(r.jobs / (r.ms / 1000))} jobs/s; ${cpu}; CPU busy ${busy} of 2 cores; WAL ${fmt(perJob(r.walBytes))} B/job`);
+  const total = [...r.stats.values()].reduce((a, s) => a + s.n, 0);
+  if (total > 0) console.log(`  round trips: ${fmt(total / r.jobs)} per job (${total} statements)`);
+  for (const [kind, s] of [...r.stats].sort((a, b) => b[1].n - a[1].n)) {
+    console.log(`    ${kind.padEnd(34)} ${String(s.n).padStart(6)} × ${fmt(s.ms / s.n).padStart(6)} ms   rows/stmt ${fmt(s.rows / s.n)}`);
+  }
+}
+
+async function measure(
+  label: string,
+  admin: pg.Pool,
+  pmPid: number | null,
+  done: () => Promise<boolean>,
+  start: () => Promise<() => Promise<void>>,
+  inst?: ReturnType<typeof instrument>,
+): Promise<Run> {
+  const lsn0 = (await admin.query<{ l: string }>("select pg_current_wal_insert_lsn()::text as l")).rows[0]!.l;
+  const cpu0 = nodeCpuMs();
+  const pg0 = pgCpuMs(pmPid);
+  inst?.start();
+  const t0 = performance.now();
+  const stop = await start();
+  while (!(await done())) await sleep(20);
+  const ms = performance.now() - t0;
+  inst?.stop();
+  const cpu1 = nodeCpuMs();
+  const pg1 = pgCpuMs(pmPid);
+  const wal = Number((await admin.query<{ d: string }>("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d", [lsn0])).rows[0]!.d);
+  await stop();
+  const r = { label, jobs: JOBS, ms, walBytes: wal, nodeCpuMs: cpu1 - cpu0, pgCpuMs: pg0 === null || pg1 === null ? null : pg1 - pg0, stats: new Map(inst?.stats ?? []) };
+  report(r);
+  return r;
+}
+
+const Noop = defineJob({ name: "Noop", args: z.object({ i: z.number() }), perform: () => null });
+
+/**
+ * `engines` > 1 splits the concurrency over several engines in this process (as
+ * if several nodes ran): each has its own claim → run → commit cycle, so their
+ * round trips overlap. If that beats one engine at the same total concurrency,
+ * the single engine is bound by the serial cycle, not by Postgres or CPU.
+ */
+async function genDurableRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number, poolSize: number, engines = 1): Promise<Run> {
+  const schema = "inv_gen_durable";
+  await admin.query(`drop schema if exists ${schema} cascade`);
+  await migrate({ connectionString: url, schema });
+  const producer = new GenDurable({ connectionString: url, schema });
+  for (let i = 0; i < JOBS; i += 1000) await producer.insertMany(Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })));
+  await producer.stop();
+  await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
+  const pool = new pg.Pool({ connectionString: url, max: poolSize * engines });
+  const inst = instrument(pool);
+  const result = await measure(
+    engines === 1 ? `gen-durable c=${concurrency} pool=${poolSize}` : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`,
+    admin,
+    pmPid,
+    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where status = 'done'`)).rows[0]!.n >= JOBS,
+    async () => {
+      const all = Array.from({ length: engines }, () => new GenDurable({ pool, schema, queues: { default: concurrency / engines }, machines: [Noop] }));
+      await Promise.all(all.map((engine) => engine.start()));
+      return async () => {
+        await Promise.all(all.map((engine) => engine.stop()));
+      };
+    },
+    inst,
+  );
+  await pool.end();
+  return result;
+}
+
+async function graphileRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number, batched: boolean): Promise<Run> {
+  const schema = "inv_graphile";
+  await admin.query(`drop schema if exists ${schema} cascade`);
+  await runMigrations({ connectionString: url, schema, logger: silent });
+  const pool = new pg.Pool({ connectionString: url, max: Math.max(10, concurrency + 2) });
+  const inst = instrument(pool);
+  await admin.query(`insert into ${schema}._private_tasks (identifier) values ('noop') on conflict do nothing`);
+  // Same as workerUtils.addJobs, in SQL, to keep the producer out of the instrumented pool.
+  const { rows } = await admin.query<{ id: number }>(`select id from ${schema}._private_tasks where identifier = 'noop'`);
+  await admin.query(
+    `insert into ${schema}._private_jobs (task_id, payload, run_at, max_attempts, priority)
+     select $1, jsonb_build_object('i', g), now(), 25, 0 from generate_series(1, $2) g`,
+    [rows[0]!.id, JOBS],
+  );
+  await admin.query(`vacuum analyze ${schema}._private_jobs`);
+  const result = await measure(
+    `graphile-worker${batched ? " (batched)" : ""} c=${concurrency}`,
+    admin,
+    pmPid,
+    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}._private_jobs`)).rows[0]!.n === 0,
+    async () => {
+      const runner = await run({
+        pgPool: pool,
+        schema,
+        concurrency,
+        noHandleSignals: true,
+        logger: silent,
+        taskList: { noop: async () => {} },
+        ...(batched ? { preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } } : {}),
+      });
+      return () => runner.stop();
+    },
+    inst,
+  );
+  await pool.end();
+  return result;
+}
+
+async function pgBossRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number): Promise<Run> {
+  const schema = "inv_pgboss";
+  await admin.query(`drop schema if exists ${schema} cascade`);
+  const producer = new PgBoss({ connectionString: url, schema });
+  producer.on("error", () => {});
+  await producer.start();
+  await producer.createQueue("noop", { notify: true });
+  for (let i = 0; i < JOBS; i += 1000) await producer.insert("noop", Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ data: { i: i + k } })));
+  await producer.stop({ graceful: true, close: true });
+  await admin.query(`vacuum analyze ${schema}.job`);
+  return measure(
+    `pg-boss c=${concurrency}`,
+    admin,
+    pmPid,
+    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.job where state = 'completed'`)).rows[0]!.n >= JOBS,
+    async () => {
+      const boss = new PgBoss({ connectionString: url, schema, useListenNotify: true });
+      boss.on("error", () => {});
+      await boss.start();
+      await boss.work("noop", { ...pgBossSplit(concurrency), burstWhenBatchFull: true }, async () => {});
+      return () => boss.stop({ graceful: true, close: true });
+    },
+  );
+}
+
+/**
+ * gen-durable's claim and complete statements alone: one client, sequential,
+ * at several batch sizes, as named (prepared) statements like the engine's. Wall-clock per job separates a round trip's fixed
+ * cost from the per-row cost; WAL bytes per job and planning time are
+ * load-independent measures of the work each statement does. Variants show
+ * what the per-step history row and the `instances_machine` index cost.
+ */
+async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
+  const withoutHistory = (sql: string) => sql.replace(/,\s*history as \([\s\S]*?join won w on w\.id = x\.id\s*\)/, "");
+  const variants: Array<{ label: string; dropMachineIndex: boolean; history: boolean; sizes: number[] }> = [
+    { label: "as shipped", dropMachineIndex: false, history: true, sizes: [1, 10, 32, 100, 500] },
+    { label: "without the history (transitions) insert", dropMachineIndex: false, history: false, sizes: [32, 500] },
+    { label: "without index instances_machine", dropMachineIndex: true, history: true, sizes: [32, 500] },
+  ];
+  for (const variant of variants) {
+    const schema = "inv_statements";
+    await admin.query(`drop schema if exists ${schema} cascade`);
+    await migrate({ connectionString: url, schema });
+    if (variant.dropMachineIndex) await admin.query(`drop index ${schema}.instances_machine`);
+    const producer = new GenDurable({ connectionString: url, schema });
+    for (let i = 0; i < JOBS; i += 1000) await producer.insertMany(Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })));
+    await producer.stop();
+    await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
+    const q = claimQueries(schema);
+    const complete = variant.history ? q.complete : withoutHistory(q.complete);
+    if (!variant.history && complete === q.complete) throw new Error("could not strip the history CTE from the complete statement");
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    const claimArgs = (k: number) => ["default", ["Noop"], k, "investigate", 30_000];
+    const planning = async (sql: string, args: unknown[]) => {
+      const { rows } = await client.query<{ "QUERY PLAN": Array<{ "Planning Time": number }> }>(`explain (summary, format json) ${sql}`, args);
+      return rows[0]!["QUERY PLAN"][0]!["Planning Time"];
+    };
+    const lsn = async () => (await client.query<{ l: string }>("select pg_current_wal_insert_lsn()::text as l")).rows[0]!.l;
+    const walSince = async (from: string) => Number((await client.query<{ d: string }>("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d", [from])).rows[0]!.d);
+    console.log(`\ngen-durable statements alone, ${variant.label} (one client, sequential; ${JOBS} rows queued):`);
+    console.log("  batch │ claim ms  µs/job  WAL B/job  plan ms │ complete ms  µs/job  WAL B/job  plan ms │ 'select 1' ms");
+    let remaining = JOBS;
+    for (const k of variant.sizes) {
+      const rounds = Math.max(3, Math.min(200, Math.floor(2000 / k)));
+      if (remaining < rounds * k) break;
+      let claimMs = 0;
+      let completeMs = 0;
+      let pingMs = 0;
+      let claimWal = 0;
+      let completeWal = 0;
+      let rowsDone = 0;
+      const claimPlan = await planning(q.claim, claimArgs(k));
+      let completePlan = 0;
+      for (let r = 0; r < rounds; r++) {
+        let mark = await lsn();
+        let t = performance.now();
+        const { rows } = await client.query<{ id: string; claim_token: string; step: string; attempt: number }>({ name: "inv_claim", text: q.claim, values: claimArgs(k) });
+        claimMs += performance.now() - t;
+        claimWal += await walSince(mark);
+        // The executor's Completion for a plain `done`, sorted by id as the Completer does.
+        const payload = JSON.stringify(
+          rows
+            .map((row) => ({
+              id: row.id, token: row.claim_token, status: "done", step: null, set_state: false, state: null, run_at: null, delay_ms: null, priority: null,
+              attempt_op: "keep", result: null, error: null, await_spec: null, from_step: row.step, to_step: null, outcome: "done", attempt: row.attempt, duration_ms: 0, hist_error: null,
+            }))
+            .sort((a, b) => Number(BigInt(a.id) - BigInt(b.id))),
+        );
+        if (r === 0) completePlan = await planning(complete, [payload]);
+        mark = await lsn();
+        t = performance.now();
+        await client.query({ name: "inv_complete", text: complete, values: [payload] });
+        completeMs += performance.now() - t;
+        completeWal += await walSince(mark);
+        t = performance.now();
+        await client.query("select 1");
+        pingMs += performance.now() - t;
+        rowsDone += rows.length;
+        remaining -= rows.length;
+      }
+      const per = (x: number) => fmt((x / rowsDone) * 1000).padStart(6);
+      const perB = (x: number) => fmt(x / rowsDone).padStart(9);
+      console.log(
+        `  ${String(k).padStart(5)} │ ${fmt(claimMs / rounds).padStart(8)}  ${per(claimMs)}  ${perB(claimWal)}  ${fmt(claimPlan).padStart(7)} │ ` +
+          `${fmt(completeMs / rounds).padStart(11)}  ${per(completeMs)}  ${perB(completeWal)}  ${fmt(completePlan).padStart(7)} │ ${fmt(pingMs / rounds).padStart(8)}`,
+      );
+    }
+    await client.end();
+  }
+}
+
+async function main(): Promise<void> {
+  const db = await startDevDatabase();
+  const admin = new pg.Pool({ connectionString: db.url, max: 2, application_name: "bench-admin" });
+  try {
+    const pmPid = await postmasterPid(admin);
+    const which = (process.env.BENCH_INVESTIGATE ?? "gd,gd-split,gd-pool,gd-big,gw,gwb,boss,sql").split(",");
+    console.log(`investigation — ${JOBS} no-op jobs per run; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`);
+    if (which.includes("gd")) for (const c of [10, 32]) await genDurableRun(db.url, admin, pmPid, c, 10);
+    if (which.includes("gd-pool")) await genDurableRun(db.url, admin, pmPid, 32, 34);
+    if (which.includes("gd-split")) {
+      await genDurableRun(db.url, admin, pmPid, 10, 10, 2);
+      await genDurableRun(db.url, admin, pmPid, 32, 10, 2);
+    }
+    if (which.includes("gd-big")) for (const c of [100, 500]) await genDurableRun(db.url, admin, pmPid, c, 10);
+    if (which.includes("gw")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, false);
+    if (which.includes("gwb")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, true);
+    if (which.includes("boss")) for (const c of [10, 32]) await pgBossRun(db.url, admin, pmPid, c);
+    if (which.includes("sql")) await statementCosts(db.url, admin);
+  } finally {
+    for (const schema of ["inv_gen_durable", "inv_graphile", "inv_pgboss", "inv_statements"]) {
+      await admin.query(`drop schema if exists ${schema} cascade`).catch(() => {});
+    }
+    await admin.end();
+    process.on("uncaughtException", (error: Error & { code?: string }) => {
+      if (error.code !== "57P01") throw error;
+    });
+    await db.stop();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  },
+);
