@@ -32,6 +32,11 @@ export type EngineEventName = keyof EngineEvents;
 export class TypedEmitter {
   private readonly emitter = new EventEmitter({ captureRejections: false });
 
+  constructor() {
+    // Every engine.wait() listens while it waits; hundreds at once are normal, not a leak.
+    this.emitter.setMaxListeners(0);
+  }
+
   on<E extends EngineEventName>(event: E, listener: (payload: EngineEvents[E]) => void): () => void {
     this.emitter.on(event, listener);
     return () => this.emitter.off(event, listener);

@@ -12,15 +12,30 @@ export function childQueries(schema: string) {
   return {
     /**
      * Counts up to $1 finished, uncounted children, each exactly once (row
-     * lock + join_counted), and subtracts them from their parents, locked in id
-     * order so two sweepers never deadlock. A parent whose count reaches zero
-     * becomes runnable at its join step: that transition happens once, under
-     * the parent's row lock. Returns the queues of woken parents.
+     * lock + join_counted), and subtracts them from their parents. Parents are
+     * locked first and never waited for (skip locked): one held by a cancel or
+     * by another sweeper is simply counted on a later tick, so the sweep can
+     * never deadlock. A parent whose count reaches zero becomes runnable at its
+     * join step: that transition happens once, under the parent's row lock.
+     * Returns the number counted and the queues of woken parents.
      */
     sweep: `
-      with finished as (
-        select id, parent_id from ${s}.instances
+      with candidates as (
+        select distinct parent_id from ${s}.instances
         where parent_id is not null and not join_counted and status in ${TERMINAL}
+        limit $1
+      ),
+      -- Parents first, and never waiting: a parent locked by a cancel (which then locks its
+      -- children) is skipped this round, so the sweep never holds a child while waiting for its parent.
+      locked as (
+        select p.id from ${s}.instances p
+        where p.id in (select parent_id from candidates)
+        order by p.id
+        for update skip locked
+      ),
+      finished as (
+        select id, parent_id from ${s}.instances
+        where parent_id in (select id from locked) and not join_counted and status in ${TERMINAL}
         limit $1
         for update skip locked
       ),
@@ -30,12 +45,6 @@ export function childQueries(schema: string) {
         returning f.parent_id
       ),
       per_parent as (select parent_id, count(*)::int as n from counted group by parent_id),
-      locked as (
-        select p.id from ${s}.instances p
-        where p.id in (select parent_id from per_parent)
-        order by p.id
-        for update
-      ),
       parents as (
         update ${s}.instances p
         set children_pending = p.children_pending - pp.n,

@@ -14,7 +14,7 @@ export function signalQueries(schema: string) {
     lockInboxKey: `select pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || $1, 0))`,
     lockById: `select ${lockColumns} from ${s}.instances where id = $1 for update`,
     lockLiveByKey: `select ${lockColumns} from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL} for update`,
-    lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by id desc limit 1`,
+    lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by instances.id desc limit 1`,
 
     /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
     insert: `
@@ -25,7 +25,7 @@ export function signalQueries(schema: string) {
 
     mailbox: `
       select id::text as id, event, payload, inserted_at from ${s}.signals
-      where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by id`,
+      where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by signals.id`,
 
     /** Whether a signal with this dedup key was ever delivered to the instance (consumed or not). */
     seenDedupKey: `select 1 from ${s}.signals where instance_id = $1 and dedup_key = $2`,

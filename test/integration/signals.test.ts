@@ -127,8 +127,9 @@ describe("signals", () => {
     expect(await mailbox(id)).toHaveLength(1); // the second kept signal stays in the mailbox
   });
 
-  it('a kept signal racing the insert of its key is never stranded in the inbox (300 races)', async () => {
-    const keys = Array.from({ length: 300 }, (_, i) => `racing:${i}`);
+  it('a kept signal racing the insert of its key is never stranded in the inbox (100 races)', async () => {
+    // Before take_inbox serialised the two, about one race in five stranded its signal.
+    const keys = Array.from({ length: 100 }, (_, i) => `racing:${i}`);
     const inserted = await Promise.all(
       keys.map(async (key, i) => {
         const [, result] = await Promise.all([
@@ -138,7 +139,7 @@ describe("signals", () => {
         return result.id;
       }),
     );
-    const done = await Promise.all(inserted.map((id) => engine.wait(id, { timeout: 30_000 })));
+    const done = await Promise.all(inserted.map((id) => engine.wait(id, { timeout: 60_000 })));
     done.forEach((d, i) => expect(d.result).toMatchObject({ awaited: [{ payload: i }] }));
     const stranded = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id is null and correlation_key like 'racing:%'`);
     expect(stranded.rows[0].n).toBe(0);
