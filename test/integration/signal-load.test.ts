@@ -50,7 +50,7 @@ describe("signal load", () => {
     const results = await Promise.all(all.map((id) => engine.wait(id, { timeout: 30_000 })));
     const lost = results.filter((r, i) => r.status !== "done" || JSON.stringify(r.result) !== JSON.stringify([all[i]]));
     expect(lost).toEqual([]);
-  });
+  }, 180_000);
 
   it("each of 200 instances consumes exactly its 50 distinct signals from 4 senders with 10% duplicates", async () => {
     const ids = (await engine.insertMany(Array.from({ length: 200 }, () => ({ machine: Collector, state: {} })))).map((r) => r.id);
@@ -83,5 +83,5 @@ describe("signal load", () => {
        from ${db.schema}.signals s join ${db.schema}.instances i on i.id = s.instance_id where i.machine = 'Collector'`,
     );
     expect(rows[0]).toEqual({ unconsumed: 0, stored: 10_000 });
-  });
+  }, 180_000);
 });
