@@ -4,7 +4,7 @@
  * one system works at any moment).
  * See bench/README.md for what is measured and why it is measured that way.
  *
- *   npm run bench                        # everything, ~3-4 minutes on 2 cores
+ *   npm run bench                        # everything, 3-5 minutes on 2 cores (depends on load)
  *   BENCH_SYSTEMS=gen-durable,pg-boss …  # a subset (keys below)
  *   BENCH_JOBS=5000 …                    # a quicker, noisier run
  */
@@ -17,7 +17,8 @@ import { startDevDatabase } from "../dev/postgres.js";
 import { genDurable } from "./systems/gen-durable.js";
 import { graphileWorker } from "./systems/graphile-worker.js";
 import { pgBoss } from "./systems/pg-boss.js";
-import type { BenchSystem } from "./systems/types.js";
+import type { BenchSystem, FanoutCheck } from "./systems/types.js";
+import { benchSignals, type SignalsResult } from "./signals.js";
 import { fmt, fmtRatio, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
@@ -27,6 +28,15 @@ const CONCURRENCIES = [10, 32] as const;
 const LATENCY_JOBS = intEnv("BENCH_LATENCY_JOBS", 200);
 const LATENCY_CONCURRENCY = 10;
 const WARMUP_JOBS = Math.min(2_000, JOBS);
+const FANOUT_CHILDREN = intEnv("BENCH_FANOUT_CHILDREN", 10_000);
+const FANOUT_CONCURRENCY = intEnv("BENCH_FANOUT_CONCURRENCY", 10);
+const FANOUT_WARMUP_CHILDREN = Math.min(1_000, FANOUT_CHILDREN);
+const SIGNAL_LATENCY_SIGNALS = intEnv("BENCH_SIGNALS", 500);
+const SIGNAL_PACK_INSTANCES = intEnv("BENCH_SIGNAL_INSTANCES", 200);
+const SIGNAL_PACK_COUNT = intEnv("BENCH_SIGNAL_PACK", 25);
+const SIGNAL_SENDERS = intEnv("BENCH_SIGNAL_SENDERS", 8);
+/** Issue 3's goal for signal→resume latency on this 2-core machine. */
+const SIGNAL_GOAL = { p50: 10, p99: 50 } as const;
 /** A phase that takes longer than this is a failure, not a slow result. */
 const PHASE_TIMEOUT_MS = 180_000;
 
@@ -60,6 +70,26 @@ interface Latency {
   max: number;
   mean: number;
 }
+interface Fanout {
+  children: number;
+  concurrency: number;
+  /** Parent inserted → first line of the join: the figure. */
+  ms: number;
+  childrenPerSecond: number;
+  /** Parent inserted → first child's handler started (the spawn). */
+  firstChildMs: number;
+  /** Parent inserted → last child's handler started. */
+  lastChildMs: number;
+  /** Last child's handler started → join started (completion of the last children plus join detection). */
+  joinAfterLastChildMs: number;
+  childHandlerCalls: number;
+  joinHandlerCalls: number;
+  /** Read from the database after the join finished. */
+  database: FanoutCheck;
+  verified: boolean;
+  problems: string[];
+  how: string;
+}
 interface SystemResult {
   name: string;
   schema: string;
@@ -69,6 +99,9 @@ interface SystemResult {
   processing: Record<string, Processing>;
   latency: Latency;
   latencySameNode: Latency;
+  fanout: Fanout;
+  /** gen-durable only. */
+  signals?: SignalsResult;
 }
 
 function intEnv(name: string, fallback: number): number {
@@ -167,6 +200,69 @@ async function latency(system: BenchSystem, count: number): Promise<{ separate: 
 }
 
 /**
+ * One fan-out: a worker started and left idle, then the parent inserted; timed
+ * to the first line of the join. Then the database is asked whether all
+ * children finished and the join's effect committed exactly once (waiting a
+ * moment longer to catch a late second join).
+ */
+async function fanout(system: BenchSystem, children: number, concurrency: number): Promise<Fanout> {
+  let childCalls = 0;
+  let joinCalls = 0;
+  let firstChild = NaN;
+  let lastChild = NaN;
+  let joined: (t: number) => void = () => {};
+  const joinedAt = new Promise<number>((resolve) => (joined = resolve));
+  const worker = await system.startFanoutWorker(concurrency, {
+    onChild: () => {
+      const t = performance.now();
+      if (childCalls++ === 0) firstChild = t;
+      lastChild = t;
+    },
+    onJoin: () => {
+      joinCalls++;
+      joined(performance.now());
+    },
+  });
+  try {
+    await sleep(1_000);
+    const t0 = performance.now();
+    await worker.insertParent(children);
+    const ms = (await withTimeout(joinedAt, PHASE_TIMEOUT_MS, `${system.name}: the join of ${children} children never started`)) - t0;
+    let database = await worker.check(children);
+    for (const deadline = performance.now() + 60_000; !database.finished && performance.now() < deadline; ) {
+      await sleep(50);
+      database = await worker.check(children);
+    }
+    // A second join would show up here.
+    await sleep(500);
+    database = await worker.check(children);
+    const problems: string[] = [];
+    if (!database.finished) problems.push("the join never finished");
+    if (database.childrenFinished !== children) problems.push(`${database.childrenFinished} children finished, expected ${children}`);
+    if (database.childrenUnfinished !== 0) problems.push(`${database.childrenUnfinished} children unfinished`);
+    if (database.joinCommits !== 1) problems.push(`the join committed ${database.joinCommits} times`);
+    if (joinCalls !== 1) problems.push(`the join handler ran ${joinCalls} times`);
+    return {
+      children,
+      concurrency,
+      ms: round(ms, 1),
+      childrenPerSecond: round(children / (ms / 1000)),
+      firstChildMs: round(firstChild - t0, 1),
+      lastChildMs: round(lastChild - t0, 1),
+      joinAfterLastChildMs: round(t0 + ms - lastChild, 1),
+      childHandlerCalls: childCalls,
+      joinHandlerCalls: joinCalls,
+      database,
+      verified: problems.length === 0,
+      problems,
+      how: system.fanoutDescription,
+    };
+  } finally {
+    await worker.stop();
+  }
+}
+
+/**
  * Runs the scenario phase by phase — every system does phase 1, then every
  * system does phase 2, … — rather than system by system, so that a change in
  * the host's load (this benchmark often shares a small machine) lands on all
@@ -175,7 +271,7 @@ async function latency(system: BenchSystem, count: number): Promise<{ separate: 
  * reason. All systems are set up at once; each has its own schema, and only
  * one of them ever has a worker running.
  */
-async function benchAll(systems: BenchSystem[], admin: pg.Pool, embedded: boolean): Promise<SystemResult[]> {
+async function benchAll(systems: BenchSystem[], admin: pg.Pool, embedded: boolean, url: string): Promise<SystemResult[]> {
   const step = (system: BenchSystem, what: string) => log(`  ${system.name}: ${what}`);
   let phase = 0;
   const rotated = () => {
@@ -236,6 +332,47 @@ async function benchAll(systems: BenchSystem[], admin: pg.Pool, embedded: boolea
       const { separate, sameNode } = await latency(system, LATENCY_JOBS);
       Object.assign(partial.get(system)!, { latency: separate, latencySameNode: sameNode });
     }
+
+    // Signals: gen-durable only (no peer has them), in a schema of its own.
+    const gd = systems.find((s) => s.name === "gen-durable");
+    if (gd) {
+      partial.get(gd)!.signals = await benchSignals(
+        url,
+        admin,
+        {
+          latencySignals: SIGNAL_LATENCY_SIGNALS,
+          concurrency: LATENCY_CONCURRENCY,
+          packInstances: SIGNAL_PACK_INSTANCES,
+          packCount: SIGNAL_PACK_COUNT,
+          senders: SIGNAL_SENDERS,
+        },
+        log,
+      );
+    }
+
+    // Fan-out: a warm-up fan-out (spawn, join and their statements), then the measured one.
+    for (const system of rotated()) {
+      await system.reset();
+      await vacuum(admin, system.schema);
+      step(system, `fan-out warm-up (${FANOUT_WARMUP_CHILDREN} children)`);
+      await fanout(system, FANOUT_WARMUP_CHILDREN, FANOUT_CONCURRENCY);
+    }
+    for (const system of rotated()) {
+      // ANALYZE before emptying: with the warm-up fan-out's rows still there, the statistics describe
+      // a fan-out. (ANALYZE of an emptied table keeps the old column statistics — those of the no-op
+      // jobs of the earlier phases — which put pg-boss's fetch, and gen-durable's, on plans 2-4×
+      // slower for this workload; see README.)
+      await vacuum(admin, system.schema);
+      await system.reset();
+      step(system, `fan-out of ${FANOUT_CHILDREN} children at concurrency ${FANOUT_CONCURRENCY}, spawn → join`);
+      const result = await fanout(system, FANOUT_CHILDREN, FANOUT_CONCURRENCY);
+      partial.get(system)!.fanout = result;
+      step(
+        system,
+        `  ${fmt(result.ms)} ms (${fmt(result.childrenPerSecond)} children/s); first child ${fmt(result.firstChildMs)} ms, last ${fmt(result.lastChildMs)} ms, join +${fmt(result.joinAfterLastChildMs)} ms` +
+          (result.verified ? "; verified" : `; NOT VERIFIED: ${result.problems.join("; ")}`),
+      );
+    }
     return systems.map((s) => partial.get(s) as SystemResult);
   } finally {
     for (const system of systems) await system.teardown();
@@ -283,7 +420,107 @@ const METRICS: Metric[] = [
   { key: "latencyP99", label: "insert→start p99 (separate producer)", unit: "ms", better: "lower", value: (r) => r.latency.p99 },
   { key: "latencySameNodeP50", label: "insert→start p50 (insert on the worker's instance)", unit: "ms", better: "lower", value: (r) => r.latencySameNode.p50 },
   { key: "latencySameNodeP99", label: "insert→start p99 (insert on the worker's instance)", unit: "ms", better: "lower", value: (r) => r.latencySameNode.p99 },
+  { key: "fanoutMs", label: `fan-out ${FANOUT_CHILDREN} children, parent inserted → join starts`, unit: "ms", better: "lower", value: (r) => r.fanout.ms },
+  { key: "fanoutChildrenPerSecond", label: `fan-out ${FANOUT_CHILDREN} children, children/s`, unit: "children/s", better: "higher", value: (r) => r.fanout.childrenPerSecond },
 ];
+
+/**
+ * Signal rows: gen-durable's figure against the nearest thing a peer has. A
+ * peer "resumes a waiting workflow on an event" by having the webhook enqueue
+ * a job, so its equivalent of signal→resume is insert→start (the latency
+ * phase, same run). Sustained signals/s has no peer equivalent.
+ */
+interface SignalMetric {
+  key: string;
+  label: string;
+  unit: string;
+  better: "higher" | "lower";
+  value: (s: SignalsResult) => number;
+  peer?: { label: string; value: (r: SystemResult) => number };
+}
+const SIGNAL_METRICS: SignalMetric[] = [
+  {
+    key: "signalResumeP50",
+    label: "signal→resume p50 (separate client)",
+    unit: "ms",
+    better: "lower",
+    value: (s) => s.latency.resume.p50,
+    peer: { label: "insert→start p50, separate producer", value: (r) => r.latency.p50 },
+  },
+  {
+    key: "signalResumeP99",
+    label: "signal→resume p99 (separate client)",
+    unit: "ms",
+    better: "lower",
+    value: (s) => s.latency.resume.p99,
+    peer: { label: "insert→start p99, separate producer", value: (r) => r.latency.p99 },
+  },
+  {
+    key: "signalResumeSameNodeP50",
+    label: "signal→resume p50 (signal on the worker's engine)",
+    unit: "ms",
+    better: "lower",
+    value: (s) => s.latencySameNode.resume.p50,
+    peer: { label: "insert→start p50, insert on the worker's instance", value: (r) => r.latencySameNode.p50 },
+  },
+  {
+    key: "signalResumeSameNodeP99",
+    label: "signal→resume p99 (signal on the worker's engine)",
+    unit: "ms",
+    better: "lower",
+    value: (s) => s.latencySameNode.resume.p99,
+    peer: { label: "insert→start p99, insert on the worker's instance", value: (r) => r.latencySameNode.p99 },
+  },
+  {
+    key: "signalsPerSecond",
+    label: `signals/s sustained (${SIGNAL_PACK_INSTANCES} × pack of ${SIGNAL_PACK_COUNT}, ${SIGNAL_SENDERS} senders)`,
+    unit: "signals/s",
+    better: "higher",
+    value: (s) => s.sustained.signalsPerSecond,
+  },
+  {
+    key: "signalsAllResumedMs",
+    label: `all ${SIGNAL_PACK_INSTANCES} pack instances resumed after`,
+    unit: "ms",
+    better: "lower",
+    value: (s) => s.sustained.allResumedMs,
+  },
+];
+
+function compareSignals(results: SystemResult[]) {
+  const gd = results.find((r) => r.name === "gen-durable");
+  if (!gd?.signals) return [];
+  const signals = gd.signals;
+  const peers = results.filter((r) => r !== gd);
+  return SIGNAL_METRICS.map((m) => {
+    const peer = m.peer;
+    const value = m.value(signals);
+    return {
+      metric: m.key,
+      label: m.label,
+      unit: m.unit,
+      better: m.better,
+      "gen-durable": value,
+      peerEquivalent: peer?.label ?? null,
+      peers: peer ? peers.map((p) => ({ name: p.name, value: peer.value(p), ratio: round(value / peer.value(p), 3) })) : [],
+      line:
+        `${m.label}: gen-durable ${fmt(value)} ${m.unit}` +
+        (peer
+          ? peers.map((p) => ` | ${p.name} ${fmt(peer.value(p))} (${fmtRatio(value / peer.value(p))})`).join("") +
+            (peers.length > 0 ? `   [${m.better} is better; peers: ${peer.label}]` : `   [${m.better} is better]`)
+          : `   [no peer equivalent]`),
+    };
+  });
+}
+
+function signalGoal(signals: SignalsResult) {
+  const check = (l: { resume: { p50: number; p99: number } }) => ({
+    p50: l.resume.p50,
+    p99: l.resume.p99,
+    met: l.resume.p50 < SIGNAL_GOAL.p50 && l.resume.p99 < SIGNAL_GOAL.p99,
+  });
+  return { goalP50Ms: SIGNAL_GOAL.p50, goalP99Ms: SIGNAL_GOAL.p99, separateClient: check(signals.latency), sameEngine: check(signals.latencySameNode) };
+}
 
 function compare(results: SystemResult[]) {
   const gd = results.find((r) => r.name === "gen-durable") ?? results[0]!;
@@ -336,6 +573,7 @@ async function main(): Promise<void> {
       keys.map((key) => FACTORIES[key]!(db.url)),
       admin,
       db.embedded,
+      db.url,
     );
 
     environment.loadAverageAtEnd = loadavg().map((x) => round(x, 2));
@@ -343,6 +581,34 @@ async function main(): Promise<void> {
     log("");
     log("Ratios are gen-durable ÷ peer: above 1× gen-durable is faster for rates; below 1× it is quicker for latencies.");
     for (const c of comparisons) log(c.line);
+    for (const r of results) {
+      if (!r.fanout.verified) log(`  WARNING: ${r.name} fan-out not verified: ${r.fanout.problems.join("; ")}`);
+    }
+    log(
+      `fan-out breakdown (first child started / last child started / join started, ms after the parent's insert): ` +
+        results.map((r) => `${r.name} ${fmt(r.fanout.firstChildMs)} / ${fmt(r.fanout.lastChildMs)} / ${fmt(r.fanout.ms)}`).join(" | "),
+    );
+    const signalComparisons = compareSignals(results);
+    const gdSignals = results.find((r) => r.name === "gen-durable")?.signals;
+    const goal = gdSignals ? signalGoal(gdSignals) : undefined;
+    if (gdSignals && goal) {
+      log("");
+      log("Signals (gen-durable only: the peers have no signals; their nearest equivalent, a webhook enqueuing a job, is compared by its insert→start latency from above):");
+      for (const c of signalComparisons) log(c.line);
+      const s = gdSignals.sustained;
+      log(
+        `signal() call under sustained load: p50 ${fmt(s.signalCall.p50)} ms, p99 ${fmt(s.signalCall.p99)} ms; ` +
+          `idle, separate client: signal() p50 ${fmt(gdSignals.latency.signalCall.p50)} ms + commit→step p50 ${fmt(gdSignals.latency.afterCommit.p50)} ms; ` +
+          `idle, worker's engine: signal() p50 ${fmt(gdSignals.latencySameNode.signalCall.p50)} ms + commit→step p50 ${fmt(gdSignals.latencySameNode.afterCommit.p50)} ms; ` +
+          `verified from the database: ${s.verified.instancesDone}/${s.instances} instances done, ${s.verified.signalsConsumed}/${s.signals} signals consumed, ` +
+          `${s.verified.resumedWithFullPack} resumed with a full pack${s.verified.ok ? "" : "  ← NOT VERIFIED"}`,
+      );
+      const verdict = (g: { p50: number; p99: number; met: boolean }) => `p50 ${fmt(g.p50)} ms, p99 ${fmt(g.p99)} ms → ${g.met ? "met" : "NOT met"}`;
+      log(
+        `issue 3 goal (p50 < ${SIGNAL_GOAL.p50} ms, p99 < ${SIGNAL_GOAL.p99} ms on this ${cpus().length}-core machine): ` +
+          `separate client ${verdict(goal.separateClient)}; worker's own engine ${verdict(goal.sameEngine)}`,
+      );
+    }
     const totalSeconds = round((performance.now() - started) / 1000, 1);
     log(`\n(total ${totalSeconds} s; load average at the end ${environment.loadAverageAtEnd.join(" ")})`);
 
@@ -351,9 +617,27 @@ async function main(): Promise<void> {
     const json = {
       generatedAt: new Date().toISOString(),
       environment,
-      parameters: { jobs: JOBS, bulkBatchSize: BULK_BATCH, singleConcurrency: SINGLE_CONCURRENCY, concurrencies: CONCURRENCIES, latencyJobs: LATENCY_JOBS, latencyWorkerConcurrency: LATENCY_CONCURRENCY, warmupJobs: WARMUP_JOBS },
+      parameters: {
+        jobs: JOBS,
+        bulkBatchSize: BULK_BATCH,
+        singleConcurrency: SINGLE_CONCURRENCY,
+        concurrencies: CONCURRENCIES,
+        latencyJobs: LATENCY_JOBS,
+        latencyWorkerConcurrency: LATENCY_CONCURRENCY,
+        warmupJobs: WARMUP_JOBS,
+        fanoutChildren: FANOUT_CHILDREN,
+        fanoutConcurrency: FANOUT_CONCURRENCY,
+        fanoutWarmupChildren: FANOUT_WARMUP_CHILDREN,
+        signalLatencySignals: SIGNAL_LATENCY_SIGNALS,
+        signalWorkerConcurrency: LATENCY_CONCURRENCY,
+        signalPackInstances: SIGNAL_PACK_INSTANCES,
+        signalPackCount: SIGNAL_PACK_COUNT,
+        signalSenders: SIGNAL_SENDERS,
+      },
       totalSeconds,
       comparisons: comparisons.map(({ line: _line, ...rest }) => rest),
+      signalComparisons: signalComparisons.map(({ line: _line, ...rest }) => rest),
+      signalGoal: goal ?? null,
       systems: results,
     };
     await writeFile(out, JSON.stringify(json, null, 2) + "\n");

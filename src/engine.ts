@@ -399,12 +399,13 @@ export class GenDurable {
       dedupKey: options.dedupKey ?? null,
       keepIfMissing: options.ifMissing === "keep",
       inboxRetentionMs: this.config.signalRetentionMs,
-      notifyChannel: options.client ? this.config.channel : null,
+      // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
+      notifyChannel: this.config.channel,
     };
     const delivered = options.client
       ? await deliverSignal(options.client, this.signalsQ, input)
       : await withTransaction(this.pool, (client) => deliverSignal(client, this.signalsQ, input));
-    if (delivered.resumedQueue && !options.client) this.wakeQueue(delivered.resumedQueue);
+    if (delivered.resumedQueue && !options.client) this.schedulers.get(delivered.resumedQueue)?.wake();
     return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };
   }
 

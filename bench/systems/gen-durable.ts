@@ -7,8 +7,8 @@
  */
 import pg from "pg";
 import { z } from "zod";
-import { defineJob, GenDurable, migrate } from "../../src/index.js";
-import type { BenchSystem, OnStart } from "./types.js";
+import { defineJob, defineMachine, GenDurable, migrate } from "../../src/index.js";
+import type { BenchSystem, FanoutHooks, OnStart } from "./types.js";
 
 export function genDurable(url: string, options: { schema?: string; poolSize?: number } = {}): BenchSystem {
   const schema = options.schema ?? "bench_gen_durable";
@@ -20,6 +20,27 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
     perform: (args) => {
       onStart(args.i);
       return null;
+    },
+  });
+  // Fan-out: a machine whose first step spawns N no-op jobs and whose join step finishes it.
+  let fanHooks: FanoutHooks = { onChild: () => {}, onJoin: () => {} };
+  const FanChild = defineJob({
+    name: "FanChild",
+    args: z.object({ i: z.number() }),
+    perform: (args) => {
+      fanHooks.onChild(args.i);
+      return null;
+    },
+  });
+  const FanOut = defineMachine({
+    name: "FanOut",
+    state: z.object({ children: z.number() }),
+    steps: {
+      start: (ctx) => ctx.spawn(Array.from({ length: ctx.state.children }, (_, i) => ({ machine: FanChild, args: { i } })), "join"),
+      join: (ctx) => {
+        fanHooks.onJoin();
+        return ctx.done({ children: ctx.children.length, done: ctx.children.filter((c) => c.status === "done").length });
+      },
     },
   });
   let producer: GenDurable | undefined;
@@ -35,7 +56,12 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
       worker: `new GenDurable({ connectionString, schema, queues: { default: N }, machines: [Noop]${options.poolSize ? `, poolSize: ${options.poolSize}` : ""} })`,
       bulk: "engine.insertMany(items)",
       single: "engine.insert(Noop, { args: { i } })",
+      fanout:
+        "defineMachine FanOut { start: ctx.spawn(N × { machine: FanChild, args: { i } }, 'join'), join: ctx.done(...) }, FanChild = defineJob no-op; " +
+        "worker new GenDurable({ queues: { default: N }, machines: [FanOut, FanChild] }), parent inserted by the producer",
     },
+    fanoutDescription:
+      "native: ctx.spawn inserts all children in the parent's commit (one statement); each finished child wakes the join sweep, which counts finished children into the parent and makes it runnable once at 0; the join step loads ctx.children (all N outcomes) before its first line",
 
     async setup() {
       await migrate({ connectionString: url, schema });
@@ -71,6 +97,31 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
       return {
         enqueue: async (i) => {
           await engine.insert(Noop, { args: { i } });
+        },
+        stop: () => engine.stop(),
+      };
+    },
+
+    async startFanoutWorker(concurrency, hooks) {
+      fanHooks = hooks;
+      const engine = new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [FanOut, FanChild], ...poolOption });
+      await engine.start();
+      let parentId: string | undefined;
+      return {
+        insertParent: async (children) => {
+          parentId = (await producer!.insert(FanOut, { state: { children } })).id;
+        },
+        check: async () => {
+          const { rows } = await admin!.query<{ done: number; unfinished: number; joins: number; finished: boolean }>(
+            `select (select count(*)::int from ${schema}.instances where parent_id = $1 and status = 'done') as done,
+                    (select count(*)::int from ${schema}.instances where parent_id = $1 and status <> 'done') as unfinished,
+                    -- the join step's own committed outcomes (the sweep's wake-up is recorded as from 'join' too, outcome 'joined')
+                    (select count(*)::int from ${schema}.transitions where instance_id = $1 and from_step = 'join' and outcome <> 'joined') as joins,
+                    (select status = 'done' from ${schema}.instances where id = $1) as finished`,
+            [parentId],
+          );
+          const row = rows[0]!;
+          return { childrenFinished: row.done, childrenUnfinished: row.unfinished, joinCommits: row.joins, finished: row.finished };
         },
         stop: () => engine.stop(),
       };

@@ -38,6 +38,43 @@ export interface BenchSystem {
   countFinished(total: number): Promise<number>;
   /** Starts a worker running no-op jobs at `concurrency`; resolves once it is started. */
   startWorker(concurrency: number, onStart: OnStart): Promise<Worker>;
+  /**
+   * Starts a worker for the fan-out phase: a parent that spawns `children`
+   * no-op children and a join that runs once, after the last of them finished
+   * — natively where the system has it, built by hand from its public API
+   * otherwise (`fanoutDescription` says which). Resolves once it is started.
+   */
+  startFanoutWorker(concurrency: number, hooks: FanoutHooks): Promise<FanoutWorker>;
+  /** How the fan-out is built on this system, for the README-style notes in the JSON. */
+  readonly fanoutDescription: string;
   /** Closes everything setup() opened. */
   teardown(): Promise<void>;
+}
+
+/** Called from the fan-out handlers as their first act. */
+export interface FanoutHooks {
+  /** First line of a child's handler, with the child's number. */
+  onChild(i: number): void;
+  /** First line of the join step / join job. */
+  onJoin(): void;
+}
+
+/** What the database says after a fan-out, read directly (not from callbacks). */
+export interface FanoutCheck {
+  /** Distinct children the database records as finished successfully. */
+  childrenFinished: number;
+  /** Children that exist but are not finished (must be 0 once `finished`). */
+  childrenUnfinished: number;
+  /** How many times the join's effect was committed: must be exactly 1. */
+  joinCommits: number;
+  /** The parent (or, without one, the join job) is finished. */
+  finished: boolean;
+}
+
+export interface FanoutWorker {
+  /** Inserts the parent through the producer; its first step / handler spawns the children. */
+  insertParent(children: number): Promise<void>;
+  /** Reads the outcome from the database; `finished` false means "not yet". */
+  check(children: number): Promise<FanoutCheck>;
+  stop(): Promise<void>;
 }

@@ -27,7 +27,7 @@ export interface DeliverInput {
   dedupKey: string | null;
   keepIfMissing: boolean;
   inboxRetentionMs: number;
-  /** NOTIFY channel to use inside the statement (caller's transaction), or null to wake after commit. */
+  /** NOTIFY channel for the resume, sent with the commit of the transaction that delivers the signal. */
   notifyChannel: string | null;
 }
 

@@ -28,7 +28,10 @@ export function claimQueries(schema: string) {
     claim: `
       with next as (
         select id from ${s}.instances
-        where status = 'runnable' and queue = $1 and run_at <= now() and machine = any($2::text[])
+        -- "machine || ''" keeps the planner off instances_machine: with stale statistics
+        -- (a newly deployed machine) it would sort all of that machine's rows instead of
+        -- walking instances_claim (measured: 3.1 ms against 0.09 ms per claim).
+        where status = 'runnable' and queue = $1 and run_at <= now() and machine || '' = any($2::text[])
         order by priority, run_at, id
         limit $3
         for update skip locked

@@ -1,0 +1,242 @@
+/**
+ * The signals phase (gen-durable only: neither graphile-worker nor pg-boss has
+ * signals or awaits). Two figures:
+ *
+ *  - signal→resume latency on an idle engine: instances parked on
+ *    `ctx.await("go", "resumed")`; one signal at a time, from
+ *    `performance.now()` just before `engine.signal(key, "go")` to the first
+ *    line of step "resumed" (same process, same clock). Measured once with the
+ *    signal sent from a separate pure-client engine (the webhook on another
+ *    node: the wake-up crosses over NOTIFY) and once from the worker's own
+ *    engine (which can wake its own scheduler directly).
+ *  - signals/s sustained: instances each awaiting a pack
+ *    `{ event: "item", count }`; all signals sent round-robin over the
+ *    instances by concurrent senders on a separate client engine. Rate =
+ *    signals committed (every `signal()` resolved) per second; also the time
+ *    until the last instance's "resumed" step started. Checked against the
+ *    database afterwards: every instance done, every signal consumed.
+ *
+ * Runs in its own schema, with its own worker and client engines.
+ */
+import pg from "pg";
+import { z } from "zod";
+import { defineMachine, GenDurable, migrate } from "../src/index.js";
+import { percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
+
+export interface SignalsParams {
+  /** Signals per latency run (each to its own parked instance). */
+  latencySignals: number;
+  /** Worker concurrency (queue "default"). */
+  concurrency: number;
+  packInstances: number;
+  packCount: number;
+  senders: number;
+}
+
+export interface LatencyStats {
+  samples: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+  mean: number;
+}
+
+export interface SignalsResult {
+  schema: string;
+  config: Record<string, unknown>;
+  /** Signal sent from a separate client engine. */
+  latency: SignalLatency;
+  /** Signal sent from the worker's own engine. */
+  latencySameNode: SignalLatency;
+  sustained: {
+    instances: number;
+    packCount: number;
+    signals: number;
+    senders: number;
+    /** Until every signal() call resolved (all committed). */
+    sendMs: number;
+    signalsPerSecond: number;
+    /** Until the last instance's "resumed" step started. */
+    allResumedMs: number;
+    /** Latency of one signal() call under this load. */
+    signalCall: LatencyStats;
+    /** From the database: instances done, signals consumed, and resumed steps that saw `count` signals. */
+    verified: { instancesDone: number; signalsConsumed: number; resumedWithFullPack: number; ok: boolean };
+  };
+}
+
+export interface SignalLatency {
+  /** just before signal() → first line of the resumed step: the figure. */
+  resume: LatencyStats;
+  /** The signal() call alone (its transaction, committed). */
+  signalCall: LatencyStats;
+  /** signal() resolved → first line of the resumed step (wake-up, claim, step start). */
+  afterCommit: LatencyStats;
+}
+
+export const SIGNALS_SCHEMA = "bench_gen_durable_signals";
+
+export function stats(samples: number[]): LatencyStats {
+  return {
+    samples: samples.length,
+    p50: round(percentile(samples, 50), 2),
+    p90: round(percentile(samples, 90), 2),
+    p99: round(percentile(samples, 99), 2),
+    max: round(Math.max(...samples), 2),
+    mean: round(samples.reduce((a, b) => a + b, 0) / samples.length, 2),
+  };
+}
+
+export async function benchSignals(url: string, admin: pg.Pool, params: SignalsParams, log: (line: string) => void): Promise<SignalsResult> {
+  const schema = SIGNALS_SCHEMA;
+  const resumed = new Map<number, (t: number) => void>();
+  let packsResumed = 0;
+  let fullPacks = 0;
+  let lastPackAt = 0;
+
+  const Waiter = defineMachine({
+    name: "Waiter",
+    state: z.object({ k: z.number() }),
+    steps: {
+      start: (ctx) => ctx.await("go", "resumed"),
+      resumed: (ctx) => {
+        const at = performance.now();
+        resumed.get(ctx.state.k)?.(at);
+        resumed.delete(ctx.state.k);
+        return ctx.done();
+      },
+    },
+  });
+  const Packer = defineMachine({
+    name: "Packer",
+    state: z.object({ j: z.number() }),
+    steps: {
+      start: (ctx) => ctx.await({ event: "item", count: params.packCount }, "resumed"),
+      resumed: (ctx) => {
+        lastPackAt = performance.now();
+        packsResumed++;
+        if (ctx.awaited.length === params.packCount) fullPacks++;
+        return ctx.done();
+      },
+    },
+  });
+
+  await admin.query(`drop schema if exists ${schema} cascade`);
+  await migrate({ connectionString: url, schema });
+  const client = new GenDurable({ connectionString: url, schema });
+  const worker = new GenDurable({ connectionString: url, schema, queues: { default: params.concurrency }, machines: [Waiter, Packer] });
+  await client.start();
+  await worker.start();
+
+  const countAwaiting = async (machine: string) =>
+    (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where machine = $1 and status = 'awaiting'`, [machine])).rows[0]!.n;
+  const waitAwaiting = async (machine: string, n: number) => {
+    const deadline = performance.now() + 60_000;
+    while ((await countAwaiting(machine)) < n) {
+      if (performance.now() > deadline) throw new Error(`signals: ${n} ${machine} instances never all reached their await`);
+      await sleep(20);
+    }
+  };
+
+  try {
+    const latencyRun = async (sender: GenDurable, offset: number, label: string) => {
+      // Park the instances first, then leave the engine idle before the first signal.
+      const keys = Array.from({ length: params.latencySignals }, (_, n) => offset + n);
+      await client.insertMany(keys.map((k) => ({ machine: Waiter, state: { k }, correlationKey: `wait:${k}` })));
+      await waitAwaiting("Waiter", params.latencySignals);
+      await sleep(1_000);
+      log(`  gen-durable: signal→resume latency over ${params.latencySignals} signals, ${label}`);
+      const resume: number[] = [];
+      const call: number[] = [];
+      const after: number[] = [];
+      for (const k of keys) {
+        const started = new Promise<number>((resolve) => resumed.set(k, resolve));
+        const t0 = performance.now();
+        await sender.signal(`wait:${k}`, "go");
+        const t1 = performance.now();
+        const at = await withTimeout(started, 30_000, `signal to wait:${k} never resumed its instance`);
+        call.push(t1 - t0);
+        resume.push(at - t0);
+        after.push(at - t1);
+        // Let the resumed step's outcome commit, so the next signal meets an idle engine.
+        await sleep(10);
+      }
+      // Nothing left awaiting: the next run counts only its own instances.
+      const deadline = performance.now() + 30_000;
+      while ((await countAwaiting("Waiter")) > 0 && performance.now() < deadline) await sleep(20);
+      return { resume: stats(resume), signalCall: stats(call), afterCommit: stats(after) };
+    };
+    const latency = await latencyRun(client, 1_000_000, "sent from a separate client engine");
+    const latencySameNode = await latencyRun(worker, 2_000_000, "sent from the worker's own engine");
+
+    // Sustained: every instance awaits a pack; signals go round-robin over the instances.
+    const instances = params.packInstances;
+    const total = instances * params.packCount;
+    await client.insertMany(Array.from({ length: instances }, (_, j) => ({ machine: Packer, state: { j }, correlationKey: `pack:${j}` })));
+    await waitAwaiting("Packer", instances);
+    await sleep(500);
+    log(`  gen-durable: ${total} signals to ${instances} instances awaiting packs of ${params.packCount}, ${params.senders} concurrent senders`);
+    const calls: number[] = [];
+    const t0 = performance.now();
+    await withTimeout(
+      runConcurrently(total, params.senders, async (k) => {
+        const started = performance.now();
+        await client.signal(`pack:${k % instances}`, "item", { k });
+        calls.push(performance.now() - started);
+      }),
+      180_000,
+      "signals: sustained sending",
+    );
+    const sendMs = performance.now() - t0;
+    const deadline = performance.now() + 60_000;
+    while (packsResumed < instances) {
+      if (performance.now() > deadline) throw new Error(`signals: only ${packsResumed} of ${instances} pack instances resumed`);
+      await sleep(5);
+    }
+    const allResumedMs = lastPackAt - t0;
+    // Verify from the database once every resumed step has committed.
+    let instancesDone = 0;
+    for (let tries = 0; tries < 200; tries++) {
+      instancesDone = (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where machine = 'Packer' and status = 'done'`)).rows[0]!.n;
+      if (instancesDone >= instances) break;
+      await sleep(25);
+    }
+    const signalsConsumed = (
+      await admin.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.signals s join ${schema}.instances i on i.id = s.instance_id
+         where i.machine = 'Packer' and s.event = 'item' and s.consumed_at is not null`,
+      )
+    ).rows[0]!.n;
+    const ok = instancesDone === instances && signalsConsumed === total && fullPacks === instances;
+
+    return {
+      schema,
+      config: {
+        machines:
+          `Waiter { start: ctx.await("go", "resumed"), resumed: ctx.done() }; ` +
+          `Packer { start: ctx.await({ event: "item", count: ${params.packCount} }, "resumed"), resumed: ctx.done() }`,
+        worker: `new GenDurable({ connectionString, schema, queues: { default: ${params.concurrency} }, machines: [Waiter, Packer] })`,
+        client: "new GenDurable({ connectionString, schema }) — a pure client, default poolSize 10",
+        signal: "engine.signal(correlationKey, event, payload) — by correlation key, as a webhook would",
+      },
+      latency,
+      latencySameNode,
+      sustained: {
+        instances,
+        packCount: params.packCount,
+        signals: total,
+        senders: params.senders,
+        sendMs: round(sendMs, 1),
+        signalsPerSecond: round(total / (sendMs / 1000)),
+        allResumedMs: round(allResumedMs, 1),
+        signalCall: stats(calls),
+        verified: { instancesDone, signalsConsumed, resumedWithFullPack: fullPacks, ok },
+      },
+    };
+  } finally {
+    await worker.stop();
+    await client.stop();
+    await admin.query(`drop schema if exists ${schema} cascade`).catch(() => {});
+  }
+}
