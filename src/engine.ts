@@ -4,17 +4,18 @@
  * (insert, signal, inspect, cancel, retry). It holds no per-instance state:
  * every instance is a row, and any node may run any step.
  */
-import { prepared } from "./db/prepared.js";
 import pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
 import { openPool, withTransaction } from "./db/pool.js";
+import { prepared } from "./db/prepared.js";
 import {
   EngineStoppedError,
   InstanceTerminatedError,
   InvalidStateError,
+  NotMigratedError,
   UnknownInstanceError,
   ValidationError,
   WaitTimeoutError,
@@ -25,7 +26,6 @@ import { Loop } from "./loops/loop.js";
 import { QueueScheduler } from "./loops/scheduler.js";
 import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
 import { checkKey, checkName } from "./names.js";
-import { NotMigratedError } from "./errors.js";
 import { Completer } from "./runtime/completer.js";
 import type { Status } from "./runtime/completion.js";
 import { explainInstance, type Explanation } from "./runtime/explain.js";
@@ -36,8 +36,8 @@ import { Notifier } from "./runtime/notifier.js";
 import { deliverSignal, fireTimeouts } from "./runtime/signals.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
-import { signalQueries } from "./sql/signals.js";
 import { childQueries } from "./sql/children.js";
+import { signalQueries } from "./sql/signals.js";
 import type { StandardSchemaV1 } from "./schema.js";
 import { rejectUnknownKeys } from "./suggest.js";
 
