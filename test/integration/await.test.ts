@@ -59,8 +59,18 @@ describe("await specs", () => {
   });
 
   it("a pack consumes exactly count signals together", async () => {
-    const { id } = await engine.insert(Awaiter, { state: { wait: "pack" } });
-    for (let i = 1; i <= 4; i++) await engine.signal({ id }, "item", i); // some arrive before the await
+    // All four arrive before the await: inserted and signalled in one transaction, so the
+    // instance cannot consume three and finish before the fourth is sent.
+    const client = await db.pool.connect();
+    let id: string;
+    try {
+      await client.query("begin");
+      ({ id } = await engine.insert(Awaiter, { state: { wait: "pack" }, client }));
+      for (let i = 1; i <= 4; i++) await engine.signal({ id }, "item", i, { client });
+      await client.query("commit");
+    } finally {
+      client.release();
+    }
     expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({ step: "resumed", awaited: ["item:1", "item:2", "item:3"] });
   });
 
