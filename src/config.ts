@@ -9,12 +9,23 @@ import type pg from "pg";
 import type { AnyMachine } from "./define.js";
 import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
-import { silentLogger, type Logger } from "./logger.js";
+import { resolveLogger, type Logger } from "./logger.js";
+import { resolveTelemetry, type ResolvedTelemetry, type TelemetryOption } from "./telemetry/index.js";
 import { DEFAULT_SCHEMA } from "./migrate.js";
 import { checkName, checkSchemaName } from "./names.js";
+import { checkRetention } from "./loops/gc.js";
 import { rejectUnknownKeys } from "./suggest.js";
+import { resolveCron, type CronEntry, type ResolvedCronEntry } from "./cron/entries.js";
+import { checkStepRateLimits, resolveRateLimits, type RateLimit, type RateLimitOption } from "./runtime/rate-limits.js";
 
-export type QueueOption = number | { concurrency: number };
+/** Per-node concurrency, or `{ concurrency, global }`: `global` caps running steps of the queue across all nodes. */
+export type QueueOption = number | { concurrency: number; global?: number };
+
+export interface QueueConfig {
+  concurrency: number;
+  /** Running steps of this queue across every node; undefined: no global limit. */
+  global: number | undefined;
+}
 
 export interface GenDurableOptions {
   /** Postgres connection string (or pass `pool`). */
@@ -27,6 +38,8 @@ export interface GenDurableOptions {
   queues?: Record<string, QueueOption>;
   /** Machines and jobs this node may run. */
   machines?: readonly AnyMachine[];
+  /** Token buckets shared by every node, referenced by steps' `rateLimit`. */
+  rateLimits?: Record<string, RateLimitOption>;
   /** How long a claim holds an instance without renewal. Default "30s". */
   leaseDuration?: Duration;
   /** Poll for due work this often even without NOTIFY. Default "1s". */
@@ -35,8 +48,14 @@ export interface GenDurableOptions {
   reaperInterval?: Duration;
   /** On stop(), how long in-flight steps may run before their leases are released. Default "10s". */
   shutdownGrace?: Duration;
+  /** How often the LISTEN connection is pinged; one that does not answer within this is replaced. Default "10s". */
+  listenerHeartbeat?: Duration;
   /** How long a signal sent with ifMissing: "keep" waits for an instance with its key. Default "1d". */
   signalRetention?: Duration;
+  /** How long terminal instances (with history and signals) are kept before the GC prunes them. Default "7d". */
+  retention?: Duration;
+  /** How often the GC looks for terminal instances past their retention. Default "1m". */
+  gcInterval?: Duration;
   /** Largest JSON state, args, result or signal payload, in bytes. Default 1 MiB. */
   maxPayloadBytes?: number;
   /** Size of the pool the engine creates from connectionString. Default 10. */
@@ -45,6 +64,10 @@ export interface GenDurableOptions {
   logger?: Logger;
   /** Name of this node in leases (`leased_by`). Default host:pid:random. */
   nodeId?: string;
+  /** OpenTelemetry providers for spans and metrics (default: the global ones), or false for none. */
+  telemetry?: TelemetryOption;
+  /** Recurring inserts: each tick of an entry inserts one instance, once across all nodes. See docs/scheduling-and-queues.md. */
+  cron?: readonly CronEntry[];
 }
 
 export interface ResolvedConfig {
@@ -52,17 +75,23 @@ export interface ResolvedConfig {
   pool: pg.Pool | undefined;
   schema: string;
   channel: string;
-  queues: ReadonlyMap<string, { concurrency: number }>;
+  queues: ReadonlyMap<string, QueueConfig>;
+  rateLimits: ReadonlyMap<string, RateLimit>;
   machines: ReadonlyMap<string, AnyMachine>;
   leaseMs: number;
   pollMs: number;
   reaperMs: number;
   shutdownGraceMs: number;
+  listenerHeartbeatMs: number;
   signalRetentionMs: number;
+  retentionMs: number;
+  gcMs: number;
   maxPayloadBytes: number;
   poolSize: number;
   logger: Logger;
   nodeId: string;
+  telemetry: ResolvedTelemetry;
+  cron: readonly ResolvedCronEntry[];
 }
 
 const KEYS = [
@@ -71,15 +100,21 @@ const KEYS = [
   "schema",
   "queues",
   "machines",
+  "rateLimits",
   "leaseDuration",
   "pollInterval",
   "reaperInterval",
   "shutdownGrace",
+  "listenerHeartbeat",
   "signalRetention",
+  "retention",
+  "gcInterval",
   "maxPayloadBytes",
   "poolSize",
   "logger",
   "nodeId",
+  "telemetry",
+  "cron",
 ] as const satisfies ReadonlyArray<keyof GenDurableOptions>;
 
 export const DEFAULTS = {
@@ -88,7 +123,10 @@ export const DEFAULTS = {
   pollInterval: "1s",
   reaperInterval: "5s",
   shutdownGrace: "10s",
+  listenerHeartbeat: "10s",
   signalRetention: "1d",
+  retention: "7d",
+  gcInterval: "1m",
   maxPayloadBytes: 1024 * 1024,
   poolSize: 10,
 } as const;
@@ -102,7 +140,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   }
   const schema = checkSchemaName(options.schema ?? DEFAULTS.schema, fail);
 
-  const queues = new Map<string, { concurrency: number }>();
+  const queues = new Map<string, QueueConfig>();
   if (options.queues !== undefined) {
     if (typeof options.queues !== "object" || options.queues === null || Array.isArray(options.queues)) {
       throw fail(`queues must be an object such as { default: 10 }, got ${describe(options.queues)}`);
@@ -110,11 +148,15 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     for (const [name, value] of Object.entries(options.queues)) {
       checkName(name, `queues: queue name`, fail);
       const concurrency = typeof value === "number" ? value : (value as { concurrency?: unknown } | null)?.concurrency;
-      if (typeof value === "object" && value !== null) rejectUnknownKeys(value, ["concurrency"], `GenDurable: queues.${name}`, (m) => new ConfigError(m));
+      const global = typeof value === "object" && value !== null ? (value as { global?: unknown }).global : undefined;
+      if (typeof value === "object" && value !== null) rejectUnknownKeys(value, ["concurrency", "global"], `GenDurable: queues.${name}`, (m) => new ConfigError(m));
       if (typeof concurrency !== "number" || !Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
-        throw fail(`queues.${name} must be a concurrency from 1 to 10000 (or { concurrency }), got ${describe(value)}`);
+        throw fail(`queues.${name} must be a concurrency from 1 to 10000 (or { concurrency, global? }), got ${describe(value)}`);
       }
-      queues.set(name, { concurrency });
+      if (global !== undefined && (typeof global !== "number" || !Number.isInteger(global) || global < 1 || global > 1_000_000)) {
+        throw fail(`queues.${name}.global must be an integer from 1 to 1000000 (running steps across all nodes), got ${describe(global)}`);
+      }
+      queues.set(name, { concurrency, global });
     }
   }
 
@@ -133,6 +175,8 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
       machines.set(machine.name, machine);
     }
   }
+  const rateLimits = resolveRateLimits(options.rateLimits, fail);
+  checkStepRateLimits(machines, rateLimits, fail);
 
   const positiveInt = (value: unknown, key: string, def: number, max: number) => {
     if (value === undefined) return def;
@@ -145,10 +189,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     return parsed;
   };
 
-  const logger = options.logger ?? silentLogger;
-  for (const level of ["debug", "info", "warn", "error"] as const) {
-    if (typeof (logger as unknown as Record<string, unknown>)[level] !== "function") throw fail(`logger must have debug, info, warn and error methods (pino-style); ${level} is missing`);
-  }
+  const logger = resolveLogger(options.logger, fail);
   const nodeId = options.nodeId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString("hex")}`;
   checkName(nodeId, "nodeId", fail);
 
@@ -158,15 +199,22 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     schema,
     channel: `gen_durable_${schema}`,
     queues,
+    rateLimits,
     machines,
     leaseMs: ms(options.leaseDuration, "leaseDuration", 1000),
     pollMs: ms(options.pollInterval, "pollInterval", 10),
     reaperMs: ms(options.reaperInterval, "reaperInterval", 10),
     shutdownGraceMs: ms(options.shutdownGrace, "shutdownGrace", 0),
+    listenerHeartbeatMs: ms(options.listenerHeartbeat, "listenerHeartbeat", 100),
     signalRetentionMs: ms(options.signalRetention, "signalRetention", 0),
+    retentionMs: checkRetention(options.retention ?? DEFAULTS.retention, "retention", fail),
+    gcMs: ms(options.gcInterval, "gcInterval", 10),
     maxPayloadBytes: positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024),
     poolSize: positiveInt(options.poolSize, "poolSize", DEFAULTS.poolSize, 1000),
     logger,
     nodeId,
+    telemetry: resolveTelemetry(options.telemetry, fail),
+    // After maxPayloadBytes is known good: the entries' states are checked against it.
+    cron: resolveCron(options.cron, machines, positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024), fail),
   });
 }

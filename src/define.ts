@@ -11,6 +11,7 @@ import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./ou
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
+import { checkRetention } from "./loops/gc.js";
 
 export type { AwaitSpec, StepOutcome } from "./outcome.js";
 
@@ -95,6 +96,18 @@ export interface StepOptions<State, StateIn, K extends string> {
   backoff?: Backoff;
   /** Run inside the transaction that commits the outcome; `ctx.client` is that transaction. */
   transactional?: boolean;
+  /** Draw from one of the engine's `rateLimits` before each run; a short bucket postpones the step. */
+  rateLimit?: StepRateLimit<State, StateIn, K>;
+}
+
+/** A step's use of a rate limit declared on the engine (`rateLimits`). */
+export interface StepRateLimit<State = unknown, StateIn = unknown, K extends string = string> {
+  /** The name of the limit in the engine's `rateLimits`. */
+  name: string;
+  /** One bucket per partition value (say, per account). Default: one bucket for the limit. */
+  partition?: (ctx: StepContext<State, StateIn, K>) => string | number;
+  /** Tokens per run. Default 1. */
+  weight?: number | ((ctx: StepContext<State, StateIn, K>) => number);
 }
 
 export type StepDefinition<State, StateIn, K extends string> = StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
@@ -107,6 +120,7 @@ export interface ResolvedStep {
   maxAttempts: number | undefined;
   backoff: BackoffFn | undefined;
   transactional: boolean;
+  rateLimit?: StepRateLimit;
 }
 
 declare const TYPES: unique symbol;
@@ -120,6 +134,8 @@ export interface Machine<Schema extends StandardSchemaV1 = StandardSchemaV1, K e
   readonly steps: ReadonlyMap<string, ResolvedStep>;
   readonly maxAttempts: number | undefined;
   readonly backoff: BackoffFn | undefined;
+  /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
+  readonly retentionMs?: number;
   /** Type-level only. */
   readonly [TYPES]?: { steps: K };
 }
@@ -141,6 +157,8 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
   /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
   maxAttempts?: number;
   backoff?: Backoff;
+  /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
+  retention?: Duration;
 }
 
 export const DEFAULT_QUEUE = "default";
@@ -150,7 +168,7 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
 ): Machine<Schema, K, "machine"> {
   const where = `defineMachine(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
   if (typeof definition !== "object" || definition === null) throw new ConfigError("defineMachine needs a definition object");
-  rejectUnknownKeys(definition, ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff"], where, (m) => new ConfigError(m));
+  rejectUnknownKeys(definition, ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"], where, (m) => new ConfigError(m));
   const common = resolveCommon(definition, where);
   if (typeof definition.steps !== "object" || definition.steps === null || Object.keys(definition.steps).length === 0) {
     throw new ConfigError(`${where}: steps must be an object with at least one step`);
@@ -174,8 +192,12 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   args: Schema;
   maxAttempts?: number;
   backoff?: Backoff;
+  /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
+  retention?: Duration;
   timeout?: Duration;
   transactional?: boolean;
+  /** Draw from one of the engine's `rateLimits` before each run. */
+  rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
@@ -183,7 +205,7 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
 export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definition: JobDefinition<Schema, R>): Job<Schema> {
   const where = `defineJob(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
   if (typeof definition !== "object" || definition === null) throw new ConfigError("defineJob needs a definition object");
-  rejectUnknownKeys(definition, ["name", "queue", "args", "maxAttempts", "backoff", "timeout", "transactional", "perform"], where, (m) => new ConfigError(m));
+  rejectUnknownKeys(definition, ["name", "queue", "args", "maxAttempts", "backoff", "retention", "timeout", "transactional", "rateLimit", "perform"], where, (m) => new ConfigError(m));
   const common = resolveCommon({ ...definition, state: definition.args }, where, "args");
   if (typeof definition.perform !== "function") throw new ConfigError(`${where}: perform must be a function (args, ctx) => result`);
   const perform = definition.perform;
@@ -194,6 +216,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definiti
       run: async (ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => perform(ctx.state, ctx),
       timeout: definition.timeout,
       transactional: definition.transactional,
+      rateLimit: definition.rateLimit,
     },
     `${where}.perform`,
   );
@@ -201,7 +224,11 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definiti
   return Object.freeze({ kind: "job" as const, ...common, schema: definition.args, initial: "perform" as const, steps: new Map([["perform", step]]) });
 }
 
-function resolveCommon(definition: { name: unknown; queue?: unknown; state: unknown; maxAttempts?: unknown; backoff?: Backoff }, where: string, schemaKey = "state") {
+function resolveCommon(
+  definition: { name: unknown; queue?: unknown; state: unknown; maxAttempts?: unknown; backoff?: Backoff; retention?: unknown },
+  where: string,
+  schemaKey = "state",
+) {
   const name = checkName(definition.name, `${where}: name`, (m) => new ConfigError(m));
   const queue = definition.queue === undefined ? DEFAULT_QUEUE : checkName(definition.queue, `${where}: queue`, (m) => new ConfigError(m));
   if (!isStandardSchema(definition.state)) {
@@ -212,6 +239,7 @@ function resolveCommon(definition: { name: unknown; queue?: unknown; state: unkn
     queue,
     maxAttempts: checkMaxAttempts(definition.maxAttempts, `${where}: maxAttempts`),
     backoff: definition.backoff === undefined ? undefined : resolveBackoff(definition.backoff, `${where}: backoff`),
+    ...(definition.retention === undefined ? {} : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
   };
 }
 
@@ -228,9 +256,9 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
     return { name, run: step as ResolvedStep["run"], timeoutMs: undefined, maxAttempts: undefined, backoff: undefined, transactional: false };
   }
   if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
-    throw new ConfigError(`${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional? }`);
+    throw new ConfigError(`${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`);
   }
-  rejectUnknownKeys(step, ["run", "timeout", "maxAttempts", "backoff", "transactional"], where, (m) => new ConfigError(m));
+  rejectUnknownKeys(step, ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit"], where, (m) => new ConfigError(m));
   const options = step as StepOptions<unknown, unknown, string>;
   if (options.transactional !== undefined && typeof options.transactional !== "boolean") {
     throw new ConfigError(`${where}.transactional must be a boolean`);
@@ -242,5 +270,22 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
     maxAttempts: checkMaxAttempts(options.maxAttempts, `${where}.maxAttempts`),
     backoff: options.backoff === undefined ? undefined : resolveBackoff(options.backoff, `${where}.backoff`),
     transactional: options.transactional ?? false,
+    ...(options.rateLimit === undefined ? {} : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),
   };
+}
+
+/** The shape of a step's `rateLimit`; whether the name exists is checked by the engine that runs it. */
+function checkStepRateLimit(value: unknown, where: string): StepRateLimit {
+  if (typeof value !== "object" || value === null) throw new ConfigError(`${where} must be an object { name, partition?, weight? }`);
+  rejectUnknownKeys(value, ["name", "partition", "weight"], where, (m) => new ConfigError(m));
+  const limit = value as StepRateLimit;
+  checkName(limit.name, `${where}.name`, (m) => new ConfigError(m));
+  if (limit.partition !== undefined && typeof limit.partition !== "function") {
+    throw new ConfigError(`${where}.partition must be a function (ctx) => string | number`);
+  }
+  const weight = limit.weight;
+  if (weight !== undefined && typeof weight !== "function" && !(typeof weight === "number" && Number.isFinite(weight) && weight > 0)) {
+    throw new ConfigError(`${where}.weight must be a positive number or a function (ctx) => number, got ${String(weight)}`);
+  }
+  return Object.freeze({ ...limit });
 }

@@ -21,9 +21,15 @@ import {
   WaitTimeoutError,
 } from "./errors.js";
 import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
+import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
+import { silentLogger } from "./logger.js";
 import { encodeJson, type ErrorRecord } from "./json.js";
 import { Loop } from "./loops/loop.js";
+import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { QueueScheduler } from "./loops/scheduler.js";
+import { CronLoop } from "./loops/cron.js";
+import { flowQueries, type FlowQueries } from "./sql/flow.js";
+import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult } from "./runtime/rate-limits.js";
 import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
 import { checkKey, checkName } from "./names.js";
 import { Completer } from "./runtime/completer.js";
@@ -134,10 +140,17 @@ export class GenDurable {
   private readonly notifier: Notifier;
   private readonly completer: Completer;
   private readonly leases: Leases;
+  private readonly pruner: Pruner;
+  private readonly flow: FlowQueries;
+  private readonly rateLimiter: RateLimiter;
   private readonly schedulers = new Map<string, QueueScheduler>();
   /** Background loops: poll (wake schedulers), timeouts (await deadlines), joins (count finished children), lease (renew), reaper (expired leases, inbox). */
-  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop } | undefined;
+  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop } | undefined;
   private listener: Listener | undefined;
+  /** Fires the `cron` entries; on nodes with queues and cron entries only. */
+  private cron: CronLoop | undefined;
+  /** Spans, metrics and event log lines; attached in start() so an SDK registered after construction is used. */
+  private telemetry: Telemetry | undefined;
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
 
   constructor(options: GenDurableOptions) {
@@ -152,6 +165,10 @@ export class GenDurable {
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
     this.completer = new Completer(pool, this.claims.complete);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
+    this.flow = flowQueries(this.config.schema);
+    this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
+    const { schema, retentionMs, machines } = this.config;
+    this.pruner = new Pruner({ pool, schema, retentionMs, machines, events: this.events, more: () => this.loops?.gc.trigger() });
   }
 
   /** Subscribe to an engine event; returns a function that unsubscribes. */
@@ -168,7 +185,22 @@ export class GenDurable {
       this.state = "new";
       throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
     }
-    if (this.config.queues.size > 0) this.startLoops();
+    this.telemetry = attachTelemetry({
+      events: this.events,
+      logger: this.config.logger,
+      silent: this.config.logger === silentLogger,
+      pool: this.pool,
+      schema: this.config.schema,
+      queues: [...this.config.queues.keys()],
+      options: this.config.telemetry,
+      onError: (error) => this.reportError("telemetry", error),
+    });
+    // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
+    await this.pruner.recordRetentions();
+    if (this.config.queues.size > 0) {
+      await this.heartbeat();
+      this.startLoops();
+    }
     this.state = "started";
   }
 
@@ -183,6 +215,7 @@ export class GenDurable {
       leases: this.leases,
       events: this.events,
       logger: config.logger,
+      around: this.telemetry?.around,
       maxPayloadBytes: config.maxPayloadBytes,
       wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
       wakeTimeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
@@ -190,15 +223,18 @@ export class GenDurable {
       instances: this.q,
       children: this.childrenQ,
       channel: config.channel,
+      rateLimiter: this.rateLimiter,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
     // scheduler claims every machine this node runs.
     const machines = [...config.machines.keys()];
-    for (const [queue, { concurrency }] of config.queues) {
+    for (const [queue, { concurrency, global }] of config.queues) {
       if (machines.length === 0) continue;
       const scheduler = new QueueScheduler({
         queue,
         concurrency,
+        global,
+        onGlobalSlotFreed: global === undefined ? undefined : () => this.notifier.request(queue),
         machines,
         nodeId: config.nodeId,
         leaseMs: config.leaseMs,
@@ -216,7 +252,16 @@ export class GenDurable {
       for (const scheduler of this.schedulers.values()) scheduler.wake();
     };
     this.loops = {
-      poll: new Loop({ name: "poll", intervalMs: config.pollMs, tick: async () => wakeAll(), onError }),
+      poll: new Loop({
+        name: "poll",
+        intervalMs: config.pollMs,
+        onError,
+        tick: async () => {
+          const started = performance.now();
+          wakeAll();
+          this.events.emit("loop:tick", { loop: "poll", durationMs: performance.now() - started, count: this.schedulers.size });
+        },
+      }),
       timeouts: new Loop({ name: "timeouts", intervalMs: config.pollMs, tick: () => this.fireTimeouts(), onError }),
       joins: new Loop({ name: "joins", intervalMs: config.pollMs, tick: () => this.sweepJoins(), onError }),
       lease: new Loop({
@@ -226,19 +271,27 @@ export class GenDurable {
         tick: async () => {
           const started = performance.now();
           const count = await this.leases.renew();
+          await this.heartbeat();
           this.events.emit("loop:tick", { loop: "lease", durationMs: performance.now() - started, count });
         },
       }),
       reaper: new Loop({ name: "reaper", intervalMs: config.reaperMs, onError, tick: () => this.reap() }),
+      gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => this.pruner.tick() }),
     };
     for (const loop of Object.values(this.loops)) loop.start();
+    if (config.cron.length > 0) {
+      const { pool, events } = this;
+      const { schema, channel, maxPayloadBytes, cron: entries } = config;
+      this.cron = new CronLoop({ pool, schema, entries, channel, maxPayloadBytes, events, onError, wake: (queue) => this.schedulers.get(queue)?.wake() });
+      this.cron.start();
+    }
     const clientConfig: pg.ClientConfig = this.config.connectionString
       ? { connectionString: this.config.connectionString, application_name: "gen-durable-listen" }
       : { ...(this.pool as unknown as { options: pg.ClientConfig }).options, application_name: "gen-durable-listen" };
     this.listener = new Listener({
       clientConfig,
       channel: config.channel,
-      heartbeatMs: 10_000,
+      heartbeatMs: config.listenerHeartbeatMs,
       onNotify: (queue) => this.schedulers.get(queue)?.wake(),
       onConnected: wakeAll,
       onError: (error) => this.reportError("listener", error),
@@ -261,6 +314,8 @@ export class GenDurable {
       if (count < BATCH) break;
     }
     while ((await this.pool.query(this.signalsQ.expireInbox, [BATCH])).rowCount === BATCH);
+    while ((await this.pool.query(this.flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
+    await this.pool.query(this.flow.forgetDeadNodes);
     this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
   }
 
@@ -302,10 +357,12 @@ export class GenDurable {
     this.state = "stopping";
     for (const scheduler of this.schedulers.values()) await scheduler.stop();
     // Leases keep being renewed while in-flight steps finish.
+    await this.cron?.stop();
     await this.loops?.poll.stop();
     await this.loops?.timeouts.stop();
     await this.loops?.joins.stop();
     await this.loops?.reaper.stop();
+    await this.loops?.gc.stop();
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
       let timer: NodeJS.Timeout | undefined;
@@ -319,9 +376,12 @@ export class GenDurable {
       await settled;
     }
     await this.loops?.lease.stop();
+    await this.leases.close();
+    if (wasStarted && this.config.queues.size > 0) await this.pool.query(this.flow.unregister, [this.config.nodeId]).catch((error: unknown) => this.reportError("stop", error));
     await this.listener?.stop();
     while (!this.completer.idle) await new Promise((resolve) => setTimeout(resolve, 5));
     await this.notifier.drain();
+    this.telemetry?.close();
     this.state = "stopped";
     if (this.ownsPool) await this.pool.end();
   }
@@ -519,6 +579,66 @@ export class GenDurable {
     this.events.emit("instance:cancelled", { id, machine: rows[0].machine, reason: error.message });
   }
 
+  /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
+  private async heartbeat(): Promise<void> {
+    const { nodeId, machines, queues, leaseMs } = this.config;
+    // On the lease connection: the lease loop awaits this, and the pool may be busy with steps for longer than a lease.
+    await this.leases.query(prepared(this.flow.heartbeat, [nodeId, [...machines.keys()], [...queues.keys()], leaseMs]));
+  }
+
+  /** Stops every node from claiming in `queue` (steps already running finish). Takes effect at each node's next claim. */
+  async pauseQueue(queue: string): Promise<void> {
+    this.assertUsable();
+    await this.setPaused(queue, true);
+  }
+
+  /** Lets every node claim in `queue` again, and wakes them. */
+  async resumeQueue(queue: string): Promise<void> {
+    this.assertUsable();
+    await this.setPaused(queue, false);
+  }
+
+  private async setPaused(queue: string, paused: boolean): Promise<void> {
+    checkName(queue, `${paused ? "pauseQueue" : "resumeQueue"}: queue`, (m) => new ValidationError(m));
+    await this.pool.query(this.flow.setPaused, [queue, paused]);
+    if (!paused) {
+      this.notifier.request(queue);
+      await this.notifier.drain();
+    }
+  }
+
+  /** The paused queues (all, or whether `queue` is). */
+  async pausedQueues(): Promise<string[]> {
+    this.assertUsable();
+    return (await this.pool.query<{ name: string }>(this.flow.pausedQueues, [null])).rows.map((r) => r.name);
+  }
+
+  /**
+   * Takes `weight` tokens (default 1) from a rate limit's bucket (of `partition`),
+   * the same buckets steps draw from, if it holds them. Never waits and never
+   * goes into debt: `{ ok: false, retryAfterMs }` says when to try again.
+   */
+  async consume(name: string, options?: ConsumeOptions): Promise<ConsumeResult> {
+    this.assertUsable();
+    return this.rateLimiter.consume(name, options);
+  }
+
+  /** The state of a rate limit's buckets (or of every limit's), refilled to the database's now. For operators. */
+  async rateLimitBuckets(name?: string): Promise<BucketState[]> {
+    this.assertUsable();
+    return this.rateLimiter.buckets(name);
+  }
+
+  /**
+   * Deletes terminal instances past their retention (or `olderThan`), with
+   * their history and signals, in batches of short transactions. Works on a
+   * pure client. Resolves to how many rows of each kind were deleted.
+   */
+  async prune(options: PruneOptions = {}): Promise<PruneResult> {
+    this.assertUsable();
+    return this.pruner.prune(options);
+  }
+
   /** A failed instance runs its failed step again with fresh attempts. */
   async retry(id: string): Promise<void> {
     this.assertUsable();
@@ -526,6 +646,22 @@ export class GenDurable {
     const { rows } = await this.pool.query<{ status: string }>(this.q.retry, [id, this.config.channel]);
     if (!rows[0]) throw new UnknownInstanceError(id);
     if (rows[0].status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${rows[0].status}; only failed instances can be retried`);
+  }
+
+  /**
+   * @internal For gen-durable/testing (drain, advanceTime) only: what this node
+   * runs, how many claims it holds, and `wake()` to tick every loop and
+   * scheduler now (due work found by the database clock runs without waiting).
+   */
+  _testing() {
+    const wake = () => {
+      for (const loop of Object.values(this.loops ?? {})) loop.trigger();
+      for (const scheduler of this.schedulers.values()) scheduler.wake();
+    };
+    const { pool, config } = this;
+    const running = this.state === "started" && this.loops !== undefined;
+    const loops = Object.keys(this.loops ?? {});
+    return { pool, schema: config.schema, nodeId: config.nodeId, queues: [...this.schedulers.keys()], machines: [...config.machines.keys()], loops, running, inFlight: () => this.leases.held.size, wake };
   }
 
   private wakeQueue(queue: string): void {

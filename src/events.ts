@@ -2,7 +2,8 @@
 import { EventEmitter } from "node:events";
 import type { ErrorRecord } from "./json.js";
 
-interface StepFacts {
+/** What identifies one attempt of one step; part of every step event. */
+export interface StepFacts {
   id: string;
   machine: string;
   step: string;
@@ -10,24 +11,40 @@ interface StepFacts {
   queue: string;
 }
 
+/** The background loops that report `loop:tick`. */
+export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron";
+
 export interface EngineEvents {
+  /** An attempt of a step is about to run its code (not emitted for an attempt refused before running: see step:exception). */
   "step:start": StepFacts;
-  /** A step's outcome was committed. */
+  /**
+   * A step's outcome was committed; `durationMs` is the time its code ran (the
+   * commit excluded). A failed attempt emits it too, after step:exception, with
+   * outcome "error" (retried) or "failed" (no attempts left).
+   */
   "step:stop": StepFacts & { outcome: string; durationMs: number };
   /** A step threw, returned something invalid or timed out; `willRetry` says whether another attempt follows. */
   "step:exception": StepFacts & { error: ErrorRecord; durationMs: number; willRetry: boolean };
   "instance:done": { id: string; machine: string; result: unknown };
   "instance:failed": { id: string; machine: string; error: ErrorRecord };
   "instance:cancelled": { id: string; machine: string; reason: string | undefined };
+  /** The step's rate-limit bucket was short: its tokens are reserved and it runs after `waitMs`, no attempt used. */
+  "step:rate_limited": StepFacts & { limit: string; waitMs: number };
   /** The claim was lost before the outcome committed; the outcome was discarded. */
   "lease:lost": StepFacts;
   /** A background loop finished a tick. */
-  "loop:tick": { loop: "scheduler" | "reaper" | "lease" | "timeouts" | "joins"; durationMs: number; count: number; queue?: string };
-  /** A background loop or connection failed; the engine carries on. */
-  "engine:error": { loop: string; error: unknown };
+  "loop:tick": { loop: LoopName; durationMs: number; count: number; queue?: string };
+  /**
+   * A background loop or connection failed; the engine carries on. `step` is
+   * set when the failure belongs to one attempt (its outcome could not be
+   * committed: the step re-runs after its lease expires).
+   */
+  "engine:error": { loop: string; error: unknown; step?: StepFacts };
 }
 
 export type EngineEventName = keyof EngineEvents;
+
+const ignore = () => {};
 
 export class TypedEmitter {
   private readonly emitter = new EventEmitter({ captureRejections: false });
@@ -46,12 +63,17 @@ export class TypedEmitter {
     this.emitter.off(event, listener);
   }
 
-  /** Listeners that throw are isolated: telemetry must never break a step. */
+  /**
+   * Listeners that throw are isolated: telemetry must never break a step. An
+   * async listener's rejection is swallowed too: unhandled, it would take the
+   * whole process down (Node's default for unhandled rejections).
+   */
   emit<E extends EngineEventName>(event: E, payload: EngineEvents[E]): void {
     if (this.emitter.listenerCount(event) === 0) return;
     for (const listener of this.emitter.listeners(event)) {
       try {
-        (listener as (p: EngineEvents[E]) => void)(payload);
+        const returned: unknown = (listener as (p: EngineEvents[E]) => unknown)(payload);
+        if (typeof (returned as PromiseLike<unknown> | undefined)?.then === "function") Promise.resolve(returned).catch(ignore);
       } catch {
         // ignored on purpose
       }

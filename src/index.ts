@@ -20,10 +20,13 @@ export type {
   StepOutcome,
 } from "./define.js";
 export type { GenDurableOptions, QueueOption } from "./config.js";
+export type { CronEntry, MissedPolicy } from "./cron/entries.js";
 export type { Backoff } from "./backoff.js";
 export type { Duration } from "./duration.js";
-export type { EngineEvents, EngineEventName } from "./events.js";
+export type { EngineEvents, EngineEventName, LoopName, StepFacts } from "./events.js";
+export type { TelemetryOption, TelemetryOptions } from "./telemetry/index.js";
 export type { Explanation } from "./runtime/explain.js";
+export type { PruneOptions, PruneResult } from "./loops/gc.js";
 export type { ErrorRecord } from "./json.js";
 export type { Logger } from "./logger.js";
 export { migrate, Migration } from "./migrate.js";

@@ -30,7 +30,9 @@ export interface Command {
   /** Shown under "usage" by `gen-durable <command> --help`. */
   description: string;
   options: Record<string, OptionSpec>;
-  run(values: Record<string, string | boolean | undefined>, io: Io): Promise<number>;
+  /** Operands after the command, in order (e.g. `show <target>`); a command without any takes only options. */
+  positionals?: ReadonlyArray<{ name: string; description: string; optional?: boolean }>;
+  run(values: Record<string, string | boolean | undefined>, io: Io, positionals: string[]): Promise<number>;
 }
 
 /** A wrong command line: printed with a pointer to --help, exit code 2. */
@@ -51,7 +53,8 @@ function usageLine(command: Command): string {
   const parts = Object.entries(command.options).map(([name, spec]) =>
     spec.type === "string" ? `[--${name} ${spec.valueName ?? "value"}]` : `[--${name}]`,
   );
-  return `gen-durable ${command.name}${parts.length ? " " + parts.join(" ") : ""}`;
+  const operands = (command.positionals ?? []).map((p) => (p.optional ? `[${p.name}]` : `<${p.name}>`));
+  return `gen-durable ${[command.name, ...operands, ...parts].join(" ")}`;
 }
 
 export function commandHelp(command: Command): string {
@@ -60,7 +63,8 @@ export function commandHelp(command: Command): string {
     const flag = `${spec.short ? `-${spec.short}, ` : "    "}--${name}${spec.type === "string" ? ` <${spec.valueName ?? "value"}>` : ""}`;
     return `  ${flag.padEnd(30)} ${spec.description}`;
   });
-  return [`usage: ${usageLine(command)}`, "", command.description, "", "options:", ...rows].join("\n");
+  const operands = (command.positionals ?? []).map((p) => `  ${p.name.padEnd(30)} ${p.description}`);
+  return [`usage: ${usageLine(command)}`, "", command.description, "", ...(operands.length ? ["arguments:", ...operands, ""] : []), "options:", ...rows].join("\n");
 }
 
 export function mainHelp(commands: readonly Command[]): string {
@@ -91,13 +95,14 @@ function version(): string {
   }
 }
 
-function parseCommandArgs(command: Command, args: string[]): Record<string, string | boolean | undefined> {
+function parseCommandArgs(command: Command, args: string[]): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   const options: Options = {};
   for (const [name, { type, short }] of Object.entries({ ...command.options, ...GLOBAL_OPTIONS })) {
     options[name] = short ? { type, short } : { type };
   }
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+    const parsed = parseArgs({ args, options, strict: true, allowPositionals: command.positionals !== undefined });
+    return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals };
   } catch (error) {
     const code = (error as { code?: string }).code;
     const message = error instanceof Error ? error.message : String(error);
@@ -142,12 +147,13 @@ export async function runCli(argv: readonly string[], commands: readonly Command
     }
     const command = commands.find((c) => c.name === first);
     if (!command) throw new UsageError(unknownCommand(first, commands));
-    const values = parseCommandArgs(command, rest);
+    const { values, positionals } = parseCommandArgs(command, rest);
     if (values.help) {
       io.out(commandHelp(command));
       return EXIT_OK;
     }
-    return await command.run(values, io);
+    checkPositionals(command, positionals);
+    return await command.run(values, io, positionals);
   } catch (error) {
     if (error instanceof UsageError) {
       io.err(`gen-durable: ${error.message}`);
@@ -157,6 +163,16 @@ export async function runCli(argv: readonly string[], commands: readonly Command
     // Bugs: say so plainly, with the stack, since nobody expected this.
     io.err(`gen-durable: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
     return EXIT_FAILURE;
+  }
+}
+
+/** Too few or too many operands is a usage error naming the first one missing or extra. */
+function checkPositionals(command: Command, positionals: string[]): void {
+  const specs = command.positionals ?? [];
+  const missing = specs.slice(positionals.length).find((p) => !p.optional);
+  if (missing) throw new UsageError(`missing argument <${missing.name}>: ${missing.description}`, command);
+  if (positionals.length > specs.length) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[specs.length])}: ${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`, command);
   }
 }
 

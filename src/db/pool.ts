@@ -28,6 +28,38 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
   return { pool, owned: true };
 }
 
+/**
+ * A small pool of its own on the server of `pool`, for work that must never
+ * queue behind step work: lease renewal and release. Steps may hold every
+ * connection of the main pool for as long as they run (a transactional step
+ * holds one from start to commit; with poolSize 2 and concurrency 10 the other
+ * eight wait for one), and a renewal waiting behind them would let their
+ * leases expire although the node is alive and well (RELIABILITY.md scenario
+ * 16; test/chaos/faults.test.ts). Its connection stays open (renewals come
+ * every third of a lease) and every connect and query has a deadline of
+ * `deadlineMs`: a renewal that cannot finish within a lease is too late anyway,
+ * and must not hang the loop behind it for good.
+ *
+ * Returns undefined when `pool` does not say how it connects (a pool-like
+ * object without pg.Pool's `options`): the caller then uses `pool` itself.
+ */
+export function openSidePool(pool: pg.Pool, suffix: string, max: number, deadlineMs: number): pg.Pool | undefined {
+  const base = (pool as unknown as { options?: pg.PoolConfig }).options;
+  if (!base || typeof base !== "object") return undefined;
+  const side = new pg.Pool({
+    ...base,
+    max,
+    min: 0,
+    idleTimeoutMillis: 0,
+    application_name: `${base.application_name ?? "gen-durable"}-${suffix}`,
+    connectionTimeoutMillis: deadlineMs,
+    query_timeout: deadlineMs,
+  });
+  side.on("error", () => {});
+  guardClients(side);
+  return side;
+}
+
 const guarded = new WeakSet<pg.Pool>();
 
 /**

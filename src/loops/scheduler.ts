@@ -11,6 +11,7 @@
  * Woken by NOTIFY, by local commits and by the poll loop.
  */
 import { prepared } from "../db/prepared.js";
+import { withTransaction } from "../db/pool.js";
 import type pg from "pg";
 import type { TypedEmitter } from "../events.js";
 import type { ClaimQueries } from "../sql/claims.js";
@@ -20,6 +21,10 @@ import type { Leases } from "../runtime/leases.js";
 export interface QueueSchedulerOptions {
   queue: string;
   concurrency: number;
+  /** Running steps of this queue across all nodes (queues: { q: { concurrency, global } }). */
+  global: number | undefined;
+  /** A step of a globally limited queue finished: other nodes may now claim (NOTIFY them). */
+  onGlobalSlotFreed?: () => void;
   machines: string[];
   nodeId: string;
   leaseMs: number;
@@ -97,7 +102,9 @@ export class QueueScheduler {
     const { concurrency } = this.o;
     // Commits lagging behind (a slow database) stop further claims rather than pile up leases.
     if (this.committing >= concurrency) return 0;
-    return Math.max(0, 2 * concurrency - this.running - this.buffer.length);
+    // No claim-ahead under a global limit: a buffered row would hold a global slot idle.
+    const ahead = this.o.global === undefined ? concurrency : 0;
+    return Math.max(0, concurrency + ahead - this.running - this.buffer.length);
   }
 
   private async fill(): Promise<void> {
@@ -108,9 +115,7 @@ export class QueueScheduler {
         const want = this.wanted;
         this.mayHaveMore = false;
         const started = performance.now();
-        const { rows } = await this.o.pool.query<ClaimedRow>(
-          prepared(this.o.claims.claim, [this.o.queue, this.o.machines, want, this.o.nodeId, this.o.leaseMs]),
-        );
+        const rows = await this.claim(want);
         this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
         if (rows.length === want) this.mayHaveMore = true;
         for (const row of rows) {
@@ -130,6 +135,17 @@ export class QueueScheduler {
     }
   }
 
+  private async claim(want: number): Promise<ClaimedRow[]> {
+    const claim = prepared(this.o.claims.claim, [this.o.queue, this.o.machines, want, this.o.nodeId, this.o.leaseMs, this.o.global ?? null]);
+    if (this.o.global === undefined) return (await this.o.pool.query<ClaimedRow>(claim)).rows;
+    // Under a global limit the count of running rows and the claim must not interleave with
+    // another node's: the queue's advisory lock serialises them for this transaction.
+    return withTransaction(this.o.pool, async (client) => {
+      await client.query(this.o.claims.lockQueue, [this.o.queue]);
+      return (await client.query<ClaimedRow>(claim)).rows;
+    });
+  }
+
   private launchBuffered(): void {
     while (!this.stopped && this.running < this.o.concurrency && this.buffer.length > 0) this.launch(this.buffer.shift()!);
   }
@@ -147,6 +163,7 @@ export class QueueScheduler {
     const task = this.o.executor.execute(row, onSettled).finally(() => {
       if (settled) this.committing--;
       else this.running--;
+      this.o.onGlobalSlotFreed?.();
       this.inFlight.delete(task);
       this.scheduleFill();
     });

@@ -26,6 +26,8 @@ export interface Completion {
   attempt: number;
   duration_ms: number;
   hist_error: unknown;
+  /** Postponed by this rate limit, waiting in its line. */
+  rate_limited?: string;
   /** Children to insert with a spawn (not part of the row written by `complete`). */
   spawn?: import("./insert.js").InsertRow[];
 }

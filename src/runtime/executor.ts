@@ -27,6 +27,7 @@ import type { Completion } from "./completion.js";
 import { createContext } from "./context.js";
 import type { Leases } from "./leases.js";
 import { tryResume } from "./signals.js";
+import type { RateLimiter } from "./rate-limits.js";
 
 /** A row as the claim query returns it. */
 export interface ClaimedRow {
@@ -45,6 +46,9 @@ export interface ClaimedRow {
   inserted_at: Date;
   queue: string;
   error: ErrorRecord | null;
+  concurrency_key: string | null;
+  /** The rate limit this step waited in line for (it was postponed); null when it did not wait. */
+  rate_limited: string | null;
 }
 
 export interface ExecutorDeps {
@@ -67,6 +71,9 @@ export interface ExecutorDeps {
   channel: string;
   /** Sweep await timeouts after `delayMs` (this node just parked one with that deadline). */
   wakeTimeouts: (delayMs: number) => void;
+  /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
+  around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
+  rateLimiter: RateLimiter;
 }
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
@@ -90,7 +97,8 @@ export class Executor {
     } catch (error) {
       // Only the commit itself can land here (e.g. the database is gone): the
       // lease will expire and the reaper hands the step to another attempt.
-      this.deps.events.emit("engine:error", { loop: "executor", error });
+      const step = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
+      this.deps.events.emit("engine:error", { loop: "executor", error, step });
       this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not commit a step outcome; it will re-run after its lease expires");
     } finally {
       onSettled();
@@ -112,6 +120,19 @@ export class Executor {
       // Earlier attempts died with their worker (the reaper recorded why); do not run it again.
       const error = new Error(`step "${row.step}" exhausted its ${maxAttempts} attempts; the last one: ${row.error?.message ?? "lost its worker"}`);
       return this.fail(row, machine, step, maxAttempts, error, started, settled);
+    }
+
+    if (step.rateLimit) {
+      let waitMs: number;
+      try {
+        const ctx = await this.context(row, machine, controller, undefined);
+        const where = `machine "${machine.name}" step "${row.step}"`;
+        waitMs = await this.deps.rateLimiter.drawForStep(step.rateLimit, ctx, row.rate_limited !== null, where);
+      } catch (error) {
+        if (isConnectionError(error)) throw error;
+        return this.fail(row, machine, step, maxAttempts, error, started, settled);
+      }
+      if (waitMs > 0) return this.postpone(row, step.rateLimit.name, waitMs, started, settled);
     }
 
     this.deps.events.emit("step:start", facts);
@@ -203,14 +224,32 @@ export class Executor {
     await client.query(this.deps.children.markSpawn, [parentId, first]);
   }
 
-  private async invoke(
-    row: ClaimedRow,
-    machine: AnyMachine,
-    step: ResolvedStep,
-    controller: AbortController,
-    client: pg.ClientBase | undefined,
-  ): Promise<unknown> {
-    const ctx = createContext({
+  /**
+   * Its rate limit's bucket is short: the step goes back to runnable, due at its
+   * turn in the bucket's line. Not an attempt and not a transition (no history row).
+   */
+  private async postpone(row: ClaimedRow, limit: string, waitMs: number, started: number, settled: () => void): Promise<void> {
+    const delay = Math.ceil(waitMs);
+    const completion: Completion = {
+      ...this.base(row, started),
+      status: "runnable",
+      delay_ms: delay,
+      attempt_op: "refund",
+      to_step: row.step,
+      outcome: "rate_limited",
+      rate_limited: limit,
+      // Keep the last attempt's error visible while it waits.
+      error: row.error,
+    };
+    settled();
+    const won = await this.deps.completer.submit(completion);
+    if (!won) return this.lost(row);
+    this.deps.events.emit("step:rate_limited", { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue, limit, waitMs: delay });
+    this.deps.wake(row.queue, delay);
+  }
+
+  private async context(row: ClaimedRow, machine: AnyMachine, controller: AbortController, client: pg.ClientBase | undefined) {
+    return createContext({
       id: row.id,
       machine: row.machine,
       step: row.step,
@@ -224,6 +263,16 @@ export class Executor {
       log: stepLogger(this.deps.logger, { id: row.id, machine: machine.name, step: row.step, attempt: row.attempt }),
       client,
     });
+  }
+
+  private async invoke(
+    row: ClaimedRow,
+    machine: AnyMachine,
+    step: ResolvedStep,
+    controller: AbortController,
+    client: pg.ClientBase | undefined,
+  ): Promise<unknown> {
+    const ctx = await this.context(row, machine, controller, client);
     let timer: NodeJS.Timeout | undefined;
     if (step.timeoutMs !== undefined) {
       timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
@@ -237,7 +286,9 @@ export class Executor {
     aborted.catch(() => {});
     try {
       // The step cannot be killed, but it can be abandoned: on abort we stop waiting for it.
-      return await Promise.race([Promise.resolve().then(() => step.run(ctx)), aborted]);
+      const run = () => step.run(ctx);
+      const { around } = this.deps;
+      return await Promise.race([Promise.resolve().then(() => (around ? around(row, run) : run())), aborted]);
     } finally {
       clearTimeout(timer);
       controller.signal.removeEventListener("abort", onAbort!);

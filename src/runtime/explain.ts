@@ -19,8 +19,22 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
   const s = quoteIdent(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
-  const { rows } = await pool.query<{ now: Date; leased_by: string | null; lease_expires_at: Date | null; await_spec: NormalizedSpec | null }>(
-    `select now() as now, leased_by, lease_expires_at, await_spec from ${s}.instances where id = $1`,
+  const { rows } = await pool.query<{
+    now: Date;
+    leased_by: string | null;
+    lease_expires_at: Date | null;
+    await_spec: NormalizedSpec | null;
+    rate_limited: string | null;
+    paused: boolean;
+    key_holder: string | null;
+    nodes: number;
+  }>(
+    `select now() as now, leased_by, lease_expires_at, await_spec, rate_limited,
+       exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused) as paused,
+       (select holder::text from ${s}.concurrency_keys k where k.key = i.concurrency_key) as key_holder,
+       (select count(*)::int from ${s}.nodes n
+        where i.machine = any(n.machines) and i.queue = any(n.queues) and n.heartbeat_at + n.lease_ms * interval '1 millisecond' > now()) as nodes
+     from ${s}.instances i where id = $1`,
     [instance.id],
   );
   const row = rows[0];
@@ -28,11 +42,27 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
   details.databaseTime = now;
   switch (instance.status) {
     case "runnable":
-      if (instance.runAt > now) {
+      if (row?.rate_limited && instance.runAt > now) {
+        reasons.push(`rate limit "${row.rate_limited}" was short: it waits in line for tokens until ${instance.runAt.toISOString()}`);
+        details.rateLimitedUntil = instance.runAt;
+        details.rateLimit = row.rate_limited;
+      } else if (instance.runAt > now) {
         reasons.push(`due at ${instance.runAt.toISOString()} (in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`);
         details.dueAt = instance.runAt;
       } else {
         reasons.push(`due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" with machine "${instance.machine}" has a free slot`);
+      }
+      if (row?.paused) {
+        reasons.push(`queue "${instance.queue}" is paused`);
+        details.queuePaused = instance.queue;
+      }
+      if (row?.key_holder && row.key_holder !== instance.id) {
+        reasons.push(`concurrency key "${instance.concurrencyKey}" is held by instance ${row.key_holder}`);
+        details.concurrencyKey = { key: instance.concurrencyKey, heldBy: row.key_holder };
+      }
+      if (row && row.nodes === 0) {
+        reasons.push(`no started node runs machine "${instance.machine}" on queue "${instance.queue}"`);
+        details.noNode = { machine: instance.machine, queue: instance.queue };
       }
       if (instance.error) reasons.push(`its last attempt failed: ${instance.error.message}`);
       if (config.queues.size > 0 && !config.machines.has(instance.machine)) {

@@ -2,9 +2,17 @@
  * The leases this node holds: one entry per running step. The heartbeat renews
  * them all in one statement; a lease found lost aborts its step's abortSignal
  * (its commit would be fenced anyway).
+ *
+ * Renewals and releases run on a connection of their own (openSidePool), never
+ * on the pool the steps use: a node whose steps hold every pooled connection
+ * must still keep their leases, or they expire under a live node and run twice
+ * (RELIABILITY.md scenario 16). The connection is opened on first use, so a
+ * pure client opens none; a node with queues holds one connection more than its
+ * pool (two with the LISTEN connection).
  */
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
+import { openSidePool } from "../db/pool.js";
 import { LeaseLostError } from "../errors.js";
 import type { ClaimQueries } from "../sql/claims.js";
 
@@ -16,6 +24,8 @@ export interface Held {
 
 export class Leases {
   readonly held = new Map<string, Held>();
+  /** The dedicated connection; `pool` itself when the pool does not say how it connects. */
+  private side: pg.Pool | undefined;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -39,7 +49,7 @@ export class Leases {
   async renew(): Promise<number> {
     if (this.held.size === 0) return 0;
     const entries = [...this.held];
-    const { rows } = await this.pool.query<{ id: string; held: boolean }>(
+    const { rows } = await this.connection().query<{ id: string; held: boolean }>(
       prepared(this.q.renew, [entries.map(([id]) => id), entries.map(([, h]) => h.token), this.leaseMs]),
     );
     const tokens = new Map(entries.map(([id, h]) => [id, h.token]));
@@ -56,12 +66,45 @@ export class Leases {
     return renewed;
   }
 
-  /** Gives every held lease back (graceful stop); returns the queues that got work back. */
+  /**
+   * Gives every held lease back (graceful stop); returns the queues that got
+   * work back. The rows are released before their steps are aborted: an
+   * aborted step records a failed attempt, and if that write landed first the
+   * instance would come back with an attempt counted and after a backoff,
+   * instead of at once with its attempt refunded. Released first, the failure
+   * write is fenced and discarded. The steps are aborted even if the release
+   * fails (the database is gone): their leases then expire and the reaper
+   * hands them out.
+   */
   async releaseAll(reason: Error): Promise<string[]> {
     if (this.held.size === 0) return [];
     const entries = [...this.held];
-    for (const [, held] of entries) held.controller.abort(reason);
-    const { rows } = await this.pool.query<{ queue: string }>(this.q.release, [entries.map(([id]) => id), entries.map(([, h]) => h.token)]);
-    return [...new Set(rows.map((r) => r.queue))];
+    try {
+      const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [entries.map(([id]) => id), entries.map(([, h]) => h.token)]);
+      return [...new Set(rows.map((r) => r.queue))];
+    } finally {
+      for (const [, held] of entries) held.controller.abort(reason);
+    }
+  }
+
+  /**
+   * Runs a statement on the dedicated connection: for other small writes that
+   * must not queue behind step work either (the node's heartbeat row).
+   */
+  async query<R extends pg.QueryResultRow = pg.QueryResultRow>(query: pg.QueryConfig): Promise<pg.QueryResult<R>> {
+    return this.connection().query<R>(query);
+  }
+
+  /** Closes the dedicated connection (engine stop, after the last renewal and release). */
+  async close(): Promise<void> {
+    const side = this.side;
+    this.side = undefined;
+    if (side && side !== this.pool) await side.end().catch(() => {});
+  }
+
+  private connection(): pg.Pool {
+    // One connection: renewals are one statement every third of a lease, releases one per stop.
+    this.side ??= openSidePool(this.pool, "lease", 1, this.leaseMs) ?? this.pool;
+    return this.side;
   }
 }

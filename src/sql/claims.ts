@@ -6,7 +6,7 @@
 import { quoteIdent } from "../names.js";
 
 const CLAIMED_COLUMNS =
-  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error";
+  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, i.concurrency_key, i.rate_limited";
 
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
@@ -26,15 +26,52 @@ export function claimQueries(schema: string) {
      * rows another node is claiming.
      */
     claim: `
-      with next as (
-        select id from ${s}.instances
+      with paused as (
+        select coalesce(bool_or(paused), false) as paused from ${s}.queues where name = $1
+      ),
+      -- A queue with a global limit ($6) claims no more than its free global slots; the
+      -- caller holds the queue's advisory lock, so this count sees every committed claim.
+      budget as (
+        select case when paused then 0
+               when $6::int is null then $3::int
+               else greatest(0, least($3::int, $6::int - (select count(*)::int from ${s}.instances where status = 'running' and queue = $1)))
+               end as n
+        from paused
+      ),
+      unkeyed as (
+        select id, priority, run_at from ${s}.instances
         -- "machine || ''" keeps the planner off instances_machine: with stale statistics
         -- (a newly deployed machine) it would sort all of that machine's rows instead of
         -- walking instances_claim (measured: 3.1 ms against 0.09 ms per claim).
-        where status = 'runnable' and queue = $1 and run_at <= now() and machine || '' = any($2::text[])
+        where status = 'runnable' and concurrency_key is null and queue = $1 and run_at <= now()
+          and machine || '' = any($2::text[])
         order by priority, run_at, id
-        limit $3
+        limit (select n from budget)
         for update skip locked
+      ),
+      -- Keyed work: free keys with something due, one row per key whatever queues behind it;
+      -- the key row's lock makes two nodes never pick two instances of one key.
+      free_keys as (
+        select key from ${s}.concurrency_keys
+        where queue = $1 and holder is null and run_at <= now()
+        order by priority, run_at
+        limit (select n from budget)
+        for update skip locked
+      ),
+      keyed as (
+        select head.id, head.priority, head.run_at from free_keys k cross join lateral (
+          select id, priority, run_at from ${s}.instances i
+          where i.concurrency_key = k.key and i.status = 'runnable' and i.queue = $1 and i.run_at <= now()
+            and i.machine || '' = any($2::text[])
+          order by priority, run_at, id
+          limit 1
+          for update skip locked
+        ) head
+      ),
+      next as (
+        select id from (select * from unkeyed union all select * from keyed) x
+        order by priority, run_at, id
+        limit (select n from budget)
       ),
       ${ASYNC_COMMIT}
       update ${s}.instances i
@@ -42,6 +79,9 @@ export function claimQueries(schema: string) {
           leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
       from next, async_commit where i.id = next.id
       returning ${CLAIMED_COLUMNS}`,
+
+    /** Serialises the claims of a queue with a global limit, across nodes, for one transaction. */
+    lockQueue: `select pg_advisory_xact_lock(hashtextextended('gen_durable:queue:' || $1, 0))`,
 
     /**
      * Extends the leases of the steps this node is running. Rows locked by a
@@ -87,7 +127,7 @@ export function claimQueries(schema: string) {
         select * from jsonb_to_recordset($1::jsonb) as x(
           id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
           run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
-          result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean,
+          result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean, rate_limited text,
           from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb)
       ),
       won as (
@@ -103,6 +143,7 @@ export function claimQueries(schema: string) {
           awaited = case when x.step is null then i.awaited end,
           joined = case when x.step is null then i.joined else coalesce(x.joined, false) end,
           children_pending = x.children_pending,
+          rate_limited = x.rate_limited,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x
         where i.id = x.id and i.claim_token = x.token and i.status = 'running'
@@ -111,7 +152,8 @@ export function claimQueries(schema: string) {
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, duration_ms, error)
         select x.id, x.from_step, x.to_step, x.outcome, x.attempt, x.duration_ms, x.hist_error
-        from input x join won w on w.id = x.id
+        -- A step postponed by its rate limit did not run: nothing to record.
+        from input x join won w on w.id = x.id where x.outcome <> 'rate_limited'
       )
       select id::text as id, parent_id::text as parent_id from won`,
 

@@ -76,7 +76,10 @@ export function toModule(doc: string, blocks: Block[], sourceEntry: string): str
   const bodies: string[] = [];
   for (const block of blocks) {
     const body = block.code.replace(IMPORT, (statement: string, specifier: string) => {
-      const resolved = specifier === "gen-durable" ? statement.replace(/(["'])gen-durable\1/, JSON.stringify(sourceEntry)) : statement;
+      // "gen-durable/testing" (a package subpath) -> the sources' testing/index.js, next to index.js.
+      const subpath = /^gen-durable\/([a-z-]+)$/.exec(specifier)?.[1];
+      const target = specifier === "gen-durable" ? sourceEntry : subpath ? sourceEntry.replace(/index\.js$/, `${subpath}/index.js`) : undefined;
+      const resolved = target ? statement.replace(/(["'])gen-durable(\/[a-z-]+)?\1/, JSON.stringify(target)) : statement;
       const normalized = resolved.replace(/\s+/g, " ").replace(/;?\s*$/, ";");
       if (!imports.includes(normalized)) imports.push(normalized);
       return "";
@@ -207,6 +210,7 @@ describe("code block extraction", () => {
     );
     expect(code.match(/from "zod"/g)).toHaveLength(1);
     expect(code).toContain('import { GenDurable, migrate } from "../src/index.js";');
+    expect(toModule("y.md", [{ line: 1, code: 'import { drain } from "gen-durable/testing";' }], "../src/index.js")).toContain('import { drain } from "../src/testing/index.js";');
     expect(code.indexOf("const a")).toBeLessThan(code.indexOf("const b"));
   });
 });

@@ -2,5 +2,12 @@
 import type { Command } from "../cli.js";
 import { migrateCommand } from "./migrate.js";
 import { sqlCommand } from "./sql.js";
+import { statusCommand } from "./status.js";
+import { listCommand } from "./list.js";
+import { showCommand } from "./show.js";
+import { signalCommand } from "./signal.js";
+import { cancelCommand } from "./cancel.js";
+import { retryCommand } from "./retry.js";
+import { pruneCommand } from "./prune.js";
 
-export const COMMANDS: readonly Command[] = [migrateCommand, sqlCommand];
+export const COMMANDS: readonly Command[] = [migrateCommand, sqlCommand, statusCommand, listCommand, showCommand, signalCommand, cancelCommand, retryCommand, pruneCommand];

@@ -1,0 +1,191 @@
+/**
+ * Token-bucket rate limits shared by every node. The buckets live in Postgres
+ * (table rate_limit_buckets, function take_tokens): one row per limit and
+ * partition, refilled lazily by the database clock under its row lock, so all
+ * nodes draw from the same tokens without any coordinator.
+ *
+ * Every run takes its tokens just before it starts, so no window of time sees
+ * more than burst + rate × its length, however late a node runs. A step that
+ * finds its bucket short joins the bucket's line and is rescheduled for its
+ * turn: waiters wake one at a time, about when their tokens exist, instead of
+ * all retrying whenever a token appears.
+ */
+import type pg from "pg";
+import type { AnyMachine, StepContext, StepRateLimit } from "../define.js";
+import { describe, toMs, type Duration } from "../duration.js";
+import { ConfigError, ValidationError } from "../errors.js";
+import { checkName } from "../names.js";
+import { prepared } from "../db/prepared.js";
+import type { FlowQueries } from "../sql/flow.js";
+import { rejectUnknownKeys } from "../suggest.js";
+
+export interface RateLimitOption {
+  /** Tokens added per `period`. */
+  limit: number;
+  period: Duration;
+  /** Most tokens a bucket holds (what may run at once after a quiet spell). Default: `limit`. */
+  burst?: number;
+}
+
+export interface RateLimit {
+  name: string;
+  limit: number;
+  periodMs: number;
+  burst: number;
+  perSecond: number;
+}
+
+export function resolveRateLimits(option: unknown, fail: (m: string) => Error): ReadonlyMap<string, RateLimit> {
+  const limits = new Map<string, RateLimit>();
+  if (option === undefined) return limits;
+  if (typeof option !== "object" || option === null || Array.isArray(option)) {
+    throw fail(`rateLimits must be an object such as { stripe: { limit: 100, period: "1s" } }, got ${describe(option)}`);
+  }
+  for (const [name, value] of Object.entries(option)) {
+    const where = `rateLimits.${name}`;
+    checkName(name, "rateLimits: limit name", fail);
+    if (typeof value !== "object" || value === null) throw fail(`${where} must be { limit, period, burst? }, got ${describe(value)}`);
+    rejectUnknownKeys(value, ["limit", "period", "burst"], `GenDurable: ${where}`, (m) => new ConfigError(m));
+    const { limit, period, burst } = value as RateLimitOption;
+    const positive = (n: unknown) => typeof n === "number" && Number.isFinite(n) && n > 0;
+    if (!positive(limit)) throw fail(`${where}.limit must be a positive number of tokens per period, got ${describe(limit)}`);
+    if (period === undefined) throw fail(`${where}.period is required, e.g. "1s" or "1m"`);
+    const periodMs = toMs(period, `${where}.period`, fail);
+    if (periodMs <= 0) throw fail(`${where}.period must be longer than 0 ms`);
+    if (burst !== undefined && !positive(burst)) throw fail(`${where}.burst must be a positive number of tokens, got ${describe(burst)}`);
+    limits.set(name, { name, limit, periodMs, burst: burst ?? limit, perSecond: (limit * 1000) / periodMs });
+  }
+  return limits;
+}
+
+/** Every step's `rateLimit.name` must be a limit declared on this engine. */
+export function checkStepRateLimits(machines: ReadonlyMap<string, AnyMachine>, limits: ReadonlyMap<string, RateLimit>, fail: (m: string) => Error): void {
+  for (const machine of machines.values()) {
+    for (const step of machine.steps.values()) {
+      const name = step.rateLimit?.name;
+      if (name === undefined || limits.has(name)) continue;
+      const known = [...limits.keys()];
+      throw fail(
+        `machine "${machine.name}" step "${step.name}" uses rate limit "${name}", which is not in rateLimits (${known.length ? known.join(", ") : "none declared"})`,
+      );
+    }
+  }
+}
+
+export interface ConsumeOptions {
+  /** The bucket of this partition (say, an account id). Default: the limit's single bucket. */
+  partition?: string | number;
+  /** Tokens to take. Default 1. */
+  weight?: number;
+}
+
+export interface ConsumeResult {
+  /** Whether the tokens were taken. */
+  ok: boolean;
+  /** Tokens left in the bucket after this call. */
+  remaining: number;
+  /** When `ok` is false: how long until the bucket holds `weight` tokens. */
+  retryAfterMs: number;
+}
+
+export interface BucketState {
+  name: string;
+  partition: string | null;
+  /** Tokens now. */
+  tokens: number;
+  capacity: number;
+  refillPerSecond: number;
+  updatedAt: Date;
+  /** Steps waiting in line for this bucket have their turns until then (null or past: nobody waits). */
+  lineEnd: Date | null;
+}
+
+/** Weight outside 0 < w ≤ 1e9 would make a bucket meaningless. */
+function checkWeight(weight: unknown, what: string): number {
+  if (typeof weight !== "number" || !Number.isFinite(weight) || weight <= 0 || weight > 1e9) {
+    throw new ValidationError(`${what} must be a positive number of tokens, got ${describe(weight)}`);
+  }
+  return weight;
+}
+
+function partitionKey(partition: unknown, what: string): string {
+  if (partition === undefined) return "";
+  if ((typeof partition !== "string" && typeof partition !== "number") || partition === "") {
+    throw new ValidationError(`${what} must be a non-empty string or a number, got ${describe(partition)}`);
+  }
+  if (typeof partition === "number" && !Number.isFinite(partition)) throw new ValidationError(`${what} must be finite, got ${partition}`);
+  return String(partition);
+}
+
+export class RateLimiter {
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly queries: FlowQueries,
+    private readonly limits: ReadonlyMap<string, RateLimit>,
+  ) {}
+
+  private limit(name: string): RateLimit {
+    const limit = this.limits.get(name);
+    if (!limit) {
+      const known = [...this.limits.keys()];
+      throw new ValidationError(`unknown rate limit "${name}" (declared in rateLimits: ${known.length ? known.join(", ") : "none"})`);
+    }
+    return limit;
+  }
+
+  private async take(limit: RateLimit, partition: string, weight: number, line: "join" | "retry" | "none") {
+    const { rows } = await this.pool.query<{ taken: boolean; balance: number; wait_ms: number }>(
+      prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weight, line]),
+    );
+    return rows[0]!;
+  }
+
+  /**
+   * Takes a step's tokens before it runs. Returns 0 when it may run now, else
+   * how many ms until its turn (reschedule it then). `waited`: the step already
+   * stood in line, so it does not join the line's end again.
+   */
+  async drawForStep(spec: StepRateLimit, ctx: StepContext<unknown, unknown, string>, waited: boolean, where: string): Promise<number> {
+    const limit = this.limit(spec.name);
+    const partition = partitionKey(spec.partition?.(ctx), `${where}: rateLimit.partition(ctx)`);
+    const weight = checkWeight(typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1), `${where}: rateLimit.weight`);
+    const { taken, wait_ms } = await this.take(limit, partition, weight, waited ? "retry" : "join");
+    return taken ? 0 : Math.max(1, wait_ms);
+  }
+
+  /** engine.consume(): takes tokens if the bucket has them, never waits in line. */
+  async consume(name: string, options: ConsumeOptions = {}): Promise<ConsumeResult> {
+    if (typeof options !== "object" || options === null) throw new ValidationError(`consume("${name}", options): options must be an object`);
+    rejectUnknownKeys(options, ["partition", "weight"], `consume("${name}")`, (m) => new ValidationError(m));
+    const limit = this.limit(name);
+    const partition = partitionKey(options.partition, `consume("${name}"): partition`);
+    const weight = checkWeight(options.weight ?? 1, `consume("${name}"): weight`);
+    const { taken, balance, wait_ms } = await this.take(limit, partition, weight, "none");
+    return { ok: taken, remaining: balance, retryAfterMs: taken ? 0 : Math.ceil(wait_ms) };
+  }
+
+  /** The stored buckets of one limit (or all), refilled to the database's now. */
+  async buckets(name?: string, max = 1000): Promise<BucketState[]> {
+    if (name !== undefined) this.limit(name);
+    const { rows } = await this.pool.query<{ name: string; partition: string; tokens: number; updated_at: Date; line_end: Date | null; now: Date }>(this.queries.buckets, [
+      name ?? null,
+      max,
+    ]);
+    return rows.flatMap((row) => {
+      const limit = this.limits.get(row.name);
+      if (!limit) return []; // a limit another deployment declared
+      const elapsed = Math.max(0, row.now.getTime() - row.updated_at.getTime()) / 1000;
+      return [
+        {
+          name: row.name,
+          partition: row.partition === "" ? null : row.partition,
+          tokens: Math.min(limit.burst, row.tokens + elapsed * limit.perSecond),
+          capacity: limit.burst,
+          refillPerSecond: limit.perSecond,
+          updatedAt: row.updated_at,
+          lineEnd: row.line_end,
+        },
+      ];
+    });
+  }
+}

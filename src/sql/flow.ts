@@ -1,0 +1,53 @@
+/**
+ * Flow control outside the claim query: rate-limit buckets, queue pause, and
+ * the registry of started nodes (for explain and `status`).
+ */
+import { quoteIdent } from "../names.js";
+
+export function flowQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /** take_tokens(bucket, partition, capacity, perSecond, weight, reserve) → taken, balance, wait_ms. */
+    takeTokens: `select taken, balance, wait_ms from ${s}.take_tokens($1, $2, $3, $4, $5, $6)`,
+
+    /** Stored buckets (of limit $1, or all), with the database time to refill them from. */
+    buckets: `
+      select name, partition, tokens, updated_at, line_end, clock_timestamp() as now from ${s}.rate_limit_buckets
+      where $1::text is null or name = $1
+      order by name, partition
+      limit $2`,
+
+    setPaused: `
+      insert into ${s}.queues (name, paused) values ($1, $2)
+      on conflict (name) do update set paused = excluded.paused, updated_at = now()`,
+
+    pausedQueues: `select name from ${s}.queues where paused and ($1::text is null or name = $1)`,
+
+    /** Registers (or refreshes) this node: its id, machines, queues and lease. */
+    heartbeat: `
+      insert into ${s}.nodes (id, machines, queues, lease_ms) values ($1, $2, $3, $4)
+      on conflict (id) do update set machines = excluded.machines, queues = excluded.queues,
+        lease_ms = excluded.lease_ms, heartbeat_at = now()`,
+
+    unregister: `delete from ${s}.nodes where id = $1`,
+
+    /** Forgets nodes silent for ten leases; live ones refresh every third of a lease. */
+    forgetDeadNodes: `delete from ${s}.nodes where heartbeat_at + lease_ms * 10 * interval '1 millisecond' < now()`,
+
+    /** Live nodes that run machine $1 on queue $2. */
+    nodesRunning: `
+      select count(*)::int as n from ${s}.nodes
+      where $1 = any(machines) and $2 = any(queues) and heartbeat_at + lease_ms * interval '1 millisecond' > now()`,
+
+    /** Key rows with no runnable or running instance left: nothing to coordinate. */
+    forgetIdleKeys: `
+      delete from ${s}.concurrency_keys c
+      where c.key in (select key from ${s}.concurrency_keys where holder is null and run_at is null limit $1 for update skip locked)
+        and not exists (select 1 from ${s}.instances i where i.concurrency_key = c.key and i.status in ('runnable', 'running'))`,
+
+    /** Who holds key $1 (for explain). */
+    keyHolder: `select holder::text as holder from ${s}.concurrency_keys where key = $1`,
+  };
+}
+
+export type FlowQueries = ReturnType<typeof flowQueries>;

@@ -1,0 +1,102 @@
+/**
+ * Garbage collection: deleting terminal instances with their history and
+ * signals once they are older than their retention.
+ *
+ * The guarantees, and why they hold:
+ * - Only terminal rows go. Victims are picked with `for update skip locked`
+ *   and the status test is re-checked on the row's newest version when it is
+ *   locked, so a row retried (failed -> runnable) after the snapshot is left.
+ * - Two pruners (two nodes, or the GC loop and `gen-durable prune`) never
+ *   wait for each other and never delete the same row: each skips rows the
+ *   other has locked. The GC never waits on an instance lock at all, and no
+ *   other code locks the transitions or signals of a terminal instance, so it
+ *   cannot take part in a deadlock.
+ * - A terminal child that its live parent still needs is kept: one the join
+ *   sweep has not counted yet, or one of the parent's latest spawn (the join
+ *   step reads those in ctx.children, possibly days later after retries).
+ * - Each batch is one statement, hence one short transaction: the instance,
+ *   its transitions and its signals go together or not at all.
+ *
+ * Text only; values are bound parameters, the schema is the only identifier.
+ */
+import { quoteIdent } from "../names.js";
+import { TERMINAL } from "./instances.js";
+
+export function gcQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /**
+     * The machines that have terminal rows: a loose index scan (instances_gc
+     * or instances_machine, both lead with machine), one index probe per
+     * machine instead of a scan of the table.
+     */
+    machines: `
+      with recursive m(machine) as (
+        (select machine from ${s}.instances where status in ${TERMINAL} order by machine limit 1)
+        union all
+        select (select i.machine from ${s}.instances i
+                where i.status in ${TERMINAL} and i.machine > m.machine order by i.machine limit 1)
+        from m where m.machine is not null
+      )
+      select machine from m where machine is not null`,
+
+    /** The recorded per-machine retention overrides. */
+    retentions: `select machine, retention_ms::float8 as retention_ms from ${s}.gc_retention`,
+
+    /** Serialises recordRetentions of engines starting together on one schema ($1: a key naming the schema). */
+    lockRetentions: `select pg_advisory_xact_lock(hashtextextended($1, 0))`,
+
+    /**
+     * Records the overrides of the machines an engine defines ($1, $2: names
+     * and milliseconds) and forgets those of its machines without one ($3).
+     * Names are sorted, so engines starting together lock rows in one order.
+     */
+    recordRetentions: `
+      with upserted as (
+        insert into ${s}.gc_retention (machine, retention_ms)
+        select machine, ms from unnest($1::text[], $2::bigint[]) as x(machine, ms) order by machine
+        on conflict (machine) do update set retention_ms = excluded.retention_ms, updated_at = now()
+        where gc_retention.retention_ms is distinct from excluded.retention_ms
+      )
+      delete from ${s}.gc_retention where machine in (select unnest($3::text[]) order by 1)`,
+
+    /**
+     * Deletes up to $3 instances of machine $1 that became terminal more than
+     * $2 ms ago (database clock), oldest first, after the keyset cursor
+     * ($4 updated_at as text, $5 id; null for the first batch), with their
+     * transitions and signals. Returns the counts and the cursor for the next
+     * batch (null when nothing was deleted).
+     */
+    pruneBatch: `
+      with victims as (
+        select c.id, c.updated_at from ${s}.instances c
+        where c.machine = $1 and c.status in ${TERMINAL}
+          and c.updated_at < now() - $2::float8 * interval '1 millisecond'
+          and ($4::timestamptz is null or (c.updated_at, c.id) > ($4::timestamptz, $5::bigint))
+          and (c.parent_id is null or not exists (
+            select 1 from ${s}.instances p
+            where p.id = c.parent_id and p.status not in ${TERMINAL}
+              and (not c.join_counted or c.id >= coalesce(p.children_from, 0))))
+        order by c.updated_at, c.id
+        limit $3
+        for update of c skip locked
+      ),
+      gone_transitions as (delete from ${s}.transitions where instance_id in (select id from victims) returning 1),
+      gone_signals as (delete from ${s}.signals where instance_id in (select id from victims) returning 1),
+      gone as (delete from ${s}.instances where id in (select id from victims) returning id, updated_at),
+      last as (select updated_at, id from gone order by updated_at desc, id desc limit 1)
+      select (select count(*) from gone)::int as instances,
+             (select count(*) from gone_transitions)::int as transitions,
+             (select count(*) from gone_signals)::int as signals,
+             (select updated_at::text from last) as after_at,
+             (select id::text from last) as after_id`,
+
+    /** Inbox signals (no instance yet) past their expiry, up to $1. The reaper runs the same sweep. */
+    expireInbox: `
+      delete from ${s}.signals where id in (
+        select id from ${s}.signals where instance_id is null and expires_at < now()
+        order by expires_at limit $1 for update skip locked)`,
+  };
+}
+
+export type GcQueries = ReturnType<typeof gcQueries>;

@@ -1,0 +1,463 @@
+/**
+ * runStep: one step of a machine or job, run in isolation with a real step
+ * context, its outcome returned as plain data. No database is needed, except
+ * for a transactional step given a `client`.
+ *
+ * It judges what the step returned with the executor's own code
+ * (Executor.toCompletion), so an invalid outcome or an invalid new state gives
+ * exactly the error the engine would record for that attempt; the context is
+ * the engine's own (runtime/context.ts). What it does not do: claim, commit,
+ * retry, or deliver signals. Those are the engine's, tested by drain().
+ */
+import type pg from "pg";
+import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
+import { DEFAULTS } from "../config.js";
+import type { AnyMachine, ChildOutcome, Machine, ReceivedSignal, ResolvedStep, StepContext } from "../define.js";
+import { describe } from "../duration.js";
+import { StepTimeoutError, ValidationError } from "../errors.js";
+import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
+import { silentLogger, stepLogger, type Logger } from "../logger.js";
+import { checkKey, checkName } from "../names.js";
+import { outcomeData, type AwaitSpec, type OutcomeData } from "../outcome.js";
+import type { Completion } from "../runtime/completion.js";
+import { createContext } from "../runtime/context.js";
+import { DEFAULT_MAX_ATTEMPTS, Executor, type ClaimedRow, type ExecutorDeps } from "../runtime/executor.js";
+import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
+import { didYouMean, rejectUnknownKeys } from "../suggest.js";
+
+/** `ctx.next(...)`: commit `state`, then run `step` now, after `delay` ms, or at `runAt`. */
+export interface NextResult<State = unknown, K extends string = string> {
+  type: "next";
+  step: K;
+  /** The state that would be committed: the new one, validated, or the input state when the step kept it. */
+  state: State;
+  /** Milliseconds (a `"5m"` given to the step is reported as 300000). */
+  delay?: number;
+  runAt?: Date;
+  priority?: number;
+}
+
+/** `ctx.await(...)`: park until `spec` is satisfied, then run `step`; on timeout run `onTimeout`. */
+export interface AwaitResult<State = unknown, K extends string = string> {
+  type: "await";
+  /** As the step wrote it. */
+  spec: AwaitSpec;
+  step: K;
+  state: State;
+  /** Milliseconds. */
+  timeout?: number;
+  onTimeout?: K;
+}
+
+/** A child of `ctx.spawn`, validated as the engine would insert it. */
+export interface SpawnedChild {
+  machine: string;
+  /** The child's validated state (machines) ... */
+  state?: unknown;
+  /** ... or args (jobs). */
+  args?: unknown;
+  queue: string;
+  priority: number;
+  /** Milliseconds. */
+  delay?: number;
+  runAt?: Date;
+  maxAttempts?: number;
+  correlationKey?: string;
+  concurrencyKey?: string;
+}
+
+/** `ctx.spawn(...)`: insert `children`, park until all are terminal, then run `step`. */
+export interface SpawnResult<State = unknown, K extends string = string> {
+  type: "spawn";
+  children: SpawnedChild[];
+  step: K;
+  state: State;
+}
+
+/** `ctx.done(result)`, or what a job's `perform` returned. `result` is as stored: JSON, `undefined` became `null`. */
+export interface DoneResult {
+  type: "done";
+  result: unknown;
+}
+
+/** `ctx.snooze(delay)`: the same step again after `delay` ms; not a failure. */
+export interface SnoozeResult {
+  type: "snooze";
+  delay: number;
+}
+
+/** `ctx.cancel(reason)`: terminal `cancelled`. `reason` is the message the engine records. */
+export interface CancelResult {
+  type: "cancel";
+  reason: string;
+}
+
+/**
+ * The attempt failed: the step threw (or timed out), or returned something
+ * that is not a valid outcome, or a new state its schema rejects.
+ */
+export interface ErrorResult {
+  type: "error";
+  /** What was thrown, e.g. your own Error, or the engine's ValidationError. */
+  error: unknown;
+  /** The error as the engine would store it on the instance and in its history. */
+  record: ErrorRecord;
+  /** Whether the engine would run another attempt (`attempt` < maxAttempts). */
+  willRetry: boolean;
+  /** When willRetry: the backoff before the next attempt, in ms (a sample, when the backoff has jitter). */
+  retryDelay?: number;
+}
+
+export type StepResult<State = unknown, K extends string = string> =
+  | NextResult<State, K>
+  | AwaitResult<State, K>
+  | SpawnResult<State, K>
+  | DoneResult
+  | SnoozeResult
+  | CancelResult
+  | ErrorResult;
+
+/** A signal for `ctx.awaited`; `id` and `insertedAt` are made up when omitted. */
+export interface AwaitedInput {
+  event: string;
+  payload?: unknown;
+  id?: string;
+  insertedAt?: Date;
+}
+
+/** A child for `ctx.children` on a join step. */
+export interface ChildInput {
+  /** The child's machine, or its name. */
+  machine: AnyMachine | string;
+  status: "done" | "failed" | "cancelled";
+  result?: unknown;
+  /** An error record ({ name, message, ... }), or an Error that is turned into one. */
+  error?: unknown;
+  id?: string;
+}
+
+export interface RunStepCommonOptions {
+  /** `ctx.awaited`: the signals consumed by the await that led to this step. Default []. */
+  awaited?: readonly AwaitedInput[];
+  /** `ctx.children`: the children of a join step. Default []. */
+  children?: readonly ChildInput[];
+  /** `ctx.attempt`, from 1 to the step's maxAttempts. Default 1. */
+  attempt?: number;
+  correlationKey?: string | null;
+  /** `ctx.id`. Default "1". */
+  id?: string;
+  /** `ctx.insertedAt`. Default: now. */
+  insertedAt?: Date;
+  /**
+   * For a transactional step: `ctx.client`. It must be inside a transaction
+   * (BEGIN first); the step runs in a savepoint that is rolled back when the
+   * attempt fails, as the engine would roll its transaction back. You decide
+   * whether the transaction commits (usually: roll it back after the test).
+   */
+  client?: pg.ClientBase;
+  /** Receives `ctx.log` output (pino-style). Default: silent. */
+  logger?: Logger;
+}
+
+type Out<M> = M extends Machine<infer S, string, "machine" | "job"> ? StandardSchemaV1.InferOutput<S> : unknown;
+type In<M> = M extends Machine<infer S, string, "machine" | "job"> ? StandardSchemaV1.InferInput<S> : unknown;
+/** The step names of a machine (a job has one: "perform"). */
+export type StepName<M> = M extends Machine<StandardSchemaV1, infer K, "machine" | "job"> ? K : string;
+
+/** `{ state }` for a machine, `{ args }` for a job, plus the context options. */
+export type RunStepOptions<M extends AnyMachine> = RunStepCommonOptions &
+  (M extends Machine<StandardSchemaV1, string, "job"> ? { args: In<M> } : M extends Machine<StandardSchemaV1, string, "machine"> ? { state: In<M> } : { state?: unknown; args?: unknown });
+
+const OPTION_KEYS = ["state", "args", "awaited", "children", "attempt", "correlationKey", "id", "insertedAt", "client", "logger"];
+const SAVEPOINT = "gen_durable_run_step";
+
+/**
+ * Runs `step` of `machine` once, as the engine would run that attempt, and
+ * returns its outcome as plain data. Rejects (ValidationError) only on bad
+ * input to runStep itself; everything the step does wrong is an `error` result.
+ */
+export async function runStep<M extends AnyMachine>(machine: M, step: StepName<M>, options: RunStepOptions<M>): Promise<StepResult<Out<M>, StepName<M>>> {
+  const input = await checkInput(machine, step, options);
+  const { resolved, client } = input;
+  const controller = new AbortController();
+  const ctx = makeContext(machine, input, controller.signal);
+
+  if (client) {
+    try {
+      await client.query(`savepoint ${SAVEPOINT}`);
+    } catch (error) {
+      if ((error as { code?: unknown }).code === "25P01") {
+        throw new ValidationError(`runStep: client must be inside a transaction (run BEGIN on it first, and ROLLBACK after the test)`);
+      }
+      throw error;
+    }
+  }
+  let result: StepResult;
+  try {
+    const returned = await invoke(machine, resolved, ctx, controller);
+    result = await toResult(machine, input, returned);
+  } catch (thrown) {
+    result = failure(machine, input, thrown);
+  }
+  if (client) {
+    // As in the engine, a failed attempt's writes through ctx.client do not survive it.
+    await client.query(result.type === "error" ? `rollback to savepoint ${SAVEPOINT}` : `release savepoint ${SAVEPOINT}`);
+  }
+  return result as StepResult<Out<M>, StepName<M>>;
+}
+
+interface CheckedInput {
+  resolved: ResolvedStep;
+  state: unknown;
+  attempt: number;
+  maxAttempts: number;
+  awaited: ReceivedSignal[];
+  children: ChildOutcome[];
+  correlationKey: string | null;
+  id: string;
+  insertedAt: Date;
+  client: pg.ClientBase | undefined;
+  logger: Logger;
+}
+
+async function checkInput(machine: AnyMachine, step: unknown, options: RunStepCommonOptions & { state?: unknown; args?: unknown }): Promise<CheckedInput> {
+  const bad = (m: string) => new ValidationError(`runStep: ${m}`);
+  if (typeof machine !== "object" || machine === null || !(machine.steps instanceof Map) || !isStandardSchema(machine.schema)) {
+    throw bad(`the first argument must be a machine from defineMachine or defineJob, got ${describe(machine)}`);
+  }
+  const steps = [...machine.steps.keys()];
+  const resolved = typeof step === "string" ? machine.steps.get(step) : undefined;
+  if (!resolved) {
+    const hint = typeof step === "string" ? didYouMean(step, steps) : "";
+    throw bad(`machine "${machine.name}" has no step ${describe(step)}${hint}; its steps: ${steps.join(", ")}`);
+  }
+  if (typeof options !== "object" || options === null) throw bad(`options must be an object such as { ${machine.kind === "job" ? "args" : "state"}: ... }, got ${describe(options)}`);
+  rejectUnknownKeys(options, OPTION_KEYS, "runStep", (m) => new ValidationError(m));
+
+  const isJob = machine.kind === "job";
+  const key = isJob ? "args" : "state";
+  if (isJob && "state" in options) throw bad(`${machine.name} is a job: pass { args }, not { state }`);
+  if (!isJob && "args" in options) throw bad(`${machine.name} is a machine: pass { state }, not { args }`);
+  const label = `runStep: ${key} of ${machine.name}`;
+  const validated = await validate(machine.schema, isJob ? options.args : options.state, label);
+  // The engine hands a step its state as stored, i.e. JSON: a Date in the state arrives as a string.
+  const state = fromJson(encodeJson(validated ?? null, label, DEFAULTS.maxPayloadBytes));
+
+  const maxAttempts = resolved.maxAttempts ?? machine.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+  const attempt = options.attempt ?? 1;
+  if (typeof attempt !== "number" || !Number.isInteger(attempt) || attempt < 1 || attempt > maxAttempts) {
+    throw bad(`attempt must be an integer from 1 to the step's maxAttempts (${maxAttempts}), got ${describe(options.attempt)}`);
+  }
+  const correlationKey = options.correlationKey === undefined || options.correlationKey === null ? null : checkKey(options.correlationKey, "runStep: correlationKey", (m) => new ValidationError(m));
+  const id = options.id ?? "1";
+  if (typeof id !== "string" || id.length === 0) throw bad(`id must be a non-empty string, got ${describe(options.id)}`);
+  const insertedAt = options.insertedAt ?? new Date();
+  if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) throw bad(`insertedAt must be a valid Date, got ${describe(options.insertedAt)}`);
+
+  const client = options.client;
+  if (client !== undefined) {
+    if (typeof client !== "object" || client === null || typeof (client as { query?: unknown }).query !== "function") {
+      throw bad(`client must be a pg client (pool.connect()), got ${describe(client)}`);
+    }
+    if (!resolved.transactional) {
+      throw bad(`step "${resolved.name}" of machine "${machine.name}" is not transactional, so the engine gives it no ctx.client; drop client, or declare the step { run, transactional: true }`);
+    }
+  }
+  const logger = options.logger ?? silentLogger;
+  for (const level of ["debug", "info", "warn", "error"] as const) {
+    if (typeof (logger as unknown as Record<string, unknown>)[level] !== "function") throw bad(`logger must have debug, info, warn and error methods (pino-style); ${level} is missing`);
+  }
+  return {
+    resolved,
+    state,
+    attempt,
+    maxAttempts,
+    awaited: checkAwaited(options.awaited, bad),
+    children: checkChildren(options.children, bad),
+    correlationKey,
+    id,
+    insertedAt,
+    client,
+    logger,
+  };
+}
+
+function checkAwaited(awaited: unknown, bad: (m: string) => Error): ReceivedSignal[] {
+  if (awaited === undefined) return [];
+  if (!Array.isArray(awaited)) throw bad(`awaited must be an array of { event, payload? }, got ${describe(awaited)}`);
+  return awaited.map((signal: unknown, i) => {
+    const where = `awaited[${i}]`;
+    if (typeof signal !== "object" || signal === null) throw bad(`${where} must be { event, payload? }, got ${describe(signal)}`);
+    rejectUnknownKeys(signal, ["event", "payload", "id", "insertedAt"], `runStep: ${where}`, (m) => new ValidationError(m));
+    const s = signal as AwaitedInput;
+    checkName(s.event, `${where}.event`, bad);
+    const payload = fromJson(encodeJson(s.payload ?? null, `runStep: ${where}.payload`, DEFAULTS.maxPayloadBytes));
+    const insertedAt = s.insertedAt ?? new Date();
+    if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) throw bad(`${where}.insertedAt must be a valid Date, got ${describe(s.insertedAt)}`);
+    if (s.id !== undefined && (typeof s.id !== "string" || s.id.length === 0)) throw bad(`${where}.id must be a non-empty string, got ${describe(s.id)}`);
+    return { id: s.id ?? String(i + 1), event: s.event, payload, insertedAt };
+  });
+}
+
+const TERMINAL = ["done", "failed", "cancelled"];
+
+function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutcome[] {
+  if (children === undefined) return [];
+  if (!Array.isArray(children)) throw bad(`children must be an array of { machine, status, result?, error? }, got ${describe(children)}`);
+  return children.map((child: unknown, i) => {
+    const where = `children[${i}]`;
+    if (typeof child !== "object" || child === null) throw bad(`${where} must be { machine, status, result?, error? }, got ${describe(child)}`);
+    rejectUnknownKeys(child, ["machine", "status", "result", "error", "id"], `runStep: ${where}`, (m) => new ValidationError(m));
+    const c = child as ChildInput;
+    const machine = typeof c.machine === "string" ? c.machine : (c.machine as { name?: unknown } | null)?.name;
+    checkName(machine, `${where}.machine (a machine or its name)`, bad);
+    // A join runs once every child is terminal: a live child cannot be in ctx.children.
+    if (!TERMINAL.includes(c.status as string)) throw bad(`${where}.status must be "done", "failed" or "cancelled" (a join sees terminal children only), got ${describe(c.status)}`);
+    if (c.id !== undefined && (typeof c.id !== "string" || c.id.length === 0)) throw bad(`${where}.id must be a non-empty string, got ${describe(c.id)}`);
+    const result = fromJson(encodeJson(c.result ?? null, `runStep: ${where}.result`, DEFAULTS.maxPayloadBytes));
+    const error = c.error === undefined || c.error === null ? null : c.error instanceof Error ? toErrorRecord(c.error) : fromJson(encodeJson(c.error, `runStep: ${where}.error`, DEFAULTS.maxPayloadBytes));
+    return { id: c.id ?? String(i + 2), machine: machine as string, status: c.status, result, error };
+  });
+}
+
+function makeContext(machine: AnyMachine, input: CheckedInput, abortSignal: AbortSignal): StepContext<unknown, unknown, string> {
+  const { resolved } = input;
+  const ctx = createContext({
+    id: input.id,
+    machine: machine.name,
+    step: resolved.name,
+    state: input.state,
+    attempt: input.attempt,
+    awaited: input.awaited,
+    children: input.children,
+    correlationKey: input.correlationKey,
+    insertedAt: input.insertedAt,
+    abortSignal,
+    log: stepLogger(input.logger, { id: input.id, machine: machine.name, step: resolved.name, attempt: input.attempt }),
+    client: input.client,
+  });
+  if (input.client || !resolved.transactional) return ctx;
+  // The engine's message ("declare the step transactional") would mislead here: the step is; the test gave no client.
+  const descriptors: PropertyDescriptorMap = Object.getOwnPropertyDescriptors(ctx);
+  descriptors.client = {
+    enumerable: true,
+    get() {
+      throw new ValidationError(`runStep: step "${resolved.name}" of machine "${machine.name}" used ctx.client, but runStep got no client: pass { client }, a pg client inside a transaction you roll back`);
+    },
+  };
+  return Object.freeze(Object.defineProperties({}, descriptors)) as StepContext<unknown, unknown, string>;
+}
+
+/** Runs the step's code with its timeout, as the executor does: on timeout the step is abandoned, not killed. */
+async function invoke(machine: AnyMachine, step: ResolvedStep, ctx: StepContext<unknown, unknown, string>, controller: AbortController): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  if (step.timeoutMs !== undefined) {
+    timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
+  }
+  const aborted = new Promise<never>((_, reject) => controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }));
+  aborted.catch(() => {});
+  try {
+    return await Promise.race([Promise.resolve().then(() => step.run(ctx)), aborted]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The executor's judgement of a returned value, without its database: an
+ * Executor whose only dependency toCompletion may touch is maxPayloadBytes.
+ * Any other dependency it reaches for is a loud error, so a change to the
+ * executor that runStep does not follow fails the tests instead of drifting.
+ */
+const judge = new Executor(
+  new Proxy({ maxPayloadBytes: DEFAULTS.maxPayloadBytes } as ExecutorDeps, {
+    get(target, prop) {
+      if (prop in target) return target[prop as keyof ExecutorDeps];
+      throw new Error(`gen-durable/testing: Executor.toCompletion now uses deps.${String(prop)}; runStep must provide it`);
+    },
+  }),
+);
+
+async function toResult(machine: AnyMachine, input: CheckedInput, returned: unknown): Promise<StepResult> {
+  const row: ClaimedRow = {
+    id: input.id,
+    machine: machine.name,
+    step: input.resolved.name,
+    state: input.state,
+    attempt: input.attempt,
+    max_attempts: null,
+    claim_token: "1",
+    correlation_key: input.correlationKey,
+    awaited: null,
+    joined: input.children.length > 0,
+    parent_id: null,
+    inserted_at: input.insertedAt,
+    queue: machine.queue,
+    error: null,
+    concurrency_key: null,
+    rate_limited: null,
+  };
+  // Element access reaches the private method on purpose: the one definition of a valid outcome.
+  const completion: Completion = await judge["toCompletion"](row, machine, input.resolved, returned, performance.now());
+  // A job may return any JSON; it is then its result (what toCompletion did too).
+  const data: OutcomeData = outcomeData(returned) ?? { kind: "done", result: returned };
+  const newState = () => (completion.set_state ? fromJson(JSON.stringify(completion.state)) : input.state);
+  const ms = (value: number | null, key: string) => (value === null ? {} : { [key]: value });
+  switch (data.kind) {
+    case "next":
+      return {
+        type: "next",
+        step: completion.step!,
+        state: newState(),
+        ...ms(completion.delay_ms, "delay"),
+        ...(completion.run_at === null ? {} : { runAt: new Date(completion.run_at) }),
+        ...ms(completion.priority, "priority"),
+      };
+    case "await":
+      return {
+        type: "await",
+        spec: data.spec,
+        step: completion.step!,
+        state: newState(),
+        ...(data.options.timeout === undefined ? {} : { timeout: completion.delay_ms!, onTimeout: data.options.onTimeout! }),
+      };
+    case "spawn":
+      return {
+        type: "spawn",
+        children: (completion.spawn ?? []).map((row, i) => {
+          const spec = data.children[i] as { machine: AnyMachine };
+          return {
+            machine: row.machine,
+            ...(spec.machine.kind === "job" ? { args: fromJson(JSON.stringify(row.state)) } : { state: fromJson(JSON.stringify(row.state)) }),
+            queue: row.queue,
+            priority: row.priority,
+            ...ms(row.delay_ms, "delay"),
+            ...(row.run_at === null ? {} : { runAt: new Date(row.run_at) }),
+            ...ms(row.max_attempts, "maxAttempts"),
+            ...(row.correlation_key === null ? {} : { correlationKey: row.correlation_key }),
+            ...(row.concurrency_key === null ? {} : { concurrencyKey: row.concurrency_key }),
+          };
+        }),
+        step: completion.step!,
+        state: newState(),
+      };
+    case "done":
+      return { type: "done", result: fromJson(JSON.stringify(completion.result ?? null)) };
+    case "snooze":
+      return { type: "snooze", delay: completion.delay_ms! };
+    case "cancel":
+      return { type: "cancel", reason: (completion.error as ErrorRecord).message };
+  }
+}
+
+function failure(machine: AnyMachine, input: CheckedInput, thrown: unknown): ErrorResult {
+  const willRetry = input.attempt < input.maxAttempts;
+  const backoff = input.resolved.backoff ?? machine.backoff ?? defaultBackoff;
+  return { type: "error", error: thrown, record: toErrorRecord(thrown), willRetry, ...(willRetry ? { retryDelay: backoff(input.attempt) } : {}) };
+}
+
+const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
+
+function fromJson(text: string): unknown {
+  return JSON.parse(text) as unknown;
+}

@@ -1,0 +1,118 @@
+/**
+ * advanceTime: "let this much time pass" for tests, without waiting. Every
+ * due-time, lease, expiry and retention decision in gen-durable compares a
+ * stored timestamp with the database clock (now()). Rather than fake that
+ * clock, advanceTime moves the stored timestamps of one schema back by the
+ * duration, in one transaction, then wakes the engine's loops so that what
+ * became due runs at once.
+ *
+ * What it cannot move: the database clock itself, Date.now() in your step
+ * code, timestamps inside JSON (state, payloads, ctx.awaited[].insertedAt),
+ * and calendar-anchored schedules (a cron slot is a wall-clock time; see
+ * docs/testing.md).
+ */
+import type pg from "pg";
+import { withTransaction } from "../db/pool.js";
+import { describe, toMs, type Duration } from "../duration.js";
+import type { GenDurable } from "../engine.js";
+import { ValidationError } from "../errors.js";
+import { checkSchemaName, quoteIdent } from "../names.js";
+import { DEFAULT_SCHEMA } from "../migrate.js";
+import { rejectUnknownKeys } from "../suggest.js";
+import { testingHook } from "./hook.js";
+
+/**
+ * The time columns advanceTime shifts, per table: the one place to extend
+ * when a migration adds a table with a time column. The test
+ * "advanceTime covers every time column" fails until each timestamptz column
+ * of a migrated schema is either here or in NOT_SHIFTED.
+ */
+export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[]; why: string; unique?: true }> = [
+  {
+    table: "instances",
+    columns: ["run_at", "lease_expires_at", "inserted_at", "updated_at"],
+    why: "due times (delays, backoff, snooze, await timeouts), leases (reaper), GC retention (updated_at)",
+  },
+  { table: "transitions", columns: ["at"], why: "history times" },
+  { table: "signals", columns: ["inserted_at", "expires_at", "consumed_at"], why: "inbox retention (expires_at)" },
+  { table: "nodes", columns: ["started_at", "heartbeat_at"], why: "node liveness (a live node's next heartbeat refreshes it)" },
+  { table: "queues", columns: ["updated_at"], why: "when a queue was paused or resumed" },
+  { table: "rate_limit_buckets", columns: ["updated_at", "line_end"], why: "token refill is computed from updated_at; line_end is when the waiting line clears" },
+  { table: "gc_retention", columns: ["updated_at"], why: "when a retention was recorded" },
+  // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
+  { table: "cron_ticks", columns: ["tick_at", "inserted_at"], why: "the last fired tick of each cron entry", unique: true },
+];
+
+/** Time columns advanceTime leaves alone, and why. */
+export const NOT_SHIFTED: ReadonlyArray<{ table: string; column: string; why: string }> = [
+  { table: "migrations", column: "applied_at", why: "bookkeeping; no decision reads it" },
+  {
+    table: "concurrency_keys",
+    column: "run_at",
+    why: "derived from instances.run_at by a trigger, which recomputes it when instances.run_at is shifted (shifting it too would move it twice)",
+  },
+];
+
+/** An engine, or the pool and schema of one (its loops then notice at their next poll). */
+export type TimeTarget = GenDurable | { pool: pg.Pool; schema?: string };
+
+/**
+ * Moves every stored time of the engine's schema back by `duration`, as if
+ * that much time had passed, then wakes the engine's loops. Resolves once the
+ * shift is committed; pair it with drain() to run what became due.
+ */
+export async function advanceTime(target: TimeTarget, duration: Duration): Promise<void> {
+  const ms = toMs(duration, "advanceTime: duration", (m) => new ValidationError(m));
+  const { pool, schema, wake } = resolveTarget(target);
+  if (ms === 0) return wake();
+  const s = quoteIdent(schema);
+  // Seconds only: an interval of hours/minutes/seconds is exact, unlike days or months across DST.
+  const by = `make_interval(secs => ${ms / 1000})`;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await withTransaction(pool, async (client) => {
+        const { rows } = await client.query<{ table: string }>(
+          `select c.relname as table from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relkind = 'r'`,
+          [schema],
+        );
+        const tables = new Set(rows.map((r) => r.table));
+        if (!tables.has("instances")) throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
+        for (const { table, columns, unique } of SHIFTED) {
+          // A table of a later migration than this schema has: nothing to shift.
+          if (!tables.has(table)) continue;
+          if (unique) await shiftUnique(client, `${s}.${quoteIdent(table)}`, columns, by);
+          else await client.query(`update ${s}.${quoteIdent(table)} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`);
+        }
+      });
+      break;
+    } catch (error) {
+      // The engine's own transactions lock rows in other orders; a deadlock aborts us, not them: try again.
+      if ((error as { code?: unknown }).code !== "40P01" || attempt === 5) throw error;
+    }
+  }
+  wake();
+}
+
+/**
+ * A unique index over a time column is checked row by row during an UPDATE,
+ * so shifting ticks one minute apart by one minute would collide with the
+ * next row. Moving every row far away first (100,000 years, in hours: exact),
+ * then back by that plus the shift, never lands a row on an unmoved one.
+ */
+async function shiftUnique(client: pg.ClientBase, table: string, columns: readonly string[], by: string): Promise<void> {
+  const far = "interval '876000000 hours'";
+  await client.query(`update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} + ${far}`).join(", ")}`);
+  await client.query(`update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${far} - ${by}`).join(", ")}`);
+}
+
+function resolveTarget(target: TimeTarget): { pool: pg.Pool; schema: string; wake: () => void } {
+  const hook = testingHook(target);
+  if (hook) return { pool: hook.pool, schema: hook.schema, wake: hook.wake };
+  const bad = (m: string) => new ValidationError(`advanceTime: ${m}`);
+  if (typeof target !== "object" || target === null || typeof (target as { pool?: { connect?: unknown } }).pool?.connect !== "function") {
+    throw bad(`target must be a GenDurable engine or { pool, schema? }, got ${describe(target)}`);
+  }
+  const { pool, schema } = target as { pool: pg.Pool; schema?: string };
+  rejectUnknownKeys(target, ["pool", "schema"], "advanceTime", (m) => new ValidationError(m));
+  return { pool, schema: checkSchemaName(schema ?? DEFAULT_SCHEMA, bad), wake: () => {} };
+}

@@ -1,0 +1,199 @@
+/**
+ * Rate limits: token buckets in Postgres shared by two engines (each with its
+ * own pool, coordinating only through the database). Accuracy is judged by the
+ * database clock: no one-second window holds more than limit + burst runs, and
+ * the total over 10 s is within 10% of the ideal; partitions and weights alike.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { ConfigError, defineJob, GenDurable, ValidationError } from "../../src/index.js";
+import { useTestDatabase } from "../support/db.js";
+
+const db = await useTestDatabase(import.meta.url);
+const s = `"${db.schema}"`;
+
+async function record(series: string, id: string, attempt: number): Promise<void> {
+  await db.pool.query(`insert into ${s}.runs (series, instance_id, attempt) values ($1, $2, $3)`, [series, id, attempt]);
+}
+
+const Plain = defineJob({
+  name: "Plain",
+  queue: "limited",
+  args: z.object({}),
+  rateLimit: { name: "ten" },
+  perform: async (_args, ctx) => record("plain", ctx.id, ctx.attempt),
+});
+
+const PerAccount = defineJob({
+  name: "PerAccount",
+  queue: "limited",
+  args: z.object({ account: z.string() }),
+  rateLimit: { name: "perAccount", partition: (ctx) => ctx.state.account },
+  perform: async (args, ctx) => record(`account:${args.account}`, ctx.id, ctx.attempt),
+});
+
+const Heavy = defineJob({
+  name: "Heavy",
+  queue: "limited",
+  args: z.object({ weight: z.number() }),
+  rateLimit: { name: "tokens", weight: (ctx) => ctx.state.weight },
+  perform: async (_args, ctx) => record("heavy", ctx.id, ctx.attempt),
+});
+
+const BadPartition = defineJob({
+  name: "BadPartition",
+  queue: "limited",
+  args: z.object({}),
+  maxAttempts: 1,
+  rateLimit: { name: "ten", partition: () => ({}) as unknown as string },
+  perform: async () => "never",
+});
+
+const rateLimits = {
+  ten: { limit: 10, period: "1s" },
+  perAccount: { limit: 10, period: "1s" },
+  tokens: { limit: 20, period: "1s", burst: 20 },
+};
+const machines = [Plain, PerAccount, Heavy, BadPartition];
+const nodeA = db.engine({ queues: { limited: 20 }, machines, rateLimits, nodeId: "rl-a", pollInterval: 100 });
+const nodeB = db.engine({ queues: { limited: 20 }, machines, rateLimits, nodeId: "rl-b", pollInterval: 100 });
+const client = db.engine({ rateLimits });
+
+beforeAll(async () => {
+  await db.pool.query(
+    `create table ${s}.runs (run bigserial primary key, series text not null, instance_id bigint not null, attempt int not null, at timestamptz not null default clock_timestamp())`,
+  );
+  await db.pool.query(takeLogSql);
+  await Promise.all([nodeA.start(), nodeB.start(), client.start()]);
+});
+
+interface Window {
+  series: string;
+  total: number;
+  /** Most tokens taken in any one-second window starting at a take. */
+  busiestSecond: number;
+}
+
+/**
+ * Every draw from a bucket, logged by a test-only trigger with the database
+ * time the bucket was refilled to: the exact moments tokens were taken.
+ */
+const takeLogSql = `
+  create table ${s}.takes (name text, partition text, at timestamptz, taken double precision);
+  create function ${s}.log_take() returns trigger language plpgsql as $$
+  declare
+    rate double precision := case new.name when 'tokens' then 20 else 10 end;
+    capacity double precision := case new.name when 'tokens' then 20 else 10 end;
+  begin
+    insert into ${s}.takes values (new.name, new.partition, new.updated_at,
+      least(capacity, old.tokens + extract(epoch from new.updated_at - old.updated_at) * rate) - new.tokens);
+    return null;
+  end $$;
+  create trigger log_take after update on ${s}.rate_limit_buckets for each row execute function ${s}.log_take();`;
+
+/** Per bucket, over its first 10 s: runs, and the most tokens taken within any one second. */
+async function windows(): Promise<Window[]> {
+  const { rows } = await db.pool.query<Window>(
+    `with first as (select series, min(at) as t0 from ${s}.runs group by series),
+          r as (select runs.* from ${s}.runs join first using (series) where at < t0 + interval '10 seconds'),
+          t as (select case when name = 'perAccount' then 'account:' || partition when name = 'tokens' then 'heavy' else 'plain' end as series,
+                       at, taken / case when name = 'tokens' then 2 else 1 end as runs
+                from ${s}.takes where taken > 0.5),
+          per_window as (
+            select t1.series, t1.at, sum(t2.runs) as n from t t1 join t t2
+              on t2.series = t1.series and t2.at >= t1.at and t2.at < t1.at + interval '1 second'
+            group by t1.series, t1.at)
+     select series, (select count(*)::int from r where r.series = w.series) as total, max(n)::int as "busiestSecond"
+     from per_window w group by series order by series`,
+  );
+  return rows;
+}
+
+describe("rate limits", () => {
+  it("paces runs across two nodes: limit + burst per second at most, total within 10% of ideal over 10 s", { timeout: 60_000 }, async () => {
+    await client.insertMany([
+      ...Array.from({ length: 150 }, () => ({ machine: Plain, args: {} })),
+      ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "a" } })),
+      ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "b" } })),
+      // 2 tokens each from a 20-token/s bucket: 10 runs/s, burst 10 runs.
+      ...Array.from({ length: 150 }, () => ({ machine: Heavy, args: { weight: 2 } })),
+    ]);
+    // Wait until every series has run for 10 s (by the database clock), plus a little.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const { rows } = await db.pool.query<{ ready: boolean }>(
+        `select count(distinct series) = 4 and min(t0) + interval '10.5 seconds' < now() as ready
+         from (select series, min(at) as t0 from ${s}.runs group by series) f`,
+      );
+      if (rows[0]?.ready) break;
+      if (Date.now() > deadline) throw new Error("rate-limited runs did not start");
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    const result = await windows();
+    // Ideal in 10 s: the burst at once, then limit per second (10 runs/s each series).
+    const ideal = 10 + 10 * 10;
+    expect(result.map((w) => w.series)).toEqual(["account:a", "account:b", "heavy", "plain"]);
+    for (const w of result) {
+      expect(w.busiestSecond, `${w.series}: busiest second`).toBeLessThanOrEqual(10 + 10);
+      expect(Math.abs(w.total - ideal) / ideal, `${w.series}: ${w.total} runs in 10 s, ideal ${ideal}`).toBeLessThanOrEqual(0.1);
+    }
+    // Waiting for tokens is neither an attempt nor a transition.
+    const { rows: attempts } = await db.pool.query(`select distinct attempt from ${s}.runs`);
+    expect(attempts).toEqual([{ attempt: 1 }]);
+    const { rows: history } = await db.pool.query(`select distinct outcome from ${s}.transitions`);
+    expect(history.map((r) => r.outcome).sort()).toEqual(["done"]);
+
+    // Operators see the buckets; a waiting instance explains itself.
+    const buckets = await client.rateLimitBuckets("perAccount");
+    expect(buckets.map((b) => [b.partition, b.capacity, b.refillPerSecond])).toEqual([
+      ["a", 10, 10],
+      ["b", 10, 10],
+    ]);
+    // Steps still wait in line: their turns run well past now.
+    expect(buckets[0]!.lineEnd!.getTime()).toBeGreaterThan(buckets[0]!.updatedAt.getTime());
+    const { rows: waiting } = await db.pool.query<{ id: string }>(
+      `select id::text from ${s}.instances where machine = 'Plain' and status = 'runnable' and rate_limited is not null order by run_at desc limit 1`,
+    );
+    const explanation = await client.explain(waiting[0]!.id);
+    expect(explanation.reasons[0]).toMatch(/^rate limit "ten" was short: it waits in line for tokens until /);
+    expect(explanation.details.rateLimit).toBe("ten");
+    await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
+  });
+
+  it("consume() draws from the same buckets without going into debt", async () => {
+    const first = await client.consume("perAccount", { partition: "fresh", weight: 6 });
+    expect(first).toMatchObject({ ok: true, retryAfterMs: 0 });
+    expect(first.remaining).toBeCloseTo(4, 0);
+    const second = await client.consume("perAccount", { partition: "fresh", weight: 6 });
+    expect(second.ok).toBe(false);
+    expect(second.retryAfterMs).toBeGreaterThan(0);
+    expect(second.retryAfterMs).toBeLessThanOrEqual(200);
+    const [bucket] = await client.rateLimitBuckets("perAccount").then((all) => all.filter((b) => b.partition === "fresh"));
+    expect(bucket!.tokens).toBeGreaterThanOrEqual(4);
+    expect(bucket!.tokens).toBeLessThan(6);
+  });
+
+  it("rejects bad input with errors that name it", async () => {
+    await expect(client.consume("nope")).rejects.toThrow(new ValidationError('unknown rate limit "nope" (declared in rateLimits: ten, perAccount, tokens)'));
+    await expect(client.consume("ten", { weight: 0 })).rejects.toThrow(/consume\("ten"\): weight must be a positive number of tokens, got 0/);
+    await expect(client.consume("ten", { partition: "" })).rejects.toThrow(/partition must be a non-empty string or a number/);
+    await expect(client.consume("ten", { wieght: 1 } as never)).rejects.toThrow(/wieght.*did you mean "weight"/);
+    const make = (options: object) => () => new GenDurable({ connectionString: db.url, schema: db.schema, ...options });
+    expect(make({ rateLimits: { x: { limit: 0, period: "1s" } } })).toThrow(new ConfigError("GenDurable: rateLimits.x.limit must be a positive number of tokens per period, got 0"));
+    expect(make({ rateLimits: { x: { limit: 1 } } })).toThrow(/rateLimits\.x\.period is required/);
+    expect(make({ rateLimits: { x: { limit: 1, period: "1s", brust: 2 } } })).toThrow(/brust.*did you mean "burst"/);
+    expect(make({ queues: { limited: 1 }, machines: [Plain], rateLimits: {} })).toThrow(
+      /machine "Plain" step "perform" uses rate limit "ten", which is not in rateLimits \(none declared\)/,
+    );
+    expect(() => defineJob({ name: "W", args: z.object({}), rateLimit: { name: "ten", weight: -1 }, perform: () => 1 })).toThrow(
+      /defineJob\("W"\)\.perform\.rateLimit\.weight must be a positive number/,
+    );
+  });
+
+  it("a partition function that returns garbage fails the attempt, naming machine and step", async () => {
+    const { id } = await client.insert(BadPartition, { args: {} });
+    const failed = await client.wait(id, { timeout: 10_000 });
+    expect(failed.status).toBe("failed");
+    expect(failed.error?.message).toBe('machine "BadPartition" step "perform": rateLimit.partition(ctx) must be a non-empty string or a number, got an object');
+  });
+});
