@@ -10,6 +10,8 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineJob, defineMachine, GenDurable, type EngineEvents, type Logger } from "../../src/index.js";
+import { TypedEmitter } from "../../src/events.js";
+import { OtelBridge } from "../../src/telemetry/otel.js";
 import { QueueDepthSampler } from "../../src/telemetry/queue-depth.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
@@ -282,6 +284,28 @@ describe("OpenTelemetry spans", () => {
       expect(step.parentSpanContext).toBeUndefined();
       expect(step.spanContext().traceId).not.toBe(request.spanContext().traceId);
       await engine.stop();
+    });
+
+    it("a step's span is a root even when a span is active where the step starts", async () => {
+      const otel = sdk();
+      const events = new TypedEmitter();
+      const bridge = new OtelBridge({
+        events,
+        tracerProvider: otel.tracerProvider,
+        meterProvider: otel.meterProvider,
+        depth: new QueueDepthSampler(db.pool, db.schema, 0, [], () => {}),
+      });
+      const facts = { id: "42", machine: "M", step: "s", attempt: 1, queue: QUEUE };
+      const outer = otel.tracerProvider.getTracer("app").startSpan("unrelated");
+      // Under a context manager an engine callback can inherit whatever context scheduled it: emit inside one.
+      context.with(trace.setSpan(context.active(), outer), () => events.emit("step:start", facts));
+      events.emit("step:stop", { ...facts, outcome: "done", durationMs: 1 });
+      outer.end();
+      const [span] = otel.spans("42");
+      expect(span?.parentSpanContext).toBeUndefined();
+      expect(span?.spanContext().traceId).not.toBe(outer.spanContext().traceId);
+      expect(bridge.openSpans).toBe(0);
+      bridge.close();
     });
   });
 
