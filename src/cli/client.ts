@@ -49,6 +49,11 @@ export async function withClient(command: Command, values: Record<string, unknow
     try {
       version = await currentVersion(pool, schema);
     } catch (error) {
+      // Connected, but the server refused the query (say, no USAGE on the schema): not a connection problem.
+      const code = (error as { code?: unknown }).code;
+      if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && !/^(08|28|3D|57)/.test(code)) {
+        return fail(`cannot read schema ${schema} at ${redact(url)}: ${describeDbError(error)}`);
+      }
       return fail(`cannot connect to ${redact(url)}: ${describeConnectError(error)}`);
     }
     if (version === 0) return fail(`schema ${schema} is not migrated: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`);

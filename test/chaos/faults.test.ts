@@ -12,7 +12,7 @@
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { GenDurable, migrate, type EngineEvents } from "../../src/index.js";
+import { ConfigError, GenDurable, migrate, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 import { FaultJob, HoldClient, Ping, Pong, ShortTx, faultLedgerSql, useFaultLedger } from "./fixtures/fault-machines.js";
 import { startHalfOpenProxy, startupApplicationName, type HalfOpenProxy } from "./fixtures/half-open-proxy.js";
@@ -255,6 +255,12 @@ describe("a LISTEN socket that dies silently", () => {
   let proxy: HalfOpenProxy;
   afterAll(async () => {
     await proxy?.close();
+  });
+
+  it("rejects a bad listenerHeartbeat by name", () => {
+    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "50ms" })).toThrow(/listenerHeartbeat must be at least 100 ms, got 50 ms/);
+    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "soon" as never })).toThrow(ConfigError);
+    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "soon" as never })).toThrow(/listenerHeartbeat/);
   });
 
   it("parses application_name from a startup message", () => {

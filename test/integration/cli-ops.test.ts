@@ -480,6 +480,21 @@ describe("database problems (exit 1, one clear line)", () => {
     expect(run.stderr).not.toContain("wrong");
   });
 
+  it("a role without access to the schema: connected, but cannot read it", async () => {
+    // Roles are global to the server: a unique name, dropped at the end.
+    const role = `gd_cli_${randomBytes(4).toString("hex")}`;
+    await db.pool.query(`create role ${role} login password 'pw'`);
+    try {
+      const url = new URL(db.url);
+      url.username = role;
+      url.password = "pw";
+      expectFailure(await cli(["list"], { DATABASE_URL: url.toString() }), `gen-durable list: cannot read schema ${db.schema} at postgres://${role}:***@`);
+      expect((await cli(["list"], { DATABASE_URL: url.toString() })).stderr).toMatch(new RegExp(`: permission denied for schema ${db.schema}\n$`));
+    } finally {
+      await db.pool.query(`drop role ${role}`);
+    }
+  });
+
   it("a database that does not exist, and URLs that are not Postgres URLs", async () => {
     const url = new URL(db.url);
     url.pathname = "/gd_no_such_database";
