@@ -227,7 +227,8 @@ describe("status", () => {
       expect(await plan(branches.runnableKeyed)).toMatch(uses("instances_key_(runnable|due)"));
       expect(await plan(branches.running)).toMatch(uses("instances_lease"));
       expect(await plan(branches.awaiting)).toMatch(uses("instances_await_deadline"));
-      expect(await plan(branches.failed)).toMatch(uses("instances_gc"));
+      expect(await plan(branches.failed)).toMatch(uses("instances_failed"));
+      expect(await plan(branches.joining)).toMatch(uses("instances_joining"));
       // joining has no index yet (few rows; a partial index on (queue) where status = 'joining' would make it O(joining)).
     } finally {
       await client.query("rollback");

@@ -598,7 +598,9 @@ describe("logger", () => {
     const bad = await engine.insert(Chatty, { state: { fail: true } });
     await engine.wait(ok.id, { timeout: 10_000 });
     await engine.wait(bad.id, { timeout: 10_000 });
+    // Event-driven lines can come a moment after wait() sees the rows finished.
     await eventually("the failure logged", () => lines.some((l) => l.level === "error" && l.fields.id === bad.id));
+    await eventually("the success logged", () => lines.some((l) => l.message === "step Chatty.start committed: done" && l.fields.id === ok.id));
 
     const bound = { id: ok.id, machine: "Chatty", step: "start", attempt: 1 };
     expect(children).toContainEqual(bound);
@@ -668,7 +670,9 @@ describe("logger", () => {
     const records = () => chunks.join("").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
     const charging = await eventually("the step's line", () => records().find((r) => r.msg === "charging"));
     expect(charging).toMatchObject({ level: 30, id, machine: "Chatty", step: "start", attempt: 1, amount: 5 });
-    expect(records().find((r) => r.msg === "step Chatty.start committed: done")).toMatchObject({ level: 20, id, outcome: "done" });
+    // step:stop can come a moment after wait() sees the row done: wait for its line too.
+    const committed = await eventually("the engine's commit line", () => records().find((r) => r.msg === "step Chatty.start committed: done"));
+    expect(committed).toMatchObject({ level: 20, id, outcome: "done" });
     await engine.stop();
   });
 

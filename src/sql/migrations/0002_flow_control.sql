@@ -161,3 +161,8 @@ begin
   where b.name = bucket and b.partition = part;
 end
 $$;
+
+-- `gen-durable status` counts per queue: joining and failed rows are few, and
+-- counting them must not walk every finished instance.
+create index instances_joining on {{schema}}.instances (queue) where status = 'joining';
+create index instances_failed on {{schema}}.instances (queue) where status = 'failed';
