@@ -104,7 +104,7 @@ export class OtelBridge {
     this.tracer = deps.tracerProvider.getTracer(SCOPE);
     this.meter = deps.meterProvider.getMeter(SCOPE);
     this.stepDuration = this.meter.createHistogram(METRIC.stepDuration, {
-      description: "Time a step's code ran, from claim to outcome (commit excluded), per machine, step and outcome.",
+      description: "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), per machine, step and outcome.",
       unit: "ms",
       valueType: ValueType.DOUBLE,
     });

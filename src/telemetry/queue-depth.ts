@@ -5,14 +5,13 @@
  * interval per node. It is only ever called from an observable-gauge callback,
  * which runs on collection: with no MeterProvider registered, never.
  *
- * Cost: each branch reads one status only, and the `runnable`, `running` and
- * `awaiting` branches are served by their partial indexes (instances_claim and
- * instances_key_runnable, instances_lease, instances_await_deadline), so
- * terminal rows — the bulk of the table until GC prunes them — are not read
- * by those. `joining` has no index of its own; its branch scans the table:
- * measured on Postgres 15 with 500,000 rows (99.8% terminal), ~4 ms for the
- * indexed branches and ~70 ms for the joining scan (a partial index on
- * (queue) where status = 'joining' would remove it). The statement runs under a
+ * Cost: each branch reads one status only, through that status's partial
+ * index (runnable: instances_claim and instances_key_runnable; running:
+ * instances_lease; awaiting: instances_await_deadline; joining:
+ * instances_joining), so terminal rows — the bulk of the table until GC prunes
+ * them — are never read. Measured on Postgres 15 with 500,000 rows, 99.8% of
+ * them terminal: 1.5 ms (a sequential scan of the table took ~70 ms per
+ * status). The statement runs under a
  * 2-second statement_timeout so a slow sample can never hold a pool
  * connection for long; a sample that fails is reported and skipped.
  */

@@ -367,6 +367,50 @@ describe("OpenTelemetry spans", () => {
   });
 });
 
+describe("the event bridge, driven directly", () => {
+  function bridged() {
+    const otel = sdk();
+    const events = new TypedEmitter();
+    const depth = new QueueDepthSampler(db.pool, db.schema, 0, [], () => {});
+    const bridge = new OtelBridge({ events, tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider, depth });
+    return { otel, events, bridge };
+  }
+  const facts = { id: "77", machine: "M", step: "s", attempt: 3, queue: QUEUE };
+
+  it("an attempt refused before running (no step:start) gets a span back-dated by its duration", () => {
+    const { otel, events, bridge } = bridged();
+    const error = { name: "Error", message: 'step "s" exhausted its 3 attempts' };
+    const before = Date.now();
+    events.emit("step:exception", { ...facts, error, durationMs: 2000, willRetry: false });
+    events.emit("step:stop", { ...facts, outcome: "failed", durationMs: 2000 });
+    const [span] = otel.spans("77");
+    expect(span?.attributes).toMatchObject({ "gen_durable.outcome": "failed", "gen_durable.will_retry": false, "gen_durable.attempt": 3 });
+    expect(toMs(span!.startTime)).toBeLessThanOrEqual(before - 1900);
+    expect(span!.status.code).toBe(SpanStatusCode.ERROR);
+    expect(bridge.openSpans).toBe(0);
+    bridge.close();
+  });
+
+  it("close() ends the spans still open as abandoned and unsubscribes", () => {
+    const { otel, events, bridge } = bridged();
+    events.emit("step:start", facts);
+    expect(bridge.openSpans).toBe(1);
+    bridge.close();
+    expect(otel.spans("77").map((s) => s.attributes["gen_durable.outcome"])).toEqual(["abandoned"]);
+    events.emit("step:start", { ...facts, id: "78" });
+    expect(bridge.openSpans).toBe(0);
+  });
+
+  it("counts steps postponed by their rate limit", async () => {
+    const { otel, events, bridge } = bridged();
+    events.emit("step:rate_limited", { ...facts, limit: "stripe", waitMs: 100 });
+    events.emit("step:rate_limited", { ...facts, limit: "stripe", waitMs: 50 });
+    const limited = await otel.metric("gen_durable.steps.rate_limited");
+    expect(point(limited, { "gen_durable.machine": "M", "gen_durable.rate_limit": "stripe", "gen_durable.queue": QUEUE })?.value).toBe(2);
+    bridge.close();
+  });
+});
+
 // ------------------------------------------------------------------ metrics
 
 describe("OpenTelemetry metrics", () => {
