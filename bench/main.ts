@@ -19,6 +19,7 @@ import { graphileWorker } from "./systems/graphile-worker.js";
 import { pgBoss } from "./systems/pg-boss.js";
 import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
+import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
 import { fmt, fmtRatio, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
@@ -37,6 +38,11 @@ const SIGNAL_PACK_COUNT = intEnv("BENCH_SIGNAL_PACK", 25);
 const SIGNAL_SENDERS = intEnv("BENCH_SIGNAL_SENDERS", 8);
 /** Issue 3's goal for signal→resume latency on this 2-core machine. */
 const SIGNAL_GOAL = { p50: 10, p99: 50 } as const;
+/** Flow control (bench/flow.ts): BENCH_FLOW_JOBS, BENCH_FLOW_KEYS, BENCH_FLOW_HOT_JOBS, BENCH_FLOW_CONCURRENCY, BENCH_FLOW_THROTTLE_JOBS, BENCH_FLOW_THROTTLE_RATE. */
+const FLOW = flowParamsFromEnv(intEnv);
+/** BENCH_ONLY=flow runs only the flow-control phase; BENCH_ONLY=main everything else. */
+const ONLY = process.env.BENCH_ONLY || undefined;
+if (ONLY !== undefined && ONLY !== "flow" && ONLY !== "main") throw new Error(`BENCH_ONLY must be "flow" or "main", got "${ONLY}"`);
 /** A phase that takes longer than this is a failure, not a slow result. */
 const PHASE_TIMEOUT_MS = 180_000;
 
@@ -569,6 +575,14 @@ async function main(): Promise<void> {
         `${environment.cpus} CPUs, load average ${environment.loadAverageAtStart.join(" ")}`,
     );
 
+    if (ONLY === "flow") {
+      const flow = await benchFlow(db.url, admin, keys, FLOW, log);
+      printFlow(flow, log);
+      environment.loadAverageAtEnd = loadavg().map((x) => round(x, 2));
+      const out = resolve(dirname(fileURLToPath(import.meta.url)), process.env.BENCH_OUT ?? "results/latest.json");
+      log(`\nflow results ${await mergeFlowInto(out, flow, environment)} under "flow" in ${out} (the other figures there are from the last full run)`);
+      return;
+    }
     const results = await benchAll(
       keys.map((key) => FACTORIES[key]!(db.url)),
       admin,
@@ -609,6 +623,8 @@ async function main(): Promise<void> {
           `separate client ${verdict(goal.separateClient)}; worker's own engine ${verdict(goal.sameEngine)}`,
       );
     }
+    const flow = ONLY === "main" ? null : await benchFlow(db.url, admin, keys, FLOW, log);
+    if (flow) printFlow(flow, log);
     const totalSeconds = round((performance.now() - started) / 1000, 1);
     log(`\n(total ${totalSeconds} s; load average at the end ${environment.loadAverageAtEnd.join(" ")})`);
 
@@ -639,6 +655,7 @@ async function main(): Promise<void> {
       signalComparisons: signalComparisons.map(({ line: _line, ...rest }) => rest),
       signalGoal: goal ?? null,
       systems: results,
+      flow,
     };
     await writeFile(out, JSON.stringify(json, null, 2) + "\n");
     log(`results written to ${out}`);

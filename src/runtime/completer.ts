@@ -72,8 +72,9 @@ export class Completer {
   }
 
   private async commit(completions: Completion[]): Promise<Set<string>> {
-    // Sorted by id so concurrent batches lock rows in one order.
-    const payload = JSON.stringify([...completions].sort((a, b) => Number(BigInt(a.id) - BigInt(b.id))));
+    // Sorted so that concurrent statements lock in one order: concurrency keys first (their
+    // rows are locked by a trigger, as an insert does in the same order), then instance ids.
+    const payload = JSON.stringify([...completions].sort(byKeyThenId));
     for (let attempt = 1; ; attempt++) {
       try {
         const { rows } = await this.pool.query<{ id: string }>(prepared(this.sql, [payload]));
@@ -86,4 +87,14 @@ export class Completer {
       }
     }
   }
+}
+
+/** Keyed rows first, by key in code point order (the SQL side uses collate "C"), then by id. */
+function byKeyThenId(a: Completion, b: Completion): number {
+  if (a.concurrency_key !== b.concurrency_key) {
+    if (a.concurrency_key === null) return 1;
+    if (b.concurrency_key === null) return -1;
+    return a.concurrency_key < b.concurrency_key ? -1 : 1;
+  }
+  return Number(BigInt(a.id) - BigInt(b.id));
 }

@@ -4,6 +4,8 @@ export type Status = "runnable" | "running" | "awaiting" | "joining" | "done" | 
 export interface Completion {
   id: string;
   token: string;
+  /** Not written: orders the batch (see Completer.commit). */
+  concurrency_key: string | null;
   status: Status;
   /** New current step; null keeps it. */
   step: string | null;

@@ -403,6 +403,7 @@ export class Executor {
     return {
       id: row.id,
       token: row.claim_token,
+      concurrency_key: row.concurrency_key,
       status: "runnable",
       step: null,
       set_state: false,

@@ -34,7 +34,9 @@ export function instanceQueries(schema: string) {
         select id, machine, step, state, queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
                max_attempts, correlation_key, concurrency_key, parent_id
-        from input order by correlation_key nulls last, idx
+        -- One order for every insert, so concurrent batches take key locks (the correlation
+        -- key's unique entry, the concurrency key's row in its trigger) in the same order.
+        from input order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
         on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL} do nothing
         -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
         returning id, correlation_key, queue, run_at <= now() as due,

@@ -154,6 +154,22 @@ describe("concurrency keys", () => {
     await client.cancel(failing.id);
   });
 
+  it("bulk inserts of the same keys in opposite orders, at the same time, do not deadlock", { timeout: 60_000 }, async () => {
+    const later = new Date(Date.now() + 3_600_000);
+    const batch = (reverse: boolean) => {
+      const keys = Array.from({ length: 100 }, (_, k) => `race${k}`);
+      if (reverse) keys.reverse();
+      return keys.flatMap((key) => [0, 1].map(() => ({ machine: Gated, args: { gate: "never" }, concurrencyKey: key, runAt: later })));
+    };
+    for (let round = 0; round < 5; round++) {
+      const results = await Promise.all([client.insertMany(batch(false)), client.insertMany(batch(true)), client.insertMany(batch(false))]);
+      expect(results.map((r) => r.length)).toEqual([200, 200, 200]);
+    }
+    const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.concurrency_keys where key like 'race%' and run_at is not null`);
+    expect(rows[0]!.n).toBe(100);
+    await db.pool.query(`update ${s}.instances set status = 'cancelled' where concurrency_key like 'race%'`);
+  });
+
   it("the database refuses a second running step of a key whatever the caller", async () => {
     const [x, y] = await client.insertMany([
       { machine: Gated, args: { gate: "never" }, concurrencyKey: "guard", runAt: new Date(Date.now() + 3_600_000) },

@@ -1,0 +1,764 @@
+/**
+ * The flow-control phase (issue 5's figures): what concurrency keys and rate
+ * limits cost gen-durable, against the peers' nearest equivalents, same run.
+ *
+ *  1. Claims/s at concurrency C (default 32): N no-op jobs (default 10,000)
+ *     pre-inserted in bulk, timed from the worker's start call until the
+ *     database says all are finished (as main.ts's processing phase does):
+ *       (a) unkeyed — no key / no named queue / a standard pg-boss queue;
+ *       (b) keyed — N/10 distinct keys, 10 jobs each, job i gets key i mod K;
+ *       (c) hot key — one job of key "hot" held running by a separate worker
+ *           (concurrency 1), 10,000 more of "hot" queued behind it (inserted
+ *           first, so they sit ahead of everything else), then N jobs over K
+ *           other keys; the rate of those others shows whether the hot key's
+ *           backlog blocks the head of the line.
+ *     Equivalents: graphile-worker `queueName` (a named queue runs one job at
+ *     a time), pg-boss a queue with policy "singleton" and `singletonKey`
+ *     (one active job per key, enforced by a unique index over active jobs).
+ *  2. gen-durable's rate limits: a no-op job whose step takes a token from a
+ *     bucket that never runs short (limit 1e9 per second) against the same job
+ *     without `rateLimit`, run back to back; and one throttled run (default
+ *     5,000 jobs at 500/s, burst = limit as by default): the rate achieved
+ *     after the burst, against the limit.
+ *
+ * Every system gets schemas of its own (bench_flow_*), dropped at the end.
+ */
+import { Logger, makeWorkerUtils, run, runMigrations, type WorkerUtils } from "graphile-worker";
+import { PgBoss } from "pg-boss";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { loadavg } from "node:os";
+import { dirname } from "node:path";
+import pg from "pg";
+import { z } from "zod";
+import { defineJob, GenDurable, migrate, type InsertManyItem } from "../src/index.js";
+import { pgBossSplit } from "./systems/pg-boss.js";
+import { fmt, fmtRatio, round, sleep } from "./util.js";
+
+export interface FlowParams {
+  /** Jobs per run: unkeyed, keyed, and the others of the hot-key run. */
+  jobs: number;
+  /** Distinct keys of the keyed runs (default jobs / 10). */
+  keys: number;
+  /** Jobs queued behind the held hot key. */
+  hotJobs: number;
+  concurrency: number;
+  /** Jobs of the throttled rate-limit run, and its limit per second. */
+  throttleJobs: number;
+  throttleRate: number;
+  warmupJobs: number;
+  bulkBatch: number;
+}
+
+export function flowParamsFromEnv(intEnv: (name: string, fallback: number) => number): FlowParams {
+  const jobs = intEnv("BENCH_FLOW_JOBS", 10_000);
+  return {
+    jobs,
+    keys: intEnv("BENCH_FLOW_KEYS", Math.max(1, Math.round(jobs / 10))),
+    hotJobs: intEnv("BENCH_FLOW_HOT_JOBS", jobs),
+    concurrency: intEnv("BENCH_FLOW_CONCURRENCY", 32),
+    throttleJobs: intEnv("BENCH_FLOW_THROTTLE_JOBS", 5_000),
+    throttleRate: intEnv("BENCH_FLOW_THROTTLE_RATE", 500),
+    warmupJobs: Math.min(2_000, jobs),
+    bulkBatch: 1_000,
+  };
+}
+
+/** The system keys of main.ts this phase knows; others (gen-durable-pool32) are skipped. */
+export const FLOW_SYSTEMS = ["gen-durable", "graphile-worker", "graphile-worker-batched", "pg-boss"] as const;
+
+/** A run that takes longer than this is reported as unfinished (with the rate so far), not waited for. */
+const RUN_TIMEOUT_MS = 180_000;
+/** Payload numbers: the hot key's backlog and its holder live far above the others' 0..N-1. */
+const HOT_BASE = 10_000_000;
+const HOLDER = 20_000_000;
+const HOT_KEY = "hot";
+
+interface Job {
+  i: number;
+  key: string | null;
+}
+
+type Handler = (i: number) => void | Promise<void>;
+
+/** What a run's worker is for; pg-boss uses a different queue for keyed work, graphile-worker's holder no local queue. */
+interface WorkerRole {
+  keyed: boolean;
+  /** The worker that claims and holds the hot key's first job: concurrency 1, nothing fetched ahead. */
+  holder?: boolean;
+}
+
+interface FlowSystem {
+  readonly name: string;
+  readonly schema: string;
+  readonly config: Record<string, unknown>;
+  setup(): Promise<void>;
+  reset(): Promise<void>;
+  /** Bulk insert in batches, in the order given (keyed jobs into the keyed queue where that differs). */
+  enqueue(jobs: Job[], keyed: boolean, batch: number): Promise<void>;
+  /**
+   * Finished jobs according to the database: `others` = not of the hot key,
+   * `hot` = of the hot key (the holder included).
+   */
+  finished(which: "all" | "others" | "hot", totals: { all: number; others: number; hot: number }): Promise<number>;
+  /** Whether the database shows the holder as running (claimed, not finished). */
+  holderRunning(): Promise<boolean>;
+  startWorker(concurrency: number, role: WorkerRole, handler: Handler): Promise<{ stop(): Promise<void> }>;
+  teardown(): Promise<void>;
+}
+
+export interface FlowRun {
+  jobs: number;
+  ms: number;
+  perSecond: number;
+  startupMs: number;
+  handlerCalls: number;
+  /** Read from the database at the end: jobs of the run finished. */
+  finished: number;
+  /** False when the run hit its deadline; `perSecond` is then finished ÷ elapsed. */
+  completed: boolean;
+}
+
+export interface HotKeyRun extends FlowRun {
+  hotJobs: number;
+  /** From the database, when the others were done: hot-key jobs finished (must be 0) and the holder still running. */
+  hotFinished: number;
+  hotHandlerCalls: number;
+  holderRunning: boolean;
+  verified: boolean;
+  problems: string[];
+}
+
+export interface FlowSystemResult {
+  name: string;
+  schema: string;
+  config: Record<string, unknown>;
+  unkeyed: FlowRun;
+  keyed: FlowRun;
+  hotKey: HotKeyRun;
+  /** keyed ÷ unkeyed jobs/s. */
+  keyedRatio: number;
+  /** Others of the hot-key run ÷ unkeyed, and ÷ keyed. */
+  hotOthersVsUnkeyed: number;
+  hotOthersVsKeyed: number;
+  verified: boolean;
+  problems: string[];
+}
+
+export interface RateLimitResult {
+  /** The same no-op job without rateLimit, run just before. */
+  baseline: FlowRun;
+  /** With `rateLimit: { name: "free" }`, free = { limit: 1e9, period: "1s" }. */
+  neverThrottled: FlowRun;
+  /** neverThrottled ÷ baseline jobs/s. */
+  overheadRatio: number;
+  throttled: FlowRun & {
+    limitPerSecond: number;
+    burst: number;
+    /** (jobs − burst) ÷ (last handler start − first handler start): the rate once the burst is spent. */
+    achievedPerSecond: number;
+    /** achievedPerSecond ÷ limit. */
+    achievedVsLimit: number;
+    /** Most handler starts within any one period (1 s) — the guarantee is at most burst + limit. */
+    maxStartsInOnePeriod: number;
+    bound: number;
+  };
+  verified: boolean;
+  problems: string[];
+}
+
+export interface FlowResult {
+  parameters: FlowParams;
+  loadAverage: { start: number[]; end: number[] };
+  systems: FlowSystemResult[];
+  /** gen-durable's rate ÷ each peer's, per run kind. */
+  comparisons: Array<{ metric: string; label: string; "gen-durable": number; peers: Array<{ name: string; value: number; ratio: number }> }>;
+  /** Issue 5: keyed within 2× of unkeyed, i.e. keyed ÷ unkeyed ≥ 0.5. */
+  goal: { minRatio: number; keyedRatio: number; hotOthersVsUnkeyed: number; met: boolean } | null;
+  rateLimit: RateLimitResult | null;
+  notes: string[];
+  totalSeconds: number;
+}
+
+const keyOf = (i: number, keys: number) => `k${i % keys}`;
+
+async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
+  const { rows } = await admin.query<{ t: string }>(`select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1`, [schema]);
+  if (rows.length > 0) await admin.query(`vacuum analyze ${rows.map((r) => r.t).join(", ")}`);
+}
+
+// ---------------------------------------------------------------- gen-durable
+
+interface GenDurableFlow extends FlowSystem {
+  /** Rate-limit runs: jobs of kind `free` (never-short bucket) or `throttle`. */
+  enqueueKind(kind: "free" | "throttle", count: number, batch: number): Promise<void>;
+}
+
+function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenDurableFlow {
+  const schema = "bench_flow_gen_durable";
+  // Handlers are swapped per run (job definitions are module-level in real code). The holder's engine
+  // runs beside the measured one in the hot-key run, so its job (i = HOLDER) has a handler of its own.
+  let handler: Handler = () => {};
+  let holderHandler: Handler = () => {};
+  const perform = (a: { i: number }) => {
+    const pending = a.i === HOLDER ? holderHandler(a.i) : handler(a.i);
+    return pending ? pending.then(() => null) : null;
+  };
+  const args = z.object({ i: z.number() });
+  const Noop = defineJob({ name: "Noop", args, perform });
+  const NoopFree = defineJob({ name: "NoopFree", args, rateLimit: { name: "free" }, perform });
+  const NoopThrottled = defineJob({ name: "NoopThrottled", args, rateLimit: { name: "throttle" }, perform });
+  const rateLimits = { free: { limit: 1e9, period: "1s" }, throttle: { limit: throttleRate, period: "1s" } };
+  let producer: GenDurable | undefined;
+  const insertBatches = async (items: InsertManyItem[], batch: number) => {
+    for (let start = 0; start < items.length; start += batch) await producer!.insertMany(items.slice(start, start + batch));
+  };
+
+  return {
+    name: "gen-durable",
+    schema,
+    config: {
+      job: "defineJob({ name: 'Noop', args: z.object({ i: z.number() }), perform: no-op })",
+      keyed: "engine.insertMany([{ machine: Noop, args: { i }, concurrencyKey: `k${i mod K}` }, …]) — same job, same queue",
+      worker: "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled], rateLimits })",
+      holder: "a second engine, queues: { default: 1 }, which claims the hot key's first job and holds it (its handler awaits a promise)",
+      rateLimits: `{ free: { limit: 1e9, period: "1s" }, throttle: { limit: ${throttleRate}, period: "1s" } } (burst = limit, the default)`,
+      rateLimited: "defineJob({ name: 'NoopFree' | 'NoopThrottled', rateLimit: { name: 'free' | 'throttle' }, … })",
+    },
+    async setup() {
+      await migrate({ connectionString: url, schema });
+      producer = new GenDurable({ connectionString: url, schema });
+      await producer.start();
+    },
+    async reset() {
+      await admin.query(`truncate ${schema}.instances, ${schema}.transitions, ${schema}.signals, ${schema}.concurrency_keys, ${schema}.rate_limit_buckets`);
+    },
+    async enqueue(jobs, _keyed, batch) {
+      await insertBatches(
+        jobs.map((j) => ({ machine: Noop, args: { i: j.i }, ...(j.key === null ? {} : { concurrencyKey: j.key }) })),
+        batch,
+      );
+    },
+    async enqueueKind(kind, count, batch) {
+      const machine = kind === "free" ? NoopFree : NoopThrottled;
+      await insertBatches(Array.from({ length: count }, (_, i) => ({ machine, args: { i } })), batch);
+    },
+    async finished(which) {
+      const where = which === "all" ? "" : which === "hot" ? "and concurrency_key = $1" : "and concurrency_key is distinct from $1";
+      const { rows } = await admin.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.instances where status = 'done' ${where}`,
+        which === "all" ? [] : [HOT_KEY],
+      );
+      return rows[0]!.n;
+    },
+    async holderRunning() {
+      const { rows } = await admin.query(`select 1 from ${schema}.instances where status = 'running' and concurrency_key = $1 and (args->>'i')::int = $2`, [HOT_KEY, HOLDER]);
+      return rows.length === 1;
+    },
+    async startWorker(concurrency, role, h) {
+      if (role.holder) holderHandler = h;
+      else handler = h;
+      const engine = new GenDurable({
+        connectionString: url,
+        schema,
+        queues: { default: concurrency },
+        machines: [Noop, NoopFree, NoopThrottled],
+        rateLimits,
+      });
+      await engine.start();
+      return { stop: () => engine.stop() };
+    },
+    async teardown() {
+      await producer?.stop();
+    },
+  };
+}
+
+// ---------------------------------------------------------------- graphile-worker
+
+const silent = new Logger(() => () => {});
+
+function graphileFlow(url: string, admin: pg.Pool, variant: "defaults" | "batched"): FlowSystem {
+  const schema = variant === "defaults" ? "bench_flow_graphile_worker" : "bench_flow_graphile_worker_batched";
+  const batching = { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 };
+  let utils: WorkerUtils | undefined;
+  return {
+    name: variant === "defaults" ? "graphile-worker" : "graphile-worker (batched)",
+    schema,
+    config: {
+      keyed: "workerUtils.addJobs([{ identifier: 'noop', payload: { i }, queueName: `k${i mod K}` }, …]) — a named queue runs one job at a time",
+      worker: `run({ connectionString, schema, concurrency: C, maxPoolSize: max(10, C + 2), taskList: { noop }, noHandleSignals: true${
+        variant === "batched" ? ", preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }" : ""
+      } })`,
+      holder: "a second run({ concurrency: 1 }) without batching (a local queue would fetch jobs ahead), which takes the hot queue's first job and holds it",
+    },
+    async setup() {
+      await runMigrations({ connectionString: url, schema, logger: silent });
+      utils = await makeWorkerUtils({ connectionString: url, schema, logger: silent });
+    },
+    async reset() {
+      await admin.query(`delete from ${schema}._private_jobs`);
+      await admin.query(`delete from ${schema}._private_job_queues`);
+    },
+    async enqueue(jobs, _keyed, batch) {
+      for (let start = 0; start < jobs.length; start += batch) {
+        await utils!.addJobs(
+          jobs.slice(start, start + batch).map((j) => ({ identifier: "noop", payload: { i: j.i }, ...(j.key === null ? {} : { queueName: j.key }) })),
+        );
+      }
+    },
+    async finished(which, totals) {
+      // Completed jobs are deleted: finished = expected − still there.
+      const where = which === "all" ? "" : which === "hot" ? "where q.queue_name = $1" : "where q.queue_name is distinct from $1";
+      const { rows } = await admin.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}._private_jobs j left join ${schema}._private_job_queues q on q.id = j.job_queue_id ${where}`,
+        which === "all" ? [] : [HOT_KEY],
+      );
+      return totals[which] - rows[0]!.n;
+    },
+    async holderRunning() {
+      const { rows } = await admin.query(`select 1 from ${schema}._private_jobs where locked_at is not null and (payload->>'i')::int = $1`, [HOLDER]);
+      return rows.length === 1;
+    },
+    async startWorker(concurrency, role, handler) {
+      const runner = await run({
+        connectionString: url,
+        schema,
+        concurrency,
+        maxPoolSize: Math.max(10, concurrency + 2),
+        noHandleSignals: true,
+        logger: silent,
+        taskList: { noop: (payload) => handler((payload as { i: number }).i) },
+        ...(variant === "batched" && !role.holder ? { preset: { worker: batching } } : {}),
+      });
+      return { stop: () => runner.stop() };
+    },
+    async teardown() {
+      await utils?.release();
+    },
+  };
+}
+
+// ---------------------------------------------------------------- pg-boss
+
+function pgBossFlow(url: string, admin: pg.Pool): FlowSystem {
+  const schema = "bench_flow_pgboss";
+  const PLAIN = "flow_plain";
+  const KEYED = "flow_keyed";
+  let producer: PgBoss | undefined;
+  const report = (error: unknown) => console.error(`  [pg-boss error] ${error instanceof Error ? error.message : String(error)}`);
+  return {
+    name: "pg-boss",
+    schema,
+    config: {
+      queues: `createQueue('${PLAIN}', { notify: true }) for unkeyed jobs; createQueue('${KEYED}', { policy: 'singleton', notify: true }) for keyed ones`,
+      keyed: `boss.insert('${KEYED}', [{ data: { i }, singletonKey: \`k\${i mod K}\` }, …]) — policy singleton: at most one active job per singletonKey (unique index on (name, singleton_key) where state = 'active'; fetch skips keys with an active job)`,
+      worker:
+        "new PgBoss({ connectionString, schema, useListenNotify: true }).start(); work(queue, { localConcurrency: 2, batchSize: C / 2, burstWhenBatchFull: true }, handler) — as in the processing phase",
+      holder: `a second instance, work('${KEYED}', { localConcurrency: 1, batchSize: 1 }), which takes the hot key's first job and holds it`,
+    },
+    async setup() {
+      producer = new PgBoss({ connectionString: url, schema, supervise: false, schedule: false });
+      producer.on("error", report);
+      await producer.start();
+      await producer.createQueue(PLAIN, { notify: true });
+      await producer.createQueue(KEYED, { policy: "singleton", notify: true });
+    },
+    async reset() {
+      await admin.query(`truncate ${schema}.job cascade`);
+    },
+    async enqueue(jobs, keyed, batch) {
+      for (let start = 0; start < jobs.length; start += batch) {
+        await producer!.insert(
+          keyed ? KEYED : PLAIN,
+          jobs.slice(start, start + batch).map((j) => ({ data: { i: j.i }, ...(j.key === null ? {} : { singletonKey: j.key }) })),
+        );
+      }
+    },
+    async finished(which) {
+      const where = which === "all" ? "" : which === "hot" ? "and singleton_key = $1" : "and singleton_key is distinct from $1";
+      const { rows } = await admin.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.job where name in ('${PLAIN}', '${KEYED}') and state = 'completed' ${where}`,
+        which === "all" ? [] : [HOT_KEY],
+      );
+      return rows[0]!.n;
+    },
+    async holderRunning() {
+      const { rows } = await admin.query(`select 1 from ${schema}.job where name = '${KEYED}' and state = 'active' and (data->>'i')::int = $1`, [HOLDER]);
+      return rows.length === 1;
+    },
+    async startWorker(concurrency, role, handler) {
+      const boss = new PgBoss({ connectionString: url, schema, useListenNotify: true });
+      boss.on("error", report);
+      await boss.start();
+      const options = role.holder ? { localConcurrency: 1, batchSize: 1 } : { ...pgBossSplit(concurrency), burstWhenBatchFull: true };
+      await boss.work<{ i: number }>(role.keyed ? KEYED : PLAIN, options, async (jobs) => {
+        for (const job of jobs) await handler(job.data.i);
+      });
+      return { stop: () => boss.stop({ graceful: true, close: true }) };
+    },
+    async teardown() {
+      await producer?.stop({ graceful: true, close: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------- runs
+
+/**
+ * Starts a worker on jobs already queued and times until the database says
+ * `target` of them (`which`) are finished: polled every 200 ms while handlers
+ * are still being called, every 5 ms once `target` calls were seen.
+ */
+async function timeRun(
+  system: FlowSystem,
+  concurrency: number,
+  role: WorkerRole,
+  which: "all" | "others",
+  totals: { all: number; others: number; hot: number },
+  onCall: Handler = () => {},
+): Promise<FlowRun & { stop(): Promise<void> }> {
+  const target = totals[which];
+  let calls = 0;
+  const t0 = performance.now();
+  const worker = await system.startWorker(concurrency, role, (i) => {
+    calls++;
+    return onCall(i);
+  });
+  const startupMs = performance.now() - t0;
+  let finished = 0;
+  let completed = true;
+  try {
+    for (;;) {
+      finished = await system.finished(which, totals);
+      if (finished >= target) break;
+      if (performance.now() - t0 > RUN_TIMEOUT_MS) {
+        completed = false;
+        break;
+      }
+      await sleep(calls >= target ? 5 : 200);
+    }
+  } catch (error) {
+    await worker.stop();
+    throw error;
+  }
+  const ms = performance.now() - t0;
+  return {
+    jobs: target,
+    ms: round(ms, 1),
+    perSecond: round(finished / (ms / 1000)),
+    startupMs: round(startupMs, 1),
+    handlerCalls: calls,
+    finished,
+    completed,
+    stop: () => worker.stop(),
+  };
+}
+
+async function plainRun(system: FlowSystem, admin: pg.Pool, p: FlowParams, keyed: boolean): Promise<FlowRun> {
+  await system.reset();
+  const jobs = Array.from({ length: p.jobs }, (_, i) => ({ i, key: keyed ? keyOf(i, p.keys) : null }));
+  await system.enqueue(jobs, keyed, p.bulkBatch);
+  await vacuum(admin, system.schema);
+  const { stop, ...result } = await timeRun(system, p.concurrency, { keyed }, "all", { all: p.jobs, others: p.jobs, hot: 0 });
+  await stop();
+  return result;
+}
+
+/**
+ * The hot key: its first job is claimed by a holder worker (concurrency 1)
+ * whose handler does not return; then the hot key's backlog and the others
+ * are inserted (the backlog first, so it is ahead of them in every order),
+ * and the measured worker is started. When the others are done, the database
+ * must show no hot-key job finished and the holder still running.
+ */
+async function hotKeyRun(system: FlowSystem, admin: pg.Pool, p: FlowParams): Promise<HotKeyRun> {
+  await system.reset();
+  let release: () => void = () => {};
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let holderStarted: () => void = () => {};
+  const started = new Promise<void>((resolve) => (holderStarted = resolve));
+  await system.enqueue([{ i: HOLDER, key: HOT_KEY }], true, 1);
+  const holder = await system.startWorker(1, { keyed: true, holder: true }, async (i) => {
+    if (i !== HOLDER) return; // once released, the holder worker may take more of the hot key: no-ops
+    holderStarted();
+    await released;
+  });
+  let measured: (FlowRun & { stop(): Promise<void> }) | undefined;
+  try {
+    await withDeadline(started, 30_000, `${system.name}: the hot key's holder never started`);
+    const deadline = performance.now() + 30_000;
+    while (!(await system.holderRunning())) {
+      if (performance.now() > deadline) throw new Error(`${system.name}: the database never showed the hot key's holder running`);
+      await sleep(20);
+    }
+    const hot = Array.from({ length: p.hotJobs }, (_, n) => ({ i: HOT_BASE + n, key: HOT_KEY }));
+    const others = Array.from({ length: p.jobs }, (_, i) => ({ i, key: keyOf(i, p.keys) }));
+    await system.enqueue(hot, true, p.bulkBatch);
+    await system.enqueue(others, true, p.bulkBatch);
+    await vacuum(admin, system.schema);
+    let hotCalls = 0;
+    const totals = { all: p.jobs + p.hotJobs + 1, others: p.jobs, hot: p.hotJobs + 1 };
+    measured = await timeRun(system, p.concurrency, { keyed: true }, "others", totals, (i) => {
+      if (i >= HOT_BASE) hotCalls++;
+    });
+    const { stop: _stop, ...result } = measured;
+    const hotFinished = await system.finished("hot", totals);
+    const holderRunning = await system.holderRunning();
+    const problems: string[] = [];
+    if (!result.completed) problems.push(`only ${result.finished} of ${p.jobs} others finished within ${RUN_TIMEOUT_MS / 1000} s`);
+    if (hotFinished !== 0) problems.push(`${hotFinished} jobs of the held key finished`);
+    if (hotCalls !== 0) problems.push(`${hotCalls} jobs of the held key ran`);
+    if (!holderRunning) problems.push("the holder was no longer running");
+    return {
+      ...result,
+      hotJobs: p.hotJobs,
+      hotFinished,
+      hotHandlerCalls: hotCalls,
+      holderRunning,
+      verified: problems.length === 0,
+      problems,
+    };
+  } finally {
+    release();
+    await measured?.stop();
+    await holder.stop();
+  }
+}
+
+function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} (${ms} ms)`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function checkRun(label: string, run: FlowRun, problems: string[]): void {
+  if (!run.completed) problems.push(`${label}: only ${run.finished} of ${run.jobs} finished within ${RUN_TIMEOUT_MS / 1000} s`);
+  else if (run.finished !== run.jobs) problems.push(`${label}: ${run.finished} finished, expected ${run.jobs}`);
+}
+
+async function rateLimitRuns(gd: GenDurableFlow, admin: pg.Pool, p: FlowParams, log: (line: string) => void): Promise<RateLimitResult> {
+  const problems: string[] = [];
+  log(`  gen-durable: ${p.jobs} no-op jobs without rateLimit (baseline for the next run)`);
+  const baseline = await plainRun(gd, admin, p, false);
+  log(`    ${fmt(baseline.perSecond)} jobs/s`);
+
+  log(`  gen-durable: ${p.jobs} no-op jobs with rateLimit { name: "free" } (limit 1e9 per second: never short)`);
+  await gd.reset();
+  await gd.enqueueKind("free", p.jobs, p.bulkBatch);
+  await vacuum(admin, gd.schema);
+  const { stop: stopFree, ...neverThrottled } = await timeRun(gd, p.concurrency, { keyed: false }, "all", { all: p.jobs, others: p.jobs, hot: 0 });
+  await stopFree();
+  log(`    ${fmt(neverThrottled.perSecond)} jobs/s`);
+
+  log(`  gen-durable: ${p.throttleJobs} no-op jobs limited to ${p.throttleRate}/s (burst ${p.throttleRate})`);
+  await gd.reset();
+  await gd.enqueueKind("throttle", p.throttleJobs, p.bulkBatch);
+  await vacuum(admin, gd.schema);
+  const starts: number[] = [];
+  const { stop: stopThrottled, ...throttledRun } = await timeRun(gd, p.concurrency, { keyed: false }, "all", { all: p.throttleJobs, others: p.throttleJobs, hot: 0 }, () => {
+    starts.push(performance.now());
+  });
+  await stopThrottled();
+  starts.sort((a, b) => a - b);
+  const burst = p.throttleRate;
+  const span = starts.length > 1 ? starts[starts.length - 1]! - starts[0]! : NaN;
+  const achieved = starts.length > burst ? (starts.length - burst) / (span / 1000) : NaN;
+  // Sliding one-period window over the handler starts (two pointers).
+  let most = 0;
+  for (let lo = 0, hi = 0; hi < starts.length; hi++) {
+    while (starts[hi]! - starts[lo]! >= 1000) lo++;
+    most = Math.max(most, hi - lo + 1);
+  }
+  const bound = burst + p.throttleRate;
+  const throttled = {
+    ...throttledRun,
+    limitPerSecond: p.throttleRate,
+    burst,
+    achievedPerSecond: round(achieved, 1),
+    achievedVsLimit: round(achieved / p.throttleRate, 3),
+    maxStartsInOnePeriod: most,
+    bound,
+  };
+  log(`    after the burst ${fmt(throttled.achievedPerSecond)} jobs/s (${fmtRatio(throttled.achievedVsLimit)} of ${p.throttleRate}); most in any 1 s: ${most} (bound ${bound})`);
+
+  checkRun("rate limit baseline", baseline, problems);
+  checkRun("rate limit never throttled", neverThrottled, problems);
+  checkRun("rate limit throttled", throttledRun, problems);
+  if (p.throttleJobs <= burst) problems.push(`throttled run: ${p.throttleJobs} jobs fit in the burst of ${burst}, so no rate is measured (raise BENCH_FLOW_THROTTLE_JOBS)`);
+  // Handler starts trail the token draws by a variable delay, so a window may see a few more than the bound; 5% is noise, more is a finding.
+  if (most > bound * 1.05) problems.push(`throttled run: ${most} handler starts within one second, above burst + limit = ${bound}`);
+  return { baseline, neverThrottled, overheadRatio: round(neverThrottled.perSecond / baseline.perSecond, 3), throttled, verified: problems.length === 0, problems };
+}
+
+const FACTORIES: Record<(typeof FLOW_SYSTEMS)[number], (url: string, admin: pg.Pool, p: FlowParams) => FlowSystem> = {
+  "gen-durable": (url, admin, p) => genDurableFlow(url, admin, p.throttleRate),
+  "graphile-worker": (url, admin) => graphileFlow(url, admin, "defaults"),
+  "graphile-worker-batched": (url, admin) => graphileFlow(url, admin, "batched"),
+  "pg-boss": (url, admin) => pgBossFlow(url, admin),
+};
+
+/**
+ * Runs the phase for the given system keys (main.ts's BENCH_SYSTEMS; keys this
+ * phase does not know are skipped), run kind by run kind with the order of the
+ * systems rotating, as main.ts does, so a change in the host's load lands on
+ * every system's figure for a kind alike.
+ */
+export async function benchFlow(url: string, admin: pg.Pool, keys: readonly string[], p: FlowParams, log: (line: string) => void): Promise<FlowResult> {
+  const t0 = performance.now();
+  const loadStart = loadavg().map((x) => round(x, 2));
+  const known = keys.filter((k): k is (typeof FLOW_SYSTEMS)[number] => (FLOW_SYSTEMS as readonly string[]).includes(k));
+  const systems = known.map((k) => FACTORIES[k](url, admin, p));
+  const step = (s: FlowSystem, what: string) => log(`  ${s.name}: ${what}`);
+  let phase = 0;
+  const rotated = () => {
+    const shift = phase++ % systems.length;
+    return [...systems.slice(shift), ...systems.slice(0, shift)];
+  };
+  const partial = new Map<FlowSystem, Partial<FlowSystemResult>>(systems.map((s) => [s, { name: s.name, schema: s.schema, config: s.config }]));
+  let rateLimit: RateLimitResult | null = null;
+
+  for (const s of systems) {
+    await admin.query(`drop schema if exists ${s.schema} cascade`);
+    await s.setup();
+  }
+  try {
+    for (const s of rotated()) {
+      step(s, `flow warm-up (${p.warmupJobs} unkeyed, then ${p.warmupJobs} keyed)`);
+      await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, false);
+      await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, true);
+    }
+    for (const s of rotated()) {
+      step(s, `flow: ${p.jobs} unkeyed jobs at concurrency ${p.concurrency}`);
+      const r = await plainRun(s, admin, p, false);
+      partial.get(s)!.unkeyed = r;
+      step(s, `  ${fmt(r.perSecond)} jobs/s`);
+    }
+    for (const s of rotated()) {
+      step(s, `flow: ${p.jobs} jobs over ${p.keys} keys at concurrency ${p.concurrency}`);
+      const r = await plainRun(s, admin, p, true);
+      partial.get(s)!.keyed = r;
+      step(s, `  ${fmt(r.perSecond)} jobs/s`);
+    }
+    for (const s of rotated()) {
+      step(s, `flow: hot key held, ${p.hotJobs} queued behind it; ${p.jobs} jobs over ${p.keys} other keys at concurrency ${p.concurrency}`);
+      const r = await hotKeyRun(s, admin, p);
+      partial.get(s)!.hotKey = r;
+      step(s, `  others ${fmt(r.perSecond)} jobs/s${r.verified ? "; verified" : `; NOT VERIFIED: ${r.problems.join("; ")}`}`);
+    }
+    const gd = systems.find((s) => s.name === "gen-durable") as GenDurableFlow | undefined;
+    if (gd) rateLimit = await rateLimitRuns(gd, admin, p, log);
+  } finally {
+    for (const s of systems) await s.teardown().catch((error: unknown) => log(`  note: ${s.name} teardown failed: ${String(error)}`));
+    for (const s of systems) await admin.query(`drop schema if exists ${s.schema} cascade`).catch(() => {});
+  }
+
+  const results = systems.map((s) => {
+    const r = partial.get(s)! as FlowSystemResult;
+    const problems: string[] = [];
+    checkRun("unkeyed", r.unkeyed, problems);
+    checkRun("keyed", r.keyed, problems);
+    problems.push(...r.hotKey.problems.map((x) => `hot key: ${x}`));
+    return {
+      ...r,
+      keyedRatio: round(r.keyed.perSecond / r.unkeyed.perSecond, 3),
+      hotOthersVsUnkeyed: round(r.hotKey.perSecond / r.unkeyed.perSecond, 3),
+      hotOthersVsKeyed: round(r.hotKey.perSecond / r.keyed.perSecond, 3),
+      verified: problems.length === 0,
+      problems,
+    };
+  });
+  const gdResult = results.find((r) => r.name === "gen-durable");
+  const peers = results.filter((r) => r !== gdResult);
+  const kinds = [
+    { metric: "unkeyed", label: `unkeyed, c=${p.concurrency}`, value: (r: FlowSystemResult) => r.unkeyed.perSecond },
+    { metric: "keyed", label: `${fmt(p.keys)} keys × ${fmt(p.jobs / p.keys)} jobs, c=${p.concurrency}`, value: (r: FlowSystemResult) => r.keyed.perSecond },
+    { metric: "hotKeyOthers", label: `hot key held (${fmt(p.hotJobs)} behind it): the others`, value: (r: FlowSystemResult) => r.hotKey.perSecond },
+  ];
+  const comparisons = gdResult
+    ? kinds.map((k) => ({
+        metric: k.metric,
+        label: k.label,
+        "gen-durable": k.value(gdResult),
+        peers: peers.map((peer) => ({ name: peer.name, value: k.value(peer), ratio: round(k.value(gdResult) / k.value(peer), 3) })),
+      }))
+    : [];
+  const notes = [
+    "Keys: job i gets key k(i mod K), so a key's jobs are spread through the queue (for graphile-worker the key is the queueName, for pg-boss the singletonKey).",
+    "pg-boss has per-key exclusivity: a queue with policy 'singleton' allows one active job per singletonKey (unique index job_i2 on (name, coalesce(singleton_key, '')) where state = 'active'; fetch skips keys that have one and takes one job per key per batch). Its unkeyed jobs are in a separate standard queue, because in a singleton queue all jobs without a key share one slot. pg-boss 12 also offers 'key_strict_fifo' queues and groupConcurrency: 1 at work(); they are not measured.",
+    "Hot-key run: the others are keyed too (K other keys), so pg-boss can run them in the same singleton queue; the holder's worker (concurrency 1) runs beside the measured one, so the measured worker has all C slots.",
+    "The hot key's backlog is inserted before the others, so in every system's fetch order it is ahead of them: a fetch that scans past held work pays for it.",
+  ];
+  const goal = gdResult
+    ? { minRatio: 0.5, keyedRatio: gdResult.keyedRatio, hotOthersVsUnkeyed: gdResult.hotOthersVsUnkeyed, met: gdResult.keyedRatio >= 0.5 && gdResult.hotOthersVsUnkeyed >= 0.5 }
+    : null;
+  return {
+    parameters: p,
+    loadAverage: { start: loadStart, end: loadavg().map((x) => round(x, 2)) },
+    systems: results,
+    comparisons,
+    goal,
+    rateLimit,
+    notes,
+    totalSeconds: round((performance.now() - t0) / 1000, 1),
+  };
+}
+
+/** The console section, in the style of main.ts's tables. */
+export function printFlow(flow: FlowResult, log: (line: string) => void): void {
+  const p = flow.parameters;
+  log("");
+  log(
+    `Flow control (${fmt(p.jobs)} no-op jobs per run, concurrency ${p.concurrency}; jobs/s from the worker's start to the last finished; ` +
+      `ratios are gen-durable ÷ peer, and keyed ÷ unkeyed within each system):`,
+  );
+  for (const c of flow.comparisons) {
+    log(`${c.label}: gen-durable ${fmt(c["gen-durable"])} jobs/s` + c.peers.map((x) => ` | ${x.name} ${fmt(x.value)} (${fmtRatio(x.ratio)})`).join("") + "   [higher is better]");
+  }
+  log(
+    `keyed ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.keyedRatio)}`).join(" | ") +
+      `;  hot-key others ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | "),
+  );
+  for (const s of flow.systems) if (!s.verified) log(`  WARNING: ${s.name} flow runs not verified: ${s.problems.join("; ")}`);
+  if (flow.systems.length > 0 && flow.systems.every((s) => s.verified)) {
+    log(`verified from the database: every run's jobs finished; with the hot key held, none of its ${fmt(p.hotJobs)} queued jobs ran and its holder was still running`);
+  }
+  if (flow.goal) {
+    const g = flow.goal;
+    log(
+      `issue 5 goal (keyed within 2× of unkeyed, ratio ≥ ${g.minRatio}): keyed ${fmtRatio(g.keyedRatio)}, hot-key others ${fmtRatio(g.hotOthersVsUnkeyed)} → ${g.met ? "met" : "NOT met"}`,
+    );
+  }
+  const rl = flow.rateLimit;
+  if (rl) {
+    log(
+      `rate limit, never short (limit 1e9/s): ${fmt(rl.neverThrottled.perSecond)} jobs/s vs ${fmt(rl.baseline.perSecond)} without rateLimit (${fmtRatio(rl.overheadRatio)}); ` +
+        `throttled to ${rl.throttled.limitPerSecond}/s over ${fmt(rl.throttled.jobs)} jobs: ${fmt(rl.throttled.achievedPerSecond)}/s after the burst of ${rl.throttled.burst} ` +
+        `(${fmtRatio(rl.throttled.achievedVsLimit)} of the limit), ${fmt(rl.throttled.perSecond)}/s overall; most starts in any 1 s: ${rl.throttled.maxStartsInOnePeriod} (bound ${rl.throttled.bound})` +
+        (rl.verified ? "" : `  ← NOT VERIFIED: ${rl.problems.join("; ")}`),
+    );
+  }
+}
+
+/**
+ * `BENCH_ONLY=flow`: the other phases did not run, so the last full run's
+ * figures in the results file are kept and only its `flow` key is replaced
+ * (with the environment of this run beside it, since it is a different run).
+ */
+export async function mergeFlowInto(path: string, flow: FlowResult, environment: Record<string, unknown>): Promise<"merged" | "created"> {
+  let json: Record<string, unknown> = {};
+  let merged = false;
+  try {
+    json = JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
+    merged = true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`BENCH_ONLY=flow: cannot merge into ${path}: ${(error as Error).message}`);
+  }
+  json.flow = { ...flow, runAlone: { generatedAt: new Date().toISOString(), environment } };
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, JSON.stringify(json, null, 2) + "\n");
+  return merged ? "merged" : "created";
+}
