@@ -251,7 +251,7 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       return rows[0]!.n;
     },
     async holderRunning() {
-      const { rows } = await admin.query(`select 1 from ${schema}.instances where status = 'running' and concurrency_key = $1 and (args->>'i')::int = $2`, [HOT_KEY, HOLDER]);
+      const { rows } = await admin.query(`select 1 from ${schema}.instances where status = 'running' and concurrency_key = $1 and (state->>'i')::int = $2`, [HOT_KEY, HOLDER]);
       return rows.length === 1;
     },
     async startWorker(concurrency, role, h) {

@@ -53,7 +53,7 @@ describe("SIGKILL of worker processes mid-run", () => {
       let lastKill = 0;
       for (let round = 0; round < KILLS; round++) {
         await eventually("two live workers", () => fleet.ready().length >= 2, 60_000);
-        await new Promise((resolve) => setTimeout(resolve, lastKill + 300 + random() * 500 - Date.now()));
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, lastKill + 300 + random() * 500 - Date.now())));
         const batch = await client.insertMany(
           Array.from({ length: INSTANCES / KILLS }, (_, i) => ({ machine: FiveSteps, state: { n: round * 1000 + i, trail: [] } })),
         );
