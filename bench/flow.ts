@@ -72,6 +72,8 @@ const RUN_TIMEOUT_MS = 180_000;
 const HOT_BASE = 10_000_000;
 const HOLDER = 20_000_000;
 const HOT_KEY = "hot";
+/** gen-durable: the queue of the hot key's holder (see genDurableFlow). */
+const HOLD_QUEUE = "flow_hold";
 
 interface Job {
   i: number;
@@ -172,8 +174,8 @@ export interface FlowResult {
   systems: FlowSystemResult[];
   /** gen-durable's rate ÷ each peer's, per run kind. */
   comparisons: Array<{ metric: string; label: string; "gen-durable": number; peers: Array<{ name: string; value: number; ratio: number }> }>;
-  /** Issue 5: keyed within 2× of unkeyed, i.e. keyed ÷ unkeyed ≥ 0.5. */
-  goal: { minRatio: number; keyedRatio: number; hotOthersVsUnkeyed: number; met: boolean } | null;
+  /** Issue 5: keyed within 2× of unkeyed, i.e. keyed ÷ unkeyed ≥ 0.5 (the hot-key ratios are reported beside it, not part of it). */
+  goal: { minRatio: number; keyedRatio: number; hotOthersVsUnkeyed: number; hotOthersVsKeyed: number; met: boolean } | null;
   rateLimit: RateLimitResult | null;
   notes: string[];
   totalSeconds: number;
@@ -207,6 +209,11 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
   const Noop = defineJob({ name: "Noop", args, perform });
   const NoopFree = defineJob({ name: "NoopFree", args, rateLimit: { name: "free" }, perform });
   const NoopThrottled = defineJob({ name: "NoopThrottled", args, rateLimit: { name: "throttle" }, perform });
+  // The hot key's holder runs in a queue of its own on a node that runs nothing else (a key spans
+  // queues, so it still holds "hot" for the default queue). On the default queue, the holder's node
+  // would claim one more row ahead of its busy slot — and a keyed row claimed ahead holds its key
+  // until the long step ends (see README, "Flow control"), which is a finding, not what this run measures.
+  const Hold = defineJob({ name: "Hold", queue: HOLD_QUEUE, args, perform });
   const rateLimits = { free: { limit: 1e9, period: "1s" }, throttle: { limit: throttleRate, period: "1s" } };
   let producer: GenDurable | undefined;
   const insertBatches = async (items: InsertManyItem[], batch: number) => {
@@ -220,7 +227,7 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       job: "defineJob({ name: 'Noop', args: z.object({ i: z.number() }), perform: no-op })",
       keyed: "engine.insertMany([{ machine: Noop, args: { i }, concurrencyKey: `k${i mod K}` }, …]) — same job, same queue",
       worker: "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled], rateLimits })",
-      holder: "a second engine, queues: { default: 1 }, which claims the hot key's first job and holds it (its handler awaits a promise)",
+      holder: `a second engine, queues: { ${HOLD_QUEUE}: 1 }, machines: [Hold], which claims the hot key's first job (a Hold job in queue ${HOLD_QUEUE}, concurrencyKey "hot") and holds it (its handler awaits a promise)`,
       rateLimits: `{ free: { limit: 1e9, period: "1s" }, throttle: { limit: ${throttleRate}, period: "1s" } } (burst = limit, the default)`,
       rateLimited: "defineJob({ name: 'NoopFree' | 'NoopThrottled', rateLimit: { name: 'free' | 'throttle' }, … })",
     },
@@ -234,7 +241,7 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
     },
     async enqueue(jobs, _keyed, batch) {
       await insertBatches(
-        jobs.map((j) => ({ machine: Noop, args: { i: j.i }, ...(j.key === null ? {} : { concurrencyKey: j.key }) })),
+        jobs.map((j) => ({ machine: j.i === HOLDER ? Hold : Noop, args: { i: j.i }, ...(j.key === null ? {} : { concurrencyKey: j.key }) })),
         batch,
       );
     },
@@ -257,13 +264,9 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
     async startWorker(concurrency, role, h) {
       if (role.holder) holderHandler = h;
       else handler = h;
-      const engine = new GenDurable({
-        connectionString: url,
-        schema,
-        queues: { default: concurrency },
-        machines: [Noop, NoopFree, NoopThrottled],
-        rateLimits,
-      });
+      const engine = role.holder
+        ? new GenDurable({ connectionString: url, schema, queues: { [HOLD_QUEUE]: concurrency }, machines: [Hold] })
+        : new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [Noop, NoopFree, NoopThrottled], rateLimits });
       await engine.start();
       return { stop: () => engine.stop() };
     },
@@ -693,7 +696,13 @@ export async function benchFlow(url: string, admin: pg.Pool, keys: readonly stri
     "The hot key's backlog is inserted before the others, so in every system's fetch order it is ahead of them: a fetch that scans past held work pays for it.",
   ];
   const goal = gdResult
-    ? { minRatio: 0.5, keyedRatio: gdResult.keyedRatio, hotOthersVsUnkeyed: gdResult.hotOthersVsUnkeyed, met: gdResult.keyedRatio >= 0.5 && gdResult.hotOthersVsUnkeyed >= 0.5 }
+    ? {
+        minRatio: 0.5,
+        keyedRatio: gdResult.keyedRatio,
+        hotOthersVsUnkeyed: gdResult.hotOthersVsUnkeyed,
+        hotOthersVsKeyed: gdResult.hotOthersVsKeyed,
+        met: gdResult.keyedRatio >= 0.5,
+      }
     : null;
   return {
     parameters: p,
@@ -720,7 +729,8 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
   }
   log(
     `keyed ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.keyedRatio)}`).join(" | ") +
-      `;  hot-key others ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | "),
+      `;  hot-key others ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | ") +
+      `;  hot-key others ÷ keyed (1× = the held key's backlog costs the others nothing): ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsKeyed)}`).join(" | "),
   );
   for (const s of flow.systems) if (!s.verified) log(`  WARNING: ${s.name} flow runs not verified: ${s.problems.join("; ")}`);
   if (flow.systems.length > 0 && flow.systems.every((s) => s.verified)) {
@@ -729,7 +739,8 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
   if (flow.goal) {
     const g = flow.goal;
     log(
-      `issue 5 goal (keyed within 2× of unkeyed, ratio ≥ ${g.minRatio}): keyed ${fmtRatio(g.keyedRatio)}, hot-key others ${fmtRatio(g.hotOthersVsUnkeyed)} → ${g.met ? "met" : "NOT met"}`,
+      `issue 5 goal (keyed within 2× of unkeyed, ratio ≥ ${g.minRatio}): keyed ÷ unkeyed ${fmtRatio(g.keyedRatio)} → ${g.met ? "met" : "NOT met"}` +
+        ` (beside it: hot-key others ÷ unkeyed ${fmtRatio(g.hotOthersVsUnkeyed)}, ÷ keyed ${fmtRatio(g.hotOthersVsKeyed)})`,
     );
   }
   const rl = flow.rateLimit;

@@ -152,6 +152,8 @@ export class GenDurable {
   /** Spans, metrics and event log lines; attached in start() so an SDK registered after construction is used. */
   private telemetry: Telemetry | undefined;
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
+  /** What stop() aborts unfinished steps with, so the executor tells a release from a failure. */
+  private stopReason: EngineStoppedError | undefined;
 
   constructor(options: GenDurableOptions) {
     this.config = resolveConfig(options);
@@ -224,6 +226,7 @@ export class GenDurable {
       children: this.childrenQ,
       channel: config.channel,
       rateLimiter: this.rateLimiter,
+      stopReason: () => this.stopReason,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
     // scheduler claims every machine this node runs.
@@ -368,22 +371,43 @@ export class GenDurable {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([settled, new Promise((resolve) => (timer = setTimeout(resolve, this.config.shutdownGraceMs)))]);
       clearTimeout(timer);
-      const released = await this.leases.releaseAll(new EngineStoppedError()).catch((error: unknown) => {
+      this.stopReason = new EngineStoppedError();
+      const released = await this.leases.releaseAll(this.stopReason).catch((error: unknown) => {
         this.reportError("stop", error);
         return [] as string[];
       });
       for (const queue of released) this.notifier.request(queue);
-      await settled;
+      await this.bounded("steps to settle", settled);
     }
     await this.loops?.lease.stop();
-    await this.leases.close();
-    if (wasStarted && this.config.queues.size > 0) await this.pool.query(this.flow.unregister, [this.config.nodeId]).catch((error: unknown) => this.reportError("stop", error));
-    await this.listener?.stop();
-    while (!this.completer.idle) await new Promise((resolve) => setTimeout(resolve, 5));
-    await this.notifier.drain();
+    await this.bounded("the lease connection to close", this.leases.close());
+    if (wasStarted && this.config.queues.size > 0) {
+      await this.bounded("unregistering this node", this.pool.query(this.flow.unregister, [this.config.nodeId]).catch((error: unknown) => this.reportError("stop", error)));
+    }
+    await this.bounded("the listener to close", this.listener?.stop());
+    await this.bounded("group commits to finish", this.completer.whenIdle());
+    await this.bounded("notifications to go out", this.notifier.drain());
     this.telemetry?.close();
     this.state = "stopped";
-    if (this.ownsPool) await this.pool.end();
+    if (this.ownsPool) await this.bounded("the pool to close", this.pool.end());
+  }
+
+  /**
+   * Waits for one part of stop(), at most one lease duration. Every part ends
+   * by itself unless the database went silent (a dead network drops no
+   * connection and answers no query): then stop() gives up on it rather than
+   * hang the process, reporting what it left. Rows it still held are reaped by
+   * other nodes after their leases expire, as after a crash.
+   */
+  private async bounded(what: string, work: Promise<unknown> | undefined): Promise<void> {
+    if (!work) return;
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = await Promise.race([
+      work.then(() => false, () => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.config.leaseMs))),
+    ]);
+    clearTimeout(timer);
+    if (gaveUp) this.reportError("stop", new Error(`stop() gave up waiting for ${what} after ${this.config.leaseMs} ms (is the database reachable?)`));
   }
 
   // ---------------------------------------------------------------- clients

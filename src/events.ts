@@ -32,6 +32,11 @@ export interface EngineEvents {
   "step:rate_limited": StepFacts & { limit: string; waitMs: number };
   /** The claim was lost before the outcome committed; the outcome was discarded. */
   "lease:lost": StepFacts;
+  /**
+   * This node stopped before the step finished: the step was abandoned and its
+   * instance released to run again elsewhere, no attempt counted (graceful stop).
+   */
+  "step:released": StepFacts & { durationMs: number };
   /** A background loop finished a tick. */
   "loop:tick": { loop: LoopName; durationMs: number; count: number; queue?: string };
   /**

@@ -40,6 +40,11 @@ export class Completer {
     return !this.flushing && this.queue.length === 0;
   }
 
+  /** Resolves once every submitted outcome is written (or has failed). */
+  async whenIdle(): Promise<void> {
+    while (!this.idle) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+
   private kick(): void {
     if (this.flushing || this.queue.length === 0) return;
     this.flushing = true;

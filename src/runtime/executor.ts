@@ -74,6 +74,8 @@ export interface ExecutorDeps {
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
+  /** The error a graceful stop aborts steps with (undefined until stop()). */
+  stopReason: () => Error | undefined;
 }
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
@@ -466,6 +468,15 @@ export class Executor {
     started: number,
     settled: () => void = () => {},
   ): Promise<void> {
+    if (thrown === this.deps.stopReason()) {
+      // Aborted by a graceful stop, which released the row (attempt refunded) before
+      // aborting it: nothing to record here, and not a failure.
+      settled();
+      const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
+      this.deps.events.emit("step:released", { ...facts, durationMs: Math.round(performance.now() - started) });
+      this.deps.logger.info(facts, "step abandoned by a graceful stop; its instance was released to run elsewhere");
+      return;
+    }
     const error = toErrorRecord(thrown);
     const willRetry = row.attempt < maxAttempts;
     const durationMs = Math.round(performance.now() - started);

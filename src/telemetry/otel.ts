@@ -144,6 +144,7 @@ export class OtelBridge {
       events.on("step:stop", (e) => this.onStop(e)),
       events.on("step:exception", (e) => this.onException(e)),
       events.on("lease:lost", (e) => this.onLeaseLost(e)),
+      events.on("step:released", (e) => this.onReleased(e)),
       events.on("engine:error", (e) => this.onEngineError(e)),
       events.on("step:rate_limited", (e) =>
         this.stepsRateLimited.add(1, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.queue]: e.queue, [ATTR.rateLimit]: e.limit }),
@@ -221,6 +222,17 @@ export class OtelBridge {
     if (!open.failed) fail(open.span, { name: "LeaseLostError", message: "the claim was lost before the outcome committed; the outcome was discarded", code: "LEASE_LOST" });
     open.span.end();
     this.stepDuration.record(performance.now() - open.startedAt, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.outcome]: "lease_lost" });
+  }
+
+  /** A graceful stop abandoned the step and released its instance: not an error. */
+  private onReleased(e: EngineEvents["step:released"]): void {
+    const k = key(e);
+    const open = this.open.get(k);
+    if (!open) return;
+    this.open.delete(k);
+    open.span.setAttribute(ATTR.outcome, "released");
+    open.span.end();
+    this.stepDuration.record(performance.now() - open.startedAt, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.outcome]: "released" });
   }
 
   private onEngineError(e: EngineEvents["engine:error"]): void {

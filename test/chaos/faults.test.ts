@@ -389,3 +389,43 @@ describe("a pool smaller than the concurrency (scenario 16)", () => {
     expect(crashes).toEqual([]);
   });
 });
+
+describe("stop() when the database goes silent", () => {
+  let proxy: HalfOpenProxy | undefined;
+  afterAll(async () => {
+    await proxy?.close();
+  });
+
+  it("gives up on what it cannot finish after a lease, reports it, and returns", { timeout: 60_000 }, async () => {
+    const upstream = new URL(db.url);
+    proxy = await startHalfOpenProxy({ host: upstream.hostname, port: Number(upstream.port || 5432) });
+    const viaProxy = new URL(db.url);
+    viaProxy.hostname = "127.0.0.1";
+    viaProxy.port = String(proxy.port);
+    const engine = new GenDurable({
+      connectionString: viaProxy.toString(),
+      schema: db.schema,
+      queues: { pool: 2 },
+      machines: [HoldClient],
+      leaseDuration: "1s",
+      shutdownGrace: 100,
+      listenerHeartbeat: "500ms",
+      nodeId: "silent-stop",
+    });
+    const errors: string[] = [];
+    engine.on("engine:error", (e) => errors.push(`${e.loop}: ${String((e.error as Error)?.message ?? e.error)}`));
+    const client = db.engine();
+    await client.start();
+    await engine.start();
+    // A transactional step is mid-query when every connection goes silent.
+    const { id } = await client.insert(HoldClient, { state: { holdMs: 60_000 } });
+    await eventually("the step running", async () => (await client.get(id))?.status === "running");
+    proxy.blackhole(() => true);
+    const started = Date.now();
+    await engine.stop();
+    // Each part of stop() waits at most one lease (1 s); a hang would time this test out.
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(errors.some((e) => /^stop: stop\(\) gave up waiting for/.test(e))).toBe(true);
+    await client.cancel(id);
+  });
+});

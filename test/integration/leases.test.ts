@@ -141,9 +141,15 @@ describe("graceful stop", () => {
     const finishing = await first.insert(Held, { state: { n: 10 } });
     const stuck = await first.insert(Held, { state: { n: 20 } });
     await eventually("both running", () => running.has(finishing.id) && running.has(stuck.id));
+    const seen: string[] = [];
+    first.on("step:released", (e) => seen.push(`released ${e.id}`));
+    first.on("step:exception", (e) => seen.push(`exception ${e.id}`));
+    first.on("lease:lost", (e) => seen.push(`lease lost ${e.id}`));
     const stopping = first.stop();
     running.get(finishing.id)!.release(); // finishes within the grace period
     await stopping;
+    // Being released by a graceful stop is neither a failed attempt nor a lost lease.
+    expect(seen).toEqual([`released ${stuck.id}`]);
     expect(await first.get(finishing.id).catch(() => null)).toBeNull(); // stopped engines refuse work
     const client = db.engine();
     await client.start();
