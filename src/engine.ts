@@ -246,6 +246,7 @@ export class GenDurable {
         executor,
         leases: this.leases,
         events: this.events,
+        onError: (loop, error) => this.reportError(loop, error),
       });
       this.schedulers.set(queue, scheduler);
       scheduler.start();

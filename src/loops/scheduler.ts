@@ -33,6 +33,8 @@ export interface QueueSchedulerOptions {
   executor: Executor;
   leases: Leases;
   events: TypedEmitter;
+  /** A claim failed (reported and logged by the engine; the scheduler retries shortly). */
+  onError: (loop: string, error: unknown) => void;
 }
 
 export class QueueScheduler {
@@ -126,7 +128,7 @@ export class QueueScheduler {
         this.launchBuffered();
       }
     } catch (error) {
-      this.o.events.emit("engine:error", { loop: `scheduler:${this.o.queue}`, error });
+      this.o.onError(`scheduler:${this.o.queue}`, error);
       // Try again shortly rather than waiting for the next poll.
       this.mayHaveMore = true;
       this.wake(250);

@@ -1,14 +1,14 @@
 /**
- * Queries behind `gen-durable status`: counts per queue and status, paused
- * queues, started nodes. Read-only, and cheap on a big table: every count is
+ * Queries behind `gen-durable status` and the queue-depth gauge: counts per
+ * queue and status, paused queues, started nodes. Read-only, and cheap on a big table: every count is
  * its own branch whose WHERE implies the predicate of one partial index, so it
  * costs O(rows in that status), never O(table):
  *   runnable, no concurrency key   instances_claim (index-only: queue, run_at)
  *   runnable, concurrency key      instances_key_runnable
  *   running                        instances_lease
  *   awaiting                       instances_await_deadline
- *   failed                         instances_gc (terminal rows, bounded by GC retention)
- *   joining                        no index yet: a scan of the table (see the report to the lead)
+ *   joining                        instances_joining
+ *   failed                         instances_failed
  * Done and cancelled are not counted: they are the bulk of a table and nobody
  * acts on their number.
  */
@@ -44,6 +44,13 @@ export function statusQueries(schema: string) {
 
     /** (queue, status, n) for running, awaiting, joining and failed. */
     counts: COUNTED_STATUSES.map((status) => branches[status]).join("\nunion all\n"),
+
+    /** (queue, status, count) of the live statuses: the `gen_durable.queue.depth` gauge. */
+    depth: `
+      select queue, 'runnable' as status, count(*)::float8 as count
+      from (${branches.runnableUnkeyed} union all ${branches.runnableKeyed}) r group by queue
+      union all
+      select queue, status, n::float8 from (${(["running", "awaiting", "joining"] as const).map((status) => branches[status]).join(" union all ")}) live`,
 
     queues: `select name, paused from ${s}.queues`,
 
