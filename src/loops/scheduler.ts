@@ -47,6 +47,12 @@ export class QueueScheduler {
   private claiming = false;
   /** Set by every wake-up; cleared when a claim comes back short (nothing more is due). */
   private mayHaveMore = true;
+  /**
+   * Keyed rows are claimed only into free slots (a claimed row holds its key,
+   * so one claimed ahead would hold it idle). Set when the last claim took as
+   * many as it was allowed: more may be due, so a freed slot claims again.
+   */
+  private keyedWaiting = false;
   private stopped = true;
   private fillScheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
@@ -115,12 +121,16 @@ export class QueueScheduler {
     try {
       while (!this.stopped && this.mayHaveMore && this.wanted > 0) {
         const want = this.wanted;
+        const freeSlots = this.buffer.length > 0 ? 0 : Math.max(0, this.o.concurrency - this.running);
         this.mayHaveMore = false;
         const started = performance.now();
-        const rows = await this.claim(want);
+        const rows = await this.claim(want, freeSlots);
         this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
         if (rows.length === want) this.mayHaveMore = true;
-        for (const row of rows) {
+        const keyed = rows.filter((row) => row.concurrency_key !== null);
+        this.keyedWaiting = keyed.length >= freeSlots;
+        // Keyed rows first: they were claimed for the free slots and start at once.
+        for (const row of [...keyed, ...rows.filter((row) => row.concurrency_key === null)]) {
           // Leased from now on: renewed while it waits, released if the node stops first.
           this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
           this.buffer.push(row);
@@ -137,8 +147,9 @@ export class QueueScheduler {
     }
   }
 
-  private async claim(want: number): Promise<ClaimedRow[]> {
-    const claim = prepared(this.o.claims.claim, [this.o.queue, this.o.machines, want, this.o.nodeId, this.o.leaseMs, this.o.global ?? null]);
+  private async claim(want: number, keyedAtMost: number): Promise<ClaimedRow[]> {
+    const { queue, machines, nodeId, leaseMs, global } = this.o;
+    const claim = prepared(this.o.claims.claim, [queue, machines, want, nodeId, leaseMs, global ?? null, keyedAtMost]);
     if (this.o.global === undefined) return (await this.o.pool.query<ClaimedRow>(claim)).rows;
     // Under a global limit the count of running rows and the claim must not interleave with
     // another node's: the queue's advisory lock serialises them for this transaction.
@@ -160,11 +171,15 @@ export class QueueScheduler {
       settled = true;
       this.running--;
       this.committing++;
+      if (this.keyedWaiting) this.mayHaveMore = true;
       this.scheduleFill();
     };
     const task = this.o.executor.execute(row, onSettled).finally(() => {
       if (settled) this.committing--;
-      else this.running--;
+      else {
+        this.running--;
+        if (this.keyedWaiting) this.mayHaveMore = true;
+      }
       this.o.onGlobalSlotFreed?.();
       this.inFlight.delete(task);
       this.scheduleFill();

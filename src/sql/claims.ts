@@ -22,8 +22,9 @@ export function claimQueries(schema: string) {
   return {
     /**
      * Claims up to $3 due rows of queue $1 whose machine this node runs ($2),
-     * counting the attempt at claim. Walks instances_claim in order and skips
-     * rows another node is claiming.
+     * counting the attempt at claim, at most $7 of them keyed. Walks
+     * instances_claim (and, for keyed rows, concurrency_keys) in order and skips
+     * rows another node is claiming. $6: the queue's global limit, or null.
      */
     claim: `
       with paused as (
@@ -50,12 +51,14 @@ export function claimQueries(schema: string) {
         for update skip locked
       ),
       -- Keyed work: free keys with something due, one row per key whatever queues behind it;
-      -- the key row's lock makes two nodes never pick two instances of one key.
+      -- the key row's lock makes two nodes never pick two instances of one key. At most $7:
+      -- the caller's free slots, since a claimed row holds its key, and a keyed row claimed
+      -- ahead would hold it while it waits for a slot.
       free_keys as (
         select key from ${s}.concurrency_keys
         where queue = $1 and holder is null and run_at <= now()
         order by priority, run_at
-        limit (select n from budget)
+        limit least((select n from budget), $7::int)
         for update skip locked
       ),
       keyed as (

@@ -69,6 +69,19 @@ afterAll(() => {
   for (const release of gates.values()) release();
 });
 
+/** Resolves after `engine` has made `n` more claims of `queue`. */
+function claimsBy(engine: ReturnType<typeof db.engine>, queue: string, n: number): Promise<void> {
+  return new Promise((resolve) => {
+    let seen = 0;
+    const off = engine.on("loop:tick", (tick) => {
+      if (tick.loop === "scheduler" && tick.queue === queue && ++seen >= n) {
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
 async function overlaps(): Promise<unknown[]> {
   const { rows } = await db.pool.query(
     `select a.key, a.instance_id, b.instance_id as other from ${s}.runs a join ${s}.runs b
@@ -168,6 +181,24 @@ describe("concurrency keys", () => {
     const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.concurrency_keys where key like 'race%' and run_at is not null`);
     expect(rows[0]!.n).toBe(100);
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where concurrency_key like 'race%'`);
+  });
+
+  it("a busy node does not claim keyed work ahead (it would hold the key while the work waits)", { timeout: 30_000 }, async () => {
+    const GatedAhead = defineJob({ name: "GatedAhead", queue: "ahead", args: z.object({ gate: z.string() }), perform: (args) => new Promise<void>((resolve) => gates.set(args.gate, resolve)) });
+    const KeyedAhead = defineJob({ name: "KeyedAhead", queue: "ahead", args: z.object({}), perform: () => "ran" });
+    // One slot, taken by a step that waits for the test; its claim-ahead buffer has room for one more row.
+    const busy = db.engine({ queues: { ahead: 1 }, machines: [GatedAhead, KeyedAhead], nodeId: "busy", pollInterval: 50 });
+    await busy.start();
+    const holder = await client.insert(GatedAhead, { args: { gate: "ahead" } });
+    await eventually("the busy node's slot taken", () => gates.has("ahead"));
+    const keyed = await client.insertMany(Array.from({ length: 5 }, () => ({ machine: KeyedAhead, args: {}, concurrencyKey: "ahead:x" })));
+    await claimsBy(busy, "ahead", 3); // the busy node claims (ahead) while its slot is taken
+    const idle = db.engine({ queues: { ahead: 4 }, machines: [KeyedAhead], nodeId: "idle", pollInterval: 50 });
+    await idle.start();
+    for (const { id } of keyed) expect((await client.wait(id, { timeout: 10_000 })).result).toBe("ran");
+    gates.get("ahead")!();
+    await client.wait(holder.id, { timeout: 10_000 });
+    await Promise.all([busy.stop(), idle.stop()]);
   });
 
   it("the database refuses a second running step of a key whatever the caller", async () => {

@@ -99,7 +99,7 @@ describe("scheduler", () => {
     const conn = await db.pool.connect();
     try {
       await conn.query("begin");
-      const { rows } = await conn.query(`explain ${claimQueries(db.schema).claim}`.replace(/\$1/g, "'ordered'").replace(/\$2::text\[\]/g, "array['Ordered']").replace(/\$3/g, "10").replace(/\$4/g, "'n'").replace(/\$5/g, "1000").replace(/\$6/g, "null"));
+      const { rows } = await conn.query(`explain ${claimQueries(db.schema).claim}`.replace(/\$1/g, "'ordered'").replace(/\$2::text\[\]/g, "array['Ordered']").replace(/\$3/g, "10").replace(/\$4/g, "'n'").replace(/\$5/g, "1000").replace(/\$6/g, "null").replace(/\$7/g, "10"));
       const plan = rows.map((r) => r["QUERY PLAN"]).join("\n");
       expect(plan).toMatch(/instances_claim/);
       expect(plan).not.toMatch(/Seq Scan on instances/);
