@@ -117,7 +117,28 @@ function partitionKey(partition: unknown, what: string): string {
   return String(partition);
 }
 
+type Line = "join" | "retry" | "none";
+interface Draw {
+  taken: boolean;
+  balance: number;
+  wait_ms: number;
+}
+interface PendingDraws {
+  limit: RateLimit;
+  partition: string;
+  weights: number[];
+  lines: Line[];
+  waiters: Array<{ resolve: (draw: Draw) => void; reject: (error: unknown) => void }>;
+}
+
 export class RateLimiter {
+  /**
+   * Draws asked for in one event-loop turn, per bucket: they go to the database
+   * together, one statement and one lock of the bucket's row for all of them
+   * (in order), instead of queueing one by one on that lock.
+   */
+  private readonly pending = new Map<string, PendingDraws>();
+
   constructor(
     private readonly pool: pg.Pool,
     private readonly queries: FlowQueries,
@@ -133,11 +154,30 @@ export class RateLimiter {
     return limit;
   }
 
-  private async take(limit: RateLimit, partition: string, weight: number, line: "join" | "retry" | "none") {
-    const { rows } = await this.pool.query<{ taken: boolean; balance: number; wait_ms: number }>(
-      prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weight, line]),
-    );
-    return rows[0]!;
+  private take(limit: RateLimit, partition: string, weight: number, line: Line): Promise<Draw> {
+    const key = `${limit.name}\u0000${partition}`;
+    let batch = this.pending.get(key);
+    if (!batch) {
+      const fresh: PendingDraws = { limit, partition, weights: [], lines: [], waiters: [] };
+      this.pending.set(key, fresh);
+      setImmediate(() => {
+        this.pending.delete(key);
+        void this.flush(fresh);
+      });
+      batch = fresh;
+    }
+    batch.weights.push(weight);
+    batch.lines.push(line);
+    return new Promise((resolve, reject) => batch.waiters.push({ resolve, reject }));
+  }
+
+  private async flush({ limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
+    try {
+      const { rows } = await this.pool.query<Draw>(prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weights, lines]));
+      waiters.forEach((waiter, i) => waiter.resolve(rows[i]!));
+    } catch (error) {
+      for (const waiter of waiters) waiter.reject(error);
+    }
   }
 
   /**

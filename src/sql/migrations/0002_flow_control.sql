@@ -43,8 +43,10 @@ create index instances_key_due on {{schema}}.instances (concurrency_key, run_at,
 
 -- One row per key with runnable or running instances, kept current by the
 -- triggers below (every status, due-time or priority change of a keyed row goes
--- through them, whatever code path made it): `holder` is the running instance,
--- (queue, priority, run_at) describe when and where the key has work next.
+-- through them, whatever code path made it): `holder` is the running instance;
+-- run_at is the earliest due time of the key's runnable instances (null: none),
+-- queue that instance's queue, and priority the key's best (lowest) priority:
+-- they order keys in a claim, which then picks the key's next instance exactly.
 create table {{schema}}.concurrency_keys (
   key      text        primary key,
   holder   bigint,
@@ -55,39 +57,46 @@ create table {{schema}}.concurrency_keys (
 create index concurrency_keys_claim on {{schema}}.concurrency_keys (queue, priority, run_at)
   where holder is null and run_at is not null;
 
--- Recomputes a key's row under its row lock. The lock serialises every change
--- to the key's instances, and each statement here reads a fresh snapshot after
--- taking it, so the row always reflects committed work.
-create function {{schema}}.refresh_concurrency_key(k text) returns void
-language plpgsql volatile as $$
-declare
-  due record;
-  earliest record;
-begin
-  perform 1 from {{schema}}.concurrency_keys where key = k for update;
-  if not found then
-    insert into {{schema}}.concurrency_keys (key) values (k) on conflict (key) do nothing;
-    perform 1 from {{schema}}.concurrency_keys where key = k for update;
-  end if;
-  select queue, priority into due from {{schema}}.instances
-    where concurrency_key = k and status = 'runnable' and run_at <= now()
-    order by priority, run_at, id limit 1;
-  select queue, priority, run_at into earliest from {{schema}}.instances
-    where concurrency_key = k and status = 'runnable'
-    order by run_at, id limit 1;
-  update {{schema}}.concurrency_keys set
-    holder   = (select id from {{schema}}.instances where concurrency_key = k and status = 'running'),
-    queue    = coalesce(due.queue, earliest.queue),
-    priority = coalesce(due.priority, earliest.priority),
-    run_at   = earliest.run_at
-  where key = k;
-end
-$$;
-
+-- One statement or two per change, never a scan of the key's instances:
+--   * a row enters the runnable set (insert, next step, retry, signal, join):
+--     the key's work is at least that early: an upsert taking the least values;
+--   * a row leaves it or moves in it (claim, cancel, advanced time): the key
+--     row is locked first and recomputed after, from two index probes, so the
+--     fresh snapshot of the second statement sees every change committed
+--     before the lock (a concurrent insert either committed before, or
+--     upserts after us on our result);
+--   * otherwise only the holder changes (a running step's outcome).
 create function {{schema}}.concurrency_key_changed() returns trigger
 language plpgsql as $$
+declare
+  k text := new.concurrency_key;
+  was_runnable boolean := false;
+  was_running boolean := false;
 begin
-  perform {{schema}}.refresh_concurrency_key(new.concurrency_key);
+  if tg_op = 'UPDATE' then
+    was_runnable := old.status = 'runnable';
+    was_running := old.status = 'running';
+  end if;
+  if was_runnable then
+    perform 1 from {{schema}}.concurrency_keys where key = k for update;
+    update {{schema}}.concurrency_keys c set
+      holder = case when new.status = 'running' then new.id else c.holder end,
+      (queue, run_at) = (select i.queue, i.run_at from {{schema}}.instances i
+                         where i.concurrency_key = k and i.status = 'runnable' order by i.run_at, i.id limit 1),
+      priority = (select i.priority from {{schema}}.instances i
+                  where i.concurrency_key = k and i.status = 'runnable' order by i.priority, i.run_at, i.id limit 1)
+    where c.key = k;
+  elsif new.status = 'runnable' then
+    insert into {{schema}}.concurrency_keys as c (key, holder, queue, priority, run_at)
+    values (k, null, new.queue, new.priority, new.run_at)
+    on conflict (key) do update set
+      holder = case when was_running then null else c.holder end,
+      queue = case when c.run_at is null or new.run_at < c.run_at then new.queue else c.queue end,
+      priority = least(coalesce(c.priority, new.priority), new.priority),
+      run_at = least(coalesce(c.run_at, new.run_at), new.run_at);
+  elsif was_running then
+    update {{schema}}.concurrency_keys set holder = null where key = k;
+  end if;
   return null;
 end
 $$;
@@ -122,15 +131,16 @@ create table {{schema}}.rate_limit_buckets (
 -- it wakes it retries the draw without joining the line again.
 alter table {{schema}}.instances add column rate_limited text;
 
--- Draws `weight` tokens from a bucket (created full on first use) if it holds
--- them. Otherwise: line = 'join' puts the caller at the end of the line,
+-- Draws from a bucket (created full on first use), under its row lock, for a
+-- batch of callers in order: weights[i] tokens if the bucket holds them.
+-- Otherwise: lines[i] = 'join' puts that caller at the end of the bucket's line,
 -- 'retry' (a waiter whose turn came, but someone else took the tokens) waits
 -- just until the bucket could cover it, 'none' only reports. wait_ms says how
--- long to wait before drawing again.
+-- long to wait before drawing again. One row per caller, in order.
 create function {{schema}}.take_tokens(
   bucket text, part text, capacity double precision, per_second double precision,
-  weight double precision, line text,
-  out taken boolean, out balance double precision, out wait_ms double precision)
+  weights double precision[], lines text[])
+returns table (taken boolean, balance double precision, wait_ms double precision)
 language plpgsql volatile as $$
 declare
   stored double precision;
@@ -139,6 +149,7 @@ declare
   available double precision;
   waiting_until timestamptz;
   slot timestamptz;
+  w double precision;
 begin
   insert into {{schema}}.rate_limit_buckets as b (name, partition, tokens, updated_at)
   values (bucket, part, capacity, clock_timestamp()) on conflict (name, partition) do nothing;
@@ -148,16 +159,25 @@ begin
   -- must not refill from a moment before the previous draw (that would mint tokens).
   at := greatest(clock_timestamp(), stored_at);
   available := least(capacity, stored + extract(epoch from at - stored_at) * per_second);
-  taken := available >= weight;
-  balance := case when taken then available - weight else available end;
-  wait_ms := case when taken then 0 else (weight - available) / per_second * 1000 end;
-  if not taken and line = 'join' then
-    slot := greatest(at + wait_ms * interval '1 millisecond',
-                     coalesce(waiting_until, at) + weight / per_second * interval '1 second');
-    wait_ms := extract(epoch from slot - at) * 1000;
-    waiting_until := slot;
-  end if;
-  update {{schema}}.rate_limit_buckets b set tokens = balance, updated_at = at, line_end = waiting_until
+  for i in 1 .. coalesce(array_length(weights, 1), 0) loop
+    w := weights[i];
+    taken := available >= w;
+    if taken then
+      available := available - w;
+      wait_ms := 0;
+    else
+      wait_ms := (w - available) / per_second * 1000;
+      if lines[i] = 'join' then
+        slot := greatest(at + wait_ms * interval '1 millisecond',
+                         coalesce(waiting_until, at) + w / per_second * interval '1 second');
+        wait_ms := extract(epoch from slot - at) * 1000;
+        waiting_until := slot;
+      end if;
+    end if;
+    balance := available;
+    return next;
+  end loop;
+  update {{schema}}.rate_limit_buckets b set tokens = available, updated_at = at, line_end = waiting_until
   where b.name = bucket and b.partition = part;
 end
 $$;
