@@ -360,13 +360,10 @@ export class GenDurable {
     const wasStarted = this.state === "started";
     this.state = "stopping";
     for (const scheduler of this.schedulers.values()) await scheduler.stop();
-    // Leases keep being renewed while in-flight steps finish.
-    await this.cron?.stop();
-    await this.loops?.poll.stop();
-    await this.loops?.timeouts.stop();
-    await this.loops?.joins.stop();
-    await this.loops?.reaper.stop();
-    await this.loops?.gc.stop();
+    // Leases keep being renewed while in-flight steps finish. The others wait for a running tick.
+    await this.bounded("the cron loop's tick", this.cron?.stop());
+    const { lease, ...others } = this.loops ?? {};
+    await Promise.all(Object.entries(others).map(([name, loop]) => this.bounded(`the ${name} loop's tick`, loop.stop())));
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
       let timer: NodeJS.Timeout | undefined;
@@ -380,7 +377,7 @@ export class GenDurable {
       for (const queue of released) this.notifier.request(queue);
       await this.bounded("steps to settle", settled);
     }
-    await this.loops?.lease.stop();
+    await this.bounded("the lease loop's tick", lease?.stop());
     await this.bounded("the lease connection to close", this.leases.close());
     if (wasStarted && this.config.queues.size > 0) {
       await this.bounded("unregistering this node", this.pool.query(this.flow.unregister, [this.config.nodeId]).catch((error: unknown) => this.reportError("stop", error)));

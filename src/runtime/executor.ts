@@ -83,6 +83,15 @@ const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 
 export class Executor {
+  /**
+   * Per instance, the execution still finishing on this node. The next step of
+   * an instance can be claimed as soon as the previous outcome commits, and
+   * the claim's reply can reach us before the commit's: the new step waits
+   * for the old one to finish reporting, so every instance's events
+   * (step:stop of one step, then step:start of the next) keep their order.
+   */
+  private readonly finishing = new Map<string, Promise<void>>();
+
   constructor(private readonly deps: ExecutorDeps) {}
 
   /**
@@ -91,6 +100,17 @@ export class Executor {
    * start other work meanwhile.
    */
   async execute(row: ClaimedRow, onSettled: () => void = () => {}): Promise<void> {
+    const previous = this.finishing.get(row.id);
+    const current = (previous ? previous.then(() => this.executeNow(row, onSettled)) : this.executeNow(row, onSettled));
+    this.finishing.set(row.id, current);
+    try {
+      await current;
+    } finally {
+      if (this.finishing.get(row.id) === current) this.finishing.delete(row.id);
+    }
+  }
+
+  private async executeNow(row: ClaimedRow, onSettled: () => void): Promise<void> {
     const controller = new AbortController();
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();

@@ -1,7 +1,8 @@
 // The scheduler: per-node concurrency, claim order, due times, and a claim plan that ignores finished rows.
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, defineMachine } from "../../src/index.js";
+import { defineJob, defineMachine, GenDurable } from "../../src/index.js";
 import { claimQueries } from "../../src/sql/claims.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
@@ -106,6 +107,47 @@ describe("scheduler", () => {
       await conn.query("rollback");
     } finally {
       conn.release();
+    }
+  });
+
+  it("keeps one instance's events in order when a commit's reply arrives after the next step's claim", { timeout: 30_000 }, async () => {
+    // The replies to group commits are held back 300 ms after the database has
+    // committed: the next step of the instance is claimed (by the 20 ms poll)
+    // before its node has heard that the previous step committed.
+    class SlowCommitReplies extends pg.Pool {
+      override query(...args: unknown[]): never {
+        const config = args[0] as { text?: string };
+        const result = (super.query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
+        if (typeof config?.text !== "string" || !config.text.includes("won as (")) return result as never;
+        return result.then(async (value) => {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          return value;
+        }) as never;
+      }
+    }
+    const Chain = defineMachine({
+      name: "Chain",
+      queue: "chain",
+      state: z.object({ n: z.number() }),
+      steps: {
+        start: (ctx) => (ctx.state.n < 4 ? ctx.next("start", { n: ctx.state.n + 1 }) : ctx.done(ctx.state.n)),
+      },
+    });
+    const pool = new SlowCommitReplies({ connectionString: db.url, max: 6 });
+    const engine = new GenDurable({ pool, schema: db.schema, queues: { chain: 4 }, machines: [Chain], pollInterval: 20 });
+    const events: string[] = [];
+    engine.on("step:start", (e) => events.push(`start ${e.attempt}`));
+    engine.on("step:stop", (e) => events.push(`stop ${e.outcome}`));
+    try {
+      await engine.start();
+      const { id } = await engine.insert(Chain, { state: { n: 1 } });
+      expect((await engine.wait(id, { timeout: 20_000 })).result).toBe(4);
+      // wait() reads the database, which knows before this node hears the last reply.
+      await eventually("the last step:stop", () => events.includes("stop done"));
+      expect(events).toEqual(["start 1", "stop next", "start 1", "stop next", "start 1", "stop next", "start 1", "stop done"]);
+    } finally {
+      await engine.stop();
+      await pool.end();
     }
   });
 });

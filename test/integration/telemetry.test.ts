@@ -185,7 +185,9 @@ describe("OpenTelemetry spans", () => {
     await engine.start();
     const { id } = await engine.insert(Flow, { state: { n: 1 } });
     await engine.wait(id, { timeout: 10_000 });
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null));
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
+      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
+    });
     const [start, finish] = [...spans].sort((a, b) => toMs(a.startTime) - toMs(b.startTime));
     expect(start!.name).toBe("gen-durable step Flow.start");
     expect(finish!.name).toBe("gen-durable step Flow.finish");
@@ -215,7 +217,9 @@ describe("OpenTelemetry spans", () => {
     await engine.start();
     const { id } = await engine.insert(Flaky, { args: {} });
     await engine.wait(id, { timeout: 10_000 });
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null));
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
+      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
+    });
     const byAttempt = new Map(spans.map((s) => [s.attributes["gen_durable.attempt"], s]));
     const failed = byAttempt.get(1)!;
     expect(failed.name).toBe("gen-durable step Flaky.perform");
@@ -237,7 +241,9 @@ describe("OpenTelemetry spans", () => {
     await engine.start();
     const { id } = await engine.insert(Doomed, { args: {} });
     expect((await engine.wait(id, { timeout: 10_000 })).status).toBe("failed");
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null));
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
+      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
+    });
     const last = spans.find((s) => s.attributes["gen_durable.attempt"] === 2)!;
     expect(last.attributes).toMatchObject({ "gen_durable.outcome": "failed", "gen_durable.will_retry": false, "error.type": "TypeError" });
     expect(last.status.code).toBe(SpanStatusCode.ERROR);
