@@ -319,6 +319,7 @@ export class GenDurable {
     }
     while ((await this.pool.query(this.signalsQ.expireInbox, [BATCH])).rowCount === BATCH);
     while ((await this.pool.query(this.flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
+    while ((await this.pool.query(this.flow.forgetIdleBuckets, [BATCH])).rowCount === BATCH);
     await this.pool.query(this.flow.forgetDeadNodes);
     this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
   }

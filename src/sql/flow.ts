@@ -45,6 +45,19 @@ export function flowQueries(schema: string) {
       where c.key in (select key from ${s}.concurrency_keys where holder is null and run_at is null limit $1 for update skip locked)
         and not exists (select 1 from ${s}.instances i where i.concurrency_key = c.key and i.status in ('runnable', 'running'))`,
 
+    /**
+     * Buckets full for a minute with nobody in line, up to $1: the same as no
+     * row (a bucket is created full on its next draw), so per-partition buckets
+     * do not pile up. Rows a draw holds are skipped.
+     */
+    forgetIdleBuckets: `
+      delete from ${s}.rate_limit_buckets b using (
+        select name, partition from ${s}.rate_limit_buckets
+        where full_at < now() - interval '1 minute' and (line_end is null or line_end < now())
+        limit $1 for update skip locked
+      ) idle
+      where b.name = idle.name and b.partition = idle.partition`,
+
     /** Who holds key $1 (for explain). */
     keyHolder: `select holder::text as holder from ${s}.concurrency_keys where key = $1`,
   };

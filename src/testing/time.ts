@@ -37,7 +37,7 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
   { table: "signals", columns: ["inserted_at", "expires_at", "consumed_at"], why: "inbox retention (expires_at)" },
   { table: "nodes", columns: ["started_at", "heartbeat_at"], why: "node liveness (a live node's next heartbeat refreshes it)" },
   { table: "queues", columns: ["updated_at"], why: "when a queue was paused or resumed" },
-  { table: "rate_limit_buckets", columns: ["updated_at", "line_end"], why: "token refill is computed from updated_at; line_end is when the waiting line clears" },
+  { table: "rate_limit_buckets", columns: ["updated_at", "line_end", "full_at"], why: "token refill is computed from updated_at; line_end is when the waiting line clears; full_at when an idle bucket may be forgotten" },
   { table: "gc_retention", columns: ["updated_at"], why: "when a retention was recorded" },
   // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
   { table: "cron_ticks", columns: ["tick_at", "inserted_at"], why: "the last fired tick of each cron entry", unique: true },

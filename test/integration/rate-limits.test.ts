@@ -7,7 +7,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineJob, GenDurable, ValidationError } from "../../src/index.js";
-import { useTestDatabase } from "../support/db.js";
+import { eventually, useTestDatabase } from "../support/db.js";
 import { busiestSecondSql, takeLogSql } from "../support/take-log.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -143,6 +143,23 @@ describe("rate limits", () => {
     const [bucket] = await client.rateLimitBuckets("perAccount").then((all) => all.filter((b) => b.partition === "fresh"));
     expect(bucket!.tokens).toBeGreaterThanOrEqual(4);
     expect(bucket!.tokens).toBeLessThan(6);
+  });
+
+  it("forgets buckets that are full again and have nobody in line; keeps the others", { timeout: 30_000 }, async () => {
+    for (const partition of ["idle", "draining", "queued"]) await client.consume("perAccount", { partition, weight: 1 });
+    // "idle" has been full for two minutes; "draining" refills for another minute; "queued" is full but has a line.
+    await db.pool.query(
+      `update ${s}.rate_limit_buckets set
+         full_at = case partition when 'draining' then now() + interval '1 minute' else now() - interval '2 minutes' end,
+         line_end = case partition when 'queued' then now() + interval '1 hour' end
+       where name = 'perAccount' and partition in ('idle', 'draining', 'queued')`,
+    );
+    const partitions = async () =>
+      (await db.pool.query<{ partition: string }>(`select partition from ${s}.rate_limit_buckets where name = 'perAccount' and partition in ('idle', 'draining', 'queued') order by 1`)).rows.map((r) => r.partition);
+    await eventually("the reaper to forget the idle bucket", async () => !(await partitions()).includes("idle"));
+    expect(await partitions()).toEqual(["draining", "queued"]);
+    // A forgotten bucket comes back full on its next draw.
+    expect(await client.consume("perAccount", { partition: "idle", weight: 10 })).toMatchObject({ ok: true, remaining: 0 });
   });
 
   it("rejects bad input with errors that name it", async () => {

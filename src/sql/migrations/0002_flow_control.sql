@@ -125,8 +125,12 @@ create table {{schema}}.rate_limit_buckets (
   tokens     double precision not null,
   updated_at timestamptz      not null default now(),
   line_end   timestamptz,
+  -- When the bucket is full again if nobody draws: from then on it is the same as
+  -- no row at all (a bucket is created full), so the reaper may delete it.
+  full_at    timestamptz      not null default now(),
   primary key (name, partition)
 );
+create index rate_limit_buckets_idle on {{schema}}.rate_limit_buckets (full_at);
 -- The rate limit a postponed step waits in line for (null: not waiting). When
 -- it wakes it retries the draw without joining the line again.
 alter table {{schema}}.instances add column rate_limited text;
@@ -151,10 +155,14 @@ declare
   slot timestamptz;
   w double precision;
 begin
-  insert into {{schema}}.rate_limit_buckets as b (name, partition, tokens, updated_at)
-  values (bucket, part, capacity, clock_timestamp()) on conflict (name, partition) do nothing;
-  select b.tokens, b.updated_at, b.line_end into stored, stored_at, waiting_until
-  from {{schema}}.rate_limit_buckets b where b.name = bucket and b.partition = part for update;
+  -- Twice at most: the reaper may delete an idle (full) bucket between our insert and our lock.
+  for attempt in 1 .. 2 loop
+    insert into {{schema}}.rate_limit_buckets as b (name, partition, tokens, updated_at)
+    values (bucket, part, capacity, clock_timestamp()) on conflict (name, partition) do nothing;
+    select b.tokens, b.updated_at, b.line_end into stored, stored_at, waiting_until
+    from {{schema}}.rate_limit_buckets b where b.name = bucket and b.partition = part for update;
+    exit when found;
+  end loop;
   -- The clock is read after the lock, never now(): a draw that waited for the lock
   -- must not refill from a moment before the previous draw (that would mint tokens).
   at := greatest(clock_timestamp(), stored_at);
@@ -177,7 +185,9 @@ begin
     balance := available;
     return next;
   end loop;
-  update {{schema}}.rate_limit_buckets b set tokens = available, updated_at = at, line_end = waiting_until
+  update {{schema}}.rate_limit_buckets b
+  set tokens = available, updated_at = at, line_end = waiting_until,
+      full_at = at + (capacity - available) / per_second * interval '1 second'
   where b.name = bucket and b.partition = part;
 end
 $$;
