@@ -20,6 +20,16 @@ import { startRestartablePostgres, type RestartablePostgres } from "./fixtures/r
 
 const db = await useTestDatabase(import.meta.url);
 
+/** A half-open proxy in front of the test database, and the database URL through it. */
+async function proxied(): Promise<{ proxy: HalfOpenProxy; url: string }> {
+  const upstream = new URL(db.url);
+  const proxy = await startHalfOpenProxy({ host: upstream.hostname, port: Number(upstream.port || 5432) });
+  const url = new URL(db.url);
+  url.hostname = "127.0.0.1";
+  url.port = String(proxy.port);
+  return { proxy, url: url.toString() };
+}
+
 /** What would crash a real process: recorded here, asserted empty by every scenario. */
 const crashes: string[] = [];
 const onRejection = (error: unknown) => void crashes.push(`unhandledRejection: ${String((error as Error)?.stack ?? error)}`);
@@ -274,12 +284,10 @@ describe("a LISTEN socket that dies silently", () => {
   });
 
   it("keeps working by polling, detects the dead socket, reconnects, and NOTIFY wakes it again", { timeout: 120_000 }, async () => {
-    const upstream = new URL(db.url);
-    proxy = await startHalfOpenProxy({ host: upstream.hostname, port: Number(upstream.port || 5432) });
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
-    const options = { connectionString: viaProxy.toString(), schema: db.schema, listenerHeartbeat: "500ms" } as const;
+    const through = await proxied();
+    proxy = through.proxy;
+    const viaProxy = through.url;
+    const options = { connectionString: viaProxy, schema: db.schema, listenerHeartbeat: "500ms" } as const;
     // A polls every 300 ms; B polls every 10 minutes, so only NOTIFY (or a reconnect's wake-all) can wake it.
     const a = new GenDurable({ ...options, queues: { ping: 2 }, machines: [Ping], pollInterval: "300ms", nodeId: "proxy-a" });
     const b = new GenDurable({ ...options, queues: { pong: 2 }, machines: [Pong], pollInterval: "10m", nodeId: "proxy-b" });
@@ -397,13 +405,11 @@ describe("stop() when the database goes silent", () => {
   });
 
   it("gives up on what it cannot finish after a lease, reports it, and returns", { timeout: 60_000 }, async () => {
-    const upstream = new URL(db.url);
-    proxy = await startHalfOpenProxy({ host: upstream.hostname, port: Number(upstream.port || 5432) });
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = "127.0.0.1";
-    viaProxy.port = String(proxy.port);
+    const through = await proxied();
+    proxy = through.proxy;
+    const viaProxy = through.url;
     const engine = new GenDurable({
-      connectionString: viaProxy.toString(),
+      connectionString: viaProxy,
       schema: db.schema,
       queues: { pool: 2 },
       machines: [HoldClient],
