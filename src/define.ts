@@ -46,7 +46,9 @@ export interface InstanceOptions {
   delay?: Duration;
   runAt?: Date;
   maxAttempts?: number;
+  /** Business key, unique among live instances; addresses signals. */
   correlationKey?: string;
+  /** Steps of instances sharing this key never run at the same time, on any node. */
   concurrencyKey?: string;
 }
 
