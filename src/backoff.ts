@@ -13,14 +13,28 @@ export type BackoffFn = (attempt: number) => number;
 
 export const DEFAULT_BACKOFF = { type: "exponential", base: "1s", max: "1h", jitter: true } as const;
 
+/** The retry delay after `attempt` failed; the default backoff's when `backoff` throws, with the reason. */
+export function retryDelay(backoff: BackoffFn, attempt: number): { delayMs: number; problem?: string } {
+  try {
+    return { delayMs: backoff(attempt) };
+  } catch (error) {
+    const problem = error instanceof Error ? error.message : String(error);
+    return { delayMs: defaultBackoff(attempt), problem: `the backoff function failed (${problem.slice(0, 500)}); the default backoff was used` };
+  }
+}
+
+const defaultBackoff = exponential(1000, 3_600_000, true);
+
 export function resolveBackoff(option: Backoff | undefined, where: string): BackoffFn {
   const spec = option ?? DEFAULT_BACKOFF;
   const fail = (message: string) => new ConfigError(`${where}: ${message}`);
   if (typeof spec === "function") {
+    // Throws when the user's function throws or returns something that is not a duration:
+    // the executor then retries after the default backoff and records why.
     return (attempt) => {
       const ms = parseDuration(spec(attempt), `${where}(${attempt})`);
-      // A user function that returns garbage at run time must not wedge retries: fall back to the default.
-      return typeof ms === "number" ? ms : exponential(1000, 3_600_000, true)(attempt);
+      if (typeof ms === "string") throw new ConfigError(ms);
+      return ms;
     };
   }
   if (typeof spec !== "object" || spec === null) throw fail(`backoff must be { type: "exponential" | "fixed", ... } or a function`);

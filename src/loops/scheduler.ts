@@ -129,8 +129,9 @@ export class QueueScheduler {
         if (rows.length === want) this.mayHaveMore = true;
         const keyed = rows.filter((row) => row.concurrency_key !== null);
         this.keyedWaiting = keyed.length >= freeSlots;
-        // Keyed rows first: they were claimed for the free slots and start at once.
-        for (const row of [...keyed, ...rows.filter((row) => row.concurrency_key === null)]) {
+        // Rows charged for the free slots first (keyed ones among them), then those claimed ahead.
+        const order = (row: ClaimedRow) => (row.claimed_ahead ? 2 : row.concurrency_key !== null ? 0 : 1);
+        for (const row of rows.sort((a, b) => order(a) - order(b))) {
           // Leased from now on: renewed while it waits, released if the node stops first.
           this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
           this.buffer.push(row);

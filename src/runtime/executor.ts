@@ -6,7 +6,6 @@
  */
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
-import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
 import type { AnyMachine, ChildOutcome, ReceivedSignal, ResolvedStep } from "../define.js";
 import { isConnectionError, withTransaction } from "../db/pool.js";
 import type { ChildQueries } from "../sql/children.js";
@@ -25,6 +24,7 @@ import { normalizeSpec, type NormalizedSpec } from "./await-spec.js";
 import type { Completer } from "./completer.js";
 import type { Completion } from "./completion.js";
 import { createContext } from "./context.js";
+import { attemptFailure } from "./failure.js";
 import type { Leases } from "./leases.js";
 import { tryResume } from "./signals.js";
 import type { RateLimiter } from "./rate-limits.js";
@@ -49,6 +49,8 @@ export interface ClaimedRow {
   concurrency_key: string | null;
   /** The rate limit this step waited in line for (it was postponed); null when it did not wait. */
   rate_limited: string | null;
+  /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
+  claimed_ahead: boolean;
 }
 
 export interface ExecutorDeps {
@@ -80,7 +82,6 @@ export interface ExecutorDeps {
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
 const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
-const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 
 export class Executor {
   /**
@@ -110,18 +111,26 @@ export class Executor {
     }
   }
 
-  private async executeNow(row: ClaimedRow, onSettled: () => void): Promise<void> {
+  private async executeNow(claimed: ClaimedRow, onSettled: () => void): Promise<void> {
+    let row = claimed;
     const controller = new AbortController();
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();
     try {
+      if (row.claimed_ahead) {
+        // Its attempt is counted in the database before its code runs: a crash from
+        // here on charges it, a crash before it does not (the row never started).
+        const attempt = await this.deps.leases.start(row.id, row.claim_token);
+        if (attempt === null) return this.lost(row);
+        row = { ...row, attempt, claimed_ahead: false };
+      }
       await this.run(row, controller, started, onSettled);
     } catch (error) {
-      // Only the commit itself can land here (e.g. the database is gone): the
-      // lease will expire and the reaper hands the step to another attempt.
+      // Only the database can land here (it is gone, or refused even a failed attempt's
+      // record): the lease will expire and the reaper hands the step to another attempt.
       const step = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
       this.deps.events.emit("engine:error", { loop: "executor", error, step });
-      this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not commit a step outcome; it will re-run after its lease expires");
+      this.deps.logger.error({ err: error, id: row.id, step: row.step }, "could not record a step's start or outcome; it will re-run after its lease expires");
     } finally {
       onSettled();
       this.deps.leases.delete(row.id, row.claim_token);
@@ -176,7 +185,16 @@ export class Executor {
       return this.inTransaction(row, machine, step, maxAttempts, started, async () => completion);
     }
     settled();
-    return this.committed(row, machine, completion, await this.deps.completer.submit(completion), null);
+    let won: boolean;
+    try {
+      won = await this.deps.completer.submit(completion);
+    } catch (error) {
+      // The database refused this outcome (not the connection): a failed attempt with its error, now,
+      // rather than a row left running until its lease expires and an error that says "lost its worker".
+      if (isConnectionError(error)) throw error;
+      return this.fail(row, machine, step, maxAttempts, refused(error), started);
+    }
+    return this.committed(row, machine, completion, won, null);
   }
 
   /**
@@ -395,7 +413,8 @@ export class Executor {
         return { ...base, status: "runnable", delay_ms: delay, attempt_op: "refund", to_step: row.step, outcome: "snooze" };
       }
       case "cancel": {
-        const reason = data.reason === undefined ? undefined : String(data.reason);
+        // Bounded and made storable like any error message (no NUL, no lone surrogates).
+        const reason = data.reason === undefined ? undefined : toErrorRecord(String(data.reason)).message;
         const error = { name: "Cancelled", message: reason ?? `cancelled by ${where}` };
         return { ...base, status: "cancelled", error, hist_error: error, outcome: "cancelled" };
       }
@@ -488,7 +507,9 @@ export class Executor {
     started: number,
     settled: () => void = () => {},
   ): Promise<void> {
-    if (thrown === this.deps.stopReason()) {
+    const stopReason = this.deps.stopReason();
+    // Compared only once stop() has set it: before that it is undefined, which a step may throw too.
+    if (stopReason !== undefined && thrown === stopReason) {
       // Aborted by a graceful stop, which released the row (attempt refunded) before
       // aborting it: nothing to record here, and not a failure.
       settled();
@@ -497,12 +518,10 @@ export class Executor {
       this.deps.logger.info(facts, "step abandoned by a graceful stop; its instance was released to run elsewhere");
       return;
     }
-    const error = toErrorRecord(thrown);
-    const willRetry = row.attempt < maxAttempts;
+    const { error, willRetry, delayMs } = attemptFailure(thrown, row.step, row.attempt, maxAttempts, step?.backoff ?? machine.backoff);
     const durationMs = Math.round(performance.now() - started);
-    const backoff = step?.backoff ?? machine.backoff ?? defaultBackoff;
     const completion: Completion = willRetry
-      ? { ...this.base(row, started), status: "runnable", delay_ms: backoff(row.attempt), error, hist_error: error, to_step: row.step, outcome: "error" }
+      ? { ...this.base(row, started), status: "runnable", delay_ms: delayMs, error, hist_error: error, to_step: row.step, outcome: "error" }
       : { ...this.base(row, started), status: "failed", error, hist_error: error, outcome: "failed" };
     this.deps.events.emit("step:exception", { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue, error, durationMs, willRetry });
     settled();
@@ -533,6 +552,12 @@ export class Executor {
     if (resumedQueue) this.deps.wake(resumedQueue, 0);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) this.deps.wakeTimeouts(completion.delay_ms);
   }
+}
+
+/** A database error on an outcome, as the error of the attempt it fails. */
+function refused(error: unknown): Error {
+  const message = error instanceof Error ? error.message : String(error);
+  return new Error(`the database refused the step's outcome: ${message}`, { cause: error });
 }
 
 function toReceived(awaited: ClaimedRow["awaited"]): ReceivedSignal[] {

@@ -22,8 +22,18 @@ export interface Held {
   controller: AbortController;
 }
 
+interface StartRequest {
+  id: string;
+  token: string;
+  resolve: (attempt: number | null) => void;
+  reject: (error: unknown) => void;
+}
+
 export class Leases {
   readonly held = new Map<string, Held>();
+  /** Rows claimed ahead whose steps are starting, to be charged in the next statement. */
+  private starting: StartRequest[] = [];
+  private startFlushing = false;
   /** The dedicated connection; `pool` itself when the pool does not say how it connects. */
   private side: pg.Pool | undefined;
 
@@ -43,6 +53,39 @@ export class Leases {
   /** Forgets the lease of this claim only: a newer claim of the same instance keeps its own. */
   delete(id: string, token: string): void {
     if (this.held.get(id)?.token === token) this.held.delete(id);
+  }
+
+  /**
+   * Charges the attempt of a row claimed ahead, now that its step starts; resolves
+   * with the attempt number, or null when the claim is gone (the step must not
+   * run). The starts of one event-loop turn share one statement, on the lease
+   * connection so that busy step connections never delay a start.
+   */
+  start(id: string, token: string): Promise<number | null> {
+    return new Promise((resolve, reject) => {
+      this.starting.push({ id, token, resolve, reject });
+      if (!this.startFlushing) {
+        this.startFlushing = true;
+        setImmediate(() => void this.flushStarts());
+      }
+    });
+  }
+
+  private async flushStarts(): Promise<void> {
+    const batch = this.starting;
+    this.starting = [];
+    try {
+      const { rows } = await this.connection().query<{ id: string; attempt: number }>(
+        prepared(this.q.start, [batch.map((r) => r.id), batch.map((r) => r.token)]),
+      );
+      const attempts = new Map(rows.map((r) => [r.id, r.attempt]));
+      for (const r of batch) r.resolve(attempts.get(r.id) ?? null);
+    } catch (error) {
+      for (const r of batch) r.reject(error);
+    } finally {
+      if (this.starting.length > 0) setImmediate(() => void this.flushStarts());
+      else this.startFlushing = false;
+    }
   }
 
   /** Renews every held lease; returns how many were renewed. */

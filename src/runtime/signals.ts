@@ -35,7 +35,7 @@ export interface DeliverResult {
   /** Id of the stored signal, or null when its dedup key was seen before. */
   signalId: string | null;
   instanceId: string | null;
-  /** Queue to wake when the signal resumed its instance. */
+  /** Queue to wake after the commit: the signal resumed its instance, or held a runnable one's lock. */
   resumedQueue: string | null;
 }
 
@@ -68,6 +68,12 @@ export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, inp
   let resumedQueue: string | null = null;
   if (instance.status === "awaiting" && instance.await_spec) {
     resumedQueue = await tryResume(client, q, instance.id, instance.await_spec, input.notifyChannel);
+  } else if (instance.status === "runnable") {
+    // We hold its row lock until our commit, and a claim skips locked rows: one that ran meanwhile
+    // passed it over and may have found nothing else, leaving it to the next poll. Wake the queue
+    // again with our commit, so the row is claimed within milliseconds whatever the poll interval.
+    if (input.notifyChannel !== null) await client.query(q.notify, [input.notifyChannel, instance.queue]);
+    resumedQueue = instance.queue;
   }
   return { signalId: stored.rows[0]?.id ?? null, instanceId: instance.id, resumedQueue };
 }

@@ -6,7 +6,7 @@
 import { quoteIdent } from "../names.js";
 
 const CLAIMED_COLUMNS =
-  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, i.concurrency_key, i.rate_limited";
+  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, i.concurrency_key, i.rate_limited, i.claimed_ahead";
 
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
@@ -22,7 +22,7 @@ export function claimQueries(schema: string) {
   return {
     /**
      * Claims up to $3 due rows of queue $1 whose machine this node runs ($2),
-     * counting the attempt at claim, at most $7 of them keyed. Walks
+     * at most $7 of them keyed; $7 is also how many start at once (free slots). Walks
      * instances_claim (and, for keyed rows, concurrency_keys) in order and skips
      * rows another node is claiming. $6: the queue's global limit, or null.
      */
@@ -71,14 +71,23 @@ export function claimQueries(schema: string) {
           for update skip locked
         ) head
       ),
-      next as (
-        select id from (select * from unkeyed union all select * from keyed) x
+      chosen as (
+        select id, keyed, priority, run_at
+        from (select *, false as keyed from unkeyed union all select *, true from keyed) x
         order by priority, run_at, id
         limit (select n from budget)
       ),
+      -- The first $7 rows (keyed ones first: they only ever go to free slots) start at once and
+      -- are charged their attempt now; the rest wait in the node's buffer, claimed ahead and
+      -- uncharged until they start (see \`start\`).
+      next as (
+        select id, row_number() over (order by keyed desc, priority, run_at, id) <= $7::int as starts_now
+        from chosen
+      ),
       ${ASYNC_COMMIT}
       update ${s}.instances i
-      set status = 'running', attempt = i.attempt + 1, claim_token = i.claim_token + 1,
+      set status = 'running', attempt = i.attempt + next.starts_now::int, claimed_ahead = not next.starts_now,
+          claim_token = i.claim_token + 1,
           leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
       from next, async_commit where i.id = next.id
       returning ${CLAIMED_COLUMNS}`,
@@ -111,12 +120,26 @@ export function claimQueries(schema: string) {
       select x.id::text, false from mine x
       where not exists (select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running')`,
 
+    /**
+     * Counts the attempt of rows claimed ahead whose step is starting now, before
+     * its code runs: from here on, a crash charges it. Returns the rows still held
+     * (a row missing from the result lost its claim: its step must not run).
+     */
+    start: `
+      with ${ASYNC_COMMIT}
+      update ${s}.instances i
+      set attempt = i.attempt + 1, claimed_ahead = false
+      from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
+      where i.id = x.id and i.claim_token = x.token and i.status = 'running' and i.claimed_ahead
+      returning i.id::text as id, i.attempt`,
+
     /** Gives claimed rows back at once (graceful stop): runnable now, the attempt not counted. */
     release: `
       with ${ASYNC_COMMIT}
       update ${s}.instances i
-      set status = 'runnable', run_at = now(), attempt = greatest(i.attempt - 1, 0),
-          leased_by = null, lease_expires_at = null, updated_at = now()
+      set status = 'runnable', run_at = case when i.claimed_ahead then i.run_at else now() end,
+          attempt = case when i.claimed_ahead then i.attempt else greatest(i.attempt - 1, 0) end,
+          claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now()
       from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
       where i.id = x.id and i.claim_token = x.token and i.status = 'running'
       returning i.queue`,
@@ -165,12 +188,13 @@ export function claimQueries(schema: string) {
 
     /**
      * Makes rows whose lease expired runnable again, at most $1 per call, and
-     * records the lost attempt. The next claim counts a new attempt, so a step
-     * that keeps killing its worker still runs out of attempts.
+     * records the lost attempt. The attempt stays counted, so a step that keeps
+     * killing its worker still runs out of attempts. A row that was only claimed
+     * ahead never started: it goes back uncharged, in its place, unrecorded.
      */
     reap: `
       with expired as (
-        select id from ${s}.instances
+        select id, claimed_ahead as unstarted from ${s}.instances
         where status = 'running' and lease_expires_at < now()
         order by lease_expires_at limit $1
         for update skip locked
@@ -178,15 +202,16 @@ export function claimQueries(schema: string) {
       ${ASYNC_COMMIT},
       reaped as (
         update ${s}.instances i
-        set status = 'runnable', run_at = now(), leased_by = null, lease_expires_at = null, updated_at = now(),
-            error = jsonb_build_object('name', 'LeaseExpired',
-              'message', format('attempt %s of step "%s" lost its worker %s: its lease expired', i.attempt, i.step, coalesce(i.leased_by, '')))
+        set status = 'runnable', run_at = case when e.unstarted then i.run_at else now() end,
+            claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now(),
+            error = case when e.unstarted then i.error else jsonb_build_object('name', 'LeaseExpired',
+              'message', format('attempt %s of step "%s" lost its worker %s: its lease expired', i.attempt, i.step, coalesce(i.leased_by, ''))) end
         from expired e, async_commit where i.id = e.id
-        returning i.id, i.step, i.attempt, i.queue, i.error
+        returning i.id, i.step, i.attempt, i.queue, i.error, e.unstarted
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
-        select id, step, step, 'lease_expired', attempt, error from reaped
+        select id, step, step, 'lease_expired', attempt, error from reaped where not unstarted
       )
       select queue, count(*)::int as n from reaped group by queue`,
   };

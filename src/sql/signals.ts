@@ -27,6 +27,9 @@ export function signalQueries(schema: string) {
       select id::text as id, event, payload, inserted_at from ${s}.signals
       where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by signals.id`,
 
+    /** Wakes the schedulers of queue $2 on every node, when the transaction commits. */
+    notify: `select pg_notify($1, $2)`,
+
     /** Whether a signal with this dedup key was ever delivered to the instance (consumed or not). */
     seenDedupKey: `select 1 from ${s}.signals where instance_id = $1 and dedup_key = $2`,
 

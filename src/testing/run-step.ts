@@ -10,7 +10,7 @@
  * retry, or deliver signals. Those are the engine's, tested by drain().
  */
 import type pg from "pg";
-import { DEFAULT_BACKOFF, resolveBackoff } from "../backoff.js";
+import { attemptFailure } from "../runtime/failure.js";
 import { DEFAULTS } from "../config.js";
 import type { AnyMachine, ChildOutcome, Machine, ReceivedSignal, ResolvedStep, StepContext } from "../define.js";
 import { describe } from "../duration.js";
@@ -396,6 +396,7 @@ async function toResult(machine: AnyMachine, input: CheckedInput, returned: unkn
     error: null,
     concurrency_key: null,
     rate_limited: null,
+    claimed_ahead: false,
   };
   // Element access reaches the private method on purpose: the one definition of a valid outcome.
   const completion: Completion = await judge["toCompletion"](row, machine, input.resolved, returned, performance.now());
@@ -451,12 +452,9 @@ async function toResult(machine: AnyMachine, input: CheckedInput, returned: unkn
 }
 
 function failure(machine: AnyMachine, input: CheckedInput, thrown: unknown): ErrorResult {
-  const willRetry = input.attempt < input.maxAttempts;
-  const backoff = input.resolved.backoff ?? machine.backoff ?? defaultBackoff;
-  return { type: "error", error: thrown, record: toErrorRecord(thrown), willRetry, ...(willRetry ? { retryDelay: backoff(input.attempt) } : {}) };
+  const { error, willRetry, delayMs } = attemptFailure(thrown, input.resolved.name, input.attempt, input.maxAttempts, input.resolved.backoff ?? machine.backoff);
+  return { type: "error", error: thrown, record: error, willRetry, ...(willRetry ? { retryDelay: delayMs } : {}) };
 }
-
-const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 
 function fromJson(text: string): unknown {
   return JSON.parse(text) as unknown;

@@ -1,0 +1,66 @@
+// A signal holds its instance's row lock until it commits, and a claim skips locked rows. A claim
+// that ran meanwhile passed the row over; unless something wakes the queue again, the step waited
+// for the next poll. Here the poll is a minute away: every wake-up below must come from the
+// commits themselves, so a lost one fails the test instead of adding a poll interval of latency.
+import { describe, expect, it } from "vitest";
+import { z } from "zod";
+import { defineMachine } from "../../src/index.js";
+import { useTestDatabase } from "../support/db.js";
+
+const db = await useTestDatabase(import.meta.url);
+
+const Pair = defineMachine({
+  name: "WakePair",
+  queue: "wake",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => ctx.await({ all: ["a", "b"] }, "finish"),
+    finish: (ctx) => ctx.done(ctx.awaited.map((s) => s.event).sort()),
+  },
+});
+
+const Chain = defineMachine({
+  name: "WakeChain",
+  queue: "wake",
+  state: z.object({ n: z.number() }),
+  steps: {
+    start: (ctx) => (ctx.state.n >= 40 ? ctx.done(ctx.state.n) : ctx.next("start", { n: ctx.state.n + 1 })),
+  },
+});
+
+const worker = db.engine({ queues: { wake: 4 }, machines: [Pair, Chain], pollInterval: "60s" });
+const client = db.engine({ pollInterval: "60s" });
+await worker.start();
+await client.start();
+
+describe("wake-ups with the poll a minute away", () => {
+  it("starts an instance signalled right after its insert within milliseconds, 30 times in a row", async () => {
+    for (let i = 0; i < 30; i++) {
+      const { id } = await client.insert(Pair, { state: {} });
+      await client.signal({ id }, "a");
+      await client.signal({ id }, "b");
+      const done = await client.wait(id, { timeout: 10_000 });
+      expect(done.result).toEqual(["a", "b"]);
+    }
+  });
+
+  it("runs a 40-step chain while unrelated signals hit it back to back", async () => {
+    const { id } = await client.insert(Chain, { state: { n: 0 } });
+    let sending = true;
+    const sent = (async () => {
+      let n = 0;
+      while (sending) {
+        await client.signal({ id }, "noise").catch(() => {});
+        n++;
+      }
+      return n;
+    })();
+    try {
+      const done = await client.wait(id, { timeout: 20_000 });
+      expect(done.result).toBe(40);
+    } finally {
+      sending = false;
+      console.log(`wakeups: ${await sent} signals sent during the 40-step chain`);
+    }
+  });
+});
