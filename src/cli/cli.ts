@@ -8,6 +8,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { readFileSync } from "node:fs";
 import { didYouMean } from "../suggest.js";
+import { scrub, secretsIn } from "./redact.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -155,15 +156,24 @@ export async function runCli(argv: readonly string[], commands: readonly Command
     checkPositionals(command, positionals);
     return await command.run(values, io, positionals);
   } catch (error) {
+    // Both may echo the command line (a URL passed where an argument goes) or,
+    // for a bug, whatever the failing code held: no password of it gets out.
+    const secrets = commandLineSecrets(argv, io.env);
     if (error instanceof UsageError) {
-      io.err(`gen-durable: ${error.message}`);
+      io.err(scrub(`gen-durable: ${error.message}`, secrets));
       io.err(error.command ? `usage: ${usageLine(error.command)}  (see gen-durable ${error.command.name} --help)` : "see gen-durable --help");
       return EXIT_USAGE;
     }
     // Bugs: say so plainly, with the stack, since nobody expected this.
-    io.err(`gen-durable: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    io.err(scrub(`gen-durable: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`, secrets));
     return EXIT_FAILURE;
   }
+}
+
+/** The passwords in DATABASE_URL and in any argument (`--database-url=URL` included). */
+function commandLineSecrets(argv: readonly string[], env: Io["env"]): string[] {
+  const texts = [env.DATABASE_URL ?? "", ...argv, ...argv.map((arg) => (arg.startsWith("--") && arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : ""))];
+  return texts.flatMap(secretsIn);
 }
 
 /** Too few or too many operands is a usage error naming the first one missing or extra. */

@@ -3,6 +3,7 @@ import pg from "pg";
 import { checkSchemaName } from "../names.js";
 import { DEFAULT_SCHEMA } from "../migrate.js";
 import { UsageError, type Command, type Io } from "./cli.js";
+import { maskSecrets } from "./redact.js";
 
 export const SCHEMA_OPTION = {
   type: "string",
@@ -30,27 +31,52 @@ export function databaseUrlFrom(values: Record<string, unknown>, io: Io, command
   return url;
 }
 
-/** The URL without its password, for messages. */
+/**
+ * The connection string without its passwords, for messages: the text as the
+ * user wrote it, quoted when it is not a URL. See redact.ts for why the masking
+ * never relies on a URL parser.
+ */
 export function redact(url: string): string {
+  const masked = maskSecrets(url);
+  return parses(url) && !/\s/.test(url) ? masked : JSON.stringify(masked);
+}
+
+function parses(url: string): boolean {
   try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = "***";
-    return parsed.toString();
+    new URL(url);
+    return true;
   } catch {
-    return JSON.stringify(url);
+    return false;
   }
 }
 
-/** A connection-string problem pg would report confusingly (e.g. "not a url" becomes a lookup of host "base"). */
+const ENCODE_HINT = "percent-encode the special characters of the password: @ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as %20";
+const EXPECTED = "expected postgres://user:password@host:5432/database";
+
+/**
+ * A connection-string problem, found before connecting: pg would report it
+ * confusingly (e.g. "not a url" becomes a lookup of host "base") or, worse,
+ * misread a password as the host, port or database name and have the server
+ * echo it back in its error. Anything ambiguous is refused, with the fix.
+ */
 export function urlProblem(url: string): string | undefined {
+  if (!/^[a-z][a-z0-9+.-]*:/i.test(url.trim()) && /^\s*[a-z_]+\s*=/i.test(url)) {
+    return `${redact(url)} looks like a key=value connection string; gen-durable takes a URL: postgres://user:password@host:5432/database`;
+  }
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    return `${redact(url)} is not a URL; expected postgres://user:password@host:5432/database`;
+    return `${redact(url)} is not a URL; ${EXPECTED}${url.includes("@") ? `; ${ENCODE_HINT}` : ""}`;
   }
   if (!["postgres:", "postgresql:", "socket:"].includes(parsed.protocol)) {
-    return `${redact(url)} is not a Postgres URL (it starts with ${parsed.protocol}); expected postgres://user:password@host:5432/database`;
+    return `${redact(url)} is not a Postgres URL (it starts with ${parsed.protocol}); ${EXPECTED}`;
+  }
+  if (/\s/.test(url)) return `${redact(url)} contains white space, which a URL cannot hold: ${ENCODE_HINT}`;
+  // An '@' after the host: either the password held '/', '?' or '#' (and the parser
+  // cut it there), or a value holds a raw '@'. Both are misread; both are fixed by encoding.
+  if (`${parsed.pathname}${parsed.search}${parsed.hash}`.includes("@")) {
+    return `${redact(url)} has an @ after the host, so its parts cannot be told apart: ${ENCODE_HINT}`;
   }
   return undefined;
 }
