@@ -81,6 +81,8 @@ export interface ExecutorDeps {
 }
 
 export const DEFAULT_MAX_ATTEMPTS = 20;
+/** Tries of an await's or spawn's commit when the connection breaks under it. */
+const COMMIT_TRIES = 3;
 const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 
 export class Executor {
@@ -211,23 +213,44 @@ export class Executor {
     produce: (client: pg.ClientBase) => Promise<Completion>,
   ): Promise<void> {
     let committed: { completion: Completion; resumedQueue: string | null };
-    try {
-      committed = await withTransaction(this.deps.pool, async (client) => {
-        // The step may outlive its attempt (timeout, lost lease, shutdown): once the attempt is
-        // settled, its ctx.client refuses every query, so nothing it does later can commit.
-        const step = guardClient(client, row.id);
-        const completion = await produce(step.client).finally(step.close);
-        const { won, resumedQueue } = await this.commitOn(client, completion);
-        // Throwing rolls back everything, the step's own ctx.client writes included.
-        if (!won) throw new LeaseLostError(row.id);
-        return { completion, resumedQueue };
-      });
-    } catch (error) {
-      if (error instanceof LeaseLostError) return this.lost(row);
-      if (isConnectionError(error)) throw error;
-      return this.fail(row, machine, step, maxAttempts, error, started);
+    for (let tries = 1; ; tries++) {
+      try {
+        committed = await withTransaction(this.deps.pool, async (client) => {
+          // The step may outlive its attempt (timeout, lost lease, shutdown): once the attempt is
+          // settled, its ctx.client refuses every query, so nothing it does later can commit.
+          const step = guardClient(client, row.id);
+          const completion = await produce(step.client).finally(step.close);
+          const { won, resumedQueue } = await this.commitOn(client, completion);
+          // Throwing rolls back everything, the step's own ctx.client writes included.
+          if (!won) throw new LeaseLostError(row.id);
+          return { completion, resumedQueue };
+        });
+        break;
+      } catch (error) {
+        if (error instanceof LeaseLostError) return this.lost(row);
+        if (!isConnectionError(error)) return this.fail(row, machine, step, maxAttempts, error, started);
+        // The connection broke (a terminated backend, a restart), not the step.
+        if (step.transactional) {
+          // Its ctx.client writes rolled back with the connection: give the row back now, its
+          // attempt refunded, rather than leave it running until its lease expires.
+          return this.releaseNow(row);
+        }
+        // An await or spawn computed without the connection: commit it again on a fresh one.
+        // Fenced by the claim token, so a commit that did land before the break cannot land twice.
+        if (tries >= COMMIT_TRIES) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 50 * tries));
+      }
     }
     return this.committed(row, machine, committed.completion, true, committed.resumedQueue);
+  }
+
+  /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */
+  private async releaseNow(row: ClaimedRow): Promise<void> {
+    const queues = await this.deps.leases.release(row.id, row.claim_token);
+    const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
+    this.deps.events.emit("step:released", { ...facts, durationMs: 0 });
+    this.deps.logger.warn(facts, "the connection broke under a transactional step; its instance was released to run again");
+    for (const queue of queues) this.deps.wake(queue, 0);
   }
 
   /**

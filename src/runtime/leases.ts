@@ -130,6 +130,12 @@ export class Leases {
     }
   }
 
+  /** Gives one claimed row back at once (runnable now, attempt refunded); returns its queue, if released. */
+  async release(id: string, token: string): Promise<string[]> {
+    const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [[id], [token]]);
+    return rows.map((r) => r.queue);
+  }
+
   /**
    * Runs a statement on the dedicated connection: for other small writes that
    * must not queue behind step work either (the node's heartbeat row).
