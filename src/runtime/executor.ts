@@ -180,6 +180,8 @@ export class Executor {
       const returned = await this.invoke(row, machine, step, controller, undefined);
       completion = await this.toCompletion(row, machine, step, returned, started);
     } catch (error) {
+      // Not the step's failure: its code never ran. It runs again now, its attempt refunded.
+      if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
       return this.fail(row, machine, step, maxAttempts, error, started, settled);
     }
     // Awaits and spawns write more than their own row: they commit in a transaction of their own.
@@ -335,7 +337,9 @@ export class Executor {
     controller: AbortController,
     client: pg.ClientBase | undefined,
   ): Promise<unknown> {
-    const ctx = await this.context(row, machine, controller, client);
+    const ctx = await this.context(row, machine, controller, client).catch((error: unknown) => {
+      throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
+    });
     let timer: NodeJS.Timeout | undefined;
     if (step.timeoutMs !== undefined) {
       timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
@@ -574,6 +578,13 @@ export class Executor {
     if (row.parent_id !== null && TERMINAL.has(completion.status)) this.deps.wakeJoins();
     if (resumedQueue) this.deps.wake(resumedQueue, 0);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) this.deps.wakeTimeouts(completion.delay_ms);
+  }
+}
+
+/** Loading a step's context (its children, say) failed on the connection: the code did not run. */
+class ConnectionBrokeBeforeStart extends Error {
+  constructor(cause: unknown) {
+    super("the connection broke before the step's code ran", { cause });
   }
 }
 
