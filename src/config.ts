@@ -40,7 +40,7 @@ export interface GenDurableOptions {
   machines?: readonly AnyMachine[];
   /** Token buckets shared by every node, referenced by steps' `rateLimit`. */
   rateLimits?: Record<string, RateLimitOption>;
-  /** How long a claim holds an instance without renewal. Default "30s". */
+  /** How long a claim holds an instance without renewal: 1 s to 1 day. Default "30s". */
   leaseDuration?: Duration;
   /** Poll for due work this often even without NOTIFY. Default "1s". */
   pollInterval?: Duration;
@@ -48,7 +48,7 @@ export interface GenDurableOptions {
   reaperInterval?: Duration;
   /** On stop(), how long in-flight steps may run before their leases are released. Default "10s". */
   shutdownGrace?: Duration;
-  /** How often the LISTEN connection is pinged; one that does not answer within this is replaced. Default "10s". */
+  /** How often the LISTEN connection is pinged; one that does not answer within this is replaced. 100 ms to 1 day. Default "10s". */
   listenerHeartbeat?: Duration;
   /** How long a signal sent with ifMissing: "keep" waits for an instance with its key. Default "1d". */
   signalRetention?: Duration;
@@ -131,6 +131,8 @@ export const DEFAULTS = {
   poolSize: 10,
 } as const;
 
+const ONE_DAY = { ms: 86_400_000, text: "1 day" };
+
 export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   const fail = (m: string) => new ConfigError(`GenDurable: ${m}`);
   if (typeof options !== "object" || options === null) throw fail("options are required, e.g. new GenDurable({ connectionString })");
@@ -183,9 +185,10 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
     return value;
   };
-  const ms = (value: unknown, key: keyof typeof DEFAULTS, min: number) => {
+  const ms = (value: unknown, key: keyof typeof DEFAULTS, min: number, max?: { ms: number; text: string }) => {
     const parsed = toMs(value ?? DEFAULTS[key], key, fail);
     if (parsed < min) throw fail(`${key} must be at least ${min} ms, got ${parsed} ms`);
+    if (max && parsed > max.ms) throw fail(`${key} must be at most ${max.text} (${max.ms} ms), got ${parsed} ms`);
     return parsed;
   };
 
@@ -201,11 +204,13 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     queues,
     rateLimits,
     machines,
-    leaseMs: ms(options.leaseDuration, "leaseDuration", 1000),
+    // The lease and the listener heartbeat are also the deadlines pg applies to their connections'
+    // connects and queries (timers of at most 2^31 - 1 ms): a day is far beyond any useful value.
+    leaseMs: ms(options.leaseDuration, "leaseDuration", 1000, ONE_DAY),
     pollMs: ms(options.pollInterval, "pollInterval", 10),
     reaperMs: ms(options.reaperInterval, "reaperInterval", 10),
     shutdownGraceMs: ms(options.shutdownGrace, "shutdownGrace", 0),
-    listenerHeartbeatMs: ms(options.listenerHeartbeat, "listenerHeartbeat", 100),
+    listenerHeartbeatMs: ms(options.listenerHeartbeat, "listenerHeartbeat", 100, ONE_DAY),
     signalRetentionMs: ms(options.signalRetention, "signalRetention", 0),
     retentionMs: checkRetention(options.retention ?? DEFAULTS.retention, "retention", fail),
     gcMs: ms(options.gcInterval, "gcInterval", 10),

@@ -5,7 +5,7 @@
  */
 import type pg from "pg";
 import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
-import { type Duration, toMs } from "./duration.js";
+import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
 import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./outcome.js";
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
@@ -177,6 +177,8 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
   }
   const steps = new Map<string, ResolvedStep>();
   for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
+    // Step names are stored in every row and transition, like machine names.
+    checkName(name, `${where}: step name`, (m) => new ConfigError(m));
     steps.set(name, resolveStep(name, step, `${where}.steps.${name}`));
   }
   const initial = definition.initial ?? "start";
@@ -286,8 +288,9 @@ function checkStepRateLimit(value: unknown, where: string): StepRateLimit {
     throw new ConfigError(`${where}.partition must be a function (ctx) => string | number`);
   }
   const weight = limit.weight;
-  if (weight !== undefined && typeof weight !== "function" && !(typeof weight === "number" && Number.isFinite(weight) && weight > 0)) {
-    throw new ConfigError(`${where}.weight must be a positive number or a function (ctx) => number, got ${String(weight)}`);
+  // At most the limit's burst, which the engine checks (it knows the limit): a larger draw never fits.
+  if (weight !== undefined && typeof weight !== "function" && !(typeof weight === "number" && Number.isInteger(weight) && weight >= 1 && weight <= 2 ** 31 - 1)) {
+    throw new ConfigError(`${where}.weight must be a whole number of tokens from 1 to ${2 ** 31 - 1} or a function (ctx) => number, got ${describe(weight)}`);
   }
   return Object.freeze({ ...limit });
 }

@@ -12,6 +12,7 @@ import { Listener } from "./db/listener.js";
 import { openPool, withTransaction } from "./db/pool.js";
 import { prepared } from "./db/prepared.js";
 import {
+  ConfigError,
   EngineStoppedError,
   InstanceTerminatedError,
   InvalidStateError,
@@ -23,15 +24,16 @@ import {
 import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
 import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
 import { silentLogger } from "./logger.js";
-import { encodeJson, type ErrorRecord } from "./json.js";
+import { encodeJson, storableMessage, type ErrorRecord } from "./json.js";
 import { Loop } from "./loops/loop.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { QueueScheduler } from "./loops/scheduler.js";
 import { CronLoop } from "./loops/cron.js";
+import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
 import { flowQueries, type FlowQueries } from "./sql/flow.js";
 import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult } from "./runtime/rate-limits.js";
 import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
-import { checkKey, checkName } from "./names.js";
+import { checkId, checkKey, checkName } from "./names.js";
 import { Completer } from "./runtime/completer.js";
 import type { Status } from "./runtime/completion.js";
 import { explainInstance, type Explanation } from "./runtime/explain.js";
@@ -45,7 +47,8 @@ import { instanceQueries } from "./sql/instances.js";
 import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import type { StandardSchemaV1 } from "./schema.js";
-import { rejectUnknownKeys } from "./suggest.js";
+import { didYouMean, rejectUnknownKeys } from "./suggest.js";
+import { setLongTimeout, type LongTimeout } from "./timers.js";
 
 export type { Status } from "./runtime/completion.js";
 
@@ -123,6 +126,7 @@ export interface ListFilter {
 }
 
 const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
+const STATUSES: readonly Status[] = ["runnable", "running", "awaiting", "joining", "done", "failed", "cancelled"];
 /** Rows per maintenance statement: bounded so no sweep holds many locks at once. */
 const BATCH = 1000;
 /** Children counted per join sweep statement: one parent update per parent per 5,000 finished children. */
@@ -149,6 +153,8 @@ export class GenDurable {
   private listener: Listener | undefined;
   /** Fires the `cron` entries; on nodes with queues and cron entries only. */
   private cron: CronLoop | undefined;
+  /** The cron entries with every value checked (asynchronous schemas in start()). */
+  private cronEntries: readonly ResolvedCronEntry[] = [];
   /** Spans, metrics and event log lines; attached in start() so an SDK registered after construction is used. */
   private telemetry: Telemetry | undefined;
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
@@ -182,6 +188,13 @@ export class GenDurable {
   async start(): Promise<void> {
     if (this.state !== "new") throw new InvalidStateError(`start() was already called (engine is ${this.state})`);
     this.state = "starting";
+    try {
+      // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
+      this.cronEntries = await checkDeferredCron(this.config.cron, this.config.maxPayloadBytes, (m) => new ConfigError(`GenDurable: ${m}`));
+    } catch (error) {
+      this.state = "new";
+      throw error;
+    }
     const version = await currentVersion(this.pool, this.config.schema);
     if (version < LATEST_MIGRATION) {
       this.state = "new";
@@ -283,9 +296,9 @@ export class GenDurable {
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => this.pruner.tick() }),
     };
     for (const loop of Object.values(this.loops)) loop.start();
-    if (config.cron.length > 0) {
-      const { pool, events } = this;
-      const { schema, channel, maxPayloadBytes, cron: entries } = config;
+    if (this.cronEntries.length > 0) {
+      const { pool, events, cronEntries: entries } = this;
+      const { schema, channel, maxPayloadBytes } = config;
       this.cron = new CronLoop({ pool, schema, entries, channel, maxPayloadBytes, events, onError, wake: (queue) => this.schedulers.get(queue)?.wake() });
       this.cron.start();
     }
@@ -367,9 +380,9 @@ export class GenDurable {
     await Promise.all(Object.entries(others).map(([name, loop]) => this.bounded(`the ${name} loop's tick`, loop.stop())));
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([settled, new Promise((resolve) => (timer = setTimeout(resolve, this.config.shutdownGraceMs)))]);
-      clearTimeout(timer);
+      let timer: LongTimeout | undefined;
+      await Promise.race([settled, new Promise((resolve) => (timer = setLongTimeout(() => resolve(undefined), this.config.shutdownGraceMs)))]);
+      timer?.clear();
       this.stopReason = new EngineStoppedError();
       const released = await this.leases.releaseAll(this.stopReason).catch((error: unknown) => {
         this.reportError("stop", error);
@@ -400,12 +413,12 @@ export class GenDurable {
    */
   private async bounded(what: string, work: Promise<unknown> | undefined): Promise<void> {
     if (!work) return;
-    let timer: NodeJS.Timeout | undefined;
+    let timer: LongTimeout | undefined;
     const gaveUp = await Promise.race([
       work.then(() => false, () => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.config.leaseMs))),
+      new Promise<boolean>((resolve) => (timer = setLongTimeout(() => resolve(true), this.config.leaseMs))),
     ]);
-    clearTimeout(timer);
+    timer?.clear();
     if (gaveUp) this.reportError("stop", new Error(`stop() gave up waiting for ${what} after ${this.config.leaseMs} ms (is the database reachable?)`));
   }
 
@@ -422,7 +435,13 @@ export class GenDurable {
   async insertMany(items: readonly InsertManyItem[], options: { client?: pg.ClientBase } = {}): Promise<InsertResult[]> {
     if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
     rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
-    const rows = await Promise.all(items.map(({ machine, ...rest }, i) => prepareInsert(machine, rest, i, `insertMany[${i}]`, this.config.maxPayloadBytes)));
+    const rows = await Promise.all(
+      items.map((item: unknown, i) => {
+        if (typeof item !== "object" || item === null) throw new ValidationError(`insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`);
+        const { machine, ...rest } = item as InsertManyItem;
+        return prepareInsert(machine, rest, i, `insertMany[${i}]`, this.config.maxPayloadBytes);
+      }),
+    );
     return this.insertRows(rows, options.client);
   }
 
@@ -465,16 +484,15 @@ export class GenDurable {
     const bad = (m: string) => new ValidationError(`signal: ${m}`);
     rejectUnknownKeys(options ?? {}, ["client", "dedupKey", "ifMissing"], "signal", (m) => new ValidationError(m));
     if (typeof target === "string") checkKey(target, "the target correlation key", bad);
-    else if (typeof target !== "object" || target === null || typeof target.id !== "string") {
+    else if (typeof target !== "object" || target === null || !("id" in target)) {
       throw bad(`target must be a correlation key (string) or { id }, got ${describe(target)}`);
-    }
+    } else checkId(target.id, "id", bad);
     checkName(event, "event", bad);
     const payloadJson = encodeJson(payload ?? null, `signal "${event}" payload`, this.config.maxPayloadBytes);
     if (options.dedupKey !== undefined) checkKey(options.dedupKey, "dedupKey", bad);
     if (options.ifMissing !== undefined && options.ifMissing !== "error" && options.ifMissing !== "keep") {
       throw bad(`ifMissing must be "error" or "keep", got ${describe(options.ifMissing)}`);
     }
-    if (typeof target === "object" && !isId(target.id)) throw new UnknownInstanceError(JSON.stringify(target.id));
     const input = {
       target,
       event,
@@ -495,30 +513,37 @@ export class GenDurable {
   /** The instance by id or `{ correlationKey }` (the live one, else the newest), or null. */
   async get(target: string | { correlationKey: string }): Promise<Instance | null> {
     this.assertUsable();
-    if (typeof target === "object" && target !== null && typeof target.correlationKey === "string") {
-      const { rows } = await this.pool.query(this.q.getByKey, [target.correlationKey]);
+    const bad = (m: string) => new ValidationError(`get: ${m}`);
+    if (typeof target === "object" && target !== null && "correlationKey" in target) {
+      const { rows } = await this.pool.query(this.q.getByKey, [checkKey(target.correlationKey, "correlationKey", bad)]);
       return rows[0] ? toInstance(rows[0]) : null;
     }
-    if (typeof target !== "string") throw new ValidationError(`get: expected an id or { correlationKey }, got ${describe(target)}`);
-    if (!isId(target)) return null;
-    const { rows } = await this.pool.query(this.q.get, [target]);
+    if (typeof target !== "string") throw bad(`expected an id or { correlationKey }, got ${describe(target)}`);
+    const { rows } = await this.pool.query(this.q.get, [checkId(target, "id", bad)]);
     return rows[0] ? toInstance(rows[0]) : null;
   }
 
   /** Instances, newest first; page with `after: lastId`. */
   async list(filter: ListFilter = {}): Promise<Instance[]> {
     this.assertUsable();
+    const bad = (m: string) => new ValidationError(`list: ${m}`);
+    if (typeof filter !== "object" || filter === null) throw bad(`the filter must be an object, got ${describe(filter)}`);
     rejectUnknownKeys(filter, ["machine", "status", "queue", "correlationKey", "limit", "after"], "list", (m) => new ValidationError(m));
     const limit = filter.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ValidationError(`list: limit must be an integer from 1 to 10000, got ${describe(filter.limit)}`);
-    if (filter.after !== undefined && !isId(filter.after)) throw new ValidationError(`list: after must be an instance id, got ${describe(filter.after)}`);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw bad(`limit must be an integer from 1 to 10000, got ${describe(filter.limit)}`);
     const statuses = filter.status === undefined ? null : Array.isArray(filter.status) ? filter.status : [filter.status];
+    for (const status of statuses ?? []) {
+      if (!STATUSES.includes(status)) {
+        const suggestion = typeof status === "string" ? didYouMean(status, STATUSES) : "";
+        throw bad(`status must be one of ${STATUSES.join(", ")}; got ${describe(status)}${suggestion}`);
+      }
+    }
     const { rows } = await this.pool.query(this.q.list, [
-      filter.machine ?? null,
+      filter.machine === undefined ? null : checkName(filter.machine, "machine", bad),
       statuses,
-      filter.queue ?? null,
-      filter.correlationKey ?? null,
-      filter.after ?? null,
+      filter.queue === undefined ? null : checkName(filter.queue, "queue", bad),
+      filter.correlationKey === undefined ? null : checkKey(filter.correlationKey, "correlationKey", bad),
+      filter.after === undefined ? null : checkId(filter.after, "after", bad),
       limit,
     ]);
     return rows.map(toInstance);
@@ -527,7 +552,7 @@ export class GenDurable {
   /** Every committed transition of the instance, oldest first. */
   async history(id: string): Promise<Transition[]> {
     this.assertUsable();
-    if (!isId(id)) return [];
+    checkId(id, "history: id", (m) => new ValidationError(m));
     const { rows } = await this.pool.query(this.q.history, [id]);
     return rows.map((r) => ({
       at: r.at,
@@ -543,19 +568,21 @@ export class GenDurable {
   /** Why the instance is not running right now, in words and as data. */
   async explain(id: string): Promise<Explanation> {
     this.assertUsable();
+    checkId(id, "explain: id", (m) => new ValidationError(m));
     const instance = await this.get(id);
-    if (!instance) throw new UnknownInstanceError(String(id));
+    if (!instance) throw new UnknownInstanceError(id);
     return explainInstance(this.pool, this.config, instance, this.config.schema);
   }
 
   /** Resolves with the instance once it is terminal (done, failed or cancelled). */
   async wait(id: string, options: { timeout?: Duration } = {}): Promise<Instance> {
+    checkId(id, "wait: id", (m) => new ValidationError(m));
     const timeoutMs = options.timeout === undefined ? undefined : toMs(options.timeout, "wait: timeout", (m) => new ValidationError(m));
     const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
     let pause = 10;
     for (;;) {
       const instance = await this.get(id);
-      if (!instance) throw new UnknownInstanceError(String(id));
+      if (!instance) throw new UnknownInstanceError(id);
       if (TERMINAL.has(instance.status)) return instance;
       if (Date.now() >= deadline) throw new WaitTimeoutError(id, timeoutMs!);
       await this.nextChange(id, Math.min(pause, deadline - Date.now()));
@@ -585,8 +612,11 @@ export class GenDurable {
    */
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
     this.assertUsable();
-    if (!isId(id)) throw new UnknownInstanceError(String(id));
-    const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : String(reason) };
+    const bad = (m: string) => new ValidationError(`cancel: ${m}`);
+    checkId(id, "id", bad);
+    if (reason !== undefined && typeof reason !== "string") throw bad(`reason must be a string, got ${describe(reason)}`);
+    // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
+    const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
     const { rows } = await (options.client ?? this.pool).query<{ status: string; machine: string; cancelled: string[] }>(this.q.cancel, [
       id,
       JSON.stringify(error),
@@ -665,7 +695,7 @@ export class GenDurable {
   /** A failed instance runs its failed step again with fresh attempts. */
   async retry(id: string): Promise<void> {
     this.assertUsable();
-    if (!isId(id)) throw new UnknownInstanceError(String(id));
+    checkId(id, "retry: id", (m) => new ValidationError(m));
     const { rows } = await this.pool.query<{ status: string }>(this.q.retry, [id, this.config.channel]);
     if (!rows[0]) throw new UnknownInstanceError(id);
     if (rows[0].status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${rows[0].status}; only failed instances can be retried`);
@@ -700,10 +730,6 @@ export class GenDurable {
   private assertUsable(): void {
     if (this.state === "stopped") throw new EngineStoppedError();
   }
-}
-
-function isId(value: unknown): value is string {
-  return typeof value === "string" && /^[1-9][0-9]{0,18}$/.test(value);
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

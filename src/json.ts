@@ -6,13 +6,12 @@
  */
 import { describe } from "./duration.js";
 import { ValidationError } from "./errors.js";
+import { LONE_SURROGATE } from "./names.js";
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 /** Deeper values are rejected: JSON.stringify and Postgres' parser both recurse. */
 export const MAX_DEPTH = 1000;
-
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /**
  * Checks that `value` is plain JSON that Postgres' jsonb accepts and returns its
@@ -63,7 +62,10 @@ function findNonJson(root: unknown): Problem | null {
       case "boolean":
         continue;
       case "undefined":
-        if (keys.length === 0 || typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
+        // A state, args or payload of undefined (a schema may accept it) is refused, not turned into null:
+        // the step would then see null where its schema promised undefined.
+        if (keys.length === 0) return bad("is undefined, which cannot be stored (JSON has no undefined): pass a value, or null if the schema accepts it");
+        if (typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
         continue; // an undefined property is simply omitted, as JSON.stringify does
       case "bigint":
       case "function":
@@ -155,10 +157,19 @@ function safeGet<T>(read: () => T): T | undefined {
   }
 }
 
+/**
+ * A message as it is stored, the same whoever wrote it (a thrown error, a
+ * cancel reason): at most 8 KiB, each NUL replaced by the two characters \0,
+ * each lone surrogate by U+FFFD.
+ */
+export function storableMessage(text: string): string {
+  return clean(text, MAX_MESSAGE);
+}
+
 /** Makes text storable: a string, no NUL, no lone surrogates, at most `max` UTF-16 units. */
 function clean(value: unknown, max: number): string {
   if (typeof value !== "string") return "";
   let text = value.length > max ? value.slice(0, max - 1) + "…" : value;
   text = text.replace(/\u0000/g, "\\0");
-  return text.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
+  return text.replace(new RegExp(LONE_SURROGATE.source, "g"), "\ufffd");
 }

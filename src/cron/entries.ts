@@ -11,7 +11,7 @@ import { describe } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { encodeJson } from "../json.js";
 import { checkName } from "../names.js";
-import { isStandardSchema, type StandardSchemaV1 } from "../schema.js";
+import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
 
 /** What to do with ticks that came due while no node ran the cron loop. */
@@ -46,7 +46,7 @@ export interface ResolvedCronEntry {
   machine: AnyMachine;
   /** The validated state/args (the schema's output), or the raw input while `deferred`. */
   state: unknown;
-  /** The schema validates asynchronously: `state` is checked by the cron loop before the first insert. */
+  /** The schema validates asynchronously: `state` is checked by engine.start() (checkDeferredCron) before any loop runs. */
   deferred: boolean;
   queue: string;
   priority: number;
@@ -88,13 +88,8 @@ export function resolveCron(
     const input = isJob ? e.args : e.state;
     const label = `${where}: ${isJob ? "args" : "state"} of ${machine.name}`;
     const checked = validateNow(machine.schema, input, label, fail);
-    if (!checked.deferred) {
-      try {
-        encodeJson(checked.value ?? null, label, maxPayloadBytes);
-      } catch (error) {
-        throw fail((error as Error).message);
-      }
-    }
+    // As insert checks it: a value the schema accepts may still not be storable (undefined, say).
+    if (!checked.deferred) checkStorable(checked.value, label, maxPayloadBytes, fail);
 
     const priority = e.priority ?? 0;
     if (typeof priority !== "number" || !Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1) {
@@ -119,6 +114,41 @@ export function resolveCron(
       latest: (atMs: number) => cron.previousRuns(1, new Date(atMs + 1))[0]?.getTime() ?? null,
     });
   });
+}
+
+/**
+ * Validates the entries whose schema validates asynchronously (engine.start()
+ * awaits this before any loop runs) and returns every entry with its checked
+ * value. An invalid or unstorable value is a ConfigError naming the entry.
+ */
+export async function checkDeferredCron(
+  entries: readonly ResolvedCronEntry[],
+  maxPayloadBytes: number,
+  fail: (message: string) => ConfigError,
+): Promise<readonly ResolvedCronEntry[]> {
+  if (!entries.some((e) => e.deferred)) return entries;
+  return Promise.all(
+    entries.map(async (entry) => {
+      if (!entry.deferred) return entry;
+      const label = `cron entry "${entry.name}": ${entry.machine.kind === "job" ? "args" : "state"} of ${entry.machine.name}`;
+      let value: unknown;
+      try {
+        value = await validate(entry.machine.schema, entry.state, label);
+      } catch (error) {
+        throw fail((error as Error).message);
+      }
+      checkStorable(value, label, maxPayloadBytes, fail);
+      return Object.freeze({ ...entry, state: value, deferred: false });
+    }),
+  );
+}
+
+function checkStorable(value: unknown, label: string, maxPayloadBytes: number, fail: (m: string) => ConfigError): void {
+  try {
+    encodeJson(value, label, maxPayloadBytes);
+  } catch (error) {
+    throw fail((error as Error).message);
+  }
 }
 
 function checkTimezone(value: unknown, where: string, fail: (m: string) => ConfigError): string {
@@ -170,13 +200,13 @@ function findMachine(value: unknown, machines: ReadonlyMap<string, AnyMachine>, 
 /**
  * Validates synchronously when the schema allows (zod, valibot and arktype do
  * for synchronous schemas). An asynchronous schema cannot be checked in a
- * constructor: its value is checked by the cron loop before the first insert.
+ * constructor: its value is checked by engine.start() (checkDeferredCron).
  */
 function validateNow(schema: StandardSchemaV1, value: unknown, label: string, fail: (m: string) => ConfigError): { value: unknown; deferred: boolean } {
   if (!isStandardSchema(schema)) throw fail(`${label}: the machine has no Standard Schema`);
   const result = schema["~standard"].validate(value);
   if (result instanceof Promise) {
-    // Not awaited here: the loop validates again. Swallow this copy's rejection.
+    // Not awaited here: start() validates again. Swallow this copy's rejection.
     result.catch(() => {});
     return { value, deferred: true };
   }

@@ -20,11 +20,9 @@
  */
 import type pg from "pg";
 import type { ResolvedCronEntry } from "../cron/entries.js";
-import { ConfigError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
-import { encodeJson } from "../json.js";
-import { validate } from "../schema.js";
 import { cronQueries, type CronQueries } from "../sql/cron.js";
+import { MAX_TIMER_MS } from "../timers.js";
 import { Loop } from "./loop.js";
 
 /** Ticks at most this overdue are fired one by one; a gap with older ones is "missed" and follows the entry's policy. */
@@ -33,8 +31,6 @@ export const CATCH_UP_MS = 60_000;
 const IDLE_MS = 60_000;
 /** Wake this long after a tick's time, so a pass at the tick sees it due despite timer and clock-offset slop. */
 const WAKE_MARGIN_MS = 3;
-/** Largest setTimeout delay Node honours. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A pending wake-up this close after the wanted time is kept rather than doubled by another timer. */
 const WAKE_SLACK_MS = 50;
 /** Old tick rows are pruned at most this often per node. */
@@ -46,6 +42,7 @@ const RETRY_MS = 1000;
 export interface CronLoopOptions {
   pool: pg.Pool;
   schema: string;
+  /** Checked entries: none `deferred` (engine.start() validated those with checkDeferredCron). */
   entries: readonly ResolvedCronEntry[];
   channel: string;
   maxPayloadBytes: number;
@@ -65,9 +62,7 @@ export class CronLoop {
   private readonly q: CronQueries;
   /** Per entry name: ticks at or before this (database ms) are handled. Unset until the entry's first pass. */
   private readonly cursors = new Map<string, number>();
-  /** The validated state of each entry (for entries whose schema validates asynchronously, after the first pass). */
-  private readonly states = new Map<string, unknown>();
-  private entries: readonly ResolvedCronEntry[];
+  private readonly entries: readonly ResolvedCronEntry[];
   /** Database clock minus local clock, in ms, from the latest pass. */
   private offsetMs = 0;
   /** Local time of the wake-up already requested with triggerIn, so passes do not stack timers for the same tick. */
@@ -77,7 +72,6 @@ export class CronLoop {
   constructor(private readonly o: CronLoopOptions) {
     this.q = cronQueries(o.schema);
     this.entries = o.entries;
-    for (const entry of o.entries) if (!entry.deferred) this.states.set(entry.name, entry.state);
     this.loop = new Loop({ name: "cron", intervalMs: IDLE_MS, initialDelayMs: 0, tick: () => this.pass(), onError: o.onError });
   }
 
@@ -101,7 +95,6 @@ export class CronLoop {
 
   private async passOnce(): Promise<void> {
     const started = performance.now();
-    await this.validateDeferred();
     const fresh = this.entries.filter((e) => !this.cursors.has(e.name)).map((e) => e.name);
     const before = Date.now();
     const { rows } = await this.o.pool.query<{ now: number; last: Record<string, number> }>(this.q.clock, [fresh]);
@@ -131,7 +124,7 @@ export class CronLoop {
         tick_at: new Date(tick).toISOString(),
         machine: entry.machine.name,
         step: entry.machine.initial,
-        state: this.states.get(entry.name) ?? null,
+        state: entry.state,
         queue: entry.queue,
         priority: entry.priority,
       })),
@@ -148,35 +141,12 @@ export class CronLoop {
     if (next === Infinity) return;
     const target = next - this.offsetMs + WAKE_MARGIN_MS;
     const local = Date.now();
-    // Node fires a timer beyond 2^31 ms (about 24 days) at once; the idle passes re-plan long before that tick.
+    // A tick further than the largest single timer (about 24 days): no timer at all; the idle passes re-plan long before it.
     if (target - local > MAX_TIMER_MS) return;
     // A wake-up already pending no later than this one serves: its pass re-plans. A stale one (past) does not.
     if (this.wakeAt !== undefined && this.wakeAt > local && this.wakeAt <= target + WAKE_SLACK_MS) return;
     this.wakeAt = target;
     this.loop.triggerIn(Math.max(0, target - local));
-  }
-
-  /**
-   * Entries whose schema validates asynchronously are checked before their
-   * first insert. An invalid one is reported (a ConfigError on `engine:error`)
-   * and dropped from this node's loop; the others go on.
-   */
-  private async validateDeferred(): Promise<void> {
-    const pending = this.entries.filter((e) => e.deferred && !this.states.has(e.name));
-    if (pending.length === 0) return;
-    const invalid = new Set<string>();
-    for (const entry of pending) {
-      const label = `cron entry "${entry.name}": ${entry.machine.kind === "job" ? "args" : "state"} of ${entry.machine.name}`;
-      try {
-        const value = await validate(entry.machine.schema, entry.state, label);
-        encodeJson(value ?? null, label, this.o.maxPayloadBytes);
-        this.states.set(entry.name, value);
-      } catch (error) {
-        invalid.add(entry.name);
-        this.o.onError("cron", new ConfigError(`GenDurable: ${(error as Error).message}; this entry will not fire`));
-      }
-    }
-    if (invalid.size > 0) this.entries = this.entries.filter((e) => !invalid.has(e.name));
   }
 
   private async prune(): Promise<void> {

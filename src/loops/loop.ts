@@ -2,8 +2,11 @@
  * The one skeleton every background loop uses: a tick every `intervalMs` with
  * ±10% jitter (so nodes started together do not tick in lockstep), `trigger()`
  * to tick now, errors reported and never fatal, and `stop()` that waits for a
- * running tick.
+ * running tick. Intervals and delays may exceed Node's largest timer (a
+ * pollInterval of "30d"): they go through setLongTimeout.
  */
+import { setLongTimeout, type LongTimeout } from "../timers.js";
+
 export interface LoopOptions {
   name: string;
   intervalMs: number;
@@ -14,7 +17,7 @@ export interface LoopOptions {
 }
 
 export class Loop {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: LongTimeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = true;
   private again = false;
@@ -40,21 +43,19 @@ export class Loop {
   /** Ticks after `delayMs` unless a tick comes sooner (e.g. a deadline known to this node). */
   triggerIn(delayMs: number): void {
     if (this.stopped) return;
-    const timer = setTimeout(() => this.trigger(), delayMs);
-    timer.unref?.();
+    setLongTimeout(() => this.trigger(), delayMs, { unref: true });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
     await this.running;
   }
 
   private schedule(delayMs: number): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.run(), delayMs);
-    this.timer.unref?.();
+    this.timer?.clear();
+    this.timer = setLongTimeout(() => void this.run(), delayMs, { unref: true });
   }
 
   private async run(): Promise<void> {

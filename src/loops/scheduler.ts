@@ -17,6 +17,7 @@ import type { TypedEmitter } from "../events.js";
 import type { ClaimQueries } from "../sql/claims.js";
 import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
+import { setLongTimeout, type LongTimeout } from "../timers.js";
 
 export interface QueueSchedulerOptions {
   queue: string;
@@ -56,7 +57,7 @@ export class QueueScheduler {
   private stopped = true;
   private fillScheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
-  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly timers = new Set<LongTimeout>();
 
   constructor(private readonly o: QueueSchedulerOptions) {}
 
@@ -69,7 +70,7 @@ export class QueueScheduler {
   async stop(): Promise<void> {
     this.stopped = true;
     this.buffer = [];
-    for (const timer of this.timers) clearTimeout(timer);
+    for (const timer of this.timers) timer.clear();
     this.timers.clear();
   }
 
@@ -82,11 +83,15 @@ export class QueueScheduler {
   wake(delayMs = 0): void {
     if (this.stopped) return;
     if (delayMs > 0) {
-      const timer = setTimeout(() => {
-        this.timers.delete(timer);
-        this.wake();
-      }, delayMs);
-      timer.unref();
+      // The delay of a step's run time may exceed Node's largest timer: setLongTimeout waits in chunks.
+      const timer = setLongTimeout(
+        () => {
+          this.timers.delete(timer);
+          this.wake();
+        },
+        delayMs,
+        { unref: true },
+      );
       this.timers.add(timer);
       return;
     }

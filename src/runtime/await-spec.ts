@@ -1,6 +1,7 @@
 /** Await specs: which signals satisfy an await, decided over the mailbox in arrival order. */
 import { describe } from "../duration.js";
 import { ValidationError } from "../errors.js";
+import { checkName } from "../names.js";
 import type { AwaitSpec } from "../outcome.js";
 
 /** The stored form of an await spec. */
@@ -14,12 +15,8 @@ export interface NormalizedSpec {
 
 export function normalizeSpec(spec: AwaitSpec, where: string): NormalizedSpec {
   const bad = (m: string) => new ValidationError(`${where}: ${m}`);
-  const event = (e: unknown) => {
-    if (typeof e !== "string" || e.length === 0 || e.length > 200 || e.includes("\u0000")) {
-      throw bad(`event names must be non-empty strings of at most 200 characters, got ${describe(e)}`);
-    }
-    return e;
-  };
+  // The rule engine.signal applies to the event it sends: a name it refuses could never satisfy the await.
+  const event = (e: unknown) => checkName(e, "event names", bad);
   if (typeof spec === "string") return { mode: "one", events: [event(spec)], count: 1 };
   if (typeof spec === "object" && spec !== null) {
     if ("all" in spec || "any" in spec) {

@@ -28,6 +28,7 @@ import { attemptFailure } from "./failure.js";
 import type { Leases } from "./leases.js";
 import { tryResume } from "./signals.js";
 import type { RateLimiter } from "./rate-limits.js";
+import { setLongTimeout, type LongTimeout } from "../timers.js";
 
 /** A row as the claim query returns it. */
 export interface ClaimedRow {
@@ -340,9 +341,10 @@ export class Executor {
     const ctx = await this.context(row, machine, controller, client).catch((error: unknown) => {
       throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
     });
-    let timer: NodeJS.Timeout | undefined;
+    // A timeout may exceed Node's largest timer ("30d"): setLongTimeout waits in chunks.
+    let timer: LongTimeout | undefined;
     if (step.timeoutMs !== undefined) {
-      timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
+      timer = setLongTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
     }
     let onAbort: (() => void) | undefined;
     const aborted = new Promise<never>((_, reject) => {
@@ -357,7 +359,7 @@ export class Executor {
       const { around } = this.deps;
       return await Promise.race([Promise.resolve().then(() => (around ? around(row, run) : run())), aborted]);
     } finally {
-      clearTimeout(timer);
+      timer?.clear();
       controller.signal.removeEventListener("abort", onAbort!);
     }
   }

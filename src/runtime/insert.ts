@@ -1,7 +1,7 @@
 /** Turning insert options into rows for the bulk insert statement, with every check before any write. */
 import type { AnyMachine, InstanceOptions } from "../define.js";
 import { checkMaxAttempts } from "../define.js";
-import { describe, toMs } from "../duration.js";
+import { checkRunAt, describe, toMs } from "../duration.js";
 import { ValidationError } from "../errors.js";
 import { encodeJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
@@ -41,18 +41,15 @@ export async function prepareInsert(machine: AnyMachine, options: InstanceOption
   encodeJson(state, `${isJob ? "args" : "state"} of ${machine.name}`, maxPayloadBytes);
 
   if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
-  let runAt: string | null = null;
-  if (options.runAt !== undefined) {
-    if (!(options.runAt instanceof Date) || Number.isNaN(options.runAt.getTime())) throw bad(`runAt must be a valid Date, got ${describe(options.runAt)}`);
-    runAt = options.runAt.toISOString();
-  }
+  const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", bad);
   const priority = options.priority ?? 0;
   if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1) throw bad(`priority must be an integer, got ${describe(options.priority)}`);
   return {
     idx,
     machine: machine.name,
     step: machine.initial,
-    state: state ?? null,
+    // Never undefined here (encodeJson refused it); null is stored as JSON null (see sql/instances.ts).
+    state,
     queue: options.queue === undefined ? machine.queue : checkName(options.queue, "queue", bad),
     priority,
     run_at: runAt,

@@ -12,20 +12,26 @@
  */
 import type pg from "pg";
 import type { AnyMachine, StepContext, StepRateLimit } from "../define.js";
-import { describe, toMs, type Duration } from "../duration.js";
+import { describe, MAX_DURATION_MS, toMs, type Duration } from "../duration.js";
 import { ConfigError, ValidationError } from "../errors.js";
-import { checkName } from "../names.js";
+import { checkKey, checkName } from "../names.js";
 import { prepared } from "../db/prepared.js";
 import type { FlowQueries } from "../sql/flow.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
 export interface RateLimitOption {
-  /** Tokens added per `period`. */
+  /** Tokens added per `period`: a whole number from 1 to 2147483647. */
   limit: number;
+  /** Longer than 0, at most 100 years; an empty bucket must refill (burst / limit × period) within 100 years too. */
   period: Duration;
-  /** Most tokens a bucket holds (what may run at once after a quiet spell). Default: `limit`. */
+  /** Most tokens a bucket holds (what may run at once after a quiet spell), 1 to 2147483647. Default: `limit`. */
   burst?: number;
 }
+
+/** Largest limit, burst and weight: tokens are counted as Postgres integers would be. */
+export const MAX_TOKENS = 2 ** 31 - 1;
+
+const wholeTokens = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 1 && n <= MAX_TOKENS;
 
 export interface RateLimit {
   name: string;
@@ -47,27 +53,38 @@ export function resolveRateLimits(option: unknown, fail: (m: string) => Error): 
     if (typeof value !== "object" || value === null) throw fail(`${where} must be { limit, period, burst? }, got ${describe(value)}`);
     rejectUnknownKeys(value, ["limit", "period", "burst"], `GenDurable: ${where}`, (m) => new ConfigError(m));
     const { limit, period, burst } = value as RateLimitOption;
-    const positive = (n: unknown) => typeof n === "number" && Number.isFinite(n) && n > 0;
-    if (!positive(limit)) throw fail(`${where}.limit must be a positive number of tokens per period, got ${describe(limit)}`);
+    if (!wholeTokens(limit)) throw fail(`${where}.limit must be a whole number of tokens per period from 1 to ${MAX_TOKENS}, got ${describe(limit)}`);
     if (period === undefined) throw fail(`${where}.period is required, e.g. "1s" or "1m"`);
     const periodMs = toMs(period, `${where}.period`, fail);
     if (periodMs <= 0) throw fail(`${where}.period must be longer than 0 ms`);
-    if (burst !== undefined && !positive(burst)) throw fail(`${where}.burst must be a positive number of tokens, got ${describe(burst)}`);
+    if (burst !== undefined && !wholeTokens(burst)) throw fail(`${where}.burst must be a whole number of tokens from 1 to ${MAX_TOKENS}, got ${describe(burst)}`);
+    // The database adds waits of up to this long to timestamps: beyond it they leave Postgres' range.
+    const refillMs = ((burst ?? limit) / limit) * periodMs;
+    if (refillMs > MAX_DURATION_MS) {
+      throw fail(`${where}: an empty bucket must refill within 100 years (burst / limit × period), got ${refillMs} ms`);
+    }
     limits.set(name, { name, limit, periodMs, burst: burst ?? limit, perSecond: (limit * 1000) / periodMs });
   }
   return limits;
 }
 
-/** Every step's `rateLimit.name` must be a limit declared on this engine. */
+/** Every step's `rateLimit.name` must be a limit declared on this engine, and a fixed weight must fit in its bucket. */
 export function checkStepRateLimits(machines: ReadonlyMap<string, AnyMachine>, limits: ReadonlyMap<string, RateLimit>, fail: (m: string) => Error): void {
   for (const machine of machines.values()) {
     for (const step of machine.steps.values()) {
       const name = step.rateLimit?.name;
-      if (name === undefined || limits.has(name)) continue;
-      const known = [...limits.keys()];
-      throw fail(
-        `machine "${machine.name}" step "${step.name}" uses rate limit "${name}", which is not in rateLimits (${known.length ? known.join(", ") : "none declared"})`,
-      );
+      if (name === undefined) continue;
+      const limit = limits.get(name);
+      if (!limit) {
+        const known = [...limits.keys()];
+        throw fail(
+          `machine "${machine.name}" step "${step.name}" uses rate limit "${name}", which is not in rateLimits (${known.length ? known.join(", ") : "none declared"})`,
+        );
+      }
+      const weight = step.rateLimit!.weight;
+      if (typeof weight === "number" && weight > limit.burst) {
+        throw fail(`machine "${machine.name}" step "${step.name}" draws ${weight} tokens from rate limit "${name}", more than its burst of ${limit.burst}: it could never run`);
+      }
     }
   }
 }
@@ -100,21 +117,22 @@ export interface BucketState {
   lineEnd: Date | null;
 }
 
-/** Weight outside 0 < w ≤ 1e9 would make a bucket meaningless. */
-function checkWeight(weight: unknown, what: string): number {
-  if (typeof weight !== "number" || !Number.isFinite(weight) || weight <= 0 || weight > 1e9) {
-    throw new ValidationError(`${what} must be a positive number of tokens, got ${describe(weight)}`);
+/** A weight is whole tokens, at most the bucket's burst: a larger one could never be taken (the step would wait forever). */
+function checkWeight(weight: unknown, what: string, limit: RateLimit): number {
+  if (typeof weight !== "number" || !Number.isInteger(weight) || weight < 1 || weight > limit.burst) {
+    throw new ValidationError(`${what} must be a whole number of tokens from 1 to ${limit.burst} (the limit's burst), got ${describe(weight)}`);
   }
   return weight;
 }
 
 function partitionKey(partition: unknown, what: string): string {
   if (partition === undefined) return "";
-  if ((typeof partition !== "string" && typeof partition !== "number") || partition === "") {
-    throw new ValidationError(`${what} must be a non-empty string or a number, got ${describe(partition)}`);
+  if (typeof partition === "number") {
+    if (!Number.isFinite(partition)) throw new ValidationError(`${what} must be finite, got ${partition}`);
+    return String(partition);
   }
-  if (typeof partition === "number" && !Number.isFinite(partition)) throw new ValidationError(`${what} must be finite, got ${partition}`);
-  return String(partition);
+  if (typeof partition !== "string") throw new ValidationError(`${what} must be a non-empty string or a number, got ${describe(partition)}`);
+  return checkKey(partition, what, (m) => new ValidationError(m));
 }
 
 type Line = "join" | "retry" | "none";
@@ -188,25 +206,26 @@ export class RateLimiter {
   async drawForStep(spec: StepRateLimit, ctx: StepContext<unknown, unknown, string>, waited: boolean, where: string): Promise<number> {
     const limit = this.limit(spec.name);
     const partition = partitionKey(spec.partition?.(ctx), `${where}: rateLimit.partition(ctx)`);
-    const weight = checkWeight(typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1), `${where}: rateLimit.weight`);
+    const weight = checkWeight(typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1), `${where}: rateLimit.weight`, limit);
     const { taken, wait_ms } = await this.take(limit, partition, weight, waited ? "retry" : "join");
     return taken ? 0 : Math.max(1, wait_ms);
   }
 
   /** engine.consume(): takes tokens if the bucket has them, never waits in line. */
   async consume(name: string, options: ConsumeOptions = {}): Promise<ConsumeResult> {
+    checkName(name, "consume: name", (m) => new ValidationError(m));
     if (typeof options !== "object" || options === null) throw new ValidationError(`consume("${name}", options): options must be an object`);
     rejectUnknownKeys(options, ["partition", "weight"], `consume("${name}")`, (m) => new ValidationError(m));
     const limit = this.limit(name);
     const partition = partitionKey(options.partition, `consume("${name}"): partition`);
-    const weight = checkWeight(options.weight ?? 1, `consume("${name}"): weight`);
+    const weight = checkWeight(options.weight ?? 1, `consume("${name}"): weight`, limit);
     const { taken, balance, wait_ms } = await this.take(limit, partition, weight, "none");
     return { ok: taken, remaining: balance, retryAfterMs: taken ? 0 : Math.ceil(wait_ms) };
   }
 
   /** The stored buckets of one limit (or all), refilled to the database's now. */
   async buckets(name?: string, max = 1000): Promise<BucketState[]> {
-    if (name !== undefined) this.limit(name);
+    if (name !== undefined) this.limit(checkName(name, "rateLimitBuckets: name", (m) => new ValidationError(m)));
     const { rows } = await this.pool.query<{ name: string; partition: string; tokens: number; updated_at: Date; line_end: Date | null; now: Date }>(this.queries.buckets, [
       name ?? null,
       max,

@@ -43,7 +43,8 @@ export function cronQueries(schema: string) {
       ),
       ins as (
         insert into ${s}.instances (id, machine, step, state, queue, priority)
-        select i.id, i.machine, i.step, i.state, i.queue, i.priority
+        -- A JSON null state reads as SQL NULL here: stored as JSON null.
+        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority
         from input i join ticks t on t.instance_id = i.id
         returning id, queue
       ),

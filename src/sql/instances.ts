@@ -31,7 +31,8 @@ export function instanceQueries(schema: string) {
       ),
       ins as (
         insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id)
-        select id, machine, step, state, queue, priority,
+        -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
+        select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
                max_attempts, correlation_key, concurrency_key, parent_id
         -- One order for every insert, so concurrent batches take key locks (the correlation

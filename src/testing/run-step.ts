@@ -24,6 +24,7 @@ import { createContext } from "../runtime/context.js";
 import { DEFAULT_MAX_ATTEMPTS, Executor, type ClaimedRow, type ExecutorDeps } from "../runtime/executor.js";
 import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
+import { setLongTimeout, type LongTimeout } from "../timers.js";
 
 /** `ctx.next(...)`: commit `state`, then run `step` now, after `delay` ms, or at `runAt`. */
 export interface NextResult<State = unknown, K extends string = string> {
@@ -350,16 +351,16 @@ function makeContext(machine: AnyMachine, input: CheckedInput, abortSignal: Abor
 
 /** Runs the step's code with its timeout, as the executor does: on timeout the step is abandoned, not killed. */
 async function invoke(machine: AnyMachine, step: ResolvedStep, ctx: StepContext<unknown, unknown, string>, controller: AbortController): Promise<unknown> {
-  let timer: NodeJS.Timeout | undefined;
+  let timer: LongTimeout | undefined;
   if (step.timeoutMs !== undefined) {
-    timer = setTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
+    timer = setLongTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
   }
   const aborted = new Promise<never>((_, reject) => controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }));
   aborted.catch(() => {});
   try {
     return await Promise.race([Promise.resolve().then(() => step.run(ctx)), aborted]);
   } finally {
-    clearTimeout(timer);
+    timer?.clear();
   }
 }
 

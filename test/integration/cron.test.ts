@@ -134,6 +134,16 @@ describe("cron option: checked at construction", () => {
     );
   });
 
+  it("refuses an entry whose value the schema accepts but that cannot be stored: no args for args that may be undefined", () => {
+    // The schema accepts undefined, which is not JSON: without this check the entry passed
+    // construction and every tick failed on the instances table's NOT NULL state.
+    const MaybeArgs = defineJob({ name: "MaybeArgs", queue: "cron", args: z.object({ n: z.number() }).optional(), perform: async () => null });
+    const error = configError([{ name: "no-args", schedule: "* * * * *", machine: MaybeArgs }], { machines: [MaybeArgs] });
+    expect(error.message).toMatch(/cron entry "no-args": args of MaybeArgs is undefined, which cannot be stored/);
+    // The same value is refused the same way by insert.
+    expect(construct([{ name: "with-args", schedule: "* * * * *", machine: MaybeArgs, args: { n: 1 } }], { machines: [MaybeArgs] })).toBeInstanceOf(GenDurable);
+  });
+
   it("rejects bad priority, queue, missed and unknown keys with a suggestion", () => {
     const e = { name: "e", schedule: "* * * * *", machine: Report, args: { kind: "x" } };
     expect(configError([{ ...e, priority: 1.5 }]).message).toMatch(/cron entry "e": priority must be an integer, got 1.5/);
@@ -372,7 +382,7 @@ describe("cron loop", () => {
     ]);
   });
 
-  it("checks an asynchronous schema before the first insert: a bad value is reported and that entry never fires", async () => {
+  it("checks an asynchronous schema in start(): a bad value fails start() with a ConfigError before any loop runs", async () => {
     // A Standard Schema that only validates asynchronously (as zod does with async refinements).
     const asyncSchema: StandardSchemaV1<{ n: number }, { n: number; checked: true }> = {
       "~standard": {
@@ -385,25 +395,41 @@ describe("cron loop", () => {
       },
     };
     const AsyncJob = defineJob({ name: "AsyncJob", queue: "cron", args: asyncSchema, perform: async () => null });
-    const engine = db.engine({
-      queues: { cron: 2 },
-      machines: [AsyncJob],
-      cron: [
-        { name: "async-good", schedule: "* * * * * *", machine: AsyncJob, args: { n: 1 } },
-        { name: "async-bad", schedule: "* * * * * *", machine: AsyncJob, args: { n: "one" } },
-      ],
-    });
-    const errors: unknown[] = [];
-    engine.on("engine:error", ({ loop, error }) => loop === "cron" && errors.push(error));
+    const good = { name: "async-good", schedule: "* * * * * *", machine: AsyncJob, args: { n: 1 } };
+    const bad = db.engine({ queues: { cron: 2 }, machines: [AsyncJob], cron: [good, { name: "async-bad", schedule: "* * * * * *", machine: AsyncJob, args: { n: "one" } }] });
+    let passes = 0;
+    bad.on("loop:tick", () => passes++);
+    const refused = await bad.start().then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(ConfigError);
+    expect(String(refused)).toMatch(/cron entry "async-bad": args of AsyncJob is invalid: n: n must be a number/);
+    expect(passes).toBe(0);
+    expect(await ticksOf("async-bad")).toEqual([]);
+    // A value the schema accepts is stored as its output (undefined output: refused the same way).
+    const engine = db.engine({ queues: { cron: 2 }, machines: [AsyncJob], cron: [good] });
     await engine.start();
     await eventually("2 ticks of the good entry", async () => (await ticksOf("async-good")).length >= 2);
     await engine.stop();
-    expect(errors).toHaveLength(1);
-    expect(errors[0]).toBeInstanceOf(ConfigError);
-    expect(String(errors[0])).toMatch(/cron entry "async-bad": args of AsyncJob is invalid: n: n must be a number; this entry will not fire/);
-    expect(await ticksOf("async-bad")).toEqual([]);
-    // The validated output is what is stored.
     expect((await ticksOf("async-good"))[0]!.state).toEqual({ n: 1, checked: true });
+  });
+
+  it("fires an entry whose args are null (a schema that accepts null): stored as JSON null, not SQL NULL", async () => {
+    const NullArgs = defineJob({ name: "NullArgs", queue: "cron", args: z.null(), perform: async (args) => ({ got: args }) });
+    const engine = db.engine({ queues: { cron: 2 }, machines: [NullArgs], cron: [{ name: "null-args", schedule: "* * * * * *", machine: NullArgs, args: null }] });
+    const errors: unknown[] = [];
+    engine.on("engine:error", ({ error }) => errors.push(error));
+    await engine.start();
+    const [tick] = await eventually("a tick of the null-args entry", async () => {
+      const rows = await ticksOf("null-args");
+      return rows.length > 0 && rows[0]!.status === "done" ? rows : null;
+    });
+    await engine.stop();
+    expect(errors).toEqual([]);
+    expect(tick!.state).toBeNull();
+    const { rows } = await db.pool.query(`select jsonb_typeof(state) as type, result from ${T}.instances where id = $1`, [tick!.instance_id]);
+    expect(rows[0]).toEqual({ type: "null", result: { got: null } });
   });
 
   it("runs no cron loop on a pure client (no queues)", async () => {

@@ -121,9 +121,9 @@ describe("insert", () => {
 });
 
 describe("reading", () => {
-  it("get returns null for unknown or malformed ids", async () => {
+  it("get returns null for an unknown id and refuses a malformed one", async () => {
     expect(await client.get("999999999")).toBeNull();
-    expect(await client.get("not-an-id")).toBeNull();
+    await expect(client.get("not-an-id")).rejects.toBeInstanceOf(ValidationError);
     expect(await client.get({ correlationKey: "never" })).toBeNull();
   });
 

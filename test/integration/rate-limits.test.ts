@@ -164,18 +164,18 @@ describe("rate limits", () => {
 
   it("rejects bad input with errors that name it", async () => {
     await expect(client.consume("nope")).rejects.toThrow(new ValidationError('unknown rate limit "nope" (declared in rateLimits: ten, perAccount, tokens)'));
-    await expect(client.consume("ten", { weight: 0 })).rejects.toThrow(/consume\("ten"\): weight must be a positive number of tokens, got 0/);
-    await expect(client.consume("ten", { partition: "" })).rejects.toThrow(/partition must be a non-empty string or a number/);
+    await expect(client.consume("ten", { weight: 0 })).rejects.toThrow(/consume\("ten"\): weight must be a whole number of tokens from 1 to 10 \(the limit's burst\), got 0/);
+    await expect(client.consume("ten", { partition: "" })).rejects.toThrow(/consume\("ten"\): partition must be a non-empty string/);
     await expect(client.consume("ten", { wieght: 1 } as never)).rejects.toThrow(/wieght.*did you mean "weight"/);
     const make = (options: object) => () => new GenDurable({ connectionString: db.url, schema: db.schema, ...options });
-    expect(make({ rateLimits: { x: { limit: 0, period: "1s" } } })).toThrow(new ConfigError("GenDurable: rateLimits.x.limit must be a positive number of tokens per period, got 0"));
+    expect(make({ rateLimits: { x: { limit: 0, period: "1s" } } })).toThrow(new ConfigError("GenDurable: rateLimits.x.limit must be a whole number of tokens per period from 1 to 2147483647, got 0"));
     expect(make({ rateLimits: { x: { limit: 1 } } })).toThrow(/rateLimits\.x\.period is required/);
     expect(make({ rateLimits: { x: { limit: 1, period: "1s", brust: 2 } } })).toThrow(/brust.*did you mean "burst"/);
     expect(make({ queues: { limited: 1 }, machines: [Plain], rateLimits: {} })).toThrow(
       /machine "Plain" step "perform" uses rate limit "ten", which is not in rateLimits \(none declared\)/,
     );
     expect(() => defineJob({ name: "W", args: z.object({}), rateLimit: { name: "ten", weight: -1 }, perform: () => 1 })).toThrow(
-      /defineJob\("W"\)\.perform\.rateLimit\.weight must be a positive number/,
+      /defineJob\("W"\)\.perform\.rateLimit\.weight must be a whole number of tokens/,
     );
   });
 

@@ -102,11 +102,11 @@ describe("signals", () => {
     expect(await engine.signal({ id }, "go", "late retry", { dedupKey: "hook-1" })).toMatchObject({ duplicate: true, instanceId: id });
   });
 
-  it("an unknown key is an UnknownInstanceError; a finished one an InstanceTerminatedError; nothing is stored", async () => {
+  it("an unknown key or id is an UnknownInstanceError (a malformed id a ValidationError); a finished one an InstanceTerminatedError; nothing is stored", async () => {
     const before = (await db.pool.query(`select count(*)::int as n from ${db.schema}.signals`)).rows[0].n;
     await expect(engine.signal("order:none", "payment_confirmed")).rejects.toBeInstanceOf(UnknownInstanceError);
     await expect(engine.signal({ id: "99999999" }, "x")).rejects.toBeInstanceOf(UnknownInstanceError);
-    await expect(engine.signal({ id: "nonsense" }, "x")).rejects.toBeInstanceOf(UnknownInstanceError);
+    await expect(engine.signal({ id: "nonsense" }, "x")).rejects.toBeInstanceOf(ValidationError);
     const { id } = await engine.insert(Checkout, { state: { order: 2 }, correlationKey: "order:2" });
     await engine.signal("order:2", "payment_confirmed");
     await engine.wait(id, { timeout: 10_000 });

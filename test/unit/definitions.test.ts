@@ -118,7 +118,7 @@ describe("await specs", () => {
     expect(matchSpec(normalizeSpec({ event: "b", count: 3 }, "w"), box)).toBeNull();
   });
   it("rejects malformed specs", () => {
-    expect(() => normalizeSpec("" as never, "w")).toThrowError(/event names must be non-empty/);
+    expect(() => normalizeSpec("" as never, "w")).toThrowError(/event names must be a non-empty string/);
     expect(() => normalizeSpec({ all: [] } as never, "w")).toThrowError(/needs a non-empty array/);
     expect(() => normalizeSpec({ event: "x", count: 0 } as never, "w")).toThrowError(/integer count/);
     expect(() => normalizeSpec(42 as never, "w")).toThrowError(/an await spec is/);
