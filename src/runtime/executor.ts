@@ -11,10 +11,10 @@ import { isConnectionError, withTransaction } from "../db/pool.js";
 import type { ChildQueries } from "../sql/children.js";
 import type { InstanceQueries } from "../sql/instances.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
-import { describe, toMs } from "../duration.js";
+import { checkRunAt, describe, toMs } from "../duration.js";
 import { LeaseLostError, StepTimeoutError, ValidationError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
-import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
+import { encodeJson, storableMessage, type ErrorRecord } from "../json.js";
 import { stepLogger, type Logger } from "../logger.js";
 import { outcomeData, type OutcomeData } from "../outcome.js";
 import { validate } from "../schema.js";
@@ -232,11 +232,11 @@ export class Executor {
       } catch (error) {
         if (error instanceof LeaseLostError) return this.lost(row);
         if (!isConnectionError(error)) return this.fail(row, machine, step, maxAttempts, error, started);
-        // The connection broke (a terminated backend, a restart), not the step.
         if (step.transactional) {
-          // Its ctx.client writes rolled back with the connection: give the row back now, its
-          // attempt refunded, rather than leave it running until its lease expires.
-          return this.releaseNow(row);
+          // Its code ran and its ctx.client writes rolled back with the connection: a failed attempt,
+          // recorded now on a fresh connection rather than after its lease, and counted, so a step
+          // that breaks its connection every time still runs out of attempts.
+          return this.fail(row, machine, step, maxAttempts, brokeUnder(error), started);
         }
         // An await or spawn computed without the connection: commit it again on a fresh one.
         // Fenced by the claim token, so a commit that did land before the break cannot land twice.
@@ -443,7 +443,7 @@ export class Executor {
       }
       case "cancel": {
         // Bounded and made storable like any error message (no NUL, no lone surrogates).
-        const reason = data.reason === undefined ? undefined : toErrorRecord(String(data.reason)).message;
+        const reason = data.reason === undefined ? undefined : storableMessage(String(data.reason));
         const error = { name: "Cancelled", message: reason ?? `cancelled by ${where}` };
         return { ...base, status: "cancelled", error, hist_error: error, outcome: "cancelled" };
       }
@@ -515,10 +515,7 @@ export class Executor {
     if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
     const out: { delay_ms: number | null; run_at: string | null; priority: number | null } = { delay_ms: null, run_at: null, priority: null };
     if (options.delay !== undefined) out.delay_ms = toMs(options.delay, "delay", bad);
-    if (options.runAt !== undefined) {
-      if (!(options.runAt instanceof Date) || Number.isNaN(options.runAt.getTime())) throw bad(`runAt must be a valid Date, got ${describe(options.runAt)}`);
-      out.run_at = options.runAt.toISOString();
-    }
+    if (options.runAt !== undefined) out.run_at = checkRunAt(options.runAt, "runAt", bad);
     if (options.priority !== undefined) {
       if (!Number.isInteger(options.priority) || Math.abs(options.priority as number) > 2 ** 31 - 1) throw bad(`priority must be an integer, got ${describe(options.priority)}`);
       out.priority = options.priority as number;
@@ -588,6 +585,12 @@ class ConnectionBrokeBeforeStart extends Error {
   constructor(cause: unknown) {
     super("the connection broke before the step's code ran", { cause });
   }
+}
+
+/** A connection that broke under a transactional step, as the error of its attempt. */
+function brokeUnder(error: unknown): Error {
+  const message = error instanceof Error ? error.message : String(error);
+  return new Error(`the connection broke under the step's transaction (its ctx.client writes were rolled back): ${message}`, { cause: error });
 }
 
 /** A database error on an outcome, as the error of the attempt it fails. */

@@ -160,7 +160,8 @@ export function claimQueries(schema: string) {
         update ${s}.instances i set
           status = x.status,
           step = coalesce(x.step, i.step),
-          state = case when x.set_state then x.state else i.state end,
+          -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null is stored as JSON null.
+          state = case when x.set_state then coalesce(x.state, 'null'::jsonb) else i.state end,
           run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
           priority = coalesce(x.priority, i.priority),
           attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0) else i.attempt end,

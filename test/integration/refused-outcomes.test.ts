@@ -66,7 +66,18 @@ const BadBackoff = defineJob({
   },
 });
 
-const worker = db.engine({ queues: { refused: 4 }, machines: [Thrower, Outcomes, BadBackoff], leaseDuration: "60s" });
+const Nullable = defineMachine({
+  name: "NullableState",
+  queue: "refused",
+  state: z.object({ n: z.number() }).nullable(),
+  maxAttempts: 1,
+  steps: {
+    start: (ctx) => ctx.next("finish", null),
+    finish: (ctx) => ctx.done({ state: ctx.state }),
+  },
+});
+
+const worker = db.engine({ queues: { refused: 4 }, machines: [Thrower, Outcomes, BadBackoff, Nullable], leaseDuration: "60s" });
 await engine.start();
 await worker.start();
 
@@ -82,6 +93,13 @@ describe("a step that throws something that is not an Error", () => {
 });
 
 describe("an outcome the database would refuse", () => {
+  it("stores a new state of null as JSON null (the column is not null)", async () => {
+    const { id } = await engine.insert(Nullable, { state: { n: 1 } });
+    const done = await engine.wait(id, { timeout: 10_000 });
+    expect(done.status).toBe("done");
+    expect(done.result).toEqual({ state: null });
+  });
+
   it("fails the attempt on a delay beyond what Postgres can store", async () => {
     const { id } = await engine.insert(Outcomes, { state: { how: "huge delay" } });
     const done = await engine.wait(id, { timeout: 10_000 });
