@@ -25,7 +25,44 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
   // listener that would crash the process. The next query simply gets a new client.
   pool.on("error", () => {});
   guardClients(pool);
+  readCommittedSessions(pool);
   return { pool, owned: true };
+}
+
+/**
+ * The isolation level every statement of the engine assumes. Its protocols
+ * lock a row in one statement and read what it guards in the next (an await's
+ * mailbox, a cancelled parent's children, a concurrency key's instances), or
+ * read with a fresh snapshot inside a function (take_inbox, the concurrency key
+ * trigger): both see what committed before the lock only under READ COMMITTED.
+ * Under REPEATABLE READ the later read keeps the transaction's first snapshot
+ * and misses it (a signal never consumed, a kept signal left in the inbox), and
+ * a row updated after that snapshot fails the statement instead of being
+ * re-checked.
+ */
+export const ISOLATION = "read committed";
+
+/**
+ * Sessions of pools the engine opens default to READ COMMITTED, whatever the
+ * database's, the role's or the connection string's default: single statements
+ * run in an implicit transaction of the session's default level. The SET is
+ * queued before anything the new client is asked to run.
+ */
+function readCommittedSessions(pool: pg.Pool): void {
+  pool.on("connect", (client) => {
+    client.query(`set default_transaction_isolation = '${ISOLATION}'`).catch(() => {});
+  });
+}
+
+/** The level a new transaction (or, inside one, the current transaction) of `client` runs at. */
+export async function isolationOf(client: pg.ClientBase | pg.Pool): Promise<string> {
+  const { rows } = await client.query<{ transaction_isolation: string }>("show transaction_isolation");
+  return rows[0]!.transaction_isolation;
+}
+
+/** True for the levels that behave as READ COMMITTED (Postgres runs READ UNCOMMITTED as READ COMMITTED). */
+export function isReadCommitted(level: string): boolean {
+  return level === "read committed" || level === "read uncommitted";
 }
 
 /**
@@ -57,6 +94,7 @@ export function openSidePool(pool: pg.Pool, suffix: string, max: number, deadlin
   });
   side.on("error", () => {});
   guardClients(side);
+  readCommittedSessions(side);
   return side;
 }
 
@@ -79,7 +117,8 @@ export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolCl
   const client = await pool.connect();
   let broken: unknown;
   try {
-    await client.query("begin");
+    // Explicit: the session's default may be stricter (a caller's pool, a role's setting).
+    await client.query(`begin isolation level ${ISOLATION}`);
     const value = await body(client);
     await client.query("commit");
     return value;
@@ -94,6 +133,12 @@ export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolCl
 }
 
 const CONNECTION_SQLSTATES = new Set(["57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004", "25006", "53300"]);
+
+/** A deadlock or serialization failure: the statement was rolled back whole and may simply be repeated. */
+export function isTransient(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "40P01" || code === "40001";
+}
 
 /** True when an error came from the connection or server state rather than from the statement itself. */
 export function isConnectionError(error: unknown): boolean {

@@ -7,7 +7,7 @@
  */
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
-import { isConnectionError } from "../db/pool.js";
+import { isConnectionError, isTransient } from "../db/pool.js";
 import type { Completion } from "./completion.js";
 
 interface Pending {
@@ -67,7 +67,7 @@ export class Completer {
       const won = await this.commit(batch.map((p) => p.completion));
       for (const p of batch) p.resolve(won.has(p.completion.id));
     } catch (error) {
-      if (batch.length === 1 || isConnectionError(error)) {
+      if (batch.length === 1 || isConnectionError(error) || isTransient(error)) {
         for (const p of batch) p.reject(error);
         return;
       }
@@ -87,7 +87,8 @@ export class Completer {
       } catch (error) {
         // Fenced writes are safe to repeat: a batch that did commit before the
         // connection dropped now updates nothing, which reads as "lost" (and is harmless).
-        if (!isConnectionError(error) || attempt >= CONNECTION_RETRIES) throw error;
+        // A deadlock or serialization failure rolled the whole statement back: repeat it too.
+        if (!(isConnectionError(error) || isTransient(error)) || attempt >= CONNECTION_RETRIES) throw error;
         await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
       }
     }

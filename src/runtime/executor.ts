@@ -7,7 +7,7 @@
 import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import type { AnyMachine, ChildOutcome, ReceivedSignal, ResolvedStep } from "../define.js";
-import { isConnectionError, withTransaction } from "../db/pool.js";
+import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
 import type { ChildQueries } from "../sql/children.js";
 import type { InstanceQueries } from "../sql/instances.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
@@ -196,7 +196,7 @@ export class Executor {
     } catch (error) {
       // The database refused this outcome (not the connection): a failed attempt with its error, now,
       // rather than a row left running until its lease expires and an error that says "lost its worker".
-      if (isConnectionError(error)) throw error;
+      if (isConnectionError(error) || isTransient(error)) throw error;
       return this.fail(row, machine, step, maxAttempts, refused(error), started);
     }
     return this.committed(row, machine, completion, won, null);
@@ -231,6 +231,9 @@ export class Executor {
         break;
       } catch (error) {
         if (error instanceof LeaseLostError) return this.lost(row);
+        // A deadlock or serialization failure rolled it all back; a transactional step fails that
+        // attempt (its code must run again), an await or spawn is committed again below.
+        if (isTransient(error) && !step.transactional && tries < COMMIT_TRIES) continue;
         if (!isConnectionError(error)) return this.fail(row, machine, step, maxAttempts, error, started);
         if (step.transactional) {
           // Its code ran and its ctx.client writes rolled back with the connection: a failed attempt,
@@ -263,6 +266,9 @@ export class Executor {
   private async commitOn(client: pg.ClientBase, completion: Completion): Promise<{ won: boolean; resumedQueue: string | null }> {
     const { spawn, ...row } = completion;
     const awaiting = completion.status === "awaiting";
+    // Every key this commit changes (its own, its children's), before any row lock: one global order.
+    const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)].filter((k) => k !== null);
+    if (keys.length > 0) await client.query(prepared(this.deps.claims.lockKeys, [keys]));
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
       const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);

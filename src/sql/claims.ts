@@ -61,15 +61,20 @@ export function claimQueries(schema: string) {
         limit least((select n from budget), $7::int)
         for update skip locked
       ),
+      -- The key's next instance is found first and locked after: when something else holds its
+      -- row (a signal, a cancel in a caller's transaction), the key waits its turn rather than
+      -- run the instance behind it; the holder's commit wakes the queue again.
       keyed as (
-        select head.id, head.priority, head.run_at from free_keys k cross join lateral (
-          select id, priority, run_at from ${s}.instances i
-          where i.concurrency_key = k.key and i.status = 'runnable' and i.queue = $1 and i.run_at <= now()
-            and i.machine || '' = any($2::text[])
+        select i.id, i.priority, i.run_at from free_keys k cross join lateral (
+          select id from ${s}.instances h
+          where h.concurrency_key = k.key and h.status = 'runnable' and h.queue = $1 and h.run_at <= now()
+            and h.machine || '' = any($2::text[])
           order by priority, run_at, id
           limit 1
-          for update skip locked
         ) head
+        join ${s}.instances i on i.id = head.id
+        where i.status = 'runnable'
+        for update of i skip locked
       ),
       chosen as (
         select id, keyed, priority, run_at
@@ -142,6 +147,8 @@ export function claimQueries(schema: string) {
           claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now()
       from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
       where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+        -- Keys first, in the one global order (see lock_keys): an uncorrelated subquery runs once, before any row.
+        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = any($1::bigint[])))) >= 0
       returning i.queue`,
 
     /**
@@ -154,8 +161,11 @@ export function claimQueries(schema: string) {
           id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
           run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
           result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean, rate_limited text,
-          from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb)
+          from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb,
+          concurrency_key text)
       ),
+      -- The batch's keys, locked in the one global order before any row is (see lock_keys).
+      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
       won as (
         update ${s}.instances i set
           status = x.status,
@@ -173,7 +183,8 @@ export function claimQueries(schema: string) {
           rate_limited = x.rate_limited,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x
-        where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+        -- An uncorrelated subquery: evaluated once, before the first row is updated.
+        where i.id = x.id and i.claim_token = x.token and i.status = 'running' and (select n from keys_locked) >= 0
         returning i.id, i.parent_id
       ),
       history as (
@@ -183,6 +194,9 @@ export function claimQueries(schema: string) {
         from input x join won w on w.id = x.id where x.outcome <> 'rate_limited'
       )
       select id::text as id, parent_id::text as parent_id from won`,
+
+    /** Takes the transaction's concurrency-key locks in the one global order (see lock_keys). */
+    lockKeys: `select ${s}.lock_keys($1::text[])`,
 
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
     lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
@@ -194,11 +208,17 @@ export function claimQueries(schema: string) {
      * ahead never started: it goes back uncharged, in its place, unrecorded.
      */
     reap: `
-      with expired as (
-        select id, claimed_ahead as unstarted from ${s}.instances
+      with candidates as (
+        select id, concurrency_key from ${s}.instances
         where status = 'running' and lease_expires_at < now()
         order by lease_expires_at limit $1
-        for update skip locked
+      ),
+      -- Their keys first, in the one global order (see lock_keys); then the rows, skipping locked ones.
+      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from candidates)) as n),
+      expired as (
+        select i.id, i.claimed_ahead as unstarted from ${s}.instances i join candidates c on c.id = i.id
+        where i.status = 'running' and i.lease_expires_at < now() and (select n from keys_locked) >= 0
+        for update of i skip locked
       ),
       ${ASYNC_COMMIT},
       reaped as (

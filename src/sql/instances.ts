@@ -29,6 +29,8 @@ export function instanceQueries(schema: string) {
           run_at timestamptz, delay_ms double precision, max_attempts integer,
           correlation_key text, concurrency_key text, parent_id bigint)
       ),
+      -- The batch's concurrency keys, in the one global order, before any row (see lock_keys).
+      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
       ins as (
         insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id)
         -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
@@ -37,7 +39,8 @@ export function instanceQueries(schema: string) {
                max_attempts, correlation_key, concurrency_key, parent_id
         -- One order for every insert, so concurrent batches take key locks (the correlation
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
-        from input order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
+        from input where (select n from keys_locked) >= 0
+        order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
         on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL} do nothing
         -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
         returning id, correlation_key, queue, run_at <= now() as due,
@@ -74,47 +77,112 @@ export function instanceQueries(schema: string) {
       from ${s}.transitions where instance_id = $1 order by id`,
 
     /**
-     * Terminal `cancelled` unless already terminal, together with its live
-     * descendants (a parent's cancellation reaches its children and theirs).
-     * Returns the status before and the ids cancelled. Locks the instance first
-     * and only then its descendants; completions lock only their own rows, so
-     * this never forms a lock cycle with them.
+     * Terminal `cancelled` unless already terminal: locks the instance, and
+     * cancels it if it is live. Returns its status before. Its descendants go
+     * in later statements (cancelDescendants), so that their snapshot is taken
+     * after this lock was granted: a spawn that held the row committed its
+     * children before that, and one that comes after is fenced off (the row is
+     * no longer running).
      */
     cancel: `
-      with recursive target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
-      tree as (
-        select id from target where status not in ${TERMINAL}
-        union all
-        select c.id from ${s}.instances c join tree t on c.parent_id = t.id
-      ),
+      with target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
       changed as (
         update ${s}.instances i
         set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
             lease_expires_at = null, updated_at = now()
-        from tree t where i.id = t.id and i.status not in ${TERMINAL}
+        from target t where i.id = t.id and t.status not in ${TERMINAL}
         returning i.id, i.step, i.attempt
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, null, 'cancelled', attempt, $2::jsonb from changed
       )
-      select status, machine, array(select id::text from changed) as cancelled from target`,
+      select status, machine from target`,
 
-    /** A failed instance runs its failed step again, with fresh attempts. */
-    retry: `
-      with target as (select id, status, step from ${s}.instances where id = $1 for update),
+    /**
+     * Cancels the live descendants of the instances $1 (just cancelled by this
+     * transaction), whatever their depth; returns their ids. They are locked in
+     * id order, parents before children (a child's id is always greater), the
+     * order cancel and retry lock a tree in. A descendant whose own spawn holds
+     * its row is waited for and cancelled as it is then; the children that spawn
+     * committed are not in this statement's snapshot: the caller runs this
+     * again on the ids it returned, until it returns none.
+     */
+    cancelDescendants: `
+      with recursive tree(id) as (
+        select c.id from ${s}.instances c where c.parent_id = any($1::bigint[])
+        union all
+        select c.id from ${s}.instances c join tree t on c.parent_id = t.id
+      ),
+      live as (
+        select i.id from ${s}.instances i
+        where i.id in (select id from tree) and i.status not in ${TERMINAL}
+        order by i.id
+        for update of i
+      ),
       changed as (
         update ${s}.instances i
-        set status = 'runnable', attempt = 0, run_at = now(), updated_at = now()
-        from target t where i.id = t.id and t.status = 'failed'
-        returning i.id, i.queue
+        set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
+            lease_expires_at = null, updated_at = now()
+        from live l where i.id = l.id
+        returning i.id, i.step, i.attempt
+      ),
+      history as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
+        select id, step, null, 'cancelled', attempt, $2::jsonb from changed
+      )
+      select id::text as id from changed`,
+
+    /**
+     * The instance $1 and its ancestors, locked root first (the order cancel
+     * takes them in, so a retry and a cancel of the same tree serialise), as
+     * they are once locked.
+     */
+    lockLineage: `
+      -- retry: the instance and its ancestors
+      with recursive lineage(id) as (
+        select $1::bigint
+        union
+        select i.parent_id from ${s}.instances i join lineage l on i.id = l.id where i.parent_id is not null
+      )
+      select i.id::text as id, i.parent_id::text as parent_id, i.status, i.joined, i.join_counted,
+             i.children_from::text as children_from
+      from ${s}.instances i where i.id in (select id from lineage)
+      order by i.id
+      for update of i`,
+
+    /**
+     * A failed instance runs its failed step again, with fresh attempts. Run
+     * with its lineage locked (lockLineage). $3, $4: its parent and what the
+     * parent's join must do: "none"; "count" (the sweep had counted the child:
+     * one more to wait for); "reopen" (the parent had joined but its join step
+     * had not started: back to joining, waiting for this child).
+     */
+    retry: `
+      with changed as (
+        update ${s}.instances i
+        set status = 'runnable', attempt = 0, run_at = now(), updated_at = now(),
+            join_counted = case when $4::text = 'none' then i.join_counted else false end
+        where i.id = $1 and i.status = 'failed'
+        returning i.id, i.step, i.queue
       ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)
-        select t.id, t.step, t.step, 'retried', 0 from target t join changed c on c.id = t.id
+        select id, step, step, 'retried', 0 from changed
+      ),
+      parent as (
+        update ${s}.instances p
+        set children_pending = greatest(coalesce(p.children_pending, 0), 0) + 1,
+            status = 'joining', joined = false, updated_at = now()
+        where p.id = $3::bigint and $4::text <> 'none' and exists (select 1 from changed)
+        returning p.id, p.step
+      ),
+      rejoined as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome)
+        select id, step, step, 'rejoin' from parent where $4::text = 'reopen'
       ),
       woke as (select count(pg_notify($2::text, queue)) as n from changed)
-      select t.status, (select n from woke) as woke from target t`,
+      select (select count(*) from changed)::int as retried, (select n from woke) as woke`,
   };
 }
 

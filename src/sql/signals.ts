@@ -12,8 +12,16 @@ export function signalQueries(schema: string) {
   return {
     /** Serialises a kept signal with an insert of the same key (see take_inbox in the migration). */
     lockInboxKey: `select pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || $1, 0))`,
-    lockById: `select ${lockColumns} from ${s}.instances where id = $1 for update`,
-    lockLiveByKey: `select ${lockColumns} from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL} for update`,
+    // The instance's concurrency key is locked before its row (see lock_keys in the migrations):
+    // resuming it changes its key's row, and a cancel or group commit holding that key may be
+    // waiting for this very row. The key never changes, so reading it unlocked first is exact.
+    lockById: `select ${lockColumns} from ${s}.instances
+      where id = $1 and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = $1))) >= 0
+      for update`,
+    lockLiveByKey: `select ${lockColumns} from ${s}.instances
+      where correlation_key = $1 and status not in ${TERMINAL}
+        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL}))) >= 0
+      for update`,
     lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by instances.id desc limit 1`,
 
     /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
@@ -57,10 +65,17 @@ export function signalQueries(schema: string) {
 
     /** Awaiting instances whose timeout passed, locked (skipping any a signal is resuming right now). */
     timedOut: `
-      select id::text as id, await_spec from ${s}.instances
-      where status = 'awaiting' and run_at <= now()
-      order by run_at limit $1
-      for update skip locked`,
+      with due as (
+        select id, concurrency_key from ${s}.instances
+        where status = 'awaiting' and run_at <= now()
+        order by run_at limit $1
+      ),
+      -- Their keys first, in the one global order (see lock_keys); then the rows, skipping locked ones.
+      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from due)) as n)
+      select i.id::text as id, i.await_spec from ${s}.instances i join due d on d.id = i.id
+      where i.status = 'awaiting' and i.run_at <= now() and (select n from keys_locked) >= 0
+      order by i.run_at
+      for update of i skip locked`,
 
     /** Inbox signals nobody claimed within signalRetention, in bounded batches. */
     expireInbox: `
