@@ -9,7 +9,7 @@ import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./co
 import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
-import { openPool, withTransaction } from "./db/pool.js";
+import { isolationOf, isReadCommitted, openPool, withTransaction } from "./db/pool.js";
 import { prepared } from "./db/prepared.js";
 import {
   ConfigError,
@@ -160,6 +160,8 @@ export class GenDurable {
   private state: "new" | "starting" | "started" | "stopping" | "stopped" = "new";
   /** What stop() aborts unfinished steps with, so the executor tells a release from a failure. */
   private stopReason: EngineStoppedError | undefined;
+  /** The check that a caller's pool runs READ COMMITTED (checkPool), once it passed or while it runs. */
+  private poolChecked: Promise<void> | undefined;
 
   constructor(options: GenDurableOptions) {
     this.config = resolveConfig(options);
@@ -199,6 +201,12 @@ export class GenDurable {
     if (version < LATEST_MIGRATION) {
       this.state = "new";
       throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
+    }
+    try {
+      await this.checkPool();
+    } catch (error) {
+      this.state = "new";
+      throw error;
     }
     this.telemetry = attachTelemetry({
       events: this.events,
@@ -456,6 +464,11 @@ export class GenDurable {
       firstWithKey.set(row.correlation_key, row.idx);
       return true;
     });
+    if (unique.some((row) => row.correlation_key !== null)) {
+      const why = "an insert with a correlation key takes the signals kept for its key after locking the key, and a stricter snapshot misses those committed in between (they would stay in the inbox)";
+      if (client) await assertReadCommitted(client, "insert", why);
+      else await this.checkPool();
+    }
     const runner = client ?? this.pool;
     const channel = client ? this.config.channel : null;
     let pending = unique;
@@ -503,6 +516,10 @@ export class GenDurable {
       // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
       notifyChannel: this.config.channel,
     };
+    if (options.client) {
+      const why = "a signal locks its instance and then reads its mailbox, and a stricter snapshot misses an instance or signals committed in between (the signal would be kept in the inbox, or an await never resume)";
+      await assertReadCommitted(options.client, "signal", why);
+    }
     const delivered = options.client
       ? await deliverSignal(options.client, this.signalsQ, input)
       : await withTransaction(this.pool, (client) => deliverSignal(client, this.signalsQ, input));
@@ -617,19 +634,82 @@ export class GenDurable {
     if (reason !== undefined && typeof reason !== "string") throw bad(`reason must be a string, got ${describe(reason)}`);
     // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
     const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
-    const { rows } = await (options.client ?? this.pool).query<{ status: string; machine: string; cancelled: string[] }>(this.q.cancel, [
-      id,
-      JSON.stringify(error),
-    ]);
-    if (!rows[0]) throw new UnknownInstanceError(id);
-    const before = rows[0].status;
-    if (before === "cancelled") return;
-    if (TERMINAL.has(before)) throw new InstanceTerminatedError(id, before);
-    for (const cancelled of rows[0].cancelled) {
-      this.leases.held.get(cancelled)?.controller.abort(new InvalidStateError(`instance ${cancelled} was cancelled`));
+    const errorJson = JSON.stringify(error);
+    // The instance first, then its descendants level by level, each level in a statement of its own whose
+    // snapshot is taken after the locks of the level above were granted: it sees every child that a spawn
+    // holding one of those rows committed (see cancel and cancelDescendants in sql/instances.ts).
+    // Keys: each level passes those the first statement took (`held`), or null to take its own as it
+    // comes: right when each statement is a transaction of its own (nothing is held between them).
+    const cancelTree = async (client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> => {
+      const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(this.q.cancel, [id, errorJson, extraKeys]);
+      const cancelled: string[] = [];
+      const target = rows[0];
+      if (!target || TERMINAL.has(target.status)) return { target, cancelled, missing: [] };
+      const held = holdsKeys ? target.keys : null;
+      for (let level = [id]; level.length > 0; ) {
+        cancelled.push(...level);
+        const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(this.q.cancelDescendants, [level, errorJson, held]);
+        if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
+        level = round[0]!.cancelled;
+      }
+      return { target, cancelled, missing: [] };
+    };
+    // A child spawned while the cancel ran can bring a key it does not hold: the try is undone and
+    // made again, taking that key first. After a few, the keys are taken as they come instead.
+    const MAX_TRIES = 5;
+    let result: CancelTry | undefined;
+    if (options.client) {
+      const client = options.client;
+      const why = "cancel locks the instance and then looks for its children, and a stricter snapshot misses children spawned or retried in between";
+      await assertReadCommitted(client, "cancel", why);
+      // Inside the caller's transaction a savepoint undoes a try; outside one, nothing is held between statements.
+      const inTransaction = await client.query("savepoint gen_durable_cancel").then(
+        () => true,
+        (e: unknown) => {
+          if ((e as { code?: string }).code === "25P01") return false;
+          throw e;
+        },
+      );
+      if (!inTransaction) result = await cancelTree(client, [], false);
+      const extra: string[] = [];
+      for (let tries = 1; !result; tries++) {
+        const attempt = await cancelTree(client, extra, tries < MAX_TRIES).catch(async (e: unknown) => {
+          await client.query("rollback to savepoint gen_durable_cancel").catch(() => {});
+          throw e;
+        });
+        if (attempt.missing.length > 0) {
+          await client.query("rollback to savepoint gen_durable_cancel");
+          extra.push(...attempt.missing);
+          continue;
+        }
+        await client.query("release savepoint gen_durable_cancel");
+        result = attempt;
+      }
+    } else {
+      const extra: string[] = [];
+      for (let tries = 1; !result; tries++) {
+        const attempt = await withTransaction(this.pool, async (client) => {
+          const made = await cancelTree(client, extra, tries < MAX_TRIES);
+          // Throwing rolls the try back.
+          if (made.missing.length > 0) throw new MissingKeys(made.missing);
+          return made;
+        }).catch((e: unknown) => {
+          if (e instanceof MissingKeys) return e;
+          throw e;
+        });
+        if (attempt instanceof MissingKeys) extra.push(...attempt.keys);
+        else result = attempt;
+      }
+    }
+    const { target, cancelled } = result;
+    if (!target) throw new UnknownInstanceError(id);
+    if (target.status === "cancelled") return;
+    if (TERMINAL.has(target.status)) throw new InstanceTerminatedError(id, target.status);
+    for (const instance of cancelled) {
+      this.leases.held.get(instance)?.controller.abort(new InvalidStateError(`instance ${instance} was cancelled`));
     }
     this.loops?.joins.trigger();
-    this.events.emit("instance:cancelled", { id, machine: rows[0].machine, reason: error.message });
+    this.events.emit("instance:cancelled", { id, machine: target.machine, reason: error.message });
   }
 
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
@@ -692,13 +772,63 @@ export class GenDurable {
     return this.pruner.prune(options);
   }
 
-  /** A failed instance runs its failed step again with fresh attempts. */
+  /**
+   * A failed instance runs its failed step again with fresh attempts. A child
+   * keeps its parent's join waiting until it is terminal again (a parent that
+   * joined but has not started its join step goes back to `joining`); refused
+   * once the join step has started, and under a cancelled ancestor.
+   */
   async retry(id: string): Promise<void> {
     this.assertUsable();
     checkId(id, "retry: id", (m) => new ValidationError(m));
-    const { rows } = await this.pool.query<{ status: string }>(this.q.retry, [id, this.config.channel]);
-    if (!rows[0]) throw new UnknownInstanceError(id);
-    if (rows[0].status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${rows[0].status}; only failed instances can be retried`);
+    await withTransaction(this.pool, async (client) => {
+      // Root first, as cancel locks a tree: a retry and a cancel of the same tree take turns.
+      const { rows } = await client.query<LineageRow>(this.q.lockLineage, [id]);
+      const target = rows.find((r) => r.id === id);
+      if (!target) throw new UnknownInstanceError(id);
+      if (target.status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${target.status}; only failed instances can be retried`);
+      const cancelled = rows.find((r) => r.id !== id && r.status === "cancelled");
+      if (cancelled) throw new InvalidStateError(`retry: instance ${id} cannot run again: its ancestor ${cancelled.id} was cancelled`);
+      // A parent that was pruned waits for nothing: the child is retried like any instance.
+      const parent = rows.find((r) => r.id === target.parent_id);
+      let join: "none" | "count" | "reopen" = "none";
+      if (parent) {
+        if (parent.children_from === null || BigInt(id) < BigInt(parent.children_from)) {
+          throw new InvalidStateError(`retry: instance ${id} is a child of an earlier spawn of instance ${parent.id}, whose join has run: a new outcome would reach no join`);
+        }
+        // The join step reads ctx.children when it starts: until then the join can wait for this child again.
+        const joinNotStarted = parent.status === "joining" || (parent.status === "runnable" && parent.joined);
+        if (!joinNotStarted) {
+          throw new InvalidStateError(
+            `retry: instance ${id} is a child of instance ${parent.id}, which has already joined on its children (it is ${parent.status} now): a new outcome would reach no join; retry the parent instead if its join step failed`,
+          );
+        }
+        join = parent.status === "runnable" ? "reopen" : target.join_counted ? "count" : "none";
+      }
+      await client.query(this.q.retry, [id, this.config.channel, parent?.id ?? null, join]);
+    });
+  }
+
+  /**
+   * Refuses a caller's pool whose connections default to a level stricter than
+   * READ COMMITTED: the engine's single statements run at the session's default.
+   * (A pool the engine opens is set to READ COMMITTED.) Checked once; a check
+   * that failed (the database away, or the pool refused) runs again next time.
+   */
+  private checkPool(): Promise<void> {
+    if (this.ownsPool) return Promise.resolve();
+    this.poolChecked ??= isolationOf(this.pool).then((level) => {
+      if (isReadCommitted(level)) return;
+      throw new ConfigError(
+        `GenDurable: the pool's connections default to ${level.toUpperCase()} (default_transaction_isolation), and gen-durable needs READ COMMITTED: ` +
+          "it locks a row in one statement and reads what the row guards in the next, which a stricter snapshot misses. " +
+          'Pass a pool whose connections default to read committed (the pg.Pool option options: "-c default_transaction_isolation=read\\ committed"), or a connectionString',
+      );
+    });
+    return this.poolChecked.catch((error: unknown) => {
+      this.poolChecked = undefined;
+      throw error;
+    });
   }
 
   /**
@@ -730,6 +860,37 @@ export class GenDurable {
   private assertUsable(): void {
     if (this.state === "stopped") throw new EngineStoppedError();
   }
+}
+
+/** One try of engine.cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
+interface CancelTry {
+  target: { status: string; machine: string } | undefined;
+  cancelled: string[];
+  missing: string[];
+}
+
+class MissingKeys extends Error {
+  constructor(readonly keys: string[]) {
+    super("cancel: concurrency keys to take first");
+  }
+}
+
+interface LineageRow {
+  id: string;
+  parent_id: string | null;
+  status: string;
+  joined: boolean;
+  join_counted: boolean;
+  children_from: string | null;
+}
+
+/** Refuses a caller's `client` in a transaction stricter than READ COMMITTED, saying why `what` needs it. */
+async function assertReadCommitted(client: pg.ClientBase, what: string, why: string): Promise<void> {
+  const level = await isolationOf(client);
+  if (isReadCommitted(level)) return;
+  throw new ValidationError(
+    `${what}: the client's transaction is ${level.toUpperCase()}; gen-durable needs READ COMMITTED here: ${why}. Use a READ COMMITTED transaction (Postgres' default), or no client`,
+  );
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

@@ -13,29 +13,41 @@ export function childQueries(schema: string) {
     /**
      * Counts up to $1 finished, uncounted children, each exactly once (row
      * lock + join_counted), and subtracts them from their parents. Parents are
-     * locked first and never waited for (skip locked): one held by a cancel or
-     * by another sweeper is simply counted on a later tick, so the sweep can
-     * never deadlock. A parent whose count reaches zero becomes runnable at its
-     * join step: that transition happens once, under the parent's row lock.
-     * Returns the number counted and the queues of woken parents.
+     * locked first and never waited for (skip locked): one held by a cancel, a
+     * retry or another sweeper is simply counted on a later tick, so the sweep
+     * can never deadlock. Parents are taken oldest first, and the limit counts
+     * only the parents locked here, so no number of locked ones crowds out the
+     * rest; finished children whose parent was pruned are set aside (counted,
+     * with nobody to count them into), so they do not either. A parent whose
+     * count reaches zero becomes runnable at its join step: that transition
+     * happens once, under the parent's row lock. Returns the number of
+     * children counted (set-aside ones included) and the queues of woken parents.
      */
     sweep: `
-      with candidates as (
-        select distinct parent_id from ${s}.instances
-        where parent_id is not null and not join_counted and status in ${TERMINAL}
+      with orphans as (
+        select c.id from ${s}.instances c
+        where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL}
+          and not exists (select 1 from ${s}.instances p where p.id = c.parent_id)
+        order by c.id
         limit $1
+        for update of c skip locked
+      ),
+      set_aside as (
+        update ${s}.instances c set join_counted = true from orphans o where c.id = o.id returning c.id
       ),
       -- Parents first, and never waiting: a parent locked by a cancel (which then locks its
       -- children) is skipped this round, so the sweep never holds a child while waiting for its parent.
       locked as (
         select p.id from ${s}.instances p
-        where p.id in (select parent_id from candidates)
+        where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL})
         order by p.id
+        limit $1
         for update skip locked
       ),
       finished as (
         select id, parent_id from ${s}.instances
         where parent_id in (select id from locked) and not join_counted and status in ${TERMINAL}
+        order by id
         limit $1
         for update skip locked
       ),
@@ -60,7 +72,7 @@ export function childQueries(schema: string) {
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome)
         select id, step, step, 'joined' from parents where status = 'runnable'
       )
-      select (select count(*)::int from finished) as counted,
+      select (select count(*)::int from finished) + (select count(*)::int from set_aside) as counted,
              array(select distinct queue from parents where status = 'runnable') as woken`,
 
     /** The children of a parent's latest spawn, in spawn order, for ctx.children. */

@@ -11,9 +11,12 @@
  *   other has locked. The GC never waits on an instance lock at all, and no
  *   other code locks the transitions or signals of a terminal instance, so it
  *   cannot take part in a deadlock.
- * - A terminal child that its live parent still needs is kept: one the join
- *   sweep has not counted yet, or one of the parent's latest spawn (the join
- *   step reads those in ctx.children, possibly days later after retries).
+ * - A terminal child that its parent still needs is kept: for a live parent,
+ *   one the join sweep has not counted yet, or one of the parent's latest
+ *   spawn (the join step reads those in ctx.children, possibly days later
+ *   after retries); for a parent that failed at its join step, one of its
+ *   latest spawn (engine.retry runs that join again). Either way the latest
+ *   spawn stays, so a retry racing the GC changes nothing it decides.
  * - Each batch is one statement, hence one short transaction: the instance,
  *   its transitions and its signals go together or not at all.
  *
@@ -75,8 +78,9 @@ export function gcQueries(schema: string) {
           and ($4::timestamptz is null or (c.updated_at, c.id) > ($4::timestamptz, $5::bigint))
           and (c.parent_id is null or not exists (
             select 1 from ${s}.instances p
-            where p.id = c.parent_id and p.status not in ${TERMINAL}
-              and (not c.join_counted or c.id >= coalesce(p.children_from, 0))))
+            where p.id = c.parent_id
+              and ((p.status not in ${TERMINAL} and (not c.join_counted or c.id >= coalesce(p.children_from, 0)))
+                or (p.status = 'failed' and p.joined and c.id >= p.children_from))))
         order by c.updated_at, c.id
         limit $3
         for update of c skip locked

@@ -82,10 +82,30 @@ export function instanceQueries(schema: string) {
      * in later statements (cancelDescendants), so that their snapshot is taken
      * after this lock was granted: a spawn that held the row committed its
      * children before that, and one that comes after is fenced off (the row is
-     * no longer running).
+     * no longer running). The concurrency keys of the instance and of the live
+     * descendants it has now, and the keys $3, come first, in the one global
+     * order (lock_keys); they are returned.
      */
     cancel: `
-      with target as (select id, status, step, attempt, machine from ${s}.instances where id = $1 for update),
+      -- cancel: the instance
+      with recursive tree(id) as (
+        select $1::bigint
+        union all
+        select c.id from ${s}.instances c join tree t on c.parent_id = t.id
+      ),
+      keys as (
+        select array(
+          select distinct k from (
+            select concurrency_key as k from ${s}.instances where id in (select id from tree) and status not in ${TERMINAL}
+            union all select unnest($3::text[])) x
+          where k is not null) as list
+      ),
+      keys_locked as (select ${s}.lock_keys((select list from keys)) as n),
+      target as (
+        select id, status, step, attempt, machine from ${s}.instances
+        where id = $1 and (select n from keys_locked) >= 0
+        for update
+      ),
       changed as (
         update ${s}.instances i
         set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
@@ -97,7 +117,7 @@ export function instanceQueries(schema: string) {
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, null, 'cancelled', attempt, $2::jsonb from changed
       )
-      select status, machine from target`,
+      select status, machine, (select list from keys) as keys from target`,
 
     /**
      * Cancels the live descendants of the instances $1 (just cancelled by this
@@ -106,17 +126,34 @@ export function instanceQueries(schema: string) {
      * order cancel and retry lock a tree in. A descendant whose own spawn holds
      * its row is waited for and cancelled as it is then; the children that spawn
      * committed are not in this statement's snapshot: the caller runs this
-     * again on the ids it returned, until it returns none.
+     * again on the ids it returned (`cancelled`), until it returns none.
+     *
+     * Keys: $3 are the concurrency keys the transaction holds from earlier
+     * statements (with their rows). A live descendant whose key is not among
+     * them (a child spawned meanwhile) cannot have it taken now without
+     * breaking the one key lock order: then nothing is locked and the key is
+     * returned in `missing`, for the caller to start over taking it first.
+     * With $3 null (nothing held: each statement its own transaction), the
+     * keys are taken here, before any row.
      */
     cancelDescendants: `
+      -- cancel: its live descendants
       with recursive tree(id) as (
         select c.id from ${s}.instances c where c.parent_id = any($1::bigint[])
         union all
         select c.id from ${s}.instances c join tree t on c.parent_id = t.id
       ),
+      needed as (
+        select array(
+          select distinct concurrency_key from ${s}.instances
+          where id in (select id from tree) and status not in ${TERMINAL} and concurrency_key is not null
+            and ($3::text[] is null or concurrency_key <> all($3::text[]))) as list
+      ),
+      keys_locked as (select ${s}.lock_keys(case when $3::text[] is null then (select list from needed) end) as n),
       live as (
         select i.id from ${s}.instances i
-        where i.id in (select id from tree) and i.status not in ${TERMINAL}
+        where i.id in (select id from tree) and i.status not in ${TERMINAL} and (select n from keys_locked) >= 0
+          and ($3::text[] is null or cardinality((select list from needed)) = 0)
         order by i.id
         for update of i
       ),
@@ -131,12 +168,14 @@ export function instanceQueries(schema: string) {
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, null, 'cancelled', attempt, $2::jsonb from changed
       )
-      select id::text as id from changed`,
+      select case when $3::text[] is null then '{}'::text[] else (select list from needed) end as missing,
+             array(select id::text from changed) as cancelled`,
 
     /**
      * The instance $1 and its ancestors, locked root first (the order cancel
      * takes them in, so a retry and a cancel of the same tree serialise), as
-     * they are once locked.
+     * they are once locked; their concurrency keys first (lock_keys: the retry
+     * changes the instance's key and may change its parent's).
      */
     lockLineage: `
       -- retry: the instance and its ancestors
@@ -144,10 +183,13 @@ export function instanceQueries(schema: string) {
         select $1::bigint
         union
         select i.parent_id from ${s}.instances i join lineage l on i.id = l.id where i.parent_id is not null
+      ),
+      keys_locked as (
+        select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id in (select id from lineage))) as n
       )
       select i.id::text as id, i.parent_id::text as parent_id, i.status, i.joined, i.join_counted,
              i.children_from::text as children_from
-      from ${s}.instances i where i.id in (select id from lineage)
+      from ${s}.instances i where i.id in (select id from lineage) and (select n from keys_locked) >= 0
       order by i.id
       for update of i`,
 

@@ -361,7 +361,7 @@ describe("fan-out under SIGKILL (scenario 21)", () => {
           () => "ok",
           (error: unknown) => String(error),
         );
-        await eventually("the cancel waiting for the held child", () => waiting("recursive target"), 10_000);
+        await eventually("the cancel waiting for the held child", () => waiting("-- cancel:"), 10_000);
         const otherFree = await db.pool.query(`select id from ${s}.instances where id = $1 for update nowait`, [other]).then(
           () => true,
           (error: { code?: string }) => {

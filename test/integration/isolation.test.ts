@@ -1,0 +1,119 @@
+// The engine needs READ COMMITTED: it sets it on its own connections and transactions whatever the
+// database's or role's default, and refuses a caller's transaction (or pool) in a stricter level
+// where a stricter snapshot would lose a signal or miss a child.
+import pg from "pg";
+import { afterAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { ConfigError, defineMachine, GenDurable, ValidationError } from "../../src/index.js";
+import { useTestDatabase } from "../support/db.js";
+import { Gates, sideClient, waitForLockWait } from "../support/locks.js";
+
+const db = await useTestDatabase(import.meta.url);
+const gates = new Gates();
+
+/** Connections of this URL default to REPEATABLE READ, as with `alter role ... set default_transaction_isolation`. */
+const rrUrl = (() => {
+  const url = new URL(db.url);
+  url.searchParams.set("options", "-c default_transaction_isolation=repeatable\\ read");
+  return url.toString();
+})();
+
+/** Waits at a gate (named by its id) before it parks on "go". */
+const Parker = defineMachine({
+  name: "Parker",
+  queue: "iso",
+  state: z.object({ hold: z.boolean().optional() }),
+  steps: {
+    start: async (ctx) => {
+      if (ctx.state.hold) await gates.wait(ctx.id);
+      return ctx.await("go", "end");
+    },
+    end: (ctx) => ctx.done(ctx.awaited[0]!.payload),
+  },
+});
+
+const node = new GenDurable({ connectionString: rrUrl, schema: db.schema, queues: { iso: 4 }, machines: [Parker], pollInterval: 200 });
+await node.start();
+const client = db.engine();
+const rrPool = new pg.Pool({ connectionString: rrUrl, max: 2 });
+afterAll(async () => {
+  await node.stop();
+  await rrPool.end();
+});
+
+async function repeatableRead(): Promise<pg.Client> {
+  const side = await sideClient(db.url);
+  await side.query("begin isolation level repeatable read");
+  await side.query("select 1"); // the snapshot is taken here
+  return side;
+}
+
+describe("the engine's own connections", () => {
+  it("run READ COMMITTED on a database whose default is REPEATABLE READ", async () => {
+    const { rows } = await node._testing().pool.query<{ transaction_isolation: string }>("show transaction_isolation");
+    expect(rows[0]!.transaction_isolation).toBe("read committed");
+  });
+
+  it("an await whose commit waits for the row lock of a signal's transaction consumes that signal", async () => {
+    const { id } = await client.insert(Parker, { state: { hold: true } });
+    await new Promise<void>((resolve, reject) => {
+      const check = () => (gates.reached(id) ? resolve() : setTimeout(check, 5));
+      setTimeout(() => reject(new Error("the step did not start")), 10_000);
+      check();
+    });
+    // The signal's transaction locks the running instance and stores the signal, and stays open...
+    const side = await sideClient(db.url);
+    await side.query("begin");
+    await client.signal({ id }, "go", 42, { client: side });
+    // ...while the step parks: its commit locks the row first and waits.
+    gates.open(id);
+    await waitForLockWait(db.pool, "the await's commit", [db.schema, "claim_token = $2 and status = 'running' for update"]);
+    await side.query("commit");
+    // Its mailbox read comes after the lock, in a statement of its own: it must see the signal.
+    expect((await client.wait(id, { timeout: 10_000 })).result).toBe(42);
+  });
+});
+
+describe("a caller's transaction stricter than READ COMMITTED", () => {
+  it("insert with a correlation key is refused (a signal kept for the key after its snapshot would stay in the inbox)", async () => {
+    const side = await repeatableRead();
+    await client.signal("iso-1", "go", 1, { ifMissing: "keep" });
+    const refused = client.insert(Parker, { state: {}, correlationKey: "iso-1", client: side });
+    await expect(refused).rejects.toBeInstanceOf(ValidationError);
+    await expect(refused).rejects.toThrow(/insert: the client's transaction is REPEATABLE READ; .*READ COMMITTED/);
+    await side.query("rollback");
+    // Without a correlation key there is no inbox to read: allowed.
+    await side.query("begin isolation level repeatable read");
+    const { inserted } = await client.insert(Parker, { state: {}, client: side });
+    expect(inserted).toBe(true);
+    await side.query("rollback");
+  });
+
+  it("signal is refused (an instance committed after its snapshot would be missed)", async () => {
+    const side = await repeatableRead();
+    await client.insert(Parker, { state: {}, correlationKey: "iso-2" });
+    const refused = client.signal("iso-2", "go", 2, { client: side, ifMissing: "keep" });
+    await expect(refused).rejects.toBeInstanceOf(ValidationError);
+    await expect(refused).rejects.toThrow(/signal: the client's transaction is REPEATABLE READ/);
+    await side.query("rollback");
+  });
+
+  it("cancel is refused (a child spawned or retried after its snapshot would be missed)", async () => {
+    const { id } = await client.insert(Parker, { state: {} });
+    const side = await repeatableRead();
+    await expect(client.cancel(id, "no", { client: side })).rejects.toThrow(/cancel: the client's transaction is REPEATABLE READ/);
+    await side.query("rollback");
+    await client.cancel(id);
+  });
+
+  it("a pool whose connections default to REPEATABLE READ is refused by start(), and by a pure client's insert with a correlation key", async () => {
+    const engine = new GenDurable({ pool: rrPool, schema: db.schema, queues: { iso: 1 }, machines: [Parker] });
+    await expect(engine.start()).rejects.toBeInstanceOf(ConfigError);
+    await expect(engine.start()).rejects.toThrow(/repeatable read/i);
+    await engine.stop();
+    const pure = new GenDurable({ pool: rrPool, schema: db.schema });
+    await expect(pure.insert(Parker, { state: {}, correlationKey: "iso-3" })).rejects.toBeInstanceOf(ConfigError);
+    expect((await pure.insert(Parker, { state: {} })).inserted).toBe(true);
+    await pure.stop();
+  });
+});
