@@ -19,7 +19,10 @@
  *     bucket that never runs short (limit 1e9 per second) against the same job
  *     without `rateLimit`, run back to back; and one throttled run (default
  *     5,000 jobs at 500/s, burst = limit as by default): the rate achieved
- *     after the burst, against the limit.
+ *     after the burst, against the limit; and a keyed throttled run (default
+ *     2,000 jobs over 50 keys, one bucket of 100/s, burst 20). Both count the
+ *     postponements (`step:rate_limited`) per run: a short bucket should cost
+ *     one per run, not a retry every ~1 / limit while a step waits its turn.
  *
  * Every system gets schemas of its own (bench_flow_*), dropped at the end.
  */
@@ -45,6 +48,9 @@ export interface FlowParams {
   /** Jobs of the throttled rate-limit run, and its limit per second. */
   throttleJobs: number;
   throttleRate: number;
+  /** Jobs of the keyed throttled run: over `keyedThrottleKeys` keys, one bucket of 100/s, burst 20. */
+  keyedThrottleJobs: number;
+  keyedThrottleKeys: number;
   warmupJobs: number;
   bulkBatch: number;
 }
@@ -58,6 +64,8 @@ export function flowParamsFromEnv(intEnv: (name: string, fallback: number) => nu
     concurrency: intEnv("BENCH_FLOW_CONCURRENCY", 32),
     throttleJobs: intEnv("BENCH_FLOW_THROTTLE_JOBS", 5_000),
     throttleRate: intEnv("BENCH_FLOW_THROTTLE_RATE", 500),
+    keyedThrottleJobs: intEnv("BENCH_FLOW_KEYED_THROTTLE_JOBS", 2_000),
+    keyedThrottleKeys: intEnv("BENCH_FLOW_KEYED_THROTTLE_KEYS", 50),
     warmupJobs: Math.min(2_000, jobs),
     bulkBatch: 1_000,
   };
@@ -72,6 +80,8 @@ const RUN_TIMEOUT_MS = 180_000;
 const HOT_BASE = 10_000_000;
 const HOLDER = 20_000_000;
 const HOT_KEY = "hot";
+/** The keyed throttled run's bucket: the soak's shared limit. */
+const KEYED_THROTTLE = { limit: 100, burst: 20 };
 /** gen-durable: the queue of the hot key's holder (see genDurableFlow). */
 const HOLD_QUEUE = "flow_hold";
 
@@ -146,6 +156,25 @@ export interface FlowSystemResult {
   problems: string[];
 }
 
+/** A throttled run's pace and what waiting for tokens cost. */
+export interface ThrottledRun extends FlowRun {
+  limitPerSecond: number;
+  burst: number;
+  /** (jobs − burst) ÷ (last handler start − first handler start): the rate once the burst is spent. */
+  achievedPerSecond: number;
+  /** achievedPerSecond ÷ limit. */
+  achievedVsLimit: number;
+  /** Most handler starts within any one period (1 s) — the guarantee is at most burst + limit. */
+  maxStartsInOnePeriod: number;
+  bound: number;
+  /** `step:rate_limited` events: steps rescheduled because their bucket was short. */
+  postponements: number;
+  /** postponements ÷ jobs. */
+  postponementsPerRun: number;
+  /** Most postponements of one instance. */
+  mostPostponementsOfOne: number;
+}
+
 export interface RateLimitResult {
   /** The same no-op job without rateLimit, run just before. */
   baseline: FlowRun;
@@ -153,17 +182,9 @@ export interface RateLimitResult {
   neverThrottled: FlowRun;
   /** neverThrottled ÷ baseline jobs/s. */
   overheadRatio: number;
-  throttled: FlowRun & {
-    limitPerSecond: number;
-    burst: number;
-    /** (jobs − burst) ÷ (last handler start − first handler start): the rate once the burst is spent. */
-    achievedPerSecond: number;
-    /** achievedPerSecond ÷ limit. */
-    achievedVsLimit: number;
-    /** Most handler starts within any one period (1 s) — the guarantee is at most burst + limit. */
-    maxStartsInOnePeriod: number;
-    bound: number;
-  };
+  throttled: ThrottledRun;
+  /** The same no-op job keyed over `keys` keys, one bucket of 100/s with burst 20. */
+  keyedThrottled: ThrottledRun & { keys: number };
   verified: boolean;
   problems: string[];
 }
@@ -191,8 +212,10 @@ async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
 // ---------------------------------------------------------------- gen-durable
 
 interface GenDurableFlow extends FlowSystem {
-  /** Rate-limit runs: jobs of kind `free` (never-short bucket) or `throttle`. */
-  enqueueKind(kind: "free" | "throttle", count: number, batch: number): Promise<void>;
+  /** Rate-limit runs: jobs of kind `free` (never-short bucket), `throttle`, or `keyedThrottle` (job i keyed k(i mod keys)). */
+  enqueueKind(kind: "free" | "throttle" | "keyedThrottle", count: number, batch: number, keys?: number): Promise<void>;
+  /** Postponements (`step:rate_limited`) per instance id since the last reset. */
+  readonly postponed: Map<string, number>;
 }
 
 function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenDurableFlow {
@@ -209,12 +232,18 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
   const Noop = defineJob({ name: "Noop", args, perform });
   const NoopFree = defineJob({ name: "NoopFree", args, rateLimit: { name: "free" }, perform });
   const NoopThrottled = defineJob({ name: "NoopThrottled", args, rateLimit: { name: "throttle" }, perform });
+  const NoopKeyedThrottled = defineJob({ name: "NoopKeyedThrottled", args, rateLimit: { name: "keyedThrottle" }, perform });
+  const postponed = new Map<string, number>();
   // The hot key's holder runs in a queue of its own on a node that runs nothing else (a key spans
   // queues, so it still holds "hot" for the default queue). On the default queue, the holder's node
   // would claim one more row ahead of its busy slot — and a keyed row claimed ahead holds its key
   // until the long step ends (see README, "Flow control"), which is a finding, not what this run measures.
   const Hold = defineJob({ name: "Hold", queue: HOLD_QUEUE, args, perform });
-  const rateLimits = { free: { limit: 1e9, period: "1s" }, throttle: { limit: throttleRate, period: "1s" } };
+  const rateLimits = {
+    free: { limit: 1e9, period: "1s" },
+    throttle: { limit: throttleRate, period: "1s" },
+    keyedThrottle: { limit: KEYED_THROTTLE.limit, period: "1s", burst: KEYED_THROTTLE.burst },
+  };
   let producer: GenDurable | undefined;
   const insertBatches = async (items: InsertManyItem[], batch: number) => {
     for (let start = 0; start < items.length; start += batch) await producer!.insertMany(items.slice(start, start + batch));
@@ -226,10 +255,10 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
     config: {
       job: "defineJob({ name: 'Noop', args: z.object({ i: z.number() }), perform: no-op })",
       keyed: "engine.insertMany([{ machine: Noop, args: { i }, concurrencyKey: `k${i mod K}` }, …]) — same job, same queue",
-      worker: "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled], rateLimits })",
+      worker: "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled], rateLimits })",
       holder: `a second engine, queues: { ${HOLD_QUEUE}: 1 }, machines: [Hold], which claims the hot key's first job (a Hold job in queue ${HOLD_QUEUE}, concurrencyKey "hot") and holds it (its handler awaits a promise)`,
-      rateLimits: `{ free: { limit: 1e9, period: "1s" }, throttle: { limit: ${throttleRate}, period: "1s" } } (burst = limit, the default)`,
-      rateLimited: "defineJob({ name: 'NoopFree' | 'NoopThrottled', rateLimit: { name: 'free' | 'throttle' }, … })",
+      rateLimits: `{ free: { limit: 1e9, period: "1s" }, throttle: { limit: ${throttleRate}, period: "1s" }, keyedThrottle: { limit: ${KEYED_THROTTLE.limit}, period: "1s", burst: ${KEYED_THROTTLE.burst} } } (burst = limit unless given)`,
+      rateLimited: "defineJob({ name: 'NoopFree' | 'NoopThrottled' | 'NoopKeyedThrottled', rateLimit: { name: 'free' | 'throttle' | 'keyedThrottle' }, … }); keyed: concurrencyKey k(i mod keys)",
     },
     async setup() {
       await migrate({ connectionString: url, schema });
@@ -245,10 +274,12 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
         batch,
       );
     },
-    async enqueueKind(kind, count, batch) {
-      const machine = kind === "free" ? NoopFree : NoopThrottled;
-      await insertBatches(Array.from({ length: count }, (_, i) => ({ machine, args: { i } })), batch);
+    async enqueueKind(kind, count, batch, keys = 1) {
+      const machine = kind === "free" ? NoopFree : kind === "throttle" ? NoopThrottled : NoopKeyedThrottled;
+      const keyOfJob = (i: number) => (kind === "keyedThrottle" ? { concurrencyKey: keyOf(i, keys) } : {});
+      await insertBatches(Array.from({ length: count }, (_, i) => ({ machine, args: { i }, ...keyOfJob(i) })), batch);
     },
+    postponed,
     async finished(which) {
       const where = which === "all" ? "" : which === "hot" ? "and concurrency_key = $1" : "and concurrency_key is distinct from $1";
       const { rows } = await admin.query<{ n: number }>(
@@ -266,7 +297,8 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       else handler = h;
       const engine = role.holder
         ? new GenDurable({ connectionString: url, schema, queues: { [HOLD_QUEUE]: concurrency }, machines: [Hold] })
-        : new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [Noop, NoopFree, NoopThrottled], rateLimits });
+        : new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled], rateLimits });
+      engine.on("step:rate_limited", (e) => void postponed.set(e.id, (postponed.get(e.id) ?? 0) + 1));
       await engine.start();
       return { stop: () => engine.stop() };
     },
@@ -558,44 +590,81 @@ async function rateLimitRuns(gd: GenDurableFlow, admin: pg.Pool, p: FlowParams, 
   log(`    ${fmt(neverThrottled.perSecond)} jobs/s`);
 
   log(`  gen-durable: ${p.throttleJobs} no-op jobs limited to ${p.throttleRate}/s (burst ${p.throttleRate})`);
+  const throttled = await throttledRun(gd, admin, p, "throttle", p.throttleJobs, { limit: p.throttleRate, burst: p.throttleRate }, 1);
+  log(
+    `    after the burst ${fmt(throttled.achievedPerSecond)} jobs/s (${fmtRatio(throttled.achievedVsLimit)} of ${p.throttleRate}); most in any 1 s: ${throttled.maxStartsInOnePeriod} (bound ${throttled.bound}); ` +
+      `${throttled.postponementsPerRun} postponements per run`,
+  );
+  const { limit, burst } = KEYED_THROTTLE;
+  log(`  gen-durable: ${p.keyedThrottleJobs} no-op jobs over ${p.keyedThrottleKeys} keys limited to ${limit}/s (burst ${burst})`);
+  const keyedThrottled = { ...(await throttledRun(gd, admin, p, "keyedThrottle", p.keyedThrottleJobs, KEYED_THROTTLE, p.keyedThrottleKeys)), keys: p.keyedThrottleKeys };
+  log(
+    `    after the burst ${fmt(keyedThrottled.achievedPerSecond)} jobs/s (${fmtRatio(keyedThrottled.achievedVsLimit)} of ${limit}); most in any 1 s: ${keyedThrottled.maxStartsInOnePeriod} (bound ${keyedThrottled.bound}); ` +
+      `${keyedThrottled.postponementsPerRun} postponements per run (at most ${keyedThrottled.mostPostponementsOfOne} for one job)`,
+  );
+
+  checkRun("rate limit baseline", baseline, problems);
+  checkRun("rate limit never throttled", neverThrottled, problems);
+  for (const [label, run] of [["throttled", throttled], ["keyed throttled", keyedThrottled]] as const) {
+    checkRun(`rate limit ${label}`, run, problems);
+    if (run.jobs <= run.burst) problems.push(`${label} run: ${run.jobs} jobs fit in the burst of ${run.burst}, so no rate is measured (raise its job count)`);
+    // Handler starts trail the token draws by a variable delay, so a window may see a few more than the bound; 5% is noise, more is a finding.
+    if (run.maxStartsInOnePeriod > run.bound * 1.05) problems.push(`${label} run: ${run.maxStartsInOnePeriod} handler starts within one second, above burst + limit = ${run.bound}`);
+  }
+  return {
+    baseline,
+    neverThrottled,
+    overheadRatio: round(neverThrottled.perSecond / baseline.perSecond, 3),
+    throttled,
+    keyedThrottled,
+    verified: problems.length === 0,
+    problems,
+  };
+}
+
+/** One throttled run: `jobs` no-op jobs of `kind` queued, then a worker started; paced starts and postponements measured. */
+async function throttledRun(
+  gd: GenDurableFlow,
+  admin: pg.Pool,
+  p: FlowParams,
+  kind: "throttle" | "keyedThrottle",
+  jobs: number,
+  bucket: { limit: number; burst: number },
+  keys: number,
+): Promise<ThrottledRun> {
   await gd.reset();
-  await gd.enqueueKind("throttle", p.throttleJobs, p.bulkBatch);
+  await gd.enqueueKind(kind, jobs, p.bulkBatch, keys);
   await vacuum(admin, gd.schema);
+  gd.postponed.clear();
   const starts: number[] = [];
-  const { stop: stopThrottled, ...throttledRun } = await timeRun(gd, p.concurrency, { keyed: false }, "all", { all: p.throttleJobs, others: p.throttleJobs, hot: 0 }, () => {
+  const { stop, ...run } = await timeRun(gd, p.concurrency, { keyed: kind === "keyedThrottle" }, "all", { all: jobs, others: jobs, hot: 0 }, () => {
     starts.push(performance.now());
   });
-  await stopThrottled();
+  await stop();
   starts.sort((a, b) => a - b);
-  const burst = p.throttleRate;
   const span = starts.length > 1 ? starts[starts.length - 1]! - starts[0]! : NaN;
-  const achieved = starts.length > burst ? (starts.length - burst) / (span / 1000) : NaN;
+  const achieved = starts.length > bucket.burst ? (starts.length - bucket.burst) / (span / 1000) : NaN;
   // Sliding one-period window over the handler starts (two pointers).
   let most = 0;
   for (let lo = 0, hi = 0; hi < starts.length; hi++) {
     while (starts[hi]! - starts[lo]! >= 1000) lo++;
     most = Math.max(most, hi - lo + 1);
   }
-  const bound = burst + p.throttleRate;
-  const throttled = {
-    ...throttledRun,
-    limitPerSecond: p.throttleRate,
-    burst,
+  const postponements = [...gd.postponed.values()].reduce((sum, n) => sum + n, 0);
+  return {
+    ...run,
+    limitPerSecond: bucket.limit,
+    burst: bucket.burst,
     achievedPerSecond: round(achieved, 1),
-    achievedVsLimit: round(achieved / p.throttleRate, 3),
+    achievedVsLimit: round(achieved / bucket.limit, 3),
     maxStartsInOnePeriod: most,
-    bound,
+    bound: bucket.burst + bucket.limit,
+    postponements,
+    postponementsPerRun: round(postponements / jobs, 2),
+    mostPostponementsOfOne: Math.max(0, ...gd.postponed.values()),
   };
-  log(`    after the burst ${fmt(throttled.achievedPerSecond)} jobs/s (${fmtRatio(throttled.achievedVsLimit)} of ${p.throttleRate}); most in any 1 s: ${most} (bound ${bound})`);
-
-  checkRun("rate limit baseline", baseline, problems);
-  checkRun("rate limit never throttled", neverThrottled, problems);
-  checkRun("rate limit throttled", throttledRun, problems);
-  if (p.throttleJobs <= burst) problems.push(`throttled run: ${p.throttleJobs} jobs fit in the burst of ${burst}, so no rate is measured (raise BENCH_FLOW_THROTTLE_JOBS)`);
-  // Handler starts trail the token draws by a variable delay, so a window may see a few more than the bound; 5% is noise, more is a finding.
-  if (most > bound * 1.05) problems.push(`throttled run: ${most} handler starts within one second, above burst + limit = ${bound}`);
-  return { baseline, neverThrottled, overheadRatio: round(neverThrottled.perSecond / baseline.perSecond, 3), throttled, verified: problems.length === 0, problems };
 }
+
 
 const FACTORIES: Record<(typeof FLOW_SYSTEMS)[number], (url: string, admin: pg.Pool, p: FlowParams) => FlowSystem> = {
   "gen-durable": (url, admin, p) => genDurableFlow(url, admin, p.throttleRate),
@@ -748,8 +817,14 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
     log(
       `rate limit, never short (limit 1e9/s): ${fmt(rl.neverThrottled.perSecond)} jobs/s vs ${fmt(rl.baseline.perSecond)} without rateLimit (${fmtRatio(rl.overheadRatio)}); ` +
         `throttled to ${rl.throttled.limitPerSecond}/s over ${fmt(rl.throttled.jobs)} jobs: ${fmt(rl.throttled.achievedPerSecond)}/s after the burst of ${rl.throttled.burst} ` +
-        `(${fmtRatio(rl.throttled.achievedVsLimit)} of the limit), ${fmt(rl.throttled.perSecond)}/s overall; most starts in any 1 s: ${rl.throttled.maxStartsInOnePeriod} (bound ${rl.throttled.bound})` +
+        `(${fmtRatio(rl.throttled.achievedVsLimit)} of the limit), ${fmt(rl.throttled.perSecond)}/s overall; most starts in any 1 s: ${rl.throttled.maxStartsInOnePeriod} (bound ${rl.throttled.bound}); ` +
+        `${rl.throttled.postponementsPerRun} postponements per run` +
         (rl.verified ? "" : `  ← NOT VERIFIED: ${rl.problems.join("; ")}`),
+    );
+    const k = rl.keyedThrottled;
+    log(
+      `rate limit over ${k.keys} keys, ${k.limitPerSecond}/s burst ${k.burst}, ${fmt(k.jobs)} jobs: ${fmt(k.achievedPerSecond)}/s after the burst (${fmtRatio(k.achievedVsLimit)} of the limit); ` +
+        `postponements per run ${k.postponementsPerRun} (at most ${k.mostPostponementsOfOne} for one job; 1 is the least a job that waits can cost)`,
     );
   }
 }

@@ -19,6 +19,11 @@ import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
 
+/** A queue whose claims returned keyed rows this recently keeps a slot for them (see holdSlotForKeyed). */
+const KEYED_RECENT_MS = 10_000;
+/** Otherwise it looks for keyed work this often while busy. */
+const KEYED_PROBE_MS = 1_000;
+
 export interface QueueSchedulerOptions {
   queue: string;
   concurrency: number;
@@ -54,6 +59,11 @@ export class QueueScheduler {
    * many as it was allowed: more may be due, so a freed slot claims again.
    */
   private keyedWaiting = false;
+  /** When a claim last returned a keyed row, and when one last had a free slot to take one (performance.now()). */
+  private keyedSeenAt = -Infinity;
+  private keyedProbedAt = -Infinity;
+  /** Free slots the claim in flight was told of: its rows charged to start now take them, not buffered ones. */
+  private reserved = 0;
   private stopped = true;
   private fillScheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
@@ -96,6 +106,7 @@ export class QueueScheduler {
       return;
     }
     this.mayHaveMore = true;
+    this.keyedWaiting = true;
     this.scheduleFill();
   }
 
@@ -105,7 +116,7 @@ export class QueueScheduler {
     this.fillScheduled = true;
     setImmediate(() => {
       this.fillScheduled = false;
-      this.launchBuffered();
+      this.launchBuffered(this.holdSlotForKeyed());
       void this.fill();
     });
   }
@@ -126,21 +137,34 @@ export class QueueScheduler {
     try {
       while (!this.stopped && this.mayHaveMore && this.wanted > 0) {
         const want = this.wanted;
-        const freeSlots = this.buffer.length > 0 ? 0 : Math.max(0, this.o.concurrency - this.running);
+        // A slot is free only when the buffer is empty, or when one was held for this claim.
+        const freeSlots = Math.max(0, this.o.concurrency - this.running);
         this.mayHaveMore = false;
         const started = performance.now();
-        const rows = await this.claim(want, freeSlots);
+        this.reserved = freeSlots;
+        let rows: ClaimedRow[];
+        try {
+          rows = await this.claim(want, freeSlots);
+        } finally {
+          this.reserved = 0;
+        }
         this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
         if (rows.length === want) this.mayHaveMore = true;
         const keyed = rows.filter((row) => row.concurrency_key !== null);
         this.keyedWaiting = keyed.length >= freeSlots;
+        if (freeSlots > 0) this.keyedProbedAt = performance.now();
+        if (keyed.length > 0) this.keyedSeenAt = performance.now();
         // Rows charged for the free slots first (keyed ones among them), then those claimed ahead.
         const order = (row: ClaimedRow) => (row.claimed_ahead ? 2 : row.concurrency_key !== null ? 0 : 1);
+        const startNow: ClaimedRow[] = [];
         for (const row of rows.sort((a, b) => order(a) - order(b))) {
           // Leased from now on: renewed while it waits, released if the node stops first.
           this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
-          this.buffer.push(row);
+          if (row.claimed_ahead) this.buffer.push(row);
+          else startNow.push(row);
         }
+        // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
+        this.buffer.unshift(...startNow);
         this.launchBuffered();
       }
     } catch (error) {
@@ -165,8 +189,25 @@ export class QueueScheduler {
     });
   }
 
-  private launchBuffered(): void {
-    while (!this.stopped && this.running < this.o.concurrency && this.buffer.length > 0) this.launch(this.buffer.shift()!);
+  /**
+   * Whether to keep one slot free for the claim about to be made. Keyed rows go
+   * only into free slots, and on a busy node the claim-ahead buffer takes every
+   * slot that frees: keyed work waited until the buffer ran dry, which under
+   * steady unkeyed load is never (test/integration/keyed-rate-limit.test.ts: a
+   * keyed job ran at 0/s beside unkeyed work of lower priority). So when keyed
+   * work may be due, the claim gets one free slot; it costs that slot one
+   * claim's round trip. Only where keyed rows were claimed lately, or once a
+   * second to find out, so a queue without keyed work pays almost nothing.
+   */
+  private holdSlotForKeyed(): boolean {
+    if (this.claiming || this.stopped || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
+    const now = performance.now();
+    return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS;
+  }
+
+  private launchBuffered(holdOne = false): void {
+    const slots = this.o.concurrency - this.reserved - (holdOne ? 1 : 0);
+    while (!this.stopped && this.running < slots && this.buffer.length > 0) this.launch(this.buffer.shift()!);
   }
 
   private launch(row: ClaimedRow): void {

@@ -6,9 +6,11 @@
  *
  * Every run takes its tokens just before it starts, so no window of time sees
  * more than burst + rate × its length, however late a node runs. A step that
- * finds its bucket short joins the bucket's line and is rescheduled for its
- * turn: waiters wake one at a time, about when their tokens exist, instead of
- * all retrying whenever a token appears.
+ * finds its bucket short joins the bucket's line: it is promised the next
+ * tokens nobody else is promised and rescheduled for when they exist; new
+ * draws take only unpromised tokens, so at its turn its tokens are there. One
+ * postponement per run, however long the line (migration 0007 explains the
+ * bucket's two balances).
  */
 import type pg from "pg";
 import type { AnyMachine, StepContext, StepRateLimit } from "../define.js";
@@ -99,16 +101,16 @@ export interface ConsumeOptions {
 export interface ConsumeResult {
   /** Whether the tokens were taken. */
   ok: boolean;
-  /** Tokens left in the bucket after this call. */
+  /** Tokens a next draw could take after this call (none while steps wait in line). */
   remaining: number;
-  /** When `ok` is false: how long until the bucket holds `weight` tokens. */
+  /** When `ok` is false: how long until the bucket, behind the steps waiting in line, could cover `weight`. */
   retryAfterMs: number;
 }
 
 export interface BucketState {
   name: string;
   partition: string | null;
-  /** Tokens now. */
+  /** Tokens in the bucket now, those promised to steps waiting in line included. */
   tokens: number;
   capacity: number;
   refillPerSecond: number;
@@ -201,7 +203,7 @@ export class RateLimiter {
   /**
    * Takes a step's tokens before it runs. Returns 0 when it may run now, else
    * how many ms until its turn (reschedule it then). `waited`: the step already
-   * stood in line, so it does not join the line's end again.
+   * stood in line and its turn has come: it takes the tokens set aside for it.
    */
   async drawForStep(spec: StepRateLimit, ctx: StepContext<unknown, unknown, string>, waited: boolean, where: string): Promise<number> {
     const limit = this.limit(spec.name);
