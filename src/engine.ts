@@ -339,6 +339,8 @@ export class GenDurable {
       if (count < BATCH) break;
     }
     while ((await this.pool.query(this.signalsQ.expireInbox, [BATCH])).rowCount === BATCH);
+    const { rows: freed } = await this.pool.query<{ queue: string }>(this.flow.freeCancelledHolds, [BATCH]);
+    for (const row of freed) this.wakeQueue(row.queue);
     while ((await this.pool.query(this.flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
     while ((await this.pool.query(this.flow.forgetIdleBuckets, [BATCH])).rowCount === BATCH);
     await this.pool.query(this.flow.forgetDeadNodes);

@@ -95,6 +95,8 @@ export class Executor {
    * (step:stop of one step, then step:start of the next) keep their order.
    */
   private readonly finishing = new Map<string, Promise<void>>();
+  /** Per execution (instance id and claim token), the step code still running here (settles, never rejects). */
+  private readonly running = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: ExecutorDeps) {}
 
@@ -363,7 +365,13 @@ export class Executor {
       // The step cannot be killed, but it can be abandoned: on abort we stop waiting for it.
       const run = () => step.run(ctx);
       const { around } = this.deps;
-      return await Promise.race([Promise.resolve().then(() => (around ? around(row, run) : run())), aborted]);
+      const code = Promise.resolve().then(() => (around ? around(row, run) : run()));
+      // Until it settles, a cancelled step keeps its concurrency key (see lost()).
+      const settled = code.then(() => undefined, () => undefined);
+      const execution = `${row.id}:${row.claim_token}`;
+      this.running.set(execution, settled);
+      void settled.then(() => this.running.delete(execution));
+      return await Promise.race([code, aborted]);
     } finally {
       timer?.clear();
       controller.signal.removeEventListener("abort", onAbort!);
@@ -565,6 +573,24 @@ export class Executor {
     const facts = { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };
     this.deps.events.emit("lease:lost", facts);
     this.deps.logger.warn(facts, "lease lost before the step's outcome committed; outcome discarded");
+    if (row.concurrency_key !== null) void this.handBackKey(row, row.concurrency_key);
+  }
+
+  /**
+   * A keyed step whose outcome was discarded may have been cancelled while it ran: the cancel left
+   * its key held, so the key's next instance does not run beside code that ignored the abort. Once
+   * that code has settled, hand the key back (a no-op unless the instance still holds it and is no
+   * longer running); if it never settles, the reaper frees the key when the lease expires.
+   */
+  private async handBackKey(row: ClaimedRow, key: string): Promise<void> {
+    await this.running.get(`${row.id}:${row.claim_token}`);
+    try {
+      const { rows } = await this.deps.pool.query<{ queue: string }>(this.deps.claims.releaseHold, [key, row.id, this.deps.channel]);
+      for (const { queue } of rows) this.deps.wake(queue, 0);
+    } catch (error) {
+      // The reaper frees it after the lease instead.
+      this.deps.events.emit("engine:error", { loop: "executor", error, step: { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue } });
+    }
   }
 
   private committed(row: ClaimedRow, machine: AnyMachine, completion: Completion, won: boolean, resumedQueue: string | null): void {

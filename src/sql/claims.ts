@@ -198,6 +198,20 @@ export function claimQueries(schema: string) {
     /** Takes the transaction's concurrency-key locks in the one global order (see lock_keys). */
     lockKeys: `select ${s}.lock_keys($1::text[])`,
 
+    /**
+     * Hands back the key of a cancelled step whose code has now settled ($2: the
+     * instance, $1: its key), and wakes the key's queue (NOTIFY channel $3).
+     * Only while that instance still holds it and is no longer running.
+     */
+    releaseHold: `
+      with released as (
+        update ${s}.concurrency_keys c set holder = null
+        where c.key = $1 and c.holder = $2::bigint
+          and not exists (select 1 from ${s}.instances i where i.id = $2::bigint and i.status = 'running')
+        returning c.queue, c.run_at
+      )
+      select queue, count(pg_notify($3::text, queue)) as n from released where queue is not null and run_at is not null group by queue`,
+
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
     lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
 

@@ -40,6 +40,28 @@ export function flowQueries(schema: string) {
       where $1 = any(machines) and $2 = any(queues) and heartbeat_at + lease_ms * interval '1 millisecond' > now()`,
 
     /** Key rows with no runnable or running instance left: nothing to coordinate. */
+    /**
+     * Keys still held by a cancelled step whose lease expired (its node died or
+     * froze before the code settled), or by an instance that is gone: freed.
+     * Keys a claim or commit holds right now are skipped. Returns the queues to wake.
+     */
+    freeCancelledHolds: `
+      with stale as (
+        select c.key, c.holder from ${s}.concurrency_keys c
+        where c.holder is not null and not exists (
+          select 1 from ${s}.instances i
+          where i.id = c.holder and (i.status = 'running' or (i.status = 'cancelled' and i.lease_expires_at > now())))
+        limit $1
+        for update of c skip locked
+      ),
+      freed as (
+        -- Still the same holder: a claim that took the key since this statement began set another.
+        update ${s}.concurrency_keys c set holder = null
+        from stale x where c.key = x.key and c.holder = x.holder
+        returning c.queue, c.run_at
+      )
+      select distinct queue from freed where queue is not null and run_at is not null`,
+
     forgetIdleKeys: `
       delete from ${s}.concurrency_keys c
       where c.key in (select key from ${s}.concurrency_keys where holder is null and run_at is null limit $1 for update skip locked)

@@ -108,8 +108,11 @@ export function instanceQueries(schema: string) {
       ),
       changed as (
         update ${s}.instances i
-        set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
-            lease_expires_at = null, updated_at = now()
+        -- A running step keeps its lease: its key stays held until its code settles or the
+        -- lease expires (see the migration "cancel keeps key").
+        set status = 'cancelled', error = $2::jsonb, await_spec = null,
+            leased_by = case when i.status = 'running' then i.leased_by end,
+            lease_expires_at = case when i.status = 'running' then i.lease_expires_at end, updated_at = now()
         from target t where i.id = t.id and t.status not in ${TERMINAL}
         returning i.id, i.step, i.attempt
       ),
@@ -159,8 +162,11 @@ export function instanceQueries(schema: string) {
       ),
       changed as (
         update ${s}.instances i
-        set status = 'cancelled', error = $2::jsonb, await_spec = null, leased_by = null,
-            lease_expires_at = null, updated_at = now()
+        -- A running step keeps its lease: its key stays held until its code settles or the
+        -- lease expires (see the migration "cancel keeps key").
+        set status = 'cancelled', error = $2::jsonb, await_spec = null,
+            leased_by = case when i.status = 'running' then i.leased_by end,
+            lease_expires_at = case when i.status = 'running' then i.lease_expires_at end, updated_at = now()
         from live l where i.id = l.id
         returning i.id, i.step, i.attempt
       ),
