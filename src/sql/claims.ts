@@ -140,15 +140,21 @@ export function claimQueries(schema: string) {
 
     /** Gives claimed rows back at once (graceful stop): runnable now, the attempt not counted. */
     release: `
-      with ${ASYNC_COMMIT}
+      with ${ASYNC_COMMIT},
+      -- Keys first, in the one global order (see lock_keys), then the rows in id order (as the group commit).
+      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = any($1::bigint[]))) as n),
+      rows_locked as (
+        select i.id from ${s}.instances i join unnest($1::bigint[], $2::bigint[]) as x(id, token) on x.id = i.id
+        where i.claim_token = x.token and i.status = 'running' and (select n from keys_locked) >= 0
+        order by i.id
+        for update of i
+      )
       update ${s}.instances i
       set status = 'runnable', run_at = case when i.claimed_ahead then i.run_at else now() end,
           attempt = case when i.claimed_ahead then i.attempt else greatest(i.attempt - 1, 0) end,
           claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now()
-      from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
-      where i.id = x.id and i.claim_token = x.token and i.status = 'running'
-        -- Keys first, in the one global order (see lock_keys): an uncorrelated subquery runs once, before any row.
-        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = any($1::bigint[])))) >= 0
+      from rows_locked l, async_commit
+      where i.id = l.id and i.status = 'running'
       returning i.queue`,
 
     /**
@@ -166,6 +172,15 @@ export function claimQueries(schema: string) {
       ),
       -- The batch's keys, locked in the one global order before any row is (see lock_keys).
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
+      -- Then the rows, in id order whatever join the planner picks (with a few hundred rows it
+      -- hashes, in heap order): cancel, retry and release lock rows in id order too, so no two
+      -- of them can each hold a row the other waits for.
+      rows_locked as (
+        select i.id from ${s}.instances i join input x on x.id = i.id
+        where i.claim_token = x.token and i.status = 'running' and (select n from keys_locked) >= 0
+        order by i.id
+        for update of i
+      ),
       won as (
         update ${s}.instances i set
           status = x.status,
@@ -182,9 +197,8 @@ export function claimQueries(schema: string) {
           children_pending = x.children_pending,
           rate_limited = x.rate_limited,
           leased_by = null, lease_expires_at = null, updated_at = now()
-        from input x
-        -- An uncorrelated subquery: evaluated once, before the first row is updated.
-        where i.id = x.id and i.claim_token = x.token and i.status = 'running' and (select n from keys_locked) >= 0
+        from input x join rows_locked l on l.id = x.id
+        where i.id = x.id and i.claim_token = x.token and i.status = 'running'
         returning i.id, i.parent_id
       ),
       history as (

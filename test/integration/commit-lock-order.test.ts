@@ -1,0 +1,47 @@
+// The group commit locks its rows in id order, whatever join the planner picks. Cancel, retry and
+// release lock in id order too, so none of them can hold a row the group commit waits for while
+// it holds one they wait for. Here the heap order is the reverse of the id order (a few hundred
+// rows make the planner hash the join, which walks the heap): with the lowest id locked from a
+// side connection, the commit must be waiting for it holding no other row.
+import { describe, expect, it } from "vitest";
+import { claimQueries } from "../../src/sql/claims.js";
+import { prepared } from "../../src/db/prepared.js";
+import { eventually, useTestDatabase } from "../support/db.js";
+
+const db = await useTestDatabase(import.meta.url);
+const s = `"${db.schema}"`;
+const N = 300;
+
+describe("the group commit's lock order", () => {
+  it("locks rows in id order even when the heap holds them in reverse", async () => {
+    await db.pool.query(
+      `insert into ${s}.instances (id, machine, step, state, status, queue, claim_token, lease_expires_at)
+       select g, 'M', 'start', '{}', 'running', 'q', 1, now() + interval '1 hour' from generate_series(${N}, 1, -1) g`,
+    );
+    await db.pool.query(`analyze ${s}.instances`);
+    const rows = Array.from({ length: N }, (_, i) => ({
+      id: String(i + 1), token: "1", concurrency_key: null, status: "done", step: null, set_state: false, state: null,
+      run_at: null, delay_ms: null, priority: null, attempt_op: "keep", result: null, error: null, await_spec: null,
+      children_pending: null, joined: null, from_step: "start", to_step: null, outcome: "done", attempt: 1, duration_ms: 0, hist_error: null,
+    }));
+    const side = await db.pool.connect();
+    await side.query("begin");
+    await side.query(`select id from ${s}.instances where id = 1 for update`);
+    const commit = db.pool.query(prepared(claimQueries(db.schema).complete, [JSON.stringify(rows)]));
+    try {
+      await eventually("the commit waiting for row 1", async () => {
+        const { rows: waiting } = await db.pool.query(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%jsonb_to_recordset%' and pid <> pg_backend_pid()`,
+        );
+        return waiting.length > 0;
+      });
+      // Every other row is still free: the commit holds none of them while it waits.
+      const { rows: free } = await db.pool.query(`select id from ${s}.instances where id > 1 for update skip locked`);
+      expect(free.length).toBe(N - 1);
+    } finally {
+      await side.query("commit");
+      side.release();
+    }
+    expect((await commit).rows).toHaveLength(N);
+  });
+});
