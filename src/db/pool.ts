@@ -20,12 +20,11 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
   if (typeof options.connectionString !== "string" || options.connectionString.length === 0) {
     throw new ConfigError(`${where}: connectionString (or pool) is required; e.g. connectionString: process.env.DATABASE_URL`);
   }
-  const pool = new pg.Pool({ connectionString: options.connectionString, max, application_name: applicationName });
+  const pool = new pg.Pool({ connectionString: options.connectionString, max, application_name: applicationName, onConnect: readCommitted() });
   // An idle client that loses its connection emits 'error' on the pool; without a
   // listener that would crash the process. The next query simply gets a new client.
   pool.on("error", () => {});
   guardClients(pool);
-  readCommittedSessions(pool);
   return { pool, owned: true };
 }
 
@@ -45,13 +44,16 @@ export const ISOLATION = "read committed";
 /**
  * Sessions of pools the engine opens default to READ COMMITTED, whatever the
  * database's, the role's or the connection string's default: single statements
- * run in an implicit transaction of the session's default level. The SET is
- * queued before anything the new client is asked to run.
+ * run in an implicit transaction of the session's default level. The SET runs
+ * before anything else the new client is asked to run.
  */
-function readCommittedSessions(pool: pg.Pool): void {
-  pool.on("connect", (client) => {
-    client.query(`set default_transaction_isolation = '${ISOLATION}'`).catch(() => {});
-  });
+function readCommitted(previous?: (client: pg.ClientBase) => unknown): (client: pg.ClientBase) => Promise<void> {
+  // pg-pool awaits its onConnect hook before it hands the new client out: the SET never races
+  // the client's first query.
+  return async (client) => {
+    await previous?.(client);
+    await client.query(`set default_transaction_isolation = '${ISOLATION}'`);
+  };
 }
 
 /** The level a new transaction (or, inside one, the current transaction) of `client` runs at. */
@@ -91,10 +93,10 @@ export function openSidePool(pool: pg.Pool, suffix: string, max: number, deadlin
     application_name: `${base.application_name ?? "gen-durable"}-${suffix}`,
     connectionTimeoutMillis: deadlineMs,
     query_timeout: deadlineMs,
+    onConnect: readCommitted(base.onConnect),
   });
   side.on("error", () => {});
   guardClients(side);
-  readCommittedSessions(side);
   return side;
 }
 
