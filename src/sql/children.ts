@@ -24,10 +24,19 @@ export function childQueries(schema: string) {
      * children counted (set-aside ones included) and the queues of woken parents.
      */
     sweep: `
-      with orphans as (
+      -- Waking a keyed parent changes its key's row: the keys of every parent this sweep may
+      -- wake are locked first, in the one global order (see lock_keys), before any row is.
+      with keys_locked as (
+        select ${s}.lock_keys(array(
+          select distinct p.concurrency_key from ${s}.instances p
+          where p.concurrency_key is not null
+            and p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL}))) as n
+      ),
+      orphans as (
         select c.id from ${s}.instances c
         where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL}
           and not exists (select 1 from ${s}.instances p where p.id = c.parent_id)
+          and (select n from keys_locked) >= 0
         order by c.id
         limit $1
         for update of c skip locked
@@ -40,6 +49,7 @@ export function childQueries(schema: string) {
       locked as (
         select p.id from ${s}.instances p
         where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL})
+          and (select n from keys_locked) >= 0
         order by p.id
         limit $1
         for update skip locked

@@ -69,7 +69,7 @@ describe("one lock order for concurrency keys", () => {
     const pool = new pg.Pool({ connectionString, max: 6 });
     pool.on("error", () => {});
     const engines = new Set<GenDurable>();
-    const seen = { callerDeadlocks: 0, engineDeadlocks: 0, inserted: 0, signals: 0, cancels: 0, retries: 0, expired: 0, restarts: 0, otherErrors: [] as string[] };
+    const seen = { callerDeadlocks: 0, engineDeadlocks: 0, inserted: 0, signals: 0, cancels: 0, retries: 0, expired: 0, restarts: 0, otherErrors: [] as string[], deadlockedLoops: [] as string[] };
     const isDeadlock = (e: unknown) => (e as { code?: string }).code === "40P01" || /deadlock/i.test(String(e));
     const note = (e: unknown) => {
       if (isDeadlock(e)) seen.callerDeadlocks++;
@@ -85,8 +85,10 @@ describe("one lock order for concurrency keys", () => {
         leaseDuration: "3s",
         shutdownGrace: "50ms",
       });
-      engine.on("engine:error", ({ error }) => {
-        if (isDeadlock(error)) seen.engineDeadlocks++;
+      engine.on("engine:error", ({ loop, error }) => {
+        if (!isDeadlock(error)) return;
+        seen.engineDeadlocks++;
+        seen.deadlockedLoops.push(loop);
       });
       engines.add(engine);
       return engine;
