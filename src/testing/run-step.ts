@@ -3,28 +3,28 @@
  * context, its outcome returned as plain data. No database is needed, except
  * for a transactional step given a `client`.
  *
- * It judges what the step returned with the executor's own code
- * (Executor.toCompletion), so an invalid outcome or an invalid new state gives
- * exactly the error the engine would record for that attempt; the context is
- * the engine's own (runtime/context.ts). What it does not do: claim, commit,
- * retry, or deliver signals. Those are the engine's, tested by drain().
+ * What the step returned or threw is judged by the engine's own judge
+ * (runtime/judge.ts), so an invalid outcome or an invalid new state gives
+ * exactly the error the engine would record for that attempt; the context and
+ * the timeout are the engine's own too (runtime/context.ts, runtime/invoke.ts).
+ * What it does not do: claim, commit, retry, or deliver signals. Those are the
+ * engine's, tested by drain().
  */
 import type pg from "pg";
-import { attemptFailure } from "../runtime/failure.js";
 import { DEFAULTS } from "../config.js";
 import type { AnyMachine, ChildOutcome, Machine, ReceivedSignal, ResolvedStep, StepContext } from "../define.js";
 import { describe } from "../duration.js";
-import { StepTimeoutError, ValidationError } from "../errors.js";
+import { ValidationError } from "../errors.js";
 import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
 import { silentLogger, stepLogger, type Logger } from "../logger.js";
 import { checkKey, checkName } from "../names.js";
-import { outcomeData, type AwaitSpec, type OutcomeData } from "../outcome.js";
-import type { Completion } from "../runtime/completion.js";
+import type { AwaitSpec } from "../outcome.js";
+import { attemptLimit, type Attempt, type ClaimedRow } from "../runtime/attempt.js";
 import { createContext } from "../runtime/context.js";
-import { DEFAULT_MAX_ATTEMPTS, Executor, type ClaimedRow, type ExecutorDeps } from "../runtime/executor.js";
+import { invokeStep } from "../runtime/invoke.js";
+import { judgeReturn, judgeThrow, readOutcome } from "../runtime/judge.js";
 import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
-import { setLongTimeout, type LongTimeout } from "../timers.js";
 
 /** `ctx.next(...)`: commit `state`, then run `step` now, after `delay` ms, or at `runAt`. */
 export interface NextResult<State = unknown, K extends string = string> {
@@ -167,9 +167,15 @@ export type StepName<M> = M extends Machine<StandardSchemaV1, infer K, "machine"
 
 /** `{ state }` for a machine, `{ args }` for a job, plus the context options. */
 export type RunStepOptions<M extends AnyMachine> = RunStepCommonOptions &
-  (M extends Machine<StandardSchemaV1, string, "job"> ? { args: In<M> } : M extends Machine<StandardSchemaV1, string, "machine"> ? { state: In<M> } : { state?: unknown; args?: unknown });
+  (M extends Machine<StandardSchemaV1, string, "job">
+    ? { args: In<M> }
+    : M extends Machine<StandardSchemaV1, string, "machine">
+      ? { state: In<M> }
+      : { state?: unknown; args?: unknown });
 
-const OPTION_KEYS = ["state", "args", "awaited", "children", "attempt", "correlationKey", "id", "insertedAt", "client", "logger"];
+const OPTION_KEYS = [
+  "state", "args", "awaited", "children", "attempt", "correlationKey", "id", "insertedAt", "client", "logger",
+];
 const SAVEPOINT = "gen_durable_run_step";
 
 /**
@@ -177,7 +183,11 @@ const SAVEPOINT = "gen_durable_run_step";
  * returns its outcome as plain data. Rejects (ValidationError) only on bad
  * input to runStep itself; everything the step does wrong is an `error` result.
  */
-export async function runStep<M extends AnyMachine>(machine: M, step: StepName<M>, options: RunStepOptions<M>): Promise<StepResult<Out<M>, StepName<M>>> {
+export async function runStep<M extends AnyMachine>(
+  machine: M,
+  step: StepName<M>,
+  options: RunStepOptions<M>,
+): Promise<StepResult<Out<M>, StepName<M>>> {
   const input = await checkInput(machine, step, options);
   const { resolved, client } = input;
   const controller = new AbortController();
@@ -188,21 +198,27 @@ export async function runStep<M extends AnyMachine>(machine: M, step: StepName<M
       await client.query(`savepoint ${SAVEPOINT}`);
     } catch (error) {
       if ((error as { code?: unknown }).code === "25P01") {
-        throw new ValidationError(`runStep: client must be inside a transaction (run BEGIN on it first, and ROLLBACK after the test)`);
+        throw new ValidationError(
+          `runStep: client must be inside a transaction (run BEGIN on it first, and ROLLBACK after the test)`,
+        );
       }
       throw error;
     }
   }
+  const attempt = attemptFor(machine, input);
   let result: StepResult;
   try {
-    const returned = await invoke(machine, resolved, ctx, controller);
-    result = await toResult(machine, input, returned);
+    // As the executor runs it: abandoned, not killed, on timeout.
+    const returned = await invokeStep(machine.name, resolved, controller, () => resolved.run(ctx));
+    result = await toResult(attempt, input, returned);
   } catch (thrown) {
-    result = failure(machine, input, thrown);
+    const { error, willRetry, delayMs } = judgeThrow(attempt, thrown);
+    result = { type: "error", error: thrown, record: error, willRetry, ...(willRetry ? { retryDelay: delayMs } : {}) };
   }
   if (client) {
     // As in the engine, a failed attempt's writes through ctx.client do not survive it.
-    await client.query(result.type === "error" ? `rollback to savepoint ${SAVEPOINT}` : `release savepoint ${SAVEPOINT}`);
+    const end = result.type === "error" ? `rollback to savepoint ${SAVEPOINT}` : `release savepoint ${SAVEPOINT}`;
+    await client.query(end);
   }
   return result as StepResult<Out<M>, StepName<M>>;
 }
@@ -221,9 +237,14 @@ interface CheckedInput {
   logger: Logger;
 }
 
-async function checkInput(machine: AnyMachine, step: unknown, options: RunStepCommonOptions & { state?: unknown; args?: unknown }): Promise<CheckedInput> {
+async function checkInput(
+  machine: AnyMachine,
+  step: unknown,
+  options: RunStepCommonOptions & { state?: unknown; args?: unknown },
+): Promise<CheckedInput> {
   const bad = (m: string) => new ValidationError(`runStep: ${m}`);
-  if (typeof machine !== "object" || machine === null || !(machine.steps instanceof Map) || !isStandardSchema(machine.schema)) {
+  const isMachine = typeof machine === "object" && machine !== null && machine.steps instanceof Map;
+  if (!isMachine || !isStandardSchema(machine.schema)) {
     throw bad(`the first argument must be a machine from defineMachine or defineJob, got ${describe(machine)}`);
   }
   const steps = [...machine.steps.keys()];
@@ -232,7 +253,10 @@ async function checkInput(machine: AnyMachine, step: unknown, options: RunStepCo
     const hint = typeof step === "string" ? didYouMean(step, steps) : "";
     throw bad(`machine "${machine.name}" has no step ${describe(step)}${hint}; its steps: ${steps.join(", ")}`);
   }
-  if (typeof options !== "object" || options === null) throw bad(`options must be an object such as { ${machine.kind === "job" ? "args" : "state"}: ... }, got ${describe(options)}`);
+  if (typeof options !== "object" || options === null) {
+    const example = machine.kind === "job" ? "args" : "state";
+    throw bad(`options must be an object such as { ${example}: ... }, got ${describe(options)}`);
+  }
   rejectUnknownKeys(options, OPTION_KEYS, "runStep", (m) => new ValidationError(m));
 
   const isJob = machine.kind === "job";
@@ -244,16 +268,25 @@ async function checkInput(machine: AnyMachine, step: unknown, options: RunStepCo
   // The engine hands a step its state as stored, i.e. JSON: a Date in the state arrives as a string.
   const state = fromJson(encodeJson(validated ?? null, label, DEFAULTS.maxPayloadBytes));
 
-  const maxAttempts = resolved.maxAttempts ?? machine.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+  const maxAttempts = attemptLimit(machine, resolved, null);
   const attempt = options.attempt ?? 1;
   if (typeof attempt !== "number" || !Number.isInteger(attempt) || attempt < 1 || attempt > maxAttempts) {
-    throw bad(`attempt must be an integer from 1 to the step's maxAttempts (${maxAttempts}), got ${describe(options.attempt)}`);
+    throw bad(
+      `attempt must be an integer from 1 to the step's maxAttempts (${maxAttempts}), got ${describe(options.attempt)}`,
+    );
   }
-  const correlationKey = options.correlationKey === undefined || options.correlationKey === null ? null : checkKey(options.correlationKey, "runStep: correlationKey", (m) => new ValidationError(m));
+  const correlationKey =
+    options.correlationKey === undefined || options.correlationKey === null
+      ? null
+      : checkKey(options.correlationKey, "runStep: correlationKey", (m) => new ValidationError(m));
   const id = options.id ?? "1";
-  if (typeof id !== "string" || id.length === 0) throw bad(`id must be a non-empty string, got ${describe(options.id)}`);
+  if (typeof id !== "string" || id.length === 0) {
+    throw bad(`id must be a non-empty string, got ${describe(options.id)}`);
+  }
   const insertedAt = options.insertedAt ?? new Date();
-  if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) throw bad(`insertedAt must be a valid Date, got ${describe(options.insertedAt)}`);
+  if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) {
+    throw bad(`insertedAt must be a valid Date, got ${describe(options.insertedAt)}`);
+  }
 
   const client = options.client;
   if (client !== undefined) {
@@ -261,12 +294,17 @@ async function checkInput(machine: AnyMachine, step: unknown, options: RunStepCo
       throw bad(`client must be a pg client (pool.connect()), got ${describe(client)}`);
     }
     if (!resolved.transactional) {
-      throw bad(`step "${resolved.name}" of machine "${machine.name}" is not transactional, so the engine gives it no ctx.client; drop client, or declare the step { run, transactional: true }`);
+      throw bad(
+        `step "${resolved.name}" of machine "${machine.name}" is not transactional, so the engine gives it ` +
+          `no ctx.client; drop client, or declare the step { run, transactional: true }`,
+      );
     }
   }
   const logger = options.logger ?? silentLogger;
   for (const level of ["debug", "info", "warn", "error"] as const) {
-    if (typeof (logger as unknown as Record<string, unknown>)[level] !== "function") throw bad(`logger must have debug, info, warn and error methods (pino-style); ${level} is missing`);
+    if (typeof (logger as unknown as Record<string, unknown>)[level] !== "function") {
+      throw bad(`logger must have debug, info, warn and error methods (pino-style); ${level} is missing`);
+    }
   }
   return {
     resolved,
@@ -288,14 +326,21 @@ function checkAwaited(awaited: unknown, bad: (m: string) => Error): ReceivedSign
   if (!Array.isArray(awaited)) throw bad(`awaited must be an array of { event, payload? }, got ${describe(awaited)}`);
   return awaited.map((signal: unknown, i) => {
     const where = `awaited[${i}]`;
-    if (typeof signal !== "object" || signal === null) throw bad(`${where} must be { event, payload? }, got ${describe(signal)}`);
-    rejectUnknownKeys(signal, ["event", "payload", "id", "insertedAt"], `runStep: ${where}`, (m) => new ValidationError(m));
+    if (typeof signal !== "object" || signal === null) {
+      throw bad(`${where} must be { event, payload? }, got ${describe(signal)}`);
+    }
+    const keys = ["event", "payload", "id", "insertedAt"];
+    rejectUnknownKeys(signal, keys, `runStep: ${where}`, (m) => new ValidationError(m));
     const s = signal as AwaitedInput;
     checkName(s.event, `${where}.event`, bad);
     const payload = fromJson(encodeJson(s.payload ?? null, `runStep: ${where}.payload`, DEFAULTS.maxPayloadBytes));
     const insertedAt = s.insertedAt ?? new Date();
-    if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) throw bad(`${where}.insertedAt must be a valid Date, got ${describe(s.insertedAt)}`);
-    if (s.id !== undefined && (typeof s.id !== "string" || s.id.length === 0)) throw bad(`${where}.id must be a non-empty string, got ${describe(s.id)}`);
+    if (!(insertedAt instanceof Date) || Number.isNaN(insertedAt.getTime())) {
+      throw bad(`${where}.insertedAt must be a valid Date, got ${describe(s.insertedAt)}`);
+    }
+    if (s.id !== undefined && (typeof s.id !== "string" || s.id.length === 0)) {
+      throw bad(`${where}.id must be a non-empty string, got ${describe(s.id)}`);
+    }
     return { id: s.id ?? String(i + 1), event: s.event, payload, insertedAt };
   });
 }
@@ -304,24 +349,45 @@ const TERMINAL = ["done", "failed", "cancelled"];
 
 function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutcome[] {
   if (children === undefined) return [];
-  if (!Array.isArray(children)) throw bad(`children must be an array of { machine, status, result?, error? }, got ${describe(children)}`);
+  if (!Array.isArray(children)) {
+    throw bad(`children must be an array of { machine, status, result?, error? }, got ${describe(children)}`);
+  }
   return children.map((child: unknown, i) => {
     const where = `children[${i}]`;
-    if (typeof child !== "object" || child === null) throw bad(`${where} must be { machine, status, result?, error? }, got ${describe(child)}`);
-    rejectUnknownKeys(child, ["machine", "status", "result", "error", "id"], `runStep: ${where}`, (m) => new ValidationError(m));
+    if (typeof child !== "object" || child === null) {
+      throw bad(`${where} must be { machine, status, result?, error? }, got ${describe(child)}`);
+    }
+    const keys = ["machine", "status", "result", "error", "id"];
+    rejectUnknownKeys(child, keys, `runStep: ${where}`, (m) => new ValidationError(m));
     const c = child as ChildInput;
     const machine = typeof c.machine === "string" ? c.machine : (c.machine as { name?: unknown } | null)?.name;
     checkName(machine, `${where}.machine (a machine or its name)`, bad);
     // A join runs once every child is terminal: a live child cannot be in ctx.children.
-    if (!TERMINAL.includes(c.status as string)) throw bad(`${where}.status must be "done", "failed" or "cancelled" (a join sees terminal children only), got ${describe(c.status)}`);
-    if (c.id !== undefined && (typeof c.id !== "string" || c.id.length === 0)) throw bad(`${where}.id must be a non-empty string, got ${describe(c.id)}`);
+    if (!TERMINAL.includes(c.status as string)) {
+      throw bad(
+        `${where}.status must be "done", "failed" or "cancelled" (a join sees terminal children only), ` +
+          `got ${describe(c.status)}`,
+      );
+    }
+    if (c.id !== undefined && (typeof c.id !== "string" || c.id.length === 0)) {
+      throw bad(`${where}.id must be a non-empty string, got ${describe(c.id)}`);
+    }
     const result = fromJson(encodeJson(c.result ?? null, `runStep: ${where}.result`, DEFAULTS.maxPayloadBytes));
-    const error = c.error === undefined || c.error === null ? null : c.error instanceof Error ? toErrorRecord(c.error) : fromJson(encodeJson(c.error, `runStep: ${where}.error`, DEFAULTS.maxPayloadBytes));
+    const error =
+      c.error === undefined || c.error === null
+        ? null
+        : c.error instanceof Error
+          ? toErrorRecord(c.error)
+          : fromJson(encodeJson(c.error, `runStep: ${where}.error`, DEFAULTS.maxPayloadBytes));
     return { id: c.id ?? String(i + 2), machine: machine as string, status: c.status, result, error };
   });
 }
 
-function makeContext(machine: AnyMachine, input: CheckedInput, abortSignal: AbortSignal): StepContext<unknown, unknown, string> {
+function makeContext(
+  machine: AnyMachine,
+  input: CheckedInput,
+  abortSignal: AbortSignal,
+): StepContext<unknown, unknown, string> {
   const { resolved } = input;
   const ctx = createContext({
     id: input.id,
@@ -343,43 +409,17 @@ function makeContext(machine: AnyMachine, input: CheckedInput, abortSignal: Abor
   descriptors.client = {
     enumerable: true,
     get() {
-      throw new ValidationError(`runStep: step "${resolved.name}" of machine "${machine.name}" used ctx.client, but runStep got no client: pass { client }, a pg client inside a transaction you roll back`);
+      throw new ValidationError(
+        `runStep: step "${resolved.name}" of machine "${machine.name}" used ctx.client, but runStep got no client: ` +
+          `pass { client }, a pg client inside a transaction you roll back`,
+      );
     },
   };
   return Object.freeze(Object.defineProperties({}, descriptors)) as StepContext<unknown, unknown, string>;
 }
 
-/** Runs the step's code with its timeout, as the executor does: on timeout the step is abandoned, not killed. */
-async function invoke(machine: AnyMachine, step: ResolvedStep, ctx: StepContext<unknown, unknown, string>, controller: AbortController): Promise<unknown> {
-  let timer: LongTimeout | undefined;
-  if (step.timeoutMs !== undefined) {
-    timer = setLongTimeout(() => controller.abort(new StepTimeoutError(machine.name, step.name, step.timeoutMs!)), step.timeoutMs);
-  }
-  const aborted = new Promise<never>((_, reject) => controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true }));
-  aborted.catch(() => {});
-  try {
-    return await Promise.race([Promise.resolve().then(() => step.run(ctx)), aborted]);
-  } finally {
-    timer?.clear();
-  }
-}
-
-/**
- * The executor's judgement of a returned value, without its database: an
- * Executor whose only dependency toCompletion may touch is maxPayloadBytes.
- * Any other dependency it reaches for is a loud error, so a change to the
- * executor that runStep does not follow fails the tests instead of drifting.
- */
-const judge = new Executor(
-  new Proxy({ maxPayloadBytes: DEFAULTS.maxPayloadBytes } as ExecutorDeps, {
-    get(target, prop) {
-      if (prop in target) return target[prop as keyof ExecutorDeps];
-      throw new Error(`gen-durable/testing: Executor.toCompletion now uses deps.${String(prop)}; runStep must provide it`);
-    },
-  }),
-);
-
-async function toResult(machine: AnyMachine, input: CheckedInput, returned: unknown): Promise<StepResult> {
+/** The attempt the engine would judge: the claimed row as it would read for this input. */
+function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
   const row: ClaimedRow = {
     id: input.id,
     machine: machine.name,
@@ -399,10 +439,13 @@ async function toResult(machine: AnyMachine, input: CheckedInput, returned: unkn
     rate_limited: null,
     claimed_ahead: false,
   };
-  // Element access reaches the private method on purpose: the one definition of a valid outcome.
-  const completion: Completion = await judge["toCompletion"](row, machine, input.resolved, returned, performance.now());
-  // A job may return any JSON; it is then its result (what toCompletion did too).
-  const data: OutcomeData = outcomeData(returned) ?? { kind: "done", result: returned };
+  return { row, machine, step: input.resolved, maxAttempts: input.maxAttempts, started: performance.now() };
+}
+
+/** The judge's row update for what the step returned, as plain data; throws what judgeReturn throws. */
+async function toResult(attempt: Attempt, input: CheckedInput, returned: unknown): Promise<StepResult> {
+  const completion = await judgeReturn(attempt, returned, DEFAULTS.maxPayloadBytes);
+  const data = readOutcome(attempt, returned);
   const newState = () => (completion.set_state ? fromJson(JSON.stringify(completion.state)) : input.state);
   const ms = (value: number | null, key: string) => (value === null ? {} : { [key]: value });
   switch (data.kind) {
@@ -421,16 +464,19 @@ async function toResult(machine: AnyMachine, input: CheckedInput, returned: unkn
         spec: data.spec,
         step: completion.step!,
         state: newState(),
-        ...(data.options.timeout === undefined ? {} : { timeout: completion.delay_ms!, onTimeout: data.options.onTimeout! }),
+        ...(data.options.timeout === undefined
+          ? {}
+          : { timeout: completion.delay_ms!, onTimeout: data.options.onTimeout! }),
       };
     case "spawn":
       return {
         type: "spawn",
         children: (completion.spawn ?? []).map((row, i) => {
           const spec = data.children[i] as { machine: AnyMachine };
+          const state = fromJson(JSON.stringify(row.state));
           return {
             machine: row.machine,
-            ...(spec.machine.kind === "job" ? { args: fromJson(JSON.stringify(row.state)) } : { state: fromJson(JSON.stringify(row.state)) }),
+            ...(spec.machine.kind === "job" ? { args: state } : { state }),
             queue: row.queue,
             priority: row.priority,
             ...ms(row.delay_ms, "delay"),
@@ -450,11 +496,6 @@ async function toResult(machine: AnyMachine, input: CheckedInput, returned: unkn
     case "cancel":
       return { type: "cancel", reason: (completion.error as ErrorRecord).message };
   }
-}
-
-function failure(machine: AnyMachine, input: CheckedInput, thrown: unknown): ErrorResult {
-  const { error, willRetry, delayMs } = attemptFailure(thrown, input.resolved.name, input.attempt, input.maxAttempts, input.resolved.backoff ?? machine.backoff);
-  return { type: "error", error: thrown, record: error, willRetry, ...(willRetry ? { retryDelay: delayMs } : {}) };
 }
 
 function fromJson(text: string): unknown {

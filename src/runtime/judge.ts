@@ -1,0 +1,286 @@
+/**
+ * The judge of outcomes: what an attempt's returned value or thrown error
+ * means, as the row update (a Completion) the group commit writes. Pure: no
+ * database and no events. The executor commits what it says; runStep
+ * (gen-durable/testing) reports it, so a test sees exactly what the engine
+ * would record for the same return or throw.
+ */
+import { DEFAULT_BACKOFF, resolveBackoff, retryDelay } from "../backoff.js";
+import { checkRunAt, describe, toMs } from "../duration.js";
+import { ValidationError } from "../errors.js";
+import { encodeJson, storableMessage, toErrorRecord, type ErrorRecord } from "../json.js";
+import { outcomeData, type OutcomeData } from "../outcome.js";
+import { validate } from "../schema.js";
+import type { AnyMachine } from "../define.js";
+import type { Attempt } from "./attempt.js";
+import { normalizeSpec } from "./await-spec.js";
+import type { Completion } from "./completion.js";
+import { prepareInsert, type InsertRow } from "./insert.js";
+
+const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
+/** The most children one ctx.spawn may insert. */
+const MAX_CHILDREN = 100_000;
+
+/** A failed attempt: what it records, when it runs again, and the row update that says so. */
+export interface Failure {
+  /** The stored error: bounded, storable, and never empty. */
+  error: ErrorRecord;
+  /** Another attempt follows (this one was not the last); otherwise the instance is terminal `failed`. */
+  willRetry: boolean;
+  /** Milliseconds until the retry (0 when it will not retry). */
+  delayMs: number;
+  /** Runnable again after the backoff, or `failed`. The state is unchanged. */
+  completion: Completion;
+}
+
+/**
+ * What a step returned, as an outcome; throws a ValidationError when it is
+ * none. A job may return any value: it is the job's result.
+ */
+export function readOutcome({ machine, row }: Attempt, returned: unknown): OutcomeData {
+  const data = outcomeData(returned);
+  if (data) return data;
+  if (machine.kind === "job") return { kind: "done", result: returned };
+  throw new ValidationError(
+    `${whereOf({ machine, row })} returned ${describe(returned)}; a step must return ctx.next(...), ` +
+      `ctx.await(...), ctx.spawn(...), ctx.done(...), ctx.snooze(...) or ctx.cancel(...)`,
+  );
+}
+
+/**
+ * What the step's returned value means as a row update. Throws (a
+ * ValidationError, or its schema's own error) when it is not a valid outcome,
+ * names no step of the machine, or carries a state, a result or children the
+ * engine would refuse: the attempt then fails with that error (judgeThrow).
+ */
+export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
+  const { machine, row } = attempt;
+  const where = whereOf(attempt);
+  const data = readOutcome(attempt, returned);
+  const base = baseCompletion(attempt);
+  switch (data.kind) {
+    case "next": {
+      const target = checkStep(machine, data.step, where, "ctx.next");
+      const schedule = checkSchedule(data.options, where);
+      return {
+        ...base,
+        ...(await newState(machine, data, where, maxPayloadBytes)),
+        ...schedule,
+        status: "runnable",
+        step: target,
+        attempt_op: "reset",
+        to_step: target,
+        outcome: "next",
+      };
+    }
+    case "await": {
+      const target = checkStep(machine, data.step, where, "ctx.await");
+      const spec = normalizeSpec(data.spec, `${where}: ctx.await`);
+      const { timeout, onTimeout } = data.options;
+      if ((timeout === undefined) !== (onTimeout === undefined)) {
+        throw new ValidationError(`${where}: ctx.await needs both timeout and onTimeout, or neither`);
+      }
+      if (onTimeout !== undefined) spec.onTimeout = checkStep(machine, onTimeout, where, "ctx.await's onTimeout");
+      return {
+        ...base,
+        ...(await newState(machine, data, where, maxPayloadBytes)),
+        status: "awaiting",
+        step: target,
+        attempt_op: "reset",
+        await_spec: spec,
+        // The deadline lives in run_at; an await without timeout never comes due.
+        ...(timeout === undefined
+          ? { run_at: "infinity" }
+          : { delay_ms: toMs(timeout, `${where}: ctx.await timeout`, (m) => new ValidationError(m)) }),
+        to_step: target,
+        outcome: "await",
+      };
+    }
+    case "spawn": {
+      const target = checkStep(machine, data.step, where, "ctx.spawn");
+      const spawn = await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes);
+      return {
+        ...base,
+        ...(await newState(machine, data, where, maxPayloadBytes)),
+        // No children: nothing to wait for, the join step runs now.
+        status: spawn.length > 0 ? "joining" : "runnable",
+        step: target,
+        attempt_op: "reset",
+        children_pending: spawn.length,
+        joined: spawn.length === 0,
+        spawn,
+        to_step: target,
+        outcome: "spawn",
+      };
+    }
+    case "done":
+      encodeJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
+      return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
+    case "snooze": {
+      const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
+      return {
+        ...base,
+        status: "runnable",
+        delay_ms: delay,
+        attempt_op: "refund",
+        to_step: row.step,
+        outcome: "snooze",
+      };
+    }
+    case "cancel": {
+      // Bounded and made storable like any error message (no NUL, no lone surrogates).
+      const reason = data.reason === undefined ? undefined : storableMessage(String(data.reason));
+      const error = { name: "Cancelled", message: reason ?? `cancelled by ${where}` };
+      return { ...base, status: "cancelled", error, hist_error: error, outcome: "cancelled" };
+    }
+  }
+}
+
+/**
+ * What a failed attempt records, and when it runs again: retried after its
+ * backoff while attempts remain, terminal `failed` after the last.
+ */
+export function judgeThrow(attempt: Attempt, thrown: unknown): Failure {
+  const { row, step, machine, maxAttempts } = attempt;
+  // `throw undefined` and `Promise.reject()` carry nothing: say so, naming the step.
+  const error = toErrorRecord(
+    thrown === undefined || thrown === null
+      ? new Error(`step "${row.step}" threw ${String(thrown)} instead of an Error`)
+      : thrown,
+  );
+  const base = baseCompletion(attempt);
+  if (row.attempt >= maxAttempts) {
+    const completion: Completion = { ...base, status: "failed", error, hist_error: error, outcome: "failed" };
+    return { error, willRetry: false, delayMs: 0, completion };
+  }
+  const { delayMs, problem } = retryDelay(step?.backoff ?? machine.backoff ?? defaultBackoff, row.attempt);
+  if (problem) error.message = `${error.message} (${problem})`;
+  const completion: Completion = {
+    ...base,
+    status: "runnable",
+    delay_ms: delayMs,
+    error,
+    hist_error: error,
+    to_step: row.step,
+    outcome: "error",
+  };
+  return { error, willRetry: true, delayMs, completion };
+}
+
+/**
+ * Its rate limit's bucket is short: the step goes back to runnable, due at its
+ * turn in the bucket's line (`waitMs`, rounded up). Not an attempt and not a
+ * transition (no history row).
+ */
+export function judgeWait(attempt: Attempt, limit: string, waitMs: number): Completion {
+  return {
+    ...baseCompletion(attempt),
+    status: "runnable",
+    delay_ms: Math.ceil(waitMs),
+    attempt_op: "refund",
+    to_step: attempt.row.step,
+    outcome: "rate_limited",
+    rate_limited: limit,
+    // Keep the last attempt's error visible while it waits.
+    error: attempt.row.error,
+  };
+}
+
+function whereOf({ machine, row }: Pick<Attempt, "machine" | "row">): string {
+  return `step "${row.step}" of machine "${machine.name}"`;
+}
+
+/** The row update that changes nothing but the claim: every outcome starts from it. */
+function baseCompletion({ row, started }: Attempt): Completion {
+  return {
+    id: row.id,
+    token: row.claim_token,
+    concurrency_key: row.concurrency_key,
+    status: "runnable",
+    step: null,
+    set_state: false,
+    state: null,
+    run_at: null,
+    delay_ms: null,
+    priority: null,
+    attempt_op: "keep",
+    result: null,
+    error: null,
+    await_spec: null,
+    children_pending: null,
+    joined: null,
+    from_step: row.step,
+    to_step: null,
+    outcome: "",
+    attempt: row.attempt,
+    duration_ms: Math.round(performance.now() - started),
+    hist_error: null,
+  };
+}
+
+function checkStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
+  if (typeof step !== "string" || !machine.steps.has(step)) {
+    throw new ValidationError(
+      `${where}: ${helper} named ${describe(step)}, which is not a step of the machine ` +
+        `(its steps: ${[...machine.steps.keys()].join(", ")})`,
+    );
+  }
+  return step;
+}
+
+async function newState(
+  machine: AnyMachine,
+  data: Extract<OutcomeData, { state: unknown }>,
+  where: string,
+  maxPayloadBytes: number,
+): Promise<{ set_state: boolean; state: unknown }> {
+  if (!data.hasState) return { set_state: false, state: null };
+  const state = await validate(machine.schema, data.state, `the new state from ${where}`);
+  encodeJson(state, `the new state from ${where}`, maxPayloadBytes);
+  return { set_state: true, state };
+}
+
+function checkSchedule(
+  options: { delay?: unknown; runAt?: unknown; priority?: unknown },
+  where: string,
+): { delay_ms: number | null; run_at: string | null; priority: number | null } {
+  const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+  if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
+  const out = { delay_ms: null as number | null, run_at: null as string | null, priority: null as number | null };
+  if (options.delay !== undefined) out.delay_ms = toMs(options.delay, "delay", bad);
+  if (options.runAt !== undefined) out.run_at = checkRunAt(options.runAt, "runAt", bad);
+  if (options.priority !== undefined) {
+    if (!Number.isInteger(options.priority) || Math.abs(options.priority as number) > 2 ** 31 - 1) {
+      throw bad(`priority must be an integer, got ${describe(options.priority)}`);
+    }
+    out.priority = options.priority as number;
+  }
+  return out;
+}
+
+/** Validates every child before anything is written; at most MAX_CHILDREN per spawn, correlation keys distinct. */
+async function prepareChildren(children: unknown[], where: string, maxPayloadBytes: number): Promise<InsertRow[]> {
+  if (children.length > MAX_CHILDREN) {
+    throw new ValidationError(`${where}: at most ${MAX_CHILDREN} children per spawn, got ${children.length}`);
+  }
+  const rows = await Promise.all(
+    children.map((child, i) => {
+      if (typeof child !== "object" || child === null) {
+        const got = describe(child);
+        throw new ValidationError(`${where}: child ${i} must be { machine, state | args, ... }, got ${got}`);
+      }
+      const { machine, ...options } = child as { machine: AnyMachine };
+      return prepareInsert(machine, options, i, `${where} child ${i}:`, maxPayloadBytes);
+    }),
+  );
+  const keys = new Set<string>();
+  for (const row of rows) {
+    if (row.correlation_key === null) continue;
+    if (keys.has(row.correlation_key)) {
+      const key = JSON.stringify(row.correlation_key);
+      throw new ValidationError(`${where}: two children share the correlation key ${key}`);
+    }
+    keys.add(row.correlation_key);
+  }
+  return rows;
+}
