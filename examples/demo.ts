@@ -1,7 +1,7 @@
 /**
  * `npm run demo`: gen-durable in about fifteen seconds.
  *
- *   1. The Checkout machine of SPEC.md, end to end: insert with a correlation
+ *   1. The Checkout machine of the README, end to end: insert with a correlation
  *      key, park on a signal, a webhook that only knows the business key
  *      signals it, done.
  *   2. Crash recovery: a worker process is SIGKILLed in the middle of a slow

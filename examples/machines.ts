@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { defineMachine } from "../src/index.js";
 
-/** The Checkout machine of SPEC.md: park until the payment webhook fires, then ship. */
+/** The Checkout machine of the README: park until the payment webhook fires, then ship. */
 export const Checkout = defineMachine({
   name: "Checkout",
   queue: "checkout",

@@ -13,7 +13,6 @@ import { resolveLogger, type Logger } from "./logger.js";
 import { resolveTelemetry, type ResolvedTelemetry, type TelemetryOption } from "./telemetry/index.js";
 import { DEFAULT_SCHEMA } from "./migrate.js";
 import { checkName, checkSchemaName } from "./names.js";
-import { checkRetention } from "./loops/gc.js";
 import { rejectUnknownKeys } from "./suggest.js";
 import { resolveCron, type CronEntry, type ResolvedCronEntry } from "./cron/entries.js";
 import { checkStepRateLimits, resolveRateLimits, type RateLimit, type RateLimitOption } from "./runtime/rate-limits.js";
@@ -94,49 +93,80 @@ export interface ResolvedConfig {
   cron: readonly ResolvedCronEntry[];
 }
 
-const KEYS = [
-  "connectionString",
-  "pool",
-  "schema",
-  "queues",
-  "machines",
-  "rateLimits",
-  "leaseDuration",
-  "pollInterval",
-  "reaperInterval",
-  "shutdownGrace",
-  "listenerHeartbeat",
-  "signalRetention",
-  "retention",
-  "gcInterval",
-  "maxPayloadBytes",
-  "poolSize",
-  "logger",
-  "nodeId",
-  "telemetry",
-  "cron",
-] as const satisfies ReadonlyArray<keyof GenDurableOptions>;
+/** An option checked by its own code in resolveConfig; `default` is what the docs show. */
+interface CustomSpec {
+  kind: "custom";
+  default?: string;
+}
+/** A duration: parsed by toMs (at most 100 years), then held to `min` and `max` milliseconds. */
+interface DurationSpec {
+  kind: "duration";
+  default: Duration;
+  min: number;
+  max?: { ms: number; text: string };
+}
+/** A whole number from 1 to `max`. */
+interface IntegerSpec {
+  kind: "integer";
+  default: number;
+  max: number;
+}
+/** The spec an option of type T may have: a duration or integer spec only for an option of that type. */
+type SpecFor<T> = [T] extends [string] ? CustomSpec : [T] extends [number] ? IntegerSpec | CustomSpec : [T] extends [Duration] ? DurationSpec | CustomSpec : CustomSpec;
 
-export const DEFAULTS = {
-  schema: DEFAULT_SCHEMA,
-  leaseDuration: "30s",
-  pollInterval: "1s",
-  reaperInterval: "5s",
-  shutdownGrace: "10s",
-  listenerHeartbeat: "10s",
-  signalRetention: "1d",
-  retention: "7d",
-  gcInterval: "1m",
-  maxPayloadBytes: 1024 * 1024,
-  poolSize: 10,
-} as const;
-
+const custom = { kind: "custom" } as const;
 const ONE_DAY = { ms: 86_400_000, text: "1 day" };
+const durationOption = <D extends Duration>(def: D, min: number, max?: { ms: number; text: string }) => ({ kind: "duration" as const, default: def, min, ...(max ? { max } : {}) });
+const integerOption = <N extends number>(def: N, max: number) => ({ kind: "integer" as const, default: def, max });
+
+/**
+ * Every engine option, once: its key, its default and, for durations and
+ * integers, its bounds. The key list that unknown keys are checked against and
+ * DEFAULTS are derived from it, and the type below makes a key of
+ * GenDurableOptions missing here (or one here that is not an option) a compile
+ * error. docs/configuration.md documents each (test/unit/config.test.ts
+ * checks its table against this one).
+ */
+export const OPTIONS = {
+  connectionString: custom,
+  pool: custom,
+  schema: { kind: "custom", default: DEFAULT_SCHEMA },
+  queues: custom,
+  machines: custom,
+  rateLimits: custom,
+  // The lease and the listener heartbeat are also the deadlines pg applies to their connections'
+  // connects and queries (timers of at most 2^31 - 1 ms): a day is far beyond any useful value.
+  leaseDuration: durationOption("30s", 1000, ONE_DAY),
+  pollInterval: durationOption("1s", 10),
+  reaperInterval: durationOption("5s", 10),
+  shutdownGrace: durationOption("10s", 0),
+  listenerHeartbeat: durationOption("10s", 100, ONE_DAY),
+  signalRetention: durationOption("1d", 0),
+  retention: durationOption("7d", 0),
+  gcInterval: durationOption("1m", 10),
+  maxPayloadBytes: integerOption(1024 * 1024, 256 * 1024 * 1024),
+  poolSize: integerOption(10, 1000),
+  logger: custom,
+  nodeId: custom,
+  telemetry: custom,
+  cron: custom,
+} as const satisfies { readonly [K in keyof GenDurableOptions]-?: SpecFor<NonNullable<GenDurableOptions[K]>> };
+
+type Options = typeof OPTIONS;
+type KeyOf<Spec> = { [K in keyof Options]: Options[K] extends Spec ? K : never }[keyof Options];
+
+/** The keys of GenDurableOptions, in the order of OPTIONS. */
+export const OPTION_KEYS = Object.keys(OPTIONS) as ReadonlyArray<keyof GenDurableOptions>;
+
+/** The defaults of the options that have one. */
+export const DEFAULTS = Object.fromEntries(
+  Object.entries(OPTIONS).flatMap(([key, spec]) => ("default" in spec ? [[key, spec.default]] : [])),
+) as { readonly [K in KeyOf<{ default: unknown }>]: Options[K]["default"] };
 
 export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   const fail = (m: string) => new ConfigError(`GenDurable: ${m}`);
   if (typeof options !== "object" || options === null) throw fail("options are required, e.g. new GenDurable({ connectionString })");
-  rejectUnknownKeys(options, KEYS, "GenDurable", (m) => new ConfigError(m));
+  rejectUnknownKeys(options, OPTION_KEYS, "GenDurable", (m) => new ConfigError(m));
   if (options.pool === undefined && (typeof options.connectionString !== "string" || options.connectionString === "")) {
     throw fail("connectionString (or pool) is required, e.g. connectionString: process.env.DATABASE_URL");
   }
@@ -180,16 +210,19 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   const rateLimits = resolveRateLimits(options.rateLimits, fail);
   checkStepRateLimits(machines, rateLimits, fail);
 
-  const positiveInt = (value: unknown, key: string, def: number, max: number) => {
+  const durationMs = (key: KeyOf<DurationSpec>) => {
+    const spec: DurationSpec = OPTIONS[key];
+    const parsed = toMs(options[key] ?? spec.default, key, fail);
+    if (parsed < spec.min) throw fail(`${key} must be at least ${spec.min} ms, got ${parsed} ms`);
+    if (spec.max && parsed > spec.max.ms) throw fail(`${key} must be at most ${spec.max.text} (${spec.max.ms} ms), got ${parsed} ms`);
+    return parsed;
+  };
+  const wholeNumber = (key: KeyOf<IntegerSpec>) => {
+    const { default: def, max }: IntegerSpec = OPTIONS[key];
+    const value: unknown = options[key];
     if (value === undefined) return def;
     if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
     return value;
-  };
-  const ms = (value: unknown, key: keyof typeof DEFAULTS, min: number, max?: { ms: number; text: string }) => {
-    const parsed = toMs(value ?? DEFAULTS[key], key, fail);
-    if (parsed < min) throw fail(`${key} must be at least ${min} ms, got ${parsed} ms`);
-    if (max && parsed > max.ms) throw fail(`${key} must be at most ${max.text} (${max.ms} ms), got ${parsed} ms`);
-    return parsed;
   };
 
   const logger = resolveLogger(options.logger, fail);
@@ -204,22 +237,20 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     queues,
     rateLimits,
     machines,
-    // The lease and the listener heartbeat are also the deadlines pg applies to their connections'
-    // connects and queries (timers of at most 2^31 - 1 ms): a day is far beyond any useful value.
-    leaseMs: ms(options.leaseDuration, "leaseDuration", 1000, ONE_DAY),
-    pollMs: ms(options.pollInterval, "pollInterval", 10),
-    reaperMs: ms(options.reaperInterval, "reaperInterval", 10),
-    shutdownGraceMs: ms(options.shutdownGrace, "shutdownGrace", 0),
-    listenerHeartbeatMs: ms(options.listenerHeartbeat, "listenerHeartbeat", 100, ONE_DAY),
-    signalRetentionMs: ms(options.signalRetention, "signalRetention", 0),
-    retentionMs: checkRetention(options.retention ?? DEFAULTS.retention, "retention", fail),
-    gcMs: ms(options.gcInterval, "gcInterval", 10),
-    maxPayloadBytes: positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024),
-    poolSize: positiveInt(options.poolSize, "poolSize", DEFAULTS.poolSize, 1000),
+    leaseMs: durationMs("leaseDuration"),
+    pollMs: durationMs("pollInterval"),
+    reaperMs: durationMs("reaperInterval"),
+    shutdownGraceMs: durationMs("shutdownGrace"),
+    listenerHeartbeatMs: durationMs("listenerHeartbeat"),
+    signalRetentionMs: durationMs("signalRetention"),
+    retentionMs: durationMs("retention"),
+    gcMs: durationMs("gcInterval"),
+    maxPayloadBytes: wholeNumber("maxPayloadBytes"),
+    poolSize: wholeNumber("poolSize"),
     logger,
     nodeId,
     telemetry: resolveTelemetry(options.telemetry, fail),
     // After maxPayloadBytes is known good: the entries' states are checked against it.
-    cron: resolveCron(options.cron, machines, positiveInt(options.maxPayloadBytes, "maxPayloadBytes", DEFAULTS.maxPayloadBytes, 256 * 1024 * 1024), fail),
+    cron: resolveCron(options.cron, machines, wholeNumber("maxPayloadBytes"), fail),
   });
 }

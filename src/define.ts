@@ -11,7 +11,6 @@ import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./ou
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
-import { checkRetention } from "./loops/gc.js";
 
 export type { AwaitSpec, StepOutcome } from "./outcome.js";
 
@@ -245,6 +244,15 @@ function resolveCommon(
     backoff: definition.backoff === undefined ? undefined : resolveBackoff(definition.backoff, `${where}: backoff`),
     ...(definition.retention === undefined ? {} : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
   };
+}
+
+/**
+ * Parses a retention — a machine's or job's `retention`, prune's `olderThan` — throwing
+ * `make(message)` naming `what`; at most 100 years, as every duration (the engine's
+ * `retention` is a duration option of src/config.ts, parsed alike).
+ */
+export function checkRetention(value: unknown, what: string, make: (message: string) => Error): number {
+  return toMs(value, what, make);
 }
 
 export function checkMaxAttempts(value: unknown, what: string, make: (m: string) => Error = (m) => new ConfigError(m)): number | undefined {

@@ -1,14 +1,13 @@
 /**
  * What may be stored: states, args, results and signal payloads are JSON, checked
  * before any write so that a bad value fails loudly and writes nothing; and
- * anything a step throws becomes a bounded, storable error record — a failure
- * path must never fail on data (RELIABILITY.md, design rule 4).
+ * anything a step throws becomes a bounded, storable error record: a failure
+ * path must never fail on data (an error that could not be stored would keep
+ * the attempt's failure from being recorded at all).
  */
 import { describe } from "./duration.js";
 import { ValidationError } from "./errors.js";
 import { LONE_SURROGATE } from "./names.js";
-
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 /** Deeper values are rejected: JSON.stringify and Postgres' parser both recurse. */
 export const MAX_DEPTH = 1000;

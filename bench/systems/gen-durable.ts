@@ -1,5 +1,5 @@
 /**
- * gen-durable, used the way SPEC.md shows it: a `defineJob` with a zod args
+ * gen-durable, used the way docs/jobs.md shows it: a `defineJob` with a zod args
  * schema (so inserts pay for validation, as a real user's would), `migrate()`,
  * a pure-client engine (no queues) as the producer, and a separate engine with
  * `queues: { default: N }` as the worker. Defaults everywhere else

@@ -82,8 +82,3 @@ export function relative(date: Date | number | null | undefined, now: Date): str
   const ms = date.getTime() - now.getTime();
   return ms > 0 ? `in ${duration(ms)}` : `${duration(-ms)} ago`;
 }
-
-/** JSON on one line for a table cell; `undefined` (no value) as "-". */
-export function compactJson(value: unknown): string {
-  return value === undefined ? "-" : JSON.stringify(value);
-}

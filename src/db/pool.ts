@@ -73,8 +73,8 @@ export function isReadCommitted(level: string): boolean {
  * connection of the main pool for as long as they run (a transactional step
  * holds one from start to commit; with poolSize 2 and concurrency 10 the other
  * eight wait for one), and a renewal waiting behind them would let their
- * leases expire although the node is alive and well (RELIABILITY.md scenario
- * 16; test/chaos/faults.test.ts). Its connection stays open (renewals come
+ * leases expire although the node is alive and well (test/chaos/faults.test.ts,
+ * "a pool smaller than the concurrency"). Its connection stays open (renewals come
  * every third of a lease) and every connect and query has a deadline of
  * `deadlineMs`: a renewal that cannot finish within a lease is too late anyway,
  * and must not hang the loop behind it for good.

@@ -10,8 +10,8 @@
  * database by an engine that defines it); else the engine's `retention`.
  */
 import type pg from "pg";
-import type { AnyMachine } from "../define.js";
-import { describe, toMs, type Duration } from "../duration.js";
+import { checkRetention, type AnyMachine } from "../define.js";
+import { describe, type Duration } from "../duration.js";
 import { ValidationError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
 import { withTransaction } from "../db/pool.js";
@@ -38,18 +38,14 @@ export interface PruneResult {
 }
 
 /**
- * Instances per statement. 1,000 keeps each transaction to a few tens of
- * milliseconds on a 2-core machine (about 6,000 rows deleted with history and
- * signals) while 100,000 terminal rows still go in 100 round trips.
+ * Instances per statement: few enough that each transaction stays short (an
+ * instance goes with its history and signals, several rows each; bench/README.md
+ * has the timing), many enough that 100,000 terminal rows still go in 100
+ * round trips.
  */
 export const GC_BATCH = 1000;
 /** Instances per loop tick before it yields (and ticks again at once): bounds how long stop() waits for a tick. */
 export const GC_TICK_LIMIT = 20 * GC_BATCH;
-
-/** Parses a retention (engine option or machine override), throwing `make(message)` naming `what`; at most 100 years, as every duration. */
-export function checkRetention(value: unknown, what: string, make: (message: string) => Error): number {
-  return toMs(value, what, make);
-}
 
 interface BatchRow {
   instances: number;

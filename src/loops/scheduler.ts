@@ -5,9 +5,9 @@
  * running rows), and frees a slot as soon as a step's code has settled: the
  * next step starts while the previous outcome is still in the group commit.
  * Each instance still waits for its own commit, because its row stays
- * `running` until then. Measured in bench/: with 20,000 no-op jobs at
- * concurrency 32 this lifted gen-durable from 0.30× to 0.56× of graphile-worker
- * with its local queue and batched completion (same run, same database).
+ * `running` until then. A slot thus need not idle through a claim's or a
+ * commit's round trip (bench/README.md, "Figures behind choices in the code",
+ * has what this gained).
  * Woken by NOTIFY, by local commits and by the poll loop.
  */
 import { prepared } from "../db/prepared.js";
@@ -165,7 +165,7 @@ export class QueueScheduler {
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
         this.buffer.unshift(...startNow);
-        this.launchBuffered();
+        this.launchBuffered(this.holdSlotForKeyed());
       }
     } catch (error) {
       this.o.onError(`scheduler:${this.o.queue}`, error);
@@ -195,12 +195,14 @@ export class QueueScheduler {
    * slot that frees: keyed work waited until the buffer ran dry, which under
    * steady unkeyed load is never (test/integration/keyed-rate-limit.test.ts: a
    * keyed job ran at 0/s beside unkeyed work of lower priority). So when keyed
-   * work may be due, the claim gets one free slot; it costs that slot one
-   * claim's round trip. Only where keyed rows were claimed lately, or once a
-   * second to find out, so a queue without keyed work pays almost nothing.
+   * work may be due, the next claim gets one free slot (the claim in flight,
+   * if any, already has its own): it costs that slot a claim's round trip or
+   * two. Only where keyed rows were claimed lately, or once a second to find
+   * out, so a queue without keyed work pays almost nothing. Held only while
+   * another claim will follow (mayHaveMore), else the slot is filled at once.
    */
   private holdSlotForKeyed(): boolean {
-    if (this.claiming || this.stopped || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
+    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
     const now = performance.now();
     return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS;
   }

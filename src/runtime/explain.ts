@@ -1,7 +1,6 @@
 /** engine.explain(): why an instance is not running right now, in words and as data. */
 import type pg from "pg";
-import type { ResolvedConfig } from "../config.js";
-import type { Instance } from "../engine.js";
+import type { Instance } from "../instance.js";
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "./await-spec.js";
 import { childQueries } from "../sql/children.js";
@@ -15,7 +14,13 @@ export interface Explanation {
   details: Record<string, unknown>;
 }
 
-export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, instance: Instance, schema: string): Promise<Explanation> {
+/** What explain needs to know of the node asking: whether it runs queues, and which machines. */
+export interface ExplainingNode {
+  queues: ReadonlyMap<string, unknown>;
+  machines: ReadonlyMap<string, unknown>;
+}
+
+export async function explainInstance(pool: pg.Pool, node: ExplainingNode, instance: Instance, schema: string): Promise<Explanation> {
   const s = quoteIdent(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
@@ -65,7 +70,7 @@ export async function explainInstance(pool: pg.Pool, config: ResolvedConfig, ins
         details.noNode = { machine: instance.machine, queue: instance.queue };
       }
       if (instance.error) reasons.push(`its last attempt failed: ${instance.error.message}`);
-      if (config.queues.size > 0 && !config.machines.has(instance.machine)) {
+      if (node.queues.size > 0 && !node.machines.has(instance.machine)) {
         reasons.push(`this node does not run machine "${instance.machine}"`);
       }
       break;

@@ -6,7 +6,8 @@
  * Renewals and releases run on a connection of their own (openSidePool), never
  * on the pool the steps use: a node whose steps hold every pooled connection
  * must still keep their leases, or they expire under a live node and run twice
- * (RELIABILITY.md scenario 16). The connection is opened on first use, so a
+ * (test/chaos/faults.test.ts, "a pool smaller than the concurrency"). The
+ * connection is opened on first use, so a
  * pure client opens none; a node with queues holds one connection more than its
  * pool (two with the LISTEN connection).
  */

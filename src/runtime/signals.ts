@@ -8,9 +8,8 @@ import type pg from "pg";
 import { withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { SignalQueries } from "../sql/signals.js";
+import { isTerminal } from "../status.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
-
-const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 
 interface LockedInstance {
   id: string;
@@ -50,7 +49,7 @@ export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, inp
   const instance = rows[0];
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
 
-  if (!instance || TERMINAL.has(instance.status)) {
+  if (!instance || isTerminal(instance.status)) {
     const last = instance ?? (byKey ? (await client.query<{ id: string; status: string }>(q.lastByKey, [key])).rows[0] : undefined);
     // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
     if (last && input.dedupKey !== null && (await client.query(q.seenDedupKey, [last.id, input.dedupKey])).rowCount) {

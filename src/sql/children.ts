@@ -5,7 +5,7 @@
  * ever locks a row it did not claim (no lock cycles with cancel).
  */
 import { quoteIdent } from "../names.js";
-import { TERMINAL } from "./instances.js";
+import { TERMINAL_SQL } from "../status.js";
 
 export function childQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -30,11 +30,11 @@ export function childQueries(schema: string) {
         select ${s}.lock_keys(array(
           select distinct p.concurrency_key from ${s}.instances p
           where p.concurrency_key is not null
-            and p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL}))) as n
+            and p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL_SQL}))) as n
       ),
       orphans as (
         select c.id from ${s}.instances c
-        where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL}
+        where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL_SQL}
           and not exists (select 1 from ${s}.instances p where p.id = c.parent_id)
           and (select n from keys_locked) >= 0
         order by c.id
@@ -48,7 +48,7 @@ export function childQueries(schema: string) {
       -- children) is skipped this round, so the sweep never holds a child while waiting for its parent.
       locked as (
         select p.id from ${s}.instances p
-        where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL})
+        where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL_SQL})
           and (select n from keys_locked) >= 0
         order by p.id
         limit $1
@@ -56,7 +56,7 @@ export function childQueries(schema: string) {
       ),
       finished as (
         select id, parent_id from ${s}.instances
-        where parent_id in (select id from locked) and not join_counted and status in ${TERMINAL}
+        where parent_id in (select id from locked) and not join_counted and status in ${TERMINAL_SQL}
         order by id
         limit $1
         for update skip locked
@@ -93,7 +93,7 @@ export function childQueries(schema: string) {
 
     /** Live and total children of the latest spawn (explain). */
     progress: `
-      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL})::int as live
+      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1`,
 

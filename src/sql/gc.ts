@@ -23,7 +23,7 @@
  * Text only; values are bound parameters, the schema is the only identifier.
  */
 import { quoteIdent } from "../names.js";
-import { TERMINAL } from "./instances.js";
+import { TERMINAL_SQL } from "../status.js";
 
 export function gcQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -35,10 +35,10 @@ export function gcQueries(schema: string) {
      */
     machines: `
       with recursive m(machine) as (
-        (select machine from ${s}.instances where status in ${TERMINAL} order by machine limit 1)
+        (select machine from ${s}.instances where status in ${TERMINAL_SQL} order by machine limit 1)
         union all
         select (select i.machine from ${s}.instances i
-                where i.status in ${TERMINAL} and i.machine > m.machine order by i.machine limit 1)
+                where i.status in ${TERMINAL_SQL} and i.machine > m.machine order by i.machine limit 1)
         from m where m.machine is not null
       )
       select machine from m where machine is not null`,
@@ -73,13 +73,13 @@ export function gcQueries(schema: string) {
     pruneBatch: `
       with victims as (
         select c.id, c.updated_at from ${s}.instances c
-        where c.machine = $1 and c.status in ${TERMINAL}
+        where c.machine = $1 and c.status in ${TERMINAL_SQL}
           and c.updated_at < now() - $2::float8 * interval '1 millisecond'
           and ($4::timestamptz is null or (c.updated_at, c.id) > ($4::timestamptz, $5::bigint))
           and (c.parent_id is null or not exists (
             select 1 from ${s}.instances p
             where p.id = c.parent_id
-              and ((p.status not in ${TERMINAL} and (not c.join_counted or c.id >= coalesce(p.children_from, 0)))
+              and ((p.status not in ${TERMINAL_SQL} and (not c.join_counted or c.id >= coalesce(p.children_from, 0)))
                 or (p.status = 'failed' and p.joined and c.id >= p.children_from))))
         order by c.updated_at, c.id
         limit $3

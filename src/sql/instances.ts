@@ -4,8 +4,7 @@
  * checkSchemaName) is the only identifier that enters the text.
  */
 import { quoteIdent } from "../names.js";
-
-export const TERMINAL = "('done', 'failed', 'cancelled')";
+import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
   "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at";
@@ -41,7 +40,7 @@ export function instanceQueries(schema: string) {
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
         from input where (select n from keys_locked) >= 0
         order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
-        on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL} do nothing
+        on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL_SQL} do nothing
         -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
         returning id, correlation_key, queue, run_at <= now() as due,
           case when correlation_key is not null then ${s}.take_inbox(correlation_key, id) end as inbox
@@ -55,7 +54,7 @@ export function instanceQueries(schema: string) {
       union all
       select x.idx, e.id::text, false, e.queue, false
         from input x join ${s}.instances e
-          on e.correlation_key = x.correlation_key and e.status not in ${TERMINAL}
+          on e.correlation_key = x.correlation_key and e.status not in ${TERMINAL_SQL}
         where x.correlation_key is not null and not exists (select 1 from ins where ins.id = x.id)
       union all
       -- never a row: makes the statement evaluate the NOTIFYs
@@ -63,7 +62,7 @@ export function instanceQueries(schema: string) {
 
     get: `select ${INSTANCE_COLUMNS} from ${s}.instances where id = $1`,
     getByKey: `select ${INSTANCE_COLUMNS} from ${s}.instances where correlation_key = $1
-               order by (status not in ${TERMINAL}) desc, id desc limit 1`,
+               order by (status not in ${TERMINAL_SQL}) desc, id desc limit 1`,
 
     list: `
       select ${INSTANCE_COLUMNS} from ${s}.instances
@@ -96,7 +95,7 @@ export function instanceQueries(schema: string) {
       keys as (
         select array(
           select distinct k from (
-            select concurrency_key as k from ${s}.instances where id in (select id from tree) and status not in ${TERMINAL}
+            select concurrency_key as k from ${s}.instances where id in (select id from tree) and status not in ${TERMINAL_SQL}
             union all select unnest($3::text[])) x
           where k is not null) as list
       ),
@@ -113,7 +112,7 @@ export function instanceQueries(schema: string) {
         set status = 'cancelled', error = $2::jsonb, await_spec = null,
             leased_by = case when i.status = 'running' then i.leased_by end,
             lease_expires_at = case when i.status = 'running' then i.lease_expires_at end, updated_at = now()
-        from target t where i.id = t.id and t.status not in ${TERMINAL}
+        from target t where i.id = t.id and t.status not in ${TERMINAL_SQL}
         returning i.id, i.step, i.attempt
       ),
       history as (
@@ -149,13 +148,13 @@ export function instanceQueries(schema: string) {
       needed as (
         select array(
           select distinct concurrency_key from ${s}.instances
-          where id in (select id from tree) and status not in ${TERMINAL} and concurrency_key is not null
+          where id in (select id from tree) and status not in ${TERMINAL_SQL} and concurrency_key is not null
             and ($3::text[] is null or concurrency_key <> all($3::text[]))) as list
       ),
       keys_locked as (select ${s}.lock_keys(case when $3::text[] is null then (select list from needed) end) as n),
       live as (
         select i.id from ${s}.instances i
-        where i.id in (select id from tree) and i.status not in ${TERMINAL} and (select n from keys_locked) >= 0
+        where i.id in (select id from tree) and i.status not in ${TERMINAL_SQL} and (select n from keys_locked) >= 0
           and ($3::text[] is null or cardinality((select list from needed)) = 0)
         order by i.id
         for update of i

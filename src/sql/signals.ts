@@ -4,7 +4,7 @@
  * "step parks on await" commits second sees the other, so no wake-up is lost.
  */
 import { quoteIdent } from "../names.js";
-import { TERMINAL } from "./instances.js";
+import { TERMINAL_SQL } from "../status.js";
 
 export function signalQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -19,8 +19,8 @@ export function signalQueries(schema: string) {
       where id = $1 and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = $1))) >= 0
       for update`,
     lockLiveByKey: `select ${lockColumns} from ${s}.instances
-      where correlation_key = $1 and status not in ${TERMINAL}
-        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL}))) >= 0
+      where correlation_key = $1 and status not in ${TERMINAL_SQL}
+        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL_SQL}))) >= 0
       for update`,
     lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by instances.id desc limit 1`,
 

@@ -20,6 +20,7 @@ import { describe, toMs, type Duration } from "../duration.js";
 import { GenDurableError, ValidationError } from "../errors.js";
 import type { LoopName } from "../events.js";
 import { quoteIdent } from "../names.js";
+import { TERMINAL_SQL } from "../status.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { testingHook, type TestingHook } from "./hook.js";
 
@@ -82,7 +83,7 @@ export const PENDING: ReadonlyArray<{ name: string; what: string; sql: (s: strin
     name: "uncountedChildren",
     what: "finished children their parent has not counted yet (for the join sweep)",
     sql: (s) => `select 1 from ${s}.instances c
-      where c.parent_id is not null and not c.join_counted and c.status in ('done', 'failed', 'cancelled')
+      where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL_SQL}
         and exists (select 1 from ${s}.instances p where p.id = c.parent_id)`,
   },
   {

@@ -3,9 +3,10 @@
  * (test_effects held 2 rows for an (instance, step3) whose history had one
  * step3 transition): an attempt the engine gives up on — its timeout fired or
  * its lease was lost — keeps running (a promise cannot be killed). Whatever it
- * does later must not count. SPEC: "database writes made through ctx.client in
- * a transactional step commit in the same transaction as the checkpoint, so
- * they happen exactly once"; "an instance never runs two steps at the same time".
+ * does later must not count. The contract: database writes made through
+ * ctx.client in a transactional step commit in the same transaction as the
+ * checkpoint, so they happen exactly once; an instance never runs two steps at
+ * the same time.
  *
  * Every case is deterministic: step bodies park on gates (one per instance and
  * attempt) that the test opens only once the engine has moved on.

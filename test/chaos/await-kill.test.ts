@@ -1,6 +1,6 @@
 /**
  * Issue 3, "sets and packs surviving a SIGKILL between partial arrivals"
- * (RELIABILITY.md scenarios 1, 10 and 11 combined, at PR size): 60 instances
+ * (SIGKILLs, the signal/await race and duplicate signals combined, at PR size): 60 instances
  * await the set { all: [a, b, c] } and 60 the pack { event: "item", count: 10 }
  * on 3 worker processes. The test delivers their signals in rounds, each
  * instance's share spread at random over the rounds (so most instances sit on
@@ -117,7 +117,7 @@ describe("arrival order of the mailbox across id digit boundaries (no kills)", (
       const first = await engine.signal(key, "go", null, { dedupKey: "hook-1" });
       expect(first).toMatchObject({ instanceId: newer.id, duplicate: false });
       expect((await engine.wait(newer.id, { timeout: 10_000 })).status).toBe("done");
-      // SPEC: "a second signal with the same key to the same instance is accepted and stored once" — also after it finished.
+      // The contract: a second signal with the same dedupKey to the same instance is accepted and stored once — also after it finished.
       const again = await engine.signal(key, "go", null, { dedupKey: "hook-1" });
       expect(again).toEqual({ signalId: null, instanceId: newer.id, duplicate: true });
     } finally {

@@ -1,8 +1,8 @@
 /**
- * RELIABILITY.md scenario 13 (PR size): two processes, released together by a
+ * Correlation keys raced across processes (PR size): two processes, released together by a
  * barrier, insert the same correlation keys over several connections each.
- * SPEC: a correlation key names at most one live instance, "also when two nodes
- * race"; every insert returns { id, inserted } and never a unique violation.
+ * The contract: a correlation key names at most one live instance, also when two
+ * nodes race; every insert returns { id, inserted } and never a unique violation.
  */
 import { describe, expect, it } from "vitest";
 import { eventually, useTestDatabase } from "../support/db.js";

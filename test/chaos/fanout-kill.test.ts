@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 21 at PR size (issue 4): a parent spawns 1,000 child
+ * Fan-out under SIGKILL, at PR size (issue 4): a parent spawns 1,000 child
  * jobs on 4 worker processes that are SIGKILLed repeatedly — once inside the
  * spawning step (before its commit), about ten times while the children run,
  * and twice inside the transactional join step. Exactly 1,000 children must
@@ -91,7 +91,7 @@ async function childCounts(parentId: string): Promise<{ total: number; terminal:
   return rows[0]!;
 }
 
-describe("fan-out under SIGKILL (scenario 21)", () => {
+describe("fan-out under SIGKILL", () => {
   it("1,000 children exactly, the join's effect exactly once, the parent done from all of ctx.children", { timeout: 120_000 }, async () => {
     const t0 = Date.now();
     const { id: parent } = await client.insert(FanParent, { state: { children: CHILDREN, workMs: 100, spawnDelayMs: 1500, joinDelayMs: 1200 } });

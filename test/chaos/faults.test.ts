@@ -1,12 +1,12 @@
 /**
- * RELIABILITY.md scenarios 2, 3 and 16 at PR size: the database goes away
+ * Database faults at PR size: the database goes away
  * under load and comes back, the engine's connections are terminated again
  * and again, the LISTEN socket dies silently, and the pool is smaller than the
  * concurrency. In every case the process must not crash, nothing may be lost,
  * transactional effects happen exactly once and external ones at least once,
  * and the engine recovers by itself.
  *
- * Scenarios 1 and 2 run on a Postgres server of their own (restartable-postgres.ts):
+ * The restart and termination cases run on a Postgres server of their own (restartable-postgres.ts):
  * the shared test server is never restarted, and pg_terminate_backend on
  * 'gen-durable%' there would hit the engines of other test files.
  */
@@ -61,7 +61,7 @@ interface LoadRun {
 /**
  * Starts an engine on a fresh schema of `url` and a producer that inserts JOBS
  * FaultJobs in batches, retrying a batch that fails (with the same correlation
- * keys) until it resolves, as RELIABILITY.md's clients do.
+ * keys) until it resolves, as a client that must not lose work does.
  */
 async function startLoad(url: string, label: string): Promise<LoadRun> {
   const schema = `faults_${label}_${process.pid}`;
@@ -205,7 +205,7 @@ describe("database faults under load", () => {
     await server?.destroy();
   });
 
-  it("survives Postgres restarts mid-load (scenario 2)", { timeout: 240_000 }, async () => {
+  it("survives Postgres restarts mid-load", { timeout: 240_000 }, async () => {
     const run = await startLoad(server.url, "restart");
     try {
       let lastFaultAt = new Date();
@@ -230,7 +230,7 @@ describe("database faults under load", () => {
     }
   });
 
-  it("survives its connections being terminated again and again (scenario 3)", { timeout: 240_000 }, async () => {
+  it("survives its connections being terminated again and again", { timeout: 240_000 }, async () => {
     const run = await startLoad(server.url, "terminate");
     try {
       await eventually("steady work", async () => (await run.effects()) >= 200, 60_000);
@@ -341,7 +341,7 @@ describe("a LISTEN socket that dies silently", () => {
   });
 });
 
-describe("a pool smaller than the concurrency (scenario 16)", () => {
+describe("a pool smaller than the concurrency", () => {
   it("never lets lease renewal queue behind step work", { timeout: 120_000 }, async () => {
     // 1.5 s leases, renewed every 0.5 s; the reaper looks every 200 ms. Ten steps at once on two connections:
     // four hold their transaction's connection for 3 s each, so the others wait many lease periods for one.

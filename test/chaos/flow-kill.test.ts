@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 22 at PR size: concurrency keys and rate limits under
+ * Flow control under SIGKILL, at PR size: concurrency keys and rate limits under
  * SIGKILL. Two worker processes run 50 keys × 20 instances of a job that is
  * keyed (one run per key at a time) and rate-limited per key (10/s, burst 1),
  * while the test SIGKILLs workers. Afterwards: every instance done; no two

@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 19 (PR size): ten processes call migrate() on the
+ * Concurrent migrations (PR size): ten processes call migrate() on the
  * same fresh schema at once. Each migration must be applied exactly once, every
  * process must succeed, and the schema must work afterwards.
  */

@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 6 (PR size): a step that kills its own process every
+ * A poison pill (PR size): a step that kills its own process every
  * time (process.exit(1)), maxAttempts 3, among healthy instances. Attempts are
  * counted at claim, so the crash loop ends: the instance is `failed` after its
  * step ran exactly 3 times, the healthy instances all complete, and the dead

@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 20: a worker process gets SIGTERM with steps in
+ * Graceful shutdown: a worker process gets SIGTERM with steps in
  * flight and calls engine.stop(). Steps that finish within shutdownGrace
  * commit; the rest are released at once (runnable, attempt not counted) and
  * another node runs them right away — not after their 60 s lease — and the

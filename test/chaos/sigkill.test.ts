@@ -1,5 +1,5 @@
 /**
- * RELIABILITY.md scenario 1 (PR size): worker processes SIGKILLed at random
+ * SIGKILL (PR size): worker processes SIGKILLed at random
  * while 300 five-step instances run. Nothing may be lost, every transition is
  * recorded exactly once, transactional effects happen exactly once and external
  * effects at least once.

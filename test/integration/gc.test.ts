@@ -1,7 +1,7 @@
 // GC: terminal instances (with history and signals) pruned after their
 // retention, per-machine overrides, what is never pruned (live rows, children a
-// live parent needs), the loop, and RELIABILITY.md scenario 12 (100,000
-// terminal rows pruned by three pruners at once while an engine works).
+// live parent needs), the loop, and 100,000 terminal rows pruned by three
+// pruners at once while an engine works.
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
@@ -326,7 +326,7 @@ describe("the gc loop", () => {
   });
 });
 
-describe("RELIABILITY.md scenario 12: 100,000 terminal instances under load", () => {
+describe("100,000 terminal instances under load", () => {
   it("three pruners at once while an engine works: all 100,000 gone exactly once, no live row lost, no deadlock", { timeout: 300_000 }, async () => {
     // A database of its own, so pg_stat_database.deadlocks counts only this test.
     const server = databaseUrl();

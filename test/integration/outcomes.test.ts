@@ -1,4 +1,4 @@
-// The outcome contract of SPEC.md, one behaviour per test, against real Postgres.
+// The outcome contract (docs/state-machines.md#the-outcome-contract), one behaviour per test, against real Postgres.
 import { describe, expect, it } from "vitest";
 import * as v from "valibot";
 import { z } from "zod";

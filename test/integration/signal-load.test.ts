@@ -1,4 +1,4 @@
-// RELIABILITY.md scenarios 10 and 11 at PR size: the signal/await race, and a deduplicated storm.
+// At PR size: the signal/await race, and a deduplicated storm.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineMachine } from "../../src/index.js";

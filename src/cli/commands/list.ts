@@ -1,10 +1,10 @@
-import type { Instance, Status } from "../../engine.js";
+import type { Instance } from "../../instance.js";
+import { STATUSES, type Status } from "../../status.js";
 import { didYouMean } from "../../suggest.js";
 import { EXIT_OK, UsageError, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, idFrom, printJson, withClient } from "../client.js";
 import { table, timestamp, truncate } from "../table.js";
 
-const STATUSES: readonly Status[] = ["runnable", "running", "awaiting", "joining", "done", "failed", "cancelled"];
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 10_000;
 

@@ -1,4 +1,4 @@
-import type { Instance, Transition } from "../../engine.js";
+import type { Instance, Transition } from "../../instance.js";
 import { UnknownInstanceError } from "../../errors.js";
 import { EXIT_OK, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, CommandFailure, describeTarget, printJson, targetFrom, unknownHint, withClient } from "../client.js";

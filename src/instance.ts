@@ -1,0 +1,83 @@
+/**
+ * The public types of the client API (engine.insert, signal, get, list,
+ * history): what goes in and what comes back. Types only, so any module
+ * (explain, the CLI) can use them without importing the engine.
+ */
+import type pg from "pg";
+import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
+import type { ErrorRecord } from "./json.js";
+import type { StandardSchemaV1 } from "./schema.js";
+import type { Status } from "./status.js";
+
+export interface Instance<State = unknown> {
+  id: string;
+  machine: string;
+  status: Status;
+  step: string;
+  state: State;
+  attempt: number;
+  result: unknown;
+  error: ErrorRecord | null;
+  queue: string;
+  priority: number;
+  runAt: Date;
+  correlationKey: string | null;
+  concurrencyKey: string | null;
+  parentId: string | null;
+  insertedAt: Date;
+  updatedAt: Date;
+}
+
+export interface Transition {
+  at: Date;
+  fromStep: string | null;
+  toStep: string | null;
+  outcome: string;
+  attempt: number;
+  durationMs: number | null;
+  error?: ErrorRecord;
+}
+
+type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;
+
+/** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
+export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<infer S, string, "job">
+    ? { args: In<S> }
+    : M extends Machine<infer S, string, "machine">
+      ? { state: In<S> }
+      : { state?: unknown; args?: unknown });
+
+export type InsertManyItem = { machine: AnyMachine } & InstanceOptions & { state?: unknown; args?: unknown };
+
+export interface InsertResult {
+  id: string;
+  /** false when a live instance with the same correlation key existed: `id` is that instance. */
+  inserted: boolean;
+}
+
+export interface SignalOptions {
+  /** A pg client inside your transaction: the signal exists (and wakes its instance) only if it commits. */
+  client?: pg.ClientBase;
+  /** A second signal with this key to the same instance is accepted and stored once. */
+  dedupKey?: string;
+  /** "keep": hold a signal for a correlation key with no live instance until one is inserted. Default "error". */
+  ifMissing?: "error" | "keep";
+}
+
+export interface SignalResult {
+  /** The stored signal, or null when `dedupKey` had been seen. */
+  signalId: string | null;
+  /** The instance it was delivered to; null when kept in the key's inbox. */
+  instanceId: string | null;
+  duplicate: boolean;
+}
+
+export interface ListFilter {
+  machine?: string;
+  status?: Status | Status[];
+  queue?: string;
+  correlationKey?: string;
+  limit?: number;
+  /** Page: instances older than this id. */
+  after?: string;
+}
