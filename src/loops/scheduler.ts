@@ -165,7 +165,7 @@ export class QueueScheduler {
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
         this.buffer.unshift(...startNow);
-        this.launchBuffered(this.holdSlotForKeyed());
+        this.launchBuffered();
       }
     } catch (error) {
       this.o.onError(`scheduler:${this.o.queue}`, error);
@@ -195,14 +195,12 @@ export class QueueScheduler {
    * slot that frees: keyed work waited until the buffer ran dry, which under
    * steady unkeyed load is never (test/integration/keyed-rate-limit.test.ts: a
    * keyed job ran at 0/s beside unkeyed work of lower priority). So when keyed
-   * work may be due, the next claim gets one free slot (the claim in flight,
-   * if any, already has its own): it costs that slot a claim's round trip or
-   * two. Only where keyed rows were claimed lately, or once a second to find
-   * out, so a queue without keyed work pays almost nothing. Held only while
-   * another claim will follow (mayHaveMore), else the slot is filled at once.
+   * work may be due, the claim gets one free slot; it costs that slot one
+   * claim's round trip. Only where keyed rows were claimed lately, or once a
+   * second to find out, so a queue without keyed work pays almost nothing.
    */
   private holdSlotForKeyed(): boolean {
-    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
+    if (this.claiming || this.stopped || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
     const now = performance.now();
     return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS;
   }
