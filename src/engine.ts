@@ -6,7 +6,7 @@
  */
 import pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
-import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
+import type { AnyMachine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
 import { isolationOf, isReadCommitted, openPool, withTransaction } from "./db/pool.js";
@@ -24,10 +24,16 @@ import {
 import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
 import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
 import { silentLogger } from "./logger.js";
-import { encodeJson, storableMessage, type ErrorRecord } from "./json.js";
+import { encodeJson, storableMessage } from "./json.js";
 import { Loop } from "./loops/loop.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { QueueScheduler } from "./loops/scheduler.js";
+import { joinSweepLoop } from "./loops/joins.js";
+import { heartbeat, leaseLoop } from "./loops/lease.js";
+import { pollLoop } from "./loops/poll.js";
+import { reaperLoop } from "./loops/reaper.js";
+import { timeoutSweepLoop } from "./loops/timeouts.js";
+import type { Wakeups } from "./runtime/wakeups.js";
 import { CronLoop } from "./loops/cron.js";
 import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
 import { flowQueries, type FlowQueries } from "./sql/flow.js";
@@ -35,102 +41,21 @@ import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult 
 import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
 import { checkId, checkKey, checkName } from "./names.js";
 import { Completer } from "./runtime/completer.js";
-import type { Status } from "./runtime/completion.js";
+import { STATUSES, TERMINAL } from "./status.js";
+import type { Instance, InsertManyItem, InsertOptions, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
 import { explainInstance, type Explanation } from "./runtime/explain.js";
 import { Executor } from "./runtime/executor.js";
 import { prepareInsert, type InsertRow } from "./runtime/insert.js";
 import { Leases } from "./runtime/leases.js";
 import { Notifier } from "./runtime/notifier.js";
-import { deliverSignal, fireTimeouts } from "./runtime/signals.js";
+import { deliverSignal } from "./runtime/signals.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
 import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
-import type { StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
 
-export type { Status } from "./runtime/completion.js";
-
-export interface Instance<State = unknown> {
-  id: string;
-  machine: string;
-  status: Status;
-  step: string;
-  state: State;
-  attempt: number;
-  result: unknown;
-  error: ErrorRecord | null;
-  queue: string;
-  priority: number;
-  runAt: Date;
-  correlationKey: string | null;
-  concurrencyKey: string | null;
-  parentId: string | null;
-  insertedAt: Date;
-  updatedAt: Date;
-}
-
-export interface Transition {
-  at: Date;
-  fromStep: string | null;
-  toStep: string | null;
-  outcome: string;
-  attempt: number;
-  durationMs: number | null;
-  error?: ErrorRecord;
-}
-
-type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;
-
-/** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
-export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<infer S, string, "job">
-    ? { args: In<S> }
-    : M extends Machine<infer S, string, "machine">
-      ? { state: In<S> }
-      : { state?: unknown; args?: unknown });
-
-export type InsertManyItem = { machine: AnyMachine } & InstanceOptions & { state?: unknown; args?: unknown };
-
-export interface InsertResult {
-  id: string;
-  /** false when a live instance with the same correlation key existed: `id` is that instance. */
-  inserted: boolean;
-}
-
-export interface SignalOptions {
-  /** A pg client inside your transaction: the signal exists (and wakes its instance) only if it commits. */
-  client?: pg.ClientBase;
-  /** A second signal with this key to the same instance is accepted and stored once. */
-  dedupKey?: string;
-  /** "keep": hold a signal for a correlation key with no live instance until one is inserted. Default "error". */
-  ifMissing?: "error" | "keep";
-}
-
-export interface SignalResult {
-  /** The stored signal, or null when `dedupKey` had been seen. */
-  signalId: string | null;
-  /** The instance it was delivered to; null when kept in the key's inbox. */
-  instanceId: string | null;
-  duplicate: boolean;
-}
-
-export interface ListFilter {
-  machine?: string;
-  status?: Status | Status[];
-  queue?: string;
-  correlationKey?: string;
-  limit?: number;
-  /** Page: instances older than this id. */
-  after?: string;
-}
-
-const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
-const STATUSES: readonly Status[] = ["runnable", "running", "awaiting", "joining", "done", "failed", "cancelled"];
-/** Rows per maintenance statement: bounded so no sweep holds many locks at once. */
-const BATCH = 1000;
-/** Children counted per join sweep statement: one parent update per parent per 5,000 finished children. */
-const JOIN_BATCH = 5000;
 
 export class GenDurable {
   private readonly config: ResolvedConfig;
@@ -148,6 +73,13 @@ export class GenDurable {
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
   private readonly schedulers = new Map<string, QueueScheduler>();
+  /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
+  private readonly wakeups: Wakeups = {
+    queue: (queue, delayMs = 0) => this.schedulers.get(queue)?.wake(delayMs),
+    broadcast: (queue) => this.wakeQueue(queue),
+    joins: () => this.loops?.joins.trigger(),
+    timeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
+  };
   /** Background loops: poll (wake schedulers), timeouts (await deadlines), joins (count finished children), lease (renew), reaper (expired leases, inbox). */
   private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop } | undefined;
   private listener: Listener | undefined;
@@ -221,7 +153,7 @@ export class GenDurable {
     // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
     await this.pruner.recordRetentions();
     if (this.config.queues.size > 0) {
-      await this.heartbeat();
+      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
       this.startLoops();
     }
     this.state = "started";
@@ -240,9 +172,7 @@ export class GenDurable {
       logger: config.logger,
       around: this.telemetry?.around,
       maxPayloadBytes: config.maxPayloadBytes,
-      wake: (queue, delayMs) => this.schedulers.get(queue)?.wake(delayMs),
-      wakeTimeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
-      wakeJoins: () => this.loops?.joins.trigger(),
+      wake: this.wakeups,
       instances: this.q,
       children: this.childrenQ,
       channel: config.channel,
@@ -276,31 +206,13 @@ export class GenDurable {
     const wakeAll = () => {
       for (const scheduler of this.schedulers.values()) scheduler.wake();
     };
+    const deps = { pool: this.pool, events: this.events, onError, wake: this.wakeups };
     this.loops = {
-      poll: new Loop({
-        name: "poll",
-        intervalMs: config.pollMs,
-        onError,
-        tick: async () => {
-          const started = performance.now();
-          wakeAll();
-          this.events.emit("loop:tick", { loop: "poll", durationMs: performance.now() - started, count: this.schedulers.size });
-        },
-      }),
-      timeouts: new Loop({ name: "timeouts", intervalMs: config.pollMs, tick: () => this.fireTimeouts(), onError }),
-      joins: new Loop({ name: "joins", intervalMs: config.pollMs, tick: () => this.sweepJoins(), onError }),
-      lease: new Loop({
-        name: "lease",
-        intervalMs: config.leaseMs / 3,
-        onError,
-        tick: async () => {
-          const started = performance.now();
-          const count = await this.leases.renew();
-          await this.heartbeat();
-          this.events.emit("loop:tick", { loop: "lease", durationMs: performance.now() - started, count });
-        },
-      }),
-      reaper: new Loop({ name: "reaper", intervalMs: config.reaperMs, onError, tick: () => this.reap() }),
+      poll: pollLoop({ events: this.events, onError, queues: () => this.schedulers.size, wakeAll }, config.pollMs),
+      timeouts: timeoutSweepLoop({ ...deps, signals: this.signalsQ }, config.pollMs),
+      joins: joinSweepLoop({ ...deps, children: this.childrenQ }, config.pollMs),
+      lease: leaseLoop({ events: this.events, onError, leases: this.leases, flow: this.flow, node: this.node() }),
+      reaper: reaperLoop({ ...deps, claims: this.claims, signals: this.signalsQ, flow: this.flow }, config.reaperMs),
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => this.pruner.tick() }),
     };
     for (const loop of Object.values(this.loops)) loop.start();
@@ -322,56 +234,6 @@ export class GenDurable {
       onError: (error) => this.reportError("listener", error),
     });
     void this.listener.start();
-  }
-
-  /**
-   * Makes rows whose lease expired runnable again and drops inbox signals past
-   * signalRetention, both in bounded batches; wakes the queues that got work.
-   */
-  private async reap(): Promise<void> {
-    const started = performance.now();
-    let total = 0;
-    for (;;) {
-      const { rows } = await this.pool.query<{ queue: string; n: number }>(this.claims.reap, [BATCH]);
-      const count = rows.reduce((sum, r) => sum + r.n, 0);
-      total += count;
-      for (const row of rows) this.wakeQueue(row.queue);
-      if (count < BATCH) break;
-    }
-    while ((await this.pool.query(this.signalsQ.expireInbox, [BATCH])).rowCount === BATCH);
-    const { rows: freed } = await this.pool.query<{ queue: string }>(this.flow.freeCancelledHolds, [BATCH]);
-    for (const row of freed) this.wakeQueue(row.queue);
-    while ((await this.pool.query(this.flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
-    while ((await this.pool.query(this.flow.forgetIdleBuckets, [BATCH])).rowCount === BATCH);
-    await this.pool.query(this.flow.forgetDeadNodes);
-    this.events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
-  }
-
-  /** Counts finished children into their parents and wakes parents whose last child finished. */
-  private async sweepJoins(): Promise<void> {
-    const started = performance.now();
-    let total = 0;
-    for (;;) {
-      const { rows } = await this.pool.query<{ counted: number; woken: string[] }>(prepared(this.childrenQ.sweep, [JOIN_BATCH]));
-      const { counted, woken } = rows[0]!;
-      total += counted;
-      for (const queue of woken) this.wakeQueue(queue);
-      if (counted < JOIN_BATCH) break;
-    }
-    this.events.emit("loop:tick", { loop: "joins", durationMs: performance.now() - started, count: total });
-  }
-
-  /** Resumes awaits whose timeout passed at their onTimeout step. */
-  private async fireTimeouts(): Promise<void> {
-    const started = performance.now();
-    let total = 0;
-    for (;;) {
-      const queues = await fireTimeouts(this.pool, this.signalsQ, 100);
-      total += queues.length;
-      for (const queue of new Set(queues)) this.wakeQueue(queue);
-      if (queues.length < 100) break;
-    }
-    this.events.emit("loop:tick", { loop: "timeouts", durationMs: performance.now() - started, count: total });
   }
 
   /**
@@ -715,10 +577,10 @@ export class GenDurable {
   }
 
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
-  private async heartbeat(): Promise<void> {
+  /** This node, as its heartbeat row records it. */
+  private node(): { id: string; machines: string[]; queues: string[]; leaseMs: number } {
     const { nodeId, machines, queues, leaseMs } = this.config;
-    // On the lease connection: the lease loop awaits this, and the pool may be busy with steps for longer than a lease.
-    await this.leases.query(prepared(this.flow.heartbeat, [nodeId, [...machines.keys()], [...queues.keys()], leaseMs]));
+    return { id: nodeId, machines: [...machines.keys()], queues: [...queues.keys()], leaseMs };
   }
 
   /** Stops every node from claiming in `queue` (steps already running finish). Takes effect at each node's next claim. */

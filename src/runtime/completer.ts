@@ -22,6 +22,8 @@ const CONNECTION_RETRIES = 3;
 export class Completer {
   private queue: Pending[] = [];
   private flushing = false;
+  /** whenIdle() callers, resolved when the last batch is written and nothing is queued. */
+  private idleWaiters: Array<() => void> = [];
 
   constructor(
     private readonly pool: pg.Pool,
@@ -42,7 +44,8 @@ export class Completer {
 
   /** Resolves once every submitted outcome is written (or has failed). */
   async whenIdle(): Promise<void> {
-    while (!this.idle) await new Promise((resolve) => setTimeout(resolve, 5));
+    if (this.idle) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 
   private kick(): void {
@@ -59,6 +62,7 @@ export class Completer {
     } finally {
       this.flushing = false;
       this.kick();
+      if (this.idle) for (const resolve of this.idleWaiters.splice(0)) resolve();
     }
   }
 

@@ -1,6 +1,6 @@
-/** A step's outcome as one row of the group-commit statement (sql/claims.ts `complete`). */
-export type Status = "runnable" | "running" | "awaiting" | "joining" | "done" | "failed" | "cancelled";
+import type { Status } from "../status.js";
 
+/** A step's outcome as one row of the group-commit statement (sql/claims.ts `complete`). */
 export interface Completion {
   id: string;
   token: string;

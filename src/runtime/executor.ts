@@ -21,6 +21,8 @@ import type { NormalizedSpec } from "./await-spec.js";
 import type { Completer } from "./completer.js";
 import type { Completion } from "./completion.js";
 import { createContext } from "./context.js";
+import type { Wakeups } from "./wakeups.js";
+import { isTerminal } from "../status.js";
 import type { InsertRow } from "./insert.js";
 import { invokeStep } from "./invoke.js";
 import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
@@ -40,16 +42,12 @@ export interface ExecutorDeps {
   events: TypedEmitter;
   logger: Logger;
   maxPayloadBytes: number;
-  /** Wake this node's scheduler for `queue`, now or after `delayMs`. */
-  wake: (queue: string, delayMs: number) => void;
-  /** A child finished: run the join sweep soon. */
-  wakeJoins: () => void;
+  /** Tells this node's scheduler and loops that work may be due. */
+  wake: Wakeups;
   instances: InstanceQueries;
   children: ChildQueries;
   /** NOTIFY channel, for writes made inside a step's own transaction. */
   channel: string;
-  /** Sweep await timeouts after `delayMs` (this node just parked one with that deadline). */
-  wakeTimeouts: (delayMs: number) => void;
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
@@ -59,7 +57,6 @@ export interface ExecutorDeps {
 
 /** Tries of an await's or spawn's commit when the connection breaks under it. */
 const COMMIT_TRIES = 3;
-const TERMINAL: ReadonlySet<string> = new Set(["done", "failed", "cancelled"]);
 
 export class Executor {
   /**
@@ -236,7 +233,7 @@ export class Executor {
       facts(row),
       "the connection broke under a transactional step; its instance was released to run again",
     );
-    for (const queue of queues) this.deps.wake(queue, 0);
+    for (const queue of queues) this.deps.wake.queue(queue);
   }
 
   /**
@@ -297,7 +294,7 @@ export class Executor {
     const won = await this.deps.completer.submit(completion);
     if (!won) return this.lost(row);
     this.deps.events.emit("step:rate_limited", { ...facts(row), limit, waitMs: delay });
-    this.deps.wake(row.queue, delay);
+    this.deps.wake.queue(row.queue, delay);
   }
 
   private async context({ row, machine }: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
@@ -387,7 +384,7 @@ export class Executor {
         this.deps.claims.releaseHold,
         [key, row.id, this.deps.channel],
       );
-      for (const { queue } of rows) this.deps.wake(queue, 0);
+      for (const { queue } of rows) this.deps.wake.queue(queue);
     } catch (error) {
       // The reaper frees it after the lease instead.
       this.deps.events.emit("engine:error", { loop: "executor", error, step: facts(row) });
@@ -413,12 +410,12 @@ export class Executor {
     }
     if (completion.status === "runnable") {
       const delay = completion.run_at ? Date.parse(completion.run_at) - Date.now() : (completion.delay_ms ?? 0);
-      this.deps.wake(row.queue, Math.max(0, delay));
+      this.deps.wake.queue(row.queue, Math.max(0, delay));
     }
-    if (row.parent_id !== null && TERMINAL.has(completion.status)) this.deps.wakeJoins();
-    if (resumedQueue) this.deps.wake(resumedQueue, 0);
+    if (row.parent_id !== null && isTerminal(completion.status)) this.deps.wake.joins();
+    if (resumedQueue) this.deps.wake.queue(resumedQueue);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) {
-      this.deps.wakeTimeouts(completion.delay_ms);
+      this.deps.wake.timeouts(completion.delay_ms);
     }
   }
 }

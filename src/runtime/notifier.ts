@@ -8,7 +8,8 @@ import type pg from "pg";
 
 export class Notifier {
   private readonly pending = new Set<string>();
-  private inFlight = false;
+  /** The flush in progress, if any: drain() waits on it. */
+  private inFlight: Promise<void> | undefined;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -18,29 +19,30 @@ export class Notifier {
 
   request(queue: string): void {
     this.pending.add(queue);
-    if (!this.inFlight) void this.flush();
+    this.start();
+  }
+
+  private start(): void {
+    this.inFlight ??= this.flush().finally(() => {
+      this.inFlight = undefined;
+      // A request that came between the flush's last check and now.
+      if (this.pending.size > 0) this.start();
+    });
   }
 
   /** Resolves once everything requested so far has been sent. */
   async drain(): Promise<void> {
-    while (this.inFlight || this.pending.size > 0) {
-      if (!this.inFlight) await this.flush();
-      else await new Promise((resolve) => setTimeout(resolve, 5));
-    }
+    // A flush sends everything pending when it ends; a request after it ended starts another.
+    while (this.inFlight) await this.inFlight;
   }
 
   private async flush(): Promise<void> {
-    this.inFlight = true;
-    try {
-      while (this.pending.size > 0) {
-        const queues = [...this.pending];
-        this.pending.clear();
-        await this.pool
-          .query("select pg_notify($1, q) from unnest($2::text[]) as q", [this.channel, queues])
-          .catch((error: unknown) => this.onError(error));
-      }
-    } finally {
-      this.inFlight = false;
+    while (this.pending.size > 0) {
+      const queues = [...this.pending];
+      this.pending.clear();
+      await this.pool
+        .query("select pg_notify($1, q) from unnest($2::text[]) as q", [this.channel, queues])
+        .catch((error: unknown) => this.onError(error));
     }
   }
 }

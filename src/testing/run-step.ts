@@ -18,6 +18,7 @@ import { ValidationError } from "../errors.js";
 import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
 import { silentLogger, stepLogger, type Logger } from "../logger.js";
 import { checkKey, checkName } from "../names.js";
+import { isTerminal } from "../status.js";
 import type { AwaitSpec } from "../outcome.js";
 import { attemptLimit, type Attempt, type ClaimedRow } from "../runtime/attempt.js";
 import { createContext } from "../runtime/context.js";
@@ -345,7 +346,6 @@ function checkAwaited(awaited: unknown, bad: (m: string) => Error): ReceivedSign
   });
 }
 
-const TERMINAL = ["done", "failed", "cancelled"];
 
 function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutcome[] {
   if (children === undefined) return [];
@@ -363,7 +363,7 @@ function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutco
     const machine = typeof c.machine === "string" ? c.machine : (c.machine as { name?: unknown } | null)?.name;
     checkName(machine, `${where}.machine (a machine or its name)`, bad);
     // A join runs once every child is terminal: a live child cannot be in ctx.children.
-    if (!TERMINAL.includes(c.status as string)) {
+    if (!isTerminal(c.status)) {
       throw bad(
         `${where}.status must be "done", "failed" or "cancelled" (a join sees terminal children only), ` +
           `got ${describe(c.status)}`,

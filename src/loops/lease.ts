@@ -1,0 +1,37 @@
+/**
+ * Lease renewal, on every node with queues: every third of a lease, extends the
+ * leases of every step this node runs or holds claimed ahead, in one statement
+ * on a connection of its own (see src/runtime/leases.ts), and refreshes the
+ * node's heartbeat row (what `explain` and `status` call a live node). A lease
+ * found lost aborts its step.
+ */
+import { prepared } from "../db/prepared.js";
+import type { Leases } from "../runtime/leases.js";
+import type { FlowQueries } from "../sql/flow.js";
+import type { LoopDeps } from "./deps.js";
+import { Loop } from "./loop.js";
+
+export interface LeaseLoopDeps extends Pick<LoopDeps, "events" | "onError"> {
+  leases: Leases;
+  flow: FlowQueries;
+  node: { id: string; machines: string[]; queues: string[]; leaseMs: number };
+}
+
+export function leaseLoop(deps: LeaseLoopDeps): Loop {
+  return new Loop({
+    name: "lease",
+    intervalMs: deps.node.leaseMs / 3,
+    onError: deps.onError,
+    tick: async () => {
+      const started = performance.now();
+      const count = await deps.leases.renew();
+      await heartbeat(deps);
+      deps.events.emit("loop:tick", { loop: "lease", durationMs: performance.now() - started, count });
+    },
+  });
+}
+
+/** Upserts this node's row; on the lease connection, since the pool may be busy with steps for longer than a lease. */
+export async function heartbeat({ leases, flow, node }: Pick<LeaseLoopDeps, "leases" | "flow" | "node">): Promise<void> {
+  await leases.query(prepared(flow.heartbeat, [node.id, node.machines, node.queues, node.leaseMs]));
+}
