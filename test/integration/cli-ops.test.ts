@@ -3,51 +3,26 @@
 // command table in process (runCli with an injected Io), which is fast; a few
 // run the real executable as a child process to check stdout, stderr and the
 // exit code a shell script would see.
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { runCli } from "../../src/cli/cli.js";
-import { COMMANDS } from "../../src/cli/commands/index.js";
 import { statusQueries } from "../../src/sql/status.js";
 import { defineJob, defineMachine, migrate, type GenDurable, type Instance } from "../../src/index.js";
+import { cliInProcess, spawnCli as spawnProcess, type Run } from "../support/cli.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
-const root = fileURLToPath(new URL("../../", import.meta.url));
 const ENV = { DATABASE_URL: db.url };
 // Nothing listens on port 1: a command that connects fails with exit 1, so exit 2 proves it did not try.
 const UNREACHABLE = "postgres://postgres:secret@127.0.0.1:1/test";
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** `gen-durable ...args --schema <this file's schema>` in this process. */
-async function cli(args: string[], env: Record<string, string> = ENV, schema: string | null = db.schema): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const argv = schema === null ? args : [...args, "--schema", schema];
-  const code = await runCli(argv, COMMANDS, { out: (line) => (stdout += line + "\n"), err: (line) => (stderr += line + "\n"), env });
-  return { code, stdout, stderr };
+function cli(args: string[], env: Record<string, string> = ENV, schema: string | null = db.schema): Promise<Run> {
+  return cliInProcess(schema === null ? args : [...args, "--schema", schema], env);
 }
 
-/** The same as a child process (`node --import tsx src/cli/main.ts`), as a shell script would run it. */
-function spawnCli(args: string[], env: Record<string, string> = ENV): Promise<Run> {
-  const base = { ...process.env };
-  delete base.DATABASE_URL;
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args, "--schema", db.schema],
-      { cwd: root, env: { ...base, ...env }, timeout: 150_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
+/** The same as a child process, as a shell script would run it. */
+const spawnCli = (args: string[], env: Record<string, string> = ENV): Promise<Run> => spawnProcess([...args, "--schema", db.schema], env);
 
 const noStack = (text: string) => expect(text).not.toMatch(/^\s+at /m);
 

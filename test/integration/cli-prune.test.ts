@@ -1,40 +1,15 @@
 // `gen-durable prune`: one real process end to end, the rest in process
 // (same entry point, much faster), against this file's migrated schema.
-import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { runCli } from "../../src/cli/cli.js";
-import { COMMANDS } from "../../src/cli/commands/index.js";
 import { defineJob } from "../../src/index.js";
+import { cliInProcess, spawnCli as cli } from "../support/cli.js";
 import { useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = db.schema;
-const root = fileURLToPath(new URL("../../", import.meta.url));
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-async function inProcess(args: string[], env: Record<string, string> = { DATABASE_URL: db.url }): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, COMMANDS, { out: (line) => (stdout += line + "\n"), err: (line) => (stderr += line + "\n"), env });
-  return { code, stdout, stderr };
-}
-
-function cli(args: string[], env: Record<string, string>): Promise<Run> {
-  const base = { ...process.env };
-  delete base.DATABASE_URL;
-  return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { cwd: root, env: { ...base, ...env }, timeout: 150_000 }, (error, stdout, stderr) =>
-      resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
+const inProcess = (args: string[], env: Record<string, string> = { DATABASE_URL: db.url }) => cliInProcess(args, env);
 
 /** A terminal instance of `machine` finished `age` ago, with one history row and one signal. */
 async function finished(machine: string, age: string, status = "done"): Promise<string> {

@@ -1,48 +1,21 @@
 // Connection strings carry passwords: whatever shape the user's string has, the
 // CLI prints none of it. Each form runs the real executable (stdout and stderr
 // as a shell sees them), from --database-url and from DATABASE_URL.
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { runCli } from "../../src/cli/cli.js";
-import { COMMANDS } from "../../src/cli/commands/index.js";
 import { redact } from "../../src/cli/db.js";
+import { cliInProcess as inProcess, spawnCli as cli, type Run } from "../support/cli.js";
 import { databaseUrl } from "../support/db.js";
 
-const root = fileURLToPath(new URL("../../", import.meta.url));
 const url = databaseUrl();
 const pool = new pg.Pool({ connectionString: url, max: 1 });
 afterAll(() => pool.end());
 // Spawning Node.js with TypeScript is slow on a busy machine.
 const SPAWNING = { timeout: 240_000 };
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const base = { ...process.env };
-  delete base.DATABASE_URL;
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args],
-      { cwd: root, env: { ...base, ...env }, timeout: 150_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
 
-async function inProcess(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, COMMANDS, { out: (line) => (stdout += line + "\n"), err: (line) => (stderr += line + "\n"), env });
-  return { code, stdout, stderr };
-}
 
 // The test server, for the forms that reach it.
 const live = new URL(url);

@@ -2,17 +2,14 @@
 // (`node --import tsx src/cli/main.ts`, one process per run) against the test
 // database, each in a fresh schema; the many command-line parsing paths run the
 // same entry point in process, which is fast.
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { runCli } from "../../src/cli/cli.js";
 import { COMMANDS } from "../../src/cli/commands/index.js";
 import { Migration } from "../../src/index.js";
+import { cliInProcess as inProcess, spawnCli as cli } from "../support/cli.js";
 import { databaseUrl } from "../support/db.js";
 
-const root = fileURLToPath(new URL("../../", import.meta.url));
 const url = databaseUrl();
 const pool = new pg.Pool({ connectionString: url, max: 2 });
 const schemas: string[] = [];
@@ -31,33 +28,8 @@ afterAll(async () => {
   await pool.end();
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-/** Runs `gen-durable ...args` as a process; DATABASE_URL is unset unless `env` sets it. */
-function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const base = { ...process.env };
-  delete base.DATABASE_URL;
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", ...args],
-      { cwd: root, env: { ...base, ...env }, timeout: 150_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
-    );
-  });
-}
 
-/** The same entry point in this process. */
-async function inProcess(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, COMMANDS, { out: (line) => (stdout += line + "\n"), err: (line) => (stderr += line + "\n"), env });
-  return { code, stdout, stderr };
-}
 
 async function schemaExists(schema: string): Promise<boolean> {
   const { rows } = await pool.query("select 1 from pg_namespace where nspname = $1", [schema]);
