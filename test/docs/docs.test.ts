@@ -9,14 +9,12 @@
  * are removed after a green run; set KEEP_DOC_MODULES=1 to keep them.
  */
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { databaseUrl } from "../support/db.js";
+import { createDatabase } from "../support/db.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const outDir = join(root, "test", "docs", ".generated");
@@ -117,33 +115,6 @@ function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeout: numb
   });
 }
 
-/** A database of its own for one doc, on the server the tests use. */
-async function freshDatabase(name: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const server = databaseUrl();
-  const db = `doc_${name}_${randomBytes(4).toString("hex")}`.slice(0, 63);
-  const admin = new pg.Client({ connectionString: server });
-  await admin.connect();
-  try {
-    await admin.query(`create database ${db}`);
-  } finally {
-    await admin.end();
-  }
-  const url = new URL(server);
-  url.pathname = `/${db}`;
-  return {
-    url: url.toString(),
-    drop: async () => {
-      const client = new pg.Client({ connectionString: server });
-      await client.connect();
-      try {
-        await client.query(`drop database if exists ${db} with (force)`);
-      } finally {
-        await client.end();
-      }
-    },
-  };
-}
-
 const docs = collectDocs();
 const failed = new Set<string>();
 
@@ -177,7 +148,7 @@ describe("documentation examples", () => {
   for (const doc of docs.filter((d) => d.blocks.length > 0)) {
     it.concurrent(`runs ${doc.path} (${doc.blocks.length} blocks)`, async () => {
       const result = await withSlot(async () => {
-        const db = await freshDatabase(doc.name);
+        const db = await createDatabase(`doc_${doc.name}`);
         try {
           return await run(tsx, [doc.module], { ...process.env, DATABASE_URL: db.url }, RUN_TIMEOUT_MS);
         } finally {

@@ -55,3 +55,26 @@ export async function eventually<T>(what: string, check: () => Promise<T> | T, t
     await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
+
+/**
+ * A database of its own on the test server (name `prefix_<random>`), for what must not share one:
+ * server-wide counters such as pg_stat_database.deadlocks, the `public` schema, whole-database
+ * settings. `drop` removes it, closing whatever is still connected.
+ */
+export async function createDatabase(prefix: string): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
+  const server = databaseUrl();
+  const name = `${prefix}_${randomBytes(4).toString("hex")}`.slice(0, 63);
+  const admin = async (sql: string) => {
+    const client = new pg.Client({ connectionString: server });
+    await client.connect();
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`create database ${name}`);
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+}
