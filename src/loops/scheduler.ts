@@ -19,7 +19,7 @@ import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
 
-/** A queue whose claims returned keyed rows this recently keeps a slot for them (see holdSlotForKeyed). */
+/** A queue whose claims returned keyed rows this recently keeps slots for them (see slotsForKeyed). */
 const KEYED_RECENT_MS = 10_000;
 /** Otherwise it looks for keyed work this often while busy. */
 const KEYED_PROBE_MS = 1_000;
@@ -62,6 +62,8 @@ export class QueueScheduler {
   /** When a claim last returned a keyed row, and when one last had a free slot to take one (performance.now()). */
   private keyedSeenAt = -Infinity;
   private keyedProbedAt = -Infinity;
+  /** Slots kept free for the next claim when keyed work may be due: doubled while claims fill them all with keyed rows. */
+  private keyedHold = 1;
   /** Free slots the claim in flight was told of: its rows charged to start now take them, not buffered ones. */
   private reserved = 0;
   private stopped = true;
@@ -116,7 +118,7 @@ export class QueueScheduler {
     this.fillScheduled = true;
     setImmediate(() => {
       this.fillScheduled = false;
-      this.launchBuffered(this.holdSlotForKeyed());
+      this.launchBuffered(this.slotsForKeyed());
       void this.fill();
     });
   }
@@ -152,7 +154,11 @@ export class QueueScheduler {
         if (rows.length === want) this.mayHaveMore = true;
         const keyed = rows.filter((row) => row.concurrency_key !== null);
         this.keyedWaiting = keyed.length >= freeSlots;
-        if (freeSlots > 0) this.keyedProbedAt = performance.now();
+        if (freeSlots > 0) {
+          this.keyedProbedAt = performance.now();
+          // Every free slot went to a keyed row: more may be due than one claim's slots can take.
+          this.keyedHold = keyed.length >= freeSlots ? Math.min(this.keyedHold * 2, Math.max(1, Math.floor(this.o.concurrency / 4))) : 1;
+        }
         if (keyed.length > 0) this.keyedSeenAt = performance.now();
         // Rows charged for the free slots first (keyed ones among them), then those claimed ahead.
         const order = (row: ClaimedRow) => (row.claimed_ahead ? 2 : row.concurrency_key !== null ? 0 : 1);
@@ -165,7 +171,7 @@ export class QueueScheduler {
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
         this.buffer.unshift(...startNow);
-        this.launchBuffered();
+        this.launchBuffered(this.slotsForKeyed());
       }
     } catch (error) {
       this.o.onError(`scheduler:${this.o.queue}`, error);
@@ -190,23 +196,28 @@ export class QueueScheduler {
   }
 
   /**
-   * Whether to keep one slot free for the claim about to be made. Keyed rows go
+   * How many slots to keep free for the next claim. Keyed rows go
    * only into free slots, and on a busy node the claim-ahead buffer takes every
    * slot that frees: keyed work waited until the buffer ran dry, which under
    * steady unkeyed load is never (test/integration/keyed-rate-limit.test.ts: a
    * keyed job ran at 0/s beside unkeyed work of lower priority). So when keyed
-   * work may be due, the claim gets one free slot; it costs that slot one
-   * claim's round trip. Only where keyed rows were claimed lately, or once a
-   * second to find out, so a queue without keyed work pays almost nothing.
+   * work may be due, the next claim gets free slots (the claim in flight, if
+   * any, already has its own): one, doubled up to a quarter of the concurrency
+   * while claims fill them all with keyed rows, since a claim under load takes
+   * tens of ms (one keyed row per claim held the soak's keyed queue, limited
+   * to 100/s and fed 90/s, to ~85/s). A held slot idles for a claim's round trip
+   * or two. Only where keyed rows were claimed lately, or once a second to
+   * find out, so a queue without keyed work pays almost nothing. Held only
+   * while another claim will follow (mayHaveMore), else filled at once.
    */
-  private holdSlotForKeyed(): boolean {
-    if (this.claiming || this.stopped || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return false;
+  private slotsForKeyed(): number {
+    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return 0;
     const now = performance.now();
-    return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS;
+    return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS ? this.keyedHold : 0;
   }
 
-  private launchBuffered(holdOne = false): void {
-    const slots = this.o.concurrency - this.reserved - (holdOne ? 1 : 0);
+  private launchBuffered(hold = 0): void {
+    const slots = this.o.concurrency - this.reserved - hold;
     while (!this.stopped && this.running < slots && this.buffer.length > 0) this.launch(this.buffer.shift()!);
   }
 
