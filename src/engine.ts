@@ -32,6 +32,7 @@ import { joinSweepLoop } from "./loops/joins.js";
 import { heartbeat, leaseLoop } from "./loops/lease.js";
 import { pollLoop } from "./loops/poll.js";
 import { reaperLoop } from "./loops/reaper.js";
+import { tablesLoop } from "./loops/tables.js";
 import { timeoutSweepLoop } from "./loops/timeouts.js";
 import type { Wakeups } from "./runtime/wakeups.js";
 import { CronLoop } from "./loops/cron.js";
@@ -81,7 +82,7 @@ export class GenDurable {
     timeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
   };
   /** Background loops: poll (wake schedulers), timeouts (await deadlines), joins (count finished children), lease (renew), reaper (expired leases, inbox). */
-  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop } | undefined;
+  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop; tables: Loop } | undefined;
   private listener: Listener | undefined;
   /** Fires the `cron` entries; on nodes with queues and cron entries only. */
   private cron: CronLoop | undefined;
@@ -214,6 +215,7 @@ export class GenDurable {
       lease: leaseLoop({ events: this.events, onError, leases: this.leases, flow: this.flow, node: this.node() }),
       reaper: reaperLoop({ ...deps, claims: this.claims, signals: this.signalsQ, flow: this.flow }, config.reaperMs),
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => this.pruner.tick() }),
+      tables: tablesLoop({ ...deps, schema: config.schema, logger: config.logger }),
     };
     for (const loop of Object.values(this.loops)) loop.start();
     if (this.cronEntries.length > 0) {

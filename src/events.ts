@@ -12,7 +12,7 @@ export interface StepFacts {
 }
 
 /** The background loops that report `loop:tick`. */
-export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron";
+export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron" | "tables";
 
 export interface EngineEvents {
   /** An attempt of a step is about to run its code (not emitted for an attempt refused before running: see step:exception). */
@@ -45,6 +45,13 @@ export interface EngineEvents {
    * committed: the step re-runs after its lease expires).
    */
   "engine:error": { loop: string; error: unknown; step?: StepFacts };
+  /**
+   * Something an operator should fix, found by a worker node's checks (once a
+   * minute; repeated every 15 minutes while it holds): autovacuum cannot run
+   * on a hot table (`autovacuum_off`), or a hot table's dead tuples pile up
+   * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum.
+   */
+  "engine:warning": { kind: "autovacuum_off" | "dead_tuples"; table?: string; message: string };
 }
 
 export type EngineEventName = keyof EngineEvents;

@@ -15,13 +15,14 @@ import { rejectUnknownKeys } from "../suggest.js";
 import { logEvents } from "./log-events.js";
 import { OtelBridge } from "./otel.js";
 import { QueueDepthSampler } from "./queue-depth.js";
+import { TableHealthSampler } from "./table-health.js";
 
 export interface TelemetryOptions {
   /** Where step spans go. Default: the global provider (`trace.setGlobalTracerProvider`, which the OTel SDKs call on `register()`/`start()`). */
   tracerProvider?: TracerProvider;
   /** Where metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider?: MeterProvider;
-  /** Least time between two queue-depth queries; collections in between reuse the last figure. Default "5s". */
+  /** Least time between two queue-depth (and table-health) queries; collections in between reuse the last figure. Default "5s". */
   queueDepthInterval?: Duration;
 }
 
@@ -97,6 +98,7 @@ export function attachTelemetry(deps: TelemetryDeps): Telemetry {
     tracerProvider: deps.options.tracerProvider ?? trace.getTracerProvider(),
     meterProvider: deps.options.meterProvider ?? metrics.getMeterProvider(),
     depth,
+    tables: new TableHealthSampler(deps.pool, deps.schema, deps.options.queueDepthIntervalMs, deps.onError),
   });
   return {
     around: (attempt, run) => bridge.around(attempt, run),

@@ -27,6 +27,7 @@ import {
   context,
   trace,
   type Attributes,
+  type BatchObservableCallback,
   type Counter,
   type Histogram,
   type Meter,
@@ -40,6 +41,7 @@ import {
 import type { EngineEvents, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
 import type { QueueDepthSampler } from "./queue-depth.js";
+import type { TableHealthSampler } from "./table-health.js";
 
 /** Instrumentation scope of the tracer and the meter. */
 export const SCOPE = "gen-durable";
@@ -55,6 +57,7 @@ export const ATTR = {
   willRetry: "gen_durable.will_retry",
   rateLimit: "gen_durable.rate_limit",
   status: "gen_durable.status",
+  table: "gen_durable.table",
   errorType: "error.type",
 } as const;
 
@@ -66,6 +69,9 @@ export const METRIC = {
   stepsRateLimited: "gen_durable.steps.rate_limited",
   instancesFinished: "gen_durable.instances.finished",
   queueDepth: "gen_durable.queue.depth",
+  tableDeadTuples: "gen_durable.table.dead_tuples",
+  tableLiveTuples: "gen_durable.table.live_tuples",
+  tableVacuumAge: "gen_durable.table.vacuum_age",
 } as const;
 
 type StepFacts = EngineEvents["step:start"];
@@ -83,6 +89,8 @@ export interface OtelDeps {
   tracerProvider: TracerProvider;
   meterProvider: MeterProvider;
   depth: QueueDepthSampler;
+  /** Source of the table gauges; without it they observe nothing. */
+  tables?: TableHealthSampler;
 }
 
 /** Wires spans and metrics to the engine's events; `close()` undoes it. */
@@ -99,6 +107,8 @@ export class OtelBridge {
   private readonly instancesFinished: Counter;
   private readonly queueDepth: ObservableGauge;
   private readonly observeDepth: ObservableCallback;
+  private readonly tableGauges: ObservableGauge[];
+  private readonly observeTables: BatchObservableCallback;
 
   constructor(deps: OtelDeps) {
     this.tracer = deps.tracerProvider.getTracer(SCOPE);
@@ -138,6 +148,36 @@ export class OtelBridge {
     };
     this.queueDepth.addCallback(this.observeDepth);
 
+    const [dead, live, age] = (this.tableGauges = [
+      this.meter.createObservableGauge(METRIC.tableDeadTuples, {
+        description: "Dead tuples in gen-durable's busiest tables (pg_stat_all_tables; every node reports the same figure): what vacuum has not reclaimed yet.",
+        unit: "{tuple}",
+        valueType: ValueType.INT,
+      }),
+      this.meter.createObservableGauge(METRIC.tableLiveTuples, {
+        description: "Live tuples in gen-durable's busiest tables (pg_stat_all_tables).",
+        unit: "{tuple}",
+        valueType: ValueType.INT,
+      }),
+      this.meter.createObservableGauge(METRIC.tableVacuumAge, {
+        description: "Time since the last vacuum (manual or autovacuum) of each of gen-durable's busiest tables; absent for a table never vacuumed.",
+        unit: "s",
+        valueType: ValueType.DOUBLE,
+      }),
+    ]) as [ObservableGauge, ObservableGauge, ObservableGauge];
+    this.observeTables = async (result) => {
+      const health = await deps.tables?.read();
+      if (!health) return;
+      for (const t of health.tables) {
+        const attributes = { [ATTR.table]: t.table };
+        result.observe(dead, t.deadTuples, attributes);
+        result.observe(live, t.liveTuples, attributes);
+        const last = Math.max(t.lastVacuum?.getTime() ?? -Infinity, t.lastAutovacuum?.getTime() ?? -Infinity);
+        if (Number.isFinite(last)) result.observe(age, Math.max(0, (health.databaseTime.getTime() - last) / 1000), attributes);
+      }
+    };
+    this.meter.addBatchObservableCallback(this.observeTables, this.tableGauges);
+
     const { events } = deps;
     this.offs.push(
       events.on("step:start", (e) => this.onStart(e)),
@@ -166,6 +206,7 @@ export class OtelBridge {
   close(): void {
     for (const off of this.offs.splice(0)) off();
     this.queueDepth.removeCallback(this.observeDepth);
+    this.meter.removeBatchObservableCallback(this.observeTables, this.tableGauges);
     for (const { span } of this.open.values()) {
       span.setAttribute(ATTR.outcome, "abandoned");
       span.end();

@@ -46,11 +46,16 @@ const client = db.engine({ rateLimits });
 
 /** performance.now() of every keyed step start, and every postponement (with its instance). */
 const starts: number[] = [];
+const started = new Set<string>();
 const postponed: Array<{ at: number; id: string }> = [];
 
 beforeAll(async () => {
   for (const node of nodes) {
-    node.on("step:start", (e) => void (e.machine === Keyed.name && starts.push(performance.now())));
+    node.on("step:start", (e) => {
+      if (e.machine !== Keyed.name) return;
+      starts.push(performance.now());
+      started.add(e.id);
+    });
     node.on("step:rate_limited", (e) => void postponed.push({ at: performance.now(), id: e.id }));
   }
   await Promise.all([...nodes, client].map((e: GenDurable) => e.start()));
@@ -120,7 +125,8 @@ describe("a keyed, rate-limited queue", () => {
       `drain of ${total}: ${rate.toFixed(1)} runs/s after the burst (limit ${LIMIT}/s); ${mine.length} postponements ` +
         `(${perRun.toFixed(2)} per run, at most ${most} for one instance)`,
     );
-    expect(starts.length).toBe(total);
+    // Every one ran (a run repeated after a lost lease would start twice; that is allowed).
+    expect(ids.every((id) => started.has(id))).toBe(true);
     expect(rate, "runs per second after the burst").toBeGreaterThanOrEqual(0.85 * LIMIT);
     expect(perRun, "postponements per run").toBeLessThanOrEqual(1.2);
   });

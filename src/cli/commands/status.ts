@@ -3,6 +3,7 @@ import { statusQueries } from "../../sql/status.js";
 import { EXIT_OK, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
 import { duration, relative, table } from "../table.js";
+import { readVacuumHealth, type VacuumHealth } from "../../telemetry/table-health.js";
 
 /** Node rows listed; the count of all of them is printed anyway. */
 const MAX_NODES = 100;
@@ -36,17 +37,21 @@ export interface StatusReport {
   databaseTime: Date;
   queues: QueueStatus[];
   nodes: { alive: number; total: number; list: NodeStatus[] };
+  /** The busiest tables: live and dead tuples, last vacuum, whether autovacuum may run on them; and what an operator should fix. */
+  vacuum: Omit<VacuumHealth, "databaseTime">;
 }
 
 export const statusCommand: Command = {
   name: "status",
-  summary: "counts per queue (runnable, scheduled, running, awaiting, joining, failed) and live nodes",
+  summary: "counts per queue (runnable, scheduled, running, awaiting, joining, failed), live nodes, and the busiest tables' dead tuples and last vacuum",
   description: [
     "Per queue: instances runnable now, scheduled for later, running, awaiting",
     "signals, joining children and failed; how long the oldest runnable instance",
     "has been due; whether the queue is paused. Then the nodes whose heartbeat is",
-    "within their lease. Read in one snapshot; each count scans only the index of",
-    "its status (done and cancelled instances are not counted).",
+    "within their lease. Then gen-durable's busiest tables: live and dead tuples,",
+    "the last vacuum and autovacuum, and warnings when autovacuum cannot run on",
+    "them or their dead tuples pile up. Read in one snapshot; each count scans only",
+    "the index of its status (done and cancelled instances are not counted).",
   ].join("\n"),
   options: CLIENT_OPTIONS,
   async run(values, io) {
@@ -90,6 +95,28 @@ export const statusCommand: Command = {
         const rows = living.map((node) => [node.id, node.queues.join(",") || "-", node.machines.join(",") || "-", relative(node.startedAt, now), relative(node.heartbeatAt, now)]);
         for (const line of table([{ header: "NODE" }, { header: "QUEUES" }, { header: "MACHINES" }, { header: "STARTED" }, { header: "HEARTBEAT" }], rows)) io.out(line);
       }
+      const { vacuum } = report;
+      io.out("");
+      io.out(`tables (autovacuum ${vacuum.autovacuum && vacuum.trackCounts ? "on" : "OFF"} on the server):`);
+      const never = (d: Date | null) => (d === null ? "never" : relative(d, now));
+      const tableRows = vacuum.tables.map((t) => [
+        t.table,
+        String(Math.round(t.liveTuples)),
+        String(Math.round(t.deadTuples)),
+        never(t.lastVacuum),
+        never(t.lastAutovacuum),
+        t.autovacuumEnabled ? "on" : "OFF",
+      ]);
+      const tableColumns = [
+        { header: "TABLE" },
+        { header: "LIVE", align: "right" as const },
+        { header: "DEAD", align: "right" as const },
+        { header: "LAST VACUUM" },
+        { header: "LAST AUTOVACUUM" },
+        { header: "AUTOVACUUM" },
+      ];
+      for (const line of table(tableColumns, tableRows)) io.out(line);
+      for (const warning of vacuum.warnings) io.out(`warning: ${warning.message}`);
       return EXIT_OK;
     });
   },
@@ -107,6 +134,7 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
     const { rows: queueRows } = await client.query<{ name: string; paused: boolean }>(q.queues);
     const { rows: nodeRows } = await client.query<{ id: string; machines: string[]; queues: string[]; started_at: Date; heartbeat_at: Date; alive: boolean }>(q.nodes, [MAX_NODES]);
     const { rows: nodeCount } = await client.query<{ alive: number; total: number }>(q.nodeCount);
+    const { databaseTime: _, ...vacuum } = await readVacuumHealth(client, schema);
     await client.query("commit");
     const now = nowRows[0]!.now;
 
@@ -136,6 +164,7 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
       databaseTime: now,
       queues: [...queues.values()].sort((a, b) => a.queue.localeCompare(b.queue)),
       nodes: { alive: nodeCount[0]!.alive, total: nodeCount[0]!.total, list },
+      vacuum,
     };
   } catch (error) {
     await client.query("rollback").catch(() => {});

@@ -1,0 +1,29 @@
+/**
+ * The health of gen-durable's busiest tables, for `gen-durable status`, the
+ * table gauges and the engine's vacuum warnings: live and dead tuples and the
+ * last vacuum (from the statistics collector, pg_stat_all_tables), whether
+ * autovacuum may run on each (the server's `autovacuum` and `track_counts`,
+ * the table's `autovacuum_enabled`). Catalog reads only: cheap at any size.
+ */
+/**
+ * Tables rewritten by every step (instances: a claim and an outcome per step;
+ * concurrency_keys and rate_limit_buckets: a row updated per keyed change and
+ * per draw) or filled and emptied continuously (transitions, signals).
+ */
+export const HOT_TABLES = ["instances", "transitions", "signals", "concurrency_keys", "rate_limit_buckets"] as const;
+
+/** One row per table $2 of schema $1 (a value, not an identifier): tuples, last vacuum, whether autovacuum may run on it. */
+export const TABLE_HEALTH_SQL = `
+      select c.relname::text as table,
+             coalesce(st.n_live_tup, 0)::float8 as live,
+             coalesce(st.n_dead_tup, 0)::float8 as dead,
+             st.last_vacuum, st.last_autovacuum,
+             coalesce((select o.option_value::boolean from pg_options_to_table(c.reloptions) o where o.option_name = 'autovacuum_enabled'), true) as table_autovacuum,
+             current_setting('autovacuum')::boolean as server_autovacuum,
+             current_setting('track_counts')::boolean as track_counts,
+             now() as now
+      from pg_class c
+      join pg_namespace n on n.oid = c.relnamespace
+      left join pg_stat_all_tables st on st.relid = c.oid
+      where n.nspname = $1 and c.relkind = 'r' and c.relname = any($2::text[])
+      order by c.relname`;
