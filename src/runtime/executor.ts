@@ -305,7 +305,7 @@ export class Executor {
       state: row.state,
       attempt: row.attempt,
       awaited: toReceived(row.awaited),
-      children: row.joined ? await this.loadChildren(row.id) : [],
+      children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
       insertedAt: row.inserted_at,
       abortSignal: controller.signal,
@@ -333,8 +333,13 @@ export class Executor {
     });
   }
 
-  private async loadChildren(parentId: string): Promise<ChildOutcome[]> {
-    const { rows } = await this.deps.pool.query<ChildOutcome>(this.deps.children.children, [parentId]);
+  /**
+   * A join's ctx.children. A transactional step loads them on its own transaction's connection:
+   * asking the pool for a second one while holding the first would wedge the node once as many
+   * transactional joins run as the pool has connections (each waits for one another holds).
+   */
+  private async loadChildren(parentId: string, client: pg.ClientBase | undefined): Promise<ChildOutcome[]> {
+    const { rows } = await (client ?? this.deps.pool).query<ChildOutcome>(this.deps.children.children, [parentId]);
     return rows;
   }
 
