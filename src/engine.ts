@@ -124,23 +124,26 @@ export class GenDurable {
     if (this.state !== "new") throw new InvalidStateError(`start() was already called (engine is ${this.state})`);
     this.state = "starting";
     try {
-      // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
-      this.cronEntries = await checkDeferredCron(this.config.cron, this.config.maxPayloadBytes, (m) => new ConfigError(`GenDurable: ${m}`));
+      await this.prepareStart();
     } catch (error) {
+      // Nothing runs yet: the engine is as new, and start() may be called again (say, once the
+      // database is reachable).
+      this.telemetry?.close();
+      this.telemetry = undefined;
       this.state = "new";
       throw error;
     }
+    if (this.config.queues.size > 0) this.startLoops();
+    this.state = "started";
+  }
+
+  /** Everything start() checks and records before any loop runs. */
+  private async prepareStart(): Promise<void> {
+    // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
+    this.cronEntries = await checkDeferredCron(this.config.cron, this.config.maxPayloadBytes, (m) => new ConfigError(`GenDurable: ${m}`));
     const version = await currentVersion(this.pool, this.config.schema);
-    if (version < LATEST_MIGRATION) {
-      this.state = "new";
-      throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
-    }
-    try {
-      await this.checkPool();
-    } catch (error) {
-      this.state = "new";
-      throw error;
-    }
+    if (version < LATEST_MIGRATION) throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
+    await this.checkPool();
     this.telemetry = attachTelemetry({
       events: this.events,
       logger: this.config.logger,
@@ -153,11 +156,7 @@ export class GenDurable {
     });
     // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
     await this.pruner.recordRetentions();
-    if (this.config.queues.size > 0) {
-      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
-      this.startLoops();
-    }
-    this.state = "started";
+    if (this.config.queues.size > 0) await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
   }
 
   private startLoops(): void {
