@@ -4,10 +4,16 @@
  * rows that came due by time (a delay, a backoff, a rate limit's turn), and
  * notifications lost while the LISTEN connection was down.
  */
-import type { TypedEmitter } from "../events.js";
+import type { LoopDeps } from "./deps.js";
 import { Loop } from "./loop.js";
 
-export function pollLoop(deps: { events: TypedEmitter; onError: (loop: string, error: unknown) => void; queues: () => number; wakeAll: () => void }, intervalMs: number): Loop {
+export interface PollDeps extends Pick<LoopDeps, "events" | "onError"> {
+  /** How many queues this node schedules (the tick's count). */
+  queues: () => number;
+  wakeAll: () => void;
+}
+
+export function pollLoop(deps: PollDeps, intervalMs: number): Loop {
   return new Loop({
     name: "poll",
     intervalMs,

@@ -206,6 +206,8 @@ export class Executor {
         break;
       } catch (error) {
         if (error instanceof LeaseLostError) return this.lost(row);
+        // Loading the context broke on the connection: the code never ran, as in run().
+        if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
         // A deadlock or serialization failure rolled it all back; a transactional step fails that
         // attempt (its code must run again), an await or spawn is committed again below.
         if (isTransient(error) && !step.transactional && tries < COMMIT_TRIES) continue;
@@ -231,7 +233,7 @@ export class Executor {
     this.deps.events.emit("step:released", { ...facts(row), durationMs: 0 });
     this.deps.logger.warn(
       facts(row),
-      "the connection broke under a transactional step; its instance was released to run again",
+      "the connection broke before the step's code ran; its instance was released to run again",
     );
     for (const queue of queues) this.deps.wake.queue(queue);
   }
