@@ -9,7 +9,10 @@
  *   - alone, draining a backlog: at its limit, and a short bucket costs one
  *     postponement per run (its tokens are set aside for its turn), not a
  *     claim/postpone cycle every ~10 ms while it waits.
- * Figures (runs/s, postponements) are printed; the assertions leave wide margins.
+ * Figures (runs/s, postponements) are printed. The rate assertions leave wide margins: CI runs
+ * this file beside others on two cores. The defects they catch ran well below them: the keyed job
+ * beside busy work ran only when a buffer ran dry (about 0–48/s), and a drain postponed each run
+ * about 8 times.
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
@@ -90,7 +93,7 @@ describe("a keyed, rate-limited queue", () => {
     );
     console.log(`beside busy lower-priority work: keyed ${rate.toFixed(1)} runs/s (limit ${LIMIT}/s, inserted 120/s); instances ${JSON.stringify(rows)}`);
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
-    expect(rate, "keyed runs per second once warmed up").toBeGreaterThanOrEqual(0.85 * LIMIT);
+    expect(rate, "keyed runs per second once warmed up").toBeGreaterThanOrEqual(0.6 * LIMIT);
   });
 
   it("drains a backlog at its limit, postponing each run about once", { timeout: 90_000 }, async () => {
@@ -127,7 +130,7 @@ describe("a keyed, rate-limited queue", () => {
     );
     // Every one ran (a run repeated after a lost lease would start twice; that is allowed).
     expect(ids.every((id) => started.has(id))).toBe(true);
-    expect(rate, "runs per second after the burst").toBeGreaterThanOrEqual(0.85 * LIMIT);
+    expect(rate, "runs per second after the burst").toBeGreaterThanOrEqual(0.6 * LIMIT);
     expect(perRun, "postponements per run").toBeLessThanOrEqual(1.2);
   });
 });
