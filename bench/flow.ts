@@ -194,9 +194,20 @@ export interface FlowResult {
   loadAverage: { start: number[]; end: number[] };
   systems: FlowSystemResult[];
   /** gen-durable's rate ÷ each peer's, per run kind. */
-  comparisons: Array<{ metric: string; label: string; "gen-durable": number; peers: Array<{ name: string; value: number; ratio: number }> }>;
+  comparisons: Array<{
+    metric: string;
+    label: string;
+    "gen-durable": number;
+    peers: Array<{ name: string; value: number; ratio: number }>;
+  }>;
   /** Issue 5: keyed within 2× of unkeyed, i.e. keyed ÷ unkeyed ≥ 0.5 (the hot-key ratios are reported beside it, not part of it). */
-  goal: { minRatio: number; keyedRatio: number; hotOthersVsUnkeyed: number; hotOthersVsKeyed: number; met: boolean } | null;
+  goal: {
+    minRatio: number;
+    keyedRatio: number;
+    hotOthersVsUnkeyed: number;
+    hotOthersVsKeyed: number;
+    met: boolean;
+  } | null;
   rateLimit: RateLimitResult | null;
   notes: string[];
   totalSeconds: number;
@@ -205,7 +216,10 @@ export interface FlowResult {
 const keyOf = (i: number, keys: number) => `k${i % keys}`;
 
 async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
-  const { rows } = await admin.query<{ t: string }>(`select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1`, [schema]);
+  const { rows } = await admin.query<{ t: string }>(
+    `select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1`,
+    [schema],
+  );
   if (rows.length > 0) await admin.query(`vacuum analyze ${rows.map((r) => r.t).join(", ")}`);
 }
 
@@ -232,7 +246,12 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
   const Noop = defineJob({ name: "Noop", args, perform });
   const NoopFree = defineJob({ name: "NoopFree", args, rateLimit: { name: "free" }, perform });
   const NoopThrottled = defineJob({ name: "NoopThrottled", args, rateLimit: { name: "throttle" }, perform });
-  const NoopKeyedThrottled = defineJob({ name: "NoopKeyedThrottled", args, rateLimit: { name: "keyedThrottle" }, perform });
+  const NoopKeyedThrottled = defineJob({
+    name: "NoopKeyedThrottled",
+    args,
+    rateLimit: { name: "keyedThrottle" },
+    perform,
+  });
   const postponed = new Map<string, number>();
   // The hot key's holder runs in a queue of its own on a node that runs nothing else (a key spans
   // queues, so it still holds "hot" for the default queue). On the default queue, the holder's node
@@ -246,7 +265,8 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
   };
   let producer: GenDurable | undefined;
   const insertBatches = async (items: InsertManyItem[], batch: number) => {
-    for (let start = 0; start < items.length; start += batch) await producer!.insertMany(items.slice(start, start + batch));
+    for (let start = 0; start < items.length; start += batch)
+      await producer!.insertMany(items.slice(start, start + batch));
   };
 
   return {
@@ -254,11 +274,14 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
     schema,
     config: {
       job: "defineJob({ name: 'Noop', args: z.object({ i: z.number() }), perform: no-op })",
-      keyed: "engine.insertMany([{ machine: Noop, args: { i }, concurrencyKey: `k${i mod K}` }, …]) — same job, same queue",
-      worker: "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled], rateLimits })",
+      keyed:
+        "engine.insertMany([{ machine: Noop, args: { i }, concurrencyKey: `k${i mod K}` }, …]) — same job, same queue",
+      worker:
+        "new GenDurable({ connectionString, schema, queues: { default: C }, machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled], rateLimits })",
       holder: `a second engine, queues: { ${HOLD_QUEUE}: 1 }, machines: [Hold], which claims the hot key's first job (a Hold job in queue ${HOLD_QUEUE}, concurrencyKey "hot") and holds it (its handler awaits a promise)`,
       rateLimits: `{ free: { limit: 1e9, period: "1s" }, throttle: { limit: ${throttleRate}, period: "1s" }, keyedThrottle: { limit: ${KEYED_THROTTLE.limit}, period: "1s", burst: ${KEYED_THROTTLE.burst} } } (burst = limit unless given)`,
-      rateLimited: "defineJob({ name: 'NoopFree' | 'NoopThrottled' | 'NoopKeyedThrottled', rateLimit: { name: 'free' | 'throttle' | 'keyedThrottle' }, … }); keyed: concurrencyKey k(i mod keys)",
+      rateLimited:
+        "defineJob({ name: 'NoopFree' | 'NoopThrottled' | 'NoopKeyedThrottled', rateLimit: { name: 'free' | 'throttle' | 'keyedThrottle' }, … }); keyed: concurrencyKey k(i mod keys)",
     },
     async setup() {
       await migrate({ connectionString: url, schema });
@@ -266,22 +289,32 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       await producer.start();
     },
     async reset() {
-      await admin.query(`truncate ${schema}.instances, ${schema}.transitions, ${schema}.signals, ${schema}.concurrency_keys, ${schema}.rate_limit_buckets`);
+      await admin.query(
+        `truncate ${schema}.instances, ${schema}.transitions, ${schema}.signals, ${schema}.concurrency_keys, ${schema}.rate_limit_buckets`,
+      );
     },
     async enqueue(jobs, _keyed, batch) {
       await insertBatches(
-        jobs.map((j) => ({ machine: j.i === HOLDER ? Hold : Noop, args: { i: j.i }, ...(j.key === null ? {} : { concurrencyKey: j.key }) })),
+        jobs.map((j) => ({
+          machine: j.i === HOLDER ? Hold : Noop,
+          args: { i: j.i },
+          ...(j.key === null ? {} : { concurrencyKey: j.key }),
+        })),
         batch,
       );
     },
     async enqueueKind(kind, count, batch, keys = 1) {
       const machine = kind === "free" ? NoopFree : kind === "throttle" ? NoopThrottled : NoopKeyedThrottled;
       const keyOfJob = (i: number) => (kind === "keyedThrottle" ? { concurrencyKey: keyOf(i, keys) } : {});
-      await insertBatches(Array.from({ length: count }, (_, i) => ({ machine, args: { i }, ...keyOfJob(i) })), batch);
+      await insertBatches(
+        Array.from({ length: count }, (_, i) => ({ machine, args: { i }, ...keyOfJob(i) })),
+        batch,
+      );
     },
     postponed,
     async finished(which) {
-      const where = which === "all" ? "" : which === "hot" ? "and concurrency_key = $1" : "and concurrency_key is distinct from $1";
+      const where =
+        which === "all" ? "" : which === "hot" ? "and concurrency_key = $1" : "and concurrency_key is distinct from $1";
       const { rows } = await admin.query<{ n: number }>(
         `select count(*)::int as n from ${schema}.instances where status = 'done' ${where}`,
         which === "all" ? [] : [HOT_KEY],
@@ -289,7 +322,10 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       return rows[0]!.n;
     },
     async holderRunning() {
-      const { rows } = await admin.query(`select 1 from ${schema}.instances where status = 'running' and concurrency_key = $1 and (state->>'i')::int = $2`, [HOT_KEY, HOLDER]);
+      const { rows } = await admin.query(
+        `select 1 from ${schema}.instances where status = 'running' and concurrency_key = $1 and (state->>'i')::int = $2`,
+        [HOT_KEY, HOLDER],
+      );
       return rows.length === 1;
     },
     async startWorker(concurrency, role, h) {
@@ -297,7 +333,13 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
       else handler = h;
       const engine = role.holder
         ? new GenDurable({ connectionString: url, schema, queues: { [HOLD_QUEUE]: concurrency }, machines: [Hold] })
-        : new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled], rateLimits });
+        : new GenDurable({
+            connectionString: url,
+            schema,
+            queues: { default: concurrency },
+            machines: [Noop, NoopFree, NoopThrottled, NoopKeyedThrottled],
+            rateLimits,
+          });
       engine.on("step:rate_limited", (e) => void postponed.set(e.id, (postponed.get(e.id) ?? 0) + 1));
       await engine.start();
       return { stop: () => engine.stop() };
@@ -320,11 +362,15 @@ function graphileFlow(url: string, admin: pg.Pool, variant: "defaults" | "batche
     name: variant === "defaults" ? "graphile-worker" : "graphile-worker (batched)",
     schema,
     config: {
-      keyed: "workerUtils.addJobs([{ identifier: 'noop', payload: { i }, queueName: `k${i mod K}` }, …]) — a named queue runs one job at a time",
+      keyed:
+        "workerUtils.addJobs([{ identifier: 'noop', payload: { i }, queueName: `k${i mod K}` }, …]) — a named queue runs one job at a time",
       worker: `run({ connectionString, schema, concurrency: C, maxPoolSize: max(10, C + 2), taskList: { noop }, noHandleSignals: true${
-        variant === "batched" ? ", preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }" : ""
+        variant === "batched"
+          ? ", preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }"
+          : ""
       } })`,
-      holder: "a second run({ concurrency: 1 }) without batching (a local queue would fetch jobs ahead), which takes the hot queue's first job and holds it",
+      holder:
+        "a second run({ concurrency: 1 }) without batching (a local queue would fetch jobs ahead), which takes the hot queue's first job and holds it",
     },
     async setup() {
       await runMigrations({ connectionString: url, schema, logger: silent });
@@ -337,13 +383,16 @@ function graphileFlow(url: string, admin: pg.Pool, variant: "defaults" | "batche
     async enqueue(jobs, _keyed, batch) {
       for (let start = 0; start < jobs.length; start += batch) {
         await utils!.addJobs(
-          jobs.slice(start, start + batch).map((j) => ({ identifier: "noop", payload: { i: j.i }, ...(j.key === null ? {} : { queueName: j.key }) })),
+          jobs
+            .slice(start, start + batch)
+            .map((j) => ({ identifier: "noop", payload: { i: j.i }, ...(j.key === null ? {} : { queueName: j.key }) })),
         );
       }
     },
     async finished(which, totals) {
       // Completed jobs are deleted: finished = expected − still there.
-      const where = which === "all" ? "" : which === "hot" ? "where q.queue_name = $1" : "where q.queue_name is distinct from $1";
+      const where =
+        which === "all" ? "" : which === "hot" ? "where q.queue_name = $1" : "where q.queue_name is distinct from $1";
       const { rows } = await admin.query<{ n: number }>(
         `select count(*)::int as n from ${schema}._private_jobs j left join ${schema}._private_job_queues q on q.id = j.job_queue_id ${where}`,
         which === "all" ? [] : [HOT_KEY],
@@ -351,7 +400,10 @@ function graphileFlow(url: string, admin: pg.Pool, variant: "defaults" | "batche
       return totals[which] - rows[0]!.n;
     },
     async holderRunning() {
-      const { rows } = await admin.query(`select 1 from ${schema}._private_jobs where locked_at is not null and (payload->>'i')::int = $1`, [HOLDER]);
+      const { rows } = await admin.query(
+        `select 1 from ${schema}._private_jobs where locked_at is not null and (payload->>'i')::int = $1`,
+        [HOLDER],
+      );
       return rows.length === 1;
     },
     async startWorker(concurrency, role, handler) {
@@ -380,7 +432,8 @@ function pgBossFlow(url: string, admin: pg.Pool): FlowSystem {
   const PLAIN = "flow_plain";
   const KEYED = "flow_keyed";
   let producer: PgBoss | undefined;
-  const report = (error: unknown) => console.error(`  [pg-boss error] ${error instanceof Error ? error.message : String(error)}`);
+  const report = (error: unknown) =>
+    console.error(`  [pg-boss error] ${error instanceof Error ? error.message : String(error)}`);
   return {
     name: "pg-boss",
     schema,
@@ -405,12 +458,15 @@ function pgBossFlow(url: string, admin: pg.Pool): FlowSystem {
       for (let start = 0; start < jobs.length; start += batch) {
         await producer!.insert(
           keyed ? KEYED : PLAIN,
-          jobs.slice(start, start + batch).map((j) => ({ data: { i: j.i }, ...(j.key === null ? {} : { singletonKey: j.key }) })),
+          jobs
+            .slice(start, start + batch)
+            .map((j) => ({ data: { i: j.i }, ...(j.key === null ? {} : { singletonKey: j.key }) })),
         );
       }
     },
     async finished(which) {
-      const where = which === "all" ? "" : which === "hot" ? "and singleton_key = $1" : "and singleton_key is distinct from $1";
+      const where =
+        which === "all" ? "" : which === "hot" ? "and singleton_key = $1" : "and singleton_key is distinct from $1";
       const { rows } = await admin.query<{ n: number }>(
         `select count(*)::int as n from ${schema}.job where name in ('${PLAIN}', '${KEYED}') and state = 'completed' ${where}`,
         which === "all" ? [] : [HOT_KEY],
@@ -418,14 +474,19 @@ function pgBossFlow(url: string, admin: pg.Pool): FlowSystem {
       return rows[0]!.n;
     },
     async holderRunning() {
-      const { rows } = await admin.query(`select 1 from ${schema}.job where name = '${KEYED}' and state = 'active' and (data->>'i')::int = $1`, [HOLDER]);
+      const { rows } = await admin.query(
+        `select 1 from ${schema}.job where name = '${KEYED}' and state = 'active' and (data->>'i')::int = $1`,
+        [HOLDER],
+      );
       return rows.length === 1;
     },
     async startWorker(concurrency, role, handler) {
       const boss = new PgBoss({ connectionString: url, schema, useListenNotify: true });
       boss.on("error", report);
       await boss.start();
-      const options = role.holder ? { localConcurrency: 1, batchSize: 1 } : { ...pgBossSplit(concurrency), burstWhenBatchFull: true };
+      const options = role.holder
+        ? { localConcurrency: 1, batchSize: 1 }
+        : { ...pgBossSplit(concurrency), burstWhenBatchFull: true };
       await boss.work<{ i: number }>(role.keyed ? KEYED : PLAIN, options, async (jobs) => {
         for (const job of jobs) await handler(job.data.i);
       });
@@ -494,7 +555,11 @@ async function plainRun(system: FlowSystem, admin: pg.Pool, p: FlowParams, keyed
   const jobs = Array.from({ length: p.jobs }, (_, i) => ({ i, key: keyed ? keyOf(i, p.keys) : null }));
   await system.enqueue(jobs, keyed, p.bulkBatch);
   await vacuum(admin, system.schema);
-  const { stop, ...result } = await timeRun(system, p.concurrency, { keyed }, "all", { all: p.jobs, others: p.jobs, hot: 0 });
+  const { stop, ...result } = await timeRun(system, p.concurrency, { keyed }, "all", {
+    all: p.jobs,
+    others: p.jobs,
+    hot: 0,
+  });
   await stop();
   return result;
 }
@@ -523,7 +588,8 @@ async function hotKeyRun(system: FlowSystem, admin: pg.Pool, p: FlowParams): Pro
     await withDeadline(started, 30_000, `${system.name}: the hot key's holder never started`);
     const deadline = performance.now() + 30_000;
     while (!(await system.holderRunning())) {
-      if (performance.now() > deadline) throw new Error(`${system.name}: the database never showed the hot key's holder running`);
+      if (performance.now() > deadline)
+        throw new Error(`${system.name}: the database never showed the hot key's holder running`);
       await sleep(20);
     }
     const hot = Array.from({ length: p.hotJobs }, (_, n) => ({ i: HOT_BASE + n, key: HOT_KEY }));
@@ -540,7 +606,8 @@ async function hotKeyRun(system: FlowSystem, admin: pg.Pool, p: FlowParams): Pro
     const hotFinished = await system.finished("hot", totals);
     const holderRunning = await system.holderRunning();
     const problems: string[] = [];
-    if (!result.completed) problems.push(`only ${result.finished} of ${p.jobs} others finished within ${RUN_TIMEOUT_MS / 1000} s`);
+    if (!result.completed)
+      problems.push(`only ${result.finished} of ${p.jobs} others finished within ${RUN_TIMEOUT_MS / 1000} s`);
     if (hotFinished !== 0) problems.push(`${hotFinished} jobs of the held key finished`);
     if (hotCalls !== 0) problems.push(`${hotCalls} jobs of the held key ran`);
     if (!holderRunning) problems.push("the holder was no longer running");
@@ -571,11 +638,17 @@ function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise
 }
 
 function checkRun(label: string, run: FlowRun, problems: string[]): void {
-  if (!run.completed) problems.push(`${label}: only ${run.finished} of ${run.jobs} finished within ${RUN_TIMEOUT_MS / 1000} s`);
+  if (!run.completed)
+    problems.push(`${label}: only ${run.finished} of ${run.jobs} finished within ${RUN_TIMEOUT_MS / 1000} s`);
   else if (run.finished !== run.jobs) problems.push(`${label}: ${run.finished} finished, expected ${run.jobs}`);
 }
 
-async function rateLimitRuns(gd: GenDurableFlow, admin: pg.Pool, p: FlowParams, log: (line: string) => void): Promise<RateLimitResult> {
+async function rateLimitRuns(
+  gd: GenDurableFlow,
+  admin: pg.Pool,
+  p: FlowParams,
+  log: (line: string) => void,
+): Promise<RateLimitResult> {
   const problems: string[] = [];
   log(`  gen-durable: ${p.jobs} no-op jobs without rateLimit (baseline for the next run)`);
   const baseline = await plainRun(gd, admin, p, false);
@@ -585,19 +658,36 @@ async function rateLimitRuns(gd: GenDurableFlow, admin: pg.Pool, p: FlowParams, 
   await gd.reset();
   await gd.enqueueKind("free", p.jobs, p.bulkBatch);
   await vacuum(admin, gd.schema);
-  const { stop: stopFree, ...neverThrottled } = await timeRun(gd, p.concurrency, { keyed: false }, "all", { all: p.jobs, others: p.jobs, hot: 0 });
+  const { stop: stopFree, ...neverThrottled } = await timeRun(gd, p.concurrency, { keyed: false }, "all", {
+    all: p.jobs,
+    others: p.jobs,
+    hot: 0,
+  });
   await stopFree();
   log(`    ${fmt(neverThrottled.perSecond)} jobs/s`);
 
   log(`  gen-durable: ${p.throttleJobs} no-op jobs limited to ${p.throttleRate}/s (burst ${p.throttleRate})`);
-  const throttled = await throttledRun(gd, admin, p, "throttle", p.throttleJobs, { limit: p.throttleRate, burst: p.throttleRate }, 1);
+  const throttled = await throttledRun(
+    gd,
+    admin,
+    p,
+    "throttle",
+    p.throttleJobs,
+    { limit: p.throttleRate, burst: p.throttleRate },
+    1,
+  );
   log(
     `    after the burst ${fmt(throttled.achievedPerSecond)} jobs/s (${fmtRatio(throttled.achievedVsLimit)} of ${p.throttleRate}); most in any 1 s: ${throttled.maxStartsInOnePeriod} (bound ${throttled.bound}); ` +
       `${throttled.postponementsPerRun} postponements per run`,
   );
   const { limit, burst } = KEYED_THROTTLE;
-  log(`  gen-durable: ${p.keyedThrottleJobs} no-op jobs over ${p.keyedThrottleKeys} keys limited to ${limit}/s (burst ${burst})`);
-  const keyedThrottled = { ...(await throttledRun(gd, admin, p, "keyedThrottle", p.keyedThrottleJobs, KEYED_THROTTLE, p.keyedThrottleKeys)), keys: p.keyedThrottleKeys };
+  log(
+    `  gen-durable: ${p.keyedThrottleJobs} no-op jobs over ${p.keyedThrottleKeys} keys limited to ${limit}/s (burst ${burst})`,
+  );
+  const keyedThrottled = {
+    ...(await throttledRun(gd, admin, p, "keyedThrottle", p.keyedThrottleJobs, KEYED_THROTTLE, p.keyedThrottleKeys)),
+    keys: p.keyedThrottleKeys,
+  };
   log(
     `    after the burst ${fmt(keyedThrottled.achievedPerSecond)} jobs/s (${fmtRatio(keyedThrottled.achievedVsLimit)} of ${limit}); most in any 1 s: ${keyedThrottled.maxStartsInOnePeriod} (bound ${keyedThrottled.bound}); ` +
       `${keyedThrottled.postponementsPerRun} postponements per run (at most ${keyedThrottled.mostPostponementsOfOne} for one job)`,
@@ -605,11 +695,20 @@ async function rateLimitRuns(gd: GenDurableFlow, admin: pg.Pool, p: FlowParams, 
 
   checkRun("rate limit baseline", baseline, problems);
   checkRun("rate limit never throttled", neverThrottled, problems);
-  for (const [label, run] of [["throttled", throttled], ["keyed throttled", keyedThrottled]] as const) {
+  for (const [label, run] of [
+    ["throttled", throttled],
+    ["keyed throttled", keyedThrottled],
+  ] as const) {
     checkRun(`rate limit ${label}`, run, problems);
-    if (run.jobs <= run.burst) problems.push(`${label} run: ${run.jobs} jobs fit in the burst of ${run.burst}, so no rate is measured (raise its job count)`);
+    if (run.jobs <= run.burst)
+      problems.push(
+        `${label} run: ${run.jobs} jobs fit in the burst of ${run.burst}, so no rate is measured (raise its job count)`,
+      );
     // Handler starts trail the token draws by a variable delay, so a window may see a few more than the bound; 5% is noise, more is a finding.
-    if (run.maxStartsInOnePeriod > run.bound * 1.05) problems.push(`${label} run: ${run.maxStartsInOnePeriod} handler starts within one second, above burst + limit = ${run.bound}`);
+    if (run.maxStartsInOnePeriod > run.bound * 1.05)
+      problems.push(
+        `${label} run: ${run.maxStartsInOnePeriod} handler starts within one second, above burst + limit = ${run.bound}`,
+      );
   }
   return {
     baseline,
@@ -637,9 +736,16 @@ async function throttledRun(
   await vacuum(admin, gd.schema);
   gd.postponed.clear();
   const starts: number[] = [];
-  const { stop, ...run } = await timeRun(gd, p.concurrency, { keyed: kind === "keyedThrottle" }, "all", { all: jobs, others: jobs, hot: 0 }, () => {
-    starts.push(performance.now());
-  });
+  const { stop, ...run } = await timeRun(
+    gd,
+    p.concurrency,
+    { keyed: kind === "keyedThrottle" },
+    "all",
+    { all: jobs, others: jobs, hot: 0 },
+    () => {
+      starts.push(performance.now());
+    },
+  );
   await stop();
   starts.sort((a, b) => a - b);
   const span = starts.length > 1 ? starts[starts.length - 1]! - starts[0]! : NaN;
@@ -665,7 +771,6 @@ async function throttledRun(
   };
 }
 
-
 const FACTORIES: Record<(typeof FLOW_SYSTEMS)[number], (url: string, admin: pg.Pool, p: FlowParams) => FlowSystem> = {
   "gen-durable": (url, admin, p) => genDurableFlow(url, admin, p.throttleRate),
   "graphile-worker": (url, admin) => graphileFlow(url, admin, "defaults"),
@@ -679,7 +784,13 @@ const FACTORIES: Record<(typeof FLOW_SYSTEMS)[number], (url: string, admin: pg.P
  * systems rotating, as main.ts does, so a change in the host's load lands on
  * every system's figure for a kind alike.
  */
-export async function benchFlow(url: string, admin: pg.Pool, keys: readonly string[], p: FlowParams, log: (line: string) => void): Promise<FlowResult> {
+export async function benchFlow(
+  url: string,
+  admin: pg.Pool,
+  keys: readonly string[],
+  p: FlowParams,
+  log: (line: string) => void,
+): Promise<FlowResult> {
   const t0 = performance.now();
   const loadStart = loadavg().map((x) => round(x, 2));
   const known = keys.filter((k): k is (typeof FLOW_SYSTEMS)[number] => (FLOW_SYSTEMS as readonly string[]).includes(k));
@@ -690,7 +801,9 @@ export async function benchFlow(url: string, admin: pg.Pool, keys: readonly stri
     const shift = phase++ % systems.length;
     return [...systems.slice(shift), ...systems.slice(0, shift)];
   };
-  const partial = new Map<FlowSystem, Partial<FlowSystemResult>>(systems.map((s) => [s, { name: s.name, schema: s.schema, config: s.config }]));
+  const partial = new Map<FlowSystem, Partial<FlowSystemResult>>(
+    systems.map((s) => [s, { name: s.name, schema: s.schema, config: s.config }]),
+  );
   let rateLimit: RateLimitResult | null = null;
 
   for (const s of systems) {
@@ -716,15 +829,22 @@ export async function benchFlow(url: string, admin: pg.Pool, keys: readonly stri
       step(s, `  ${fmt(r.perSecond)} jobs/s`);
     }
     for (const s of rotated()) {
-      step(s, `flow: hot key held, ${p.hotJobs} queued behind it; ${p.jobs} jobs over ${p.keys} other keys at concurrency ${p.concurrency}`);
+      step(
+        s,
+        `flow: hot key held, ${p.hotJobs} queued behind it; ${p.jobs} jobs over ${p.keys} other keys at concurrency ${p.concurrency}`,
+      );
       const r = await hotKeyRun(s, admin, p);
       partial.get(s)!.hotKey = r;
-      step(s, `  others ${fmt(r.perSecond)} jobs/s${r.verified ? "; verified" : `; NOT VERIFIED: ${r.problems.join("; ")}`}`);
+      step(
+        s,
+        `  others ${fmt(r.perSecond)} jobs/s${r.verified ? "; verified" : `; NOT VERIFIED: ${r.problems.join("; ")}`}`,
+      );
     }
     const gd = systems.find((s) => s.name === "gen-durable") as GenDurableFlow | undefined;
     if (gd) rateLimit = await rateLimitRuns(gd, admin, p, log);
   } finally {
-    for (const s of systems) await s.teardown().catch((error: unknown) => log(`  note: ${s.name} teardown failed: ${String(error)}`));
+    for (const s of systems)
+      await s.teardown().catch((error: unknown) => log(`  note: ${s.name} teardown failed: ${String(error)}`));
     for (const s of systems) await admin.query(`drop schema if exists ${s.schema} cascade`).catch(() => {});
   }
 
@@ -747,15 +867,27 @@ export async function benchFlow(url: string, admin: pg.Pool, keys: readonly stri
   const peers = results.filter((r) => r !== gdResult);
   const kinds = [
     { metric: "unkeyed", label: `unkeyed, c=${p.concurrency}`, value: (r: FlowSystemResult) => r.unkeyed.perSecond },
-    { metric: "keyed", label: `${fmt(p.keys)} keys × ${fmt(p.jobs / p.keys)} jobs, c=${p.concurrency}`, value: (r: FlowSystemResult) => r.keyed.perSecond },
-    { metric: "hotKeyOthers", label: `hot key held (${fmt(p.hotJobs)} behind it): the others`, value: (r: FlowSystemResult) => r.hotKey.perSecond },
+    {
+      metric: "keyed",
+      label: `${fmt(p.keys)} keys × ${fmt(p.jobs / p.keys)} jobs, c=${p.concurrency}`,
+      value: (r: FlowSystemResult) => r.keyed.perSecond,
+    },
+    {
+      metric: "hotKeyOthers",
+      label: `hot key held (${fmt(p.hotJobs)} behind it): the others`,
+      value: (r: FlowSystemResult) => r.hotKey.perSecond,
+    },
   ];
   const comparisons = gdResult
     ? kinds.map((k) => ({
         metric: k.metric,
         label: k.label,
         "gen-durable": k.value(gdResult),
-        peers: peers.map((peer) => ({ name: peer.name, value: k.value(peer), ratio: round(k.value(gdResult) / k.value(peer), 3) })),
+        peers: peers.map((peer) => ({
+          name: peer.name,
+          value: k.value(peer),
+          ratio: round(k.value(gdResult) / k.value(peer), 3),
+        })),
       }))
     : [];
   const notes = [
@@ -794,16 +926,26 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
       `ratios are gen-durable ÷ peer, and keyed ÷ unkeyed within each system):`,
   );
   for (const c of flow.comparisons) {
-    log(`${c.label}: gen-durable ${fmt(c["gen-durable"])} jobs/s` + c.peers.map((x) => ` | ${x.name} ${fmt(x.value)} (${fmtRatio(x.ratio)})`).join("") + "   [higher is better]");
+    log(
+      `${c.label}: gen-durable ${fmt(c["gen-durable"])} jobs/s` +
+        c.peers.map((x) => ` | ${x.name} ${fmt(x.value)} (${fmtRatio(x.ratio)})`).join("") +
+        "   [higher is better]",
+    );
   }
   log(
-    `keyed ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.keyedRatio)}`).join(" | ") +
-      `;  hot-key others ÷ unkeyed: ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | ") +
-      `;  hot-key others ÷ keyed (1× = the held key's backlog costs the others nothing): ` + flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsKeyed)}`).join(" | "),
+    `keyed ÷ unkeyed: ` +
+      flow.systems.map((s) => `${s.name} ${fmtRatio(s.keyedRatio)}`).join(" | ") +
+      `;  hot-key others ÷ unkeyed: ` +
+      flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | ") +
+      `;  hot-key others ÷ keyed (1× = the held key's backlog costs the others nothing): ` +
+      flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsKeyed)}`).join(" | "),
   );
-  for (const s of flow.systems) if (!s.verified) log(`  WARNING: ${s.name} flow runs not verified: ${s.problems.join("; ")}`);
+  for (const s of flow.systems)
+    if (!s.verified) log(`  WARNING: ${s.name} flow runs not verified: ${s.problems.join("; ")}`);
   if (flow.systems.length > 0 && flow.systems.every((s) => s.verified)) {
-    log(`verified from the database: every run's jobs finished; with the hot key held, none of its ${fmt(p.hotJobs)} queued jobs ran and its holder was still running`);
+    log(
+      `verified from the database: every run's jobs finished; with the hot key held, none of its ${fmt(p.hotJobs)} queued jobs ran and its holder was still running`,
+    );
   }
   if (flow.goal) {
     const g = flow.goal;
@@ -834,14 +976,19 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
  * figures in the results file are kept and only its `flow` key is replaced
  * (with the environment of this run beside it, since it is a different run).
  */
-export async function mergeFlowInto(path: string, flow: FlowResult, environment: Record<string, unknown>): Promise<"merged" | "created"> {
+export async function mergeFlowInto(
+  path: string,
+  flow: FlowResult,
+  environment: Record<string, unknown>,
+): Promise<"merged" | "created"> {
   let json: Record<string, unknown> = {};
   let merged = false;
   try {
     json = JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
     merged = true;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`BENCH_ONLY=flow: cannot merge into ${path}: ${(error as Error).message}`);
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT")
+      throw new Error(`BENCH_ONLY=flow: cannot merge into ${path}: ${(error as Error).message}`);
   }
   json.flow = { ...flow, runAlone: { generatedAt: new Date().toISOString(), environment } };
   await mkdir(dirname(path), { recursive: true });

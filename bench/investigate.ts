@@ -113,7 +113,13 @@ function pgCpuMs(postmasterPid: number | null): number | null {
     const raw = readFileSync(`/proc/${pid}/stat`, "utf8");
     const rest = raw.slice(raw.lastIndexOf(")") + 2).split(" ");
     // rest[0] is field 3 (state): ppid=4, utime=14, stime=15, cutime=16, cstime=17
-    return { ppid: Number(rest[1]), utime: Number(rest[11]), stime: Number(rest[12]), cutime: Number(rest[13]), cstime: Number(rest[14]) };
+    return {
+      ppid: Number(rest[1]),
+      utime: Number(rest[11]),
+      stime: Number(rest[12]),
+      cutime: Number(rest[13]),
+      cstime: Number(rest[14]),
+    };
   };
   try {
     const master = fields(postmasterPid);
@@ -134,7 +140,9 @@ function pgCpuMs(postmasterPid: number | null): number | null {
 }
 
 async function postmasterPid(admin: pg.Pool): Promise<number | null> {
-  const { rows } = await admin.query<{ pid: number }>("select pid from pg_stat_activity where backend_type = 'checkpointer'");
+  const { rows } = await admin.query<{ pid: number }>(
+    "select pid from pg_stat_activity where backend_type = 'checkpointer'",
+  );
   if (!rows[0]) return null;
   try {
     const raw = readFileSync(`/proc/${rows[0].pid}/stat`, "utf8");
@@ -159,13 +167,19 @@ interface Run {
 
 function report(r: Run): void {
   const perJob = (x: number) => x / r.jobs;
-  const cpu = `Node CPU ${fmt(perJob(r.nodeCpuMs) * 1000)} µs/job` + (r.pgCpuMs === null ? "" : `, Postgres CPU ${fmt(perJob(r.pgCpuMs) * 1000)} µs/job`);
+  const cpu =
+    `Node CPU ${fmt(perJob(r.nodeCpuMs) * 1000)} µs/job` +
+    (r.pgCpuMs === null ? "" : `, Postgres CPU ${fmt(perJob(r.pgCpuMs) * 1000)} µs/job`);
   const busy = ((r.nodeCpuMs + (r.pgCpuMs ?? 0)) / r.ms).toFixed(2);
-  console.log(`\n${r.label}: ${fmt(r.jobs / (r.ms / 1000))} jobs/s; ${cpu}; CPU busy ${busy} of 2 cores; WAL ${fmt(perJob(r.walBytes))} B/job`);
+  console.log(
+    `\n${r.label}: ${fmt(r.jobs / (r.ms / 1000))} jobs/s; ${cpu}; CPU busy ${busy} of 2 cores; WAL ${fmt(perJob(r.walBytes))} B/job`,
+  );
   const total = [...r.stats.values()].reduce((a, s) => a + s.n, 0);
   if (total > 0) console.log(`  round trips: ${fmt(total / r.jobs)} per job (${total} statements)`);
   for (const [kind, s] of [...r.stats].sort((a, b) => b[1].n - a[1].n)) {
-    console.log(`    ${kind.padEnd(34)} ${String(s.n).padStart(6)} × ${fmt(s.ms / s.n).padStart(6)} ms   rows/stmt ${fmt(s.rows / s.n)}`);
+    console.log(
+      `    ${kind.padEnd(34)} ${String(s.n).padStart(6)} × ${fmt(s.ms / s.n).padStart(6)} ms   rows/stmt ${fmt(s.rows / s.n)}`,
+    );
   }
 }
 
@@ -188,9 +202,23 @@ async function measure(
   inst?.stop();
   const cpu1 = nodeCpuMs();
   const pg1 = pgCpuMs(pmPid);
-  const wal = Number((await admin.query<{ d: string }>("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d", [lsn0])).rows[0]!.d);
+  const wal = Number(
+    (
+      await admin.query<{ d: string }>("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d", [
+        lsn0,
+      ])
+    ).rows[0]!.d,
+  );
   await stop();
-  const r = { label, jobs: JOBS, ms, walBytes: wal, nodeCpuMs: cpu1 - cpu0, pgCpuMs: pg0 === null || pg1 === null ? null : pg1 - pg0, stats: new Map(inst?.stats ?? []) };
+  const r = {
+    label,
+    jobs: JOBS,
+    ms,
+    walBytes: wal,
+    nodeCpuMs: cpu1 - cpu0,
+    pgCpuMs: pg0 === null || pg1 === null ? null : pg1 - pg0,
+    stats: new Map(inst?.stats ?? []),
+  };
   report(r);
   return r;
 }
@@ -203,23 +231,40 @@ const Noop = defineJob({ name: "Noop", args: z.object({ i: z.number() }), perfor
  * round trips overlap. If that beats one engine at the same total concurrency,
  * the single engine is bound by the serial cycle, not by Postgres or CPU.
  */
-async function genDurableRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number, poolSize: number, engines = 1): Promise<Run> {
+async function genDurableRun(
+  url: string,
+  admin: pg.Pool,
+  pmPid: number | null,
+  concurrency: number,
+  poolSize: number,
+  engines = 1,
+): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
   await migrate({ connectionString: url, schema });
   const producer = new GenDurable({ connectionString: url, schema });
-  for (let i = 0; i < JOBS; i += 1000) await producer.insertMany(Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })));
+  for (let i = 0; i < JOBS; i += 1000)
+    await producer.insertMany(
+      Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })),
+    );
   await producer.stop();
   await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
   const pool = new pg.Pool({ connectionString: url, max: poolSize * engines });
   const inst = instrument(pool);
   const result = await measure(
-    engines === 1 ? `gen-durable c=${concurrency} pool=${poolSize}` : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`,
+    engines === 1
+      ? `gen-durable c=${concurrency} pool=${poolSize}`
+      : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`,
     admin,
     pmPid,
-    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where status = 'done'`)).rows[0]!.n >= JOBS,
+    async () =>
+      (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where status = 'done'`))
+        .rows[0]!.n >= JOBS,
     async () => {
-      const all = Array.from({ length: engines }, () => new GenDurable({ pool, schema, queues: { default: concurrency / engines }, machines: [Noop] }));
+      const all = Array.from(
+        { length: engines },
+        () => new GenDurable({ pool, schema, queues: { default: concurrency / engines }, machines: [Noop] }),
+      );
       await Promise.all(all.map((engine) => engine.start()));
       return async () => {
         await Promise.all(all.map((engine) => engine.stop()));
@@ -231,7 +276,13 @@ async function genDurableRun(url: string, admin: pg.Pool, pmPid: number | null, 
   return result;
 }
 
-async function graphileRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number, batched: boolean): Promise<Run> {
+async function graphileRun(
+  url: string,
+  admin: pg.Pool,
+  pmPid: number | null,
+  concurrency: number,
+  batched: boolean,
+): Promise<Run> {
   const schema = "inv_graphile";
   await admin.query(`drop schema if exists ${schema} cascade`);
   await runMigrations({ connectionString: url, schema, logger: silent });
@@ -239,7 +290,9 @@ async function graphileRun(url: string, admin: pg.Pool, pmPid: number | null, co
   const inst = instrument(pool);
   await admin.query(`insert into ${schema}._private_tasks (identifier) values ('noop') on conflict do nothing`);
   // Same as workerUtils.addJobs, in SQL, to keep the producer out of the instrumented pool.
-  const { rows } = await admin.query<{ id: number }>(`select id from ${schema}._private_tasks where identifier = 'noop'`);
+  const { rows } = await admin.query<{ id: number }>(
+    `select id from ${schema}._private_tasks where identifier = 'noop'`,
+  );
   await admin.query(
     `insert into ${schema}._private_jobs (task_id, payload, run_at, max_attempts, priority)
      select $1, jsonb_build_object('i', g), now(), 25, 0 from generate_series(1, $2) g`,
@@ -250,7 +303,8 @@ async function graphileRun(url: string, admin: pg.Pool, pmPid: number | null, co
     `graphile-worker${batched ? " (batched)" : ""} c=${concurrency}`,
     admin,
     pmPid,
-    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}._private_jobs`)).rows[0]!.n === 0,
+    async () =>
+      (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}._private_jobs`)).rows[0]!.n === 0,
     async () => {
       const runner = await run({
         pgPool: pool,
@@ -259,7 +313,9 @@ async function graphileRun(url: string, admin: pg.Pool, pmPid: number | null, co
         noHandleSignals: true,
         logger: silent,
         taskList: { noop: async () => {} },
-        ...(batched ? { preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } } : {}),
+        ...(batched
+          ? { preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } }
+          : {}),
       });
       return () => runner.stop();
     },
@@ -276,14 +332,20 @@ async function pgBossRun(url: string, admin: pg.Pool, pmPid: number | null, conc
   producer.on("error", () => {});
   await producer.start();
   await producer.createQueue("noop", { notify: true });
-  for (let i = 0; i < JOBS; i += 1000) await producer.insert("noop", Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ data: { i: i + k } })));
+  for (let i = 0; i < JOBS; i += 1000)
+    await producer.insert(
+      "noop",
+      Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ data: { i: i + k } })),
+    );
   await producer.stop({ graceful: true, close: true });
   await admin.query(`vacuum analyze ${schema}.job`);
   return measure(
     `pg-boss c=${concurrency}`,
     admin,
     pmPid,
-    async () => (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.job where state = 'completed'`)).rows[0]!.n >= JOBS,
+    async () =>
+      (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.job where state = 'completed'`))
+        .rows[0]!.n >= JOBS,
     async () => {
       const boss = new PgBoss({ connectionString: url, schema, useListenNotify: true });
       boss.on("error", () => {});
@@ -314,23 +376,41 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
     await migrate({ connectionString: url, schema });
     if (variant.dropMachineIndex) await admin.query(`drop index ${schema}.instances_machine`);
     const producer = new GenDurable({ connectionString: url, schema });
-    for (let i = 0; i < JOBS; i += 1000) await producer.insertMany(Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })));
+    for (let i = 0; i < JOBS; i += 1000)
+      await producer.insertMany(
+        Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })),
+      );
     await producer.stop();
     await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
     const q = claimQueries(schema);
     const complete = variant.history ? q.complete : withoutHistory(q.complete);
-    if (!variant.history && complete === q.complete) throw new Error("could not strip the history CTE from the complete statement");
+    if (!variant.history && complete === q.complete)
+      throw new Error("could not strip the history CTE from the complete statement");
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     const claimArgs = (k: number) => ["default", ["Noop"], k, "investigate", 30_000];
     const planning = async (sql: string, args: unknown[]) => {
-      const { rows } = await client.query<{ "QUERY PLAN": Array<{ "Planning Time": number }> }>(`explain (summary, format json) ${sql}`, args);
+      const { rows } = await client.query<{ "QUERY PLAN": Array<{ "Planning Time": number }> }>(
+        `explain (summary, format json) ${sql}`,
+        args,
+      );
       return rows[0]!["QUERY PLAN"][0]!["Planning Time"];
     };
-    const lsn = async () => (await client.query<{ l: string }>("select pg_current_wal_insert_lsn()::text as l")).rows[0]!.l;
-    const walSince = async (from: string) => Number((await client.query<{ d: string }>("select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d", [from])).rows[0]!.d);
+    const lsn = async () =>
+      (await client.query<{ l: string }>("select pg_current_wal_insert_lsn()::text as l")).rows[0]!.l;
+    const walSince = async (from: string) =>
+      Number(
+        (
+          await client.query<{ d: string }>(
+            "select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)::text as d",
+            [from],
+          )
+        ).rows[0]!.d,
+      );
     console.log(`\ngen-durable statements alone, ${variant.label} (one client, sequential; ${JOBS} rows queued):`);
-    console.log("  batch │ claim ms  µs/job  WAL B/job  plan ms │ complete ms  µs/job  WAL B/job  plan ms │ 'select 1' ms");
+    console.log(
+      "  batch │ claim ms  µs/job  WAL B/job  plan ms │ complete ms  µs/job  WAL B/job  plan ms │ 'select 1' ms",
+    );
     let remaining = JOBS;
     for (const k of variant.sizes) {
       const rounds = Math.max(3, Math.min(200, Math.floor(2000 / k)));
@@ -346,15 +426,36 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
       for (let r = 0; r < rounds; r++) {
         let mark = await lsn();
         let t = performance.now();
-        const { rows } = await client.query<{ id: string; claim_token: string; step: string; attempt: number }>({ name: "inv_claim", text: q.claim, values: claimArgs(k) });
+        const { rows } = await client.query<{ id: string; claim_token: string; step: string; attempt: number }>({
+          name: "inv_claim",
+          text: q.claim,
+          values: claimArgs(k),
+        });
         claimMs += performance.now() - t;
         claimWal += await walSince(mark);
         // The executor's Completion for a plain `done`, sorted by id as the Completer does.
         const payload = JSON.stringify(
           rows
             .map((row) => ({
-              id: row.id, token: row.claim_token, status: "done", step: null, set_state: false, state: null, run_at: null, delay_ms: null, priority: null,
-              attempt_op: "keep", result: null, error: null, await_spec: null, from_step: row.step, to_step: null, outcome: "done", attempt: row.attempt, duration_ms: 0, hist_error: null,
+              id: row.id,
+              token: row.claim_token,
+              status: "done",
+              step: null,
+              set_state: false,
+              state: null,
+              run_at: null,
+              delay_ms: null,
+              priority: null,
+              attempt_op: "keep",
+              result: null,
+              error: null,
+              await_spec: null,
+              from_step: row.step,
+              to_step: null,
+              outcome: "done",
+              attempt: row.attempt,
+              duration_ms: 0,
+              hist_error: null,
             }))
             .sort((a, b) => Number(BigInt(a.id) - BigInt(b.id))),
         );
@@ -387,7 +488,9 @@ async function main(): Promise<void> {
   try {
     const pmPid = await postmasterPid(admin);
     const which = (process.env.BENCH_INVESTIGATE ?? "gd,gd-split,gd-pool,gd-big,gw,gwb,boss,sql").split(",");
-    console.log(`investigation — ${JOBS} no-op jobs per run; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`);
+    console.log(
+      `investigation — ${JOBS} no-op jobs per run; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,
+    );
     if (which.includes("gd")) for (const c of [10, 32]) await genDurableRun(db.url, admin, pmPid, c, 10);
     if (which.includes("gd-pool")) await genDurableRun(db.url, admin, pmPid, 32, 34);
     if (which.includes("gd-split")) {

@@ -42,7 +42,8 @@ const SIGNAL_GOAL = { p50: 10, p99: 50 } as const;
 const FLOW = flowParamsFromEnv(intEnv);
 /** BENCH_ONLY=flow runs only the flow-control phase; BENCH_ONLY=main everything else. */
 const ONLY = process.env.BENCH_ONLY || undefined;
-if (ONLY !== undefined && ONLY !== "flow" && ONLY !== "main") throw new Error(`BENCH_ONLY must be "flow" or "main", got "${ONLY}"`);
+if (ONLY !== undefined && ONLY !== "flow" && ONLY !== "main")
+  throw new Error(`BENCH_ONLY must be "flow" or "main", got "${ONLY}"`);
 /** A phase that takes longer than this is a failure, not a slow result. */
 const PHASE_TIMEOUT_MS = 180_000;
 
@@ -132,7 +133,10 @@ async function timed(body: () => Promise<void>): Promise<number> {
 
 /** VACUUM ANALYZE the system's tables, so every processing run starts from fresh statistics and no dead rows. */
 async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
-  const { rows } = await admin.query<{ t: string }>(`select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1`, [schema]);
+  const { rows } = await admin.query<{ t: string }>(
+    `select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = $1`,
+    [schema],
+  );
   if (rows.length > 0) await admin.query(`vacuum analyze ${rows.map((r) => r.t).join(", ")}`);
 }
 
@@ -152,7 +156,8 @@ async function processAll(system: BenchSystem, concurrency: number, jobs: number
     for (;;) {
       const finished = await system.countFinished(jobs);
       if (finished >= jobs) break;
-      if (performance.now() - t0 > PHASE_TIMEOUT_MS) throw new Error(`${system.name}: only ${finished} of ${jobs} jobs finished after ${PHASE_TIMEOUT_MS} ms`);
+      if (performance.now() - t0 > PHASE_TIMEOUT_MS)
+        throw new Error(`${system.name}: only ${finished} of ${jobs} jobs finished after ${PHASE_TIMEOUT_MS} ms`);
       await sleep(calls >= jobs ? 5 : 200);
     }
     const ms = performance.now() - t0;
@@ -233,9 +238,14 @@ async function fanout(system: BenchSystem, children: number, concurrency: number
     await sleep(1_000);
     const t0 = performance.now();
     await worker.insertParent(children);
-    const ms = (await withTimeout(joinedAt, PHASE_TIMEOUT_MS, `${system.name}: the join of ${children} children never started`)) - t0;
+    const ms =
+      (await withTimeout(
+        joinedAt,
+        PHASE_TIMEOUT_MS,
+        `${system.name}: the join of ${children} children never started`,
+      )) - t0;
     let database = await worker.check(children);
-    for (const deadline = performance.now() + 60_000; !database.finished && performance.now() < deadline; ) {
+    for (const deadline = performance.now() + 60_000; !database.finished && performance.now() < deadline;) {
       await sleep(50);
       database = await worker.check(children);
     }
@@ -244,7 +254,8 @@ async function fanout(system: BenchSystem, children: number, concurrency: number
     database = await worker.check(children);
     const problems: string[] = [];
     if (!database.finished) problems.push("the join never finished");
-    if (database.childrenFinished !== children) problems.push(`${database.childrenFinished} children finished, expected ${children}`);
+    if (database.childrenFinished !== children)
+      problems.push(`${database.childrenFinished} children finished, expected ${children}`);
     if (database.childrenUnfinished !== 0) problems.push(`${database.childrenUnfinished} children unfinished`);
     if (database.joinCommits !== 1) problems.push(`the join committed ${database.joinCommits} times`);
     if (joinCalls !== 1) problems.push(`the join handler ran ${joinCalls} times`);
@@ -277,7 +288,12 @@ async function fanout(system: BenchSystem, children: number, concurrency: number
  * reason. All systems are set up at once; each has its own schema, and only
  * one of them ever has a worker running.
  */
-async function benchAll(systems: BenchSystem[], admin: pg.Pool, embedded: boolean, url: string): Promise<SystemResult[]> {
+async function benchAll(
+  systems: BenchSystem[],
+  admin: pg.Pool,
+  embedded: boolean,
+  url: string,
+): Promise<SystemResult[]> {
   const step = (system: BenchSystem, what: string) => log(`  ${system.name}: ${what}`);
   let phase = 0;
   const rotated = () => {
@@ -401,7 +417,9 @@ async function reportLeftoverConnections(name: string, admin: pg.Pool): Promise<
     const { rows } = await admin.query<{ application_name: string; state: string; query: string }>(query);
     if (rows.length === 0) return;
     if (tries === 20) {
-      log(`  note: ${name} left ${rows.length} connection(s) open after teardown: ${rows.map((r) => `${r.application_name || "?"} (${r.state}: ${r.query})`).join("; ")}`);
+      log(
+        `  note: ${name} left ${rows.length} connection(s) open after teardown: ${rows.map((r) => `${r.application_name || "?"} (${r.state}: ${r.query})`).join("; ")}`,
+      );
       return;
     }
     await sleep(100);
@@ -417,17 +435,69 @@ interface Metric {
 }
 
 const METRICS: Metric[] = [
-  { key: "enqueueBulk", label: `enqueue, bulk (batches of ${BULK_BATCH})`, unit: "jobs/s", better: "higher", value: (r) => r.enqueueBulk.perSecond },
-  { key: "enqueueSingle", label: `enqueue, single (${SINGLE_CONCURRENCY} concurrent callers)`, unit: "jobs/s", better: "higher", value: (r) => r.enqueueSingle.perSecond },
-  ...CONCURRENCIES.map(
-    (c): Metric => ({ key: `processingC${c}`, label: `processing c=${c}`, unit: "jobs/s", better: "higher", value: (r) => r.processing[`c${c}`]!.perSecond }),
-  ),
-  { key: "latencyP50", label: "insert→start p50 (separate producer)", unit: "ms", better: "lower", value: (r) => r.latency.p50 },
-  { key: "latencyP99", label: "insert→start p99 (separate producer)", unit: "ms", better: "lower", value: (r) => r.latency.p99 },
-  { key: "latencySameNodeP50", label: "insert→start p50 (insert on the worker's instance)", unit: "ms", better: "lower", value: (r) => r.latencySameNode.p50 },
-  { key: "latencySameNodeP99", label: "insert→start p99 (insert on the worker's instance)", unit: "ms", better: "lower", value: (r) => r.latencySameNode.p99 },
-  { key: "fanoutMs", label: `fan-out ${FANOUT_CHILDREN} children, parent inserted → join starts`, unit: "ms", better: "lower", value: (r) => r.fanout.ms },
-  { key: "fanoutChildrenPerSecond", label: `fan-out ${FANOUT_CHILDREN} children, children/s`, unit: "children/s", better: "higher", value: (r) => r.fanout.childrenPerSecond },
+  {
+    key: "enqueueBulk",
+    label: `enqueue, bulk (batches of ${BULK_BATCH})`,
+    unit: "jobs/s",
+    better: "higher",
+    value: (r) => r.enqueueBulk.perSecond,
+  },
+  {
+    key: "enqueueSingle",
+    label: `enqueue, single (${SINGLE_CONCURRENCY} concurrent callers)`,
+    unit: "jobs/s",
+    better: "higher",
+    value: (r) => r.enqueueSingle.perSecond,
+  },
+  ...CONCURRENCIES.map((c): Metric => ({
+    key: `processingC${c}`,
+    label: `processing c=${c}`,
+    unit: "jobs/s",
+    better: "higher",
+    value: (r) => r.processing[`c${c}`]!.perSecond,
+  })),
+  {
+    key: "latencyP50",
+    label: "insert→start p50 (separate producer)",
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latency.p50,
+  },
+  {
+    key: "latencyP99",
+    label: "insert→start p99 (separate producer)",
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latency.p99,
+  },
+  {
+    key: "latencySameNodeP50",
+    label: "insert→start p50 (insert on the worker's instance)",
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latencySameNode.p50,
+  },
+  {
+    key: "latencySameNodeP99",
+    label: "insert→start p99 (insert on the worker's instance)",
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latencySameNode.p99,
+  },
+  {
+    key: "fanoutMs",
+    label: `fan-out ${FANOUT_CHILDREN} children, parent inserted → join starts`,
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.fanout.ms,
+  },
+  {
+    key: "fanoutChildrenPerSecond",
+    label: `fan-out ${FANOUT_CHILDREN} children, children/s`,
+    unit: "children/s",
+    better: "higher",
+    value: (r) => r.fanout.childrenPerSecond,
+  },
 ];
 
 /**
@@ -508,7 +578,9 @@ function compareSignals(results: SystemResult[]) {
       better: m.better,
       "gen-durable": value,
       peerEquivalent: peer?.label ?? null,
-      peers: peer ? peers.map((p) => ({ name: p.name, value: peer.value(p), ratio: round(value / peer.value(p), 3) })) : [],
+      peers: peer
+        ? peers.map((p) => ({ name: p.name, value: peer.value(p), ratio: round(value / peer.value(p), 3) }))
+        : [],
       line:
         `${m.label}: gen-durable ${fmt(value)} ${m.unit}` +
         (peer
@@ -525,7 +597,12 @@ function signalGoal(signals: SignalsResult) {
     p99: l.resume.p99,
     met: l.resume.p50 < SIGNAL_GOAL.p50 && l.resume.p99 < SIGNAL_GOAL.p99,
   });
-  return { goalP50Ms: SIGNAL_GOAL.p50, goalP99Ms: SIGNAL_GOAL.p99, separateClient: check(signals.latency), sameEngine: check(signals.latencySameNode) };
+  return {
+    goalP50Ms: SIGNAL_GOAL.p50,
+    goalP99Ms: SIGNAL_GOAL.p99,
+    separateClient: check(signals.latency),
+    sameEngine: check(signals.latencySameNode),
+  };
 }
 
 function compare(results: SystemResult[]) {
@@ -547,8 +624,12 @@ function compare(results: SystemResult[]) {
 }
 
 async function main(): Promise<void> {
-  const keys = (process.env.BENCH_SYSTEMS ?? DEFAULT_SYSTEMS.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
-  for (const key of keys) if (!FACTORIES[key]) throw new Error(`unknown system "${key}"; known: ${Object.keys(FACTORIES).join(", ")}`);
+  const keys = (process.env.BENCH_SYSTEMS ?? DEFAULT_SYSTEMS.join(","))
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const key of keys)
+    if (!FACTORIES[key]) throw new Error(`unknown system "${key}"; known: ${Object.keys(FACTORIES).join(", ")}`);
 
   const db = await startDevDatabase({ log: (line) => console.error(line) });
   const admin = new pg.Pool({ connectionString: db.url, max: 2, application_name: "bench-admin" });
@@ -580,7 +661,9 @@ async function main(): Promise<void> {
       printFlow(flow, log);
       environment.loadAverageAtEnd = loadavg().map((x) => round(x, 2));
       const out = resolve(dirname(fileURLToPath(import.meta.url)), process.env.BENCH_OUT ?? "results/latest.json");
-      log(`\nflow results ${await mergeFlowInto(out, flow, environment)} under "flow" in ${out} (the other figures there are from the last full run)`);
+      log(
+        `\nflow results ${await mergeFlowInto(out, flow, environment)} under "flow" in ${out} (the other figures there are from the last full run)`,
+      );
       return;
     }
     const results = await benchAll(
@@ -593,21 +676,27 @@ async function main(): Promise<void> {
     environment.loadAverageAtEnd = loadavg().map((x) => round(x, 2));
     const comparisons = compare(results);
     log("");
-    log("Ratios are gen-durable ÷ peer: above 1× gen-durable is faster for rates; below 1× it is quicker for latencies.");
+    log(
+      "Ratios are gen-durable ÷ peer: above 1× gen-durable is faster for rates; below 1× it is quicker for latencies.",
+    );
     for (const c of comparisons) log(c.line);
     for (const r of results) {
       if (!r.fanout.verified) log(`  WARNING: ${r.name} fan-out not verified: ${r.fanout.problems.join("; ")}`);
     }
     log(
       `fan-out breakdown (first child started / last child started / join started, ms after the parent's insert): ` +
-        results.map((r) => `${r.name} ${fmt(r.fanout.firstChildMs)} / ${fmt(r.fanout.lastChildMs)} / ${fmt(r.fanout.ms)}`).join(" | "),
+        results
+          .map((r) => `${r.name} ${fmt(r.fanout.firstChildMs)} / ${fmt(r.fanout.lastChildMs)} / ${fmt(r.fanout.ms)}`)
+          .join(" | "),
     );
     const signalComparisons = compareSignals(results);
     const gdSignals = results.find((r) => r.name === "gen-durable")?.signals;
     const goal = gdSignals ? signalGoal(gdSignals) : undefined;
     if (gdSignals && goal) {
       log("");
-      log("Signals (gen-durable only: the peers have no signals; their nearest equivalent, a webhook enqueuing a job, is compared by its insert→start latency from above):");
+      log(
+        "Signals (gen-durable only: the peers have no signals; their nearest equivalent, a webhook enqueuing a job, is compared by its insert→start latency from above):",
+      );
       for (const c of signalComparisons) log(c.line);
       const s = gdSignals.sustained;
       log(
@@ -617,7 +706,8 @@ async function main(): Promise<void> {
           `verified from the database: ${s.verified.instancesDone}/${s.instances} instances done, ${s.verified.signalsConsumed}/${s.signals} signals consumed, ` +
           `${s.verified.resumedWithFullPack} resumed with a full pack${s.verified.ok ? "" : "  ← NOT VERIFIED"}`,
       );
-      const verdict = (g: { p50: number; p99: number; met: boolean }) => `p50 ${fmt(g.p50)} ms, p99 ${fmt(g.p99)} ms → ${g.met ? "met" : "NOT met"}`;
+      const verdict = (g: { p50: number; p99: number; met: boolean }) =>
+        `p50 ${fmt(g.p50)} ms, p99 ${fmt(g.p99)} ms → ${g.met ? "met" : "NOT met"}`;
       log(
         `issue 3 goal (p50 < ${SIGNAL_GOAL.p50} ms, p99 < ${SIGNAL_GOAL.p99} ms on this ${cpus().length}-core machine): ` +
           `separate client ${verdict(goal.separateClient)}; worker's own engine ${verdict(goal.sameEngine)}`,

@@ -88,7 +88,12 @@ export function stats(samples: number[]): LatencyStats {
   };
 }
 
-export async function benchSignals(url: string, admin: pg.Pool, params: SignalsParams, log: (line: string) => void): Promise<SignalsResult> {
+export async function benchSignals(
+  url: string,
+  admin: pg.Pool,
+  params: SignalsParams,
+  log: (line: string) => void,
+): Promise<SignalsResult> {
   const schema = SIGNALS_SCHEMA;
   const resumed = new Map<number, (t: number) => void>();
   let packsResumed = 0;
@@ -125,16 +130,27 @@ export async function benchSignals(url: string, admin: pg.Pool, params: SignalsP
   await admin.query(`drop schema if exists ${schema} cascade`);
   await migrate({ connectionString: url, schema });
   const client = new GenDurable({ connectionString: url, schema });
-  const worker = new GenDurable({ connectionString: url, schema, queues: { default: params.concurrency }, machines: [Waiter, Packer] });
+  const worker = new GenDurable({
+    connectionString: url,
+    schema,
+    queues: { default: params.concurrency },
+    machines: [Waiter, Packer],
+  });
   await client.start();
   await worker.start();
 
   const countAwaiting = async (machine: string) =>
-    (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where machine = $1 and status = 'awaiting'`, [machine])).rows[0]!.n;
+    (
+      await admin.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.instances where machine = $1 and status = 'awaiting'`,
+        [machine],
+      )
+    ).rows[0]!.n;
   const waitAwaiting = async (machine: string, n: number) => {
     const deadline = performance.now() + 60_000;
     while ((await countAwaiting(machine)) < n) {
-      if (performance.now() > deadline) throw new Error(`signals: ${n} ${machine} instances never all reached their await`);
+      if (performance.now() > deadline)
+        throw new Error(`signals: ${n} ${machine} instances never all reached their await`);
       await sleep(20);
     }
   };
@@ -173,10 +189,14 @@ export async function benchSignals(url: string, admin: pg.Pool, params: SignalsP
     // Sustained: every instance awaits a pack; signals go round-robin over the instances.
     const instances = params.packInstances;
     const total = instances * params.packCount;
-    await client.insertMany(Array.from({ length: instances }, (_, j) => ({ machine: Packer, state: { j }, correlationKey: `pack:${j}` })));
+    await client.insertMany(
+      Array.from({ length: instances }, (_, j) => ({ machine: Packer, state: { j }, correlationKey: `pack:${j}` })),
+    );
     await waitAwaiting("Packer", instances);
     await sleep(500);
-    log(`  gen-durable: ${total} signals to ${instances} instances awaiting packs of ${params.packCount}, ${params.senders} concurrent senders`);
+    log(
+      `  gen-durable: ${total} signals to ${instances} instances awaiting packs of ${params.packCount}, ${params.senders} concurrent senders`,
+    );
     const calls: number[] = [];
     const t0 = performance.now();
     await withTimeout(
@@ -191,14 +211,19 @@ export async function benchSignals(url: string, admin: pg.Pool, params: SignalsP
     const sendMs = performance.now() - t0;
     const deadline = performance.now() + 60_000;
     while (packsResumed < instances) {
-      if (performance.now() > deadline) throw new Error(`signals: only ${packsResumed} of ${instances} pack instances resumed`);
+      if (performance.now() > deadline)
+        throw new Error(`signals: only ${packsResumed} of ${instances} pack instances resumed`);
       await sleep(5);
     }
     const allResumedMs = lastPackAt - t0;
     // Verify from the database once every resumed step has committed.
     let instancesDone = 0;
     for (let tries = 0; tries < 200; tries++) {
-      instancesDone = (await admin.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where machine = 'Packer' and status = 'done'`)).rows[0]!.n;
+      instancesDone = (
+        await admin.query<{ n: number }>(
+          `select count(*)::int as n from ${schema}.instances where machine = 'Packer' and status = 'done'`,
+        )
+      ).rows[0]!.n;
       if (instancesDone >= instances) break;
       await sleep(25);
     }

@@ -33,7 +33,8 @@ export class DevDatabaseError extends Error {
   override name = "DevDatabaseError";
 }
 
-const INSTEAD = "To use a Postgres of your own instead, set DATABASE_URL (e.g. DATABASE_URL=postgres://user:password@localhost:5432/db).";
+const INSTEAD =
+  "To use a Postgres of your own instead, set DATABASE_URL (e.g. DATABASE_URL=postgres://user:password@localhost:5432/db).";
 
 function failure(why: string, cause?: unknown): DevDatabaseError {
   return new DevDatabaseError(`could not start the embedded Postgres: ${why}. ${INSTEAD}`, { cause });
@@ -75,7 +76,10 @@ async function locateBinaries(packageDir: string | undefined): Promise<Binaries>
     try {
       ({ initdb } = (await import(name)) as { initdb: string });
     } catch (error) {
-      throw failure(`the package ${name}, which holds the Postgres binaries for this platform, is not installed (run npm install)`, error);
+      throw failure(
+        `the package ${name}, which holds the Postgres binaries for this platform, is not installed (run npm install)`,
+        error,
+      );
     }
     root = dirname(dirname(dirname(initdb)));
   }
@@ -87,7 +91,8 @@ async function locateBinaries(packageDir: string | undefined): Promise<Binaries>
   }
   let version = "unknown";
   try {
-    version = (JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { version?: string }).version ?? version;
+    version =
+      (JSON.parse(await readFile(join(root, "package.json"), "utf8")) as { version?: string }).version ?? version;
   } catch {
     // A hand-made binaries directory: no version, no cache key; see reachableBinaries.
   }
@@ -100,13 +105,18 @@ interface RunAs {
 }
 
 function run(command: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => execFile(command, args, (error, stdout) => (error ? reject(error) : resolve(stdout))));
+  return new Promise((resolve, reject) =>
+    execFile(command, args, (error, stdout) => (error ? reject(error) : resolve(stdout))),
+  );
 }
 
 /** As root, the unprivileged user Postgres runs as (`postgres`, created when missing); otherwise ourselves. */
 async function postgresUser(): Promise<RunAs> {
   if (userInfo().uid !== 0) return {};
-  const ids = async () => ({ uid: Number.parseInt(await run("id", ["-u", "postgres"]), 10), gid: Number.parseInt(await run("id", ["-g", "postgres"]), 10) });
+  const ids = async () => ({
+    uid: Number.parseInt(await run("id", ["-u", "postgres"]), 10),
+    gid: Number.parseInt(await run("id", ["-g", "postgres"]), 10),
+  });
   try {
     return await ids();
   } catch {
@@ -117,7 +127,10 @@ async function postgresUser(): Promise<RunAs> {
     await run("useradd", ["-g", "postgres", "postgres"]);
     return await ids();
   } catch (error) {
-    throw failure("running as root, Postgres must run as an unprivileged user; there is no user `postgres` and creating one (groupadd/useradd) failed", error);
+    throw failure(
+      "running as root, Postgres must run as an unprivileged user; there is no user `postgres` and creating one (groupadd/useradd) failed",
+      error,
+    );
   }
 }
 
@@ -182,12 +195,17 @@ async function reachableBinaries(binaries: Binaries, as: RunAs, log: (line: stri
       });
     } catch (error) {
       if (staging) await rm(staging, { recursive: true, force: true }).catch(() => {});
-      throw failure(`running as root, Postgres runs as the postgres user, which cannot reach ${binaries.native} (a directory on the way is private), and copying the binaries to ${cache} failed: ${String(error)}`, error);
+      throw failure(
+        `running as root, Postgres runs as the postgres user, which cannot reach ${binaries.native} (a directory on the way is private), and copying the binaries to ${cache} failed: ${String(error)}`,
+        error,
+      );
     }
   }
   const native = join(cache, "native");
   if (!(await canRun(initdb(native), as))) {
-    throw failure(`running as root, Postgres runs as the postgres user, which can reach neither ${binaries.native} (a directory on the way is private) nor the copy at ${native} (is the temp directory ${tmpdir()} private too?)`);
+    throw failure(
+      `running as root, Postgres runs as the postgres user, which can reach neither ${binaries.native} (a directory on the way is private) nor the copy at ${native} (is the temp directory ${tmpdir()} private too?)`,
+    );
   }
   return native;
 }
@@ -243,7 +261,11 @@ export async function embeddedServer(options: EmbeddedServerOptions): Promise<Em
   let exited: Promise<void> = Promise.resolve();
   const killOnExit = () => server?.kill("SIGQUIT");
 
-  function spawned(file: string, args: string[], what: string): { child: ChildProcess; output: () => string; done: Promise<number | null> } {
+  function spawned(
+    file: string,
+    args: string[],
+    what: string,
+  ): { child: ChildProcess; output: () => string; done: Promise<number | null> } {
     let child: ChildProcess;
     try {
       child = spawn(file, args, { ...as, env, stdio: ["ignore", "pipe", "pipe"] });
@@ -267,7 +289,15 @@ export async function embeddedServer(options: EmbeddedServerOptions): Promise<Em
       try {
         const initdb = spawned(
           bin("initdb"),
-          [`--pgdata=${options.dataDir}`, "--auth=password", "--username=postgres", `--pwfile=${passwordFile}`, "--encoding=UTF8", "--locale=C", "--lc-messages=C"],
+          [
+            `--pgdata=${options.dataDir}`,
+            "--auth=password",
+            "--username=postgres",
+            `--pwfile=${passwordFile}`,
+            "--encoding=UTF8",
+            "--locale=C",
+            "--lc-messages=C",
+          ],
           `initdb (${bin("initdb")}) failed`,
         );
         const code = await initdb.done;
@@ -279,14 +309,27 @@ export async function embeddedServer(options: EmbeddedServerOptions): Promise<Em
     async start() {
       const postgres = spawned(
         bin("postgres"),
-        ["-D", options.dataDir, "-p", String(options.port), "-c", "listen_addresses=127.0.0.1", "-c", `unix_socket_directories=${dirname(options.dataDir)}`, ...(options.flags ?? [])],
+        [
+          "-D",
+          options.dataDir,
+          "-p",
+          String(options.port),
+          "-c",
+          "listen_addresses=127.0.0.1",
+          "-c",
+          `unix_socket_directories=${dirname(options.dataDir)}`,
+          ...(options.flags ?? []),
+        ],
         `postgres (${bin("postgres")}) failed`,
       );
       server = postgres.child;
       process.on("exit", killOnExit);
       let gone: Error | undefined;
       exited = postgres.done.then(
-        (code) => void (gone = failure(`the server exited with code ${code} while starting: ${postgres.output() || "no output"}`)),
+        (code) =>
+          void (gone = failure(
+            `the server exited with code ${code} while starting: ${postgres.output() || "no output"}`,
+          )),
         (error: Error) => void (gone = error),
       );
       const deadline = Date.now() + 60_000;
@@ -363,7 +406,16 @@ export async function startDevDatabase(options: DevDatabaseOptions = {}): Promis
       log: options.log,
       binaries: options.binaries,
       // A throw-away database: durability settings off for speed (never do this in production).
-      flags: ["-c", "max_connections=300", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+      flags: [
+        "-c",
+        "max_connections=300",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+      ],
     });
     await server.initialise();
     await server.start();

@@ -93,13 +93,15 @@ class HistoryPrinter {
 
   /** Prints whatever has been committed and not printed yet. */
   flush(): Promise<void> {
-    this.chain = this.chain.then(async () => {
-      for (const [id, entry] of this.watched) {
-        const history = await this.engine.history(id);
-        for (const t of history.slice(entry.printed)) say(entry.label, describeTransition(t));
-        entry.printed = history.length;
-      }
-    }).catch((error: unknown) => say("demo", red(`could not read history: ${String(error)}`)));
+    this.chain = this.chain
+      .then(async () => {
+        for (const [id, entry] of this.watched) {
+          const history = await this.engine.history(id);
+          for (const t of history.slice(entry.printed)) say(entry.label, describeTransition(t));
+          entry.printed = history.length;
+        }
+      })
+      .catch((error: unknown) => say("demo", red(`could not read history: ${String(error)}`)));
     return this.chain;
   }
 
@@ -141,7 +143,9 @@ function startWorker(name: string, env: Record<string, string>, printer: History
   const waiting = new Map<string, () => void>();
   const exited = new Promise<void>((resolve) => child.once("exit", () => (children.delete(child), resolve())));
   const ready = new Promise<void>((resolve, reject) => {
-    child.once("exit", (code, signal) => reject(new Error(`${name} exited before it was ready (${signal ?? `code ${code}`})`)));
+    child.once("exit", (code, signal) =>
+      reject(new Error(`${name} exited before it was ready (${signal ?? `code ${code}`})`)),
+    );
     child.on("message", (message: { type: "ready" } | StepReport) => {
       if (message.type === "ready") resolve();
       if (message.type === "step") {
@@ -202,7 +206,10 @@ const cleanups: Array<() => Promise<unknown>> = [];
 async function cleanUp(): Promise<void> {
   const bounded = async (work: Promise<unknown>) => {
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([work.catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, interrupted ? 3000 : 10_000)))]);
+    await Promise.race([
+      work.catch(() => {}),
+      new Promise((resolve) => (timer = setTimeout(resolve, interrupted ? 3000 : 10_000))),
+    ]);
     clearTimeout(timer);
   };
   await bounded(Promise.all([...children].map(stopChild)));
@@ -234,7 +241,12 @@ async function main(): Promise<void> {
   const printer = new HistoryPrinter(client);
   cleanups.push(() => printer.stop());
   const version = await serverVersion(db.url);
-  say("postgres", db.embedded ? `started an embedded Postgres ${version} (DATABASE_URL is unset)` : `using Postgres ${version} at DATABASE_URL, in a throw-away schema`);
+  say(
+    "postgres",
+    db.embedded
+      ? `started an embedded Postgres ${version} (DATABASE_URL is unset)`
+      : `using Postgres ${version} at DATABASE_URL, in a throw-away schema`,
+  );
   say("migrate()", `applied migration${applied.length === 1 ? "" : "s"} ${applied.join(", ")} to schema ${schema}`);
 
   // Worker A boots (a few seconds of Node.js and TypeScript start-up) while part 1 runs.
@@ -243,15 +255,27 @@ async function main(): Promise<void> {
 
   // -- 1. Checkout
   heading("1. The Checkout machine: park on a signal, resume when the webhook fires");
-  const node = new GenDurable({ connectionString: db.url, schema, queues: { checkout: 5 }, machines: [Checkout], pollInterval: "200ms" });
+  const node = new GenDurable({
+    connectionString: db.url,
+    schema,
+    queues: { checkout: 5 },
+    machines: [Checkout],
+    pollInterval: "200ms",
+  });
   cleanups.push(() => node.stop());
   await node.start();
   say("node", "an engine started in this process: it runs queue checkout, 5 at a time");
 
   const { id, inserted } = await client.insert(Checkout, { state: { order: 42 }, correlationKey: "order:42" });
-  say("app", `insert(Checkout, { state: { order: 42 }, correlationKey: "order:42" }) → id ${id}, inserted: ${inserted}`);
+  say(
+    "app",
+    `insert(Checkout, { state: { order: 42 }, correlationKey: "order:42" }) → id ${id}, inserted: ${inserted}`,
+  );
   const twin = await client.insert(Checkout, { state: { order: 42 }, correlationKey: "order:42" });
-  say("app", `the same insert again → id ${twin.id}, inserted: ${twin.inserted} (one live instance per correlation key)`);
+  say(
+    "app",
+    `the same insert again → id ${twin.id}, inserted: ${twin.inserted} (one live instance per correlation key)`,
+  );
   printer.watch(id, `Checkout#${id}`);
 
   for (let i = 0; (await client.get(id))?.status !== "awaiting"; i++) {
@@ -261,7 +285,10 @@ async function main(): Promise<void> {
   await printer.flush();
   say("postgres", `Checkout#${id} is awaiting: no process or timer holds it; it is a row, and survives any restart`);
   await sleep(WEBHOOK_AFTER_MS);
-  say("webhook", `POST /payments {"order":42,"amount":100} → engine.signal("order:42", "payment_confirmed", { amount: 100 })`);
+  say(
+    "webhook",
+    `POST /payments {"order":42,"amount":100} → engine.signal("order:42", "payment_confirmed", { amount: 100 })`,
+  );
   await client.signal("order:42", "payment_confirmed", { amount: 100 });
   const checkout = await client.wait(id, { timeout: 15_000 });
   await printer.flush();
@@ -271,10 +298,16 @@ async function main(): Promise<void> {
   // -- 2. Crash recovery
   heading("2. Crash recovery: SIGKILL a worker process in the middle of a step");
   await a.ready;
-  say("worker A", `started as process ${a.pid}: runs queue fulfilment, holds each claim with a ${LEASE.replace("s", " s")} lease that it keeps renewing`);
+  say(
+    "worker A",
+    `started as process ${a.pid}: runs queue fulfilment, holds each claim with a ${LEASE.replace("s", " s")} lease that it keeps renewing`,
+  );
   const fulfilment = await client.insert(Fulfilment, { state: { order: 7, trail: [] } });
   const label = `Fulfilment#${fulfilment.id}`;
-  say("app", `insert(Fulfilment, { state: { order: 7, trail: [] } }) → id ${fulfilment.id}: steps pick → pack (${PACK_MS / 1000} s) → ship`);
+  say(
+    "app",
+    `insert(Fulfilment, { state: { order: 7, trail: [] } }) → id ${fulfilment.id}: steps pick → pack (${PACK_MS / 1000} s) → ship`,
+  );
   printer.watch(fulfilment.id, label);
 
   await a.starts("pack");
@@ -282,9 +315,15 @@ async function main(): Promise<void> {
   process.kill(a.pid, "SIGKILL");
   await a.exited;
   await printer.flush();
-  say("demo", red(`SIGKILL → worker A (process ${a.pid}), ${KILL_AFTER_MS / 1000} s into step pack: no clean-up, no goodbye`));
+  say(
+    "demo",
+    red(`SIGKILL → worker A (process ${a.pid}), ${KILL_AFTER_MS / 1000} s into step pack: no clean-up, no goodbye`),
+  );
   const orphan = await client.get(fulfilment.id);
-  say("postgres", `${label} is still ${orphan?.status} at step ${orphan?.step}, leased by a dead process; the committed state survived: trail ${JSON.stringify((orphan?.state as { trail: string[] }).trail)}`);
+  say(
+    "postgres",
+    `${label} is still ${orphan?.status} at step ${orphan?.step}, leased by a dead process; the committed state survived: trail ${JSON.stringify((orphan?.state as { trail: string[] }).trail)}`,
+  );
 
   const b = startWorker("worker B", env, printer);
   await b.ready;
@@ -297,8 +336,12 @@ async function main(): Promise<void> {
   const history = await client.history(fulfilment.id);
   heading("What happened");
   console.log(`  • pick committed once, by worker A; the crash did not undo it and it did not run again.`);
-  console.log(`  • pack was interrupted in worker A, and re-ran from scratch in worker B (at-least-once: keep step effects idempotent).`);
-  console.log(`  • history() has ${history.length} transitions: ${history.map((t) => t.outcome).join(", ")} — each committed exactly once.`);
+  console.log(
+    `  • pack was interrupted in worker A, and re-ran from scratch in worker B (at-least-once: keep step effects idempotent).`,
+  );
+  console.log(
+    `  • history() has ${history.length} transitions: ${history.map((t) => t.outcome).join(", ")} — each committed exactly once.`,
+  );
   await b.stop();
   say("worker B", "stopped with SIGTERM: engine.stop() finishes in-flight steps, then releases its claims");
 }
@@ -313,7 +356,9 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   process.on(signal, () => {
     if (interrupted) process.exit(130);
     interrupted = true;
-    console.error(`\n${signal}: cleaning up (stopping workers, engines and the database; Ctrl-C again to quit at once)`);
+    console.error(
+      `\n${signal}: cleaning up (stopping workers, engines and the database; Ctrl-C again to quit at once)`,
+    );
     void cleanUp().finally(() => process.exit(130));
   });
 }
@@ -321,7 +366,9 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
 try {
   await main();
   await cleanUp();
-  console.log(`\n${green("✔")} demo finished in ${elapsed()} s; engines stopped, workers gone${process.env.DATABASE_URL ? ", demo schema dropped" : ", embedded Postgres removed"}.`);
+  console.log(
+    `\n${green("✔")} demo finished in ${elapsed()} s; engines stopped, workers gone${process.env.DATABASE_URL ? ", demo schema dropped" : ", embedded Postgres removed"}.`,
+  );
   clearTimeout(watchdog);
 } catch (error) {
   // After Ctrl-C, errors from the closing database are expected: the signal handler exits.

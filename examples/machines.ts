@@ -29,7 +29,12 @@ export interface StepReport {
 }
 
 function say(ctx: { step: string; attempt: number }, what: string): void {
-  const report: StepReport = { type: "step", step: ctx.step, attempt: ctx.attempt, message: `runs step ${ctx.step} (attempt ${ctx.attempt}): ${what}` };
+  const report: StepReport = {
+    type: "step",
+    step: ctx.step,
+    attempt: ctx.attempt,
+    message: `runs step ${ctx.step} (attempt ${ctx.attempt}): ${what}`,
+  };
   if (process.send) process.send(report);
   else console.log(`${worker()} ${report.message}`);
 }

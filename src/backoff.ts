@@ -19,7 +19,10 @@ export function retryDelay(backoff: BackoffFn, attempt: number): { delayMs: numb
     return { delayMs: backoff(attempt) };
   } catch (error) {
     const problem = error instanceof Error ? error.message : String(error);
-    return { delayMs: defaultBackoff(attempt), problem: `the backoff function failed (${problem.slice(0, 500)}); the default backoff was used` };
+    return {
+      delayMs: defaultBackoff(attempt),
+      problem: `the backoff function failed (${problem.slice(0, 500)}); the default backoff was used`,
+    };
   }
 }
 
@@ -37,7 +40,8 @@ export function resolveBackoff(option: Backoff | undefined, where: string): Back
       return ms;
     };
   }
-  if (typeof spec !== "object" || spec === null) throw fail(`backoff must be { type: "exponential" | "fixed", ... } or a function`);
+  if (typeof spec !== "object" || spec === null)
+    throw fail(`backoff must be { type: "exponential" | "fixed", ... } or a function`);
   if (spec.type === "exponential") {
     rejectUnknownKeys(spec, ["type", "base", "max", "jitter"], `${where} (exponential)`, (m) => new ConfigError(m));
     const base = duration(spec.base ?? "1s", `${where}.base`);

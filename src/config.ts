@@ -112,11 +112,22 @@ interface IntegerSpec {
   max: number;
 }
 /** The spec an option of type T may have: a duration or integer spec only for an option of that type. */
-type SpecFor<T> = [T] extends [string] ? CustomSpec : [T] extends [number] ? IntegerSpec | CustomSpec : [T] extends [Duration] ? DurationSpec | CustomSpec : CustomSpec;
+type SpecFor<T> = [T] extends [string]
+  ? CustomSpec
+  : [T] extends [number]
+    ? IntegerSpec | CustomSpec
+    : [T] extends [Duration]
+      ? DurationSpec | CustomSpec
+      : CustomSpec;
 
 const custom = { kind: "custom" } as const;
 const ONE_DAY = { ms: 86_400_000, text: "1 day" };
-const durationOption = <D extends Duration>(def: D, min: number, max?: { ms: number; text: string }) => ({ kind: "duration" as const, default: def, min, ...(max ? { max } : {}) });
+const durationOption = <D extends Duration>(def: D, min: number, max?: { ms: number; text: string }) => ({
+  kind: "duration" as const,
+  default: def,
+  min,
+  ...(max ? { max } : {}),
+});
 const integerOption = <N extends number>(def: N, max: number) => ({ kind: "integer" as const, default: def, max });
 
 /**
@@ -165,7 +176,8 @@ export const DEFAULTS = Object.fromEntries(
 
 export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   const fail = (m: string) => new ConfigError(`GenDurable: ${m}`);
-  if (typeof options !== "object" || options === null) throw fail("options are required, e.g. new GenDurable({ connectionString })");
+  if (typeof options !== "object" || options === null)
+    throw fail("options are required, e.g. new GenDurable({ connectionString })");
   rejectUnknownKeys(options, OPTION_KEYS, "GenDurable", (m) => new ConfigError(m));
   if (options.pool === undefined && (typeof options.connectionString !== "string" || options.connectionString === "")) {
     throw fail("connectionString (or pool) is required, e.g. connectionString: process.env.DATABASE_URL");
@@ -181,12 +193,25 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
       checkName(name, `queues: queue name`, fail);
       const concurrency = typeof value === "number" ? value : (value as { concurrency?: unknown } | null)?.concurrency;
       const global = typeof value === "object" && value !== null ? (value as { global?: unknown }).global : undefined;
-      if (typeof value === "object" && value !== null) rejectUnknownKeys(value, ["concurrency", "global"], `GenDurable: queues.${name}`, (m) => new ConfigError(m));
-      if (typeof concurrency !== "number" || !Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
-        throw fail(`queues.${name} must be a concurrency from 1 to 10000 (or { concurrency, global? }), got ${describe(value)}`);
+      if (typeof value === "object" && value !== null)
+        rejectUnknownKeys(value, ["concurrency", "global"], `GenDurable: queues.${name}`, (m) => new ConfigError(m));
+      if (
+        typeof concurrency !== "number" ||
+        !Number.isInteger(concurrency) ||
+        concurrency < 1 ||
+        concurrency > 10_000
+      ) {
+        throw fail(
+          `queues.${name} must be a concurrency from 1 to 10000 (or { concurrency, global? }), got ${describe(value)}`,
+        );
       }
-      if (global !== undefined && (typeof global !== "number" || !Number.isInteger(global) || global < 1 || global > 1_000_000)) {
-        throw fail(`queues.${name}.global must be an integer from 1 to 1000000 (running steps across all nodes), got ${describe(global)}`);
+      if (
+        global !== undefined &&
+        (typeof global !== "number" || !Number.isInteger(global) || global < 1 || global > 1_000_000)
+      ) {
+        throw fail(
+          `queues.${name}.global must be an integer from 1 to 1000000 (running steps across all nodes), got ${describe(global)}`,
+        );
       }
       queues.set(name, { concurrency, global });
     }
@@ -196,13 +221,20 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   if (options.machines !== undefined) {
     if (!Array.isArray(options.machines)) throw fail("machines must be an array of defineMachine/defineJob results");
     for (const [i, machine] of options.machines.entries()) {
-      if (typeof machine !== "object" || machine === null || !(machine.steps instanceof Map) || typeof machine.name !== "string") {
+      if (
+        typeof machine !== "object" ||
+        machine === null ||
+        !(machine.steps instanceof Map) ||
+        typeof machine.name !== "string"
+      ) {
         throw fail(`machines[${i}] is ${describe(machine)}, not a defineMachine/defineJob result`);
       }
       const twin = machines.get(machine.name);
       if (twin && twin !== machine) throw fail(`two different machines are named "${machine.name}"`);
       if (queues.size > 0 && !queues.has(machine.queue)) {
-        throw fail(`machine "${machine.name}" runs on queue "${machine.queue}", which is not in queues (${[...queues.keys()].join(", ")})`);
+        throw fail(
+          `machine "${machine.name}" runs on queue "${machine.queue}", which is not in queues (${[...queues.keys()].join(", ")})`,
+        );
       }
       machines.set(machine.name, machine);
     }
@@ -214,14 +246,16 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     const spec: DurationSpec = OPTIONS[key];
     const parsed = toMs(options[key] ?? spec.default, key, fail);
     if (parsed < spec.min) throw fail(`${key} must be at least ${spec.min} ms, got ${parsed} ms`);
-    if (spec.max && parsed > spec.max.ms) throw fail(`${key} must be at most ${spec.max.text} (${spec.max.ms} ms), got ${parsed} ms`);
+    if (spec.max && parsed > spec.max.ms)
+      throw fail(`${key} must be at most ${spec.max.text} (${spec.max.ms} ms), got ${parsed} ms`);
     return parsed;
   };
   const wholeNumber = (key: KeyOf<IntegerSpec>) => {
     const { default: def, max }: IntegerSpec = OPTIONS[key];
     const value: unknown = options[key];
     if (value === undefined) return def;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max)
+      throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
     return value;
   };
 

@@ -111,7 +111,8 @@ export interface StepRateLimit<State = unknown, StateIn = unknown, K extends str
   weight?: number | ((ctx: StepContext<State, StateIn, K>) => number);
 }
 
-export type StepDefinition<State, StateIn, K extends string> = StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
+export type StepDefinition<State, StateIn, K extends string> =
+  StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
 
 /** A step as the runtime sees it, whatever form it was declared in. */
 export interface ResolvedStep {
@@ -126,7 +127,11 @@ export interface ResolvedStep {
 
 declare const TYPES: unique symbol;
 
-export interface Machine<Schema extends StandardSchemaV1 = StandardSchemaV1, K extends string = string, Kind extends "machine" | "job" = "machine" | "job"> {
+export interface Machine<
+  Schema extends StandardSchemaV1 = StandardSchemaV1,
+  K extends string = string,
+  Kind extends "machine" | "job" = "machine" | "job",
+> {
   readonly kind: Kind;
   readonly name: string;
   readonly queue: string;
@@ -168,8 +173,14 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
   definition: MachineDefinition<Schema, K>,
 ): Machine<Schema, K, "machine"> {
   const where = `defineMachine(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
-  if (typeof definition !== "object" || definition === null) throw new ConfigError("defineMachine needs a definition object");
-  rejectUnknownKeys(definition, ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"], where, (m) => new ConfigError(m));
+  if (typeof definition !== "object" || definition === null)
+    throw new ConfigError("defineMachine needs a definition object");
+  rejectUnknownKeys(
+    definition,
+    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"],
+    where,
+    (m) => new ConfigError(m),
+  );
   const common = resolveCommon(definition, where);
   if (typeof definition.steps !== "object" || definition.steps === null || Object.keys(definition.steps).length === 0) {
     throw new ConfigError(`${where}: steps must be an object with at least one step`);
@@ -205,12 +216,32 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
 
-export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definition: JobDefinition<Schema, R>): Job<Schema> {
+export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
+  definition: JobDefinition<Schema, R>,
+): Job<Schema> {
   const where = `defineJob(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
-  if (typeof definition !== "object" || definition === null) throw new ConfigError("defineJob needs a definition object");
-  rejectUnknownKeys(definition, ["name", "queue", "args", "maxAttempts", "backoff", "retention", "timeout", "transactional", "rateLimit", "perform"], where, (m) => new ConfigError(m));
+  if (typeof definition !== "object" || definition === null)
+    throw new ConfigError("defineJob needs a definition object");
+  rejectUnknownKeys(
+    definition,
+    [
+      "name",
+      "queue",
+      "args",
+      "maxAttempts",
+      "backoff",
+      "retention",
+      "timeout",
+      "transactional",
+      "rateLimit",
+      "perform",
+    ],
+    where,
+    (m) => new ConfigError(m),
+  );
   const common = resolveCommon({ ...definition, state: definition.args }, where, "args");
-  if (typeof definition.perform !== "function") throw new ConfigError(`${where}: perform must be a function (args, ctx) => result`);
+  if (typeof definition.perform !== "function")
+    throw new ConfigError(`${where}: perform must be a function (args, ctx) => result`);
   const perform = definition.perform;
   const step = resolveStep(
     "perform",
@@ -224,25 +255,45 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(definiti
     `${where}.perform`,
   );
   (step as { isJob?: boolean }).isJob = true;
-  return Object.freeze({ kind: "job" as const, ...common, schema: definition.args, initial: "perform" as const, steps: new Map([["perform", step]]) });
+  return Object.freeze({
+    kind: "job" as const,
+    ...common,
+    schema: definition.args,
+    initial: "perform" as const,
+    steps: new Map([["perform", step]]),
+  });
 }
 
 function resolveCommon(
-  definition: { name: unknown; queue?: unknown; state: unknown; maxAttempts?: unknown; backoff?: Backoff; retention?: unknown },
+  definition: {
+    name: unknown;
+    queue?: unknown;
+    state: unknown;
+    maxAttempts?: unknown;
+    backoff?: Backoff;
+    retention?: unknown;
+  },
   where: string,
   schemaKey = "state",
 ) {
   const name = checkName(definition.name, `${where}: name`, (m) => new ConfigError(m));
-  const queue = definition.queue === undefined ? DEFAULT_QUEUE : checkName(definition.queue, `${where}: queue`, (m) => new ConfigError(m));
+  const queue =
+    definition.queue === undefined
+      ? DEFAULT_QUEUE
+      : checkName(definition.queue, `${where}: queue`, (m) => new ConfigError(m));
   if (!isStandardSchema(definition.state)) {
-    throw new ConfigError(`${where}: ${schemaKey} must be a Standard Schema (a zod, valibot or arktype schema, for example)`);
+    throw new ConfigError(
+      `${where}: ${schemaKey} must be a Standard Schema (a zod, valibot or arktype schema, for example)`,
+    );
   }
   return {
     name,
     queue,
     maxAttempts: checkMaxAttempts(definition.maxAttempts, `${where}: maxAttempts`),
     backoff: definition.backoff === undefined ? undefined : resolveBackoff(definition.backoff, `${where}: backoff`),
-    ...(definition.retention === undefined ? {} : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
+    ...(definition.retention === undefined
+      ? {}
+      : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
   };
 }
 
@@ -255,7 +306,11 @@ export function checkRetention(value: unknown, what: string, make: (message: str
   return toMs(value, what, make);
 }
 
-export function checkMaxAttempts(value: unknown, what: string, make: (m: string) => Error = (m) => new ConfigError(m)): number | undefined {
+export function checkMaxAttempts(
+  value: unknown,
+  what: string,
+  make: (m: string) => Error = (m) => new ConfigError(m),
+): number | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > 1_000_000) {
     throw make(`${what} must be an integer from 1 to 1000000, got ${String(value)}`);
@@ -265,12 +320,26 @@ export function checkMaxAttempts(value: unknown, what: string, make: (m: string)
 
 function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   if (typeof step === "function") {
-    return { name, run: step as ResolvedStep["run"], timeoutMs: undefined, maxAttempts: undefined, backoff: undefined, transactional: false };
+    return {
+      name,
+      run: step as ResolvedStep["run"],
+      timeoutMs: undefined,
+      maxAttempts: undefined,
+      backoff: undefined,
+      transactional: false,
+    };
   }
   if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
-    throw new ConfigError(`${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`);
+    throw new ConfigError(
+      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`,
+    );
   }
-  rejectUnknownKeys(step, ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit"], where, (m) => new ConfigError(m));
+  rejectUnknownKeys(
+    step,
+    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit"],
+    where,
+    (m) => new ConfigError(m),
+  );
   const options = step as StepOptions<unknown, unknown, string>;
   if (options.transactional !== undefined && typeof options.transactional !== "boolean") {
     throw new ConfigError(`${where}.transactional must be a boolean`);
@@ -278,17 +347,21 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   return {
     name,
     run: options.run as ResolvedStep["run"],
-    timeoutMs: options.timeout === undefined ? undefined : toMs(options.timeout, `${where}.timeout`, (m) => new ConfigError(m)),
+    timeoutMs:
+      options.timeout === undefined ? undefined : toMs(options.timeout, `${where}.timeout`, (m) => new ConfigError(m)),
     maxAttempts: checkMaxAttempts(options.maxAttempts, `${where}.maxAttempts`),
     backoff: options.backoff === undefined ? undefined : resolveBackoff(options.backoff, `${where}.backoff`),
     transactional: options.transactional ?? false,
-    ...(options.rateLimit === undefined ? {} : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),
+    ...(options.rateLimit === undefined
+      ? {}
+      : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),
   };
 }
 
 /** The shape of a step's `rateLimit`; whether the name exists is checked by the engine that runs it. */
 function checkStepRateLimit(value: unknown, where: string): StepRateLimit {
-  if (typeof value !== "object" || value === null) throw new ConfigError(`${where} must be an object { name, partition?, weight? }`);
+  if (typeof value !== "object" || value === null)
+    throw new ConfigError(`${where} must be an object { name, partition?, weight? }`);
   rejectUnknownKeys(value, ["name", "partition", "weight"], where, (m) => new ConfigError(m));
   const limit = value as StepRateLimit;
   checkName(limit.name, `${where}.name`, (m) => new ConfigError(m));
@@ -297,8 +370,14 @@ function checkStepRateLimit(value: unknown, where: string): StepRateLimit {
   }
   const weight = limit.weight;
   // At most the limit's burst, which the engine checks (it knows the limit): a larger draw never fits.
-  if (weight !== undefined && typeof weight !== "function" && !(typeof weight === "number" && Number.isInteger(weight) && weight >= 1 && weight <= 2 ** 31 - 1)) {
-    throw new ConfigError(`${where}.weight must be a whole number of tokens from 1 to ${2 ** 31 - 1} or a function (ctx) => number, got ${describe(weight)}`);
+  if (
+    weight !== undefined &&
+    typeof weight !== "function" &&
+    !(typeof weight === "number" && Number.isInteger(weight) && weight >= 1 && weight <= 2 ** 31 - 1)
+  ) {
+    throw new ConfigError(
+      `${where}.weight must be a whole number of tokens from 1 to ${2 ** 31 - 1} or a function (ctx) => number, got ${describe(weight)}`,
+    );
   }
   return Object.freeze({ ...limit });
 }

@@ -18,13 +18,15 @@ export const MAX_DURATION_MS = 100 * 365 * 86_400_000;
 export function parseDuration(value: unknown, what: string): number | string {
   let ms: number | undefined;
   if (typeof value === "number") {
-    if (!Number.isFinite(value) || value < 0) return `${what} must be a duration (milliseconds >= 0 or a string like "30s"), got ${value}`;
+    if (!Number.isFinite(value) || value < 0)
+      return `${what} must be a duration (milliseconds >= 0 or a string like "30s"), got ${value}`;
     ms = value;
   } else if (typeof value === "string") {
     const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
     if (m) ms = Number(m[1]) * UNIT_MS[m[2] ?? "ms"]!;
   }
-  if (ms === undefined) return `${what} must be a duration (milliseconds >= 0 or a string like "30s", "5m", "2h"), got ${describe(value)}`;
+  if (ms === undefined)
+    return `${what} must be a duration (milliseconds >= 0 or a string like "30s", "5m", "2h"), got ${describe(value)}`;
   if (!(ms <= MAX_DURATION_MS)) return `${what} must be at most 100 years (${MAX_DURATION_MS} ms), got ${ms} ms`;
   return ms;
 }

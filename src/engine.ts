@@ -43,7 +43,16 @@ import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
 import { checkId, checkKey, checkName } from "./names.js";
 import { Completer } from "./runtime/completer.js";
 import { STATUSES, TERMINAL } from "./status.js";
-import type { Instance, InsertManyItem, InsertOptions, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
+import type {
+  Instance,
+  InsertManyItem,
+  InsertOptions,
+  InsertResult,
+  ListFilter,
+  SignalOptions,
+  SignalResult,
+  Transition,
+} from "./instance.js";
 import { explainInstance, type Explanation } from "./runtime/explain.js";
 import { Executor } from "./runtime/executor.js";
 import { prepareInsert, type InsertRow } from "./runtime/insert.js";
@@ -56,7 +65,6 @@ import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
-
 
 export class GenDurable {
   private readonly config: ResolvedConfig;
@@ -82,7 +90,8 @@ export class GenDurable {
     timeouts: (delayMs) => this.loops?.timeouts.triggerIn(delayMs),
   };
   /** Background loops: poll (wake schedulers), timeouts (await deadlines), joins (count finished children), lease (renew), reaper (expired leases, inbox). */
-  private loops: { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop; tables: Loop } | undefined;
+  private loops:
+    { poll: Loop; timeouts: Loop; joins: Loop; lease: Loop; reaper: Loop; gc: Loop; tables: Loop } | undefined;
   private listener: Listener | undefined;
   /** Fires the `cron` entries; on nodes with queues and cron entries only. */
   private cron: CronLoop | undefined;
@@ -111,7 +120,14 @@ export class GenDurable {
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
     const { schema, retentionMs, machines } = this.config;
-    this.pruner = new Pruner({ pool, schema, retentionMs, machines, events: this.events, more: () => this.loops?.gc.trigger() });
+    this.pruner = new Pruner({
+      pool,
+      schema,
+      retentionMs,
+      machines,
+      events: this.events,
+      more: () => this.loops?.gc.trigger(),
+    });
   }
 
   /** Subscribe to an engine event; returns a function that unsubscribes. */
@@ -140,7 +156,11 @@ export class GenDurable {
   /** Everything start() checks and records before any loop runs. */
   private async prepareStart(): Promise<void> {
     // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
-    this.cronEntries = await checkDeferredCron(this.config.cron, this.config.maxPayloadBytes, (m) => new ConfigError(`GenDurable: ${m}`));
+    this.cronEntries = await checkDeferredCron(
+      this.config.cron,
+      this.config.maxPayloadBytes,
+      (m) => new ConfigError(`GenDurable: ${m}`),
+    );
     const version = await currentVersion(this.pool, this.config.schema);
     if (version < LATEST_MIGRATION) throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
     await this.checkPool();
@@ -220,7 +240,16 @@ export class GenDurable {
     if (this.cronEntries.length > 0) {
       const { pool, events, cronEntries: entries } = this;
       const { schema, channel, maxPayloadBytes } = config;
-      this.cron = new CronLoop({ pool, schema, entries, channel, maxPayloadBytes, events, onError, wake: (queue) => this.schedulers.get(queue)?.wake() });
+      this.cron = new CronLoop({
+        pool,
+        schema,
+        entries,
+        channel,
+        maxPayloadBytes,
+        events,
+        onError,
+        wake: (queue) => this.schedulers.get(queue)?.wake(),
+      });
       this.cron.start();
     }
     const clientConfig: pg.ClientConfig = this.config.connectionString
@@ -250,11 +279,16 @@ export class GenDurable {
     // Leases keep being renewed while in-flight steps finish. The others wait for a running tick.
     await this.bounded("the cron loop's tick", this.cron?.stop());
     const { lease, ...others } = this.loops ?? {};
-    await Promise.all(Object.entries(others).map(([name, loop]) => this.bounded(`the ${name} loop's tick`, loop.stop())));
+    await Promise.all(
+      Object.entries(others).map(([name, loop]) => this.bounded(`the ${name} loop's tick`, loop.stop())),
+    );
     if (wasStarted) {
       const settled = Promise.all([...this.schedulers.values()].map((s) => s.settled()));
       let timer: LongTimeout | undefined;
-      await Promise.race([settled, new Promise((resolve) => (timer = setLongTimeout(() => resolve(undefined), this.config.shutdownGraceMs)))]);
+      await Promise.race([
+        settled,
+        new Promise((resolve) => (timer = setLongTimeout(() => resolve(undefined), this.config.shutdownGraceMs))),
+      ]);
       timer?.clear();
       this.stopReason = new EngineStoppedError();
       const released = await this.leases.releaseAll(this.stopReason).catch((error: unknown) => {
@@ -267,7 +301,12 @@ export class GenDurable {
     await this.bounded("the lease loop's tick", lease?.stop());
     await this.bounded("the lease connection to close", this.leases.close());
     if (wasStarted && this.config.queues.size > 0) {
-      await this.bounded("unregistering this node", this.pool.query(this.flow.unregister, [this.config.nodeId]).catch((error: unknown) => this.reportError("stop", error)));
+      await this.bounded(
+        "unregistering this node",
+        this.pool
+          .query(this.flow.unregister, [this.config.nodeId])
+          .catch((error: unknown) => this.reportError("stop", error)),
+      );
     }
     await this.bounded("the listener to close", this.listener?.stop());
     await this.bounded("group commits to finish", this.completer.whenIdle());
@@ -288,11 +327,18 @@ export class GenDurable {
     if (!work) return;
     let timer: LongTimeout | undefined;
     const gaveUp = await Promise.race([
-      work.then(() => false, () => false),
+      work.then(
+        () => false,
+        () => false,
+      ),
       new Promise<boolean>((resolve) => (timer = setLongTimeout(() => resolve(true), this.config.leaseMs))),
     ]);
     timer?.clear();
-    if (gaveUp) this.reportError("stop", new Error(`stop() gave up waiting for ${what} after ${this.config.leaseMs} ms (is the database reachable?)`));
+    if (gaveUp)
+      this.reportError(
+        "stop",
+        new Error(`stop() gave up waiting for ${what} after ${this.config.leaseMs} ms (is the database reachable?)`),
+      );
   }
 
   // ---------------------------------------------------------------- clients
@@ -300,17 +346,26 @@ export class GenDurable {
   /** Inserts one instance. With a live `correlationKey` twin, inserts nothing and returns its id. */
   async insert<M extends AnyMachine>(machine: M, options: InsertOptions<M>): Promise<InsertResult> {
     const { client, ...rest } = (options ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
-    const [result] = await this.insertRows([await prepareInsert(machine, rest, 0, "insert", this.config.maxPayloadBytes)], client);
+    const [result] = await this.insertRows(
+      [await prepareInsert(machine, rest, 0, "insert", this.config.maxPayloadBytes)],
+      client,
+    );
     return result!;
   }
 
   /** Inserts many instances in one statement (all or nothing); results in input order. */
-  async insertMany(items: readonly InsertManyItem[], options: { client?: pg.ClientBase } = {}): Promise<InsertResult[]> {
+  async insertMany(
+    items: readonly InsertManyItem[],
+    options: { client?: pg.ClientBase } = {},
+  ): Promise<InsertResult[]> {
     if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
     rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
     const rows = await Promise.all(
       items.map((item: unknown, i) => {
-        if (typeof item !== "object" || item === null) throw new ValidationError(`insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`);
+        if (typeof item !== "object" || item === null)
+          throw new ValidationError(
+            `insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`,
+          );
         const { machine, ...rest } = item as InsertManyItem;
         return prepareInsert(machine, rest, i, `insertMany[${i}]`, this.config.maxPayloadBytes);
       }),
@@ -330,7 +385,8 @@ export class GenDurable {
       return true;
     });
     if (unique.some((row) => row.correlation_key !== null)) {
-      const why = "an insert with a correlation key takes the signals kept for its key after locking the key, and a stricter snapshot misses those committed in between (they would stay in the inbox)";
+      const why =
+        "an insert with a correlation key takes the signals kept for its key after locking the key, and a stricter snapshot misses those committed in between (they would stay in the inbox)";
       if (client) await assertReadCommitted(client, "insert", why);
       else await this.checkPool();
     }
@@ -338,10 +394,15 @@ export class GenDurable {
     const channel = client ? this.config.channel : null;
     let pending = unique;
     for (let round = 0; pending.length > 0; round++) {
-      if (round === 10) throw new Error("insert: could not settle correlation keys after 10 rounds of concurrent inserts");
-      const { rows: out } = await runner.query<{ idx: number; id: string; inserted: boolean; queue: string; due: boolean }>(
-        prepared(this.q.insert, [JSON.stringify(pending), channel]),
-      );
+      if (round === 10)
+        throw new Error("insert: could not settle correlation keys after 10 rounds of concurrent inserts");
+      const { rows: out } = await runner.query<{
+        idx: number;
+        id: string;
+        inserted: boolean;
+        queue: string;
+        due: boolean;
+      }>(prepared(this.q.insert, [JSON.stringify(pending), channel]));
       for (const row of out) {
         if (row.idx < 0) continue;
         results[row.idx] = { id: row.id, inserted: row.inserted };
@@ -351,13 +412,19 @@ export class GenDurable {
       pending = pending.filter((row) => results[row.idx] === undefined);
     }
     for (const row of rows) {
-      if (results[row.idx] === undefined) results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
+      if (results[row.idx] === undefined)
+        results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
     }
     return results as InsertResult[];
   }
 
   /** Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. */
-  async signal(target: string | { id: string }, event: string, payload?: unknown, options: SignalOptions = {}): Promise<SignalResult> {
+  async signal(
+    target: string | { id: string },
+    event: string,
+    payload?: unknown,
+    options: SignalOptions = {},
+  ): Promise<SignalResult> {
     this.assertUsable();
     const bad = (m: string) => new ValidationError(`signal: ${m}`);
     rejectUnknownKeys(options ?? {}, ["client", "dedupKey", "ifMissing"], "signal", (m) => new ValidationError(m));
@@ -382,7 +449,8 @@ export class GenDurable {
       notifyChannel: this.config.channel,
     };
     if (options.client) {
-      const why = "a signal locks its instance and then reads its mailbox, and a stricter snapshot misses an instance or signals committed in between (the signal would be kept in the inbox, or an await never resume)";
+      const why =
+        "a signal locks its instance and then reads its mailbox, and a stricter snapshot misses an instance or signals committed in between (the signal would be kept in the inbox, or an await never resume)";
       await assertReadCommitted(options.client, "signal", why);
     }
     const delivered = options.client
@@ -409,11 +477,19 @@ export class GenDurable {
   async list(filter: ListFilter = {}): Promise<Instance[]> {
     this.assertUsable();
     const bad = (m: string) => new ValidationError(`list: ${m}`);
-    if (typeof filter !== "object" || filter === null) throw bad(`the filter must be an object, got ${describe(filter)}`);
-    rejectUnknownKeys(filter, ["machine", "status", "queue", "correlationKey", "limit", "after"], "list", (m) => new ValidationError(m));
+    if (typeof filter !== "object" || filter === null)
+      throw bad(`the filter must be an object, got ${describe(filter)}`);
+    rejectUnknownKeys(
+      filter,
+      ["machine", "status", "queue", "correlationKey", "limit", "after"],
+      "list",
+      (m) => new ValidationError(m),
+    );
     const limit = filter.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw bad(`limit must be an integer from 1 to 10000, got ${describe(filter.limit)}`);
-    const statuses = filter.status === undefined ? null : Array.isArray(filter.status) ? filter.status : [filter.status];
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000)
+      throw bad(`limit must be an integer from 1 to 10000, got ${describe(filter.limit)}`);
+    const statuses =
+      filter.status === undefined ? null : Array.isArray(filter.status) ? filter.status : [filter.status];
     for (const status of statuses ?? []) {
       if (!STATUSES.includes(status)) {
         const suggestion = typeof status === "string" ? didYouMean(status, STATUSES) : "";
@@ -459,7 +535,8 @@ export class GenDurable {
   /** Resolves with the instance once it is terminal (done, failed or cancelled). */
   async wait(id: string, options: { timeout?: Duration } = {}): Promise<Instance> {
     checkId(id, "wait: id", (m) => new ValidationError(m));
-    const timeoutMs = options.timeout === undefined ? undefined : toMs(options.timeout, "wait: timeout", (m) => new ValidationError(m));
+    const timeoutMs =
+      options.timeout === undefined ? undefined : toMs(options.timeout, "wait: timeout", (m) => new ValidationError(m));
     const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
     let pause = 10;
     for (;;) {
@@ -496,7 +573,8 @@ export class GenDurable {
     this.assertUsable();
     const bad = (m: string) => new ValidationError(`cancel: ${m}`);
     checkId(id, "id", bad);
-    if (reason !== undefined && typeof reason !== "string") throw bad(`reason must be a string, got ${describe(reason)}`);
+    if (reason !== undefined && typeof reason !== "string")
+      throw bad(`reason must be a string, got ${describe(reason)}`);
     // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
     const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
     const errorJson = JSON.stringify(error);
@@ -506,14 +584,21 @@ export class GenDurable {
     // Keys: each level passes those the first statement took (`held`), or null to take its own as it
     // comes: right when each statement is a transaction of its own (nothing is held between them).
     const cancelTree = async (client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> => {
-      const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(this.q.cancel, [id, errorJson, extraKeys]);
+      const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(this.q.cancel, [
+        id,
+        errorJson,
+        extraKeys,
+      ]);
       const cancelled: string[] = [];
       const target = rows[0];
       if (!target || TERMINAL.has(target.status)) return { target, cancelled, missing: [] };
       const held = holdsKeys ? target.keys : null;
-      for (let level = [id]; level.length > 0; ) {
+      for (let level = [id]; level.length > 0;) {
         cancelled.push(...level);
-        const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(this.q.cancelDescendants, [level, errorJson, held]);
+        const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(
+          this.q.cancelDescendants,
+          [level, errorJson, held],
+        );
         if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
         level = round[0]!.cancelled;
       }
@@ -525,7 +610,8 @@ export class GenDurable {
     let result: CancelTry | undefined;
     if (options.client) {
       const client = options.client;
-      const why = "cancel locks the instance and then looks for its children, and a stricter snapshot misses children spawned or retried in between";
+      const why =
+        "cancel locks the instance and then looks for its children, and a stricter snapshot misses children spawned or retried in between";
       await assertReadCommitted(client, "cancel", why);
       // Inside the caller's transaction a savepoint undoes a try; outside one, nothing is held between statements.
       const inTransaction = await client.query("savepoint gen_durable_cancel").then(
@@ -651,15 +737,21 @@ export class GenDurable {
       const { rows } = await client.query<LineageRow>(this.q.lockLineage, [id]);
       const target = rows.find((r) => r.id === id);
       if (!target) throw new UnknownInstanceError(id);
-      if (target.status !== "failed") throw new InvalidStateError(`retry: instance ${id} is ${target.status}; only failed instances can be retried`);
+      if (target.status !== "failed")
+        throw new InvalidStateError(`retry: instance ${id} is ${target.status}; only failed instances can be retried`);
       const cancelled = rows.find((r) => r.id !== id && r.status === "cancelled");
-      if (cancelled) throw new InvalidStateError(`retry: instance ${id} cannot run again: its ancestor ${cancelled.id} was cancelled`);
+      if (cancelled)
+        throw new InvalidStateError(
+          `retry: instance ${id} cannot run again: its ancestor ${cancelled.id} was cancelled`,
+        );
       // A parent that was pruned waits for nothing: the child is retried like any instance.
       const parent = rows.find((r) => r.id === target.parent_id);
       let join: "none" | "count" | "reopen" = "none";
       if (parent) {
         if (parent.children_from === null || BigInt(id) < BigInt(parent.children_from)) {
-          throw new InvalidStateError(`retry: instance ${id} is a child of an earlier spawn of instance ${parent.id}, whose join has run: a new outcome would reach no join`);
+          throw new InvalidStateError(
+            `retry: instance ${id} is a child of an earlier spawn of instance ${parent.id}, whose join has run: a new outcome would reach no join`,
+          );
         }
         // The join step reads ctx.children when it starts: until then the join can wait for this child again.
         const joinNotStarted = parent.status === "joining" || (parent.status === "runnable" && parent.joined);
@@ -709,7 +801,17 @@ export class GenDurable {
     const { pool, config } = this;
     const running = this.state === "started" && this.loops !== undefined;
     const loops = Object.keys(this.loops ?? {});
-    return { pool, schema: config.schema, nodeId: config.nodeId, queues: [...this.schedulers.keys()], machines: [...config.machines.keys()], loops, running, inFlight: () => this.leases.held.size, wake };
+    return {
+      pool,
+      schema: config.schema,
+      nodeId: config.nodeId,
+      queues: [...this.schedulers.keys()],
+      machines: [...config.machines.keys()],
+      loops,
+      running,
+      inFlight: () => this.leases.held.size,
+      wake,
+    };
   }
 
   private wakeQueue(queue: string): void {

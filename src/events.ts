@@ -85,7 +85,8 @@ export class TypedEmitter {
     for (const listener of this.emitter.listeners(event)) {
       try {
         const returned: unknown = (listener as (p: EngineEvents[E]) => unknown)(payload);
-        if (typeof (returned as PromiseLike<unknown> | undefined)?.then === "function") Promise.resolve(returned).catch(ignore);
+        if (typeof (returned as PromiseLike<unknown> | undefined)?.then === "function")
+          Promise.resolve(returned).catch(ignore);
       } catch {
         // ignored on purpose
       }

@@ -1,6 +1,15 @@
 // The public surface of gen-durable. Everything else is internal.
 export { GenDurable } from "./engine.js";
-export type { Instance, InsertOptions, InsertManyItem, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
+export type {
+  Instance,
+  InsertOptions,
+  InsertManyItem,
+  InsertResult,
+  ListFilter,
+  SignalOptions,
+  SignalResult,
+  Transition,
+} from "./instance.js";
 export type { Status } from "./status.js";
 export { defineMachine, defineJob } from "./define.js";
 export type {

@@ -41,7 +41,11 @@ export interface Transition {
 type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;
 
 /** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
-export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<infer S, string, "job">
+export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<
+    infer S,
+    string,
+    "job"
+  >
     ? { args: In<S> }
     : M extends Machine<infer S, string, "machine">
       ? { state: In<S> }

@@ -30,7 +30,9 @@ export function encodeJson(value: unknown, label: string, maxBytes: number): str
   const text = JSON.stringify(value);
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > maxBytes) {
-    throw new ValidationError(`${label} is ${bytes} bytes of JSON, over the limit of ${maxBytes} bytes (maxPayloadBytes)`);
+    throw new ValidationError(
+      `${label} is ${bytes} bytes of JSON, over the limit of ${maxBytes} bytes (maxPayloadBytes)`,
+    );
   }
   return text;
 }
@@ -63,7 +65,10 @@ function findNonJson(root: unknown): Problem | null {
       case "undefined":
         // A state, args or payload of undefined (a schema may accept it) is refused, not turned into null:
         // the step would then see null where its schema promised undefined.
-        if (keys.length === 0) return bad("is undefined, which cannot be stored (JSON has no undefined): pass a value, or null if the schema accepts it");
+        if (keys.length === 0)
+          return bad(
+            "is undefined, which cannot be stored (JSON has no undefined): pass a value, or null if the schema accepts it",
+          );
         if (typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
         continue; // an undefined property is simply omitted, as JSON.stringify does
       case "bigint":
@@ -100,7 +105,15 @@ function findNonJson(root: unknown): Problem | null {
 }
 
 function formatPath(keys: PropertyKey[]): string {
-  return keys.map((k) => (typeof k === "number" ? `[${k}]` : /^[A-Za-z_$][\w$]*$/.test(String(k)) ? `.${String(k)}` : `[${JSON.stringify(String(k))}]`)).join("");
+  return keys
+    .map((k) =>
+      typeof k === "number"
+        ? `[${k}]`
+        : /^[A-Za-z_$][\w$]*$/.test(String(k))
+          ? `.${String(k)}`
+          : `[${JSON.stringify(String(k))}]`,
+    )
+    .join("");
 }
 
 /** The stored form of a thrown value. */
@@ -121,9 +134,19 @@ export function toErrorRecord(thrown: unknown, depth = 0): ErrorRecord {
   const record: ErrorRecord = { name: "Error", message: "" };
   try {
     if (thrown instanceof Error) {
-      record.name = clean(safeGet(() => thrown.name), 200) || "Error";
-      record.message = clean(safeGet(() => thrown.message), MAX_MESSAGE);
-      const stack = clean(safeGet(() => thrown.stack), MAX_STACK);
+      record.name =
+        clean(
+          safeGet(() => thrown.name),
+          200,
+        ) || "Error";
+      record.message = clean(
+        safeGet(() => thrown.message),
+        MAX_MESSAGE,
+      );
+      const stack = clean(
+        safeGet(() => thrown.stack),
+        MAX_STACK,
+      );
       if (stack) record.stack = stack;
       const code = safeGet(() => (thrown as { code?: unknown }).code);
       if (typeof code === "string" || typeof code === "number") record.code = clean(String(code), 200);
@@ -137,7 +160,10 @@ export function toErrorRecord(thrown: unknown, depth = 0): ErrorRecord {
       record.message = clean(thrown, MAX_MESSAGE);
     } else if (thrown !== null && typeof thrown === "object") {
       const message = safeGet(() => (thrown as { message?: unknown }).message);
-      record.message = clean(typeof message === "string" ? message : safeGet(() => JSON.stringify(thrown)) ?? describe(thrown), MAX_MESSAGE);
+      record.message = clean(
+        typeof message === "string" ? message : (safeGet(() => JSON.stringify(thrown)) ?? describe(thrown)),
+        MAX_MESSAGE,
+      );
     } else {
       record.message = clean(safeGet(() => String(thrown)) ?? describe(thrown), MAX_MESSAGE);
     }

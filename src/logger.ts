@@ -33,9 +33,13 @@ export function resolveLogger(value: unknown, fail: (message: string) => Error):
   }
   const candidate = value as Record<string, unknown>;
   for (const level of LEVELS) {
-    if (typeof candidate[level] !== "function") throw fail(`logger must have debug, info, warn and error methods (pino-style); ${level} is ${describe(candidate[level])}`);
+    if (typeof candidate[level] !== "function")
+      throw fail(
+        `logger must have debug, info, warn and error methods (pino-style); ${level} is ${describe(candidate[level])}`,
+      );
   }
-  if (candidate.child !== undefined && typeof candidate.child !== "function") throw fail(`logger.child must be a function (pino-style) or absent, got ${describe(candidate.child)}`);
+  if (candidate.child !== undefined && typeof candidate.child !== "function")
+    throw fail(`logger.child must be a function (pino-style) or absent, got ${describe(candidate.child)}`);
   return value === silentLogger ? silentLogger : guardLogger(value as Logger);
 }
 
@@ -52,7 +56,8 @@ export function guardLogger(logger: Logger): Logger {
       try {
         const child = logger.child!(bindings);
         // A child that is not a logger after all: fall back to binding the fields ourselves.
-        if (typeof child === "object" && child !== null && LEVELS.every((l) => typeof child[l] === "function")) return guardLogger(child);
+        if (typeof child === "object" && child !== null && LEVELS.every((l) => typeof child[l] === "function"))
+          return guardLogger(child);
       } catch {
         // fall through
       }
@@ -93,8 +98,10 @@ export function stepLogger(logger: Logger, bound: Record<string, unknown>): Step
   const at =
     (level: Level) =>
     (first: unknown, second?: unknown): void => {
-      const [message, fields] = typeof first === "string" || typeof second === "string" ? order(first, second) : [undefined, first];
-      const extra = typeof fields === "object" && fields !== null ? fields : fields === undefined ? {} : { value: fields };
+      const [message, fields] =
+        typeof first === "string" || typeof second === "string" ? order(first, second) : [undefined, first];
+      const extra =
+        typeof fields === "object" && fields !== null ? fields : fields === undefined ? {} : { value: fields };
       if (message === undefined) bind()[level](extra);
       else bind()[level](extra, message);
     };

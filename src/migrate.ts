@@ -129,7 +129,10 @@ async function inspect(client: pg.ClientBase, schema: string): Promise<Found> {
   );
   const namespace = rows[0];
   if (!namespace) return { exists: false, owned: false, ours: false, migrationsTable: false, objects: [] };
-  const contents = await client.query<{ object: string }>(`select object from (${CONTENTS}) c order by object limit 11`, [namespace.oid]);
+  const contents = await client.query<{ object: string }>(
+    `select object from (${CONTENTS}) c order by object limit 11`,
+    [namespace.oid],
+  );
   const applied = await appliedMigrations(client, schema);
   return {
     exists: true,
@@ -171,13 +174,17 @@ async function appliedMigrations(client: pg.ClientBase | pg.Pool, schema: string
   );
   if (columns.rows.length === 0) return undefined;
   const types = new Map(columns.rows.map((c) => [c.name, c.type]));
-  if (types.get("id") !== "integer" || types.get("name") !== "text") return { version: 0, foreign: "its columns are not id integer, name text" };
+  if (types.get("id") !== "integer" || types.get("name") !== "text")
+    return { version: 0, foreign: "its columns are not id integer, name text" };
   const { rows } = await client.query<{ id: number; name: string }>(`select id, name from ${table} order by id`);
   for (const [i, row] of rows.entries()) {
     const ours = MIGRATIONS[i];
     // A newer gen-durable may have applied migrations this one does not know: their names are not checked.
     if (row.id !== i + 1 || (ours !== undefined && ours.name !== row.name)) {
-      return { version: 0, foreign: `row ${row.id} is "${row.name}", where gen-durable's migration ${i + 1} is "${ours?.name ?? "?"}"` };
+      return {
+        version: 0,
+        foreign: `row ${row.id} is "${row.name}", where gen-durable's migration ${i + 1} is "${ours?.name ?? "?"}"`,
+      };
     }
   }
   return { version: rows.length };
@@ -199,7 +206,8 @@ export async function currentVersion(client: pg.ClientBase | pg.Pool, schema: st
 /** Our own objects by kind, as the migrations create (and drop) them, plus the migrations table. */
 function ownObjects(): Map<string, string[]> {
   const kinds = new Map<string, Set<string>>([["table", new Set(["migrations"])]]);
-  const statement = /\b(create|drop)\s+(?:or\s+replace\s+)?(table|view|materialized\s+view|function|procedure|type|domain|sequence)\s+(?:if\s+(?:not\s+)?exists\s+)?\{\{schema\}\}\.([a-z_][a-z0-9_]*)/gi;
+  const statement =
+    /\b(create|drop)\s+(?:or\s+replace\s+)?(table|view|materialized\s+view|function|procedure|type|domain|sequence)\s+(?:if\s+(?:not\s+)?exists\s+)?\{\{schema\}\}\.([a-z_][a-z0-9_]*)/gi;
   for (const migration of MIGRATIONS) {
     const code = migration.sql.replace(/--[^\n]*/g, "");
     for (const [, verb, kind, name] of code.matchAll(statement)) {
@@ -264,7 +272,9 @@ begin
 end
 $gen_durable_up$;`,
       `create table ${q}.migrations ${MIGRATIONS_TABLE};`,
-      ...MIGRATIONS.map((m) => `${sqlFor(m.id, schema)}\ninsert into ${q}.migrations (id, name) values (${m.id}, '${m.name}');`),
+      ...MIGRATIONS.map(
+        (m) => `${sqlFor(m.id, schema)}\ninsert into ${q}.migrations (id, name) values (${m.id}, '${m.name}');`,
+      ),
     ].join("\n");
   },
   /**
@@ -278,7 +288,11 @@ $gen_durable_up$;`,
     const schema = checkSchemaName(options.schema ?? DEFAULT_SCHEMA, (m) => new ConfigError(`Migration.down: ${m}`));
     const objects = ownObjects();
     const drops = DROP_ORDER.filter((kind) => (objects.get(kind) ?? []).length > 0).map(
-      (kind) => `    drop ${kind} if exists ${objects.get(kind)!.map((name) => `${quoteIdent(schema)}.${name}`).join(", ")} restrict;`,
+      (kind) =>
+        `    drop ${kind} if exists ${objects
+          .get(kind)!
+          .map((name) => `${quoteIdent(schema)}.${name}`)
+          .join(", ")} restrict;`,
     );
     return `do $gen_durable_down$
 declare

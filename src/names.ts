@@ -14,16 +14,33 @@ export const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\u
  * surrounding spaces. Stored only as bound parameters.
  */
 export function checkName(value: unknown, what: string, make: (message: string) => Error): string {
-  if (typeof value !== "string" || value.length === 0 || value.length > 200 || value.trim() !== value || /[\u0000-\u001f]/.test(value) || LONE_SURROGATE.test(value)) {
-    throw make(`${what} must be a non-empty string of at most 200 characters without control characters, lone UTF-16 surrogates or surrounding spaces, got ${describe(value)}`);
+  if (
+    typeof value !== "string" ||
+    value.length === 0 ||
+    value.length > 200 ||
+    value.trim() !== value ||
+    /[\u0000-\u001f]/.test(value) ||
+    LONE_SURROGATE.test(value)
+  ) {
+    throw make(
+      `${what} must be a non-empty string of at most 200 characters without control characters, lone UTF-16 surrogates or surrounding spaces, got ${describe(value)}`,
+    );
   }
   return value;
 }
 
 /** Correlation, concurrency and dedup keys and rate-limit partitions: any non-empty string up to 1,000 characters without NUL or lone surrogates. */
 export function checkKey(value: unknown, what: string, make: (message: string) => Error): string {
-  if (typeof value !== "string" || value.length === 0 || value.length > 1000 || value.includes("\u0000") || LONE_SURROGATE.test(value)) {
-    throw make(`${what} must be a non-empty string of at most 1000 characters without NUL or lone UTF-16 surrogates, got ${describe(value)}`);
+  if (
+    typeof value !== "string" ||
+    value.length === 0 ||
+    value.length > 1000 ||
+    value.includes("\u0000") ||
+    LONE_SURROGATE.test(value)
+  ) {
+    throw make(
+      `${what} must be a non-empty string of at most 1000 characters without NUL or lone UTF-16 surrogates, got ${describe(value)}`,
+    );
   }
   return value;
 }
@@ -36,7 +53,11 @@ const MAX_ID = "9223372036854775807";
  * passes (get, explain, history, wait, cancel, retry, signal, list's after).
  */
 export function checkId(value: unknown, what: string, make: (message: string) => Error): string {
-  if (typeof value !== "string" || !/^[1-9][0-9]{0,18}$/.test(value) || (value.length === MAX_ID.length && value > MAX_ID)) {
+  if (
+    typeof value !== "string" ||
+    !/^[1-9][0-9]{0,18}$/.test(value) ||
+    (value.length === MAX_ID.length && value > MAX_ID)
+  ) {
     throw make(`${what} must be an instance id: a positive integer string up to ${MAX_ID}, got ${describe(value)}`);
   }
   return value;

@@ -8,7 +8,8 @@ import type { Duration } from "./duration.js";
 
 const BRAND: unique symbol = Symbol.for("gen-durable.outcome");
 
-export type AwaitSpec<E extends string = string> = E | { all: readonly E[] } | { any: readonly E[] } | { event: E; count: number };
+export type AwaitSpec<E extends string = string> =
+  E | { all: readonly E[] } | { any: readonly E[] } | { event: E; count: number };
 
 export interface ScheduleOptions {
   delay?: Duration;

@@ -13,7 +13,15 @@ export type Status = "runnable" | "running" | "awaiting" | "joining" | "done" | 
 export type TerminalStatus = Extract<Status, "done" | "failed" | "cancelled">;
 
 /** Every status, the live ones first. */
-export const STATUSES: readonly Status[] = ["runnable", "running", "awaiting", "joining", "done", "failed", "cancelled"];
+export const STATUSES: readonly Status[] = [
+  "runnable",
+  "running",
+  "awaiting",
+  "joining",
+  "done",
+  "failed",
+  "cancelled",
+];
 
 const TERMINAL_LIST: readonly TerminalStatus[] = ["done", "failed", "cancelled"];
 

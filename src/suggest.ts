@@ -32,10 +32,17 @@ function distance(a: string, b: string): number {
 }
 
 /** Throws `make(...)` for the first key of `object` that is not in `allowed`. */
-export function rejectUnknownKeys(object: object, allowed: readonly string[], where: string, make: (m: string) => Error): void {
+export function rejectUnknownKeys(
+  object: object,
+  allowed: readonly string[],
+  where: string,
+  make: (m: string) => Error,
+): void {
   for (const key of Object.keys(object)) {
     if (!allowed.includes(key)) {
-      throw make(`${where}: unknown option "${key}"${didYouMean(key, allowed)}; valid options are ${allowed.join(", ")}`);
+      throw make(
+        `${where}: unknown option "${key}"${didYouMean(key, allowed)}; valid options are ${allowed.join(", ")}`,
+      );
     }
   }
 }

@@ -18,7 +18,9 @@ import { defineJob, defineMachine, type GenDurableOptions } from "../../src/inde
 export const KEYS = 50;
 export const CHILDREN = 5;
 export const PAID_TIMEOUT = "5s";
-export const rateLimits = { shared: { limit: 100, period: "1s", burst: 20 } } as const satisfies GenDurableOptions["rateLimits"];
+export const rateLimits = {
+  shared: { limit: 100, period: "1s", burst: 20 },
+} as const satisfies GenDurableOptions["rateLimits"];
 
 /** The engine options of every worker (besides pool, schema and nodeId). */
 export const workerOptions = {
@@ -58,7 +60,10 @@ export const SoakItem = defineJob({
   args: z.object({ order: z.number(), index: z.number() }),
   perform: async (args, ctx) => {
     await sleep(2 + Math.random() * 8);
-    await ledger!.pool.query(`insert into ${s()}.soak_item_runs (instance_id, pid) values ($1, $2)`, [ctx.id, process.pid]);
+    await ledger!.pool.query(`insert into ${s()}.soak_item_runs (instance_id, pid) values ($1, $2)`, [
+      ctx.id,
+      process.pid,
+    ]);
     return args.index;
   },
 });
@@ -100,7 +105,9 @@ export const SoakCharge = defineJob({
       [args.key, ctx.id, process.pid, ctx.insertedAt],
     );
     await sleep(20 + Math.random() * 60);
-    await ledger!.pool.query(`update ${s()}.soak_b_runs set ended_at = clock_timestamp() where run = $1`, [rows[0]!.run]);
+    await ledger!.pool.query(`update ${s()}.soak_b_runs set ended_at = clock_timestamp() where run = $1`, [
+      rows[0]!.run,
+    ]);
   },
 });
 

@@ -58,7 +58,12 @@ const POOL = Math.max(1, Math.round(num("SOAK_POOL", 22)));
 const SEED = Math.round(num("SOAK_SEED", Date.now() % 1_000_000));
 const LIMIT = rateLimits.shared.limit;
 const HOT_TABLES = ["instances", "transitions", "signals", "concurrency_keys", "rate_limit_buckets", "nodes"];
-const AUTOVACUUM = ["autovacuum_vacuum_scale_factor", "autovacuum_vacuum_threshold", "autovacuum_vacuum_cost_limit", "autovacuum_vacuum_cost_delay"];
+const AUTOVACUUM = [
+  "autovacuum_vacuum_scale_factor",
+  "autovacuum_vacuum_threshold",
+  "autovacuum_vacuum_cost_limit",
+  "autovacuum_vacuum_cost_delay",
+];
 /** What migration 0009 sets per table (SOAK_TABLE_SETTINGS=server resets it). */
 const STORAGE_OPTIONS: Record<string, string[]> = {
   instances: ["fillfactor", ...AUTOVACUUM, "autovacuum_vacuum_insert_scale_factor", "autovacuum_analyze_scale_factor"],
@@ -143,7 +148,14 @@ class Workers {
     this.slots[index] = slot;
     const child = fork(workerScript, [], {
       execArgv: ["--import", "tsx"],
-      env: { ...process.env, NODE_OPTIONS: "", DATABASE_URL: this.url, SOAK_SCHEMA: this.schema, SOAK_NAME: name, SOAK_POOL: String(POOL) },
+      env: {
+        ...process.env,
+        NODE_OPTIONS: "",
+        DATABASE_URL: this.url,
+        SOAK_SCHEMA: this.schema,
+        SOAK_NAME: name,
+        SOAK_POOL: String(POOL),
+      },
       stdio: ["ignore", "pipe", "pipe", "ipc"],
       serialization: "advanced",
     });
@@ -163,7 +175,8 @@ class Workers {
         } else if (m.type === "stats") {
           slot.rss = m.rss as number;
           const p = this.pending;
-          for (const [machine, n] of Object.entries(m.done as Record<string, number>)) p.done[machine] = (p.done[machine] ?? 0) + n;
+          for (const [machine, n] of Object.entries(m.done as Record<string, number>))
+            p.done[machine] = (p.done[machine] ?? 0) + n;
           p.started += m.started as number;
           p.postponed += m.postponed as number;
           p.leaseLost += m.leaseLost as number;
@@ -175,7 +188,10 @@ class Workers {
       child.once("exit", (code, signal) => {
         const killed = this.killed.delete(child.pid!);
         this.exits.push({ name: `${name}#${generation}`, code, signal, killed, at: performance.now() });
-        if (!killed && !this.stopping) log(`worker ${name}#${generation} exited on its own (code ${code}, signal ${signal}); output:\n${slot.output.slice(-2000)}`);
+        if (!killed && !this.stopping)
+          log(
+            `worker ${name}#${generation} exited on its own (code ${code}, signal ${signal}); output:\n${slot.output.slice(-2000)}`,
+          );
         resolve();
         // A supervisor would start it again at once.
         if (!this.stopping && this.slots[index] === slot) void this.spawn(index);
@@ -185,7 +201,9 @@ class Workers {
 
   /** SIGKILLs a random worker that is up; returns its name. */
   kill(): string | undefined {
-    const live = this.slots.filter((s) => s.ready && s.child && s.child.exitCode === null && s.child.signalCode === null);
+    const live = this.slots.filter(
+      (s) => s.ready && s.child && s.child.exitCode === null && s.child.signalCode === null,
+    );
     if (live.length === 0) return undefined;
     const slot = live[Math.floor(random() * live.length)]!;
     this.killed.add(slot.child!.pid!);
@@ -251,7 +269,8 @@ async function main(): Promise<void> {
   await admin.query(ledgerSql(schema));
   const s = `"${schema}"`;
   if (process.env.SOAK_TABLE_SETTINGS === "server") {
-    for (const [table, options] of Object.entries(STORAGE_OPTIONS)) await admin.query(`alter table ${s}.${table} reset (${options.join(", ")})`);
+    for (const [table, options] of Object.entries(STORAGE_OPTIONS))
+      await admin.query(`alter table ${s}.${table} reset (${options.join(", ")})`);
   }
 
   const client = new GenDurable({ connectionString: appUrl(`${id}-client`), schema, rateLimits, poolSize: 6 });
@@ -323,7 +342,9 @@ async function main(): Promise<void> {
           });
         }
         if (b.length > 0) {
-          const ids = await client.insertMany(b.map((n) => ({ machine: SoakCharge, args: { n, key: `k${n % KEYS}` }, concurrencyKey: `k${n % KEYS}` })));
+          const ids = await client.insertMany(
+            b.map((n) => ({ machine: SoakCharge, args: { n, key: `k${n % KEYS}` }, concurrencyKey: `k${n % KEYS}` })),
+          );
           for (const { id } of ids) charges.push(id);
         }
       } catch (error) {
@@ -336,7 +357,12 @@ async function main(): Promise<void> {
 
   // ---- per-second counters, samples, invariants
   const seconds: Second[] = [];
-  const samples: Array<{ t: number; dead: Record<string, number>; live: Record<string, number>; rss: Record<string, number> }> = [];
+  const samples: Array<{
+    t: number;
+    dead: Record<string, number>;
+    live: Record<string, number>;
+    rss: Record<string, number>;
+  }> = [];
   const lastVacuum: Record<string, string | null> = {};
   let checkedUpTo = new Date(0);
   const checkKeys = async () => {
@@ -349,8 +375,13 @@ async function main(): Promise<void> {
        where prev_end > started_at limit 5`,
       [since],
     );
-    for (const r of rows) violation(`key ${r.ckey}: run of ${r.instance_id} started at ${r.started_at.toISOString()} before an earlier run ended (${r.prev_end.toISOString()})`);
-    const { rows: upTo } = await admin.query<{ t: Date | null }>(`select max(started_at) as t from ${s}.soak_b_runs where ended_at is not null`);
+    for (const r of rows)
+      violation(
+        `key ${r.ckey}: run of ${r.instance_id} started at ${r.started_at.toISOString()} before an earlier run ended (${r.prev_end.toISOString()})`,
+      );
+    const { rows: upTo } = await admin.query<{ t: Date | null }>(
+      `select max(started_at) as t from ${s}.soak_b_runs where ended_at is not null`,
+    );
     if (upTo[0]!.t) checkedUpTo = upTo[0]!.t;
   };
   const checkSignals = async () => {
@@ -362,14 +393,21 @@ async function main(): Promise<void> {
       `select order_id::text, children_done from ${s}.soak_orders where children_done <> $1 or children <> $1 limit 5`,
       [CHILDREN],
     );
-    for (const r of children) violation(`order ${r.order_id} joined ${r.children_done} finished children of ${CHILDREN}`);
+    for (const r of children)
+      violation(`order ${r.order_id} joined ${r.children_done} finished children of ${CHILDREN}`);
     const { rows: failed } = await admin.query<{ id: string; machine: string; error: unknown }>(
       `select id::text, machine, error from ${s}.instances where status = 'failed' limit 5`,
     );
     for (const r of failed) violation(`instance ${r.id} (${r.machine}) failed: ${JSON.stringify(r.error)}`);
   };
   const sampleTables = async () => {
-    const { rows } = await admin.query<{ relname: string; live: string; dead: string; last_vacuum: Date | null; last_autovacuum: Date | null }>(
+    const { rows } = await admin.query<{
+      relname: string;
+      live: string;
+      dead: string;
+      last_vacuum: Date | null;
+      last_autovacuum: Date | null;
+    }>(
       `select relname, n_live_tup::text as live, n_dead_tup::text as dead, last_vacuum, last_autovacuum
        from pg_stat_user_tables where schemaname = $1 and relname = any($2)`,
       [schema, HOT_TABLES],
@@ -379,7 +417,9 @@ async function main(): Promise<void> {
     for (const r of rows) {
       dead[r.relname] = Number(r.dead);
       live[r.relname] = Number(r.live);
-      const last = [r.last_vacuum, r.last_autovacuum].filter((d): d is Date => d !== null).sort((x, y) => y.getTime() - x.getTime())[0];
+      const last = [r.last_vacuum, r.last_autovacuum]
+        .filter((d): d is Date => d !== null)
+        .sort((x, y) => y.getTime() - x.getTime())[0];
       lastVacuum[r.relname] = last ? last.toISOString() : null;
     }
     const rss: Record<string, number> = { orchestrator: process.memoryUsage().rss };
@@ -417,7 +457,10 @@ async function main(): Promise<void> {
   })();
   // ---- faults
   const faults: Array<{ at: number; kind: "SIGKILL" | "pg_terminate_backend"; detail: string }> = [];
-  const plan = [...Array<"SIGKILL">(KILLS).fill("SIGKILL"), ...Array<"pg_terminate_backend">(TERMINATIONS).fill("pg_terminate_backend")];
+  const plan = [
+    ...Array<"SIGKILL">(KILLS).fill("SIGKILL"),
+    ...Array<"pg_terminate_backend">(TERMINATIONS).fill("pg_terminate_backend"),
+  ];
   const window = { from: Math.min(60, loadSeconds * 0.2), to: loadSeconds - Math.min(30, loadSeconds * 0.1) };
   const schedule = plan
     .map((kind) => ({ kind, at: window.from + random() * (window.to - window.from) }))
@@ -478,15 +521,26 @@ async function main(): Promise<void> {
     [charges],
   );
   if (missingOrders.length > 0) violation(`orders not joined after the drain: ${JSON.stringify(missingOrders)}`);
-  if (missingCharges.length > 0) violation(`charges with no finished run after the drain: ${JSON.stringify(missingCharges)}`);
+  if (missingCharges.length > 0)
+    violation(`charges with no finished run after the drain: ${JSON.stringify(missingCharges)}`);
   const multiAccepted = [...orders.values()].filter((o) => o.accepted > 1).length;
 
   // ---- figures
-  const { rows: reruns } = await admin.query<{ b_runs: number; b_instances: number; item_runs: number; item_instances: number }>(
+  const { rows: reruns } = await admin.query<{
+    b_runs: number;
+    b_instances: number;
+    item_runs: number;
+    item_instances: number;
+  }>(
     `select (select count(*) from ${s}.soak_b_runs)::int as b_runs, (select count(distinct instance_id) from ${s}.soak_b_runs)::int as b_instances,
             (select count(*) from ${s}.soak_item_runs)::int as item_runs, (select count(distinct instance_id) from ${s}.soak_item_runs)::int as item_instances`,
   );
-  const { rows: perMinute } = await admin.query<{ minute: number; runs: number; p50: number | null; p99: number | null }>(
+  const { rows: perMinute } = await admin.query<{
+    minute: number;
+    runs: number;
+    p50: number | null;
+    p99: number | null;
+  }>(
     `select floor(extract(epoch from ended_at - $1::timestamptz) / 60)::int as minute, count(*)::int as runs,
             percentile_cont(0.5) within group (order by extract(epoch from ended_at - inserted_at)) as p50,
             percentile_cont(0.99) within group (order by extract(epoch from ended_at - inserted_at)) as p99
@@ -504,7 +558,8 @@ async function main(): Promise<void> {
     `select (select count(*) from ${s}.soak_orders)::int as orders, (select count(distinct instance_id) from ${s}.soak_item_runs)::int as items,
             (select count(distinct instance_id) from ${s}.soak_b_runs where ended_at is not null)::int as charges`,
   );
-  const total = (machine: string, from = 0, to = Infinity) => seconds.filter((x) => x.t > from && x.t <= to).reduce((sum, x) => sum + (x.done[machine] ?? 0), 0);
+  const total = (machine: string, from = 0, to = Infinity) =>
+    seconds.filter((x) => x.t > from && x.t <= to).reduce((sum, x) => sum + (x.done[machine] ?? 0), 0);
   const warm = Math.min(60, loadEnded / 4);
   const bDelivered = total("SoakCharge", warm, loadEnded) / (loadEnded - warm);
   const postponements = seconds.reduce((sum, x) => sum + x.postponed, 0);
@@ -523,7 +578,7 @@ async function main(): Promise<void> {
       const baseline = before.reduce((sum, x) => sum + pick(x), 0) / Math.max(1, before.length);
       const start = Math.ceil(f.at);
       let dipped: number | undefined;
-      for (let t = start + 1; t <= start + 10; t++) if (rateAt(t, pick) < 0.8 * baseline) (dipped ??= t);
+      for (let t = start + 1; t <= start + 10; t++) if (rateAt(t, pick) < 0.8 * baseline) dipped ??= t;
       if (dipped === undefined) return 0;
       for (let t = dipped; t <= seconds.length; t++) if (rateAt(t, pick) >= 0.8 * baseline) return t - f.at;
       return seconds.length - f.at;
@@ -534,7 +589,16 @@ async function main(): Promise<void> {
   const report = {
     seed: SEED,
     environment: { ...environment, loadAverageAtEnd: loadavg().map((x) => round(x, 2)) },
-    parameters: { minutes: MINUTES, aRate: A_RATE, bRate: B_RATE, workers: WORKERS, pool: POOL, limit: LIMIT, burst: rateLimits.shared.burst, keys: KEYS },
+    parameters: {
+      minutes: MINUTES,
+      aRate: A_RATE,
+      bRate: B_RATE,
+      workers: WORKERS,
+      pool: POOL,
+      limit: LIMIT,
+      burst: rateLimits.shared.burst,
+      keys: KEYS,
+    },
     durations: { loadSeconds: round(loadEnded), drainSeconds: round(drained - loadEnded) },
     inserted: { orders: orders.size, charges: charges.length },
     completed: {
@@ -554,26 +618,54 @@ async function main(): Promise<void> {
       deliveredVsLimit: round(bDelivered / LIMIT, 3),
       deliveredVsInserted: round(bDelivered / B_RATE, 3),
       backlogAtLoadEnd: Math.max(0, Math.round(B_RATE * loadEnded - total("SoakCharge", 0, loadEnded))),
-      perMinute: perMinute.map((m) => ({ minute: m.minute, perSecond: round(m.runs / 60, 1), p50s: round(m.p50 ?? NaN, 2), p99s: round(m.p99 ?? NaN, 2) })),
+      perMinute: perMinute.map((m) => ({
+        minute: m.minute,
+        perSecond: round(m.runs / 60, 1),
+        p50s: round(m.p50 ?? NaN, 2),
+        p99s: round(m.p99 ?? NaN, 2),
+      })),
     },
     orderLatency: orderLatency.map((m) => ({ minute: m.minute, p50s: round(m.p50, 2), p99s: round(m.p99, 2) })),
     postponements: { total: postponements, perRun: round(postponements / Math.max(1, bRuns), 2) },
-    faults: { injected: faults, sigkills: faults.filter((f) => f.kind === "SIGKILL").length, terminations: faults.filter((f) => f.kind === "pg_terminate_backend").length },
+    faults: {
+      injected: faults,
+      sigkills: faults.filter((f) => f.kind === "SIGKILL").length,
+      terminations: faults.filter((f) => f.kind === "pg_terminate_backend").length,
+    },
     reExecuted: {
       charges: bRuns - reruns[0]!.b_instances,
       items: reruns[0]!.item_runs - reruns[0]!.item_instances,
       leasesLost: seconds.reduce((sum, x) => sum + x.leaseLost, 0),
     },
     recoverySeconds: {
-      all: { p50: round(percentile(recoveryAll, 50), 1), p99: round(percentile(recoveryAll, 99), 1), each: recoveryAll.map((x) => round(x, 1)) },
-      b: { p50: round(percentile(recoveryB, 50), 1), p99: round(percentile(recoveryB, 99), 1), each: recoveryB.map((x) => round(x, 1)) },
+      all: {
+        p50: round(percentile(recoveryAll, 50), 1),
+        p99: round(percentile(recoveryAll, 99), 1),
+        each: recoveryAll.map((x) => round(x, 1)),
+      },
+      b: {
+        p50: round(percentile(recoveryB, 50), 1),
+        p99: round(percentile(recoveryB, 99), 1),
+        each: recoveryB.map((x) => round(x, 1)),
+      },
     },
-    deadTuples: samples.filter((_, i) => i % 4 === 0 || i === samples.length - 1).map((x) => ({ t: x.t, dead: x.dead, live: x.live })),
+    deadTuples: samples
+      .filter((_, i) => i % 4 === 0 || i === samples.length - 1)
+      .map((x) => ({ t: x.t, dead: x.dead, live: x.live })),
     lastVacuum,
     rssMB: samples
       .filter((_, i) => i % 4 === 0 || i === samples.length - 1)
-      .map((x) => ({ t: x.t, ...Object.fromEntries(Object.entries(x.rss).map(([k, v]) => [k.replace(`${id}-`, ""), round(v / 2 ** 20)])) })),
-    errors: { engine: workers.errors.length, firstEngineErrors: workers.errors.slice(0, 5), insert: insertErrors, lastInsertError, signalRefused: signalErrors },
+      .map((x) => ({
+        t: x.t,
+        ...Object.fromEntries(Object.entries(x.rss).map(([k, v]) => [k.replace(`${id}-`, ""), round(v / 2 ** 20)])),
+      })),
+    errors: {
+      engine: workers.errors.length,
+      firstEngineErrors: workers.errors.slice(0, 5),
+      insert: insertErrors,
+      lastInsertError,
+      signalRefused: signalErrors,
+    },
     warnings: [...workers.warnings],
     workerExits: workers.exits.map((e) => ({ ...e, at: round((e.at - t0) / 1000, 1) })),
     invariants: {
@@ -596,7 +688,15 @@ async function main(): Promise<void> {
 
 type Report = Record<string, unknown> & {
   durations: { loadSeconds: number; drainSeconds: number };
-  parameters: { minutes: number; aRate: number; bRate: number; workers: number; pool: number; limit: number; burst: number };
+  parameters: {
+    minutes: number;
+    aRate: number;
+    bRate: number;
+    workers: number;
+    pool: number;
+    limit: number;
+    burst: number;
+  };
   environment: Record<string, unknown>;
 };
 
@@ -604,8 +704,20 @@ function printReport(r: Report): void {
   const out = (line = "") => console.log(line);
   const x = r as unknown as {
     inserted: { orders: number; charges: number };
-    completed: { orders: number; items: number; charges: number; perSecondDuringLoad: { orders: number; items: number; charges: number } };
-    b: { deliveredPerSecond: number; limit: number; deliveredVsLimit: number; deliveredVsInserted: number; backlogAtLoadEnd: number; perMinute: Array<{ minute: number; perSecond: number; p50s: number; p99s: number }> };
+    completed: {
+      orders: number;
+      items: number;
+      charges: number;
+      perSecondDuringLoad: { orders: number; items: number; charges: number };
+    };
+    b: {
+      deliveredPerSecond: number;
+      limit: number;
+      deliveredVsLimit: number;
+      deliveredVsInserted: number;
+      backlogAtLoadEnd: number;
+      perMinute: Array<{ minute: number; perSecond: number; p50s: number; p99s: number }>;
+    };
     orderLatency: Array<{ minute: number; p50s: number; p99s: number }>;
     postponements: { total: number; perRun: number };
     faults: { sigkills: number; terminations: number };
@@ -620,39 +732,64 @@ function printReport(r: Report): void {
   };
   const e = r.environment;
   out("");
-  out(`Soak report — ${round(r.durations.loadSeconds / 60, 1)} min of load, ${round(r.durations.drainSeconds)} s of drain; ${r.parameters.workers} workers (pool ${r.parameters.pool});`);
-  out(`  Postgres ${String(e.postgres)} (${String(e.database)}, autovacuum ${String(e.autovacuum)}, fsync ${String(e.fsync)}, table settings: ${String(e.tableSettings)}); Node ${String(e.node)}; ${String(e.cpus)} × ${String(e.cpuModel)}`);
+  out(
+    `Soak report — ${round(r.durations.loadSeconds / 60, 1)} min of load, ${round(r.durations.drainSeconds)} s of drain; ${r.parameters.workers} workers (pool ${r.parameters.pool});`,
+  );
+  out(
+    `  Postgres ${String(e.postgres)} (${String(e.database)}, autovacuum ${String(e.autovacuum)}, fsync ${String(e.fsync)}, table settings: ${String(e.tableSettings)}); Node ${String(e.node)}; ${String(e.cpus)} × ${String(e.cpuModel)}`,
+  );
   out("");
-  out(`Completed: ${fmt(x.completed.orders)} orders (A) of ${fmt(x.inserted.orders)}, ${fmt(x.completed.items)} children, ${fmt(x.completed.charges)} charges (B) of ${fmt(x.inserted.charges)}`);
-  out(`  during the load: A ${x.completed.perSecondDuringLoad.orders}/s, children ${x.completed.perSecondDuringLoad.items}/s, B ${x.completed.perSecondDuringLoad.charges}/s`);
+  out(
+    `Completed: ${fmt(x.completed.orders)} orders (A) of ${fmt(x.inserted.orders)}, ${fmt(x.completed.items)} children, ${fmt(x.completed.charges)} charges (B) of ${fmt(x.inserted.charges)}`,
+  );
+  out(
+    `  during the load: A ${x.completed.perSecondDuringLoad.orders}/s, children ${x.completed.perSecondDuringLoad.items}/s, B ${x.completed.perSecondDuringLoad.charges}/s`,
+  );
   out(
     `B delivered ${x.b.deliveredPerSecond}/s against ${r.parameters.bRate}/s inserted and a limit of ${x.b.limit}/s ` +
       `(${x.b.deliveredVsInserted}× of inserted, ${x.b.deliveredVsLimit}× of the limit); backlog when the load ended ≈ ${fmt(x.b.backlogAtLoadEnd)}`,
   );
   out(`Postponements (step:rate_limited): ${fmt(x.postponements.total)}, ${x.postponements.perRun} per B run`);
   out(`Faults: ${x.faults.sigkills} SIGKILLs, ${x.faults.terminations} rounds of pg_terminate_backend`);
-  out(`Re-executed: ${x.reExecuted.charges} charges, ${x.reExecuted.items} children ran twice or more; ${x.reExecuted.leasesLost} outcomes discarded (lease lost)`);
-  out(`Recovery after a fault (3-s rate back to 80% of the 30 s before): all work p50 ${x.recoverySeconds.all.p50} s, p99 ${x.recoverySeconds.all.p99} s; B p50 ${x.recoverySeconds.b.p50} s, p99 ${x.recoverySeconds.b.p99} s`);
-  out(`Errors: ${x.errors.engine} engine errors reported, ${x.errors.insert} failed inserts, ${x.errors.signalRefused} signals refused`);
+  out(
+    `Re-executed: ${x.reExecuted.charges} charges, ${x.reExecuted.items} children ran twice or more; ${x.reExecuted.leasesLost} outcomes discarded (lease lost)`,
+  );
+  out(
+    `Recovery after a fault (3-s rate back to 80% of the 30 s before): all work p50 ${x.recoverySeconds.all.p50} s, p99 ${x.recoverySeconds.all.p99} s; B p50 ${x.recoverySeconds.b.p50} s, p99 ${x.recoverySeconds.b.p99} s`,
+  );
+  out(
+    `Errors: ${x.errors.engine} engine errors reported, ${x.errors.insert} failed inserts, ${x.errors.signalRefused} signals refused`,
+  );
   for (const line of x.errors.firstEngineErrors) out(`  ${line.slice(0, 200)}`);
   if (x.warnings.length > 0) out(`Warnings: ${x.warnings.map((w) => w.slice(0, 160)).join(" | ")}`);
   out("");
   out("minute  B/s   B p50 s  B p99 s  A p50 s  A p99 s");
   for (const m of x.b.perMinute) {
     const a = x.orderLatency.find((o) => o.minute === m.minute);
-    out(`${String(m.minute).padStart(6)}  ${String(m.perSecond).padStart(5)}  ${String(m.p50s).padStart(7)}  ${String(m.p99s).padStart(7)}  ${String(a?.p50s ?? "-").padStart(7)}  ${String(a?.p99s ?? "-").padStart(7)}`);
+    out(
+      `${String(m.minute).padStart(6)}  ${String(m.perSecond).padStart(5)}  ${String(m.p50s).padStart(7)}  ${String(m.p99s).padStart(7)}  ${String(a?.p50s ?? "-").padStart(7)}  ${String(a?.p99s ?? "-").padStart(7)}`,
+    );
   }
   out("");
   const tables = Object.keys(x.deadTuples.at(-1)?.dead ?? {}).sort();
   out(`dead tuples (live) over time:   ${tables.join(" | ")}`);
-  for (const d of x.deadTuples) out(`  ${String(d.t).padStart(5)} s  ${tables.map((t) => `${fmt(d.dead[t] ?? NaN)} (${fmt(d.live[t] ?? NaN)})`).join(" | ")}`);
-  out(`last vacuum: ${Object.entries(x.lastVacuum).map(([t, v]) => `${t} ${v ?? "never"}`).join("; ")}`);
+  for (const d of x.deadTuples)
+    out(
+      `  ${String(d.t).padStart(5)} s  ${tables.map((t) => `${fmt(d.dead[t] ?? NaN)} (${fmt(d.live[t] ?? NaN)})`).join(" | ")}`,
+    );
+  out(
+    `last vacuum: ${Object.entries(x.lastVacuum)
+      .map(([t, v]) => `${t} ${v ?? "never"}`)
+      .join("; ")}`,
+  );
   out("");
   const procs = Object.keys(x.rssMB.at(-1) ?? {}).filter((k) => k !== "t");
   out(`RSS MB over time:   ${procs.join(" | ")}`);
   for (const m of x.rssMB) out(`  ${String(m.t).padStart(5)} s  ${procs.map((p) => String(m[p] ?? "-")).join(" | ")}`);
   out("");
-  out(`Invariants: ${x.invariants.held ? "held" : "VIOLATED"} (lost: ${x.invariants.lost.orders} orders, ${x.invariants.lost.charges} charges; key overlaps, two accepted or consumed signals, failed instances: checked every 10 s)`);
+  out(
+    `Invariants: ${x.invariants.held ? "held" : "VIOLATED"} (lost: ${x.invariants.lost.orders} orders, ${x.invariants.lost.charges} charges; key overlaps, two accepted or consumed signals, failed instances: checked every 10 s)`,
+  );
   for (const v of x.invariants.violations) out(`  ${v}`);
 }
 

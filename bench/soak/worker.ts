@@ -11,7 +11,9 @@ import { GenDurable } from "../../src/index.js";
 import { machines, useLedger, workerOptions } from "./machines.js";
 
 const send = (message: Record<string, unknown>) =>
-  new Promise<void>((resolve) => (process.connected ? process.send!(message, undefined, {}, () => resolve()) : resolve()));
+  new Promise<void>((resolve) =>
+    process.connected ? process.send!(message, undefined, {}, () => resolve()) : resolve(),
+  );
 process.on("disconnect", () => process.exit(0));
 
 const url = process.env.DATABASE_URL!;
@@ -51,7 +53,15 @@ await send({ type: "ready", pid: process.pid });
 
 setInterval(() => {
   const { rss, heapUsed } = process.memoryUsage();
-  void send({ type: "stats", rss, heapUsed, ...counts, done: { ...counts.done }, lastError, warnings: warnings.splice(0) });
+  void send({
+    type: "stats",
+    rss,
+    heapUsed,
+    ...counts,
+    done: { ...counts.done },
+    lastError,
+    warnings: warnings.splice(0),
+  });
   counts.started = counts.postponed = counts.leaseLost = counts.errors = 0;
   counts.done = {};
   lastError = "";

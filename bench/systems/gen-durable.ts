@@ -36,10 +36,17 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
     name: "FanOut",
     state: z.object({ children: z.number() }),
     steps: {
-      start: (ctx) => ctx.spawn(Array.from({ length: ctx.state.children }, (_, i) => ({ machine: FanChild, args: { i } })), "join"),
+      start: (ctx) =>
+        ctx.spawn(
+          Array.from({ length: ctx.state.children }, (_, i) => ({ machine: FanChild, args: { i } })),
+          "join",
+        ),
       join: (ctx) => {
         fanHooks.onJoin();
-        return ctx.done({ children: ctx.children.length, done: ctx.children.filter((c) => c.status === "done").length });
+        return ctx.done({
+          children: ctx.children.length,
+          done: ctx.children.filter((c) => c.status === "done").length,
+        });
       },
     },
   });
@@ -86,13 +93,21 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
     },
 
     async countFinished() {
-      const { rows } = await admin!.query<{ n: number }>(`select count(*)::int as n from ${schema}.instances where status = 'done'`);
+      const { rows } = await admin!.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.instances where status = 'done'`,
+      );
       return rows[0]!.n;
     },
 
     async startWorker(concurrency, handler) {
       onStart = handler;
-      const engine = new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [Noop], ...poolOption });
+      const engine = new GenDurable({
+        connectionString: url,
+        schema,
+        queues: { default: concurrency },
+        machines: [Noop],
+        ...poolOption,
+      });
       await engine.start();
       return {
         enqueue: async (i) => {
@@ -104,7 +119,13 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
 
     async startFanoutWorker(concurrency, hooks) {
       fanHooks = hooks;
-      const engine = new GenDurable({ connectionString: url, schema, queues: { default: concurrency }, machines: [FanOut, FanChild], ...poolOption });
+      const engine = new GenDurable({
+        connectionString: url,
+        schema,
+        queues: { default: concurrency },
+        machines: [FanOut, FanChild],
+        ...poolOption,
+      });
       await engine.start();
       let parentId: string | undefined;
       return {
@@ -121,7 +142,12 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
             [parentId],
           );
           const row = rows[0]!;
-          return { childrenFinished: row.done, childrenUnfinished: row.unfinished, joinCommits: row.joins, finished: row.finished };
+          return {
+            childrenFinished: row.done,
+            childrenUnfinished: row.unfinished,
+            joinCommits: row.joins,
+            finished: row.finished,
+          };
         },
         stop: () => engine.stop(),
       };

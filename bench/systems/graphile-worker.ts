@@ -52,7 +52,9 @@ export function graphileWorker(url: string, variant: "defaults" | "batched"): Be
     config: {
       producer: "makeWorkerUtils({ connectionString, schema }) — default pool (10)",
       worker: `run({ connectionString, schema, concurrency: N, maxPoolSize: max(10, N + 2), taskList: { noop }, noHandleSignals: true${
-        batching ? ", preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }" : ""
+        batching
+          ? ", preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } }"
+          : ""
       } })`,
       bulk: "workerUtils.addJobs(specs)",
       single: "workerUtils.addJob('noop', { i })",
@@ -115,12 +117,18 @@ export function graphileWorker(url: string, variant: "defaults" | "batched"): Be
       const runner = await runWorker(concurrency, {
         fanout_parent: async (payload, helpers) => {
           const { fanout, children } = payload as { fanout: number; children: number };
-          const specs = Array.from({ length: children }, (_, i) => ({ identifier: "fanout_child", payload: { fanout, i } }));
+          const specs = Array.from({ length: children }, (_, i) => ({
+            identifier: "fanout_child",
+            payload: { fanout, i },
+          }));
           await helpers.withPgClient(async (client) => {
             await client.query("begin");
             try {
               // A re-run of the parent (after a crash) finds the counter and adds nothing.
-              const created = await client.query(`insert into ${schema}.bench_fanout (id, remaining) values ($1, $2) on conflict do nothing`, [fanout, children]);
+              const created = await client.query(
+                `insert into ${schema}.bench_fanout (id, remaining) values ($1, $2) on conflict do nothing`,
+                [fanout, children],
+              );
               if (created.rowCount === 1) {
                 await client.query(
                   `select count(*) from ${schema}.add_jobs(array(select json_populate_recordset(null::${schema}.job_spec, $1::json)))`,
@@ -151,7 +159,9 @@ export function graphileWorker(url: string, variant: "defaults" | "batched"): Be
         },
         fanout_join: async (payload, helpers) => {
           hooks.onJoin();
-          await helpers.query(`insert into ${schema}.bench_fanout_joined (fanout) values ($1)`, [(payload as { fanout: number }).fanout]);
+          await helpers.query(`insert into ${schema}.bench_fanout_joined (fanout) values ($1)`, [
+            (payload as { fanout: number }).fanout,
+          ]);
         },
       });
       return {
@@ -169,7 +179,12 @@ export function graphileWorker(url: string, variant: "defaults" | "batched"): Be
             [fanout],
           );
           const row = rows[0]!;
-          return { childrenFinished: row.done, childrenUnfinished: row.unfinished, joinCommits: row.joins, finished: row.joins > 0 && row.jobs === 0 };
+          return {
+            childrenFinished: row.done,
+            childrenUnfinished: row.unfinished,
+            joinCommits: row.joins,
+            finished: row.joins > 0 && row.jobs === 0,
+          };
         },
         stop: () => runner.stop(),
       };

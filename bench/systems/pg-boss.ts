@@ -44,13 +44,15 @@ export function pgBoss(url: string): BenchSystem {
   const schema = "bench_pgboss";
   let producer: PgBoss | undefined;
   let admin: pg.Pool | undefined;
-  const report = (error: unknown) => console.error(`  [pg-boss error] ${error instanceof Error ? error.message : String(error)}`);
+  const report = (error: unknown) =>
+    console.error(`  [pg-boss error] ${error instanceof Error ? error.message : String(error)}`);
 
   return {
     name: "pg-boss",
     schema,
     config: {
-      producer: "new PgBoss({ connectionString, schema, supervise: false, schedule: false }).start() — default pool (max 10)",
+      producer:
+        "new PgBoss({ connectionString, schema, supervise: false, schedule: false }).start() — default pool (max 10)",
       queue: `createQueue('${QUEUE}', { notify: true })`,
       worker:
         "new PgBoss({ connectionString, schema, useListenNotify: true }).start(); " +
@@ -62,8 +64,7 @@ export function pgBoss(url: string): BenchSystem {
         `parent handler: boss.flow([N × { ref, name: '${FAN.child}', data: { i } }, { ref: 'join', name: '${FAN.join}', dependsOn: all N refs }]); ` +
         `children: work('${FAN.child}', { localConcurrency: L, batchSize: N / L, burstWhenBatchFull: true }); join: work('${FAN.join}', { pollingIntervalSeconds: ${JOIN_POLLING_SECONDS} })`,
     },
-    fanoutDescription:
-      `native flows: the parent's handler sends one flow of N children + a join job depending on all of them (one transaction); a background resolver (every flowIntervalSeconds = ${FLOW_INTERVAL_SECONDS} s, the minimum) decrements the join's pending dependencies for completed children, 1,000 per statement; the join job is then found by polling (every ${JOIN_POLLING_SECONDS} s, the minimum); the join does not see the children's outcomes`,
+    fanoutDescription: `native flows: the parent's handler sends one flow of N children + a join job depending on all of them (one transaction); a background resolver (every flowIntervalSeconds = ${FLOW_INTERVAL_SECONDS} s, the minimum) decrements the join's pending dependencies for completed children, 1,000 per statement; the join job is then found by polling (every ${JOIN_POLLING_SECONDS} s, the minimum); the join does not see the children's outcomes`,
 
     async setup() {
       // The producer only sends: no maintenance or cron timers of its own (the worker instance, with defaults, does
@@ -83,7 +84,10 @@ export function pgBoss(url: string): BenchSystem {
     async enqueueBulk(from, count, batchSize) {
       for (let start = from; start < from + count; start += batchSize) {
         const n = Math.min(batchSize, from + count - start);
-        await producer!.insert(QUEUE, Array.from({ length: n }, (_, k) => ({ data: { i: start + k } })));
+        await producer!.insert(
+          QUEUE,
+          Array.from({ length: n }, (_, k) => ({ data: { i: start + k } })),
+        );
       }
     },
 
@@ -92,7 +96,10 @@ export function pgBoss(url: string): BenchSystem {
     },
 
     async countFinished() {
-      const { rows } = await admin!.query<{ n: number }>(`select count(*)::int as n from ${schema}.job where name = $1 and state = 'completed'`, [QUEUE]);
+      const { rows } = await admin!.query<{ n: number }>(
+        `select count(*)::int as n from ${schema}.job where name = $1 and state = 'completed'`,
+        [QUEUE],
+      );
       return rows[0]!.n;
     },
 
@@ -113,10 +120,19 @@ export function pgBoss(url: string): BenchSystem {
     },
 
     async startFanoutWorker(concurrency, hooks: FanoutHooks) {
-      for (const [name, notify] of [[FAN.parent, true], [FAN.child, true], [FAN.join, false]] as const) {
+      for (const [name, notify] of [
+        [FAN.parent, true],
+        [FAN.child, true],
+        [FAN.join, false],
+      ] as const) {
         if (!(await producer!.getQueue(name))) await producer!.createQueue(name, { notify });
       }
-      const boss = new PgBoss({ connectionString: url, schema, useListenNotify: true, flowIntervalSeconds: FLOW_INTERVAL_SECONDS });
+      const boss = new PgBoss({
+        connectionString: url,
+        schema,
+        useListenNotify: true,
+        flowIntervalSeconds: FLOW_INTERVAL_SECONDS,
+      });
       boss.on("error", report);
       await boss.start();
       await boss.work<{ children: number }>(FAN.parent, async (jobs) => {
@@ -129,9 +145,13 @@ export function pgBoss(url: string): BenchSystem {
         }
       });
       const { localConcurrency, batchSize } = pgBossSplit(concurrency);
-      await boss.work<{ i: number }>(FAN.child, { localConcurrency, batchSize, burstWhenBatchFull: true }, async (jobs) => {
-        for (const job of jobs) hooks.onChild(job.data.i);
-      });
+      await boss.work<{ i: number }>(
+        FAN.child,
+        { localConcurrency, batchSize, burstWhenBatchFull: true },
+        async (jobs) => {
+          for (const job of jobs) hooks.onChild(job.data.i);
+        },
+      );
       await boss.work(FAN.join, { pollingIntervalSeconds: JOIN_POLLING_SECONDS }, async (jobs) => {
         for (const _job of jobs) hooks.onJoin();
       });
@@ -149,7 +169,12 @@ export function pgBoss(url: string): BenchSystem {
             [FAN.child, FAN.join, FAN.parent],
           );
           const row = rows[0]!;
-          return { childrenFinished: row.done, childrenUnfinished: row.unfinished, joinCommits: row.joins, finished: row.joins > 0 && row.open === 0 };
+          return {
+            childrenFinished: row.done,
+            childrenUnfinished: row.unfinished,
+            joinCommits: row.joins,
+            finished: row.joins > 0 && row.open === 0,
+          };
         },
         stop: () => boss.stop({ graceful: true, close: true }),
       };

@@ -65,7 +65,15 @@ export function commandHelp(command: Command): string {
     return `  ${flag.padEnd(30)} ${spec.description}`;
   });
   const operands = (command.positionals ?? []).map((p) => `  ${p.name.padEnd(30)} ${p.description}`);
-  return [`usage: ${usageLine(command)}`, "", command.description, "", ...(operands.length ? ["arguments:", ...operands, ""] : []), "options:", ...rows].join("\n");
+  return [
+    `usage: ${usageLine(command)}`,
+    "",
+    command.description,
+    "",
+    ...(operands.length ? ["arguments:", ...operands, ""] : []),
+    "options:",
+    ...rows,
+  ].join("\n");
 }
 
 export function mainHelp(commands: readonly Command[]): string {
@@ -89,14 +97,19 @@ export function mainHelp(commands: readonly Command[]): string {
 function version(): string {
   // ../../package.json from both src/cli/ and dist/cli/.
   try {
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string };
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+      version?: string;
+    };
     return pkg.version ?? "unknown";
   } catch {
     return "unknown";
   }
 }
 
-function parseCommandArgs(command: Command, args: string[]): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+function parseCommandArgs(
+  command: Command,
+  args: string[],
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   const options: Options = {};
   for (const [name, { type, short }] of Object.entries({ ...command.options, ...GLOBAL_OPTIONS })) {
     options[name] = short ? { type, short } : { type };
@@ -114,7 +127,13 @@ function parseCommandArgs(command: Command, args: string[]): { values: Record<st
     }
     if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
       const arg = /Unexpected argument '([^']*)'/.exec(message)?.[1];
-      throw new UsageError(`unexpected argument ${arg === undefined ? "" : JSON.stringify(arg)}: ${command.name} takes only options`.replace("  ", " "), command);
+      throw new UsageError(
+        `unexpected argument ${arg === undefined ? "" : JSON.stringify(arg)}: ${command.name} takes only options`.replace(
+          "  ",
+          " ",
+        ),
+        command,
+      );
     }
     if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
       const name = /Option '(?:-\w, )?(--[\w-]+)/.exec(message)?.[1];
@@ -161,18 +180,31 @@ export async function runCli(argv: readonly string[], commands: readonly Command
     const secrets = commandLineSecrets(argv, io.env);
     if (error instanceof UsageError) {
       io.err(scrub(`gen-durable: ${error.message}`, secrets));
-      io.err(error.command ? `usage: ${usageLine(error.command)}  (see gen-durable ${error.command.name} --help)` : "see gen-durable --help");
+      io.err(
+        error.command
+          ? `usage: ${usageLine(error.command)}  (see gen-durable ${error.command.name} --help)`
+          : "see gen-durable --help",
+      );
       return EXIT_USAGE;
     }
     // Bugs: say so plainly, with the stack, since nobody expected this.
-    io.err(scrub(`gen-durable: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`, secrets));
+    io.err(
+      scrub(
+        `gen-durable: unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+        secrets,
+      ),
+    );
     return EXIT_FAILURE;
   }
 }
 
 /** The passwords in DATABASE_URL and in any argument (`--database-url=URL` included). */
 function commandLineSecrets(argv: readonly string[], env: Io["env"]): string[] {
-  const texts = [env.DATABASE_URL ?? "", ...argv, ...argv.map((arg) => (arg.startsWith("--") && arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : ""))];
+  const texts = [
+    env.DATABASE_URL ?? "",
+    ...argv,
+    ...argv.map((arg) => (arg.startsWith("--") && arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : "")),
+  ];
   return texts.flatMap(secretsIn);
 }
 
@@ -182,11 +214,18 @@ function checkPositionals(command: Command, positionals: string[]): void {
   const missing = specs.slice(positionals.length).find((p) => !p.optional);
   if (missing) throw new UsageError(`missing argument <${missing.name}>: ${missing.description}`, command);
   if (positionals.length > specs.length) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[specs.length])}: ${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`, command);
+    throw new UsageError(
+      `unexpected argument ${JSON.stringify(positionals[specs.length])}: ${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`,
+      command,
+    );
   }
 }
 
 function unknownCommand(name: string, commands: readonly Command[]): string {
-  if (name.startsWith("-")) return `unknown option ${name}${didYouMean(name, ["--help", "--version"])}; a command comes first`;
-  return `unknown command ${JSON.stringify(name)}${didYouMean(name, commands.map((c) => c.name))}; commands are ${commands.map((c) => c.name).join(", ")}`;
+  if (name.startsWith("-"))
+    return `unknown option ${name}${didYouMean(name, ["--help", "--version"])}; a command comes first`;
+  return `unknown command ${JSON.stringify(name)}${didYouMean(
+    name,
+    commands.map((c) => c.name),
+  )}; commands are ${commands.map((c) => c.name).join(", ")}`;
 }

@@ -11,12 +11,28 @@ import { GenDurable } from "../engine.js";
 import { GenDurableError, ValidationError } from "../errors.js";
 import { currentVersion, LATEST_MIGRATION } from "../migrate.js";
 import { EXIT_FAILURE, UsageError, type Command, type Io } from "./cli.js";
-import { DATABASE_URL_OPTION, databaseUrlFrom, describeDbError, openCliPool, redact, SCHEMA_OPTION, schemaFrom, urlProblem } from "./db.js";
+import {
+  DATABASE_URL_OPTION,
+  databaseUrlFrom,
+  describeDbError,
+  openCliPool,
+  redact,
+  SCHEMA_OPTION,
+  schemaFrom,
+  urlProblem,
+} from "./db.js";
 
-export const JSON_OPTION = { type: "boolean", description: "print one JSON document on stdout (for scripts) instead of text" } as const;
+export const JSON_OPTION = {
+  type: "boolean",
+  description: "print one JSON document on stdout (for scripts) instead of text",
+} as const;
 
 /** --schema, --database-url and --json: every operator command takes them. */
-export const CLIENT_OPTIONS = { schema: SCHEMA_OPTION, "database-url": DATABASE_URL_OPTION, json: JSON_OPTION } as const;
+export const CLIENT_OPTIONS = {
+  schema: SCHEMA_OPTION,
+  "database-url": DATABASE_URL_OPTION,
+  json: JSON_OPTION,
+} as const;
 
 export interface Client {
   engine: GenDurable;
@@ -33,7 +49,12 @@ export class CommandFailure extends Error {}
  * Connects, checks the schema, runs `body`, and maps its failures to exit codes.
  * Usage errors (exit 2) raised before connecting cost no connection.
  */
-export async function withClient(command: Command, values: Record<string, unknown>, io: Io, body: (client: Client) => Promise<number>): Promise<number> {
+export async function withClient(
+  command: Command,
+  values: Record<string, unknown>,
+  io: Io,
+  body: (client: Client) => Promise<number>,
+): Promise<number> {
   const schema = schemaFrom(values, command);
   const url = databaseUrlFrom(values, io, command);
   const fail = (message: string) => {
@@ -56,9 +77,14 @@ export async function withClient(command: Command, values: Record<string, unknow
       }
       return fail(`cannot connect to ${redact(url)}: ${describeConnectError(error)}`);
     }
-    if (version === 0) return fail(`schema ${schema} is not migrated: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`);
+    if (version === 0)
+      return fail(
+        `schema ${schema} is not migrated: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`,
+      );
     if (version < LATEST_MIGRATION) {
-      return fail(`schema ${schema} is at migration ${version} but this gen-durable needs ${LATEST_MIGRATION}: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`);
+      return fail(
+        `schema ${schema} is at migration ${version} but this gen-durable needs ${LATEST_MIGRATION}: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`,
+      );
     }
     engine = new GenDurable({ pool, schema });
     return await body({ engine, pool, schema, json: values.json === true });
@@ -79,10 +105,13 @@ export async function withClient(command: Command, values: Record<string, unknow
 export function describeConnectError(error: unknown): string {
   const message = describeDbError(error);
   const code = (error as { code?: unknown } | null)?.code;
-  if (code === "ECONNREFUSED") return `${message} (nothing is listening there: is Postgres running, and are host and port right?)`;
+  if (code === "ECONNREFUSED")
+    return `${message} (nothing is listening there: is Postgres running, and are host and port right?)`;
   if (code === "ENOTFOUND" || code === "EAI_AGAIN") return `${message} (the host name does not resolve)`;
-  if (code === "ETIMEDOUT" || /timeout/i.test(message)) return `${message} (no answer from the server in time: host unreachable or firewalled?)`;
-  if (code === "28P01" || code === "28000") return `authentication failed: ${message} (check the user and password in the URL)`;
+  if (code === "ETIMEDOUT" || /timeout/i.test(message))
+    return `${message} (no answer from the server in time: host unreachable or firewalled?)`;
+  if (code === "28P01" || code === "28000")
+    return `authentication failed: ${message} (check the user and password in the URL)`;
   if (code === "3D000") return `${message} (check the database name in the URL)`;
   return message;
 }

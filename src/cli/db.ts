@@ -26,7 +26,10 @@ export function schemaFrom(values: Record<string, unknown>, command: Command): s
 export function databaseUrlFrom(values: Record<string, unknown>, io: Io, command: Command): string {
   const url = typeof values["database-url"] === "string" ? values["database-url"] : io.env.DATABASE_URL;
   if (url === undefined || url.trim() === "") {
-    throw new UsageError("no database: set DATABASE_URL or pass --database-url postgres://user:password@host:5432/db", command);
+    throw new UsageError(
+      "no database: set DATABASE_URL or pass --database-url postgres://user:password@host:5432/db",
+      command,
+    );
   }
   return url;
 }
@@ -50,7 +53,8 @@ function parses(url: string): boolean {
   }
 }
 
-const ENCODE_HINT = "percent-encode the special characters of the password: @ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as %20";
+const ENCODE_HINT =
+  "percent-encode the special characters of the password: @ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as %20";
 const EXPECTED = "expected postgres://user:password@host:5432/database";
 
 /**
@@ -82,7 +86,12 @@ export function urlProblem(url: string): string | undefined {
 }
 
 export function openCliPool(url: string): pg.Pool {
-  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 15_000, application_name: "gen-durable-cli" });
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 1,
+    connectionTimeoutMillis: 15_000,
+    application_name: "gen-durable-cli",
+  });
   pool.on("error", () => {});
   return pool;
 }

@@ -75,7 +75,9 @@ export function secretsIn(text: string): string[] {
   const found = new Set<string>();
   for (const { start, end } of secretRanges(text)) {
     const raw = text.slice(start, end);
-    const unquoted = raw.startsWith("'") ? raw.slice(1, raw.endsWith("'") && raw.length > 1 ? -1 : undefined).replace(/\\(.)/g, "$1") : raw;
+    const unquoted = raw.startsWith("'")
+      ? raw.slice(1, raw.endsWith("'") && raw.length > 1 ? -1 : undefined).replace(/\\(.)/g, "$1")
+      : raw;
     for (const form of [raw, unquoted, decode(unquoted)]) if (form.length > 0) found.add(form);
   }
   return [...found];

@@ -72,7 +72,10 @@ export function timestamp(date: Date | number | null | undefined): string {
   if (date === null || date === undefined) return "-";
   // pg returns the number ±Infinity for the timestamps 'infinity' and '-infinity' (an await without timeout).
   if (!(date instanceof Date)) return date === Infinity ? "never" : "-";
-  return date.toISOString().replace("T", " ").replace(/\.\d{3}Z$/, "Z");
+  return date
+    .toISOString()
+    .replace("T", " ")
+    .replace(/\.\d{3}Z$/, "Z");
 }
 
 /** A time relative to `now` (the database's clock): "3m 20s ago", "in 5s". */

@@ -57,7 +57,17 @@ export interface ResolvedCronEntry {
   latest(atMs: number): number | null;
 }
 
-const KEYS = ["name", "schedule", "timezone", "machine", "state", "args", "priority", "queue", "missed"] as const satisfies ReadonlyArray<keyof CronEntry>;
+const KEYS = [
+  "name",
+  "schedule",
+  "timezone",
+  "machine",
+  "state",
+  "args",
+  "priority",
+  "queue",
+  "missed",
+] as const satisfies ReadonlyArray<keyof CronEntry>;
 
 /** Checks the `cron` option against this node's machines. `fail` makes a ConfigError with the engine's prefix. */
 export function resolveCron(
@@ -67,16 +77,21 @@ export function resolveCron(
   fail: (message: string) => ConfigError,
 ): ResolvedCronEntry[] {
   if (value === undefined) return [];
-  if (!Array.isArray(value)) throw fail(`cron must be an array of entries such as [{ name, schedule: "*/5 * * * *", machine }], got ${describe(value)}`);
+  if (!Array.isArray(value))
+    throw fail(
+      `cron must be an array of entries such as [{ name, schedule: "*/5 * * * *", machine }], got ${describe(value)}`,
+    );
   const seen = new Map<string, number>();
   return value.map((entry: unknown, i) => {
-    if (typeof entry !== "object" || entry === null || Array.isArray(entry)) throw fail(`cron[${i}] must be an object { name, schedule, machine, ... }, got ${describe(entry)}`);
+    if (typeof entry !== "object" || entry === null || Array.isArray(entry))
+      throw fail(`cron[${i}] must be an object { name, schedule, machine, ... }, got ${describe(entry)}`);
     rejectUnknownKeys(entry, KEYS, `GenDurable: cron[${i}]`, (m) => new ConfigError(m));
     const e = entry as CronEntry;
     const name = checkName(e.name, `cron[${i}].name`, fail);
     const where = `cron entry "${name}"`;
     const twin = seen.get(name);
-    if (twin !== undefined) throw fail(`cron[${twin}] and cron[${i}] are both named "${name}"; each entry needs its own name`);
+    if (twin !== undefined)
+      throw fail(`cron[${twin}] and cron[${i}] are both named "${name}"; each entry needs its own name`);
     seen.set(name, i);
 
     const timezone = e.timezone === undefined ? "UTC" : checkTimezone(e.timezone, where, fail);
@@ -97,7 +112,8 @@ export function resolveCron(
     }
     const queue = e.queue === undefined ? machine.queue : checkName(e.queue, `${where}: queue`, fail);
     const missed = e.missed ?? "latest";
-    if (missed !== "latest" && missed !== "skip") throw fail(`${where}: missed must be "latest" or "skip", got ${describe(e.missed)}`);
+    if (missed !== "latest" && missed !== "skip")
+      throw fail(`${where}: missed must be "latest" or "skip", got ${describe(e.missed)}`);
 
     return Object.freeze({
       name,
@@ -152,33 +168,45 @@ function checkStorable(value: unknown, label: string, maxPayloadBytes: number, f
 }
 
 function checkTimezone(value: unknown, where: string, fail: (m: string) => ConfigError): string {
-  if (typeof value !== "string" || value === "") throw fail(`${where}: timezone must be an IANA timezone name such as "America/New_York", got ${describe(value)}`);
+  if (typeof value !== "string" || value === "")
+    throw fail(`${where}: timezone must be an IANA timezone name such as "America/New_York", got ${describe(value)}`);
   try {
     // Intl knows the same IANA database croner uses; an unknown name is a RangeError.
     new Intl.DateTimeFormat("en-US", { timeZone: value });
   } catch {
-    throw fail(`${where}: unknown timezone "${value}"; use an IANA name such as "America/New_York", "Europe/Paris" or "UTC"`);
+    throw fail(
+      `${where}: unknown timezone "${value}"; use an IANA name such as "America/New_York", "Europe/Paris" or "UTC"`,
+    );
   }
   return value;
 }
 
 function parseSchedule(value: unknown, timezone: string, where: string, fail: (m: string) => ConfigError): Cron {
   if (typeof value !== "string" || value.trim() === "") {
-    throw fail(`${where}: schedule must be a cron expression such as "*/5 * * * *" (5 fields, or 6 with seconds first), got ${describe(value)}`);
+    throw fail(
+      `${where}: schedule must be a cron expression such as "*/5 * * * *" (5 fields, or 6 with seconds first), got ${describe(value)}`,
+    );
   }
   let cron: Cron;
   try {
     // paused: croner only computes times here; it never runs a timer of its own.
     cron = new Cron(value, { paused: true, timezone, mode: "5-or-6-parts" });
   } catch (error) {
-    throw fail(`${where}: schedule "${value}" is not a valid cron expression (5 fields, or 6 with seconds first): ${(error as Error).message}`);
+    throw fail(
+      `${where}: schedule "${value}" is not a valid cron expression (5 fields, or 6 with seconds first): ${(error as Error).message}`,
+    );
   }
   // A pattern that parses may still never match (say, February 30th): better said now than never fired.
   if (cron.nextRun(new Date()) === null) throw fail(`${where}: schedule "${value}" never fires`);
   return cron;
 }
 
-function findMachine(value: unknown, machines: ReadonlyMap<string, AnyMachine>, where: string, fail: (m: string) => ConfigError): AnyMachine {
+function findMachine(
+  value: unknown,
+  machines: ReadonlyMap<string, AnyMachine>,
+  where: string,
+  fail: (m: string) => ConfigError,
+): AnyMachine {
   const names = [...machines.keys()];
   const known = names.length > 0 ? `machines has ${names.map((n) => `"${n}"`).join(", ")}` : "machines is empty";
   if (typeof value === "string") {
@@ -186,8 +214,15 @@ function findMachine(value: unknown, machines: ReadonlyMap<string, AnyMachine>, 
     if (!machine) throw fail(`${where}: machine "${value}" is not in machines (${known})${didYouMean(value, names)}`);
     return machine;
   }
-  if (typeof value !== "object" || value === null || !((value as AnyMachine).steps instanceof Map) || typeof (value as AnyMachine).name !== "string") {
-    throw fail(`${where}: machine must be a machine or job from defineMachine/defineJob (or its name), got ${describe(value)}`);
+  if (
+    typeof value !== "object" ||
+    value === null ||
+    !((value as AnyMachine).steps instanceof Map) ||
+    typeof (value as AnyMachine).name !== "string"
+  ) {
+    throw fail(
+      `${where}: machine must be a machine or job from defineMachine/defineJob (or its name), got ${describe(value)}`,
+    );
   }
   const machine = value as AnyMachine;
   if (machines.get(machine.name) !== machine) {
@@ -202,7 +237,12 @@ function findMachine(value: unknown, machines: ReadonlyMap<string, AnyMachine>, 
  * for synchronous schemas). An asynchronous schema cannot be checked in a
  * constructor: its value is checked by engine.start() (checkDeferredCron).
  */
-function validateNow(schema: StandardSchemaV1, value: unknown, label: string, fail: (m: string) => ConfigError): { value: unknown; deferred: boolean } {
+function validateNow(
+  schema: StandardSchemaV1,
+  value: unknown,
+  label: string,
+  fail: (m: string) => ConfigError,
+): { value: unknown; deferred: boolean } {
   if (!isStandardSchema(schema)) throw fail(`${label}: the machine has no Standard Schema`);
   const result = schema["~standard"].validate(value);
   if (result instanceof Promise) {

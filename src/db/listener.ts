@@ -52,7 +52,10 @@ export class Listener {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    if (client) await withDeadline(client.end(), this.options.heartbeatMs, "LISTEN connection did not close").catch(() => destroy(client));
+    if (client)
+      await withDeadline(client.end(), this.options.heartbeatMs, "LISTEN connection did not close").catch(() =>
+        destroy(client),
+      );
   }
 
   private async connect(): Promise<void> {

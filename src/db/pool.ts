@@ -8,8 +8,14 @@ export interface ConnectionOptions {
 }
 
 /** Returns the caller's pool, or a new one we own (and must end). */
-export function openPool(options: ConnectionOptions, where: string, applicationName: string, max = 10): { pool: pg.Pool; owned: boolean } {
-  if (options.pool && options.connectionString) throw new ConfigError(`${where}: pass either connectionString or pool, not both`);
+export function openPool(
+  options: ConnectionOptions,
+  where: string,
+  applicationName: string,
+  max = 10,
+): { pool: pg.Pool; owned: boolean } {
+  if (options.pool && options.connectionString)
+    throw new ConfigError(`${where}: pass either connectionString or pool, not both`);
   if (options.pool) {
     if (!(options.pool instanceof pg.Pool) && typeof (options.pool as { query?: unknown }).query !== "function") {
       throw new ConfigError(`${where}: pool must be a pg.Pool`);
@@ -18,9 +24,16 @@ export function openPool(options: ConnectionOptions, where: string, applicationN
     return { pool: options.pool, owned: false };
   }
   if (typeof options.connectionString !== "string" || options.connectionString.length === 0) {
-    throw new ConfigError(`${where}: connectionString (or pool) is required; e.g. connectionString: process.env.DATABASE_URL`);
+    throw new ConfigError(
+      `${where}: connectionString (or pool) is required; e.g. connectionString: process.env.DATABASE_URL`,
+    );
   }
-  const pool = new pg.Pool({ connectionString: options.connectionString, max, application_name: applicationName, onConnect: readCommitted() });
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max,
+    application_name: applicationName,
+    onConnect: readCommitted(),
+  });
   // An idle client that loses its connection emits 'error' on the pool; without a
   // listener that would crash the process. The next query simply gets a new client.
   pool.on("error", () => {});
@@ -134,7 +147,18 @@ export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolCl
   }
 }
 
-const CONNECTION_SQLSTATES = new Set(["57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004", "25006", "53300"]);
+const CONNECTION_SQLSTATES = new Set([
+  "57P01",
+  "57P02",
+  "57P03",
+  "08000",
+  "08003",
+  "08006",
+  "08001",
+  "08004",
+  "25006",
+  "53300",
+]);
 
 /** A deadlock or serialization failure: the statement was rolled back whole and may simply be repeated. */
 export function isTransient(error: unknown): boolean {
@@ -147,6 +171,9 @@ export function isConnectionError(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
   if (typeof code === "string" && (CONNECTION_SQLSTATES.has(code) || code.startsWith("08"))) return true;
-  if (typeof code === "string" && ["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "ENOTFOUND"].includes(code)) return true;
-  return /Connection terminated|connection is closed|Client has encountered a connection error|not queryable/i.test(error.message);
+  if (typeof code === "string" && ["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "ENOTFOUND"].includes(code))
+    return true;
+  return /Connection terminated|connection is closed|Client has encountered a connection error|not queryable/i.test(
+    error.message,
+  );
 }

@@ -72,7 +72,13 @@ export class CronLoop {
   constructor(private readonly o: CronLoopOptions) {
     this.q = cronQueries(o.schema);
     this.entries = o.entries;
-    this.loop = new Loop({ name: "cron", intervalMs: IDLE_MS, initialDelayMs: 0, tick: () => this.pass(), onError: o.onError });
+    this.loop = new Loop({
+      name: "cron",
+      intervalMs: IDLE_MS,
+      initialDelayMs: 0,
+      tick: () => this.pass(),
+      onError: o.onError,
+    });
   }
 
   start(): void {
@@ -129,7 +135,10 @@ export class CronLoop {
         priority: entry.priority,
       })),
     );
-    const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [JSON.stringify(rows), this.o.channel]);
+    const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [
+      JSON.stringify(rows),
+      this.o.channel,
+    ]);
     for (const queue of new Set(inserted.map((r) => r.queue))) this.o.wake(queue);
     return inserted.length;
   }
@@ -160,7 +169,11 @@ export class CronLoop {
  * Ticks more than CATCH_UP_MS overdue make the gap "missed": the policy then
  * yields the latest due tick ("latest") or nothing ("skip").
  */
-export function dueTicks(entry: Pick<ResolvedCronEntry, "next" | "latest" | "missed">, cursor: number, now: number): number[] {
+export function dueTicks(
+  entry: Pick<ResolvedCronEntry, "next" | "latest" | "missed">,
+  cursor: number,
+  now: number,
+): number[] {
   const first = entry.next(cursor);
   if (first === null || first > now) return [];
   if (now - first > CATCH_UP_MS) {

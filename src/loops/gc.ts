@@ -112,9 +112,11 @@ export class Pruner {
   /** engine.prune(): validates the options, then prunes. */
   async prune(options: PruneOptions = {}): Promise<PruneResult> {
     const bad = (m: string) => new ValidationError(`prune: ${m}`);
-    if (typeof options !== "object" || options === null || Array.isArray(options)) throw bad(`options must be an object, got ${describe(options)}`);
+    if (typeof options !== "object" || options === null || Array.isArray(options))
+      throw bad(`options must be an object, got ${describe(options)}`);
     rejectUnknownKeys(options, ["olderThan", "machine", "limit"], "prune", (m) => new ValidationError(m));
-    const olderThanMs = options.olderThan === undefined ? undefined : checkRetention(options.olderThan, "olderThan", bad);
+    const olderThanMs =
+      options.olderThan === undefined ? undefined : checkRetention(options.olderThan, "olderThan", bad);
     const machine = options.machine === undefined ? undefined : checkName(options.machine, "machine", bad);
     const limit = options.limit;
     if (limit !== undefined && (typeof limit !== "number" || !Number.isSafeInteger(limit) || limit < 1)) {
@@ -123,7 +125,12 @@ export class Pruner {
     return this.run({ olderThanMs, machine, limit: limit ?? Infinity, rotate: false });
   }
 
-  private async run(options: { olderThanMs?: number; machine?: string; limit: number; rotate: boolean }): Promise<PruneResult> {
+  private async run(options: {
+    olderThanMs?: number;
+    machine?: string;
+    limit: number;
+    rotate: boolean;
+  }): Promise<PruneResult> {
     const { pool } = this.options;
     const total: PruneResult = { instances: 0, transitions: 0, signals: 0 };
     let machines: string[];
@@ -139,11 +146,20 @@ export class Pruner {
     const recorded = options.olderThanMs === undefined ? await this.recordedRetentions() : new Map<string, number>();
     for (const machine of machines) {
       const retentionMs =
-        options.olderThanMs ?? this.options.machines.get(machine)?.retentionMs ?? recorded.get(machine) ?? this.options.retentionMs;
+        options.olderThanMs ??
+        this.options.machines.get(machine)?.retentionMs ??
+        recorded.get(machine) ??
+        this.options.retentionMs;
       let after: { at: string; id: string } | null = null;
       while (total.instances < options.limit) {
         const batch = Math.min(GC_BATCH, options.limit - total.instances);
-        const { rows }: pg.QueryResult<BatchRow> = await pool.query<BatchRow>(this.q.pruneBatch, [machine, retentionMs, batch, after?.at ?? null, after?.id ?? null]);
+        const { rows }: pg.QueryResult<BatchRow> = await pool.query<BatchRow>(this.q.pruneBatch, [
+          machine,
+          retentionMs,
+          batch,
+          after?.at ?? null,
+          after?.id ?? null,
+        ]);
         const row: BatchRow = rows[0]!;
         total.instances += row.instances;
         total.transitions += row.transitions;

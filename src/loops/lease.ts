@@ -35,6 +35,10 @@ export function leaseLoop(deps: LeaseLoopDeps): Loop {
  * Upserts this node's row; on the lease connection, since the pool may be busy
  * with steps for longer than a lease.
  */
-export async function heartbeat({ leases, flow, node }: Pick<LeaseLoopDeps, "leases" | "flow" | "node">): Promise<void> {
+export async function heartbeat({
+  leases,
+  flow,
+  node,
+}: Pick<LeaseLoopDeps, "leases" | "flow" | "node">): Promise<void> {
   await leases.query(prepared(flow.heartbeat, [node.id, node.machines, node.queues, node.leaseMs]));
 }

@@ -150,14 +150,22 @@ export class QueueScheduler {
         } finally {
           this.reserved = 0;
         }
-        this.o.events.emit("loop:tick", { loop: "scheduler", queue: this.o.queue, durationMs: performance.now() - started, count: rows.length });
+        this.o.events.emit("loop:tick", {
+          loop: "scheduler",
+          queue: this.o.queue,
+          durationMs: performance.now() - started,
+          count: rows.length,
+        });
         if (rows.length === want) this.mayHaveMore = true;
         const keyed = rows.filter((row) => row.concurrency_key !== null);
         this.keyedWaiting = keyed.length >= freeSlots;
         if (freeSlots > 0) {
           this.keyedProbedAt = performance.now();
           // Every free slot went to a keyed row: more may be due than one claim's slots can take.
-          this.keyedHold = keyed.length >= freeSlots ? Math.min(this.keyedHold * 2, Math.max(1, Math.floor(this.o.concurrency / 4))) : 1;
+          this.keyedHold =
+            keyed.length >= freeSlots
+              ? Math.min(this.keyedHold * 2, Math.max(1, Math.floor(this.o.concurrency / 4)))
+              : 1;
         }
         if (keyed.length > 0) this.keyedSeenAt = performance.now();
         // Rows charged for the free slots first (keyed ones among them), then those claimed ahead.
@@ -211,7 +219,8 @@ export class QueueScheduler {
    * while another claim will follow (mayHaveMore), else filled at once.
    */
   private slotsForKeyed(): number {
-    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0) return 0;
+    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0)
+      return 0;
     const now = performance.now();
     return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS ? this.keyedHold : 0;
   }

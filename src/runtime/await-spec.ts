@@ -22,7 +22,8 @@ export function normalizeSpec(spec: AwaitSpec, where: string): NormalizedSpec {
     if ("all" in spec || "any" in spec) {
       const mode = "all" in spec ? "all" : "any";
       const list = (spec as { all?: unknown; any?: unknown })[mode];
-      if (!Array.isArray(list) || list.length === 0) throw bad(`{ ${mode}: [...] } needs a non-empty array of event names`);
+      if (!Array.isArray(list) || list.length === 0)
+        throw bad(`{ ${mode}: [...] } needs a non-empty array of event names`);
       const events = [...new Set(list.map(event))];
       return { mode, events, count: mode === "all" ? events.length : 1 };
     }
@@ -64,7 +65,9 @@ export function partialMatch<S extends { event: string }>(spec: NormalizedSpec, 
     case "pack":
       return relevant.slice(0, spec.count);
     case "all": {
-      const firsts = new Set(spec.events.map((e) => relevant.find((s) => s.event === e)).filter((s) => s !== undefined));
+      const firsts = new Set(
+        spec.events.map((e) => relevant.find((s) => s.event === e)).filter((s) => s !== undefined),
+      );
       return relevant.filter((s) => firsts.has(s));
     }
   }

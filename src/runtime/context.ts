@@ -26,16 +26,37 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
     ...facts,
     get client(): pg.ClientBase {
       if (!client) {
-        throw new ConfigError(`ctx.client is only available in transactional steps: declare step "${input.step}" of machine "${input.machine}" as { run, transactional: true }`);
+        throw new ConfigError(
+          `ctx.client is only available in transactional steps: declare step "${input.step}" of machine "${input.machine}" as { run, transactional: true }`,
+        );
       }
       return client;
     },
     next: (step: string, ...rest: [unknown?, ScheduleOptions?]) =>
-      makeOutcome({ kind: "next", step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined, options: rest[1] ?? {} }),
+      makeOutcome({
+        kind: "next",
+        step,
+        state: rest[0],
+        hasState: rest.length > 0 && rest[0] !== undefined,
+        options: rest[1] ?? {},
+      }),
     await: (spec: AwaitSpec, step: string, ...rest: [unknown?, AwaitOptions?]) =>
-      makeOutcome({ kind: "await", spec, step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined, options: rest[1] ?? {} }),
+      makeOutcome({
+        kind: "await",
+        spec,
+        step,
+        state: rest[0],
+        hasState: rest.length > 0 && rest[0] !== undefined,
+        options: rest[1] ?? {},
+      }),
     spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?]) =>
-      makeOutcome({ kind: "spawn", children: [...children], step, state: rest[0], hasState: rest.length > 0 && rest[0] !== undefined }),
+      makeOutcome({
+        kind: "spawn",
+        children: [...children],
+        step,
+        state: rest[0],
+        hasState: rest.length > 0 && rest[0] !== undefined,
+      }),
     done: (result?: unknown) => makeOutcome({ kind: "done", result }),
     snooze: (delay: Duration) => makeOutcome({ kind: "snooze", delay }),
     cancel: (reason?: string) => makeOutcome({ kind: "cancel", reason }),

@@ -79,9 +79,7 @@ export class Executor {
    */
   async execute(row: ClaimedRow, onSettled: () => void = () => {}): Promise<void> {
     const previous = this.finishing.get(row.id);
-    const current = previous
-      ? previous.then(() => this.executeNow(row, onSettled))
-      : this.executeNow(row, onSettled);
+    const current = previous ? previous.then(() => this.executeNow(row, onSettled)) : this.executeNow(row, onSettled);
     this.finishing.set(row.id, current);
     try {
       await current;
@@ -249,8 +247,9 @@ export class Executor {
     const { spawn, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
-    const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)]
-      .filter((k) => k !== null);
+    const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)].filter(
+      (k) => k !== null,
+    );
     if (keys.length > 0) await client.query(prepared(this.deps.claims.lockKeys, [keys]));
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
@@ -387,10 +386,11 @@ export class Executor {
   private async handBackKey(row: ClaimedRow, key: string): Promise<void> {
     await this.running.get(`${row.id}:${row.claim_token}`);
     try {
-      const { rows } = await this.deps.pool.query<{ queue: string }>(
-        this.deps.claims.releaseHold,
-        [key, row.id, this.deps.channel],
-      );
+      const { rows } = await this.deps.pool.query<{ queue: string }>(this.deps.claims.releaseHold, [
+        key,
+        row.id,
+        this.deps.channel,
+      ]);
       for (const { queue } of rows) this.deps.wake.queue(queue);
     } catch (error) {
       // The reaper frees it after the lease instead.

@@ -20,7 +20,12 @@ export interface ExplainingNode {
   machines: ReadonlyMap<string, unknown>;
 }
 
-export async function explainInstance(pool: pg.Pool, node: ExplainingNode, instance: Instance, schema: string): Promise<Explanation> {
+export async function explainInstance(
+  pool: pg.Pool,
+  node: ExplainingNode,
+  instance: Instance,
+  schema: string,
+): Promise<Explanation> {
   const s = quoteIdent(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
@@ -48,14 +53,20 @@ export async function explainInstance(pool: pg.Pool, node: ExplainingNode, insta
   switch (instance.status) {
     case "runnable":
       if (row?.rate_limited && instance.runAt > now) {
-        reasons.push(`rate limit "${row.rate_limited}" was short: it waits in line for tokens until ${instance.runAt.toISOString()}`);
+        reasons.push(
+          `rate limit "${row.rate_limited}" was short: it waits in line for tokens until ${instance.runAt.toISOString()}`,
+        );
         details.rateLimitedUntil = instance.runAt;
         details.rateLimit = row.rate_limited;
       } else if (instance.runAt > now) {
-        reasons.push(`due at ${instance.runAt.toISOString()} (in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`);
+        reasons.push(
+          `due at ${instance.runAt.toISOString()} (in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`,
+        );
         details.dueAt = instance.runAt;
       } else {
-        reasons.push(`due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" with machine "${instance.machine}" has a free slot`);
+        reasons.push(
+          `due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" with machine "${instance.machine}" has a free slot`,
+        );
       }
       if (row?.paused) {
         reasons.push(`queue "${instance.queue}" is paused`);
@@ -75,7 +86,9 @@ export async function explainInstance(pool: pg.Pool, node: ExplainingNode, insta
       }
       break;
     case "running":
-      reasons.push(`it is running step "${instance.step}" (attempt ${instance.attempt}) on node ${row?.leased_by ?? "?"}, lease until ${row?.lease_expires_at?.toISOString() ?? "?"}`);
+      reasons.push(
+        `it is running step "${instance.step}" (attempt ${instance.attempt}) on node ${row?.leased_by ?? "?"}, lease until ${row?.lease_expires_at?.toISOString() ?? "?"}`,
+      );
       details.node = row?.leased_by;
       details.leaseExpiresAt = row?.lease_expires_at;
       break;
@@ -87,8 +100,15 @@ export async function explainInstance(pool: pg.Pool, node: ExplainingNode, insta
           [instance.id, spec.events],
         );
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
-        const wanted = spec.mode === "pack" ? `${spec.count} × "${spec.events[0]}"` : spec.mode === "one" ? `"${spec.events[0]}"` : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
-        reasons.push(`awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`);
+        const wanted =
+          spec.mode === "pack"
+            ? `${spec.count} × "${spec.events[0]}"`
+            : spec.mode === "one"
+              ? `"${spec.events[0]}"`
+              : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
+        reasons.push(
+          `awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`,
+        );
         details.awaiting = spec;
         details.arrived = counts;
         if (spec.onTimeout) {
@@ -99,9 +119,13 @@ export async function explainInstance(pool: pg.Pool, node: ExplainingNode, insta
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number }>(childQueries(schema).progress, [instance.id]);
+      const { rows: progress } = await pool.query<{ total: number; live: number }>(childQueries(schema).progress, [
+        instance.id,
+      ]);
       const { total, live } = progress[0]!;
-      reasons.push(`joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`);
+      reasons.push(
+        `joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`,
+      );
       details.children = { total, live, finished: total - live };
       break;
     }

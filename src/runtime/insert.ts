@@ -23,11 +23,33 @@ export interface InsertRow {
   parent_id: string | null;
 }
 
-const OPTION_KEYS = ["state", "args", "queue", "priority", "delay", "runAt", "maxAttempts", "correlationKey", "concurrencyKey", "client"];
+const OPTION_KEYS = [
+  "state",
+  "args",
+  "queue",
+  "priority",
+  "delay",
+  "runAt",
+  "maxAttempts",
+  "correlationKey",
+  "concurrencyKey",
+  "client",
+];
 
-export async function prepareInsert(machine: AnyMachine, options: InstanceOptions & { state?: unknown; args?: unknown }, idx: number, where: string, maxPayloadBytes: number): Promise<InsertRow> {
+export async function prepareInsert(
+  machine: AnyMachine,
+  options: InstanceOptions & { state?: unknown; args?: unknown },
+  idx: number,
+  where: string,
+  maxPayloadBytes: number,
+): Promise<InsertRow> {
   const bad = (m: string) => new ValidationError(`${where}: ${m}`);
-  if (typeof machine !== "object" || machine === null || !(machine.steps instanceof Map) || !isStandardSchema(machine.schema)) {
+  if (
+    typeof machine !== "object" ||
+    machine === null ||
+    !(machine.steps instanceof Map) ||
+    !isStandardSchema(machine.schema)
+  ) {
     throw bad(`the first argument must be a machine from defineMachine or defineJob, got ${describe(machine)}`);
   }
   const label = `${where} ${machine.name}`;
@@ -43,7 +65,8 @@ export async function prepareInsert(machine: AnyMachine, options: InstanceOption
   if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
   const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", bad);
   const priority = options.priority ?? 0;
-  if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1) throw bad(`priority must be an integer, got ${describe(options.priority)}`);
+  if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1)
+    throw bad(`priority must be an integer, got ${describe(options.priority)}`);
   return {
     idx,
     machine: machine.name,
@@ -55,8 +78,10 @@ export async function prepareInsert(machine: AnyMachine, options: InstanceOption
     run_at: runAt,
     delay_ms: options.delay === undefined ? null : toMs(options.delay, "delay", bad),
     max_attempts: checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, (m) => new ValidationError(m)) ?? null,
-    correlation_key: options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
-    concurrency_key: options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
+    correlation_key:
+      options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
+    concurrency_key:
+      options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
     parent_id: null,
   };
 }

@@ -38,7 +38,12 @@ export async function invokeStep(
   aborted.catch(() => {});
   try {
     const code = Promise.resolve().then(() => run());
-    onCode?.(code.then(() => undefined, () => undefined));
+    onCode?.(
+      code.then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
     return await Promise.race([code, aborted]);
   } finally {
     timer?.clear();

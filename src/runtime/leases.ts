@@ -124,7 +124,10 @@ export class Leases {
     if (this.held.size === 0) return [];
     const entries = [...this.held];
     try {
-      const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [entries.map(([id]) => id), entries.map(([, h]) => h.token)]);
+      const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [
+        entries.map(([id]) => id),
+        entries.map(([, h]) => h.token),
+      ]);
       return [...new Set(rows.map((r) => r.queue))];
     } finally {
       for (const [, held] of entries) held.controller.abort(reason);

@@ -33,7 +33,8 @@ export interface RateLimitOption {
 /** Largest limit, burst and weight: tokens are counted as Postgres integers would be. */
 export const MAX_TOKENS = 2 ** 31 - 1;
 
-const wholeTokens = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 1 && n <= MAX_TOKENS;
+const wholeTokens = (n: unknown): n is number =>
+  typeof n === "number" && Number.isInteger(n) && n >= 1 && n <= MAX_TOKENS;
 
 export interface RateLimit {
   name: string;
@@ -47,19 +48,26 @@ export function resolveRateLimits(option: unknown, fail: (m: string) => Error): 
   const limits = new Map<string, RateLimit>();
   if (option === undefined) return limits;
   if (typeof option !== "object" || option === null || Array.isArray(option)) {
-    throw fail(`rateLimits must be an object such as { stripe: { limit: 100, period: "1s" } }, got ${describe(option)}`);
+    throw fail(
+      `rateLimits must be an object such as { stripe: { limit: 100, period: "1s" } }, got ${describe(option)}`,
+    );
   }
   for (const [name, value] of Object.entries(option)) {
     const where = `rateLimits.${name}`;
     checkName(name, "rateLimits: limit name", fail);
-    if (typeof value !== "object" || value === null) throw fail(`${where} must be { limit, period, burst? }, got ${describe(value)}`);
+    if (typeof value !== "object" || value === null)
+      throw fail(`${where} must be { limit, period, burst? }, got ${describe(value)}`);
     rejectUnknownKeys(value, ["limit", "period", "burst"], `GenDurable: ${where}`, (m) => new ConfigError(m));
     const { limit, period, burst } = value as RateLimitOption;
-    if (!wholeTokens(limit)) throw fail(`${where}.limit must be a whole number of tokens per period from 1 to ${MAX_TOKENS}, got ${describe(limit)}`);
+    if (!wholeTokens(limit))
+      throw fail(
+        `${where}.limit must be a whole number of tokens per period from 1 to ${MAX_TOKENS}, got ${describe(limit)}`,
+      );
     if (period === undefined) throw fail(`${where}.period is required, e.g. "1s" or "1m"`);
     const periodMs = toMs(period, `${where}.period`, fail);
     if (periodMs <= 0) throw fail(`${where}.period must be longer than 0 ms`);
-    if (burst !== undefined && !wholeTokens(burst)) throw fail(`${where}.burst must be a whole number of tokens from 1 to ${MAX_TOKENS}, got ${describe(burst)}`);
+    if (burst !== undefined && !wholeTokens(burst))
+      throw fail(`${where}.burst must be a whole number of tokens from 1 to ${MAX_TOKENS}, got ${describe(burst)}`);
     // The database adds waits of up to this long to timestamps: beyond it they leave Postgres' range.
     const refillMs = ((burst ?? limit) / limit) * periodMs;
     if (refillMs > MAX_DURATION_MS) {
@@ -71,7 +79,11 @@ export function resolveRateLimits(option: unknown, fail: (m: string) => Error): 
 }
 
 /** Every step's `rateLimit.name` must be a limit declared on this engine, and a fixed weight must fit in its bucket. */
-export function checkStepRateLimits(machines: ReadonlyMap<string, AnyMachine>, limits: ReadonlyMap<string, RateLimit>, fail: (m: string) => Error): void {
+export function checkStepRateLimits(
+  machines: ReadonlyMap<string, AnyMachine>,
+  limits: ReadonlyMap<string, RateLimit>,
+  fail: (m: string) => Error,
+): void {
   for (const machine of machines.values()) {
     for (const step of machine.steps.values()) {
       const name = step.rateLimit?.name;
@@ -85,7 +97,9 @@ export function checkStepRateLimits(machines: ReadonlyMap<string, AnyMachine>, l
       }
       const weight = step.rateLimit!.weight;
       if (typeof weight === "number" && weight > limit.burst) {
-        throw fail(`machine "${machine.name}" step "${step.name}" draws ${weight} tokens from rate limit "${name}", more than its burst of ${limit.burst}: it could never run`);
+        throw fail(
+          `machine "${machine.name}" step "${step.name}" draws ${weight} tokens from rate limit "${name}", more than its burst of ${limit.burst}: it could never run`,
+        );
       }
     }
   }
@@ -122,7 +136,9 @@ export interface BucketState {
 /** A weight is whole tokens, at most the bucket's burst: a larger one could never be taken (the step would wait forever). */
 function checkWeight(weight: unknown, what: string, limit: RateLimit): number {
   if (typeof weight !== "number" || !Number.isInteger(weight) || weight < 1 || weight > limit.burst) {
-    throw new ValidationError(`${what} must be a whole number of tokens from 1 to ${limit.burst} (the limit's burst), got ${describe(weight)}`);
+    throw new ValidationError(
+      `${what} must be a whole number of tokens from 1 to ${limit.burst} (the limit's burst), got ${describe(weight)}`,
+    );
   }
   return weight;
 }
@@ -133,7 +149,8 @@ function partitionKey(partition: unknown, what: string): string {
     if (!Number.isFinite(partition)) throw new ValidationError(`${what} must be finite, got ${partition}`);
     return String(partition);
   }
-  if (typeof partition !== "string") throw new ValidationError(`${what} must be a non-empty string or a number, got ${describe(partition)}`);
+  if (typeof partition !== "string")
+    throw new ValidationError(`${what} must be a non-empty string or a number, got ${describe(partition)}`);
   return checkKey(partition, what, (m) => new ValidationError(m));
 }
 
@@ -169,7 +186,9 @@ export class RateLimiter {
     const limit = this.limits.get(name);
     if (!limit) {
       const known = [...this.limits.keys()];
-      throw new ValidationError(`unknown rate limit "${name}" (declared in rateLimits: ${known.length ? known.join(", ") : "none"})`);
+      throw new ValidationError(
+        `unknown rate limit "${name}" (declared in rateLimits: ${known.length ? known.join(", ") : "none"})`,
+      );
     }
     return limit;
   }
@@ -193,7 +212,9 @@ export class RateLimiter {
 
   private async flush({ limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
     try {
-      const { rows } = await this.pool.query<Draw>(prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weights, lines]));
+      const { rows } = await this.pool.query<Draw>(
+        prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weights, lines]),
+      );
       waiters.forEach((waiter, i) => waiter.resolve(rows[i]!));
     } catch (error) {
       for (const waiter of waiters) waiter.reject(error);
@@ -205,10 +226,19 @@ export class RateLimiter {
    * how many ms until its turn (reschedule it then). `waited`: the step already
    * stood in line and its turn has come: it takes the tokens set aside for it.
    */
-  async drawForStep(spec: StepRateLimit, ctx: StepContext<unknown, unknown, string>, waited: boolean, where: string): Promise<number> {
+  async drawForStep(
+    spec: StepRateLimit,
+    ctx: StepContext<unknown, unknown, string>,
+    waited: boolean,
+    where: string,
+  ): Promise<number> {
     const limit = this.limit(spec.name);
     const partition = partitionKey(spec.partition?.(ctx), `${where}: rateLimit.partition(ctx)`);
-    const weight = checkWeight(typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1), `${where}: rateLimit.weight`, limit);
+    const weight = checkWeight(
+      typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1),
+      `${where}: rateLimit.weight`,
+      limit,
+    );
     const { taken, wait_ms } = await this.take(limit, partition, weight, waited ? "retry" : "join");
     return taken ? 0 : Math.max(1, wait_ms);
   }
@@ -216,7 +246,8 @@ export class RateLimiter {
   /** engine.consume(): takes tokens if the bucket has them, never waits in line. */
   async consume(name: string, options: ConsumeOptions = {}): Promise<ConsumeResult> {
     checkName(name, "consume: name", (m) => new ValidationError(m));
-    if (typeof options !== "object" || options === null) throw new ValidationError(`consume("${name}", options): options must be an object`);
+    if (typeof options !== "object" || options === null)
+      throw new ValidationError(`consume("${name}", options): options must be an object`);
     rejectUnknownKeys(options, ["partition", "weight"], `consume("${name}")`, (m) => new ValidationError(m));
     const limit = this.limit(name);
     const partition = partitionKey(options.partition, `consume("${name}"): partition`);
@@ -228,10 +259,14 @@ export class RateLimiter {
   /** The stored buckets of one limit (or all), refilled to the database's now. */
   async buckets(name?: string, max = 1000): Promise<BucketState[]> {
     if (name !== undefined) this.limit(checkName(name, "rateLimitBuckets: name", (m) => new ValidationError(m)));
-    const { rows } = await this.pool.query<{ name: string; partition: string; tokens: number; updated_at: Date; line_end: Date | null; now: Date }>(this.queries.buckets, [
-      name ?? null,
-      max,
-    ]);
+    const { rows } = await this.pool.query<{
+      name: string;
+      partition: string;
+      tokens: number;
+      updated_at: Date;
+      line_end: Date | null;
+      now: Date;
+    }>(this.queries.buckets, [name ?? null, max]);
     return rows.flatMap((row) => {
       const limit = this.limits.get(row.name);
       if (!limit) return []; // a limit another deployment declared

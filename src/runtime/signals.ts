@@ -39,7 +39,11 @@ export interface DeliverResult {
 }
 
 /** Runs inside a transaction on `client`. */
-export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, input: DeliverInput): Promise<DeliverResult> {
+export async function deliverSignal(
+  client: pg.ClientBase,
+  q: SignalQueries,
+  input: DeliverInput,
+): Promise<DeliverResult> {
   const byKey = typeof input.target === "string";
   const lookup = byKey ? q.lockLiveByKey : q.lockById;
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
@@ -50,20 +54,36 @@ export async function deliverSignal(client: pg.ClientBase, q: SignalQueries, inp
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
 
   if (!instance || isTerminal(instance.status)) {
-    const last = instance ?? (byKey ? (await client.query<{ id: string; status: string }>(q.lastByKey, [key])).rows[0] : undefined);
+    const last =
+      instance ??
+      (byKey ? (await client.query<{ id: string; status: string }>(q.lastByKey, [key])).rows[0] : undefined);
     // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
     if (last && input.dedupKey !== null && (await client.query(q.seenDedupKey, [last.id, input.dedupKey])).rowCount) {
       return { signalId: null, instanceId: last.id, resumedQueue: null };
     }
     if (byKey && input.keepIfMissing) {
-      const kept = await client.query<{ id: string }>(q.insert, [null, key, input.event, input.payloadJson, input.dedupKey, input.inboxRetentionMs]);
+      const kept = await client.query<{ id: string }>(q.insert, [
+        null,
+        key,
+        input.event,
+        input.payloadJson,
+        input.dedupKey,
+        input.inboxRetentionMs,
+      ]);
       return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
     }
     if (last) throw new InstanceTerminatedError(label, last.status);
     throw new UnknownInstanceError(label);
   }
 
-  const stored = await client.query<{ id: string }>(q.insert, [instance.id, null, input.event, input.payloadJson, input.dedupKey, 0]);
+  const stored = await client.query<{ id: string }>(q.insert, [
+    instance.id,
+    null,
+    input.event,
+    input.payloadJson,
+    input.dedupKey,
+    0,
+  ]);
   let resumedQueue: string | null = null;
   if (instance.status === "awaiting" && instance.await_spec) {
     resumedQueue = await tryResume(client, q, instance.id, instance.await_spec, input.notifyChannel);
@@ -96,7 +116,12 @@ export async function tryResume(
 
 type MailboxRow = { id: string; event: string; payload: unknown; inserted_at: Date };
 
-function readMailbox(client: pg.ClientBase, q: SignalQueries, instanceId: string, spec: NormalizedSpec): Promise<MailboxRow[]> {
+function readMailbox(
+  client: pg.ClientBase,
+  q: SignalQueries,
+  instanceId: string,
+  spec: NormalizedSpec,
+): Promise<MailboxRow[]> {
   return client.query<MailboxRow>(q.mailbox, [instanceId, spec.events]).then((r) => r.rows);
 }
 
@@ -110,7 +135,14 @@ async function resume(
   notifyChannel: string | null,
 ): Promise<string | null> {
   const awaited = consumed.map((m) => ({ id: m.id, event: m.event, payload: m.payload, insertedAt: m.inserted_at }));
-  const { rows } = await client.query<{ queue: string }>(q.resume, [instanceId, consumed.map((m) => m.id), JSON.stringify(awaited), notifyChannel, step, outcome]);
+  const { rows } = await client.query<{ queue: string }>(q.resume, [
+    instanceId,
+    consumed.map((m) => m.id),
+    JSON.stringify(awaited),
+    notifyChannel,
+    step,
+    outcome,
+  ]);
   return rows[0]?.queue ?? null;
 }
 
@@ -123,7 +155,10 @@ async function resume(
  */
 export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: number): Promise<string[]> {
   return withTransaction(pool, async (client) => {
-    const { rows } = await client.query<{ id: string; await_spec: NormalizedSpec & { onTimeout: string } }>(q.timedOut, [batch]);
+    const { rows } = await client.query<{ id: string; await_spec: NormalizedSpec & { onTimeout: string } }>(
+      q.timedOut,
+      [batch],
+    );
     const queues: string[] = [];
     for (const row of rows) {
       const arrived = partialMatch(row.await_spec, await readMailbox(client, q, row.id, row.await_spec));

@@ -99,7 +99,6 @@ export function childQueries(schema: string) {
 
     /** Marks where the latest spawn's children start. */
     markSpawn: `update ${s}.instances set children_from = $2 where id = $1`,
-
   };
 }
 

@@ -37,7 +37,9 @@ export interface ResolvedTelemetry {
 }
 
 export const TELEMETRY_DEFAULTS = { queueDepthInterval: "5s" } as const;
-const KEYS = ["tracerProvider", "meterProvider", "queueDepthInterval"] as const satisfies ReadonlyArray<keyof TelemetryOptions>;
+const KEYS = ["tracerProvider", "meterProvider", "queueDepthInterval"] as const satisfies ReadonlyArray<
+  keyof TelemetryOptions
+>;
 
 /** Validates the `telemetry` option; `fail` makes the ConfigError. */
 export function resolveTelemetry(value: unknown, fail: (message: string) => Error): ResolvedTelemetry {
@@ -45,19 +47,31 @@ export function resolveTelemetry(value: unknown, fail: (message: string) => Erro
   if (value === false) return off;
   if (value === undefined) value = {};
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw fail(`telemetry must be { tracerProvider?, meterProvider?, queueDepthInterval? } or false, got ${describe(value)}`);
+    throw fail(
+      `telemetry must be { tracerProvider?, meterProvider?, queueDepthInterval? } or false, got ${describe(value)}`,
+    );
   }
   rejectUnknownKeys(value, KEYS, "telemetry", fail);
   const options = value as TelemetryOptions;
   const provider = (key: "tracerProvider" | "meterProvider", method: "getTracer" | "getMeter") => {
     const candidate = options[key] as unknown;
     if (candidate === undefined) return undefined;
-    if (typeof candidate !== "object" || candidate === null || typeof (candidate as Record<string, unknown>)[method] !== "function") {
-      throw fail(`telemetry.${key} must be an OpenTelemetry ${key === "tracerProvider" ? "TracerProvider" : "MeterProvider"} (with ${method}()), got ${describe(candidate)}`);
+    if (
+      typeof candidate !== "object" ||
+      candidate === null ||
+      typeof (candidate as Record<string, unknown>)[method] !== "function"
+    ) {
+      throw fail(
+        `telemetry.${key} must be an OpenTelemetry ${key === "tracerProvider" ? "TracerProvider" : "MeterProvider"} (with ${method}()), got ${describe(candidate)}`,
+      );
     }
     return candidate;
   };
-  const queueDepthIntervalMs = toMs(options.queueDepthInterval ?? TELEMETRY_DEFAULTS.queueDepthInterval, "telemetry.queueDepthInterval", fail);
+  const queueDepthIntervalMs = toMs(
+    options.queueDepthInterval ?? TELEMETRY_DEFAULTS.queueDepthInterval,
+    "telemetry.queueDepthInterval",
+    fail,
+  );
   return {
     enabled: true,
     tracerProvider: provider("tracerProvider", "getTracer") as TracerProvider | undefined,
@@ -92,7 +106,13 @@ export function attachTelemetry(deps: TelemetryDeps): Telemetry {
   if (!deps.options.enabled) {
     return { around: (_attempt, run) => run(), close: offLog };
   }
-  const depth = new QueueDepthSampler(deps.pool, deps.schema, deps.options.queueDepthIntervalMs, deps.queues, deps.onError);
+  const depth = new QueueDepthSampler(
+    deps.pool,
+    deps.schema,
+    deps.options.queueDepthIntervalMs,
+    deps.queues,
+    deps.onError,
+  );
   const bridge = new OtelBridge({
     events: deps.events,
     tracerProvider: deps.options.tracerProvider ?? trace.getTracerProvider(),

@@ -11,7 +11,9 @@ import type { Logger } from "../logger.js";
 /** Subscribes; returns the function that unsubscribes. */
 export function logEvents(events: TypedEmitter, logger: Logger): () => void {
   const offs = [
-    events.on("step:start", (e) => logger.debug({ ...e }, `step ${e.machine}.${e.step} started (attempt ${e.attempt})`)),
+    events.on("step:start", (e) =>
+      logger.debug({ ...e }, `step ${e.machine}.${e.step} started (attempt ${e.attempt})`),
+    ),
     events.on("step:stop", (e) => logger.debug({ ...e }, `step ${e.machine}.${e.step} committed: ${e.outcome}`)),
     events.on("step:exception", ({ error, ...facts }) =>
       logger.warn(
@@ -19,7 +21,12 @@ export function logEvents(events: TypedEmitter, logger: Logger): () => void {
         `step ${facts.machine}.${facts.step} failed attempt ${facts.attempt}: ${error.message}${facts.willRetry ? "; it will be retried" : "; no attempts left"}`,
       ),
     ),
-    events.on("instance:failed", (e) => logger.error({ id: e.id, machine: e.machine, err: e.error }, `instance ${e.id} of ${e.machine} failed: ${e.error.message}`)),
+    events.on("instance:failed", (e) =>
+      logger.error(
+        { id: e.id, machine: e.machine, err: e.error },
+        `instance ${e.id} of ${e.machine} failed: ${e.error.message}`,
+      ),
+    ),
   ];
   return () => {
     for (const off of offs) off();

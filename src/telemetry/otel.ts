@@ -114,7 +114,8 @@ export class OtelBridge {
     this.tracer = deps.tracerProvider.getTracer(SCOPE);
     this.meter = deps.meterProvider.getMeter(SCOPE);
     this.stepDuration = this.meter.createHistogram(METRIC.stepDuration, {
-      description: "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), per machine, step and outcome.",
+      description:
+        "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), per machine, step and outcome.",
       unit: "ms",
       valueType: ValueType.DOUBLE,
     });
@@ -144,13 +145,15 @@ export class OtelBridge {
       valueType: ValueType.INT,
     });
     this.observeDepth = async (result) => {
-      for (const row of await deps.depth.read()) result.observe(row.count, { [ATTR.queue]: row.queue, [ATTR.status]: row.status });
+      for (const row of await deps.depth.read())
+        result.observe(row.count, { [ATTR.queue]: row.queue, [ATTR.status]: row.status });
     };
     this.queueDepth.addCallback(this.observeDepth);
 
     const [dead, live, age] = (this.tableGauges = [
       this.meter.createObservableGauge(METRIC.tableDeadTuples, {
-        description: "Dead tuples in gen-durable's busiest tables (pg_stat_all_tables; every node reports the same figure): what vacuum has not reclaimed yet.",
+        description:
+          "Dead tuples in gen-durable's busiest tables (pg_stat_all_tables; every node reports the same figure): what vacuum has not reclaimed yet.",
         unit: "{tuple}",
         valueType: ValueType.INT,
       }),
@@ -160,7 +163,8 @@ export class OtelBridge {
         valueType: ValueType.INT,
       }),
       this.meter.createObservableGauge(METRIC.tableVacuumAge, {
-        description: "Time since the last vacuum (manual or autovacuum) of each of gen-durable's busiest tables; absent for a table never vacuumed.",
+        description:
+          "Time since the last vacuum (manual or autovacuum) of each of gen-durable's busiest tables; absent for a table never vacuumed.",
         unit: "s",
         valueType: ValueType.DOUBLE,
       }),
@@ -173,7 +177,8 @@ export class OtelBridge {
         result.observe(dead, t.deadTuples, attributes);
         result.observe(live, t.liveTuples, attributes);
         const last = Math.max(t.lastVacuum?.getTime() ?? -Infinity, t.lastAutovacuum?.getTime() ?? -Infinity);
-        if (Number.isFinite(last)) result.observe(age, Math.max(0, (health.databaseTime.getTime() - last) / 1000), attributes);
+        if (Number.isFinite(last))
+          result.observe(age, Math.max(0, (health.databaseTime.getTime() - last) / 1000), attributes);
       }
     };
     this.meter.addBatchObservableCallback(this.observeTables, this.tableGauges);
@@ -187,7 +192,12 @@ export class OtelBridge {
       events.on("step:released", (e) => this.onReleased(e)),
       events.on("engine:error", (e) => this.onEngineError(e)),
       events.on("step:rate_limited", (e) =>
-        this.stepsRateLimited.add(1, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.queue]: e.queue, [ATTR.rateLimit]: e.limit }),
+        this.stepsRateLimited.add(1, {
+          [ATTR.machine]: e.machine,
+          [ATTR.step]: e.step,
+          [ATTR.queue]: e.queue,
+          [ATTR.rateLimit]: e.limit,
+        }),
       ),
       events.on("instance:done", (e) => this.finished(e.machine, "done")),
       events.on("instance:failed", (e) => this.finished(e.machine, "failed")),
@@ -235,7 +245,11 @@ export class OtelBridge {
     const span = open?.span ?? this.startSpan(e, e.durationMs);
     span.setAttribute(ATTR.outcome, e.outcome);
     span.end();
-    this.stepDuration.record(e.durationMs, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.outcome]: e.outcome });
+    this.stepDuration.record(e.durationMs, {
+      [ATTR.machine]: e.machine,
+      [ATTR.step]: e.step,
+      [ATTR.outcome]: e.outcome,
+    });
   }
 
   /**
@@ -245,10 +259,18 @@ export class OtelBridge {
   private onException(e: EngineEvents["step:exception"]): void {
     const k = key(e);
     // Attempts that never started (exhausted by dead workers, unknown step) still get a span, back-dated by their duration.
-    const open = this.open.get(k) ?? { span: this.startSpan(e, e.durationMs), startedAt: performance.now() - e.durationMs, failed: false };
+    const open = this.open.get(k) ?? {
+      span: this.startSpan(e, e.durationMs),
+      startedAt: performance.now() - e.durationMs,
+      failed: false,
+    };
     this.open.set(k, open);
     open.failed = true;
-    open.span.setAttributes({ [ATTR.outcome]: e.willRetry ? "error" : "failed", [ATTR.willRetry]: e.willRetry, [ATTR.errorType]: e.error.code ?? e.error.name });
+    open.span.setAttributes({
+      [ATTR.outcome]: e.willRetry ? "error" : "failed",
+      [ATTR.willRetry]: e.willRetry,
+      [ATTR.errorType]: e.error.code ?? e.error.name,
+    });
     fail(open.span, e.error);
   }
 
@@ -260,9 +282,18 @@ export class OtelBridge {
     this.open.delete(k);
     open.span.setAttribute(ATTR.outcome, "lease_lost");
     // An attempt aborted by the loss already recorded why (step:exception); do not record it twice.
-    if (!open.failed) fail(open.span, { name: "LeaseLostError", message: "the claim was lost before the outcome committed; the outcome was discarded", code: "LEASE_LOST" });
+    if (!open.failed)
+      fail(open.span, {
+        name: "LeaseLostError",
+        message: "the claim was lost before the outcome committed; the outcome was discarded",
+        code: "LEASE_LOST",
+      });
     open.span.end();
-    this.stepDuration.record(performance.now() - open.startedAt, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.outcome]: "lease_lost" });
+    this.stepDuration.record(performance.now() - open.startedAt, {
+      [ATTR.machine]: e.machine,
+      [ATTR.step]: e.step,
+      [ATTR.outcome]: "lease_lost",
+    });
   }
 
   /** A graceful stop abandoned the step and released its instance: not an error. */
@@ -273,7 +304,11 @@ export class OtelBridge {
     this.open.delete(k);
     open.span.setAttribute(ATTR.outcome, "released");
     open.span.end();
-    this.stepDuration.record(performance.now() - open.startedAt, { [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.outcome]: "released" });
+    this.stepDuration.record(performance.now() - open.startedAt, {
+      [ATTR.machine]: e.machine,
+      [ATTR.step]: e.step,
+      [ATTR.outcome]: "released",
+    });
   }
 
   private onEngineError(e: EngineEvents["engine:error"]): void {
@@ -284,7 +319,10 @@ export class OtelBridge {
     this.open.delete(k);
     open.span.setAttribute(ATTR.outcome, "commit_error");
     open.span.recordException(e.error instanceof Error ? e.error : String(e.error));
-    open.span.setStatus({ code: SpanStatusCode.ERROR, message: e.error instanceof Error ? e.error.message : String(e.error) });
+    open.span.setStatus({
+      code: SpanStatusCode.ERROR,
+      message: e.error instanceof Error ? e.error.message : String(e.error),
+    });
     open.span.end();
   }
 
@@ -294,7 +332,12 @@ export class OtelBridge {
 
   /** A step's root span; back-dated by `durationMs` for one created when the attempt is already over. */
   private startSpan(e: StepFacts, durationMs?: number): Span {
-    const options = { kind: SpanKind.INTERNAL, root: true, attributes: stepAttributes(e), ...(durationMs === undefined ? {} : { startTime: Date.now() - durationMs }) };
+    const options = {
+      kind: SpanKind.INTERNAL,
+      root: true,
+      attributes: stepAttributes(e),
+      ...(durationMs === undefined ? {} : { startTime: Date.now() - durationMs }),
+    };
     return this.tracer.startSpan(`gen-durable step ${e.machine}.${e.step}`, options, ROOT_CONTEXT);
   }
 }
@@ -304,10 +347,21 @@ function key(e: { id: string; attempt: number }): string {
 }
 
 function stepAttributes(e: StepFacts): Attributes {
-  return { [ATTR.instanceId]: e.id, [ATTR.machine]: e.machine, [ATTR.step]: e.step, [ATTR.attempt]: e.attempt, [ATTR.queue]: e.queue };
+  return {
+    [ATTR.instanceId]: e.id,
+    [ATTR.machine]: e.machine,
+    [ATTR.step]: e.step,
+    [ATTR.attempt]: e.attempt,
+    [ATTR.queue]: e.queue,
+  };
 }
 
 function fail(span: Span, error: ErrorRecord): void {
-  span.recordException({ name: error.name, message: error.message, ...(error.stack ? { stack: error.stack } : {}), ...(error.code ? { code: error.code } : {}) });
+  span.recordException({
+    name: error.name,
+    message: error.message,
+    ...(error.stack ? { stack: error.stack } : {}),
+    ...(error.code ? { code: error.code } : {}),
+  });
   span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
 }

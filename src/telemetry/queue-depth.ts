@@ -60,8 +60,10 @@ export class QueueDepthSampler {
         return client.query<DepthRow>(this.text);
       });
       const out = new Map<string, DepthRow>();
-      for (const queue of this.knownQueues) for (const status of DEPTH_STATUSES) out.set(`${queue}\0${status}`, { queue, status, count: 0 });
-      for (const row of rows) out.set(`${row.queue}\0${row.status}`, { queue: row.queue, status: row.status, count: Number(row.count) });
+      for (const queue of this.knownQueues)
+        for (const status of DEPTH_STATUSES) out.set(`${queue}\0${status}`, { queue, status, count: 0 });
+      for (const row of rows)
+        out.set(`${row.queue}\0${row.status}`, { queue: row.queue, status: row.status, count: Number(row.count) });
       const result = [...out.values()];
       this.last = { at: performance.now(), rows: result };
       return result;

@@ -76,11 +76,21 @@ export async function readVacuumHealth(db: pg.Pool | pg.ClientBase, schema: stri
     lastAutovacuum: r.last_autovacuum,
     autovacuumEnabled: r.table_autovacuum,
   }));
-  return { autovacuum, trackCounts, tables, warnings: vacuumWarnings(autovacuum, trackCounts, tables), databaseTime: first?.now ?? new Date() };
+  return {
+    autovacuum,
+    trackCounts,
+    tables,
+    warnings: vacuumWarnings(autovacuum, trackCounts, tables),
+    databaseTime: first?.now ?? new Date(),
+  };
 }
 
 /** What an operator must hear about: autovacuum unable to run on a hot table, or dead tuples piling up. */
-export function vacuumWarnings(autovacuum: boolean, trackCounts: boolean, tables: readonly TableHealth[]): VacuumWarning[] {
+export function vacuumWarnings(
+  autovacuum: boolean,
+  trackCounts: boolean,
+  tables: readonly TableHealth[],
+): VacuumWarning[] {
   const warnings: VacuumWarning[] = [];
   const names = tables.map((t) => t.table).join(", ");
   if (!autovacuum || !trackCounts) {
@@ -100,7 +110,9 @@ export function vacuumWarnings(autovacuum: boolean, trackCounts: boolean, tables
       });
     }
     if (t.deadTuples >= DEAD_TUPLES_WARN.atLeast && t.deadTuples >= DEAD_TUPLES_WARN.perLiveTuple * t.liveTuples) {
-      const last = [t.lastVacuum, t.lastAutovacuum].filter((d): d is Date => d !== null).sort((a, b) => b.getTime() - a.getTime())[0];
+      const last = [t.lastVacuum, t.lastAutovacuum]
+        .filter((d): d is Date => d !== null)
+        .sort((a, b) => b.getTime() - a.getTime())[0];
       warnings.push({
         kind: "dead_tuples",
         table: t.table,
@@ -124,9 +136,7 @@ const REPEAT_MS = 15 * 60_000;
 export class VacuumWatch {
   private readonly lastSaid = new Map<string, number>();
 
-  constructor(
-    private readonly o: { pool: pg.Pool; schema: string; events: TypedEmitter; logger: Logger },
-  ) {}
+  constructor(private readonly o: { pool: pg.Pool; schema: string; events: TypedEmitter; logger: Logger }) {}
 
   async check(): Promise<VacuumWarning[]> {
     const started = performance.now();
@@ -140,11 +150,18 @@ export class VacuumWatch {
       if (said !== undefined && now - said < REPEAT_MS) continue;
       this.lastSaid.set(key, now);
       this.o.events.emit("engine:warning", warning);
-      this.o.logger.warn({ kind: warning.kind, ...(warning.table ? { table: warning.table } : {}) }, `gen-durable: ${warning.message}`);
+      this.o.logger.warn(
+        { kind: warning.kind, ...(warning.table ? { table: warning.table } : {}) },
+        `gen-durable: ${warning.message}`,
+      );
     }
     // A warning that went away is said again at once if it comes back.
     for (const key of [...this.lastSaid.keys()]) if (!current.has(key)) this.lastSaid.delete(key);
-    this.o.events.emit("loop:tick", { loop: "tables", durationMs: performance.now() - started, count: health.warnings.length });
+    this.o.events.emit("loop:tick", {
+      loop: "tables",
+      durationMs: performance.now() - started,
+      count: health.warnings.length,
+    });
     return health.warnings;
   }
 }

@@ -94,7 +94,14 @@ export const PENDING: ReadonlyArray<{ name: string; what: string; sql: (s: strin
 ];
 
 /** The loops that report loop:tick (events.ts LoopName, less the per-queue scheduler). */
-const TICKING: ReadonlySet<string> = new Set(["reaper", "lease", "timeouts", "joins", "gc", "cron"] satisfies LoopName[]);
+const TICKING: ReadonlySet<string> = new Set([
+  "reaper",
+  "lease",
+  "timeouts",
+  "joins",
+  "gc",
+  "cron",
+] satisfies LoopName[]);
 
 /**
  * Runs everything due now on `engine` until it is idle, then resolves with
@@ -104,11 +111,16 @@ const TICKING: ReadonlySet<string> = new Set(["reaper", "lease", "timeouts", "jo
  */
 export async function drain(engine: GenDurable, options: DrainOptions = {}): Promise<DrainResult> {
   const hook = testingHook(engine);
-  if (!hook) throw new ValidationError(`drain: the first argument must be a GenDurable engine, got ${describe(engine)}`);
-  if (typeof options !== "object" || options === null) throw new ValidationError(`drain: options must be an object such as { timeout: "10s" }, got ${describe(options)}`);
+  if (!hook)
+    throw new ValidationError(`drain: the first argument must be a GenDurable engine, got ${describe(engine)}`);
+  if (typeof options !== "object" || options === null)
+    throw new ValidationError(`drain: options must be an object such as { timeout: "10s" }, got ${describe(options)}`);
   rejectUnknownKeys(options, ["timeout"], "drain", (m) => new ValidationError(m));
   const timeoutMs = toMs(options.timeout ?? "30s", "drain: timeout", (m) => new ValidationError(m));
-  if (!hook.running) throw new ValidationError(`drain: the engine is not running: start() it, with queues and machines, before draining`);
+  if (!hook.running)
+    throw new ValidationError(
+      `drain: the engine is not running: start() it, with queues and machines, before draining`,
+    );
 
   const counts: DrainResult = { steps: 0, errors: 0, done: 0, failed: 0, cancelled: 0 };
   const ticks = new Map<string, number>();
@@ -165,12 +177,25 @@ async function probe(hook: TestingHook, sql: string): Promise<Record<string, num
   return Object.fromEntries(Object.entries(rows[0]!).filter(([, n]) => n > 0));
 }
 
-function timeoutError(timeoutMs: number, hook: TestingHook, pending: Record<string, number>, lagging: string[], lastError: Map<string, unknown>): DrainTimeoutError {
-  const parts = Object.entries(pending).map(([name, n]) => `${n === 1000 ? "1000+" : n} ${PENDING.find((p) => p.name === name)!.what}`);
+function timeoutError(
+  timeoutMs: number,
+  hook: TestingHook,
+  pending: Record<string, number>,
+  lagging: string[],
+  lastError: Map<string, unknown>,
+): DrainTimeoutError {
+  const parts = Object.entries(pending).map(
+    ([name, n]) => `${n === 1000 ? "1000+" : n} ${PENDING.find((p) => p.name === name)!.what}`,
+  );
   if (hook.inFlight() > 0) parts.push(`${hook.inFlight()} steps still running on this engine`);
   for (const loop of lagging) {
     const error = lastError.get(loop);
-    parts.push(`the ${loop} loop has not completed a tick${error ? ` (its last error: ${error instanceof Error ? error.message : String(error)})` : ""}`);
+    parts.push(
+      `the ${loop} loop has not completed a tick${error ? ` (its last error: ${error instanceof Error ? error.message : String(error)})` : ""}`,
+    );
   }
-  return new DrainTimeoutError(`drain: not idle after ${timeoutMs} ms: ${parts.join("; ") || "work kept arriving"}`, pending);
+  return new DrainTimeoutError(
+    `drain: not idle after ${timeoutMs} ms: ${parts.join("; ") || "work kept arriving"}`,
+    pending,
+  );
 }

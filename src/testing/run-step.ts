@@ -175,7 +175,16 @@ export type RunStepOptions<M extends AnyMachine> = RunStepCommonOptions &
       : { state?: unknown; args?: unknown });
 
 const OPTION_KEYS = [
-  "state", "args", "awaited", "children", "attempt", "correlationKey", "id", "insertedAt", "client", "logger",
+  "state",
+  "args",
+  "awaited",
+  "children",
+  "attempt",
+  "correlationKey",
+  "id",
+  "insertedAt",
+  "client",
+  "logger",
 ];
 const SAVEPOINT = "gen_durable_run_step";
 
@@ -345,7 +354,6 @@ function checkAwaited(awaited: unknown, bad: (m: string) => Error): ReceivedSign
     return { id: s.id ?? String(i + 1), event: s.event, payload, insertedAt };
   });
 }
-
 
 function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutcome[] {
   if (children === undefined) return [];

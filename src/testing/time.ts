@@ -35,12 +35,25 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
   },
   { table: "transitions", columns: ["at"], why: "history times" },
   { table: "signals", columns: ["inserted_at", "expires_at", "consumed_at"], why: "inbox retention (expires_at)" },
-  { table: "nodes", columns: ["started_at", "heartbeat_at"], why: "node liveness (a live node's next heartbeat refreshes it)" },
+  {
+    table: "nodes",
+    columns: ["started_at", "heartbeat_at"],
+    why: "node liveness (a live node's next heartbeat refreshes it)",
+  },
   { table: "queues", columns: ["updated_at"], why: "when a queue was paused or resumed" },
-  { table: "rate_limit_buckets", columns: ["updated_at", "line_end", "full_at"], why: "token refill is computed from updated_at; line_end is when the waiting line clears; full_at when an idle bucket may be forgotten" },
+  {
+    table: "rate_limit_buckets",
+    columns: ["updated_at", "line_end", "full_at"],
+    why: "token refill is computed from updated_at; line_end is when the waiting line clears; full_at when an idle bucket may be forgotten",
+  },
   { table: "gc_retention", columns: ["updated_at"], why: "when a retention was recorded" },
   // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
-  { table: "cron_ticks", columns: ["tick_at", "inserted_at"], why: "the last fired tick of each cron entry", unique: true },
+  {
+    table: "cron_ticks",
+    columns: ["tick_at", "inserted_at"],
+    why: "the last fired tick of each cron entry",
+    unique: true,
+  },
 ];
 
 /** Time columns advanceTime leaves alone, and why. */
@@ -76,12 +89,16 @@ export async function advanceTime(target: TimeTarget, duration: Duration): Promi
           [schema],
         );
         const tables = new Set(rows.map((r) => r.table));
-        if (!tables.has("instances")) throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
+        if (!tables.has("instances"))
+          throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
         for (const { table, columns, unique } of SHIFTED) {
           // A table of a later migration than this schema has: nothing to shift.
           if (!tables.has(table)) continue;
           if (unique) await shiftUnique(client, `${s}.${quoteIdent(table)}`, columns, by);
-          else await client.query(`update ${s}.${quoteIdent(table)} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`);
+          else
+            await client.query(
+              `update ${s}.${quoteIdent(table)} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`,
+            );
         }
       });
       break;
@@ -99,17 +116,30 @@ export async function advanceTime(target: TimeTarget, duration: Duration): Promi
  * next row. Moving every row far away first (100,000 years, in hours: exact),
  * then back by that plus the shift, never lands a row on an unmoved one.
  */
-async function shiftUnique(client: pg.ClientBase, table: string, columns: readonly string[], by: string): Promise<void> {
+async function shiftUnique(
+  client: pg.ClientBase,
+  table: string,
+  columns: readonly string[],
+  by: string,
+): Promise<void> {
   const far = "interval '876000000 hours'";
-  await client.query(`update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} + ${far}`).join(", ")}`);
-  await client.query(`update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${far} - ${by}`).join(", ")}`);
+  await client.query(
+    `update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} + ${far}`).join(", ")}`,
+  );
+  await client.query(
+    `update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${far} - ${by}`).join(", ")}`,
+  );
 }
 
 function resolveTarget(target: TimeTarget): { pool: pg.Pool; schema: string; wake: () => void } {
   const hook = testingHook(target);
   if (hook) return { pool: hook.pool, schema: hook.schema, wake: hook.wake };
   const bad = (m: string) => new ValidationError(`advanceTime: ${m}`);
-  if (typeof target !== "object" || target === null || typeof (target as { pool?: { connect?: unknown } }).pool?.connect !== "function") {
+  if (
+    typeof target !== "object" ||
+    target === null ||
+    typeof (target as { pool?: { connect?: unknown } }).pool?.connect !== "function"
+  ) {
     throw bad(`target must be a GenDurable engine or { pool, schema? }, got ${describe(target)}`);
   }
   const { pool, schema } = target as { pool: pg.Pool; schema?: string };

@@ -17,7 +17,9 @@ import { defineMachine, type GenDurable } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
-await db.pool.query(`create table "${db.schema}".abandoned_effects (instance_id bigint not null, attempt integer not null)`);
+await db.pool.query(
+  `create table "${db.schema}".abandoned_effects (instance_id bigint not null, attempt integer not null)`,
+);
 
 interface Gate {
   open: () => void;
@@ -46,16 +48,22 @@ afterAll(() => {
 
 /** Parks on the gate of (id, attempt) when `parked` says so, then writes through ctx.client. */
 function body(parked: (attempt: number) => boolean) {
-  return async (ctx: { id: string; attempt: number; client: { query: (sql: string, values: unknown[]) => Promise<unknown> } }) => {
+  return async (ctx: {
+    id: string;
+    attempt: number;
+    client: { query: (sql: string, values: unknown[]) => Promise<unknown> };
+  }) => {
     const g = gate(ctx.id, ctx.attempt);
     if (parked(ctx.attempt)) {
       g.reached = true;
       await g.opened;
     }
-    g.write = ctx.client.query(`insert into "${db.schema}".abandoned_effects values ($1, $2)`, [ctx.id, ctx.attempt]).then(
-      () => "done" as const,
-      () => "rejected" as const,
-    );
+    g.write = ctx.client
+      .query(`insert into "${db.schema}".abandoned_effects values ($1, $2)`, [ctx.id, ctx.attempt])
+      .then(
+        () => "done" as const,
+        () => "rejected" as const,
+      );
     await g.write;
   };
 }
@@ -105,17 +113,27 @@ const EveryAttemptParks = defineMachine({
 });
 
 async function effects(id: string): Promise<number[]> {
-  const { rows } = await db.pool.query<{ attempt: number }>(`select attempt from "${db.schema}".abandoned_effects where instance_id = $1 order by attempt`, [id]);
+  const { rows } = await db.pool.query<{ attempt: number }>(
+    `select attempt from "${db.schema}".abandoned_effects where instance_id = $1 order by attempt`,
+    [id],
+  );
   return rows.map((r) => r.attempt);
 }
 
 /** What a stalled node sees: its claim superseded (token bumped) and the lease expired, so the reaper hands the step on. */
 async function supersedeClaim(id: string): Promise<void> {
-  await db.pool.query(`update "${db.schema}".instances set claim_token = claim_token + 1, lease_expires_at = now() - interval '1 second' where id = $1`, [id]);
+  await db.pool.query(
+    `update "${db.schema}".instances set claim_token = claim_token + 1, lease_expires_at = now() - interval '1 second' where id = $1`,
+    [id],
+  );
 }
 
 async function running(engine: GenDurable, id: string, attempt: number): Promise<void> {
-  await eventually(`attempt ${attempt} of ${id} parked`, async () => gate(id, attempt).reached && (await engine.get(id))?.status === "running", 10_000);
+  await eventually(
+    `attempt ${attempt} of ${id} parked`,
+    async () => gate(id, attempt).reached && (await engine.get(id))?.status === "running",
+    10_000,
+  );
 }
 
 describe("an attempt the engine has given up on", () => {
@@ -134,13 +152,27 @@ describe("an attempt the engine has given up on", () => {
 
   it("transactional step after its lease was lost to another node: a later ctx.client write does not commit", async () => {
     // Node A (one slot) runs attempt 1, which parks; node B takes over once A's claim is gone.
-    const a = db.engine({ poolSize: 4, queues: { default: 1 }, machines: [FirstAttemptParks], leaseDuration: "1s", reaperInterval: 100, nodeId: "node-a" });
+    const a = db.engine({
+      poolSize: 4,
+      queues: { default: 1 },
+      machines: [FirstAttemptParks],
+      leaseDuration: "1s",
+      reaperInterval: 100,
+      nodeId: "node-a",
+    });
     await a.start();
     const lost: string[] = [];
     a.on("lease:lost", (e) => lost.push(e.id));
     const { id } = await a.insert(FirstAttemptParks, { state: {} });
     await running(a, id, 1);
-    const b = db.engine({ poolSize: 4, queues: { default: 1 }, machines: [FirstAttemptParks], leaseDuration: "1s", reaperInterval: 100, nodeId: "node-b" });
+    const b = db.engine({
+      poolSize: 4,
+      queues: { default: 1 },
+      machines: [FirstAttemptParks],
+      leaseDuration: "1s",
+      reaperInterval: 100,
+      nodeId: "node-b",
+    });
     await b.start();
     await supersedeClaim(id);
     // Attempt 2 runs on B (A's only slot is busy) and commits; A notices its lease is gone and abandons attempt 1.
@@ -157,7 +189,13 @@ describe("an attempt the engine has given up on", () => {
     // Lease 3 s: renewed every ~1 s. The claim is superseded right after a renewal, so the
     // reaper (every 50 ms) hands the step back to this node before its next renewal could
     // notice that attempt 1 lost its claim: attempts 1 and 2 then run side by side here.
-    const engine = db.engine({ poolSize: 4, queues: { default: 2 }, machines: [EveryAttemptParks], leaseDuration: "3s", reaperInterval: 50 });
+    const engine = db.engine({
+      poolSize: 4,
+      queues: { default: 2 },
+      machines: [EveryAttemptParks],
+      leaseDuration: "3s",
+      reaperInterval: 50,
+    });
     await engine.start();
     const { id } = await engine.insert(EveryAttemptParks, { state: {} });
     await running(engine, id, 1);
@@ -171,7 +209,10 @@ describe("an attempt the engine has given up on", () => {
     });
     await supersedeClaim(id);
     await running(engine, id, 2);
-    const { rows } = await db.pool.query<{ token: string }>(`select claim_token::text as token from "${db.schema}".instances where id = $1`, [id]);
+    const { rows } = await db.pool.query<{ token: string }>(
+      `select claim_token::text as token from "${db.schema}".instances where id = $1`,
+      [id],
+    );
     const token2 = rows[0]!.token;
     // Attempt 1 ends (its outcome is fenced off). Attempt 2 still runs: its lease must still be renewed.
     gate(id, 1).open();
@@ -185,7 +226,9 @@ describe("an attempt the engine has given up on", () => {
           [id, now[0]!.t],
         );
         if (r[0]!.token !== token2 || r[0]!.status !== "running") {
-          throw new Error(`attempt 2 lost its claim while running (token ${token2} → ${r[0]!.token}, status ${r[0]!.status}): its lease was not renewed`);
+          throw new Error(
+            `attempt 2 lost its claim while running (token ${token2} → ${r[0]!.token}, status ${r[0]!.status}): its lease was not renewed`,
+          );
         }
         return r[0]!.renewed;
       },

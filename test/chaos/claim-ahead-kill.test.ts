@@ -21,13 +21,22 @@ describe("SIGKILL of a node holding claimed-ahead rows", () => {
     await db.pool.query(ledgerSql(db.schema));
     const s = `"${db.schema}"`;
     const client = db.engine({ poolSize: 2 });
-    const ids = (await client.insertMany(Array.from({ length: JOBS }, (_, n) => ({ machine: RunOnce, args: { n } })))).map((r) => r.id);
+    const ids = (
+      await client.insertMany(Array.from({ length: JOBS }, (_, n) => ({ machine: RunOnce, args: { n } })))
+    ).map((r) => r.id);
 
     const fleet = new Fleet(
       (slot, generation) =>
         forkChild(new URL("./fixtures/worker.ts", import.meta.url), {
           name: `gd-ahead${slot}-${generation}`,
-          env: { DATABASE_URL: db.url, GD_SCHEMA: db.schema, GD_CONCURRENCY: String(CONCURRENCY), GD_LEASE: "2s", GD_REAPER: "500ms", GD_HANG: "1" },
+          env: {
+            DATABASE_URL: db.url,
+            GD_SCHEMA: db.schema,
+            GD_CONCURRENCY: String(CONCURRENCY),
+            GD_LEASE: "2s",
+            GD_REAPER: "500ms",
+            GD_HANG: "1",
+          },
         }),
       { respawn: false },
     );
@@ -50,7 +59,12 @@ describe("SIGKILL of a node holding claimed-ahead rows", () => {
 
     // Another node finishes the work once the dead node's leases expire.
     useLedger(db.pool, db.schema);
-    const worker = db.engine({ queues: { chaos: 10 }, machines: [RunOnce], leaseDuration: "2s", reaperInterval: "200ms" });
+    const worker = db.engine({
+      queues: { chaos: 10 },
+      machines: [RunOnce],
+      leaseDuration: "2s",
+      reaperInterval: "200ms",
+    });
     await worker.start();
     const finished = await Promise.all(ids.map((id) => client.wait(id, { timeout: 30_000 })));
 
@@ -60,7 +74,9 @@ describe("SIGKILL of a node holding claimed-ahead rows", () => {
     const runCount = new Map(runs.map((r) => [r.id, r.n]));
     const failed = finished.filter((i) => i.status === "failed");
     const done = finished.filter((i) => i.status === "done");
-    console.log(`claim-ahead kill: ${failed.length} failed (ran on the killed node), ${done.length} done; runs ${JSON.stringify([...runCount.values()])}`);
+    console.log(
+      `claim-ahead kill: ${failed.length} failed (ran on the killed node), ${done.length} done; runs ${JSON.stringify([...runCount.values()])}`,
+    );
 
     // The two steps that ran on the killed node used their only attempt; nothing else did.
     expect(failed).toHaveLength(CONCURRENCY);

@@ -36,7 +36,13 @@ async function race(
   const children = perProcess.map((rounds, i) =>
     forkChild(new URL("./fixtures/inserter.ts", import.meta.url), {
       name: `gd-${name}-${i}`,
-      env: { DATABASE_URL: db.url, GD_SCHEMA: db.schema, GD_KEYS: JSON.stringify(rounds), GD_LANES: String(LANES), ...env },
+      env: {
+        DATABASE_URL: db.url,
+        GD_SCHEMA: db.schema,
+        GD_KEYS: JSON.stringify(rounds),
+        GD_LANES: String(LANES),
+        ...env,
+      },
     }),
   );
   for (let round = 0; round < perProcess[0]!.length; round++) {
@@ -51,10 +57,17 @@ async function race(
   return results;
 }
 
-async function checkOutcome(prefix: string, keys: string[], results: Result[], callsPerProcess: number, others: Result["calls"] = []) {
+async function checkOutcome(
+  prefix: string,
+  keys: string[],
+  results: Result[],
+  callsPerProcess: number,
+  others: Result["calls"] = [],
+) {
   // No error of any kind reached a caller (in particular no 23505 unique violation).
   const errors = new Map<string, number>();
-  for (const e of results.flatMap((r) => r.errors)) errors.set(`${String(e.code)}: ${e.message}`, (errors.get(`${String(e.code)}: ${e.message}`) ?? 0) + 1);
+  for (const e of results.flatMap((r) => r.errors))
+    errors.set(`${String(e.code)}: ${e.message}`, (errors.get(`${String(e.code)}: ${e.message}`) ?? 0) + 1);
   expect(Object.fromEntries(errors), "errors seen by callers (message: number of keys)").toEqual({});
   // Every call returned an id.
   for (const result of results) {
@@ -70,7 +83,9 @@ async function checkOutcome(prefix: string, keys: string[], results: Result[], c
     byKey.set(call.key, entry);
   }
   expect([...byKey.keys()].sort()).toEqual([...keys].sort());
-  const disagreements = [...byKey].filter(([, e]) => e.ids.size !== 1 || e.inserted !== 1).map(([key, e]) => ({ key, ids: [...e.ids], inserted: e.inserted }));
+  const disagreements = [...byKey]
+    .filter(([, e]) => e.ids.size !== 1 || e.inserted !== 1)
+    .map(([key, e]) => ({ key, ids: [...e.ids], inserted: e.inserted }));
   expect(disagreements).toEqual([]);
   // The database agrees: exactly one live instance per key, and it is the id the callers got.
   const { rows } = await db.pool.query<{ correlation_key: string; ids: string[] }>(
@@ -83,7 +98,8 @@ async function checkOutcome(prefix: string, keys: string[], results: Result[], c
 }
 
 const ROUNDS = 2;
-const keysOf = (prefix: string, round: number) => Array.from({ length: KEYS }, (_, i) => `${prefix}${round}:${String(i).padStart(3, "0")}`);
+const keysOf = (prefix: string, round: number) =>
+  Array.from({ length: KEYS }, (_, i) => `${prefix}${round}:${String(i).padStart(3, "0")}`);
 
 describe("correlation keys raced from two processes", () => {
   it("insert(): 2 processes × 8 connections, every key twice in each, give one instance per key and one id to everyone", async () => {
@@ -92,7 +108,9 @@ describe("correlation keys raced from two processes", () => {
     const results = await race("ins", [rounds, rounds], { GD_MODE: "insert" });
     const keys = Array.from({ length: ROUNDS }, (_, r) => keysOf("race:", r)).flat();
     await checkOutcome("race:", keys, results, ROUNDS * KEYS * 2);
-    console.log(`correlation race (insert): ${ROUNDS} rounds of ${KEYS} keys; ms per round ${results.map((r) => r.times.join("/")).join(", ")}`);
+    console.log(
+      `correlation race (insert): ${ROUNDS} rounds of ${KEYS} keys; ms per round ${results.map((r) => r.times.join("/")).join(", ")}`,
+    );
   });
 
   it("insertMany(): two bulk inserts of the same keys in opposite orders, running at the same time", async () => {
@@ -111,7 +129,9 @@ describe("correlation keys raced from two processes", () => {
       const hooks = {
         beforeGo: async () => {
           await holder.query("begin");
-          [held] = await client.insertMany([{ machine: Keyed, args: { key: middle }, correlationKey: middle }], { client: holder });
+          [held] = await client.insertMany([{ machine: Keyed, args: { key: middle }, correlationKey: middle }], {
+            client: holder,
+          });
         },
         // Both bulk statements are running; wait until neither can go on (both wait on a lock), then let go.
         afterGo: async (names: string[]) => {
@@ -129,7 +149,12 @@ describe("correlation keys raced from two processes", () => {
           await holder.query("commit");
         },
       };
-      const results = await race("many", [[keys], [[...keys].reverse()]], { GD_MODE: "insertMany", GD_BATCH: String(KEYS) }, hooks);
+      const results = await race(
+        "many",
+        [[keys], [[...keys].reverse()]],
+        { GD_MODE: "insertMany", GD_BATCH: String(KEYS) },
+        hooks,
+      );
       expect(held?.inserted).toBe(true);
       await checkOutcome("batch:", keys, results, KEYS, [{ key: middle, ...held! }]);
       console.log(`correlation race (insertMany): ${results.map((r) => `${r.times.join("/")} ms`).join(", ")}`);

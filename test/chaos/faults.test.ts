@@ -14,7 +14,15 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, GenDurable, InstanceTerminatedError, migrate, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
-import { FaultJob, HoldClient, Ping, Pong, ShortTx, faultLedgerSql, useFaultLedger } from "./fixtures/fault-machines.js";
+import {
+  FaultJob,
+  HoldClient,
+  Ping,
+  Pong,
+  ShortTx,
+  faultLedgerSql,
+  useFaultLedger,
+} from "./fixtures/fault-machines.js";
 import { startHalfOpenProxy, startupApplicationName, type HalfOpenProxy } from "./fixtures/half-open-proxy.js";
 import { startRestartablePostgres, type RestartablePostgres } from "./fixtures/restartable-postgres.js";
 
@@ -32,7 +40,8 @@ async function proxied(): Promise<{ proxy: HalfOpenProxy; url: string }> {
 
 /** What would crash a real process: recorded here, asserted empty by every scenario. */
 const crashes: string[] = [];
-const onRejection = (error: unknown) => void crashes.push(`unhandledRejection: ${String((error as Error)?.stack ?? error)}`);
+const onRejection = (error: unknown) =>
+  void crashes.push(`unhandledRejection: ${String((error as Error)?.stack ?? error)}`);
 const onException = (error: Error) => void crashes.push(`uncaughtException: ${String(error?.stack ?? error)}`);
 process.on("unhandledRejection", onRejection);
 process.on("uncaughtException", onException);
@@ -91,7 +100,11 @@ async function startLoad(url: string, label: string): Promise<LoadRun> {
   const acked: string[] = [];
   const produced = (async () => {
     for (let b = 0; b < JOBS / BATCH; b++) {
-      const items = Array.from({ length: BATCH }, (_, i) => ({ machine: FaultJob, state: { n: b * BATCH + i }, correlationKey: `job:${b * BATCH + i}` }));
+      const items = Array.from({ length: BATCH }, (_, i) => ({
+        machine: FaultJob,
+        state: { n: b * BATCH + i },
+        correlationKey: `job:${b * BATCH + i}`,
+      }));
       const deadline = Date.now() + 60_000;
       for (;;) {
         try {
@@ -116,7 +129,8 @@ async function startLoad(url: string, label: string): Promise<LoadRun> {
     errors,
     acked,
     produced,
-    effects: async () => (await check.query<{ n: number }>(`select count(*)::int as n from "${schema}".fault_effects`)).rows[0]!.n,
+    effects: async () =>
+      (await check.query<{ n: number }>(`select count(*)::int as n from "${schema}".fault_effects`)).rows[0]!.n,
     close: async () => {
       await engine.stop();
       await check.query(`drop schema if exists "${schema}" cascade`).catch(() => {});
@@ -137,11 +151,15 @@ async function assertIntact(run: LoadRun, lastFaultAt: Date): Promise<void> {
   expect(run.acked).toHaveLength(JOBS);
   await eventually(
     "every instance done",
-    async () => (await check.query<{ n: number }>(`select count(*)::int as n from "${schema}".instances where status <> 'done'`)).rows[0]!.n === 0,
+    async () =>
+      (await check.query<{ n: number }>(`select count(*)::int as n from "${schema}".instances where status <> 'done'`))
+        .rows[0]!.n === 0,
     90_000,
   ).catch(async (error: unknown) => {
     const { rows } = await check.query(`select status, count(*)::int as n from "${schema}".instances group by 1`);
-    throw new Error(`${String(error)}; statuses ${JSON.stringify(rows)}; engine errors ${JSON.stringify(summarize(run.errors))}`);
+    throw new Error(
+      `${String(error)}; statuses ${JSON.stringify(rows)}; engine errors ${JSON.stringify(summarize(run.errors))}`,
+    );
   });
 
   // I1: every acknowledged insert exists. A batch retried after an ambiguous commit may have
@@ -166,13 +184,17 @@ async function assertIntact(run: LoadRun, lastFaultAt: Date): Promise<void> {
   expect(running).toEqual([]);
 
   // Recovered by itself: the listener is back on a connection opened after the last fault...
-  await eventually("a LISTEN connection opened after the faults", async () => {
-    const { rows } = await check.query(
-      `select 1 from pg_stat_activity where application_name = 'gen-durable-listen' and backend_start > $1`,
-      [lastFaultAt],
-    );
-    return rows.length === 1;
-  }, 30_000);
+  await eventually(
+    "a LISTEN connection opened after the faults",
+    async () => {
+      const { rows } = await check.query(
+        `select 1 from pg_stat_activity where application_name = 'gen-durable-listen' and backend_start > $1`,
+        [lastFaultAt],
+      );
+      return rows.length === 1;
+    },
+    30_000,
+  );
   // ...and new work runs.
   const { id } = await run.engine.insert(FaultJob, { state: { n: -1 } });
   expect((await run.engine.wait(id, { timeout: 20_000 })).status).toBe("done");
@@ -210,10 +232,14 @@ describe("database faults under load", () => {
     try {
       let lastFaultAt = new Date();
       for (let restart = 0; restart < 2; restart++) {
-        const before = await eventually("steady work", async () => {
-          const n = await run.effects();
-          return n >= (restart + 1) * 300 ? n : 0;
-        }, 60_000);
+        const before = await eventually(
+          "steady work",
+          async () => {
+            const n = await run.effects();
+            return n >= (restart + 1) * 300 ? n : 0;
+          },
+          60_000,
+        );
         lastFaultAt = new Date();
         await server.stop();
         // Down for a moment, as in a restart or a failover: inserts, claims, commits and LISTEN all fail meanwhile.
@@ -249,7 +275,9 @@ describe("database faults under load", () => {
         listenersTerminated += rows.filter((r) => r.application_name === "gen-durable-listen").length;
         await new Promise((resolve) => setTimeout(resolve, 300));
       }
-      console.log(`terminated ${terminated} backends (${listenersTerminated} LISTEN), ${roundsUnderLoad} rounds under load, then ${await run.effects()} effects`);
+      console.log(
+        `terminated ${terminated} backends (${listenersTerminated} LISTEN), ${roundsUnderLoad} rounds under load, then ${await run.effects()} effects`,
+      );
       expect(terminated).toBeGreaterThan(25);
       expect(listenersTerminated).toBeGreaterThan(0);
       expect(roundsUnderLoad).toBeGreaterThanOrEqual(5);
@@ -268,9 +296,13 @@ describe("a LISTEN socket that dies silently", () => {
   });
 
   it("rejects a bad listenerHeartbeat by name", () => {
-    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "50ms" })).toThrow(/listenerHeartbeat must be at least 100 ms, got 50 ms/);
+    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "50ms" })).toThrow(
+      /listenerHeartbeat must be at least 100 ms, got 50 ms/,
+    );
     expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "soon" as never })).toThrow(ConfigError);
-    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "soon" as never })).toThrow(/listenerHeartbeat/);
+    expect(() => new GenDurable({ connectionString: db.url, listenerHeartbeat: "soon" as never })).toThrow(
+      /listenerHeartbeat/,
+    );
   });
 
   it("parses application_name from a startup message", () => {
@@ -283,69 +315,106 @@ describe("a LISTEN socket that dies silently", () => {
     expect(startupApplicationName(Buffer.from([0, 0, 0, 8, 4, 210, 22, 47]))).toBeUndefined(); // SSLRequest
   });
 
-  it("keeps working by polling, detects the dead socket, reconnects, and NOTIFY wakes it again", { timeout: 120_000 }, async () => {
-    const through = await proxied();
-    proxy = through.proxy;
-    const viaProxy = through.url;
-    const options = { connectionString: viaProxy, schema: db.schema, listenerHeartbeat: "500ms" } as const;
-    // A polls every 300 ms; B polls every 10 minutes, so only NOTIFY (or a reconnect's wake-all) can wake it.
-    const a = new GenDurable({ ...options, queues: { ping: 2 }, machines: [Ping], pollInterval: "300ms", nodeId: "proxy-a" });
-    const b = new GenDurable({ ...options, queues: { pong: 2 }, machines: [Pong], pollInterval: "10m", nodeId: "proxy-b" });
-    const errors: Array<EngineEvents["engine:error"] & { node: string }> = [];
-    a.on("engine:error", (e) => errors.push({ ...e, node: "a" }));
-    b.on("engine:error", (e) => errors.push({ ...e, node: "b" }));
-    const client = db.engine(); // straight to Postgres, not through the proxy
-    await client.start();
-    const isListen = (name: string | undefined) => name === "gen-durable-listen";
-    const liveListeners = () => proxy.connections().filter((c) => isListen(c.applicationName) && c.open && !c.dead).length;
-    try {
-      await a.start();
-      await b.start();
-      await eventually("both listeners connected", () => liveListeners() === 2);
-      // NOTIFY works before the fault: B runs a Pong at once although it never polls.
-      const first = await client.insert(Pong, { state: { n: 1 } });
-      expect((await client.wait(first.id, { timeout: 15_000 })).result).toEqual({ n: 1 });
+  it(
+    "keeps working by polling, detects the dead socket, reconnects, and NOTIFY wakes it again",
+    { timeout: 120_000 },
+    async () => {
+      const through = await proxied();
+      proxy = through.proxy;
+      const viaProxy = through.url;
+      const options = { connectionString: viaProxy, schema: db.schema, listenerHeartbeat: "500ms" } as const;
+      // A polls every 300 ms; B polls every 10 minutes, so only NOTIFY (or a reconnect's wake-all) can wake it.
+      const a = new GenDurable({
+        ...options,
+        queues: { ping: 2 },
+        machines: [Ping],
+        pollInterval: "300ms",
+        nodeId: "proxy-a",
+      });
+      const b = new GenDurable({
+        ...options,
+        queues: { pong: 2 },
+        machines: [Pong],
+        pollInterval: "10m",
+        nodeId: "proxy-b",
+      });
+      const errors: Array<EngineEvents["engine:error"] & { node: string }> = [];
+      a.on("engine:error", (e) => errors.push({ ...e, node: "a" }));
+      b.on("engine:error", (e) => errors.push({ ...e, node: "b" }));
+      const client = db.engine(); // straight to Postgres, not through the proxy
+      await client.start();
+      const isListen = (name: string | undefined) => name === "gen-durable-listen";
+      const liveListeners = () =>
+        proxy.connections().filter((c) => isListen(c.applicationName) && c.open && !c.dead).length;
+      try {
+        await a.start();
+        await b.start();
+        await eventually("both listeners connected", () => liveListeners() === 2);
+        // NOTIFY works before the fault: B runs a Pong at once although it never polls.
+        const first = await client.insert(Pong, { state: { n: 1 } });
+        expect((await client.wait(first.id, { timeout: 15_000 })).result).toEqual({ n: 1 });
 
-      // The LISTEN sockets go silent; new LISTEN connections are swallowed too, until heal().
-      const cutAt = Date.now();
-      const attemptsBefore = proxy.accepted.filter(isListen).length;
-      proxy.blackhole(isListen);
+        // The LISTEN sockets go silent; new LISTEN connections are swallowed too, until heal().
+        const cutAt = Date.now();
+        const attemptsBefore = proxy.accepted.filter(isListen).length;
+        proxy.blackhole(isListen);
 
-      // Work inserted meanwhile still runs on A, found by polling.
-      const during = await client.insert(Ping, { state: { n: 2 } });
-      expect((await client.wait(during.id, { timeout: 15_000 })).result).toEqual({ n: 2 });
+        // Work inserted meanwhile still runs on A, found by polling.
+        const during = await client.insert(Ping, { state: { n: 2 } });
+        expect((await client.wait(during.id, { timeout: 15_000 })).result).toEqual({ n: 2 });
 
-      // Each heartbeat notices its dead socket (within 2 heartbeats of 500 ms; bound generous for a loaded box)...
-      await eventually("both heartbeats to detect the dead socket", () => {
-        const nodes = new Set(errors.filter((e) => e.loop === "listener" && /did not answer a ping/.test(String(e.error))).map((e) => e.node));
-        return nodes.size === 2;
-      }, 15_000);
-      const detectedMs = Date.now() - cutAt;
-      // ...and keeps trying: reconnects into the black hole time out instead of hanging forever.
-      await eventually("repeated reconnect attempts while partitioned", () => proxy.accepted.filter(isListen).length >= attemptsBefore + 4, 20_000);
-      expect(errors.some((e) => e.loop === "listener" && /timeout|did not answer/i.test(String(e.error)))).toBe(true);
+        // Each heartbeat notices its dead socket (within 2 heartbeats of 500 ms; bound generous for a loaded box)...
+        await eventually(
+          "both heartbeats to detect the dead socket",
+          () => {
+            const nodes = new Set(
+              errors
+                .filter((e) => e.loop === "listener" && /did not answer a ping/.test(String(e.error)))
+                .map((e) => e.node),
+            );
+            return nodes.size === 2;
+          },
+          15_000,
+        );
+        const detectedMs = Date.now() - cutAt;
+        // ...and keeps trying: reconnects into the black hole time out instead of hanging forever.
+        await eventually(
+          "repeated reconnect attempts while partitioned",
+          () => proxy.accepted.filter(isListen).length >= attemptsBefore + 4,
+          20_000,
+        );
+        expect(errors.some((e) => e.loop === "listener" && /timeout|did not answer/i.test(String(e.error)))).toBe(true);
 
-      proxy.heal();
-      await eventually("both listeners back", () => liveListeners() === 2, 20_000);
-      // A Pong now may be picked up by the reconnect's wake-all; the next one only by NOTIFY.
-      const second = await client.insert(Pong, { state: { n: 3 } });
-      expect((await client.wait(second.id, { timeout: 15_000 })).result).toEqual({ n: 3 });
-      const third = await client.insert(Pong, { state: { n: 4 } });
-      expect((await client.wait(third.id, { timeout: 15_000 })).result).toEqual({ n: 4 });
-      console.log(`half-open LISTEN detected after ${detectedMs} ms; ${proxy.accepted.filter(isListen).length - attemptsBefore} reconnect attempts`);
-      expect(crashes).toEqual([]);
-    } finally {
-      await a.stop();
-      await b.stop();
-    }
-  });
+        proxy.heal();
+        await eventually("both listeners back", () => liveListeners() === 2, 20_000);
+        // A Pong now may be picked up by the reconnect's wake-all; the next one only by NOTIFY.
+        const second = await client.insert(Pong, { state: { n: 3 } });
+        expect((await client.wait(second.id, { timeout: 15_000 })).result).toEqual({ n: 3 });
+        const third = await client.insert(Pong, { state: { n: 4 } });
+        expect((await client.wait(third.id, { timeout: 15_000 })).result).toEqual({ n: 4 });
+        console.log(
+          `half-open LISTEN detected after ${detectedMs} ms; ${proxy.accepted.filter(isListen).length - attemptsBefore} reconnect attempts`,
+        );
+        expect(crashes).toEqual([]);
+      } finally {
+        await a.stop();
+        await b.stop();
+      }
+    },
+  );
 });
 
 describe("a pool smaller than the concurrency", () => {
   it("never lets lease renewal queue behind step work", { timeout: 120_000 }, async () => {
     // 1.5 s leases, renewed every 0.5 s; the reaper looks every 200 ms. Ten steps at once on two connections:
     // four hold their transaction's connection for 3 s each, so the others wait many lease periods for one.
-    const engine = db.engine({ poolSize: 2, queues: { pool: 10 }, machines: [HoldClient, ShortTx], leaseDuration: "1500ms", reaperInterval: "200ms" });
+    const engine = db.engine({
+      poolSize: 2,
+      queues: { pool: 10 },
+      machines: [HoldClient, ShortTx],
+      leaseDuration: "1500ms",
+      reaperInterval: "200ms",
+    });
     const lost: unknown[] = [];
     const failed: unknown[] = [];
     let renewals = 0;
@@ -363,7 +432,9 @@ describe("a pool smaller than the concurrency", () => {
     });
     await engine.start();
     started = Date.now();
-    const holders = await engine.insertMany(Array.from({ length: 4 }, () => ({ machine: HoldClient, state: { holdMs: 3000 } })));
+    const holders = await engine.insertMany(
+      Array.from({ length: 4 }, () => ({ machine: HoldClient, state: { holdMs: 3000 } })),
+    );
     const shorts = await engine.insertMany(Array.from({ length: 8 }, (_, n) => ({ machine: ShortTx, state: { n } })));
     for (const { id } of [...holders, ...shorts]) {
       const final = await engine.wait(id, { timeout: 30_000 }).catch(async (error: unknown) => {
@@ -371,21 +442,31 @@ describe("a pool smaller than the concurrency", () => {
         const { rows: activity } = await db.pool.query(
           `select application_name, state, wait_event_type, wait_event, left(query, 120) as query from pg_stat_activity where application_name like 'gen-durable%' and datname = current_database()`,
         );
-        const { rows: instances } = await db.pool.query(`select id, machine, status, attempt, lease_expires_at > now() as leased from "${db.schema}".instances where id = any($1)`, [
-          [...holders, ...shorts].map((r) => r.id),
-        ]);
+        const { rows: instances } = await db.pool.query(
+          `select id, machine, status, attempt, lease_expires_at > now() as leased from "${db.schema}".instances where id = any($1)`,
+          [[...holders, ...shorts].map((r) => r.id)],
+        );
         const pool = (engine as unknown as { pool: pg.Pool }).pool;
-        throw new Error(`${String(error)}\npool total ${pool.totalCount} idle ${pool.idleCount} waiting ${pool.waitingCount}\n${JSON.stringify(activity)}\n${JSON.stringify(instances)}`);
+        throw new Error(
+          `${String(error)}\npool total ${pool.totalCount} idle ${pool.idleCount} waiting ${pool.waitingCount}\n${JSON.stringify(activity)}\n${JSON.stringify(instances)}`,
+        );
       });
-      expect(final.status, `${final.machine} ${id}: ${final.error?.message}; lease ticks ${ticks.join(" ")}; errors ${JSON.stringify(summarize(errors))}`).toBe("done");
+      expect(
+        final.status,
+        `${final.machine} ${id}: ${final.error?.message}; lease ticks ${ticks.join(" ")}; errors ${JSON.stringify(summarize(errors))}`,
+      ).toBe("done");
     }
     const elapsed = Date.now() - started;
 
     // No lease expired: nothing lost, nothing reaped, nothing ran twice (maxAttempts is 1)...
-    const { rows } = await db.pool.query(`select outcome, count(*)::int as n from "${db.schema}".transitions where instance_id = any($1) group by 1`, [
-      [...holders, ...shorts].map((r) => r.id),
-    ]);
-    expect(rows, `lease ticks (ms since start: renewed/duration) ${ticks.join(" ")}; errors ${JSON.stringify(summarize(errors))}`).toEqual([{ outcome: "done", n: 12 }]);
+    const { rows } = await db.pool.query(
+      `select outcome, count(*)::int as n from "${db.schema}".transitions where instance_id = any($1) group by 1`,
+      [[...holders, ...shorts].map((r) => r.id)],
+    );
+    expect(
+      rows,
+      `lease ticks (ms since start: renewed/duration) ${ticks.join(" ")}; errors ${JSON.stringify(summarize(errors))}`,
+    ).toEqual([{ outcome: "done", n: 12 }]);
     expect(lost).toEqual([]);
     expect(failed).toEqual([]);
     // ...although the work outlasted several leases while steps waited for a connection, renewed meanwhile.

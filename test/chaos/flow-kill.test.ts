@@ -39,7 +39,9 @@ describe("concurrency keys and rate limits under SIGKILL", () => {
       const client = db.engine({ poolSize: 2 });
       await client.start();
       const items = [];
-      for (let i = 0; i < PER_KEY; i++) for (let k = 0; k < KEYS; k++) items.push({ machine: KeyedWork, args: { key: `k${k}` }, concurrencyKey: `k${k}` });
+      for (let i = 0; i < PER_KEY; i++)
+        for (let k = 0; k < KEYS; k++)
+          items.push({ machine: KeyedWork, args: { key: `k${k}` }, concurrencyKey: `k${k}` });
       const ids = (await client.insertMany(items)).map((r) => r.id);
 
       // Kill a worker that holds keys right now, then wait for its replacement.
@@ -47,7 +49,9 @@ describe("concurrency keys and rate limits under SIGKILL", () => {
       for (let round = 0; round < KILLS; round++) {
         await eventually("two live workers", () => fleet.ready().length >= 2, 60_000);
         await new Promise((resolve) => setTimeout(resolve, 150 + random() * 350));
-        const { rows } = await db.pool.query<{ leased_by: string }>(`select distinct leased_by from ${s}.instances where status = 'running'`);
+        const { rows } = await db.pool.query<{ leased_by: string }>(
+          `select distinct leased_by from ${s}.instances where status = 'running'`,
+        );
         const busy = fleet.ready().filter((c) => rows.some((r) => r.leased_by === c.name));
         if (busy.length === 0) break; // the work is done already
         killedHolding++;
@@ -57,7 +61,9 @@ describe("concurrency keys and rate limits under SIGKILL", () => {
       await eventually(
         "every instance done",
         async () => {
-          const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.instances where status = 'done'`);
+          const { rows } = await db.pool.query<{ n: number }>(
+            `select count(*)::int as n from ${s}.instances where status = 'done'`,
+          );
           return rows[0]!.n === KEYS * PER_KEY;
         },
         60_000,
@@ -77,10 +83,14 @@ describe("concurrency keys and rate limits under SIGKILL", () => {
       );
       expect(overlaps).toEqual([]);
       // No key left held or waiting.
-      const { rows: held } = await db.pool.query(`select key, holder, run_at from ${s}.concurrency_keys where holder is not null or run_at is not null`);
+      const { rows: held } = await db.pool.query(
+        `select key, holder, run_at from ${s}.concurrency_keys where holder is not null or run_at is not null`,
+      );
       expect(held).toEqual([]);
       // Rate: at most 10 tokens of a key in any one second (limit 10/s, burst 1).
-      const { rows: busiest } = await db.pool.query<{ partition: string; busiest: number }>(busiestSecondSql(db.schema));
+      const { rows: busiest } = await db.pool.query<{ partition: string; busiest: number }>(
+        busiestSecondSql(db.schema),
+      );
       expect(busiest).toHaveLength(KEYS);
       const worst = Math.max(...busiest.map((b) => b.busiest));
       console.log(`flow-kill: ${killedHolding} kills of key holders; most draws of one key in one second: ${worst}`);

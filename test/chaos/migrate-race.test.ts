@@ -22,7 +22,11 @@ afterAll(async () => {
   await pool.end();
 });
 
-const Echo = defineJob({ name: "MigrateRaceEcho", args: z.object({ n: z.number() }), perform: async (args) => ({ n: args.n }) });
+const Echo = defineJob({
+  name: "MigrateRaceEcho",
+  args: z.object({ n: z.number() }),
+  perform: async (args) => ({ n: args.n }),
+});
 
 describe("migrate() raced by ten processes", () => {
   it("applies every migration exactly once, all callers succeed, and the schema works", async () => {
@@ -30,12 +34,17 @@ describe("migrate() raced by ten processes", () => {
     expect(before).toEqual([]);
 
     const children = Array.from({ length: PROCESSES }, (_, i) =>
-      forkChild(new URL("./fixtures/migrator.ts", import.meta.url), { name: `gd-migrate-${i}`, env: { DATABASE_URL: url, GD_SCHEMA: schema } }),
+      forkChild(new URL("./fixtures/migrator.ts", import.meta.url), {
+        name: `gd-migrate-${i}`,
+        env: { DATABASE_URL: url, GD_SCHEMA: schema },
+      }),
     );
     await Promise.all(children.map((c) => c.waitFor("ready", 30_000)));
     const released = Date.now();
     for (const child of children) child.send({ type: "go" });
-    const results = (await Promise.all(children.map((c) => c.waitFor("result", 30_000)))) as Array<ChildMessage & { applied?: number[]; error?: string; ms: number }>;
+    const results = (await Promise.all(children.map((c) => c.waitFor("result", 30_000)))) as Array<
+      ChildMessage & { applied?: number[]; error?: string; ms: number }
+    >;
     const allDone = Date.now() - released;
     expect(await Promise.all(children.map((c) => c.exited))).toEqual(children.map(() => ({ code: 0, signal: null })));
 
@@ -47,11 +56,19 @@ describe("migrate() raced by ten processes", () => {
     expect(applied.sort((a, b) => a - b)).toEqual(all);
     expect(results.filter((r) => r.applied!.length > 0)).toHaveLength(1);
     // One row per migration.
-    const { rows } = await pool.query<{ id: number; name: string; n: number }>(`select id, name, count(*) over (partition by id)::int as n from "${schema}".migrations order by id`);
+    const { rows } = await pool.query<{ id: number; name: string; n: number }>(
+      `select id, name, count(*) over (partition by id)::int as n from "${schema}".migrations order by id`,
+    );
     expect(rows).toEqual(Migration.list().map((m) => ({ id: m.id, name: m.name, n: 1 })));
 
     // The schema works: an engine starts on it and runs a job to the end.
-    const engine = new GenDurable({ connectionString: url, schema, queues: { default: 2 }, machines: [Echo], pollInterval: 100 });
+    const engine = new GenDurable({
+      connectionString: url,
+      schema,
+      queues: { default: 2 },
+      machines: [Echo],
+      pollInterval: 100,
+    });
     try {
       await engine.start();
       const { id } = await engine.insert(Echo, { args: { n: 7 } });
@@ -61,6 +78,8 @@ describe("migrate() raced by ten processes", () => {
     } finally {
       await engine.stop();
     }
-    console.log(`migrate race: ${PROCESSES} processes all returned ${allDone} ms after release; per process ${results.map((r) => r.ms).join(",")} ms`);
+    console.log(
+      `migrate race: ${PROCESSES} processes all returned ${allDone} ms after release; per process ${results.map((r) => r.ms).join(",")} ms`,
+    );
   });
 });

@@ -33,9 +33,15 @@ describe("a step that kills its process every time", () => {
       await fleet.start(WORKERS);
       const client = db.engine({ poolSize: 3 });
       await client.start();
-      const healthy = await client.insertMany(Array.from({ length: HEALTHY / 2 }, (_, i) => ({ machine: FiveSteps, state: { n: i, trail: [] } })));
+      const healthy = await client.insertMany(
+        Array.from({ length: HEALTHY / 2 }, (_, i) => ({ machine: FiveSteps, state: { n: i, trail: [] } })),
+      );
       const poison = await client.insert(Poison, { state: {} });
-      healthy.push(...(await client.insertMany(Array.from({ length: HEALTHY / 2 }, (_, i) => ({ machine: FiveSteps, state: { n: 100 + i, trail: [] } })))));
+      healthy.push(
+        ...(await client.insertMany(
+          Array.from({ length: HEALTHY / 2 }, (_, i) => ({ machine: FiveSteps, state: { n: 100 + i, trail: [] } })),
+        )),
+      );
 
       const failed = await client.wait(poison.id, { timeout: 40_000 }).catch((error: unknown) => {
         throw new Error(`${String(error)}\n${fleet.outputs()}`);
@@ -43,9 +49,10 @@ describe("a step that kills its process every time", () => {
       await eventually(
         "healthy instances done",
         async () => {
-          const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from "${db.schema}".instances where machine = $1 and status = 'done'`, [
-            FiveSteps.name,
-          ]);
+          const { rows } = await db.pool.query<{ n: number }>(
+            `select count(*)::int as n from "${db.schema}".instances where machine = $1 and status = 'done'`,
+            [FiveSteps.name],
+          );
           return rows[0]!.n === HEALTHY;
         },
         30_000,
@@ -79,13 +86,17 @@ describe("a step that kills its process every time", () => {
       // Healthy instances: done, each transition exactly once, transactional effects exactly once.
       for (const { id } of healthy) {
         const transitions = (await client.history(id)).filter((t) => t.outcome === "next" || t.outcome === "done");
-        expect(transitions.map((t) => [t.fromStep, t.outcome])).toEqual(STEPS.map((s, i) => [s, i < 4 ? "next" : "done"]));
+        expect(transitions.map((t) => [t.fromStep, t.outcome])).toEqual(
+          STEPS.map((s, i) => [s, i < 4 ? "next" : "done"]),
+        );
       }
       const { rows: effects } = await db.pool.query(
         `select instance_id, step, count(*) from "${db.schema}".test_effects group by 1, 2 having count(*) <> 1`,
       );
       expect(effects).toEqual([]);
-      const { rows: statuses } = await db.pool.query(`select status, count(*)::int as n from "${db.schema}".instances group by 1 order by 1`);
+      const { rows: statuses } = await db.pool.query(
+        `select status, count(*)::int as n from "${db.schema}".instances group by 1 order by 1`,
+      );
       expect(statuses).toEqual([
         { status: "done", n: HEALTHY },
         { status: "failed", n: 1 },

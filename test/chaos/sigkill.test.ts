@@ -40,8 +40,17 @@ describe("SIGKILL of worker processes mid-run", () => {
       const debug = process.env.CHAOS_DEBUG
         ? setInterval(() => {
             void db.pool
-              .query(`select status, count(*)::int as n, count(*) filter (where lease_expires_at < now())::int as expired from "${db.schema}".instances group by status order by 1`)
-              .then(({ rows }) => console.log(`${Date.now() - started} ms: ready ${fleet.ready().map((c) => c.name).join(" ")}; ${JSON.stringify(rows)}`));
+              .query(
+                `select status, count(*)::int as n, count(*) filter (where lease_expires_at < now())::int as expired from "${db.schema}".instances group by status order by 1`,
+              )
+              .then(({ rows }) =>
+                console.log(
+                  `${Date.now() - started} ms: ready ${fleet
+                    .ready()
+                    .map((c) => c.name)
+                    .join(" ")}; ${JSON.stringify(rows)}`,
+                ),
+              );
           }, 1000)
         : undefined;
 
@@ -55,7 +64,10 @@ describe("SIGKILL of worker processes mid-run", () => {
         await eventually("two live workers", () => fleet.ready().length >= 2, 60_000);
         await new Promise((resolve) => setTimeout(resolve, Math.max(0, lastKill + 300 + random() * 500 - Date.now())));
         const batch = await client.insertMany(
-          Array.from({ length: INSTANCES / KILLS }, (_, i) => ({ machine: FiveSteps, state: { n: round * 1000 + i, trail: [] } })),
+          Array.from({ length: INSTANCES / KILLS }, (_, i) => ({
+            machine: FiveSteps,
+            state: { n: round * 1000 + i, trail: [] },
+          })),
         );
         ids.push(...batch.map((r) => r.id));
         await new Promise((resolve) => setTimeout(resolve, 20 + random() * 180));
@@ -81,7 +93,9 @@ describe("SIGKILL of worker processes mid-run", () => {
       await eventually(
         "all instances done",
         async () => {
-          const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from "${db.schema}".instances where status = 'done'`);
+          const { rows } = await db.pool.query<{ n: number }>(
+            `select count(*)::int as n from "${db.schema}".instances where status = 'done'`,
+          );
           return rows[0]!.n === INSTANCES;
         },
         30_000,
@@ -109,7 +123,9 @@ describe("SIGKILL of worker processes mid-run", () => {
       for (const id of ids) {
         const history = await client.history(id);
         reaped += history.filter((t) => t.outcome === "lease_expired").length;
-        for (const t of history) if (t.outcome !== "next" && t.outcome !== "done") otherOutcomes[t.outcome] = (otherOutcomes[t.outcome] ?? 0) + 1;
+        for (const t of history)
+          if (t.outcome !== "next" && t.outcome !== "done")
+            otherOutcomes[t.outcome] = (otherOutcomes[t.outcome] ?? 0) + 1;
         const transitions = history
           .filter((t) => t.outcome === "next" || t.outcome === "done")
           .map((t) => ({ fromStep: t.fromStep, toStep: t.toStep, outcome: t.outcome }));
@@ -126,7 +142,9 @@ describe("SIGKILL of worker processes mid-run", () => {
         `select instance_id::text, step, count(*)::int as n from "${db.schema}".test_effects group by 1, 2 having count(*) <> 1`,
       );
       expect(effects).toEqual([]);
-      const { rows: effectTotal } = await db.pool.query<{ n: number }>(`select count(*)::int as n from "${db.schema}".test_effects`);
+      const { rows: effectTotal } = await db.pool.query<{ n: number }>(
+        `select count(*)::int as n from "${db.schema}".test_effects`,
+      );
       expect(effectTotal[0]!.n).toBe(INSTANCES * 2);
 
       // External effects: at least once per (instance, step).

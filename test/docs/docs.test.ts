@@ -57,7 +57,8 @@ export function runnableBlocks(markdown: string): Block[] {
     const close = new RegExp(`^\\s*${fence![0] === "`" ? "`" : "~"}{${fence!.length},}\\s*$`);
     const body: string[] = [];
     let j = i + 1;
-    for (; j < lines.length && !close.test(lines[j]!); j++) body.push(lines[j]!.startsWith(indent!) ? lines[j]!.slice(indent!.length) : lines[j]!);
+    for (; j < lines.length && !close.test(lines[j]!); j++)
+      body.push(lines[j]!.startsWith(indent!) ? lines[j]!.slice(indent!.length) : lines[j]!);
     if (j === lines.length) throw new Error(`unclosed code fence opened at line ${i + 1}`);
     const runnable = (lang === "ts" || lang === "typescript") && !/\bno-run\b/.test(rest!);
     if (runnable) blocks.push({ line: i + 1, code: body.join("\n") });
@@ -76,15 +77,30 @@ export function toModule(doc: string, blocks: Block[], sourceEntry: string): str
     const body = block.code.replace(IMPORT, (statement: string, specifier: string) => {
       // "gen-durable/testing" (a package subpath) -> the sources' testing/index.js, next to index.js.
       const subpath = /^gen-durable\/([a-z-]+)$/.exec(specifier)?.[1];
-      const target = specifier === "gen-durable" ? sourceEntry : subpath ? sourceEntry.replace(/index\.js$/, `${subpath}/index.js`) : undefined;
-      const resolved = target ? statement.replace(/(["'])gen-durable(\/[a-z-]+)?\1/, JSON.stringify(target)) : statement;
+      const target =
+        specifier === "gen-durable"
+          ? sourceEntry
+          : subpath
+            ? sourceEntry.replace(/index\.js$/, `${subpath}/index.js`)
+            : undefined;
+      const resolved = target
+        ? statement.replace(/(["'])gen-durable(\/[a-z-]+)?\1/, JSON.stringify(target))
+        : statement;
       const normalized = resolved.replace(/\s+/g, " ").replace(/;?\s*$/, ";");
       if (!imports.includes(normalized)) imports.push(normalized);
       return "";
     });
     bodies.push(`// ---- ${doc}, block at line ${block.line}\n${body.trim()}`);
   }
-  return [`// Generated from ${doc} by test/docs/docs.test.ts. Do not edit.`, ...imports, "", ...bodies, "", "export {};", ""].join("\n");
+  return [
+    `// Generated from ${doc} by test/docs/docs.test.ts. Do not edit.`,
+    ...imports,
+    "",
+    ...bodies,
+    "",
+    "export {};",
+    "",
+  ].join("\n");
 }
 
 interface Doc {
@@ -99,19 +115,44 @@ interface Doc {
 
 function collectDocs(): Doc[] {
   const docsDir = join(root, "docs");
-  const paths = ["README.md", ...(existsSync(docsDir) ? readdirSync(docsDir).filter((f) => f.endsWith(".md")).sort().map((f) => `docs/${f}`) : [])];
+  const paths = [
+    "README.md",
+    ...(existsSync(docsDir)
+      ? readdirSync(docsDir)
+          .filter((f) => f.endsWith(".md"))
+          .sort()
+          .map((f) => `docs/${f}`)
+      : []),
+  ];
   return paths.map((path) => {
-    const name = basename(path, ".md").toLowerCase().replace(/[^a-z0-9]+/g, "_");
-    return { path, name, module: join(outDir, `${name}.ts`), blocks: runnableBlocks(readFileSync(join(root, path), "utf8")) };
+    const name = basename(path, ".md")
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, "_");
+    return {
+      path,
+      name,
+      module: join(outDir, `${name}.ts`),
+      blocks: runnableBlocks(readFileSync(join(root, path), "utf8")),
+    };
   });
 }
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeout: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  file: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeout: number,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(file, args, { cwd: root, env, timeout, killSignal: "SIGKILL", maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-      const code = error ? (typeof error.code === "number" ? error.code : null) : 0;
-      resolve({ code, stdout, stderr: error && error.killed ? `${stderr}\n(killed after ${timeout} ms)` : stderr });
-    });
+    execFile(
+      file,
+      args,
+      { cwd: root, env, timeout, killSignal: "SIGKILL", maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === "number" ? error.code : null) : 0;
+        resolve({ code, stdout, stderr: error && error.killed ? `${stderr}\n(killed after ${timeout} ms)` : stderr });
+      },
+    );
   });
 }
 
@@ -119,11 +160,21 @@ const docs = collectDocs();
 const failed = new Set<string>();
 
 mkdirSync(outDir, { recursive: true });
-const sourceEntry = relative(outDir, join(root, "src", "index.js")).split("\\").join("/");
-for (const doc of docs) writeFileSync(doc.module, toModule(doc.path, doc.blocks, sourceEntry.startsWith(".") ? sourceEntry : `./${sourceEntry}`));
+const sourceEntry = relative(outDir, join(root, "src", "index.js"))
+  .split("\\")
+  .join("/");
+for (const doc of docs)
+  writeFileSync(
+    doc.module,
+    toModule(doc.path, doc.blocks, sourceEntry.startsWith(".") ? sourceEntry : `./${sourceEntry}`),
+  );
 writeFileSync(
   join(outDir, "tsconfig.json"),
-  JSON.stringify({ extends: "../../../tsconfig.json", compilerOptions: { noEmit: true, noUnusedLocals: false }, include: ["*.ts"] }, null, 2) + "\n",
+  JSON.stringify(
+    { extends: "../../../tsconfig.json", compilerOptions: { noEmit: true, noUnusedLocals: false }, include: ["*.ts"] },
+    null,
+    2,
+  ) + "\n",
 );
 
 afterAll(() => {
@@ -135,35 +186,68 @@ afterAll(() => {
 
 describe("documentation examples", () => {
   it("finds the docs and their examples", () => {
-    expect(docs.find((d) => d.path === "README.md")?.blocks.length, "README.md has no runnable ts block").toBeGreaterThan(0);
-    expect(docs.filter((d) => d.path.startsWith("docs/") && d.blocks.length > 0).length, "no runnable ts block in docs/").toBeGreaterThan(0);
+    expect(
+      docs.find((d) => d.path === "README.md")?.blocks.length,
+      "README.md has no runnable ts block",
+    ).toBeGreaterThan(0);
+    expect(
+      docs.filter((d) => d.path.startsWith("docs/") && d.blocks.length > 0).length,
+      "no runnable ts block in docs/",
+    ).toBeGreaterThan(0);
   });
 
-  it.concurrent("type-checks every example", async () => {
-    const result = await withSlot(() => run(process.execPath, [tsc, "-p", join(outDir, "tsconfig.json")], process.env, RUN_TIMEOUT_MS));
-    if (result.code !== 0) docs.forEach((d) => failed.add(d.path));
-    expect(result.code, `tsc failed on the generated doc modules:\n${result.stdout}${result.stderr}`).toBe(0);
-  }, TEST_TIMEOUT_MS);
+  it.concurrent(
+    "type-checks every example",
+    async () => {
+      const result = await withSlot(() =>
+        run(process.execPath, [tsc, "-p", join(outDir, "tsconfig.json")], process.env, RUN_TIMEOUT_MS),
+      );
+      if (result.code !== 0) docs.forEach((d) => failed.add(d.path));
+      expect(result.code, `tsc failed on the generated doc modules:\n${result.stdout}${result.stderr}`).toBe(0);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
   for (const doc of docs.filter((d) => d.blocks.length > 0)) {
-    it.concurrent(`runs ${doc.path} (${doc.blocks.length} blocks)`, async () => {
-      const result = await withSlot(async () => {
-        const db = await createDatabase(`doc_${doc.name}`);
-        try {
-          return await run(tsx, [doc.module], { ...process.env, DATABASE_URL: db.url }, RUN_TIMEOUT_MS);
-        } finally {
-          await db.drop();
-        }
-      });
-      if (result.code !== 0) failed.add(doc.path);
-      expect(result.code, `${doc.path} (generated: ${relative(root, doc.module)}) exited with ${result.code}:\n${result.stderr}`).toBe(0);
-    }, TEST_TIMEOUT_MS);
+    it.concurrent(
+      `runs ${doc.path} (${doc.blocks.length} blocks)`,
+      async () => {
+        const result = await withSlot(async () => {
+          const db = await createDatabase(`doc_${doc.name}`);
+          try {
+            return await run(tsx, [doc.module], { ...process.env, DATABASE_URL: db.url }, RUN_TIMEOUT_MS);
+          } finally {
+            await db.drop();
+          }
+        });
+        if (result.code !== 0) failed.add(doc.path);
+        expect(
+          result.code,
+          `${doc.path} (generated: ${relative(root, doc.module)}) exited with ${result.code}:\n${result.stderr}`,
+        ).toBe(0);
+      },
+      TEST_TIMEOUT_MS,
+    );
   }
 });
 
 describe("code block extraction", () => {
   it("keeps ts blocks in order, skips no-run and other languages", () => {
-    const md = ["# t", "```ts", "const a = 1;", "```", "```sh", "npm test", "```", "```ts no-run", "broken(", "```", "```typescript", "const b = a;", "```"].join("\n");
+    const md = [
+      "# t",
+      "```ts",
+      "const a = 1;",
+      "```",
+      "```sh",
+      "npm test",
+      "```",
+      "```ts no-run",
+      "broken(",
+      "```",
+      "```typescript",
+      "const b = a;",
+      "```",
+    ].join("\n");
     expect(runnableBlocks(md)).toEqual([
       { line: 2, code: "const a = 1;" },
       { line: 11, code: "const b = a;" },
@@ -174,14 +258,19 @@ describe("code block extraction", () => {
     const code = toModule(
       "x.md",
       [
-        { line: 1, code: 'import { z } from "zod";\nimport { GenDurable,\n  migrate } from "gen-durable";\nconst a = 1;' },
+        {
+          line: 1,
+          code: 'import { z } from "zod";\nimport { GenDurable,\n  migrate } from "gen-durable";\nconst a = 1;',
+        },
         { line: 9, code: 'import { z } from "zod";\nconst b = a;' },
       ],
       "../src/index.js",
     );
     expect(code.match(/from "zod"/g)).toHaveLength(1);
     expect(code).toContain('import { GenDurable, migrate } from "../src/index.js";');
-    expect(toModule("y.md", [{ line: 1, code: 'import { drain } from "gen-durable/testing";' }], "../src/index.js")).toContain('import { drain } from "../src/testing/index.js";');
+    expect(
+      toModule("y.md", [{ line: 1, code: 'import { drain } from "gen-durable/testing";' }], "../src/index.js"),
+    ).toContain('import { drain } from "../src/testing/index.js";');
     expect(code.indexOf("const a")).toBeLessThan(code.indexOf("const b"));
   });
 });

@@ -8,8 +8,10 @@ import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 const state = z.object({ wait: z.string() });
-const result = (ctx: { step: string; awaited: readonly { event: string; payload: unknown }[] }) =>
-  ({ step: ctx.step, awaited: ctx.awaited.map((s) => `${s.event}:${String(s.payload)}`) });
+const result = (ctx: { step: string; awaited: readonly { event: string; payload: unknown }[] }) => ({
+  step: ctx.step,
+  awaited: ctx.awaited.map((s) => `${s.event}:${String(s.payload)}`),
+});
 
 const Awaiter = defineMachine({
   name: "Awaiter",
@@ -18,12 +20,18 @@ const Awaiter = defineMachine({
   steps: {
     start: (ctx) => {
       switch (ctx.state.wait) {
-        case "all": return ctx.await({ all: ["a", "b", "c"] }, "resumed");
-        case "any": return ctx.await({ any: ["a", "b"] }, "resumed");
-        case "pack": return ctx.await({ event: "item", count: 3 }, "resumed");
-        case "pack-timeout": return ctx.await({ event: "item", count: 3 }, "resumed", undefined, { timeout: 300, onTimeout: "late" });
-        case "bad-timeout": return ctx.await("go", "resumed", undefined, { timeout: 100 } as never);
-        default: return ctx.await({ all: [] } as never, "resumed");
+        case "all":
+          return ctx.await({ all: ["a", "b", "c"] }, "resumed");
+        case "any":
+          return ctx.await({ any: ["a", "b"] }, "resumed");
+        case "pack":
+          return ctx.await({ event: "item", count: 3 }, "resumed");
+        case "pack-timeout":
+          return ctx.await({ event: "item", count: 3 }, "resumed", undefined, { timeout: 300, onTimeout: "late" });
+        case "bad-timeout":
+          return ctx.await("go", "resumed", undefined, { timeout: 100 } as never);
+        default:
+          return ctx.await({ all: [] } as never, "resumed");
       }
     },
     resumed: (ctx) => ctx.done(result(ctx)),
@@ -42,11 +50,19 @@ describe("await specs", () => {
     await engine.signal({ id }, "c", 1);
     await engine.signal({ id }, "a", 2);
     await engine.signal({ id }, "a", 3);
-    expect((await engine.explain(id)).reasons[0]).toBe('awaiting signals: all of "a", "b", "c"; arrived so far: 2 × "a", 1 × "c"');
+    expect((await engine.explain(id)).reasons[0]).toBe(
+      'awaiting signals: all of "a", "b", "c"; arrived so far: 2 × "a", 1 × "c"',
+    );
     expect((await engine.get(id))?.status).toBe("awaiting");
     await engine.signal({ id }, "b", 4);
-    expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({ step: "resumed", awaited: ["c:1", "a:2", "b:4"] });
-    const left = await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`, [id]);
+    expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({
+      step: "resumed",
+      awaited: ["c:1", "a:2", "b:4"],
+    });
+    const left = await db.pool.query(
+      `select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`,
+      [id],
+    );
     expect(left.rows).toEqual([{ event: "a", payload: 3 }]);
   });
 
@@ -71,7 +87,10 @@ describe("await specs", () => {
     } finally {
       client.release();
     }
-    expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({ step: "resumed", awaited: ["item:1", "item:2", "item:3"] });
+    expect((await engine.wait(id, { timeout: 5000 })).result).toEqual({
+      step: "resumed",
+      awaited: ["item:1", "item:2", "item:3"],
+    });
   });
 
   it("a timeout resumes onTimeout with whatever had arrived", async () => {
@@ -108,9 +127,14 @@ describe("await specs", () => {
     while ((await fireTimeouts(db.pool, q, 100)).length > 0);
     let resumed = 0;
     for (const [i, id] of ids.entries()) {
-      const row = (await db.pool.query(`select status, step, awaited from ${db.schema}.instances where id = $1`, [id])).rows[0];
+      const row = (await db.pool.query(`select status, step, awaited from ${db.schema}.instances where id = $1`, [id]))
+        .rows[0];
       const history = (await engine.history(id)).map((h) => h.outcome);
-      const mailbox = (await db.pool.query(`select payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`, [id])).rows;
+      const mailbox = (
+        await db.pool.query(`select payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null`, [
+          id,
+        ])
+      ).rows;
       expect(history).toHaveLength(1);
       expect(row.status).toBe("runnable");
       if (history[0] === "resumed") {
@@ -131,11 +155,13 @@ describe("await specs", () => {
 
   it("rejects malformed awaits: the attempt fails with a clear error", async () => {
     for (const wait of ["bad-timeout", "bad-spec"]) {
-      const { id } = await engine.insert(Awaiter, { state: { wait } }, );
+      const { id } = await engine.insert(Awaiter, { state: { wait } });
       await eventually(`${wait} failed`, async () => (await engine.get(id))?.error);
       const row = await engine.get(id);
       expect(row?.error?.name).toBe(ValidationError.name);
-      expect(row?.error?.message).toMatch(wait === "bad-timeout" ? /needs both timeout and onTimeout/ : /needs a non-empty array of event names/);
+      expect(row?.error?.message).toMatch(
+        wait === "bad-timeout" ? /needs both timeout and onTimeout/ : /needs a non-empty array of event names/,
+      );
       await engine.cancel(id);
     }
   });

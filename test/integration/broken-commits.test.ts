@@ -67,7 +67,8 @@ describe("a connection that breaks under a step's commit", () => {
     const { id } = await client.insert(Breaks, { state: {} });
     const deadline = Date.now() + 10_000;
     while ((await client.get(id))?.status !== "awaiting") {
-      if (Date.now() > deadline) throw new Error(`instance ${id} is still ${(await client.get(id))?.status} after 10 s`);
+      if (Date.now() > deadline)
+        throw new Error(`instance ${id} is still ${(await client.get(id))?.status} after 10 s`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     expect((await db.pool.query(`select last_value::int as n from ${s}.kill_once`)).rows[0].n).toBe(2);
@@ -84,7 +85,9 @@ describe("a connection that breaks under a step's commit", () => {
     // Its code ran (so the attempt counts: a step that breaks its connection every time runs out
     // of attempts); its effect committed once, since the first rolled back with the connection.
     expect([runs[`${id}:start:1`], runs[`${id}:start:2`]]).toEqual([1, 1]);
-    expect((await db.pool.query(`select count(*)::int as n from ${s}.tx_effects where instance_id = $1`, [id])).rows[0].n).toBe(1);
+    expect(
+      (await db.pool.query(`select count(*)::int as n from ${s}.tx_effects where instance_id = $1`, [id])).rows[0].n,
+    ).toBe(1);
     const history = await client.history(id);
     expect(history.map((t) => t.outcome)).toEqual(["error", "next", "done"]);
     expect(history[0]!.error?.message).toMatch(/the connection broke under the step's transaction/);

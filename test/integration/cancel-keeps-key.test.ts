@@ -57,7 +57,13 @@ describe("cancelling a running keyed step that ignores its abort", () => {
 
   it("frees the key when the lease of a step that never settles expires", async () => {
     log.length = 0;
-    const worker = db.engine({ queues: { stubborn: 4 }, machines: [Stubborn], pollInterval: "50ms", leaseDuration: "1s", reaperInterval: "100ms" });
+    const worker = db.engine({
+      queues: { stubborn: 4 },
+      machines: [Stubborn],
+      pollInterval: "50ms",
+      leaseDuration: "1s",
+      reaperInterval: "100ms",
+    });
     await worker.start();
     const c = await client.insert(Stubborn, { args: { name: "c", hang: "forever" }, concurrencyKey: "ledger2" });
     await eventually("c started", () => log.includes("c start"));

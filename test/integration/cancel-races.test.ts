@@ -34,7 +34,11 @@ const Spawner = defineMachine({
   steps: {
     start: async (ctx) => {
       if (ctx.state.gate !== undefined) await gates.wait(ctx.state.gate);
-      const leaves = Array.from({ length: ctx.state.count }, (_, n) => ({ machine: Leaf, args: { n, gate: ctx.state.key }, ...(n === 0 ? { concurrencyKey: ctx.state.key } : {}) }));
+      const leaves = Array.from({ length: ctx.state.count }, (_, n) => ({
+        machine: Leaf,
+        args: { n, gate: ctx.state.key },
+        ...(n === 0 ? { concurrencyKey: ctx.state.key } : {}),
+      }));
       return ctx.spawn(leaves, "join");
     },
     join: (ctx) => ctx.done(ctx.children.map((c) => c.status)),
@@ -80,7 +84,14 @@ const Family = defineMachine({
   queue: "races",
   state: z.object({ key: z.string() }),
   steps: {
-    start: (ctx) => ctx.spawn([{ machine: Flaky, args: { key: ctx.state.key } }, { machine: Waiter, state: {} }], "join"),
+    start: (ctx) =>
+      ctx.spawn(
+        [
+          { machine: Flaky, args: { key: ctx.state.key } },
+          { machine: Waiter, state: {} },
+        ],
+        "join",
+      ),
     join: (ctx) => ctx.done(ctx.children.map((c) => c.status)),
   },
 });
@@ -96,7 +107,10 @@ const RETRY = [db.schema, "retr"];
 const SPAWN = [db.schema, "jsonb_to_recordset($1::jsonb) as x("];
 
 async function statuses(parentId: string): Promise<Array<{ id: string; machine: string; status: string }>> {
-  const { rows } = await db.pool.query(`select id::text as id, machine, status from ${s}.instances where parent_id = $1 order by id`, [parentId]);
+  const { rows } = await db.pool.query(
+    `select id::text as id, machine, status from ${s}.instances where parent_id = $1 order by id`,
+    [parentId],
+  );
   return rows;
 }
 
@@ -195,7 +209,9 @@ describe("cancel vs retry of a failed child", () => {
     expect(retried.ok).toBe(false);
     const error = (retried as { error: unknown }).error;
     expect(error).toBeInstanceOf(InvalidStateError);
-    expect((error as Error).message).toBe(`retry: instance ${flaky.id} cannot run again: its ancestor ${id} was cancelled`);
+    expect((error as Error).message).toBe(
+      `retry: instance ${flaky.id} cannot run again: its ancestor ${id} was cancelled`,
+    );
     expect((await statuses(id)).map((c) => c.status)).toEqual(["failed", "cancelled"]);
   });
 

@@ -22,7 +22,8 @@ function cli(args: string[], env: Record<string, string> = ENV, schema: string |
 }
 
 /** The same as a child process, as a shell script would run it. */
-const spawnCli = (args: string[], env: Record<string, string> = ENV): Promise<Run> => spawnProcess([...args, "--schema", db.schema], env);
+const spawnCli = (args: string[], env: Record<string, string> = ENV): Promise<Run> =>
+  spawnProcess([...args, "--schema", db.schema], env);
 
 const noStack = (text: string) => expect(text).not.toMatch(/^\s+at /m);
 
@@ -81,7 +82,10 @@ const Parent = defineMachine({
   name: "Parent",
   queue: "ops",
   state: z.object({}),
-  steps: { start: (ctx) => ctx.spawn([{ machine: Waiter, state: { n: 0 } }], "join"), join: (ctx) => ctx.done(ctx.children.length) },
+  steps: {
+    start: (ctx) => ctx.spawn([{ machine: Waiter, state: { n: 0 } }], "join"),
+    join: (ctx) => ctx.done(ctx.children.length),
+  },
 });
 
 /** Finishes at once. */
@@ -134,7 +138,9 @@ describe("status", () => {
     await engine.insert(Quick, { args: {}, queue: "idle" });
     await engine.insert(Quick, { args: {}, queue: "idle", delay: "1h" });
     // Make the first one due for 90 s, so the oldest-due age is known to be at least that.
-    await db.pool.query(`update ${db.schema}.instances set run_at = now() - interval '90 seconds' where id = $1`, [first.id]);
+    await db.pool.query(`update ${db.schema}.instances set run_at = now() - interval '90 seconds' where id = $1`, [
+      first.id,
+    ]);
     await db.pool.query(`insert into ${db.schema}.queues (name, paused) values ('frozen', true), ('idle', true)`);
     await db.pool.query(
       `insert into ${db.schema}.nodes (id, machines, queues, started_at, heartbeat_at, lease_ms) values
@@ -157,8 +163,25 @@ describe("status", () => {
     expect(report.schema).toBe(db.schema);
     expect(new Date(report.databaseTime).getTime()).toBeGreaterThan(0);
     const byName = Object.fromEntries(report.queues.map((q) => [q.queue, q]));
-    expect(byName.ops).toMatchObject({ paused: false, runnable: 0, scheduled: 0, running: 1, awaiting: 2, joining: 1, failed: 1, oldestDueMs: null });
-    expect(byName.idle).toMatchObject({ paused: true, runnable: 2, scheduled: 1, running: 0, awaiting: 0, joining: 0, failed: 0 });
+    expect(byName.ops).toMatchObject({
+      paused: false,
+      runnable: 0,
+      scheduled: 0,
+      running: 1,
+      awaiting: 2,
+      joining: 1,
+      failed: 1,
+      oldestDueMs: null,
+    });
+    expect(byName.idle).toMatchObject({
+      paused: true,
+      runnable: 2,
+      scheduled: 1,
+      running: 0,
+      awaiting: 0,
+      joining: 0,
+      failed: 0,
+    });
     expect(byName.idle!.oldestDueMs).toBeGreaterThanOrEqual(90_000);
     expect(byName.idle!.oldestDueMs).toBeLessThan(3_600_000);
     // An empty queue shows when it is paused or a live node serves it.
@@ -174,7 +197,9 @@ describe("status", () => {
     expect(text.stderr).toBe("");
     const lines = text.stdout.split("\n");
     const header = lines.find((l) => l.startsWith("QUEUE"))!;
-    expect(header).toMatch(/^QUEUE\s+PAUSED\s+RUNNABLE\s+SCHEDULED\s+RUNNING\s+AWAITING\s+JOINING\s+FAILED\s+OLDEST DUE$/);
+    expect(header).toMatch(
+      /^QUEUE\s+PAUSED\s+RUNNABLE\s+SCHEDULED\s+RUNNING\s+AWAITING\s+JOINING\s+FAILED\s+OLDEST DUE$/,
+    );
     // Right-aligned counts: each number ends where its header ends.
     const ops = lines.find((l) => l.startsWith("ops "))!;
     expect(ops).toMatch(/^ops\s+no\s+0\s+0\s+1\s+2\s+1\s+1\s+-$/);
@@ -196,7 +221,8 @@ describe("status", () => {
     try {
       await client.query("begin");
       await client.query("set local enable_seqscan = off");
-      const plan = async (sql: string) => (await client.query(`explain ${sql}`)).rows.map((r: { "QUERY PLAN": string }) => r["QUERY PLAN"]).join("\n");
+      const plan = async (sql: string) =>
+        (await client.query(`explain ${sql}`)).rows.map((r: { "QUERY PLAN": string }) => r["QUERY PLAN"]).join("\n");
       const uses = (index: string) => new RegExp(`(Index (Only )?Scan using|Bitmap Index Scan on) ${index}\\b`);
       expect(await plan(branches.runnableUnkeyed)).toMatch(/Index Only Scan using instances_claim\b/);
       expect(await plan(branches.runnableKeyed)).toMatch(uses("instances_key_(runnable|due)"));
@@ -222,27 +248,47 @@ describe("list", () => {
     const b = await failed();
     const c = await failed();
 
-    const byKey = json<{ instances: Instance[]; nextAfter: string | null }>(await cli(["list", "--key", key, "--json"]));
+    const byKey = json<{ instances: Instance[]; nextAfter: string | null }>(
+      await cli(["list", "--key", key, "--json"]),
+    );
     expect(byKey.instances.map((i) => i.id)).toEqual([keyed]);
-    expect(byKey.instances[0]).toMatchObject({ machine: "Waiter", status: "awaiting", step: "finish", queue: "ops", correlationKey: key });
+    expect(byKey.instances[0]).toMatchObject({
+      machine: "Waiter",
+      status: "awaiting",
+      step: "finish",
+      queue: "ops",
+      correlationKey: key,
+    });
     expect(byKey.nextAfter).toBeNull();
 
-    const page1 = json<{ instances: Instance[]; nextAfter: string | null }>(await cli(["list", "--machine", "Boom", "--status", "failed", "--limit", "2", "--json"]));
+    const page1 = json<{ instances: Instance[]; nextAfter: string | null }>(
+      await cli(["list", "--machine", "Boom", "--status", "failed", "--limit", "2", "--json"]),
+    );
     expect(page1.instances.map((i) => i.id).slice(0, 2)).toEqual([c, b]);
     expect(page1.nextAfter).toBe(b);
-    const page2 = json<{ instances: Instance[] }>(await cli(["list", "--machine", "Boom", "--limit", "2", "--after", page1.nextAfter!, "--json"]));
+    const page2 = json<{ instances: Instance[] }>(
+      await cli(["list", "--machine", "Boom", "--limit", "2", "--after", page1.nextAfter!, "--json"]),
+    );
     expect(page2.instances[0]!.id).toBe(a);
 
-    const mixed = json<{ instances: Instance[] }>(await cli(["list", "--status", "awaiting,failed", "--queue", "ops", "--limit", "10000", "--json"]));
+    const mixed = json<{ instances: Instance[] }>(
+      await cli(["list", "--status", "awaiting,failed", "--queue", "ops", "--limit", "10000", "--json"]),
+    );
     expect(new Set(mixed.instances.map((i) => i.status))).toEqual(new Set(["awaiting", "failed"]));
     expect(mixed.instances.map((i) => i.id)).toEqual(expect.arrayContaining([keyed, a, b, c]));
-    expect(json<{ instances: Instance[] }>(await cli(["list", "--queue", "no-such-queue", "--json"])).instances).toEqual([]);
+    expect(
+      json<{ instances: Instance[] }>(await cli(["list", "--queue", "no-such-queue", "--json"])).instances,
+    ).toEqual([]);
 
     const text = await cli(["list", "--machine", "Boom", "--limit", "2"]);
     expect(text.code).toBe(0);
     const lines = text.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(/^\s*ID\s+MACHINE\s+STATUS\s+STEP\s+QUEUE\s+ATTEMPT\s+RUN AT\s+KEY\s+UPDATED$/);
-    expect(lines[1]).toMatch(new RegExp(`^\\s*${c}\\s+Boom\\s+failed\\s+perform\\s+ops\\s+1\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ\\s+-\\s+`));
+    expect(lines[1]).toMatch(
+      new RegExp(
+        `^\\s*${c}\\s+Boom\\s+failed\\s+perform\\s+ops\\s+1\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ\\s+-\\s+`,
+      ),
+    );
     expect(lines.at(-1)).toBe(`2 instances; next page: --after ${b}`);
     expect((await cli(["list", "--key", uniqueKey("none")])).stdout).toBe("no instances match\n");
   });
@@ -269,10 +315,18 @@ describe("show", () => {
     const id = await awaiting(key);
     await engine.signal(key, "early-bird", 1);
 
-    const byId = json<{ instance: Instance; history: Array<{ outcome: string; fromStep: string }>; explanation: { reasons: string[]; status: string } }>(
-      await cli(["show", id, "--json"]),
-    );
-    expect(byId.instance).toMatchObject({ id, machine: "Waiter", status: "awaiting", state: { n: 1 }, correlationKey: key });
+    const byId = json<{
+      instance: Instance;
+      history: Array<{ outcome: string; fromStep: string }>;
+      explanation: { reasons: string[]; status: string };
+    }>(await cli(["show", id, "--json"]));
+    expect(byId.instance).toMatchObject({
+      id,
+      machine: "Waiter",
+      status: "awaiting",
+      state: { n: 1 },
+      correlationKey: key,
+    });
     expect(byId.history.map((t) => t.outcome)).toEqual(["await"]);
     expect(byId.explanation.status).toBe("awaiting");
     expect(byId.explanation.reasons.join(" ")).toContain('awaiting signals: "go"');
@@ -284,7 +338,9 @@ describe("show", () => {
     expect(text.stdout).toMatch(/^status:\s+awaiting$/m);
     expect(text.stdout).toMatch(new RegExp(`^correlation key:\\s+${key}$`, "m"));
     expect(text.stdout).toContain('state:\n  {\n    "n": 1\n  }');
-    expect(text.stdout).toMatch(/^history \(1 transition, oldest first\):\n\s+AT\s+FROM\s+TO\s+OUTCOME\s+ATTEMPT\s+DURATION\s+ERROR\n\s+\S+ \S+\s+start\s+finish\s+await\s+1\s/m);
+    expect(text.stdout).toMatch(
+      /^history \(1 transition, oldest first\):\n\s+AT\s+FROM\s+TO\s+OUTCOME\s+ATTEMPT\s+DURATION\s+ERROR\n\s+\S+ \S+\s+start\s+finish\s+await\s+1\s/m,
+    );
     expect(text.stdout).toMatch(/^why it is not running:\n {2}- awaiting signals: "go"; arrived so far: none$/m);
   });
 
@@ -300,14 +356,20 @@ describe("show", () => {
   it("reads a number as an id unless --key says it is a key", async () => {
     const numericKey = String(9_000_000_000 + Math.floor(Math.random() * 1e6));
     const id = await awaiting(numericKey);
-    expectFailure(await cli(["show", numericKey]), `gen-durable show: no instance ${numericKey} (to address the correlation key "${numericKey}", pass --key)`);
+    expectFailure(
+      await cli(["show", numericKey]),
+      `gen-durable show: no instance ${numericKey} (to address the correlation key "${numericKey}", pass --key)`,
+    );
     expect(json<{ instance: Instance }>(await cli(["show", numericKey, "--key", "--json"])).instance.id).toBe(id);
     expect(json<{ instance: Instance }>(await cli(["show", id, "--id", "--json"])).instance.id).toBe(id);
   });
 
   it("fails (exit 1) for an unknown id or key", async () => {
     expectFailure(await cli(["show", "987654321"]), "gen-durable show: no instance 987654321");
-    expectFailure(await cli(["show", "no-such-key"]), 'gen-durable show: no instance with correlation key "no-such-key"');
+    expectFailure(
+      await cli(["show", "no-such-key"]),
+      'gen-durable show: no instance with correlation key "no-such-key"',
+    );
   });
 
   it.each([
@@ -335,13 +397,20 @@ describe("signal", () => {
 
   it("signals by id, stores a dedup key once, and reports the duplicate", async () => {
     const id = await awaiting();
-    const first = json<{ signalId: string; instanceId: string; duplicate: boolean }>(await cli(["signal", id, "other", "--dedup-key", "hook-1", "--json"]));
+    const first = json<{ signalId: string; instanceId: string; duplicate: boolean }>(
+      await cli(["signal", id, "other", "--dedup-key", "hook-1", "--json"]),
+    );
     expect(first).toMatchObject({ instanceId: id, duplicate: false });
     expect(first.signalId).toMatch(/^\d+$/);
     const second = await cli(["signal", id, "other", "--dedup-key", "hook-1"]);
     expect(second.code).toBe(0);
-    expect(second.stdout).toBe(`duplicate: a signal with dedup key "hook-1" was already sent to instance ${id}; stored once\n`);
-    const { rows } = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id = $1 and event = 'other'`, [id]);
+    expect(second.stdout).toBe(
+      `duplicate: a signal with dedup key "hook-1" was already sent to instance ${id}; stored once\n`,
+    );
+    const { rows } = await db.pool.query(
+      `select count(*)::int as n from ${db.schema}.signals where instance_id = $1 and event = 'other'`,
+      [id],
+    );
     expect(rows[0].n).toBe(1);
     // No payload: null. The instance resumes on "go".
     expect((await cli(["signal", id, "go", "--id"])).code).toBe(0);
@@ -350,16 +419,24 @@ describe("signal", () => {
 
   it("keeps a signal for a key with no instance with --keep, and hands it to the instance inserted later", async () => {
     const key = uniqueKey("keep");
-    expectFailure(await cli(["signal", key, "go"]), `gen-durable signal: no instance "${key}" (pass --keep to hold the signal until an instance with this key is inserted)`);
+    expectFailure(
+      await cli(["signal", key, "go"]),
+      `gen-durable signal: no instance "${key}" (pass --keep to hold the signal until an instance with this key is inserted)`,
+    );
     const kept = await cli(["signal", key, "go", "--keep", "--payload", '"early"']);
     expect(kept.code, kept.stderr).toBe(0);
-    expect(kept.stdout).toMatch(new RegExp(`^signal \\d+ kept for correlation key "${key}" until an instance with it is inserted\\n$`));
+    expect(kept.stdout).toMatch(
+      new RegExp(`^signal \\d+ kept for correlation key "${key}" until an instance with it is inserted\\n$`),
+    );
     const { id } = await engine.insert(Waiter, { state: { n: 2 }, correlationKey: key });
     expect((await engine.wait(id, { timeout: "30s" })).result).toEqual({ got: "early" });
   });
 
   it("fails (exit 1) for an unknown id and a terminated instance", async () => {
-    expectFailure(await cli(["signal", "987654321", "go"]), 'gen-durable signal: no instance 987654321 (to address the correlation key "987654321", pass --key)');
+    expectFailure(
+      await cli(["signal", "987654321", "go"]),
+      'gen-durable signal: no instance 987654321 (to address the correlation key "987654321", pass --key)',
+    );
     const finished = await done();
     expectFailure(await cli(["signal", finished, "go"]), `gen-durable signal: instance ${finished} is already done`);
   });
@@ -381,7 +458,9 @@ describe("signal", () => {
   it("an event name the engine rejects is a usage error (exit 2), and nothing is stored", async () => {
     const id = await awaiting();
     expectUsage(await cli(["signal", id, " go"]), "signal: event must be a non-empty string");
-    const { rows } = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id = $1`, [id]);
+    const { rows } = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id = $1`, [
+      id,
+    ]);
     expect(rows[0].n).toBe(0);
   });
 });
@@ -410,7 +489,11 @@ describe("cancel and retry", () => {
     // Boom fails again; the history shows the retry and a second failure.
     await eventually("the retried attempt failed too", async () => {
       const outcomes = (await engine.history(id)).map((t) => t.outcome);
-      return outcomes.includes("retried") && outcomes.lastIndexOf("failed") > outcomes.indexOf("retried") && (await status(id)) === "failed";
+      return (
+        outcomes.includes("retried") &&
+        outcomes.lastIndexOf("failed") > outcomes.indexOf("retried") &&
+        (await status(id)) === "failed"
+      );
     });
     const text = await cli(["retry", id]);
     expect(text).toEqual({ code: 0, stdout: `instance ${id} is runnable again\n`, stderr: "" });
@@ -418,7 +501,10 @@ describe("cancel and retry", () => {
 
   it("retry fails (exit 1) for an instance that is not failed, and an unknown id", async () => {
     const id = await awaiting();
-    expectFailure(await cli(["retry", id]), `gen-durable retry: retry: instance ${id} is awaiting; only failed instances can be retried`);
+    expectFailure(
+      await cli(["retry", id]),
+      `gen-durable retry: retry: instance ${id} is awaiting; only failed instances can be retried`,
+    );
     expectFailure(await cli(["retry", "987654321"]), "gen-durable retry: no instance 987654321");
   });
 
@@ -443,7 +529,10 @@ describe("database problems (exit 1, one clear line)", () => {
 
   it.each(["status", "list"])("%s: nothing listening", async (command) => {
     const run = await cli([command], { DATABASE_URL: UNREACHABLE });
-    expectFailure(run, /^gen-durable \w+: cannot connect to postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED .*\(nothing is listening there: is Postgres running, and are host and port right\?\)\n$/);
+    expectFailure(
+      run,
+      /^gen-durable \w+: cannot connect to postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED .*\(nothing is listening there: is Postgres running, and are host and port right\?\)\n$/,
+    );
     expect(run.stderr).not.toContain("secret");
   });
 
@@ -452,7 +541,10 @@ describe("database problems (exit 1, one clear line)", () => {
     url.username = "gd_no_such_role";
     url.password = "wrong";
     const run = await cli(["status"], { DATABASE_URL: url.toString() });
-    expectFailure(run, /cannot connect to .*: authentication failed: .*"gd_no_such_role".*\(check the user and password in the URL\)/);
+    expectFailure(
+      run,
+      /cannot connect to .*: authentication failed: .*"gd_no_such_role".*\(check the user and password in the URL\)/,
+    );
     expect(run.stderr).not.toContain("wrong");
   });
 
@@ -464,8 +556,13 @@ describe("database problems (exit 1, one clear line)", () => {
       const url = new URL(db.url);
       url.username = role;
       url.password = "pw";
-      expectFailure(await cli(["list"], { DATABASE_URL: url.toString() }), `gen-durable list: cannot read schema ${db.schema} at postgres://${role}:***@`);
-      expect((await cli(["list"], { DATABASE_URL: url.toString() })).stderr).toMatch(new RegExp(`: permission denied for schema ${db.schema}\n$`));
+      expectFailure(
+        await cli(["list"], { DATABASE_URL: url.toString() }),
+        `gen-durable list: cannot read schema ${db.schema} at postgres://${role}:***@`,
+      );
+      expect((await cli(["list"], { DATABASE_URL: url.toString() })).stderr).toMatch(
+        new RegExp(`: permission denied for schema ${db.schema}\n$`),
+      );
     } finally {
       await db.pool.query(`drop role ${role}`);
     }
@@ -474,9 +571,18 @@ describe("database problems (exit 1, one clear line)", () => {
   it("a database that does not exist, and URLs that are not Postgres URLs", async () => {
     const url = new URL(db.url);
     url.pathname = "/gd_no_such_database";
-    expectFailure(await cli(["list"], { DATABASE_URL: url.toString() }), 'database "gd_no_such_database" does not exist (check the database name in the URL)');
-    expectFailure(await cli(["status", "--database-url", "not a url"]), 'gen-durable status: "not a url" is not a URL; expected postgres://user:password@host:5432/database');
-    expectFailure(await cli(["show", "1"], { DATABASE_URL: "mysql://root@127.0.0.1/x" }), "is not a Postgres URL (it starts with mysql:)");
+    expectFailure(
+      await cli(["list"], { DATABASE_URL: url.toString() }),
+      'database "gd_no_such_database" does not exist (check the database name in the URL)',
+    );
+    expectFailure(
+      await cli(["status", "--database-url", "not a url"]),
+      'gen-durable status: "not a url" is not a URL; expected postgres://user:password@host:5432/database',
+    );
+    expectFailure(
+      await cli(["show", "1"], { DATABASE_URL: "mysql://root@127.0.0.1/x" }),
+      "is not a Postgres URL (it starts with mysql:)",
+    );
   });
 
   it("no database at all is a usage error (exit 2)", async () => {
@@ -487,16 +593,27 @@ describe("database problems (exit 1, one clear line)", () => {
     const fresh = `cli_ops_${randomBytes(4).toString("hex")}`;
     schemas.push(fresh);
     for (const args of [["status"], ["list"], ["show", "1"], ["signal", "k", "go"], ["cancel", "1"], ["retry", "1"]]) {
-      expectFailure(await cli(args, ENV, fresh), `gen-durable ${args[0]}: schema ${fresh} is not migrated: run gen-durable migrate --schema ${fresh}\n`);
+      expectFailure(
+        await cli(args, ENV, fresh),
+        `gen-durable ${args[0]}: schema ${fresh} is not migrated: run gen-durable migrate --schema ${fresh}\n`,
+      );
     }
     // A schema at migration 1 of several: the newer tables are missing.
     const old = `cli_ops_${randomBytes(4).toString("hex")}`;
     schemas.push(old);
-    await db.pool.query(`create schema ${old}; create table ${old}.migrations (id integer primary key, name text not null); insert into ${old}.migrations values (1, 'init')`);
-    expectFailure(await cli(["status"], ENV, old), new RegExp(`schema ${old} is at migration 1 but this gen-durable needs \\d+: run gen-durable migrate --schema ${old}`));
+    await db.pool.query(
+      `create schema ${old}; create table ${old}.migrations (id integer primary key, name text not null); insert into ${old}.migrations values (1, 'init')`,
+    );
+    expectFailure(
+      await cli(["status"], ENV, old),
+      new RegExp(
+        `schema ${old} is at migration 1 but this gen-durable needs \\d+: run gen-durable migrate --schema ${old}`,
+      ),
+    );
     // The default schema's hint needs no --schema.
     const { rows } = await db.pool.query("select 1 from pg_namespace where nspname = 'gen_durable'");
-    if (rows.length === 0) expectFailure(await cli(["status"], ENV, null), "schema gen_durable is not migrated: run gen-durable migrate\n");
+    if (rows.length === 0)
+      expectFailure(await cli(["status"], ENV, null), "schema gen_durable is not migrated: run gen-durable migrate\n");
   });
 
   it("a migrated schema with nothing in it", async () => {
@@ -506,10 +623,13 @@ describe("database problems (exit 1, one clear line)", () => {
     const run = await cli(["status"], ENV, empty);
     expect(run.code).toBe(0);
     expect(run.stdout).toMatch(
-      new RegExp(`^schema ${empty}, database time \\S+\\n\\nno queues: no live or failed instances\\n\\nnodes: 0 alive\\n\\ntables \\(autovacuum (on|OFF) on the server\\):\\nTABLE `),
+      new RegExp(
+        `^schema ${empty}, database time \\S+\\n\\nno queues: no live or failed instances\\n\\nnodes: 0 alive\\n\\ntables \\(autovacuum (on|OFF) on the server\\):\\nTABLE `,
+      ),
     );
     // The busiest tables follow, each once.
-    for (const table of ["concurrency_keys", "instances", "rate_limit_buckets", "signals", "transitions"]) expect(run.stdout).toMatch(new RegExp(`^${table} `, "m"));
+    for (const table of ["concurrency_keys", "instances", "rate_limit_buckets", "signals", "transitions"])
+      expect(run.stdout).toMatch(new RegExp(`^${table} `, "m"));
     expect(json(await cli(["list", "--json"], ENV, empty))).toEqual({ instances: [], nextAfter: null });
   });
 });
@@ -528,7 +648,10 @@ describe("gen-durable as a child process", { timeout: 180_000 }, () => {
       spawnCli(["list"], { DATABASE_URL: UNREACHABLE }),
     ]);
     expect(shown.code, shown.stderr).toBe(0);
-    expect(JSON.parse(shown.stdout)).toMatchObject({ instance: { id, status: "awaiting", correlationKey: key }, history: [{ outcome: "await" }] });
+    expect(JSON.parse(shown.stdout)).toMatchObject({
+      instance: { id, status: "awaiting", correlationKey: key },
+      history: [{ outcome: "await" }],
+    });
     expect(statusRun.code, statusRun.stderr).toBe(0);
     expect(JSON.parse(statusRun.stdout).schema).toBe(db.schema);
     expect(unknown).toMatchObject({ code: 1, stdout: "" });

@@ -36,8 +36,14 @@ describe("gen-durable prune", () => {
     const old = [await finished("CliA", "3 days"), await finished("CliA", "2 days", "failed")];
     const young = await finished("CliA", "1 hour");
     const live = await finished("CliA", "30 days", "awaiting");
-    const run = await cli(["prune", "--schema", s, "--older-than", "1d", "--machine", "CliA"], { DATABASE_URL: db.url });
-    expect(run).toEqual({ code: 0, stdout: `pruned 2 instances, 2 history rows and 2 signals from schema ${s}\n`, stderr: "" });
+    const run = await cli(["prune", "--schema", s, "--older-than", "1d", "--machine", "CliA"], {
+      DATABASE_URL: db.url,
+    });
+    expect(run).toEqual({
+      code: 0,
+      stdout: `pruned 2 instances, 2 history rows and 2 signals from schema ${s}\n`,
+      stderr: "",
+    });
     for (const id of old) expect(await exists(id)).toBe(false);
     expect(await exists(young)).toBe(true);
     expect(await exists(live)).toBe(true);
@@ -75,19 +81,23 @@ describe("gen-durable prune", () => {
     expect(await exists(plainOld)).toBe(false);
     expect(await exists(plainYoung)).toBe(true);
     // --older-than overrides them all.
-    expect((await inProcess(["prune", "--schema", s, "--machine", "CliKeep30", "--older-than", "19d"])).stdout).toContain("pruned 1 instance,");
+    expect(
+      (await inProcess(["prune", "--schema", s, "--machine", "CliKeep30", "--older-than", "19d"])).stdout,
+    ).toContain("pruned 1 instance,");
     expect(await exists(keep)).toBe(false);
   });
 
   it("exits 1 with a clear message for an unmigrated schema, an unreachable server or a non-Postgres URL", async () => {
     const unmigrated = await inProcess(["prune", "--schema", "gd_never_migrated"]);
     expect(unmigrated.code).toBe(1);
-    expect(unmigrated.stderr).toContain('gen-durable prune: could not prune schema gd_never_migrated at');
+    expect(unmigrated.stderr).toContain("gen-durable prune: could not prune schema gd_never_migrated at");
     expect(unmigrated.stderr).toContain('schema "gd_never_migrated" is not migrated: run `npx gen-durable migrate`');
 
     const refused = await inProcess(["prune", "--database-url", "postgres://postgres:secret@127.0.0.1:1/test"]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^gen-durable prune: could not prune schema gen_durable at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: .*ECONNREFUSED/);
+    expect(refused.stderr).toMatch(
+      /^gen-durable prune: could not prune schema gen_durable at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: .*ECONNREFUSED/,
+    );
     expect(refused.stderr).not.toContain("secret");
 
     const notPostgres = await inProcess(["prune"], { DATABASE_URL: "mysql://root@127.0.0.1/x" });
@@ -100,7 +110,10 @@ describe("gen-durable prune", () => {
   });
 
   it.each([
-    [["prune", "--older-than", "soon"], 'gen-durable: --older-than must be a duration (milliseconds >= 0 or a string like "30s", "5m", "2h"), got "soon"'],
+    [
+      ["prune", "--older-than", "soon"],
+      'gen-durable: --older-than must be a duration (milliseconds >= 0 or a string like "30s", "5m", "2h"), got "soon"',
+    ],
     [["prune", "--older-than=-1d"], "gen-durable: --older-than must be a duration"],
     [["prune", "--older-than"], "option --older-than needs a value"],
     [["prune", "--older-then", "1d"], 'unknown option --older-then (did you mean "--older-than"?)'],
@@ -128,7 +141,8 @@ describe("gen-durable prune", () => {
   it("--help describes every option", async () => {
     const help = await inProcess(["prune", "--help"], {});
     expect(help.code).toBe(0);
-    for (const option of ["--older-than", "--machine", "--json", "--schema", "--database-url"]) expect(help.stdout).toContain(option);
+    for (const option of ["--older-than", "--machine", "--json", "--schema", "--database-url"])
+      expect(help.stdout).toContain(option);
     expect((await inProcess(["--help"], {})).stdout).toMatch(/^\s+prune\s+delete terminal instances/m);
   });
 });

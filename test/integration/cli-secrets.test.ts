@@ -14,9 +14,6 @@ afterAll(() => pool.end());
 // Spawning Node.js with TypeScript is slow on a busy machine.
 const SPAWNING = { timeout: 240_000 };
 
-
-
-
 // The test server, for the forms that reach it.
 const live = new URL(url);
 const hostPort = `${live.hostname}:${live.port || 5432}`;
@@ -28,15 +25,31 @@ const FORMS: Array<[string, string, string]> = [
   ["a / in the userinfo password", `postgres://app:${SECRET}/x@127.0.0.1:1/x`, `${SECRET}/x`],
   ["a # in the userinfo password", `postgres://app:${SECRET}#x@127.0.0.1:1/x`, `${SECRET}#x`],
   ["a ? in the userinfo password", `postgres://app:${SECRET}?x@127.0.0.1:1/x`, `${SECRET}?x`],
-  ["a password of digits and a /, read as a port and a path", `postgres://app:4242/${SECRET}@127.0.0.1:1/x`, `4242/${SECRET}`],
+  [
+    "a password of digits and a /, read as a port and a path",
+    `postgres://app:4242/${SECRET}@127.0.0.1:1/x`,
+    `4242/${SECRET}`,
+  ],
   ["an @ in the userinfo password", `postgres://app:${SECRET}@x@127.0.0.1:1/x`, `${SECRET}@x`],
   ["a plain userinfo password", `postgres://app:${SECRET}@127.0.0.1:1/x`, SECRET],
   ["a ?password= parameter", `postgres://app@127.0.0.1:1/x?password=${SECRET}`, SECRET],
-  ["a percent-encoded ?pass%77ord= parameter", `postgres://app@127.0.0.1:1/x?sslmode=disable&pass%77ord=${SECRET}`, SECRET],
+  [
+    "a percent-encoded ?pass%77ord= parameter",
+    `postgres://app@127.0.0.1:1/x?sslmode=disable&pass%77ord=${SECRET}`,
+    SECRET,
+  ],
   ["a libpq key=value string", `host=127.0.0.1 port=1 user=app password=${SECRET} dbname=x`, SECRET],
   ["a libpq key=value string with a quoted password", `host=127.0.0.1 password='${SECRET} x' dbname=x`, `${SECRET} x`],
-  ["a key=value parameter after a real server's URL (the server echoes the database name)", `postgres://postgres@${hostPort}/${database} password=${SECRET}`, SECRET],
-  ["an @ after the host of a real server (the server echoes the database name)", `postgres://postgres@${hostPort}/${database}:${SECRET}@x`, SECRET],
+  [
+    "a key=value parameter after a real server's URL (the server echoes the database name)",
+    `postgres://postgres@${hostPort}/${database} password=${SECRET}`,
+    SECRET,
+  ],
+  [
+    "an @ after the host of a real server (the server echoes the database name)",
+    `postgres://postgres@${hostPort}/${database}:${SECRET}@x`,
+    SECRET,
+  ],
   ["a scheme-less user:password@host", `app:${SECRET}@127.0.0.1:1/x`, SECRET],
   ["a URL that is not Postgres'", `mysql://root:${SECRET}@127.0.0.1/x`, SECRET],
 ];
@@ -57,7 +70,16 @@ describe("the CLI never prints a password", SPAWNING, () => {
   });
 
   it.each(FORMS)("%s: every connecting command, in process", async (_what, connection, secret) => {
-    for (const args of [["status"], ["list"], ["show", "1"], ["signal", "k", "go"], ["cancel", "1"], ["retry", "1"], ["prune"], ["migrate"]]) {
+    for (const args of [
+      ["status"],
+      ["list"],
+      ["show", "1"],
+      ["signal", "k", "go"],
+      ["cancel", "1"],
+      ["retry", "1"],
+      ["prune"],
+      ["migrate"],
+    ]) {
       expectNoSecret(await inProcess(args, { DATABASE_URL: connection }), secret);
     }
   });
@@ -72,7 +94,10 @@ describe("the CLI never prints a password", SPAWNING, () => {
   });
 
   it("a URL passed where no argument goes is not echoed in the usage error", async () => {
-    for (const args of [["status", `postgres://app:${SECRET}@127.0.0.1:1/x`], ["list", "--database-url=postgres://app:x@127.0.0.1:1/x", `postgres://app:${SECRET}@h/x`]]) {
+    for (const args of [
+      ["status", `postgres://app:${SECRET}@127.0.0.1:1/x`],
+      ["list", "--database-url=postgres://app:x@127.0.0.1:1/x", `postgres://app:${SECRET}@h/x`],
+    ]) {
       const run = await cli(args);
       expect(run.code).toBe(2);
       expect(run.stderr).toContain("unexpected argument");
@@ -98,7 +123,9 @@ describe("the CLI never prints a password", SPAWNING, () => {
   });
 
   it("redact() masks the passwords and keeps the rest of the text", () => {
-    expect(redact("postgres://u:p@h:5432/db?sslmode=require&password=x")).toBe("postgres://u:***@h:5432/db?sslmode=require&password=***");
+    expect(redact("postgres://u:p@h:5432/db?sslmode=require&password=x")).toBe(
+      "postgres://u:***@h:5432/db?sslmode=require&password=***",
+    );
     expect(redact("host=h user=u password='a b\\' c' dbname=d")).toBe('"host=h user=u password=*** dbname=d"');
     expect(redact("postgres://u:p/q@h/db")).toBe('"postgres://u:***@h/db"');
     expect(redact("postgres://u@h/db")).toBe("postgres://u@h/db");

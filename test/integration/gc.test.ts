@@ -6,7 +6,15 @@ import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { ConfigError, GenDurable, ValidationError, defineJob, defineMachine, migrate, type EngineEvents } from "../../src/index.js";
+import {
+  ConfigError,
+  GenDurable,
+  ValidationError,
+  defineJob,
+  defineMachine,
+  migrate,
+  type EngineEvents,
+} from "../../src/index.js";
 import { TypedEmitter } from "../../src/events.js";
 import { Pruner } from "../../src/loops/gc.js";
 import { databaseUrl, eventually, useTestDatabase } from "../support/db.js";
@@ -77,14 +85,20 @@ describe("options", () => {
   });
 
   it("validates a machine's or job's retention", () => {
-    expect(() => defineMachine({ name: "Bad", state: noop, retention: "a week", steps: { start: (ctx) => ctx.done() } })).toThrow(
-      /defineMachine\("Bad"\): retention must be a duration .* got "a week"/,
+    expect(() =>
+      defineMachine({ name: "Bad", state: noop, retention: "a week", steps: { start: (ctx) => ctx.done() } }),
+    ).toThrow(/defineMachine\("Bad"\): retention must be a duration .* got "a week"/);
+    expect(() => defineJob({ name: "BadJob", args: noop, retention: Number.NaN, perform: () => null })).toThrow(
+      ConfigError,
     );
-    expect(() => defineJob({ name: "BadJob", args: noop, retention: Number.NaN, perform: () => null })).toThrow(ConfigError);
-    expect(() => defineJob({ name: "BadJob", args: noop, retention: Number.NaN, perform: () => null })).toThrow(/defineJob\("BadJob"\): retention/);
+    expect(() => defineJob({ name: "BadJob", args: noop, retention: Number.NaN, perform: () => null })).toThrow(
+      /defineJob\("BadJob"\): retention/,
+    );
     expect(() => defineJob({ name: "Ok", args: noop, retention: "1d", perform: () => null })).not.toThrow();
     // @ts-expect-error: misspelt on purpose
-    expect(() => defineJob({ name: "Typo", args: noop, retantion: "1d", perform: () => null })).toThrow(/did you mean "retention"/);
+    expect(() => defineJob({ name: "Typo", args: noop, retantion: "1d", perform: () => null })).toThrow(
+      /did you mean "retention"/,
+    );
   });
 
   it("rejects bad prune options with a ValidationError naming them, deleting nothing", async () => {
@@ -129,7 +143,10 @@ describe("engine.prune()", () => {
     const client = db.engine();
     await client.start();
     // Two days old: past Short's 1d, within the 7d default.
-    await db.pool.query(`update ${s}.instances set updated_at = now() - interval '2 days' where id = any($1::bigint[])`, [[short.id, plain.id]]);
+    await db.pool.query(
+      `update ${s}.instances set updated_at = now() - interval '2 days' where id = any($1::bigint[])`,
+      [[short.id, plain.id]],
+    );
     const history = (await counts([short.id])).transitions;
     expect(history).toBeGreaterThan(0);
     expect(await client.prune({ machine: "GcShort" })).toEqual({ instances: 1, transitions: history, signals: 0 });
@@ -138,7 +155,9 @@ describe("engine.prune()", () => {
     expect(await exists(plain.id)).toBe(true);
 
     expect(await client.prune({ machine: "GcPlain" })).toEqual({ instances: 0, transitions: 0, signals: 0 });
-    await db.pool.query(`update ${s}.instances set updated_at = now() - interval '7 days 1 minute' where id = $1`, [plain.id]);
+    await db.pool.query(`update ${s}.instances set updated_at = now() - interval '7 days 1 minute' where id = $1`, [
+      plain.id,
+    ]);
     expect((await client.prune({ machine: "GcPlain" })).instances).toBe(1);
     expect(await exists(plain.id)).toBe(false);
 
@@ -146,7 +165,11 @@ describe("engine.prune()", () => {
     expect(await exists(foreign8d)).toBe(false);
     expect(await exists(foreign6d)).toBe(true);
     // olderThan overrides every retention.
-    expect(await client.prune({ machine: "GcForeign", olderThan: "5d" })).toEqual({ instances: 1, transitions: 0, signals: 0 });
+    expect(await client.prune({ machine: "GcForeign", olderThan: "5d" })).toEqual({
+      instances: 1,
+      transitions: 0,
+      signals: 0,
+    });
     expect(await exists(foreign6d)).toBe(false);
   });
 
@@ -154,7 +177,8 @@ describe("engine.prune()", () => {
     const before = defineJob({ name: "GcForget", args: noop, retention: "1h", perform: () => null });
     const after = defineJob({ name: "GcForget", args: noop, perform: () => null });
     await db.engine({ machines: [before] }).start();
-    const recorded = async () => (await db.pool.query(`select retention_ms::int as ms from ${s}.gc_retention where machine = 'GcForget'`)).rows;
+    const recorded = async () =>
+      (await db.pool.query(`select retention_ms::int as ms from ${s}.gc_retention where machine = 'GcForget'`)).rows;
     expect(await recorded()).toEqual([{ ms: 3_600_000 }]);
     const id = await row("GcForget", "done", "2 hours");
     await db.engine({ machines: [after] }).start();
@@ -164,10 +188,14 @@ describe("engine.prune()", () => {
   });
 
   it("engines with opposite overrides starting together all start (no deadlock on the record)", async () => {
-    const job = (name: string, retention?: string) => defineJob({ name, args: noop, ...(retention ? { retention } : {}), perform: () => null });
+    const job = (name: string, retention?: string) =>
+      defineJob({ name, args: noop, ...(retention ? { retention } : {}), perform: () => null });
     // Half add M's override and drop N's, half the reverse: opposite lock orders without serialisation.
     const engines = Array.from({ length: 12 }, (_, i) =>
-      db.engine({ machines: i % 2 ? [job("GcRaceM", "1h"), job("GcRaceN")] : [job("GcRaceM"), job("GcRaceN", "2h")], poolSize: 1 }),
+      db.engine({
+        machines: i % 2 ? [job("GcRaceM", "1h"), job("GcRaceN")] : [job("GcRaceM"), job("GcRaceN", "2h")],
+        poolSize: 1,
+      }),
     );
     await Promise.all(engines.map((e) => e.start()));
     const { rows } = await db.pool.query(`select machine from ${s}.gc_retention where machine like 'GcRace%'`);
@@ -186,7 +214,9 @@ describe("engine.prune()", () => {
   });
 
   it("never touches a live row, however old", async () => {
-    const live = await Promise.all(["runnable", "running", "awaiting", "joining"].map((status) => row("GcLive", status, "400 days")));
+    const live = await Promise.all(
+      ["runnable", "running", "awaiting", "joining"].map((status) => row("GcLive", status, "400 days")),
+    );
     for (const id of live) await decorate(id);
     const done = await row("GcLive", "done", "400 days");
     const result = await db.engine().prune({ olderThan: 0, machine: "GcLive" });
@@ -258,7 +288,11 @@ describe("engine.prune()", () => {
        values (null, 'gc:inbox:old', 'x', now() - interval '1 second'), (null, 'gc:inbox:new', 'x', now() + interval '1 hour')`,
     );
     const inbox = async () =>
-      (await db.pool.query(`select correlation_key from ${s}.signals where correlation_key like 'gc:inbox:%' order by 1`)).rows.map((r) => r.correlation_key);
+      (
+        await db.pool.query(
+          `select correlation_key from ${s}.signals where correlation_key like 'gc:inbox:%' order by 1`,
+        )
+      ).rows.map((r) => r.correlation_key);
     const client = db.engine();
     await client.prune({ machine: "GcNothing" });
     expect(await inbox()).toEqual(["gc:inbox:new", "gc:inbox:old"]);
@@ -296,7 +330,10 @@ describe("the gc loop", () => {
     );
     for (const { id } of rows) await decorate(id);
     await worker.start();
-    await eventually("the loop to prune the two old instances", async () => !(await exists(rows[0]!.id)) && !(await exists(rows[1]!.id)));
+    await eventually(
+      "the loop to prune the two old instances",
+      async () => !(await exists(rows[0]!.id)) && !(await exists(rows[1]!.id)),
+    );
     // 2 instances + 4 transitions + 4 signals.
     await eventually("the ticks to report 10 rows", () => deleted === 10);
     expect(await exists(rows[2]!.id)).toBe(true);
@@ -314,7 +351,15 @@ describe("the gc loop", () => {
     const ticks: number[] = [];
     events.on("loop:tick", (t) => ticks.push(t.count));
     let more = 0;
-    const pruner = new Pruner({ pool: db.pool, schema: s, retentionMs: 86_400_000, machines: new Map(), events, more: () => more++, tickLimit: 5 });
+    const pruner = new Pruner({
+      pool: db.pool,
+      schema: s,
+      retentionMs: 86_400_000,
+      machines: new Map(),
+      events,
+      more: () => more++,
+      tickLimit: 5,
+    });
     await pruner.tick();
     await pruner.tick();
     expect(more).toBe(2);
@@ -322,128 +367,158 @@ describe("the gc loop", () => {
     expect(more).toBe(2);
     expect(ticks.slice(0, 2)).toEqual([5, 5]);
     expect(ticks[2]).toBeGreaterThanOrEqual(2);
-    expect((await db.pool.query(`select count(*)::int as n from ${s}.instances where machine = 'GcTick'`)).rows[0].n).toBe(0);
+    expect(
+      (await db.pool.query(`select count(*)::int as n from ${s}.instances where machine = 'GcTick'`)).rows[0].n,
+    ).toBe(0);
   });
 });
 
 describe("100,000 terminal instances under load", () => {
-  it("three pruners at once while an engine works: all 100,000 gone exactly once, no live row lost, no deadlock", { timeout: 300_000 }, async () => {
-    // A database of its own, so pg_stat_database.deadlocks counts only this test.
-    const server = databaseUrl();
-    const name = `gc_scenario_${randomBytes(4).toString("hex")}`;
-    const admin = new pg.Client({ connectionString: server });
-    await admin.connect();
-    await admin.query(`create database ${name}`);
-    const url = new URL(server);
-    url.pathname = `/${name}`;
-    const pool = new pg.Pool({ connectionString: url.toString(), max: 3 });
-    // Connections still closing when the database is dropped report an error: expected then.
-    pool.on("error", () => {});
-    pool.on("connect", (client) => client.on("error", () => {}));
-    const engines: GenDurable[] = [];
-    try {
-      await migrate({ connectionString: url.toString() });
-      const N = 100_000;
-      // Each: 1 instance, 3 history rows, 2 signals: 600,000 rows, as in the scenario.
-      await pool.query(
-        `insert into gen_durable.instances (id, machine, step, state, status, queue, updated_at, result)
+  it(
+    "three pruners at once while an engine works: all 100,000 gone exactly once, no live row lost, no deadlock",
+    { timeout: 300_000 },
+    async () => {
+      // A database of its own, so pg_stat_database.deadlocks counts only this test.
+      const server = databaseUrl();
+      const name = `gc_scenario_${randomBytes(4).toString("hex")}`;
+      const admin = new pg.Client({ connectionString: server });
+      await admin.connect();
+      await admin.query(`create database ${name}`);
+      const url = new URL(server);
+      url.pathname = `/${name}`;
+      const pool = new pg.Pool({ connectionString: url.toString(), max: 3 });
+      // Connections still closing when the database is dropped report an error: expected then.
+      pool.on("error", () => {});
+      pool.on("connect", (client) => client.on("error", () => {}));
+      const engines: GenDurable[] = [];
+      try {
+        await migrate({ connectionString: url.toString() });
+        const N = 100_000;
+        // Each: 1 instance, 3 history rows, 2 signals: 600,000 rows, as in the scenario.
+        await pool.query(
+          `insert into gen_durable.instances (id, machine, step, state, status, queue, updated_at, result)
          select g, case g % 3 when 0 then 'Old0' when 1 then 'Old1' else 'Old2' end, 'start', '{"n": 1}',
                 case g % 3 when 0 then 'done' when 1 then 'failed' else 'cancelled' end, 'default',
                 now() - interval '2 days' - g * interval '1 second', '"r"'
          from generate_series(1, ${N}) g`,
-      );
-      await pool.query(
-        `insert into gen_durable.transitions (instance_id, from_step, to_step, outcome)
+        );
+        await pool.query(
+          `insert into gen_durable.transitions (instance_id, from_step, to_step, outcome)
          select g, 'start', 'start', o from generate_series(1, ${N}) g, unnest(array['inserted', 'ran', 'done']) o`,
-      );
-      await pool.query(
-        `insert into gen_durable.signals (instance_id, event, consumed_at)
+        );
+        await pool.query(
+          `insert into gen_durable.signals (instance_id, event, consumed_at)
          select g, e, now() from generate_series(1, ${N}) g, unnest(array['a', 'b']) e`,
-      );
-      await pool.query(`select setval(pg_get_serial_sequence('gen_durable.instances', 'id'), ${N})`);
-      // Live rows just as old, which must all survive.
-      await pool.query(
-        `insert into gen_durable.instances (machine, step, state, status, queue, updated_at, run_at)
+        );
+        await pool.query(`select setval(pg_get_serial_sequence('gen_durable.instances', 'id'), ${N})`);
+        // Live rows just as old, which must all survive.
+        await pool.query(
+          `insert into gen_durable.instances (machine, step, state, status, queue, updated_at, run_at)
          select 'Old0', 'start', '{}', case g % 2 when 0 then 'awaiting' else 'joining' end, 'elsewhere',
                 now() - interval '30 days', 'infinity'
          from generate_series(1, 1000) g`,
-      );
-      await pool.query("analyze gen_durable.instances");
-      const deadlocks = async () =>
-        Number((await pool.query("select pg_stat_clear_snapshot(); select deadlocks from pg_stat_database where datname = current_database()") as unknown as pg.QueryResult[])[1]!.rows[0].deadlocks);
-      const deadlocksBefore = await deadlocks();
+        );
+        await pool.query("analyze gen_durable.instances");
+        const deadlocks = async () =>
+          Number(
+            (
+              (await pool.query(
+                "select pg_stat_clear_snapshot(); select deadlocks from pg_stat_database where datname = current_database()",
+              )) as unknown as pg.QueryResult[]
+            )[1]!.rows[0].deadlocks,
+          );
+        const deadlocksBefore = await deadlocks();
 
-      const Live = defineJob({ name: "LiveWork", args: z.object({ n: z.number() }), perform: ({ n }) => n * 2 });
-      const errors: unknown[] = [];
-      const engine = (options: ConstructorParameters<typeof GenDurable>[0]) => {
-        const e = new GenDurable({ pollInterval: 200, retention: "1d", ...options });
-        e.on("engine:error", (error) => errors.push(error));
-        engines.push(e);
-        return e;
-      };
-      // Pruner 1: the worker's own GC loop, ticking while it runs live work.
-      const worker = engine({ connectionString: url.toString(), queues: { default: 4 }, machines: [Live], gcInterval: 100, poolSize: 6 });
-      let loopRows = 0;
-      worker.on("loop:tick", (t) => {
-        if (t.loop === "gc") loopRows += t.count;
-      });
-      await worker.start();
-      // Pruners 2 and 3: operators' engine.prune() on two other nodes, started together.
-      const clients = [engine({ connectionString: url.toString() }), engine({ connectionString: url.toString() })];
-      const inserted: string[] = [];
-      let pruning = true;
-      const load = (async () => {
-        for (let round = 0; pruning || round < 10; round++) {
-          const batch = await worker.insertMany(Array.from({ length: 20 }, (_, i) => ({ machine: Live, args: { n: round * 20 + i } })));
-          inserted.push(...batch.map((r) => r.id));
-          await new Promise((resolve) => setTimeout(resolve, 100));
+        const Live = defineJob({ name: "LiveWork", args: z.object({ n: z.number() }), perform: ({ n }) => n * 2 });
+        const errors: unknown[] = [];
+        const engine = (options: ConstructorParameters<typeof GenDurable>[0]) => {
+          const e = new GenDurable({ pollInterval: 200, retention: "1d", ...options });
+          e.on("engine:error", (error) => errors.push(error));
+          engines.push(e);
+          return e;
+        };
+        // Pruner 1: the worker's own GC loop, ticking while it runs live work.
+        const worker = engine({
+          connectionString: url.toString(),
+          queues: { default: 4 },
+          machines: [Live],
+          gcInterval: 100,
+          poolSize: 6,
+        });
+        let loopRows = 0;
+        worker.on("loop:tick", (t) => {
+          if (t.loop === "gc") loopRows += t.count;
+        });
+        await worker.start();
+        // Pruners 2 and 3: operators' engine.prune() on two other nodes, started together.
+        const clients = [engine({ connectionString: url.toString() }), engine({ connectionString: url.toString() })];
+        const inserted: string[] = [];
+        let pruning = true;
+        const load = (async () => {
+          for (let round = 0; pruning || round < 10; round++) {
+            const batch = await worker.insertMany(
+              Array.from({ length: 20 }, (_, i) => ({ machine: Live, args: { n: round * 20 + i } })),
+            );
+            inserted.push(...batch.map((r) => r.id));
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+        })();
+        const results = await Promise.all(clients.map((c) => c.prune()));
+        await eventually(
+          "every old terminal row to be gone",
+          async () => {
+            const { rows } = await pool.query("select count(*)::int as n from gen_durable.instances where id <= $1", [
+              N,
+            ]);
+            return rows[0].n === 0;
+          },
+          240_000,
+        );
+        pruning = false;
+        await load;
+        for (const id of inserted) expect((await worker.wait(id, { timeout: 60_000 })).status).toBe("done");
+        await worker.stop();
+
+        const byClients = results.reduce((sum, r) => sum + r.instances, 0);
+        // Each instance has 6 rows: whatever the loop deleted divides into instances exactly.
+        expect(loopRows % 6).toBe(0);
+        expect(byClients + loopRows / 6).toBe(N);
+        for (const r of results) {
+          expect(r.transitions).toBe(3 * r.instances);
+          expect(r.signals).toBe(2 * r.instances);
         }
-      })();
-      const results = await Promise.all(clients.map((c) => c.prune()));
-      await eventually("every old terminal row to be gone", async () => {
-        const { rows } = await pool.query("select count(*)::int as n from gen_durable.instances where id <= $1", [N]);
-        return rows[0].n === 0;
-      }, 240_000);
-      pruning = false;
-      await load;
-      for (const id of inserted) expect((await worker.wait(id, { timeout: 60_000 })).status).toBe("done");
-      await worker.stop();
-
-      const byClients = results.reduce((sum, r) => sum + r.instances, 0);
-      // Each instance has 6 rows: whatever the loop deleted divides into instances exactly.
-      expect(loopRows % 6).toBe(0);
-      expect(byClients + loopRows / 6).toBe(N);
-      for (const r of results) {
-        expect(r.transitions).toBe(3 * r.instances);
-        expect(r.signals).toBe(2 * r.instances);
-      }
-      const left = await pool.query(
-        `select (select count(*) from gen_durable.transitions where instance_id <= $1)::int as transitions,
+        const left = await pool.query(
+          `select (select count(*) from gen_durable.transitions where instance_id <= $1)::int as transitions,
                 (select count(*) from gen_durable.signals where instance_id <= $1)::int as signals,
                 (select count(*) from gen_durable.instances where status in ('awaiting', 'joining'))::int as live,
                 (select count(*) from gen_durable.instances where machine = 'LiveWork' and status = 'done')::int as work`,
-        [N],
-      );
-      expect(left.rows[0]).toEqual({ transitions: 0, signals: 0, live: 1000, work: inserted.length });
-      expect(errors).toEqual([]);
-      // A backend flushes its statistics when it exits at the latest: once the engines'
-      // connections are gone, a deadlock any of them saw is in pg_stat_database.
-      for (const c of clients) await c.stop();
-      await eventually("the engines' backends to exit", async () => {
-        const { rows } = await pool.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()");
-        return rows[0].n <= pool.totalCount - 1;
-      });
-      expect(await deadlocks()).toBe(deadlocksBefore);
-    } finally {
-      for (const e of engines) await e.stop().catch(() => {});
-      await pool.end();
-      // pool.end() resolves before its connections are closed: wait for them, then drop.
-      await eventually("the test's connections to close", async () => {
-        const { rows } = await admin.query("select count(*)::int as n from pg_stat_activity where datname = $1", [name]);
-        return rows[0].n === 0;
-      }).catch(() => {});
-      await admin.query(`drop database if exists ${name} with (force)`);
-      await admin.end();
-    }
-  });
+          [N],
+        );
+        expect(left.rows[0]).toEqual({ transitions: 0, signals: 0, live: 1000, work: inserted.length });
+        expect(errors).toEqual([]);
+        // A backend flushes its statistics when it exits at the latest: once the engines'
+        // connections are gone, a deadlock any of them saw is in pg_stat_database.
+        for (const c of clients) await c.stop();
+        await eventually("the engines' backends to exit", async () => {
+          const { rows } = await pool.query(
+            "select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
+          );
+          return rows[0].n <= pool.totalCount - 1;
+        });
+        expect(await deadlocks()).toBe(deadlocksBefore);
+      } finally {
+        for (const e of engines) await e.stop().catch(() => {});
+        await pool.end();
+        // pool.end() resolves before its connections are closed: wait for them, then drop.
+        await eventually("the test's connections to close", async () => {
+          const { rows } = await admin.query("select count(*)::int as n from pg_stat_activity where datname = $1", [
+            name,
+          ]);
+          return rows[0].n === 0;
+        }).catch(() => {});
+        await admin.query(`drop database if exists ${name} with (force)`);
+        await admin.end();
+      }
+    },
+  );
 });

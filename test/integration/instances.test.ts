@@ -1,7 +1,14 @@
 // insert / insertMany / get / list / history / wait / cancel, and every bad input writing nothing.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, defineMachine, GenDurable, UnknownInstanceError, ValidationError, WaitTimeoutError } from "../../src/index.js";
+import {
+  defineJob,
+  defineMachine,
+  GenDurable,
+  UnknownInstanceError,
+  ValidationError,
+  WaitTimeoutError,
+} from "../../src/index.js";
 import { useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -12,7 +19,12 @@ const Parked = defineMachine({
   state: z.object({ order: z.number() }),
   steps: { start: (ctx) => ctx.done() },
 });
-const Mail = defineJob({ name: "Mail", queue: "idle", args: z.object({ to: z.string().email() }), perform: async () => null });
+const Mail = defineJob({
+  name: "Mail",
+  queue: "idle",
+  args: z.object({ to: z.string().email() }),
+  perform: async () => null,
+});
 
 // A pure client: no queues, so nothing runs and rows stay as inserted.
 const client = db.engine();
@@ -23,10 +35,28 @@ const count = async () => Number((await db.pool.query(`select count(*) from ${db
 describe("insert", () => {
   it("stores the instance with its options", async () => {
     const runAt = new Date(Date.now() + 3_600_000);
-    const { id, inserted } = await client.insert(Parked, { state: { order: 1 }, priority: -5, runAt, maxAttempts: 3, concurrencyKey: "customer:7", queue: "other" });
+    const { id, inserted } = await client.insert(Parked, {
+      state: { order: 1 },
+      priority: -5,
+      runAt,
+      maxAttempts: 3,
+      concurrencyKey: "customer:7",
+      queue: "other",
+    });
     expect(inserted).toBe(true);
     const got = await client.get(id);
-    expect(got).toMatchObject({ id, machine: "Parked", status: "runnable", step: "start", state: { order: 1 }, attempt: 0, priority: -5, queue: "other", concurrencyKey: "customer:7", parentId: null });
+    expect(got).toMatchObject({
+      id,
+      machine: "Parked",
+      status: "runnable",
+      step: "start",
+      state: { order: 1 },
+      attempt: 0,
+      priority: -5,
+      queue: "other",
+      concurrencyKey: "customer:7",
+      parentId: null,
+    });
     expect(got!.runAt.getTime()).toBe(runAt.getTime());
   });
 
@@ -68,21 +98,72 @@ describe("insert", () => {
   });
 
   it.each([
-    ["an invalid state", () => client.insert(Parked, { state: { order: "x" } as never }), /state of Parked is invalid: order: /],
+    [
+      "an invalid state",
+      () => client.insert(Parked, { state: { order: "x" } as never }),
+      /state of Parked is invalid: order: /,
+    ],
     ["invalid args", () => client.insert(Mail, { args: { to: "nope" } }), /args of Mail is invalid: to: /],
-    ["state for a job", () => client.insert(Mail, { state: { to: "a@b.co" } } as never), /Mail is a job: pass \{ args \}, not \{ state \}/],
-    ["an unknown option", () => client.insert(Parked, { state: { order: 1 }, prority: 1 } as never), /unknown option "prority" \(did you mean "priority"\?\)/],
-    ["a non-machine", () => client.insert({} as never, { state: {} } as never), /must be a machine from defineMachine or defineJob/],
-    ["delay and runAt", () => client.insert(Parked, { state: { order: 1 }, delay: 1, runAt: new Date() }), /pass delay or runAt, not both/],
-    ["an invalid date", () => client.insert(Parked, { state: { order: 1 }, runAt: new Date("nope") }), /runAt must be a valid Date/],
-    ["a fractional priority", () => client.insert(Parked, { state: { order: 1 }, priority: 1.5 }), /priority must be an integer/],
-    ["an empty correlation key", () => client.insert(Parked, { state: { order: 1 }, correlationKey: "" }), /correlationKey must be a non-empty string/],
-    ["a NUL in a key", () => client.insert(Parked, { state: { order: 1 }, correlationKey: "a\u0000" }), /correlationKey must be/],
-    ["maxAttempts 0", () => client.insert(Parked, { state: { order: 1 }, maxAttempts: 0 }), /maxAttempts must be an integer from 1/],
-    ["one bad row in insertMany", () => client.insertMany([{ machine: Parked, state: { order: 1 } }, { machine: Parked, state: { order: "bad" } }]), /state of Parked is invalid/],
+    [
+      "state for a job",
+      () => client.insert(Mail, { state: { to: "a@b.co" } } as never),
+      /Mail is a job: pass \{ args \}, not \{ state \}/,
+    ],
+    [
+      "an unknown option",
+      () => client.insert(Parked, { state: { order: 1 }, prority: 1 } as never),
+      /unknown option "prority" \(did you mean "priority"\?\)/,
+    ],
+    [
+      "a non-machine",
+      () => client.insert({} as never, { state: {} } as never),
+      /must be a machine from defineMachine or defineJob/,
+    ],
+    [
+      "delay and runAt",
+      () => client.insert(Parked, { state: { order: 1 }, delay: 1, runAt: new Date() }),
+      /pass delay or runAt, not both/,
+    ],
+    [
+      "an invalid date",
+      () => client.insert(Parked, { state: { order: 1 }, runAt: new Date("nope") }),
+      /runAt must be a valid Date/,
+    ],
+    [
+      "a fractional priority",
+      () => client.insert(Parked, { state: { order: 1 }, priority: 1.5 }),
+      /priority must be an integer/,
+    ],
+    [
+      "an empty correlation key",
+      () => client.insert(Parked, { state: { order: 1 }, correlationKey: "" }),
+      /correlationKey must be a non-empty string/,
+    ],
+    [
+      "a NUL in a key",
+      () => client.insert(Parked, { state: { order: 1 }, correlationKey: "a\u0000" }),
+      /correlationKey must be/,
+    ],
+    [
+      "maxAttempts 0",
+      () => client.insert(Parked, { state: { order: 1 }, maxAttempts: 0 }),
+      /maxAttempts must be an integer from 1/,
+    ],
+    [
+      "one bad row in insertMany",
+      () =>
+        client.insertMany([
+          { machine: Parked, state: { order: 1 } },
+          { machine: Parked, state: { order: "bad" } },
+        ]),
+      /state of Parked is invalid/,
+    ],
   ])("rejects %s with a ValidationError and writes nothing", async (_, call, message) => {
     const before = await count();
-    const error = await call().then(() => null, (e: unknown) => e);
+    const error = await call().then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(ValidationError);
     expect(String((error as Error).message)).toMatch(message);
     expect(await count()).toBe(before);
@@ -129,12 +210,15 @@ describe("reading", () => {
 
   it("list filters, orders newest first and pages with after", async () => {
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) ids.push((await client.insert(Parked, { state: { order: 1000 + i }, queue: "listing" })).id);
+    for (let i = 0; i < 5; i++)
+      ids.push((await client.insert(Parked, { state: { order: 1000 + i }, queue: "listing" })).id);
     const page1 = await client.list({ queue: "listing", limit: 3 });
     expect(page1.map((i) => i.id)).toEqual([ids[4], ids[3], ids[2]]);
     const page2 = await client.list({ queue: "listing", limit: 3, after: page1[2]!.id });
     expect(page2.map((i) => i.id)).toEqual([ids[1], ids[0]]);
-    expect((await client.list({ machine: "Mail", status: ["runnable", "done"] })).every((i) => i.machine === "Mail")).toBe(true);
+    expect(
+      (await client.list({ machine: "Mail", status: ["runnable", "done"] })).every((i) => i.machine === "Mail"),
+    ).toBe(true);
     await expect(client.list({ limit: 0 })).rejects.toThrowError(/limit must be an integer/);
     await expect(client.list({ stauts: "done" } as never)).rejects.toThrowError(/did you mean "status"/);
   });
@@ -181,7 +265,9 @@ describe("cancel", () => {
 describe("lifecycle", () => {
   it("refuses to start on an unmigrated schema with a clear error", async () => {
     const engine = new GenDurable({ connectionString: db.url, schema: "never_migrated_here" });
-    await expect(engine.start()).rejects.toThrowError(/schema "never_migrated_here" is not migrated: run `npx gen-durable migrate`/);
+    await expect(engine.start()).rejects.toThrowError(
+      /schema "never_migrated_here" is not migrated: run `npx gen-durable migrate`/,
+    );
     await engine.stop();
   });
 

@@ -32,7 +32,13 @@ const Parker = defineMachine({
   },
 });
 
-const node = new GenDurable({ connectionString: rrUrl, schema: db.schema, queues: { iso: 4 }, machines: [Parker], pollInterval: 200 });
+const node = new GenDurable({
+  connectionString: rrUrl,
+  schema: db.schema,
+  queues: { iso: 4 },
+  machines: [Parker],
+  pollInterval: 200,
+});
 await node.start();
 const client = db.engine();
 const rrPool = new pg.Pool({ connectionString: rrUrl, max: 2 });
@@ -67,7 +73,10 @@ describe("the engine's own connections", () => {
     await client.signal({ id }, "go", 42, { client: side });
     // ...while the step parks: its commit locks the row first and waits.
     gates.open(id);
-    await waitForLockWait(db.pool, "the await's commit", [db.schema, "claim_token = $2 and status = 'running' for update"]);
+    await waitForLockWait(db.pool, "the await's commit", [
+      db.schema,
+      "claim_token = $2 and status = 'running' for update",
+    ]);
     await side.query("commit");
     // Its mailbox read comes after the lock, in a statement of its own: it must see the signal.
     expect((await client.wait(id, { timeout: 10_000 })).result).toBe(42);
@@ -101,7 +110,9 @@ describe("a caller's transaction stricter than READ COMMITTED", () => {
   it("cancel is refused (a child spawned or retried after its snapshot would be missed)", async () => {
     const { id } = await client.insert(Parker, { state: {} });
     const side = await repeatableRead();
-    await expect(client.cancel(id, "no", { client: side })).rejects.toThrow(/cancel: the client's transaction is REPEATABLE READ/);
+    await expect(client.cancel(id, "no", { client: side })).rejects.toThrow(
+      /cancel: the client's transaction is REPEATABLE READ/,
+    );
     await side.query("rollback");
     await client.cancel(id);
   });

@@ -45,7 +45,14 @@ const Parent = defineMachine({
   queue: "parents",
   state: z.object({ key: z.string(), holdJoin: z.boolean().optional(), holdFirst: z.boolean().optional() }),
   steps: {
-    start: (ctx) => ctx.spawn([{ machine: Flaky, args: { key: ctx.state.key, holdFirst: ctx.state.holdFirst } }, { machine: Waiter, state: {} }], "join"),
+    start: (ctx) =>
+      ctx.spawn(
+        [
+          { machine: Flaky, args: { key: ctx.state.key, holdFirst: ctx.state.holdFirst } },
+          { machine: Waiter, state: {} },
+        ],
+        "join",
+      ),
     join: async (ctx) => {
       seen.set(ctx.id, [...(seen.get(ctx.id) ?? []), ctx.children.map((c) => c.status)]);
       if (ctx.state.holdJoin) await gates.wait(`join:${ctx.state.key}`);
@@ -55,7 +62,13 @@ const Parent = defineMachine({
 });
 
 /** Pruned at once when terminal. */
-const Part = defineJob({ name: "Part", queue: "kids", retention: 0, args: z.object({ n: z.number() }), perform: async ({ n }) => n * 10 });
+const Part = defineJob({
+  name: "Part",
+  queue: "kids",
+  retention: 0,
+  args: z.object({ n: z.number() }),
+  perform: async ({ n }) => n * 10,
+});
 
 /** Its join fails the first time (one attempt); a retry runs it again. */
 const joinFailed = new Set<string>();
@@ -66,13 +79,20 @@ const Sum = defineMachine({
   state: z.object({ parts: z.array(z.number()), twice: z.boolean().optional() }),
   steps: {
     start: (ctx) => ctx.spawn([{ machine: Part, args: { n: 100 } }], ctx.state.twice ? "again" : "join"),
-    again: (ctx) => ctx.spawn(ctx.state.parts.map((n) => ({ machine: Part, args: { n } })), "join"),
+    again: (ctx) =>
+      ctx.spawn(
+        ctx.state.parts.map((n) => ({ machine: Part, args: { n } })),
+        "join",
+      ),
     join: (ctx) => {
       if (!joinFailed.has(ctx.id)) {
         joinFailed.add(ctx.id);
         throw new Error("the first join fails");
       }
-      return ctx.done({ count: ctx.children.length, sum: ctx.children.reduce((total, c) => total + (c.result as number), 0) });
+      return ctx.done({
+        count: ctx.children.length,
+        sum: ctx.children.reduce((total, c) => total + (c.result as number), 0),
+      });
     },
   },
 });
@@ -99,7 +119,10 @@ interface Row {
   joined: boolean;
 }
 async function row(id: string): Promise<Row> {
-  const { rows } = await db.pool.query<Row>(`select id::text as id, status, join_counted, children_pending, joined from ${s}.instances where id = $1`, [id]);
+  const { rows } = await db.pool.query<Row>(
+    `select id::text as id, status, join_counted, children_pending, joined from ${s}.instances where id = $1`,
+    [id],
+  );
   return rows[0]!;
 }
 async function children(parentId: string): Promise<Row[]> {
@@ -194,7 +217,7 @@ describe("retrying a child", () => {
     const refusedWhileRunning = await running;
     expect(refusedWhileRunning.ok).toBe(false);
     expect((refusedWhileRunning as { error: unknown }).error).toBeInstanceOf(InvalidStateError);
-    expect(((refusedWhileRunning as { error: Error }).error).message).toBe(
+    expect((refusedWhileRunning as { error: Error }).error.message).toBe(
       `retry: instance ${flaky.id} is a child of instance ${id}, which has already joined on its children (it is running now): a new outcome would reach no join; retry the parent instead if its join step failed`,
     );
     gates.open("join:3d");
@@ -226,37 +249,45 @@ describe("GC and a failed parent", () => {
 });
 
 describe("the join sweep", () => {
-  it("serves a parent it can lock behind thousands it cannot (locked, or pruned): in order, skipping those", { timeout: 60_000 }, async () => {
-    // 6,000 finished children whose parents were pruned...
-    await db.pool.query(
-      `insert into ${s}.instances (machine, step, state, queue, status, parent_id)
+  it(
+    "serves a parent it can lock behind thousands it cannot (locked, or pruned): in order, skipping those",
+    { timeout: 60_000 },
+    async () => {
+      // 6,000 finished children whose parents were pruned...
+      await db.pool.query(
+        `insert into ${s}.instances (machine, step, state, queue, status, parent_id)
        select 'Ghost', 'start', '{}', 'nowhere', 'done', -g from generate_series(1, 6000) g`,
-    );
-    // ...and 6,000 joining parents, each with a finished child, locked by a side connection.
-    await db.pool.query(
-      `with p as (
+      );
+      // ...and 6,000 joining parents, each with a finished child, locked by a side connection.
+      await db.pool.query(
+        `with p as (
          insert into ${s}.instances (machine, step, state, queue, status, children_pending)
          select 'Ghost', 'join', '{}', 'nowhere', 'joining', 1 from generate_series(1, 6000) returning id)
        insert into ${s}.instances (machine, step, state, queue, status, parent_id)
        select 'Ghost', 'start', '{}', 'nowhere', 'done', id from p`,
-    );
-    const side = await sideClient(db.url);
-    await side.query("begin");
-    await side.query(`select 1 from ${s}.instances where machine = 'Ghost' and status = 'joining' for update`);
-    try {
-      const { id } = await engine.insert(Single, { state: {} });
-      expect((await engine.wait(id, { timeout: 20_000 })).result).toEqual([70]);
-      // The children of pruned parents are set aside, not left for every sweep to look at again.
-      await eventually("the children of pruned parents to be set aside", async () => {
-        const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.instances where parent_id < 0 and not join_counted`);
+      );
+      const side = await sideClient(db.url);
+      await side.query("begin");
+      await side.query(`select 1 from ${s}.instances where machine = 'Ghost' and status = 'joining' for update`);
+      try {
+        const { id } = await engine.insert(Single, { state: {} });
+        expect((await engine.wait(id, { timeout: 20_000 })).result).toEqual([70]);
+        // The children of pruned parents are set aside, not left for every sweep to look at again.
+        await eventually("the children of pruned parents to be set aside", async () => {
+          const { rows } = await db.pool.query(
+            `select count(*)::int as n from ${s}.instances where parent_id < 0 and not join_counted`,
+          );
+          return rows[0].n === 0;
+        });
+      } finally {
+        await side.query("commit");
+      }
+      await eventually("the ghost parents to be counted once unlocked", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${s}.instances where machine = 'Ghost' and status = 'joining'`,
+        );
         return rows[0].n === 0;
       });
-    } finally {
-      await side.query("commit");
-    }
-    await eventually("the ghost parents to be counted once unlocked", async () => {
-      const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.instances where machine = 'Ghost' and status = 'joining'`);
-      return rows[0].n === 0;
-    });
-  });
+    },
+  );
 });

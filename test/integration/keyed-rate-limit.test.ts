@@ -43,7 +43,14 @@ const Filler = defineJob({
 
 const rateLimits = { shared: { limit: LIMIT, period: "1s", burst: BURST } };
 const nodes = ["krl-a", "krl-b"].map((nodeId) =>
-  db.engine({ queues: { default: 20 }, machines: [Keyed, Filler], rateLimits, nodeId, leaseDuration: "5s", pollInterval: "1s" }),
+  db.engine({
+    queues: { default: 20 },
+    machines: [Keyed, Filler],
+    rateLimits,
+    nodeId,
+    leaseDuration: "5s",
+    pollInterval: "1s",
+  }),
 );
 const client = db.engine({ rateLimits });
 
@@ -65,7 +72,11 @@ beforeAll(async () => {
 });
 
 function keyedItems(from: number, count: number) {
-  return Array.from({ length: count }, (_, i) => ({ machine: Keyed, args: { n: from + i }, concurrencyKey: `k${(from + i) % KEYS}` }));
+  return Array.from({ length: count }, (_, i) => ({
+    machine: Keyed,
+    args: { n: from + i },
+    concurrencyKey: `k${(from + i) % KEYS}`,
+  }));
 }
 
 describe("a keyed, rate-limited queue", () => {
@@ -91,7 +102,9 @@ describe("a keyed, rate-limited queue", () => {
     const { rows } = await db.pool.query<{ machine: string; status: string; n: number }>(
       `select machine, status, count(*)::int as n from ${s}.instances group by 1, 2 order by 1, 2`,
     );
-    console.log(`beside busy lower-priority work: keyed ${rate.toFixed(1)} runs/s (limit ${LIMIT}/s, inserted 120/s); instances ${JSON.stringify(rows)}`);
+    console.log(
+      `beside busy lower-priority work: keyed ${rate.toFixed(1)} runs/s (limit ${LIMIT}/s, inserted 120/s); instances ${JSON.stringify(rows)}`,
+    );
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
     expect(rate, "keyed runs per second once warmed up").toBeGreaterThanOrEqual(0.6 * LIMIT);
   });
@@ -99,7 +112,9 @@ describe("a keyed, rate-limited queue", () => {
   it("drains a backlog at its limit, postponing each run about once", { timeout: 90_000 }, async () => {
     // Let the previous case's steps finish (its runnable rows were cancelled).
     await eventually("the nodes idle", async () => {
-      const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.instances where status = 'running'`);
+      const { rows } = await db.pool.query<{ n: number }>(
+        `select count(*)::int as n from ${s}.instances where status = 'running'`,
+      );
       return rows[0]!.n === 0;
     });
     await sleep(BURST * (1000 / LIMIT) + 100); // the bucket full again
@@ -110,7 +125,10 @@ describe("a keyed, rate-limited queue", () => {
     await eventually(
       "the backlog drained",
       async () => {
-        const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.instances where id = any($1::bigint[]) and status = 'done'`, [ids]);
+        const { rows } = await db.pool.query<{ n: number }>(
+          `select count(*)::int as n from ${s}.instances where id = any($1::bigint[]) and status = 'done'`,
+          [ids],
+        );
         return rows[0]!.n === total;
       },
       60_000,

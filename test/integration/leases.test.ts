@@ -29,7 +29,12 @@ const Held = defineMachine({
   },
 });
 
-const Quick = defineMachine({ name: "Quick", queue: "leases", state, steps: { start: (ctx) => ctx.done(ctx.attempt) } });
+const Quick = defineMachine({
+  name: "Quick",
+  queue: "leases",
+  state,
+  steps: { start: (ctx) => ctx.done(ctx.attempt) },
+});
 
 /** Makes a row look claimed by a node that died: running, with a lease that already expired. */
 async function orphan(id: string, attempt: number) {
@@ -55,7 +60,9 @@ describe("leases", () => {
     expect(done).toMatchObject({ status: "done", result: 2 });
     const history = await engine.history(id);
     expect(history.map((h) => h.outcome)).toEqual(["lease_expired", "done"]);
-    expect(history[0]!.error?.message).toMatch(/attempt 1 of step "start" lost its worker dead-node: its lease expired/);
+    expect(history[0]!.error?.message).toMatch(
+      /attempt 1 of step "start" lost its worker dead-node: its lease expired/,
+    );
     await engine.stop();
   });
 
@@ -66,19 +73,30 @@ describe("leases", () => {
     await engine.start();
     const done = await engine.wait(id, { timeout: 10_000 });
     expect(done.status).toBe("failed");
-    expect(done.error?.message).toMatch(/step "start" exhausted its 2 attempts; the last one: attempt 2 of step "start" lost its worker/);
+    expect(done.error?.message).toMatch(
+      /step "start" exhausted its 2 attempts; the last one: attempt 2 of step "start" lost its worker/,
+    );
     expect(running.has(id)).toBe(false); // never ran again
     await engine.stop();
   });
 
   it("renews the lease while a step runs longer than the lease", async () => {
-    const engine = db.engine({ queues: { leases: 4 }, machines: [Held, Quick], leaseDuration: 1000, reaperInterval: 50 });
+    const engine = db.engine({
+      queues: { leases: 4 },
+      machines: [Held, Quick],
+      leaseDuration: 1000,
+      reaperInterval: 50,
+    });
     await engine.start();
     const { id } = await engine.insert(Held, { state: { n: 1 } });
     await eventually("step running", () => running.has(id));
-    const firstExpiry = (await db.pool.query(`select lease_expires_at from ${db.schema}.instances where id = $1`, [id])).rows[0].lease_expires_at;
+    const firstExpiry = (await db.pool.query(`select lease_expires_at from ${db.schema}.instances where id = $1`, [id]))
+      .rows[0].lease_expires_at;
     await eventually("lease renewed past its first expiry", async () => {
-      const { rows } = await db.pool.query(`select lease_expires_at > $2::timestamptz + interval '1 second' as later, now() > $2::timestamptz as passed from ${db.schema}.instances where id = $1`, [id, firstExpiry]);
+      const { rows } = await db.pool.query(
+        `select lease_expires_at > $2::timestamptz + interval '1 second' as later, now() > $2::timestamptz as passed from ${db.schema}.instances where id = $1`,
+        [id, firstExpiry],
+      );
       return rows[0].later && rows[0].passed;
     });
     running.get(id)!.release();
@@ -154,7 +172,12 @@ describe("graceful stop", () => {
     const client = db.engine();
     await client.start();
     expect(await client.get(finishing.id)).toMatchObject({ status: "runnable", step: "after", state: { n: 11 } });
-    expect(await client.get(stuck.id)).toMatchObject({ status: "runnable", step: "start", attempt: 0, state: { n: 20 } });
+    expect(await client.get(stuck.id)).toMatchObject({
+      status: "runnable",
+      step: "start",
+      attempt: 0,
+      state: { n: 20 },
+    });
     expect(running.get(stuck.id)!.signal.aborted).toBe(true);
     // Another node takes it over immediately, not after a lease expiry.
     running.delete(stuck.id);

@@ -98,10 +98,19 @@ describe("durations beyond 2^31 - 1 ms", () => {
   it("leaseDuration and listenerHeartbeat are bounded by a ConfigError that names the limit", async () => {
     const make = (options: object) => () => new GenDurable({ connectionString: db.url, schema: db.schema, ...options });
     expect(make({ leaseDuration: "100d" })).toThrowError(ConfigError);
-    expect(make({ leaseDuration: "100d" })).toThrowError(/leaseDuration must be at most 1 day \(86400000 ms\), got 8640000000 ms/);
-    expect(make({ listenerHeartbeat: "30d" })).toThrowError(/listenerHeartbeat must be at most 1 day \(86400000 ms\), got 2592000000 ms/);
+    expect(make({ leaseDuration: "100d" })).toThrowError(
+      /leaseDuration must be at most 1 day \(86400000 ms\), got 8640000000 ms/,
+    );
+    expect(make({ listenerHeartbeat: "30d" })).toThrowError(
+      /listenerHeartbeat must be at most 1 day \(86400000 ms\), got 2592000000 ms/,
+    );
     // The largest allowed lease starts and stops (its lease connection's deadlines are the lease).
-    const engine = db.engine({ queues: { "long-lease": 1 }, machines: [], leaseDuration: "1d", listenerHeartbeat: "1d" });
+    const engine = db.engine({
+      queues: { "long-lease": 1 },
+      machines: [],
+      leaseDuration: "1d",
+      listenerHeartbeat: "1d",
+    });
     await engine.start();
     await engine.stop();
   });

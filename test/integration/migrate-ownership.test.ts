@@ -23,7 +23,10 @@ function legacySql(schema: string, upTo = MIGRATIONS.length): string {
   return [
     `create schema if not exists "${schema}";`,
     `create table if not exists "${schema}".migrations (id integer primary key, name text not null, applied_at timestamptz not null default now());`,
-    ...MIGRATIONS.slice(0, upTo).map((m) => `${m.sql.replaceAll("{{schema}}", `"${schema}"`)}\ninsert into "${schema}".migrations (id, name) values (${m.id}, '${m.name}');`),
+    ...MIGRATIONS.slice(0, upTo).map(
+      (m) =>
+        `${m.sql.replaceAll("{{schema}}", `"${schema}"`)}\ninsert into "${schema}".migrations (id, name) values (${m.id}, '${m.name}');`,
+    ),
   ].join("\n");
 }
 
@@ -61,7 +64,9 @@ describe("a role that owns its schema but may not create schemas", () => {
   });
 
   it("has no CREATE on the database", async () => {
-    const { rows } = await admin.query("select has_database_privilege($1, current_database(), 'CREATE') as can", [role]);
+    const { rows } = await admin.query("select has_database_privilege($1, current_database(), 'CREATE') as can", [
+      role,
+    ]);
     expect(rows[0].can).toBe(false);
   });
 
@@ -109,16 +114,25 @@ describe("schemas that are not gen-durable's", () => {
   it("refuses public, for migrate() and Migration.up(), and creates nothing", async () => {
     const refused = migrate({ connectionString: dbUrl.toString(), schema: "public" });
     await expect(refused).rejects.toBeInstanceOf(ConfigError);
-    await expect(refused).rejects.toThrowError(/schema "public" is refused: it is the database's shared default schema/);
+    await expect(refused).rejects.toThrowError(
+      /schema "public" is refused: it is the database's shared default schema/,
+    );
     expect(() => Migration.up({ schema: "public" })).toThrowError(ConfigError);
     expect(await relations(pool, "public")).toEqual([]);
   });
 
   it("the CLI says so too: migrate fails (exit 1), sql is a usage error (exit 2), without a stack", async () => {
-    for (const [args, code] of [[["migrate", "--schema", "public"], 1], [["sql", "--schema", "public"], 2]] as const) {
+    for (const [args, code] of [
+      [["migrate", "--schema", "public"], 1],
+      [["sql", "--schema", "public"], 2],
+    ] as const) {
       let stdout = "";
       let stderr = "";
-      const exit = await runCli([...args], COMMANDS, { out: (l) => (stdout += l + "\n"), err: (l) => (stderr += l + "\n"), env: { DATABASE_URL: dbUrl.toString() } });
+      const exit = await runCli([...args], COMMANDS, {
+        out: (l) => (stdout += l + "\n"),
+        err: (l) => (stderr += l + "\n"),
+        env: { DATABASE_URL: dbUrl.toString() },
+      });
       expect({ exit, stdout }).toEqual({ exit: code, stdout: "" });
       expect(stderr).toContain('schema "public" is refused');
       expect(stderr).not.toMatch(/^\s+at /m);
@@ -127,7 +141,9 @@ describe("schemas that are not gen-durable's", () => {
   });
 
   it("never reads the application's own migrations table as gen-durable's", async () => {
-    await pool.query("create table public.migrations (id integer primary key, name text not null, applied_at timestamptz default now())");
+    await pool.query(
+      "create table public.migrations (id integer primary key, name text not null, applied_at timestamptz default now())",
+    );
     await pool.query("insert into public.migrations (id, name) select n, 'app_' || n from generate_series(1, 10) n");
     expect(await currentVersion(pool, "public")).toBe(0);
     const engine = new GenDurable({ connectionString: dbUrl.toString(), schema: "public" });
@@ -140,8 +156,14 @@ describe("schemas that are not gen-durable's", () => {
   it("refuses a schema holding the application's objects, even with a migrations table that starts like ours", async () => {
     const cases: Array<[string, string]> = [
       ["app_tables", "create table %s.users (id int)"],
-      ["app_migrations", "create table %s.migrations (id integer primary key, name text not null, applied_at timestamptz default now()); insert into %s.migrations values (1, 'create_users'); create table %s.users (id int)"],
-      ["app_init", "create table %s.migrations (id integer primary key, name text not null); insert into %s.migrations values (1, 'init'); create table %s.instances (id int)"],
+      [
+        "app_migrations",
+        "create table %s.migrations (id integer primary key, name text not null, applied_at timestamptz default now()); insert into %s.migrations values (1, 'create_users'); create table %s.users (id int)",
+      ],
+      [
+        "app_init",
+        "create table %s.migrations (id integer primary key, name text not null); insert into %s.migrations values (1, 'init'); create table %s.instances (id int)",
+      ],
       ["app_function", "create function %s.f() returns int language sql as 'select 1'"],
     ];
     for (const [name, setup] of cases) {
@@ -149,9 +171,17 @@ describe("schemas that are not gen-durable's", () => {
       const before = await relations(pool, name);
       const refused = migrate({ connectionString: dbUrl.toString(), schema: name });
       await expect(refused, name).rejects.toBeInstanceOf(ConfigError);
-      await expect(refused, name).rejects.toThrowError(new RegExp(`schema "${name}" already holds objects gen-durable did not create \\(.*${name}\\.(users|f|instances)`));
-      await expect(pool.query(Migration.up({ schema: name })), name).rejects.toThrowError(/already holds objects gen-durable did not create/);
-      await expect(pool.query(Migration.down({ schema: name })), name).rejects.toThrowError(new RegExp(`schema ${name} is not gen-durable's.*nothing was dropped`));
+      await expect(refused, name).rejects.toThrowError(
+        new RegExp(
+          `schema "${name}" already holds objects gen-durable did not create \\(.*${name}\\.(users|f|instances)`,
+        ),
+      );
+      await expect(pool.query(Migration.up({ schema: name })), name).rejects.toThrowError(
+        /already holds objects gen-durable did not create/,
+      );
+      await expect(pool.query(Migration.down({ schema: name })), name).rejects.toThrowError(
+        new RegExp(`schema ${name} is not gen-durable's.*nothing was dropped`),
+      );
       expect(await relations(pool, name), name).toEqual(before);
     }
   });
@@ -195,13 +225,19 @@ describe("schemas that are not gen-durable's", () => {
     await pool.query("create view app.running as select id, machine from gd.instances where status = 'running'");
     await pool.query("create table app.orders (id int primary key, instance_id bigint references gd.instances (id))");
     const refused = pool.query(Migration.down({ schema: "gd" }));
-    await expect(refused).rejects.toThrowError(/cannot drop the tables of schema gd: objects that are not gen-durable's depend on them/);
+    await expect(refused).rejects.toThrowError(
+      /cannot drop the tables of schema gd: objects that are not gen-durable's depend on them/,
+    );
     await expect(refused).rejects.toThrowError(/view app\.running depends on table gd\.instances/);
-    await expect(refused).rejects.toThrowError(/constraint orders_instance_id_fkey on table app\.orders depends on table gd\.instances/);
+    await expect(refused).rejects.toThrowError(
+      /constraint orders_instance_id_fkey on table app\.orders depends on table gd\.instances/,
+    );
     expect(await relations(pool, "gd")).toContain("instances");
     expect(await relations(pool, "app")).toEqual(["orders", "running"]);
     // The user's own table in our schema, depending on nothing of ours, is kept, and so is the schema.
-    await pool.query("drop view app.running; alter table app.orders drop constraint orders_instance_id_fkey; create table gd.notes (t text)");
+    await pool.query(
+      "drop view app.running; alter table app.orders drop constraint orders_instance_id_fkey; create table gd.notes (t text)",
+    );
     await pool.query(Migration.down({ schema: "gd" }));
     expect(await relations(pool, "gd")).toEqual(["notes"]);
     await pool.query("drop table gd.notes");

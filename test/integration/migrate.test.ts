@@ -47,10 +47,13 @@ describe("migrate", () => {
     expect(rows[0].n).toBe(0);
   });
 
-  it.each(["Public", "x-y", "1abc", "pg_catalog", "a; drop table t", "a".repeat(42), ""])("rejects the schema name %j", async (schema) => {
-    await expect(migrate({ connectionString: url, schema })).rejects.toBeInstanceOf(ConfigError);
-    expect(() => Migration.up({ schema })).toThrowError(/schema must match/);
-  });
+  it.each(["Public", "x-y", "1abc", "pg_catalog", "a; drop table t", "a".repeat(42), ""])(
+    "rejects the schema name %j",
+    async (schema) => {
+      await expect(migrate({ connectionString: url, schema })).rejects.toBeInstanceOf(ConfigError);
+      expect(() => Migration.up({ schema })).toThrowError(/schema must match/);
+    },
+  );
 
   it("rejects unknown options and a missing connection", async () => {
     await expect(migrate({ connectionString: url, shema: "x" } as never)).rejects.toThrowError(/did you mean "schema"/);

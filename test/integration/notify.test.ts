@@ -5,10 +5,20 @@ import { defineJob, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
-const Ping = defineJob({ name: "Ping", queue: "notify", args: z.object({ n: z.number() }), perform: async (args) => args.n });
+const Ping = defineJob({
+  name: "Ping",
+  queue: "notify",
+  args: z.object({ n: z.number() }),
+  perform: async (args) => args.n,
+});
 
 // Polling every 10 minutes: anything picked up sooner was woken by NOTIFY (or by a reconnect).
-const runner = db.engine({ queues: { notify: 4 }, machines: [Ping], pollInterval: "10m", nodeId: `listen-test-${db.schema}` });
+const runner = db.engine({
+  queues: { notify: 4 },
+  machines: [Ping],
+  pollInterval: "10m",
+  nodeId: `listen-test-${db.schema}`,
+});
 const errors: Array<EngineEvents["engine:error"]> = [];
 runner.on("engine:error", (e) => errors.push(e));
 await runner.start();

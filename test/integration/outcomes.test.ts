@@ -152,11 +152,32 @@ const NoClient = defineMachine({
   steps: { start: (ctx) => ctx.done(ctx.client) },
 });
 
-const machines = [Steps, Snoozer, Flaky, Canceller, BadState, BadReturn, BadStepName, Slow, Valibot, Thrower, Job, Ledger, NoClient];
+const machines = [
+  Steps,
+  Snoozer,
+  Flaky,
+  Canceller,
+  BadState,
+  BadReturn,
+  BadStepName,
+  Slow,
+  Valibot,
+  Thrower,
+  Job,
+  Ledger,
+  NoClient,
+];
 await db.pool.query(`create table ${db.schema}_ledger (instance_id bigint)`);
 const engine = db.engine({ queues: { outcomes: 8 }, machines });
 const events: Array<{ name: keyof EngineEvents; payload: unknown }> = [];
-for (const name of ["step:start", "step:stop", "step:exception", "instance:done", "instance:failed", "instance:cancelled"] as const) {
+for (const name of [
+  "step:start",
+  "step:stop",
+  "step:exception",
+  "instance:done",
+  "instance:failed",
+  "instance:cancelled",
+] as const) {
   engine.on(name, (payload) => events.push({ name, payload }));
 }
 await engine.start();
@@ -191,7 +212,12 @@ describe("outcomes", () => {
     expect(done.error).toMatchObject({ name: "Error", message: "attempt 3 failed" });
     expect(done.state).toEqual({ n: 100 });
     const history = await engine.history(id);
-    expect(history.map((h) => [h.outcome, h.attempt])).toEqual([["next", 1], ["error", 1], ["error", 2], ["failed", 3]]);
+    expect(history.map((h) => [h.outcome, h.attempt])).toEqual([
+      ["next", 1],
+      ["error", 1],
+      ["error", 2],
+      ["failed", 3],
+    ]);
     expect(history[1]!.error?.message).toBe("attempt 1 failed");
   });
 
@@ -224,13 +250,17 @@ describe("outcomes", () => {
   it("a step that returns something that is not an outcome fails naming the step and the value", async () => {
     const { id } = await engine.insert(BadReturn, { state: { n: 1 } });
     const done = await engine.wait(id, { timeout: 10_000 });
-    expect(done.error?.message).toMatch(/step "start" of machine "BadReturn" returned an object; a step must return ctx\.next/);
+    expect(done.error?.message).toMatch(
+      /step "start" of machine "BadReturn" returned an object; a step must return ctx\.next/,
+    );
   });
 
   it("next to a step that does not exist fails the attempt", async () => {
     const { id } = await engine.insert(BadStepName, { state: { n: 1 } });
     const done = await engine.wait(id, { timeout: 10_000 });
-    expect(done.error?.message).toMatch(/ctx\.next named "nowhere", which is not a step of the machine \(its steps: start\)/);
+    expect(done.error?.message).toMatch(
+      /ctx\.next named "nowhere", which is not a step of the machine \(its steps: start\)/,
+    );
   });
 
   it("a step over its timeout is aborted and counts as a failed attempt", async () => {
@@ -270,13 +300,17 @@ describe("outcomes", () => {
 
   it("ctx.client outside a transactional step is a clear error", async () => {
     const { id } = await engine.insert(NoClient, { state: { n: 1 } });
-    expect((await engine.wait(id, { timeout: 10_000 })).error?.message).toMatch(/ctx\.client is only available in transactional steps/);
+    expect((await engine.wait(id, { timeout: 10_000 })).error?.message).toMatch(
+      /ctx\.client is only available in transactional steps/,
+    );
   });
 
   it("emits step events with durations", async () => {
     const { id } = await engine.insert(Job, { args: { to: "x" } });
     await engine.wait(id, { timeout: 10_000 });
-    await eventually("step:stop event", () => events.some((e) => e.name === "step:stop" && (e.payload as { id: string }).id === id));
+    await eventually("step:stop event", () =>
+      events.some((e) => e.name === "step:stop" && (e.payload as { id: string }).id === id),
+    );
     const stop = events.find((e) => e.name === "step:stop" && (e.payload as { id: string }).id === id)!.payload;
     expect(stop).toMatchObject({ machine: "Job", step: "perform", attempt: 1, outcome: "done" });
   });

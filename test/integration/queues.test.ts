@@ -13,7 +13,10 @@ const s = `"${db.schema}"`;
 
 /** Records its run's interval by the database clock. */
 async function perform(args: { ms: number }, ctx: { id: string }): Promise<void> {
-  const { rows } = await db.pool.query<{ run: string }>(`insert into ${s}.runs (instance_id) values ($1) returning run::text`, [ctx.id]);
+  const { rows } = await db.pool.query<{ run: string }>(
+    `insert into ${s}.runs (instance_id) values ($1) returning run::text`,
+    [ctx.id],
+  );
   await new Promise((resolve) => setTimeout(resolve, args.ms));
   await db.pool.query(`update ${s}.runs set ended_at = clock_timestamp() where run = $1`, [rows[0]!.run]);
 }
@@ -69,7 +72,9 @@ describe("queues", () => {
   it("pauseQueue stops claims on every node; resumeQueue wakes them all", { timeout: 30_000 }, async () => {
     await client.pauseQueue("work");
     expect(await client.pausedQueues()).toEqual(["work"]);
-    const ids = (await client.insertMany(Array.from({ length: 10 }, () => ({ machine: Work, args: { ms: 1 } })))).map((r) => r.id);
+    const ids = (await client.insertMany(Array.from({ length: 10 }, () => ({ machine: Work, args: { ms: 1 } })))).map(
+      (r) => r.id,
+    );
     // Both nodes claim (they are woken by the inserts and by polling) and find nothing.
     await claimsBy([nodeA, nodeB], "work", 3);
     const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from ${s}.runs`);
@@ -98,7 +103,9 @@ describe("queues", () => {
       nodeA.on("step:start", (e) => void (e.machine === "Limited" && started.a++)),
       nodeB.on("step:start", (e) => void (e.machine === "Limited" && started.b++)),
     ];
-    const ids = (await client.insertMany(Array.from({ length: 40 }, () => ({ machine: Limited, args: { ms: 40 } })))).map((r) => r.id);
+    const ids = (
+      await client.insertMany(Array.from({ length: 40 }, () => ({ machine: Limited, args: { ms: 40 } })))
+    ).map((r) => r.id);
     await Promise.all(ids.map((id) => client.wait(id, { timeout: 50_000 })));
     for (const off of offs) off();
     // Per node 5, globally 3: never more than 3 at once, and the limit was reached.
@@ -114,11 +121,16 @@ describe("queues", () => {
     await single.start();
     await db.pool.query(`truncate ${s}.runs`);
     const inserted = [];
-    for (const priority of [3, 1, 2, 1, 3, 0, 2, 1]) inserted.push({ priority, id: (await client.insert(Ordered, { args: { ms: 1 }, priority })).id });
+    for (const priority of [3, 1, 2, 1, 3, 0, 2, 1])
+      inserted.push({ priority, id: (await client.insert(Ordered, { args: { ms: 1 }, priority })).id });
     await client.resumeQueue("ordered");
     await Promise.all(inserted.map((r) => client.wait(r.id, { timeout: 10_000 })));
-    const { rows } = await db.pool.query<{ instance_id: string }>(`select instance_id::text from ${s}.runs order by run`);
-    const expected = [...inserted].sort((a, b) => a.priority - b.priority || Number(BigInt(a.id) - BigInt(b.id))).map((r) => r.id);
+    const { rows } = await db.pool.query<{ instance_id: string }>(
+      `select instance_id::text from ${s}.runs order by run`,
+    );
+    const expected = [...inserted]
+      .sort((a, b) => a.priority - b.priority || Number(BigInt(a.id) - BigInt(b.id)))
+      .map((r) => r.id);
     expect(rows.map((r) => r.instance_id)).toEqual(expected);
     await single.stop();
   });
@@ -132,9 +144,12 @@ describe("queues", () => {
   });
 
   it("rejects bad queue options and names", async () => {
-    const make = (queues: unknown) => () => new GenDurable({ connectionString: db.url, schema: db.schema, queues: queues as never });
+    const make = (queues: unknown) => () =>
+      new GenDurable({ connectionString: db.url, schema: db.schema, queues: queues as never });
     expect(make({ q: { concurrency: 2, global: 0 } })).toThrow(
-      new ConfigError("GenDurable: queues.q.global must be an integer from 1 to 1000000 (running steps across all nodes), got 0"),
+      new ConfigError(
+        "GenDurable: queues.q.global must be an integer from 1 to 1000000 (running steps across all nodes), got 0",
+      ),
     );
     expect(make({ q: { concurrency: 2, globl: 3 } })).toThrow(/globl.*did you mean "global"/);
     await expect(client.pauseQueue(" work")).rejects.toThrow(/pauseQueue: queue must be a non-empty string/);

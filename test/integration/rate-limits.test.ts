@@ -14,7 +14,11 @@ const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
 
 async function record(series: string, id: string, attempt: number): Promise<void> {
-  await db.pool.query(`insert into ${s}.runs (series, instance_id, attempt) values ($1, $2, $3)`, [series, id, attempt]);
+  await db.pool.query(`insert into ${s}.runs (series, instance_id, attempt) values ($1, $2, $3)`, [
+    series,
+    id,
+    attempt,
+  ]);
 }
 
 const Plain = defineJob({
@@ -64,7 +68,13 @@ beforeAll(async () => {
   await db.pool.query(
     `create table ${s}.runs (run bigserial primary key, series text not null, instance_id bigint not null, attempt int not null, at timestamptz not null default clock_timestamp())`,
   );
-  await db.pool.query(takeLogSql(db.schema, { ten: { rate: 10, capacity: 10 }, perAccount: { rate: 10, capacity: 10 }, tokens: { rate: 20, capacity: 20 } }));
+  await db.pool.query(
+    takeLogSql(db.schema, {
+      ten: { rate: 10, capacity: 10 },
+      perAccount: { rate: 10, capacity: 10 },
+      tokens: { rate: 20, capacity: 20 },
+    }),
+  );
   await Promise.all([nodeA.start(), nodeB.start(), client.start()]);
 });
 
@@ -79,58 +89,74 @@ async function totals(): Promise<Array<{ series: string; total: number }>> {
 }
 
 describe("rate limits", () => {
-  it("paces runs across two nodes: limit + burst per second at most, total within 10% of ideal over 10 s", { timeout: 60_000 }, async () => {
-    await client.insertMany([
-      ...Array.from({ length: 150 }, () => ({ machine: Plain, args: {} })),
-      ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "a" } })),
-      ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "b" } })),
-      // 2 tokens each from a 20-token/s bucket: 10 runs/s, burst 10 runs.
-      ...Array.from({ length: 150 }, () => ({ machine: Heavy, args: { weight: 2 } })),
-    ]);
-    // Wait until every series has run for 10 s (by the database clock), plus a little.
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const { rows } = await db.pool.query<{ ready: boolean }>(
-        `select count(distinct series) = 4 and min(t0) + interval '10.5 seconds' < now() as ready
+  it(
+    "paces runs across two nodes: limit + burst per second at most, total within 10% of ideal over 10 s",
+    { timeout: 60_000 },
+    async () => {
+      await client.insertMany([
+        ...Array.from({ length: 150 }, () => ({ machine: Plain, args: {} })),
+        ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "a" } })),
+        ...Array.from({ length: 150 }, () => ({ machine: PerAccount, args: { account: "b" } })),
+        // 2 tokens each from a 20-token/s bucket: 10 runs/s, burst 10 runs.
+        ...Array.from({ length: 150 }, () => ({ machine: Heavy, args: { weight: 2 } })),
+      ]);
+      // Wait until every series has run for 10 s (by the database clock), plus a little.
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const { rows } = await db.pool.query<{ ready: boolean }>(
+          `select count(distinct series) = 4 and min(t0) + interval '10.5 seconds' < now() as ready
          from (select series, min(at) as t0 from ${s}.runs group by series) f`,
+        );
+        if (rows[0]?.ready) break;
+        if (Date.now() > deadline) throw new Error("rate-limited runs did not start");
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      // Ideal in 10 s: the burst at once, then limit per second (10 runs/s each series).
+      const ideal = 10 + 10 * 10;
+      const result = await totals();
+      console.log("runs in the first 10 s per series:", JSON.stringify(result));
+      expect(result.map((w) => w.series)).toEqual(["account:a", "account:b", "heavy", "plain"]);
+      for (const w of result)
+        expect(
+          Math.abs(w.total - ideal) / ideal,
+          `${w.series}: ${w.total} runs in 10 s, ideal ${ideal}`,
+        ).toBeLessThanOrEqual(0.1);
+      // No one-second window (by database time) drew more than limit + burst tokens.
+      const { rows: busiest } = await db.pool.query<{ name: string; partition: string; busiest: number }>(
+        busiestSecondSql(db.schema),
       );
-      if (rows[0]?.ready) break;
-      if (Date.now() > deadline) throw new Error("rate-limited runs did not start");
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-    // Ideal in 10 s: the burst at once, then limit per second (10 runs/s each series).
-    const ideal = 10 + 10 * 10;
-    const result = await totals();
-    console.log("runs in the first 10 s per series:", JSON.stringify(result));
-    expect(result.map((w) => w.series)).toEqual(["account:a", "account:b", "heavy", "plain"]);
-    for (const w of result) expect(Math.abs(w.total - ideal) / ideal, `${w.series}: ${w.total} runs in 10 s, ideal ${ideal}`).toBeLessThanOrEqual(0.1);
-    // No one-second window (by database time) drew more than limit + burst tokens.
-    const { rows: busiest } = await db.pool.query<{ name: string; partition: string; busiest: number }>(busiestSecondSql(db.schema));
-    console.log("most tokens drawn in one second:", JSON.stringify(busiest));
-    expect(busiest.map((b) => [b.name, b.partition])).toEqual([["perAccount", "a"], ["perAccount", "b"], ["ten", ""], ["tokens", ""]]);
-    for (const b of busiest) expect(b.busiest, `${b.name}/${b.partition}`).toBeLessThanOrEqual(b.name === "tokens" ? 20 + 20 : 10 + 10);
-    // Waiting for tokens is neither an attempt nor a transition.
-    const { rows: attempts } = await db.pool.query(`select distinct attempt from ${s}.runs`);
-    expect(attempts).toEqual([{ attempt: 1 }]);
-    const { rows: history } = await db.pool.query(`select distinct outcome from ${s}.transitions`);
-    expect(history.map((r) => r.outcome).sort()).toEqual(["done"]);
+      console.log("most tokens drawn in one second:", JSON.stringify(busiest));
+      expect(busiest.map((b) => [b.name, b.partition])).toEqual([
+        ["perAccount", "a"],
+        ["perAccount", "b"],
+        ["ten", ""],
+        ["tokens", ""],
+      ]);
+      for (const b of busiest)
+        expect(b.busiest, `${b.name}/${b.partition}`).toBeLessThanOrEqual(b.name === "tokens" ? 20 + 20 : 10 + 10);
+      // Waiting for tokens is neither an attempt nor a transition.
+      const { rows: attempts } = await db.pool.query(`select distinct attempt from ${s}.runs`);
+      expect(attempts).toEqual([{ attempt: 1 }]);
+      const { rows: history } = await db.pool.query(`select distinct outcome from ${s}.transitions`);
+      expect(history.map((r) => r.outcome).sort()).toEqual(["done"]);
 
-    // Operators see the buckets; a waiting instance explains itself.
-    const buckets = await client.rateLimitBuckets("perAccount");
-    expect(buckets.map((b) => [b.partition, b.capacity, b.refillPerSecond])).toEqual([
-      ["a", 10, 10],
-      ["b", 10, 10],
-    ]);
-    // Steps still wait in line: their turns run well past now.
-    expect(buckets[0]!.lineEnd!.getTime()).toBeGreaterThan(buckets[0]!.updatedAt.getTime());
-    const { rows: waiting } = await db.pool.query<{ id: string }>(
-      `select id::text from ${s}.instances where machine = 'Plain' and status = 'runnable' and rate_limited is not null order by run_at desc limit 1`,
-    );
-    const explanation = await client.explain(waiting[0]!.id);
-    expect(explanation.reasons[0]).toMatch(/^rate limit "ten" was short: it waits in line for tokens until /);
-    expect(explanation.details.rateLimit).toBe("ten");
-    await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
-  });
+      // Operators see the buckets; a waiting instance explains itself.
+      const buckets = await client.rateLimitBuckets("perAccount");
+      expect(buckets.map((b) => [b.partition, b.capacity, b.refillPerSecond])).toEqual([
+        ["a", 10, 10],
+        ["b", 10, 10],
+      ]);
+      // Steps still wait in line: their turns run well past now.
+      expect(buckets[0]!.lineEnd!.getTime()).toBeGreaterThan(buckets[0]!.updatedAt.getTime());
+      const { rows: waiting } = await db.pool.query<{ id: string }>(
+        `select id::text from ${s}.instances where machine = 'Plain' and status = 'runnable' and rate_limited is not null order by run_at desc limit 1`,
+      );
+      const explanation = await client.explain(waiting[0]!.id);
+      expect(explanation.reasons[0]).toMatch(/^rate limit "ten" was short: it waits in line for tokens until /);
+      expect(explanation.details.rateLimit).toBe("ten");
+      await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
+    },
+  );
 
   it("consume() draws from the same buckets without going into debt", async () => {
     const first = await client.consume("perAccount", { partition: "fresh", weight: 6 });
@@ -140,13 +166,16 @@ describe("rate limits", () => {
     expect(second.ok).toBe(false);
     expect(second.retryAfterMs).toBeGreaterThan(0);
     expect(second.retryAfterMs).toBeLessThanOrEqual(200);
-    const [bucket] = await client.rateLimitBuckets("perAccount").then((all) => all.filter((b) => b.partition === "fresh"));
+    const [bucket] = await client
+      .rateLimitBuckets("perAccount")
+      .then((all) => all.filter((b) => b.partition === "fresh"));
     expect(bucket!.tokens).toBeGreaterThanOrEqual(4);
     expect(bucket!.tokens).toBeLessThan(6);
   });
 
   it("forgets buckets that are full again and have nobody in line; keeps the others", { timeout: 30_000 }, async () => {
-    for (const partition of ["idle", "draining", "queued"]) await client.consume("perAccount", { partition, weight: 1 });
+    for (const partition of ["idle", "draining", "queued"])
+      await client.consume("perAccount", { partition, weight: 1 });
     // "idle" has been full for two minutes; "draining" refills for another minute; "queued" is full but has a line.
     await db.pool.query(
       `update ${s}.rate_limit_buckets set
@@ -155,34 +184,53 @@ describe("rate limits", () => {
        where name = 'perAccount' and partition in ('idle', 'draining', 'queued')`,
     );
     const partitions = async () =>
-      (await db.pool.query<{ partition: string }>(`select partition from ${s}.rate_limit_buckets where name = 'perAccount' and partition in ('idle', 'draining', 'queued') order by 1`)).rows.map((r) => r.partition);
+      (
+        await db.pool.query<{ partition: string }>(
+          `select partition from ${s}.rate_limit_buckets where name = 'perAccount' and partition in ('idle', 'draining', 'queued') order by 1`,
+        )
+      ).rows.map((r) => r.partition);
     await eventually("the reaper to forget the idle bucket", async () => !(await partitions()).includes("idle"));
     expect(await partitions()).toEqual(["draining", "queued"]);
     // A forgotten bucket comes back full on its next draw.
-    expect(await client.consume("perAccount", { partition: "idle", weight: 10 })).toMatchObject({ ok: true, remaining: 0 });
+    expect(await client.consume("perAccount", { partition: "idle", weight: 10 })).toMatchObject({
+      ok: true,
+      remaining: 0,
+    });
   });
 
   it("rejects bad input with errors that name it", async () => {
-    await expect(client.consume("nope")).rejects.toThrow(new ValidationError('unknown rate limit "nope" (declared in rateLimits: ten, perAccount, tokens)'));
-    await expect(client.consume("ten", { weight: 0 })).rejects.toThrow(/consume\("ten"\): weight must be a whole number of tokens from 1 to 10 \(the limit's burst\), got 0/);
-    await expect(client.consume("ten", { partition: "" })).rejects.toThrow(/consume\("ten"\): partition must be a non-empty string/);
+    await expect(client.consume("nope")).rejects.toThrow(
+      new ValidationError('unknown rate limit "nope" (declared in rateLimits: ten, perAccount, tokens)'),
+    );
+    await expect(client.consume("ten", { weight: 0 })).rejects.toThrow(
+      /consume\("ten"\): weight must be a whole number of tokens from 1 to 10 \(the limit's burst\), got 0/,
+    );
+    await expect(client.consume("ten", { partition: "" })).rejects.toThrow(
+      /consume\("ten"\): partition must be a non-empty string/,
+    );
     await expect(client.consume("ten", { wieght: 1 } as never)).rejects.toThrow(/wieght.*did you mean "weight"/);
     const make = (options: object) => () => new GenDurable({ connectionString: db.url, schema: db.schema, ...options });
-    expect(make({ rateLimits: { x: { limit: 0, period: "1s" } } })).toThrow(new ConfigError("GenDurable: rateLimits.x.limit must be a whole number of tokens per period from 1 to 2147483647, got 0"));
+    expect(make({ rateLimits: { x: { limit: 0, period: "1s" } } })).toThrow(
+      new ConfigError(
+        "GenDurable: rateLimits.x.limit must be a whole number of tokens per period from 1 to 2147483647, got 0",
+      ),
+    );
     expect(make({ rateLimits: { x: { limit: 1 } } })).toThrow(/rateLimits\.x\.period is required/);
     expect(make({ rateLimits: { x: { limit: 1, period: "1s", brust: 2 } } })).toThrow(/brust.*did you mean "burst"/);
     expect(make({ queues: { limited: 1 }, machines: [Plain], rateLimits: {} })).toThrow(
       /machine "Plain" step "perform" uses rate limit "ten", which is not in rateLimits \(none declared\)/,
     );
-    expect(() => defineJob({ name: "W", args: z.object({}), rateLimit: { name: "ten", weight: -1 }, perform: () => 1 })).toThrow(
-      /defineJob\("W"\)\.perform\.rateLimit\.weight must be a whole number of tokens/,
-    );
+    expect(() =>
+      defineJob({ name: "W", args: z.object({}), rateLimit: { name: "ten", weight: -1 }, perform: () => 1 }),
+    ).toThrow(/defineJob\("W"\)\.perform\.rateLimit\.weight must be a whole number of tokens/);
   });
 
   it("a partition function that returns garbage fails the attempt, naming machine and step", async () => {
     const { id } = await client.insert(BadPartition, { args: {} });
     const failed = await client.wait(id, { timeout: 10_000 });
     expect(failed.status).toBe("failed");
-    expect(failed.error?.message).toBe('machine "BadPartition" step "perform": rateLimit.partition(ctx) must be a non-empty string or a number, got an object');
+    expect(failed.error?.message).toBe(
+      'machine "BadPartition" step "perform": rateLimit.partition(ctx) must be a non-empty string or a number, got an object',
+    );
   });
 });

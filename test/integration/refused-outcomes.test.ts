@@ -77,7 +77,11 @@ const Nullable = defineMachine({
   },
 });
 
-const worker = db.engine({ queues: { refused: 4 }, machines: [Thrower, Outcomes, BadBackoff, Nullable], leaseDuration: "60s" });
+const worker = db.engine({
+  queues: { refused: 4 },
+  machines: [Thrower, Outcomes, BadBackoff, Nullable],
+  leaseDuration: "60s",
+});
 await engine.start();
 await worker.start();
 
@@ -87,7 +91,9 @@ describe("a step that throws something that is not an Error", () => {
       const { id } = await engine.insert(Thrower, { args: { how } });
       const done = await engine.wait(id, { timeout: 10_000 });
       expect(done.status).toBe("failed");
-      expect(done.error?.message).toMatch(how === "null" ? /threw null instead of an Error/ : /threw undefined instead of an Error/);
+      expect(done.error?.message).toMatch(
+        how === "null" ? /threw null instead of an Error/ : /threw undefined instead of an Error/,
+      );
     });
   }
 });
@@ -154,7 +160,9 @@ describe("an outcome the database would refuse", () => {
       expect(done.status).toBe("failed");
       const history = await engine.history(id);
       expect(history.map((t) => t.outcome)).toEqual(["error", "failed"]);
-      expect(history[0]!.error?.message).toMatch(/always fails \(the backoff function failed \(.+\); the default backoff was used\)/);
+      expect(history[0]!.error?.message).toMatch(
+        /always fails \(the backoff function failed \(.+\); the default backoff was used\)/,
+      );
     }
   });
 });

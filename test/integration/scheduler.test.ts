@@ -35,13 +35,20 @@ const Ordered = defineJob({
   },
 });
 
-const Later = defineMachine({ name: "Later", queue: "later", state: z.object({}), steps: { start: (ctx) => ctx.done() } });
+const Later = defineMachine({
+  name: "Later",
+  queue: "later",
+  state: z.object({}),
+  steps: { start: (ctx) => ctx.done() },
+});
 
 describe("scheduler", () => {
   it("never runs more than the queue's concurrency on a node", async () => {
     const engine = db.engine({ queues: { limited: 3 }, machines: [Limited] });
     await engine.start();
-    const ids = (await engine.insertMany(Array.from({ length: 10 }, () => ({ machine: Limited, args: {} })))).map((r) => r.id);
+    const ids = (await engine.insertMany(Array.from({ length: 10 }, () => ({ machine: Limited, args: {} })))).map(
+      (r) => r.id,
+    );
     let finished = 0;
     while (finished < 10) {
       await eventually("a step waiting", () => releases.length > 0);
@@ -85,7 +92,10 @@ describe("scheduler", () => {
     await engine.start();
     const { id } = await engine.insert(Later, { state: {}, delay: 300 });
     const done = await engine.wait(id, { timeout: 5000 });
-    const { rows } = await db.pool.query(`select updated_at - inserted_at >= interval '300 ms' as late_enough from ${db.schema}.instances where id = $1`, [id]);
+    const { rows } = await db.pool.query(
+      `select updated_at - inserted_at >= interval '300 ms' as late_enough from ${db.schema}.instances where id = $1`,
+      [id],
+    );
     expect(done.status).toBe("done");
     expect(rows[0].late_enough).toBe(true);
     await engine.stop();
@@ -100,7 +110,16 @@ describe("scheduler", () => {
     const conn = await db.pool.connect();
     try {
       await conn.query("begin");
-      const { rows } = await conn.query(`explain ${claimQueries(db.schema).claim}`.replace(/\$1/g, "'ordered'").replace(/\$2::text\[\]/g, "array['Ordered']").replace(/\$3/g, "10").replace(/\$4/g, "'n'").replace(/\$5/g, "1000").replace(/\$6/g, "null").replace(/\$7/g, "10"));
+      const { rows } = await conn.query(
+        `explain ${claimQueries(db.schema).claim}`
+          .replace(/\$1/g, "'ordered'")
+          .replace(/\$2::text\[\]/g, "array['Ordered']")
+          .replace(/\$3/g, "10")
+          .replace(/\$4/g, "'n'")
+          .replace(/\$5/g, "1000")
+          .replace(/\$6/g, "null")
+          .replace(/\$7/g, "10"),
+      );
       const plan = rows.map((r) => r["QUERY PLAN"]).join("\n");
       expect(plan).toMatch(/instances_claim/);
       expect(plan).not.toMatch(/Seq Scan on instances/);
@@ -110,44 +129,63 @@ describe("scheduler", () => {
     }
   });
 
-  it("keeps one instance's events in order when a commit's reply arrives after the next step's claim", { timeout: 30_000 }, async () => {
-    // The replies to group commits are held back 300 ms after the database has
-    // committed: the next step of the instance is claimed (by the 20 ms poll)
-    // before its node has heard that the previous step committed.
-    class SlowCommitReplies extends pg.Pool {
-      override query(...args: unknown[]): never {
-        const config = args[0] as { text?: string };
-        const result = (super.query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
-        if (typeof config?.text !== "string" || !config.text.includes("won as (")) return result as never;
-        return result.then(async (value) => {
-          await new Promise((resolve) => setTimeout(resolve, 300));
-          return value;
-        }) as never;
+  it(
+    "keeps one instance's events in order when a commit's reply arrives after the next step's claim",
+    { timeout: 30_000 },
+    async () => {
+      // The replies to group commits are held back 300 ms after the database has
+      // committed: the next step of the instance is claimed (by the 20 ms poll)
+      // before its node has heard that the previous step committed.
+      class SlowCommitReplies extends pg.Pool {
+        override query(...args: unknown[]): never {
+          const config = args[0] as { text?: string };
+          const result = (super.query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
+          if (typeof config?.text !== "string" || !config.text.includes("won as (")) return result as never;
+          return result.then(async (value) => {
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            return value;
+          }) as never;
+        }
       }
-    }
-    const Chain = defineMachine({
-      name: "Chain",
-      queue: "chain",
-      state: z.object({ n: z.number() }),
-      steps: {
-        start: (ctx) => (ctx.state.n < 4 ? ctx.next("start", { n: ctx.state.n + 1 }) : ctx.done(ctx.state.n)),
-      },
-    });
-    const pool = new SlowCommitReplies({ connectionString: db.url, max: 6 });
-    const engine = new GenDurable({ pool, schema: db.schema, queues: { chain: 4 }, machines: [Chain], pollInterval: 20 });
-    const events: string[] = [];
-    engine.on("step:start", (e) => events.push(`start ${e.attempt}`));
-    engine.on("step:stop", (e) => events.push(`stop ${e.outcome}`));
-    try {
-      await engine.start();
-      const { id } = await engine.insert(Chain, { state: { n: 1 } });
-      expect((await engine.wait(id, { timeout: 20_000 })).result).toBe(4);
-      // wait() reads the database, which knows before this node hears the last reply.
-      await eventually("the last step:stop", () => events.includes("stop done"));
-      expect(events).toEqual(["start 1", "stop next", "start 1", "stop next", "start 1", "stop next", "start 1", "stop done"]);
-    } finally {
-      await engine.stop();
-      await pool.end();
-    }
-  });
+      const Chain = defineMachine({
+        name: "Chain",
+        queue: "chain",
+        state: z.object({ n: z.number() }),
+        steps: {
+          start: (ctx) => (ctx.state.n < 4 ? ctx.next("start", { n: ctx.state.n + 1 }) : ctx.done(ctx.state.n)),
+        },
+      });
+      const pool = new SlowCommitReplies({ connectionString: db.url, max: 6 });
+      const engine = new GenDurable({
+        pool,
+        schema: db.schema,
+        queues: { chain: 4 },
+        machines: [Chain],
+        pollInterval: 20,
+      });
+      const events: string[] = [];
+      engine.on("step:start", (e) => events.push(`start ${e.attempt}`));
+      engine.on("step:stop", (e) => events.push(`stop ${e.outcome}`));
+      try {
+        await engine.start();
+        const { id } = await engine.insert(Chain, { state: { n: 1 } });
+        expect((await engine.wait(id, { timeout: 20_000 })).result).toBe(4);
+        // wait() reads the database, which knows before this node hears the last reply.
+        await eventually("the last step:stop", () => events.includes("stop done"));
+        expect(events).toEqual([
+          "start 1",
+          "stop next",
+          "start 1",
+          "stop next",
+          "start 1",
+          "stop next",
+          "start 1",
+          "stop done",
+        ]);
+      } finally {
+        await engine.stop();
+        await pool.end();
+      }
+    },
+  );
 });

@@ -39,13 +39,17 @@ describe("signal load", () => {
   it("loses no signal that lands 0–50 ms before its await (2,000 iterations)", async () => {
     const all: string[] = [];
     for (let batch = 0; batch < 20; batch++) {
-      const inserted = await engine.insertMany(Array.from({ length: 100 }, (_, i) => ({ machine: Racer, state: { delay: (batch * 100 + i) % 51 } })));
+      const inserted = await engine.insertMany(
+        Array.from({ length: 100 }, (_, i) => ({ machine: Racer, state: { delay: (batch * 100 + i) % 51 } })),
+      );
       const ids = inserted.map((r) => r.id);
       all.push(...ids);
-      await Promise.all(ids.map(async (id) => {
-        await eventually(`${id} started`, () => started.has(id));
-        await engine.signal({ id }, "go", id);
-      }));
+      await Promise.all(
+        ids.map(async (id) => {
+          await eventually(`${id} started`, () => started.has(id));
+          await engine.signal({ id }, "go", id);
+        }),
+      );
     }
     const results = await Promise.all(all.map((id) => engine.wait(id, { timeout: 30_000 })));
     const lost = results.filter((r, i) => r.status !== "done" || JSON.stringify(r.result) !== JSON.stringify([all[i]]));
@@ -53,7 +57,9 @@ describe("signal load", () => {
   }, 180_000);
 
   it("each of 200 instances consumes exactly its 50 distinct signals from 4 senders with 10% duplicates", async () => {
-    const ids = (await engine.insertMany(Array.from({ length: 200 }, () => ({ machine: Collector, state: {} })))).map((r) => r.id);
+    const ids = (await engine.insertMany(Array.from({ length: 200 }, () => ({ machine: Collector, state: {} })))).map(
+      (r) => r.id,
+    );
     // 11,000 sends: 50 distinct items per instance plus 10% resent with the same dedup key, shuffled.
     const sends: Array<{ id: string; n: number }> = [];
     for (const id of ids) for (let n = 0; n < 50; n++) sends.push({ id, n });

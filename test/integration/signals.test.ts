@@ -12,7 +12,8 @@ const Checkout = defineMachine({
   state: z.object({ order: z.number() }),
   steps: {
     start: (ctx) => ctx.await("payment_confirmed", "ship", ctx.state),
-    ship: (ctx) => ctx.done({ order: ctx.state.order, awaited: ctx.awaited.map((s) => ({ event: s.event, payload: s.payload })) }),
+    ship: (ctx) =>
+      ctx.done({ order: ctx.state.order, awaited: ctx.awaited.map((s) => ({ event: s.event, payload: s.payload })) }),
   },
 });
 
@@ -53,7 +54,12 @@ const Retrying = defineMachine({
 const engine = db.engine({ queues: { checkout: 10, other: 2 }, machines: [Checkout, Gated, Retrying] });
 await engine.start();
 const mailbox = async (id: string) =>
-  (await db.pool.query(`select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null order by id`, [id])).rows;
+  (
+    await db.pool.query(
+      `select event, payload from ${db.schema}.signals where instance_id = $1 and consumed_at is null order by id`,
+      [id],
+    )
+  ).rows;
 
 describe("signals", () => {
   it("resumes an awaiting instance by correlation key, with the payload in ctx.awaited", async () => {
@@ -99,7 +105,10 @@ describe("signals", () => {
     await engine.signal({ id }, "go", "second");
     expect((await engine.wait(id, { timeout: 10_000 })).result).toEqual(["second"]);
     // Retried after it was consumed, and even after the instance finished: still harmless.
-    expect(await engine.signal({ id }, "go", "late retry", { dedupKey: "hook-1" })).toMatchObject({ duplicate: true, instanceId: id });
+    expect(await engine.signal({ id }, "go", "late retry", { dedupKey: "hook-1" })).toMatchObject({
+      duplicate: true,
+      instanceId: id,
+    });
   });
 
   it("an unknown key or id is an UnknownInstanceError (a malformed id a ValidationError); a finished one an InstanceTerminatedError; nothing is stored", async () => {
@@ -118,8 +127,18 @@ describe("signals", () => {
   it('ifMissing: "keep" holds the signal until an instance with the key is inserted', async () => {
     const kept = await engine.signal("order:early", "payment_confirmed", { amount: 5 }, { ifMissing: "keep" });
     expect(kept).toMatchObject({ instanceId: null, duplicate: false });
-    const again = await engine.signal("order:early", "payment_confirmed", { amount: 5 }, { ifMissing: "keep", dedupKey: "d" });
-    const dup = await engine.signal("order:early", "payment_confirmed", { amount: 5 }, { ifMissing: "keep", dedupKey: "d" });
+    const again = await engine.signal(
+      "order:early",
+      "payment_confirmed",
+      { amount: 5 },
+      { ifMissing: "keep", dedupKey: "d" },
+    );
+    const dup = await engine.signal(
+      "order:early",
+      "payment_confirmed",
+      { amount: 5 },
+      { ifMissing: "keep", dedupKey: "d" },
+    );
     expect([again.duplicate, dup.duplicate]).toEqual([false, true]);
     const { id } = await engine.insert(Checkout, { state: { order: 3 }, correlationKey: "order:early" });
     const done = await engine.wait(id, { timeout: 10_000 });
@@ -127,7 +146,7 @@ describe("signals", () => {
     expect(await mailbox(id)).toHaveLength(1); // the second kept signal stays in the mailbox
   });
 
-  it('a kept signal racing the insert of its key is never stranded in the inbox (100 races)', async () => {
+  it("a kept signal racing the insert of its key is never stranded in the inbox (100 races)", async () => {
     // Before take_inbox serialised the two, about one race in five stranded its signal.
     const keys = Array.from({ length: 100 }, (_, i) => `racing:${i}`);
     const inserted = await Promise.all(
@@ -141,7 +160,9 @@ describe("signals", () => {
     );
     const done = await Promise.all(inserted.map((id) => engine.wait(id, { timeout: 60_000 })));
     done.forEach((d, i) => expect(d.result).toMatchObject({ awaited: [{ payload: i }] }));
-    const stranded = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id is null and correlation_key like 'racing:%'`);
+    const stranded = await db.pool.query(
+      `select count(*)::int as n from ${db.schema}.signals where instance_id is null and correlation_key like 'racing:%'`,
+    );
     expect(stranded.rows[0].n).toBe(0);
   });
 
@@ -167,13 +188,28 @@ describe("signals", () => {
   it.each([
     ["a NUL in the payload", () => engine.signal("k", "e", { s: "\u0000" }), /payload\.s contains a NUL/],
     ["a BigInt payload", () => engine.signal("k", "e", 1n), /payload is 1n/],
-    ["a cyclic payload", () => { const c: Record<string, unknown> = {}; c.c = c; return engine.signal("k", "e", c); }, /circular/],
+    [
+      "a cyclic payload",
+      () => {
+        const c: Record<string, unknown> = {};
+        c.c = c;
+        return engine.signal("k", "e", c);
+      },
+      /circular/,
+    ],
     ["an empty event", () => engine.signal("k", ""), /event must be a non-empty string/],
     ["a bad target", () => engine.signal(42 as never, "e"), /target must be a correlation key/],
-    ["a bad ifMissing", () => engine.signal("k", "e", null, { ifMissing: "drop" as never }), /ifMissing must be "error" or "keep"/],
+    [
+      "a bad ifMissing",
+      () => engine.signal("k", "e", null, { ifMissing: "drop" as never }),
+      /ifMissing must be "error" or "keep"/,
+    ],
     ["an unknown option", () => engine.signal("k", "e", null, { dedup: "x" } as never), /unknown option "dedup"/],
   ])("rejects %s with a ValidationError", async (_, call, message) => {
-    const error = await call().then(() => null, (e: unknown) => e);
+    const error = await call().then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(ValidationError);
     expect((error as Error).message).toMatch(message);
   });
@@ -189,7 +225,14 @@ describe("signals", () => {
       setTimeout(release, i % 6);
       await engine.signal({ id }, "go", i);
     }
-    await Promise.all(ids.map((id) => eventually(`${id} at its second await`, async () => (await engine.get(id))?.step === "third" || (await engine.get(id))?.status === "awaiting")));
+    await Promise.all(
+      ids.map((id) =>
+        eventually(
+          `${id} at its second await`,
+          async () => (await engine.get(id))?.step === "third" || (await engine.get(id))?.status === "awaiting",
+        ),
+      ),
+    );
     for (const id of ids) await engine.signal({ id }, "go", "last");
     const results = await Promise.all(ids.map((id) => engine.wait(id, { timeout: 20_000 })));
     expect(results.every((r) => r.status === "done" && JSON.stringify(r.result) === '["last"]')).toBe(true);

@@ -14,7 +14,11 @@ const Checkout = defineMachine({
     ship: (ctx) => ctx.done({ order: ctx.state.order, paid: (ctx.awaited[0]!.payload as { amount: number }).amount }),
   },
 });
-const Hello = defineJob({ name: "Hello", args: z.object({ to: z.string() }), perform: async (args) => ({ hi: args.to }) });
+const Hello = defineJob({
+  name: "Hello",
+  args: z.object({ to: z.string() }),
+  perform: async (args) => ({ hi: args.to }),
+});
 
 describe("smoke", () => {
   it("runs the checkout machine end to end", async () => {

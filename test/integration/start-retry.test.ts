@@ -10,9 +10,19 @@ const Noop = defineJob({ name: "StartRetryNoop", queue: "start_retry", args: z.o
 
 describe("start() after a failed start()", () => {
   it("fails again with the same cause, not as 'already called', while the database is unreachable", async () => {
-    const engine = new GenDurable({ connectionString: "postgres://postgres@127.0.0.1:1/none", queues: { start_retry: 1 }, machines: [Noop] });
-    const first = await engine.start().then(() => null, (error: unknown) => error);
-    const second = await engine.start().then(() => null, (error: unknown) => error);
+    const engine = new GenDurable({
+      connectionString: "postgres://postgres@127.0.0.1:1/none",
+      queues: { start_retry: 1 },
+      machines: [Noop],
+    });
+    const first = await engine.start().then(
+      () => null,
+      (error: unknown) => error,
+    );
+    const second = await engine.start().then(
+      () => null,
+      (error: unknown) => error,
+    );
     expect(first).toBeInstanceOf(Error);
     expect(second).not.toBeInstanceOf(InvalidStateError);
     expect(String(second)).toBe(String(first));
@@ -21,7 +31,12 @@ describe("start() after a failed start()", () => {
 
   it("starts once the schema it refused is migrated", async () => {
     const schema = `t_start_retry_${Date.now() % 1_000_000}`;
-    const engine = new GenDurable({ connectionString: databaseUrl(), schema, queues: { start_retry: 1 }, machines: [Noop] });
+    const engine = new GenDurable({
+      connectionString: databaseUrl(),
+      schema,
+      queues: { start_retry: 1 },
+      machines: [Noop],
+    });
     try {
       await expect(engine.start()).rejects.toBeInstanceOf(NotMigratedError);
       await migrate({ connectionString: databaseUrl(), schema });

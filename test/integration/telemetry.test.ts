@@ -38,7 +38,8 @@ function sdk() {
     exporter,
     tracerProvider,
     meterProvider,
-    spans: (id?: string) => exporter.getFinishedSpans().filter((s) => id === undefined || s.attributes["gen_durable.instance.id"] === id),
+    spans: (id?: string) =>
+      exporter.getFinishedSpans().filter((s) => id === undefined || s.attributes["gen_durable.instance.id"] === id),
     async metric(name: string): Promise<MetricData | undefined> {
       const { resourceMetrics, errors } = await reader.collect();
       expect(errors).toEqual([]);
@@ -48,7 +49,10 @@ function sdk() {
 }
 
 /** The data point of `metric` whose attributes include `match`. */
-function point(metric: MetricData | undefined, match: Attributes): { value: unknown; attributes: Attributes } | undefined {
+function point(
+  metric: MetricData | undefined,
+  match: Attributes,
+): { value: unknown; attributes: Attributes } | undefined {
   const points = (metric?.dataPoints ?? []) as Array<{ value: unknown; attributes: Attributes }>;
   return points.find((p) => Object.entries(match).every(([k, v]) => p.attributes[k] === v));
 }
@@ -101,7 +105,8 @@ describe("events", () => {
   it("every step emits start and stop with its facts, duration and outcome; instances emit their end", async () => {
     const engine = engineWith({ machines: [Flow] });
     const seen: Array<[string, unknown]> = [];
-    for (const name of ["step:start", "step:stop", "instance:done"] as const) engine.on(name, (e) => seen.push([name, e]));
+    for (const name of ["step:start", "step:stop", "instance:done"] as const)
+      engine.on(name, (e) => seen.push([name, e]));
     await engine.start();
     const { id } = await engine.insert(Flow, { state: { n: 1 } });
     await eventually("instance:done", () => seen.some(([name]) => name === "instance:done"));
@@ -129,7 +134,9 @@ describe("events", () => {
     const { id } = await engine.insert(Flow, { state: { n: 1 } });
     await engine.wait(id, { timeout: 10_000 });
     const loops = ["scheduler", "poll", "reaper", "lease", "timeouts", "joins"] as const;
-    await eventually(`a tick of each of ${loops.join(", ")}`, () => loops.every((loop) => ticks.some((t) => t.loop === loop)));
+    await eventually(`a tick of each of ${loops.join(", ")}`, () =>
+      loops.every((loop) => ticks.some((t) => t.loop === loop)),
+    );
     const claims = ticks.filter((t) => t.loop === "scheduler");
     expect(claims.every((t) => t.queue === QUEUE && Number.isInteger(t.count) && t.durationMs >= 0)).toBe(true);
     // Two steps ran: the claims that found work add up to at least that (a step may be claimed twice only if retried).
@@ -146,7 +153,9 @@ describe("events", () => {
     await engine.start();
     const { id } = await engine.insert(Doomed, { args: {} });
     await eventually("instance:failed", () => failed.some((e) => e.id === id));
-    expect(exceptions.filter((e) => e.id === id).map((e) => [e.attempt, e.willRetry, e.error.name, e.error.message])).toEqual([
+    expect(
+      exceptions.filter((e) => e.id === id).map((e) => [e.attempt, e.willRetry, e.error.name, e.error.message]),
+    ).toEqual([
       [1, true, "TypeError", "never works"],
       [2, false, "TypeError", "never works"],
     ]);
@@ -181,13 +190,20 @@ describe("events", () => {
 describe("OpenTelemetry spans", () => {
   it("a span per step execution, named after machine and step, with its attributes and real start and end", async () => {
     const otel = sdk();
-    const engine = engineWith({ machines: [Flow], telemetry: { tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider } });
+    const engine = engineWith({
+      machines: [Flow],
+      telemetry: { tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider },
+    });
     await engine.start();
     const { id } = await engine.insert(Flow, { state: { n: 1 } });
     await engine.wait(id, { timeout: 10_000 });
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
-      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
-    });
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch(
+      (error: unknown) => {
+        throw new Error(
+          `${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`,
+        );
+      },
+    );
     const [start, finish] = [...spans].sort((a, b) => toMs(a.startTime) - toMs(b.startTime));
     expect(start!.name).toBe("gen-durable step Flow.start");
     expect(finish!.name).toBe("gen-durable step Flow.finish");
@@ -217,16 +233,27 @@ describe("OpenTelemetry spans", () => {
     await engine.start();
     const { id } = await engine.insert(Flaky, { args: {} });
     await engine.wait(id, { timeout: 10_000 });
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
-      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
-    });
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch(
+      (error: unknown) => {
+        throw new Error(
+          `${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`,
+        );
+      },
+    );
     const byAttempt = new Map(spans.map((s) => [s.attributes["gen_durable.attempt"], s]));
     const failed = byAttempt.get(1)!;
     expect(failed.name).toBe("gen-durable step Flaky.perform");
     expect(failed.status).toEqual({ code: SpanStatusCode.ERROR, message: "first attempt fails" });
-    expect(failed.attributes).toMatchObject({ "gen_durable.outcome": "error", "gen_durable.will_retry": true, "error.type": "E_FLAKY" });
+    expect(failed.attributes).toMatchObject({
+      "gen_durable.outcome": "error",
+      "gen_durable.will_retry": true,
+      "error.type": "E_FLAKY",
+    });
     const exception = failed.events.find((e) => e.name === "exception");
-    expect(exception?.attributes).toMatchObject({ "exception.type": "E_FLAKY", "exception.message": "first attempt fails" });
+    expect(exception?.attributes).toMatchObject({
+      "exception.type": "E_FLAKY",
+      "exception.message": "first attempt fails",
+    });
     expect(String(exception?.attributes?.["exception.stacktrace"])).toContain("first attempt fails");
     const retried = byAttempt.get(2)!;
     expect(retried.status.code).toBe(SpanStatusCode.UNSET);
@@ -241,11 +268,19 @@ describe("OpenTelemetry spans", () => {
     await engine.start();
     const { id } = await engine.insert(Doomed, { args: {} });
     expect((await engine.wait(id, { timeout: 10_000 })).status).toBe("failed");
-    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch((error: unknown) => {
-      throw new Error(`${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`);
-    });
+    const spans = await eventually("two spans", () => (otel.spans(id).length === 2 ? otel.spans(id) : null)).catch(
+      (error: unknown) => {
+        throw new Error(
+          `${String(error)}; spans: ${JSON.stringify(otel.spans(id).map((span) => [span.name, span.attributes]))}`,
+        );
+      },
+    );
     const last = spans.find((s) => s.attributes["gen_durable.attempt"] === 2)!;
-    expect(last.attributes).toMatchObject({ "gen_durable.outcome": "failed", "gen_durable.will_retry": false, "error.type": "TypeError" });
+    expect(last.attributes).toMatchObject({
+      "gen_durable.outcome": "failed",
+      "gen_durable.will_retry": false,
+      "error.type": "TypeError",
+    });
     expect(last.status.code).toBe(SpanStatusCode.ERROR);
     await engine.stop();
   });
@@ -278,11 +313,15 @@ describe("OpenTelemetry spans", () => {
       await engine.start();
       // Inserted inside an unrelated active span: the step's span must not become its child.
       const request = app.startSpan("http request");
-      const { id } = await context.with(trace.setSpan(context.active(), request), () => engine.insert(Traced, { state: {} }));
+      const { id } = await context.with(trace.setSpan(context.active(), request), () =>
+        engine.insert(Traced, { state: {} }),
+      );
       request.end();
       await engine.wait(id, { timeout: 10_000 });
       const step = await eventually("step span", () => otel.spans(id)[0]);
-      const child = await eventually("child span", () => otel.exporter.getFinishedSpans().find((s) => s.name === "charge card"));
+      const child = await eventually("child span", () =>
+        otel.exporter.getFinishedSpans().find((s) => s.name === "charge card"),
+      );
       expect(seen).toEqual([step.spanContext().spanId]);
       expect(child.parentSpanContext?.spanId).toBe(step.spanContext().spanId);
       expect(child.spanContext().traceId).toBe(step.spanContext().traceId);
@@ -325,7 +364,11 @@ describe("OpenTelemetry spans", () => {
       perform: () => new Promise<string>((resolve) => (release = () => resolve("late"))),
     });
     // A long lease: the step is not aborted, it finishes and its commit is fenced.
-    const engine = engineWith({ machines: [Held], leaseDuration: "60s", telemetry: { tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider } });
+    const engine = engineWith({
+      machines: [Held],
+      leaseDuration: "60s",
+      telemetry: { tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider },
+    });
     const lost: string[] = [];
     engine.on("lease:lost", (e) => lost.push(e.id));
     await engine.start();
@@ -337,7 +380,9 @@ describe("OpenTelemetry spans", () => {
     const [span] = await eventually("span", () => (otel.spans(id).length > 0 ? otel.spans(id) : null));
     expect(span!.attributes["gen_durable.outcome"]).toBe("lease_lost");
     expect(span!.status.code).toBe(SpanStatusCode.ERROR);
-    expect(point(await otel.metric("gen_durable.leases.lost"), { "gen_durable.machine": "HeldForTelemetry" })?.value).toBe(1);
+    expect(
+      point(await otel.metric("gen_durable.leases.lost"), { "gen_durable.machine": "HeldForTelemetry" })?.value,
+    ).toBe(1);
     await engine.stop();
   });
 
@@ -378,7 +423,12 @@ describe("the event bridge, driven directly", () => {
     const otel = sdk();
     const events = new TypedEmitter();
     const depth = new QueueDepthSampler(db.pool, db.schema, 0, [], () => {});
-    const bridge = new OtelBridge({ events, tracerProvider: otel.tracerProvider, meterProvider: otel.meterProvider, depth });
+    const bridge = new OtelBridge({
+      events,
+      tracerProvider: otel.tracerProvider,
+      meterProvider: otel.meterProvider,
+      depth,
+    });
     return { otel, events, bridge };
   }
   const facts = { id: "77", machine: "M", step: "s", attempt: 3, queue: QUEUE };
@@ -390,7 +440,11 @@ describe("the event bridge, driven directly", () => {
     events.emit("step:exception", { ...facts, error, durationMs: 2000, willRetry: false });
     events.emit("step:stop", { ...facts, outcome: "failed", durationMs: 2000 });
     const [span] = otel.spans("77");
-    expect(span?.attributes).toMatchObject({ "gen_durable.outcome": "failed", "gen_durable.will_retry": false, "gen_durable.attempt": 3 });
+    expect(span?.attributes).toMatchObject({
+      "gen_durable.outcome": "failed",
+      "gen_durable.will_retry": false,
+      "gen_durable.attempt": 3,
+    });
     expect(toMs(span!.startTime)).toBeLessThanOrEqual(before - 1900);
     expect(span!.status.code).toBe(SpanStatusCode.ERROR);
     expect(bridge.openSpans).toBe(0);
@@ -412,7 +466,10 @@ describe("the event bridge, driven directly", () => {
     events.emit("step:rate_limited", { ...facts, limit: "stripe", waitMs: 100 });
     events.emit("step:rate_limited", { ...facts, limit: "stripe", waitMs: 50 });
     const limited = await otel.metric("gen_durable.steps.rate_limited");
-    expect(point(limited, { "gen_durable.machine": "M", "gen_durable.rate_limit": "stripe", "gen_durable.queue": QUEUE })?.value).toBe(2);
+    expect(
+      point(limited, { "gen_durable.machine": "M", "gen_durable.rate_limit": "stripe", "gen_durable.queue": QUEUE })
+        ?.value,
+    ).toBe(2);
     bridge.close();
   });
 });
@@ -436,14 +493,21 @@ describe("OpenTelemetry metrics", () => {
     const duration = await otel.metric("gen_durable.step.duration");
     expect(duration?.descriptor.unit).toBe("ms");
     const hist = (match: Attributes) => point(duration, match)?.value as { count: number; sum: number } | undefined;
-    expect(hist({ "gen_durable.machine": "Flow", "gen_durable.step": "start", "gen_durable.outcome": "next" })?.count).toBe(1);
-    expect(hist({ "gen_durable.machine": "Flow", "gen_durable.step": "finish", "gen_durable.outcome": "done" })?.sum).toBeGreaterThanOrEqual(15);
+    expect(
+      hist({ "gen_durable.machine": "Flow", "gen_durable.step": "start", "gen_durable.outcome": "next" })?.count,
+    ).toBe(1);
+    expect(
+      hist({ "gen_durable.machine": "Flow", "gen_durable.step": "finish", "gen_durable.outcome": "done" })?.sum,
+    ).toBeGreaterThanOrEqual(15);
     expect(hist({ "gen_durable.machine": "Flaky", "gen_durable.outcome": "error" })?.count).toBe(1);
     expect(hist({ "gen_durable.machine": "Flaky", "gen_durable.outcome": "done" })?.count).toBe(1);
     expect(hist({ "gen_durable.machine": "Doomed", "gen_durable.outcome": "failed" })?.count).toBe(1);
 
     const started = await otel.metric("gen_durable.steps.started");
-    expect(point(started, { "gen_durable.machine": "Flow", "gen_durable.step": "finish", "gen_durable.queue": QUEUE })?.value).toBe(1);
+    expect(
+      point(started, { "gen_durable.machine": "Flow", "gen_durable.step": "finish", "gen_durable.queue": QUEUE })
+        ?.value,
+    ).toBe(1);
     expect(point(started, { "gen_durable.machine": "Doomed", "gen_durable.step": "perform" })?.value).toBe(2);
 
     const finished = await otel.metric("gen_durable.instances.finished");
@@ -454,8 +518,16 @@ describe("OpenTelemetry metrics", () => {
 
   it("reports queue depth per queue and status from the database, with 0 for this node's empty queues", async () => {
     const otel = sdk();
-    const Waiter = defineMachine({ name: "Waiter", queue: QUEUE, state: empty, steps: { start: (ctx) => ctx.await("go", "end"), end: (ctx) => ctx.done() } });
-    const engine = engineWith({ machines: [Waiter, Flow], telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: 0 } });
+    const Waiter = defineMachine({
+      name: "Waiter",
+      queue: QUEUE,
+      state: empty,
+      steps: { start: (ctx) => ctx.await("go", "end"), end: (ctx) => ctx.done() },
+    });
+    const engine = engineWith({
+      machines: [Waiter, Flow],
+      telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: 0 },
+    });
     await engine.start();
     // Nothing runs queue "depth_parked": those stay runnable.
     await engine.insert(Flow, { state: { n: 1 }, queue: "depth_parked" });
@@ -465,7 +537,8 @@ describe("OpenTelemetry metrics", () => {
 
     const depth = await otel.metric("gen_durable.queue.depth");
     expect(depth?.descriptor.unit).toBe("{instance}");
-    const at = (queue: string, status: string) => point(depth, { "gen_durable.queue": queue, "gen_durable.status": status })?.value;
+    const at = (queue: string, status: string) =>
+      point(depth, { "gen_durable.queue": queue, "gen_durable.status": status })?.value;
     expect(at("depth_parked", "runnable")).toBe(2);
     expect(at(QUEUE, "awaiting")).toBeGreaterThanOrEqual(1);
     expect(at(QUEUE, "joining")).toBe(0); // reported although empty: this node runs the queue
@@ -481,7 +554,10 @@ describe("OpenTelemetry metrics", () => {
 
   it("samples queue depth at most once per queueDepthInterval", async () => {
     const otel = sdk();
-    const engine = engineWith({ machines: [Flow], telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: "1h" } });
+    const engine = engineWith({
+      machines: [Flow],
+      telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: "1h" },
+    });
     await engine.start();
     await engine.insert(Flow, { state: { n: 1 }, queue: "depth_cached" });
     const first = await otel.metric("gen_durable.queue.depth");
@@ -506,7 +582,10 @@ describe("OpenTelemetry metrics", () => {
 
   it("stop() removes the depth callback: a stopped engine queries nothing", async () => {
     const otel = sdk();
-    const engine = engineWith({ machines: [Flow], telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: 0 } });
+    const engine = engineWith({
+      machines: [Flow],
+      telemetry: { meterProvider: otel.meterProvider, queueDepthInterval: 0 },
+    });
     const errors: Array<EngineEvents["engine:error"]> = [];
     engine.on("engine:error", (e) => errors.push(e));
     await engine.start();
@@ -554,7 +633,12 @@ describe("global providers", () => {
     const { id } = await engine.insert(Flow, { state: { n: 1 } });
     await engine.wait(id, { timeout: 10_000 });
     await eventually("spans through the global provider", () => otel.spans(id).length === 2);
-    expect(point(await otel.metric("gen_durable.steps.started"), { "gen_durable.machine": "Flow", "gen_durable.step": "start" })?.value).toBe(1);
+    expect(
+      point(await otel.metric("gen_durable.steps.started"), {
+        "gen_durable.machine": "Flow",
+        "gen_durable.step": "start",
+      })?.value,
+    ).toBe(1);
     await engine.stop();
     trace.disable();
     metrics.disable();
@@ -577,22 +661,33 @@ describe("global providers", () => {
 });
 
 describe("the telemetry option", () => {
-  const make = (telemetry: unknown) => () => new GenDurable({ connectionString: db.url, schema: db.schema, telemetry: telemetry as never });
+  const make = (telemetry: unknown) => () =>
+    new GenDurable({ connectionString: db.url, schema: db.schema, telemetry: telemetry as never });
 
   it("rejects what is not an options object or false", () => {
     expect(make(true)).toThrow(ConfigError);
-    expect(make(true)).toThrow(/telemetry must be \{ tracerProvider\?, meterProvider\?, queueDepthInterval\? \} or false, got true/);
+    expect(make(true)).toThrow(
+      /telemetry must be \{ tracerProvider\?, meterProvider\?, queueDepthInterval\? \} or false, got true/,
+    );
     expect(make([])).toThrow(/telemetry must be .* got an array/);
   });
 
   it("names an unknown key and suggests the right one", () => {
-    expect(make({ tracerprovider: {} })).toThrow(/GenDurable: telemetry: unknown option "tracerprovider" \(did you mean "tracerProvider"\?\)/);
+    expect(make({ tracerprovider: {} })).toThrow(
+      /GenDurable: telemetry: unknown option "tracerprovider" \(did you mean "tracerProvider"\?\)/,
+    );
   });
 
   it("rejects providers that are not providers, and bad intervals", () => {
-    expect(make({ tracerProvider: {} })).toThrow(/telemetry.tracerProvider must be an OpenTelemetry TracerProvider \(with getTracer\(\)\), got an object/);
-    expect(make({ meterProvider: new BasicTracerProvider() })).toThrow(/telemetry.meterProvider must be an OpenTelemetry MeterProvider \(with getMeter\(\)\), got a BasicTracerProvider/);
-    expect(make({ queueDepthInterval: "soon" })).toThrow(/telemetry.queueDepthInterval must be a duration .* got "soon"/);
+    expect(make({ tracerProvider: {} })).toThrow(
+      /telemetry.tracerProvider must be an OpenTelemetry TracerProvider \(with getTracer\(\)\), got an object/,
+    );
+    expect(make({ meterProvider: new BasicTracerProvider() })).toThrow(
+      /telemetry.meterProvider must be an OpenTelemetry MeterProvider \(with getMeter\(\)\), got a BasicTracerProvider/,
+    );
+    expect(make({ queueDepthInterval: "soon" })).toThrow(
+      /telemetry.queueDepthInterval must be a duration .* got "soon"/,
+    );
     expect(make({ queueDepthInterval: -1 })).toThrow(/telemetry.queueDepthInterval must be a duration/);
   });
 });
@@ -611,7 +706,8 @@ function fakePino(withChild = true): { logger: Logger; lines: Line[]; children: 
   const lines: Line[] = [];
   const children: Array<Record<string, unknown>> = [];
   const make = (bindings: Record<string, unknown>): Logger => {
-    const at = (level: string) => (fields: object, message?: string) => void lines.push({ level, fields: { ...fields }, message, bindings });
+    const at = (level: string) => (fields: object, message?: string) =>
+      void lines.push({ level, fields: { ...fields }, message, bindings });
     const logger: Logger = { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
     if (withChild) {
       logger.child = (more) => {
@@ -650,7 +746,9 @@ describe("logger", () => {
     await engine.wait(bad.id, { timeout: 10_000 });
     // Event-driven lines can come a moment after wait() sees the rows finished.
     await eventually("the failure logged", () => lines.some((l) => l.level === "error" && l.fields.id === bad.id));
-    await eventually("the success logged", () => lines.some((l) => l.message === "step Chatty.start committed: done" && l.fields.id === ok.id));
+    await eventually("the success logged", () =>
+      lines.some((l) => l.message === "step Chatty.start committed: done" && l.fields.id === ok.id),
+    );
 
     const bound = { id: ok.id, machine: "Chatty", step: "start", attempt: 1 };
     expect(children).toContainEqual(bound);
@@ -658,7 +756,10 @@ describe("logger", () => {
     expect(lines).toContainEqual({ level: "warn", fields: {}, message: "careful", bindings: bound });
 
     const about = (id: string) => lines.filter((l) => l.bindings.id === undefined && l.fields.id === id);
-    expect(about(ok.id).map((l) => `${l.level} ${l.message}`)).toEqual(["debug step Chatty.start started (attempt 1)", "debug step Chatty.start committed: done"]);
+    expect(about(ok.id).map((l) => `${l.level} ${l.message}`)).toEqual([
+      "debug step Chatty.start started (attempt 1)",
+      "debug step Chatty.start committed: done",
+    ]);
     const failure = about(bad.id);
     expect(failure.map((l) => `${l.level} ${l.message}`)).toEqual([
       "debug step Chatty.start started (attempt 1)",
@@ -676,7 +777,12 @@ describe("logger", () => {
     await engine.start();
     const { id } = await engine.insert(Chatty, { state: { fail: false } });
     await engine.wait(id, { timeout: 10_000 });
-    expect(lines).toContainEqual({ level: "info", fields: { id, machine: "Chatty", step: "start", attempt: 1, amount: 5 }, message: "charging", bindings: {} });
+    expect(lines).toContainEqual({
+      level: "info",
+      fields: { id, machine: "Chatty", step: "start", attempt: 1, amount: 5 },
+      message: "charging",
+      bindings: {},
+    });
     await engine.stop();
   });
 
@@ -717,20 +823,33 @@ describe("logger", () => {
     await engine.start();
     const { id } = await engine.insert(Chatty, { state: { fail: false } });
     await engine.wait(id, { timeout: 10_000 });
-    const records = () => chunks.join("").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const records = () =>
+      chunks
+        .join("")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
     const charging = await eventually("the step's line", () => records().find((r) => r.msg === "charging"));
     expect(charging).toMatchObject({ level: 30, id, machine: "Chatty", step: "start", attempt: 1, amount: 5 });
     // step:stop can come a moment after wait() sees the row done: wait for its line too.
-    const committed = await eventually("the engine's commit line", () => records().find((r) => r.msg === "step Chatty.start committed: done"));
+    const committed = await eventually("the engine's commit line", () =>
+      records().find((r) => r.msg === "step Chatty.start committed: done"),
+    );
     expect(committed).toMatchObject({ level: 20, id, outcome: "done" });
     await engine.stop();
   });
 
   it("rejects a logger that is not pino-style, naming what is missing", () => {
-    const make = (logger: unknown) => () => new GenDurable({ connectionString: db.url, schema: db.schema, logger: logger as never });
-    expect(make(console.log)).toThrow(/logger must be a pino-style logger with debug, info, warn and error methods, got a function/);
-    expect(make({ debug() {}, info() {}, warn() {} })).toThrow(/GenDurable: logger must have debug, info, warn and error methods \(pino-style\); error is undefined/);
-    expect(make({ debug() {}, info() {}, warn() {}, error() {}, child: "yes" })).toThrow(/logger.child must be a function \(pino-style\) or absent, got "yes"/);
+    const make = (logger: unknown) => () =>
+      new GenDurable({ connectionString: db.url, schema: db.schema, logger: logger as never });
+    expect(make(console.log)).toThrow(
+      /logger must be a pino-style logger with debug, info, warn and error methods, got a function/,
+    );
+    expect(make({ debug() {}, info() {}, warn() {} })).toThrow(
+      /GenDurable: logger must have debug, info, warn and error methods \(pino-style\); error is undefined/,
+    );
+    expect(make({ debug() {}, info() {}, warn() {}, error() {}, child: "yes" })).toThrow(
+      /logger.child must be a function \(pino-style\) or absent, got "yes"/,
+    );
   });
 });
-

@@ -22,7 +22,12 @@ const Checkout = defineMachine({
   state: order,
   steps: {
     start: (ctx) => ctx.await("paid", "ship", ctx.state, { timeout: "1d", onTimeout: "expire" }),
-    ship: (ctx) => ctx.next("followUp", { ...ctx.state, notes: [...ctx.state.notes, `paid ${JSON.stringify(ctx.awaited[0]?.payload)}`] }, { delay: "1h" }),
+    ship: (ctx) =>
+      ctx.next(
+        "followUp",
+        { ...ctx.state, notes: [...ctx.state.notes, `paid ${JSON.stringify(ctx.awaited[0]?.payload)}`] },
+        { delay: "1h" },
+      ),
     followUp: (ctx) => ctx.done({ order: ctx.state.order, notes: ctx.state.notes }),
     expire: (ctx) => ctx.cancel(`order ${ctx.state.order} was never paid`),
   },
@@ -65,11 +70,16 @@ const Misc = defineMachine({
       if (ctx.state.n === 3) return ctx.next("start", { n: "three" } as never);
       if (ctx.state.n === 4) return { next: "start" } as never;
       if (ctx.state.n === 5) return ctx.next("nowhere" as never);
-      if (ctx.state.n === 6) return ctx.next("start", undefined, { runAt: new Date("2030-01-01T00:00:00Z"), priority: -2 });
+      if (ctx.state.n === 6)
+        return ctx.next("start", undefined, { runAt: new Date("2030-01-01T00:00:00Z"), priority: -2 });
       if (ctx.state.n === 7) return ctx.await({ all: ["a", "b"] }, "start");
       throw new Error(`n=${ctx.state.n} on attempt ${ctx.attempt}`);
     },
-    slow: { timeout: 50, run: (ctx) => new Promise((_, reject) => ctx.abortSignal.addEventListener("abort", () => reject(ctx.abortSignal.reason))) },
+    slow: {
+      timeout: 50,
+      run: (ctx) =>
+        new Promise((_, reject) => ctx.abortSignal.addEventListener("abort", () => reject(ctx.abortSignal.reason))),
+    },
     facts: (ctx) =>
       ctx.done({
         id: ctx.id,
@@ -111,7 +121,13 @@ const Flaky = defineJob({
   },
 });
 
-const Pruned = defineJob({ name: "Pruned", queue: "th", args: z.object({}), retention: "1h", perform: async () => "ok" });
+const Pruned = defineJob({
+  name: "Pruned",
+  queue: "th",
+  args: z.object({}),
+  retention: "1h",
+  perform: async () => "ok",
+});
 
 let release: () => void = () => {};
 const Blocker = defineJob({
@@ -121,25 +137,56 @@ const Blocker = defineJob({
   perform: () => new Promise<string>((resolve) => (release = () => resolve("released"))),
 });
 
-const engine = db.engine({ queues: { th: 4 }, machines: [Checkout, Email, Fanout, Misc, Ledger, Flaky, Pruned, Blocker], pollInterval: "1h", reaperInterval: "1h" });
+const engine = db.engine({
+  queues: { th: 4 },
+  machines: [Checkout, Email, Fanout, Misc, Ledger, Flaky, Pruned, Blocker],
+  pollInterval: "1h",
+  reaperInterval: "1h",
+});
 await engine.start();
 
 const errorOf = (r: { type: string }) => {
   expect(r.type).toBe("error");
-  return r as { type: "error"; error: unknown; record: { message: string; name: string }; willRetry: boolean; retryDelay?: number };
+  return r as {
+    type: "error";
+    error: unknown;
+    record: { message: string; name: string };
+    willRetry: boolean;
+    retryDelay?: number;
+  };
 };
 
 describe("runStep", () => {
   it("returns next with the validated new state and the delay in ms", async () => {
-    const result = await runStep(Checkout, "ship", { state: { order: 1 }, awaited: [{ event: "paid", payload: { amount: 5 } }] });
-    expect(result).toStrictEqual({ type: "next", step: "followUp", state: { order: 1, notes: ['paid {"amount":5}'] }, delay: 3_600_000 });
+    const result = await runStep(Checkout, "ship", {
+      state: { order: 1 },
+      awaited: [{ event: "paid", payload: { amount: 5 } }],
+    });
+    expect(result).toStrictEqual({
+      type: "next",
+      step: "followUp",
+      state: { order: 1, notes: ['paid {"amount":5}'] },
+      delay: 3_600_000,
+    });
   });
 
   it("returns await with the spec as written and the timeout in ms; the input state goes through the schema", async () => {
     const result = await runStep(Checkout, "start", { state: { order: 2 } });
     // notes comes from the schema's default: the step saw the validated state, as the engine would give it.
-    expect(result).toStrictEqual({ type: "await", spec: "paid", step: "ship", state: { order: 2, notes: [] }, timeout: 86_400_000, onTimeout: "expire" });
-    expect(await runStep(Misc, "start", { state: { n: 7 } })).toStrictEqual({ type: "await", spec: { all: ["a", "b"] }, step: "start", state: { n: 7 } });
+    expect(result).toStrictEqual({
+      type: "await",
+      spec: "paid",
+      step: "ship",
+      state: { order: 2, notes: [] },
+      timeout: 86_400_000,
+      onTimeout: "expire",
+    });
+    expect(await runStep(Misc, "start", { state: { n: 7 } })).toStrictEqual({
+      type: "await",
+      spec: { all: ["a", "b"] },
+      step: "start",
+      state: { n: 7 },
+    });
   });
 
   it("returns spawn with every child validated as the engine would insert it", async () => {
@@ -160,7 +207,10 @@ describe("runStep", () => {
       { machine: Email, status: "done" as const, result: { sent: "a" } },
       { machine: "Checkout", status: "cancelled" as const, error: new Error("never paid") },
     ];
-    expect(await runStep(Fanout, "join", { state: { n: 1 }, children })).toStrictEqual({ type: "done", result: ["Email:done", "Checkout:cancelled"] });
+    expect(await runStep(Fanout, "join", { state: { n: 1 }, children })).toStrictEqual({
+      type: "done",
+      result: ["Email:done", "Checkout:cancelled"],
+    });
   });
 
   it("passes the context facts through", async () => {
@@ -181,17 +231,30 @@ describe("runStep", () => {
         attempt: 3,
         key: "order:42",
         at: insertedAt.toISOString(),
-        awaited: [{ id: "1", event: "paid", payload: { at: "1970-01-01T00:00:00.000Z" }, insertedAt: insertedAt.toISOString() }],
-        children: [{ id: "43", machine: "Email", status: "failed", result: null, error: { name: "Error", message: "bounced" } }],
+        awaited: [
+          { id: "1", event: "paid", payload: { at: "1970-01-01T00:00:00.000Z" }, insertedAt: insertedAt.toISOString() },
+        ],
+        children: [
+          { id: "43", machine: "Email", status: "failed", result: null, error: { name: "Error", message: "bounced" } },
+        ],
       },
     });
   });
 
   it("returns a job's return value as done, and snooze, cancel and next with runAt and priority", async () => {
-    expect(await runStep(Email, "perform", { args: { to: "b@example.com" } })).toStrictEqual({ type: "done", result: { sent: "b@example.com" } });
+    expect(await runStep(Email, "perform", { args: { to: "b@example.com" } })).toStrictEqual({
+      type: "done",
+      result: { sent: "b@example.com" },
+    });
     expect(await runStep(Misc, "start", { state: { n: 1 } })).toStrictEqual({ type: "snooze", delay: 30_000 });
-    expect(await runStep(Misc, "start", { state: { n: 2 } })).toStrictEqual({ type: "cancel", reason: 'cancelled by step "start" of machine "Misc"' });
-    expect(await runStep(Checkout, "expire", { state: { order: 9 } })).toStrictEqual({ type: "cancel", reason: "order 9 was never paid" });
+    expect(await runStep(Misc, "start", { state: { n: 2 } })).toStrictEqual({
+      type: "cancel",
+      reason: 'cancelled by step "start" of machine "Misc"',
+    });
+    expect(await runStep(Checkout, "expire", { state: { order: 9 } })).toStrictEqual({
+      type: "cancel",
+      reason: "order 9 was never paid",
+    });
     expect(await runStep(Misc, "start", { state: { n: 6 } })).toStrictEqual({
       type: "next",
       step: "start",
@@ -204,7 +267,11 @@ describe("runStep", () => {
   it("returns a thrown error with the record, whether it will be retried, and the backoff", async () => {
     const first = errorOf(await runStep(Misc, "start", { state: { n: 0 } }));
     expect(first.error).toBeInstanceOf(Error);
-    expect(first).toMatchObject({ record: { name: "Error", message: "n=0 on attempt 1" }, willRetry: true, retryDelay: 600_000 });
+    expect(first).toMatchObject({
+      record: { name: "Error", message: "n=0 on attempt 1" },
+      willRetry: true,
+      retryDelay: 600_000,
+    });
     const last = errorOf(await runStep(Misc, "start", { state: { n: 0 }, attempt: 3 }));
     expect(last.willRetry).toBe(false);
     expect(last).not.toHaveProperty("retryDelay");
@@ -229,14 +296,19 @@ describe("runStep", () => {
       expect(ours).toEqual(theirs);
       expect(ours).toHaveProperty("message");
     }
-    expect(errorOf(await runStep(Misc, "start", { state: { n: 3 } })).record.message).toMatch(/^the new state from step "start" of machine "Misc" is invalid: n: /);
+    expect(errorOf(await runStep(Misc, "start", { state: { n: 3 } })).record.message).toMatch(
+      /^the new state from step "start" of machine "Misc" is invalid: n: /,
+    );
   });
 
   it("runs a transactional step in the caller's transaction; a failed attempt's writes are rolled back", async () => {
     const client = await db.pool.connect();
     try {
       await client.query("begin");
-      expect(await runStep(Ledger, "start", { state: { note: "kept", fail: false }, client })).toStrictEqual({ type: "done", result: { wrote: "kept" } });
+      expect(await runStep(Ledger, "start", { state: { note: "kept", fail: false }, client })).toStrictEqual({
+        type: "done",
+        result: { wrote: "kept" },
+      });
       const failed = errorOf(await runStep(Ledger, "start", { state: { note: "dropped", fail: true }, client }));
       expect(failed.record.message).toBe("after the write");
       // The transaction is still usable, and holds the successful attempt's write only.
@@ -264,24 +336,63 @@ describe("runStep", () => {
 
   it("rejects bad input with an error naming what was wrong", async () => {
     const bad = async (call: () => Promise<unknown>, message: RegExp) => {
-      const error = await call().then(() => null, (e: unknown) => e);
+      const error = await call().then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(error).toBeInstanceOf(ValidationError);
       expect((error as Error).message).toMatch(message);
     };
-    await bad(() => runStep({} as never, "start" as never, { state: {} } as never), /first argument must be a machine from defineMachine or defineJob/);
-    await bad(() => runStep(Checkout, "shipp" as never, { state: { order: 1 } }), /machine "Checkout" has no step "shipp" \(did you mean "ship"\?\); its steps: start, ship, followUp, expire/);
-    await bad(() => runStep(Checkout, "ship", { state: { order: 1 }, atempt: 2 } as never), /unknown option "atempt" \(did you mean "attempt"\?\)/);
-    await bad(() => runStep(Checkout, "ship", { state: { order: "one" } } as never), /^runStep: state of Checkout is invalid: order: /);
-    await bad(() => runStep(Email, "perform", { state: { to: "x" } } as never), /Email is a job: pass \{ args \}, not \{ state \}/);
-    await bad(() => runStep(Checkout, "ship", { args: { order: 1 } } as never), /Checkout is a machine: pass \{ state \}, not \{ args \}/);
-    await bad(() => runStep(Misc, "start", { state: { n: 0 }, attempt: 4 }), /attempt must be an integer from 1 to the step's maxAttempts \(3\), got 4/);
-    await bad(() => runStep(Fanout, "join", { state: { n: 1 }, children: [{ machine: Email, status: "running" as never }] }), /children\[0\]\.status must be "done", "failed" or "cancelled"/);
-    await bad(() => runStep(Checkout, "ship", { state: { order: 1 }, awaited: [{ event: "" }] }), /awaited\[0\]\.event must be a non-empty string/);
-    await bad(() => runStep(Checkout, "ship", { state: { order: 1 }, awaited: [{ event: "paid", payload: () => 1 }] }), /awaited\[0\]\.payload/);
+    await bad(
+      () => runStep({} as never, "start" as never, { state: {} } as never),
+      /first argument must be a machine from defineMachine or defineJob/,
+    );
+    await bad(
+      () => runStep(Checkout, "shipp" as never, { state: { order: 1 } }),
+      /machine "Checkout" has no step "shipp" \(did you mean "ship"\?\); its steps: start, ship, followUp, expire/,
+    );
+    await bad(
+      () => runStep(Checkout, "ship", { state: { order: 1 }, atempt: 2 } as never),
+      /unknown option "atempt" \(did you mean "attempt"\?\)/,
+    );
+    await bad(
+      () => runStep(Checkout, "ship", { state: { order: "one" } } as never),
+      /^runStep: state of Checkout is invalid: order: /,
+    );
+    await bad(
+      () => runStep(Email, "perform", { state: { to: "x" } } as never),
+      /Email is a job: pass \{ args \}, not \{ state \}/,
+    );
+    await bad(
+      () => runStep(Checkout, "ship", { args: { order: 1 } } as never),
+      /Checkout is a machine: pass \{ state \}, not \{ args \}/,
+    );
+    await bad(
+      () => runStep(Misc, "start", { state: { n: 0 }, attempt: 4 }),
+      /attempt must be an integer from 1 to the step's maxAttempts \(3\), got 4/,
+    );
+    await bad(
+      () => runStep(Fanout, "join", { state: { n: 1 }, children: [{ machine: Email, status: "running" as never }] }),
+      /children\[0\]\.status must be "done", "failed" or "cancelled"/,
+    );
+    await bad(
+      () => runStep(Checkout, "ship", { state: { order: 1 }, awaited: [{ event: "" }] }),
+      /awaited\[0\]\.event must be a non-empty string/,
+    );
+    await bad(
+      () => runStep(Checkout, "ship", { state: { order: 1 }, awaited: [{ event: "paid", payload: () => 1 }] }),
+      /awaited\[0\]\.payload/,
+    );
     const client = await db.pool.connect();
     try {
-      await bad(() => runStep(Checkout, "ship", { state: { order: 1 }, client }), /step "ship" of machine "Checkout" is not transactional/);
-      await bad(() => runStep(Ledger, "start", { state: { note: "x", fail: false }, client }), /client must be inside a transaction/);
+      await bad(
+        () => runStep(Checkout, "ship", { state: { order: 1 }, client }),
+        /step "ship" of machine "Checkout" is not transactional/,
+      );
+      await bad(
+        () => runStep(Ledger, "start", { state: { note: "x", fail: false }, client }),
+        /client must be inside a transaction/,
+      );
     } finally {
       client.release();
     }
@@ -311,7 +422,10 @@ describe("drain", () => {
     const waiting = await engine.get(id);
     expect(waiting).toMatchObject({ status: "runnable", step: "followUp" });
     // Due in an hour, by the database clock.
-    const { rows } = await db.pool.query(`select extract(epoch from run_at - now()) as s from ${db.schema}.instances where id = $1`, [id]);
+    const { rows } = await db.pool.query(
+      `select extract(epoch from run_at - now()) as s from ${db.schema}.instances where id = $1`,
+      [id],
+    );
     expect(Number(rows[0].s)).toBeGreaterThan(3500);
     await advanceTime(engine, "59m");
     expect((await drain(engine)).steps).toBe(0);
@@ -329,7 +443,11 @@ describe("drain", () => {
     expect((await engine.get(id))?.status).toBe("awaiting");
     await advanceTime(engine, "1h");
     expect(await drain(engine)).toMatchObject({ steps: 1, cancelled: 1 });
-    expect(await engine.get(id)).toMatchObject({ status: "cancelled", step: "expire", error: { message: "order 11 was never paid" } });
+    expect(await engine.get(id)).toMatchObject({
+      status: "cancelled",
+      step: "expire",
+      error: { message: "order 11 was never paid" },
+    });
     expect((await engine.history(id)).map((h) => h.outcome)).toEqual(["await", "timeout", "cancelled"]);
   });
 
@@ -360,12 +478,18 @@ describe("drain", () => {
     expect((await drain(engine)).steps).toBe(0);
     await advanceTime(engine, "31s");
     expect(await drain(engine)).toMatchObject({ steps: 1, done: 1 });
-    expect((await engine.history(id)).map((h) => [h.outcome, h.attempt])).toEqual([["lease_expired", 1], ["done", 2]]);
+    expect((await engine.history(id)).map((h) => [h.outcome, h.attempt])).toEqual([
+      ["lease_expired", 1],
+      ["done", 2],
+    ]);
   });
 
   it("lets the reaper expire inbox signals and the GC prune past retention", async () => {
     await engine.signal("nobody:yet", "hello", null, { ifMissing: "keep" });
-    const inbox = () => db.pool.query(`select count(*)::int as n from ${db.schema}.signals where correlation_key = 'nobody:yet'`).then((r) => r.rows[0].n);
+    const inbox = () =>
+      db.pool
+        .query(`select count(*)::int as n from ${db.schema}.signals where correlation_key = 'nobody:yet'`)
+        .then((r) => r.rows[0].n);
     expect(await inbox()).toBe(1);
     await advanceTime(engine, "1d");
     await drain(engine);
@@ -384,7 +508,10 @@ describe("drain", () => {
 
   it("rejects with what is still pending when the engine does not get idle in time", async () => {
     const { id } = await engine.insert(Blocker, { args: {} });
-    const error = await drain(engine, { timeout: 300 }).then(() => null, (e: unknown) => e);
+    const error = await drain(engine, { timeout: 300 }).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(DrainTimeoutError);
     expect((error as Error).message).toMatch(/^drain: not idle after 300 ms: .*1 steps still running on this engine/);
     release();
@@ -393,12 +520,18 @@ describe("drain", () => {
   });
 
   it("rejects bad input", async () => {
-    await expect(drain({} as never)).rejects.toThrow(/drain: the first argument must be a GenDurable engine, got an object/);
-    await expect(drain(engine, { timout: 5 } as never)).rejects.toThrow(/unknown option "timout" \(did you mean "timeout"\?\)/);
+    await expect(drain({} as never)).rejects.toThrow(
+      /drain: the first argument must be a GenDurable engine, got an object/,
+    );
+    await expect(drain(engine, { timout: 5 } as never)).rejects.toThrow(
+      /unknown option "timout" \(did you mean "timeout"\?\)/,
+    );
     await expect(drain(engine, { timeout: "soon" })).rejects.toThrow(/drain: timeout must be a duration/);
     const client = db.engine({ machines: [Email] });
     await client.start();
-    await expect(drain(client)).rejects.toThrow(/drain: the engine is not running: start\(\) it, with queues and machines/);
+    await expect(drain(client)).rejects.toThrow(
+      /drain: the engine is not running: start\(\) it, with queues and machines/,
+    );
   });
 });
 
@@ -423,7 +556,9 @@ describe("advanceTime", () => {
     // Recomputed by its trigger from the shifted instance, not shifted a second time.
     expect(after.key_run_at.getTime()).toBe(after.run_at.getTime());
 
-    await db.pool.query(`update ${db.schema}.instances set status = 'awaiting', run_at = 'infinity' where id = $1`, [id]);
+    await db.pool.query(`update ${db.schema}.instances set status = 'awaiting', run_at = 'infinity' where id = $1`, [
+      id,
+    ]);
     await advanceTime({ pool: db.pool, schema: db.schema }, "1d");
     const { rows } = await db.pool.query(`select run_at::text from ${db.schema}.instances where id = $1`, [id]);
     expect(rows[0].run_at).toBe("infinity");
@@ -435,7 +570,10 @@ describe("advanceTime", () => {
       `insert into ${db.schema}.cron_ticks (name, tick_at, instance_id)
        select 'every-minute', date_trunc('minute', now()) - g * interval '1 minute', g from generate_series(0, 4) g`,
     );
-    const read = () => db.pool.query(`select tick_at from ${db.schema}.cron_ticks where name = 'every-minute' order by tick_at`).then((r) => r.rows.map((x) => (x.tick_at as Date).getTime()));
+    const read = () =>
+      db.pool
+        .query(`select tick_at from ${db.schema}.cron_ticks where name = 'every-minute' order by tick_at`)
+        .then((r) => r.rows.map((x) => (x.tick_at as Date).getTime()));
     const before = await read();
     await advanceTime(engine, "1m");
     expect(await read()).toEqual(before.map((t) => t - 60_000));
@@ -447,7 +585,10 @@ describe("advanceTime", () => {
        where table_schema = $1 and data_type in ('timestamp with time zone', 'timestamp without time zone', 'date')`,
       [db.schema],
     );
-    const listed = [...SHIFTED.flatMap((t) => t.columns.map((c) => `${t.table}.${c}`)), ...NOT_SHIFTED.map((n) => `${n.table}.${n.column}`)];
+    const listed = [
+      ...SHIFTED.flatMap((t) => t.columns.map((c) => `${t.table}.${c}`)),
+      ...NOT_SHIFTED.map((n) => `${n.table}.${n.column}`),
+    ];
     // A new time column must be shifted (or deliberately not): add it to SHIFTED or NOT_SHIFTED in src/testing/time.ts.
     expect(rows.map((r) => `${r.table}.${r.column}`).sort()).toEqual([...listed].sort());
   });
@@ -455,19 +596,32 @@ describe("advanceTime", () => {
   it("rejects bad input", async () => {
     await expect(advanceTime(engine, -5)).rejects.toThrow(/advanceTime: duration must be a duration/);
     await expect(advanceTime(engine, "tomorrow")).rejects.toThrow(/advanceTime: duration must be a duration/);
-    await expect(advanceTime({} as never, "1m")).rejects.toThrow(/advanceTime: target must be a GenDurable engine or \{ pool, schema\? \}, got an object/);
-    await expect(advanceTime({ pool: db.pool, shema: "x" } as never, "1m")).rejects.toThrow(/unknown option "shema" \(did you mean "schema"\?\)/);
-    await expect(advanceTime({ pool: db.pool, schema: "Bad Name" }, "1m")).rejects.toThrow(/advanceTime: schema must match/);
-    await expect(advanceTime({ pool: db.pool, schema: `${db.schema}_none` }, "1m")).rejects.toThrow(/has no gen-durable tables; is it migrated\?/);
+    await expect(advanceTime({} as never, "1m")).rejects.toThrow(
+      /advanceTime: target must be a GenDurable engine or \{ pool, schema\? \}, got an object/,
+    );
+    await expect(advanceTime({ pool: db.pool, shema: "x" } as never, "1m")).rejects.toThrow(
+      /unknown option "shema" \(did you mean "schema"\?\)/,
+    );
+    await expect(advanceTime({ pool: db.pool, schema: "Bad Name" }, "1m")).rejects.toThrow(
+      /advanceTime: schema must match/,
+    );
+    await expect(advanceTime({ pool: db.pool, schema: `${db.schema}_none` }, "1m")).rejects.toThrow(
+      /has no gen-durable tables; is it migrated\?/,
+    );
   });
 });
 
 describe("packaging", () => {
   it("exports gen-durable/testing from the build of src/testing", () => {
     const root = join(import.meta.dirname, "..", "..");
-    const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { exports: Record<string, { types: string; import: string }> };
+    const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+      exports: Record<string, { types: string; import: string }>;
+    };
     expect(pkg.exports["./testing"]).toEqual({ types: "./dist/testing/index.d.ts", import: "./dist/testing/index.js" });
-    const build = JSON.parse(readFileSync(join(root, "tsconfig.build.json"), "utf8")) as { include: string[]; compilerOptions: { rootDir: string; outDir: string } };
+    const build = JSON.parse(readFileSync(join(root, "tsconfig.build.json"), "utf8")) as {
+      include: string[];
+      compilerOptions: { rootDir: string; outDir: string };
+    };
     // rootDir src -> outDir dist: src/testing/index.ts is emitted as dist/testing/index.js.
     expect(build.compilerOptions).toMatchObject({ rootDir: "src", outDir: "dist" });
     expect(build.include).toContain("src");

@@ -9,7 +9,12 @@ import { useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 
-const Leaf = defineJob({ name: "TxJoinLeaf", queue: "txjoin", args: z.object({ n: z.number() }), perform: async (args) => args.n });
+const Leaf = defineJob({
+  name: "TxJoinLeaf",
+  queue: "txjoin",
+  args: z.object({ n: z.number() }),
+  perform: async (args) => args.n,
+});
 const Parent = defineMachine({
   name: "TxJoinParent",
   queue: "txjoin",
@@ -30,7 +35,9 @@ describe("transactional join steps", () => {
   it("load ctx.children on their own transaction, so a pool of one connection does not wedge", async () => {
     const worker = db.engine({ queues: { txjoin: 4 }, machines: [Parent, Leaf], poolSize: 1 });
     await worker.start();
-    const ids = (await worker.insertMany([1, 2, 3, 4].map((n) => ({ machine: Parent, state: { n } })))).map((r) => r.id);
+    const ids = (await worker.insertMany([1, 2, 3, 4].map((n) => ({ machine: Parent, state: { n } })))).map(
+      (r) => r.id,
+    );
     const done = await Promise.all(ids.map((id) => worker.wait(id, { timeout: 15_000 })));
     expect(done.map((i) => i.result)).toEqual([[1], [2], [3], [4]]);
   });

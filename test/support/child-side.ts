@@ -25,7 +25,9 @@ export function childSide(): {
     void send({ type: "fatal", kind: "unhandledRejection", error: String((error as Error)?.stack ?? error) });
   });
   process.on("uncaughtException", (error) => {
-    void send({ type: "fatal", kind: "uncaughtException", error: String(error?.stack ?? error) }).then(() => process.exit(70));
+    void send({ type: "fatal", kind: "uncaughtException", error: String(error?.stack ?? error) }).then(() =>
+      process.exit(70),
+    );
   });
   const received: ChildMessage[] = [];
   const waiters = new Set<() => void>();

@@ -21,7 +21,8 @@ export function spawnCli(args: string[], env: Record<string, string> = {}): Prom
       process.execPath,
       ["--import", "tsx", "src/cli/main.ts", ...args],
       { cwd: root, env: { ...base, ...env }, timeout: 150_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
+      (error, stdout, stderr) =>
+        resolve({ code: error ? (typeof error.code === "number" ? error.code : null) : 0, stdout, stderr }),
     );
   });
 }
@@ -30,6 +31,10 @@ export function spawnCli(args: string[], env: Record<string, string> = {}): Prom
 export async function cliInProcess(args: string[], env: Record<string, string> = {}): Promise<Run> {
   let stdout = "";
   let stderr = "";
-  const code = await runCli(args, COMMANDS, { out: (line) => (stdout += line + "\n"), err: (line) => (stderr += line + "\n"), env });
+  const code = await runCli(args, COMMANDS, {
+    out: (line) => (stdout += line + "\n"),
+    err: (line) => (stderr += line + "\n"),
+    env,
+  });
   return { code, stdout, stderr };
 }

@@ -41,7 +41,11 @@ export async function useTestDatabase(file: string): Promise<TestDatabase> {
 }
 
 /** Waits for `check` to return a truthy value, polling until `timeoutMs`; fails with `what` on timeout. */
-export async function eventually<T>(what: string, check: () => Promise<T> | T, timeoutMs = 20_000): Promise<Exclude<T, null | undefined | false | 0 | "">> {
+export async function eventually<T>(
+  what: string,
+  check: () => Promise<T> | T,
+  timeoutMs = 20_000,
+): Promise<Exclude<T, null | undefined | false | 0 | "">> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
@@ -51,7 +55,8 @@ export async function eventually<T>(what: string, check: () => Promise<T> | T, t
     } catch (error) {
       last = error;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
     await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
@@ -61,7 +66,9 @@ export async function eventually<T>(what: string, check: () => Promise<T> | T, t
  * server-wide counters such as pg_stat_database.deadlocks, the `public` schema, whole-database
  * settings. `drop` removes it, closing whatever is still connected.
  */
-export async function createDatabase(prefix: string): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
+export async function createDatabase(
+  prefix: string,
+): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
   const server = databaseUrl();
   const name = `${prefix}_${randomBytes(4).toString("hex")}`.slice(0, 63);
   const admin = async (sql: string) => {

@@ -28,8 +28,17 @@ async function lockWaiters(pool: pg.Pool, fragments: string[]): Promise<number[]
 }
 
 /** Waits until a statement containing every one of `fragments` waits for a lock. */
-export async function waitForLockWait(pool: pg.Pool, what: string, fragments: string[], timeoutMs = 15_000): Promise<void> {
-  await eventually(`${what} to wait for a lock`, async () => (await lockWaiters(pool, fragments)).length > 0, timeoutMs);
+export async function waitForLockWait(
+  pool: pg.Pool,
+  what: string,
+  fragments: string[],
+  timeoutMs = 15_000,
+): Promise<void> {
+  await eventually(
+    `${what} to wait for a lock`,
+    async () => (await lockWaiters(pool, fragments)).length > 0,
+    timeoutMs,
+  );
 }
 
 /**
@@ -37,13 +46,23 @@ export async function waitForLockWait(pool: pg.Pool, what: string, fragments: st
  * for a lock, whichever comes first (the code before a fix may not block
  * where the fixed code does). Says which.
  */
-export async function blockedOrSettled(pool: pg.Pool, what: string, promise: Promise<unknown>, fragments: string[], timeoutMs = 15_000): Promise<"blocked" | "settled"> {
+export async function blockedOrSettled(
+  pool: pg.Pool,
+  what: string,
+  promise: Promise<unknown>,
+  fragments: string[],
+  timeoutMs = 15_000,
+): Promise<"blocked" | "settled"> {
   let settled = false;
   promise.then(
     () => (settled = true),
     () => (settled = true),
   );
-  return eventually(`${what} to block or settle`, async () => (settled ? "settled" : (await lockWaiters(pool, fragments)).length > 0 ? "blocked" : null), timeoutMs);
+  return eventually(
+    `${what} to block or settle`,
+    async () => (settled ? "settled" : (await lockWaiters(pool, fragments)).length > 0 ? "blocked" : null),
+    timeoutMs,
+  );
 }
 
 /** `promise`'s outcome as a value: { ok, value } or { ok: false, error }. */

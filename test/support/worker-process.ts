@@ -64,7 +64,16 @@ function bundled(source: string): string {
   const dir = join(repoRoot, "node_modules", ".cache", "gen-durable-chaos");
   mkdirSync(dir, { recursive: true });
   out = join(dir, `${basename(source, ".ts")}-${process.pid}-${bundles.size}.mjs`);
-  buildSync({ entryPoints: [source], outfile: out, bundle: true, platform: "node", format: "esm", packages: "external", target: "node20", logLevel: "error" });
+  buildSync({
+    entryPoints: [source],
+    outfile: out,
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    packages: "external",
+    target: "node20",
+    logLevel: "error",
+  });
   bundles.set(source, out);
   return out;
 }
@@ -75,7 +84,10 @@ function removeBundles(): void {
 }
 
 /** Forks `script` (a .ts file, e.g. `new URL("./fixtures/worker.ts", import.meta.url)`); see the file comment for how. */
-export function forkChild(script: URL | string, options: { name: string; env?: Record<string, string>; args?: string[] }): Child {
+export function forkChild(
+  script: URL | string,
+  options: { name: string; env?: Record<string, string>; args?: string[] },
+): Child {
   installExitHook();
   const source = typeof script === "string" ? script : fileURLToPath(script);
   const useTsx = process.env.GD_CHILD_LOADER === "tsx";
@@ -136,12 +148,20 @@ export function forkChild(script: URL | string, options: { name: string; env?: R
             resolve(found);
           } else if (hasExited) {
             finish();
-            reject(new Error(`${options.name} (pid ${child.pid}) exited before sending "${type}"; output:\n${output.slice(-4000)}`));
+            reject(
+              new Error(
+                `${options.name} (pid ${child.pid}) exited before sending "${type}"; output:\n${output.slice(-4000)}`,
+              ),
+            );
           }
         };
         const timer = setTimeout(() => {
           finish();
-          reject(new Error(`${options.name} (pid ${child.pid}) sent no "${type}" within ${timeoutMs} ms; output:\n${output.slice(-4000)}`));
+          reject(
+            new Error(
+              `${options.name} (pid ${child.pid}) sent no "${type}" within ${timeoutMs} ms; output:\n${output.slice(-4000)}`,
+            ),
+          );
         }, timeoutMs);
         const finish = () => {
           clearTimeout(timer);
@@ -185,7 +205,13 @@ export function useChildren(): void {
  */
 export class Fleet {
   readonly slots: Array<Child | undefined> = [];
-  readonly exits: Array<{ slot: number; pid: number; code: number | null; signal: NodeJS.Signals | null; killedByUs: boolean }> = [];
+  readonly exits: Array<{
+    slot: number;
+    pid: number;
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    killedByUs: boolean;
+  }> = [];
   readonly fatal: ChildMessage[] = [];
   /** Every message from every worker generation, tagged with the worker's name. */
   readonly received: ChildMessage[] = [];
@@ -226,7 +252,9 @@ export class Fleet {
 
   /** Workers that are up and have said "ready". */
   ready(): Child[] {
-    return this.slots.filter((c): c is Child => c !== undefined && c.alive() && c.messages.some((m) => m.type === "ready"));
+    return this.slots.filter(
+      (c): c is Child => c !== undefined && c.alive() && c.messages.some((m) => m.type === "ready"),
+    );
   }
 
   /** SIGKILLs `child` (it is respawned if `respawn` is on); resolves once it is dead. */
@@ -239,7 +267,9 @@ export class Fleet {
   /** Stops respawning and kills everything. */
   async stop(): Promise<void> {
     this.stopping = true;
-    await Promise.all(this.slots.filter((c): c is Child => c !== undefined).map((c) => (c.alive() ? this.kill(c) : c.exited)));
+    await Promise.all(
+      this.slots.filter((c): c is Child => c !== undefined).map((c) => (c.alive() ? this.kill(c) : c.exited)),
+    );
   }
 
   /** All output of the current workers, for a failure message. */

@@ -35,12 +35,23 @@ describe("engine options", () => {
     expect(config.schema).toBe(DEFAULTS.schema);
     for (const [key, spec] of Object.entries(OPTIONS)) {
       if (spec.kind === "duration") {
-        if (spec.min > 0) expect(() => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.min - 1 }), key).toThrowError(`${key} must be at least`);
+        if (spec.min > 0)
+          expect(
+            () => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.min - 1 }),
+            key,
+          ).toThrowError(`${key} must be at least`);
         const max = "max" in spec ? spec.max : undefined;
-        if (max) expect(() => resolveConfig({ connectionString: "postgres://localhost/x", [key]: max.ms + 1 }), key).toThrowError(`${key} must be at most`);
+        if (max)
+          expect(
+            () => resolveConfig({ connectionString: "postgres://localhost/x", [key]: max.ms + 1 }),
+            key,
+          ).toThrowError(`${key} must be at most`);
       }
       if (spec.kind === "integer") {
-        expect(() => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.max + 1 }), key).toThrowError(`${key} must be an integer from 1 to ${spec.max}`);
+        expect(
+          () => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.max + 1 }),
+          key,
+        ).toThrowError(`${key} must be an integer from 1 to ${spec.max}`);
       }
     }
   });

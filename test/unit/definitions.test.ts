@@ -11,40 +11,53 @@ const state = z.object({ n: z.number() });
 describe("defineMachine", () => {
   it("accepts zod and valibot schemas", () => {
     expect(defineMachine({ name: "Z", state, steps: { start: (ctx) => ctx.done() } }).name).toBe("Z");
-    expect(defineMachine({ name: "V", state: v.object({ n: v.number() }), steps: { start: (ctx) => ctx.done(ctx.state.n) } }).name).toBe("V");
+    expect(
+      defineMachine({ name: "V", state: v.object({ n: v.number() }), steps: { start: (ctx) => ctx.done(ctx.state.n) } })
+        .name,
+    ).toBe("V");
   });
 
   it("rejects an unknown option and suggests the right one", () => {
-    expect(() => defineMachine({ name: "M", state, steps: { start: () => null }, maxAtempts: 3 } as never)).toThrowError(
-      /unknown option "maxAtempts" \(did you mean "maxAttempts"\?\)/,
-    );
+    expect(() =>
+      defineMachine({ name: "M", state, steps: { start: () => null }, maxAtempts: 3 } as never),
+    ).toThrowError(/unknown option "maxAtempts" \(did you mean "maxAttempts"\?\)/);
   });
 
   it("rejects an initial step that does not exist", () => {
-    expect(() => defineMachine({ name: "M", state, initial: "strat" as never, steps: { start: (ctx) => ctx.done() } })).toThrowError(
-      /initial step "strat" is not one of its steps \(start\) \(did you mean "start"\?\)/,
+    expect(() =>
+      defineMachine({ name: "M", state, initial: "strat" as never, steps: { start: (ctx) => ctx.done() } }),
+    ).toThrowError(/initial step "strat" is not one of its steps \(start\) \(did you mean "start"\?\)/);
+    expect(() => defineMachine({ name: "M", state, steps: { begin: (ctx) => ctx.done() } })).toThrowError(
+      /initial step "start"/,
     );
-    expect(() => defineMachine({ name: "M", state, steps: { begin: (ctx) => ctx.done() } })).toThrowError(/initial step "start"/);
   });
 
   it("rejects a state that is not a Standard Schema", () => {
-    expect(() => defineMachine({ name: "M", state: { n: 1 } as never, steps: { start: (ctx) => ctx.done() } })).toThrowError(
-      /state must be a Standard Schema/,
-    );
+    expect(() =>
+      defineMachine({ name: "M", state: { n: 1 } as never, steps: { start: (ctx) => ctx.done() } }),
+    ).toThrowError(/state must be a Standard Schema/);
   });
 
   it("rejects bad step definitions and step options", () => {
-    expect(() => defineMachine({ name: "M", state, steps: { start: 5 as never } as never })).toThrowError(/steps\.start must be a function/);
-    expect(() => defineMachine({ name: "M", state, steps: { start: { run: () => null, timout: "1s" } as never } })).toThrowError(
-      /unknown option "timout" \(did you mean "timeout"\?\)/,
+    expect(() => defineMachine({ name: "M", state, steps: { start: 5 as never } as never })).toThrowError(
+      /steps\.start must be a function/,
     );
-    expect(() => defineMachine({ name: "M", state, steps: { start: { run: (ctx) => ctx.done(), timeout: "soon" } } })).toThrowError(/timeout must be a duration/);
-    expect(() => defineMachine({ name: "M", state, steps: { start: { run: (ctx) => ctx.done(), maxAttempts: 0 } } })).toThrowError(/maxAttempts must be an integer from 1/);
+    expect(() =>
+      defineMachine({ name: "M", state, steps: { start: { run: () => null, timout: "1s" } as never } }),
+    ).toThrowError(/unknown option "timout" \(did you mean "timeout"\?\)/);
+    expect(() =>
+      defineMachine({ name: "M", state, steps: { start: { run: (ctx) => ctx.done(), timeout: "soon" } } }),
+    ).toThrowError(/timeout must be a duration/);
+    expect(() =>
+      defineMachine({ name: "M", state, steps: { start: { run: (ctx) => ctx.done(), maxAttempts: 0 } } }),
+    ).toThrowError(/maxAttempts must be an integer from 1/);
   });
 
   it("rejects bad names", () => {
     expect(() => defineMachine({ name: "", state, steps: { start: (ctx) => ctx.done() } })).toThrowError(ConfigError);
-    expect(() => defineMachine({ name: "M", queue: " q", state, steps: { start: (ctx) => ctx.done() } })).toThrowError(/queue must be/);
+    expect(() => defineMachine({ name: "M", queue: " q", state, steps: { start: (ctx) => ctx.done() } })).toThrowError(
+      /queue must be/,
+    );
   });
 });
 
@@ -68,8 +81,14 @@ describe("engine options", () => {
     [{ connectionString: url, schema: "Bad-Name" }, /schema must match/],
     [{ connectionString: url, schema: "x; drop table y" }, /schema must match/],
     [{ connectionString: url, queues: { q: 0 } }, /queues\.q must be a concurrency from 1 to 10000/],
-    [{ connectionString: url, queues: { q: { concurency: 2 } } }, /unknown option "concurency" \(did you mean "concurrency"\?\)/],
-    [{ connectionString: url, queues: { other: 1 }, machines: [M] }, /machine "M" runs on queue "q", which is not in queues \(other\)/],
+    [
+      { connectionString: url, queues: { q: { concurency: 2 } } },
+      /unknown option "concurency" \(did you mean "concurrency"\?\)/,
+    ],
+    [
+      { connectionString: url, queues: { other: 1 }, machines: [M] },
+      /machine "M" runs on queue "q", which is not in queues \(other\)/,
+    ],
     [{ connectionString: url, leaseDuration: "forever" }, /leaseDuration must be a duration/],
     [{ connectionString: url, leaseDuration: 10 }, /leaseDuration must be at least 1000 ms/],
     [{ connectionString: url, machines: [{}] }, /machines\[0\] is an object, not a defineMachine\/defineJob result/],
@@ -102,7 +121,9 @@ describe("durations and backoff", () => {
     }
     expect(resolveBackoff({ type: "fixed", delay: "3s" }, "b")(7)).toBe(3000);
     expect(resolveBackoff((n) => n * 10, "b")(4)).toBe(40);
-    expect(() => resolveBackoff({ type: "linear" } as never, "b")).toThrowError(/backoff.type must be "exponential" or "fixed"/);
+    expect(() => resolveBackoff({ type: "linear" } as never, "b")).toThrowError(
+      /backoff.type must be "exponential" or "fixed"/,
+    );
   });
 });
 

@@ -6,7 +6,9 @@ const MAX = 1024 * 1024;
 
 describe("encodeJson", () => {
   it("accepts plain JSON and returns its text", () => {
-    expect(encodeJson({ a: [1, "x", null, true], b: { c: 1.5 } }, "state", MAX)).toBe('{"a":[1,"x",null,true],"b":{"c":1.5}}');
+    expect(encodeJson({ a: [1, "x", null, true], b: { c: 1.5 } }, "state", MAX)).toBe(
+      '{"a":[1,"x",null,true],"b":{"c":1.5}}',
+    );
     expect(encodeJson({ __proto__: null, constructor: 1 } as unknown, "state", MAX)).toBe('{"constructor":1}');
   });
 
@@ -48,7 +50,9 @@ describe("encodeJson", () => {
   it("enforces the size cap exactly", () => {
     const at = (n: number) => "x".repeat(n - 2); // JSON string adds two quotes
     expect(() => encodeJson(at(1000), "payload", 1000)).not.toThrow();
-    expect(() => encodeJson(at(1001), "payload", 1000)).toThrowError(/payload is 1001 bytes of JSON, over the limit of 1000 bytes/);
+    expect(() => encodeJson(at(1001), "payload", 1000)).toThrowError(
+      /payload is 1001 bytes of JSON, over the limit of 1000 bytes/,
+    );
   });
 });
 
@@ -56,8 +60,22 @@ describe("toErrorRecord", () => {
   const cyclic: Record<string, unknown> = {};
   cyclic.me = cyclic;
   const throwingMessage = new Error("x");
-  Object.defineProperty(throwingMessage, "message", { get: () => { throw new Error("boom"); } });
-  const proxy = new Proxy({}, { get: () => { throw new Error("trap"); }, getPrototypeOf: () => { throw new Error("trap"); } });
+  Object.defineProperty(throwingMessage, "message", {
+    get: () => {
+      throw new Error("boom");
+    },
+  });
+  const proxy = new Proxy(
+    {},
+    {
+      get: () => {
+        throw new Error("trap");
+      },
+      getPrototypeOf: () => {
+        throw new Error("trap");
+      },
+    },
+  );
   const causeCycle = new Error("outer");
   (causeCycle as { cause?: unknown }).cause = causeCycle;
 
@@ -75,8 +93,17 @@ describe("toErrorRecord", () => {
     ["an Error whose message getter throws", throwingMessage],
     ["a Proxy that throws on every access", proxy],
     ["a frozen Error", Object.freeze(new Error("frozen"))],
-    ["an AggregateError of 1,000 errors", new AggregateError(Array.from({ length: 1000 }, (_, i) => new Error(`e${i}`)), "many")],
-    ["an Error with a 10 MB message and a cause cycle", Object.assign(new Error("m".repeat(10_000_000)), { cause: causeCycle })],
+    [
+      "an AggregateError of 1,000 errors",
+      new AggregateError(
+        Array.from({ length: 1000 }, (_, i) => new Error(`e${i}`)),
+        "many",
+      ),
+    ],
+    [
+      "an Error with a 10 MB message and a cause cycle",
+      Object.assign(new Error("m".repeat(10_000_000)), { cause: causeCycle }),
+    ],
   ])("turns %s into a bounded, storable record", (_, thrown) => {
     const record = toErrorRecord(thrown);
     expect(record.message.length).toBeGreaterThan(0);
@@ -87,7 +114,12 @@ describe("toErrorRecord", () => {
 
   it("keeps name, message, code and cause of real errors", () => {
     const error = Object.assign(new TypeError("bad", { cause: new Error("root") }), { code: "E_BAD" });
-    expect(toErrorRecord(error)).toMatchObject({ name: "TypeError", message: "bad", code: "E_BAD", cause: { message: "root" } });
+    expect(toErrorRecord(error)).toMatchObject({
+      name: "TypeError",
+      message: "bad",
+      code: "E_BAD",
+      cause: { message: "root" },
+    });
   });
 
   it("replaces NUL and lone surrogates in messages", () => {

@@ -8,7 +8,8 @@ function recorder(withChild: boolean) {
   const calls: Call[] = [];
   const childCalls: Array<Record<string, unknown>> = [];
   const make = (bindings: Record<string, unknown>): Logger => {
-    const at = (level: string) => (fields: object, message?: string) => void calls.push([level, fields, message, bindings]);
+    const at = (level: string) => (fields: object, message?: string) =>
+      void calls.push([level, fields, message, bindings]);
     const logger: Logger = { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
     if (withChild) {
       logger.child = (more) => {
@@ -30,7 +31,9 @@ describe("resolveLogger", () => {
   });
 
   it("names what is wrong with a logger that is not pino-style", () => {
-    expect(() => resolveLogger(null, fail)).toThrow("GenDurable: logger must be a pino-style logger with debug, info, warn and error methods, got null");
+    expect(() => resolveLogger(null, fail)).toThrow(
+      "GenDurable: logger must be a pino-style logger with debug, info, warn and error methods, got null",
+    );
     expect(() => resolveLogger("debug", fail)).toThrow(/got "debug"/);
     expect(() => resolveLogger({ debug() {}, info() {}, warn: 1, error() {} }, fail)).toThrow(
       "GenDurable: logger must have debug, info, warn and error methods (pino-style); warn is 1",

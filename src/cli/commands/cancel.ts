@@ -11,7 +11,11 @@ export const cancelCommand: Command = {
   ].join("\n"),
   positionals: [{ name: "id", description: "the instance id" }],
   options: {
-    reason: { type: "string", valueName: "text", description: "recorded as the instance's error message (default \"cancelled\")" },
+    reason: {
+      type: "string",
+      valueName: "text",
+      description: 'recorded as the instance\'s error message (default "cancelled")',
+    },
     ...CLIENT_OPTIONS,
   },
   async run(values, io, [text]) {

@@ -10,4 +10,14 @@ import { cancelCommand } from "./cancel.js";
 import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
 
-export const COMMANDS: readonly Command[] = [migrateCommand, sqlCommand, statusCommand, listCommand, showCommand, signalCommand, cancelCommand, retryCommand, pruneCommand];
+export const COMMANDS: readonly Command[] = [
+  migrateCommand,
+  sqlCommand,
+  statusCommand,
+  listCommand,
+  showCommand,
+  signalCommand,
+  cancelCommand,
+  retryCommand,
+  pruneCommand,
+];

@@ -20,7 +20,11 @@ export const listCommand: Command = {
     status: { type: "string", valueName: "s[,s]", description: `only these statuses: ${STATUSES.join(", ")}` },
     queue: { type: "string", valueName: "name", description: "only instances in this queue" },
     key: { type: "string", valueName: "key", description: "only instances with this correlation key" },
-    limit: { type: "string", valueName: "n", description: `at most n instances, 1 to ${MAX_LIMIT} (default ${DEFAULT_LIMIT})` },
+    limit: {
+      type: "string",
+      valueName: "n",
+      description: `at most n instances, 1 to ${MAX_LIMIT} (default ${DEFAULT_LIMIT})`,
+    },
     after: { type: "string", valueName: "id", description: "the page after this id (instances older than it)" },
     ...CLIENT_OPTIONS,
   },
@@ -62,21 +66,36 @@ export const listCommand: Command = {
         io.out(line);
       }
       io.out("");
-      io.out(`${instances.length} instance${instances.length === 1 ? "" : "s"}${nextAfter ? `; next page: --after ${nextAfter}` : ""}`);
+      io.out(
+        `${instances.length} instance${instances.length === 1 ? "" : "s"}${nextAfter ? `; next page: --after ${nextAfter}` : ""}`,
+      );
       return EXIT_OK;
     });
   },
 };
 
 function row(i: Instance): string[] {
-  return [i.id, i.machine, i.status, i.step, i.queue, String(i.attempt), timestamp(i.runAt), i.correlationKey === null ? "-" : truncate(i.correlationKey, 40), timestamp(i.updatedAt)];
+  return [
+    i.id,
+    i.machine,
+    i.status,
+    i.step,
+    i.queue,
+    String(i.attempt),
+    timestamp(i.runAt),
+    i.correlationKey === null ? "-" : truncate(i.correlationKey, 40),
+    timestamp(i.updatedAt),
+  ];
 }
 
 function statusesFrom(text: string, command: Command): Status[] {
   const parts = text.split(",").map((s) => s.trim());
   for (const part of parts) {
     if (!(STATUSES as readonly string[]).includes(part)) {
-      throw new UsageError(`unknown status ${JSON.stringify(part)} in --status${didYouMean(part, STATUSES)}; statuses are ${STATUSES.join(", ")}`, command);
+      throw new UsageError(
+        `unknown status ${JSON.stringify(part)} in --status${didYouMean(part, STATUSES)}; statuses are ${STATUSES.join(", ")}`,
+        command,
+      );
     }
   }
   return parts as Status[];

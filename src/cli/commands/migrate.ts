@@ -1,6 +1,15 @@
 import { migrate, currentVersion, LATEST_MIGRATION } from "../../migrate.js";
 import { EXIT_FAILURE, EXIT_OK, type Command } from "../cli.js";
-import { DATABASE_URL_OPTION, databaseUrlFrom, describeDbError, openCliPool, redact, SCHEMA_OPTION, schemaFrom, urlProblem } from "../db.js";
+import {
+  DATABASE_URL_OPTION,
+  databaseUrlFrom,
+  describeDbError,
+  openCliPool,
+  redact,
+  SCHEMA_OPTION,
+  schemaFrom,
+  urlProblem,
+} from "../db.js";
 
 export const migrateCommand: Command = {
   name: "migrate",
@@ -22,11 +31,17 @@ export const migrateCommand: Command = {
     try {
       const applied = await migrate({ pool, schema });
       if (applied.length === 0) {
-        io.out(`schema ${schema} is up to date (migration ${await currentVersion(pool, schema)} of ${LATEST_MIGRATION})`);
+        io.out(
+          `schema ${schema} is up to date (migration ${await currentVersion(pool, schema)} of ${LATEST_MIGRATION})`,
+        );
       } else {
         const first = applied[0]!;
         const last = applied[applied.length - 1]!;
-        io.out(first === last ? `applied migration ${first} to schema ${schema}` : `applied migrations ${first}..${last} to schema ${schema}`);
+        io.out(
+          first === last
+            ? `applied migration ${first} to schema ${schema}`
+            : `applied migrations ${first}..${last} to schema ${schema}`,
+        );
       }
       return EXIT_OK;
     } catch (error) {

@@ -3,7 +3,16 @@ import { GenDurable } from "../../engine.js";
 import { GenDurableError } from "../../errors.js";
 import { checkName } from "../../names.js";
 import { EXIT_FAILURE, EXIT_OK, UsageError, type Command } from "../cli.js";
-import { DATABASE_URL_OPTION, databaseUrlFrom, describeDbError, openCliPool, redact, SCHEMA_OPTION, schemaFrom, urlProblem } from "../db.js";
+import {
+  DATABASE_URL_OPTION,
+  databaseUrlFrom,
+  describeDbError,
+  openCliPool,
+  redact,
+  SCHEMA_OPTION,
+  schemaFrom,
+  urlProblem,
+} from "../db.js";
 
 export const pruneCommand: Command = {
   name: "prune",
@@ -18,7 +27,12 @@ export const pruneCommand: Command = {
     "parent still needs, are never deleted.",
   ].join("\n"),
   options: {
-    "older-than": { type: "string", valueName: "duration", description: 'prune instances finished longer ago than this, e.g. 7d, 12h, 30m (default: each machine\'s retention, else "7d")' },
+    "older-than": {
+      type: "string",
+      valueName: "duration",
+      description:
+        'prune instances finished longer ago than this, e.g. 7d, 12h, 30m (default: each machine\'s retention, else "7d")',
+    },
     machine: { type: "string", valueName: "name", description: "only instances of this machine" },
     json: { type: "boolean", description: "print the counts as JSON" },
     schema: SCHEMA_OPTION,
@@ -32,7 +46,8 @@ export const pruneCommand: Command = {
       if (typeof parsed === "string") throw new UsageError(parsed, this);
       olderThan = parsed;
     }
-    const machine = values.machine === undefined ? undefined : checkName(values.machine, "--machine", (m) => new UsageError(m, this));
+    const machine =
+      values.machine === undefined ? undefined : checkName(values.machine, "--machine", (m) => new UsageError(m, this));
     const url = databaseUrlFrom(values, io, this);
     const problem = urlProblem(url);
     if (problem) {
@@ -44,7 +59,10 @@ export const pruneCommand: Command = {
     const engine = new GenDurable({ pool, schema });
     try {
       await engine.start();
-      const result = await engine.prune({ ...(olderThan === undefined ? {} : { olderThan }), ...(machine === undefined ? {} : { machine }) });
+      const result = await engine.prune({
+        ...(olderThan === undefined ? {} : { olderThan }),
+        ...(machine === undefined ? {} : { machine }),
+      });
       if (values.json) {
         io.out(JSON.stringify({ schema, ...result }));
       } else {

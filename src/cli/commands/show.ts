@@ -1,7 +1,15 @@
 import type { Instance, Transition } from "../../instance.js";
 import { UnknownInstanceError } from "../../errors.js";
 import { EXIT_OK, type Command } from "../cli.js";
-import { CLIENT_OPTIONS, CommandFailure, describeTarget, printJson, targetFrom, unknownHint, withClient } from "../client.js";
+import {
+  CLIENT_OPTIONS,
+  CommandFailure,
+  describeTarget,
+  printJson,
+  targetFrom,
+  unknownHint,
+  withClient,
+} from "../client.js";
 import { duration, fields, table, timestamp, truncate } from "../table.js";
 
 /** Transitions printed as text (all of them with --json); a retried poison pill can have thousands. */
@@ -80,7 +88,15 @@ function historyTable(history: Transition[]): string[] {
   if (history.length === 0) return ["(none)"];
   const shown = history.length > HISTORY_LINES ? history.slice(-HISTORY_LINES) : history;
   const lines = table(
-    [{ header: "AT" }, { header: "FROM" }, { header: "TO" }, { header: "OUTCOME" }, { header: "ATTEMPT", align: "right" }, { header: "DURATION", align: "right" }, { header: "ERROR" }],
+    [
+      { header: "AT" },
+      { header: "FROM" },
+      { header: "TO" },
+      { header: "OUTCOME" },
+      { header: "ATTEMPT", align: "right" },
+      { header: "DURATION", align: "right" },
+      { header: "ERROR" },
+    ],
     shown.map((t) => [
       timestamp(t.at),
       t.fromStep ?? "-",
@@ -91,7 +107,8 @@ function historyTable(history: Transition[]): string[] {
       t.error ? truncate(`${t.error.name}: ${t.error.message}`, 80) : "",
     ]),
   );
-  if (shown.length < history.length) lines.splice(1, 0, `... ${history.length - shown.length} earlier transitions (all of them with --json)`);
+  if (shown.length < history.length)
+    lines.splice(1, 0, `... ${history.length - shown.length} earlier transitions (all of them with --json)`);
   return lines;
 }
 

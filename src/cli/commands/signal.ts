@@ -20,14 +20,25 @@ export const signalCommand: Command = {
   ],
   options: {
     payload: { type: "string", valueName: "json", description: "the payload, as JSON (default null)" },
-    "dedup-key": { type: "string", valueName: "key", description: "a second signal with this key to the same instance is stored once" },
-    keep: { type: "boolean", description: "no live instance with the key: keep the signal for the next one (ifMissing: keep)" },
+    "dedup-key": {
+      type: "string",
+      valueName: "key",
+      description: "a second signal with this key to the same instance is stored once",
+    },
+    keep: {
+      type: "boolean",
+      description: "no live instance with the key: keep the signal for the next one (ifMissing: keep)",
+    },
     ...TARGET_OPTIONS,
     ...CLIENT_OPTIONS,
   },
   async run(values, io, [text, event]) {
     const target = targetFrom(text!, values, this);
-    if (values.keep && "id" in target) throw new UsageError("--keep applies to a correlation key, not an id (an id that does not exist never will)", this);
+    if (values.keep && "id" in target)
+      throw new UsageError(
+        "--keep applies to a correlation key, not an id (an id that does not exist never will)",
+        this,
+      );
     const payload = payloadFrom(values.payload, this);
     const dedupKey = typeof values["dedup-key"] === "string" ? values["dedup-key"] : undefined;
     return withClient(this, values, io, async ({ engine, json }) => {
@@ -39,8 +50,13 @@ export const signalCommand: Command = {
         });
       } catch (error) {
         if (error instanceof UnknownInstanceError) {
-          const hint = "id" in target ? unknownHint(target) : " (pass --keep to hold the signal until an instance with this key is inserted)";
-          throw new UnknownInstanceError(`${"id" in target ? target.id : JSON.stringify(target.correlationKey)}${hint}`);
+          const hint =
+            "id" in target
+              ? unknownHint(target)
+              : " (pass --keep to hold the signal until an instance with this key is inserted)";
+          throw new UnknownInstanceError(
+            `${"id" in target ? target.id : JSON.stringify(target.correlationKey)}${hint}`,
+          );
         }
         throw error;
       }
@@ -48,8 +64,14 @@ export const signalCommand: Command = {
         printJson(io, result);
         return EXIT_OK;
       }
-      if (result.duplicate) io.out(`duplicate: a signal with dedup key ${JSON.stringify(dedupKey)} was already sent to instance ${result.instanceId ?? "(inbox)"}; stored once`);
-      else if (result.instanceId === null) io.out(`signal ${result.signalId} kept for correlation key ${JSON.stringify("correlationKey" in target ? target.correlationKey : "")} until an instance with it is inserted`);
+      if (result.duplicate)
+        io.out(
+          `duplicate: a signal with dedup key ${JSON.stringify(dedupKey)} was already sent to instance ${result.instanceId ?? "(inbox)"}; stored once`,
+        );
+      else if (result.instanceId === null)
+        io.out(
+          `signal ${result.signalId} kept for correlation key ${JSON.stringify("correlationKey" in target ? target.correlationKey : "")} until an instance with it is inserted`,
+        );
       else io.out(`signal ${result.signalId} (${event}) sent to instance ${result.instanceId}`);
       return EXIT_OK;
     });
@@ -61,6 +83,9 @@ function payloadFrom(text: unknown, command: Command): unknown {
   try {
     return JSON.parse(text);
   } catch (error) {
-    throw new UsageError(`--payload is not valid JSON (${error instanceof Error ? error.message : String(error)}); quote strings, e.g. --payload '"text"' or --payload '{"amount":100}'`, command);
+    throw new UsageError(
+      `--payload is not valid JSON (${error instanceof Error ? error.message : String(error)}); quote strings, e.g. --payload '"text"' or --payload '{"amount":100}'`,
+      command,
+    );
   }
 }

@@ -43,7 +43,8 @@ export interface StatusReport {
 
 export const statusCommand: Command = {
   name: "status",
-  summary: "counts per queue (runnable, scheduled, running, awaiting, joining, failed), live nodes, and the busiest tables' dead tuples and last vacuum",
+  summary:
+    "counts per queue (runnable, scheduled, running, awaiting, joining, failed), live nodes, and the busiest tables' dead tuples and last vacuum",
   description: [
     "Per queue: instances runnable now, scheduled for later, running, awaiting",
     "signals, joining children and failed; how long the oldest runnable instance",
@@ -71,7 +72,10 @@ export const statusCommand: Command = {
         const columns = [
           { header: "QUEUE" },
           { header: "PAUSED" },
-          ...["RUNNABLE", "SCHEDULED", "RUNNING", "AWAITING", "JOINING", "FAILED", "OLDEST DUE"].map((header) => ({ header, align: "right" as const })),
+          ...["RUNNABLE", "SCHEDULED", "RUNNING", "AWAITING", "JOINING", "FAILED", "OLDEST DUE"].map((header) => ({
+            header,
+            align: "right" as const,
+          })),
         ];
         const rows = report.queues.map((q) => [
           q.queue,
@@ -88,12 +92,30 @@ export const statusCommand: Command = {
       }
       io.out("");
       const { alive, total, list } = report.nodes;
-      io.out(`nodes: ${alive} alive${total > alive ? `, ${total - alive} gone (no heartbeat within their lease)` : ""}`);
+      io.out(
+        `nodes: ${alive} alive${total > alive ? `, ${total - alive} gone (no heartbeat within their lease)` : ""}`,
+      );
       const living = list.filter((node) => node.alive);
       if (living.length > 0) {
         io.out("");
-        const rows = living.map((node) => [node.id, node.queues.join(",") || "-", node.machines.join(",") || "-", relative(node.startedAt, now), relative(node.heartbeatAt, now)]);
-        for (const line of table([{ header: "NODE" }, { header: "QUEUES" }, { header: "MACHINES" }, { header: "STARTED" }, { header: "HEARTBEAT" }], rows)) io.out(line);
+        const rows = living.map((node) => [
+          node.id,
+          node.queues.join(",") || "-",
+          node.machines.join(",") || "-",
+          relative(node.startedAt, now),
+          relative(node.heartbeatAt, now),
+        ]);
+        for (const line of table(
+          [
+            { header: "NODE" },
+            { header: "QUEUES" },
+            { header: "MACHINES" },
+            { header: "STARTED" },
+            { header: "HEARTBEAT" },
+          ],
+          rows,
+        ))
+          io.out(line);
       }
       const { vacuum } = report;
       io.out("");
@@ -129,10 +151,22 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
   try {
     await client.query("begin isolation level repeatable read read only");
     const { rows: nowRows } = await client.query<{ now: Date }>(q.now);
-    const { rows: runnable } = await client.query<{ queue: string; due: string; scheduled: string; oldest_due: Date | null }>(q.runnable);
+    const { rows: runnable } = await client.query<{
+      queue: string;
+      due: string;
+      scheduled: string;
+      oldest_due: Date | null;
+    }>(q.runnable);
     const { rows: counts } = await client.query<{ queue: string; status: string; n: string }>(q.counts);
     const { rows: queueRows } = await client.query<{ name: string; paused: boolean }>(q.queues);
-    const { rows: nodeRows } = await client.query<{ id: string; machines: string[]; queues: string[]; started_at: Date; heartbeat_at: Date; alive: boolean }>(q.nodes, [MAX_NODES]);
+    const { rows: nodeRows } = await client.query<{
+      id: string;
+      machines: string[];
+      queues: string[];
+      started_at: Date;
+      heartbeat_at: Date;
+      alive: boolean;
+    }>(q.nodes, [MAX_NODES]);
     const { rows: nodeCount } = await client.query<{ alive: number; total: number }>(q.nodeCount);
     const { databaseTime: _, ...vacuum } = await readVacuumHealth(client, schema);
     await client.query("commit");
@@ -142,7 +176,17 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
     const entry = (queue: string): QueueStatus => {
       let found = queues.get(queue);
       if (!found) {
-        found = { queue, paused: false, runnable: 0, scheduled: 0, running: 0, awaiting: 0, joining: 0, failed: 0, oldestDueMs: null };
+        found = {
+          queue,
+          paused: false,
+          runnable: 0,
+          scheduled: 0,
+          running: 0,
+          awaiting: 0,
+          joining: 0,
+          failed: 0,
+          oldestDueMs: null,
+        };
         queues.set(queue, found);
       }
       return found;
@@ -153,10 +197,18 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
       e.scheduled = Number(row.scheduled);
       e.oldestDueMs = row.oldest_due ? Math.max(0, now.getTime() - row.oldest_due.getTime()) : null;
     }
-    for (const row of counts) entry(row.queue)[row.status as "running" | "awaiting" | "joining" | "failed"] = Number(row.n);
+    for (const row of counts)
+      entry(row.queue)[row.status as "running" | "awaiting" | "joining" | "failed"] = Number(row.n);
     // A paused queue is worth showing even when empty; a resumed empty one is not.
     for (const row of queueRows) if (row.paused || queues.has(row.name)) entry(row.name).paused = row.paused;
-    const list = nodeRows.map((r) => ({ id: r.id, machines: r.machines, queues: r.queues, startedAt: r.started_at, heartbeatAt: r.heartbeat_at, alive: r.alive }));
+    const list = nodeRows.map((r) => ({
+      id: r.id,
+      machines: r.machines,
+      queues: r.queues,
+      startedAt: r.started_at,
+      heartbeatAt: r.heartbeat_at,
+      alive: r.alive,
+    }));
     // Queues that live nodes serve appear even with nothing in them: "is anyone working checkout?" is answered by a row.
     for (const node of list) if (node.alive) for (const queue of node.queues) entry(queue);
     return {
