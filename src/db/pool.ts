@@ -1,6 +1,6 @@
 /** Connections: the engine's pool, transactions, and which errors mean "the connection, not the query". */
 import pg from "pg";
-import { ConfigError } from "../errors.js";
+import { ConfigError, ValidationError } from "../errors.js";
 
 export interface ConnectionOptions {
   connectionString?: string;
@@ -78,6 +78,43 @@ export async function isolationOf(client: pg.ClientBase | pg.Pool): Promise<stri
 /** True for the levels that behave as READ COMMITTED (Postgres runs READ UNCOMMITTED as READ COMMITTED). */
 export function isReadCommitted(level: string): boolean {
   return level === "read committed" || level === "read uncommitted";
+}
+
+/** Refuses a caller's `client` in a transaction stricter than READ COMMITTED, saying why `what` needs it. */
+export async function assertReadCommitted(client: pg.ClientBase, what: string, why: string): Promise<void> {
+  const level = await isolationOf(client);
+  if (isReadCommitted(level)) return;
+  throw new ValidationError(
+    `${what}: the client's transaction is ${level.toUpperCase()}; gen-durable needs READ COMMITTED here: ${why}. ` +
+      "Use a READ COMMITTED transaction (Postgres' default), or no client",
+  );
+}
+
+/**
+ * A check that a caller's pool runs READ COMMITTED by default: the engine's single statements
+ * run at the session's default, and it locks a row in one statement and reads what the row
+ * guards in the next, which a stricter snapshot misses. (A pool the engine opens is set to
+ * READ COMMITTED: the check passes at once.) Checked once; a check that failed (the database
+ * away, or the pool refused) runs again next time.
+ */
+export function poolIsolationCheck(pool: pg.Pool, owned: boolean): () => Promise<void> {
+  let checked: Promise<void> | undefined;
+  return () => {
+    if (owned) return Promise.resolve();
+    checked ??= isolationOf(pool).then((level) => {
+      if (isReadCommitted(level)) return;
+      throw new ConfigError(
+        `GenDurable: the pool's connections default to ${level.toUpperCase()} (default_transaction_isolation), ` +
+          "and gen-durable needs READ COMMITTED: it locks a row in one statement and reads what the row guards " +
+          "in the next, which a stricter snapshot misses. Pass a pool whose connections default to read committed " +
+          '(the pg.Pool option options: "-c default_transaction_isolation=read\\ committed"), or a connectionString',
+      );
+    });
+    return checked.catch((error: unknown) => {
+      checked = undefined;
+      throw error;
+    });
+  };
 }
 
 /**

@@ -11,10 +11,18 @@ import type { FlowQueries } from "../sql/flow.js";
 import type { LoopDeps } from "./deps.js";
 import { Loop } from "./loop.js";
 
+/** This node, as its heartbeat row records it (for explain and `status`). */
+export interface NodeInfo {
+  id: string;
+  machines: string[];
+  queues: string[];
+  leaseMs: number;
+}
+
 export interface LeaseLoopDeps extends Pick<LoopDeps, "events" | "onError"> {
   leases: Leases;
   flow: FlowQueries;
-  node: { id: string; machines: string[]; queues: string[]; leaseMs: number };
+  node: NodeInfo;
 }
 
 export function leaseLoop(deps: LeaseLoopDeps): Loop {

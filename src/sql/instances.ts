@@ -3,11 +3,89 @@
  * Text only; values are always bound parameters, and the schema (validated by
  * checkSchemaName) is the only identifier that enters the text.
  */
+import type { ErrorRecord } from "../json.js";
+import type { Instance, Transition } from "../instance.js";
 import { quoteIdent } from "../names.js";
+import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
-  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at";
+  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, " +
+  "concurrency_key, parent_id, inserted_at, updated_at";
+
+/** A row of INSTANCE_COLUMNS as pg returns it (bigint ids as strings). */
+export interface InstanceRow {
+  id: string;
+  machine: string;
+  status: Status;
+  step: string;
+  state: unknown;
+  attempt: number;
+  result: unknown;
+  error: ErrorRecord | null;
+  queue: string;
+  priority: number;
+  run_at: Date;
+  correlation_key: string | null;
+  concurrency_key: string | null;
+  parent_id: string | null;
+  inserted_at: Date;
+  updated_at: Date;
+}
+
+export function toInstance(r: InstanceRow): Instance {
+  return {
+    id: String(r.id),
+    machine: r.machine,
+    status: r.status,
+    step: r.step,
+    state: r.state,
+    attempt: r.attempt,
+    result: r.result,
+    error: r.error,
+    queue: r.queue,
+    priority: r.priority,
+    runAt: r.run_at,
+    correlationKey: r.correlation_key,
+    concurrencyKey: r.concurrency_key,
+    parentId: r.parent_id === null ? null : String(r.parent_id),
+    insertedAt: r.inserted_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+/** A row of the `history` statement. */
+export interface TransitionRow {
+  at: Date;
+  from_step: string | null;
+  to_step: string | null;
+  outcome: string;
+  attempt: number;
+  duration_ms: number | null;
+  error: ErrorRecord | null;
+}
+
+export function toTransition(r: TransitionRow): Transition {
+  return {
+    at: r.at,
+    fromStep: r.from_step,
+    toStep: r.to_step,
+    outcome: r.outcome,
+    attempt: r.attempt,
+    durationMs: r.duration_ms,
+    ...(r.error ? { error: r.error } : {}),
+  };
+}
+
+/** A row of `lockLineage`: the instance or one of its ancestors, locked. */
+export interface LineageRow {
+  id: string;
+  parent_id: string | null;
+  status: Status;
+  joined: boolean;
+  join_counted: boolean;
+  children_from: string | null;
+}
 
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);

@@ -1,0 +1,145 @@
+/**
+ * engine.cancel: the instance and its live descendants end `cancelled`, in one transaction (or
+ * inside the caller's), taking their concurrency keys in the one global order first.
+ */
+import type pg from "pg";
+import { assertReadCommitted, withTransaction } from "../db/pool.js";
+import { describe } from "../duration.js";
+import { InstanceTerminatedError, UnknownInstanceError, ValidationError } from "../errors.js";
+import { storableMessage } from "../json.js";
+import { checkId } from "../names.js";
+import { TERMINAL } from "../status.js";
+import type { ClientContext } from "./context.js";
+
+/** A try is undone and made again with the keys it met; after this many, keys are taken as they come. */
+const MAX_TRIES = 5;
+
+/** What a cancel did: the instances it cancelled (the target first); none when it was already cancelled. */
+export interface Cancelled {
+  machine: string;
+  reason: string;
+  ids: string[];
+}
+
+export async function cancelInstance(
+  ctx: ClientContext,
+  id: string,
+  reason: string | undefined,
+  options: { client?: pg.ClientBase } = {},
+): Promise<Cancelled> {
+  ctx.assertUsable();
+  const bad = (m: string) => new ValidationError(`cancel: ${m}`);
+  checkId(id, "id", bad);
+  if (reason !== undefined && typeof reason !== "string") throw bad(`reason must be a string, got ${describe(reason)}`);
+  // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
+  const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
+  const tree = new CancelTree(ctx, id, JSON.stringify(error));
+  const result = options.client ? await tree.inCallerTransaction(options.client) : await tree.inOwnTransaction();
+  const { target, cancelled } = result;
+  if (!target) throw new UnknownInstanceError(id);
+  if (target.status === "cancelled") return { machine: target.machine, reason: error.message, ids: [] };
+  if (TERMINAL.has(target.status)) throw new InstanceTerminatedError(id, target.status);
+  return { machine: target.machine, reason: error.message, ids: cancelled };
+}
+
+/** One try of a cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
+interface CancelTry {
+  target: { status: string; machine: string } | undefined;
+  cancelled: string[];
+  missing: string[];
+}
+
+class MissingKeys extends Error {
+  constructor(readonly keys: string[]) {
+    super("cancel: concurrency keys to take first");
+  }
+}
+
+class CancelTree {
+  constructor(
+    private readonly ctx: ClientContext,
+    private readonly id: string,
+    private readonly errorJson: string,
+  ) {}
+
+  /**
+   * The instance first, then its descendants level by level, each level in a statement of its own
+   * whose snapshot is taken after the locks of the level above were granted: it sees every child
+   * that a spawn holding one of those rows committed (see cancel and cancelDescendants in
+   * sql/instances.ts). Keys: each level passes those the first statement took (`held`), or null to
+   * take its own as it comes: right when each statement is a transaction of its own (nothing is
+   * held between them).
+   */
+  private async once(client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> {
+    const { instances } = this.ctx;
+    const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(instances.cancel, [
+      this.id,
+      this.errorJson,
+      extraKeys,
+    ]);
+    const cancelled: string[] = [];
+    const target = rows[0];
+    if (!target || TERMINAL.has(target.status)) return { target, cancelled, missing: [] };
+    const held = holdsKeys ? target.keys : null;
+    for (let level = [this.id]; level.length > 0;) {
+      cancelled.push(...level);
+      const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(
+        instances.cancelDescendants,
+        [level, this.errorJson, held],
+      );
+      if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
+      level = round[0]!.cancelled;
+    }
+    return { target, cancelled, missing: [] };
+  }
+
+  /**
+   * In the caller's transaction a savepoint undoes a try (a child spawned while the cancel ran
+   * can bring a key it does not hold); outside a transaction nothing is held between statements.
+   */
+  async inCallerTransaction(client: pg.ClientBase): Promise<CancelTry> {
+    const why =
+      "cancel locks the instance and then looks for its children, and a stricter snapshot misses children " +
+      "spawned or retried in between";
+    await assertReadCommitted(client, "cancel", why);
+    const inTransaction = await client.query("savepoint gen_durable_cancel").then(
+      () => true,
+      (e: unknown) => {
+        if ((e as { code?: string }).code === "25P01") return false;
+        throw e;
+      },
+    );
+    if (!inTransaction) return this.once(client, [], false);
+    const extra: string[] = [];
+    for (let tries = 1; ; tries++) {
+      const made = await this.once(client, extra, tries < MAX_TRIES).catch(async (e: unknown) => {
+        await client.query("rollback to savepoint gen_durable_cancel").catch(() => {});
+        throw e;
+      });
+      if (made.missing.length > 0) {
+        await client.query("rollback to savepoint gen_durable_cancel");
+        extra.push(...made.missing);
+        continue;
+      }
+      await client.query("release savepoint gen_durable_cancel");
+      return made;
+    }
+  }
+
+  async inOwnTransaction(): Promise<CancelTry> {
+    const extra: string[] = [];
+    for (let tries = 1; ; tries++) {
+      const made = await withTransaction(this.ctx.pool, async (client) => {
+        const once = await this.once(client, extra, tries < MAX_TRIES);
+        // Throwing rolls the try back.
+        if (once.missing.length > 0) throw new MissingKeys(once.missing);
+        return once;
+      }).catch((e: unknown) => {
+        if (e instanceof MissingKeys) return e;
+        throw e;
+      });
+      if (made instanceof MissingKeys) extra.push(...made.keys);
+      else return made;
+    }
+  }
+}

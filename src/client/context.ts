@@ -1,0 +1,29 @@
+/**
+ * What the client API (insert, signal, read, cancel, retry, queues) works with. The engine
+ * builds one; the client modules are plain functions over it, so any of them can be read
+ * without the engine's wiring and loops.
+ */
+import type pg from "pg";
+import type { ResolvedConfig } from "../config.js";
+import type { TypedEmitter } from "../events.js";
+import type { Wakeups } from "../runtime/wakeups.js";
+import type { FlowQueries } from "../sql/flow.js";
+import type { InstanceQueries } from "../sql/instances.js";
+import type { SignalQueries } from "../sql/signals.js";
+
+export interface ClientContext {
+  readonly pool: pg.Pool;
+  readonly config: ResolvedConfig;
+  readonly instances: InstanceQueries;
+  readonly signals: SignalQueries;
+  readonly flow: FlowQueries;
+  readonly events: TypedEmitter;
+  /** Work became due: this node's schedulers (and, by `broadcast`, every node) look. */
+  readonly wake: Wakeups;
+  /** NOTIFY `queue` to every node, resolving once it went out. */
+  notifyQueue(queue: string): Promise<void>;
+  /** Throws EngineStoppedError once the engine stopped (its pool is closed). */
+  assertUsable(): void;
+  /** Refuses a caller's pool stricter than READ COMMITTED (see db/pool.ts). */
+  checkPool(): Promise<void>;
+}

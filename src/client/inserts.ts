@@ -1,0 +1,97 @@
+/** engine.insert and engine.insertMany: validated rows, one statement, correlation-key twins settled. */
+import type pg from "pg";
+import type { AnyMachine } from "../define.js";
+import { describe } from "../duration.js";
+import { assertReadCommitted } from "../db/pool.js";
+import { prepared } from "../db/prepared.js";
+import { ValidationError } from "../errors.js";
+import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js";
+import { prepareInsert, type InsertRow } from "../runtime/insert.js";
+import { rejectUnknownKeys } from "../suggest.js";
+import type { ClientContext } from "./context.js";
+
+/** How many times an insert looks again for twins committed after its snapshot before it gives up. */
+const MAX_ROUNDS = 10;
+
+export async function insertOne<M extends AnyMachine>(
+  ctx: ClientContext,
+  machine: M,
+  options: InsertOptions<M>,
+): Promise<InsertResult> {
+  const { client, ...rest } = (options ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
+  const row = await prepareInsert(machine, rest, 0, "insert", ctx.config.maxPayloadBytes);
+  const [result] = await insertRows(ctx, [row], client);
+  return result!;
+}
+
+export async function insertMany(
+  ctx: ClientContext,
+  items: readonly InsertManyItem[],
+  options: { client?: pg.ClientBase } = {},
+): Promise<InsertResult[]> {
+  if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
+  rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
+  const rows = await Promise.all(
+    items.map((item: unknown, i) => {
+      if (typeof item !== "object" || item === null)
+        throw new ValidationError(
+          `insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`,
+        );
+      const { machine, ...rest } = item as InsertManyItem;
+      return prepareInsert(machine, rest, i, `insertMany[${i}]`, ctx.config.maxPayloadBytes);
+    }),
+  );
+  return insertRows(ctx, rows, options.client);
+}
+
+async function insertRows(
+  ctx: ClientContext,
+  rows: InsertRow[],
+  client: pg.ClientBase | undefined,
+): Promise<InsertResult[]> {
+  ctx.assertUsable();
+  const results: Array<InsertResult | undefined> = new Array(rows.length);
+  // A key repeated within the batch refers to the first row that carries it.
+  const firstWithKey = new Map<string, number>();
+  const unique = rows.filter((row) => {
+    if (row.correlation_key === null) return true;
+    if (firstWithKey.has(row.correlation_key)) return false;
+    firstWithKey.set(row.correlation_key, row.idx);
+    return true;
+  });
+  if (unique.some((row) => row.correlation_key !== null)) {
+    const why =
+      "an insert with a correlation key takes the signals kept for its key after locking the key, and a " +
+      "stricter snapshot misses those committed in between (they would stay in the inbox)";
+    if (client) await assertReadCommitted(client, "insert", why);
+    else await ctx.checkPool();
+  }
+  const runner = client ?? ctx.pool;
+  // In the caller's transaction the NOTIFY goes out with its commit; otherwise this node wakes
+  // every node itself once the rows are committed.
+  const channel = client ? ctx.config.channel : null;
+  let pending = unique;
+  for (let round = 0; pending.length > 0; round++) {
+    if (round === MAX_ROUNDS)
+      throw new Error(`insert: could not settle correlation keys after ${MAX_ROUNDS} rounds of concurrent inserts`);
+    const { rows: out } = await runner.query<{
+      idx: number;
+      id: string;
+      inserted: boolean;
+      queue: string;
+      due: boolean;
+    }>(prepared(ctx.instances.insert, [JSON.stringify(pending), channel]));
+    for (const row of out) {
+      if (row.idx < 0) continue;
+      results[row.idx] = { id: row.id, inserted: row.inserted };
+      if (row.inserted && row.due && !client) ctx.wake.broadcast(row.queue);
+    }
+    // Rows whose twin committed after this statement's snapshot: look again.
+    pending = pending.filter((row) => results[row.idx] === undefined);
+  }
+  for (const row of rows) {
+    if (results[row.idx] === undefined)
+      results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
+  }
+  return results as InsertResult[];
+}

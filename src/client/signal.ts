@@ -1,0 +1,54 @@
+/** engine.signal: the arguments checked, the signal delivered (and its instance resumed) in one transaction. */
+import { assertReadCommitted, withTransaction } from "../db/pool.js";
+import { describe } from "../duration.js";
+import { ValidationError } from "../errors.js";
+import type { SignalOptions, SignalResult } from "../instance.js";
+import { encodeJson } from "../json.js";
+import { checkId, checkKey, checkName } from "../names.js";
+import { deliverSignal } from "../runtime/signals.js";
+import { rejectUnknownKeys } from "../suggest.js";
+import type { ClientContext } from "./context.js";
+
+export async function sendSignal(
+  ctx: ClientContext,
+  target: string | { id: string },
+  event: string,
+  payload: unknown,
+  options: SignalOptions = {},
+): Promise<SignalResult> {
+  ctx.assertUsable();
+  const bad = (m: string) => new ValidationError(`signal: ${m}`);
+  rejectUnknownKeys(options ?? {}, ["client", "dedupKey", "ifMissing"], "signal", (m) => new ValidationError(m));
+  if (typeof target === "string") checkKey(target, "the target correlation key", bad);
+  else if (typeof target !== "object" || target === null || !("id" in target)) {
+    throw bad(`target must be a correlation key (string) or { id }, got ${describe(target)}`);
+  } else checkId(target.id, "id", bad);
+  checkName(event, "event", bad);
+  const payloadJson = encodeJson(payload ?? null, `signal "${event}" payload`, ctx.config.maxPayloadBytes);
+  if (options.dedupKey !== undefined) checkKey(options.dedupKey, "dedupKey", bad);
+  if (options.ifMissing !== undefined && options.ifMissing !== "error" && options.ifMissing !== "keep") {
+    throw bad(`ifMissing must be "error" or "keep", got ${describe(options.ifMissing)}`);
+  }
+  const input = {
+    target,
+    event,
+    payloadJson,
+    dedupKey: options.dedupKey ?? null,
+    keepIfMissing: options.ifMissing === "keep",
+    inboxRetentionMs: ctx.config.signalRetentionMs,
+    // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
+    notifyChannel: ctx.config.channel,
+  };
+  if (options.client) {
+    const why =
+      "a signal locks its instance and then reads its mailbox, and a stricter snapshot misses an instance or " +
+      "signals committed in between (the signal would be kept in the inbox, or an await never resume)";
+    await assertReadCommitted(options.client, "signal", why);
+  }
+  const delivered = options.client
+    ? await deliverSignal(options.client, ctx.signals, input)
+    : await withTransaction(ctx.pool, (client) => deliverSignal(client, ctx.signals, input));
+  // Other nodes hear the NOTIFY; this one need not wait for it.
+  if (delivered.resumedQueue && !options.client) ctx.wake.queue(delivered.resumedQueue);
+  return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };
+}
