@@ -8,6 +8,24 @@ import { ConfigError } from "./errors.js";
 import { openPool, withTransaction, type ConnectionOptions } from "./db/pool.js";
 import { checkSchemaName, quoteIdent } from "./names.js";
 import { MIGRATIONS } from "./sql/migrations.generated.js";
+import {
+  ADOPTED_MARK,
+  appliedRows,
+  CREATED_MARK,
+  downScript,
+  INSTANCES_SIGNATURE,
+  lockKey,
+  MARK,
+  markSchema,
+  MIGRATE_LOCK,
+  MIGRATIONS_TABLE,
+  NAMESPACE,
+  recordMigration,
+  SCHEMA_CONTENTS,
+  sqlFor,
+  TABLE_COLUMNS,
+  upScript,
+} from "./sql/schema-lifecycle.js";
 import { rejectUnknownKeys } from "./suggest.js";
 
 export const DEFAULT_SCHEMA = "gen_durable";
@@ -18,33 +36,6 @@ export interface MigrateOptions extends ConnectionOptions {
   schema?: string;
 }
 
-function sqlFor(id: number, schema: string): string {
-  const migration = MIGRATIONS[id - 1]!;
-  return migration.sql.replaceAll("{{schema}}", quoteIdent(schema));
-}
-
-function lockKey(schema: string): string {
-  return `gen_durable:migrate:${schema}`;
-}
-
-/**
- * What marks a schema as gen-durable's: a comment that migrate() (or the SQL of
- * Migration.up()) puts on it. Schemas from before the mark are recognised by
- * their migrations table instead (see `recognise`).
- */
-const MARK = "gen-durable:";
-/** The schema was created by gen-durable: Migration.down() drops it once its own objects are gone. */
-const CREATED_MARK = `${MARK} created by the gen-durable migrations; Migration.down() drops it`;
-/** The schema existed, empty, before gen-durable's tables went in: Migration.down() keeps it. */
-const ADOPTED_MARK = `${MARK} holds the gen-durable tables; created by someone else, so Migration.down() keeps it`;
-
-/** A SQL string literal. */
-function literal(text: string): string {
-  return `'${text.replace(/'/g, "''")}'`;
-}
-
-const MIGRATIONS_TABLE = "(id integer primary key, name text not null, applied_at timestamptz not null default now())";
-
 /** Applies every pending migration; returns the ids it applied (empty when already current). */
 export async function migrate(options: MigrateOptions): Promise<number[]> {
   if (typeof options !== "object" || options === null) throw new ConfigError("migrate: options are required");
@@ -54,26 +45,26 @@ export async function migrate(options: MigrateOptions): Promise<number[]> {
   const q = quoteIdent(schema);
   try {
     return await withTransaction(pool, async (client) => {
-      await client.query("select pg_advisory_xact_lock(hashtext($1))", [lockKey(schema)]);
+      await client.query(MIGRATE_LOCK, [lockKey(schema)]);
       // Only what is missing is created: a role that owns the schema (or may create in
       // it) but may not create schemas in the database migrates a schema someone made for it.
       const found = await inspect(client, schema);
       if (!found.exists) {
         if (schema === "public") throw new ConfigError(publicRefused("migrate"));
         await client.query(`create schema ${q}`);
-        await client.query(`comment on schema ${q} is ${literal(CREATED_MARK)}`);
+        await client.query(markSchema(q, CREATED_MARK));
       } else if (!found.ours) {
         if (schema === "public") throw new ConfigError(publicRefused("migrate"));
         if (found.objects.length > 0) throw new ConfigError(foreignRefused("migrate", schema, found.objects));
         // Empty: someone made it for us. Marked when we may, so down() keeps it.
-        if (found.owned) await client.query(`comment on schema ${q} is ${literal(ADOPTED_MARK)}`);
+        if (found.owned) await client.query(markSchema(q, ADOPTED_MARK));
       }
       if (!found.migrationsTable) await client.query(`create table ${q}.migrations ${MIGRATIONS_TABLE}`);
       const current = await currentVersion(client, schema);
       const applied: number[] = [];
       for (const migration of MIGRATIONS.slice(current)) {
         await client.query(sqlFor(migration.id, schema));
-        await client.query(`insert into ${q}.migrations (id, name) values ($1, $2)`, [migration.id, migration.name]);
+        await client.query(recordMigration(q), [migration.id, migration.name]);
         applied.push(migration.id);
       }
       return applied;
@@ -110,29 +101,11 @@ interface Found {
   objects: string[];
 }
 
-// Everything a schema can hold that makes it "not empty", by catalog.
-const CONTENTS = `
-  select pg_describe_object('pg_class'::regclass, oid, 0) as object from pg_class where relnamespace = $1 and relkind in ('r', 'p', 'v', 'm', 'f', 'S', 'c')
-  union all select pg_describe_object('pg_proc'::regclass, oid, 0) from pg_proc where pronamespace = $1
-  union all select pg_describe_object('pg_type'::regclass, oid, 0) from pg_type where typnamespace = $1 and typtype in ('b', 'd', 'e', 'r', 'm') and typcategory <> 'A'
-  union all select pg_describe_object('pg_operator'::regclass, oid, 0) from pg_operator where oprnamespace = $1
-  union all select pg_describe_object('pg_collation'::regclass, oid, 0) from pg_collation where collnamespace = $1
-  union all select pg_describe_object('pg_conversion'::regclass, oid, 0) from pg_conversion where connamespace = $1
-  union all select pg_describe_object('pg_extension'::regclass, oid, 0) from pg_extension where extnamespace = $1
-  union all select pg_describe_object('pg_ts_config'::regclass, oid, 0) from pg_ts_config where cfgnamespace = $1
-  union all select pg_describe_object('pg_ts_dict'::regclass, oid, 0) from pg_ts_dict where dictnamespace = $1`;
-
 async function inspect(client: pg.ClientBase, schema: string): Promise<Found> {
-  const { rows } = await client.query<{ oid: number; owned: boolean; mark: string | null }>(
-    `select oid, pg_has_role(nspowner, 'MEMBER') as owned, obj_description(oid, 'pg_namespace') as mark from pg_namespace where nspname = $1`,
-    [schema],
-  );
+  const { rows } = await client.query<{ oid: number; owned: boolean; mark: string | null }>(NAMESPACE, [schema]);
   const namespace = rows[0];
   if (!namespace) return { exists: false, owned: false, ours: false, migrationsTable: false, objects: [] };
-  const contents = await client.query<{ object: string }>(
-    `select object from (${CONTENTS}) c order by object limit 11`,
-    [namespace.oid],
-  );
+  const contents = await client.query<{ object: string }>(SCHEMA_CONTENTS, [namespace.oid]);
   const applied = await appliedMigrations(client, schema);
   return {
     exists: true,
@@ -151,10 +124,7 @@ async function inspect(client: pg.ClientBase, schema: string): Promise<Found> {
  */
 async function recognise(client: pg.ClientBase, schema: string, applied: Applied | undefined): Promise<boolean> {
   if (!applied || applied.foreign !== undefined || applied.version === 0) return false;
-  const { rows } = await client.query<{ n: number }>(
-    `select count(*)::int as n from pg_attribute where attrelid = to_regclass($1) and attname in ('machine', 'step', 'state', 'claim_token', 'lease_expires_at') and not attisdropped`,
-    [`${quoteIdent(schema)}.instances`],
-  );
+  const { rows } = await client.query<{ n: number }>(INSTANCES_SIGNATURE, [`${quoteIdent(schema)}.instances`]);
   return rows[0]!.n === 5;
 }
 
@@ -168,15 +138,12 @@ interface Applied {
 /** The migrations table of `schema` read and checked against ours; undefined when there is none. */
 async function appliedMigrations(client: pg.ClientBase | pg.Pool, schema: string): Promise<Applied | undefined> {
   const table = `${quoteIdent(schema)}.migrations`;
-  const columns = await client.query<{ name: string; type: string }>(
-    `select attname as name, format_type(atttypid, atttypmod) as type from pg_attribute where attrelid = to_regclass($1) and attnum > 0 and not attisdropped`,
-    [table],
-  );
+  const columns = await client.query<{ name: string; type: string }>(TABLE_COLUMNS, [table]);
   if (columns.rows.length === 0) return undefined;
   const types = new Map(columns.rows.map((c) => [c.name, c.type]));
   if (types.get("id") !== "integer" || types.get("name") !== "text")
     return { version: 0, foreign: "its columns are not id integer, name text" };
-  const { rows } = await client.query<{ id: number; name: string }>(`select id, name from ${table} order by id`);
+  const { rows } = await client.query<{ id: number; name: string }>(appliedRows(table));
   for (const [i, row] of rows.entries()) {
     const ours = MIGRATIONS[i];
     // A newer gen-durable may have applied migrations this one does not know: their names are not checked.
@@ -203,40 +170,6 @@ export async function currentVersion(client: pg.ClientBase | pg.Pool, schema: st
 
 // ---------------------------------------------------------------- Migration.up/down
 
-/** Our own objects by kind, as the migrations create (and drop) them, plus the migrations table. */
-function ownObjects(): Map<string, string[]> {
-  const kinds = new Map<string, Set<string>>([["table", new Set(["migrations"])]]);
-  const statement =
-    /\b(create|drop)\s+(?:or\s+replace\s+)?(table|view|materialized\s+view|function|procedure|type|domain|sequence)\s+(?:if\s+(?:not\s+)?exists\s+)?\{\{schema\}\}\.([a-z_][a-z0-9_]*)/gi;
-  for (const migration of MIGRATIONS) {
-    const code = migration.sql.replace(/--[^\n]*/g, "");
-    for (const [, verb, kind, name] of code.matchAll(statement)) {
-      const k = kind!.toLowerCase().replace(/\s+/g, " ");
-      if (!kinds.has(k)) kinds.set(k, new Set());
-      if (verb!.toLowerCase() === "create") kinds.get(k)!.add(name!);
-      else kinds.get(k)!.delete(name!);
-    }
-  }
-  return new Map([...kinds].map(([k, names]) => [k, [...names].sort()]));
-}
-
-/** Drop order: what may depend on the next kinds first. */
-const DROP_ORDER = ["materialized view", "view", "table", "sequence", "function", "procedure", "domain", "type"];
-
-/** A plpgsql condition: the schema `s` (a variable) is gen-durable's, by its mark or its migrations and instances tables. */
-function oursCondition(): string {
-  // Inside a string literal of the format() call: quotes doubled.
-  const known = MIGRATIONS.map((m) => `(${m.id}, ''${m.name}'')`).join(", ");
-  return `
-  ours := coalesce(obj_description(ns, 'pg_namespace'), '') like ${literal(MARK + "%")};
-  if not ours and (select count(*) from pg_attribute where attrelid = to_regclass(format('%I.migrations', s)) and not attisdropped
-                   and ((attname = 'id' and atttypid = 'integer'::regtype) or (attname = 'name' and atttypid = 'text'::regtype))) = 2 then
-    execute format('select count(*) > 0 and bool_and((id, name) in (${known}) or id > ${MIGRATIONS.length}) and max(id) = count(*) from %I.migrations', s) into ours;
-    ours := coalesce(ours, false) and (select count(*) from pg_attribute where attrelid = to_regclass(format('%I.instances', s))
-      and attname in ('machine', 'step', 'state', 'claim_token', 'lease_expires_at') and not attisdropped) = 5;
-  end if;`;
-}
-
 /** The SQL of the migrations, for applying with your own migration tool. */
 export const Migration = {
   /**
@@ -247,35 +180,7 @@ export const Migration = {
   up(options: { schema?: string } = {}): string {
     const schema = checkSchemaName(options.schema ?? DEFAULT_SCHEMA, (m) => new ConfigError(`Migration.up: ${m}`));
     if (schema === "public") throw new ConfigError(publicRefused("Migration.up"));
-    const q = quoteIdent(schema);
-    return [
-      `do $gen_durable_up$
-declare
-  s constant text := '${schema}';
-  ns oid;
-  held text;
-begin
-  select oid into ns from pg_namespace where nspname = s;
-  if ns is null then
-    execute format('create schema %I', s);
-    execute format('comment on schema %I is %L', s, ${literal(CREATED_MARK)});
-    return;
-  end if;
-  select string_agg(object, ', ') into held from (select object from (${CONTENTS.replaceAll("$1", "ns")}) c order by object limit 10) c;
-  if held is not null then
-    raise exception using errcode = 'object_not_in_prerequisite_state',
-      message = format('gen-durable: schema %I already holds objects gen-durable did not create (%s): Migration.up() creates the schema from nothing; to upgrade a gen-durable schema use migrate()', s, held);
-  end if;
-  if pg_has_role((select nspowner from pg_namespace where oid = ns), 'MEMBER') then
-    execute format('comment on schema %I is %L', s, ${literal(ADOPTED_MARK)});
-  end if;
-end
-$gen_durable_up$;`,
-      `create table ${q}.migrations ${MIGRATIONS_TABLE};`,
-      ...MIGRATIONS.map(
-        (m) => `${sqlFor(m.id, schema)}\ninsert into ${q}.migrations (id, name) values (${m.id}, '${m.name}');`,
-      ),
-    ].join("\n");
+    return upScript(schema);
   },
   /**
    * SQL that removes gen-durable's objects (its tables, functions...) from the
@@ -286,48 +191,7 @@ $gen_durable_up$;`,
    */
   down(options: { schema?: string } = {}): string {
     const schema = checkSchemaName(options.schema ?? DEFAULT_SCHEMA, (m) => new ConfigError(`Migration.down: ${m}`));
-    const objects = ownObjects();
-    const drops = DROP_ORDER.filter((kind) => (objects.get(kind) ?? []).length > 0).map(
-      (kind) =>
-        `    drop ${kind} if exists ${objects
-          .get(kind)!
-          .map((name) => `${quoteIdent(schema)}.${name}`)
-          .join(", ")} restrict;`,
-    );
-    return `do $gen_durable_down$
-declare
-  s constant text := '${schema}';
-  ns oid;
-  ours boolean;
-  mark text;
-  detail text;
-begin
-  select oid, coalesce(obj_description(oid, 'pg_namespace'), '') into ns, mark from pg_namespace where nspname = s;
-  if ns is null then
-    return;
-  end if;${oursCondition()}
-  if not ours then
-    raise exception using errcode = 'object_not_in_prerequisite_state',
-      message = format('gen-durable: schema %I is not gen-durable''s (it has neither gen-durable''s mark nor its migrations table): nothing was dropped', s);
-  end if;
-  begin
-${drops.join("\n")}
-  exception when dependent_objects_still_exist then
-    get stacked diagnostics detail = pg_exception_detail;
-    raise exception using errcode = 'dependent_objects_still_exist',
-      message = format('gen-durable: cannot drop the tables of schema %I: objects that are not gen-durable''s depend on them (%s); drop or change those first. Nothing was dropped', s, replace(detail, E'\\n', '; ')),
-      detail = detail;
-  end;
-  -- The schema goes too when gen-durable created it (or predates the mark), may drop it, and nothing else is in it.
-  if s <> 'public' and (mark = '' or mark = ${literal(CREATED_MARK)}) and pg_has_role((select nspowner from pg_namespace where oid = ns), 'MEMBER') then
-    begin
-      execute format('drop schema %I restrict', s);
-    exception when dependent_objects_still_exist then
-      raise notice 'gen-durable: schema % kept: it still holds objects that are not gen-durable''s', s;
-    end;
-  end if;
-end
-$gen_durable_down$;`;
+    return downScript(schema);
   },
   /** The numbered migrations, oldest first. */
   list(): ReadonlyArray<{ id: number; name: string }> {

@@ -17,6 +17,7 @@ import type { TypedEmitter } from "../events.js";
 import { withTransaction } from "../db/pool.js";
 import { checkName } from "../names.js";
 import { gcQueries, type GcQueries } from "../sql/gc.js";
+import { signalQueries } from "../sql/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
 export interface PruneOptions {
@@ -70,11 +71,14 @@ export interface PrunerOptions {
 
 export class Pruner {
   private readonly q: GcQueries;
+  /** The same sweep of expired inbox signals the reaper runs. */
+  private readonly expireInbox: string;
   /** Where the next tick starts in the machine list, so a large backlog of one machine does not starve the others. */
   private rotation = 0;
 
   constructor(private readonly options: PrunerOptions) {
     this.q = gcQueries(options.schema);
+    this.expireInbox = signalQueries(options.schema).expireInbox;
   }
 
   /** Records the retention overrides of this engine's machines, so that every pruner honours them. */
@@ -172,7 +176,7 @@ export class Pruner {
     }
     if (options.machine === undefined) {
       for (;;) {
-        const { rowCount } = await pool.query(this.q.expireInbox, [GC_BATCH]);
+        const { rowCount } = await pool.query(this.expireInbox, [GC_BATCH]);
         total.signals += rowCount ?? 0;
         if ((rowCount ?? 0) < GC_BATCH) break;
       }

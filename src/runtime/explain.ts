@@ -1,8 +1,7 @@
 /** engine.explain(): why an instance is not running right now, in words and as data. */
 import type pg from "pg";
 import type { Instance } from "../instance.js";
-import { quoteIdent } from "../names.js";
-import type { NormalizedSpec } from "./await-spec.js";
+import { explainQueries, type ExplainRow } from "../sql/explain.js";
 import { childQueries } from "../sql/children.js";
 
 export interface Explanation {
@@ -26,27 +25,10 @@ export async function explainInstance(
   instance: Instance,
   schema: string,
 ): Promise<Explanation> {
-  const s = quoteIdent(schema);
+  const q = explainQueries(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
-  const { rows } = await pool.query<{
-    now: Date;
-    leased_by: string | null;
-    lease_expires_at: Date | null;
-    await_spec: NormalizedSpec | null;
-    rate_limited: string | null;
-    paused: boolean;
-    key_holder: string | null;
-    nodes: number;
-  }>(
-    `select now() as now, leased_by, lease_expires_at, await_spec, rate_limited,
-       exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused) as paused,
-       (select holder::text from ${s}.concurrency_keys k where k.key = i.concurrency_key) as key_holder,
-       (select count(*)::int from ${s}.nodes n
-        where i.machine = any(n.machines) and i.queue = any(n.queues) and n.heartbeat_at + n.lease_ms * interval '1 millisecond' > now()) as nodes
-     from ${s}.instances i where id = $1`,
-    [instance.id],
-  );
+  const { rows } = await pool.query<ExplainRow>(q.facts, [instance.id]);
   const row = rows[0];
   const now = row?.now ?? new Date();
   details.databaseTime = now;
@@ -95,10 +77,7 @@ export async function explainInstance(
     case "awaiting": {
       const spec = row?.await_spec;
       if (spec) {
-        const arrived = await pool.query<{ event: string; n: number }>(
-          `select event, count(*)::int as n from ${s}.signals where instance_id = $1 and event = any($2::text[]) and consumed_at is null group by event`,
-          [instance.id, spec.events],
-        );
+        const arrived = await pool.query<{ event: string; n: number }>(q.arrived, [instance.id, spec.events]);
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
         const wanted =
           spec.mode === "pack"

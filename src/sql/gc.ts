@@ -94,12 +94,6 @@ export function gcQueries(schema: string) {
              (select count(*) from gone_signals)::int as signals,
              (select updated_at::text from last) as after_at,
              (select id::text from last) as after_id`,
-
-    /** Inbox signals (no instance yet) past their expiry, up to $1. The reaper runs the same sweep. */
-    expireInbox: `
-      delete from ${s}.signals where id in (
-        select id from ${s}.signals where instance_id is null and expires_at < now()
-        order by expires_at limit $1 for update skip locked)`,
   };
 }
 

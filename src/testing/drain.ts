@@ -19,8 +19,7 @@ import type { GenDurable } from "../engine.js";
 import { describe, toMs, type Duration } from "../duration.js";
 import { GenDurableError, ValidationError } from "../errors.js";
 import type { LoopName } from "../events.js";
-import { quoteIdent } from "../names.js";
-import { TERMINAL_SQL } from "../status.js";
+import { PENDING, probeSql } from "../sql/pending.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { testingHook, type TestingHook } from "./hook.js";
 
@@ -50,48 +49,6 @@ export class DrainTimeoutError extends GenDurableError {
     this.pending = pending;
   }
 }
-
-/**
- * Due work, one probe per kind: the one place to extend when a feature adds
- * a new kind. $1: the engine's queues, $2: its machines, $3: its node id.
- * Each counts at most 1000 rows (enough to report; cheap on big tables).
- */
-export const PENDING: ReadonlyArray<{ name: string; what: string; sql: (s: string) => string }> = [
-  {
-    name: "runnable",
-    what: "runnable instances due now in this engine's queues",
-    sql: (s) => `select 1 from ${s}.instances i
-      where i.status = 'runnable' and i.run_at <= now() and i.queue = any($1::text[]) and i.machine = any($2::text[])
-        and not exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused)`,
-  },
-  {
-    name: "claimed",
-    what: "instances claimed by this engine",
-    sql: (s) => `select 1 from ${s}.instances where status = 'running' and leased_by = $3`,
-  },
-  {
-    name: "expiredLeases",
-    what: "running instances whose lease expired (for the reaper)",
-    sql: (s) => `select 1 from ${s}.instances where status = 'running' and lease_expires_at < now()`,
-  },
-  {
-    name: "timedOut",
-    what: "awaits past their timeout (for the timeouts loop)",
-    sql: (s) => `select 1 from ${s}.instances where status = 'awaiting' and run_at <= now()`,
-  },
-  {
-    name: "uncountedChildren",
-    what: "finished children their parent has not counted yet (for the join sweep)",
-    sql: (s) => `select 1 from ${s}.instances c
-      where c.parent_id is not null and not c.join_counted and c.status in ${TERMINAL_SQL}
-        and exists (select 1 from ${s}.instances p where p.id = c.parent_id)`,
-  },
-  {
-    name: "expiredInbox",
-    what: "inbox signals past signalRetention (for the reaper)",
-    sql: (s) => `select 1 from ${s}.signals where instance_id is null and expires_at < now()`,
-  },
-];
 
 /** The loops that report loop:tick (events.ts LoopName, less the per-queue scheduler). */
 const TICKING: ReadonlySet<string> = new Set([
@@ -163,13 +120,6 @@ export async function drain(engine: GenDurable, options: DrainOptions = {}): Pro
   } finally {
     for (const off of offs) off();
   }
-}
-
-function probeSql(schema: string): string {
-  const s = quoteIdent(schema);
-  const columns = PENDING.map((p) => `(select count(*)::int from (${p.sql(s)} limit 1000) x) as "${p.name}"`);
-  // One statement: every probe sees the same snapshot.
-  return `select ${columns.join(",\n")}`;
 }
 
 async function probe(hook: TestingHook, sql: string): Promise<Record<string, number>> {

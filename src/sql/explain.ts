@@ -1,0 +1,36 @@
+/** The reads behind engine.explain (runtime/explain.ts): one row of facts, and the signals an await has. */
+import { quoteIdent } from "../names.js";
+import type { NormalizedSpec } from "../runtime/await-spec.js";
+
+/** What explain needs beyond the instance: lease, await, rate limit, queue, key and nodes. */
+export interface ExplainRow {
+  now: Date;
+  leased_by: string | null;
+  lease_expires_at: Date | null;
+  await_spec: NormalizedSpec | null;
+  rate_limited: string | null;
+  paused: boolean;
+  key_holder: string | null;
+  /** Live nodes that run the instance's machine on its queue. */
+  nodes: number;
+}
+
+export function explainQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /** $1: the instance. */
+    facts: `
+      select now() as now, leased_by, lease_expires_at, await_spec, rate_limited,
+        exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused) as paused,
+        (select holder::text from ${s}.concurrency_keys k where k.key = i.concurrency_key) as key_holder,
+        (select count(*)::int from ${s}.nodes n
+         where i.machine = any(n.machines) and i.queue = any(n.queues)
+           and n.heartbeat_at + n.lease_ms * interval '1 millisecond' > now()) as nodes
+      from ${s}.instances i where id = $1`,
+
+    /** Unconsumed signals of the instance $1 for the events $2, counted per event. */
+    arrived: `
+      select event, count(*)::int as n from ${s}.signals
+      where instance_id = $1 and event = any($2::text[]) and consumed_at is null group by event`,
+  };
+}
