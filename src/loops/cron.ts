@@ -150,7 +150,8 @@ export class CronLoop {
     if (next === Infinity) return;
     const target = next - this.offsetMs + WAKE_MARGIN_MS;
     const local = Date.now();
-    // A tick further than the largest single timer (about 24 days): no timer at all; the idle passes re-plan long before it.
+    // A tick further than the largest single timer (about 24 days): no timer at all; the idle passes re-plan long
+    // before it.
     if (target - local > MAX_TIMER_MS) return;
     // A wake-up already pending no later than this one serves: its pass re-plans. A stale one (past) does not.
     if (this.wakeAt !== undefined && this.wakeAt > local && this.wakeAt <= target + WAKE_SLACK_MS) return;

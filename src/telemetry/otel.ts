@@ -258,7 +258,8 @@ export class OtelBridge {
    */
   private onException(e: EngineEvents["step:exception"]): void {
     const k = key(e);
-    // Attempts that never started (exhausted by dead workers, unknown step) still get a span, back-dated by their duration.
+    // Attempts that never started (exhausted by dead workers, unknown step) still get a span, back-dated by their
+    // duration.
     const open = this.open.get(k) ?? {
       span: this.startSpan(e, e.durationMs),
       startedAt: performance.now() - e.durationMs,

@@ -7,9 +7,9 @@
  *
  * Cost: the query is `gen-durable status`'s (src/sql/status.ts): each branch
  * reads one status only, through that status's partial index, so terminal
- * rows — the bulk of the table until GC prunes them — are never read. Measured on Postgres 15 with 500,000 rows, 99.8% of
- * them terminal: 1.5 ms (a sequential scan of the table took ~70 ms per
- * status). The statement runs under a
+ * rows — the bulk of the table until GC prunes them — are never read.
+ * Measured on Postgres 15 with 500,000 rows, 99.8% of them terminal: 1.5 ms
+ * (a sequential scan of the table took ~70 ms per status). The statement runs under a
  * 2-second statement_timeout so a slow sample can never hold a pool
  * connection for long; a sample that fails is reported and skipped.
  */

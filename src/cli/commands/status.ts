@@ -209,7 +209,8 @@ export async function readStatus(pool: pg.Pool, schema: string): Promise<StatusR
       heartbeatAt: r.heartbeat_at,
       alive: r.alive,
     }));
-    // Queues that live nodes serve appear even with nothing in them: "is anyone working checkout?" is answered by a row.
+    // Queues that live nodes serve appear even with nothing in them: "is anyone working checkout?" is answered by a
+    // row.
     for (const node of list) if (node.alive) for (const queue of node.queues) entry(queue);
     return {
       schema,
