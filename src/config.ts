@@ -47,7 +47,10 @@ export interface GenDurableOptions {
   reaperInterval?: Duration;
   /** On stop(), how long in-flight steps may run before their leases are released. Default "10s". */
   shutdownGrace?: Duration;
-  /** How often the LISTEN connection is pinged; one that does not answer within this is replaced. 100 ms to 1 day. Default "10s". */
+  /**
+   * How often the LISTEN connection is pinged; one that does not answer within this is replaced. 100 ms to 1 day.
+   * Default "10s".
+   */
   listenerHeartbeat?: Duration;
   /** How long a signal sent with ifMissing: "keep" waits for an instance with its key. Default "1d". */
   signalRetention?: Duration;
@@ -65,7 +68,10 @@ export interface GenDurableOptions {
   nodeId?: string;
   /** OpenTelemetry providers for spans and metrics (default: the global ones), or false for none. */
   telemetry?: TelemetryOption;
-  /** Recurring inserts: each tick of an entry inserts one instance, once across all nodes. See docs/scheduling-and-queues.md. */
+  /**
+   * Recurring inserts: each tick of an entry inserts one instance, once across all nodes. See
+   * docs/scheduling-and-queues.md.
+   */
   cron?: readonly CronEntry[];
 }
 

@@ -38,7 +38,10 @@ export function toMs(value: unknown, what: string, make: (message: string) => Er
   return parsed;
 }
 
-/** The earliest and latest instants a run time may name: years 1 to 9999 (what ISO 8601 text, and so Postgres, reads back). */
+/**
+ * The earliest and latest instants a run time may name: years 1 to 9999 (what ISO 8601 text, and so Postgres, reads
+ * back).
+ */
 const MIN_RUN_AT_MS = Date.parse("0001-01-01T00:00:00.000Z");
 const MAX_RUN_AT_MS = Date.parse("9999-12-31T23:59:59.999Z");
 

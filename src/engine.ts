@@ -306,7 +306,9 @@ export class GenDurable {
     return { id: nodeId, machines: [...machines.keys()], queues: [...queues.keys()], leaseMs };
   }
 
-  /** Stops every node from claiming in `queue` (steps already running finish). Takes effect at each node's next claim. */
+  /**
+   * Stops every node from claiming in `queue` (steps already running finish). Takes effect at each node's next claim.
+   */
   pauseQueue(queue: string): Promise<void> {
     return setPaused(this.client, queue, true);
   }

@@ -59,7 +59,9 @@ export class InvalidStateError extends GenDurableError {
   }
 }
 
-/** The claim on an instance was lost (lease expired, cancelled, or claimed elsewhere): the step's result was discarded. */
+/**
+ * The claim on an instance was lost (lease expired, cancelled, or claimed elsewhere): the step's result was discarded.
+ */
 export class LeaseLostError extends GenDurableError {
   constructor(id: string) {
     super("LEASE_LOST", `lease on instance ${id} was lost; the step's outcome was not committed`);

@@ -15,7 +15,10 @@ export interface StepFacts {
 export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron" | "tables";
 
 export interface EngineEvents {
-  /** An attempt of a step is about to run its code (not emitted for an attempt refused before running: see step:exception). */
+  /**
+   * An attempt of a step is about to run its code (not emitted for an attempt refused before running: see
+   * step:exception).
+   */
   "step:start": StepFacts;
   /**
    * A step's outcome was committed; `durationMs` is the time its code ran (the

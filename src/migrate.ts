@@ -76,8 +76,9 @@ export async function migrate(options: MigrateOptions): Promise<number[]> {
 
 function publicRefused(where: string): string {
   return (
-    `${where}: schema "public" is refused: it is the database's shared default schema, where the application's own tables ` +
-    `(and, often, a table called migrations) live; gen-durable keeps its tables in a schema of its own: leave schema unset ` +
+    `${where}: schema "public" is refused: it is the database's shared default schema, where the application's ` +
+    `own tables (and, often, a table called migrations) live; gen-durable keeps its tables in a schema of its own: ` +
+    `leave schema unset ` +
     `(gen_durable) or name another one`
   );
 }

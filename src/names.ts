@@ -1,4 +1,7 @@
-/** Names stored in rows (machines, queues, events, keys), instance ids, and the one SQL identifier we build (the schema). */
+/**
+ * Names stored in rows (machines, queues, events, keys), instance ids, and the one SQL identifier we build (the
+ * schema).
+ */
 import { describe } from "./duration.js";
 
 /**
@@ -23,13 +26,17 @@ export function checkName(value: unknown, what: string, make: (message: string) 
     LONE_SURROGATE.test(value)
   ) {
     throw make(
-      `${what} must be a non-empty string of at most 200 characters without control characters, lone UTF-16 surrogates or surrounding spaces, got ${describe(value)}`,
+      `${what} must be a non-empty string of at most 200 characters without control characters, ` +
+        `lone UTF-16 surrogates or surrounding spaces, got ${describe(value)}`,
     );
   }
   return value;
 }
 
-/** Correlation, concurrency and dedup keys and rate-limit partitions: any non-empty string up to 1,000 characters without NUL or lone surrogates. */
+/**
+ * Correlation, concurrency and dedup keys and rate-limit partitions: any non-empty string up to 1,000 characters
+ * without NUL or lone surrogates.
+ */
 export function checkKey(value: unknown, what: string, make: (message: string) => Error): string {
   if (
     typeof value !== "string" ||
@@ -39,7 +46,8 @@ export function checkKey(value: unknown, what: string, make: (message: string) =
     LONE_SURROGATE.test(value)
   ) {
     throw make(
-      `${what} must be a non-empty string of at most 1000 characters without NUL or lone UTF-16 surrogates, got ${describe(value)}`,
+      `${what} must be a non-empty string of at most 1000 characters without NUL or lone UTF-16 surrogates, ` +
+        `got ${describe(value)}`,
     );
   }
   return value;

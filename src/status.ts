@@ -6,7 +6,10 @@
  * spell the same names; a migration cannot import them.
  */
 
-/** Where an instance is: live (`runnable`, `running`, `awaiting`, `joining`) or terminal (`done`, `failed`, `cancelled`). */
+/**
+ * Where an instance is: live (`runnable`, `running`, `awaiting`, `joining`) or terminal (`done`, `failed`,
+ * `cancelled`).
+ */
 export type Status = "runnable" | "running" | "awaiting" | "joining" | "done" | "failed" | "cancelled";
 
 /** The terminal statuses: the instance runs no step again (unless a failed one is retried). */

@@ -35,7 +35,10 @@ export interface CronEntry {
   priority?: number;
   /** Queue of each inserted instance. Default: the machine's. */
   queue?: string;
-  /** Ticks missed while every node was down: "latest" (default) inserts one instance for the most recent of them, "skip" none. */
+  /**
+   * Ticks missed while every node was down: "latest" (default) inserts one instance for the most recent of them, "skip"
+   * none.
+   */
   missed?: MissedPolicy;
 }
 
@@ -46,7 +49,9 @@ export interface ResolvedCronEntry {
   machine: AnyMachine;
   /** The validated state/args (the schema's output), or the raw input while `deferred`. */
   state: unknown;
-  /** The schema validates asynchronously: `state` is checked by engine.start() (checkDeferredCron) before any loop runs. */
+  /**
+   * The schema validates asynchronously: `state` is checked by engine.start() (checkDeferredCron) before any loop runs.
+   */
   deferred: boolean;
   queue: string;
   priority: number;

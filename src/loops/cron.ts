@@ -25,7 +25,9 @@ import { cronQueries, type CronQueries } from "../sql/cron.js";
 import { MAX_TIMER_MS } from "../timers.js";
 import { Loop } from "./loop.js";
 
-/** Ticks at most this overdue are fired one by one; a gap with older ones is "missed" and follows the entry's policy. */
+/**
+ * Ticks at most this overdue are fired one by one; a gap with older ones is "missed" and follows the entry's policy.
+ */
 export const CATCH_UP_MS = 60_000;
 /** Even with no tick due, a pass runs this often: it re-reads the database clock (which may have been changed). */
 const IDLE_MS = 60_000;
@@ -143,7 +145,9 @@ export class CronLoop {
     return inserted.length;
   }
 
-  /** Sleeps until the next tick of any entry, by the database clock; the loop's idle pass covers far ticks and "never". */
+  /**
+   * Sleeps until the next tick of any entry, by the database clock; the loop's idle pass covers far ticks and "never".
+   */
   private sleepUntilNextTick(now: number): void {
     let next = Infinity;
     for (const entry of this.entries) next = Math.min(next, entry.next(now) ?? Infinity);

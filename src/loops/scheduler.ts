@@ -62,7 +62,9 @@ export class QueueScheduler {
   /** When a claim last returned a keyed row, and when one last had a free slot to take one (performance.now()). */
   private keyedSeenAt = -Infinity;
   private keyedProbedAt = -Infinity;
-  /** Slots kept free for the next claim when keyed work may be due: doubled while claims fill them all with keyed rows. */
+  /**
+   * Slots kept free for the next claim when keyed work may be due: doubled while claims fill them all with keyed rows.
+   */
   private keyedHold = 1;
   /** Free slots the claim in flight was told of: its rows charged to start now take them, not buffered ones. */
   private reserved = 0;

@@ -36,18 +36,21 @@ export async function explainInstance(
     case "runnable":
       if (row?.rate_limited && instance.runAt > now) {
         reasons.push(
-          `rate limit "${row.rate_limited}" was short: it waits in line for tokens until ${instance.runAt.toISOString()}`,
+          `rate limit "${row.rate_limited}" was short: it waits in line for tokens until ` +
+            instance.runAt.toISOString(),
         );
         details.rateLimitedUntil = instance.runAt;
         details.rateLimit = row.rate_limited;
       } else if (instance.runAt > now) {
         reasons.push(
-          `due at ${instance.runAt.toISOString()} (in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`,
+          `due at ${instance.runAt.toISOString()} ` +
+            `(in ${Math.ceil((instance.runAt.getTime() - now.getTime()) / 1000)} s)`,
         );
         details.dueAt = instance.runAt;
       } else {
         reasons.push(
-          `due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" with machine "${instance.machine}" has a free slot`,
+          `due since ${instance.runAt.toISOString()}; it runs when a node running queue "${instance.queue}" ` +
+            `with machine "${instance.machine}" has a free slot`,
         );
       }
       if (row?.paused) {
@@ -69,7 +72,8 @@ export async function explainInstance(
       break;
     case "running":
       reasons.push(
-        `it is running step "${instance.step}" (attempt ${instance.attempt}) on node ${row?.leased_by ?? "?"}, lease until ${row?.lease_expires_at?.toISOString() ?? "?"}`,
+        `it is running step "${instance.step}" (attempt ${instance.attempt}) on node ${row?.leased_by ?? "?"}, ` +
+          `lease until ${row?.lease_expires_at?.toISOString() ?? "?"}`,
       );
       details.node = row?.leased_by;
       details.leaseExpiresAt = row?.lease_expires_at;
@@ -86,7 +90,8 @@ export async function explainInstance(
               ? `"${spec.events[0]}"`
               : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
         reasons.push(
-          `awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`,
+          `awaiting signals: ${wanted}; arrived so far: ` +
+            (arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"),
         );
         details.awaiting = spec;
         details.arrived = counts;

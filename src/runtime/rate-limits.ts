@@ -92,13 +92,15 @@ export function checkStepRateLimits(
       if (!limit) {
         const known = [...limits.keys()];
         throw fail(
-          `machine "${machine.name}" step "${step.name}" uses rate limit "${name}", which is not in rateLimits (${known.length ? known.join(", ") : "none declared"})`,
+          `machine "${machine.name}" step "${step.name}" uses rate limit "${name}", which is not in rateLimits ` +
+            `(${known.length ? known.join(", ") : "none declared"})`,
         );
       }
       const weight = step.rateLimit!.weight;
       if (typeof weight === "number" && weight > limit.burst) {
         throw fail(
-          `machine "${machine.name}" step "${step.name}" draws ${weight} tokens from rate limit "${name}", more than its burst of ${limit.burst}: it could never run`,
+          `machine "${machine.name}" step "${step.name}" draws ${weight} tokens from rate limit "${name}", ` +
+            `more than its burst of ${limit.burst}: it could never run`,
         );
       }
     }
@@ -133,7 +135,10 @@ export interface BucketState {
   lineEnd: Date | null;
 }
 
-/** A weight is whole tokens, at most the bucket's burst: a larger one could never be taken (the step would wait forever). */
+/**
+ * A weight is whole tokens, at most the bucket's burst: a larger one could never be taken (the step would wait
+ * forever).
+ */
 function checkWeight(weight: unknown, what: string, limit: RateLimit): number {
   if (typeof weight !== "number" || !Number.isInteger(weight) || weight < 1 || weight > limit.burst) {
     throw new ValidationError(

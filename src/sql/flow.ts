@@ -7,7 +7,10 @@ import { quoteIdent } from "../names.js";
 export function flowQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
-    /** take_tokens(bucket, partition, capacity, perSecond, weights[], lines[]) → (taken, balance, wait_ms) per draw, in order. */
+    /**
+     * take_tokens(bucket, partition, capacity, perSecond, weights[], lines[]) → (taken, balance, wait_ms) per draw, in
+     * order.
+     */
     takeTokens: `select taken, balance, wait_ms from ${s}.take_tokens($1, $2, $3, $4, $5::float8[], $6::text[])`,
 
     /** Stored buckets (of limit $1, or all), with the database time to refill them from. */

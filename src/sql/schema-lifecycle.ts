@@ -27,7 +27,8 @@ export const MARK = "gen-durable:";
 /** The schema was created by gen-durable: Migration.down() drops it once its own objects are gone. */
 export const CREATED_MARK = `${MARK} created by the gen-durable migrations; Migration.down() drops it`;
 /** The schema existed, empty, before gen-durable's tables went in: Migration.down() keeps it. */
-export const ADOPTED_MARK = `${MARK} holds the gen-durable tables; created by someone else, so Migration.down() keeps it`;
+export const ADOPTED_MARK =
+  `${MARK} holds the gen-durable tables; ` + "created by someone else, so Migration.down() keeps it";
 
 /** A SQL string literal. */
 function literal(text: string): string {
@@ -88,8 +89,12 @@ export const TABLE_COLUMNS = `
 /** Our own objects by kind, as the migrations create (and drop) them, plus the migrations table. */
 function ownObjects(): Map<string, string[]> {
   const kinds = new Map<string, Set<string>>([["table", new Set(["migrations"])]]);
-  const statement =
-    /\b(create|drop)\s+(?:or\s+replace\s+)?(table|view|materialized\s+view|function|procedure|type|domain|sequence)\s+(?:if\s+(?:not\s+)?exists\s+)?\{\{schema\}\}\.([a-z_][a-z0-9_]*)/gi;
+  const statement = new RegExp(
+    /\b(create|drop)\s+(?:or\s+replace\s+)?/.source +
+      /(table|view|materialized\s+view|function|procedure|type|domain|sequence)\s+/.source +
+      /(?:if\s+(?:not\s+)?exists\s+)?\{\{schema\}\}\.([a-z_][a-z0-9_]*)/.source,
+    "gi",
+  );
   for (const migration of MIGRATIONS) {
     const code = migration.sql.replace(/--[^\n]*/g, "");
     for (const [, verb, kind, name] of code.matchAll(statement)) {
@@ -105,16 +110,23 @@ function ownObjects(): Map<string, string[]> {
 /** Drop order: what may depend on the next kinds first. */
 const DROP_ORDER = ["materialized view", "view", "table", "sequence", "function", "procedure", "domain", "type"];
 
-/** A plpgsql condition: the schema `s` (a variable) is gen-durable's, by its mark or its migrations and instances tables. */
+/**
+ * A plpgsql condition: the schema `s` (a variable) is gen-durable's, by its mark or its migrations and instances
+ * tables.
+ */
 function oursCondition(): string {
   // Inside a string literal of the format() call: quotes doubled.
   const known = MIGRATIONS.map((m) => `(${m.id}, ''${m.name}'')`).join(", ");
   return `
   ours := coalesce(obj_description(ns, 'pg_namespace'), '') like ${literal(MARK + "%")};
-  if not ours and (select count(*) from pg_attribute where attrelid = to_regclass(format('%I.migrations', s)) and not attisdropped
-                   and ((attname = 'id' and atttypid = 'integer'::regtype) or (attname = 'name' and atttypid = 'text'::regtype))) = 2 then
-    execute format('select count(*) > 0 and bool_and((id, name) in (${known}) or id > ${MIGRATIONS.length}) and max(id) = count(*) from %I.migrations', s) into ours;
-    ours := coalesce(ours, false) and (select count(*) from pg_attribute where attrelid = to_regclass(format('%I.instances', s))
+  if not ours and (select count(*) from pg_attribute
+                   where attrelid = to_regclass(format('%I.migrations', s)) and not attisdropped
+                     and ((attname = 'id' and atttypid = 'integer'::regtype)
+                          or (attname = 'name' and atttypid = 'text'::regtype))) = 2 then
+    execute format('select count(*) > 0 and bool_and((id, name) in (${known}) or id > ${MIGRATIONS.length}) '
+                   'and max(id) = count(*) from %I.migrations', s) into ours;
+    ours := coalesce(ours, false) and (select count(*) from pg_attribute
+      where attrelid = to_regclass(format('%I.instances', s))
       and attname in ('machine', 'step', 'state', 'claim_token', 'lease_expires_at') and not attisdropped) = 5;
   end if;`;
 }
@@ -135,10 +147,13 @@ begin
     execute format('comment on schema %I is %L', s, ${literal(CREATED_MARK)});
     return;
   end if;
-  select string_agg(object, ', ') into held from (select object from (${CONTENTS.replaceAll("$1", "ns")}) c order by object limit 10) c;
+  select string_agg(object, ', ') into held
+  from (select object from (${CONTENTS.replaceAll("$1", "ns")}) c order by object limit 10) c;
   if held is not null then
     raise exception using errcode = 'object_not_in_prerequisite_state',
-      message = format('gen-durable: schema %I already holds objects gen-durable did not create (%s): Migration.up() creates the schema from nothing; to upgrade a gen-durable schema use migrate()', s, held);
+      message = format('gen-durable: schema %I already holds objects gen-durable did not create (%s): '
+                       'Migration.up() creates the schema from nothing; to upgrade a gen-durable schema use migrate()',
+                       s, held);
   end if;
   if pg_has_role((select nspowner from pg_namespace where oid = ns), 'MEMBER') then
     execute format('comment on schema %I is %L', s, ${literal(ADOPTED_MARK)});
@@ -176,18 +191,22 @@ begin
   end if;${oursCondition()}
   if not ours then
     raise exception using errcode = 'object_not_in_prerequisite_state',
-      message = format('gen-durable: schema %I is not gen-durable''s (it has neither gen-durable''s mark nor its migrations table): nothing was dropped', s);
+      message = format('gen-durable: schema %I is not gen-durable''s (it has neither gen-durable''s mark nor its '
+                       'migrations table): nothing was dropped', s);
   end if;
   begin
 ${drops.join("\n")}
   exception when dependent_objects_still_exist then
     get stacked diagnostics detail = pg_exception_detail;
     raise exception using errcode = 'dependent_objects_still_exist',
-      message = format('gen-durable: cannot drop the tables of schema %I: objects that are not gen-durable''s depend on them (%s); drop or change those first. Nothing was dropped', s, replace(detail, E'\\n', '; ')),
+      message = format('gen-durable: cannot drop the tables of schema %I: objects that are not gen-durable''s '
+                       'depend on them (%s); drop or change those first. Nothing was dropped',
+                       s, replace(detail, E'\\n', '; ')),
       detail = detail;
   end;
   -- The schema goes too when gen-durable created it (or predates the mark), may drop it, and nothing else is in it.
-  if s <> 'public' and (mark = '' or mark = ${literal(CREATED_MARK)}) and pg_has_role((select nspowner from pg_namespace where oid = ns), 'MEMBER') then
+  if s <> 'public' and (mark = '' or mark = ${literal(CREATED_MARK)})
+     and pg_has_role((select nspowner from pg_namespace where oid = ns), 'MEMBER') then
     begin
       execute format('drop schema %I restrict', s);
     exception when dependent_objects_still_exist then

@@ -17,10 +17,14 @@ import { quoteIdent } from "../names.js";
 /** The statuses counted per queue besides runnable, in display order. */
 export const COUNTED_STATUSES = ["running", "awaiting", "joining", "failed"] as const;
 
+/** The live statuses other than runnable, counted by the depth gauge. */
+const LIVE_PARKED = ["running", "awaiting", "joining"] as const;
+
 export function statusQueries(schema: string) {
   const s = quoteIdent(schema);
   const count = (status: string) =>
-    `select queue, '${status}'::text as status, count(*)::bigint as n from ${s}.instances where status = '${status}' group by queue`;
+    `select queue, '${status}'::text as status, count(*)::bigint as n
+     from ${s}.instances where status = '${status}' group by queue`;
   const branches = {
     runnableUnkeyed: `select queue, run_at from ${s}.instances where status = 'runnable' and concurrency_key is null`,
     runnableKeyed: `select queue, run_at from ${s}.instances where status = 'runnable' and concurrency_key is not null`,
@@ -50,7 +54,8 @@ export function statusQueries(schema: string) {
       select queue, 'runnable' as status, count(*)::float8 as count
       from (${branches.runnableUnkeyed} union all ${branches.runnableKeyed}) r group by queue
       union all
-      select queue, status, n::float8 from (${(["running", "awaiting", "joining"] as const).map((status) => branches[status]).join(" union all ")}) live`,
+      select queue, status, n::float8
+      from (${LIVE_PARKED.map((status) => branches[status]).join(" union all ")}) live`,
 
     queues: `select name, paused from ${s}.queues`,
 

@@ -12,13 +12,17 @@
  */
 export const HOT_TABLES = ["instances", "transitions", "signals", "concurrency_keys", "rate_limit_buckets"] as const;
 
-/** One row per table $2 of schema $1 (a value, not an identifier): tuples, last vacuum, whether autovacuum may run on it. */
+/**
+ * One row per table $2 of schema $1 (a value, not an identifier): tuples, last vacuum, whether autovacuum may run on
+ * it.
+ */
 export const TABLE_HEALTH_SQL = `
       select c.relname::text as table,
              coalesce(st.n_live_tup, 0)::float8 as live,
              coalesce(st.n_dead_tup, 0)::float8 as dead,
              st.last_vacuum, st.last_autovacuum,
-             coalesce((select o.option_value::boolean from pg_options_to_table(c.reloptions) o where o.option_name = 'autovacuum_enabled'), true) as table_autovacuum,
+             coalesce((select o.option_value::boolean from pg_options_to_table(c.reloptions) o
+                       where o.option_name = 'autovacuum_enabled'), true) as table_autovacuum,
              current_setting('autovacuum')::boolean as server_autovacuum,
              current_setting('track_counts')::boolean as track_counts,
              now() as now

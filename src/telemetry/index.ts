@@ -18,11 +18,17 @@ import { QueueDepthSampler } from "./queue-depth.js";
 import { TableHealthSampler } from "./table-health.js";
 
 export interface TelemetryOptions {
-  /** Where step spans go. Default: the global provider (`trace.setGlobalTracerProvider`, which the OTel SDKs call on `register()`/`start()`). */
+  /**
+   * Where step spans go. Default: the global provider (`trace.setGlobalTracerProvider`, which the OTel SDKs call on
+   * `register()`/`start()`).
+   */
   tracerProvider?: TracerProvider;
   /** Where metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider?: MeterProvider;
-  /** Least time between two queue-depth (and table-health) queries; collections in between reuse the last figure. Default "5s". */
+  /**
+   * Least time between two queue-depth (and table-health) queries; collections in between reuse the last figure.
+   * Default "5s".
+   */
   queueDepthInterval?: Duration;
 }
 

@@ -18,7 +18,8 @@ export function logEvents(events: TypedEmitter, logger: Logger): () => void {
     events.on("step:exception", ({ error, ...facts }) =>
       logger.warn(
         { ...facts, err: error },
-        `step ${facts.machine}.${facts.step} failed attempt ${facts.attempt}: ${error.message}${facts.willRetry ? "; it will be retried" : "; no attempts left"}`,
+        `step ${facts.machine}.${facts.step} failed attempt ${facts.attempt}: ${error.message}` +
+          (facts.willRetry ? "; it will be retried" : "; no attempts left"),
       ),
     ),
     events.on("instance:failed", (e) =>

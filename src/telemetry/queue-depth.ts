@@ -39,7 +39,10 @@ export class QueueDepthSampler {
     private readonly pool: pg.Pool,
     schema: string,
     private readonly intervalMs: number,
-    /** Queues this node runs: always reported, with 0 when they hold nothing, so a drained queue reads 0 rather than vanishing. */
+    /**
+     * Queues this node runs: always reported, with 0 when they hold nothing, so a drained queue reads 0 rather than
+     * vanishing.
+     */
     private readonly knownQueues: readonly string[],
     private readonly onError: (error: unknown) => void,
   ) {

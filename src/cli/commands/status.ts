@@ -37,7 +37,10 @@ export interface StatusReport {
   databaseTime: Date;
   queues: QueueStatus[];
   nodes: { alive: number; total: number; list: NodeStatus[] };
-  /** The busiest tables: live and dead tuples, last vacuum, whether autovacuum may run on them; and what an operator should fix. */
+  /**
+   * The busiest tables: live and dead tuples, last vacuum, whether autovacuum may run on them; and what an operator
+   * should fix.
+   */
   vacuum: Omit<VacuumHealth, "databaseTime">;
 }
 
