@@ -21,6 +21,7 @@ import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
 import { fmt, fmtRatio, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
+import { countStatements, measureCost, type Cost } from "./cost.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
 const BULK_BATCH = intEnv("BENCH_BULK_BATCH", 1_000);
@@ -44,6 +45,10 @@ const FLOW = flowParamsFromEnv(intEnv);
 const ONLY = process.env.BENCH_ONLY || undefined;
 if (ONLY !== undefined && ONLY !== "flow" && ONLY !== "main")
   throw new Error(`BENCH_ONLY must be "flow" or "main", got "${ONLY}"`);
+/** The processing run whose cost per job (statements, rows, WAL, CPU) is measured; BENCH_COST=0: none. */
+const COST_CONCURRENCY = process.env.BENCH_COST === "0" ? null : CONCURRENCIES[CONCURRENCIES.length - 1]!;
+/** The embedded server runs as production does (fsync, synchronous_commit, full_page_writes on) unless BENCH_DURABLE=0. */
+const DURABLE = process.env.BENCH_DURABLE !== "0";
 /** A phase that takes longer than this is a failure, not a slow result. */
 const PHASE_TIMEOUT_MS = 180_000;
 
@@ -68,6 +73,8 @@ interface Processing extends Rate {
   startupMs: number;
   /** Handler invocations seen; more than `jobs` means at-least-once re-runs happened. */
   handlerCalls: number;
+  /** Per job, on the run at COST_CONCURRENCY (see bench/cost.ts). */
+  cost?: Cost;
 }
 interface Latency {
   jobs: number;
@@ -333,7 +340,13 @@ async function benchAll(
         }
         await vacuum(admin, system.schema);
         step(system, `process ${JOBS} at concurrency ${concurrency}`);
-        const result = await processAll(system, concurrency, JOBS);
+        let result: Processing;
+        if (concurrency === COST_CONCURRENCY) {
+          const [processed, cost] = await measureCost(admin, JOBS, () => processAll(system, concurrency, JOBS));
+          result = { ...processed, cost };
+        } else {
+          result = await processAll(system, concurrency, JOBS);
+        }
         partial.get(system)!.processing[`c${concurrency}`] = result;
         step(system, `  ${fmt(result.perSecond)} jobs/s`);
       }
@@ -623,6 +636,20 @@ function compare(results: SystemResult[]) {
   }));
 }
 
+/** Per job, at the concurrency measured: what each system asked of Postgres and of the CPUs. */
+function printCosts(results: SystemResult[], concurrency: number): void {
+  log("");
+  log(`Cost per job, processing at c=${concurrency} (bench/cost.ts says how each figure is read):`);
+  const header = ["system", "statements", "commits", "rows written", "WAL bytes", "Node CPU ms", "Postgres CPU ms"];
+  log(`  ${header.join(" | ")}`);
+  for (const r of results) {
+    const c = r.processing[`c${concurrency}`]?.cost;
+    if (!c) continue;
+    const cells = [c.statements, c.commits, c.rowsWritten, c.walBytes, c.nodeCpuMs, c.postgresCpuMs ?? NaN];
+    log(`  ${[r.name, ...cells.map(fmt)].join(" | ")}`);
+  }
+}
+
 async function main(): Promise<void> {
   const keys = (process.env.BENCH_SYSTEMS ?? DEFAULT_SYSTEMS.join(","))
     .split(",")
@@ -631,13 +658,15 @@ async function main(): Promise<void> {
   for (const key of keys)
     if (!FACTORIES[key]) throw new Error(`unknown system "${key}"; known: ${Object.keys(FACTORIES).join(", ")}`);
 
-  const db = await startDevDatabase({ log: (line) => console.error(line) });
+  const db = await startDevDatabase({ log: (line) => console.error(line), durable: DURABLE });
   const admin = new pg.Pool({ connectionString: db.url, max: 2, application_name: "bench-admin" });
+  countStatements(admin);
   const started = performance.now();
   try {
     const { rows } = await admin.query<{ v: string }>("select current_setting('server_version') as v");
     const settings = await admin.query<{ name: string; setting: string }>(
-      "select name, setting from pg_settings where name in ('fsync', 'synchronous_commit', 'max_connections', 'shared_buffers')",
+      "select name, setting from pg_settings where name in ('fsync', 'synchronous_commit', 'full_page_writes', " +
+        "'autovacuum', 'max_connections', 'shared_buffers', 'wal_level')",
     );
     const environment = {
       node: process.version,
@@ -654,6 +683,14 @@ async function main(): Promise<void> {
     log(
       `gen-durable benchmark — ${JOBS} no-op jobs; Node ${environment.node}; Postgres ${environment.postgres} (${environment.database}); ` +
         `${environment.cpus} CPUs, load average ${environment.loadAverageAtStart.join(" ")}`,
+    );
+    const ps = environment.postgresSettings;
+    log(
+      `Postgres settings: fsync ${ps.fsync}, synchronous_commit ${ps.synchronous_commit}, full_page_writes ` +
+        `${ps.full_page_writes}, autovacuum ${ps.autovacuum} — ` +
+        (ps.fsync === "on" && ps.synchronous_commit === "on" && ps.full_page_writes === "on"
+          ? "durable, as production runs"
+          : "NOT durable: figures hide what each job writes to disk"),
     );
 
     if (ONLY === "flow") {
@@ -680,6 +717,7 @@ async function main(): Promise<void> {
       "Ratios are gen-durable ÷ peer: above 1× gen-durable is faster for rates; below 1× it is quicker for latencies.",
     );
     for (const c of comparisons) log(c.line);
+    if (COST_CONCURRENCY !== null) printCosts(results, COST_CONCURRENCY);
     for (const r of results) {
       if (!r.fanout.verified) log(`  WARNING: ${r.name} fan-out not verified: ${r.fanout.problems.join("; ")}`);
     }

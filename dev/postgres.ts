@@ -382,6 +382,12 @@ export interface DevDatabaseOptions {
   env?: Readonly<Record<string, string | undefined>>;
   /** The binaries to run (see EmbeddedServerOptions.binaries); default: the installed package. */
   binaries?: string;
+  /**
+   * Keep Postgres' durability settings (fsync, synchronous_commit, full_page_writes on) and
+   * autovacuum on, as a production server runs: what benchmarks measure. Default false: a
+   * throw-away database for tests and the demo, with durability off for speed.
+   */
+  durable?: boolean;
 }
 
 export async function startDevDatabase(options: DevDatabaseOptions = {}): Promise<DevDatabase> {
@@ -405,16 +411,12 @@ export async function startDevDatabase(options: DevDatabaseOptions = {}): Promis
       port: await freePort(),
       log: options.log,
       binaries: options.binaries,
-      // A throw-away database: durability settings off for speed (never do this in production).
+      // A throw-away database: durability settings off for speed (never do this in production),
+      // unless asked to run as production does.
       flags: [
         "-c",
         "max_connections=300",
-        "-c",
-        "fsync=off",
-        "-c",
-        "synchronous_commit=off",
-        "-c",
-        "full_page_writes=off",
+        ...(options.durable ? [] : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
       ],
     });
     await server.initialise();
