@@ -15,6 +15,7 @@ import {
   ConfigError,
   EngineStoppedError,
   InstanceTerminatedError,
+  KeyExistsError,
   InvalidStateError,
   NotMigratedError,
   UnknownInstanceError,
@@ -55,10 +56,12 @@ import type {
 } from "./instance.js";
 import { explainInstance, type Explanation } from "./runtime/explain.js";
 import { Executor } from "./runtime/executor.js";
-import { prepareInsert, type InsertRow } from "./runtime/insert.js";
+import { firstOfEachKey, prepareInsert, type InsertRow } from "./runtime/insert.js";
 import { Leases } from "./runtime/leases.js";
 import { Notifier } from "./runtime/notifier.js";
 import { deliverSignal } from "./runtime/signals.js";
+import { recordForSql } from "./runtime/sql-api.js";
+import { sqlApiQueries } from "./sql/sql-api.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
 import { childQueries } from "./sql/children.js";
@@ -119,11 +122,12 @@ export class GenDurable {
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
-    const { schema, retentionMs, machines } = this.config;
+    const { schema, retentionMs, machines, idempotencyWindowMs } = this.config;
     this.pruner = new Pruner({
       pool,
       schema,
       retentionMs,
+      idempotencyWindowMs,
       machines,
       events: this.events,
       more: () => this.loops?.gc.trigger(),
@@ -176,6 +180,14 @@ export class GenDurable {
     });
     // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
     await this.pruner.recordRetentions();
+    // The SQL API's insert and signal take machines' defaults and these options from the database.
+    await recordForSql(
+      this.pool,
+      sqlApiQueries(this.config.schema),
+      this.config.schema,
+      this.config.machines,
+      this.config,
+    );
     if (this.config.queues.size > 0) await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
   }
 
@@ -198,6 +210,8 @@ export class GenDurable {
       channel: config.channel,
       rateLimiter: this.rateLimiter,
       stopReason: () => this.stopReason,
+      sqlApi: sqlApiQueries(config.schema),
+      idempotencyWindowMs: config.idempotencyWindowMs,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
     // scheduler claims every machine this node runs.
@@ -377,13 +391,7 @@ export class GenDurable {
     this.assertUsable();
     const results: Array<InsertResult | undefined> = new Array(rows.length);
     // A key repeated within the batch refers to the first row that carries it.
-    const firstWithKey = new Map<string, number>();
-    const unique = rows.filter((row) => {
-      if (row.correlation_key === null) return true;
-      if (firstWithKey.has(row.correlation_key)) return false;
-      firstWithKey.set(row.correlation_key, row.idx);
-      return true;
-    });
+    const { unique, firstOf } = firstOfEachKey(rows);
     if (unique.some((row) => row.correlation_key !== null)) {
       const why =
         "an insert with a correlation key takes the signals kept for its key after locking the key, and a stricter snapshot misses those committed in between (they would stay in the inbox)";
@@ -402,7 +410,11 @@ export class GenDurable {
         inserted: boolean;
         queue: string;
         due: boolean;
-      }>(prepared(this.q.insert, [JSON.stringify(pending), channel]));
+        rejected: boolean;
+      }>(prepared(this.q.insert, [JSON.stringify(pending), channel, this.config.idempotencyWindowMs]));
+      const rejected = out.find((row) => row.rejected);
+      // Nothing was inserted: the statement inserts no row when one is rejected.
+      if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
       for (const row of out) {
         if (row.idx < 0) continue;
         results[row.idx] = { id: row.id, inserted: row.inserted };
@@ -412,8 +424,7 @@ export class GenDurable {
       pending = pending.filter((row) => results[row.idx] === undefined);
     }
     for (const row of rows) {
-      if (results[row.idx] === undefined)
-        results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
+      if (results[row.idx] === undefined) results[row.idx] = { id: results[firstOf(row)]!.id, inserted: false };
     }
     return results as InsertResult[];
   }
