@@ -3,6 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, defineMachine, KeyExistsError, ValidationError } from "../../src/index.js";
+import { advanceTime } from "../../src/testing/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -72,6 +73,14 @@ describe("idempotencyKey", () => {
     await forgetful.prune({});
     const { rows: left } = await db.pool.query(`select 1 from ${s}.remembered_keys where key = 'short:1'`);
     expect(left).toHaveLength(0);
+  });
+
+  it("advanceTime past the window forgets the key", async () => {
+    const first = await client.insert(Parked, { args: { n: 9 }, idempotencyKey: "time:1" });
+    await advanceTime(client, "25h");
+    const second = await client.insert(Parked, { args: { n: 9 }, idempotencyKey: "time:1" });
+    expect(second.inserted).toBe(true);
+    expect(second.id).not.toBe(first.id);
   });
 
   it("concurrent inserts with one key create one instance", async () => {
