@@ -34,6 +34,20 @@ const Mail = defineJob({
   args: z.object({ to: z.string().email(), cc: z.array(z.string()).default([]) }),
   perform: async (args) => args,
 });
+// Counts its runs in flight: instances sharing a concurrency key must never overlap.
+let inFlight = 0;
+let mostInFlight = 0;
+const Keyed = defineJob({
+  name: "Keyed",
+  queue: "sqlapi",
+  args: z.object({ n: z.number() }),
+  perform: async (args) => {
+    mostInFlight = Math.max(mostInFlight, ++inFlight);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    inFlight--;
+    return args.n;
+  },
+});
 // Never claimed here (no node runs queue "parked"): rows stay as inserted.
 const Parked = defineMachine({
   name: "Parked",
@@ -44,10 +58,10 @@ const Parked = defineMachine({
 });
 
 // Polls every 10 minutes: whatever runs sooner was woken by NOTIFY.
-const runner = db.engine({ queues: { sqlapi: 4 }, machines: [Order, Both, Mail], pollInterval: "10m" });
+const runner = db.engine({ queues: { sqlapi: 4 }, machines: [Order, Both, Mail, Keyed], pollInterval: "10m" });
 await runner.start();
 // A client that defines Parked too, so the SQL API knows its initial step and queue.
-const client = db.engine({ machines: [Parked, Order, Mail, Both] });
+const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed] });
 await client.start();
 await eventually(
   "the runner listening",
@@ -154,6 +168,16 @@ describe("insert from SQL", () => {
       await sql(`drop table ${s}_orders`);
       await sql(`drop function ${s}_order_created()`);
     }
+  });
+
+  it("a concurrency key given from SQL keeps its instances' steps from overlapping", async () => {
+    const ids: string[] = [];
+    for (let n = 0; n < 4; n++) {
+      const [row] = await sql(`select * from ${s}.insert('Keyed', $1, '{"concurrencyKey": "account:1"}')`, [{ n }]);
+      ids.push(String(row.id));
+    }
+    for (const id of ids) expect((await client.wait(id, { timeout: 10_000 })).status).toBe("done");
+    expect(mostInFlight).toBe(1);
   });
 
   it("a state the schema refuses fails the instance with a ValidationError, without retries", async () => {
