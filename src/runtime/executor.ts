@@ -296,7 +296,7 @@ export class Executor {
   /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
   private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
-    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null }>(
+    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null; rejected: boolean }>(
       prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel, this.deps.idempotencyWindowMs]),
     );
     const results = out.filter((r) => r.idx >= 0);
@@ -304,10 +304,13 @@ export class Executor {
     if (taken || results.length !== children.length) {
       // A join waits only for children its spawn created: a child that names an existing instance refuses the spawn.
       const child = taken ? children[taken.idx]! : undefined;
-      const message = child?.idempotency_key
-        ? `the idempotency key ${JSON.stringify(child.idempotency_key)} of a child already names instance ${taken!.id}`
-        : `the correlation key ${JSON.stringify(child?.correlation_key ?? "?")} of a child already names ` +
-          `a live instance`;
+      const message = taken?.rejected
+        ? `the correlation key ${JSON.stringify(child!.correlation_key)} of a child already names instance ` +
+          `${taken.id} and the child's ifExists is "reject"`
+        : child?.idempotency_key
+          ? `the idempotency key ${JSON.stringify(child.idempotency_key)} of a child already names instance ${taken!.id}`
+          : `the correlation key ${JSON.stringify(child?.correlation_key ?? "?")} of a child already names ` +
+            `a live instance`;
       throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);

@@ -15,6 +15,19 @@ const Transfer = defineJob({
   args: z.object({ amount: z.number() }),
   perform: async (args) => args.amount,
 });
+const Saga = defineMachine({
+  name: "Saga",
+  queue: "idem",
+  state: z.object({ key: z.string() }),
+  steps: {
+    start: (ctx) =>
+      ctx.spawn(
+        [{ machine: Transfer, args: { amount: 2 }, correlationKey: ctx.state.key, ifExists: "reject" }],
+        "joined",
+      ),
+    joined: (ctx) => ctx.done(ctx.children.map((c) => c.status)),
+  },
+});
 const Batch = defineMachine({
   name: "Batch",
   queue: "idem",
@@ -32,7 +45,7 @@ const Parked = defineJob({
   perform: async () => null,
 });
 
-const runner = db.engine({ queues: { idem: 4 }, machines: [Transfer, Batch] });
+const runner = db.engine({ queues: { idem: 4 }, machines: [Transfer, Batch, Saga] });
 await runner.start();
 const client = db.engine();
 await client.start();
@@ -178,6 +191,17 @@ describe("ifExists", () => {
     const allowed = await client.insert(Transfer, { args: { amount: 10 }, correlationKey: "transfer:1" });
     expect(allowed.inserted).toBe(true);
     await client.wait(allowed.id, { timeout: 10_000 });
+  });
+
+  it('ctx.spawn: a child with ifExists "reject" whose key finished within the window refuses the spawn', async () => {
+    const first = await client.insert(Saga, { state: { key: "saga:1" } });
+    expect((await client.wait(first.id, { timeout: 10_000 })).result).toEqual(["done"]);
+    const second = await client.insert(Saga, { state: { key: "saga:1" }, maxAttempts: 1 });
+    const failed = await client.wait(second.id, { timeout: 10_000 });
+    expect(failed.status).toBe("failed");
+    expect(failed.error?.message).toMatch(
+      /ctx\.spawn: the correlation key "saga:1" of a child already names instance \d+ and the child's ifExists is "reject"; no child was inserted/,
+    );
   });
 
   it("still sees a finished instance the GC pruned within the window", async () => {
