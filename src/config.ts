@@ -54,6 +54,11 @@ export interface GenDurableOptions {
   listenerHeartbeat?: Duration;
   /** How long a signal sent with ifMissing: "keep" waits for an instance with its key. Default "1d". */
   signalRetention?: Duration;
+  /**
+   * How long an insert's idempotencyKey is remembered, and how long ifExists "reuse" / "reject" see a
+   * finished instance of a correlation key. Default "24h".
+   */
+  idempotencyWindow?: Duration;
   /** How long terminal instances (with history and signals) are kept before the GC prunes them. Default "7d". */
   retention?: Duration;
   /** How often the GC looks for terminal instances past their retention. Default "1m". */
@@ -89,6 +94,7 @@ export interface ResolvedConfig {
   shutdownGraceMs: number;
   listenerHeartbeatMs: number;
   signalRetentionMs: number;
+  idempotencyWindowMs: number;
   retentionMs: number;
   gcMs: number;
   maxPayloadBytes: number;
@@ -159,6 +165,7 @@ export const OPTIONS = {
   shutdownGrace: durationOption("10s", 0),
   listenerHeartbeat: durationOption("10s", 100, ONE_DAY),
   signalRetention: durationOption("1d", 0),
+  idempotencyWindow: durationOption("24h", 0),
   retention: durationOption("7d", 0),
   gcInterval: durationOption("1m", 10),
   maxPayloadBytes: integerOption(1024 * 1024, 256 * 1024 * 1024),
@@ -283,6 +290,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     shutdownGraceMs: durationMs("shutdownGrace"),
     listenerHeartbeatMs: durationMs("listenerHeartbeat"),
     signalRetentionMs: durationMs("signalRetention"),
+    idempotencyWindowMs: durationMs("idempotencyWindow"),
     retentionMs: durationMs("retention"),
     gcMs: durationMs("gcInterval"),
     maxPayloadBytes: wholeNumber("maxPayloadBytes"),

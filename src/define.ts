@@ -49,6 +49,19 @@ export interface InstanceOptions {
   correlationKey?: string;
   /** Steps of instances sharing this key never run at the same time, on any node. */
   concurrencyKey?: string;
+  /**
+   * A retried insert with this key, within the engine's `idempotencyWindow` (default 24 h) of the first,
+   * inserts nothing and returns the first's id with `inserted: false`, even once that instance finished
+   * or was pruned.
+   */
+  idempotencyKey?: string;
+  /**
+   * With `correlationKey`: what an instance with that key, live or finished within the
+   * `idempotencyWindow`, means. "allow" (default): only a live one is returned, a finished one is
+   * not looked at; "reuse": it is returned (`inserted: false`); "reject": the insert throws
+   * KeyExistsError naming the key and that instance.
+   */
+  ifExists?: "reuse" | "reject" | "allow";
 }
 
 /** A child for `ctx.spawn`: a machine with `state`, or a job with `args`. */

@@ -42,6 +42,8 @@ import { retryInstance } from "./client/retry.js";
 import { sendSignal } from "./client/signal.js";
 import { Leases } from "./runtime/leases.js";
 import { Notifier } from "./runtime/notifier.js";
+import { recordForSql } from "./runtime/sql-api.js";
+import { sqlApiQueries } from "./sql/sql-api.js";
 import { claimQueries } from "./sql/claims.js";
 import { instanceQueries } from "./sql/instances.js";
 import { childQueries } from "./sql/children.js";
@@ -99,11 +101,12 @@ export class GenDurable {
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
-    const { schema, retentionMs, machines } = this.config;
+    const { schema, retentionMs, machines, idempotencyWindowMs } = this.config;
     this.pruner = new Pruner({
       pool,
       schema,
       retentionMs,
+      idempotencyWindowMs,
       machines,
       events: this.events,
       more: () => this.worker?.loops.gc.trigger(),
@@ -172,6 +175,14 @@ export class GenDurable {
     });
     // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
     await this.pruner.recordRetentions();
+    // The SQL API's insert and signal take machines' defaults and these options from the database.
+    await recordForSql(
+      this.pool,
+      sqlApiQueries(this.config.schema),
+      this.config.schema,
+      this.config.machines,
+      this.config,
+    );
     if (this.config.queues.size > 0) await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
   }
 

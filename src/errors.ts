@@ -12,7 +12,8 @@ export type ErrorCode =
   | "STEP_TIMEOUT"
   | "NOT_MIGRATED"
   | "WAIT_TIMEOUT"
-  | "ENGINE_STOPPED";
+  | "ENGINE_STOPPED"
+  | "KEY_EXISTS";
 
 export class GenDurableError extends Error {
   readonly code: ErrorCode;
@@ -94,5 +95,19 @@ export class WaitTimeoutError extends GenDurableError {
 export class EngineStoppedError extends GenDurableError {
   constructor() {
     super("ENGINE_STOPPED", "the engine is stopped");
+  }
+}
+
+/** An insert with `ifExists: "reject"` found an instance with its correlation key, live or finished within the window. */
+export class KeyExistsError extends GenDurableError {
+  constructor(
+    readonly correlationKey: string,
+    readonly existingId: string,
+  ) {
+    super(
+      "KEY_EXISTS",
+      `an instance with correlation key ${JSON.stringify(correlationKey)} already exists (instance ${existingId}) ` +
+        `and ifExists is "reject"`,
+    );
   }
 }

@@ -53,5 +53,6 @@ export {
   NotMigratedError,
   WaitTimeoutError,
   EngineStoppedError,
+  KeyExistsError,
 } from "./errors.js";
 export type { ErrorCode } from "./errors.js";

@@ -30,6 +30,7 @@ import type { ClaimQueries } from "./sql/claims.js";
 import type { FlowQueries } from "./sql/flow.js";
 import type { InstanceQueries } from "./sql/instances.js";
 import type { SignalQueries } from "./sql/signals.js";
+import { sqlApiQueries } from "./sql/sql-api.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
 
 export interface WorkerNodeDeps {
@@ -88,6 +89,8 @@ export class WorkerNode {
       channel: config.channel,
       rateLimiter: deps.rateLimiter,
       stopReason: () => this.stopReason,
+      sqlApi: sqlApiQueries(config.schema),
+      idempotencyWindowMs: config.idempotencyWindowMs,
     });
     // Any queue may hold any machine (insert's `queue` option), so every scheduler claims every machine.
     const machines = [...config.machines.keys()];

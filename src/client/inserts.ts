@@ -4,9 +4,9 @@ import type { AnyMachine } from "../define.js";
 import { describe } from "../duration.js";
 import { assertReadCommitted } from "../db/pool.js";
 import { prepared } from "../db/prepared.js";
-import { ValidationError } from "../errors.js";
+import { KeyExistsError, ValidationError } from "../errors.js";
 import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js";
-import { prepareInsert, type InsertRow } from "../runtime/insert.js";
+import { firstOfEachKey, prepareInsert, type InsertRow } from "../runtime/insert.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import type { ClientContext } from "./context.js";
 
@@ -52,13 +52,7 @@ async function insertRows(
   ctx.assertUsable();
   const results: Array<InsertResult | undefined> = new Array(rows.length);
   // A key repeated within the batch refers to the first row that carries it.
-  const firstWithKey = new Map<string, number>();
-  const unique = rows.filter((row) => {
-    if (row.correlation_key === null) return true;
-    if (firstWithKey.has(row.correlation_key)) return false;
-    firstWithKey.set(row.correlation_key, row.idx);
-    return true;
-  });
+  const { unique, firstOf } = firstOfEachKey(rows);
   if (unique.some((row) => row.correlation_key !== null)) {
     const why =
       "an insert with a correlation key takes the signals kept for its key after locking the key, and a " +
@@ -80,7 +74,11 @@ async function insertRows(
       inserted: boolean;
       queue: string;
       due: boolean;
-    }>(prepared(ctx.instances.insert, [JSON.stringify(pending), channel]));
+      rejected: boolean;
+    }>(prepared(ctx.instances.insert, [JSON.stringify(pending), channel, ctx.config.idempotencyWindowMs]));
+    const rejected = out.find((row) => row.rejected);
+    // Nothing was inserted: the statement inserts no row when one is rejected.
+    if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
     for (const row of out) {
       if (row.idx < 0) continue;
       results[row.idx] = { id: row.id, inserted: row.inserted };
@@ -90,8 +88,7 @@ async function insertRows(
     pending = pending.filter((row) => results[row.idx] === undefined);
   }
   for (const row of rows) {
-    if (results[row.idx] === undefined)
-      results[row.idx] = { id: results[firstWithKey.get(row.correlation_key!)!]!.id, inserted: false };
+    if (results[row.idx] === undefined) results[row.idx] = { id: results[firstOf(row)]!.id, inserted: false };
   }
   return results as InsertResult[];
 }

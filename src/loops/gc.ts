@@ -61,6 +61,8 @@ export interface PrunerOptions {
   pool: pg.Pool;
   schema: string;
   retentionMs: number;
+  /** Correlation keys of instances pruned within this window are remembered (ifExists); expired keys are deleted. */
+  idempotencyWindowMs?: number;
   machines: ReadonlyMap<string, AnyMachine>;
   events: TypedEmitter;
   /** Called when a tick stopped at its limit with more left to prune. */
@@ -163,6 +165,7 @@ export class Pruner {
           batch,
           after?.at ?? null,
           after?.id ?? null,
+          this.options.idempotencyWindowMs ?? 86_400_000, // the engine's default, 24 h
         ]);
         const row: BatchRow = rows[0]!;
         total.instances += row.instances;
@@ -178,6 +181,10 @@ export class Pruner {
       for (;;) {
         const { rowCount } = await pool.query(this.expireInbox, [GC_BATCH]);
         total.signals += rowCount ?? 0;
+        if ((rowCount ?? 0) < GC_BATCH) break;
+      }
+      for (;;) {
+        const { rowCount } = await pool.query(this.q.expireRemembered, [GC_BATCH]);
         if ((rowCount ?? 0) < GC_BATCH) break;
       }
     }

@@ -244,6 +244,9 @@ export class QueueScheduler {
       this.scheduleFill();
     };
     const task = this.o.executor.execute(row, onSettled).finally(() => {
+      // A keyed row's outcome has committed and freed its key only now: the claim made when its
+      // code settled found the key still held, so the key's next instance would wait for the poll.
+      if (row.concurrency_key !== null) this.mayHaveMore = true;
       if (settled) this.committing--;
       else {
         this.running--;

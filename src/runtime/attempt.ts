@@ -29,6 +29,8 @@ export interface ClaimedRow {
   rate_limited: string | null;
   /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
   claimed_ahead: boolean;
+  /** Inserted from SQL and not yet checked against the machine's schema (runtime/sql-api.ts). */
+  unvalidated?: boolean;
 }
 
 export interface Attempt {

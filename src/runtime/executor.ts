@@ -23,7 +23,9 @@ import type { Completion } from "./completion.js";
 import { createContext } from "./context.js";
 import type { Wakeups } from "./wakeups.js";
 import { isTerminal } from "../status.js";
-import type { InsertRow } from "./insert.js";
+import { lockNamesOf, type InsertRow } from "./insert.js";
+import type { SqlApiQueries } from "../sql/sql-api.js";
+import { acceptSqlState } from "./sql-api.js";
 import { invokeStep } from "./invoke.js";
 import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
 import type { Leases } from "./leases.js";
@@ -53,6 +55,10 @@ export interface ExecutorDeps {
   rateLimiter: RateLimiter;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
+  /** Checks rows inserted from SQL (sql-api.ts). */
+  sqlApi: SqlApiQueries;
+  /** How long idempotency keys of spawned children are remembered. */
+  idempotencyWindowMs: number;
 }
 
 /** Tries of an await's or spawn's commit when the connection breaks under it. */
@@ -116,7 +122,9 @@ export class Executor {
     }
   }
 
-  private async run(attempt: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+  private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+    const attempt = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
+    if (attempt === null) return;
     const { row, machine, maxAttempts } = attempt;
     if (!isRunnable(attempt)) {
       const steps = [...machine.steps.keys()].join(", ");
@@ -225,6 +233,28 @@ export class Executor {
     return this.committed(attempt, committed.completion, true, committed.resumedQueue);
   }
 
+  /**
+   * A row inserted from SQL: its state meets the machine's schema here, once, and the schema's
+   * output is stored. A state it refuses fails the instance at once (another attempt would refuse
+   * it again); null when the attempt was settled here (failed, or its claim lost).
+   */
+  private async acceptSqlState(attempt: Attempt, settled: () => void): Promise<Attempt | null> {
+    const { row, machine } = attempt;
+    let accepted: { state: unknown } | null;
+    try {
+      accepted = await acceptSqlState(this.deps.pool, this.deps.sqlApi, row, machine, this.deps.maxPayloadBytes);
+    } catch (error) {
+      if (isConnectionError(error)) throw error;
+      await this.fail({ ...attempt, maxAttempts: row.attempt }, error, settled);
+      return null;
+    }
+    if (accepted === null) {
+      this.lost(row);
+      return null;
+    }
+    return { ...attempt, row: { ...row, state: accepted.state, unvalidated: false } };
+  }
+
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */
   private async releaseNow(row: ClaimedRow): Promise<void> {
     const queues = await this.deps.leases.release(row.id, row.claim_token);
@@ -247,9 +277,7 @@ export class Executor {
     const { spawn, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
-    const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)].filter(
-      (k) => k !== null,
-    );
+    const keys = [completion.concurrency_key, ...(spawn ?? []).flatMap(lockNamesOf)].filter((k) => k !== null);
     if (keys.length > 0) await client.query(prepared(this.deps.claims.lockKeys, [keys]));
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
@@ -268,16 +296,22 @@ export class Executor {
   /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
   private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
-    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null }>(
-      prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel]),
+    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null; rejected: boolean }>(
+      prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel, this.deps.idempotencyWindowMs]),
     );
     const results = out.filter((r) => r.idx >= 0);
-    const taken = results.filter((r) => !r.inserted).map((r) => children[r.idx]!.correlation_key);
-    if (taken.length > 0 || results.length !== children.length) {
-      throw new ValidationError(
-        `ctx.spawn: the correlation key ${JSON.stringify(taken[0] ?? "?")} of a child already names ` +
-          `a live instance; no child was inserted`,
-      );
+    const taken = results.find((r) => !r.inserted);
+    if (taken || results.length !== children.length) {
+      // A join waits only for children its spawn created: a child that names an existing instance refuses the spawn.
+      const child = taken ? children[taken.idx]! : undefined;
+      const message = taken?.rejected
+        ? `the correlation key ${JSON.stringify(child!.correlation_key)} of a child already names instance ` +
+          `${taken.id} and the child's ifExists is "reject"`
+        : child?.idempotency_key
+          ? `the idempotency key ${JSON.stringify(child.idempotency_key)} of a child already names instance ${taken!.id}`
+          : `the correlation key ${JSON.stringify(child?.correlation_key ?? "?")} of a child already names ` +
+            `a live instance`;
+      throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
     await client.query(this.deps.children.markSpawn, [parentId, first]);

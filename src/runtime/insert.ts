@@ -21,6 +21,23 @@ export interface InsertRow {
   correlation_key: string | null;
   concurrency_key: string | null;
   parent_id: string | null;
+  /** Remembered for the idempotency window: a retried insert with it returns the instance it made. */
+  idempotency_key: string | null;
+  /** With a correlation key: what an instance with it, live or finished within the window, means. Null: "allow". */
+  if_exists: "reuse" | "reject" | null;
+}
+
+/**
+ * The advisory locks (lock_keys) an insert of `row` takes: its concurrency key, its idempotency
+ * key, and its correlation key when ifExists looks for finished twins. A transaction that inserts
+ * rows after locking other keys (a spawn) takes these with them, in the one global order.
+ */
+export function lockNamesOf(row: InsertRow): string[] {
+  const names: string[] = [];
+  if (row.concurrency_key !== null) names.push(row.concurrency_key);
+  if (row.idempotency_key !== null) names.push(`idempotency:${row.idempotency_key}`);
+  if (row.if_exists !== null) names.push(`correlation:${row.correlation_key!}`);
+  return names;
 }
 
 const OPTION_KEYS = [
@@ -33,6 +50,8 @@ const OPTION_KEYS = [
   "maxAttempts",
   "correlationKey",
   "concurrencyKey",
+  "idempotencyKey",
+  "ifExists",
   "client",
 ];
 
@@ -64,6 +83,11 @@ export async function prepareInsert(
 
   if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
   const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", bad);
+  const ifExists = options.ifExists;
+  if (ifExists !== undefined && ifExists !== "reuse" && ifExists !== "reject" && ifExists !== "allow")
+    throw bad(`ifExists must be "reuse", "reject" or "allow", got ${describe(ifExists)}`);
+  if (ifExists !== undefined && options.correlationKey === undefined)
+    throw bad("ifExists needs a correlationKey: it says what to do when an instance with that key exists");
   const priority = options.priority ?? 0;
   if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1)
     throw bad(`priority must be an integer, got ${describe(options.priority)}`);
@@ -83,5 +107,41 @@ export async function prepareInsert(
     concurrency_key:
       options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
     parent_id: null,
+    idempotency_key:
+      options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),
+    if_exists: ifExists === undefined || ifExists === "allow" ? null : ifExists,
   };
+}
+
+/**
+ * A batch's rows with each correlation and idempotency key once: a later row that repeats a key
+ * refers to the first row that carries it (`firstOf` gives that row's idx). A repeated key with
+ * ifExists "reject" is refused: the batch would start the same work twice.
+ */
+export function firstOfEachKey(rows: readonly InsertRow[]): {
+  unique: InsertRow[];
+  firstOf: (row: InsertRow) => number;
+} {
+  const byCorrelation = new Map<string, number>();
+  const byIdempotency = new Map<string, number>();
+  const firsts = new Map<number, number>();
+  const unique = rows.filter((row) => {
+    const first =
+      (row.idempotency_key === null ? undefined : byIdempotency.get(row.idempotency_key)) ??
+      (row.correlation_key === null ? undefined : byCorrelation.get(row.correlation_key));
+    if (first !== undefined) {
+      if (row.if_exists === "reject" && row.idempotency_key === null) {
+        const key = JSON.stringify(row.correlation_key);
+        throw new ValidationError(
+          `insertMany: items ${first} and ${row.idx} share the correlation key ${key}, and ifExists is "reject"`,
+        );
+      }
+      firsts.set(row.idx, first);
+      return false;
+    }
+    if (row.correlation_key !== null) byCorrelation.set(row.correlation_key, row.idx);
+    if (row.idempotency_key !== null) byIdempotency.set(row.idempotency_key, row.idx);
+    return true;
+  });
+  return { unique, firstOf: (row) => firsts.get(row.idx)! };
 }

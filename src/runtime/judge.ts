@@ -273,6 +273,15 @@ async function prepareChildren(children: unknown[], where: string, maxPayloadByt
       return prepareInsert(machine, options, i, `${where} child ${i}:`, maxPayloadBytes);
     }),
   );
+  const idempotencyKeys = new Set<string>();
+  for (const row of rows) {
+    if (row.idempotency_key === null) continue;
+    if (idempotencyKeys.has(row.idempotency_key)) {
+      const key = JSON.stringify(row.idempotency_key);
+      throw new ValidationError(`${where}: two children share the idempotency key ${key}`);
+    }
+    idempotencyKeys.add(row.idempotency_key);
+  }
   const keys = new Set<string>();
   for (const row of rows) {
     if (row.correlation_key === null) continue;

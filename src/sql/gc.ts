@@ -68,7 +68,10 @@ export function gcQueries(schema: string) {
      * $2 ms ago (database clock), oldest first, after the keyset cursor
      * ($4 updated_at as text, $5 id; null for the first batch), with their
      * transitions and signals. Returns the counts and the cursor for the next
-     * batch (null when nothing was deleted).
+     * batch (null when nothing was deleted). A victim with a correlation key that
+     * finished less than $6 ms (the idempotency window) ago is remembered in
+     * remembered_keys, so ifExists "reuse" / "reject" still see it: only when the
+     * retention is shorter than the window. Keys in order, so two pruners lock them alike.
      */
     pruneBatch: `
       with victims as (
@@ -85,6 +88,16 @@ export function gcQueries(schema: string) {
         limit $3
         for update of c skip locked
       ),
+      kept_keys as (
+        insert into ${s}.remembered_keys as r (kind, key, instance_id, expires_at)
+        select distinct on (c.correlation_key) 'correlation', c.correlation_key, c.id,
+               c.updated_at + $6::float8 * interval '1 millisecond'
+        from ${s}.instances c join victims v on v.id = c.id
+        where c.correlation_key is not null and c.updated_at > now() - $6::float8 * interval '1 millisecond'
+        order by c.correlation_key, c.id desc
+        on conflict (kind, key) do update set instance_id = excluded.instance_id, expires_at = excluded.expires_at
+        where r.instance_id < excluded.instance_id
+      ),
       gone_transitions as (delete from ${s}.transitions where instance_id in (select id from victims) returning 1),
       gone_signals as (delete from ${s}.signals where instance_id in (select id from victims) returning 1),
       gone as (delete from ${s}.instances where id in (select id from victims) returning id, updated_at),
@@ -94,6 +107,13 @@ export function gcQueries(schema: string) {
              (select count(*) from gone_signals)::int as signals,
              (select updated_at::text from last) as after_at,
              (select id::text from last) as after_id`,
+
+    /** Remembered idempotency and correlation keys past their window, up to $1 (index remembered_keys_expiry). */
+    expireRemembered: `
+      delete from ${s}.remembered_keys where (kind, key) in (
+        select kind, key from ${s}.remembered_keys where expires_at < now()
+        order by expires_at limit $1 for update skip locked)`,
+
   };
 }
 

@@ -96,7 +96,15 @@ export function instanceQueries(schema: string) {
      * correlation key conflicts and returns the existing id instead. Rows whose
      * existing twin was committed after this statement's snapshot come back
      * missing: the caller retries them (a new snapshot sees the twin).
-     * $1: jsonb array of rows; $2: NOTIFY channel, or null to leave waking to the caller.
+     * Remembered keys (the migration "sql api"): a row whose idempotency key is
+     * remembered, or whose correlation key has an instance live or finished
+     * within the window and ifExists "reuse" or "reject", inserts nothing and
+     * returns that instance (`existing`); when any row is rejected, no row is
+     * inserted at all and the rejected rows come back with `rejected`. Both
+     * lookups run after the keys' locks with a fresh snapshot (VOLATILE
+     * functions), and the same function serves the SQL API's insert.
+     * $1: jsonb array of rows; $2: NOTIFY channel, or null to leave waking to the caller;
+     * $3: the window in ms.
      */
     insert: `
       with input as (
@@ -104,10 +112,28 @@ export function instanceQueries(schema: string) {
         from jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
-          correlation_key text, concurrency_key text, parent_id bigint)
+          correlation_key text, concurrency_key text, parent_id bigint, idempotency_key text, if_exists text)
       ),
-      -- The batch's concurrency keys, in the one global order, before any row (see lock_keys).
-      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
+      -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any row (see lock_keys).
+      keys_locked as (
+        select ${s}.lock_keys(array(
+          select concurrency_key from input
+          union all select 'idempotency:' || idempotency_key from input
+          union all select 'correlation:' || correlation_key from input where if_exists in ('reuse', 'reject'))) as n
+      ),
+      prior as (
+        select p.id, p.idx, p.correlation_key, p.existing, p.by_idempotency,
+               p.existing is not null and p.by_idempotency is null and p.if_exists = 'reject' as rejected
+        from (
+          select x.id, x.idx, x.correlation_key, x.if_exists, r.by_idempotency,
+                 coalesce(r.by_idempotency, case when x.if_exists in ('reuse', 'reject')
+                   then ${s}.correlation_prior(x.correlation_key, $3::float8) end) as existing
+          from input x
+          cross join lateral (select case when x.idempotency_key is not null
+            then ${s}.remembered_instance(x.idempotency_key) end as by_idempotency) r
+          where (x.idempotency_key is not null or x.if_exists in ('reuse', 'reject')) and (select n from keys_locked) >= 0
+        ) p
+      ),
       ins as (
         insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id)
         -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
@@ -117,26 +143,44 @@ export function instanceQueries(schema: string) {
         -- One order for every insert, so concurrent batches take key locks (the correlation
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
         from input where (select n from keys_locked) >= 0
+          and id not in (select id from prior where existing is not null)
+          and not exists (select 1 from prior where rejected)
         order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
         on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL_SQL} do nothing
         -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
         returning id, correlation_key, queue, run_at <= now() as due,
           case when correlation_key is not null then ${s}.take_inbox(correlation_key, id) end as inbox
       ),
+      results as (
+        select x.idx, x.id as input_id, ins.id, true as inserted, ins.queue, ins.due, false as rejected
+          from input x join ins on ins.id = x.id
+        union all
+        select p.idx, p.id, p.existing, false, null, false, p.rejected from prior p where p.existing is not null
+        union all
+        select x.idx, x.id, e.id, false, e.queue, false, false
+          from input x join ${s}.instances e
+            on e.correlation_key = x.correlation_key and e.status not in ${TERMINAL_SQL}
+          where x.correlation_key is not null and not exists (select 1 from ins where ins.id = x.id)
+            and x.id not in (select id from prior where existing is not null)
+            and not exists (select 1 from prior where rejected)
+      ),
+      remembered as (
+        insert into ${s}.remembered_keys as r (kind, key, instance_id, expires_at)
+        select 'idempotency', x.idempotency_key, res.id, now() + $3::float8 * interval '1 millisecond'
+        from input x join results res on res.input_id = x.id
+        where x.idempotency_key is not null and not exists (select 1 from prior where rejected)
+          and x.id not in (select id from prior where by_idempotency is not null)
+        order by x.idempotency_key
+        on conflict (kind, key) do update set instance_id = excluded.instance_id, expires_at = excluded.expires_at
+      ),
       woke as (
         select count(pg_notify($2::text, q.queue)) as n
         from (select distinct queue from ins where due and $2::text is not null) q
       )
-      select x.idx, x.id::text as id, true as inserted, ins.queue, ins.due
-        from input x join ins on ins.id = x.id
-      union all
-      select x.idx, e.id::text, false, e.queue, false
-        from input x join ${s}.instances e
-          on e.correlation_key = x.correlation_key and e.status not in ${TERMINAL_SQL}
-        where x.correlation_key is not null and not exists (select 1 from ins where ins.id = x.id)
+      select idx, id::text as id, inserted, queue, due, rejected from results
       union all
       -- never a row: makes the statement evaluate the NOTIFYs
-      select -1, null, null, null, null from woke where n < 0`,
+      select -1, null, null, null, null, null from woke where n < 0`,
 
     get: `select ${INSTANCE_COLUMNS} from ${s}.instances where id = $1`,
     getByKey: `select ${INSTANCE_COLUMNS} from ${s}.instances where correlation_key = $1

@@ -47,6 +47,13 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
     why: "token refill is computed from updated_at; line_end is when the waiting line clears; full_at when an idle bucket may be forgotten",
   },
   { table: "gc_retention", columns: ["updated_at"], why: "when a retention was recorded" },
+  {
+    table: "remembered_keys",
+    columns: ["expires_at"],
+    why: "idempotency and correlation keys are forgotten once the idempotencyWindow has passed",
+  },
+  { table: "machines", columns: ["updated_at"], why: "when an engine recorded a machine for the SQL API" },
+  { table: "settings", columns: ["updated_at"], why: "when an engine recorded an option for the SQL API" },
   // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
   {
     table: "cron_ticks",
