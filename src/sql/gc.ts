@@ -113,7 +113,6 @@ export function gcQueries(schema: string) {
       delete from ${s}.remembered_keys where (kind, key) in (
         select kind, key from ${s}.remembered_keys where expires_at < now()
         order by expires_at limit $1 for update skip locked)`,
-
   };
 }
 
