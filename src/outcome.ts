@@ -9,7 +9,7 @@ import type { Duration } from "./duration.js";
 const BRAND: unique symbol = Symbol.for("gen-durable.outcome");
 
 export type AwaitSpec<E extends string = string> =
-  E | { all: readonly E[] } | { any: readonly E[] } | { event: E; count: number };
+  E | { all: readonly AwaitSpec<E>[] } | { any: readonly AwaitSpec<E>[] } | { event: E; count: number };
 
 export interface ScheduleOptions {
   delay?: Duration;

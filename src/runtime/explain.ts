@@ -3,6 +3,7 @@ import type pg from "pg";
 import type { Instance } from "../instance.js";
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "./await-spec.js";
+import { describeTree } from "./composite-spec.js";
 import { childQueries } from "../sql/children.js";
 
 export interface Explanation {
@@ -101,11 +102,13 @@ export async function explainInstance(
         );
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
         const wanted =
-          spec.mode === "pack"
-            ? `${spec.count} × "${spec.events[0]}"`
-            : spec.mode === "one"
-              ? `"${spec.events[0]}"`
-              : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
+          spec.mode === "tree"
+            ? describeTree(spec.tree!)
+            : spec.mode === "pack"
+              ? `${spec.count} × "${spec.events[0]}"`
+              : spec.mode === "one"
+                ? `"${spec.events[0]}"`
+                : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
         reasons.push(
           `awaiting signals: ${wanted}; arrived so far: ${arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"}`,
         );
