@@ -44,7 +44,15 @@ describe("composite await specs", () => {
       { event: "a", i: 3 },
     ]);
     // Two leaves of one event in a set need that many of it.
-    const twice = normalizeSpec({ all: [{ event: "a", count: 1 }, { event: "a", count: 2 }] }, "test");
+    const twice = normalizeSpec(
+      {
+        all: [
+          { event: "a", count: 1 },
+          { event: "a", count: 2 },
+        ],
+      },
+      "test",
+    );
     expect(matchSpec(twice, signals("a", "a"))).toBeNull();
     expect(matchSpec(twice, signals("a", "a", "a"))).toHaveLength(3);
     // Flat specs keep their stored form.
