@@ -77,6 +77,12 @@ export interface StepContext<State, StateIn, K extends string> {
   await(spec: AwaitSpec, step: K, state?: StateIn, options?: AwaitOptions<K>): StepOutcome;
   /** Commit `state`, insert `children` atomically, and run `step` once all of them are terminal. */
   spawn(children: readonly ChildSpec[], step: K, state?: StateIn): StepOutcome;
+  /**
+   * Publish `value` (JSON) as `key` for `engine.waitForEvent`, `engine.get` and history: committed
+   * with this step's outcome, or not at all (a failed attempt publishes nothing). A later publication
+   * of the same key replaces it.
+   */
+  publish(key: string, value: unknown): void;
   /** Finish: terminal `done`, `result` stored. */
   done(result?: unknown): StepOutcome;
   /** Run this step again after `delay`; not a failure, the attempt is not consumed. */

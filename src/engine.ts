@@ -9,6 +9,8 @@ import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./co
 import type { AnyMachine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
+import { PublishedWaiters, waitForEvent, type EventTarget } from "./runtime/published.js";
+import { publishedQueries, type PublishedQueries } from "./sql/published.js";
 import { isolationOf, isReadCommitted, openPool, withTransaction } from "./db/pool.js";
 import { prepared } from "./db/prepared.js";
 import {
@@ -81,6 +83,8 @@ export class GenDurable {
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
+  private readonly publishedQ: PublishedQueries;
+  private readonly publishedWaiters = new PublishedWaiters();
   private readonly schedulers = new Map<string, QueueScheduler>();
   /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
   private readonly wakeups: Wakeups = {
@@ -118,6 +122,7 @@ export class GenDurable {
     this.completer = new Completer(pool, this.claims.complete);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
+    this.publishedQ = publishedQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
     const { schema, retentionMs, machines } = this.config;
     this.pruner = new Pruner({
@@ -197,6 +202,7 @@ export class GenDurable {
       children: this.childrenQ,
       channel: config.channel,
       rateLimiter: this.rateLimiter,
+      published: this.publishedQ,
       stopReason: () => this.stopReason,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
@@ -259,7 +265,7 @@ export class GenDurable {
       clientConfig,
       channel: config.channel,
       heartbeatMs: config.listenerHeartbeatMs,
-      onNotify: (queue) => this.schedulers.get(queue)?.wake(),
+      onNotify: (queue) => this.publishedWaiters.onNotify(queue) || this.schedulers.get(queue)?.wake(),
       onConnected: wakeAll,
       onError: (error) => this.reportError("listener", error),
     });
@@ -473,6 +479,16 @@ export class GenDurable {
     return rows[0] ? toInstance(rows[0]) : null;
   }
 
+  /**
+   * The value instance `target` (an id, `{ id }` or `{ correlationKey }`) published as `key` with
+   * `ctx.publish`: at once if it has, else as soon as the commit that publishes it lands.
+   */
+  async waitForEvent(target: EventTarget, key: string, options: { timeout?: Duration } = {}): Promise<unknown> {
+    this.assertUsable();
+    const { pool, publishedQ: q, publishedWaiters: waiters } = this;
+    return waitForEvent({ pool, q, waiters, pollMs: this.config.pollMs }, target, key, options);
+  }
+
   /** Instances, newest first; page with `after: lastId`. */
   async list(filter: ListFilter = {}): Promise<Instance[]> {
     this.assertUsable();
@@ -520,6 +536,7 @@ export class GenDurable {
       attempt: r.attempt,
       durationMs: r.duration_ms,
       ...(r.error ? { error: r.error } : {}),
+      ...(r.published ? { published: r.published } : {}),
     }));
   }
 
@@ -879,5 +896,6 @@ function toInstance(r: any): Instance {
     parentId: r.parent_id === null ? null : String(r.parent_id),
     insertedAt: r.inserted_at,
     updatedAt: r.updated_at,
+    published: r.published ?? {},
   };
 }

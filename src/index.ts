@@ -52,6 +52,7 @@ export {
   StepTimeoutError,
   NotMigratedError,
   WaitTimeoutError,
+  EventTimeoutError,
   EngineStoppedError,
 } from "./errors.js";
 export type { ErrorCode } from "./errors.js";

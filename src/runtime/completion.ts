@@ -30,6 +30,8 @@ export interface Completion {
   hist_error: unknown;
   /** Postponed by this rate limit, waiting in its line. */
   rate_limited?: string;
+  /** Values the step published (ctx.publish), stored in the commit's transaction (not by `complete`). */
+  publish?: Record<string, unknown>;
   /** Children to insert with a spawn (not part of the row written by `complete`). */
   spawn?: import("./insert.js").InsertRow[];
 }

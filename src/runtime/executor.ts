@@ -29,6 +29,8 @@ import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
 import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
+import { storePublished } from "./published.js";
+import type { PublishedQueries } from "../sql/published.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -51,6 +53,7 @@ export interface ExecutorDeps {
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
+  published: PublishedQueries;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
 }
@@ -161,8 +164,8 @@ export class Executor {
       if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
       return this.fail(attempt, error, settled);
     }
-    // Awaits and spawns write more than their own row: they commit in a transaction of their own.
-    if (completion.status === "awaiting" || completion.spawn) {
+    // Awaits, spawns and publications write more than their own row: they commit in a transaction of their own.
+    if (completion.status === "awaiting" || completion.spawn || completion.publish) {
       return this.inTransaction(attempt, async () => completion);
     }
     settled();
@@ -244,7 +247,7 @@ export class Executor {
     client: pg.ClientBase,
     completion: Completion,
   ): Promise<{ won: boolean; resumedQueue: string | null }> {
-    const { spawn, ...row } = completion;
+    const { spawn, publish, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
     const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)].filter(
@@ -259,6 +262,8 @@ export class Executor {
     const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
     if (rows.length === 0) return { won: false, resumedQueue: null };
     if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn);
+    if (publish)
+      await storePublished(client, this.deps.published, completion, this.deps.channel, this.deps.maxPayloadBytes);
     const resumedQueue = awaiting
       ? await tryResume(client, this.deps.signals, completion.id, completion.await_spec as NormalizedSpec, null)
       : null;
@@ -298,8 +303,10 @@ export class Executor {
     this.deps.wake.queue(row.queue, delay);
   }
 
-  private async context({ row, machine }: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+  private async context(attempt: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+    const { row, machine } = attempt;
     return createContext({
+      published: (attempt.published ??= new Map()),
       id: row.id,
       machine: row.machine,
       step: row.step,

@@ -7,7 +7,7 @@ import { quoteIdent } from "../names.js";
 import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
-  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at";
+  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at, published";
 
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -72,7 +72,7 @@ export function instanceQueries(schema: string) {
       order by id desc limit $6`,
 
     history: `
-      select at, from_step, to_step, outcome, attempt, duration_ms, error
+      select at, from_step, to_step, outcome, attempt, duration_ms, error, published
       from ${s}.transitions where instance_id = $1 order by id`,
 
     /**
