@@ -7,12 +7,12 @@ import type pg from "pg";
 import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
 import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
-import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./outcome.js";
+import type { AwaitOptions, AwaitSpec, ScheduleOptions, SpawnOptions, StepOutcome } from "./outcome.js";
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
 
-export type { AwaitSpec, StepOutcome } from "./outcome.js";
+export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
 
 /** A signal consumed by an await, as seen in `ctx.awaited`. */
 export interface ReceivedSignal {
@@ -75,8 +75,11 @@ export interface StepContext<State, StateIn, K extends string> {
   next(step: K, state?: StateIn, options?: ScheduleOptions): StepOutcome;
   /** Commit `state`, park until `spec` is satisfied, then run `step` with the consumed signals in `ctx.awaited`. */
   await(spec: AwaitSpec, step: K, state?: StateIn, options?: AwaitOptions<K>): StepOutcome;
-  /** Commit `state`, insert `children` atomically, and run `step` once all of them are terminal. */
-  spawn(children: readonly ChildSpec[], step: K, state?: StateIn): StepOutcome;
+  /**
+   * Commit `state`, insert `children` atomically, and run `step` once all of them are terminal, or
+   * once `options.join` holds (then the children still live are cancelled, unless `remaining: "keep"`).
+   */
+  spawn(children: readonly ChildSpec[], step: K, state?: StateIn, options?: SpawnOptions): StepOutcome;
   /**
    * Publish `value` (JSON) as `key` for `engine.waitForEvent`, `engine.get` and history: committed
    * with this step's outcome, or not at all (a failed attempt publishes nothing). A later publication

@@ -9,6 +9,7 @@ import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./co
 import type { AnyMachine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
+import { cancelRemaining } from "./runtime/join-remaining.js";
 import { PublishedWaiters, waitForEvent, type EventTarget } from "./runtime/published.js";
 import { publishedQueries, type PublishedQueries } from "./sql/published.js";
 import { isolationOf, isReadCommitted, openPool, withTransaction } from "./db/pool.js";
@@ -203,6 +204,8 @@ export class GenDurable {
       channel: config.channel,
       rateLimiter: this.rateLimiter,
       published: this.publishedQ,
+      cancelRemaining: (parentId) =>
+        cancelRemaining(this.pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
       stopReason: () => this.stopReason,
     });
     // Any queue may hold any machine (insert's `queue` option), so every

@@ -15,6 +15,8 @@ export { defineMachine, defineJob } from "./define.js";
 export type {
   AnyMachine,
   AwaitSpec,
+  JoinCondition,
+  SpawnOptions,
   ChildOutcome,
   ChildSpec,
   InstanceOptions,

@@ -4,7 +4,7 @@ import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger }
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { checkPublish } from "./published.js";
-import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions } from "../outcome.js";
+import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions, type SpawnOptions } from "../outcome.js";
 
 export interface ContextInput {
   id: string;
@@ -52,13 +52,14 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
         hasState: rest.length > 0 && rest[0] !== undefined,
         options: rest[1] ?? {},
       }),
-    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?]) =>
+    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?, SpawnOptions?]) =>
       makeOutcome({
         kind: "spawn",
         children: [...children],
         step,
         state: rest[0],
         hasState: rest.length > 0 && rest[0] !== undefined,
+        ...(rest[1] === undefined ? {} : { options: rest[1] }),
       }),
     publish: (key: string, value: unknown) => {
       published.set(checkPublish(key, value, `step "${input.step}" of machine "${input.machine}"`), value);

@@ -30,6 +30,7 @@ import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
 import { storePublished } from "./published.js";
+import type { JoinRule } from "./join-rule.js";
 import type { PublishedQueries } from "../sql/published.js";
 
 export type { ClaimedRow } from "./attempt.js";
@@ -54,6 +55,8 @@ export interface ExecutorDeps {
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
   published: PublishedQueries;
+  /** Cancels the live children of a parent whose join condition resumed it early (join-rule.ts). */
+  cancelRemaining?: (parentId: string) => Promise<void>;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
 }
@@ -147,6 +150,15 @@ export class Executor {
       if (waitMs > 0) return this.postpone(attempt, step.rateLimit.name, waitMs, settled);
     }
 
+    if (row.joined && this.deps.cancelRemaining) {
+      // A join condition resumed it early: the children it no longer needs end before its code runs.
+      try {
+        await this.deps.cancelRemaining(row.id);
+      } catch (error) {
+        if (isConnectionError(error)) throw error;
+        return this.fail(attempt, error, settled);
+      }
+    }
     this.deps.events.emit("step:start", facts(row));
     const { maxPayloadBytes } = this.deps;
     if (step.transactional) {
@@ -247,7 +259,7 @@ export class Executor {
     client: pg.ClientBase,
     completion: Completion,
   ): Promise<{ won: boolean; resumedQueue: string | null }> {
-    const { spawn, publish, ...row } = completion;
+    const { spawn, publish, join_rule, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
     const keys = [completion.concurrency_key, ...(spawn ?? []).map((child) => child.concurrency_key)].filter(
@@ -261,7 +273,7 @@ export class Executor {
     }
     const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
     if (rows.length === 0) return { won: false, resumedQueue: null };
-    if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn);
+    if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn, join_rule ?? null);
     if (publish)
       await storePublished(client, this.deps.published, completion, this.deps.channel, this.deps.maxPayloadBytes);
     const resumedQueue = awaiting
@@ -271,7 +283,12 @@ export class Executor {
   }
 
   /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
-  private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
+  private async insertChildren(
+    client: pg.ClientBase,
+    parentId: string,
+    children: InsertRow[],
+    joinRule: JoinRule | null,
+  ): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
     const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null }>(
       prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel]),
@@ -285,7 +302,7 @@ export class Executor {
       );
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
-    await client.query(this.deps.children.markSpawn, [parentId, first]);
+    await client.query(this.deps.children.markSpawn, [parentId, first, JSON.stringify(joinRule)]);
   }
 
   /**

@@ -17,6 +17,7 @@ import { normalizeSpec } from "./await-spec.js";
 import type { Completion } from "./completion.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
 import { publishedOf } from "./published.js";
+import { joinRule } from "./join-rule.js";
 
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 /** The most children one ctx.spawn may insert. */
@@ -106,7 +107,9 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
     case "spawn": {
       const target = checkStep(machine, data.step, where, "ctx.spawn");
       const spawn = await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes);
+      const join_rule = joinRule(data.options, spawn.length, `${where}: ctx.spawn`);
       return {
+        join_rule,
         ...base,
         ...(await newState(machine, data, where, maxPayloadBytes)),
         // No children: nothing to wait for, the join step runs now.

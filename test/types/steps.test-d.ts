@@ -29,3 +29,17 @@ export const Composite = defineMachine({
     end: (ctx) => ctx.done(ctx.awaited.length),
   },
 });
+
+// Join conditions: the fourth argument of ctx.spawn.
+export const Joins = defineMachine({
+  name: "Joins",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => ctx.spawn([], "end", undefined, { join: { quorum: 2 }, remaining: "keep" }),
+    first: (ctx) => ctx.spawn([], "end", ctx.state, { join: "first" }),
+    fast: (ctx) => ctx.spawn([], "end", undefined, { join: { failFast: true } }),
+    // @ts-expect-error not a join condition
+    wrong: (ctx) => ctx.spawn([], "end", undefined, { join: "most" }),
+    end: (ctx) => ctx.done(ctx.children.length),
+  },
+});
