@@ -11,6 +11,7 @@ import type { AwaitOptions, AwaitSpec, ScheduleOptions, SpawnOptions, StepOutcom
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
+import { checkConcurrency, type ConcurrencyOption } from "./runtime/definition-flow.js";
 
 export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
 
@@ -47,8 +48,11 @@ export interface InstanceOptions {
   maxAttempts?: number;
   /** Business key, unique among live instances; addresses signals. */
   correlationKey?: string;
-  /** Steps of instances sharing this key never run at the same time, on any node. */
-  concurrencyKey?: string;
+  /**
+   * Steps of instances sharing this key never run at the same time, on any node. Overrides the
+   * definition's `concurrency.key`; null: no key, whatever the definition says.
+   */
+  concurrencyKey?: string | null;
 }
 
 /** A child for `ctx.spawn`: a machine with `state`, or a job with `args`. */
@@ -151,6 +155,8 @@ export interface Machine<
   readonly backoff: BackoffFn | undefined;
   /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
   readonly retentionMs?: number;
+  /** The concurrency key of every new instance, from its input (definition-flow.ts). */
+  readonly concurrency?: { key: (input: unknown) => string; limit: number };
   /** Type-level only. */
   readonly [TYPES]?: { steps: K };
 }
@@ -174,6 +180,10 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
+  /** A concurrency key for every instance, from its state; a call's own `concurrencyKey` wins. */
+  concurrency?: ConcurrencyOption<Out<Schema>>;
+  /** The rate limit of every step that declares none of its own. */
+  rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, K>;
 }
 
 export const DEFAULT_QUEUE = "default";
@@ -186,7 +196,7 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError("defineMachine needs a definition object");
   rejectUnknownKeys(
     definition,
-    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"],
+    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention", "concurrency", "rateLimit"],
     where,
     (m) => new ConfigError(m),
   );
@@ -195,10 +205,13 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError(`${where}: steps must be an object with at least one step`);
   }
   const steps = new Map<string, ResolvedStep>();
+  const rateLimit =
+    definition.rateLimit === undefined ? undefined : checkStepRateLimit(definition.rateLimit, `${where}.rateLimit`);
   for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
     // Step names are stored in every row and transition, like machine names.
     checkName(name, `${where}: step name`, (m) => new ConfigError(m));
-    steps.set(name, resolveStep(name, step, `${where}.steps.${name}`));
+    const resolved = resolveStep(name, step, `${where}.steps.${name}`);
+    steps.set(name, resolved.rateLimit || !rateLimit ? resolved : { ...resolved, rateLimit });
   }
   const initial = definition.initial ?? "start";
   if (!steps.has(initial)) {
@@ -221,6 +234,8 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
+  /** A concurrency key for every instance, from its args; a call's own `concurrencyKey` wins. */
+  concurrency?: ConcurrencyOption<Out<Schema>>;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
@@ -243,6 +258,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
       "timeout",
       "transactional",
       "rateLimit",
+      "concurrency",
       "perform",
     ],
     where,
@@ -281,6 +297,7 @@ function resolveCommon(
     maxAttempts?: unknown;
     backoff?: Backoff;
     retention?: unknown;
+    concurrency?: unknown;
   },
   where: string,
   schemaKey = "state",
@@ -303,6 +320,14 @@ function resolveCommon(
     ...(definition.retention === undefined
       ? {}
       : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
+    ...(definition.concurrency === undefined
+      ? {}
+      : {
+          concurrency: checkConcurrency(definition.concurrency, `${where}.concurrency`) as {
+            key: (input: unknown) => string;
+            limit: number;
+          },
+        }),
   };
 }
 

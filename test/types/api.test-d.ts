@@ -63,3 +63,19 @@ void engine.waitForEvent({ id: "1" }, "url");
 // @ts-expect-error an event key is a string
 void engine.waitForEvent("1", 2);
 expectTypeOf<Instance["published"]>().toEqualTypeOf<Record<string, unknown>>();
+
+// Flow control on the definition: the key function gets the validated input.
+export const Keyed = defineJob({
+  name: "Keyed",
+  args: z.object({ account: z.string() }),
+  concurrency: { key: (args) => `acct:${args.account}`, limit: 1 },
+  perform: async () => 1,
+});
+defineJob({
+  name: "KeyedWrong",
+  args: z.object({ account: z.string() }),
+  // @ts-expect-error no such field
+  concurrency: { key: (args) => args.acount },
+  perform: async () => 1,
+});
+void engine.insert(Keyed, { args: { account: "a" }, concurrencyKey: null });
