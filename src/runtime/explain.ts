@@ -4,6 +4,7 @@ import type { Instance } from "../instance.js";
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "./await-spec.js";
 import { describeTree } from "./composite-spec.js";
+import type { JoinRule } from "./join-rule.js";
 import { childQueries } from "../sql/children.js";
 
 export interface Explanation {
@@ -122,13 +123,17 @@ export async function explainInstance(
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number }>(childQueries(schema).progress, [
-        instance.id,
-      ]);
-      const { total, live } = progress[0]!;
-      reasons.push(
-        `joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`,
+      const { rows: progress } = await pool.query<{ total: number; live: number; join_rule: JoinRule | null }>(
+        childQueries(schema).progress,
+        [instance.id],
       );
+      const { total, live, join_rule: rule } = progress[0]!;
+      const when = !rule
+        ? "all have finished"
+        : rule.failFast
+          ? "one has failed or all are done"
+          : `${rule.need} ${rule.need === 1 ? "is" : "are"} done (or that is out of reach)`;
+      reasons.push(`joining: ${live} of ${total} children still live; step "${instance.step}" runs when ${when}`);
       details.children = { total, live, finished: total - live };
       break;
     }

@@ -114,7 +114,8 @@ export function childQueries(schema: string) {
 
     /** Live and total children of the latest spawn (explain). */
     progress: `
-      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live
+      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live,
+             (select join_rule from ${s}.instances where id = $1) as join_rule
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1`,
 

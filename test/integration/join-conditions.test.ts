@@ -82,6 +82,9 @@ const statusOf = async (key: string) => (await engine.get({ correlationKey: key 
 describe("join conditions", () => {
   it("{ quorum: 2 } resumes on the second child done and cancels the rest", async () => {
     const id = await fan("q", 4, { join: { quorum: 2 } });
+    expect((await engine.explain(id)).reasons[0]).toBe(
+      'joining: 4 of 4 children still live; step "joined" runs when 2 are done (or that is out of reach)',
+    );
     await go("q:2");
     await eventually("q:2 done", async () => (await statusOf("q:2")) === "done");
     expect((await engine.get(id))?.status).toBe("joining");

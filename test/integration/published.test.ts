@@ -9,6 +9,7 @@ import {
   ValidationError,
 } from "../../src/index.js";
 import { runStep } from "../../src/testing/index.js";
+import { cliInProcess } from "../support/cli.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -136,6 +137,18 @@ describe("published values", () => {
     await expect(client.waitForEvent("999999999", "x")).rejects.toBeInstanceOf(UnknownInstanceError);
     await expect(client.waitForEvent(id, "")).rejects.toThrow(/waitForEvent: event key must be a non-empty string/);
     await expect(client.waitForEvent(42 as never, "x")).rejects.toThrow(/expected an id, \{ id \} or/);
+  });
+
+  it("gen-durable show prints the published values and the history rows that published them", async () => {
+    const { id } = await client.insert(Checkout, { state: { order: "o10" } });
+    await client.waitForEvent(id, "paymentUrl", { timeout: 10_000 });
+    const run = await cliInProcess(["show", id, "--schema", db.schema], { DATABASE_URL: db.url });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toContain('published:\n  {\n    "paymentUrl": "https://pay.example/o10"\n  }');
+    expect(run.stdout).toMatch(/ start +- +published .* published paymentUrl$/m);
+    const json = await cliInProcess(["show", id, "--json", "--schema", db.schema], { DATABASE_URL: db.url });
+    expect(JSON.parse(json.stdout).instance.published).toEqual({ paymentUrl: "https://pay.example/o10" });
+    await client.cancel(id);
   });
 
   it("runStep reports what a step published", async () => {
