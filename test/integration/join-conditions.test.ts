@@ -151,39 +151,49 @@ describe("join conditions", () => {
     expect((await engine.wait(id, { timeout: 10_000 })).result).toEqual(["done", "done"]);
   });
 
-  it("children finishing at once, with sweeps racing, resume each parent exactly once (20 parents × 5)", async () => {
-    const ids: string[] = [];
-    for (let p = 0; p < 20; p++) ids.push(await fan(`r${p}`, 5, { join: { quorum: 3 } }));
-    const signals = ids.flatMap((_, p) =>
-      Array.from({ length: 5 }, (_, i) => go(`r${p}:${i}`, i === 4 ? "fail" : "ok")),
-    );
-    const sweeps = Array.from({ length: 6 }, () => db.pool.query(q.sweep, [3]));
-    await Promise.all([...signals, ...sweeps]);
-    for (const id of ids) {
-      const done = await engine.wait(id, { timeout: 20_000 });
-      const statuses = done.result as string[];
-      expect(statuses.filter((s) => s === "done").length).toBeGreaterThanOrEqual(3);
-      const history = (await engine.history(id)).map((h) => h.outcome);
-      expect(history.filter((o) => o === "joined")).toHaveLength(1);
-      expect(joinRuns.get(id)).toBe(1);
-    }
-    // Every child ends terminal and is counted once, none twice (a parent's counts stop once it is done).
-    await eventually("all counted", async () => {
+  it.each([
+    ["{ quorum: 3 }", { join: { quorum: 3 } }, 3],
+    ['"first"', { join: "first" }, 1],
+    ["{ failFast: true }", { join: { failFast: true } }, 0],
+  ] as const)(
+    "%s: children finishing at once, with sweeps racing, resume each parent exactly once (15 parents × 5)",
+    async (name, options, need) => {
+      const tag = `r${need}`;
+      const ids: string[] = [];
+      for (let p = 0; p < 15; p++) ids.push(await fan(`${tag}-${p}`, 5, options as SpawnOptions));
+      const signals = ids.flatMap((_, p) =>
+        Array.from({ length: 5 }, (_, i) => go(`${tag}-${p}:${i}`, i === 4 ? "fail" : "ok")),
+      );
+      const sweeps = Array.from({ length: 6 }, () => db.pool.query(q.sweep, [3]));
+      await Promise.all([...signals, ...sweeps]);
+      for (const id of ids) {
+        const done = await engine.wait(id, { timeout: 20_000 });
+        const statuses = done.result as string[];
+        if (need > 0) expect(statuses.filter((s) => s === "done").length).toBeGreaterThanOrEqual(need);
+        else expect(statuses.includes("failed") || statuses.every((s) => s === "done")).toBe(true);
+        const history = (await engine.history(id)).map((h) => h.outcome);
+        expect(history.filter((o) => o === "joined")).toHaveLength(1);
+        expect(joinRuns.get(id)).toBe(1);
+      }
+      // Every child ends terminal and is counted once, none twice (a parent's counts stop once it is done).
+      await eventually("all counted", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${db.schema}.instances where parent_id = any($1) and not join_counted`,
+          [ids],
+        );
+        return rows[0].n === 0;
+      });
       const { rows } = await db.pool.query(
-        `select count(*)::int as n from ${db.schema}.instances where parent_id = any($1) and not join_counted`,
+        `select children_done, children_failed from ${db.schema}.instances where id = any($1)`,
         [ids],
       );
-      return rows[0].n === 0;
-    });
-    const { rows } = await db.pool.query(
-      `select children_done, children_failed from ${db.schema}.instances where id = any($1)`,
-      [ids],
-    );
-    for (const row of rows) {
-      expect(row.children_done).toBeGreaterThanOrEqual(3);
-      expect(row.children_done + row.children_failed).toBeLessThanOrEqual(5);
-    }
-  });
+      for (const row of rows) {
+        expect(row.children_done).toBeGreaterThanOrEqual(need);
+        expect(row.children_done + row.children_failed).toBeLessThanOrEqual(5);
+      }
+      expect(name).toBeTruthy();
+    },
+  );
 
   it("rejects bad join options: the attempt fails with a clear error", async () => {
     for (const [options, message] of [
