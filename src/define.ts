@@ -7,12 +7,13 @@ import type pg from "pg";
 import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
 import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
-import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./outcome.js";
+import type { AwaitOptions, AwaitSpec, ScheduleOptions, SpawnOptions, StepOutcome } from "./outcome.js";
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
+import { checkConcurrency, type ConcurrencyOption } from "./runtime/definition-flow.js";
 
-export type { AwaitSpec, StepOutcome } from "./outcome.js";
+export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
 
 /** A signal consumed by an await, as seen in `ctx.awaited`. */
 export interface ReceivedSignal {
@@ -47,8 +48,11 @@ export interface InstanceOptions {
   maxAttempts?: number;
   /** Business key, unique among live instances; addresses signals. */
   correlationKey?: string;
-  /** Steps of instances sharing this key never run at the same time, on any node. */
-  concurrencyKey?: string;
+  /**
+   * Steps of instances sharing this key never run at the same time, on any node. Overrides the
+   * definition's `concurrency.key`; null: no key, whatever the definition says.
+   */
+  concurrencyKey?: string | null;
   /**
    * A retried insert with this key, within the engine's `idempotencyWindow` (default 24 h) of the first,
    * inserts nothing and returns the first's id with `inserted: false`, even once that instance finished
@@ -88,8 +92,17 @@ export interface StepContext<State, StateIn, K extends string> {
   next(step: K, state?: StateIn, options?: ScheduleOptions): StepOutcome;
   /** Commit `state`, park until `spec` is satisfied, then run `step` with the consumed signals in `ctx.awaited`. */
   await(spec: AwaitSpec, step: K, state?: StateIn, options?: AwaitOptions<K>): StepOutcome;
-  /** Commit `state`, insert `children` atomically, and run `step` once all of them are terminal. */
-  spawn(children: readonly ChildSpec[], step: K, state?: StateIn): StepOutcome;
+  /**
+   * Commit `state`, insert `children` atomically, and run `step` once all of them are terminal, or
+   * once `options.join` holds (then the children still live are cancelled, unless `remaining: "keep"`).
+   */
+  spawn(children: readonly ChildSpec[], step: K, state?: StateIn, options?: SpawnOptions): StepOutcome;
+  /**
+   * Publish `value` (JSON) as `key` for `engine.waitForEvent`, `engine.get` and history: committed
+   * with this step's outcome, or not at all (a failed attempt publishes nothing). A later publication
+   * of the same key replaces it.
+   */
+  publish(key: string, value: unknown): void;
   /** Finish: terminal `done`, `result` stored. */
   done(result?: unknown): StepOutcome;
   /** Run this step again after `delay`; not a failure, the attempt is not consumed. */
@@ -155,6 +168,8 @@ export interface Machine<
   readonly backoff: BackoffFn | undefined;
   /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
   readonly retentionMs?: number;
+  /** The concurrency key of every new instance, from its input (definition-flow.ts). */
+  readonly concurrency?: { key: (input: unknown) => string; limit: number };
   /** Type-level only. */
   readonly [TYPES]?: { steps: K };
 }
@@ -178,6 +193,10 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
+  /** A concurrency key for every instance, from its state; a call's own `concurrencyKey` wins. */
+  concurrency?: ConcurrencyOption<Out<Schema>>;
+  /** The rate limit of every step that declares none of its own. */
+  rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, K>;
 }
 
 export const DEFAULT_QUEUE = "default";
@@ -190,7 +209,7 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError("defineMachine needs a definition object");
   rejectUnknownKeys(
     definition,
-    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"],
+    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention", "concurrency", "rateLimit"],
     where,
     (m) => new ConfigError(m),
   );
@@ -199,10 +218,13 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError(`${where}: steps must be an object with at least one step`);
   }
   const steps = new Map<string, ResolvedStep>();
+  const rateLimit =
+    definition.rateLimit === undefined ? undefined : checkStepRateLimit(definition.rateLimit, `${where}.rateLimit`);
   for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
     // Step names are stored in every row and transition, like machine names.
     checkName(name, `${where}: step name`, (m) => new ConfigError(m));
-    steps.set(name, resolveStep(name, step, `${where}.steps.${name}`));
+    const resolved = resolveStep(name, step, `${where}.steps.${name}`);
+    steps.set(name, resolved.rateLimit || !rateLimit ? resolved : { ...resolved, rateLimit });
   }
   const initial = definition.initial ?? "start";
   if (!steps.has(initial)) {
@@ -225,6 +247,8 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
+  /** A concurrency key for every instance, from its args; a call's own `concurrencyKey` wins. */
+  concurrency?: ConcurrencyOption<Out<Schema>>;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
@@ -247,6 +271,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
       "timeout",
       "transactional",
       "rateLimit",
+      "concurrency",
       "perform",
     ],
     where,
@@ -285,6 +310,7 @@ function resolveCommon(
     maxAttempts?: unknown;
     backoff?: Backoff;
     retention?: unknown;
+    concurrency?: unknown;
   },
   where: string,
   schemaKey = "state",
@@ -307,6 +333,14 @@ function resolveCommon(
     ...(definition.retention === undefined
       ? {}
       : { retentionMs: checkRetention(definition.retention, `${where}: retention`, (m) => new ConfigError(m)) }),
+    ...(definition.concurrency === undefined
+      ? {}
+      : {
+          concurrency: checkConcurrency(definition.concurrency, `${where}.concurrency`) as {
+            key: (input: unknown) => string;
+            limit: number;
+          },
+        }),
   };
 }
 

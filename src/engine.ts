@@ -42,6 +42,9 @@ import { retryInstance } from "./client/retry.js";
 import { sendSignal } from "./client/signal.js";
 import { Leases } from "./runtime/leases.js";
 import { Notifier } from "./runtime/notifier.js";
+import { cancelRemaining } from "./runtime/join-remaining.js";
+import { PublishedWaiters, waitForEvent, type EventTarget } from "./runtime/published.js";
+import { publishedQueries, type PublishedQueries } from "./sql/published.js";
 import { recordForSql } from "./runtime/sql-api.js";
 import { sqlApiQueries } from "./sql/sql-api.js";
 import { claimQueries } from "./sql/claims.js";
@@ -65,6 +68,9 @@ export class GenDurable {
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
+  private readonly publishedQ: PublishedQueries;
+  /** Callers of waitForEvent, woken by the NOTIFY of a commit that publishes. */
+  private readonly publishedWaiters = new PublishedWaiters();
   /** Schedulers, executor and loops: started by start() on a node with queues (src/worker.ts). */
   private worker: WorkerNode | undefined;
   /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
@@ -100,6 +106,7 @@ export class GenDurable {
     this.completer = new Completer(pool, this.claims.complete);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
+    this.publishedQ = publishedQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
     const { schema, retentionMs, machines, idempotencyWindowMs } = this.config;
     this.pruner = new Pruner({
@@ -198,6 +205,9 @@ export class GenDurable {
     this.worker = new WorkerNode({
       ...{ pool, config, queries, events, notifier, completer, leases, rateLimiter, pruner, cron },
       wake: this.wakeups,
+      published: this.publishedQ,
+      cancelRemaining: (parentId) => cancelRemaining(pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
+      onNotify: (payload) => this.publishedWaiters.onNotify(payload),
       around: this.telemetry?.around,
       node: this.node(),
       reportError: (loop, error) => this.reportError(loop, error),
@@ -274,6 +284,16 @@ export class GenDurable {
   /** The instance by id or `{ correlationKey }` (the live one, else the newest), or null. */
   get(target: string | { correlationKey: string }): Promise<Instance | null> {
     return getInstance(this.client, target);
+  }
+
+  /**
+   * The value instance `target` (an id, `{ id }` or `{ correlationKey }`) published as `key` with
+   * `ctx.publish`: at once if it has, else as soon as the commit that publishes it lands.
+   */
+  waitForEvent(target: EventTarget, key: string, options: { timeout?: Duration } = {}): Promise<unknown> {
+    this.assertUsable();
+    const { pool, publishedQ: q, publishedWaiters: waiters } = this;
+    return waitForEvent({ pool, q, waiters, pollMs: this.config.pollMs }, target, key, options);
   }
 
   /** Instances, newest first; page with `after: lastId`. */

@@ -111,3 +111,10 @@ export class KeyExistsError extends GenDurableError {
     );
   }
 }
+
+/** engine.waitForEvent gave up: the instance had not published the key within the timeout. */
+export class EventTimeoutError extends GenDurableError {
+  constructor(target: string, key: string, timeoutMs: number) {
+    super("WAIT_TIMEOUT", `instance ${target} did not publish ${JSON.stringify(key)} within ${timeoutMs} ms`);
+  }
+}

@@ -15,6 +15,8 @@ export { defineMachine, defineJob } from "./define.js";
 export type {
   AnyMachine,
   AwaitSpec,
+  JoinCondition,
+  SpawnOptions,
   ChildOutcome,
   ChildSpec,
   InstanceOptions,
@@ -52,6 +54,7 @@ export {
   StepTimeoutError,
   NotMigratedError,
   WaitTimeoutError,
+  EventTimeoutError,
   EngineStoppedError,
   KeyExistsError,
 } from "./errors.js";

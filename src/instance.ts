@@ -26,6 +26,8 @@ export interface Instance<State = unknown> {
   parentId: string | null;
   insertedAt: Date;
   updatedAt: Date;
+  /** The values its steps published (ctx.publish), by key; {} when none. */
+  published: Record<string, unknown>;
 }
 
 export interface Transition {
@@ -36,6 +38,8 @@ export interface Transition {
   attempt: number;
   durationMs: number | null;
   error?: ErrorRecord;
+  /** On a `published` transition: the values the step `fromStep` published with its outcome. */
+  published?: Record<string, unknown>;
 }
 
 type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;

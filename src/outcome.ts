@@ -9,12 +9,22 @@ import type { Duration } from "./duration.js";
 const BRAND: unique symbol = Symbol.for("gen-durable.outcome");
 
 export type AwaitSpec<E extends string = string> =
-  E | { all: readonly E[] } | { any: readonly E[] } | { event: E; count: number };
+  E | { all: readonly AwaitSpec<E>[] } | { any: readonly AwaitSpec<E>[] } | { event: E; count: number };
 
 export interface ScheduleOptions {
   delay?: Duration;
   runAt?: Date;
   priority?: number;
+}
+
+/** When a spawn's join step runs: every child terminal (default), the first done, n done, or the first failure. */
+export type JoinCondition = "all" | "first" | { quorum: number } | { failFast: true };
+
+export interface SpawnOptions {
+  /** Default "all". `"first"` and `{ quorum: n }` also resume once no more children can be done than have. */
+  join?: JoinCondition;
+  /** Children still live when the join resumes early: cancelled before the join step runs (default), or kept. */
+  remaining?: "cancel" | "keep";
 }
 
 export interface AwaitOptions<K extends string = string> {
@@ -25,7 +35,7 @@ export interface AwaitOptions<K extends string = string> {
 export type OutcomeData =
   | { kind: "next"; step: string; state: unknown; hasState: boolean; options: ScheduleOptions }
   | { kind: "await"; spec: AwaitSpec; step: string; state: unknown; hasState: boolean; options: AwaitOptions }
-  | { kind: "spawn"; children: unknown[]; step: string; state: unknown; hasState: boolean }
+  | { kind: "spawn"; children: unknown[]; step: string; state: unknown; hasState: boolean; options?: SpawnOptions }
   | { kind: "done"; result: unknown }
   | { kind: "snooze"; delay: Duration }
   | { kind: "cancel"; reason: string | undefined };

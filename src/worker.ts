@@ -50,6 +50,10 @@ export interface WorkerNodeDeps {
   rateLimiter: RateLimiter;
   pruner: Pruner;
   wake: Wakeups;
+  published: ExecutorDeps["published"];
+  cancelRemaining: ExecutorDeps["cancelRemaining"];
+  /** A NOTIFY payload that is not a queue's: true when it was someone's (published values). */
+  onNotify(payload: string): boolean;
   around: ExecutorDeps["around"];
   cron: readonly ResolvedCronEntry[];
   node: NodeInfo;
@@ -89,6 +93,8 @@ export class WorkerNode {
       channel: config.channel,
       rateLimiter: deps.rateLimiter,
       stopReason: () => this.stopReason,
+      published: deps.published,
+      cancelRemaining: deps.cancelRemaining,
       sqlApi: sqlApiQueries(config.schema),
       idempotencyWindowMs: config.idempotencyWindowMs,
     });
@@ -137,7 +143,7 @@ export class WorkerNode {
       clientConfig,
       channel: config.channel,
       heartbeatMs: config.listenerHeartbeatMs,
-      onNotify: (queue) => this.schedulers.get(queue)?.wake(),
+      onNotify: (payload) => deps.onNotify(payload) || this.schedulers.get(payload)?.wake(),
       onConnected: wakeAll,
       onError: (error) => onError("listener", error),
     });

@@ -18,6 +18,7 @@
  * tick, "skip" fires none. Ticks less overdue than that (a pass that ran a
  * little late, a quick restart) all fire.
  */
+import { concurrencyKeyOf } from "../runtime/definition-flow.js";
 import type pg from "pg";
 import type { ResolvedCronEntry } from "../cron/entries.js";
 import type { TypedEmitter } from "../events.js";
@@ -135,6 +136,7 @@ export class CronLoop {
         state: entry.state,
         queue: entry.queue,
         priority: entry.priority,
+        concurrency_key: concurrencyKeyOf(entry.machine, entry.state, undefined, `cron entry "${entry.name}"`),
       })),
     );
     const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [

@@ -42,6 +42,8 @@ export interface Attempt {
   maxAttempts: number;
   /** performance.now() when the attempt began on this node: its duration is measured from here. */
   started: number;
+  /** What the step's ctx.publish recorded: committed with its outcome (judge.ts), or not at all. */
+  published?: Map<string, unknown>;
 }
 
 /** An attempt whose step exists, so its code can run. */

@@ -1,4 +1,5 @@
 import type { Status } from "../status.js";
+import type { JoinRule } from "./join-rule.js";
 
 /** A step's outcome as one row of the group-commit statement (sql/claims.ts `complete`). */
 export interface Completion {
@@ -30,6 +31,10 @@ export interface Completion {
   hist_error: unknown;
   /** Postponed by this rate limit, waiting in its line. */
   rate_limited?: string;
+  /** A spawn's join condition (join-rule.ts), written with its children; null: every child. */
+  join_rule?: JoinRule | null;
+  /** Values the step published (ctx.publish), stored in the commit's transaction (not by `complete`). */
+  publish?: Record<string, unknown>;
   /** Children to insert with a spawn (not part of the row written by `complete`). */
   spawn?: import("./insert.js").InsertRow[];
 }

@@ -3,7 +3,8 @@ import type pg from "pg";
 import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger } from "../define.js";
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
-import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions } from "../outcome.js";
+import { checkPublish } from "./published.js";
+import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions, type SpawnOptions } from "../outcome.js";
 
 export interface ContextInput {
   id: string;
@@ -18,10 +19,12 @@ export interface ContextInput {
   abortSignal: AbortSignal;
   log: StepLogger;
   client: pg.ClientBase | undefined;
+  /** Where ctx.publish records values; the judge takes them from there. */
+  published?: Map<string, unknown>;
 }
 
 export function createContext(input: ContextInput): StepContext<unknown, unknown, string> {
-  const { client, ...facts } = input;
+  const { client, published = new Map<string, unknown>(), ...facts } = input;
   return Object.freeze({
     ...facts,
     get client(): pg.ClientBase {
@@ -49,14 +52,18 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
         hasState: rest.length > 0 && rest[0] !== undefined,
         options: rest[1] ?? {},
       }),
-    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?]) =>
+    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?, SpawnOptions?]) =>
       makeOutcome({
         kind: "spawn",
         children: [...children],
         step,
         state: rest[0],
         hasState: rest.length > 0 && rest[0] !== undefined,
+        ...(rest[1] === undefined ? {} : { options: rest[1] }),
       }),
+    publish: (key: string, value: unknown) => {
+      published.set(checkPublish(key, value, `step "${input.step}" of machine "${input.machine}"`), value);
+    },
     done: (result?: unknown) => makeOutcome({ kind: "done", result }),
     snooze: (delay: Duration) => makeOutcome({ kind: "snooze", delay }),
     cancel: (reason?: string) => makeOutcome({ kind: "cancel", reason }),

@@ -31,6 +31,9 @@ import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
 import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
+import { storePublished } from "./published.js";
+import type { JoinRule } from "./join-rule.js";
+import type { PublishedQueries } from "../sql/published.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -53,6 +56,9 @@ export interface ExecutorDeps {
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
+  published: PublishedQueries;
+  /** Cancels the live children of a parent whose join condition resumed it early (join-rule.ts). */
+  cancelRemaining?: (parentId: string) => Promise<void>;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
   /** Checks rows inserted from SQL (sql-api.ts). */
@@ -152,6 +158,15 @@ export class Executor {
       if (waitMs > 0) return this.postpone(attempt, step.rateLimit.name, waitMs, settled);
     }
 
+    if (row.joined && this.deps.cancelRemaining) {
+      // A join condition resumed it early: the children it no longer needs end before its code runs.
+      try {
+        await this.deps.cancelRemaining(row.id);
+      } catch (error) {
+        if (isConnectionError(error)) throw error;
+        return this.fail(attempt, error, settled);
+      }
+    }
     this.deps.events.emit("step:start", facts(row));
     const { maxPayloadBytes } = this.deps;
     if (step.transactional) {
@@ -169,8 +184,8 @@ export class Executor {
       if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
       return this.fail(attempt, error, settled);
     }
-    // Awaits and spawns write more than their own row: they commit in a transaction of their own.
-    if (completion.status === "awaiting" || completion.spawn) {
+    // Awaits, spawns and publications write more than their own row: they commit in a transaction of their own.
+    if (completion.status === "awaiting" || completion.spawn || completion.publish) {
       return this.inTransaction(attempt, async () => completion);
     }
     settled();
@@ -274,7 +289,7 @@ export class Executor {
     client: pg.ClientBase,
     completion: Completion,
   ): Promise<{ won: boolean; resumedQueue: string | null }> {
-    const { spawn, ...row } = completion;
+    const { spawn, publish, join_rule, ...row } = completion;
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
     const keys = [completion.concurrency_key, ...(spawn ?? []).flatMap(lockNamesOf)].filter((k) => k !== null);
@@ -286,7 +301,9 @@ export class Executor {
     }
     const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
     if (rows.length === 0) return { won: false, resumedQueue: null };
-    if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn);
+    if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn, join_rule ?? null);
+    if (publish)
+      await storePublished(client, this.deps.published, completion, this.deps.channel, this.deps.maxPayloadBytes);
     const resumedQueue = awaiting
       ? await tryResume(client, this.deps.signals, completion.id, completion.await_spec as NormalizedSpec, null)
       : null;
@@ -294,7 +311,12 @@ export class Executor {
   }
 
   /** Inserts all children in one statement, in the parent's transaction; NOTIFY goes out on commit. */
-  private async insertChildren(client: pg.ClientBase, parentId: string, children: InsertRow[]): Promise<void> {
+  private async insertChildren(
+    client: pg.ClientBase,
+    parentId: string,
+    children: InsertRow[],
+    joinRule: JoinRule | null,
+  ): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
     const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null; rejected: boolean }>(
       prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel, this.deps.idempotencyWindowMs]),
@@ -314,7 +336,7 @@ export class Executor {
       throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
-    await client.query(this.deps.children.markSpawn, [parentId, first]);
+    await client.query(this.deps.children.markSpawn, [parentId, first, JSON.stringify(joinRule)]);
   }
 
   /**
@@ -332,8 +354,10 @@ export class Executor {
     this.deps.wake.queue(row.queue, delay);
   }
 
-  private async context({ row, machine }: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+  private async context(attempt: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+    const { row, machine } = attempt;
     return createContext({
+      published: (attempt.published ??= new Map()),
       id: row.id,
       machine: row.machine,
       step: row.step,

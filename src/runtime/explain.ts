@@ -2,6 +2,8 @@
 import type pg from "pg";
 import type { Instance } from "../instance.js";
 import { explainQueries, type ExplainRow } from "../sql/explain.js";
+import { describeTree } from "./composite-spec.js";
+import type { JoinRule } from "./join-rule.js";
 import { childQueries } from "../sql/children.js";
 
 export interface Explanation {
@@ -84,11 +86,13 @@ export async function explainInstance(
         const arrived = await pool.query<{ event: string; n: number }>(q.arrived, [instance.id, spec.events]);
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
         const wanted =
-          spec.mode === "pack"
-            ? `${spec.count} × "${spec.events[0]}"`
-            : spec.mode === "one"
-              ? `"${spec.events[0]}"`
-              : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
+          spec.mode === "tree"
+            ? describeTree(spec.tree!)
+            : spec.mode === "pack"
+              ? `${spec.count} × "${spec.events[0]}"`
+              : spec.mode === "one"
+                ? `"${spec.events[0]}"`
+                : `${spec.mode} of ${spec.events.map((e) => `"${e}"`).join(", ")}`;
         reasons.push(
           `awaiting signals: ${wanted}; arrived so far: ` +
             (arrived.rows.length ? arrived.rows.map((r) => `${r.n} × "${r.event}"`).join(", ") : "none"),
@@ -103,13 +107,17 @@ export async function explainInstance(
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number }>(childQueries(schema).progress, [
-        instance.id,
-      ]);
-      const { total, live } = progress[0]!;
-      reasons.push(
-        `joining: ${live} of ${total} children still live; step "${instance.step}" runs when all have finished`,
+      const { rows: progress } = await pool.query<{ total: number; live: number; join_rule: JoinRule | null }>(
+        childQueries(schema).progress,
+        [instance.id],
       );
+      const { total, live, join_rule: rule } = progress[0]!;
+      const when = !rule
+        ? "all have finished"
+        : rule.failFast
+          ? "one has failed or all are done"
+          : `${rule.need} ${rule.need === 1 ? "is" : "are"} done (or that is out of reach)`;
+      reasons.push(`joining: ${live} of ${total} children still live; step "${instance.step}" runs when ${when}`);
       details.children = { total, live, finished: total - live };
       break;
     }

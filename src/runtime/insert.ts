@@ -7,6 +7,7 @@ import { encodeJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
+import { concurrencyKeyOf } from "./definition-flow.js";
 
 export interface InsertRow {
   idx: number;
@@ -104,8 +105,7 @@ export async function prepareInsert(
     max_attempts: checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, (m) => new ValidationError(m)) ?? null,
     correlation_key:
       options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
-    concurrency_key:
-      options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
+    concurrency_key: concurrencyKeyOf(machine, state, options.concurrencyKey, where),
     parent_id: null,
     idempotency_key:
       options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),

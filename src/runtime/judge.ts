@@ -16,6 +16,8 @@ import type { Attempt } from "./attempt.js";
 import { normalizeSpec } from "./await-spec.js";
 import type { Completion } from "./completion.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
+import { publishedOf } from "./published.js";
+import { joinRule } from "./join-rule.js";
 
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 /** The most children one ctx.spawn may insert. */
@@ -54,6 +56,12 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  * engine would refuse: the attempt then fails with that error (judgeThrow).
  */
 export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
+  const completion = await judgeOutcome(attempt, returned, maxPayloadBytes);
+  const publish = publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes);
+  return publish ? { ...completion, publish } : completion;
+}
+
+async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
   const { machine, row } = attempt;
   const where = whereOf(attempt);
   const data = readOutcome(attempt, returned);
@@ -99,7 +107,9 @@ export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloa
     case "spawn": {
       const target = checkStep(machine, data.step, where, "ctx.spawn");
       const spawn = await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes);
+      const join_rule = joinRule(data.options, spawn.length, `${where}: ctx.spawn`);
       return {
+        join_rule,
         ...base,
         ...(await newState(machine, data, where, maxPayloadBytes)),
         // No children: nothing to wait for, the join step runs now.

@@ -9,6 +9,16 @@ import { TERMINAL_SQL } from "../status.js";
 
 export function childQueries(schema: string) {
   const s = quoteIdent(schema);
+  /**
+   * Whether counting pp's children into the joining parent p resumes it: every child is terminal,
+   * or its join condition (runtime/join-rule.ts) holds. Read from p inside the UPDATE, so from the
+   * row version the parent lock guards, never from an older snapshot.
+   */
+  const wakes = `coalesce(p.status = 'joining' and (
+              p.children_pending - pp.n <= 0
+              or p.children_done + pp.d >= (p.join_rule->>'need')::int
+              or p.children_failed + pp.f > (p.join_rule->>'total')::int - (p.join_rule->>'need')::int
+              or (p.join_rule ? 'failFast' and p.children_failed + pp.f > 0)), false)`;
   return {
     /**
      * Counts up to $1 finished, uncounted children, each exactly once (row
@@ -55,7 +65,7 @@ export function childQueries(schema: string) {
         for update skip locked
       ),
       finished as (
-        select id, parent_id from ${s}.instances
+        select id, parent_id, status from ${s}.instances
         where parent_id in (select id from locked) and not join_counted and status in ${TERMINAL_SQL}
         order by id
         limit $1
@@ -64,15 +74,26 @@ export function childQueries(schema: string) {
       counted as (
         update ${s}.instances c set join_counted = true
         from finished f where c.id = f.id
-        returning f.parent_id
+        returning f.parent_id, f.id, f.status
       ),
-      per_parent as (select parent_id, count(*)::int as n from counted group by parent_id),
+      -- Per parent: the children of its latest spawn counted now (n), done (d) or not (f). A child of
+      -- an earlier spawn (one a join condition let the parent resume without) is counted, not subtracted.
+      per_parent as (
+        select c.parent_id,
+               count(*) filter (where c.id >= coalesce(p.children_from, 0))::int as n,
+               count(*) filter (where c.id >= coalesce(p.children_from, 0) and c.status = 'done')::int as d,
+               count(*) filter (where c.id >= coalesce(p.children_from, 0) and c.status <> 'done')::int as f
+        from counted c join ${s}.instances p on p.id = c.parent_id
+        group by c.parent_id
+      ),
       parents as (
         update ${s}.instances p
         set children_pending = p.children_pending - pp.n,
-            status = case when p.status = 'joining' and p.children_pending - pp.n <= 0 then 'runnable' else p.status end,
-            run_at = case when p.status = 'joining' and p.children_pending - pp.n <= 0 then now() else p.run_at end,
-            joined = p.joined or (p.status = 'joining' and p.children_pending - pp.n <= 0),
+            children_done = p.children_done + pp.d,
+            children_failed = p.children_failed + pp.f,
+            status = case when ${wakes} then 'runnable' else p.status end,
+            run_at = case when ${wakes} then now() else p.run_at end,
+            joined = p.joined or (${wakes}),
             updated_at = now()
         from per_parent pp, locked l
         where p.id = pp.parent_id and l.id = p.id and p.children_pending is not null
@@ -93,12 +114,24 @@ export function childQueries(schema: string) {
 
     /** Live and total children of the latest spawn (explain). */
     progress: `
-      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live
+      select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live,
+             (select join_rule from ${s}.instances where id = $1) as join_rule
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1`,
 
-    /** Marks where the latest spawn's children start. */
-    markSpawn: `update ${s}.instances set children_from = $2 where id = $1`,
+    /** Marks where the latest spawn's children start, with its join condition ($3, null: every child). */
+    markSpawn: `update ${s}.instances set children_from = $2, join_rule = $3::jsonb, children_done = 0, children_failed = 0
+      where id = $1`,
+
+    /**
+     * The live children of the parent's latest spawn when its join condition resumed it early and
+     * asked for them to be cancelled (the join step's attempt cancels them before it runs).
+     */
+    remaining: `
+      select c.id::text as id from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
+      where p.id = $1 and p.join_rule is not null and not p.join_rule ? 'keep' and p.children_pending > 0
+        and c.status not in ${TERMINAL_SQL}
+      order by c.id`,
   };
 }
 

@@ -11,7 +11,7 @@ import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
   "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, " +
-  "concurrency_key, parent_id, inserted_at, updated_at";
+  "concurrency_key, parent_id, inserted_at, updated_at, published";
 
 /** A row of INSTANCE_COLUMNS as pg returns it (bigint ids as strings). */
 export interface InstanceRow {
@@ -31,6 +31,7 @@ export interface InstanceRow {
   parent_id: string | null;
   inserted_at: Date;
   updated_at: Date;
+  published: Record<string, unknown> | null;
 }
 
 export function toInstance(r: InstanceRow): Instance {
@@ -51,6 +52,7 @@ export function toInstance(r: InstanceRow): Instance {
     parentId: r.parent_id === null ? null : String(r.parent_id),
     insertedAt: r.inserted_at,
     updatedAt: r.updated_at,
+    published: r.published ?? {},
   };
 }
 
@@ -63,6 +65,7 @@ export interface TransitionRow {
   attempt: number;
   duration_ms: number | null;
   error: ErrorRecord | null;
+  published: Record<string, unknown> | null;
 }
 
 export function toTransition(r: TransitionRow): Transition {
@@ -74,6 +77,7 @@ export function toTransition(r: TransitionRow): Transition {
     attempt: r.attempt,
     durationMs: r.duration_ms,
     ...(r.error ? { error: r.error } : {}),
+    ...(r.published ? { published: r.published } : {}),
   };
 }
 
@@ -194,7 +198,7 @@ export function instanceQueries(schema: string) {
       order by id desc limit $6`,
 
     history: `
-      select at, from_step, to_step, outcome, attempt, duration_ms, error
+      select at, from_step, to_step, outcome, attempt, duration_ms, error, published
       from ${s}.transitions where instance_id = $1 order by id`,
 
     /**

@@ -111,12 +111,12 @@ export interface ErrorResult {
 }
 
 export type StepResult<State = unknown, K extends string = string> =
-  | NextResult<State, K>
-  | AwaitResult<State, K>
-  | SpawnResult<State, K>
-  | DoneResult
-  | SnoozeResult
-  | CancelResult
+  | ((
+      NextResult<State, K> | AwaitResult<State, K> | SpawnResult<State, K> | DoneResult | SnoozeResult | CancelResult
+    ) & {
+      /** What the step published with `ctx.publish`, when it did: the engine would commit it with the outcome. */
+      published?: Record<string, unknown>;
+    })
   | ErrorResult;
 
 /** A signal for `ctx.awaited`; `id` and `insertedAt` are made up when omitted. */
@@ -201,7 +201,8 @@ export async function runStep<M extends AnyMachine>(
   const input = await checkInput(machine, step, options);
   const { resolved, client } = input;
   const controller = new AbortController();
-  const ctx = makeContext(machine, input, controller.signal);
+  const published = new Map<string, unknown>();
+  const ctx = makeContext(machine, input, controller.signal, published);
 
   if (client) {
     try {
@@ -215,12 +216,13 @@ export async function runStep<M extends AnyMachine>(
       throw error;
     }
   }
-  const attempt = attemptFor(machine, input);
+  const attempt: Attempt = { ...attemptFor(machine, input), published };
   let result: StepResult;
   try {
     // As the executor runs it: abandoned, not killed, on timeout.
     const returned = await invokeStep(machine.name, resolved, controller, () => resolved.run(ctx));
     result = await toResult(attempt, input, returned);
+    if (published.size > 0) result = { ...result, published: Object.fromEntries(published) } as StepResult;
   } catch (thrown) {
     const { error, willRetry, delayMs } = judgeThrow(attempt, thrown);
     result = { type: "error", error: thrown, record: error, willRetry, ...(willRetry ? { retryDelay: delayMs } : {}) };
@@ -395,9 +397,11 @@ function makeContext(
   machine: AnyMachine,
   input: CheckedInput,
   abortSignal: AbortSignal,
+  published: Map<string, unknown>,
 ): StepContext<unknown, unknown, string> {
   const { resolved } = input;
   const ctx = createContext({
+    published,
     id: input.id,
     machine: machine.name,
     step: resolved.name,

@@ -43,3 +43,39 @@ void engine.insert(SendEmail, { args: { to: "a@b.c" }, priority: 1, delay: "5m",
 // @ts-expect-error a job takes args, not state
 void engine.insert(SendEmail, { state: { to: "a@b.c" } });
 expectTypeOf(engine.get("1")).resolves.toEqualTypeOf<Instance | null>();
+
+// Published values: ctx.publish returns nothing; waitForEvent takes an id, { id } or { correlationKey }.
+export const Publisher = defineMachine({
+  name: "Publisher",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => {
+      expectTypeOf(ctx.publish("url", "https://x")).toBeVoid();
+      // @ts-expect-error the key is a string
+      ctx.publish(1, "x");
+      return ctx.done();
+    },
+  },
+});
+expectTypeOf(engine.waitForEvent("1", "url", { timeout: "5s" })).resolves.toBeUnknown();
+void engine.waitForEvent({ correlationKey: "order:1" }, "url");
+void engine.waitForEvent({ id: "1" }, "url");
+// @ts-expect-error an event key is a string
+void engine.waitForEvent("1", 2);
+expectTypeOf<Instance["published"]>().toEqualTypeOf<Record<string, unknown>>();
+
+// Flow control on the definition: the key function gets the validated input.
+export const Keyed = defineJob({
+  name: "Keyed",
+  args: z.object({ account: z.string() }),
+  concurrency: { key: (args) => `acct:${args.account}`, limit: 1 },
+  perform: async () => 1,
+});
+defineJob({
+  name: "KeyedWrong",
+  args: z.object({ account: z.string() }),
+  // @ts-expect-error no such field
+  concurrency: { key: (args) => args.acount },
+  perform: async () => 1,
+});
+void engine.insert(Keyed, { args: { account: "a" }, concurrencyKey: null });

@@ -81,6 +81,8 @@ function describeInstance(i: Instance): string[] {
   lines.push("state:", ...indent(JSON.stringify(i.state, null, 2)));
   if (i.result !== null && i.result !== undefined) lines.push("result:", ...indent(JSON.stringify(i.result, null, 2)));
   if (i.error) lines.push("error:", ...indent(`${i.error.name}: ${i.error.message}`));
+  if (Object.keys(i.published ?? {}).length > 0)
+    lines.push("published:", ...indent(JSON.stringify(i.published, null, 2)));
   return lines;
 }
 
@@ -104,7 +106,11 @@ function historyTable(history: Transition[]): string[] {
       t.outcome,
       String(t.attempt),
       t.durationMs === null ? "-" : duration(t.durationMs),
-      t.error ? truncate(`${t.error.name}: ${t.error.message}`, 80) : "",
+      t.error
+        ? truncate(`${t.error.name}: ${t.error.message}`, 80)
+        : t.published
+          ? truncate(`published ${Object.keys(t.published).join(", ")}`, 80)
+          : "",
     ]),
   );
   if (shown.length < history.length)
