@@ -115,7 +115,7 @@ export class GenDurable {
     this.signalsQ = signalQueries(this.config.schema);
     this.childrenQ = childQueries(this.config.schema);
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
-    this.completer = new Completer(pool, this.claims.complete);
+    this.completer = new Completer(pool, this.claims.complete, this.claims.committedBy);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);

@@ -189,6 +189,10 @@ export class Executor {
   ): Promise<void> {
     const { row, step } = attempt;
     let committed: { completion: Completion; resumedQueue: string | null };
+    // What the last try produced, and whether a connection broke under a try: its COMMIT may have
+    // landed with the reply lost, which only the row can tell (see landedEarlier).
+    let produced: Completion | undefined;
+    let broke = false;
     for (let tries = 1; ; tries++) {
       try {
         committed = await withTransaction(this.deps.pool, async (client) => {
@@ -196,6 +200,7 @@ export class Executor {
           // settled, its ctx.client refuses every query, so nothing it does later can commit.
           const guarded = guardClient(client, row.id);
           const completion = await produce(guarded.client).finally(guarded.close);
+          produced = completion;
           const { won, resumedQueue } = await this.commitOn(client, completion);
           // Throwing rolls back everything, the step's own ctx.client writes included.
           if (!won) throw new LeaseLostError(row.id);
@@ -203,6 +208,14 @@ export class Executor {
         });
         break;
       } catch (error) {
+        if (error instanceof LeaseLostError || (isConnectionError(error) && step.transactional)) {
+          const landed = broke || isConnectionError(error) ? await this.landedEarlier(row, produced) : undefined;
+          if (landed) {
+            committed = landed;
+            break;
+          }
+        }
+        broke ||= isConnectionError(error);
         if (error instanceof LeaseLostError) return this.lost(row);
         // Loading the context broke on the connection: the code never ran, as in run().
         if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
@@ -223,6 +236,27 @@ export class Executor {
       }
     }
     return this.committed(attempt, committed.completion, true, committed.resumedQueue);
+  }
+
+  /**
+   * After a connection broke under this claim's commit: whether that commit landed anyway (its
+   * reply was lost), by the claim token the row records with every outcome. If it did, the
+   * outcome is committed, once: the caller goes on as after any commit. The await's resume, if
+   * the mailbox satisfied it in that commit, is unknown here: its queue is woken in case.
+   */
+  private async landedEarlier(
+    row: ClaimedRow,
+    completion: Completion | undefined,
+  ): Promise<{ completion: Completion; resumedQueue: string | null } | undefined> {
+    if (completion === undefined) return undefined;
+    try {
+      const { rows } = await this.deps.pool.query(this.deps.claims.committedBy, [[row.id], [row.claim_token]]);
+      if (rows.length === 0) return undefined;
+    } catch {
+      // Unknown: handled as before (a fenced retry, or a failed attempt that cannot land twice).
+      return undefined;
+    }
+    return { completion, resumedQueue: completion.status === "awaiting" ? row.queue : null };
   }
 
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */
