@@ -48,10 +48,18 @@ export interface EngineEvents {
   /**
    * Something an operator should fix, found by a worker node's checks (once a
    * minute; repeated every 15 minutes while it holds): autovacuum cannot run
-   * on a hot table (`autovacuum_off`), or a hot table's dead tuples pile up
-   * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum.
+   * on a hot table (`autovacuum_off`), a hot table's dead tuples pile up
+   * (`dead_tuples`), a session holds the xmin horizon back so that vacuum can
+   * remove nothing (`horizon_held`, with its `pid`). Also logged at warn. See
+   * docs/operations.md, Vacuum.
    */
-  "engine:warning": { kind: "autovacuum_off" | "dead_tuples"; table?: string; message: string };
+  "engine:warning": {
+    kind: "autovacuum_off" | "dead_tuples" | "horizon_held";
+    table?: string;
+    /** horizon_held: the session that holds it. */
+    pid?: number;
+    message: string;
+  };
 }
 
 export type EngineEventName = keyof EngineEvents;
