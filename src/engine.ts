@@ -29,6 +29,7 @@ import { Loop } from "./loops/loop.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { QueueScheduler } from "./loops/scheduler.js";
 import { joinSweepLoop } from "./loops/joins.js";
+import { ClockWatch } from "./loops/clock-skew.js";
 import { heartbeat, leaseLoop } from "./loops/lease.js";
 import { pollLoop } from "./loops/poll.js";
 import { reaperLoop } from "./loops/reaper.js";
@@ -78,6 +79,8 @@ export class GenDurable {
   private readonly notifier: Notifier;
   private readonly completer: Completer;
   private readonly leases: Leases;
+  /** The node's clock against the database's, read at every heartbeat. */
+  private readonly clock: ClockWatch;
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
@@ -117,6 +120,7 @@ export class GenDurable {
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
     this.completer = new Completer(pool, this.claims.complete, this.claims.committedBy);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
+    this.clock = new ClockWatch({ events: this.events, logger: this.config.logger, node: this.config.nodeId });
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
     const { schema, retentionMs, machines } = this.config;
@@ -176,7 +180,8 @@ export class GenDurable {
     });
     // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
     await this.pruner.recordRetentions();
-    if (this.config.queues.size > 0) await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
+    if (this.config.queues.size > 0)
+      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node(), clock: this.clock });
   }
 
   private startLoops(): void {
@@ -231,7 +236,7 @@ export class GenDurable {
       poll: pollLoop({ events: this.events, onError, queues: () => this.schedulers.size, wakeAll }, config.pollMs),
       timeouts: timeoutSweepLoop({ ...deps, signals: this.signalsQ }, config.pollMs),
       joins: joinSweepLoop({ ...deps, children: this.childrenQ }, config.pollMs),
-      lease: leaseLoop({ events: this.events, onError, leases: this.leases, flow: this.flow, node: this.node() }),
+      lease: leaseLoop({ ...deps, leases: this.leases, flow: this.flow, node: this.node(), clock: this.clock }),
       reaper: reaperLoop({ ...deps, claims: this.claims, signals: this.signalsQ, flow: this.flow }, config.reaperMs),
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => this.pruner.tick() }),
       tables: tablesLoop({ ...deps, schema: config.schema, logger: config.logger }),

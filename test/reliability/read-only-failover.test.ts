@@ -95,91 +95,95 @@ async function readOnly(on: boolean, terminate: boolean): Promise<void> {
 }
 
 describe("read-only after a failover", () => {
-  it("retries, recycles its connections and completes every instance as without the fault", async () => {
-    const ids = new Map<number, string>();
-    let insertErrors = 0;
-    const produce = (async () => {
-      for (let i = 0; i < INSTANCES; i++) {
-        for (;;) {
-          try {
-            const { id } = await engine.insert(Flow, { state: { n: i }, correlationKey: `ro-${i}` });
-            ids.set(i, id);
-            break;
-          } catch {
-            insertErrors++;
-            await new Promise((resolve) => setTimeout(resolve, 50));
+  it(
+    "retries, recycles its connections and completes every instance as without the fault",
+    async () => {
+      const ids = new Map<number, string>();
+      let insertErrors = 0;
+      const produce = (async () => {
+        for (let i = 0; i < INSTANCES; i++) {
+          for (;;) {
+            try {
+              const { id } = await engine.insert(Flow, { state: { n: i }, correlationKey: `ro-${i}` });
+              ids.set(i, id);
+              break;
+            } catch {
+              insertErrors++;
+              await new Promise((resolve) => setTimeout(resolve, 50));
+            }
           }
         }
+      })();
+
+      const started = performance.now();
+      const recoveries: number[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        const before = await doneCount();
+        await eventually("some progress before the fault", async () => (await doneCount()) >= before + 10, 30_000);
+        const readOnlyBefore = readOnlyErrors();
+        await readOnly(true, true);
+        // The engine has run into the read-only database (a write refused with 25006) before it is reverted.
+        await eventually(
+          "the engine to hit the read-only database",
+          () => readOnlyErrors() >= readOnlyBefore + 3,
+          30_000,
+        );
+        // The fault lasts longer than a lease: leases lapse while nothing can be written.
+        await new Promise((resolve) => setTimeout(resolve, READ_ONLY_MS));
+        const reverted = performance.now();
+        await readOnly(false, false);
+        const atRevert = await doneCount();
+        await eventually("progress after the revert", async () => (await doneCount()) > atRevert, 30_000);
+        recoveries.push(Math.round(performance.now() - reverted));
       }
-    })();
+      await produce;
 
-    const started = performance.now();
-    const recoveries: number[] = [];
-    for (let round = 0; round < ROUNDS; round++) {
-      const before = await doneCount();
-      await eventually("some progress before the fault", async () => (await doneCount()) >= before + 10, 30_000);
-      const readOnlyBefore = readOnlyErrors();
-      await readOnly(true, true);
-      // The engine has run into the read-only database (a write refused with 25006) before it is reverted.
       await eventually(
-        "the engine to hit the read-only database",
-        () => readOnlyErrors() >= readOnlyBefore + 3,
-        30_000,
+        "every instance to finish",
+        async () =>
+          (
+            await admin.query(
+              `select count(*)::int as n from gd.instances where parent_id is null and status in ('done','failed','cancelled')`,
+            )
+          ).rows[0].n === INSTANCES,
+        120_000,
       );
-      // The fault lasts longer than a lease: leases lapse while nothing can be written.
-      await new Promise((resolve) => setTimeout(resolve, READ_ONLY_MS));
-      const reverted = performance.now();
-      await readOnly(false, false);
-      const atRevert = await doneCount();
-      await eventually("progress after the revert", async () => (await doneCount()) > atRevert, 30_000);
-      recoveries.push(Math.round(performance.now() - reverted));
-    }
-    await produce;
-
-    await eventually(
-      "every instance to finish",
-      async () =>
-        (
-          await admin.query(
-            `select count(*)::int as n from gd.instances where parent_id is null and status in ('done','failed','cancelled')`,
-          )
-        ).rows[0].n === INSTANCES,
-      120_000,
-    );
-    const { rows } = await admin.query<{
-      key: string;
-      status: string;
-      result: number;
-      effects: number;
-      children: number;
-    }>(`
+      const { rows } = await admin.query<{
+        key: string;
+        status: string;
+        result: number;
+        effects: number;
+        children: number;
+      }>(`
       select i.correlation_key as key, i.status, i.result::int as result,
         (select count(*)::int from gd.effects e where e.instance_id = i.id) as effects,
         (select count(*)::int from gd.instances c where c.parent_id = i.id) as children
       from gd.instances i where i.parent_id is null order by i.id`);
-    expect(rows.length).toBe(INSTANCES);
-    const wrong = rows.filter((r) => {
-      const n = Number(r.key.slice(3));
-      return r.status !== "done" || r.result !== (n + 1) * 2 + 2 || r.effects !== 1 || r.children !== 2;
-    });
-    expect(wrong).toEqual([]);
-    const { rows: history } = await admin.query<{ outcome: string; n: number }>(
-      `select outcome, count(*)::int as n from gd.transitions group by outcome order by outcome`,
-    );
-    const codes = new Map<string, number>();
-    for (const e of errors) {
-      const code = String((e.error as { code?: string })?.code ?? "none");
-      codes.set(code, (codes.get(code) ?? 0) + 1);
-    }
-    console.log(
-      `read-only failover: ${INSTANCES} instances, ${ROUNDS} round(s) of read-only + terminate, ` +
-        `reverted ${READ_ONLY_MS} ms after the engine first hit it (lease 2 s)\n` +
-        `  all done as without the fault in ${Math.round(performance.now() - started)} ms; ` +
-        `progress again ${recoveries.join(", ")} ms after the revert\n` +
-        `  insert errors retried: ${insertErrors}; engine errors by SQLSTATE: ${JSON.stringify(Object.fromEntries(codes))}\n` +
-        `  transitions by outcome: ${history.map((h) => `${h.outcome} ${h.n}`).join(", ")}`,
-    );
-  });
+      expect(rows.length).toBe(INSTANCES);
+      const wrong = rows.filter((r) => {
+        const n = Number(r.key.slice(3));
+        return r.status !== "done" || r.result !== (n + 1) * 2 + 2 || r.effects !== 1 || r.children !== 2;
+      });
+      expect(wrong).toEqual([]);
+      const { rows: history } = await admin.query<{ outcome: string; n: number }>(
+        `select outcome, count(*)::int as n from gd.transitions group by outcome order by outcome`,
+      );
+      const codes = new Map<string, number>();
+      for (const e of errors) {
+        const code = String((e.error as { code?: string })?.code ?? "none");
+        codes.set(code, (codes.get(code) ?? 0) + 1);
+      }
+      console.log(
+        `read-only failover: ${INSTANCES} instances, ${ROUNDS} round(s) of read-only + terminate, ` +
+          `reverted ${READ_ONLY_MS} ms after the engine first hit it (lease 2 s)\n` +
+          `  all done as without the fault in ${Math.round(performance.now() - started)} ms; ` +
+          `progress again ${recoveries.join(", ")} ms after the revert\n` +
+          `  insert errors retried: ${insertErrors}; engine errors by SQLSTATE: ${JSON.stringify(Object.fromEntries(codes))}\n` +
+          `  transitions by outcome: ${history.map((h) => `${h.outcome} ${h.n}`).join(", ")}`,
+      );
+    },
+    FULL ? 600_000 : 60_000,
+  );
 });
 
 function readOnlyErrors(): number {
