@@ -97,7 +97,15 @@ export class Executor {
       if (row.claimed_ahead) {
         // Its attempt is counted in the database before its code runs: a crash from
         // here on charges it, a crash before it does not (the row never started).
-        const counted = await this.deps.leases.start(row.id, row.claim_token);
+        let counted: number | null;
+        try {
+          counted = await this.deps.leases.start(row.id, row.claim_token);
+        } catch (error) {
+          // Its code has not run, and whether the charge landed is unknown (the reply may be what
+          // was lost): give the row back now, refunded either way, rather than after its lease.
+          if (isConnectionError(error)) return await this.releaseNow(row);
+          throw error;
+        }
         if (counted === null) return this.lost(row);
         row = { ...row, attempt: counted, claimed_ahead: false };
       }

@@ -83,6 +83,13 @@ const Transactional = defineMachine({
   },
 });
 
+const Ahead = defineMachine({
+  name: "AmbiguousAhead",
+  queue: "ahead",
+  state: State,
+  steps: { start: (ctx) => (ran(ctx.id, "start"), ctx.done(ctx.state.n)) },
+});
+
 const upstream = new URL(db.url);
 const cutter = await startCommitCutter({ host: upstream.hostname, port: Number(upstream.port || 5432) });
 const machines = [Plain, Awaits, Child, Spawns, Transactional];
@@ -216,6 +223,39 @@ describe("ambiguous commits", () => {
       figures.push(`insert: ${ROUNDS} cut, ${errors} reported an error to the caller, 0 duplicates after retry`);
     } finally {
       await direct.stop();
+    }
+  });
+
+  it("the start of a row claimed ahead is cut (its reply lost): the row is released at once and runs once", async () => {
+    // One slot: of rows inserted together, the node runs one and claims the next ahead, uncharged;
+    // that row's attempt is charged by a statement of its own just before its code runs.
+    const node = new GenDurable({
+      connectionString: cutter.url(db.url),
+      schema: db.schema,
+      queues: { ahead: 1 },
+      machines: [Ahead],
+      pollInterval: "1h",
+      leaseDuration: "60s",
+    });
+    const released: string[] = [];
+    node.on("step:released", (e) => void released.push(e.id));
+    await node.start();
+    try {
+      for (let round = 0; round < ROUNDS; round++) {
+        const cut = cutter.cut((st) => st.sql.includes("set attempt = i.attempt + 1, claimed_ahead = false"));
+        const ids = (await client.insertMany([0, 1, 2].map((n) => ({ machine: Ahead, state: { n } })))).map(
+          (r) => r.id,
+        );
+        await cut;
+        for (const [n, id] of ids.entries()) {
+          expect((await client.wait(id, { timeout: 15_000 })).result).toBe(n);
+          expect(runsOf(id, "start")).toBe(1);
+        }
+      }
+      expect(released.length).toBe(ROUNDS);
+      figures.push(`start of a row claimed ahead: ${ROUNDS} cut, each released at once and run once`);
+    } finally {
+      await node.stop();
     }
   });
 
