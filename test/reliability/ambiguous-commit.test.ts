@@ -45,6 +45,25 @@ const Awaits = defineMachine({
     finish: (ctx) => (ran(ctx.id, "finish"), ctx.done(ctx.awaited.length)),
   },
 });
+/** Parks only once the test opens its gate, so a signal can be in its mailbox before its await commits. */
+const opened = new Map<string, () => void>();
+const entered = new Map<string, () => void>();
+const GatedAwait = defineMachine({
+  name: "AmbiguousGatedAwait",
+  queue: "amb",
+  state: State,
+  steps: {
+    start: async (ctx) => {
+      ran(ctx.id, "start");
+      await new Promise<void>((resolve) => {
+        opened.set(ctx.id, resolve);
+        entered.get(ctx.id)?.();
+      });
+      return ctx.await("go", "finish");
+    },
+    finish: (ctx) => (ran(ctx.id, "finish"), ctx.done(ctx.awaited.length)),
+  },
+});
 const Child = defineMachine({
   name: "AmbiguousChild",
   queue: "amb",
@@ -92,7 +111,7 @@ const Ahead = defineMachine({
 
 const upstream = new URL(db.url);
 const cutter = await startCommitCutter({ host: upstream.hostname, port: Number(upstream.port || 5432) });
-const machines = [Plain, Awaits, Child, Spawns, Transactional];
+const machines = [Plain, Awaits, GatedAwait, Child, Spawns, Transactional];
 // An hour's poll: an instance left waiting on a commit already made would stay put and fail the wait below.
 const worker = new GenDurable({
   connectionString: cutter.url(db.url),
@@ -166,6 +185,21 @@ describe("ambiguous commits", () => {
       expect(events.filter((e) => e.id === id && e.name === "lease:lost")).toEqual([]);
     }
     figures.push(`await: ${ROUNDS} cut, each parked once and resumed`);
+  });
+
+  it("an await satisfied by its mailbox in the commit whose reply is lost: it resumes without the poll", async () => {
+    for (let round = 0; round < ROUNDS; round++) {
+      const { id } = await client.insert(GatedAwait, { state: { n: round } });
+      await new Promise<void>((resolve) => (opened.has(id) ? resolve() : entered.set(id, resolve)));
+      await client.signal({ id }, "go");
+      const cut = cutter.cut(inStepTransaction);
+      opened.get(id)!();
+      await cut;
+      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
+      expect([runsOf(id, "start"), runsOf(id, "finish")]).toEqual([1, 1]);
+      expect(events.filter((e) => e.id === id && e.name === "lease:lost")).toEqual([]);
+    }
+    figures.push(`await resumed in the lost commit: ${ROUNDS} cut, each resumed once`);
   });
 
   it("a spawn's commit reply is lost: its children exist once and the join runs once", async () => {
