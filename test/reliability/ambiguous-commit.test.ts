@@ -14,6 +14,9 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { GenDurable, defineMachine, type EngineEvents } from "../../src/index.js";
+import { childQueries } from "../../src/sql/children.js";
+import { claimQueries } from "../../src/sql/claims.js";
+import { instanceQueries } from "../../src/sql/instances.js";
 import { startCommitCutter, type Statement } from "../support/commit-cutter.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
@@ -139,7 +142,9 @@ afterAll(async () => {
 });
 
 /** The group commit's statement (sql/claims.ts `complete`), alone or inside a step's transaction. */
-const isGroupCommit = (sql: string) => sql.includes("jsonb_to_recordset") && sql.includes("from input x join won w");
+// The engine's own statements, matched exactly (sql/claims.ts, sql/children.ts, sql/instances.ts).
+const claimsSql = claimQueries(db.schema);
+const isGroupCommit = (sql: string) => sql === claimsSql.complete;
 const inStepTransaction = (st: Statement) =>
   st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => isGroupCommit(q));
 
@@ -239,7 +244,7 @@ describe("ambiguous commits", () => {
       for (let round = 0; round < ROUNDS; round++) {
         const key = `ambiguous-insert-${round}`;
         // The insert's own statement, or the COMMIT of the transaction it runs in.
-        const isInsert = (sql: string) => sql.includes("pg_get_serial_sequence");
+        const isInsert = (sql: string) => sql === instanceQueries(db.schema).insert;
         const cut = cutter.cut((st) =>
           st.sql.trim().toLowerCase() === "commit" ? st.transaction.some(isInsert) : isInsert(st.sql) && !st.inBlock,
         );
@@ -276,7 +281,7 @@ describe("ambiguous commits", () => {
     await node.start();
     try {
       for (let round = 0; round < ROUNDS; round++) {
-        const cut = cutter.cut((st) => st.sql.includes("set attempt = i.attempt + 1, claimed_ahead = false"));
+        const cut = cutter.cut((st) => st.sql === claimsSql.start);
         const ids = (await client.insertMany([0, 1, 2].map((n) => ({ machine: Ahead, state: { n } })))).map(
           (r) => r.id,
         );
@@ -296,7 +301,7 @@ describe("ambiguous commits", () => {
   it("a connection that breaks before a step's code ran releases the row, which then runs once", async () => {
     for (let round = 0; round < ROUNDS; round++) {
       // The join step's ctx.children is read before its code runs: that read never reaches the server.
-      const cut = cutter.cut((st) => st.sql.includes("c.id >= p.children_from"), {
+      const cut = cutter.cut((st) => st.sql === childQueries(db.schema).children, {
         mode: "before-send",
       });
       const { id } = await client.insert(Spawns, { state: { n: round } });
