@@ -188,6 +188,7 @@ export class GenDurable {
     const { config } = this;
     const executor = new Executor({
       pool: this.pool,
+      clock: this.clock,
       machines: config.machines,
       claims: this.claims,
       signals: this.signalsQ,

@@ -51,6 +51,8 @@ export interface ExecutorDeps {
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
+  /** Database clock minus this node's clock, as the heartbeat last measured it (loops/clock-skew.ts). */
+  clock?: { readonly offsetMs: number };
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
 }
@@ -458,7 +460,10 @@ export class Executor {
       events.emit("instance:cancelled", { ...instance, reason: (completion.error as ErrorRecord).message });
     }
     if (completion.status === "runnable") {
-      const delay = completion.run_at ? Date.parse(completion.run_at) - Date.now() : (completion.delay_ms ?? 0);
+      // A runAt is a time by the database's clock: reckoned from this node's clock corrected by the
+      // offset the heartbeat measured, or a node minutes off wakes minutes early or late.
+      const now = Date.now() + (this.deps.clock?.offsetMs ?? 0);
+      const delay = completion.run_at ? Date.parse(completion.run_at) - now : (completion.delay_ms ?? 0);
       this.deps.wake.queue(row.queue, Math.max(0, delay));
     }
     if (row.parent_id !== null && isTerminal(completion.status)) this.deps.wake.joins();

@@ -11,7 +11,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { useTestDatabase } from "../support/db.js";
 import { forkChild, useChildren, type Child } from "../support/worker-process.js";
-import { LongStep, RunAt, Timed } from "./fixtures/skew-machines.js";
+import { LongStep, RunAt, RunAtStep, Timed } from "./fixtures/skew-machines.js";
 import { eventually } from "../support/db.js";
 
 const FULL = !!process.env.RELIABILITY_FULL;
@@ -37,10 +37,23 @@ for (const [name, offset] of [
     }),
   );
 }
-await Promise.all(workers.map((w) => w.waitFor("ready")));
+// Two more, one each way, that run only RunAtStep and never poll.
+const runAtWorkers: Child[] = [];
+for (const [name, offset] of [
+  ["runat-ahead", SKEW_MS],
+  ["runat-behind", -SKEW_MS],
+] as const) {
+  runAtWorkers.push(
+    forkChild(new URL("./fixtures/skewed-worker.ts", import.meta.url), {
+      name: `skew-${name}`,
+      env: { DATABASE_URL: db.url, GD_SCHEMA: db.schema, GD_CLOCK_OFFSET_MS: String(offset), GD_ROLE: "runat" },
+    }),
+  );
+}
+await Promise.all([...workers, ...runAtWorkers].map((w) => w.waitFor("ready")));
 afterAll(async () => {
-  for (const w of workers) w.process.kill("SIGKILL");
-  await Promise.all(workers.map((w) => w.exited));
+  for (const w of [...workers, ...runAtWorkers]) w.process.kill("SIGKILL");
+  await Promise.all([...workers, ...runAtWorkers].map((w) => w.exited));
 });
 
 const figures: string[] = [];
@@ -117,6 +130,29 @@ describe("workers with clocks ten minutes off", () => {
     }
     figures.push(
       `runAt +1.5 s: ${EACH} ran, ${Math.round(Math.min(...late))}–${Math.round(Math.max(...late))} ms after it`,
+    );
+  });
+
+  it("a runAt set by a step wakes its node when the database's clock reaches it, without a poll", async () => {
+    const ids = (await client.insertMany(Array.from({ length: EACH }, () => ({ machine: RunAtStep, state: {} })))).map(
+      (r) => r.id,
+    );
+    const late: number[] = [];
+    for (const id of ids) {
+      expect((await client.wait(id, { timeout: 20_000 })).result).toBe("later");
+      const [next, done] = await transitions(id);
+      const { rows } = await db.pool.query(
+        `select extract(epoch from inserted_at) * 1000 as at from ${s}.instances where id = $1`,
+        [id],
+      );
+      const due = Number(rows[0].at) + 1500;
+      expect(next!.outcome).toBe("next");
+      expect(done!.at).toBeGreaterThanOrEqual(due);
+      late.push(done!.at - due);
+    }
+    const by = runAtWorkers.map((w) => `${w.name} ${w.messages.filter((m) => m.type === "step-start").length}`);
+    figures.push(
+      `runAt set by a step, no poll: ${EACH} ran ${Math.round(Math.min(...late))}–${Math.round(Math.max(...late))} ms after it (step starts: ${by.join(", ")})`,
     );
   });
 
