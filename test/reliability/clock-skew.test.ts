@@ -2,7 +2,7 @@
  * Clock skew: two worker processes whose clocks are 10 minutes ahead and 10 minutes behind
  * (Date.now and new Date moved in the process, test/reliability/fixtures/skewed-clock.ts) share a
  * queue. Leases, delays, await timeouts, runAt and cron slots must follow the database's clock
- * only: a step three leases long is not reaped, nothing runs before it is due by the database's
+ * only: a step three leases long (6 s, lease 2 s) is not reaped, nothing runs before it is due by the database's
  * clock, nothing waits ten minutes, cron slots are fired when the database reaches them. Each
  * worker warns of its skew (engine:warning, kind clock_skew) at start.
  *
@@ -81,7 +81,7 @@ describe("workers with clocks ten minutes off", () => {
     );
   });
 
-  it("a step three leases long keeps its lease on either node", async () => {
+  it("a step three leases long (6 s, lease 2 s) keeps its lease on either node", async () => {
     const ids = (await client.insertMany(Array.from({ length: EACH }, () => ({ machine: LongStep, state: {} })))).map(
       (r) => r.id,
     );
@@ -92,7 +92,7 @@ describe("workers with clocks ten minutes off", () => {
       [ids],
     );
     figures.push(
-      `3 s steps, lease 1 s: ${EACH} done, 0 lease_expired (${by.rows.map((r) => `${r.node} ${r.n}`).join(", ")})`,
+      `6 s steps, lease 2 s: ${EACH} done, 0 lease_expired (${by.rows.map((r) => `${r.node} ${r.n}`).join(", ")})`,
     );
   });
 
