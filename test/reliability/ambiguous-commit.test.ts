@@ -17,6 +17,7 @@ import { GenDurable, defineMachine, type EngineEvents } from "../../src/index.js
 import { childQueries } from "../../src/sql/children.js";
 import { claimQueries } from "../../src/sql/claims.js";
 import { instanceQueries } from "../../src/sql/instances.js";
+import { signalQueries } from "../../src/sql/signals.js";
 import { startCommitCutter, type Statement } from "../support/commit-cutter.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
@@ -295,6 +296,38 @@ describe("ambiguous commits", () => {
       figures.push(`start of a row claimed ahead: ${ROUNDS} cut, each released at once and run once`);
     } finally {
       await node.stop();
+    }
+  });
+
+  it("a signal's reply is lost: a retry with its dedupKey is a duplicate, the await consumes one", async () => {
+    const direct = new GenDurable({ connectionString: cutter.url(db.url), schema: db.schema });
+    await direct.start();
+    const insertSignal = signalQueries(db.schema).insert;
+    try {
+      let errors = 0;
+      for (let round = 0; round < ROUNDS; round++) {
+        const { id } = await client.insert(Awaits, { state: { n: round } });
+        await eventually(`instance ${id} awaiting`, async () => (await client.get(id))?.status === "awaiting");
+        const cut = cutter.cut(
+          (st) => st.sql.trim().toLowerCase() === "commit" && st.transaction.includes(insertSignal),
+        );
+        const first = await direct.signal({ id }, "go", { round }, { dedupKey: `go-${round}` }).then(
+          (r) => r,
+          (error: unknown) => (errors++, error),
+        );
+        await cut;
+        const again = await direct.signal({ id }, "go", { round }, { dedupKey: `go-${round}` });
+        if (first instanceof Error) expect(again.duplicate).toBe(true);
+        expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
+        const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.signals where instance_id = $1`, [
+          id,
+        ]);
+        expect(rows[0].n).toBe(1);
+        expect(runsOf(id, "finish")).toBe(1);
+      }
+      figures.push(`signal: ${ROUNDS} cut, ${errors} reported an error, each retry a duplicate, one signal consumed`);
+    } finally {
+      await direct.stop();
     }
   });
 
