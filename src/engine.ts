@@ -14,6 +14,7 @@ import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.
 import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
 import { silentLogger } from "./logger.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
+import { ClockWatch } from "./loops/clock-skew.js";
 import { heartbeat } from "./loops/lease.js";
 import type { Wakeups } from "./runtime/wakeups.js";
 import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
@@ -65,6 +66,8 @@ export class GenDurable {
   private readonly notifier: Notifier;
   private readonly completer: Completer;
   private readonly leases: Leases;
+  /** The node's clock against the database's, read at every heartbeat. */
+  private readonly clock: ClockWatch;
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
@@ -103,8 +106,9 @@ export class GenDurable {
     this.signalsQ = signalQueries(this.config.schema);
     this.childrenQ = childQueries(this.config.schema);
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
-    this.completer = new Completer(pool, this.claims.complete);
+    this.completer = new Completer(pool, this.claims.complete, this.claims.committedBy);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
+    this.clock = new ClockWatch({ events: this.events, logger: this.config.logger, node: this.config.nodeId });
     this.flow = flowQueries(this.config.schema);
     this.publishedQ = publishedQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
@@ -190,7 +194,8 @@ export class GenDurable {
       this.config.machines,
       this.config,
     );
-    if (this.config.queues.size > 0) await heartbeat({ leases: this.leases, flow: this.flow, node: this.node() });
+    if (this.config.queues.size > 0)
+      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node(), clock: this.clock });
   }
 
   private startLoops(): void {
@@ -205,6 +210,7 @@ export class GenDurable {
     this.worker = new WorkerNode({
       ...{ pool, config, queries, events, notifier, completer, leases, rateLimiter, pruner, cron },
       wake: this.wakeups,
+      clock: this.clock,
       published: this.publishedQ,
       cancelRemaining: (parentId) => cancelRemaining(pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
       onNotify: (payload) => this.publishedWaiters.onNotify(payload),

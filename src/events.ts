@@ -51,10 +51,21 @@ export interface EngineEvents {
   /**
    * Something an operator should fix, found by a worker node's checks (once a
    * minute; repeated every 15 minutes while it holds): autovacuum cannot run
-   * on a hot table (`autovacuum_off`), or a hot table's dead tuples pile up
-   * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum.
+   * on a hot table (`autovacuum_off`), a hot table's dead tuples pile up
+   * (`dead_tuples`), a session holds the xmin horizon back so that vacuum can
+   * remove nothing (`horizon_held`, with its `pid`), the node's clock is off
+   * the database's (`clock_skew`, checked at every heartbeat). Also logged at
+   * warn. See docs/operations.md, Vacuum and Clocks.
    */
-  "engine:warning": { kind: "autovacuum_off" | "dead_tuples"; table?: string; message: string };
+  "engine:warning": {
+    kind: "autovacuum_off" | "dead_tuples" | "horizon_held" | "clock_skew";
+    table?: string;
+    /** horizon_held: the session that holds it. */
+    pid?: number;
+    /** clock_skew: node clock minus database clock, in milliseconds (positive: the node is ahead). */
+    skewMs?: number;
+    message: string;
+  };
 }
 
 export type EngineEventName = keyof EngineEvents;

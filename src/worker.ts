@@ -12,6 +12,7 @@ import type { TypedEmitter } from "./events.js";
 import { CronLoop } from "./loops/cron.js";
 import type { Pruner } from "./loops/gc.js";
 import { joinSweepLoop } from "./loops/joins.js";
+import type { ClockWatch } from "./loops/clock-skew.js";
 import { leaseLoop, type NodeInfo } from "./loops/lease.js";
 import { Loop } from "./loops/loop.js";
 import { pollLoop } from "./loops/poll.js";
@@ -50,6 +51,8 @@ export interface WorkerNodeDeps {
   rateLimiter: RateLimiter;
   pruner: Pruner;
   wake: Wakeups;
+  /** The node's clock against the database's (loops/clock-skew.ts). */
+  clock: ClockWatch;
   published: ExecutorDeps["published"];
   cancelRemaining: ExecutorDeps["cancelRemaining"];
   /** A NOTIFY payload that is not a queue's: true when it was someone's (published values). */
@@ -78,6 +81,7 @@ export class WorkerNode {
     const { pool, config, queries, events, wake, reportError: onError } = deps;
     const executor = new Executor({
       pool,
+      clock: deps.clock,
       machines: config.machines,
       claims: queries.claims,
       signals: queries.signals,
@@ -125,7 +129,7 @@ export class WorkerNode {
       poll: pollLoop({ events, onError, queues: () => this.schedulers.size, wakeAll }, config.pollMs),
       timeouts: timeoutSweepLoop({ ...loopDeps, signals: queries.signals }, config.pollMs),
       joins: joinSweepLoop({ ...loopDeps, children: queries.children }, config.pollMs),
-      lease: leaseLoop({ events, onError, leases, flow, node: deps.node }),
+      lease: leaseLoop({ ...loopDeps, leases, flow, node: deps.node, clock: deps.clock }),
       reaper: reaperLoop({ ...loopDeps, claims: queries.claims, signals: queries.signals, flow }, config.reaperMs),
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => deps.pruner.tick() }),
       tables: tablesLoop({ ...loopDeps, schema: config.schema, logger: config.logger }),

@@ -7,6 +7,7 @@
  */
 import { prepared } from "../db/prepared.js";
 import type { Leases } from "../runtime/leases.js";
+import type { ClockWatch } from "./clock-skew.js";
 import type { FlowQueries } from "../sql/flow.js";
 import type { LoopDeps } from "./deps.js";
 import { Loop } from "./loop.js";
@@ -23,6 +24,8 @@ export interface LeaseLoopDeps extends Pick<LoopDeps, "events" | "onError"> {
   leases: Leases;
   flow: FlowQueries;
   node: NodeInfo;
+  /** Compares the node's clock with the database's at every heartbeat (clock-skew.ts). */
+  clock?: ClockWatch;
 }
 
 export function leaseLoop(deps: LeaseLoopDeps): Loop {
@@ -41,12 +44,19 @@ export function leaseLoop(deps: LeaseLoopDeps): Loop {
 
 /**
  * Upserts this node's row; on the lease connection, since the pool may be busy
- * with steps for longer than a lease.
+ * with steps for longer than a lease. Its reply carries the database's clock,
+ * which `clock` compares with the node's.
  */
 export async function heartbeat({
   leases,
   flow,
   node,
-}: Pick<LeaseLoopDeps, "leases" | "flow" | "node">): Promise<void> {
-  await leases.query(prepared(flow.heartbeat, [node.id, node.machines, node.queues, node.leaseMs]));
+  clock,
+}: Pick<LeaseLoopDeps, "leases" | "flow" | "node" | "clock">): Promise<void> {
+  const before = Date.now();
+  const { rows } = await leases.query<{ database_ms: number }>(
+    prepared(flow.heartbeat, [node.id, node.machines, node.queues, node.leaseMs]),
+  );
+  const after = Date.now();
+  if (rows[0]) clock?.observe(Number(rows[0].database_ms), before, after);
 }

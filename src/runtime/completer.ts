@@ -28,6 +28,8 @@ export class Completer {
   constructor(
     private readonly pool: pg.Pool,
     private readonly sql: string,
+    /** sql/claims.ts `committedBy`: which claims' outcomes are in the database. */
+    private readonly committedSql?: string,
   ) {}
 
   /** Resolves true when committed, false when the claim was lost (fenced: nothing written). */
@@ -84,18 +86,37 @@ export class Completer {
     // Sorted so that concurrent statements lock in one order: concurrency keys first (their
     // rows are locked by a trigger, as an insert does in the same order), then instance ids.
     const payload = JSON.stringify([...completions].sort(byKeyThenId));
+    let broke = false;
     for (let attempt = 1; ; attempt++) {
       try {
         const { rows } = await this.pool.query<{ id: string }>(prepared(this.sql, [payload]));
-        return new Set(rows.map((r) => r.id));
+        const won = new Set(rows.map((r) => r.id));
+        return broke ? this.withEarlierCommits(completions, won) : won;
       } catch (error) {
-        // Fenced writes are safe to repeat: a batch that did commit before the
-        // connection dropped now updates nothing, which reads as "lost" (and is harmless).
+        // Fenced writes are safe to repeat: a batch that did commit before the connection
+        // dropped updates nothing the second time (withEarlierCommits then finds it).
         // A deadlock or serialization failure rolled the whole statement back: repeat it too.
         if (!(isConnectionError(error) || isTransient(error)) || attempt >= CONNECTION_RETRIES) throw error;
+        broke ||= isConnectionError(error);
         await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
       }
     }
+  }
+
+  /**
+   * After a connection broke under a commit, the repeat wins nothing for rows whose first commit
+   * landed (its reply was lost). Those are committed, not lost: their steps must go on as after
+   * any commit (events, wake-ups of the next step), not be discarded and left to the poll.
+   */
+  private async withEarlierCommits(completions: Completion[], won: Set<string>): Promise<Set<string>> {
+    const unsure = completions.filter((c) => !won.has(c.id));
+    if (unsure.length === 0 || this.committedSql === undefined) return won;
+    const { rows } = await this.pool.query<{ id: string }>(this.committedSql, [
+      unsure.map((c) => c.id),
+      unsure.map((c) => c.token),
+    ]);
+    for (const { id } of rows) won.add(id);
+    return won;
   }
 }
 

@@ -59,6 +59,8 @@ export interface ExecutorDeps {
   published: PublishedQueries;
   /** Cancels the live children of a parent whose join condition resumed it early (join-rule.ts). */
   cancelRemaining?: (parentId: string) => Promise<void>;
+  /** Database clock minus this node's clock, as the heartbeat last measured it (loops/clock-skew.ts). */
+  clock?: { readonly offsetMs: number };
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
   /** Checks rows inserted from SQL (sql-api.ts). */
@@ -109,7 +111,15 @@ export class Executor {
       if (row.claimed_ahead) {
         // Its attempt is counted in the database before its code runs: a crash from
         // here on charges it, a crash before it does not (the row never started).
-        const counted = await this.deps.leases.start(row.id, row.claim_token);
+        let counted: number | null;
+        try {
+          counted = await this.deps.leases.start(row.id, row.claim_token);
+        } catch (error) {
+          // Its code has not run, and whether the charge landed is unknown (the reply may be what
+          // was lost): give the row back now, refunded either way, rather than after its lease.
+          if (isConnectionError(error)) return await this.releaseNow(row);
+          throw error;
+        }
         if (counted === null) return this.lost(row);
         row = { ...row, attempt: counted, claimed_ahead: false };
       }
@@ -212,6 +222,10 @@ export class Executor {
   ): Promise<void> {
     const { row, step } = attempt;
     let committed: { completion: Completion; resumedQueue: string | null };
+    // What the last try produced, and whether a connection broke under a try: its COMMIT may have
+    // landed with the reply lost, which only the row can tell (see landedEarlier).
+    let produced: Completion | undefined;
+    let broke = false;
     for (let tries = 1; ; tries++) {
       try {
         committed = await withTransaction(this.deps.pool, async (client) => {
@@ -219,6 +233,7 @@ export class Executor {
           // settled, its ctx.client refuses every query, so nothing it does later can commit.
           const guarded = guardClient(client, row.id);
           const completion = await produce(guarded.client).finally(guarded.close);
+          produced = completion;
           const { won, resumedQueue } = await this.commitOn(client, completion);
           // Throwing rolls back everything, the step's own ctx.client writes included.
           if (!won) throw new LeaseLostError(row.id);
@@ -226,6 +241,14 @@ export class Executor {
         });
         break;
       } catch (error) {
+        if (error instanceof LeaseLostError || (isConnectionError(error) && step.transactional)) {
+          const landed = broke || isConnectionError(error) ? await this.landedEarlier(row, produced) : undefined;
+          if (landed) {
+            committed = landed;
+            break;
+          }
+        }
+        broke ||= isConnectionError(error);
         if (error instanceof LeaseLostError) return this.lost(row);
         // Loading the context broke on the connection: the code never ran, as in run().
         if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);
@@ -268,6 +291,27 @@ export class Executor {
       return null;
     }
     return { ...attempt, row: { ...row, state: accepted.state, unvalidated: false } };
+  }
+
+  /**
+   * After a connection broke under this claim's commit: whether that commit landed anyway (its
+   * reply was lost), by the claim token the row records with every outcome. If it did, the
+   * outcome is committed, once: the caller goes on as after any commit. The await's resume, if
+   * the mailbox satisfied it in that commit, is unknown here: its queue is woken in case.
+   */
+  private async landedEarlier(
+    row: ClaimedRow,
+    completion: Completion | undefined,
+  ): Promise<{ completion: Completion; resumedQueue: string | null } | undefined> {
+    if (completion === undefined) return undefined;
+    try {
+      const { rows } = await this.deps.pool.query(this.deps.claims.committedBy, [[row.id], [row.claim_token]]);
+      if (rows.length === 0) return undefined;
+    } catch {
+      // Unknown: handled as before (a fenced retry, or a failed attempt that cannot land twice).
+      return undefined;
+    }
+    return { completion, resumedQueue: completion.status === "awaiting" ? row.queue : null };
   }
 
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */
@@ -474,7 +518,10 @@ export class Executor {
       events.emit("instance:cancelled", { ...instance, reason: (completion.error as ErrorRecord).message });
     }
     if (completion.status === "runnable") {
-      const delay = completion.run_at ? Date.parse(completion.run_at) - Date.now() : (completion.delay_ms ?? 0);
+      // A runAt is a time by the database's clock: reckoned from this node's clock corrected by the
+      // offset the heartbeat measured, or a node minutes off wakes minutes early or late.
+      const now = Date.now() + (this.deps.clock?.offsetMs ?? 0);
+      const delay = completion.run_at ? Date.parse(completion.run_at) - now : (completion.delay_ms ?? 0);
       this.deps.wake.queue(row.queue, Math.max(0, delay));
     }
     if (row.parent_id !== null && isTerminal(completion.status)) this.deps.wake.joins();

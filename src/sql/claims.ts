@@ -196,6 +196,8 @@ export function claimQueries(schema: string) {
           joined = case when x.step is null then i.joined else coalesce(x.joined, false) end,
           children_pending = x.children_pending,
           rate_limited = x.rate_limited,
+          -- Recognises this commit if its reply is lost (see committedBy).
+          committed_token = x.token,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x join rows_locked l on l.id = x.id
         where i.id = x.id and i.claim_token = x.token and i.status = 'running'
@@ -208,6 +210,16 @@ export function claimQueries(schema: string) {
         from input x join won w on w.id = x.id where x.outcome <> 'rate_limited'
       )
       select id::text as id, parent_id::text as parent_id from won`,
+
+    /**
+     * Of the claims ($1 ids, $2 tokens), those whose outcome is committed: asked after a commit was
+     * repeated on a fresh connection and won nothing, to tell an earlier commit whose reply was lost
+     * (the row carries the claim's token) from a claim that was really lost. By primary key.
+     */
+    committedBy: `
+      select i.id::text as id from ${s}.instances i
+      join unnest($1::bigint[], $2::bigint[]) as x(id, token) on i.id = x.id
+      where i.committed_token = x.token`,
 
     /** Takes the transaction's concurrency-key locks in the one global order (see lock_keys). */
     lockKeys: `select ${s}.lock_keys($1::text[])`,

@@ -30,7 +30,8 @@ export function flowQueries(schema: string) {
     heartbeat: `
       insert into ${s}.nodes (id, machines, queues, lease_ms) values ($1, $2, $3, $4)
       on conflict (id) do update set machines = excluded.machines, queues = excluded.queues,
-        lease_ms = excluded.lease_ms, heartbeat_at = now()`,
+        lease_ms = excluded.lease_ms, heartbeat_at = now()
+      returning (extract(epoch from clock_timestamp()) * 1000)::float8 as database_ms`,
 
     unregister: `delete from ${s}.nodes where id = $1`,
 

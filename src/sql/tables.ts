@@ -31,3 +31,22 @@ export const TABLE_HEALTH_SQL = `
       left join pg_stat_all_tables st on st.relid = c.oid
       where n.nspname = $1 and c.relkind = 'r' and c.relname = any($2::text[])
       order by c.relname`;
+
+/**
+ * Sessions of this database (or walsenders, which belong to none) whose snapshot holds back the
+ * xmin horizon — vacuum cannot remove a row version any of them may still see — since longer than
+ * $1 milliseconds, oldest first: a transaction left open, a long report, a forgotten `idle in
+ * transaction`. Held since the start of its transaction (of its statement outside one). A role
+ * without pg_read_all_stats sees other roles' backend_xmin as null: those are not listed.
+ */
+export const HORIZON_HOLDERS_SQL = `
+      select pid, coalesce(application_name, '') as application_name, coalesce(usename::text, '') as usename,
+             coalesce(state, '') as state,
+             (extract(epoch from now() - coalesce(xact_start, query_start, backend_start)) * 1000)::float8 as held_ms,
+             age(backend_xmin)::float8 as xmin_age
+      from pg_stat_activity
+      where backend_xmin is not null and pid <> pg_backend_pid()
+        and (datname = current_database() or datname is null)
+        and coalesce(xact_start, query_start, backend_start) < now() - $1 * interval '1 millisecond'
+      order by coalesce(xact_start, query_start, backend_start)
+      limit 5`;

@@ -1,0 +1,11 @@
+-- gen-durable schema, version 10: a commit that can be recognised after its reply was lost.
+--
+-- When the connection breaks after an outcome's commit reached the server but before its reply
+-- came back, the engine cannot tell from the error whether the commit was made. Repeating the
+-- fenced write is safe but says nothing: it updates no row either way. So every outcome commit
+-- also records the claim token it was fenced on, and the engine, having repeated a commit after a
+-- broken connection, asks whether the row carries its token: if so the first commit landed, and
+-- the engine goes on as after any commit (events, wake-ups) instead of discarding the outcome as
+-- lost and leaving the next step to the poll. A claim only ever raises claim_token, so a row whose
+-- committed_token equals a claim's token was finished by that claim and by nothing else.
+alter table {{schema}}.instances add column committed_token bigint;
