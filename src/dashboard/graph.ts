@@ -140,7 +140,9 @@ export function formatMs(ms: number | null): string {
 export function edgeLabel(edge: GraphEdge): string {
   const parts = [edge.kind === "next" ? "" : edge.kind, `${edge.count}×`];
   if (edge.p50Ms !== null) parts.push(`p50 ${formatMs(edge.p50Ms)}`);
-  if (edge.failureRate > 0) parts.push(`${Math.round(edge.failureRate * 100)}% fail`);
+  // The share of the step's attempts that failed belongs on the edges failures take, not on every edge out of it.
+  if ((edge.kind === "retry" || edge.kind === "failed") && edge.failureRate > 0)
+    parts.push(`${Math.round(edge.failureRate * 100)}% of attempts`);
   return parts.filter(Boolean).join(" · ");
 }
 
@@ -189,14 +191,21 @@ const EDGE_COLORS: Record<EdgeKind, string> = {
  */
 export function toSvg(graph: MachineGraph, current?: string): string {
   const g = new dagre.graphlib.Graph({ multigraph: true });
-  g.setGraph({ rankdir: "LR", nodesep: 30, ranksep: 70, edgesep: 15, marginx: 12, marginy: 12 });
+  g.setGraph({ rankdir: "LR", nodesep: 50, ranksep: 80, edgesep: 15, marginx: 12, marginy: 44 });
   const nodes = [...graph.steps, ...graph.ends.map(endNode)];
   for (const node of nodes) {
     const label = nodeLabel(node);
     const width = isEnd(node) ? Math.max(56, label.length * CHAR_WIDTH + 20) : label.length * CHAR_WIDTH + 28;
     g.setNode(node, { width, height: NODE_HEIGHT });
   }
+  // Self-loops (retries, snoozes, a resumed await) are drawn by hand above their node: dagre routes them
+  // through a dummy beside it, where they collide with the labels of edges in the same rank.
+  const loops: GraphEdge[] = [];
   graph.edges.forEach((edge, i) => {
+    if (edge.from === edge.to) {
+      loops.push(edge);
+      return;
+    }
     const label = edgeLabel(edge);
     g.setEdge(
       edge.from,
@@ -210,7 +219,7 @@ export function toSvg(graph: MachineGraph, current?: string): string {
   const parts: string[] = [];
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" class="machine-graph" width="${Math.ceil(width)}" height="${Math.ceil(height)}" viewBox="0 0 ${Math.ceil(width)} ${Math.ceil(height)}" role="img" aria-label="${esc(`graph of machine ${graph.machine}`)}">`,
-    `<style>.machine-graph text{font:12px system-ui,sans-serif;fill:#0f172a}.machine-graph .edge-label{font-size:10px;fill:#334155}` +
+    `<style>.machine-graph text{font:12px system-ui,sans-serif;fill:#0f172a}.machine-graph .edge-label{font-size:10px;fill:#334155;paint-order:stroke;stroke:#fff;stroke-width:4px;stroke-linejoin:round}` +
       `.machine-graph .step rect{fill:#f8fafc;stroke:#64748b;stroke-width:1.2}` +
       `.machine-graph .step.current rect{fill:#fde68a;stroke:#b45309;stroke-width:3}` +
       `.machine-graph .end circle,.machine-graph .end rect{fill:#f1f5f9;stroke:#94a3b8}</style>`,
@@ -233,9 +242,26 @@ export function toSvg(graph: MachineGraph, current?: string): string {
         `<title>${esc(`${edge.from} → ${nodeLabel(edge.to)}: ${edgeLabel(edge)}`)}</title>` +
         `<path d="${d}" fill="none" stroke="${color}" stroke-width="${widthAttr}"${dash} marker-end="url(#arrow-${edge.kind})"/>` +
         (label.x !== undefined && label.y !== undefined
-          ? `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y + 3).toFixed(1)}" text-anchor="middle">${esc(edgeLabel(edge))}</text>`
+          ? `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y - 5).toFixed(1)}" text-anchor="middle">${esc(edgeLabel(edge))}</text>`
           : "") +
         `</g>`,
+    );
+  }
+  const stacked = new Map<string, number>();
+  for (const edge of loops) {
+    const { x, y, height: h } = g.node(edge.from);
+    const top = y - h / 2;
+    // A second loop on one node (retry and snooze, say) goes around the first.
+    const k = stacked.get(edge.from) ?? 0;
+    stacked.set(edge.from, k + 1);
+    const rise = 32 + k * 22;
+    const color = EDGE_COLORS[edge.kind];
+    const f = (n: number) => n.toFixed(1);
+    parts.push(
+      `<g class="edge edge-${edge.kind}" data-from="${esc(edge.from)}" data-to="${esc(edge.from)}">` +
+        `<title>${esc(`${edge.from} → ${edge.from}: ${edgeLabel(edge)}`)}</title>` +
+        `<path d="M${f(x - 12)},${f(top)}C${f(x - 30 - k * 8)},${f(top - rise)} ${f(x + 30 + k * 8)},${f(top - rise)} ${f(x + 12)},${f(top)}" fill="none" stroke="${color}" stroke-width="1.5" marker-end="url(#arrow-${edge.kind})"/>` +
+        `<text class="edge-label" x="${f(x)}" y="${f(top - rise + 4)}" text-anchor="middle">${esc(edgeLabel(edge))}</text></g>`,
     );
   }
   for (const node of nodes) {
