@@ -33,6 +33,10 @@ export interface GraphEdge {
 export interface MachineGraph {
   machine: string;
   steps: string[];
+  /** Steps some recorded transition left or reached; the others come from the definition only. */
+  recorded: Set<string>;
+  /** The definition's initial step, when the definition was given. */
+  initial?: string;
   /** Pseudo-nodes for terminal outcomes ("done", "failed", "cancelled") that were reached. */
   ends: string[];
   edges: GraphEdge[];
@@ -72,19 +76,26 @@ function kindOf(outcome: string): EdgeKind | null {
   }
 }
 
-/** Folds the recorded rows into edges; `current` (a step) is kept as a node even if nothing was recorded. */
+/**
+ * Folds the recorded rows into edges. `extraSteps` (the current step, the steps a definition
+ * declares) are nodes even if nothing was recorded for them; `initial` marks the entry step.
+ */
 export function buildGraph(
   machine: string,
   rows: readonly EdgeRow[],
   extraSteps: readonly string[] = [],
+  initial?: string,
 ): MachineGraph {
   const steps = new Set<string>(extraSteps);
+  const recorded = new Set<string>();
   const ends = new Set<string>();
   const outOf = new Map<string, { total: number; failures: number }>();
   const merged = new Map<string, GraphEdge & { weighted: number; timed: number }>();
   for (const row of rows) {
     if (row.from_step === null) continue;
     steps.add(row.from_step);
+    recorded.add(row.from_step);
+    if (row.to_step !== null) recorded.add(row.to_step);
     const out = outOf.get(row.from_step) ?? { total: 0, failures: 0 };
     out.total += row.n;
     if (row.outcome === "error" || row.outcome === "failed" || row.outcome === "lease_expired") out.failures += row.n;
@@ -126,7 +137,15 @@ export function buildGraph(
       failureRate: out.total > 0 ? out.failures / out.total : 0,
     };
   });
-  return { machine, steps: [...steps].sort(), ends: [...ends].sort(), edges };
+  if (initial !== undefined) steps.add(initial);
+  return {
+    machine,
+    steps: [...steps].sort(),
+    recorded,
+    ...(initial !== undefined ? { initial } : {}),
+    ends: [...ends].sort(),
+    edges,
+  };
 }
 
 export function formatMs(ms: number | null): string {
@@ -165,6 +184,9 @@ export function toMermaid(graph: MachineGraph, current?: string): string {
   }
   lines.push("  classDef current fill:#fde68a,stroke:#b45309,stroke-width:3px");
   lines.push("  classDef failed fill:#fee2e2,stroke:#b91c1c");
+  lines.push("  classDef unrecorded stroke-dasharray:4 3");
+  const unrecorded = graph.steps.filter((step) => !graph.recorded.has(step));
+  if (unrecorded.length > 0) lines.push(`  class ${unrecorded.map(id).join(",")} unrecorded`);
   if (current !== undefined && graph.steps.includes(current)) lines.push(`  class ${id(current)} current`);
   if (graph.ends.includes("failed")) lines.push(`  class ${id(endNode("failed"))} failed`);
   return lines.join("\n") + "\n";
@@ -221,6 +243,7 @@ export function toSvg(graph: MachineGraph, current?: string): string {
     `<svg xmlns="http://www.w3.org/2000/svg" class="machine-graph" width="${Math.ceil(width)}" height="${Math.ceil(height)}" viewBox="0 0 ${Math.ceil(width)} ${Math.ceil(height)}" role="img" aria-label="${esc(`graph of machine ${graph.machine}`)}">`,
     `<style>.machine-graph text{font:12px system-ui,sans-serif;fill:#0f172a}.machine-graph .edge-label{font-size:10px;fill:#334155;paint-order:stroke;stroke:#fff;stroke-width:4px;stroke-linejoin:round}` +
       `.machine-graph .step rect{fill:#f8fafc;stroke:#64748b;stroke-width:1.2}` +
+      `.machine-graph .step.unrecorded rect{fill:#fff;stroke-dasharray:4 3}.machine-graph .step.initial rect{stroke-width:2.5}` +
       `.machine-graph .step.current rect{fill:#fde68a;stroke:#b45309;stroke-width:3}` +
       `.machine-graph .end circle,.machine-graph .end rect{fill:#f1f5f9;stroke:#94a3b8}</style>`,
     `<defs>${Object.entries(EDGE_COLORS)
@@ -273,7 +296,14 @@ export function toSvg(graph: MachineGraph, current?: string): string {
           `<text x="${x.toFixed(1)}" y="${(y + 4).toFixed(1)}" text-anchor="middle">${esc(label)}</text></g>`,
       );
     } else {
-      const cls = node === current ? "step current" : "step";
+      const cls = [
+        "step",
+        node === graph.initial ? "initial" : "",
+        graph.recorded.has(node) ? "" : "unrecorded",
+        node === current ? "current" : "",
+      ]
+        .filter(Boolean)
+        .join(" ");
       parts.push(
         `<g class="${cls}" data-step="${esc(label)}"${node === current ? ` aria-current="step"` : ""}><rect x="${(x - w / 2).toFixed(1)}" y="${(y - h / 2).toFixed(1)}" width="${w.toFixed(1)}" height="${h}" rx="6"/>` +
           `<text x="${x.toFixed(1)}" y="${(y + 4).toFixed(1)}" text-anchor="middle">${esc(label)}</text></g>`,

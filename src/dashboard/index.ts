@@ -17,6 +17,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type pg from "pg";
+import type { AnyMachine } from "../define.js";
 import { GenDurable } from "../engine.js";
 import { openPool } from "../db/pool.js";
 import { ConfigError, GenDurableError, ValidationError } from "../errors.js";
@@ -63,6 +64,11 @@ export interface DashboardOptions {
   cacheMs?: number;
   /** The most instances one "retry/cancel all matching" acts on (default 10000). */
   maxBulk?: number;
+  /**
+   * Your machine definitions, optional: their declared steps appear in the graphs even before any
+   * instance ran them (the initial step marked), and they are listed before any instance exists.
+   */
+  machines?: readonly AnyMachine[];
 }
 
 export type DashboardHandler = ((req: IncomingMessage, res: ServerResponse) => void) & {
@@ -93,6 +99,7 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
     options.readOnly === true,
     csrf,
     options.cacheMs ?? DEFAULTS.cacheMs,
+    options.machines ?? [],
   );
   const live = new LiveHub(ctx, options.liveIntervalMs ?? DEFAULTS.liveIntervalMs);
   const maxBulk = options.maxBulk ?? DEFAULTS.maxBulk;

@@ -5,6 +5,7 @@
  * script swaps when the page changes.
  */
 import type pg from "pg";
+import type { AnyMachine } from "../define.js";
 import type { GenDurable } from "../engine.js";
 import type { Instance, Transition } from "../instance.js";
 import type { ErrorRecord } from "../json.js";
@@ -29,6 +30,8 @@ export interface PageContext {
   /** The per-server token every action form carries. */
   csrf: string;
   cache: TtlCache;
+  /** Definitions the dashboard was given: their declared steps join the graphs, their names the machine list. */
+  machines: ReadonlyMap<string, AnyMachine>;
 }
 
 export interface Page {
@@ -62,6 +65,7 @@ export function makeContext(
   readOnly: boolean,
   csrf: string,
   cacheMs: number,
+  machines: readonly AnyMachine[] = [],
 ): PageContext {
   return {
     pool,
@@ -73,6 +77,7 @@ export function makeContext(
     readOnly,
     csrf,
     cache: new TtlCache(cacheMs),
+    machines: new Map(machines.map((m) => [m.name, m])),
   };
 }
 
@@ -850,16 +855,20 @@ export async function machineGraph(
     const { rows } = await ctx.pool.query<EdgeRow>(ctx.q.edges, [machine, windowS]);
     return rows;
   });
-  return buildGraph(machine, rows, extraSteps);
+  const definition = ctx.machines.get(machine);
+  const declared = definition ? [...definition.steps.keys()] : [];
+  return buildGraph(machine, rows, [...declared, ...extraSteps], definition?.initial);
 }
 
 export async function machinesPage(ctx: PageContext, url: URL): Promise<Page> {
-  const { rows } = await ctx.pool.query<{ machine: string }>(ctx.q.machines, [500]);
+  const { rows: stored } = await ctx.pool.query<{ machine: string }>(ctx.q.machines, [500]);
+  const names = new Set([...stored.map((r) => r.machine), ...ctx.machines.keys()]);
+  const rows = [...names].sort().map((machine) => ({ machine }));
   const body = html`${flash(url)}
     <h1>Machines</h1>
     ${
       rows.length === 0
-        ? html`<p class="muted">No instance yet, so no machine.</p>`
+        ? html`<p class="muted">No instance yet, and no machine definition given.</p>`
         : html`<ul>
             ${rows.map(
               (r) =>
@@ -909,6 +918,7 @@ export async function machinePage(ctx: PageContext, url: URL, machine: string): 
     </p>
     <section id="graph" data-live-region>
       <p class="legend">
+        ${ctx.machines.has(machine) ? "Dashed steps are declared but recorded nothing in this window. " : ""}
         <span style="color:#475569">— next</span><span style="color:#2563eb">- - await</span>
         <span style="color:#d97706">- - timeout</span><span style="color:#7c3aed">━ spawn</span>
         <span style="color:#dc2626">— retry (failed attempt)</span><span style="color:#15803d">— done</span>

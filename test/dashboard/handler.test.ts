@@ -125,6 +125,12 @@ describe("dashboard pages", () => {
     expect(svg.headers.get("content-type")).toContain("image/svg+xml");
     const text = await svg.text();
     expect(text).toContain("edge-await");
+    // Given the definitions, declared steps that never ran are drawn too, dashed; the initial step is marked.
+    const withDefinitions = await serve({ machines: MACHINES });
+    const declared = await (await fetch(`${withDefinitions.url}/machines/Approval`)).text();
+    expect(declared).toMatch(/class="step unrecorded" data-step="expired"/);
+    expect(declared).toMatch(/class="step initial" data-step="start"/);
+    expect(page).not.toContain('data-step="expired"');
     const cli = await cliInProcess(["graph", "Batch", "--schema", db.schema], { DATABASE_URL: db.url });
     expect(cli.code).toBe(0);
     expect(cli.stdout).toMatch(/==>\|"spawn · 1×/);
@@ -140,7 +146,7 @@ describe("dashboard pages", () => {
     for (let guard = 0; guard < 5 && path; guard++) {
       const page = await (await fetch(`${url}${path}`)).text();
       ids.push(...[...page.matchAll(/<tr data-id="(\d+)">/g)].map((m) => m[1]!));
-      const next = /<a rel="next" href="([^"]+)"/.exec(page)?.[1]?.replace(/&amp;/g, "&");
+      const next = /<a\s+rel="next"\s+href="([^"]+)"/.exec(page)?.[1]?.replace(/&amp;/g, "&");
       path = next ?? "";
     }
     expect(ids.length).toBeGreaterThanOrEqual(55);
