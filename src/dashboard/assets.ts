@@ -71,6 +71,10 @@ export const CLIENT_SCRIPT = `
   var live = body.getAttribute("data-live");
   if (live && window.EventSource) {
     var source = new EventSource(live);
+    // The server serves a bounded number of live pages: beyond them the page just stays as loaded.
+    source.addEventListener("full", function () {
+      source.close();
+    });
     source.onmessage = function (event) {
       var doc = new DOMParser().parseFromString(JSON.parse(event.data), "text/html");
       var fresh = doc.querySelectorAll("[data-live-region]");

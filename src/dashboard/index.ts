@@ -79,6 +79,8 @@ export type DashboardHandler = ((req: IncomingMessage, res: ServerResponse) => v
 };
 
 const COOKIE = "gen_durable_dashboard";
+/** Distinct live pages (path and query) served at once; a tab beyond them just does not update. */
+const MAX_LIVE_PAGES = 100;
 const MAX_BODY = 1024 * 1024;
 const DEFAULTS = { liveIntervalMs: 2000, cacheMs: 10_000, maxBulk: 10_000 };
 
@@ -107,7 +109,15 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
 
   const handler = ((req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((error: unknown) => {
-      if (!res.headersSent) sendPage(res, ctx, errorPage(500, "The dashboard failed", describe(error)));
+      const bad = error instanceof BadRequest || error instanceof ValidationError;
+      if (!res.headersSent)
+        sendPage(
+          res,
+          ctx,
+          bad
+            ? errorPage(400, "Bad request", describe(error))
+            : errorPage(500, "The dashboard failed", describe(error)),
+        );
       else res.end();
     });
   }) as DashboardHandler;
@@ -514,6 +524,11 @@ class LiveHub {
     });
     res.write(`retry: ${Math.max(1000, this.intervalMs)}\n\n`);
     let topic = this.topics.get(page);
+    if (!topic && this.topics.size >= MAX_LIVE_PAGES) {
+      // Each distinct page costs a timer and its queries: a bounded number of them.
+      res.end(`event: full\ndata: "too many live pages"\n\n`);
+      return;
+    }
     if (!topic) {
       const created = {
         clients: new Set<ServerResponse>(),

@@ -411,7 +411,8 @@ export function filterFrom(params: URLSearchParams): ListFilterForm {
   const date = (name: string) => {
     const value = text(name);
     if (value === null) return null;
-    const parsed = new Date(value);
+    // A browser's datetime-local has no zone: the form says UTC, so it is read as UTC.
+    const parsed = new Date(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(value) ? `${value}Z` : value);
     if (Number.isNaN(parsed.getTime())) throw new BadRequest(`${name} is not a date: ${JSON.stringify(value)}`);
     return parsed;
   };
@@ -501,8 +502,8 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
       >
       <label>queue <input name="queue" value="${filter.queue ?? ""}" /></label>
       <label>correlation key <input name="key" value="${filter.key ?? ""}" /></label>
-      <label>inserted from <input name="from" type="datetime-local" value="${localInput(filter.from)}" /></label>
-      <label>inserted before <input name="to" type="datetime-local" value="${localInput(filter.to)}" /></label>
+      <label>inserted from (UTC) <input name="from" type="datetime-local" value="${localInput(filter.from)}" /></label>
+      <label>inserted before (UTC) <input name="to" type="datetime-local" value="${localInput(filter.to)}" /></label>
       <button type="submit" class="primary">Filter</button> <a href="${link(ctx, "/instances")}">clear</a>
     </form>
     ${raw(ctx.readOnly ? `<div id="bulk">` : `<form method="post" action="${esc(link(ctx, "/actions/bulk"))}" id="bulk">`)}
@@ -577,13 +578,17 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
       body: html`<h1>Instance ${id}</h1>
         <p>No instance ${id} (never inserted, or pruned).</p>`,
     };
-  const [history, explanation, mailbox, tree, graph] = await Promise.all([
+  const [history, explanation, mailbox, inbox, tree, graph] = await Promise.all([
     ctx.engine.history(id),
     ctx.engine.explain(id).catch((error: unknown) => {
       if (error instanceof UnknownInstanceError) return null;
       throw error;
     }),
     ctx.pool.query(ctx.q.mailbox, [id, MAILBOX_ROWS]),
+    // Signals kept for the key (ifMissing: "keep") wait for the next instance inserted with it.
+    instance.correlationKey === null
+      ? { rows: [] }
+      : ctx.pool.query(ctx.q.inbox, [instance.correlationKey, MAILBOX_ROWS]),
     familyTree(ctx, instance),
     machineGraph(ctx, instance.machine, INSTANCE_GRAPH_WINDOW_S, [instance.step]),
   ]);
@@ -675,6 +680,19 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
       <section id="mailbox" data-live-region>
         <h2>Mailbox</h2>
         ${mailboxTable(mailbox.rows, now)}
+        ${
+          inbox.rows.length > 0
+            ? html`<h2>Kept for correlation key ${instance.correlationKey}</h2>
+                <p class="muted">
+                  Sent with ifMissing: "keep" while no instance with the key was live; the next one inserted with it
+                  receives them.
+                </p>
+                ${mailboxTable(
+                  inbox.rows.map((r) => ({ ...r, consumed_at: null })),
+                  now,
+                )}`
+            : ""
+        }
       </section>
     </div>`;
   return { title: `Instance ${instance.id}`, section: "instances", body };

@@ -107,6 +107,13 @@ describe("dashboard pages", () => {
     expect(awaiting).toContain('id="signal-form"');
     const evil = await (await fetch(`${url}/instances/${evilId}`)).text();
     expect(evil).toMatch(/<tr class="pending">[\s\S]*note/);
+    // A signal kept for the key of a finished instance waits for the next one: shown with it.
+    const kept = (await engine.insert(Order, { state: { sku: "kept", poison: true }, correlationKey: "kept-1" })).id;
+    await engine.wait(kept, { timeout: 10_000 });
+    await engine.signal("kept-1", "approve", { later: true }, { ifMissing: "keep" });
+    const keptPage = await (await fetch(`${url}/instances/${kept}`)).text();
+    expect(keptPage).toContain("Kept for correlation key kept-1");
+    expect(keptPage).toContain("approve");
     const batch = await (await fetch(`${url}/instances/${batchId}`)).text();
     const children = await engine.list({ machine: "Order", limit: 10 });
     for (const child of children.filter((c) => c.parentId === batchId))
@@ -134,6 +141,26 @@ describe("dashboard pages", () => {
     const cli = await cliInProcess(["graph", "Batch", "--schema", db.schema], { DATABASE_URL: db.url });
     expect(cli.code).toBe(0);
     expect(cli.stdout).toMatch(/==>\|"spawn · 1×/);
+  });
+
+  it("filters by insertion time (read as UTC); a bad filter or action is a 400 naming it", async () => {
+    const { url } = await serve();
+    const old = await (await fetch(`${url}/instances?from=2000-01-01T00:00&to=2000-01-02T00:00`)).text();
+    expect(old).toContain("No instance matches.");
+    expect(old).toContain("inserted from 2000-01-01T00:00:00.000Z, inserted before 2000-01-02T00:00:00.000Z");
+    const recent = await (
+      await fetch(`${url}/instances?from=${encodeURIComponent(new Date(Date.now() - 3600_000).toISOString())}`)
+    ).text();
+    expect(recent).toContain(`data-id="${failedId}"`);
+    const badDate = await fetch(`${url}/instances?from=yesterday`);
+    expect(badDate.status).toBe(400);
+    expect(await badDate.text()).toContain("from is not a date: &quot;yesterday&quot;");
+    const badStatus = await fetch(`${url}/instances?status=finished`);
+    expect(badStatus.status).toBe(400);
+    const csrf = csrfOf(await (await fetch(`${url}/instances`)).text());
+    const badAction = await post(`${url}/actions/bulk`, { _csrf: csrf, action: "explode" });
+    expect(badAction.status).toBe(400);
+    expect(await badAction.text()).toContain("unknown bulk action");
   });
 
   it("paging walks the list with a keyset cursor", async () => {
