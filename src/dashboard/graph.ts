@@ -193,6 +193,8 @@ export function toMermaid(graph: MachineGraph, current?: string): string {
 }
 
 const CHAR_WIDTH = 7.2;
+/** The width of an edge label at 10px, estimated (the server has no font metrics). */
+const labelWidth = (text: string) => text.length * 5.6 + 8;
 const NODE_HEIGHT = 34;
 
 const EDGE_COLORS: Record<EdgeKind, string> = {
@@ -232,7 +234,7 @@ export function toSvg(graph: MachineGraph, current?: string): string {
     g.setEdge(
       edge.from,
       edge.to,
-      { width: label.length * 6 + 8, height: 14, labelpos: "c", index: i },
+      { width: labelWidth(label) + 4, height: 14, labelpos: "c", index: i },
       `${edge.kind}:${i}`,
     );
   });
@@ -265,7 +267,9 @@ export function toSvg(graph: MachineGraph, current?: string): string {
         `<title>${esc(`${edge.from} → ${nodeLabel(edge.to)}: ${edgeLabel(edge)}`)}</title>` +
         `<path d="${d}" fill="none" stroke="${color}" stroke-width="${widthAttr}"${dash} marker-end="url(#arrow-${edge.kind})"/>` +
         (label.x !== undefined && label.y !== undefined
-          ? `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y - 5).toFixed(1)}" text-anchor="middle">${esc(edgeLabel(edge))}</text>`
+          ? // dagre routes the edge through its label's box: a white box under the text keeps it legible.
+            `<rect class="edge-label-box" x="${(label.x - labelWidth(edgeLabel(edge)) / 2).toFixed(1)}" y="${(label.y - 7).toFixed(1)}" width="${labelWidth(edgeLabel(edge)).toFixed(1)}" height="14" rx="3" fill="#fff" fill-opacity="0.9"/>` +
+            `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y + 3.5).toFixed(1)}" text-anchor="middle">${esc(edgeLabel(edge))}</text>`
           : "") +
         `</g>`,
     );

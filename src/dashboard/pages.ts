@@ -633,22 +633,33 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
           </td>
         </tr>
       </table>
-      ${
-        explanation
-          ? html`<h2>Why it is not running</h2>
-              <ul class="explain">
-                ${explanation.reasons.map((r) => html`<li>${r}</li>`)}
-              </ul>`
-          : ""
-      }
-      ${
-        instance.error
-          ? html`<h2>Error</h2>
-              ${errorBlock(instance.error)}`
-          : ""
-      }
     </section>
-    ${ctx.readOnly ? "" : actionForms(ctx, instance, terminal)}
+    <div class="grid">
+      <section id="why" data-live-region>
+        ${
+          explanation
+            ? html`<h2>Why it is not running</h2>
+                <ul class="explain">
+                  ${explanation.reasons.map((r) => html`<li>${r}</li>`)}
+                </ul>`
+            : ""
+        }
+        ${
+          instance.error
+            ? html`<h2>Error</h2>
+                ${errorBlock(instance.error)}`
+            : ""
+        }
+      </section>
+      ${ctx.readOnly ? "" : actionForms(ctx, instance, terminal)}
+    </div>
+    <section id="graph" data-live-region>
+      <h2>
+        Machine graph
+        <span class="muted">recorded transitions of ${instance.machine}, last 7 days; current step highlighted</span>
+      </h2>
+      <div class="graph-box">${raw(toSvg(graph, instance.step))}</div>
+    </section>
     <div class="grid">
       <section id="state" data-live-region>
         <h2>State</h2>
@@ -665,13 +676,6 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
         ${tree}
       </section>
     </div>
-    <section id="graph" data-live-region>
-      <h2>
-        Machine graph
-        <span class="muted">recorded transitions of ${instance.machine}, last 7 days; current step highlighted</span>
-      </h2>
-      <div class="graph-box">${raw(toSvg(graph, instance.step))}</div>
-    </section>
     <div class="grid">
       <section id="history" data-live-region>
         <h2>History <span class="muted">${history.length} transition${history.length === 1 ? "" : "s"}</span></h2>

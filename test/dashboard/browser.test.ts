@@ -80,7 +80,7 @@ describe.skipIf(!available)("dashboard in Chromium", async () => {
 
   it("signal an awaiting instance from the form", async () => {
     await page.goto(`${url}/instances/${awaitingId}`);
-    expect(await page.locator("#summary .explain").textContent()).toContain('awaiting signals: "approve"');
+    expect(await page.locator("#why .explain").textContent()).toContain('awaiting signals: "approve"');
     await page.locator('#signal-form input[name="event"]').fill("approve");
     await page.locator('#signal-form textarea[name="payload"]').fill('{"by":"ops"}');
     await page.locator("#signal-form button").click();
