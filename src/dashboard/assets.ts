@@ -42,6 +42,7 @@ input,select,textarea,button{font:inherit}
 input,select,textarea{padding:4px 6px;border:1px solid #cbd5e1;border-radius:5px}
 button{padding:4px 12px;border:1px solid #94a3b8;border-radius:5px;background:#fff;cursor:pointer}
 button.primary{background:var(--accent);border-color:var(--accent);color:#fff}
+button.small{padding:0 8px;font-size:12px;margin-left:6px}
 button.danger{border-color:var(--bad);color:var(--bad)}
 .actions{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .actions form{border:1px solid var(--line);border-radius:8px;padding:10px;display:flex;flex-direction:column;gap:6px}

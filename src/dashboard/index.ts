@@ -187,6 +187,20 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
         ctx,
         errorPage(403, "Refused", "The form is stale or forged: reload the page and try again."),
       );
+    const queue = /^\/queues\/([^/]+)\/(pause|resume)$/.exec(path);
+    if (queue) {
+      const name = decodeURIComponent(queue[1]!);
+      const back = (params: Record<string, string>) => redirect(res, link(ctx, "/", params));
+      try {
+        // engine.pauseQueue / resumeQueue: every node stops (or resumes) claiming in the queue at its next claim.
+        if (queue[2] === "pause") await engine.pauseQueue(name);
+        else await engine.resumeQueue(name);
+      } catch (error) {
+        if (error instanceof GenDurableError) return back({ error: error.message });
+        throw error;
+      }
+      return back({ ok: `Queue ${name} is ${queue[2] === "pause" ? "paused" : "resumed"}.` });
+    }
     const one = /^\/instances\/([1-9][0-9]{0,18})\/(retry|cancel|signal)$/.exec(path);
     if (one) {
       const [, id, action] = one as unknown as [string, string, "retry" | "cancel" | "signal"];

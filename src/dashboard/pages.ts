@@ -252,7 +252,22 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                   (q) =>
                     html`<tr data-queue="${q.queue}">
                       <td><a href="${filterLink(q.queue)}">${q.queue}</a></td>
-                      <td>${q.paused ? html`<span class="badge s-failed">paused</span>` : "no"}</td>
+                      <td>
+                        ${q.paused ? html`<span class="badge s-failed">paused</span>` : "no"}
+                        ${
+                          ctx.readOnly
+                            ? ""
+                            : html`<form
+                                class="inline"
+                                method="post"
+                                action="${link(ctx, `/queues/${encodeURIComponent(q.queue)}/${q.paused ? "resume" : "pause"}`)}"
+                              >
+                                ${csrfField(ctx)}<button type="submit" class="small">
+                                  ${q.paused ? "Resume" : "Pause"}
+                                </button>
+                              </form>`
+                        }
+                      </td>
                       ${cell(q, "runnable", q.runnable)}
                       <td class="n">${q.scheduled}</td>
                       ${cell(q, "running", q.running)}${cell(q, "awaiting", q.awaiting)}${cell(q, "joining", q.joining)}

@@ -228,6 +228,18 @@ describe("dashboard safety", () => {
     expect((await engine.get(awaitingId))?.status).toBe("awaiting");
   });
 
+  it("pause and resume a queue from the overview (engine.pauseQueue / resumeQueue)", async () => {
+    const { url } = await serve();
+    const csrf = csrfOf(await (await fetch(`${url}/`)).text());
+    const paused = await post(`${url}/queues/approvals/pause`, { _csrf: csrf });
+    expect(flashOf(paused, "ok")).toBe("Queue approvals is paused.");
+    expect(await engine.pausedQueues()).toEqual(["approvals"]);
+    const overview = await (await fetch(`${url}/`)).text();
+    expect(/<tr data-queue="approvals">([\s\S]*?)<\/tr>/.exec(overview)![1]).toContain("Resume");
+    await post(`${url}/queues/approvals/resume`, { _csrf: csrf });
+    expect(await engine.pausedQueues()).toEqual([]);
+  });
+
   it("a payload that is not JSON is refused with a message, and nothing is sent", async () => {
     const { url } = await serve();
     const csrf = csrfOf(await (await fetch(`${url}/instances/${awaitingId}`)).text());
