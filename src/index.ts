@@ -42,6 +42,8 @@ export type { PruneOptions, PruneResult } from "./loops/gc.js";
 export type { ErrorRecord } from "./json.js";
 export type { Logger } from "./logger.js";
 export { migrate, Migration } from "./migrate.js";
+export { createDashboard } from "./dashboard/index.js";
+export type { DashboardOptions, DashboardHandler } from "./dashboard/index.js";
 export type { MigrateOptions } from "./migrate.js";
 export {
   GenDurableError,

@@ -9,6 +9,8 @@ import { signalCommand } from "./signal.js";
 import { cancelCommand } from "./cancel.js";
 import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
+import { uiCommand } from "./ui.js";
+import { graphCommand } from "./graph.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -20,4 +22,6 @@ export const COMMANDS: readonly Command[] = [
   cancelCommand,
   retryCommand,
   pruneCommand,
+  uiCommand,
+  graphCommand,
 ];
