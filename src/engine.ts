@@ -65,6 +65,7 @@ import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
+import { captureTraceContext } from "./telemetry/propagation.js";
 
 export class GenDurable {
   private readonly config: ResolvedConfig;
@@ -447,6 +448,7 @@ export class GenDurable {
       inboxRetentionMs: this.config.signalRetentionMs,
       // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
       notifyChannel: this.config.channel,
+      traceContext: captureTraceContext(),
     };
     if (options.client) {
       const why =

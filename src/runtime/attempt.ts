@@ -17,7 +17,8 @@ export interface ClaimedRow {
   max_attempts: number | null;
   claim_token: string;
   correlation_key: string | null;
-  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string }> | null;
+  /** `traceContext`: the sender's, when one was active (not shown to the step; its span links to it). */
+  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string; traceContext?: unknown }> | null;
   /** This step is a join: ctx.children is loaded for it. */
   joined: boolean;
   parent_id: string | null;
@@ -29,6 +30,8 @@ export interface ClaimedRow {
   rate_limited: string | null;
   /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
   claimed_ahead: boolean;
+  /** The trace context active where the instance was inserted (see telemetry/propagation.ts), or null. */
+  trace_context: unknown;
 }
 
 export interface Attempt {

@@ -3,6 +3,7 @@ import type pg from "pg";
 import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger } from "../define.js";
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
+import { captureTraceContext } from "../telemetry/propagation.js";
 import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions } from "../outcome.js";
 
 export interface ContextInput {
@@ -56,6 +57,8 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
         step,
         state: rest[0],
         hasState: rest.length > 0 && rest[0] !== undefined,
+        // Called in the step's code, where its span is active: the children's steps link to it.
+        traceContext: captureTraceContext(),
       }),
     done: (result?: unknown) => makeOutcome({ kind: "done", result }),
     snooze: (delay: Duration) => makeOutcome({ kind: "snooze", delay }),

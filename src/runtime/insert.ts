@@ -7,6 +7,7 @@ import { encodeJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
+import { captureTraceContext, type TraceCarrier } from "../telemetry/propagation.js";
 
 export interface InsertRow {
   idx: number;
@@ -21,6 +22,8 @@ export interface InsertRow {
   correlation_key: string | null;
   concurrency_key: string | null;
   parent_id: string | null;
+  /** The trace context active where it was inserted (a spawned child: its parent's step), or null. */
+  trace_context: TraceCarrier | null;
 }
 
 const OPTION_KEYS = [
@@ -44,6 +47,8 @@ export async function prepareInsert(
   maxPayloadBytes: number,
 ): Promise<InsertRow> {
   const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+  // Before any await: the caller's context (its request's span).
+  const traceContext = captureTraceContext();
   if (
     typeof machine !== "object" ||
     machine === null ||
@@ -83,5 +88,6 @@ export async function prepareInsert(
     concurrency_key:
       options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
     parent_id: null,
+    trace_context: traceContext,
   };
 }

@@ -98,7 +98,10 @@ export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloa
     }
     case "spawn": {
       const target = checkStep(machine, data.step, where, "ctx.spawn");
-      const spawn = await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes);
+      const spawn = (await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes)).map((row) => ({
+        ...row,
+        trace_context: data.traceContext ?? null,
+      }));
       return {
         ...base,
         ...(await newState(machine, data, where, maxPayloadBytes)),
