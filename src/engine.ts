@@ -9,6 +9,7 @@ import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./co
 import type { AnyMachine } from "./define.js";
 import { describe, toMs, type Duration } from "./duration.js";
 import { Listener } from "./db/listener.js";
+import { reportPooledListen } from "./db/pooler.js";
 import { isolationOf, isReadCommitted, openPool, withTransaction } from "./db/pool.js";
 import { prepared } from "./db/prepared.js";
 import {
@@ -253,8 +254,9 @@ export class GenDurable {
       });
       this.cron.start();
     }
-    const clientConfig: pg.ClientConfig = this.config.connectionString
-      ? { connectionString: this.config.connectionString, application_name: "gen-durable-listen" }
+    const listenUrl = this.config.listenConnectionString ?? this.config.connectionString;
+    const clientConfig: pg.ClientConfig = listenUrl
+      ? { connectionString: listenUrl, application_name: "gen-durable-listen" }
       : { ...(this.pool as unknown as { options: pg.ClientConfig }).options, application_name: "gen-durable-listen" };
     this.listener = new Listener({
       clientConfig,
@@ -263,6 +265,7 @@ export class GenDurable {
       onNotify: (queue) => this.schedulers.get(queue)?.wake(),
       onConnected: wakeAll,
       onError: (error) => this.reportError("listener", error),
+      onPooled: () => reportPooledListen(this.events, config.logger, config.pollMs),
     });
     void this.listener.start();
   }

@@ -49,9 +49,10 @@ export interface EngineEvents {
    * Something an operator should fix, found by a worker node's checks (once a
    * minute; repeated every 15 minutes while it holds): autovacuum cannot run
    * on a hot table (`autovacuum_off`), or a hot table's dead tuples pile up
-   * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum.
+   * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum. `listen_pooled`: the
+   * LISTEN connection goes through a connection pooler, so this node polls (docs/pgbouncer.md).
    */
-  "engine:warning": { kind: "autovacuum_off" | "dead_tuples"; table?: string; message: string };
+  "engine:warning": { kind: "autovacuum_off" | "dead_tuples" | "listen_pooled"; table?: string; message: string };
 }
 
 export type EngineEventName = keyof EngineEvents;
