@@ -58,7 +58,7 @@ export async function withClient(
   const schema = schemaFrom(values, command);
   const url = databaseUrlFrom(values, io, command);
   const fail = (message: string) => {
-    io.err(`gen-durable ${command.name}: ${message}`);
+    io.err(`gen-durable ${command.name}: ${withoutPrefix(message, command.name)}`);
     return EXIT_FAILURE;
   };
   const problem = urlProblem(url);
@@ -161,4 +161,27 @@ export function unknownHint(target: Target): string {
 /** Prints `value` as the command's one JSON document. */
 export function printJson(io: Io, value: unknown): void {
   io.out(JSON.stringify(value, null, 2));
+}
+
+/** The engine's methods whose names start their error messages ("retry: instance 3 is done"). */
+const ENGINE_PREFIXES = [
+  "insert",
+  "insertMany",
+  "signal",
+  "cancel",
+  "retry",
+  "get",
+  "pauseQueue",
+  "resumeQueue",
+  "prune",
+];
+
+/**
+ * An engine error's message without the method name it starts with: the CLI prints its own
+ * prefix (`gen-durable retry: ...`), and `gen-durable retry: retry: ...` reads as a stutter.
+ */
+export function withoutPrefix(message: string, command: string): string {
+  const match = /^([A-Za-z]+)(\[\d+\])?: /.exec(message);
+  if (!match || (match[1] !== command && !ENGINE_PREFIXES.includes(match[1]!))) return message;
+  return message.slice(match[0].length);
 }

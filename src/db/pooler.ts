@@ -38,8 +38,9 @@ type QueryFn = (...args: unknown[]) => unknown;
 
 /**
  * For a client just connected by a pool: checks whether it goes through a pooler (its first
- * query) and, if so, sends the engine's named statements unnamed. A named query issued before
- * the check answered waits for it, so none is ever prepared on a pooled connection.
+ * query) and, if so, sends the engine's named statements unnamed. Queries issued before the
+ * check answered wait for it (pg deprecates queueing a query behind a running one), so none is
+ * ever prepared on a pooled connection.
  */
 export function watchForPooler(client: pg.PoolClient): void {
   let known = false;
@@ -48,17 +49,21 @@ export function watchForPooler(client: pg.PoolClient): void {
     () => void (known = true), // a broken connection fails the queries after it anyway
   );
   const query = client.query.bind(client) as QueryFn;
-  const strip = (config: { name?: string; text: string; values?: unknown[] }) =>
-    pooled.has(client) ? { text: config.text, values: config.values } : config;
-  (client as unknown as { query: QueryFn }).query = (...args: unknown[]) => {
+  const adapt = (args: unknown[]): unknown[] => {
     const [config] = args;
     const named =
       typeof config === "object" && config !== null && typeof (config as { name?: unknown }).name === "string";
-    if (!named) return query(...args);
-    const rest = args.slice(1);
-    if (known) return query(strip(config as { name: string; text: string }), ...rest);
-    const callback = rest.find((a) => typeof a === "function") as ((e: unknown, r?: unknown) => void) | undefined;
-    const later = check.then(() => query(strip(config as { name: string; text: string }), ...rest));
+    if (!named || !pooled.has(client)) return args;
+    const { text, values } = config as { text: string; values?: unknown[] };
+    return [{ text, values }, ...args.slice(1)];
+  };
+  (client as unknown as { query: QueryFn }).query = (...args: unknown[]) => {
+    if (known) return query(...adapt(args));
+    // A submittable (a cursor, a COPY stream) is returned to its caller: it cannot wait.
+    const [config] = args;
+    if (typeof (config as { submit?: unknown } | null)?.submit === "function") return query(...args);
+    const callback = args.find((a) => typeof a === "function") as ((e: unknown, r?: unknown) => void) | undefined;
+    const later = check.then(() => query(...adapt(args)));
     if (callback) {
       later.catch((error: unknown) => callback(error));
       return undefined;

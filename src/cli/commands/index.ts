@@ -9,6 +9,9 @@ import { signalCommand } from "./signal.js";
 import { cancelCommand } from "./cancel.js";
 import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
+import { insertCommand } from "./insert.js";
+import { pauseCommand, resumeCommand } from "./queues.js";
+import { cronCommand } from "./cron.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -19,5 +22,9 @@ export const COMMANDS: readonly Command[] = [
   signalCommand,
   cancelCommand,
   retryCommand,
+  insertCommand,
+  pauseCommand,
+  resumeCommand,
+  cronCommand,
   pruneCommand,
 ];
