@@ -91,7 +91,11 @@ export async function withClient(
   } catch (error) {
     if (error instanceof UsageError) throw error;
     // Input the engine rejected (an event name, a payload too large): the command line was wrong.
-    if (error instanceof ValidationError) throw new UsageError(error.message, command);
+    if (error instanceof ValidationError) {
+      // "pauseQueue: queue must be ..." names an engine method the operator never called: name the command.
+      const stripped = withoutPrefix(error.message, command.name);
+      throw new UsageError(stripped === error.message ? stripped : `${command.name}: ${stripped}`, command);
+    }
     if (error instanceof CommandFailure || error instanceof GenDurableError) return fail(error.message);
     if (isDatabaseError(error)) return fail(`database error: ${describeDbError(error)}`);
     throw error;
