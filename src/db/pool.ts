@@ -123,7 +123,7 @@ const guarded = new WeakSet<pg.Pool>();
  * failure reaches the caller through its pending query anyway, so a listener
  * that ignores it is all that is needed.
  */
-function guardClients(pool: pg.Pool): void {
+export function guardClients(pool: pg.Pool): void {
   if (guarded.has(pool)) return;
   guarded.add(pool);
   pool.on("connect", (client) => {

@@ -10,6 +10,7 @@ import { defineJob, defineMachine, GenDurable, migrate, type EngineEvents } from
 import { isPooled } from "../../src/db/pooler.js";
 import { databaseUrl, eventually, useTestDatabase } from "../support/db.js";
 import { findPgBouncer, startPgBouncer, type PgBouncer } from "../support/pgbouncer.js";
+import { cliInProcess } from "../support/cli.js";
 
 const binary = findPgBouncer();
 if (!binary && !process.env.CI) {
@@ -155,6 +156,25 @@ describe.skipIf(!binary && !process.env.CI)("behind PgBouncer (transaction pooli
       await e.stop();
       const { pool } = db;
       await pool.query(`drop schema if exists ${fresh} cascade`);
+    }
+  });
+
+  it("runs the CLI through the pooler, leaving no prepared statement on a server connection", async () => {
+    // One server connection: whatever one command left on it, the next one meets.
+    const single = await startPgBouncer(binary!, databaseUrl(), 1);
+    try {
+      const env = { DATABASE_URL: single.url };
+      for (const order of [1, 2, 3]) {
+        const run = await cliInProcess(
+          ["insert", "Order", "--queue", QUEUE, "--state", JSON.stringify({ order }), "--schema", db.schema, "--json"],
+          env,
+        );
+        expect(run.code, run.stderr).toBe(0);
+      }
+      const status = await cliInProcess(["status", "--schema", db.schema], env);
+      expect(status.code, status.stderr).toBe(0);
+    } finally {
+      await single.stop();
     }
   });
 
