@@ -31,6 +31,12 @@ export interface GenDurableOptions {
   connectionString?: string;
   /** Your own pg.Pool; the engine then does not end it on stop(). */
   pool?: pg.Pool;
+  /**
+   * A direct connection (not through a transaction-pooling PgBouncer) for the LISTEN connection
+   * only. Default: the engine's own connection; behind a pooler, LISTEN is then off and the node
+   * polls (see docs/pgbouncer.md).
+   */
+  listenConnectionString?: string;
   /** Schema holding gen-durable's tables. Default "gen_durable". */
   schema?: string;
   /** Queues this node runs, with per-node concurrency. None: a pure client that runs no loops. */
@@ -83,6 +89,7 @@ export interface GenDurableOptions {
 export interface ResolvedConfig {
   connectionString: string | undefined;
   pool: pg.Pool | undefined;
+  listenConnectionString: string | undefined;
   schema: string;
   channel: string;
   queues: ReadonlyMap<string, QueueConfig>;
@@ -153,6 +160,7 @@ const integerOption = <N extends number>(def: N, max: number) => ({ kind: "integ
 export const OPTIONS = {
   connectionString: custom,
   pool: custom,
+  listenConnectionString: custom,
   schema: { kind: "custom", default: DEFAULT_SCHEMA },
   queues: custom,
   machines: custom,
@@ -196,6 +204,9 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     throw fail("connectionString (or pool) is required, e.g. connectionString: process.env.DATABASE_URL");
   }
   const schema = checkSchemaName(options.schema ?? DEFAULTS.schema, fail);
+  const listen = options.listenConnectionString;
+  if (listen !== undefined && (typeof listen !== "string" || listen === ""))
+    throw fail(`listenConnectionString must be a non-empty connection string, got ${describe(listen)}`);
 
   const queues = new Map<string, QueueConfig>();
   if (options.queues !== undefined) {
@@ -279,6 +290,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
   return Object.freeze({
     connectionString: options.connectionString,
     pool: options.pool,
+    listenConnectionString: listen,
     schema,
     channel: `gen_durable_${schema}`,
     queues,

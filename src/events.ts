@@ -54,11 +54,12 @@ export interface EngineEvents {
    * on a hot table (`autovacuum_off`), a hot table's dead tuples pile up
    * (`dead_tuples`), a session holds the xmin horizon back so that vacuum can
    * remove nothing (`horizon_held`, with its `pid`), the node's clock is off
-   * the database's (`clock_skew`, checked at every heartbeat). Also logged at
-   * warn. See docs/operations.md, Vacuum and Clocks.
+   * the database's (`clock_skew`, checked at every heartbeat), the LISTEN connection
+   * goes through a connection pooler so this node polls (`listen_pooled`, docs/pgbouncer.md). Also
+   * logged at warn. See docs/operations.md, Vacuum and Clocks.
    */
   "engine:warning": {
-    kind: "autovacuum_off" | "dead_tuples" | "horizon_held" | "clock_skew";
+    kind: "autovacuum_off" | "dead_tuples" | "horizon_held" | "clock_skew" | "listen_pooled";
     table?: string;
     /** horizon_held: the session that holds it. */
     pid?: number;

@@ -5,6 +5,7 @@
  * error naming what it returned).
  */
 import type { Duration } from "./duration.js";
+import type { TraceCarrier } from "./telemetry/propagation.js";
 
 const BRAND: unique symbol = Symbol.for("gen-durable.outcome");
 
@@ -35,7 +36,16 @@ export interface AwaitOptions<K extends string = string> {
 export type OutcomeData =
   | { kind: "next"; step: string; state: unknown; hasState: boolean; options: ScheduleOptions }
   | { kind: "await"; spec: AwaitSpec; step: string; state: unknown; hasState: boolean; options: AwaitOptions }
-  | { kind: "spawn"; children: unknown[]; step: string; state: unknown; hasState: boolean; options?: SpawnOptions }
+  | {
+      kind: "spawn";
+      children: unknown[];
+      step: string;
+      state: unknown;
+      hasState: boolean;
+      options?: SpawnOptions;
+      /** The trace context of the step that spawned (its span): the children's steps link to it. */
+      traceContext?: TraceCarrier | null;
+    }
   | { kind: "done"; result: unknown }
   | { kind: "snooze"; delay: Duration }
   | { kind: "cancel"; reason: string | undefined };

@@ -7,6 +7,7 @@ import type pg from "pg";
 import type { ResolvedConfig } from "./config.js";
 import type { ResolvedCronEntry } from "./cron/entries.js";
 import { Listener } from "./db/listener.js";
+import { reportPooledListen } from "./db/pooler.js";
 import { EngineStoppedError } from "./errors.js";
 import type { TypedEmitter } from "./events.js";
 import { CronLoop } from "./loops/cron.js";
@@ -140,8 +141,9 @@ export class WorkerNode {
       this.cron = new CronLoop({ pool, schema, entries, channel, maxPayloadBytes, events, onError, wake: wake.queue });
     }
     const application_name = "gen-durable-listen";
-    const clientConfig: pg.ClientConfig = config.connectionString
-      ? { connectionString: config.connectionString, application_name }
+    const listenUrl = config.listenConnectionString ?? config.connectionString;
+    const clientConfig: pg.ClientConfig = listenUrl
+      ? { connectionString: listenUrl, application_name }
       : { ...(pool as unknown as { options: pg.ClientConfig }).options, application_name };
     this.listener = new Listener({
       clientConfig,
@@ -150,6 +152,7 @@ export class WorkerNode {
       onNotify: (payload) => deps.onNotify(payload) || this.schedulers.get(payload)?.wake(),
       onConnected: wakeAll,
       onError: (error) => onError("listener", error),
+      onPooled: () => reportPooledListen(events, config.logger, config.pollMs),
     });
   }
 

@@ -32,7 +32,7 @@ export interface Command {
   description: string;
   options: Record<string, OptionSpec>;
   /** Operands after the command, in order (e.g. `show <target>`); a command without any takes only options. */
-  positionals?: ReadonlyArray<{ name: string; description: string; optional?: boolean }>;
+  positionals?: ReadonlyArray<{ name: string; description: string; optional?: boolean; variadic?: boolean }>;
   run(values: Record<string, string | boolean | undefined>, io: Io, positionals: string[]): Promise<number>;
 }
 
@@ -54,7 +54,9 @@ function usageLine(command: Command): string {
   const parts = Object.entries(command.options).map(([name, spec]) =>
     spec.type === "string" ? `[--${name} ${spec.valueName ?? "value"}]` : `[--${name}]`,
   );
-  const operands = (command.positionals ?? []).map((p) => (p.optional ? `[${p.name}]` : `<${p.name}>`));
+  const operands = (command.positionals ?? []).map(
+    (p) => (p.optional ? `[${p.name}]` : `<${p.name}>`) + (p.variadic ? "..." : ""),
+  );
   return `gen-durable ${[command.name, ...operands, ...parts].join(" ")}`;
 }
 
@@ -213,7 +215,7 @@ function checkPositionals(command: Command, positionals: string[]): void {
   const specs = command.positionals ?? [];
   const missing = specs.slice(positionals.length).find((p) => !p.optional);
   if (missing) throw new UsageError(`missing argument <${missing.name}>: ${missing.description}`, command);
-  if (positionals.length > specs.length) {
+  if (positionals.length > specs.length && !specs[specs.length - 1]?.variadic) {
     throw new UsageError(
       `unexpected argument ${JSON.stringify(positionals[specs.length])}: ${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`,
       command,

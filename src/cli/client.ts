@@ -58,7 +58,7 @@ export async function withClient(
   const schema = schemaFrom(values, command);
   const url = databaseUrlFrom(values, io, command);
   const fail = (message: string) => {
-    io.err(`gen-durable ${command.name}: ${message}`);
+    io.err(`gen-durable ${command.name}: ${withoutPrefix(message, command.name)}`);
     return EXIT_FAILURE;
   };
   const problem = urlProblem(url);
@@ -91,7 +91,11 @@ export async function withClient(
   } catch (error) {
     if (error instanceof UsageError) throw error;
     // Input the engine rejected (an event name, a payload too large): the command line was wrong.
-    if (error instanceof ValidationError) throw new UsageError(error.message, command);
+    if (error instanceof ValidationError) {
+      // "pauseQueue: queue must be ..." names an engine method the operator never called: name the command.
+      const stripped = withoutPrefix(error.message, command.name);
+      throw new UsageError(stripped === error.message ? stripped : `${command.name}: ${stripped}`, command);
+    }
     if (error instanceof CommandFailure || error instanceof GenDurableError) return fail(error.message);
     if (isDatabaseError(error)) return fail(`database error: ${describeDbError(error)}`);
     throw error;
@@ -161,4 +165,27 @@ export function unknownHint(target: Target): string {
 /** Prints `value` as the command's one JSON document. */
 export function printJson(io: Io, value: unknown): void {
   io.out(JSON.stringify(value, null, 2));
+}
+
+/** The engine's methods whose names start their error messages ("retry: instance 3 is done"). */
+const ENGINE_PREFIXES = [
+  "insert",
+  "insertMany",
+  "signal",
+  "cancel",
+  "retry",
+  "get",
+  "pauseQueue",
+  "resumeQueue",
+  "prune",
+];
+
+/**
+ * An engine error's message without the method name it starts with: the CLI prints its own
+ * prefix (`gen-durable retry: ...`), and `gen-durable retry: retry: ...` reads as a stutter.
+ */
+export function withoutPrefix(message: string, command: string): string {
+  const match = /^([A-Za-z]+)(\[\d+\])?: /.exec(message);
+  if (!match || (match[1] !== command && !ENGINE_PREFIXES.includes(match[1]!))) return message;
+  return message.slice(match[0].length);
 }

@@ -1,5 +1,6 @@
 /** What the database commands share: which URL, a pool that gives up in time, and readable pg errors. */
 import pg from "pg";
+import { guardClients } from "../db/pool.js";
 import { checkSchemaName } from "../names.js";
 import { DEFAULT_SCHEMA } from "../migrate.js";
 import { UsageError, type Command, type Io } from "./cli.js";
@@ -93,6 +94,9 @@ export function openCliPool(url: string): pg.Pool {
     application_name: "gen-durable-cli",
   });
   pool.on("error", () => {});
+  // From its first connection (the schema check runs before any engine sees the pool): behind a
+  // pooler the engine's named statements must go unnamed on every connection (db/pooler.ts).
+  guardClients(pool);
   return pool;
 }
 

@@ -7,6 +7,7 @@ import { encodeJson } from "../json.js";
 import { checkId, checkKey, checkName } from "../names.js";
 import { deliverSignal } from "../runtime/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
+import { captureTraceContext } from "../telemetry/propagation.js";
 import type { ClientContext } from "./context.js";
 
 export async function sendSignal(
@@ -38,6 +39,7 @@ export async function sendSignal(
     inboxRetentionMs: ctx.config.signalRetentionMs,
     // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
     notifyChannel: ctx.config.channel,
+    traceContext: captureTraceContext(),
   };
   if (options.client) {
     const why =

@@ -15,6 +15,7 @@
  * test/chaos/faults.test.ts with a half-open proxy).
  */
 import pg from "pg";
+import { isPooled } from "./pooler.js";
 
 export interface ListenerOptions {
   clientConfig: pg.ClientConfig;
@@ -24,6 +25,11 @@ export interface ListenerOptions {
   onConnected: () => void;
   onError: (error: unknown) => void;
   heartbeatMs: number;
+  /**
+   * The connection goes through a pooler, which cannot carry LISTEN (db/pooler.ts): the listener
+   * gives up for good, and the engine finds work by polling.
+   */
+  onPooled: () => void;
 }
 
 export class Listener {
@@ -42,6 +48,7 @@ export class Listener {
       this.options.onError(error);
       this.scheduleReconnect();
     });
+    if (this.stopped) return; // stopped meanwhile, or the connection is pooled (onPooled)
     this.heartbeat = setInterval(() => void this.ping(), this.options.heartbeatMs);
     this.heartbeat.unref();
   }
@@ -74,6 +81,13 @@ export class Listener {
       await client.connect();
       if (this.stopped) {
         destroy(client);
+        return;
+      }
+      if (await withDeadline(isPooled(client), heartbeatMs, "LISTEN connection did not answer")) {
+        destroy(client);
+        this.stopped = true;
+        clearInterval(this.heartbeat);
+        this.options.onPooled();
         return;
       }
       await withDeadline(client.query(`listen "${this.options.channel}"`), heartbeatMs, "LISTEN did not answer");

@@ -1,6 +1,7 @@
 /** Connections: the engine's pool, transactions, and which errors mean "the connection, not the query". */
 import pg from "pg";
 import { ConfigError, ValidationError } from "../errors.js";
+import { watchForPooler } from "./pooler.js";
 
 export interface ConnectionOptions {
   connectionString?: string;
@@ -159,10 +160,14 @@ const guarded = new WeakSet<pg.Pool>();
  * failure reaches the caller through its pending query anyway, so a listener
  * that ignores it is all that is needed.
  */
-function guardClients(pool: pg.Pool): void {
+export function guardClients(pool: pg.Pool): void {
   if (guarded.has(pool)) return;
   guarded.add(pool);
-  pool.on("connect", (client) => client.on("error", () => {}));
+  pool.on("connect", (client) => {
+    client.on("error", () => {});
+    // Behind a connection pooler, the engine's named statements go unnamed (see db/pooler.ts).
+    watchForPooler(client);
+  });
 }
 
 export async function withTransaction<T>(pool: pg.Pool, body: (client: pg.PoolClient) => Promise<T>): Promise<T> {

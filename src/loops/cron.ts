@@ -105,6 +105,7 @@ export class CronLoop {
   private async passOnce(): Promise<void> {
     const started = performance.now();
     const fresh = this.entries.filter((e) => !this.cursors.has(e.name)).map((e) => e.name);
+    if (fresh.length > 0) await this.record(fresh);
     const before = Date.now();
     const { rows } = await this.o.pool.query<{ now: number; last: Record<string, number> }>(this.q.clock, [fresh]);
     const after = Date.now();
@@ -124,6 +125,21 @@ export class CronLoop {
     if (Date.now() - this.lastPrune >= PRUNE_EVERY_MS) await this.prune();
     this.o.events.emit("loop:tick", { loop: "cron", durationMs: performance.now() - started, count });
     this.sleepUntilNextTick(now);
+  }
+
+  /** Records the entries of `names` where `gen-durable cron` reads them (their first pass on this node). */
+  private async record(names: string[]): Promise<void> {
+    const rows = this.entries
+      .filter((e) => names.includes(e.name))
+      .map((e) => ({
+        name: e.name,
+        schedule: e.schedule,
+        timezone: e.timezone,
+        machine: e.machine.name,
+        queue: e.queue,
+        missed: e.missed,
+      }));
+    await this.o.pool.query(this.q.record, [JSON.stringify(rows)]);
   }
 
   private async fire(plan: Planned[]): Promise<number> {

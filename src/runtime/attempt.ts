@@ -17,7 +17,8 @@ export interface ClaimedRow {
   max_attempts: number | null;
   claim_token: string;
   correlation_key: string | null;
-  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string }> | null;
+  /** `traceContext`: the sender's, when one was active (not shown to the step; its span links to it). */
+  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string; traceContext?: unknown }> | null;
   /** This step is a join: ctx.children is loaded for it. */
   joined: boolean;
   parent_id: string | null;
@@ -31,6 +32,8 @@ export interface ClaimedRow {
   claimed_ahead: boolean;
   /** Inserted from SQL and not yet checked against the machine's schema (runtime/sql-api.ts). */
   unvalidated?: boolean;
+  /** The trace context active where the instance was inserted (see telemetry/propagation.ts), or null. */
+  trace_context: unknown;
 }
 
 export interface Attempt {

@@ -4,6 +4,7 @@ import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger }
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { checkPublish } from "./published.js";
+import { captureTraceContext } from "../telemetry/propagation.js";
 import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions, type SpawnOptions } from "../outcome.js";
 
 export interface ContextInput {
@@ -60,6 +61,8 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
         state: rest[0],
         hasState: rest.length > 0 && rest[0] !== undefined,
         ...(rest[1] === undefined ? {} : { options: rest[1] }),
+        // Called in the step's code, where its span is active: the children's steps link to it.
+        traceContext: captureTraceContext(),
       }),
     publish: (key: string, value: unknown) => {
       published.set(checkPublish(key, value, `step "${input.step}" of machine "${input.machine}"`), value);

@@ -13,6 +13,7 @@ import type { StepFacts, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
 import { stepLogger, type Logger } from "../logger.js";
 import type { ChildQueries } from "../sql/children.js";
+import type { StepTraceFacts } from "../telemetry/otel.js";
 import type { ClaimQueries } from "../sql/claims.js";
 import type { InstanceQueries } from "../sql/instances.js";
 import type { SignalQueries } from "../sql/signals.js";
@@ -54,7 +55,7 @@ export interface ExecutorDeps {
   /** NOTIFY channel, for writes made inside a step's own transaction. */
   channel: string;
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
-  around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
+  around?: <T>(attempt: StepTraceFacts, run: () => T) => T;
   rateLimiter: RateLimiter;
   published: PublishedQueries;
   /** Cancels the live children of a parent whose join condition resumed it early (join-rule.ts). */

@@ -8,6 +8,7 @@ import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { concurrencyKeyOf } from "./definition-flow.js";
+import { captureTraceContext, type TraceCarrier } from "../telemetry/propagation.js";
 
 export interface InsertRow {
   idx: number;
@@ -22,6 +23,8 @@ export interface InsertRow {
   correlation_key: string | null;
   concurrency_key: string | null;
   parent_id: string | null;
+  /** The trace context active where it was inserted (a spawned child: its parent's step), or null. */
+  trace_context: TraceCarrier | null;
   /** Remembered for the idempotency window: a retried insert with it returns the instance it made. */
   idempotency_key: string | null;
   /** With a correlation key: what an instance with it, live or finished within the window, means. Null: "allow". */
@@ -64,6 +67,8 @@ export async function prepareInsert(
   maxPayloadBytes: number,
 ): Promise<InsertRow> {
   const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+  // Before any await: the caller's context (its request's span).
+  const traceContext = captureTraceContext();
   if (
     typeof machine !== "object" ||
     machine === null ||
@@ -110,6 +115,7 @@ export async function prepareInsert(
     idempotency_key:
       options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),
     if_exists: ifExists === undefined || ifExists === "allow" ? null : ifExists,
+    trace_context: traceContext,
   };
 }
 

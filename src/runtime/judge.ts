@@ -106,7 +106,10 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
     }
     case "spawn": {
       const target = checkStep(machine, data.step, where, "ctx.spawn");
-      const spawn = await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes);
+      const spawn = (await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes)).map((row) => ({
+        ...row,
+        trace_context: data.traceContext ?? null,
+      }));
       const join_rule = joinRule(data.options, spawn.length, `${where}: ctx.spawn`);
       return {
         join_rule,

@@ -9,6 +9,7 @@ import { withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { SignalQueries } from "../sql/signals.js";
 import { isTerminal } from "../status.js";
+import type { TraceCarrier } from "../telemetry/propagation.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
 
 interface LockedInstance {
@@ -28,6 +29,8 @@ export interface DeliverInput {
   inboxRetentionMs: number;
   /** NOTIFY channel for the resume, sent with the commit of the transaction that delivers the signal. */
   notifyChannel: string | null;
+  /** The sender's trace context (see telemetry/propagation.ts); the step it resumes links to it. */
+  traceContext?: TraceCarrier | null;
 }
 
 export interface DeliverResult {
@@ -69,6 +72,7 @@ export async function deliverSignal(
         input.payloadJson,
         input.dedupKey,
         input.inboxRetentionMs,
+        traceJson(input),
       ]);
       return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
     }
@@ -83,6 +87,7 @@ export async function deliverSignal(
     input.payloadJson,
     input.dedupKey,
     0,
+    traceJson(input),
   ]);
   let resumedQueue: string | null = null;
   if (instance.status === "awaiting" && instance.await_spec) {
@@ -114,7 +119,13 @@ export async function tryResume(
   return resume(client, q, instanceId, matched, null, "resumed", notifyChannel);
 }
 
-type MailboxRow = { id: string; event: string; payload: unknown; inserted_at: Date };
+type MailboxRow = {
+  id: string;
+  event: string;
+  payload: unknown;
+  inserted_at: Date;
+  trace_context: TraceCarrier | null;
+};
 
 function readMailbox(
   client: pg.ClientBase,
@@ -134,7 +145,14 @@ async function resume(
   outcome: "resumed" | "timeout",
   notifyChannel: string | null,
 ): Promise<string | null> {
-  const awaited = consumed.map((m) => ({ id: m.id, event: m.event, payload: m.payload, insertedAt: m.inserted_at }));
+  const awaited = consumed.map((m) => ({
+    id: m.id,
+    event: m.event,
+    payload: m.payload,
+    insertedAt: m.inserted_at,
+    // Not part of ctx.awaited: the resumed step's span links to each sender's context.
+    ...(m.trace_context ? { traceContext: m.trace_context } : {}),
+  }));
   const { rows } = await client.query<{ queue: string }>(q.resume, [
     instanceId,
     consumed.map((m) => m.id),
@@ -167,4 +185,8 @@ export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: numbe
     }
     return queues;
   });
+}
+
+function traceJson(input: DeliverInput): string | null {
+  return input.traceContext ? JSON.stringify(input.traceContext) : null;
 }

@@ -7,6 +7,27 @@ import { quoteIdent } from "../names.js";
 export function cronQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
+    /** Records entries (the registry `gen-durable cron` reads); $1: jsonb array of { name, schedule, timezone, machine, queue, missed }. */
+    record: `
+      insert into ${s}.cron_entries (name, schedule, timezone, machine, queue, missed)
+      select name, schedule, timezone, machine, queue, missed
+      from jsonb_to_recordset($1::jsonb) as x(name text, schedule text, timezone text, machine text, queue text, missed text)
+      on conflict (name) do update set schedule = excluded.schedule, timezone = excluded.timezone,
+        machine = excluded.machine, queue = excluded.queue, missed = excluded.missed, recorded_at = now()`,
+
+    /** The registry with each entry's latest tick and the instance it inserted (for `gen-durable cron`). */
+    entries: `
+      with names as (select name from ${s}.cron_entries union select distinct name from ${s}.cron_ticks)
+      select n.name, e.schedule, e.timezone, e.machine, e.queue, e.missed, e.recorded_at as "recordedAt",
+        t.tick_at as "lastTick", t.instance_id::text as "lastInstance", i.status as "lastStatus",
+        (extract(epoch from now()) * 1000)::float8 as now
+      from names n
+      left join ${s}.cron_entries e on e.name = n.name
+      left join lateral (select tick_at, instance_id from ${s}.cron_ticks c where c.name = n.name
+                         order by tick_at desc limit 1) t on true
+      left join ${s}.instances i on i.id = t.instance_id
+      order by n.name`,
+
     /**
      * The database clock (epoch ms) and, for each name in $1, its latest
      * recorded tick (epoch ms; absent when never fired). Each lookup is one

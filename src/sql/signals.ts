@@ -26,13 +26,13 @@ export function signalQueries(schema: string) {
 
     /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
     insert: `
-      insert into ${s}.signals (instance_id, correlation_key, event, payload, dedup_key, expires_at)
-      values ($1, $2, $3, $4::jsonb, $5, case when $1::bigint is null then now() + $6 * interval '1 millisecond' end)
+      insert into ${s}.signals (instance_id, correlation_key, event, payload, dedup_key, expires_at, trace_context)
+      values ($1, $2, $3, $4::jsonb, $5, case when $1::bigint is null then now() + $6 * interval '1 millisecond' end, $7::jsonb)
       on conflict do nothing
       returning id::text as id`,
 
     mailbox: `
-      select id::text as id, event, payload, inserted_at from ${s}.signals
+      select id::text as id, event, payload, inserted_at, trace_context from ${s}.signals
       where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by signals.id`,
 
     /** Wakes the schedulers of queue $2 on every node, when the transaction commits. */

@@ -13,7 +13,7 @@ import type { TypedEmitter } from "../events.js";
 import type { Logger } from "../logger.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { logEvents } from "./log-events.js";
-import { OtelBridge } from "./otel.js";
+import { OtelBridge, type StepTraceFacts } from "./otel.js";
 import { QueueDepthSampler } from "./queue-depth.js";
 import { TableHealthSampler } from "./table-health.js";
 
@@ -102,7 +102,7 @@ export interface TelemetryDeps {
 
 export interface Telemetry {
   /** Runs a step's code inside its span's context (the executor's `around` hook). */
-  around<T>(attempt: { id: string; attempt: number }, run: () => T): T;
+  around<T>(attempt: StepTraceFacts, run: () => T): T;
   /** Unsubscribes everything; ends spans still open. */
   close(): void;
 }

@@ -17,7 +17,11 @@
  *
  * Each step execution is the root of its own trace (`root: true`): whatever
  * context happened to be active where the claim began (say, a request that
- * inserted the instance on this node) is unrelated to the step.
+ * inserted the instance on this node) is unrelated to the step. What caused the
+ * step is told by links instead (telemetry/propagation.ts): to the context
+ * active where its instance was inserted (the producer's request, or the
+ * parent's step for a spawned child) and to the contexts of the signals that
+ * resumed it, added when its code starts.
  */
 import {
   ROOT_CONTEXT,
@@ -40,6 +44,7 @@ import {
 } from "@opentelemetry/api";
 import type { EngineEvents, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
+import { linksTo } from "./propagation.js";
 import type { QueueDepthSampler } from "./queue-depth.js";
 import type { TableHealthSampler } from "./table-health.js";
 
@@ -75,6 +80,18 @@ export const METRIC = {
 } as const;
 
 type StepFacts = EngineEvents["step:start"];
+
+/** What `around` gets of a claimed row: the attempt, and the trace contexts its span links to. */
+export interface StepTraceFacts {
+  id: string;
+  attempt: number;
+  /** Stored where the instance was inserted or spawned. */
+  trace_context?: unknown;
+  /** Set for a spawned child: its trace context is its parent's step. */
+  parent_id?: string | null;
+  /** The signals that resumed it, each with its sender's trace context when one was active. */
+  awaited?: ReadonlyArray<{ traceContext?: unknown }> | null;
+}
 
 interface OpenSpan {
   span: Span;
@@ -206,9 +223,14 @@ export class OtelBridge {
   }
 
   /** Runs a step's code with its span as the active span (see the module comment). */
-  around<T>(attempt: { id: string; attempt: number }, run: () => T): T {
+  around<T>(attempt: StepTraceFacts, run: () => T): T {
     const open = this.open.get(key(attempt));
     if (!open) return run();
+    const links = linksTo([
+      { carrier: attempt.trace_context, kind: attempt.parent_id ? "parent" : "inserted" },
+      ...(attempt.awaited ?? []).map((signal) => ({ carrier: signal.traceContext, kind: "signal" })),
+    ]);
+    if (links.length > 0) open.span.addLinks(links);
     return context.with(trace.setSpan(ROOT_CONTEXT, open.span), run);
   }
 

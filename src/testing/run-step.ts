@@ -450,6 +450,7 @@ function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
     concurrency_key: null,
     rate_limited: null,
     claimed_ahead: false,
+    trace_context: null,
   };
   return { row, machine, step: input.resolved, maxAttempts: input.maxAttempts, started: performance.now() };
 }

@@ -54,6 +54,7 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
   },
   { table: "machines", columns: ["updated_at"], why: "when an engine recorded a machine for the SQL API" },
   { table: "settings", columns: ["updated_at"], why: "when an engine recorded an option for the SQL API" },
+  { table: "cron_entries", columns: ["recorded_at"], why: "when a node recorded its cron entries (gen-durable cron)" },
   // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
   {
     table: "cron_ticks",

@@ -503,13 +503,13 @@ describe("cancel and retry", () => {
     const id = await awaiting();
     expectFailure(
       await cli(["retry", id]),
-      `gen-durable retry: retry: instance ${id} is awaiting; only failed instances can be retried`,
+      `gen-durable retry: instance ${id} is awaiting; only failed instances can be retried`,
     );
     expectFailure(await cli(["retry", "987654321"]), "gen-durable retry: no instance 987654321");
   });
 
   it.each([
-    [["cancel"], "missing argument <id>: the instance id"],
+    [["cancel"], "pass an instance id, or a filter (--machine, --status, --queue, --older-than)"],
     [["cancel", "order:1"], 'instance id must be a positive integer, got "order:1"'],
     [["cancel", "1", "--reason"], "option --reason needs a value"],
     [["retry", "0"], 'instance id must be a positive integer, got "0"'],

@@ -615,9 +615,13 @@ describe("packaging", () => {
   it("exports gen-durable/testing from the build of src/testing", () => {
     const root = join(import.meta.dirname, "..", "..");
     const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
-      exports: Record<string, { types: string; import: string }>;
+      exports: Record<string, { types: string; import: string; default: string }>;
     };
-    expect(pkg.exports["./testing"]).toEqual({ types: "./dist/testing/index.d.ts", import: "./dist/testing/index.js" });
+    expect(pkg.exports["./testing"]).toEqual({
+      types: "./dist/testing/index.d.ts",
+      import: "./dist/testing/index.js",
+      default: "./dist/testing/index.js",
+    });
     const build = JSON.parse(readFileSync(join(root, "tsconfig.build.json"), "utf8")) as {
       include: string[];
       compilerOptions: { rootDir: string; outDir: string };

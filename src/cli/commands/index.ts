@@ -11,6 +11,9 @@ import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
 import { uiCommand } from "./ui.js";
 import { graphCommand } from "./graph.js";
+import { insertCommand } from "./insert.js";
+import { pauseCommand, resumeCommand } from "./queues.js";
+import { cronCommand } from "./cron.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -21,6 +24,10 @@ export const COMMANDS: readonly Command[] = [
   signalCommand,
   cancelCommand,
   retryCommand,
+  insertCommand,
+  pauseCommand,
+  resumeCommand,
+  cronCommand,
   pruneCommand,
   uiCommand,
   graphCommand,

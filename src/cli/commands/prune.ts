@@ -14,6 +14,9 @@ import {
   urlProblem,
 } from "../db.js";
 
+/** Instances per engine.prune call; a progress line follows each call that had more to do. */
+export const PROGRESS_EVERY = 10_000;
+
 export const pruneCommand: Command = {
   name: "prune",
   summary: "delete terminal instances past their retention, with their history and signals",
@@ -24,7 +27,8 @@ export const pruneCommand: Command = {
     "--older-than each machine keeps its own retention (defineMachine({ retention }),",
     "recorded by the engines that define it), else 7 days. Safe while engines run",
     "and while other pruners run: live instances, and finished children their live",
-    "parent still needs, are never deleted.",
+    "parent still needs, are never deleted. A long run prints its progress on stderr",
+    `every ${PROGRESS_EVERY.toLocaleString("en-US")} instances.`,
   ].join("\n"),
   options: {
     "older-than": {
@@ -59,10 +63,24 @@ export const pruneCommand: Command = {
     const engine = new GenDurable({ pool, schema });
     try {
       await engine.start();
-      const result = await engine.prune({
-        ...(olderThan === undefined ? {} : { olderThan }),
-        ...(machine === undefined ? {} : { machine }),
-      });
+      const result = { instances: 0, transitions: 0, signals: 0 };
+      // In chunks, with a progress line on stderr after each one that left more to do: a prune
+      // of millions of rows takes minutes, and a silent terminal reads as a hung one.
+      for (;;) {
+        const part = await engine.prune({
+          ...(olderThan === undefined ? {} : { olderThan }),
+          ...(machine === undefined ? {} : { machine }),
+          limit: PROGRESS_EVERY,
+        });
+        result.instances += part.instances;
+        result.transitions += part.transitions;
+        result.signals += part.signals;
+        if (part.instances < PROGRESS_EVERY) break;
+        io.err(
+          `gen-durable prune: ${result.instances} instances pruned so far (${result.transitions} history rows, ` +
+            `${result.signals} signals); continuing`,
+        );
+      }
       if (values.json) {
         io.out(JSON.stringify({ schema, ...result }));
       } else {

@@ -1,16 +1,36 @@
-import { EXIT_OK, type Command } from "../cli.js";
+import { EXIT_OK, UsageError, type Command } from "../cli.js";
+import { applyToFilter, FILTER_OPTIONS, filterFrom } from "../bulk.js";
 import { CLIENT_OPTIONS, idFrom, printJson, withClient } from "../client.js";
 
 export const retryCommand: Command = {
   name: "retry",
-  summary: "run a failed instance's failed step again, with fresh attempts",
+  summary: "run failed instances' failed step again, with fresh attempts (one id, or a filter)",
   description: [
     "Makes a failed instance runnable at its failed step, attempts reset (engine.retry).",
     "Only failed instances can be retried: any other status fails (exit 1).",
+    "Without an id, retries every failed instance the filter selects (--machine, --queue,",
+    "--older-than; --status may only be failed), one by one as engine.retry would; one that",
+    "cannot be retried is skipped with its reason. --dry-run prints how many match.",
   ].join("\n"),
-  positionals: [{ name: "id", description: "the instance id" }],
-  options: CLIENT_OPTIONS,
+  positionals: [{ name: "id", description: "the instance id (or a filter instead)", optional: true }],
+  options: { ...FILTER_OPTIONS, ...CLIENT_OPTIONS },
   async run(values, io, [text]) {
+    const filter = filterFrom(values, this, ["failed"], ["failed"]);
+    if (filter && text !== undefined) throw new UsageError("pass an instance id or a filter, not both", this);
+    if (!filter && text === undefined)
+      throw new UsageError("pass an instance id, or a filter (--machine, --queue, --older-than)", this);
+    if (filter) {
+      return withClient(this, values, io, ({ engine, pool, schema, json }) =>
+        applyToFilter(
+          io,
+          pool,
+          schema,
+          filter,
+          { verb: "retry", past: "retried", dryRun: values["dry-run"] === true, json },
+          (id) => engine.retry(id),
+        ),
+      );
+    }
     const id = idFrom(text!, this);
     return withClient(this, values, io, async ({ engine, json }) => {
       await engine.retry(id);

@@ -1,6 +1,10 @@
+import type pg from "pg";
+import type { GenDurable } from "../../engine.js";
 import type { Instance, Transition } from "../../instance.js";
+import { quoteIdent } from "../../names.js";
+import { isTerminal } from "../../status.js";
 import { UnknownInstanceError } from "../../errors.js";
-import { EXIT_OK, type Command } from "../cli.js";
+import { EXIT_OK, type Command, type Io } from "../cli.js";
 import {
   CLIENT_OPTIONS,
   CommandFailure,
@@ -30,10 +34,18 @@ export const showCommand: Command = {
     "else the newest); --id or --key force the reading.",
   ].join("\n"),
   positionals: [{ name: "target", description: "instance id or correlation key" }],
-  options: { ...TARGET_OPTIONS, ...CLIENT_OPTIONS },
+  options: {
+    ...TARGET_OPTIONS,
+    follow: {
+      type: "boolean",
+      short: "f",
+      description: "then print each new transition as it commits, until the instance is terminal (or Ctrl-C)",
+    },
+    ...CLIENT_OPTIONS,
+  },
   async run(values, io, [text]) {
     const target = targetFrom(text!, values, this);
-    return withClient(this, values, io, async ({ engine, json }) => {
+    return withClient(this, values, io, async ({ engine, pool, schema, json }) => {
       const instance = await engine.get("id" in target ? target.id : target);
       if (!instance) throw new CommandFailure(`no instance ${describeTarget(target)}${unknownHint(target)}`);
       const history = await engine.history(instance.id);
@@ -44,11 +56,24 @@ export const showCommand: Command = {
         // Pruned between get and explain: show what was read.
         if (!(error instanceof UnknownInstanceError)) throw error;
       }
+      const signals = await signalsOf(pool, schema, instance.id);
+      const children = await childrenOf(pool, schema, instance.id);
       if (json) {
-        printJson(io, { instance, history, explanation: explanation ?? null });
+        printJson(io, { instance, history, signals, children, explanation: explanation ?? null });
+        if (values.follow) await follow(engine, instance, history, io, true);
         return EXIT_OK;
       }
       for (const line of describeInstance(instance)) io.out(line);
+      if (signals.length > 0) {
+        io.out("");
+        io.out(`signals (${signals.length}${signals.length === SHOWN ? "+" : ""}, oldest first):`);
+        for (const line of signalTable(signals)) io.out(`  ${line}`);
+      }
+      if (children.length > 0) {
+        io.out("");
+        io.out(`children (${children.length}${children.length === SHOWN ? "+" : ""}, oldest first):`);
+        for (const line of childTable(children)) io.out(`  ${line}`);
+      }
       io.out("");
       io.out(`history (${history.length} transition${history.length === 1 ? "" : "s"}, oldest first):`);
       for (const line of historyTable(history)) io.out(`  ${line}`);
@@ -57,6 +82,7 @@ export const showCommand: Command = {
         io.out("why it is not running:");
         for (const reason of explanation.reasons) io.out(`  - ${reason}`);
       }
+      if (values.follow) await follow(engine, instance, history, io, false);
       return EXIT_OK;
     });
   },
@@ -86,9 +112,42 @@ function describeInstance(i: Instance): string[] {
   return lines;
 }
 
+/**
+ * The step a row moved from, as an operator reads it. An await parks the instance with its next
+ * step already recorded (the row's `step` is the step to resume at), so the resume and timeout
+ * rows store that step as their `from`, which reads as if it had run: shown instead is the step
+ * that parked, from the await row before them.
+ */
+export function displayedFrom(history: readonly Transition[]): Array<string | null> {
+  let parked: string | null = null;
+  return history.map((t) => {
+    if (t.outcome === "await") parked = t.fromStep;
+    if ((t.outcome === "resumed" || t.outcome === "timeout") && parked !== null) return parked;
+    return t.fromStep;
+  });
+}
+
+function historyRows(history: readonly Transition[], from: ReadonlyArray<string | null>): string[][] {
+  return history.map((t, i) => [
+    timestamp(t.at),
+    from[i] ?? "-",
+    t.toStep ?? "-",
+    t.outcome,
+    String(t.attempt),
+    t.durationMs === null ? "-" : duration(t.durationMs),
+    t.error
+      ? truncate(`${t.error.name}: ${t.error.message}`, 80)
+      : t.published
+        ? truncate(`published ${Object.keys(t.published).join(", ")}`, 80)
+        : "",
+  ]);
+}
+
 function historyTable(history: Transition[]): string[] {
   if (history.length === 0) return ["(none)"];
-  const shown = history.length > HISTORY_LINES ? history.slice(-HISTORY_LINES) : history;
+  const from = displayedFrom(history);
+  const first = Math.max(0, history.length - HISTORY_LINES);
+  const shown = history.slice(first);
   const lines = table(
     [
       { header: "AT" },
@@ -99,19 +158,7 @@ function historyTable(history: Transition[]): string[] {
       { header: "DURATION", align: "right" },
       { header: "ERROR" },
     ],
-    shown.map((t) => [
-      timestamp(t.at),
-      t.fromStep ?? "-",
-      t.toStep ?? "-",
-      t.outcome,
-      String(t.attempt),
-      t.durationMs === null ? "-" : duration(t.durationMs),
-      t.error
-        ? truncate(`${t.error.name}: ${t.error.message}`, 80)
-        : t.published
-          ? truncate(`published ${Object.keys(t.published).join(", ")}`, 80)
-          : "",
-    ]),
+    historyRows(shown, from.slice(first)),
   );
   if (shown.length < history.length)
     lines.splice(1, 0, `... ${history.length - shown.length} earlier transitions (all of them with --json)`);
@@ -120,4 +167,129 @@ function historyTable(history: Transition[]): string[] {
 
 function indent(text: string): string[] {
   return text.split("\n").map((line) => `  ${line}`);
+}
+
+/** Signals and children shown at most. */
+const SHOWN = 50;
+
+interface SignalRow {
+  id: string;
+  event: string;
+  payload: unknown;
+  insertedAt: Date;
+  consumedAt: Date | null;
+}
+
+async function signalsOf(pool: pg.Pool, schema: string, id: string): Promise<SignalRow[]> {
+  const { rows } = await pool.query<SignalRow>(
+    `select id::text as id, event, payload, inserted_at as "insertedAt", consumed_at as "consumedAt"
+     from ${quoteIdent(schema)}.signals where instance_id = $1 order by id limit ${SHOWN}`,
+    [id],
+  );
+  return rows;
+}
+
+interface ChildRow {
+  id: string;
+  machine: string;
+  status: string;
+  step: string;
+  result: unknown;
+  error: { name: string; message: string } | null;
+}
+
+async function childrenOf(pool: pg.Pool, schema: string, id: string): Promise<ChildRow[]> {
+  const { rows } = await pool.query<ChildRow>(
+    `select id::text as id, machine, status, step, result, error
+     from ${quoteIdent(schema)}.instances where parent_id = $1 order by id limit ${SHOWN}`,
+    [id],
+  );
+  return rows;
+}
+
+function signalTable(signals: SignalRow[]): string[] {
+  return table(
+    [{ header: "ID" }, { header: "EVENT" }, { header: "SENT" }, { header: "CONSUMED" }, { header: "PAYLOAD" }],
+    signals.map((s) => [
+      s.id,
+      s.event,
+      timestamp(s.insertedAt),
+      s.consumedAt ? timestamp(s.consumedAt) : "(waiting in the mailbox)",
+      truncate(JSON.stringify(s.payload), 80),
+    ]),
+  );
+}
+
+function childTable(children: ChildRow[]): string[] {
+  return table(
+    [{ header: "ID" }, { header: "MACHINE" }, { header: "STATUS" }, { header: "STEP" }, { header: "RESULT / ERROR" }],
+    children.map((c) => [
+      c.id,
+      c.machine,
+      c.status,
+      c.step,
+      c.error
+        ? truncate(`${c.error.name}: ${c.error.message}`, 60)
+        : c.result === null || c.result === undefined
+          ? ""
+          : truncate(JSON.stringify(c.result), 60),
+    ]),
+  );
+}
+
+/** How often --follow reads the history. */
+const FOLLOW_POLL_MS = 500;
+
+/**
+ * --follow: prints each transition committed after `seen` (one JSON line each with --json)
+ * until the instance is terminal, or Ctrl-C (SIGINT), or it is pruned.
+ */
+async function follow(
+  engine: GenDurable,
+  instance: Instance,
+  seen: Transition[],
+  io: Io,
+  json: boolean,
+): Promise<void> {
+  let count = seen.length;
+  let history = seen;
+  let status = instance.status;
+  let interrupted = false;
+  let wake: () => void = () => {};
+  const onSigint = () => {
+    interrupted = true;
+    wake();
+  };
+  process.once("SIGINT", onSigint);
+  try {
+    if (!json && !isTerminal(status)) {
+      io.out("");
+      io.out("following (Ctrl-C to stop):");
+    }
+    while (!isTerminal(status) && !interrupted) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, FOLLOW_POLL_MS).unref();
+      });
+      if (interrupted) break;
+      const current = await engine.get(instance.id);
+      if (!current) break;
+      status = current.status;
+      history = await engine.history(instance.id);
+      const from = displayedFrom(history);
+      for (let i = count; i < history.length; i++) {
+        const t = history[i]!;
+        if (json) io.out(JSON.stringify({ transition: { ...t, fromStep: from[i] ?? null } }));
+        else {
+          const [at, f, to, outcome, attempt, took, error] = historyRows([t], [from[i] ?? null])[0]!;
+          io.out(`  ${at}  ${f} -> ${to}  ${outcome}  attempt ${attempt}  ${took}${error ? `  ${error}` : ""}`);
+        }
+      }
+      count = history.length;
+    }
+    if (!json && isTerminal(status)) io.out(`instance ${instance.id} is ${status}`);
+    if (json && isTerminal(status)) io.out(JSON.stringify({ status }));
+  } finally {
+    process.removeListener("SIGINT", onSigint);
+  }
 }
