@@ -8,7 +8,7 @@
 import { DEFAULT_BACKOFF, resolveBackoff, retryDelay } from "../backoff.js";
 import { checkRunAt, describe, toMs } from "../duration.js";
 import { ValidationError } from "../errors.js";
-import { encodeJson, storableMessage, toErrorRecord, type ErrorRecord } from "../json.js";
+import { checkJson, safeThrown, storableMessage, toErrorRecord, type ErrorRecord } from "../json.js";
 import { outcomeData, type OutcomeData } from "../outcome.js";
 import { validate } from "../schema.js";
 import type { AnyMachine } from "../define.js";
@@ -54,6 +54,15 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  * engine would refuse: the attempt then fails with that error (judgeThrow).
  */
 export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
+  try {
+    return await judgeOutcome(attempt, returned, maxPayloadBytes);
+  } catch (thrown) {
+    // Judging reads what the step returned (children, Proxies): whatever that throws is made safe to inspect.
+    throw safeThrown(thrown);
+  }
+}
+
+async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
   const { machine, row } = attempt;
   const where = whereOf(attempt);
   const data = readOutcome(attempt, returned);
@@ -113,9 +122,11 @@ export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloa
         outcome: "spawn",
       };
     }
-    case "done":
-      encodeJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
-      return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
+    case "done": {
+      // The checked copy is what is stored: a second read of the original may differ.
+      const { value: result } = checkJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
+      return { ...base, status: "done", result, outcome: "done" };
+    }
     case "snooze": {
       const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
       return {
@@ -235,9 +246,9 @@ async function newState(
   maxPayloadBytes: number,
 ): Promise<{ set_state: boolean; state: unknown }> {
   if (!data.hasState) return { set_state: false, state: null };
-  const state = await validate(machine.schema, data.state, `the new state from ${where}`);
-  encodeJson(state, `the new state from ${where}`, maxPayloadBytes);
-  return { set_state: true, state };
+  const { value: state } = await validate(machine.schema, data.state, `the new state from ${where}`);
+  // The checked copy is what is stored: a second read of the original may differ.
+  return { set_state: true, state: checkJson(state, `the new state from ${where}`, maxPayloadBytes).value };
 }
 
 function checkSchedule(
