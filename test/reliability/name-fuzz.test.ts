@@ -21,7 +21,10 @@ import {
 } from "../../src/index.js";
 import { createDatabase } from "../support/db.js";
 
-const RUNS = process.env.RELIABILITY_FULL === "1" ? 2000 : 150;
+const FULL = process.env.RELIABILITY_FULL === "1";
+const RUNS = FULL ? 2000 : 150;
+/** Per property: the full run takes minutes. */
+const TIMEOUT = FULL ? 1_800_000 : 60_000;
 const SCHEMA = "fuzzed";
 
 /** Text that has broken SQL builders, drivers and parsers somewhere. */
@@ -151,142 +154,171 @@ async function expectClear(
 const settings = { numRuns: RUNS, endOnFailure: true };
 
 describe("scenario 9: fuzzed names and keys", () => {
-  it("definitions: machine, step and queue names, and rate-limit names on steps (ConfigError or ok)", async () => {
-    await fc.assert(
-      fc.asyncProperty(anything, anything, anything, async (name, stepName, queue) => {
-        await expectClear(
-          "defineMachine",
-          () =>
-            defineMachine({
-              name: name as string,
+  it(
+    "definitions: machine, step and queue names, and rate-limit names on steps (ConfigError or ok)",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(anything, anything, anything, async (name, stepName, queue) => {
+          await expectClear(
+            "defineMachine",
+            () =>
+              defineMachine({
+                name: name as string,
+                queue: queue as string,
+                state: z.object({}),
+                steps: { start: () => null, [stepName as string]: () => null } as never,
+              }),
+            [ConfigError],
+          );
+          await expectClear(
+            "defineJob",
+            () =>
+              defineJob({
+                name: name as string,
+                queue: queue as string,
+                args: z.object({}),
+                rateLimit: { name: stepName as string },
+                perform: async () => null,
+              }),
+            [ConfigError],
+          );
+        }),
+        settings,
+      );
+    },
+    TIMEOUT,
+  );
+
+  it(
+    "engine options: schema, nodeId, queue names, rate-limit names, cron names (ConfigError or ok)",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          anything,
+          anything,
+          anything,
+          anything,
+          anything,
+          async (schema, nodeId, queue, limit, cron) => {
+            const base = { connectionString: db.url };
+            await expectClear("GenDurable schema", () => new GenDurable({ ...base, schema: schema as string }), [
+              ConfigError,
+            ]);
+            await expectClear("GenDurable nodeId", () => new GenDurable({ ...base, nodeId: nodeId as string }), [
+              ConfigError,
+            ]);
+            await expectClear(
+              "GenDurable queues",
+              () => new GenDurable({ ...base, queues: { [queue as string]: 1 } }),
+              [ConfigError],
+            );
+            await expectClear(
+              "GenDurable rateLimits",
+              () => new GenDurable({ ...base, rateLimits: { [limit as string]: { limit: 1, period: "1s" } } }),
+              [ConfigError],
+            );
+            await expectClear(
+              "GenDurable cron",
+              () =>
+                new GenDurable({
+                  ...base,
+                  machines: [Fuzz],
+                  cron: [{ name: cron as string, schedule: "* * * * *", machine: Fuzz, state: { n: 1 } }],
+                }),
+              [ConfigError],
+            );
+          },
+        ),
+        settings,
+      );
+    },
+    TIMEOUT,
+  );
+
+  it(
+    "insert: queue, correlation and concurrency keys; a stored key reads back exactly",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(anything, anything, anything, async (queue, correlationKey, concurrencyKey) => {
+          let inserted: string | undefined;
+          const ok = await expectClear("insert", async () => {
+            ({ id: inserted } = await engine.insert(Fuzz, {
+              state: { n: 1 },
               queue: queue as string,
-              state: z.object({}),
-              steps: { start: () => null, [stepName as string]: () => null } as never,
+              correlationKey: correlationKey as string,
+              concurrencyKey: concurrencyKey as string,
+            }));
+          });
+          if (!ok) return;
+          const row = await engine.get(inserted!);
+          expect(row?.queue).toBe(queue ?? "fuzz");
+          expect(row?.correlationKey).toBe(correlationKey ?? null);
+          expect(row?.concurrencyKey).toBe(concurrencyKey ?? null);
+          if (typeof correlationKey === "string") expect((await engine.get({ correlationKey }))?.id).toBe(inserted);
+          await engine.cancel(inserted!);
+        }),
+        settings,
+      );
+    },
+    TIMEOUT,
+  );
+
+  it(
+    "signal: target keys and ids, event names, dedup keys; reads: get, list, explain, history",
+    async () => {
+      const { id: live } = await engine.insert(Fuzz, { state: { n: 2 } });
+      await fc.assert(
+        fc.asyncProperty(anything, anything, anything, idLike, async (key, event, dedupKey, id) => {
+          await expectClear("signal by key", () =>
+            engine.signal(key as string, event as string, null, {
+              dedupKey: dedupKey as string,
+              ifMissing: "keep",
             }),
-          [ConfigError],
-        );
-        await expectClear(
-          "defineJob",
-          () =>
-            defineJob({
-              name: name as string,
-              queue: queue as string,
-              args: z.object({}),
-              rateLimit: { name: stepName as string },
-              perform: async () => null,
-            }),
-          [ConfigError],
-        );
-      }),
-      settings,
-    );
-  });
+          );
+          await expectClear("signal by id", () => engine.signal({ id: id as string }, "evt", null), [
+            ValidationError,
+            UnknownInstanceError,
+            InstanceTerminatedError,
+          ]);
+          await expectClear("signal to a live instance", () => engine.signal({ id: live }, event as string, null));
+          await expectClear("get", () => engine.get(id as string));
+          await expectClear("get by key", () => engine.get({ correlationKey: key as string }));
+          await expectClear("list", () =>
+            engine.list({ machine: event as string, queue: key as string, correlationKey: dedupKey as string }),
+          );
+          await expectClear("list after", () => engine.list({ after: id as string }));
+          await expectClear("history", () => engine.history(id as string));
+          await expectClear("explain", () => engine.explain(id as string), [ValidationError, UnknownInstanceError]);
+        }),
+        settings,
+      );
+    },
+    TIMEOUT,
+  );
 
-  it("engine options: schema, nodeId, queue names, rate-limit names, cron names (ConfigError or ok)", async () => {
-    await fc.assert(
-      fc.asyncProperty(anything, anything, anything, anything, anything, async (schema, nodeId, queue, limit, cron) => {
-        const base = { connectionString: db.url };
-        await expectClear("GenDurable schema", () => new GenDurable({ ...base, schema: schema as string }), [
-          ConfigError,
-        ]);
-        await expectClear("GenDurable nodeId", () => new GenDurable({ ...base, nodeId: nodeId as string }), [
-          ConfigError,
-        ]);
-        await expectClear("GenDurable queues", () => new GenDurable({ ...base, queues: { [queue as string]: 1 } }), [
-          ConfigError,
-        ]);
-        await expectClear(
-          "GenDurable rateLimits",
-          () => new GenDurable({ ...base, rateLimits: { [limit as string]: { limit: 1, period: "1s" } } }),
-          [ConfigError],
-        );
-        await expectClear(
-          "GenDurable cron",
-          () =>
-            new GenDurable({
-              ...base,
-              machines: [Fuzz],
-              cron: [{ name: cron as string, schedule: "* * * * *", machine: Fuzz, state: { n: 1 } }],
-            }),
-          [ConfigError],
-        );
-      }),
-      settings,
-    );
-  });
-
-  it("insert: queue, correlation and concurrency keys; a stored key reads back exactly", async () => {
-    await fc.assert(
-      fc.asyncProperty(anything, anything, anything, async (queue, correlationKey, concurrencyKey) => {
-        let inserted: string | undefined;
-        const ok = await expectClear("insert", async () => {
-          ({ id: inserted } = await engine.insert(Fuzz, {
-            state: { n: 1 },
-            queue: queue as string,
-            correlationKey: correlationKey as string,
-            concurrencyKey: concurrencyKey as string,
-          }));
-        });
-        if (!ok) return;
-        const row = await engine.get(inserted!);
-        expect(row?.queue).toBe(queue ?? "fuzz");
-        expect(row?.correlationKey).toBe(correlationKey ?? null);
-        expect(row?.concurrencyKey).toBe(concurrencyKey ?? null);
-        if (typeof correlationKey === "string") expect((await engine.get({ correlationKey }))?.id).toBe(inserted);
-        await engine.cancel(inserted!);
-      }),
-      settings,
-    );
-  });
-
-  it("signal: target keys and ids, event names, dedup keys; reads: get, list, explain, history", async () => {
-    const { id: live } = await engine.insert(Fuzz, { state: { n: 2 } });
-    await fc.assert(
-      fc.asyncProperty(anything, anything, anything, idLike, async (key, event, dedupKey, id) => {
-        await expectClear("signal by key", () =>
-          engine.signal(key as string, event as string, null, {
-            dedupKey: dedupKey as string,
-            ifMissing: "keep",
-          }),
-        );
-        await expectClear("signal by id", () => engine.signal({ id: id as string }, "evt", null), [
-          ValidationError,
-          UnknownInstanceError,
-          InstanceTerminatedError,
-        ]);
-        await expectClear("signal to a live instance", () => engine.signal({ id: live }, event as string, null));
-        await expectClear("get", () => engine.get(id as string));
-        await expectClear("get by key", () => engine.get({ correlationKey: key as string }));
-        await expectClear("list", () =>
-          engine.list({ machine: event as string, queue: key as string, correlationKey: dedupKey as string }),
-        );
-        await expectClear("list after", () => engine.list({ after: id as string }));
-        await expectClear("history", () => engine.history(id as string));
-        await expectClear("explain", () => engine.explain(id as string), [ValidationError, UnknownInstanceError]);
-      }),
-      settings,
-    );
-  });
-
-  it("operations: cancel, retry, queues, rate limits, prune", async () => {
-    await fc.assert(
-      fc.asyncProperty(anything, anything, idLike, async (name, partition, id) => {
-        const ops = [ValidationError, UnknownInstanceError, InstanceTerminatedError, InvalidStateError];
-        await expectClear("cancel", () => engine.cancel(id as string, name as string), ops);
-        await expectClear("retry", () => engine.retry(id as string), ops);
-        if (typeof name === "string" && name !== "fuzz") {
-          // Pausing a valid name writes a row: resume it so that later runs see no paused queues.
-          if (await expectClear("pauseQueue", () => engine.pauseQueue(name))) await engine.resumeQueue(name);
-        } else await expectClear("pauseQueue", () => engine.pauseQueue(name as string));
-        await expectClear("resumeQueue", () => engine.resumeQueue(name as string));
-        await expectClear("consume", () => engine.consume(name as string));
-        await expectClear("consume partition", () => engine.consume("fuzz", { partition: partition as string }));
-        await expectClear("rateLimitBuckets", () => engine.rateLimitBuckets(name as string));
-        await expectClear("prune", () => engine.prune({ machine: name as string, olderThan: "36500d" }));
-      }),
-      settings,
-    );
-  });
+  it(
+    "operations: cancel, retry, queues, rate limits, prune",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(anything, anything, idLike, async (name, partition, id) => {
+          const ops = [ValidationError, UnknownInstanceError, InstanceTerminatedError, InvalidStateError];
+          await expectClear("cancel", () => engine.cancel(id as string, name as string), ops);
+          await expectClear("retry", () => engine.retry(id as string), ops);
+          if (typeof name === "string" && name !== "fuzz") {
+            // Pausing a valid name writes a row: resume it so that later runs see no paused queues.
+            if (await expectClear("pauseQueue", () => engine.pauseQueue(name))) await engine.resumeQueue(name);
+          } else await expectClear("pauseQueue", () => engine.pauseQueue(name as string));
+          await expectClear("resumeQueue", () => engine.resumeQueue(name as string));
+          await expectClear("consume", () => engine.consume(name as string));
+          await expectClear("consume partition", () => engine.consume("fuzz", { partition: partition as string }));
+          await expectClear("rateLimitBuckets", () => engine.rateLimitBuckets(name as string));
+          await expectClear("prune", () => engine.prune({ machine: name as string, olderThan: "36500d" }));
+        }),
+        settings,
+      );
+    },
+    TIMEOUT,
+  );
 
   it("ran no DDL, and the sentinel table survived", async () => {
     expect(await ddlSeen()).toEqual([]);
