@@ -1,5 +1,5 @@
 /** Retry delays after a failed attempt. */
-import { type Duration, parseDuration } from "./duration.js";
+import { describe, type Duration, parseDuration } from "./duration.js";
 import { ConfigError } from "./errors.js";
 import { rejectUnknownKeys } from "./suggest.js";
 
@@ -54,7 +54,7 @@ export function resolveBackoff(option: Backoff | undefined, where: string): Back
     const jitter = spec.jitter ?? false;
     return () => (jitter ? delay * (0.5 + Math.random() / 2) : delay);
   }
-  throw fail(`backoff.type must be "exponential" or "fixed", got ${JSON.stringify((spec as { type?: unknown }).type)}`);
+  throw fail(`backoff.type must be "exponential" or "fixed", got ${describe((spec as { type?: unknown }).type)}`);
 }
 
 function duration(value: unknown, what: string): number {

@@ -66,8 +66,13 @@ export function describe(value: unknown): string {
   if (typeof value === "function") return "a function";
   if (typeof value === "symbol") return value.toString();
   if (value === null || typeof value !== "object") return String(value);
-  if (Array.isArray(value)) return "an array";
-  const proto = Object.getPrototypeOf(value) as { constructor?: { name?: string } } | null;
-  const name = proto?.constructor?.name;
-  return name && name !== "Object" ? `a ${name}` : "an object";
+  try {
+    if (Array.isArray(value)) return "an array";
+    const proto = Object.getPrototypeOf(value) as { constructor?: { name?: string } } | null;
+    const name = proto?.constructor?.name;
+    return typeof name === "string" && name !== "" && name !== "Object" ? `a ${name}` : "an object";
+  } catch {
+    // A revoked Proxy, or one whose traps throw: describing it must not throw.
+    return "an object that cannot be read";
+  }
 }

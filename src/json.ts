@@ -21,20 +21,38 @@ export const MAX_DEPTH = 1000;
  * iterative, so a 10,000-deep value gets an error, not a stack overflow.
  */
 export function encodeJson(value: unknown, label: string, maxBytes: number): string {
-  const problem = findNonJson(value);
-  if (problem) {
+  return checkJson(value, label, maxBytes).text;
+}
+
+/**
+ * encodeJson, returning also `value`: a plain copy of what was checked, read
+ * once. Store the copy, not the original: a getter, a Proxy or an array's
+ * toJSON may answer differently on a second read (a NUL, a BigInt), and what
+ * reaches Postgres must be exactly what was checked. A value that cannot even
+ * be read (a throwing getter, a revoked Proxy) is a ValidationError too.
+ */
+export function checkJson(value: unknown, label: string, maxBytes: number): { text: string; value: unknown } {
+  const walked = copyJson(value, maxBytes);
+  if ("problem" in walked) {
+    const { problem } = walked;
     throw new ValidationError(`${label}${problem.path} ${problem.message}`, [
       { message: problem.message, path: problem.keys },
     ]);
   }
-  const text = JSON.stringify(value);
+  if (walked.atLeast > maxBytes) {
+    // Known too big from its strings alone: not worth building text of (say) 100 MB to measure it.
+    throw new ValidationError(
+      `${label} is at least ${walked.atLeast} bytes of JSON, over the limit of ${maxBytes} bytes (maxPayloadBytes)`,
+    );
+  }
+  const text = JSON.stringify(walked.copy);
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > maxBytes) {
     throw new ValidationError(
       `${label} is ${bytes} bytes of JSON, over the limit of ${maxBytes} bytes (maxPayloadBytes)`,
     );
   }
-  return text;
+  return { text, value: walked.copy };
 }
 
 interface Problem {
@@ -43,24 +61,43 @@ interface Problem {
   message: string;
 }
 
-function findNonJson(root: unknown): Problem | null {
-  const stack: Array<{ value: unknown; keys: PropertyKey[] }> = [{ value: root, keys: [] }];
+interface Frame {
+  value: unknown;
+  keys: PropertyKey[];
+  /** Stores this value's copy in its parent's copy. */
+  put: (copy: unknown) => void;
+}
+
+/**
+ * Walks `root` once, iteratively, and returns a copy made only of plain objects, arrays and
+ * primitives (so JSON.stringify of it cannot call user code), or the first problem found.
+ * `atLeast` is a lower bound of its UTF-8 size (the length of its strings); the walk stops
+ * early once that exceeds `maxBytes`.
+ */
+function copyJson(root: unknown, maxBytes: number): { copy: unknown; atLeast: number } | { problem: Problem } {
+  const result = { copy: undefined as unknown, atLeast: 0 };
+  const stack: Frame[] = [{ value: root, keys: [], put: (copy) => (result.copy = copy) }];
   const onPath = new Set<object>();
   const exits: Array<{ object: object; depth: number }> = [];
   while (stack.length > 0) {
-    const { value, keys } = stack.pop()!;
+    const { value, keys, put } = stack.pop()!;
     // Leave objects whose subtree is done (we are back at a shallower depth).
     while (exits.length > 0 && exits[exits.length - 1]!.depth >= keys.length) onPath.delete(exits.pop()!.object);
-    const bad = (message: string): Problem => ({ path: formatPath(keys), keys, message });
+    const bad = (message: string) => ({ problem: { path: formatPath(keys), keys, message } });
     switch (typeof value) {
       case "string":
         if (value.includes("\u0000")) return bad("contains a NUL character (\\u0000), which Postgres cannot store");
         if (LONE_SURROGATE.test(value)) return bad("contains a lone UTF-16 surrogate, which is not valid Unicode");
+        result.atLeast += value.length;
+        if (result.atLeast > maxBytes) return result;
+        put(value);
         continue;
       case "number":
         if (!Number.isFinite(value)) return bad(`is ${value}, which is not a JSON number`);
+        put(value);
         continue;
       case "boolean":
+        put(value);
         continue;
       case "undefined":
         // A state, args or payload of undefined (a schema may accept it) is refused, not turned into null:
@@ -76,32 +113,61 @@ function findNonJson(root: unknown): Problem | null {
       case "symbol":
         return bad(`is ${describe(value)}, which is not JSON`);
     }
-    if (value === null) continue;
+    if (value === null) {
+      put(null);
+      continue;
+    }
     if (keys.length >= MAX_DEPTH) return bad(`is nested deeper than ${MAX_DEPTH} levels`);
     const object = value as object;
     if (onPath.has(object)) return bad("is a circular reference");
-    if (Array.isArray(object)) {
-      onPath.add(object);
-      exits.push({ object, depth: keys.length });
-      for (let i = object.length - 1; i >= 0; i--) stack.push({ value: object[i], keys: [...keys, i] });
-      continue;
+    // Every read of user data below may run user code (getters, Proxy traps) that throws.
+    let children: Array<[PropertyKey, unknown]>;
+    let copy: unknown[] | Record<string, unknown>;
+    try {
+      const proto = Object.getPrototypeOf(object);
+      if (Array.isArray(object)) {
+        if (proto !== Array.prototype) return bad("is an array with a prototype of its own, not a plain array");
+        if (Object.hasOwn(object, "toJSON")) return bad("is an array with its own toJSON, not a plain array");
+        // Each element takes a byte at least: a sparse array of a billion holes stops here.
+        result.atLeast += object.length;
+        if (result.atLeast > maxBytes) return result;
+        children = [];
+        for (let i = 0; i < object.length; i++) children.push([i, object[i]]);
+        copy = new Array(object.length);
+      } else {
+        if (proto !== Object.prototype && proto !== null) {
+          const hint = object instanceof Date ? "; store an ISO string (date.toISOString()) instead" : "";
+          return bad(`is ${describe(object)}, not a plain object${hint}`);
+        }
+        children = Object.entries(object);
+        copy = {};
+      }
+    } catch (error) {
+      return bad(`could not be read: ${toErrorRecord(error).message}`);
     }
-    const proto = Object.getPrototypeOf(object);
-    if (proto !== Object.prototype && proto !== null) {
-      const hint = object instanceof Date ? "; store an ISO string (date.toISOString()) instead" : "";
-      return bad(`is ${describe(object)}, not a plain object${hint}`);
-    }
+    put(copy);
     onPath.add(object);
     exits.push({ object, depth: keys.length });
-    const entries = Object.entries(object);
-    for (let i = entries.length - 1; i >= 0; i--) {
-      const [key, child] = entries[i]!;
-      if (key.includes("\u0000")) return bad(`has a key containing a NUL character`);
-      if (LONE_SURROGATE.test(key)) return bad(`has a key containing a lone UTF-16 surrogate`);
-      stack.push({ value: child, keys: [...keys, key] });
+    for (let i = children.length - 1; i >= 0; i--) {
+      const [key, child] = children[i]!;
+      if (typeof key === "string") {
+        if (key.includes("\u0000")) return bad(`has a key containing a NUL character`);
+        if (LONE_SURROGATE.test(key)) return bad(`has a key containing a lone UTF-16 surrogate`);
+        result.atLeast += key.length;
+      }
+      const target = copy;
+      stack.push({
+        value: child,
+        keys: [...keys, key],
+        // defineProperty: a "__proto__" key stays an own key of the copy and sets no prototype.
+        put: Array.isArray(target)
+          ? (v) => (target[key as number] = v)
+          : (v) =>
+              Object.defineProperty(target, key, { value: v, enumerable: true, writable: true, configurable: true }),
+      });
     }
   }
-  return null;
+  return result;
 }
 
 function formatPath(keys: PropertyKey[]): string {
@@ -172,6 +238,28 @@ export function toErrorRecord(thrown: unknown, depth = 0): ErrorRecord {
   }
   if (!record.message) record.message = `(thrown ${safeGet(() => describe(thrown)) ?? "value"} with no message)`;
   return record;
+}
+
+/**
+ * What a step (or a schema, or a rate-limit function) threw, as the engine may
+ * inspect it: the value itself when the reads the engine makes of it
+ * (instanceof, `.code`, `.message`) run no code that throws, else an Error
+ * carrying its record. A Proxy with throwing traps or an Error whose getters
+ * throw would otherwise break the failure path that records it.
+ */
+export function safeThrown(thrown: unknown): unknown {
+  if (thrown === null || (typeof thrown !== "object" && typeof thrown !== "function")) return thrown;
+  try {
+    void (thrown instanceof Error);
+    void (thrown as { code?: unknown }).code;
+    void (thrown as { message?: unknown }).message;
+    return thrown;
+  } catch {
+    const record = toErrorRecord(thrown);
+    const error = new Error(record.message);
+    error.name = record.name;
+    return error;
+  }
 }
 
 function safeGet<T>(read: () => T): T | undefined {

@@ -76,7 +76,7 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,40}$/;
 /** The schema name is the only identifier that enters SQL text; it must match ^[a-z_][a-z0-9_]{0,40}$. */
 export function checkSchemaName(value: unknown, make: (message: string) => Error): string {
   if (typeof value !== "string" || !SCHEMA_NAME.test(value) || value.startsWith("pg_")) {
-    throw make(`schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got ${JSON.stringify(value)}`);
+    throw make(`schema must match ^[a-z_][a-z0-9_]{0,40}$ and not start with pg_, got ${describe(value)}`);
   }
   return value;
 }

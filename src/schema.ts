@@ -1,6 +1,7 @@
 /** Validation through Standard Schema (zod, valibot, arktype, ...): one function, one error shape. */
 import type { StandardSchemaV1 } from "@standard-schema/spec";
 import { ValidationError } from "./errors.js";
+import { toErrorRecord } from "./json.js";
 
 export type { StandardSchemaV1 };
 
@@ -9,14 +10,27 @@ export function isStandardSchema(value: unknown): value is StandardSchemaV1 {
   return typeof std === "object" && std !== null && std.version === 1 && typeof std.validate === "function";
 }
 
-/** Validates `value`, returning the schema's output or throwing a ValidationError that starts with `label`. */
+/**
+ * Validates `value`, returning the schema's output or throwing a ValidationError that starts with `label`.
+ * The output comes boxed: an async function that resolved to it would call its `then`, were it a thenable
+ * (or read `then` through a Proxy's traps), before anyone could check it.
+ */
 export async function validate<S extends StandardSchemaV1>(
   schema: S,
   value: unknown,
   label: string,
-): Promise<StandardSchemaV1.InferOutput<S>> {
-  let result = schema["~standard"].validate(value);
-  if (result instanceof Promise) result = await result;
+): Promise<{ value: StandardSchemaV1.InferOutput<S> }> {
+  let result: { issues?: ReadonlyArray<StandardSchemaV1.Issue>; value?: StandardSchemaV1.InferOutput<S> };
+  try {
+    const returned = schema["~standard"].validate(value);
+    const settled = returned instanceof Promise ? await returned : returned;
+    // Read once, here: the result may carry the value itself (a Proxy whose traps throw).
+    result = settled.issues ? { issues: settled.issues } : { value: (settled as { value: unknown }).value };
+  } catch (thrown) {
+    // The schema's code threw, reading the value (a throwing getter, a revoked Proxy) or on its own:
+    // the value could not be validated, which is bad input, not an engine failure.
+    throw new ValidationError(`${label} could not be validated: the schema threw ${toErrorRecord(thrown).message}`);
+  }
   if (result.issues) {
     const issues = result.issues.map((issue) => ({
       message: issue.message,
@@ -29,5 +43,5 @@ export async function validate<S extends StandardSchemaV1>(
     const more = issues.length > 5 ? ` (and ${issues.length - 5} more)` : "";
     throw new ValidationError(`${label} is invalid: ${text}${more}`, issues);
   }
-  return result.value as StandardSchemaV1.InferOutput<S>;
+  return { value: result.value as StandardSchemaV1.InferOutput<S> };
 }

@@ -9,7 +9,7 @@ import { Cron } from "croner";
 import type { AnyMachine } from "../define.js";
 import { describe } from "../duration.js";
 import { ConfigError } from "../errors.js";
-import { encodeJson } from "../json.js";
+import { checkJson } from "../json.js";
 import { checkName } from "../names.js";
 import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
@@ -109,7 +109,8 @@ export function resolveCron(
     const label = `${where}: ${isJob ? "args" : "state"} of ${machine.name}`;
     const checked = validateNow(machine.schema, input, label, fail);
     // As insert checks it: a value the schema accepts may still not be storable (undefined, say).
-    if (!checked.deferred) checkStorable(checked.value, label, maxPayloadBytes, fail);
+    // The checked copy is what is stored: a second read of the original (a getter, a Proxy) may differ.
+    const state = checked.deferred ? checked.value : checkStorable(checked.value, label, maxPayloadBytes, fail);
 
     const priority = e.priority ?? 0;
     if (typeof priority !== "number" || !Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1) {
@@ -125,7 +126,7 @@ export function resolveCron(
       schedule: e.schedule,
       timezone,
       machine,
-      state: checked.value,
+      state,
       deferred: checked.deferred,
       queue,
       priority,
@@ -154,19 +155,25 @@ export async function checkDeferredCron(
       const label = `cron entry "${entry.name}": ${entry.machine.kind === "job" ? "args" : "state"} of ${entry.machine.name}`;
       let value: unknown;
       try {
-        value = await validate(entry.machine.schema, entry.state, label);
+        ({ value } = await validate(entry.machine.schema, entry.state, label));
       } catch (error) {
         throw fail((error as Error).message);
       }
-      checkStorable(value, label, maxPayloadBytes, fail);
-      return Object.freeze({ ...entry, state: value, deferred: false });
+      const state = checkStorable(value, label, maxPayloadBytes, fail);
+      return Object.freeze({ ...entry, state, deferred: false });
     }),
   );
 }
 
-function checkStorable(value: unknown, label: string, maxPayloadBytes: number, fail: (m: string) => ConfigError): void {
+/** The plain copy of `value` to store, or a ConfigError saying why it cannot be stored. */
+function checkStorable(
+  value: unknown,
+  label: string,
+  maxPayloadBytes: number,
+  fail: (m: string) => ConfigError,
+): unknown {
   try {
-    encodeJson(value, label, maxPayloadBytes);
+    return checkJson(value, label, maxPayloadBytes).value;
   } catch (error) {
     throw fail((error as Error).message);
   }

@@ -204,12 +204,25 @@ const CONNECTION_SQLSTATES = new Set([
 
 /** A deadlock or serialization failure: the statement was rolled back whole and may simply be repeated. */
 export function isTransient(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
+  const code = readSafely(() => (error as { code?: unknown } | null)?.code);
   return code === "40P01" || code === "40001";
+}
+
+/** A read of an unknown thrown value (a getter or a Proxy trap may throw): undefined if it throws. */
+function readSafely<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
 }
 
 /** True when an error came from the connection or server state rather than from the statement itself. */
 export function isConnectionError(error: unknown): boolean {
+  return readSafely(() => isConnectionErrorOf(error)) ?? false;
+}
+
+function isConnectionErrorOf(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
   if (typeof code === "string" && (CONNECTION_SQLSTATES.has(code) || code.startsWith("08"))) return true;

@@ -3,7 +3,7 @@ import type { AnyMachine, InstanceOptions } from "../define.js";
 import { checkMaxAttempts } from "../define.js";
 import { checkRunAt, describe, toMs } from "../duration.js";
 import { ValidationError } from "../errors.js";
-import { encodeJson } from "../json.js";
+import { checkJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
@@ -84,8 +84,9 @@ export async function prepareInsert(
   if (isJob && "state" in options) throw bad(`${machine.name} is a job: pass { args }, not { state }`);
   if (!isJob && "args" in options) throw bad(`${machine.name} is a machine: pass { state }, not { args }`);
   const input = isJob ? options.args : options.state;
-  const state = await validate(machine.schema, input, `${isJob ? "args" : "state"} of ${machine.name}`);
-  encodeJson(state, `${isJob ? "args" : "state"} of ${machine.name}`, maxPayloadBytes);
+  const { value: validated } = await validate(machine.schema, input, `${isJob ? "args" : "state"} of ${machine.name}`);
+  // The checked copy is what is stored: a second read of the original (a getter, a Proxy) may differ.
+  const { value: state } = checkJson(validated, `${isJob ? "args" : "state"} of ${machine.name}`, maxPayloadBytes);
 
   if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
   const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", bad);

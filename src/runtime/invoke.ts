@@ -6,6 +6,7 @@
  */
 import type { ResolvedStep } from "../define.js";
 import { StepTimeoutError } from "../errors.js";
+import { safeThrown } from "../json.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
 
 /**
@@ -37,7 +38,12 @@ export async function invokeStep(
   });
   aborted.catch(() => {});
   try {
-    const code = Promise.resolve().then(() => run());
+    // What the code throws is made safe to inspect here, where it enters the engine.
+    const code = Promise.resolve()
+      .then(() => run())
+      .catch((thrown: unknown) => {
+        throw safeThrown(thrown);
+      });
     onCode?.(
       code.then(
         () => undefined,

@@ -8,7 +8,7 @@
 import { DEFAULT_BACKOFF, resolveBackoff, retryDelay } from "../backoff.js";
 import { checkRunAt, describe, toMs } from "../duration.js";
 import { ValidationError } from "../errors.js";
-import { encodeJson, storableMessage, toErrorRecord, type ErrorRecord } from "../json.js";
+import { checkJson, safeThrown, storableMessage, toErrorRecord, type ErrorRecord } from "../json.js";
 import { outcomeData, type OutcomeData } from "../outcome.js";
 import { validate } from "../schema.js";
 import type { AnyMachine } from "../define.js";
@@ -56,9 +56,14 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  * engine would refuse: the attempt then fails with that error (judgeThrow).
  */
 export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
-  const completion = await judgeOutcome(attempt, returned, maxPayloadBytes);
-  const publish = publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes);
-  return publish ? { ...completion, publish } : completion;
+  try {
+    const completion = await judgeOutcome(attempt, returned, maxPayloadBytes);
+    const publish = publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes);
+    return publish ? { ...completion, publish } : completion;
+  } catch (thrown) {
+    // Judging reads what the step returned (children, Proxies): whatever that throws is made safe to inspect.
+    throw safeThrown(thrown);
+  }
 }
 
 async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
@@ -126,9 +131,11 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
         outcome: "spawn",
       };
     }
-    case "done":
-      encodeJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
-      return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
+    case "done": {
+      // The checked copy is what is stored: a second read of the original may differ.
+      const { value: result } = checkJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
+      return { ...base, status: "done", result, outcome: "done" };
+    }
     case "snooze": {
       const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
       return {
@@ -248,9 +255,9 @@ async function newState(
   maxPayloadBytes: number,
 ): Promise<{ set_state: boolean; state: unknown }> {
   if (!data.hasState) return { set_state: false, state: null };
-  const state = await validate(machine.schema, data.state, `the new state from ${where}`);
-  encodeJson(state, `the new state from ${where}`, maxPayloadBytes);
-  return { set_state: true, state };
+  const { value: state } = await validate(machine.schema, data.state, `the new state from ${where}`);
+  // The checked copy is what is stored: a second read of the original may differ.
+  return { set_state: true, state: checkJson(state, `the new state from ${where}`, maxPayloadBytes).value };
 }
 
 function checkSchedule(

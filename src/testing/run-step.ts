@@ -276,7 +276,7 @@ async function checkInput(
   if (isJob && "state" in options) throw bad(`${machine.name} is a job: pass { args }, not { state }`);
   if (!isJob && "args" in options) throw bad(`${machine.name} is a machine: pass { state }, not { args }`);
   const label = `runStep: ${key} of ${machine.name}`;
-  const validated = await validate(machine.schema, isJob ? options.args : options.state, label);
+  const { value: validated } = await validate(machine.schema, isJob ? options.args : options.state, label);
   // The engine hands a step its state as stored, i.e. JSON: a Date in the state arrives as a string.
   const state = fromJson(encodeJson(validated ?? null, label, DEFAULTS.maxPayloadBytes));
 

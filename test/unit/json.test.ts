@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ValidationError } from "../../src/errors.js";
-import { encodeJson, toErrorRecord } from "../../src/json.js";
+import { describe as describeValue } from "../../src/duration.js";
+import { checkJson, encodeJson, safeThrown, toErrorRecord } from "../../src/json.js";
 
 const MAX = 1024 * 1024;
 
@@ -125,5 +126,63 @@ describe("toErrorRecord", () => {
   it("replaces NUL and lone surrogates in messages", () => {
     const record = toErrorRecord(new Error("a\u0000b\ud800"));
     expect(record.message).toBe("a\\0b\ufffd");
+  });
+});
+
+describe("checkJson", () => {
+  it("returns a plain copy read once: a getter's second answer is never stored", () => {
+    let reads = 0;
+    const fickle = {
+      get s() {
+        return reads++ === 0 ? "fine" : "a\u0000b";
+      },
+    };
+    const { text, value } = checkJson({ fickle }, "state", MAX);
+    expect(reads).toBe(1);
+    expect(text).toBe('{"fickle":{"s":"fine"}}');
+    expect(value).toEqual({ fickle: { s: "fine" } });
+    expect(Object.getOwnPropertyDescriptor((value as { fickle: object }).fickle, "s")?.get).toBeUndefined();
+  });
+
+  it("keeps __proto__ as an own key of the copy and sets no prototype", () => {
+    const { value } = checkJson(JSON.parse('{"__proto__":{"polluted":1}}'), "state", MAX);
+    expect(Object.getPrototypeOf(value)).toBe(Object.prototype);
+    expect(Object.hasOwn(value as object, "__proto__")).toBe(true);
+    expect(({} as { polluted?: unknown }).polluted).toBeUndefined();
+  });
+
+  it("refuses values that cannot be read, and arrays with their own toJSON or prototype", () => {
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    const throwing = {
+      get x() {
+        throw new Error("boom");
+      },
+    };
+    expect(() => checkJson({ p: proxy }, "state", MAX)).toThrowError(/state\.p could not be read: .*revoked/);
+    expect(() => checkJson(throwing, "state", MAX)).toThrowError(/state could not be read: boom/);
+    expect(() => checkJson(Object.assign([1], { toJSON: () => 2 }), "state", MAX)).toThrowError(/own toJSON/);
+    expect(() => checkJson(Object.setPrototypeOf([1], {}), "state", MAX)).toThrowError(/prototype of its own/);
+  });
+
+  it("refuses an oversized string or sparse array from its length, before building any text", () => {
+    expect(() => checkJson({ s: "x".repeat(2000) }, "payload", 1000)).toThrowError(
+      /payload is at least 2001 bytes of JSON, over the limit of 1000 bytes/,
+    );
+    expect(() => checkJson(new Array(1e9), "payload", 1000)).toThrowError(/over the limit of 1000 bytes/);
+  });
+});
+
+describe("safeThrown and describe", () => {
+  it("pass inspectable values through and replace ones whose reads throw", () => {
+    const error = new Error("plain");
+    expect(safeThrown(error)).toBe(error);
+    expect(safeThrown("text")).toBe("text");
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    const replaced = safeThrown(proxy) as Error;
+    expect(replaced).toBeInstanceOf(Error);
+    expect(replaced.message).toBe("(the thrown value could not be read)");
+    expect(describeValue(proxy)).toBe("an object that cannot be read");
   });
 });
