@@ -35,6 +35,7 @@ import { reaperLoop } from "./loops/reaper.js";
 import { tablesLoop } from "./loops/tables.js";
 import { timeoutSweepLoop } from "./loops/timeouts.js";
 import type { Wakeups } from "./runtime/wakeups.js";
+import type { CheckedCron, CronEntry } from "./cron/entries.js";
 import { CronLoop } from "./loops/cron.js";
 import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
 import { flowQueries, type FlowQueries } from "./sql/flow.js";
@@ -46,7 +47,6 @@ import { STATUSES, TERMINAL } from "./status.js";
 import type {
   Instance,
   InsertManyItem,
-  InsertOptions,
   InsertResult,
   ListFilter,
   SignalOptions,
@@ -65,8 +65,22 @@ import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
+import type {
+  AnySpec,
+  CheckedSpecs,
+  InsertArgs,
+  InsertOptions,
+  InstanceOf,
+  InstanceRef,
+  MachinesOf,
+} from "./machine-types.js";
+import { idOf, typedSignal, type SignalCheck, type SignalName, type SignalRest } from "./runtime/typed-client.js";
 
-export class GenDurable {
+/**
+ * `Cron` is inferred from the `cron` option, so that each entry's `state` / `args` is checked against its
+ * machine at compile time; write the type as plain `GenDurable`.
+ */
+export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronEntry[]> {
   private readonly config: ResolvedConfig;
   private readonly pool: pg.Pool;
   private readonly ownsPool: boolean;
@@ -105,7 +119,7 @@ export class GenDurable {
   /** The check that a caller's pool runs READ COMMITTED (checkPool), once it passed or while it runs. */
   private poolChecked: Promise<void> | undefined;
 
-  constructor(options: GenDurableOptions) {
+  constructor(options: GenDurableOptions & { cron?: Cron & CheckedCron<Cron> }) {
     this.config = resolveConfig(options);
     const { pool, owned } = openPool(options, "GenDurable", "gen-durable", this.config.poolSize);
     this.pool = pool;
@@ -344,20 +358,22 @@ export class GenDurable {
   // ---------------------------------------------------------------- clients
 
   /** Inserts one instance. With a live `correlationKey` twin, inserts nothing and returns its id. */
-  async insert<M extends AnyMachine>(machine: M, options: InsertOptions<M>): Promise<InsertResult> {
-    const { client, ...rest } = (options ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
+  async insert<M extends AnyMachine>(machine: M, ...[options]: InsertArgs<M>): Promise<InsertResult<M>> {
+    // A job without args may be inserted with no options at all.
+    const given = options === undefined && machine?.kind === "job" ? {} : options;
+    const { client, ...rest } = (given ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
     const [result] = await this.insertRows(
       [await prepareInsert(machine, rest, 0, "insert", this.config.maxPayloadBytes)],
       client,
     );
-    return result!;
+    return result as InsertResult<M>;
   }
 
   /** Inserts many instances in one statement (all or nothing); results in input order. */
-  async insertMany(
-    items: readonly InsertManyItem[],
+  async insertMany<const T extends readonly AnySpec[]>(
+    items: T & CheckedSpecs<T>,
     options: { client?: pg.ClientBase } = {},
-  ): Promise<InsertResult[]> {
+  ): Promise<InsertResult<MachinesOf<T>>[]> {
     if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
     rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
     const rows = await Promise.all(
@@ -366,7 +382,7 @@ export class GenDurable {
           throw new ValidationError(
             `insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`,
           );
-        const { machine, ...rest } = item as InsertManyItem;
+        const { machine, ...rest } = item as InsertManyItem & { state?: unknown; args?: unknown };
         return prepareInsert(machine, rest, i, `insertMany[${i}]`, this.config.maxPayloadBytes);
       }),
     );
@@ -418,14 +434,35 @@ export class GenDurable {
     return results as InsertResult[];
   }
 
-  /** Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. */
+  /**
+   * Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. Given the
+   * machine first, the event and payload are checked against its `signals` at compile time and before sending.
+   */
+  async signal<M extends AnyMachine, E extends SignalName<M>>(
+    machine: M,
+    target: string | { id: string },
+    event: E,
+    ...rest: SignalRest<M, E>
+  ): Promise<SignalResult>;
   async signal(
     target: string | { id: string },
     event: string,
     payload?: unknown,
-    options: SignalOptions = {},
-  ): Promise<SignalResult> {
+    options?: SignalOptions,
+  ): Promise<SignalResult>;
+  async signal(...args: unknown[]): Promise<SignalResult> {
     this.assertUsable();
+    const typed = await typedSignal(args, this.config.machines);
+    return this.sendSignal(typed.target, typed.event, typed.payload, typed.options, typed.check);
+  }
+
+  private async sendSignal(
+    target: string | { id: string },
+    event: string,
+    payload: unknown,
+    options: SignalOptions = {},
+    check: SignalCheck,
+  ): Promise<SignalResult> {
     const bad = (m: string) => new ValidationError(`signal: ${m}`);
     rejectUnknownKeys(options ?? {}, ["client", "dedupKey", "ifMissing"], "signal", (m) => new ValidationError(m));
     if (typeof target === "string") checkKey(target, "the target correlation key", bad);
@@ -447,6 +484,7 @@ export class GenDurable {
       inboxRetentionMs: this.config.signalRetentionMs,
       // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
       notifyChannel: this.config.channel,
+      check,
     };
     if (options.client) {
       const why =
@@ -461,9 +499,11 @@ export class GenDurable {
   }
 
   /** The instance by id or `{ correlationKey }` (the live one, else the newest), or null. */
-  async get(target: string | { correlationKey: string }): Promise<Instance | null> {
+  async get<R extends InstanceRef | { correlationKey: string }>(target: R): Promise<InstanceOf<R> | null>;
+  async get(target: unknown): Promise<Instance | null> {
     this.assertUsable();
     const bad = (m: string) => new ValidationError(`get: ${m}`);
+    target = idOf(target);
     if (typeof target === "object" && target !== null && "correlationKey" in target) {
       const { rows } = await this.pool.query(this.q.getByKey, [checkKey(target.correlationKey, "correlationKey", bad)]);
       return rows[0] ? toInstance(rows[0]) : null;
@@ -533,7 +573,9 @@ export class GenDurable {
   }
 
   /** Resolves with the instance once it is terminal (done, failed or cancelled). */
-  async wait(id: string, options: { timeout?: Duration } = {}): Promise<Instance> {
+  async wait<R extends InstanceRef>(target: R, options?: { timeout?: Duration }): Promise<InstanceOf<R>>;
+  async wait(target: unknown, options: { timeout?: Duration } = {}): Promise<Instance> {
+    const id = idOf(target) as string;
     checkId(id, "wait: id", (m) => new ValidationError(m));
     const timeoutMs =
       options.timeout === undefined ? undefined : toMs(options.timeout, "wait: timeout", (m) => new ValidationError(m));

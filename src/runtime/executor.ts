@@ -29,6 +29,7 @@ import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
 import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
+import { checkAwaited } from "../machine-typing.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -305,7 +306,8 @@ export class Executor {
       step: row.step,
       state: row.state,
       attempt: row.attempt,
-      awaited: toReceived(row.awaited),
+      // A payload its machine's schema refuses fails the attempt: a step never sees it.
+      awaited: await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
       children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
       insertedAt: row.inserted_at,

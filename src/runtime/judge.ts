@@ -16,6 +16,7 @@ import type { Attempt } from "./attempt.js";
 import { normalizeSpec } from "./await-spec.js";
 import type { Completion } from "./completion.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
+import { checkResult, checkTransition } from "../machine-typing.js";
 
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 /** The most children one ctx.spawn may insert. */
@@ -54,9 +55,16 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  * engine would refuse: the attempt then fails with that error (judgeThrow).
  */
 export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
-  const { machine, row } = attempt;
+  const { row } = attempt;
   const where = whereOf(attempt);
   const data = readOutcome(attempt, returned);
+  // A step that declares `to` may only go there (checkTransition), and only to steps of the machine.
+  const machine = attempt.machine;
+  const checkStep = (m: AnyMachine, step: unknown, w: string, helper: string) => {
+    const target = checkMachineStep(m, step, w, helper);
+    checkTransition(attempt.step, target, w, helper);
+    return target;
+  };
   const base = baseCompletion(attempt);
   switch (data.kind) {
     case "next": {
@@ -113,9 +121,11 @@ export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloa
         outcome: "spawn",
       };
     }
-    case "done":
-      encodeJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
-      return { ...base, status: "done", result: data.result ?? null, outcome: "done" };
+    case "done": {
+      const result = await checkResult(machine, data.result, where);
+      encodeJson(result ?? null, `the result of ${where}`, maxPayloadBytes);
+      return { ...base, status: "done", result: result ?? null, outcome: "done" };
+    }
     case "snooze": {
       const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
       return {
@@ -218,7 +228,7 @@ function baseCompletion({ row, started }: Attempt): Completion {
   };
 }
 
-function checkStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
+function checkMachineStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
   if (typeof step !== "string" || !machine.steps.has(step)) {
     throw new ValidationError(
       `${where}: ${helper} named ${describe(step)}, which is not a step of the machine ` +

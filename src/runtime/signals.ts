@@ -17,6 +17,7 @@ interface LockedInstance {
   queue: string;
   step: string;
   await_spec: NormalizedSpec | null;
+  machine: string;
 }
 
 export interface DeliverInput {
@@ -28,6 +29,8 @@ export interface DeliverInput {
   inboxRetentionMs: number;
   /** NOTIFY channel for the resume, sent with the commit of the transaction that delivers the signal. */
   notifyChannel: string | null;
+  /** Checks the payload against the live target's machine (throws a ValidationError), before anything is stored. */
+  check?: (machine: string) => Promise<void>;
 }
 
 export interface DeliverResult {
@@ -76,6 +79,7 @@ export async function deliverSignal(
     throw new UnknownInstanceError(label);
   }
 
+  await input.check?.(instance.machine);
   const stored = await client.query<{ id: string }>(q.insert, [
     instance.id,
     null,
