@@ -36,6 +36,15 @@ import { tablesLoop } from "./loops/tables.js";
 import { timeoutSweepLoop } from "./loops/timeouts.js";
 import type { Wakeups } from "./runtime/wakeups.js";
 import type { CheckedCron, CronEntry } from "./cron/entries.js";
+import {
+  findStranded,
+  moveInstance,
+  strandedError,
+  versionQueries,
+  type CheckReport,
+  type MoveOptions,
+  type VersionQueries,
+} from "./runtime/versions.js";
 import { CronLoop } from "./loops/cron.js";
 import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
 import { flowQueries, type FlowQueries } from "./sql/flow.js";
@@ -95,6 +104,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
+  private readonly versions: VersionQueries;
   private readonly schedulers = new Map<string, QueueScheduler>();
   /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
   private readonly wakeups: Wakeups = {
@@ -133,6 +143,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
     this.flow = flowQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
+    this.versions = versionQueries(this.config.schema);
     const { schema, retentionMs, machines } = this.config;
     this.pruner = new Pruner({
       pool,
@@ -163,7 +174,15 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       this.state = "new";
       throw error;
     }
-    if (this.config.queues.size > 0) this.startLoops();
+    if (this.config.queues.size > 0) {
+      // Before any loop claims one: instances parked at steps these definitions lack would burn their attempts.
+      const { stranded } = await this.check().catch((error: unknown) => {
+        this.reportError("check", error);
+        return { stranded: [] };
+      });
+      if (stranded.length > 0) this.reportError("check", strandedError(stranded));
+      this.startLoops();
+    }
     this.state = "started";
   }
 
@@ -211,6 +230,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       children: this.childrenQ,
       channel: config.channel,
       rateLimiter: this.rateLimiter,
+      versions: this.versions,
       stopReason: () => this.stopReason,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
@@ -705,6 +725,29 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     this.events.emit("instance:cancelled", { id, machine: target.machine, reason: error.message });
   }
 
+  /**
+   * Live instances of this engine's machines parked at steps the definitions no longer have. start() reports
+   * them (an `engine:error` from loop "check") before anything runs; `gen-durable check` exits non-zero.
+   */
+  async check(): Promise<CheckReport> {
+    this.assertUsable();
+    const stranded = await findStranded(this.pool, this.versions, this.config.machines);
+    return { ok: stranded.length === 0, stranded };
+  }
+
+  /**
+   * An operator's repair: moves an instance that is not running (runnable, awaiting or failed) to `step`,
+   * with `state` when given, runnable now with fresh attempts; recorded in its history as "moved".
+   */
+  async move(id: string, options: MoveOptions): Promise<void> {
+    this.assertUsable();
+    checkId(id, "move: id", (m) => new ValidationError(m));
+    const { machines, channel, maxPayloadBytes } = this.config;
+    await withTransaction(this.pool, (client) =>
+      moveInstance(client, this.versions, machines, id, options, channel, maxPayloadBytes),
+    );
+  }
+
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
   /** This node, as its heartbeat row records it. */
   private node(): { id: string; machines: string[]; queues: string[]; leaseMs: number } {
@@ -919,6 +962,7 @@ function toInstance(r: any): Instance {
     correlationKey: r.correlation_key,
     concurrencyKey: r.concurrency_key,
     parentId: r.parent_id === null ? null : String(r.parent_id),
+    version: r.version,
     insertedAt: r.inserted_at,
     updatedAt: r.updated_at,
   };

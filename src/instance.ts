@@ -27,6 +27,8 @@ export interface Instance<State = unknown, Result = unknown> {
   correlationKey: string | null;
   concurrencyKey: string | null;
   parentId: string | null;
+  /** The version of its machine's definition that wrote its state. */
+  version: number;
   insertedAt: Date;
   updatedAt: Date;
 }

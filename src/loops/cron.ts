@@ -133,6 +133,7 @@ export class CronLoop {
         state: entry.state,
         queue: entry.queue,
         priority: entry.priority,
+        version: entry.machine.version,
       })),
     );
     const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [

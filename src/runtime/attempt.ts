@@ -29,6 +29,8 @@ export interface ClaimedRow {
   rate_limited: string | null;
   /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
   claimed_ahead: boolean;
+  /** The version of the machine definition that wrote the state (older ones are upcast before the step runs). */
+  version: number;
 }
 
 export interface Attempt {

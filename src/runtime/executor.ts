@@ -30,6 +30,7 @@ import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
 import { checkAwaited } from "../machine-typing.js";
+import { recordUpcast, upcastState, type VersionQueries } from "./versions.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -52,6 +53,7 @@ export interface ExecutorDeps {
   /** Runs the step's code inside a context of its own (telemetry: the step's span is active in it). */
   around?: <T>(attempt: { id: string; attempt: number }, run: () => T) => T;
   rateLimiter: RateLimiter;
+  versions: VersionQueries;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
 }
@@ -117,7 +119,9 @@ export class Executor {
     }
   }
 
-  private async run(attempt: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+  private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+    const attempt = await this.upcast(claimed, settled);
+    if (!attempt) return;
     const { row, machine, maxAttempts } = attempt;
     if (!isRunnable(attempt)) {
       const steps = [...machine.steps.keys()].join(", ");
@@ -224,6 +228,34 @@ export class Executor {
       }
     }
     return this.committed(attempt, committed.completion, true, committed.resumedQueue);
+  }
+
+  /** An instance written by an older version of its machine: its state is upcast and recorded before the step runs. */
+  private async upcast(attempt: Attempt, settled: () => void): Promise<Attempt | undefined> {
+    const { row, machine } = attempt;
+    if (row.version === machine.version) return attempt;
+    let state: unknown;
+    try {
+      state = await upcastState(machine, row.version, row.state);
+      if (
+        !(await recordUpcast(
+          this.deps.pool,
+          this.deps.versions,
+          row,
+          state,
+          machine.version,
+          this.deps.maxPayloadBytes,
+        ))
+      ) {
+        this.lost(row);
+        return undefined;
+      }
+    } catch (error) {
+      if (isConnectionError(error)) throw error;
+      await this.fail(attempt, error, settled);
+      return undefined;
+    }
+    return { ...attempt, row: { ...row, state, version: machine.version } };
   }
 
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */

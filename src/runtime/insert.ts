@@ -21,6 +21,8 @@ export interface InsertRow {
   correlation_key: string | null;
   concurrency_key: string | null;
   parent_id: string | null;
+  /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
+  version: number;
 }
 
 const OPTION_KEYS = [
@@ -83,5 +85,6 @@ export async function prepareInsert(
     concurrency_key:
       options.concurrencyKey === undefined ? null : checkKey(options.concurrencyKey, "concurrencyKey", bad),
     parent_id: null,
+    version: machine.version ?? 1,
   };
 }

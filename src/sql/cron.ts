@@ -33,7 +33,7 @@ export function cronQueries(schema: string) {
     fire: `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
-        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer)
+        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, version integer)
       ),
       ticks as (
         insert into ${s}.cron_ticks (name, tick_at, instance_id)
@@ -42,9 +42,9 @@ export function cronQueries(schema: string) {
         returning instance_id
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, version)
         -- A JSON null state reads as SQL NULL here: stored as JSON null.
-        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority
+        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, coalesce(i.version, 1)
         from input i join ticks t on t.instance_id = i.id
         returning id, queue
       ),

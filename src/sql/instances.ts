@@ -7,7 +7,7 @@ import { quoteIdent } from "../names.js";
 import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
-  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at";
+  "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, concurrency_key, parent_id, inserted_at, updated_at, version";
 
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -26,16 +26,16 @@ export function instanceQueries(schema: string) {
         from jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
-          correlation_key text, concurrency_key text, parent_id bigint)
+          correlation_key text, concurrency_key text, parent_id bigint, version integer)
       ),
       -- The batch's concurrency keys, in the one global order, before any row (see lock_keys).
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id, version)
         -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
         select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
-               max_attempts, correlation_key, concurrency_key, parent_id
+               max_attempts, correlation_key, concurrency_key, parent_id, coalesce(version, 1)
         -- One order for every insert, so concurrent batches take key locks (the correlation
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
         from input where (select n from keys_locked) >= 0

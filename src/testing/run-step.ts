@@ -446,6 +446,7 @@ function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
     concurrency_key: null,
     rate_limited: null,
     claimed_ahead: false,
+    version: machine.version,
   };
   return { row, machine, step: input.resolved, maxAttempts: input.maxAttempts, started: performance.now() };
 }
