@@ -111,7 +111,7 @@ export interface StepOptions<
 > {
   run: StepFn<State, StateIn, K, Ev, RIn, To>;
   /** The steps this one may go to (ctx.next, await, spawn, onTimeout): checked at compile time and at run time. */
-  to?: readonly To[];
+  to?: readonly NoInfer<To>[];
   /** Abort `ctx.abortSignal` and fail the attempt after this long. */
   timeout?: Duration;
   maxAttempts?: number;

@@ -108,3 +108,15 @@ new GenDurable({
   // @ts-expect-error a cron entry's args must match its job
   cron: [{ name: "a", schedule: "@daily", machine: SendEmail, args: { to: 1 } }],
 });
+
+// Declared transitions name steps of the machine.
+defineMachine({
+  name: "Declared",
+  state: z.object({}),
+  steps: {
+    start: { to: ["ship"], run: (ctx) => ctx.next("ship") },
+    ship: (ctx) => ctx.done(),
+    // @ts-expect-error "nowhere" is not a step of the machine
+    bad: { to: ["nowhere"], run: (ctx) => ctx.done() },
+  },
+});
