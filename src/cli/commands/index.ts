@@ -9,6 +9,7 @@ import { signalCommand } from "./signal.js";
 import { cancelCommand } from "./cancel.js";
 import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
+import { checkCommand, moveCommand } from "./versions.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -20,4 +21,6 @@ export const COMMANDS: readonly Command[] = [
   cancelCommand,
   retryCommand,
   pruneCommand,
+  checkCommand,
+  moveCommand,
 ];
