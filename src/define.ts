@@ -203,18 +203,46 @@ export type { ChildOutcome as ChildOutcomeOf, ResultOf };
 type In<S extends StandardSchemaV1> = StandardSchemaV1.InferInput<S>;
 type Out<S extends StandardSchemaV1> = StandardSchemaV1.InferOutput<S>;
 
+/** The steps a step may go to: those it declares in `to` (`X`), else every step. */
+type Targets<X, K extends string> = unknown extends X ? K : X & K;
+
+/**
+ * A step in a definition. `X` is inferred from its `to` (unknown when it declares none): its ctx then
+ * accepts only those targets.
+ */
+export type DeclaredStep<State, StateIn, K extends string, Ev extends Record<string, unknown>, RIn, X> =
+  | StepFn<State, StateIn, K, Ev, RIn>
+  | (Omit<StepOptions<State, StateIn, K, Ev, RIn, Targets<X, K>>, "to"> & {
+      /** The steps this one may go to (ctx.next, await, spawn, onTimeout): checked at compile time and at run time. */
+      to?: readonly NoInfer<Targets<X, K>>[];
+    });
+
+/** `K` is the step names; `S` maps a step name to the targets its `to` declares (unknown: any step). */
 export interface MachineDefinition<
   Schema extends StandardSchemaV1,
   K extends string,
   Sig extends SignalSchemas = SignalSchemas,
   RS extends StandardSchemaV1 | undefined = undefined,
+  S = unknown,
 > {
   /** Stable name, stored in every row. */
   name: string;
   queue?: string;
   state: Schema;
   initial?: NoInfer<K>;
-  steps: { [P in K]: StepDefinition<Out<Schema>, In<Schema>, K, PayloadsOf<Sig>, ResultInOf<RS>> };
+  // The first mapped type gives the step names and each step's ctx; the second only infers each `to` (S).
+  steps: {
+    [P in K]: DeclaredStep<
+      Out<Schema>,
+      In<Schema>,
+      K,
+      PayloadsOf<Sig>,
+      ResultInOf<RS>,
+      P extends keyof S ? S[P] : unknown
+    >;
+  } & {
+    [P in keyof S]: StepFn<Out<Schema>, In<Schema>, K, PayloadsOf<Sig>, ResultInOf<RS>> | { to?: readonly S[P][] };
+  };
   /** Declared events and their payload schemas: ctx.await takes only these, and payloads are checked when sent. */
   signals?: Sig;
   /** Schema of the result passed to ctx.done, checked before `done` commits. */
@@ -237,7 +265,8 @@ export function defineMachine<
   K extends string,
   Sig extends SignalSchemas = SignalSchemas,
   RS extends StandardSchemaV1 | undefined = undefined,
->(definition: MachineDefinition<Schema, K, Sig, RS>): Machine<Schema, K, "machine", Sig, ResultOutOf<RS>> {
+  const S = unknown,
+>(definition: MachineDefinition<Schema, K, Sig, RS, S>): Machine<Schema, K, "machine", Sig, ResultOutOf<RS>> {
   const where = `defineMachine(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
   if (typeof definition !== "object" || definition === null)
     throw new ConfigError("defineMachine needs a definition object");

@@ -114,8 +114,21 @@ defineMachine({
   name: "Declared",
   state: z.object({}),
   steps: {
-    start: { to: ["ship"], run: (ctx) => ctx.next("ship") },
-    ship: (ctx) => ctx.done(),
+    start: {
+      to: ["ship", "cancelled"],
+      run: (ctx) => {
+        expectTypeOf(ctx.step).toEqualTypeOf<"start" | "ship" | "cancelled" | "bad">();
+        // @ts-expect-error "bad" is a step, but not one that start declares
+        ctx.next("bad");
+        // @ts-expect-error an undeclared target of an await
+        ctx.await("go", "bad");
+        // @ts-expect-error an undeclared target of a spawn
+        ctx.spawn([], "bad");
+        return ctx.state ? ctx.next("ship") : ctx.await("go", "cancelled");
+      },
+    },
+    ship: (ctx) => ctx.next("bad"),
+    cancelled: { run: (ctx) => ctx.cancel() },
     // @ts-expect-error "nowhere" is not a step of the machine
     bad: { to: ["nowhere"], run: (ctx) => ctx.done() },
   },
