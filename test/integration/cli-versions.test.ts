@@ -52,6 +52,14 @@ describe("gen-durable check / move", () => {
     expect(history[0]).toEqual({ from_step: "finish", to_step: "complete", outcome: "moved" });
   });
 
+  it("graph prints the static graph of a module's machines", async () => {
+    const run = await cliInProcess(["graph", "--machines", MODULE], {});
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toContain("%% CliRenamed\nstateDiagram-v2\n  [*] --> start");
+    const json = await cliInProcess(["graph", "--machines", MODULE, "--machine", "CliRenamed", "--json"], {});
+    expect(JSON.parse(json.stdout)[0]).toMatchObject({ machine: "CliRenamed", initial: "start" });
+  });
+
   it("check needs --machines", async () => {
     const run = await cli(["check"]);
     expect(run.code).toBe(2);

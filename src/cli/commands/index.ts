@@ -9,7 +9,7 @@ import { signalCommand } from "./signal.js";
 import { cancelCommand } from "./cancel.js";
 import { retryCommand } from "./retry.js";
 import { pruneCommand } from "./prune.js";
-import { checkCommand, moveCommand } from "./versions.js";
+import { checkCommand, graphCommand, moveCommand } from "./versions.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -23,4 +23,5 @@ export const COMMANDS: readonly Command[] = [
   pruneCommand,
   checkCommand,
   moveCommand,
+  graphCommand,
 ];

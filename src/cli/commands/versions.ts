@@ -113,3 +113,34 @@ export const moveCommand: Command = {
     });
   },
 };
+
+export const graphCommand: Command = {
+  name: "graph",
+  summary: "print the static graph of the machines a module exports (Mermaid, or --json)",
+  description: [
+    "Loads the machine definitions from --machines and prints each one's static graph",
+    "(Machine.toMermaid: its steps and the targets they declare with `to`), or only",
+    "--machine's. No database is needed.",
+  ].join("\n"),
+  positionals: [],
+  options: {
+    machines: MACHINES_OPTION,
+    machine: { type: "string", valueName: "name", description: "only this machine" },
+    json: { type: "boolean", description: "print Machine.graph() as JSON instead" },
+  },
+  async run(values, io) {
+    if (typeof values.machines !== "string") throw new UsageError("graph needs --machines <module>", this);
+    const machines = await loadMachines(values.machines, this);
+    const only = typeof values.machine === "string" ? values.machine : undefined;
+    const chosen = [...machines.values()].filter((m) => only === undefined || m.name === only);
+    if (chosen.length === 0)
+      throw new UsageError(`--machine ${only}: ${values.machines} exports no such machine`, this);
+    if (values.json === true)
+      printJson(
+        io,
+        chosen.map((m) => m.graph()),
+      );
+    else for (const m of chosen) io.out(`%% ${m.name}\n${m.toMermaid()}`);
+    return EXIT_OK;
+  },
+};
