@@ -155,7 +155,8 @@ export async function checkAwaited(
   machine: AnyMachine,
   awaited: readonly ReceivedSignal[],
   where: string,
-): Promise<ReceivedSignal[]> {
+): Promise<readonly ReceivedSignal[]> {
+  if (!machine.signals || awaited.length === 0) return awaited;
   return Promise.all(
     awaited.map(async (s) => ({ ...s, payload: await checkSignal(machine, s.event, s.payload, where) })),
   );
