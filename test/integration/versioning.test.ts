@@ -149,6 +149,34 @@ describe("start-up check and move", () => {
     await engine.stop();
   });
 
+  it("the report comes before a stranded runnable instance burns an attempt", async () => {
+    const Old = defineMachine({
+      name: "Gone",
+      state: z.object({}),
+      initial: "old",
+      steps: { old: (ctx) => ctx.done() },
+    });
+    const New = defineMachine({
+      name: "Gone",
+      state: z.object({}),
+      maxAttempts: 1,
+      steps: { start: (ctx) => ctx.done() },
+    });
+    // Inserted by a client that runs nothing: runnable at "old", which the next deploy no longer has.
+    const client = db.engine({ machines: [] });
+    await client.start();
+    const { id } = await client.insert(Old, { state: {} });
+    const order: string[] = [];
+    const engine = db.engine({ queues: { default: 1 }, machines: [New] });
+    engine.on("engine:error", (e) => order.push(`${e.loop}: ${String(e.error).includes(id) ? "lists it" : "other"}`));
+    engine.on("step:exception", (e) => e.id === id && order.push(`attempt ${e.attempt} failed`));
+    await engine.start();
+    const failed = await engine.wait(id, { timeout: 20_000 });
+    expect(failed.error?.message).toMatch(/has no step "old"/);
+    expect(order).toEqual(["check: lists it", "attempt 1 failed"]);
+    await engine.stop();
+  });
+
   it("a step that declares `to` may not go elsewhere; the graph shows the declared edges", async () => {
     const engine = db.engine({ queues: { default: 2 }, machines: [V3] });
     await engine.start();
