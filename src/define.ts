@@ -13,24 +13,20 @@ import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
 import { checkConcurrency, type ConcurrencyOption } from "./runtime/definition-flow.js";
 
+import type {
+  AnySpec,
+  CheckedSpecs,
+  ChildOutcome,
+  ReceivedOf,
+  ResultInOf,
+  ResultOf,
+  SignalSchemas,
+  PayloadsOf,
+} from "./machine-types.js";
+import { checkTargets, resolveTyping, type MachineGraph, type Migrations } from "./machine-typing.js";
+
 export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
-
-/** A signal consumed by an await, as seen in `ctx.awaited`. */
-export interface ReceivedSignal {
-  id: string;
-  event: string;
-  payload: unknown;
-  insertedAt: Date;
-}
-
-/** A child's outcome, as seen in `ctx.children` on a join. */
-export interface ChildOutcome {
-  id: string;
-  machine: string;
-  status: string;
-  result: unknown;
-  error: unknown;
-}
+export type { ChildOutcome, ChildSpec, ReceivedSignal, SignalSchemas } from "./machine-types.js";
 
 export interface StepLogger {
   debug(message: string, fields?: Record<string, unknown>): void;
@@ -68,18 +64,29 @@ export interface InstanceOptions {
   ifExists?: "reuse" | "reject" | "allow";
 }
 
-/** A child for `ctx.spawn`: a machine with `state`, or a job with `args`. */
-export type ChildSpec = InstanceOptions & { machine: AnyMachine } & ({ state: unknown } | { args: unknown } | object);
-
-export interface StepContext<State, StateIn, K extends string> {
+/**
+ * What a step sees. `Ev` maps the machine's declared events to their payloads (any event when it declares
+ * none), `RIn` is what `done` takes, `To` the steps this step may go to (its `to`, else every step).
+ */
+export interface StepContext<
+  State,
+  StateIn,
+  K extends string,
+  Ev extends Record<string, unknown> = Record<string, unknown>,
+  RIn = unknown,
+  To extends string = K,
+> {
   readonly id: string;
   readonly machine: string;
   readonly step: K;
   readonly state: State;
   /** 1-based attempt number of this step. */
   readonly attempt: number;
-  readonly awaited: readonly ReceivedSignal[];
+  /** The signals the await consumed, narrowed by `event` when the machine declares `signals`. */
+  readonly awaited: readonly ReceivedOf<Ev>[];
   readonly children: readonly ChildOutcome[];
+  /** The children of a join that are instances of `machine`, their results typed by it. */
+  childrenOf<M extends AnyMachine>(machine: M): readonly ChildOutcome<M>[];
   readonly correlationKey: string | null;
   readonly insertedAt: Date;
   /** Aborted on step timeout, cancel, lost lease and shutdown. */
@@ -89,34 +96,53 @@ export interface StepContext<State, StateIn, K extends string> {
   readonly client: pg.ClientBase;
 
   /** Commit `state` (or keep it) and run `step`, now or after `delay` / at `runAt`. */
-  next(step: K, state?: StateIn, options?: ScheduleOptions): StepOutcome;
+  next(step: To, state?: StateIn, options?: ScheduleOptions): StepOutcome;
   /** Commit `state`, park until `spec` is satisfied, then run `step` with the consumed signals in `ctx.awaited`. */
-  await(spec: AwaitSpec, step: K, state?: StateIn, options?: AwaitOptions<K>): StepOutcome;
+  await(spec: AwaitSpec<keyof Ev & string>, step: To, state?: StateIn, options?: AwaitOptions<To>): StepOutcome;
   /**
    * Commit `state`, insert `children` atomically, and run `step` once all of them are terminal, or
    * once `options.join` holds (then the children still live are cancelled, unless `remaining: "keep"`).
    */
-  spawn(children: readonly ChildSpec[], step: K, state?: StateIn, options?: SpawnOptions): StepOutcome;
+  spawn<const T extends readonly AnySpec[]>(
+    children: T & CheckedSpecs<T>,
+    step: To,
+    state?: StateIn,
+    options?: SpawnOptions,
+  ): StepOutcome;
   /**
    * Publish `value` (JSON) as `key` for `engine.waitForEvent`, `engine.get` and history: committed
    * with this step's outcome, or not at all (a failed attempt publishes nothing). A later publication
    * of the same key replaces it.
    */
   publish(key: string, value: unknown): void;
-  /** Finish: terminal `done`, `result` stored. */
-  done(result?: unknown): StepOutcome;
+  /** Finish: terminal `done`, `result` stored (checked by the machine's `result` schema when it has one). */
+  done(...result: undefined extends RIn ? [result?: RIn] : [result: RIn]): StepOutcome;
   /** Run this step again after `delay`; not a failure, the attempt is not consumed. */
   snooze(delay: Duration): StepOutcome;
   /** Finish: terminal `cancelled`, no retry. */
   cancel(reason?: string): StepOutcome;
 }
 
-export type StepFn<State, StateIn, K extends string> = (
-  ctx: StepContext<State, StateIn, K>,
-) => StepOutcome | Promise<StepOutcome>;
+export type StepFn<
+  State,
+  StateIn,
+  K extends string,
+  Ev extends Record<string, unknown> = Record<string, unknown>,
+  RIn = unknown,
+  To extends string = K,
+> = (ctx: StepContext<State, StateIn, K, Ev, RIn, To>) => StepOutcome | Promise<StepOutcome>;
 
-export interface StepOptions<State, StateIn, K extends string> {
-  run: StepFn<State, StateIn, K>;
+export interface StepOptions<
+  State,
+  StateIn,
+  K extends string,
+  Ev extends Record<string, unknown> = Record<string, unknown>,
+  RIn = unknown,
+  To extends string = K,
+> {
+  run: StepFn<State, StateIn, K, Ev, RIn, To>;
+  /** The steps this one may go to (ctx.next, await, spawn, onTimeout): checked at compile time and at run time. */
+  to?: readonly NoInfer<To>[];
   /** Abort `ctx.abortSignal` and fail the attempt after this long. */
   timeout?: Duration;
   maxAttempts?: number;
@@ -137,8 +163,14 @@ export interface StepRateLimit<State = unknown, StateIn = unknown, K extends str
   weight?: number | ((ctx: StepContext<State, StateIn, K>) => number);
 }
 
-export type StepDefinition<State, StateIn, K extends string> =
-  StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
+export type StepDefinition<
+  State,
+  StateIn,
+  K extends string,
+  Ev extends Record<string, unknown> = Record<string, unknown>,
+  RIn = unknown,
+  To extends string = K,
+> = StepFn<State, StateIn, K, Ev, RIn, To> | StepOptions<State, StateIn, K, Ev, RIn, To>;
 
 /** A step as the runtime sees it, whatever form it was declared in. */
 export interface ResolvedStep {
@@ -149,6 +181,8 @@ export interface ResolvedStep {
   backoff: BackoffFn | undefined;
   transactional: boolean;
   rateLimit?: StepRateLimit;
+  /** Declared targets (`to`); undefined: any step of the machine. */
+  to?: readonly string[];
 }
 
 declare const TYPES: unique symbol;
@@ -157,6 +191,8 @@ export interface Machine<
   Schema extends StandardSchemaV1 = StandardSchemaV1,
   K extends string = string,
   Kind extends "machine" | "job" = "machine" | "job",
+  Sig extends SignalSchemas = SignalSchemas,
+  R = unknown,
 > {
   readonly kind: Kind;
   readonly name: string;
@@ -170,24 +206,84 @@ export interface Machine<
   readonly retentionMs?: number;
   /** The concurrency key of every new instance, from its input (definition-flow.ts). */
   readonly concurrency?: { key: (input: unknown) => string; limit: number };
+  /** Declared signal payload schemas; undefined: any event, payloads unchecked. */
+  readonly signals: Readonly<SignalSchemas> | undefined;
+  /** Schema of the result, checked before `done` commits. */
+  readonly result: StandardSchemaV1 | undefined;
+  /** Version of the definition (default 1); older instances are upcast by `migrate` when claimed. */
+  readonly version: number;
+  /** Upcasters by the version they produce. */
+  readonly migrations: Migrations;
+  /** The static graph: steps and their declared targets. */
+  graph(): MachineGraph;
+  /** The graph as a Mermaid state diagram. */
+  toMermaid(): string;
   /** Type-level only. */
-  readonly [TYPES]?: { steps: K };
+  readonly [TYPES]?: { steps: K; signals: Sig; result: R };
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type AnyMachine = Machine<any, any, "machine" | "job">;
-export type Job<Schema extends StandardSchemaV1 = StandardSchemaV1> = Machine<Schema, "perform", "job">;
+export type AnyMachine = Machine<any, any, "machine" | "job", any, any>;
+export type Job<Schema extends StandardSchemaV1 = StandardSchemaV1, R = unknown> = Machine<
+  Schema,
+  "perform",
+  "job",
+  SignalSchemas,
+  R
+>;
+export type { ChildOutcome as ChildOutcomeOf, ResultOf };
 
 type In<S extends StandardSchemaV1> = StandardSchemaV1.InferInput<S>;
 type Out<S extends StandardSchemaV1> = StandardSchemaV1.InferOutput<S>;
 
-export interface MachineDefinition<Schema extends StandardSchemaV1, K extends string> {
+/** The steps a step may go to: those it declares in `to` (`X`), else every step. */
+type Targets<X, K extends string> = unknown extends X ? K : X & K;
+
+/**
+ * A step in a definition. `X` is inferred from its `to` (unknown when it declares none): its ctx then
+ * accepts only those targets.
+ */
+export type DeclaredStep<State, StateIn, K extends string, Ev extends Record<string, unknown>, RIn, X> =
+  | StepFn<State, StateIn, K, Ev, RIn>
+  | (Omit<StepOptions<State, StateIn, K, Ev, RIn, Targets<X, K>>, "to"> & {
+      /** The steps this one may go to (ctx.next, await, spawn, onTimeout): checked at compile time and at run time. */
+      to?: readonly NoInfer<Targets<X, K>>[];
+    });
+
+/** `K` is the step names; `S` maps a step name to the targets its `to` declares (unknown: any step). */
+export interface MachineDefinition<
+  Schema extends StandardSchemaV1,
+  K extends string,
+  Sig extends SignalSchemas = SignalSchemas,
+  RS extends StandardSchemaV1 | undefined = undefined,
+  S = unknown,
+> {
   /** Stable name, stored in every row. */
   name: string;
   queue?: string;
   state: Schema;
   initial?: NoInfer<K>;
-  steps: { [P in K]: StepDefinition<Out<Schema>, In<Schema>, K> };
+  // The first mapped type gives the step names and each step's ctx; the second only infers each `to` (S).
+  steps: {
+    [P in K]: DeclaredStep<
+      Out<Schema>,
+      In<Schema>,
+      K,
+      PayloadsOf<Sig>,
+      ResultInOf<RS>,
+      P extends keyof S ? S[P] : unknown
+    >;
+  } & {
+    [P in keyof S]: StepFn<Out<Schema>, In<Schema>, K, PayloadsOf<Sig>, ResultInOf<RS>> | { to?: readonly S[P][] };
+  };
+  /** Declared events and their payload schemas: ctx.await takes only these, and payloads are checked when sent. */
+  signals?: Sig;
+  /** Schema of the result passed to ctx.done, checked before `done` commits. */
+  result?: RS;
+  /** Version of this definition (default 1): bump it when the state's shape changes, with an upcaster in `migrate`. */
+  version?: number;
+  /** Upcasters by the version they produce: `{ 2: (stateV1) => stateV2 }`, applied when an older instance is claimed. */
+  migrate?: Record<number, (state: unknown) => unknown>;
   /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
   maxAttempts?: number;
   backoff?: Backoff;
@@ -201,15 +297,34 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
 
 export const DEFAULT_QUEUE = "default";
 
-export function defineMachine<Schema extends StandardSchemaV1, K extends string>(
-  definition: MachineDefinition<Schema, K>,
-): Machine<Schema, K, "machine"> {
+export function defineMachine<
+  Schema extends StandardSchemaV1,
+  K extends string,
+  Sig extends SignalSchemas = SignalSchemas,
+  RS extends StandardSchemaV1 | undefined = undefined,
+  const S = unknown,
+>(definition: MachineDefinition<Schema, K, Sig, RS, S>): Machine<Schema, K, "machine", Sig, ResultOutOf<RS>> {
   const where = `defineMachine(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
   if (typeof definition !== "object" || definition === null)
     throw new ConfigError("defineMachine needs a definition object");
   rejectUnknownKeys(
     definition,
-    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention", "concurrency", "rateLimit"],
+    [
+      "name",
+      "queue",
+      "state",
+      "initial",
+      "steps",
+      "maxAttempts",
+      "backoff",
+      "retention",
+      "concurrency",
+      "rateLimit",
+      "signals",
+      "result",
+      "version",
+      "migrate",
+    ],
     where,
     (m) => new ConfigError(m),
   );
@@ -232,13 +347,33 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
       `${where}: initial step "${initial}" is not one of its steps (${[...steps.keys()].join(", ")})${didYouMean(initial, steps.keys())}`,
     );
   }
-  return Object.freeze({ kind: "machine" as const, ...common, schema: definition.state, initial: initial as K, steps });
+  const typing = resolveTyping({ ...definition, name: common.name }, steps, initial, where);
+  return Object.freeze({
+    kind: "machine" as const,
+    ...common,
+    ...typing,
+    schema: definition.state,
+    initial: initial as K,
+    steps,
+  });
 }
 
-export interface JobDefinition<Schema extends StandardSchemaV1, R> {
+type ResultOutOf<RS> = RS extends StandardSchemaV1 ? Out<RS> : unknown;
+
+/** The args of a job that declares none: any JSON value, or nothing (null). */
+export type AnyArgs = StandardSchemaV1<unknown, unknown>;
+
+export interface JobDefinition<
+  Schema extends StandardSchemaV1,
+  R,
+  RS extends StandardSchemaV1 | undefined = undefined,
+> {
   name: string;
   queue?: string;
-  args: Schema;
+  /** Schema of the args. Optional: without it a job takes any JSON value, or none. */
+  args?: Schema;
+  /** Schema of the result (what perform returns), checked before `done` commits. */
+  result?: RS;
   maxAttempts?: number;
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
@@ -250,12 +385,19 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   /** A concurrency key for every instance, from its args; a call's own `concurrencyKey` wins. */
   concurrency?: ConcurrencyOption<Out<Schema>>;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
-  perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
+  perform: (
+    args: Out<Schema>,
+    ctx: StepContext<Out<Schema>, In<Schema>, "perform", Record<string, unknown>, ResultInOf<RS>>,
+  ) => R | Promise<R>;
 }
 
-export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
-  definition: JobDefinition<Schema, R>,
-): Job<Schema> {
+export function defineJob<
+  Schema extends StandardSchemaV1 = AnyArgs,
+  R = unknown,
+  RS extends StandardSchemaV1 | undefined = undefined,
+>(
+  definition: JobDefinition<Schema, R, RS>,
+): Job<Schema, RS extends StandardSchemaV1 ? Out<RS> : Exclude<Awaited<R>, StepOutcome>> {
   const where = `defineJob(${typeof definition?.name === "string" ? JSON.stringify(definition.name) : "…"})`;
   if (typeof definition !== "object" || definition === null)
     throw new ConfigError("defineJob needs a definition object");
@@ -265,6 +407,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
       "name",
       "queue",
       "args",
+      "result",
       "maxAttempts",
       "backoff",
       "retention",
@@ -277,7 +420,8 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
     where,
     (m) => new ConfigError(m),
   );
-  const common = resolveCommon({ ...definition, state: definition.args }, where, "args");
+  const args = definition.args ?? (anyArgs as unknown as Schema);
+  const common = resolveCommon({ ...definition, state: args }, where, "args");
   if (typeof definition.perform !== "function")
     throw new ConfigError(`${where}: perform must be a function (args, ctx) => result`);
   const perform = definition.perform;
@@ -293,14 +437,25 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
     `${where}.perform`,
   );
   (step as { isJob?: boolean }).isJob = true;
+  const steps = new Map([["perform", step]]);
   return Object.freeze({
     kind: "job" as const,
     ...common,
-    schema: definition.args,
+    ...resolveTyping({ result: definition.result, name: common.name }, steps, "perform", where),
+    schema: args,
     initial: "perform" as const,
-    steps: new Map([["perform", step]]),
+    steps,
   });
 }
+
+/** A job's args when it declares none: any value, nothing stored as null. */
+const anyArgs: AnyArgs = {
+  "~standard": {
+    version: 1,
+    vendor: "gen-durable",
+    validate: (value) => ({ value: value === undefined ? null : value }),
+  },
+};
 
 function resolveCommon(
   definition: {
@@ -383,7 +538,7 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   }
   rejectUnknownKeys(
     step,
-    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit"],
+    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit", "to"],
     where,
     (m) => new ConfigError(m),
   );
@@ -399,6 +554,7 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
     maxAttempts: checkMaxAttempts(options.maxAttempts, `${where}.maxAttempts`),
     backoff: options.backoff === undefined ? undefined : resolveBackoff(options.backoff, `${where}.backoff`),
     transactional: options.transactional ?? false,
+    ...(options.to === undefined ? {} : { to: checkTargets(options.to, `${where}.to`) }),
     ...(options.rateLimit === undefined
       ? {}
       : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),

@@ -23,16 +23,22 @@ import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult 
 import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
 import { Completer } from "./runtime/completer.js";
 import { WorkerNode } from "./worker.js";
-import type {
-  Instance,
-  InsertManyItem,
-  InsertOptions,
-  InsertResult,
-  ListFilter,
-  SignalOptions,
-  SignalResult,
-  Transition,
-} from "./instance.js";
+import type { CheckedCron, CronEntry } from "./cron/entries.js";
+import {
+  findStranded,
+  moveInstance,
+  strandedError,
+  versionQueries,
+  type CheckReport,
+  type MoveOptions,
+  type VersionQueries,
+} from "./runtime/versions.js";
+import type { AnySpec, CheckedSpecs, InsertArgs, InstanceOf, InstanceRef, MachinesOf } from "./machine-types.js";
+import { idOf, typedSignal, type SignalName, type SignalRest } from "./runtime/typed-client.js";
+import { withTransaction } from "./db/pool.js";
+import { checkId } from "./names.js";
+import { ValidationError } from "./errors.js";
+import type { Instance, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
 import type { Explanation } from "./runtime/explain.js";
 import type { ClientContext } from "./client/context.js";
 import { cancelInstance } from "./client/cancel.js";
@@ -54,7 +60,11 @@ import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
 
-export class GenDurable {
+/**
+ * `Cron` is inferred from the `cron` option, so that each entry's `state` / `args` is checked against its
+ * machine at compile time; write the type as plain `GenDurable`.
+ */
+export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronEntry[]> {
   private readonly config: ResolvedConfig;
   private readonly pool: pg.Pool;
   private readonly ownsPool: boolean;
@@ -71,6 +81,7 @@ export class GenDurable {
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
+  private readonly versions: VersionQueries;
   private readonly publishedQ: PublishedQueries;
   /** Callers of waitForEvent, woken by the NOTIFY of a commit that publishes. */
   private readonly publishedWaiters = new PublishedWaiters();
@@ -96,7 +107,7 @@ export class GenDurable {
   /** What the client API (src/client/) works with. */
   private readonly client: ClientContext;
 
-  constructor(options: GenDurableOptions) {
+  constructor(options: GenDurableOptions & { cron?: Cron & CheckedCron<Cron> }) {
     this.config = resolveConfig(options);
     const { pool, owned } = openPool(options, "GenDurable", "gen-durable", this.config.poolSize);
     this.pool = pool;
@@ -111,6 +122,7 @@ export class GenDurable {
     this.clock = new ClockWatch({ events: this.events, logger: this.config.logger, node: this.config.nodeId });
     this.flow = flowQueries(this.config.schema);
     this.publishedQ = publishedQueries(this.config.schema);
+    this.versions = versionQueries(this.config.schema);
     this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
     const { schema, retentionMs, machines, idempotencyWindowMs } = this.config;
     this.pruner = new Pruner({
@@ -159,7 +171,15 @@ export class GenDurable {
       this.state = "new";
       throw error;
     }
-    if (this.config.queues.size > 0) this.startLoops();
+    if (this.config.queues.size > 0) {
+      // Before any loop claims one: instances parked at steps these definitions lack would burn their attempts.
+      const { stranded } = await this.check().catch((error: unknown) => {
+        this.reportError("check", error);
+        return { stranded: [] };
+      });
+      if (stranded.length > 0) this.reportError("check", strandedError(stranded));
+      this.startLoops();
+    }
     this.state = "started";
   }
 
@@ -212,6 +232,7 @@ export class GenDurable {
       wake: this.wakeups,
       clock: this.clock,
       published: this.publishedQ,
+      versions: this.versions,
       cancelRemaining: (parentId) => cancelRemaining(pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
       onNotify: (payload) => this.publishedWaiters.onNotify(payload),
       around: this.telemetry?.around,
@@ -267,29 +288,48 @@ export class GenDurable {
 
   // ---------------------------------------------------------------- clients (src/client/)
 
-  /** Inserts one instance. With a live `correlationKey` twin, inserts nothing and returns its id. */
-  insert<M extends AnyMachine>(machine: M, options: InsertOptions<M>): Promise<InsertResult> {
-    return insertOne(this.client, machine, options);
+  /**
+   * Inserts one instance. With a live `correlationKey` twin, inserts nothing and returns its id. The id
+   * carries the machine in its type, so `wait` and `get` of it are typed.
+   */
+  async insert<M extends AnyMachine>(machine: M, ...[options]: InsertArgs<M>): Promise<InsertResult<M>> {
+    return (await insertOne(this.client, machine, options)) as InsertResult<M>;
   }
 
   /** Inserts many instances in one statement (all or nothing); results in input order. */
-  insertMany(items: readonly InsertManyItem[], options: { client?: pg.ClientBase } = {}): Promise<InsertResult[]> {
-    return insertMany(this.client, items, options);
+  async insertMany<const T extends readonly AnySpec[]>(
+    items: T & CheckedSpecs<T>,
+    options: { client?: pg.ClientBase } = {},
+  ): Promise<InsertResult<MachinesOf<T>>[]> {
+    return (await insertMany(this.client, items, options)) as InsertResult<MachinesOf<T>>[];
   }
 
-  /** Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. */
+  /**
+   * Sends `event` to an instance, by correlation key or `{ id }`; committed before it resolves. Given the
+   * machine first, the event and payload are checked against its `signals` at compile time and before sending.
+   */
+  signal<M extends AnyMachine, E extends SignalName<M>>(
+    machine: M,
+    target: string | { id: string },
+    event: E,
+    ...rest: SignalRest<M, E>
+  ): Promise<SignalResult>;
   signal(
     target: string | { id: string },
     event: string,
     payload?: unknown,
-    options: SignalOptions = {},
-  ): Promise<SignalResult> {
-    return sendSignal(this.client, target, event, payload, options);
+    options?: SignalOptions,
+  ): Promise<SignalResult>;
+  async signal(...args: unknown[]): Promise<SignalResult> {
+    this.assertUsable();
+    const typed = await typedSignal(args, this.config.machines);
+    return sendSignal(this.client, typed.target, typed.event, typed.payload, typed.options, typed.check);
   }
 
-  /** The instance by id or `{ correlationKey }` (the live one, else the newest), or null. */
-  get(target: string | { correlationKey: string }): Promise<Instance | null> {
-    return getInstance(this.client, target);
+  /** The instance by id, handle or `{ correlationKey }` (the live one, else the newest), or null. */
+  get<R extends InstanceRef | { correlationKey: string }>(target: R): Promise<InstanceOf<R> | null>;
+  get(target: unknown): Promise<Instance | null> {
+    return getInstance(this.client, idOf(target) as string | { correlationKey: string });
   }
 
   /**
@@ -318,8 +358,9 @@ export class GenDurable {
   }
 
   /** Resolves with the instance once it is terminal (done, failed or cancelled). */
-  wait(id: string, options: { timeout?: Duration } = {}): Promise<Instance> {
-    return waitFor(this.client, id, options);
+  wait<R extends InstanceRef>(target: R, options?: { timeout?: Duration }): Promise<InstanceOf<R>>;
+  wait(target: unknown, options: { timeout?: Duration } = {}): Promise<Instance> {
+    return waitFor(this.client, idOf(target) as string, options);
   }
 
   /**
@@ -337,6 +378,29 @@ export class GenDurable {
   }
 
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
+  /**
+   * Live instances of this engine's machines parked at steps the definitions no longer have. start() reports
+   * them (an `engine:error` from loop "check") before anything runs; `gen-durable check` exits non-zero.
+   */
+  async check(): Promise<CheckReport> {
+    this.assertUsable();
+    const stranded = await findStranded(this.pool, this.versions, this.config.machines);
+    return { ok: stranded.length === 0, stranded };
+  }
+
+  /**
+   * An operator's repair: moves an instance that is not running (runnable, awaiting or failed) to `step`,
+   * with `state` when given, runnable now with fresh attempts; recorded in its history as "moved".
+   */
+  async move(id: string, options: MoveOptions): Promise<void> {
+    this.assertUsable();
+    checkId(id, "move: id", (m) => new ValidationError(m));
+    const { machines, channel, maxPayloadBytes } = this.config;
+    await withTransaction(this.pool, (client) =>
+      moveInstance(client, this.versions, machines, id, options, channel, maxPayloadBytes),
+    );
+  }
+
   /** This node, as its heartbeat row records it. */
   private node(): { id: string; machines: string[]; queues: string[]; leaseMs: number } {
     const { nodeId, machines, queues, leaseMs } = this.config;

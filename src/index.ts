@@ -31,6 +31,9 @@ export type {
   StepOptions,
   StepOutcome,
 } from "./define.js";
+export type { InstanceId, InstanceRef, ResultOf, SignalSchemas, StateOf, PayloadsOf } from "./machine-types.js";
+export type { MachineGraph } from "./machine-typing.js";
+export type { CheckReport, MoveOptions, StrandedInstance } from "./runtime/versions.js";
 export type { GenDurableOptions, QueueOption } from "./config.js";
 export type { CronEntry, MissedPolicy } from "./cron/entries.js";
 export type { Backoff } from "./backoff.js";

@@ -4,19 +4,22 @@
  * (explain, the CLI) can use them without importing the engine.
  */
 import type pg from "pg";
-import type { AnyMachine, InstanceOptions, Machine } from "./define.js";
+import type { AnyMachine, InstanceOptions } from "./define.js";
 import type { ErrorRecord } from "./json.js";
-import type { StandardSchemaV1 } from "./schema.js";
+import type { InputOf, InstanceId } from "./machine-types.js";
 import type { Status } from "./status.js";
 
-export interface Instance<State = unknown> {
+export type { InsertOptions } from "./machine-types.js";
+
+export interface Instance<State = unknown, Result = unknown> {
   id: string;
   machine: string;
   status: Status;
   step: string;
   state: State;
   attempt: number;
-  result: unknown;
+  /** Set once `done` (null before). */
+  result: Result | null;
   error: ErrorRecord | null;
   queue: string;
   priority: number;
@@ -24,6 +27,8 @@ export interface Instance<State = unknown> {
   correlationKey: string | null;
   concurrencyKey: string | null;
   parentId: string | null;
+  /** The version of its machine's definition that wrote its state. */
+  version: number;
   insertedAt: Date;
   updatedAt: Date;
   /** The values its steps published (ctx.publish), by key; {} when none. */
@@ -42,23 +47,12 @@ export interface Transition {
   published?: Record<string, unknown>;
 }
 
-type In<S> = S extends StandardSchemaV1 ? StandardSchemaV1.InferInput<S> : never;
+/** One item of `insertMany`: a machine with its `state`, or a job with its `args`, checked against it. */
+export type InsertManyItem<M extends AnyMachine = AnyMachine> = { machine: M } & InstanceOptions & InputOf<M>;
 
-/** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
-export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & (M extends Machine<
-    infer S,
-    string,
-    "job"
-  >
-    ? { args: In<S> }
-    : M extends Machine<infer S, string, "machine">
-      ? { state: In<S> }
-      : { state?: unknown; args?: unknown });
-
-export type InsertManyItem = { machine: AnyMachine } & InstanceOptions & { state?: unknown; args?: unknown };
-
-export interface InsertResult {
-  id: string;
+/** The handle `insert` returns: `id` is a plain string that remembers its machine for `wait` and `get`. */
+export interface InsertResult<M extends AnyMachine = AnyMachine> {
+  id: InstanceId<M>;
   /** false when a live instance with the same correlation key existed: `id` is that instance. */
   inserted: boolean;
 }

@@ -55,6 +55,7 @@ export interface WorkerNodeDeps {
   /** The node's clock against the database's (loops/clock-skew.ts). */
   clock: ClockWatch;
   published: ExecutorDeps["published"];
+  versions: ExecutorDeps["versions"];
   cancelRemaining: ExecutorDeps["cancelRemaining"];
   /** A NOTIFY payload that is not a queue's: true when it was someone's (published values). */
   onNotify(payload: string): boolean;
@@ -99,6 +100,7 @@ export class WorkerNode {
       rateLimiter: deps.rateLimiter,
       stopReason: () => this.stopReason,
       published: deps.published,
+      versions: deps.versions,
       cancelRemaining: deps.cancelRemaining,
       sqlApi: sqlApiQueries(config.schema),
       idempotencyWindowMs: config.idempotencyWindowMs,

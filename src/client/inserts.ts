@@ -16,8 +16,9 @@ const MAX_ROUNDS = 10;
 export async function insertOne<M extends AnyMachine>(
   ctx: ClientContext,
   machine: M,
-  options: InsertOptions<M>,
+  options: InsertOptions<M> | undefined,
 ): Promise<InsertResult> {
+  // A job without args may be inserted with no options at all.
   const { client, ...rest } = (options ?? {}) as InsertOptions<M> & { client?: pg.ClientBase };
   const row = await prepareInsert(machine, rest, 0, "insert", ctx.config.maxPayloadBytes);
   const [result] = await insertRows(ctx, [row], client);

@@ -7,6 +7,7 @@ import { encodeJson } from "../json.js";
 import { checkId, checkKey, checkName } from "../names.js";
 import { deliverSignal } from "../runtime/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
+import type { SignalCheck } from "../runtime/typed-client.js";
 import { captureTraceContext } from "../telemetry/propagation.js";
 import type { ClientContext } from "./context.js";
 
@@ -16,6 +17,7 @@ export async function sendSignal(
   event: string,
   payload: unknown,
   options: SignalOptions = {},
+  check?: SignalCheck,
 ): Promise<SignalResult> {
   ctx.assertUsable();
   const bad = (m: string) => new ValidationError(`signal: ${m}`);
@@ -40,6 +42,7 @@ export async function sendSignal(
     // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
     notifyChannel: ctx.config.channel,
     traceContext: captureTraceContext(),
+    check,
   };
   if (options.client) {
     const why =

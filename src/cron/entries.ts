@@ -6,6 +6,7 @@
  * times are computed in the entry's IANA timezone (default UTC).
  */
 import { Cron } from "croner";
+import type { InputOf } from "../machine-types.js";
 import type { AnyMachine } from "../define.js";
 import { describe } from "../duration.js";
 import { ConfigError } from "../errors.js";
@@ -41,6 +42,12 @@ export interface CronEntry {
    */
   missed?: MissedPolicy;
 }
+
+/** Each cron entry checked against its machine: `state` / `args` must match its schema (a name is not checked). */
+export type CheckedCron<T> = { readonly [I in keyof T]: CronFor<T[I]> };
+type CronFor<X> = X extends { machine: infer M extends AnyMachine }
+  ? Omit<CronEntry, "machine" | "state" | "args"> & { machine: M } & InputOf<M>
+  : CronEntry;
 
 export interface ResolvedCronEntry {
   name: string;

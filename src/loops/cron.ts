@@ -153,6 +153,7 @@ export class CronLoop {
         queue: entry.queue,
         priority: entry.priority,
         concurrency_key: concurrencyKeyOf(entry.machine, entry.state, undefined, `cron entry "${entry.name}"`),
+        version: entry.machine.version,
       })),
     );
     const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [

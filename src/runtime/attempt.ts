@@ -34,6 +34,8 @@ export interface ClaimedRow {
   unvalidated?: boolean;
   /** The trace context active where the instance was inserted (see telemetry/propagation.ts), or null. */
   trace_context: unknown;
+  /** The version of the machine definition that wrote the state (older ones are upcast before the step runs). */
+  version: number;
 }
 
 export interface Attempt {

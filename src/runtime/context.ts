@@ -1,6 +1,6 @@
 /** Builds the `ctx` a step receives: instance facts plus the outcome helpers. */
 import type pg from "pg";
-import type { ChildOutcome, ChildSpec, ReceivedSignal, StepContext, StepLogger } from "../define.js";
+import type { AnyMachine, ChildOutcome, ReceivedSignal, StepContext, StepLogger } from "../define.js";
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { checkPublish } from "./published.js";
@@ -53,7 +53,10 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
         hasState: rest.length > 0 && rest[0] !== undefined,
         options: rest[1] ?? {},
       }),
-    spawn: (children: readonly ChildSpec[], step: string, ...rest: [unknown?, SpawnOptions?]) =>
+    // Typed by the caller's machine: a child's result was checked by that machine's `result` schema.
+    childrenOf: <M extends AnyMachine>(machine: M) =>
+      input.children.filter((child) => child.machine === machine?.name) as unknown as ChildOutcome<M>[],
+    spawn: (children: readonly unknown[], step: string, ...rest: [unknown?, SpawnOptions?]) =>
       makeOutcome({
         kind: "spawn",
         children: [...children],

@@ -35,6 +35,8 @@ import { tryResume } from "./signals.js";
 import { storePublished } from "./published.js";
 import type { JoinRule } from "./join-rule.js";
 import type { PublishedQueries } from "../sql/published.js";
+import { checkAwaited } from "../machine-typing.js";
+import { recordUpcast, upcastState, type VersionQueries } from "./versions.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -62,6 +64,7 @@ export interface ExecutorDeps {
   cancelRemaining?: (parentId: string) => Promise<void>;
   /** Database clock minus this node's clock, as the heartbeat last measured it (loops/clock-skew.ts). */
   clock?: { readonly offsetMs: number };
+  versions: VersionQueries;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
   /** Checks rows inserted from SQL (sql-api.ts). */
@@ -140,8 +143,10 @@ export class Executor {
   }
 
   private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
-    const attempt = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
-    if (attempt === null) return;
+    const accepted = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
+    if (accepted === null) return;
+    const attempt = await this.upcast(accepted, settled);
+    if (!attempt) return;
     const { row, machine, maxAttempts } = attempt;
     if (!isRunnable(attempt)) {
       const steps = [...machine.steps.keys()].join(", ");
@@ -291,7 +296,8 @@ export class Executor {
       this.lost(row);
       return null;
     }
-    return { ...attempt, row: { ...row, state: accepted.state, unvalidated: false } };
+    // Checked by the current definition: its version, so no upcaster runs on it.
+    return { ...attempt, row: { ...row, state: accepted.state, unvalidated: false, version: machine.version } };
   }
 
   /**
@@ -313,6 +319,34 @@ export class Executor {
       return undefined;
     }
     return { completion, resumedQueue: completion.status === "awaiting" ? row.queue : null };
+  }
+
+  /** An instance written by an older version of its machine: its state is upcast and recorded before the step runs. */
+  private async upcast(attempt: Attempt, settled: () => void): Promise<Attempt | undefined> {
+    const { row, machine } = attempt;
+    if (row.version === machine.version) return attempt;
+    let state: unknown;
+    try {
+      ({ value: state } = await upcastState(machine, row.version, row.state));
+      if (
+        !(await recordUpcast(
+          this.deps.pool,
+          this.deps.versions,
+          row,
+          state,
+          machine.version,
+          this.deps.maxPayloadBytes,
+        ))
+      ) {
+        this.lost(row);
+        return undefined;
+      }
+    } catch (error) {
+      if (isConnectionError(error)) throw error;
+      await this.fail(attempt, error, settled);
+      return undefined;
+    }
+    return { ...attempt, row: { ...row, state, version: machine.version } };
   }
 
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */
@@ -408,7 +442,8 @@ export class Executor {
       step: row.step,
       state: row.state,
       attempt: row.attempt,
-      awaited: toReceived(row.awaited),
+      // A payload its machine's schema refuses fails the attempt: a step never sees it.
+      awaited: await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
       children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
       insertedAt: row.inserted_at,

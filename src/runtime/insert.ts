@@ -29,6 +29,8 @@ export interface InsertRow {
   idempotency_key: string | null;
   /** With a correlation key: what an instance with it, live or finished within the window, means. Null: "allow". */
   if_exists: "reuse" | "reject" | null;
+  /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
+  version: number;
 }
 
 /**
@@ -117,6 +119,7 @@ export async function prepareInsert(
       options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),
     if_exists: ifExists === undefined || ifExists === "allow" ? null : ifExists,
     trace_context: traceContext,
+    version: machine.version ?? 1,
   };
 }
 

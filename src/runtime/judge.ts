@@ -18,6 +18,7 @@ import type { Completion } from "./completion.js";
 import { prepareInsert, type InsertRow } from "./insert.js";
 import { publishedOf } from "./published.js";
 import { joinRule } from "./join-rule.js";
+import { checkResult, checkTransition } from "../machine-typing.js";
 
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 /** The most children one ctx.spawn may insert. */
@@ -67,9 +68,16 @@ export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloa
 }
 
 async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
-  const { machine, row } = attempt;
+  const { row } = attempt;
   const where = whereOf(attempt);
   const data = readOutcome(attempt, returned);
+  // A step that declares `to` may only go there (checkTransition), and only to steps of the machine.
+  const machine = attempt.machine;
+  const checkStep = (m: AnyMachine, step: unknown, w: string, helper: string) => {
+    const target = checkMachineStep(m, step, w, helper);
+    checkTransition(attempt.step, target, w, helper);
+    return target;
+  };
   const base = baseCompletion(attempt);
   switch (data.kind) {
     case "next": {
@@ -132,8 +140,9 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       };
     }
     case "done": {
+      const { value: checked } = await checkResult(machine, data.result, where);
       // The checked copy is what is stored: a second read of the original may differ.
-      const { value: result } = checkJson(data.result ?? null, `the result of ${where}`, maxPayloadBytes);
+      const { value: result } = checkJson(checked ?? null, `the result of ${where}`, maxPayloadBytes);
       return { ...base, status: "done", result, outcome: "done" };
     }
     case "snooze": {
@@ -238,7 +247,7 @@ function baseCompletion({ row, started }: Attempt): Completion {
   };
 }
 
-function checkStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
+function checkMachineStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
   if (typeof step !== "string" || !machine.steps.has(step)) {
     throw new ValidationError(
       `${where}: ${helper} named ${describe(step)}, which is not a step of the machine ` +

@@ -18,6 +18,7 @@ interface LockedInstance {
   queue: string;
   step: string;
   await_spec: NormalizedSpec | null;
+  machine: string;
 }
 
 export interface DeliverInput {
@@ -31,6 +32,8 @@ export interface DeliverInput {
   notifyChannel: string | null;
   /** The sender's trace context (see telemetry/propagation.ts); the step it resumes links to it. */
   traceContext?: TraceCarrier | null;
+  /** Checks the payload against the live target's machine (throws a ValidationError), before anything is stored. */
+  check?: (machine: string) => Promise<void>;
 }
 
 export interface DeliverResult {
@@ -80,6 +83,7 @@ export async function deliverSignal(
     throw new UnknownInstanceError(label);
   }
 
+  await input.check?.(instance.machine);
   const stored = await client.query<{ id: string }>(q.insert, [
     instance.id,
     null,

@@ -55,8 +55,8 @@ export async function acceptSqlState(
   maxPayloadBytes: number,
 ): Promise<{ state: unknown } | null> {
   const what = `${machine.kind === "job" ? "args" : "state"} of ${machine.name} (inserted from SQL)`;
-  const state = await validate(machine.schema, row.state, what);
+  const { value: state } = await validate(machine.schema, row.state, what);
   const json = encodeJson(state, what, maxPayloadBytes);
-  const { rowCount } = await pool.query(q.acceptState, [row.id, row.claim_token, json]);
+  const { rowCount } = await pool.query(q.acceptState, [row.id, row.claim_token, json, machine.version ?? 1]);
   return rowCount === 0 ? null : { state };
 }

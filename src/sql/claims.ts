@@ -6,7 +6,9 @@
 import { quoteIdent } from "../names.js";
 
 const CLAIMED_COLUMNS =
-  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, i.concurrency_key, i.rate_limited, i.claimed_ahead, i.unvalidated, i.trace_context";
+  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, " +
+  "i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, " +
+  "i.concurrency_key, i.rate_limited, i.claimed_ahead, i.unvalidated, i.trace_context, i.version";
 
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit

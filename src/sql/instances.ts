@@ -11,7 +11,7 @@ import { TERMINAL_SQL } from "../status.js";
 
 export const INSTANCE_COLUMNS =
   "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, " +
-  "concurrency_key, parent_id, inserted_at, updated_at, published";
+  "concurrency_key, parent_id, inserted_at, updated_at, published, version";
 
 /** A row of INSTANCE_COLUMNS as pg returns it (bigint ids as strings). */
 export interface InstanceRow {
@@ -32,6 +32,7 @@ export interface InstanceRow {
   inserted_at: Date;
   updated_at: Date;
   published: Record<string, unknown> | null;
+  version: number;
 }
 
 export function toInstance(r: InstanceRow): Instance {
@@ -53,6 +54,7 @@ export function toInstance(r: InstanceRow): Instance {
     insertedAt: r.inserted_at,
     updatedAt: r.updated_at,
     published: r.published ?? {},
+    version: r.version,
   };
 }
 
@@ -116,7 +118,7 @@ export function instanceQueries(schema: string) {
         from jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
-          correlation_key text, concurrency_key text, parent_id bigint, idempotency_key text, if_exists text, trace_context jsonb)
+          correlation_key text, concurrency_key text, parent_id bigint, idempotency_key text, if_exists text, trace_context jsonb, version integer)
       ),
       -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any row (see lock_keys).
       keys_locked as (
@@ -139,11 +141,11 @@ export function instanceQueries(schema: string) {
         ) p
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id, trace_context)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id, trace_context, version)
         -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
         select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
-               max_attempts, correlation_key, concurrency_key, parent_id, trace_context
+               max_attempts, correlation_key, concurrency_key, parent_id, trace_context, coalesce(version, 1)
         -- One order for every insert, so concurrent batches take key locks (the correlation
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
         from input where (select n from keys_locked) >= 0

@@ -8,7 +8,7 @@ import { TERMINAL_SQL } from "../status.js";
 
 export function signalQueries(schema: string) {
   const s = quoteIdent(schema);
-  const lockColumns = "id::text as id, status, queue, step, await_spec";
+  const lockColumns = "id::text as id, status, queue, step, await_spec, machine";
   return {
     /** Serialises a kept signal with an insert of the same key (see take_inbox in the migration). */
     lockInboxKey: `select pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || $1, 0))`,

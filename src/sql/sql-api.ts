@@ -29,10 +29,11 @@ export function sqlApiQueries(schema: string) {
 
     /**
      * A row inserted from SQL, claimed ($1 id, $2 claim token) and found valid: stores the schema's
-     * output as its state and clears the flag, fenced on the claim like every write after one.
+     * output as its state and clears the flag, fenced on the claim like every write after one. The
+     * state is the current definition's ($4: its version), whatever version the row was stamped with.
      */
     acceptState: `
-      update ${s}.instances set state = $3::jsonb, unvalidated = false
+      update ${s}.instances set state = $3::jsonb, unvalidated = false, version = $4
       where id = $1 and claim_token = $2 and status = 'running'`,
   };
 }

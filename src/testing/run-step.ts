@@ -451,6 +451,7 @@ function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
     rate_limited: null,
     claimed_ahead: false,
     trace_context: null,
+    version: machine.version,
   };
   return { row, machine, step: input.resolved, maxAttempts: input.maxAttempts, started: performance.now() };
 }

@@ -55,7 +55,9 @@ const Order = defineMachine({
       const paid = (ctx.awaited[0]!.payload as { amount: number }).amount;
       return ctx.spawn(
         [
-          ...[1, 2, 3].map((item) => ({ machine: Pick, state: { item }, concurrencyKey: "warehouse" })),
+          { machine: Pick, state: { item: 1 }, concurrencyKey: "warehouse" },
+          { machine: Pick, state: { item: 2 }, concurrencyKey: "warehouse" },
+          { machine: Pick, state: { item: 3 }, concurrencyKey: "warehouse" },
           { machine: Notify, args: { order: ctx.state.order } },
         ],
         "join",

@@ -57,11 +57,24 @@ const Parked = defineMachine({
   steps: { begin: (ctx) => ctx.done() },
 });
 
+// At version 3: a state inserted from SQL is the current definition's, and no upcaster may touch it.
+const Versioned = defineMachine({
+  name: "Versioned",
+  queue: "sqlapi",
+  version: 3,
+  migrate: {
+    2: (state) => ({ ...(state as object), upcastTo2: true }),
+    3: (state) => ({ ...(state as object), upcastTo3: true }),
+  },
+  state: z.object({ n: z.number(), upcastTo2: z.boolean().optional(), upcastTo3: z.boolean().optional() }),
+  steps: { start: (ctx) => ctx.done(ctx.state) },
+});
+
 // Polls every 10 minutes: whatever runs sooner was woken by NOTIFY.
-const runner = db.engine({ queues: { sqlapi: 4 }, machines: [Order, Both, Mail, Keyed], pollInterval: "10m" });
+const runner = db.engine({ queues: { sqlapi: 4 }, machines: [Order, Both, Mail, Keyed, Versioned], pollInterval: "10m" });
 await runner.start();
 // A client that defines Parked too, so the SQL API knows its initial step and queue.
-const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed] });
+const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed, Versioned] });
 await client.start();
 await eventually(
   "the runner listening",
@@ -88,6 +101,15 @@ describe("insert from SQL", () => {
     // The schema's output (cc's default) is what the job saw and what is stored.
     expect(done.result).toEqual({ to: "a@example.com", cc: [] });
     expect(done.state).toEqual({ to: "a@example.com", cc: [] });
+  });
+
+  it("stamps a state inserted from SQL with the current version: no upcaster runs on it", async () => {
+    const [row] = await sql(`select * from ${s}.insert('Versioned', '{"n": 1}')`);
+    const done = await client.wait(String(row.id), { timeout: 10_000 });
+    expect(done).toMatchObject({ status: "done", version: 3, state: { n: 1 } });
+    expect(done.result).toEqual({ n: 1 });
+    const history = await client.history(String(row.id));
+    expect(history.map((t) => t.outcome)).not.toContain("migrated");
   });
 
   it("stores the same row as engine.insert with the same options", async () => {

@@ -34,7 +34,7 @@ const SendEmail = defineJob({
 });
 
 declare const engine: GenDurable;
-expectTypeOf(engine.insert(Checkout, { state: { order: 1 } })).resolves.toEqualTypeOf<InsertResult>();
+expectTypeOf(engine.insert(Checkout, { state: { order: 1 } })).resolves.toEqualTypeOf<InsertResult<typeof Checkout>>();
 // @ts-expect-error a machine takes state, not args
 void engine.insert(Checkout, { args: { order: 1 } });
 // @ts-expect-error state must match the schema

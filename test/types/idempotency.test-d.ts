@@ -28,9 +28,9 @@ const Batch = defineMachine({
 });
 
 declare const engine: GenDurable;
-expectTypeOf(
-  engine.insert(Transfer, { args: { amount: 1 }, idempotencyKey: "request:1" }),
-).resolves.toEqualTypeOf<InsertResult>();
+expectTypeOf(engine.insert(Transfer, { args: { amount: 1 }, idempotencyKey: "request:1" })).resolves.toEqualTypeOf<
+  InsertResult<typeof Transfer>
+>();
 void engine.insert(Transfer, { args: { amount: 1 }, correlationKey: "transfer:1", ifExists: "reject" });
 void engine.insert(Transfer, { args: { amount: 1 }, correlationKey: "transfer:1", ifExists: "reuse" });
 void engine.insert(Batch, { state: { key: "k" }, correlationKey: "batch:1", ifExists: "allow" });

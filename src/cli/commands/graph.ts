@@ -1,5 +1,6 @@
 import { EXIT_OK, UsageError, type Command } from "../cli.js";
-import { CLIENT_OPTIONS, withClient } from "../client.js";
+import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
+import { loadMachines, MACHINES_OPTION } from "./versions.js";
 import { dashboardQueries } from "../../dashboard/queries.js";
 import { buildGraph, toMermaid, toSvg, type EdgeRow } from "../../dashboard/graph.js";
 import { WINDOWS } from "../../dashboard/pages.js";
@@ -12,16 +13,29 @@ export const graphCommand: Command = {
     "window (default 7d): count, median duration and failure rate per edge; await and",
     "timeout edges dotted, spawn edges thick. Paste the Mermaid into any Markdown that",
     "renders it, or pass --format svg for an image laid out like the dashboard's.",
+    "With --machines <module>, prints instead the static graph of the definition that module",
+    "exports (Machine.toMermaid: its steps and the targets they declare with `to`), or with",
+    "--json Machine.graph(); no database is needed.",
   ].join("\n"),
   positionals: [{ name: "machine", description: "the machine's name" }],
   options: {
     window: { type: "string", valueName: "w", description: `${Object.keys(WINDOWS).join(", ")} (default 7d)` },
     format: { type: "string", valueName: "f", description: "mermaid (default) or svg" },
     step: { type: "string", valueName: "name", description: "highlight this step" },
+    machines: MACHINES_OPTION,
+    json: { type: "boolean", description: "with --machines: print Machine.graph() as JSON" },
     schema: CLIENT_OPTIONS.schema,
     "database-url": CLIENT_OPTIONS["database-url"],
   },
   async run(values, io, [machine]) {
+    if (typeof values.machines === "string") {
+      const definition = (await loadMachines(values.machines, this)).get(machine!);
+      if (!definition) throw new UsageError(`--machines ${values.machines} exports no machine ${machine}`, this);
+      if (values.json === true) printJson(io, definition.graph());
+      else io.out(definition.toMermaid());
+      return EXIT_OK;
+    }
+    if (values.json === true) throw new UsageError("--json needs --machines <module>", this);
     const windowName = typeof values.window === "string" ? values.window : "7d";
     const seconds = WINDOWS[windowName];
     if (seconds === undefined)

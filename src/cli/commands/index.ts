@@ -14,6 +14,7 @@ import { graphCommand } from "./graph.js";
 import { insertCommand } from "./insert.js";
 import { pauseCommand, resumeCommand } from "./queues.js";
 import { cronCommand } from "./cron.js";
+import { checkCommand, moveCommand } from "./versions.js";
 
 export const COMMANDS: readonly Command[] = [
   migrateCommand,
@@ -30,5 +31,7 @@ export const COMMANDS: readonly Command[] = [
   cronCommand,
   pruneCommand,
   uiCommand,
+  checkCommand,
+  moveCommand,
   graphCommand,
 ];

@@ -1,0 +1,188 @@
+/**
+ * Machines that change while instances are in flight: upcasting the state of
+ * an instance written by an older version of its machine (when it is claimed),
+ * finding live instances parked at steps the definitions no longer have, and
+ * moving an instance that is not running to another step (an operator's repair).
+ * Every change is recorded in the instance's history.
+ */
+import type pg from "pg";
+import type { AnyMachine } from "../define.js";
+import { describe } from "../duration.js";
+import { InvalidStateError, UnknownInstanceError, ValidationError } from "../errors.js";
+import { encodeJson } from "../json.js";
+import { checkName } from "../names.js";
+import { validate } from "../schema.js";
+import { TERMINAL_SQL } from "../status.js";
+import type { ClaimedRow } from "./attempt.js";
+import { quoteIdent } from "../names.js";
+
+export function versionQueries(schema: string) {
+  const s = quoteIdent(schema);
+  return {
+    /** Writes the upcast state of a claimed row (fenced by its claim) and its history row. */
+    upcast: `
+      with u as (
+        update ${s}.instances set state = $3::jsonb, version = $4, updated_at = now()
+        where id = $1 and claim_token = $2 and status = 'running'
+        returning id, step, attempt
+      )
+      insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)
+      select id, step, step, 'migrated', attempt from u
+      returning instance_id`,
+    /** Live instances of the given machines ($1: { machine: [steps] }) parked at a step their machine lacks. */
+    stranded: `
+      select i.id::text as id, i.machine, i.step, i.status
+      from ${s}.instances i join jsonb_each($1::jsonb) m on m.key = i.machine
+      where i.status not in ${TERMINAL_SQL} and not (m.value ? i.step)
+      order by i.id limit $2`,
+    lockForMove: `select id::text as id, machine, step, status, queue, version from ${s}.instances where id = $1 for update`,
+    /**
+     * Moves an instance to step $2 (state $3 when not null), runnable now with fresh attempts; what the old
+     * step was waiting for (an await, a lease) is dropped. $5: NOTIFY channel.
+     */
+    move: `
+      with u as (
+        update ${s}.instances set
+          step = $2, state = coalesce($3::jsonb, state), version = coalesce($4, version), status = 'runnable',
+          run_at = now(), attempt = 0, await_spec = null, awaited = null, joined = false, error = null,
+          rate_limited = null, leased_by = null, lease_expires_at = null, updated_at = now()
+        where id = $1
+        returning id, queue
+      ),
+      h as (
+        insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)
+        select id, $6, $2, 'moved', 0 from u
+      )
+      select pg_notify($5::text, queue) from u`,
+  };
+}
+export type VersionQueries = ReturnType<typeof versionQueries>;
+
+/**
+ * The state of an instance written by version `from` of `machine`, upcast to its version: each upcaster
+ * in turn (a version without one keeps the state), then checked by the schema. Throws a ValidationError
+ * when an upcaster throws, the result does not match, or the instance is newer than this definition.
+ */
+/** The state upcast from version `from` to the machine's, checked by its schema; boxed (see validate). */
+export async function upcastState(machine: AnyMachine, from: number, state: unknown): Promise<{ value: unknown }> {
+  const where = `machine "${machine.name}"`;
+  if (from > machine.version) {
+    throw new ValidationError(
+      `${where}: the instance was written by version ${from} of its machine; this node runs version ${machine.version} (deploy the newer definition)`,
+    );
+  }
+  let value = state;
+  for (let version = from + 1; version <= machine.version; version++) {
+    const upcaster = machine.migrations.get(version);
+    if (!upcaster) continue;
+    try {
+      value = await upcaster(value);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw new ValidationError(`${where}: migrate[${version}] threw: ${message}`);
+    }
+  }
+  const label = `the state of ${where} upcast from version ${from} to ${machine.version}`;
+  return validate(machine.schema, value, label);
+}
+
+/** Records the upcast state of a claimed row; false when its claim was lost meanwhile. */
+export async function recordUpcast(
+  pool: pg.Pool,
+  q: VersionQueries,
+  row: ClaimedRow,
+  state: unknown,
+  version: number,
+  maxPayloadBytes: number,
+): Promise<boolean> {
+  const json = encodeJson(state, "the upcast state", maxPayloadBytes);
+  const { rowCount } = await pool.query(q.upcast, [row.id, row.claim_token, json, version]);
+  return (rowCount ?? 0) > 0;
+}
+
+/** A live instance parked at a step its machine no longer has. */
+export interface StrandedInstance {
+  id: string;
+  machine: string;
+  step: string;
+  status: string;
+}
+
+/** Live instances of `machines` parked at steps the definitions do not have (at most `limit`). */
+export async function findStranded(
+  pool: pg.Pool,
+  q: VersionQueries,
+  machines: ReadonlyMap<string, AnyMachine>,
+  limit = 1000,
+): Promise<StrandedInstance[]> {
+  if (machines.size === 0) return [];
+  const steps = Object.fromEntries([...machines].map(([name, m]) => [name, [...m.steps.keys()]]));
+  const { rows } = await pool.query<StrandedInstance>(q.stranded, [JSON.stringify(steps), limit]);
+  return rows;
+}
+
+/** What engine.check() reports: live instances the current definitions cannot run. */
+export interface CheckReport {
+  ok: boolean;
+  stranded: StrandedInstance[];
+}
+
+export function strandedError(stranded: StrandedInstance[]): Error {
+  const list = stranded
+    .slice(0, 20)
+    .map((s) => `${s.id} (${s.machine} at "${s.step}", ${s.status})`)
+    .join(", ");
+  const more = stranded.length > 20 ? ` and ${stranded.length - 20} more` : "";
+  return Object.assign(
+    new Error(
+      `${stranded.length} live instance(s) are parked at steps their machine no longer has: ${list}${more}. ` +
+        "Deploy a definition with those steps, or move them (engine.move / gen-durable move)",
+    ),
+    { name: "StrandedInstancesError", stranded },
+  );
+}
+
+export interface MoveOptions {
+  step: string;
+  state?: unknown;
+}
+
+/**
+ * Moves an instance that is not running to `step` (with `state` when given), runnable now. Checked against
+ * its machine when `machines` has it; otherwise (the CLI, without definitions) only the names are checked.
+ */
+export async function moveInstance(
+  client: pg.ClientBase,
+  q: VersionQueries,
+  machines: ReadonlyMap<string, AnyMachine>,
+  id: string,
+  options: MoveOptions,
+  channel: string,
+  maxPayloadBytes: number,
+): Promise<void> {
+  const bad = (m: string) => new ValidationError(`move: ${m}`);
+  if (typeof options !== "object" || options === null)
+    throw bad(`options must be { step, state? }, got ${describe(options)}`);
+  const step = checkName(options.step, "step", bad);
+  const { rows } = await client.query<{ machine: string; step: string; status: string }>(q.lockForMove, [id]);
+  const row = rows[0];
+  if (!row) throw new UnknownInstanceError(id);
+  if (!["runnable", "awaiting", "failed"].includes(row.status)) {
+    throw new InvalidStateError(
+      `move: instance ${id} is ${row.status}; only runnable, awaiting or failed instances can be moved`,
+    );
+  }
+  const machine = machines.get(row.machine);
+  let state = options.state;
+  if (machine) {
+    if (!machine.steps.has(step)) {
+      throw bad(`machine "${machine.name}" has no step "${step}" (its steps: ${[...machine.steps.keys()].join(", ")})`);
+    }
+    if (state !== undefined)
+      ({ value: state } = await validate(machine.schema, state, `move: the state of ${machine.name}`));
+  }
+  const json = state === undefined ? null : encodeJson(state, "move: state", maxPayloadBytes);
+  // A new state is written by this definition's version; without one the stored state keeps its own.
+  const version = machine && state !== undefined ? machine.version : null;
+  await client.query(q.move, [id, step, json, version, channel, row.step]);
+}
