@@ -4,6 +4,7 @@
  * is a compile error.
  */
 import type pg from "pg";
+import type { ErrorRecord } from "./json.js";
 import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
 import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
@@ -11,8 +12,26 @@ import type { AwaitOptions, AwaitSpec, ScheduleOptions, StepOutcome } from "./ou
 import { isStandardSchema, type StandardSchemaV1 } from "./schema.js";
 import { didYouMean, rejectUnknownKeys } from "./suggest.js";
 import { checkName } from "./names.js";
+import { checkRetry, checkRouteStep, type RetryOptions } from "./routing.js";
 
 export type { AwaitSpec, StepOutcome } from "./outcome.js";
+export type { RetryOptions } from "./routing.js";
+
+/** Why the instance was routed to its onFailure step (`ctx.failure`). */
+export interface StepFailure {
+  /** The last attempt's error, as stored. */
+  error: ErrorRecord;
+  /** The step that failed. */
+  step: string;
+  /** The attempts it made. */
+  attempts: number;
+}
+
+/** The cancel an onCancel step is cleaning up after (`ctx.cancellation`). */
+export interface StepCancellation {
+  /** The reason given to engine.cancel ("cancelled" when none was). */
+  reason: string;
+}
 
 /** A signal consumed by an await, as seen in `ctx.awaited`. */
 export interface ReceivedSignal {
@@ -61,6 +80,14 @@ export interface StepContext<State, StateIn, K extends string> {
   readonly state: State;
   /** 1-based attempt number of this step. */
   readonly attempt: number;
+  /** The attempts this step has in all: the last one is `ctx.attempt === ctx.maxAttempts`. */
+  readonly maxAttempts: number;
+  /** How the await that led to this step ended; undefined when this step was not reached from an await. */
+  readonly resumedBy: "signal" | "timeout" | undefined;
+  /** Set in the machine's onFailure step (and the steps after it): what failed. */
+  readonly failure: StepFailure | undefined;
+  /** Set in the machine's onCancel step: the cancel it cleans up after. */
+  readonly cancellation: StepCancellation | undefined;
   readonly awaited: readonly ReceivedSignal[];
   readonly children: readonly ChildOutcome[];
   readonly correlationKey: string | null;
@@ -70,6 +97,11 @@ export interface StepContext<State, StateIn, K extends string> {
   readonly log: StepLogger;
   /** The transaction that will commit this step's outcome. Only in steps declared `transactional: true`. */
   readonly client: pg.ClientBase;
+  /**
+   * The engine's clock: database time (as of the claim, plus the time since). In tests, advanceTime
+   * moves it with the timers it fires, so code that computes remaining time can be tested.
+   */
+  now(): Date;
 
   /** Commit `state` (or keep it) and run `step`, now or after `delay` / at `runAt`. */
   next(step: K, state?: StateIn, options?: ScheduleOptions): StepOutcome;
@@ -99,6 +131,10 @@ export interface StepOptions<State, StateIn, K extends string> {
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run; a short bucket postpones the step. */
   rateLimit?: StepRateLimit<State, StateIn, K>;
+  /** After this step's last attempt fails, run this step (with `ctx.failure`) instead of ending failed. */
+  onFailure?: NoInfer<K>;
+  /** Errors that fail this step at once, without retries (besides NonRetryableError). */
+  retry?: RetryOptions;
 }
 
 /** A step's use of a rate limit declared on the engine (`rateLimits`). */
@@ -123,6 +159,10 @@ export interface ResolvedStep {
   backoff: BackoffFn | undefined;
   transactional: boolean;
   rateLimit?: StepRateLimit;
+  /** The step to route to after the last attempt fails (the step's own, else the machine's). */
+  onFailure?: string;
+  /** Error classes that fail the step at once (the step's own and the machine's). */
+  nonRetryable?: RetryOptions["nonRetryable"];
 }
 
 declare const TYPES: unique symbol;
@@ -142,6 +182,8 @@ export interface Machine<
   readonly backoff: BackoffFn | undefined;
   /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
   readonly retentionMs?: number;
+  /** The step a cancel runs before the instance ends cancelled. */
+  readonly onCancel?: string;
   /** Type-level only. */
   readonly [TYPES]?: { steps: K };
 }
@@ -165,6 +207,12 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
+  /** For every step without its own: after the last attempt fails, run this step with `ctx.failure`. */
+  onFailure?: NoInfer<K>;
+  /** engine.cancel runs this step (with `ctx.cancellation`) before the instance ends cancelled. */
+  onCancel?: NoInfer<K>;
+  /** Errors that fail any step of the machine at once, without retries. */
+  retry?: RetryOptions;
 }
 
 export const DEFAULT_QUEUE = "default";
@@ -177,7 +225,19 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError("defineMachine needs a definition object");
   rejectUnknownKeys(
     definition,
-    ["name", "queue", "state", "initial", "steps", "maxAttempts", "backoff", "retention"],
+    [
+      "name",
+      "queue",
+      "state",
+      "initial",
+      "steps",
+      "maxAttempts",
+      "backoff",
+      "retention",
+      "onFailure",
+      "onCancel",
+      "retry",
+    ],
     where,
     (m) => new ConfigError(m),
   );
@@ -186,10 +246,20 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
     throw new ConfigError(`${where}: steps must be an object with at least one step`);
   }
   const steps = new Map<string, ResolvedStep>();
+  const machineRetry = checkRetry(definition.retry, `${where}: retry`);
   for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
     // Step names are stored in every row and transition, like machine names.
     checkName(name, `${where}: step name`, (m) => new ConfigError(m));
     steps.set(name, resolveStep(name, step, `${where}.steps.${name}`));
+  }
+  const names = [...steps.keys()];
+  const machineOnFailure = checkRouteStep(definition.onFailure, names, `${where}: onFailure`);
+  const onCancel = checkRouteStep(definition.onCancel, names, `${where}: onCancel`);
+  for (const step of steps.values()) {
+    if (step.onFailure !== undefined) checkRouteStep(step.onFailure, names, `${where}.steps.${step.name}.onFailure`);
+    step.onFailure ??= machineOnFailure;
+    const nonRetryable = [...(step.nonRetryable ?? []), ...(machineRetry?.nonRetryable ?? [])];
+    if (nonRetryable.length > 0) step.nonRetryable = nonRetryable;
   }
   const initial = definition.initial ?? "start";
   if (!steps.has(initial)) {
@@ -197,7 +267,14 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
       `${where}: initial step "${initial}" is not one of its steps (${[...steps.keys()].join(", ")})${didYouMean(initial, steps.keys())}`,
     );
   }
-  return Object.freeze({ kind: "machine" as const, ...common, schema: definition.state, initial: initial as K, steps });
+  return Object.freeze({
+    kind: "machine" as const,
+    ...common,
+    schema: definition.state,
+    initial: initial as K,
+    steps,
+    ...(onCancel === undefined ? {} : { onCancel }),
+  });
 }
 
 export interface JobDefinition<Schema extends StandardSchemaV1, R> {
@@ -212,6 +289,8 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
+  /** Errors that fail the job at once, without retries (besides NonRetryableError). */
+  retry?: RetryOptions;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
@@ -234,6 +313,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
       "timeout",
       "transactional",
       "rateLimit",
+      "retry",
       "perform",
     ],
     where,
@@ -251,6 +331,7 @@ export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
       timeout: definition.timeout,
       transactional: definition.transactional,
       rateLimit: definition.rateLimit,
+      retry: definition.retry,
     },
     `${where}.perform`,
   );
@@ -331,12 +412,12 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   }
   if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
     throw new ConfigError(
-      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`,
+      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit?, onFailure?, retry? }`,
     );
   }
   rejectUnknownKeys(
     step,
-    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit"],
+    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit", "onFailure", "retry"],
     where,
     (m) => new ConfigError(m),
   );
@@ -355,6 +436,9 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
     ...(options.rateLimit === undefined
       ? {}
       : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),
+    // The name is checked against the machine's steps once they are all known (defineMachine).
+    ...(options.onFailure === undefined ? {} : { onFailure: options.onFailure }),
+    ...(options.retry === undefined ? {} : { nonRetryable: checkRetry(options.retry, `${where}.retry`)?.nonRetryable }),
   };
 }
 

@@ -4,6 +4,8 @@
  * (insert, signal, inspect, cancel, retry). It holds no per-instance state:
  * every instance is a row, and any node may run any step.
  */
+import { EngineClock } from "./runtime/clock.js";
+import { onCancelSteps } from "./runtime/routes.js";
 import pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine } from "./define.js";
@@ -104,6 +106,8 @@ export class GenDurable {
   private stopReason: EngineStoppedError | undefined;
   /** The check that a caller's pool runs READ COMMITTED (checkPool), once it passed or while it runs. */
   private poolChecked: Promise<void> | undefined;
+  /** ctx.now(): database time, plus the schema's skew (advanceTime). Read at start. */
+  private readonly clock = new EngineClock();
 
   constructor(options: GenDurableOptions) {
     this.config = resolveConfig(options);
@@ -164,6 +168,7 @@ export class GenDurable {
     const version = await currentVersion(this.pool, this.config.schema);
     if (version < LATEST_MIGRATION) throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
     await this.checkPool();
+    await this.clock.sync(this.pool, this.config.schema);
     this.telemetry = attachTelemetry({
       events: this.events,
       logger: this.config.logger,
@@ -198,6 +203,7 @@ export class GenDurable {
       channel: config.channel,
       rateLimiter: this.rateLimiter,
       stopReason: () => this.stopReason,
+      clock: this.clock,
     });
     // Any queue may hold any machine (insert's `queue` option), so every
     // scheduler claims every machine this node runs.
@@ -578,16 +584,19 @@ export class GenDurable {
     // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
     const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
     const errorJson = JSON.stringify(error);
+    const cleanups = onCancelSteps(this.config.machines);
     // The instance first, then its descendants level by level, each level in a statement of its own whose
     // snapshot is taken after the locks of the level above were granted: it sees every child that a spawn
     // holding one of those rows committed (see cancel and cancelDescendants in sql/instances.ts).
     // Keys: each level passes those the first statement took (`held`), or null to take its own as it
     // comes: right when each statement is a transaction of its own (nothing is held between them).
     const cancelTree = async (client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> => {
-      const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(this.q.cancel, [
+      const { rows } = await client.query<CancelTarget>(this.q.cancel, [
         id,
         errorJson,
         extraKeys,
+        cleanups,
+        this.config.channel,
       ]);
       const cancelled: string[] = [];
       const target = rows[0];
@@ -597,7 +606,7 @@ export class GenDurable {
         cancelled.push(...level);
         const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(
           this.q.cancelDescendants,
-          [level, errorJson, held],
+          [level, errorJson, held, cleanups, this.config.channel],
         );
         if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
         level = round[0]!.cancelled;
@@ -656,11 +665,14 @@ export class GenDurable {
     if (!target) throw new UnknownInstanceError(id);
     if (target.status === "cancelled") return;
     if (TERMINAL.has(target.status)) throw new InstanceTerminatedError(id, target.status);
+    // Already running its onCancel step: that step ends it cancelled.
+    if (target.cleaning) return;
     for (const instance of cancelled) {
       this.leases.held.get(instance)?.controller.abort(new InvalidStateError(`instance ${instance} was cancelled`));
     }
     this.loops?.joins.trigger();
-    this.events.emit("instance:cancelled", { id, machine: target.machine, reason: error.message });
+    // Routed to its onCancel step, it ends cancelled when that step has run.
+    if (!target.routed) this.events.emit("instance:cancelled", { id, machine: target.machine, reason: error.message });
   }
 
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
@@ -811,6 +823,7 @@ export class GenDurable {
       running,
       inFlight: () => this.leases.held.size,
       wake,
+      clock: this.clock,
     };
   }
 
@@ -829,9 +842,20 @@ export class GenDurable {
   }
 }
 
+/** The instance engine.cancel locked, as it was before. */
+interface CancelTarget {
+  status: string;
+  machine: string;
+  keys: string[];
+  /** Already cleaning up after an earlier cancel. */
+  cleaning: boolean;
+  /** Routed now to its onCancel step. */
+  routed: boolean;
+}
+
 /** One try of engine.cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
 interface CancelTry {
-  target: { status: string; machine: string } | undefined;
+  target: CancelTarget | undefined;
   cancelled: string[];
   missing: string[];
 }

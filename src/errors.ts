@@ -12,7 +12,8 @@ export type ErrorCode =
   | "STEP_TIMEOUT"
   | "NOT_MIGRATED"
   | "WAIT_TIMEOUT"
-  | "ENGINE_STOPPED";
+  | "ENGINE_STOPPED"
+  | "NON_RETRYABLE";
 
 export class GenDurableError extends Error {
   readonly code: ErrorCode;
@@ -92,5 +93,15 @@ export class WaitTimeoutError extends GenDurableError {
 export class EngineStoppedError extends GenDurableError {
   constructor() {
     super("ENGINE_STOPPED", "the engine is stopped");
+  }
+}
+
+/**
+ * Thrown by a step: its attempt fails at once, without the retries it has left (the instance ends
+ * failed, or runs the step's onFailure step). A card declined for good, an account that is closed.
+ */
+export class NonRetryableError extends GenDurableError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("NON_RETRYABLE", message, options);
   }
 }

@@ -23,7 +23,10 @@ export type {
   Machine,
   MachineDefinition,
   ReceivedSignal,
+  RetryOptions,
+  StepCancellation,
   StepContext,
+  StepFailure,
   StepDefinition,
   StepLogger,
   StepOptions,
@@ -53,5 +56,6 @@ export {
   NotMigratedError,
   WaitTimeoutError,
   EngineStoppedError,
+  NonRetryableError,
 } from "./errors.js";
 export type { ErrorCode } from "./errors.js";

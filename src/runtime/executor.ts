@@ -29,6 +29,8 @@ import { judgeReturn, judgeThrow, judgeWait } from "./judge.js";
 import type { Leases } from "./leases.js";
 import type { RateLimiter } from "./rate-limits.js";
 import { tryResume } from "./signals.js";
+import type { EngineClock } from "./clock.js";
+import { routeFacts } from "./routes.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -53,6 +55,8 @@ export interface ExecutorDeps {
   rateLimiter: RateLimiter;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
+  /** The engine's clock (ctx.now()); this process's when absent. */
+  clock?: EngineClock;
 }
 
 /** Tries of an await's or spawn's commit when the connection breaks under it. */
@@ -101,7 +105,8 @@ export class Executor {
         if (counted === null) return this.lost(row);
         row = { ...row, attempt: counted, claimed_ahead: false };
       }
-      await this.run(attemptOf(row, this.deps.machines.get(row.machine)!, started), controller, onSettled);
+      const machine = this.deps.machines.get(row.machine)!;
+      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, onSettled);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -298,8 +303,10 @@ export class Executor {
     this.deps.wake.queue(row.queue, delay);
   }
 
-  private async context({ row, machine }: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+  private async context(attempt: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+    const { row, machine } = attempt;
     return createContext({
+      ...routeFacts(attempt),
       id: row.id,
       machine: row.machine,
       step: row.step,
@@ -423,6 +430,10 @@ export class Executor {
     if (resumedQueue) this.deps.wake.queue(resumedQueue);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) {
       this.deps.wake.timeouts(completion.delay_ms);
+    } else if (completion.status === "awaiting" && completion.run_at !== null && completion.run_at !== "infinity") {
+      // A deadline given as a date (until): its run_at is in database time, as the clock's offset reads it.
+      const offset = this.deps.clock?.offsetMs ?? 0;
+      this.deps.wake.timeouts(Math.max(0, Date.parse(completion.run_at) - Date.now() - offset));
     }
   }
 }
