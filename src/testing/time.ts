@@ -140,7 +140,9 @@ async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTar
         if (!tables.has("instances"))
           throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
         // The engine clock moves forward as far as the stored times move back.
-        if (tables.has("clock")) await client.query(`update ${s}.clock set skew_ms = skew_ms + $1`, [ms]);
+        if (tables.has("engine_clock")) {
+          await client.query(`update ${s}.engine_clock set skew_ms = skew_ms + $1`, [ms]);
+        }
         for (const { table, columns, unique } of SHIFTED) {
           // A table of a later migration than this schema has: nothing to shift.
           if (!tables.has(table)) continue;

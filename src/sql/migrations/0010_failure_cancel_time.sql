@@ -15,8 +15,8 @@ alter table {{schema}}.instances add column resumed_by text;
 -- The engine clock: database time plus skew_ms. Zero in production; advanceTime (gen-durable/testing)
 -- adds to it what it moves the stored times back by, so ctx.now() moves with the timers it fires and
 -- a deadline given as a date (ctx.await's until) lands where the step meant it.
-create table {{schema}}.clock (
+create table {{schema}}.engine_clock (
   one     boolean primary key default true check (one),
   skew_ms double precision not null default 0
 );
-insert into {{schema}}.clock (one, skew_ms) values (true, 0);
+insert into {{schema}}.engine_clock (one, skew_ms) values (true, 0);
