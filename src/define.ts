@@ -4,6 +4,7 @@
  * is a compile error.
  */
 import type pg from "pg";
+import type { ErrorRecord } from "./json.js";
 import { type Backoff, type BackoffFn, resolveBackoff } from "./backoff.js";
 import { type Duration, describe, toMs } from "./duration.js";
 import { ConfigError } from "./errors.js";
@@ -24,6 +25,25 @@ import type {
   PayloadsOf,
 } from "./machine-types.js";
 import { checkTargets, resolveTyping, type MachineGraph, type Migrations } from "./machine-typing.js";
+import { checkRetry, checkRouteStep, type RetryOptions } from "./routing.js";
+
+export type { RetryOptions } from "./routing.js";
+
+/** Why the instance was routed to its onFailure step (`ctx.failure`). */
+export interface StepFailure {
+  /** The last attempt's error, as stored. */
+  error: ErrorRecord;
+  /** The step that failed. */
+  step: string;
+  /** The attempts it made. */
+  attempts: number;
+}
+
+/** The cancel an onCancel step is cleaning up after (`ctx.cancellation`). */
+export interface StepCancellation {
+  /** The reason given to engine.cancel ("cancelled" when none was). */
+  reason: string;
+}
 
 export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
 export type { ChildOutcome, ChildSpec, ReceivedSignal, SignalSchemas } from "./machine-types.js";
@@ -84,6 +104,14 @@ export interface StepContext<
   readonly attempt: number;
   /** The signals the await consumed, narrowed by `event` when the machine declares `signals`. */
   readonly awaited: readonly ReceivedOf<Ev>[];
+  /** The attempts this step has in all: the last one is `ctx.attempt === ctx.maxAttempts`. */
+  readonly maxAttempts: number;
+  /** How the await that led to this step ended; undefined when this step was not reached from an await. */
+  readonly resumedBy: "signal" | "timeout" | undefined;
+  /** Set in the machine's onFailure step (and the steps after it): what failed. */
+  readonly failure: StepFailure | undefined;
+  /** Set in the machine's onCancel step: the cancel it cleans up after. */
+  readonly cancellation: StepCancellation | undefined;
   readonly children: readonly ChildOutcome[];
   /** The children of a join that are instances of `machine`, their results typed by it. */
   childrenOf<M extends AnyMachine>(machine: M): readonly ChildOutcome<M>[];
@@ -94,6 +122,11 @@ export interface StepContext<
   readonly log: StepLogger;
   /** The transaction that will commit this step's outcome. Only in steps declared `transactional: true`. */
   readonly client: pg.ClientBase;
+  /**
+   * The engine's clock: database time (as of the claim, plus the time since). In tests, advanceTime
+   * moves it with the timers it fires, so code that computes remaining time can be tested.
+   */
+  now(): Date;
 
   /** Commit `state` (or keep it) and run `step`, now or after `delay` / at `runAt`. */
   next(step: To, state?: StateIn, options?: ScheduleOptions): StepOutcome;
@@ -151,6 +184,10 @@ export interface StepOptions<
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run; a short bucket postpones the step. */
   rateLimit?: StepRateLimit<State, StateIn, K>;
+  /** After this step's last attempt fails, run this step (with `ctx.failure`) instead of ending failed. */
+  onFailure?: NoInfer<K>;
+  /** Errors that fail this step at once, without retries (besides NonRetryableError). */
+  retry?: RetryOptions;
 }
 
 /** A step's use of a rate limit declared on the engine (`rateLimits`). */
@@ -183,6 +220,10 @@ export interface ResolvedStep {
   rateLimit?: StepRateLimit;
   /** Declared targets (`to`); undefined: any step of the machine. */
   to?: readonly string[];
+  /** The step to route to after the last attempt fails (the step's own, else the machine's). */
+  onFailure?: string;
+  /** Error classes that fail the step at once (the step's own and the machine's). */
+  nonRetryable?: RetryOptions["nonRetryable"];
 }
 
 declare const TYPES: unique symbol;
@@ -218,6 +259,8 @@ export interface Machine<
   graph(): MachineGraph;
   /** The graph as a Mermaid state diagram. */
   toMermaid(): string;
+  /** The step a cancel runs before the instance ends cancelled. */
+  readonly onCancel?: string;
   /** Type-level only. */
   readonly [TYPES]?: { steps: K; signals: Sig; result: R };
 }
@@ -293,6 +336,12 @@ export interface MachineDefinition<
   concurrency?: ConcurrencyOption<Out<Schema>>;
   /** The rate limit of every step that declares none of its own. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, K>;
+  /** For every step without its own: after the last attempt fails, run this step with `ctx.failure`. */
+  onFailure?: NoInfer<K>;
+  /** engine.cancel runs this step (with `ctx.cancellation`) before the instance ends cancelled. */
+  onCancel?: NoInfer<K>;
+  /** Errors that fail any step of the machine at once, without retries. */
+  retry?: RetryOptions;
 }
 
 export const DEFAULT_QUEUE = "default";
@@ -324,6 +373,9 @@ export function defineMachine<
       "result",
       "version",
       "migrate",
+      "onFailure",
+      "onCancel",
+      "retry",
     ],
     where,
     (m) => new ConfigError(m),
@@ -335,11 +387,21 @@ export function defineMachine<
   const steps = new Map<string, ResolvedStep>();
   const rateLimit =
     definition.rateLimit === undefined ? undefined : checkStepRateLimit(definition.rateLimit, `${where}.rateLimit`);
+  const machineRetry = checkRetry(definition.retry, `${where}: retry`);
   for (const [name, step] of Object.entries(definition.steps as Record<string, unknown>)) {
     // Step names are stored in every row and transition, like machine names.
     checkName(name, `${where}: step name`, (m) => new ConfigError(m));
     const resolved = resolveStep(name, step, `${where}.steps.${name}`);
     steps.set(name, resolved.rateLimit || !rateLimit ? resolved : { ...resolved, rateLimit });
+  }
+  const names = [...steps.keys()];
+  const machineOnFailure = checkRouteStep(definition.onFailure, names, `${where}: onFailure`);
+  const onCancel = checkRouteStep(definition.onCancel, names, `${where}: onCancel`);
+  for (const step of steps.values()) {
+    if (step.onFailure !== undefined) checkRouteStep(step.onFailure, names, `${where}.steps.${step.name}.onFailure`);
+    step.onFailure ??= machineOnFailure;
+    const nonRetryable = [...(step.nonRetryable ?? []), ...(machineRetry?.nonRetryable ?? [])];
+    if (nonRetryable.length > 0) step.nonRetryable = nonRetryable;
   }
   const initial = definition.initial ?? "start";
   if (!steps.has(initial)) {
@@ -355,6 +417,7 @@ export function defineMachine<
     schema: definition.state,
     initial: initial as K,
     steps,
+    ...(onCancel === undefined ? {} : { onCancel }),
   });
 }
 
@@ -384,6 +447,8 @@ export interface JobDefinition<
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
   /** A concurrency key for every instance, from its args; a call's own `concurrencyKey` wins. */
   concurrency?: ConcurrencyOption<Out<Schema>>;
+  /** Errors that fail the job at once, without retries (besides NonRetryableError). */
+  retry?: RetryOptions;
   /** Runs the job; its return value is the result (or return `ctx.snooze(...)` / `ctx.cancel(...)`). */
   perform: (
     args: Out<Schema>,
@@ -415,6 +480,7 @@ export function defineJob<
       "transactional",
       "rateLimit",
       "concurrency",
+      "retry",
       "perform",
     ],
     where,
@@ -433,6 +499,7 @@ export function defineJob<
       timeout: definition.timeout,
       transactional: definition.transactional,
       rateLimit: definition.rateLimit,
+      retry: definition.retry,
     },
     `${where}.perform`,
   );
@@ -533,12 +600,12 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   }
   if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
     throw new ConfigError(
-      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`,
+      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit?, onFailure?, retry? }`,
     );
   }
   rejectUnknownKeys(
     step,
-    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit", "to"],
+    ["run", "timeout", "maxAttempts", "backoff", "transactional", "rateLimit", "to", "onFailure", "retry"],
     where,
     (m) => new ConfigError(m),
   );
@@ -558,6 +625,9 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
     ...(options.rateLimit === undefined
       ? {}
       : { rateLimit: checkStepRateLimit(options.rateLimit, `${where}.rateLimit`) }),
+    // The name is checked against the machine's steps once they are all known (defineMachine).
+    ...(options.onFailure === undefined ? {} : { onFailure: options.onFailure }),
+    ...(options.retry === undefined ? {} : { nonRetryable: checkRetry(options.retry, `${where}.retry`)?.nonRetryable }),
   };
 }
 

@@ -15,6 +15,7 @@ import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
 import { silentLogger } from "./logger.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { ClockWatch } from "./loops/clock-skew.js";
+import { EngineClock } from "./runtime/clock.js";
 import { heartbeat } from "./loops/lease.js";
 import type { Wakeups } from "./runtime/wakeups.js";
 import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
@@ -76,8 +77,10 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   private readonly notifier: Notifier;
   private readonly completer: Completer;
   private readonly leases: Leases;
-  /** The node's clock against the database's, read at every heartbeat. */
-  private readonly clock: ClockWatch;
+  /** The node's clock against the database's, read at every heartbeat (warns when far off). */
+  private readonly clockWatch: ClockWatch;
+  /** ctx.now(): database time, plus the schema's skew (advanceTime); offset kept current by clockWatch. */
+  private readonly clock = new EngineClock();
   private readonly pruner: Pruner;
   private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
@@ -119,7 +122,12 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
     this.completer = new Completer(pool, this.claims.complete, this.claims.committedBy);
     this.leases = new Leases(pool, this.claims, this.config.leaseMs);
-    this.clock = new ClockWatch({ events: this.events, logger: this.config.logger, node: this.config.nodeId });
+    this.clockWatch = new ClockWatch({
+      events: this.events,
+      logger: this.config.logger,
+      node: this.config.nodeId,
+      clock: this.clock,
+    });
     this.flow = flowQueries(this.config.schema);
     this.publishedQ = publishedQueries(this.config.schema);
     this.versions = versionQueries(this.config.schema);
@@ -194,6 +202,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     const version = await currentVersion(this.pool, this.config.schema);
     if (version < LATEST_MIGRATION) throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
     await this.checkPool();
+    await this.clock.sync(this.pool, this.config.schema);
     this.telemetry = attachTelemetry({
       events: this.events,
       logger: this.config.logger,
@@ -215,7 +224,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       this.config,
     );
     if (this.config.queues.size > 0)
-      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node(), clock: this.clock });
+      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node(), clock: this.clockWatch });
   }
 
   private startLoops(): void {
@@ -231,6 +240,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       ...{ pool, config, queries, events, notifier, completer, leases, rateLimiter, pruner, cron },
       wake: this.wakeups,
       clock: this.clock,
+      clockWatch: this.clockWatch,
       published: this.publishedQ,
       versions: this.versions,
       cancelRemaining: (parentId) => cancelRemaining(pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
@@ -368,13 +378,14 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
    * now is aborted and its outcome discarded.
    */
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
-    const { machine, reason: message, ids } = await cancelInstance(this.client, id, reason, options);
+    const { machine, reason: message, ids, routed } = await cancelInstance(this.client, id, reason, options);
     if (ids.length === 0) return;
     for (const instance of ids) {
       this.leases.held.get(instance)?.controller.abort(new InvalidStateError(`instance ${instance} was cancelled`));
     }
     this.wakeups.joins();
-    this.events.emit("instance:cancelled", { id, machine, reason: message });
+    // Routed to its onCancel step, it ends cancelled when that step has run.
+    if (!routed) this.events.emit("instance:cancelled", { id, machine, reason: message });
   }
 
   /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
@@ -476,6 +487,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       loops: Object.keys(worker?.loops ?? {}),
       running: this.state === "started" && worker !== undefined,
       inFlight: () => this.leases.held.size,
+      clock: this.clock,
       wake: () => worker?.wakeAll(),
     };
   }

@@ -13,7 +13,8 @@ export type ErrorCode =
   | "NOT_MIGRATED"
   | "WAIT_TIMEOUT"
   | "ENGINE_STOPPED"
-  | "KEY_EXISTS";
+  | "KEY_EXISTS"
+  | "NON_RETRYABLE";
 
 export class GenDurableError extends Error {
   readonly code: ErrorCode;
@@ -116,5 +117,15 @@ export class KeyExistsError extends GenDurableError {
 export class EventTimeoutError extends GenDurableError {
   constructor(target: string, key: string, timeoutMs: number) {
     super("WAIT_TIMEOUT", `instance ${target} did not publish ${JSON.stringify(key)} within ${timeoutMs} ms`);
+  }
+}
+
+/**
+ * Thrown by a step: its attempt fails at once, without the retries it has left (the instance ends
+ * failed, or runs the step's onFailure step). A card declined for good, an account that is closed.
+ */
+export class NonRetryableError extends GenDurableError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("NON_RETRYABLE", message, options);
   }
 }

@@ -25,7 +25,10 @@ export type {
   Machine,
   MachineDefinition,
   ReceivedSignal,
+  RetryOptions,
+  StepCancellation,
   StepContext,
+  StepFailure,
   StepDefinition,
   StepLogger,
   StepOptions,
@@ -62,5 +65,6 @@ export {
   EventTimeoutError,
   EngineStoppedError,
   KeyExistsError,
+  NonRetryableError,
 } from "./errors.js";
 export type { ErrorCode } from "./errors.js";

@@ -29,7 +29,13 @@ export interface SpawnOptions {
 }
 
 export interface AwaitOptions<K extends string = string> {
+  /** Resume at `onTimeout` after this long. */
   timeout?: Duration;
+  /**
+   * Resume at `onTimeout` at this time on the engine's clock (a Date, or an ISO 8601 string): a
+   * deadline kept in the state survives handling a signal and waiting again. Not with `timeout`.
+   */
+  until?: Date | string;
   onTimeout?: K;
 }
 

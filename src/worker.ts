@@ -14,6 +14,7 @@ import { CronLoop } from "./loops/cron.js";
 import type { Pruner } from "./loops/gc.js";
 import { joinSweepLoop } from "./loops/joins.js";
 import type { ClockWatch } from "./loops/clock-skew.js";
+import type { EngineClock } from "./runtime/clock.js";
 import { leaseLoop, type NodeInfo } from "./loops/lease.js";
 import { Loop } from "./loops/loop.js";
 import { pollLoop } from "./loops/poll.js";
@@ -52,8 +53,10 @@ export interface WorkerNodeDeps {
   rateLimiter: RateLimiter;
   pruner: Pruner;
   wake: Wakeups;
-  /** The node's clock against the database's (loops/clock-skew.ts). */
-  clock: ClockWatch;
+  /** The engine's clock (ctx.now(); runtime/clock.ts). */
+  clock: EngineClock;
+  /** The node's clock against the database's, read at every heartbeat (loops/clock-skew.ts). */
+  clockWatch: ClockWatch;
   published: ExecutorDeps["published"];
   versions: ExecutorDeps["versions"];
   cancelRemaining: ExecutorDeps["cancelRemaining"];
@@ -132,7 +135,7 @@ export class WorkerNode {
       poll: pollLoop({ events, onError, queues: () => this.schedulers.size, wakeAll }, config.pollMs),
       timeouts: timeoutSweepLoop({ ...loopDeps, signals: queries.signals }, config.pollMs),
       joins: joinSweepLoop({ ...loopDeps, children: queries.children }, config.pollMs),
-      lease: leaseLoop({ ...loopDeps, leases, flow, node: deps.node, clock: deps.clock }),
+      lease: leaseLoop({ ...loopDeps, leases, flow, node: deps.node, clock: deps.clockWatch }),
       reaper: reaperLoop({ ...loopDeps, claims: queries.claims, signals: queries.signals, flow }, config.reaperMs),
       gc: new Loop({ name: "gc", intervalMs: config.gcMs, onError, tick: () => deps.pruner.tick() }),
       tables: tablesLoop({ ...loopDeps, schema: config.schema, logger: config.logger }),

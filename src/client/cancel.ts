@@ -9,16 +9,33 @@ import { InstanceTerminatedError, UnknownInstanceError, ValidationError } from "
 import { storableMessage } from "../json.js";
 import { checkId } from "../names.js";
 import { TERMINAL } from "../status.js";
+import { onCancelSteps } from "../runtime/routes.js";
 import type { ClientContext } from "./context.js";
 
 /** A try is undone and made again with the keys it met; after this many, keys are taken as they come. */
 const MAX_TRIES = 5;
 
-/** What a cancel did: the instances it cancelled (the target first); none when it was already cancelled. */
+/**
+ * What a cancel did: the instances it cancelled (the target first); none when it was already
+ * cancelled or is running its onCancel step after an earlier cancel. `routed`: the target was sent to
+ * its onCancel step, and ends cancelled when that step has run.
+ */
 export interface Cancelled {
   machine: string;
   reason: string;
   ids: string[];
+  routed: boolean;
+}
+
+/** The instance a cancel locked, as it was before. */
+interface CancelTarget {
+  status: string;
+  machine: string;
+  keys: string[];
+  /** Already cleaning up after an earlier cancel. */
+  cleaning: boolean;
+  /** Routed now to its onCancel step. */
+  routed: boolean;
 }
 
 export async function cancelInstance(
@@ -33,18 +50,21 @@ export async function cancelInstance(
   if (reason !== undefined && typeof reason !== "string") throw bad(`reason must be a string, got ${describe(reason)}`);
   // Stored as a step's error message is: bounded (8 KiB), NUL and lone surrogates replaced.
   const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
-  const tree = new CancelTree(ctx, id, JSON.stringify(error));
+  const tree = new CancelTree(ctx, id, JSON.stringify(error), onCancelSteps(ctx.config.machines));
   const result = options.client ? await tree.inCallerTransaction(options.client) : await tree.inOwnTransaction();
   const { target, cancelled } = result;
   if (!target) throw new UnknownInstanceError(id);
-  if (target.status === "cancelled") return { machine: target.machine, reason: error.message, ids: [] };
+  const none = { machine: target.machine, reason: error.message, ids: [], routed: false };
+  if (target.status === "cancelled") return none;
   if (TERMINAL.has(target.status)) throw new InstanceTerminatedError(id, target.status);
-  return { machine: target.machine, reason: error.message, ids: cancelled };
+  // Already running its onCancel step: that step ends it cancelled.
+  if (target.cleaning) return none;
+  return { machine: target.machine, reason: error.message, ids: cancelled, routed: target.routed };
 }
 
 /** One try of a cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
 interface CancelTry {
-  target: { status: string; machine: string } | undefined;
+  target: CancelTarget | undefined;
   cancelled: string[];
   missing: string[];
 }
@@ -60,6 +80,8 @@ class CancelTree {
     private readonly ctx: ClientContext,
     private readonly id: string,
     private readonly errorJson: string,
+    /** Machines with an onCancel step, and that step (runtime/routes.ts). */
+    private readonly cleanups: unknown,
   ) {}
 
   /**
@@ -71,11 +93,13 @@ class CancelTree {
    * held between them).
    */
   private async once(client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> {
-    const { instances } = this.ctx;
-    const { rows } = await client.query<{ status: string; machine: string; keys: string[] }>(instances.cancel, [
+    const { instances, config } = this.ctx;
+    const { rows } = await client.query<CancelTarget>(instances.cancel, [
       this.id,
       this.errorJson,
       extraKeys,
+      this.cleanups,
+      config.channel,
     ]);
     const cancelled: string[] = [];
     const target = rows[0];
@@ -85,7 +109,7 @@ class CancelTree {
       cancelled.push(...level);
       const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(
         instances.cancelDescendants,
-        [level, this.errorJson, held],
+        [level, this.errorJson, held, this.cleanups, config.channel],
       );
       if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
       level = round[0]!.cancelled;

@@ -20,7 +20,16 @@ export class ClockWatch {
   offsetMs = 0;
   private lastSaid: number | undefined;
 
-  constructor(private readonly o: { events: TypedEmitter; logger: Logger; node: string; thresholdMs?: number }) {}
+  constructor(
+    private readonly o: {
+      events: TypedEmitter;
+      logger: Logger;
+      node: string;
+      thresholdMs?: number;
+      /** Kept current with every reading: the engine's clock (ctx.now()) reckons from it. */
+      clock?: { offsetMs: number };
+    },
+  ) {}
 
   /**
    * One reading: the database's clock (ms since the epoch) read by a statement sent at
@@ -30,6 +39,7 @@ export class ClockWatch {
   observe(databaseMs: number, localBefore: number, localAfter: number): void {
     if (!Number.isFinite(databaseMs)) return;
     this.offsetMs = databaseMs - (localBefore + localAfter) / 2;
+    if (this.o.clock) this.o.clock.offsetMs = this.offsetMs;
     const threshold = this.o.thresholdMs ?? CLOCK_SKEW_WARN_MS;
     const roundTrip = localAfter - localBefore;
     if (Math.abs(this.offsetMs) <= threshold + roundTrip / 2) {

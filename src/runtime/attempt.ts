@@ -6,6 +6,7 @@
  */
 import type { AnyMachine, ResolvedStep } from "../define.js";
 import type { ErrorRecord } from "../json.js";
+import { SYSTEM_CLOCK, type EngineClock } from "./clock.js";
 
 /** A row as the claim query returns it. */
 export interface ClaimedRow {
@@ -36,6 +37,12 @@ export interface ClaimedRow {
   trace_context: unknown;
   /** The version of the machine definition that wrote the state (older ones are upcast before the step runs). */
   version: number;
+  /** Set once the instance was routed to its onFailure step (ctx.failure). */
+  failure?: { error: ErrorRecord; step: string; attempts: number } | null;
+  /** Set while the instance runs its onCancel step: the cancel's error record. */
+  cancel_requested?: ErrorRecord | null;
+  /** How the await that led to this step ended. */
+  resumed_by?: "signal" | "timeout" | null;
 }
 
 export interface Attempt {
@@ -49,6 +56,8 @@ export interface Attempt {
   started: number;
   /** What the step's ctx.publish recorded: committed with its outcome (judge.ts), or not at all. */
   published?: Map<string, unknown>;
+  /** The engine's clock: ctx.now(), and dates given as deadlines. */
+  clock?: EngineClock;
 }
 
 /** An attempt whose step exists, so its code can run. */
@@ -62,9 +71,14 @@ export function attemptLimit(machine: AnyMachine, step: ResolvedStep | undefined
 }
 
 /** The attempt a claimed row starts, `started` being performance.now() at its start. */
-export function attemptOf(row: ClaimedRow, machine: AnyMachine, started: number): Attempt {
+export function attemptOf(
+  row: ClaimedRow,
+  machine: AnyMachine,
+  started: number,
+  clock: EngineClock = SYSTEM_CLOCK,
+): Attempt {
   const step = machine.steps.get(row.step);
-  return { row, machine, step, maxAttempts: attemptLimit(machine, step, row.max_attempts), started };
+  return { row, machine, step, maxAttempts: attemptLimit(machine, step, row.max_attempts), started, clock };
 }
 
 export function isRunnable(attempt: Attempt): attempt is RunnableAttempt {

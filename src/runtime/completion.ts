@@ -29,6 +29,8 @@ export interface Completion {
   attempt: number;
   duration_ms: number;
   hist_error: unknown;
+  /** Set when routing to the onFailure step: what failed (ctx.failure). */
+  failure?: { error: unknown; step: string; attempts: number };
   /** Postponed by this rate limit, waiting in its line. */
   rate_limited?: string;
   /** A spawn's join condition (join-rule.ts), written with its children; null: every child. */

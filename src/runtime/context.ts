@@ -1,6 +1,14 @@
 /** Builds the `ctx` a step receives: instance facts plus the outcome helpers. */
 import type pg from "pg";
-import type { AnyMachine, ChildOutcome, ReceivedSignal, StepContext, StepLogger } from "../define.js";
+import type {
+  AnyMachine,
+  ChildOutcome,
+  ReceivedSignal,
+  StepCancellation,
+  StepContext,
+  StepFailure,
+  StepLogger,
+} from "../define.js";
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { checkPublish } from "./published.js";
@@ -13,6 +21,12 @@ export interface ContextInput {
   step: string;
   state: unknown;
   attempt: number;
+  maxAttempts: number;
+  resumedBy: "signal" | "timeout" | undefined;
+  failure: StepFailure | undefined;
+  cancellation: StepCancellation | undefined;
+  /** The engine's clock (ctx.now()). */
+  now: () => Date;
   awaited: readonly ReceivedSignal[];
   children: readonly ChildOutcome[];
   correlationKey: string | null;

@@ -37,6 +37,8 @@ import type { JoinRule } from "./join-rule.js";
 import type { PublishedQueries } from "../sql/published.js";
 import { checkAwaited } from "../machine-typing.js";
 import { recordUpcast, upcastState, type VersionQueries } from "./versions.js";
+import type { EngineClock } from "./clock.js";
+import { routeFacts } from "./routes.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -62,8 +64,6 @@ export interface ExecutorDeps {
   published: PublishedQueries;
   /** Cancels the live children of a parent whose join condition resumed it early (join-rule.ts). */
   cancelRemaining?: (parentId: string) => Promise<void>;
-  /** Database clock minus this node's clock, as the heartbeat last measured it (loops/clock-skew.ts). */
-  clock?: { readonly offsetMs: number };
   versions: VersionQueries;
   /** The error a graceful stop aborts steps with (undefined until stop()). */
   stopReason: () => Error | undefined;
@@ -71,6 +71,12 @@ export interface ExecutorDeps {
   sqlApi: SqlApiQueries;
   /** How long idempotency keys of spawned children are remembered. */
   idempotencyWindowMs: number;
+  /**
+   * The engine's clock (ctx.now(), and runAt reckoned in database time): its offset from this node's
+   * clock is measured at start and kept current by every heartbeat (loops/clock-skew.ts); this
+   * process's clock when absent.
+   */
+  clock?: EngineClock;
 }
 
 /** Tries of an await's or spawn's commit when the connection breaks under it. */
@@ -127,7 +133,8 @@ export class Executor {
         if (counted === null) return this.lost(row);
         row = { ...row, attempt: counted, claimed_ahead: false };
       }
-      await this.run(attemptOf(row, this.deps.machines.get(row.machine)!, started), controller, onSettled);
+      const machine = this.deps.machines.get(row.machine)!;
+      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, onSettled);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -437,6 +444,7 @@ export class Executor {
     const { row, machine } = attempt;
     return createContext({
       published: (attempt.published ??= new Map()),
+      ...routeFacts(attempt),
       id: row.id,
       machine: row.machine,
       step: row.step,
@@ -564,6 +572,10 @@ export class Executor {
     if (resumedQueue) this.deps.wake.queue(resumedQueue);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) {
       this.deps.wake.timeouts(completion.delay_ms);
+    } else if (completion.status === "awaiting" && completion.run_at !== null && completion.run_at !== "infinity") {
+      // A deadline given as a date (until): its run_at is in database time, as the clock's offset reads it.
+      const offset = this.deps.clock?.offsetMs ?? 0;
+      this.deps.wake.timeouts(Math.max(0, Date.parse(completion.run_at) - Date.now() - offset));
     }
   }
 }

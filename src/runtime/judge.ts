@@ -19,6 +19,7 @@ import { prepareInsert, type InsertRow } from "./insert.js";
 import { publishedOf } from "./published.js";
 import { joinRule } from "./join-rule.js";
 import { checkResult, checkTransition } from "../machine-typing.js";
+import { endCancelled, isNonRetryable, routeFailure } from "./routes.js";
 
 const defaultBackoff = resolveBackoff(DEFAULT_BACKOFF, "default backoff");
 /** The most children one ctx.spawn may insert. */
@@ -58,7 +59,9 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  */
 export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
   try {
-    const completion = await judgeOutcome(attempt, returned, maxPayloadBytes);
+    const judged = await judgeOutcome(attempt, returned, maxPayloadBytes);
+    // A cancel's cleanup step: whatever it returned (a valid outcome), the instance ends cancelled.
+    const completion = attempt.row.cancel_requested ? endCancelled(attempt, baseCompletion(attempt), null) : judged;
     const publish = publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes);
     return publish ? { ...completion, publish } : completion;
   } catch (thrown) {
@@ -82,7 +85,7 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
   switch (data.kind) {
     case "next": {
       const target = checkStep(machine, data.step, where, "ctx.next");
-      const schedule = checkSchedule(data.options, where);
+      const schedule = checkSchedule(data.options, where, attempt);
       return {
         ...base,
         ...(await newState(machine, data, where, maxPayloadBytes)),
@@ -98,8 +101,11 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       const target = checkStep(machine, data.step, where, "ctx.await");
       const spec = normalizeSpec(data.spec, `${where}: ctx.await`);
       const { timeout, onTimeout } = data.options;
-      if ((timeout === undefined) !== (onTimeout === undefined)) {
-        throw new ValidationError(`${where}: ctx.await needs both timeout and onTimeout, or neither`);
+      const until = awaitUntil(attempt, data.options.until, timeout, where);
+      if ((timeout === undefined && until === undefined) !== (onTimeout === undefined)) {
+        throw new ValidationError(
+          `${where}: ctx.await needs both timeout and onTimeout, or neither (until counts as a timeout)`,
+        );
       }
       if (onTimeout !== undefined) spec.onTimeout = checkStep(machine, onTimeout, where, "ctx.await's onTimeout");
       return {
@@ -110,9 +116,11 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
         attempt_op: "reset",
         await_spec: spec,
         // The deadline lives in run_at; an await without timeout never comes due.
-        ...(timeout === undefined
-          ? { run_at: "infinity" }
-          : { delay_ms: toMs(timeout, `${where}: ctx.await timeout`, (m) => new ValidationError(m)) }),
+        ...(until !== undefined
+          ? { run_at: until }
+          : timeout === undefined
+            ? { run_at: "infinity" }
+            : { delay_ms: toMs(timeout, `${where}: ctx.await timeout`, (m) => new ValidationError(m)) }),
         to_step: target,
         outcome: "await",
       };
@@ -178,8 +186,16 @@ export function judgeThrow(attempt: Attempt, thrown: unknown): Failure {
       : thrown,
   );
   const base = baseCompletion(attempt);
-  if (row.attempt >= maxAttempts) {
-    const completion: Completion = { ...base, status: "failed", error, hist_error: error, outcome: "failed" };
+  if (row.attempt >= maxAttempts || isNonRetryable(attempt, thrown)) {
+    const completion: Completion = row.cancel_requested
+      ? endCancelled(attempt, base, error)
+      : (routeFailure(attempt, error, base) ?? {
+          ...base,
+          status: "failed",
+          error,
+          hist_error: error,
+          outcome: "failed",
+        });
     return { error, willRetry: false, delayMs: 0, completion };
   }
   const { delayMs, problem } = retryDelay(step?.backoff ?? machine.backoff ?? defaultBackoff, row.attempt);
@@ -272,12 +288,17 @@ async function newState(
 function checkSchedule(
   options: { delay?: unknown; runAt?: unknown; priority?: unknown },
   where: string,
+  { clock }: Attempt,
 ): { delay_ms: number | null; run_at: string | null; priority: number | null } {
   const bad = (m: string) => new ValidationError(`${where}: ${m}`);
   if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
   const out = { delay_ms: null as number | null, run_at: null as string | null, priority: null as number | null };
   if (options.delay !== undefined) out.delay_ms = toMs(options.delay, "delay", bad);
-  if (options.runAt !== undefined) out.run_at = checkRunAt(options.runAt, "runAt", bad);
+  // A date on the engine's clock (ctx.now()), stored in database time.
+  if (options.runAt !== undefined) {
+    out.run_at = checkRunAt(options.runAt, "runAt", bad);
+    if (clock) out.run_at = clock.toDatabase(options.runAt as Date).toISOString();
+  }
   if (options.priority !== undefined) {
     if (!Number.isInteger(options.priority) || Math.abs(options.priority as number) > 2 ** 31 - 1) {
       throw bad(`priority must be an integer, got ${describe(options.priority)}`);
@@ -321,4 +342,19 @@ async function prepareChildren(children: unknown[], where: string, maxPayloadByt
     keys.add(row.correlation_key);
   }
   return rows;
+}
+
+/**
+ * An await's `until`: a Date or an ISO 8601 string on the engine's clock, as the database time its
+ * run_at stores (undefined without one). Not with `timeout`. A deadline already past is due at once.
+ */
+function awaitUntil(attempt: Attempt, until: unknown, timeout: unknown, where: string): string | undefined {
+  if (until === undefined) return undefined;
+  const bad = (m: string) => new ValidationError(`${where}: ctx.await ${m}`);
+  if (timeout !== undefined) throw bad("takes timeout or until, not both");
+  const date = typeof until === "string" && until.trim() !== "" ? new Date(until) : until;
+  const checked = checkRunAt(date, "until", (m) =>
+    bad(typeof until === "string" ? `${m} (until was the string ${describe(until)})` : m),
+  );
+  return attempt.clock ? attempt.clock.toDatabase(date as Date).toISOString() : checked;
 }

@@ -8,7 +8,8 @@ import { quoteIdent } from "../names.js";
 const CLAIMED_COLUMNS =
   "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, " +
   "i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, " +
-  "i.concurrency_key, i.rate_limited, i.claimed_ahead, i.unvalidated, i.trace_context, i.version";
+  "i.concurrency_key, i.rate_limited, i.claimed_ahead, i.unvalidated, i.trace_context, i.version, " +
+  "i.failure, i.cancel_requested, i.resumed_by";
 
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
@@ -170,7 +171,7 @@ export function claimQueries(schema: string) {
           run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
           result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean, rate_limited text,
           from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb,
-          concurrency_key text)
+          concurrency_key text, failure jsonb)
       ),
       -- The batch's keys, locked in the one global order before any row is (see lock_keys).
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
@@ -195,6 +196,9 @@ export function claimQueries(schema: string) {
           result = x.result, error = x.error, await_spec = x.await_spec,
           -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
           awaited = case when x.step is null then i.awaited end,
+          resumed_by = case when x.step is null then i.resumed_by end,
+          -- Set once, when the instance is routed to its onFailure step; kept after (routing happens once).
+          failure = coalesce(x.failure, i.failure),
           joined = case when x.step is null then i.joined else coalesce(x.joined, false) end,
           children_pending = x.children_pending,
           rate_limited = x.rate_limited,

@@ -93,6 +93,33 @@ export interface LineageRow {
   children_from: string | null;
 }
 
+/**
+ * What a cancel sets on a live row ($2: the cancel's error, $4: { machine: onCancel step } of the
+ * machines the cancelling engine knows to clean up). Such a machine's instance becomes runnable at
+ * that step, its attempts fresh, the cancel kept in cancel_requested (ctx.cancellation); its step
+ * ends it cancelled (runtime/routes.ts). Any other ends cancelled now; a running step keeps its
+ * lease, so its key stays held until its code settles or the lease expires (migration "cancel
+ * keeps key"). A running step routed to cleanup gives its lease up: its outcome is fenced off.
+ */
+const CANCEL_SET = `
+  status = case when $4::jsonb ? i.machine then 'runnable' else 'cancelled' end,
+  step = coalesce($4::jsonb ->> i.machine, i.step),
+  cancel_requested = case when $4::jsonb ? i.machine then $2::jsonb end,
+  attempt = case when $4::jsonb ? i.machine then 0 else i.attempt end,
+  run_at = case when $4::jsonb ? i.machine then now() else i.run_at end,
+  error = case when $4::jsonb ? i.machine then i.error else $2::jsonb end,
+  joined = case when $4::jsonb ? i.machine then false else i.joined end,
+  awaited = case when $4::jsonb ? i.machine then null else i.awaited end,
+  await_spec = null,
+  leased_by = case when i.status = 'running' and not $4::jsonb ? i.machine then i.leased_by end,
+  lease_expires_at = case when i.status = 'running' and not $4::jsonb ? i.machine then i.lease_expires_at end,
+  updated_at = now()`;
+/** Rows routed to their cleanup step are runnable: wake their queues on every node with the commit ($5: channel). */
+const CANCEL_WAKE = `woke as (
+  select count(pg_notify($5::text, q.queue)) as n from (select distinct queue from changed where status = 'runnable') q)`;
+/** The history row's to_step and outcome for a cancelled row: its cleanup step when routed to one. */
+const CANCEL_TO = `case when status = 'runnable' then cleanup end, case when status = 'runnable' then 'cancelling' else 'cancelled' end`;
+
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
@@ -229,25 +256,24 @@ export function instanceQueries(schema: string) {
       ),
       keys_locked as (select ${s}.lock_keys((select list from keys)) as n),
       target as (
-        select id, status, step, attempt, machine from ${s}.instances
+        select id, status, step, attempt, machine, cancel_requested is not null as cleaning from ${s}.instances
         where id = $1 and (select n from keys_locked) >= 0
         for update
       ),
       changed as (
         update ${s}.instances i
-        -- A running step keeps its lease: its key stays held until its code settles or the
-        -- lease expires (see the migration "cancel keeps key").
-        set status = 'cancelled', error = $2::jsonb, await_spec = null,
-            leased_by = case when i.status = 'running' then i.leased_by end,
-            lease_expires_at = case when i.status = 'running' then i.lease_expires_at end, updated_at = now()
-        from target t where i.id = t.id and t.status not in ${TERMINAL_SQL}
-        returning i.id, i.step, i.attempt
+        set ${CANCEL_SET}
+        from target t where i.id = t.id and t.status not in ${TERMINAL_SQL} and not t.cleaning
+        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue
       ),
+      ${CANCEL_WAKE},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
-        select id, step, null, 'cancelled', attempt, $2::jsonb from changed
+        select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
       )
-      select status, machine, (select list from keys) as keys from target`,
+      select status, machine, (select list from keys) as keys, cleaning,
+             exists (select 1 from changed where changed.status = 'runnable') as routed
+      from target, woke where woke.n >= 0`,
 
     /**
      * Cancels the live descendants of the instances $1 (just cancelled by this
@@ -281,28 +307,28 @@ export function instanceQueries(schema: string) {
       ),
       keys_locked as (select ${s}.lock_keys(case when $3::text[] is null then (select list from needed) end) as n),
       live as (
-        select i.id from ${s}.instances i
+        select i.id, i.step from ${s}.instances i
+        -- One already cleaning up after a cancel (onCancel) finishes that.
         where i.id in (select id from tree) and i.status not in ${TERMINAL_SQL} and (select n from keys_locked) >= 0
+          and i.cancel_requested is null
           and ($3::text[] is null or cardinality((select list from needed)) = 0)
         order by i.id
         for update of i
       ),
       changed as (
         update ${s}.instances i
-        -- A running step keeps its lease: its key stays held until its code settles or the
-        -- lease expires (see the migration "cancel keeps key").
-        set status = 'cancelled', error = $2::jsonb, await_spec = null,
-            leased_by = case when i.status = 'running' then i.leased_by end,
-            lease_expires_at = case when i.status = 'running' then i.lease_expires_at end, updated_at = now()
+        set ${CANCEL_SET}
         from live l where i.id = l.id
-        returning i.id, i.step, i.attempt
+        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue
       ),
+      ${CANCEL_WAKE},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
-        select id, step, null, 'cancelled', attempt, $2::jsonb from changed
+        select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
       )
       select case when $3::text[] is null then '{}'::text[] else (select list from needed) end as missing,
-             array(select id::text from changed) as cancelled`,
+             array(select id::text from changed) as cancelled
+      from woke where woke.n >= 0`,
 
     /**
      * The instance $1 and its ancestors, locked root first (the order cancel

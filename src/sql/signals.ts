@@ -52,7 +52,8 @@ export function signalQueries(schema: string) {
       resumed as (
         update ${s}.instances
         set status = 'runnable', run_at = now(), step = coalesce($5::text, step), awaited = $3::jsonb,
-            await_spec = null, attempt = 0, updated_at = now()
+            await_spec = null, attempt = 0, updated_at = now(),
+            resumed_by = case $6::text when 'timeout' then 'timeout' else 'signal' end
         where id = $1 and status = 'awaiting'
         returning id, step, queue
       ),

@@ -48,6 +48,8 @@ export interface AwaitResult<State = unknown, K extends string = string> {
   state: State;
   /** Milliseconds. */
   timeout?: number;
+  /** The deadline given as `until`. */
+  until?: Date;
   onTimeout?: K;
 }
 
@@ -108,6 +110,8 @@ export interface ErrorResult {
   willRetry: boolean;
   /** When willRetry: the backoff before the next attempt, in ms (a sample, when the backoff has jitter). */
   retryDelay?: number;
+  /** When the engine would run the step's onFailure step next (with ctx.failure): its name. */
+  routedTo?: string;
 }
 
 export type StepResult<State = unknown, K extends string = string> =
@@ -159,6 +163,14 @@ export interface RunStepCommonOptions {
   client?: pg.ClientBase;
   /** Receives `ctx.log` output (pino-style). Default: silent. */
   logger?: Logger;
+  /** `ctx.now()`. Default: the time of the call. */
+  now?: Date;
+  /** `ctx.resumedBy`: how the await that led to this step ended. Default undefined. */
+  resumedBy?: "signal" | "timeout";
+  /** `ctx.failure`, as in an onFailure step (its `error`: an Error or a stored error record). */
+  failure?: { error: Error | ErrorRecord; step: string; attempts: number };
+  /** `ctx.cancellation`, as in an onCancel step (the engine ends the instance cancelled whatever it returns). */
+  cancellation?: { reason: string };
 }
 
 type Out<M> = M extends Machine<infer S, string, "machine" | "job"> ? StandardSchemaV1.InferOutput<S> : unknown;
@@ -185,6 +197,10 @@ const OPTION_KEYS = [
   "insertedAt",
   "client",
   "logger",
+  "now",
+  "resumedBy",
+  "failure",
+  "cancellation",
 ];
 const SAVEPOINT = "gen_durable_run_step";
 
@@ -224,8 +240,15 @@ export async function runStep<M extends AnyMachine>(
     result = await toResult(attempt, input, returned);
     if (published.size > 0) result = { ...result, published: Object.fromEntries(published) } as StepResult;
   } catch (thrown) {
-    const { error, willRetry, delayMs } = judgeThrow(attempt, thrown);
-    result = { type: "error", error: thrown, record: error, willRetry, ...(willRetry ? { retryDelay: delayMs } : {}) };
+    const { error, willRetry, delayMs, completion } = judgeThrow(attempt, thrown);
+    result = {
+      type: "error",
+      error: thrown,
+      record: error,
+      willRetry,
+      ...(willRetry ? { retryDelay: delayMs } : {}),
+      ...(completion.outcome === "on_failure" ? { routedTo: completion.step! } : {}),
+    };
   }
   if (client) {
     // As in the engine, a failed attempt's writes through ctx.client do not survive it.
@@ -247,6 +270,10 @@ interface CheckedInput {
   insertedAt: Date;
   client: pg.ClientBase | undefined;
   logger: Logger;
+  now: Date | undefined;
+  resumedBy: "signal" | "timeout" | undefined;
+  failure: { error: ErrorRecord; step: string; attempts: number } | undefined;
+  cancellation: { reason: string } | undefined;
 }
 
 async function checkInput(
@@ -330,6 +357,45 @@ async function checkInput(
     insertedAt,
     client,
     logger,
+    ...checkRouting(options, bad),
+  };
+}
+
+/** The clock and routing facts a test may give a step (ctx.now(), resumedBy, failure, cancellation). */
+function checkRouting(options: RunStepCommonOptions, bad: (m: string) => Error) {
+  const { now, resumedBy, failure, cancellation } = options;
+  if (now !== undefined && (!(now instanceof Date) || Number.isNaN(now.getTime()))) {
+    throw bad(`now must be a valid Date, got ${now instanceof Date ? "Invalid Date" : describe(now)}`);
+  }
+  if (resumedBy !== undefined && resumedBy !== "signal" && resumedBy !== "timeout") {
+    throw bad(`resumedBy must be "signal" or "timeout", got ${describe(resumedBy)}`);
+  }
+  if (
+    failure !== undefined &&
+    (typeof failure !== "object" ||
+      failure === null ||
+      typeof failure.step !== "string" ||
+      typeof failure.attempts !== "number" ||
+      typeof failure.error !== "object" ||
+      failure.error === null)
+  ) {
+    throw bad(`failure must be { error, step, attempts }, got ${describe(failure)}`);
+  }
+  if (cancellation !== undefined && (typeof cancellation !== "object" || typeof cancellation?.reason !== "string")) {
+    throw bad(`cancellation must be { reason }, got ${describe(cancellation)}`);
+  }
+  return {
+    now,
+    resumedBy,
+    failure:
+      failure === undefined
+        ? undefined
+        : {
+            error: failure.error instanceof Error ? toErrorRecord(failure.error) : failure.error,
+            step: failure.step,
+            attempts: failure.attempts,
+          },
+    cancellation: cancellation === undefined ? undefined : { reason: cancellation.reason },
   };
 }
 
@@ -407,6 +473,11 @@ function makeContext(
     step: resolved.name,
     state: input.state,
     attempt: input.attempt,
+    maxAttempts: input.maxAttempts,
+    resumedBy: input.resumedBy,
+    failure: input.failure,
+    cancellation: input.cancellation,
+    now: () => input.now ?? new Date(),
     awaited: input.awaited,
     children: input.children,
     correlationKey: input.correlationKey,
@@ -452,6 +523,9 @@ function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
     claimed_ahead: false,
     trace_context: null,
     version: machine.version,
+    // Routed once already: a failure now ends the instance failed, as in the engine.
+    failure: input.failure ?? null,
+    resumed_by: input.resumedBy ?? null,
   };
   return { row, machine, step: input.resolved, maxAttempts: input.maxAttempts, started: performance.now() };
 }
@@ -481,6 +555,9 @@ async function toResult(attempt: Attempt, input: CheckedInput, returned: unknown
         ...(data.options.timeout === undefined
           ? {}
           : { timeout: completion.delay_ms!, onTimeout: data.options.onTimeout! }),
+        ...(data.options.until === undefined
+          ? {}
+          : { until: new Date(completion.run_at!), onTimeout: data.options.onTimeout! }),
       };
     case "spawn":
       return {

@@ -6,6 +6,14 @@
  * duration, in one transaction, then wakes the engine's loops so that what
  * became due runs at once.
  *
+ * The engine's clock (ctx.now()) moves with it: the shift is added to the
+ * schema's clock skew, so a deadline a step computed from ctx.now() comes due
+ * when it should. On a running engine, the timers that fall due within the
+ * span fire in order: time moves to the first one, the engine runs what became
+ * due (drain), then on to the next, so a timer set by a step that a timer ran
+ * fires too if it falls within the span, as on a time-skipping test server.
+ * Timers in the span's last second are left due at its end, for your drain.
+ *
  * What it cannot move: the database clock itself, Date.now() in your step
  * code, timestamps inside JSON (state, payloads, ctx.awaited[].insertedAt),
  * and calendar-anchored schedules (a cron slot is a wall-clock time; see
@@ -19,7 +27,8 @@ import { ValidationError } from "../errors.js";
 import { checkSchemaName, quoteIdent } from "../names.js";
 import { DEFAULT_SCHEMA } from "../migrate.js";
 import { rejectUnknownKeys } from "../suggest.js";
-import { testingHook } from "./hook.js";
+import { drain } from "./drain.js";
+import { testingHook, type TestingHook } from "./hook.js";
 
 /**
  * The time columns advanceTime shifts, per table: the one place to extend
@@ -84,8 +93,47 @@ export type TimeTarget = GenDurable | { pool: pg.Pool; schema?: string };
  */
 export async function advanceTime(target: TimeTarget, duration: Duration): Promise<void> {
   const ms = toMs(duration, "advanceTime: duration", (m) => new ValidationError(m));
-  const { pool, schema, wake } = resolveTarget(target);
-  if (ms === 0) return wake();
+  const resolved = resolveTarget(target);
+  if (ms === 0) return resolved.wake();
+  const hook = testingHook(target);
+  let remaining = ms;
+  if (hook?.running) {
+    // Timer by timer: each one's step may set the next (a timeout handler that waits again).
+    for (;;) {
+      // A timer in the span's last second is left due at its end, for the caller's drain: a delay of
+      // exactly the span (set a few milliseconds before the call) fires there, as it did before.
+      const next = await nextTimer(hook, remaining - END_SLACK_MS);
+      if (next === undefined) break;
+      await shift(resolved, next);
+      remaining -= next;
+      await drain(target as GenDurable);
+    }
+  }
+  await shift(resolved, remaining);
+}
+
+/** Timers due within this much of the span's end are not stepped through (see advanceTime). */
+const END_SLACK_MS = 1000;
+
+/**
+ * The earliest timer this engine would run that falls due strictly within the next `withinMs`, in
+ * milliseconds from now (ceiled, so the shift makes it due): a runnable row's run_at (delays,
+ * backoff, snoozes) in its queues and machines, or an await's deadline. Undefined when none does.
+ */
+async function nextTimer(hook: TestingHook, withinMs: number): Promise<number | undefined> {
+  if (withinMs <= 0) return undefined;
+  const s = quoteIdent(hook.schema);
+  const { rows } = await hook.pool.query<{ ms: number | null }>(
+    `select ceil(extract(epoch from min(run_at) - now()) * 1000)::float8 as ms from ${s}.instances
+     where ((status = 'runnable' and queue = any($1::text[]) and machine = any($2::text[])) or status = 'awaiting')
+       and run_at > now() and run_at < now() + $3 * interval '1 millisecond' and run_at <> 'infinity'`,
+    [hook.queues, hook.machines, withinMs],
+  );
+  const ms = rows[0]?.ms;
+  return ms === null || ms === undefined || ms >= withinMs ? undefined : Math.max(1, ms);
+}
+
+async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTarget>, ms: number): Promise<void> {
   const s = quoteIdent(schema);
   // Seconds only: an interval of hours/minutes/seconds is exact, unlike days or months across DST.
   const by = `make_interval(secs => ${ms / 1000})`;
@@ -99,6 +147,10 @@ export async function advanceTime(target: TimeTarget, duration: Duration): Promi
         const tables = new Set(rows.map((r) => r.table));
         if (!tables.has("instances"))
           throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
+        // The engine clock moves forward as far as the stored times move back.
+        if (tables.has("engine_clock")) {
+          await client.query(`update ${s}.engine_clock set skew_ms = skew_ms + $1`, [ms]);
+        }
         for (const { table, columns, unique } of SHIFTED) {
           // A table of a later migration than this schema has: nothing to shift.
           if (!tables.has(table)) continue;
@@ -115,6 +167,7 @@ export async function advanceTime(target: TimeTarget, duration: Duration): Promi
       if ((error as { code?: unknown }).code !== "40P01" || attempt === 5) throw error;
     }
   }
+  await clock?.sync(pool, schema);
   wake();
 }
 
@@ -139,9 +192,14 @@ async function shiftUnique(
   );
 }
 
-function resolveTarget(target: TimeTarget): { pool: pg.Pool; schema: string; wake: () => void } {
+function resolveTarget(target: TimeTarget): {
+  pool: pg.Pool;
+  schema: string;
+  wake: () => void;
+  clock?: TestingHook["clock"];
+} {
   const hook = testingHook(target);
-  if (hook) return { pool: hook.pool, schema: hook.schema, wake: hook.wake };
+  if (hook) return { pool: hook.pool, schema: hook.schema, wake: hook.wake, clock: hook.clock };
   const bad = (m: string) => new ValidationError(`advanceTime: ${m}`);
   if (
     typeof target !== "object" ||

@@ -71,7 +71,11 @@ const Versioned = defineMachine({
 });
 
 // Polls every 10 minutes: whatever runs sooner was woken by NOTIFY.
-const runner = db.engine({ queues: { sqlapi: 4 }, machines: [Order, Both, Mail, Keyed, Versioned], pollInterval: "10m" });
+const runner = db.engine({
+  queues: { sqlapi: 4 },
+  machines: [Order, Both, Mail, Keyed, Versioned],
+  pollInterval: "10m",
+});
 await runner.start();
 // A client that defines Parked too, so the SQL API knows its initial step and queue.
 const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed, Versioned] });
