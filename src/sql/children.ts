@@ -57,7 +57,7 @@ export function childQueries(schema: string) {
       -- Parents first, and never waiting: a parent locked by a cancel (which then locks its
       -- children) is skipped this round, so the sweep never holds a child while waiting for its parent.
       locked as (
-        select p.id from ${s}.instances p
+        select p.id, p.status as was from ${s}.instances p
         where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL_SQL})
           and (select n from keys_locked) >= 0
         order by p.id
@@ -99,12 +99,18 @@ export function childQueries(schema: string) {
         where p.id = pp.parent_id and l.id = p.id and p.children_pending is not null
         returning p.id, p.step, p.queue, p.status, p.children_pending
       ),
+      -- Woken now: joining before, runnable after. A parent a join condition woke earlier is runnable
+      -- already when its later children are counted (its join step has not run yet): not again.
+      woke as (
+        select pr.id, pr.step, pr.queue from parents pr join locked l on l.id = pr.id
+        where pr.status = 'runnable' and l.was = 'joining'
+      ),
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome)
-        select id, step, step, 'joined' from parents where status = 'runnable'
+        select id, step, step, 'joined' from woke
       )
       select (select count(*)::int from finished) + (select count(*)::int from set_aside) as counted,
-             array(select distinct queue from parents where status = 'runnable') as woken`,
+             array(select distinct queue from woke) as woken`,
 
     /** The children of a parent's latest spawn, in spawn order, for ctx.children. */
     children: `

@@ -1,4 +1,4 @@
--- gen-durable schema, version 10: published values, and joins that resume before every child is done.
+-- gen-durable schema, version 11: published values, and joins that resume before every child is done.
 --
 -- ctx.publish(key, value) merges into `published` (one jsonb object per instance) in the
 -- transaction that commits the step's outcome, and the history row `published` records what that

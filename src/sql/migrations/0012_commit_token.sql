@@ -1,4 +1,4 @@
--- gen-durable schema, version 10: a commit that can be recognised after its reply was lost.
+-- gen-durable schema, version 12: a commit that can be recognised after its reply was lost.
 --
 -- When the connection breaks after an outcome's commit reached the server but before its reply
 -- came back, the engine cannot tell from the error whether the commit was made. Repeating the

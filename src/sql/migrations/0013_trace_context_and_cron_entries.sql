@@ -1,4 +1,4 @@
--- gen-durable schema, version 10: trace propagation, and the registry of cron entries.
+-- gen-durable schema, version 13: trace propagation, and the registry of cron entries.
 --
 -- Trace propagation: the W3C trace context (traceparent, and tracestate when set) that was active
 -- where an instance was inserted (an HTTP request, a parent's step for a spawned child) or a

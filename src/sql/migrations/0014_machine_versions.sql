@@ -1,4 +1,4 @@
--- gen-durable schema, version 10: the version of its machine's definition each instance was written by.
+-- gen-durable schema, version 14: the version of its machine's definition each instance was written by.
 --
 -- A machine declares `version` (default 1) and upcasters (`migrate`); when a node claims an instance
 -- written by an older version, it upcasts the state and records the new version with a history row

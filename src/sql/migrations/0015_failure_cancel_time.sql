@@ -1,4 +1,4 @@
--- gen-durable schema, version 10: failure and cancel routing, how an await ended, the engine clock.
+-- gen-durable schema, version 15: failure and cancel routing, how an await ended, the engine clock.
 --
 -- failure: set when a step's last attempt failed and the machine routed the instance to its
 -- onFailure step ({ error, step, attempts }, read as ctx.failure). It stays for the rest of the
