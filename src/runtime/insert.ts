@@ -7,7 +7,7 @@ import { encodeJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
-import { concurrencyKeyOf } from "./definition-flow.js";
+import { concurrencyKeyOf, concurrencyLimitOf } from "./definition-flow.js";
 
 export interface InsertRow {
   idx: number;
@@ -21,6 +21,8 @@ export interface InsertRow {
   max_attempts: number | null;
   correlation_key: string | null;
   concurrency_key: string | null;
+  /** Steps of the key that may run at once, when above 1 (null: 1). */
+  concurrency_limit: number | null;
   parent_id: string | null;
   /** Remembered for the idempotency window: a retried insert with it returns the instance it made. */
   idempotency_key: string | null;
@@ -90,6 +92,7 @@ export async function prepareInsert(
   if (ifExists !== undefined && options.correlationKey === undefined)
     throw bad("ifExists needs a correlationKey: it says what to do when an instance with that key exists");
   const priority = options.priority ?? 0;
+  const concurrencyKey = concurrencyKeyOf(machine, state, options.concurrencyKey, where);
   if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1)
     throw bad(`priority must be an integer, got ${describe(options.priority)}`);
   return {
@@ -105,7 +108,8 @@ export async function prepareInsert(
     max_attempts: checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, (m) => new ValidationError(m)) ?? null,
     correlation_key:
       options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
-    concurrency_key: concurrencyKeyOf(machine, state, options.concurrencyKey, where),
+    concurrency_key: concurrencyKey,
+    concurrency_limit: concurrencyLimitOf(machine, concurrencyKey),
     parent_id: null,
     idempotency_key:
       options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),

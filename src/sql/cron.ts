@@ -33,7 +33,8 @@ export function cronQueries(schema: string) {
     fire: `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
-        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, concurrency_key text)
+        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, concurrency_key text,
+          concurrency_limit integer)
       ),
       -- Keys (from the definitions' concurrency option) before any row, in the one global order (see lock_keys).
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
@@ -44,9 +45,10 @@ export function cronQueries(schema: string) {
         returning instance_id
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, concurrency_key)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, concurrency_key, concurrency_limit)
         -- A JSON null state reads as SQL NULL here: stored as JSON null.
-        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, i.concurrency_key
+        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, i.concurrency_key,
+               i.concurrency_limit
         from input i join ticks t on t.instance_id = i.id
         where (select n from keys_locked) >= 0
         returning id, queue
