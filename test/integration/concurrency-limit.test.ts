@@ -4,7 +4,9 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob } from "../../src/index.js";
+import { defineJob, migrate } from "../../src/index.js";
+import { MIGRATIONS } from "../../src/sql/migrations.generated.js";
+import { CREATED_MARK, MIGRATIONS_TABLE, markSchema, recordMigration, sqlFor } from "../../src/sql/schema-lifecycle.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -140,6 +142,19 @@ describe("concurrency limits", () => {
     },
   );
 
+  it("the database refuses a step beyond the key's limit whatever the caller", async () => {
+    const later = new Date(Date.now() + 3_600_000);
+    const rows = await client.insertMany(
+      Array.from({ length: 4 }, () => ({ machine: Three, args: { key: "guard", ms: 1 }, runAt: later })),
+    );
+    const ids = rows.map((r) => r.id);
+    await db.pool.query(`update ${s}.instances set status = 'running' where id = any($1::bigint[])`, [ids.slice(0, 3)]);
+    await expect(db.pool.query(`update ${s}.instances set status = 'running' where id = $1`, [ids[3]])).rejects.toThrow(
+      /concurrency key "three:guard" would run 4 steps at once, over its limit of 3/,
+    );
+    await db.pool.query(`update ${s}.instances set status = 'cancelled' where id = any($1::bigint[])`, [ids]);
+  });
+
   it(
     "fills exactly N slots, explains the wait, and a cancelled step keeps its slot until it settles",
     {
@@ -170,6 +185,43 @@ describe("concurrency limits", () => {
       for (const id of ids.slice(1)) expect((await client.wait(id, { timeout: 10_000 })).status).toBe("done");
     },
   );
+});
+
+describe("upgrading a schema whose keys are held", () => {
+  it("keeps each key's holder, with a limit of 1", async () => {
+    const schema = `${db.schema}_upgrade`;
+    const q = `"${schema}"`;
+    const version = MIGRATIONS.findIndex((m) => m.name === "concurrency_limit");
+    expect(version).toBeGreaterThan(0);
+    await db.pool.query(`create schema ${q}`);
+    try {
+      await db.pool.query(markSchema(q, CREATED_MARK));
+      await db.pool.query(`create table ${q}.migrations ${MIGRATIONS_TABLE}`);
+      for (const m of MIGRATIONS.slice(0, version)) {
+        await db.pool.query(sqlFor(m.id, schema));
+        await db.pool.query(recordMigration(q), [m.id, m.name]);
+      }
+      const { rows } = await db.pool.query<{ id: string }>(
+        `insert into ${q}.instances (machine, step, state, queue, concurrency_key)
+         select 'J', 'perform', '{}', 'q', 'old' from generate_series(1, 2) returning id::text`,
+      );
+      const [held, next] = rows.map((r) => r.id);
+      await db.pool.query(`update ${q}.instances set status = 'running' where id = $1`, [held]);
+
+      expect(await migrate({ connectionString: db.url, schema })).toEqual([version + 1]);
+      const key = await db.pool.query(`select holders::text[], max_running from ${q}.concurrency_keys`);
+      expect(key.rows).toEqual([{ holders: [held], max_running: 1 }]);
+      await expect(db.pool.query(`update ${q}.instances set status = 'running' where id = $1`, [next])).rejects.toThrow(
+        /over its limit of 1/,
+      );
+      await db.pool.query(`update ${q}.instances set status = 'done' where id = $1`, [held]);
+      await db.pool.query(`update ${q}.instances set status = 'running' where id = $1`, [next]);
+      const after = await db.pool.query(`select holders::text[] from ${q}.concurrency_keys`);
+      expect(after.rows).toEqual([{ holders: [next] }]);
+    } finally {
+      await db.pool.query(`drop schema ${q} cascade`);
+    }
+  });
 });
 
 /** Resolves after `engine` has made `n` more claims of its queues. */
