@@ -5,6 +5,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, migrate } from "../../src/index.js";
+import { flowQueries } from "../../src/sql/flow.js";
 import { MIGRATIONS } from "../../src/sql/migrations.generated.js";
 import { CREATED_MARK, MIGRATIONS_TABLE, markSchema, recordMigration, sqlFor } from "../../src/sql/schema-lifecycle.js";
 import { eventually, useTestDatabase } from "../support/db.js";
@@ -153,6 +154,36 @@ describe("concurrency limits", () => {
       /concurrency key "three:guard" would run 4 steps at once, over its limit of 3/,
     );
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where id = any($1::bigint[])`, [ids]);
+  });
+
+  it("the reaper frees only the slots of cancelled steps whose lease expired", async () => {
+    const later = new Date(Date.now() + 3_600_000);
+    const rows = await client.insertMany(
+      Array.from({ length: 3 }, () => ({ machine: Three, args: { key: "reaped", ms: 1 }, runAt: later })),
+    );
+    const [gone, settling, running] = rows.map((r) => r.id);
+    await db.pool.query(`update ${s}.instances set status = 'running' where id = any($1::bigint[])`, [
+      [gone, settling, running],
+    ]);
+    // Cancelled mid-step: "gone" lost its node (lease expired), "settling" is still within its lease.
+    await db.pool.query(
+      `update ${s}.instances set status = 'cancelled',
+         lease_expires_at = now() + case when id = $1 then interval '-1 second' else interval '1 hour' end
+       where id = any($2::bigint[])`,
+      [gone, [gone, settling]],
+    );
+    const holders = async () =>
+      (await db.pool.query(`select holders::text[] from ${s}.concurrency_keys where key = 'three:reaped'`)).rows[0]
+        .holders;
+    // The engines' own reapers may get there first: either way, only "gone" goes.
+    await db.pool.query(flowQueries(db.schema).freeCancelledHolds, [100]);
+    expect(await holders()).toEqual([settling, running]);
+    await db.pool.query(`update ${s}.instances set status = 'cancelled' where id = $1`, [running]);
+    await db.pool.query(`update ${s}.instances set lease_expires_at = null where id = any($1::bigint[])`, [
+      [settling, running],
+    ]);
+    await db.pool.query(flowQueries(db.schema).freeCancelledHolds, [100]);
+    expect(await holders()).toEqual([]);
   });
 
   it(
