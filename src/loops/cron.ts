@@ -18,7 +18,7 @@
  * tick, "skip" fires none. Ticks less overdue than that (a pass that ran a
  * little late, a quick restart) all fire.
  */
-import { concurrencyKeyOf } from "../runtime/definition-flow.js";
+import { concurrencyKeyOf, concurrencyLimitOf } from "../runtime/definition-flow.js";
 import type pg from "pg";
 import type { ResolvedCronEntry } from "../cron/entries.js";
 import type { TypedEmitter } from "../events.js";
@@ -144,17 +144,21 @@ export class CronLoop {
 
   private async fire(plan: Planned[]): Promise<number> {
     const rows = plan.flatMap(({ entry, ticks }) =>
-      ticks.map((tick) => ({
-        name: entry.name,
-        tick_at: new Date(tick).toISOString(),
-        machine: entry.machine.name,
-        step: entry.machine.initial,
-        state: entry.state,
-        queue: entry.queue,
-        priority: entry.priority,
-        concurrency_key: concurrencyKeyOf(entry.machine, entry.state, undefined, `cron entry "${entry.name}"`),
-        version: entry.machine.version,
-      })),
+      ticks.map((tick) => {
+        const key = concurrencyKeyOf(entry.machine, entry.state, undefined, `cron entry "${entry.name}"`);
+        return {
+          name: entry.name,
+          tick_at: new Date(tick).toISOString(),
+          machine: entry.machine.name,
+          step: entry.machine.initial,
+          state: entry.state,
+          queue: entry.queue,
+          priority: entry.priority,
+          concurrency_key: key,
+          concurrency_limit: concurrencyLimitOf(entry.machine, key),
+          version: entry.machine.version,
+        };
+      }),
     );
     const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [
       JSON.stringify(rows),

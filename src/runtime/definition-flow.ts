@@ -14,26 +14,39 @@ export interface ConcurrencyOption<Input = unknown> {
   /** The key of an instance, from its validated state (a job: its args). */
   key: (input: Input) => string;
   /**
-   * Instances of one key whose steps may run at once. Only 1 for now: a key serialises its
-   * instances, on every node (docs/concurrency-keys.md).
+   * Steps of one key's instances that may run at once, on all nodes together (default 1: the key
+   * serialises its instances). See docs/concurrency-keys.md.
    */
-  limit?: 1;
+  limit?: number;
 }
+
+/** The largest limit a key may have: the key row lists its holders. */
+export const MAX_CONCURRENCY_LIMIT = 100_000;
 
 /** Checks a definition's `concurrency` option. */
 export function checkConcurrency(value: unknown, where: string): Required<ConcurrencyOption> | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== "object" || value === null || typeof (value as { key?: unknown }).key !== "function") {
-    throw new ConfigError(`${where} must be { key: (input) => string, limit?: 1 }, got ${describe(value)}`);
+    throw new ConfigError(`${where} must be { key: (input) => string, limit?: number }, got ${describe(value)}`);
   }
   rejectUnknownKeys(value, ["key", "limit"], where, (m) => new ConfigError(m));
   const { key, limit = 1 } = value as ConcurrencyOption;
-  if (limit !== 1) {
+  if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > MAX_CONCURRENCY_LIMIT) {
     throw new ConfigError(
-      `${where}.limit must be 1 (a concurrency key runs one step of its instances at a time), got ${describe(limit)}`,
+      `${where}.limit must be an integer from 1 to ${MAX_CONCURRENCY_LIMIT} (steps of one key's instances ` +
+        `that may run at once), got ${describe(limit)}`,
     );
   }
   return Object.freeze({ key, limit });
+}
+
+/**
+ * The limit stored with a new instance of `key`: the definition's, when above 1; null means 1
+ * (a key given at the call site of a definition that declares a limit runs under that limit too).
+ */
+export function concurrencyLimitOf(machine: AnyMachine, key: string | null): number | null {
+  const limit = machine.concurrency?.limit ?? 1;
+  return key !== null && limit > 1 ? limit : null;
 }
 
 /** The concurrency key of a new instance: the call's own (null: none), else the definition's, else none. */

@@ -59,10 +59,7 @@ export async function explainInstance(
         reasons.push(`queue "${instance.queue}" is paused`);
         details.queuePaused = instance.queue;
       }
-      if (row?.key_holder && row.key_holder !== instance.id) {
-        reasons.push(`concurrency key "${instance.concurrencyKey}" is held by instance ${row.key_holder}`);
-        details.concurrencyKey = { key: instance.concurrencyKey, heldBy: row.key_holder };
-      }
+      explainKey(instance, row, reasons, details);
       if (row && row.nodes === 0) {
         reasons.push(`no started node runs machine "${instance.machine}" on queue "${instance.queue}"`);
         details.noNode = { machine: instance.machine, queue: instance.queue };
@@ -125,4 +122,24 @@ export async function explainInstance(
       reasons.push(`it is ${instance.status} (terminal) since ${instance.updatedAt.toISOString()}`);
   }
   return { id: instance.id, status: instance.status, reasons, details };
+}
+
+/** Why a key keeps a runnable instance waiting: its holder (limit 1), or all its holders (limit N). */
+function explainKey(
+  instance: { id: string; concurrencyKey: string | null },
+  row: ExplainRow | undefined,
+  reasons: string[],
+  details: Record<string, unknown>,
+): void {
+  const holders = row?.key_holders?.filter((id) => id !== instance.id) ?? [];
+  if (holders.length === 1 && row?.key_limit === 1) {
+    reasons.push(`concurrency key "${instance.concurrencyKey}" is held by instance ${holders[0]}`);
+    details.concurrencyKey = { key: instance.concurrencyKey, heldBy: holders[0] };
+  } else if (holders.length > 0) {
+    reasons.push(
+      `concurrency key "${instance.concurrencyKey}" is at its limit of ${row!.key_limit} steps at once, ` +
+        `held by instances ${holders.join(", ")}`,
+    );
+    details.concurrencyKey = { key: instance.concurrencyKey, heldBy: holders[0], heldByAll: holders };
+  }
 }

@@ -7,7 +7,7 @@ import { checkJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
-import { concurrencyKeyOf } from "./definition-flow.js";
+import { concurrencyKeyOf, concurrencyLimitOf } from "./definition-flow.js";
 import { captureTraceContext, type TraceCarrier } from "../telemetry/propagation.js";
 
 export interface InsertRow {
@@ -22,6 +22,8 @@ export interface InsertRow {
   max_attempts: number | null;
   correlation_key: string | null;
   concurrency_key: string | null;
+  /** Steps of the key that may run at once, when above 1 (null: 1). */
+  concurrency_limit: number | null;
   parent_id: string | null;
   /** The trace context active where it was inserted (a spawned child: its parent's step), or null. */
   trace_context: TraceCarrier | null;
@@ -98,6 +100,7 @@ export async function prepareInsert(
   if (ifExists !== undefined && options.correlationKey === undefined)
     throw bad("ifExists needs a correlationKey: it says what to do when an instance with that key exists");
   const priority = options.priority ?? 0;
+  const concurrencyKey = concurrencyKeyOf(machine, state, options.concurrencyKey, where);
   if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1)
     throw bad(`priority must be an integer, got ${describe(options.priority)}`);
   return {
@@ -113,7 +116,8 @@ export async function prepareInsert(
     max_attempts: checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, (m) => new ValidationError(m)) ?? null,
     correlation_key:
       options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
-    concurrency_key: concurrencyKeyOf(machine, state, options.concurrencyKey, where),
+    concurrency_key: concurrencyKey,
+    concurrency_limit: concurrencyLimitOf(machine, concurrencyKey),
     parent_id: null,
     idempotency_key:
       options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),

@@ -53,30 +53,33 @@ export function claimQueries(schema: string) {
         limit (select n from budget)
         for update skip locked
       ),
-      -- Keyed work: free keys with something due, one row per key whatever queues behind it;
-      -- the key row's lock makes two nodes never pick two instances of one key. At most $7:
-      -- the caller's free slots, since a claimed row holds its key, and a keyed row claimed
-      -- ahead would hold it while it waits for a slot.
+      -- Keyed work: keys with a free slot (fewer holders than their limit) and something due,
+      -- one row per key whatever queues behind it; the key row's lock makes two nodes never
+      -- fill one slot twice. At most $7 keys and $7 keyed rows: the caller's free slots, since a
+      -- claimed row holds its key, and a keyed row claimed ahead would hold it while it waits.
       free_keys as (
-        select key from ${s}.concurrency_keys
-        where queue = $1 and holder is null and run_at <= now()
+        select key, max_running - cardinality(holders) as slots from ${s}.concurrency_keys
+        where queue = $1 and cardinality(holders) < max_running and run_at <= now()
         order by priority, run_at
         limit least((select n from budget), $7::int)
         for update skip locked
       ),
-      -- The key's next instance is found first and locked after: when something else holds its
-      -- row (a signal, a cancel in a caller's transaction), the key waits its turn rather than
-      -- run the instance behind it; the holder's commit wakes the queue again.
+      -- The key's next instances (one for a key of limit 1) are found first and locked after:
+      -- when something else holds such a row (a signal, a cancel in a caller's transaction), the
+      -- key waits its turn rather than run the instance behind it; the holder's commit wakes the
+      -- queue again.
       keyed as (
         select i.id, i.priority, i.run_at from free_keys k cross join lateral (
           select id from ${s}.instances h
           where h.concurrency_key = k.key and h.status = 'runnable' and h.queue = $1 and h.run_at <= now()
             and h.machine || '' = any($2::text[])
           order by priority, run_at, id
-          limit 1
+          limit k.slots
         ) head
         join ${s}.instances i on i.id = head.id
         where i.status = 'runnable'
+        order by i.priority, i.run_at, i.id
+        limit least((select n from budget), $7::int)
         for update of i skip locked
       ),
       chosen as (
@@ -237,8 +240,8 @@ export function claimQueries(schema: string) {
      */
     releaseHold: `
       with released as (
-        update ${s}.concurrency_keys c set holder = null
-        where c.key = $1 and c.holder = $2::bigint
+        update ${s}.concurrency_keys c set holders = array_remove(c.holders, $2::bigint)
+        where c.key = $1 and $2::bigint = any(c.holders)
           and not exists (select 1 from ${s}.instances i where i.id = $2::bigint and i.status = 'running')
         returning c.queue, c.run_at
       )

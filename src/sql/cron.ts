@@ -54,7 +54,8 @@ export function cronQueries(schema: string) {
     fire: `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
-        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, concurrency_key text, version integer)
+        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, concurrency_key text,
+          concurrency_limit integer, version integer)
       ),
       -- Keys (from the definitions' concurrency option) before any row, in the one global order (see lock_keys).
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n),
@@ -65,9 +66,10 @@ export function cronQueries(schema: string) {
         returning instance_id
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, concurrency_key, version)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, concurrency_key, concurrency_limit, version)
         -- A JSON null state reads as SQL NULL here: stored as JSON null.
-        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, i.concurrency_key, coalesce(i.version, 1)
+        select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, i.concurrency_key,
+               i.concurrency_limit, coalesce(i.version, 1)
         from input i join ticks t on t.instance_id = i.id
         where (select n from keys_locked) >= 0
         returning id, queue

@@ -10,7 +10,10 @@ export interface ExplainRow {
   await_spec: NormalizedSpec | null;
   rate_limited: string | null;
   paused: boolean;
-  key_holder: string | null;
+  /** The instances holding the instance's concurrency key, when the key is at its limit (else null). */
+  key_holders: string[] | null;
+  /** How many steps of the key may run at once. */
+  key_limit: number | null;
   /** Live nodes that run the instance's machine on its queue. */
   nodes: number;
 }
@@ -22,7 +25,9 @@ export function explainQueries(schema: string) {
     facts: `
       select now() as now, leased_by, lease_expires_at, await_spec, rate_limited,
         exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused) as paused,
-        (select holder::text from ${s}.concurrency_keys k where k.key = i.concurrency_key) as key_holder,
+        (select k.holders::text[] from ${s}.concurrency_keys k
+         where k.key = i.concurrency_key and cardinality(k.holders) >= k.max_running) as key_holders,
+        (select k.max_running from ${s}.concurrency_keys k where k.key = i.concurrency_key) as key_limit,
         (select count(*)::int from ${s}.nodes n
          where i.machine = any(n.machines) and i.queue = any(n.queues)
            and n.heartbeat_at + n.lease_ms * interval '1 millisecond' > now()) as nodes

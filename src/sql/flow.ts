@@ -51,24 +51,27 @@ export function flowQueries(schema: string) {
      */
     freeCancelledHolds: `
       with stale as (
-        select c.key, c.holder from ${s}.concurrency_keys c
-        where c.holder is not null and not exists (
+        select c.key, array(select h from unnest(c.holders) h where not exists (
           select 1 from ${s}.instances i
-          where i.id = c.holder and (i.status = 'running' or (i.status = 'cancelled' and i.lease_expires_at > now())))
+          where i.id = h and (i.status = 'running' or (i.status = 'cancelled' and i.lease_expires_at > now())))) as gone
+        from ${s}.concurrency_keys c
+        where cardinality(c.holders) > 0 and exists (select 1 from unnest(c.holders) h where not exists (
+          select 1 from ${s}.instances i
+          where i.id = h and (i.status = 'running' or (i.status = 'cancelled' and i.lease_expires_at > now()))))
         limit $1
         for update of c skip locked
       ),
       freed as (
-        -- Still the same holder: a claim that took the key since this statement began set another.
-        update ${s}.concurrency_keys c set holder = null
-        from stale x where c.key = x.key and c.holder = x.holder
+        -- Only the stale holders: a claim that took a slot since this statement began added another.
+        update ${s}.concurrency_keys c set holders = array(select h from unnest(c.holders) h where h <> all(x.gone))
+        from stale x where c.key = x.key and cardinality(x.gone) > 0
         returning c.queue, c.run_at
       )
       select distinct queue from freed where queue is not null and run_at is not null`,
 
     forgetIdleKeys: `
       delete from ${s}.concurrency_keys c
-      where c.key in (select key from ${s}.concurrency_keys where holder is null and run_at is null limit $1 for update skip locked)
+      where c.key in (select key from ${s}.concurrency_keys where cardinality(holders) = 0 and run_at is null limit $1 for update skip locked)
         and not exists (select 1 from ${s}.instances i where i.concurrency_key = c.key and i.status in ('runnable', 'running'))`,
 
     /**
@@ -83,9 +86,6 @@ export function flowQueries(schema: string) {
         limit $1 for update skip locked
       ) idle
       where b.name = idle.name and b.partition = idle.partition`,
-
-    /** Who holds key $1 (for explain). */
-    keyHolder: `select holder::text as holder from ${s}.concurrency_keys where key = $1`,
   };
 }
 

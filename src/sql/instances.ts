@@ -145,7 +145,8 @@ export function instanceQueries(schema: string) {
         from jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
-          correlation_key text, concurrency_key text, parent_id bigint, idempotency_key text, if_exists text, trace_context jsonb, version integer)
+          correlation_key text, concurrency_key text, concurrency_limit integer, parent_id bigint, idempotency_key text,
+          if_exists text, trace_context jsonb, version integer)
       ),
       -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any row (see lock_keys).
       keys_locked as (
@@ -168,11 +169,13 @@ export function instanceQueries(schema: string) {
         ) p
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key, parent_id, trace_context, version)
+        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key,
+                                    concurrency_limit, parent_id, trace_context, version)
         -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
         select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
-               max_attempts, correlation_key, concurrency_key, parent_id, trace_context, coalesce(version, 1)
+               max_attempts, correlation_key, concurrency_key, concurrency_limit, parent_id, trace_context,
+               coalesce(version, 1)
         -- One order for every insert, so concurrent batches take key locks (the correlation
         -- key's unique entry, the concurrency key's row in its trigger) in the same order.
         from input where (select n from keys_locked) >= 0

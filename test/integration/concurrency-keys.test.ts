@@ -118,7 +118,7 @@ describe("concurrency keys", () => {
       );
       expect(parallel[0]!.n).toBeGreaterThan(0);
       const { rows: keys } = await db.pool.query(
-        `select key, holder from ${s}.concurrency_keys where holder is not null or run_at is not null`,
+        `select key, holders from ${s}.concurrency_keys where cardinality(holders) > 0 or run_at is not null`,
       );
       expect(keys).toEqual([]);
     },
@@ -195,8 +195,8 @@ describe("concurrency keys", () => {
     );
     await eventually("the awaiting holder parked", async () => (await client.get(awaiting.id))?.status === "awaiting");
     // The key is free: nothing holds it while one instance backs off and another awaits.
-    const { rows } = await db.pool.query(`select holder from ${s}.concurrency_keys where key = 'shared'`);
-    expect(rows).toEqual([{ holder: null }]);
+    const { rows } = await db.pool.query(`select holders from ${s}.concurrency_keys where key = 'shared'`);
+    expect(rows).toEqual([{ holders: [] }]);
     await client.signal({ id: awaiting.id }, "go");
     expect((await client.wait(awaiting.id, { timeout: 10_000 })).result).toBe("finished");
     await client.cancel(failing.id);
@@ -271,7 +271,7 @@ describe("concurrency keys", () => {
     ]);
     await db.pool.query(`update ${s}.instances set status = 'running' where id = $1`, [x!.id]);
     await expect(db.pool.query(`update ${s}.instances set status = 'running' where id = $1`, [y!.id])).rejects.toThrow(
-      /instances_key_running/,
+      /concurrency key "guard" would run 2 steps at once, over its limit of 1/,
     );
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where id = any($1::bigint[])`, [
       [x!.id, y!.id],

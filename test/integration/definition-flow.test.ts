@@ -104,9 +104,11 @@ describe("flow control on the definition", () => {
     const args = z.object({ n: z.number() });
     const perform = async () => 1;
     expect(() => defineJob({ name: "J", args, perform, concurrency: { key: "x" } as never })).toThrow(ConfigError);
-    expect(() => defineJob({ name: "J", args, perform, concurrency: { key: () => "k", limit: 3 } as never })).toThrow(
-      /concurrency\.limit must be 1/,
-    );
+    for (const limit of [0, 1.5, "3", 100_001]) {
+      expect(() => defineJob({ name: "J", args, perform, concurrency: { key: () => "k", limit } as never })).toThrow(
+        /concurrency\.limit must be an integer from 1 to 100000/,
+      );
+    }
     const Throws = defineJob({
       name: "Throws",
       queue: "flow",

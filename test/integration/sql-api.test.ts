@@ -28,6 +28,15 @@ const Both = defineMachine({
     end: (ctx) => ctx.done(ctx.awaited.map((s) => s.event)),
   },
 });
+const Approval = defineMachine({
+  name: "Approval",
+  queue: "sqlapi",
+  state: z.object({ n: z.number() }),
+  steps: {
+    start: (ctx) => ctx.await({ any: [{ event: "approve", count: 2 }, "reject"] }, "decide"),
+    decide: (ctx) => ctx.done([...ctx.awaited.map((s) => `${s.event}:${String(s.payload)}`), `by:${ctx.resumedBy}`]),
+  },
+});
 const Mail = defineJob({
   name: "Mail",
   queue: "sqlapi",
@@ -73,12 +82,12 @@ const Versioned = defineMachine({
 // Polls every 10 minutes: whatever runs sooner was woken by NOTIFY.
 const runner = db.engine({
   queues: { sqlapi: 4 },
-  machines: [Order, Both, Mail, Keyed, Versioned],
+  machines: [Order, Both, Mail, Keyed, Versioned, Approval],
   pollInterval: "10m",
 });
 await runner.start();
 // A client that defines Parked too, so the SQL API knows its initial step and queue.
-const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed, Versioned] });
+const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed, Versioned, Approval] });
 await client.start();
 await eventually(
   "the runner listening",
@@ -277,6 +286,27 @@ describe("signal from SQL", () => {
     await sql(`select * from ${s}.signal($1, 'a', '{"x": 1}', '{"byId": true}')`, [id]);
     const done = await client.wait(id, { timeout: 10_000 });
     expect(done.result).toEqual(["b", "a"]);
+  });
+
+  it("resumes a composite await on two approvals, with both in ctx.awaited, and not on one", async () => {
+    const { id } = await client.insert(Approval, { state: { n: 1 }, correlationKey: "approval:1" });
+    await eventually("parked", async () => (await client.get(id))?.status === "awaiting");
+    await sql(`select * from ${s}.signal('approval:1', 'approve', '1')`);
+    // A partial match: the instance keeps waiting, and the signal stays unconsumed in its mailbox.
+    expect((await client.get(id))?.status).toBe("awaiting");
+    expect((await sql(`select consumed_at from ${s}.signals where instance_id = $1`, [id]))[0].consumed_at).toBeNull();
+    await sql(`select * from ${s}.signal($1, 'approve', '2', '{"byId": true}')`, [id]);
+    expect((await client.wait(id, { timeout: 10_000 })).result).toEqual(["approve:1", "approve:2", "by:signal"]);
+  });
+
+  it("resumes a composite await on one rejection, consuming only it", async () => {
+    const { id } = await client.insert(Approval, { state: { n: 2 }, correlationKey: "approval:2" });
+    await eventually("parked", async () => (await client.get(id))?.status === "awaiting");
+    await sql(`select * from ${s}.signal('approval:2', 'approve', '1')`);
+    await sql(`select * from ${s}.signal('approval:2', 'reject', '2')`);
+    expect((await client.wait(id, { timeout: 10_000 })).result).toEqual(["reject:2", "by:signal"]);
+    const left = await sql(`select event from ${s}.signals where instance_id = $1 and consumed_at is null`, [id]);
+    expect(left).toEqual([{ event: "approve" }]);
   });
 
   it("dedupKey, ifMissing keep, and the errors of a missing or finished target", async () => {
