@@ -17,34 +17,53 @@ export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outc
 
 /** A signal consumed by an await, as seen in `ctx.awaited`. */
 export interface ReceivedSignal {
+  /** The stored signal's id. */
   id: string;
+  /** Its name, as sent to `engine.signal`. */
   event: string;
+  /** Its payload (JSON; null when none was sent). */
   payload: unknown;
+  /** When it was stored (database time). */
   insertedAt: Date;
 }
 
 /** A child's outcome, as seen in `ctx.children` on a join. */
 export interface ChildOutcome {
+  /** The child's instance id. */
   id: string;
+  /** The child's machine or job. */
   machine: string;
+  /** Its status at the join: `done`, `failed` or `cancelled` (or a live one, when the join resumed early). */
   status: string;
+  /** Its result when done; null otherwise. */
   result: unknown;
+  /** Its error (an ErrorRecord) when failed or cancelled; null otherwise. */
   error: unknown;
 }
 
+/** `ctx.log`: the engine's logger with the instance, machine, step and attempt added to every line. */
 export interface StepLogger {
+  /** A line at debug level, with optional structured fields. */
   debug(message: string, fields?: Record<string, unknown>): void;
+  /** A line at info level, with optional structured fields. */
   info(message: string, fields?: Record<string, unknown>): void;
+  /** A line at warn level, with optional structured fields. */
   warn(message: string, fields?: Record<string, unknown>): void;
+  /** A line at error level, with optional structured fields. */
   error(message: string, fields?: Record<string, unknown>): void;
 }
 
 /** Insert options shared by `engine.insert` and `ctx.spawn` children. */
 export interface InstanceOptions {
+  /** The queue its steps run on. Default: the definition's `queue` ("default"). */
   queue?: string;
+  /** An integer; lower runs first among due instances of its queue. Default 0. */
   priority?: number;
+  /** Run the first step after this long (not with `runAt`). */
   delay?: Duration;
+  /** Run the first step at this time (not with `delay`). */
   runAt?: Date;
+  /** Attempts of each step, for the steps that do not set their own. Default: the definition's (20). */
   maxAttempts?: number;
   /** Business key, unique among live instances; addresses signals. */
   correlationKey?: string;
@@ -69,21 +88,44 @@ export interface InstanceOptions {
 }
 
 /** A child for `ctx.spawn`: a machine with `state`, or a job with `args`. */
-export type ChildSpec = InstanceOptions & { machine: AnyMachine } & ({ state: unknown } | { args: unknown } | object);
+export type ChildSpec = InstanceOptions & {
+  /** The child's machine or job. */
+  machine: AnyMachine;
+} & (
+    | {
+        /** The child machine's initial state. */
+        state: unknown;
+      }
+    | {
+        /** The child job's arguments. */
+        args: unknown;
+      }
+    | object
+  );
 
+/** `ctx`: what a step knows of its instance, and the helpers that make its outcome. */
 export interface StepContext<State, StateIn, K extends string> {
+  /** The instance's id. */
   readonly id: string;
+  /** The machine's (or job's) name. */
   readonly machine: string;
+  /** The step running. */
   readonly step: K;
+  /** The last committed state, as the schema's output (a job's args). */
   readonly state: State;
   /** 1-based attempt number of this step. */
   readonly attempt: number;
+  /** The signals the await that resumed this step consumed, in arrival order; empty otherwise. */
   readonly awaited: readonly ReceivedSignal[];
+  /** On a join step: each child of the spawn with its outcome, exactly once; empty otherwise. */
   readonly children: readonly ChildOutcome[];
+  /** The instance's correlation key, if it has one. */
   readonly correlationKey: string | null;
+  /** When the instance was inserted. */
   readonly insertedAt: Date;
   /** Aborted on step timeout, cancel, lost lease and shutdown. */
   readonly abortSignal: AbortSignal;
+  /** A logger whose lines carry the instance, machine, step and attempt. */
   readonly log: StepLogger;
   /** The transaction that will commit this step's outcome. Only in steps declared `transactional: true`. */
   readonly client: pg.ClientBase;
@@ -115,11 +157,15 @@ export type StepFn<State, StateIn, K extends string> = (
   ctx: StepContext<State, StateIn, K>,
 ) => StepOutcome | Promise<StepOutcome>;
 
+/** A step declared with options: `{ run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit? }`. */
 export interface StepOptions<State, StateIn, K extends string> {
+  /** The step's code: `(ctx) => outcome`. */
   run: StepFn<State, StateIn, K>;
   /** Abort `ctx.abortSignal` and fail the attempt after this long. */
   timeout?: Duration;
+  /** Attempts of this step before the instance fails. Default: the machine's `maxAttempts` (20). */
   maxAttempts?: number;
+  /** The wait before each retry of this step. Default: the machine's `backoff`. */
   backoff?: Backoff;
   /** Run inside the transaction that commits the outcome; `ctx.client` is that transaction. */
   transactional?: boolean;
@@ -137,6 +183,7 @@ export interface StepRateLimit<State = unknown, StateIn = unknown, K extends str
   weight?: number | ((ctx: StepContext<State, StateIn, K>) => number);
 }
 
+/** A step: a function `(ctx) => outcome`, or `{ run, ...options }`. */
 export type StepDefinition<State, StateIn, K extends string> =
   StepFn<State, StateIn, K> | StepOptions<State, StateIn, K>;
 
@@ -153,43 +200,68 @@ export interface ResolvedStep {
 
 declare const TYPES: unique symbol;
 
+/** A machine or job, as `defineMachine` and `defineJob` return it: checked, frozen, ready to list in `machines`. */
 export interface Machine<
   Schema extends StandardSchemaV1 = StandardSchemaV1,
   K extends string = string,
   Kind extends "machine" | "job" = "machine" | "job",
 > {
+  /** "machine" or "job". */
   readonly kind: Kind;
+  /** Its name, stored in every row. */
   readonly name: string;
+  /** The queue of its instances unless an insert says otherwise. */
   readonly queue: string;
+  /** The schema of its state (a job's args). */
   readonly schema: Schema;
+  /** The first step of every instance ("perform" for a job). */
   readonly initial: K;
+  /** Its steps by name, resolved. */
   readonly steps: ReadonlyMap<string, ResolvedStep>;
+  /** Attempts of each step that sets none; undefined: 20. */
   readonly maxAttempts: number | undefined;
+  /** The retry delay of each step that sets none; undefined: the default backoff. */
   readonly backoff: BackoffFn | undefined;
   /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
   readonly retentionMs?: number;
   /** The concurrency key of every new instance, from its input (definition-flow.ts). */
-  readonly concurrency?: { key: (input: unknown) => string; limit: number };
+  readonly concurrency?: {
+    /** The key of an instance, from its state or args. */
+    key: (input: unknown) => string;
+    /** Steps running at once per key (1). */
+    limit: number;
+  };
   /** Type-level only. */
-  readonly [TYPES]?: { steps: K };
+  readonly [TYPES]?: {
+    /** The step names. */
+    steps: K;
+  };
 }
 
+/** Any machine or job, whatever its schema and steps: the type of the `machines` option. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyMachine = Machine<any, any, "machine" | "job">;
+/** A job, as `defineJob` returns it: a machine with one step, `perform`. */
 export type Job<Schema extends StandardSchemaV1 = StandardSchemaV1> = Machine<Schema, "perform", "job">;
 
 type In<S extends StandardSchemaV1> = StandardSchemaV1.InferInput<S>;
 type Out<S extends StandardSchemaV1> = StandardSchemaV1.InferOutput<S>;
 
+/** What `defineMachine` takes. */
 export interface MachineDefinition<Schema extends StandardSchemaV1, K extends string> {
   /** Stable name, stored in every row. */
   name: string;
+  /** The queue its instances run on unless an insert says otherwise. Default "default". */
   queue?: string;
+  /** The state's schema (any Standard Schema: zod, valibot, arktype), checked on insert and on every transition. */
   state: Schema;
+  /** The first step. Default "start". */
   initial?: NoInfer<K>;
+  /** The steps by name: each a function `(ctx) => outcome` or `{ run, ...options }`. */
   steps: { [P in K]: StepDefinition<Out<Schema>, In<Schema>, K> };
   /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
   maxAttempts?: number;
+  /** Default for the machine's steps (a step's own `backoff` wins). Default: exponential from 1 s to 1 h, jittered. */
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
@@ -201,6 +273,10 @@ export interface MachineDefinition<Schema extends StandardSchemaV1, K extends st
 
 export const DEFAULT_QUEUE = "default";
 
+/**
+ * Declares a machine: checks the definition now (a ConfigError names what is wrong) and returns it, frozen, with its
+ * step names in its type. List it in the engine's `machines` to run it.
+ */
 export function defineMachine<Schema extends StandardSchemaV1, K extends string>(
   definition: MachineDefinition<Schema, K>,
 ): Machine<Schema, K, "machine"> {
@@ -235,15 +311,23 @@ export function defineMachine<Schema extends StandardSchemaV1, K extends string>
   return Object.freeze({ kind: "machine" as const, ...common, schema: definition.state, initial: initial as K, steps });
 }
 
+/** What `defineJob` takes. */
 export interface JobDefinition<Schema extends StandardSchemaV1, R> {
+  /** Stable name, stored in every row. */
   name: string;
+  /** The queue its instances run on unless an insert says otherwise. Default "default". */
   queue?: string;
+  /** The arguments' schema (any Standard Schema), checked on insert. */
   args: Schema;
+  /** Attempts before the instance fails. Default 20. */
   maxAttempts?: number;
+  /** The wait before each retry. Default: exponential from 1 s to 1 h, jittered. */
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
+  /** Abort `ctx.abortSignal` and fail the attempt after this long. */
   timeout?: Duration;
+  /** Run inside the transaction that records the result; `ctx.client` is that transaction. */
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
@@ -253,6 +337,10 @@ export interface JobDefinition<Schema extends StandardSchemaV1, R> {
   perform: (args: Out<Schema>, ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => R | Promise<R>;
 }
 
+/**
+ * Declares a job: a machine with one step, `perform(args, ctx)`, whose return value is its result. Checked now (a
+ * ConfigError names what is wrong); list it in the engine's `machines` to run it.
+ */
 export function defineJob<Schema extends StandardSchemaV1, R = unknown>(
   definition: JobDefinition<Schema, R>,
 ): Job<Schema> {

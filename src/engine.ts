@@ -53,6 +53,11 @@ import { childQueries } from "./sql/children.js";
 import { signalQueries } from "./sql/signals.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
 
+/**
+ * An engine: the client API (insert, signal, get, list, history, explain, wait, cancel, retry, queues, rate
+ * limits, prune) and, when it has `queues`, a worker node that runs their steps. One per process, with every
+ * machine it runs; `start()` before use, `stop()` to shut down gracefully.
+ */
 export class GenDurable {
   private readonly config: ResolvedConfig;
   private readonly pool: pg.Pool;

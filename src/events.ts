@@ -4,16 +4,22 @@ import type { ErrorRecord } from "./json.js";
 
 /** What identifies one attempt of one step; part of every step event. */
 export interface StepFacts {
+  /** The instance's id. */
   id: string;
+  /** Its machine or job. */
   machine: string;
+  /** The step. */
   step: string;
+  /** The attempt's number, from 1. */
   attempt: number;
+  /** The queue it runs on. */
   queue: string;
 }
 
 /** The background loops that report `loop:tick`. */
 export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron" | "tables";
 
+/** Every event of `engine.on(name, listener)`, with its payload. Events are this node's: a step another node runs is reported there. */
 export interface EngineEvents {
   /**
    * An attempt of a step is about to run its code (not emitted for an attempt refused before running: see
@@ -25,38 +31,106 @@ export interface EngineEvents {
    * commit excluded). A failed attempt emits it too, after step:exception, with
    * outcome "error" (retried) or "failed" (no attempts left).
    */
-  "step:stop": StepFacts & { outcome: string; durationMs: number };
+  "step:stop": StepFacts & {
+    /** The outcome committed, as in history: next, await, spawn, done, snooze, cancelled, error, failed, … */
+    outcome: string;
+    /** How long the step's code ran, in milliseconds. */
+    durationMs: number;
+  };
   /** A step threw, returned something invalid or timed out; `willRetry` says whether another attempt follows. */
-  "step:exception": StepFacts & { error: ErrorRecord; durationMs: number; willRetry: boolean };
-  "instance:done": { id: string; machine: string; result: unknown };
-  "instance:failed": { id: string; machine: string; error: ErrorRecord };
-  "instance:cancelled": { id: string; machine: string; reason: string | undefined };
+  "step:exception": StepFacts & {
+    /** What was thrown (or why the outcome was refused), as stored. */
+    error: ErrorRecord;
+    /** How long the step's code ran, in milliseconds. */
+    durationMs: number;
+    /** Another attempt follows (after the backoff); false: the instance failed. */
+    willRetry: boolean;
+  };
+  /** An instance ended `done` through this node. */
+  "instance:done": {
+    /** The instance's id. */
+    id: string;
+    /** Its machine or job. */
+    machine: string;
+    /** Its result. */
+    result: unknown;
+  };
+  /** An instance ended `failed` through this node: its step failed on the last attempt. */
+  "instance:failed": {
+    /** The instance's id. */
+    id: string;
+    /** Its machine or job. */
+    machine: string;
+    /** The last attempt's error. */
+    error: ErrorRecord;
+  };
+  /** A step of this node cancelled its instance (`ctx.cancel`). */
+  "instance:cancelled": {
+    /** The instance's id. */
+    id: string;
+    /** Its machine or job. */
+    machine: string;
+    /** The reason given to `ctx.cancel`. */
+    reason: string | undefined;
+  };
   /** The step's rate-limit bucket was short: its tokens are reserved and it runs after `waitMs`, no attempt used. */
-  "step:rate_limited": StepFacts & { limit: string; waitMs: number };
+  "step:rate_limited": StepFacts & {
+    /** The name of the rate limit. */
+    limit: string;
+    /** Milliseconds until its turn. */
+    waitMs: number;
+  };
   /** The claim was lost before the outcome committed; the outcome was discarded. */
   "lease:lost": StepFacts;
   /**
    * This node stopped before the step finished: the step was abandoned and its
    * instance released to run again elsewhere, no attempt counted (graceful stop).
    */
-  "step:released": StepFacts & { durationMs: number };
+  "step:released": StepFacts & {
+    /** How long the step had run when it was released, in milliseconds. */
+    durationMs: number;
+  };
   /** A background loop finished a tick. */
-  "loop:tick": { loop: LoopName; durationMs: number; count: number; queue?: string };
+  "loop:tick": {
+    /** Which loop. */
+    loop: LoopName;
+    /** How long the round took, in milliseconds. */
+    durationMs: number;
+    /** What it did: rows claimed, leases renewed, rows recovered, awaits timed out, children counted, … */
+    count: number;
+    /** The queue, for the scheduler. */
+    queue?: string;
+  };
   /**
    * A background loop or connection failed; the engine carries on. `step` is
    * set when the failure belongs to one attempt (its outcome could not be
    * committed: the step re-runs after its lease expires).
    */
-  "engine:error": { loop: string; error: unknown; step?: StepFacts };
+  "engine:error": {
+    /** The loop (or part) that failed. */
+    loop: string;
+    /** What it threw. */
+    error: unknown;
+    /** The attempt it belongs to, if any. */
+    step?: StepFacts;
+  };
   /**
    * Something an operator should fix, found by a worker node's checks (once a
    * minute; repeated every 15 minutes while it holds): autovacuum cannot run
    * on a hot table (`autovacuum_off`), or a hot table's dead tuples pile up
    * (`dead_tuples`). Also logged at warn. See docs/operations.md, Vacuum.
    */
-  "engine:warning": { kind: "autovacuum_off" | "dead_tuples"; table?: string; message: string };
+  "engine:warning": {
+    /** What is wrong. */
+    kind: "autovacuum_off" | "dead_tuples";
+    /** The table concerned, when one is. */
+    table?: string;
+    /** The warning in words, with what to do. */
+    message: string;
+  };
 }
 
+/** The name of an engine event: a key of EngineEvents. */
 export type EngineEventName = keyof EngineEvents;
 
 const ignore = () => {};

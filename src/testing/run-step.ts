@@ -29,68 +29,93 @@ import { didYouMean, rejectUnknownKeys } from "../suggest.js";
 
 /** `ctx.next(...)`: commit `state`, then run `step` now, after `delay` ms, or at `runAt`. */
 export interface NextResult<State = unknown, K extends string = string> {
+  /** Which outcome. */
   type: "next";
+  /** The step that would run next. */
   step: K;
   /** The state that would be committed: the new one, validated, or the input state when the step kept it. */
   state: State;
   /** Milliseconds (a `"5m"` given to the step is reported as 300000). */
   delay?: number;
+  /** The time it would run at, when the step gave `runAt`. */
   runAt?: Date;
+  /** The instance's new priority, when the step gave one. */
   priority?: number;
 }
 
 /** `ctx.await(...)`: park until `spec` is satisfied, then run `step`; on timeout run `onTimeout`. */
 export interface AwaitResult<State = unknown, K extends string = string> {
+  /** Which outcome. */
   type: "await";
   /** As the step wrote it. */
   spec: AwaitSpec;
+  /** The step that would run once `spec` is satisfied. */
   step: K;
+  /** The state that would be committed. */
   state: State;
   /** Milliseconds. */
   timeout?: number;
+  /** The step that would run if the timeout passed first. */
   onTimeout?: K;
 }
 
 /** A child of `ctx.spawn`, validated as the engine would insert it. */
 export interface SpawnedChild {
+  /** The child's machine or job. */
   machine: string;
   /** The child's validated state (machines) ... */
   state?: unknown;
   /** ... or args (jobs). */
   args?: unknown;
+  /** Its queue. */
   queue: string;
+  /** Its priority. */
   priority: number;
   /** Milliseconds. */
   delay?: number;
+  /** When it would first run, if given. */
   runAt?: Date;
+  /** Its attempts per step, if given. */
   maxAttempts?: number;
+  /** Its correlation key, if given. */
   correlationKey?: string;
+  /** Its concurrency key, if it has one. */
   concurrencyKey?: string;
 }
 
 /** `ctx.spawn(...)`: insert `children`, park until all are terminal, then run `step`. */
 export interface SpawnResult<State = unknown, K extends string = string> {
+  /** Which outcome. */
   type: "spawn";
+  /** The children that would be inserted. */
   children: SpawnedChild[];
+  /** The join step. */
   step: K;
+  /** The state that would be committed. */
   state: State;
 }
 
 /** `ctx.done(result)`, or what a job's `perform` returned. `result` is as stored: JSON, `undefined` became `null`. */
 export interface DoneResult {
+  /** Which outcome. */
   type: "done";
+  /** The result that would be stored. */
   result: unknown;
 }
 
 /** `ctx.snooze(delay)`: the same step again after `delay` ms; not a failure. */
 export interface SnoozeResult {
+  /** Which outcome. */
   type: "snooze";
+  /** Milliseconds. */
   delay: number;
 }
 
 /** `ctx.cancel(reason)`: terminal `cancelled`. `reason` is the message the engine records. */
 export interface CancelResult {
+  /** Which outcome. */
   type: "cancel";
+  /** The message the engine would record. */
   reason: string;
 }
 
@@ -99,6 +124,7 @@ export interface CancelResult {
  * that is not a valid outcome, or a new state its schema rejects.
  */
 export interface ErrorResult {
+  /** Which outcome. */
   type: "error";
   /** What was thrown, e.g. your own Error, or the engine's ValidationError. */
   error: unknown;
@@ -110,6 +136,7 @@ export interface ErrorResult {
   retryDelay?: number;
 }
 
+/** What `runStep` reports: the outcome the engine would commit (with what the step published), or a failed attempt. */
 export type StepResult<State = unknown, K extends string = string> =
   | ((
       NextResult<State, K> | AwaitResult<State, K> | SpawnResult<State, K> | DoneResult | SnoozeResult | CancelResult
@@ -121,9 +148,13 @@ export type StepResult<State = unknown, K extends string = string> =
 
 /** A signal for `ctx.awaited`; `id` and `insertedAt` are made up when omitted. */
 export interface AwaitedInput {
+  /** The signal's name. */
   event: string;
+  /** Its payload. Default null. */
   payload?: unknown;
+  /** Its id. */
   id?: string;
+  /** When it was stored. */
   insertedAt?: Date;
 }
 
@@ -131,13 +162,17 @@ export interface AwaitedInput {
 export interface ChildInput {
   /** The child's machine, or its name. */
   machine: AnyMachine | string;
+  /** How the child ended. */
   status: "done" | "failed" | "cancelled";
+  /** Its result, when done. */
   result?: unknown;
   /** An error record ({ name, message, ... }), or an Error that is turned into one. */
   error?: unknown;
+  /** Its id. Made up when omitted. */
   id?: string;
 }
 
+/** The options of `runStep` besides the state or args: the rest of the step's context. */
 export interface RunStepCommonOptions {
   /** `ctx.awaited`: the signals consumed by the await that led to this step. Default []. */
   awaited?: readonly AwaitedInput[];
@@ -145,6 +180,7 @@ export interface RunStepCommonOptions {
   children?: readonly ChildInput[];
   /** `ctx.attempt`, from 1 to the step's maxAttempts. Default 1. */
   attempt?: number;
+  /** `ctx.correlationKey`. Default null. */
   correlationKey?: string | null;
   /** `ctx.id`. Default "1". */
   id?: string;
@@ -169,10 +205,21 @@ export type StepName<M> = M extends Machine<StandardSchemaV1, infer K, "machine"
 /** `{ state }` for a machine, `{ args }` for a job, plus the context options. */
 export type RunStepOptions<M extends AnyMachine> = RunStepCommonOptions &
   (M extends Machine<StandardSchemaV1, string, "job">
-    ? { args: In<M> }
+    ? {
+        /** The job's arguments: `ctx.state`, validated by its schema. */
+        args: In<M>;
+      }
     : M extends Machine<StandardSchemaV1, string, "machine">
-      ? { state: In<M> }
-      : { state?: unknown; args?: unknown });
+      ? {
+          /** The state the step starts from: `ctx.state`, validated by the machine's schema. */
+          state: In<M>;
+        }
+      : {
+          /** The state, for a machine. */
+          state?: unknown;
+          /** The arguments, for a job. */
+          args?: unknown;
+        });
 
 const OPTION_KEYS = [
   "state",
