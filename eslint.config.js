@@ -3,7 +3,17 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", ".tools/", "coverage/", "test/docs/.generated/"] },
+  {
+    ignores: [
+      "dist/",
+      "node_modules/",
+      ".tools/",
+      "coverage/",
+      "test/docs/.generated/",
+      "test/docs/checks/",
+      "docs/api/",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -3,9 +3,30 @@ import { describe, type Duration, parseDuration } from "./duration.js";
 import { ConfigError } from "./errors.js";
 import { rejectUnknownKeys } from "./suggest.js";
 
+/**
+ * How long a failed step waits before its next attempt: exponential (the default: base 1 s, max 1 h, with
+ * jitter), fixed, or a function of the attempt that failed (1-based) returning the delay. A function that
+ * throws falls back to the default backoff, and the attempt's error says so.
+ */
 export type Backoff =
-  | { type: "exponential"; base?: Duration; max?: Duration; jitter?: boolean }
-  | { type: "fixed"; delay: Duration; jitter?: boolean }
+  | {
+      /** Doubles after each failed attempt: `base`, 2 × `base`, 4 × `base`, … up to `max`. */
+      type: "exponential";
+      /** The delay after the first failed attempt. Default "1s". */
+      base?: Duration;
+      /** The longest delay. Default "1h". */
+      max?: Duration;
+      /** Wait between half and all of each delay, at random, so retries of many instances spread out. Default true. */
+      jitter?: boolean;
+    }
+  | {
+      /** The same delay after every failed attempt. */
+      type: "fixed";
+      /** The delay. */
+      delay: Duration;
+      /** Wait between half and all of the delay, at random. Default false. */
+      jitter?: boolean;
+    }
   | ((attempt: number) => Duration);
 
 /** A resolved backoff: milliseconds to wait before attempt `attempt + 1`, given that `attempt` (1-based) failed. */

@@ -18,7 +18,14 @@ import { resolveCron, type CronEntry, type ResolvedCronEntry } from "./cron/entr
 import { checkStepRateLimits, resolveRateLimits, type RateLimit, type RateLimitOption } from "./runtime/rate-limits.js";
 
 /** Per-node concurrency, or `{ concurrency, global }`: `global` caps running steps of the queue across all nodes. */
-export type QueueOption = number | { concurrency: number; global?: number };
+export type QueueOption =
+  | number
+  | {
+      /** Steps of the queue this node runs at a time. */
+      concurrency: number;
+      /** Steps of the queue running at a time across every node; default: no global limit. */
+      global?: number;
+    };
 
 export interface QueueConfig {
   concurrency: number;
@@ -26,6 +33,7 @@ export interface QueueConfig {
   global: number | undefined;
 }
 
+/** The options of `new GenDurable(...)`; docs/configuration.md lists each with its default. */
 export interface GenDurableOptions {
   /** Postgres connection string (or pass `pool`). */
   connectionString?: string;

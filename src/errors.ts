@@ -16,7 +16,9 @@ export type ErrorCode =
   | "KEY_EXISTS"
   | "NON_RETRYABLE";
 
+/** The base class of every error the engine throws on purpose; switch on `code`, or use `instanceof`. */
 export class GenDurableError extends Error {
+  /** A stable code for the kind of error, e.g. `"VALIDATION"`; the same for an error and its subclasses' instances. */
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -28,7 +30,12 @@ export class GenDurableError extends Error {
 /** Bad input: a state or args that fail their schema, a payload that is not JSON, a bad name. */
 export class ValidationError extends GenDurableError {
   /** Where in the value the problem is, e.g. `["order", "id"]`, when known. */
-  readonly issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }>;
+  readonly issues: ReadonlyArray<{
+    /** What is wrong there. */
+    message: string;
+    /** The keys leading to the bad value from the top of the checked value. */
+    path?: ReadonlyArray<PropertyKey>;
+  }>;
   constructor(message: string, issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }> = []) {
     super("VALIDATION", message);
     this.issues = issues;
@@ -42,12 +49,14 @@ export class ConfigError extends GenDurableError {
   }
 }
 
+/** No instance has that id, or no live instance has that correlation key (a signal without `ifMissing: "keep"`). */
 export class UnknownInstanceError extends GenDurableError {
   constructor(target: string) {
     super("UNKNOWN_INSTANCE", `no instance ${target}`);
   }
 }
 
+/** The instance is done, failed or cancelled, so it cannot take the signal, cancel or wait asked of it. */
 export class InstanceTerminatedError extends GenDurableError {
   constructor(target: string, status: string) {
     super("INSTANCE_TERMINATED", `instance ${target} is already ${status}`);
@@ -70,12 +79,14 @@ export class LeaseLostError extends GenDurableError {
   }
 }
 
+/** A step ran longer than its `timeout`: the attempt fails with this error (and is retried if attempts remain). */
 export class StepTimeoutError extends GenDurableError {
   constructor(machine: string, step: string, timeoutMs: number) {
     super("STEP_TIMEOUT", `step "${step}" of machine "${machine}" ran longer than its timeout of ${timeoutMs} ms`);
   }
 }
 
+/** The schema is older than this version of gen-durable needs: run `migrate()` (or `gen-durable migrate`) first. */
 export class NotMigratedError extends GenDurableError {
   constructor(schema: string, have: number, want: number) {
     super(
@@ -87,12 +98,14 @@ export class NotMigratedError extends GenDurableError {
   }
 }
 
+/** `engine.wait` gave up: the instance had not finished within the timeout (it keeps running). */
 export class WaitTimeoutError extends GenDurableError {
   constructor(id: string, timeoutMs: number) {
     super("WAIT_TIMEOUT", `instance ${id} did not finish within ${timeoutMs} ms`);
   }
 }
 
+/** The engine is stopped: it takes no more calls, and the steps a stop abandons are aborted with this reason. */
 export class EngineStoppedError extends GenDurableError {
   constructor() {
     super("ENGINE_STOPPED", "the engine is stopped");
@@ -102,7 +115,9 @@ export class EngineStoppedError extends GenDurableError {
 /** An insert with `ifExists: "reject"` found an instance with its correlation key, live or finished within the window. */
 export class KeyExistsError extends GenDurableError {
   constructor(
+    /** The correlation key of the insert. */
     readonly correlationKey: string,
+    /** The id of the instance that holds the key. */
     readonly existingId: string,
   ) {
     super(

@@ -184,10 +184,15 @@ function formatPath(keys: PropertyKey[]): string {
 
 /** The stored form of a thrown value. */
 export interface ErrorRecord {
+  /** The error's `name` ("Error", "TypeError", "Cancelled" for a cancel, …). */
   name: string;
+  /** The error's message, cut at 8 KiB. */
   message: string;
+  /** The stack trace, cut at 32 KiB, when the thrown value had one. */
   stack?: string;
+  /** The error's `code` (as a string), when it had one: Node's `ECONNRESET`, a GenDurableError's code. */
   code?: string;
+  /** The error's `cause`, stored the same way (five levels at most). */
   cause?: ErrorRecord;
 }
 

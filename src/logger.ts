@@ -8,10 +8,15 @@
 import type { StepLogger } from "./define.js";
 import { describe } from "./duration.js";
 
+/** A pino-style logger for the engine option `logger`: pino itself, or any object with these four methods. */
 export interface Logger {
+  /** A line at debug level: structured `fields`, then the message. */
   debug(fields: object, message?: string): void;
+  /** A line at info level: structured `fields`, then the message. */
   info(fields: object, message?: string): void;
+  /** A line at warn level: structured `fields`, then the message. */
   warn(fields: object, message?: string): void;
+  /** A line at error level: structured `fields`, then the message. */
   error(fields: object, message?: string): void;
   /** pino's `child`: a logger that adds `bindings` to every line. Used for `ctx.log` when present. */
   child?(bindings: Record<string, unknown>): Logger;

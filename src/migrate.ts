@@ -31,6 +31,7 @@ import { rejectUnknownKeys } from "./suggest.js";
 export const DEFAULT_SCHEMA = "gen_durable";
 export const LATEST_MIGRATION = MIGRATIONS.length;
 
+/** Options of `migrate()` and `Migration.down()`: where the database is (`connectionString` or `pool`), which schema. */
 export interface MigrateOptions extends ConnectionOptions {
   /** Schema to hold the tables; default "gen_durable". */
   schema?: string;
@@ -195,7 +196,12 @@ export const Migration = {
     return downScript(schema);
   },
   /** The numbered migrations, oldest first. */
-  list(): ReadonlyArray<{ id: number; name: string }> {
+  list(): ReadonlyArray<{
+    /** The migration's number, from 1. */
+    id: number;
+    /** Its name, as in its file name. */
+    name: string;
+  }> {
     return MIGRATIONS.map(({ id, name }) => ({ id, name }));
   },
 };

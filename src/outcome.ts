@@ -9,8 +9,26 @@ import type { TraceCarrier } from "./telemetry/propagation.js";
 
 const BRAND: unique symbol = Symbol.for("gen-durable.outcome");
 
+/**
+ * What `ctx.await` waits for: a signal's name, a pack of `count` signals of one name, every member of `all`, or
+ * the first member of `any` to complete; members nest (`{ any: [{ event: "approve", count: 2 }, "reject"] }`).
+ */
 export type AwaitSpec<E extends string = string> =
-  E | { all: readonly AwaitSpec<E>[] } | { any: readonly AwaitSpec<E>[] } | { event: E; count: number };
+  | E
+  | {
+      /** Every one of these. */
+      all: readonly AwaitSpec<E>[];
+    }
+  | {
+      /** The first of these to be complete; `ctx.awaited` holds what it needed. */
+      any: readonly AwaitSpec<E>[];
+    }
+  | {
+      /** The signal's name. */
+      event: E;
+      /** How many signals of that name (at least 1). */
+      count: number;
+    };
 
 export interface ScheduleOptions {
   delay?: Duration;
@@ -19,8 +37,19 @@ export interface ScheduleOptions {
 }
 
 /** When a spawn's join step runs: every child terminal (default), the first done, n done, or the first failure. */
-export type JoinCondition = "all" | "first" | { quorum: number } | { failFast: true };
+export type JoinCondition =
+  | "all"
+  | "first"
+  | {
+      /** Resume once this many children are done. */
+      quorum: number;
+    }
+  | {
+      /** Resume at the first child that ends failed or cancelled; else once every child is terminal. */
+      failFast: true;
+    };
 
+/** Options of `ctx.spawn`: when the join step runs, and what happens to the children still live then. */
 export interface SpawnOptions {
   /** Default "all". `"first"` and `{ quorum: n }` also resume once no more children can be done than have. */
   join?: JoinCondition;
@@ -58,6 +87,7 @@ export type OutcomeData =
 
 /** The opaque value a step returns; build it with `ctx.next`, `ctx.done`, ... */
 export interface StepOutcome {
+  /** What the step decided; read by the engine only. */
   readonly [BRAND]: OutcomeData;
 }
 

@@ -4,7 +4,9 @@ import { ConfigError, ValidationError } from "../errors.js";
 import { watchForPooler } from "./pooler.js";
 
 export interface ConnectionOptions {
+  /** Postgres connection string, e.g. `process.env.DATABASE_URL` (or pass `pool`). */
   connectionString?: string;
+  /** Your own pg.Pool (its connections must default to READ COMMITTED); it is not ended by gen-durable. */
   pool?: pg.Pool;
 }
 

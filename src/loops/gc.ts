@@ -20,6 +20,7 @@ import { gcQueries, type GcQueries } from "../sql/gc.js";
 import { signalQueries } from "../sql/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
+/** Options of `engine.prune`: which terminal instances to delete now. */
 export interface PruneOptions {
   /** Prune terminal instances older than this, whatever their machine's retention. */
   olderThan?: Duration;
@@ -29,6 +30,7 @@ export interface PruneOptions {
   limit?: number;
 }
 
+/** What `engine.prune` deleted. */
 export interface PruneResult {
   /** Instances deleted. */
   instances: number;

@@ -6,8 +6,11 @@ import { describeTree } from "./composite-spec.js";
 import type { JoinRule } from "./join-rule.js";
 import { childQueries } from "../sql/children.js";
 
+/** What `engine.explain(id)` says: why the instance is not running right now, in sentences and as data. */
 export interface Explanation {
+  /** The instance's id. */
   id: string;
+  /** Its status when explained. */
   status: string;
   /** One sentence per reason. */
   reasons: string[];

@@ -17,6 +17,7 @@ import { OtelBridge, type StepTraceFacts } from "./otel.js";
 import { QueueDepthSampler } from "./queue-depth.js";
 import { TableHealthSampler } from "./table-health.js";
 
+/** The engine option `telemetry`: where spans and metrics go, and how often the gauges query the database. */
 export interface TelemetryOptions {
   /**
    * Where step spans go. Default: the global provider (`trace.setGlobalTracerProvider`, which the OTel SDKs call on

@@ -23,6 +23,7 @@ import { PENDING, probeSql } from "../sql/pending.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { testingHook, type TestingHook } from "./hook.js";
 
+/** Options of `drain`. */
 export interface DrainOptions {
   /** Give up after this long. Default "30s". */
   timeout?: Duration;
@@ -34,9 +35,11 @@ export interface DrainResult {
   steps: number;
   /** Failed attempts (step:exception): thrown, invalid outcome, timeout. */
   errors: number;
-  /** Instances that finished: done, failed, cancelled. */
+  /** Instances that finished `done` (instance:done). */
   done: number;
+  /** Instances that ended `failed` (instance:failed). */
   failed: number;
+  /** Instances a step cancelled with `ctx.cancel` (instance:cancelled). */
   cancelled: number;
 }
 

@@ -84,7 +84,14 @@ export const NOT_SHIFTED: ReadonlyArray<{ table: string; column: string; why: st
 ];
 
 /** An engine, or the pool and schema of one (its loops then notice at their next poll). */
-export type TimeTarget = GenDurable | { pool: pg.Pool; schema?: string };
+export type TimeTarget =
+  | GenDurable
+  | {
+      /** A pool on the engine's database. */
+      pool: pg.Pool;
+      /** The engine's schema. Default "gen_durable". */
+      schema?: string;
+    };
 
 /**
  * Moves every stored time of the engine's schema back by `duration`, as if

@@ -7,6 +7,10 @@
  * as a user would run it. It must exit with code 0. The generated modules are
  * also type-checked, so an example that would not compile fails too. The modules
  * are removed after a green run; set KEEP_DOC_MODULES=1 to keep them.
+ *
+ * So that examples read like application code, a guide's assertions may live in
+ * test/docs/checks/<guide>.ts instead of the prose: that file is appended to the
+ * guide's module (its imports hoisted like the blocks'), after the last block.
  */
 import { execFile } from "node:child_process";
 import { availableParallelism } from "node:os";
@@ -18,6 +22,7 @@ import { createDatabase } from "../support/db.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const outDir = join(root, "test", "docs", ".generated");
+const checksDir = join(root, "test", "docs", "checks");
 const tsx = join(root, "node_modules", ".bin", "tsx");
 const tsc = join(root, "node_modules", ".bin", "tsc");
 /** Limit for one child process, counted from its start. */
@@ -90,7 +95,8 @@ export function toModule(doc: string, blocks: Block[], sourceEntry: string): str
       if (!imports.includes(normalized)) imports.push(normalized);
       return "";
     });
-    bodies.push(`// ---- ${doc}, block at line ${block.line}\n${body.trim()}`);
+    const where = block.line === 0 ? "its checks (test/docs/checks/)" : `block at line ${block.line}`;
+    bodies.push(`// ---- ${doc}, ${where}\n${body.trim()}`);
   }
   return [
     `// Generated from ${doc} by test/docs/docs.test.ts. Do not edit.`,
@@ -128,12 +134,13 @@ function collectDocs(): Doc[] {
     const name = basename(path, ".md")
       .toLowerCase()
       .replace(/[^a-z0-9]+/g, "_");
-    return {
-      path,
-      name,
-      module: join(outDir, `${name}.ts`),
-      blocks: runnableBlocks(readFileSync(join(root, path), "utf8")),
-    };
+    const blocks = runnableBlocks(readFileSync(join(root, path), "utf8"));
+    // The checks of a guide's examples live beside this harness, not in the prose: checks/<guide>.ts runs
+    // after the guide's blocks, in the same module, so it sees their top-level names.
+    const checks = join(checksDir, `${basename(path, ".md")}.ts`);
+    if (blocks.length > 0 && existsSync(checks))
+      blocks.push({ line: 0, code: readFileSync(checks, "utf8").replace(/^export \{\};?\s*$/m, "") });
+    return { path, name, module: join(outDir, `${name}.ts`), blocks };
   });
 }
 
