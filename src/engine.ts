@@ -4,43 +4,34 @@
  * (insert, signal, inspect, cancel, retry). It holds no per-instance state:
  * every instance is a row, and any node may run any step.
  */
-import pg from "pg";
+import type pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine } from "./define.js";
 import type { Duration } from "./duration.js";
 import { openPool, poolIsolationCheck } from "./db/pool.js";
-import { ConfigError, EngineStoppedError, InvalidStateError, NotMigratedError } from "./errors.js";
+import { EngineStoppedError, InvalidStateError } from "./errors.js";
 import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
 import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
 import { silentLogger } from "./logger.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { ClockWatch } from "./loops/clock-skew.js";
-import { EngineClock } from "./runtime/clock.js";
-import { heartbeat } from "./loops/lease.js";
-import type { Wakeups } from "./runtime/wakeups.js";
-import { checkDeferredCron, type ResolvedCronEntry } from "./cron/entries.js";
-import { flowQueries, type FlowQueries } from "./sql/flow.js";
-import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult } from "./runtime/rate-limits.js";
-import { currentVersion, LATEST_MIGRATION } from "./migrate.js";
-import { Completer } from "./runtime/completer.js";
-import { WorkerNode } from "./worker.js";
-import type { CheckedCron, CronEntry } from "./cron/entries.js";
-import {
-  findStranded,
-  moveInstance,
-  strandedError,
-  versionQueries,
-  type CheckReport,
-  type MoveOptions,
-  type VersionQueries,
-} from "./runtime/versions.js";
+import type { CheckedCron, CronEntry, ResolvedCronEntry } from "./cron/entries.js";
+import { checkBeforeStart, recordStart } from "./startup.js";
+import { nodeWakeups, WorkerNode } from "./worker.js";
 import type { AnySpec, CheckedSpecs, InsertArgs, InstanceOf, InstanceRef, MachinesOf } from "./machine-types.js";
-import { idOf, typedSignal, type SignalName, type SignalRest } from "./runtime/typed-client.js";
-import { withTransaction } from "./db/pool.js";
-import { checkId } from "./names.js";
-import { ValidationError } from "./errors.js";
 import type { Instance, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
+import { queriesFor, type Queries } from "./sql/index.js";
+import { EngineClock } from "./runtime/clock.js";
+import { Completer } from "./runtime/completer.js";
 import type { Explanation } from "./runtime/explain.js";
+import { cancelRemaining } from "./runtime/join-remaining.js";
+import { Leases } from "./runtime/leases.js";
+import { Notifier } from "./runtime/notifier.js";
+import { PublishedWaiters, waitForEvent, type EventTarget } from "./runtime/published.js";
+import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult } from "./runtime/rate-limits.js";
+import { idOf, typedSignal, type SignalName, type SignalRest } from "./runtime/typed-client.js";
+import { strandedError, type CheckReport, type MoveOptions } from "./runtime/versions.js";
+import type { Wakeups } from "./runtime/wakeups.js";
 import type { ClientContext } from "./client/context.js";
 import { cancelInstance } from "./client/cancel.js";
 import { insertMany, insertOne } from "./client/inserts.js";
@@ -48,18 +39,8 @@ import { pausedQueues, setPaused } from "./client/queues.js";
 import { explain, getInstance, history, listInstances, waitFor } from "./client/reads.js";
 import { retryInstance } from "./client/retry.js";
 import { sendSignal } from "./client/signal.js";
-import { Leases } from "./runtime/leases.js";
-import { Notifier } from "./runtime/notifier.js";
-import { cancelRemaining } from "./runtime/join-remaining.js";
-import { PublishedWaiters, waitForEvent, type EventTarget } from "./runtime/published.js";
-import { publishedQueries, type PublishedQueries } from "./sql/published.js";
-import { recordForSql } from "./runtime/sql-api.js";
-import { sqlApiQueries } from "./sql/sql-api.js";
-import { claimQueries } from "./sql/claims.js";
-import { instanceQueries } from "./sql/instances.js";
-import { childQueries } from "./sql/children.js";
-import { signalQueries } from "./sql/signals.js";
-import { setLongTimeout, type LongTimeout } from "./timers.js";
+import { checkDefinitions, moveTo } from "./client/versions.js";
+import { bounded } from "./timers.js";
 
 /**
  * `Cron` is inferred from the `cron` option, so that each entry's `state` / `args` is checked against its
@@ -69,10 +50,8 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   private readonly config: ResolvedConfig;
   private readonly pool: pg.Pool;
   private readonly ownsPool: boolean;
-  private readonly q: ReturnType<typeof instanceQueries>;
-  private readonly claims: ReturnType<typeof claimQueries>;
-  private readonly signalsQ: ReturnType<typeof signalQueries>;
-  private readonly childrenQ: ReturnType<typeof childQueries>;
+  /** Every statement, by aggregate (src/sql/). */
+  private readonly sql: Queries;
   private readonly events = new TypedEmitter();
   private readonly notifier: Notifier;
   private readonly completer: Completer;
@@ -82,24 +61,16 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   /** ctx.now(): database time, plus the schema's skew (advanceTime); offset kept current by clockWatch. */
   private readonly clock = new EngineClock();
   private readonly pruner: Pruner;
-  private readonly flow: FlowQueries;
   private readonly rateLimiter: RateLimiter;
-  private readonly versions: VersionQueries;
-  private readonly publishedQ: PublishedQueries;
   /** Callers of waitForEvent, woken by the NOTIFY of a commit that publishes. */
   private readonly publishedWaiters = new PublishedWaiters();
   /** Schedulers, executor and loops: started by start() on a node with queues (src/worker.ts). */
   private worker: WorkerNode | undefined;
   /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
-  private readonly wakeups: Wakeups = {
-    queue: (queue, delayMs = 0) => this.worker?.schedulers.get(queue)?.wake(delayMs),
-    broadcast: (queue) => {
-      this.worker?.schedulers.get(queue)?.wake();
-      this.notifier.request(queue);
-    },
-    joins: () => this.worker?.loops.joins.trigger(),
-    timeouts: (delayMs) => this.worker?.loops.timeouts.triggerIn(delayMs),
-  };
+  private readonly wakeups: Wakeups = nodeWakeups(
+    () => this.worker,
+    (queue) => this.notifier.request(queue),
+  );
   /** The cron entries with every value checked (asynchronous schemas in start()). */
   private cronEntries: readonly ResolvedCronEntry[] = [];
   /** Spans, metrics and event log lines; attached in start() so an SDK registered after construction is used. */
@@ -111,53 +82,25 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   private readonly client: ClientContext;
 
   constructor(options: GenDurableOptions & { cron?: Cron & CheckedCron<Cron> }) {
-    this.config = resolveConfig(options);
-    const { pool, owned } = openPool(options, "GenDurable", "gen-durable", this.config.poolSize);
+    const config = (this.config = resolveConfig(options));
+    const { events, clock } = this;
+    const { pool, owned } = openPool(options, "GenDurable", "gen-durable", config.poolSize);
     this.pool = pool;
     this.ownsPool = owned;
-    this.q = instanceQueries(this.config.schema);
-    this.claims = claimQueries(this.config.schema);
-    this.signalsQ = signalQueries(this.config.schema);
-    this.childrenQ = childQueries(this.config.schema);
-    this.notifier = new Notifier(pool, this.config.channel, (error) => this.reportError("notify", error));
-    this.completer = new Completer(pool, this.claims.complete, this.claims.committedBy);
-    this.leases = new Leases(pool, this.claims, this.config.leaseMs);
-    this.clockWatch = new ClockWatch({
-      events: this.events,
-      logger: this.config.logger,
-      node: this.config.nodeId,
-      clock: this.clock,
-    });
-    this.flow = flowQueries(this.config.schema);
-    this.publishedQ = publishedQueries(this.config.schema);
-    this.versions = versionQueries(this.config.schema);
-    this.rateLimiter = new RateLimiter(pool, this.flow, this.config.rateLimits);
-    const { schema, retentionMs, machines, idempotencyWindowMs } = this.config;
-    this.pruner = new Pruner({
-      pool,
-      schema,
-      retentionMs,
-      idempotencyWindowMs,
-      machines,
-      events: this.events,
-      more: () => this.worker?.loops.gc.trigger(),
-    });
+    const sql = (this.sql = queriesFor(config.schema));
+    this.notifier = new Notifier(pool, config.channel, (error) => this.reportError("notify", error));
+    this.completer = new Completer(pool, sql.claims.complete, sql.claims.committedBy);
+    this.leases = new Leases(pool, sql.claims, config.leaseMs);
+    this.clockWatch = new ClockWatch({ events, logger: config.logger, node: config.nodeId, clock });
+    this.rateLimiter = new RateLimiter(pool, sql.flow, config.rateLimits);
+    const { schema, retentionMs, machines, idempotencyWindowMs } = config;
+    const more = () => this.worker?.loops.gc.trigger();
+    this.pruner = new Pruner({ pool, schema, retentionMs, idempotencyWindowMs, machines, events, more });
     this.checkPool = poolIsolationCheck(pool, owned);
-    this.client = {
-      pool,
-      config: this.config,
-      instances: this.q,
-      signals: this.signalsQ,
-      flow: this.flow,
-      events: this.events,
-      wake: this.wakeups,
-      notifyQueue: (queue) => {
-        this.notifier.request(queue);
-        return this.notifier.drain();
-      },
-      assertUsable: () => this.assertUsable(),
-      checkPool: this.checkPool,
-    };
+    const notifyQueue = (queue: string) => (this.notifier.request(queue), this.notifier.drain());
+    const assertUsable = () => this.assertUsable();
+    const { wakeups: wake, checkPool } = this;
+    this.client = { pool, config, sql, events, wake, notifyQueue, assertUsable, checkPool };
   }
 
   /** Subscribe to an engine event; returns a function that unsubscribes. */
@@ -191,59 +134,31 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     this.state = "started";
   }
 
-  /** Everything start() checks and records before any loop runs. */
+  /** Everything start() checks and records before any loop runs (src/startup.ts). */
   private async prepareStart(): Promise<void> {
-    // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
-    this.cronEntries = await checkDeferredCron(
-      this.config.cron,
-      this.config.maxPayloadBytes,
-      (m) => new ConfigError(`GenDurable: ${m}`),
-    );
-    const version = await currentVersion(this.pool, this.config.schema);
-    if (version < LATEST_MIGRATION) throw new NotMigratedError(this.config.schema, version, LATEST_MIGRATION);
-    await this.checkPool();
-    await this.clock.sync(this.pool, this.config.schema);
+    const { pool, config, checkPool, clock, sql, pruner, leases, clockWatch } = this;
+    this.cronEntries = await checkBeforeStart({ pool, config, checkPool, clock });
     this.telemetry = attachTelemetry({
       events: this.events,
-      logger: this.config.logger,
-      silent: this.config.logger === silentLogger,
-      pool: this.pool,
-      schema: this.config.schema,
-      queues: [...this.config.queues.keys()],
-      options: this.config.telemetry,
+      logger: config.logger,
+      silent: config.logger === silentLogger,
+      pool,
+      schema: config.schema,
+      queues: [...config.queues.keys()],
+      options: config.telemetry,
       onError: (error) => this.reportError("telemetry", error),
     });
-    // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
-    await this.pruner.recordRetentions();
-    // The SQL API's insert and signal take machines' defaults and these options from the database.
-    await recordForSql(
-      this.pool,
-      sqlApiQueries(this.config.schema),
-      this.config.schema,
-      this.config.machines,
-      this.config,
-    );
-    if (this.config.queues.size > 0)
-      await heartbeat({ leases: this.leases, flow: this.flow, node: this.node(), clock: this.clockWatch });
+    await recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node() });
   }
 
   private startLoops(): void {
     const { pool, config, events, notifier, completer, leases, rateLimiter, pruner, cronEntries: cron } = this;
-    const queries = {
-      claims: this.claims,
-      signals: this.signalsQ,
-      children: this.childrenQ,
-      instances: this.q,
-      flow: this.flow,
-    };
     this.worker = new WorkerNode({
-      ...{ pool, config, queries, events, notifier, completer, leases, rateLimiter, pruner, cron },
+      ...{ pool, config, queries: this.sql, events, notifier, completer, leases, rateLimiter, pruner, cron },
       wake: this.wakeups,
       clock: this.clock,
       clockWatch: this.clockWatch,
-      published: this.publishedQ,
-      versions: this.versions,
-      cancelRemaining: (parentId) => cancelRemaining(pool, this.childrenQ, parentId, (id, r) => this.cancel(id, r)),
+      cancelRemaining: (parentId) => cancelRemaining(pool, this.sql.children, parentId, (id, r) => this.cancel(id, r)),
       onNotify: (payload) => this.publishedWaiters.onNotify(payload),
       around: this.telemetry?.around,
       node: this.node(),
@@ -279,21 +194,9 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
    * other nodes after their leases expire, as after a crash.
    */
   private async bounded(what: string, work: Promise<unknown> | undefined): Promise<void> {
-    if (!work) return;
-    let timer: LongTimeout | undefined;
-    const gaveUp = await Promise.race([
-      work.then(
-        () => false,
-        () => false,
-      ),
-      new Promise<boolean>((resolve) => (timer = setLongTimeout(() => resolve(true), this.config.leaseMs))),
-    ]);
-    timer?.clear();
-    if (gaveUp)
-      this.reportError(
-        "stop",
-        new Error(`stop() gave up waiting for ${what} after ${this.config.leaseMs} ms (is the database reachable?)`),
-      );
+    const ms = this.config.leaseMs;
+    const why = `stop() gave up waiting for ${what} after ${ms} ms (is the database reachable?)`;
+    if (await bounded(work, ms)) this.reportError("stop", new Error(why));
   }
 
   // ---------------------------------------------------------------- clients (src/client/)
@@ -348,8 +251,8 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
    */
   waitForEvent(target: EventTarget, key: string, options: { timeout?: Duration } = {}): Promise<unknown> {
     this.assertUsable();
-    const { pool, publishedQ: q, publishedWaiters: waiters } = this;
-    return waitForEvent({ pool, q, waiters, pollMs: this.config.pollMs }, target, key, options);
+    const { pool, publishedWaiters: waiters } = this;
+    return waitForEvent({ pool, q: this.sql.published, waiters, pollMs: this.config.pollMs }, target, key, options);
   }
 
   /** Instances, newest first; page with `after: lastId`. */
@@ -388,28 +291,20 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     if (!routed) this.events.emit("instance:cancelled", { id, machine, reason: message });
   }
 
-  /** Registers this node (machines, queues, lease) for explain and `status`; repeated by the lease loop. */
   /**
    * Live instances of this engine's machines parked at steps the definitions no longer have. start() reports
    * them (an `engine:error` from loop "check") before anything runs; `gen-durable check` exits non-zero.
    */
-  async check(): Promise<CheckReport> {
-    this.assertUsable();
-    const stranded = await findStranded(this.pool, this.versions, this.config.machines);
-    return { ok: stranded.length === 0, stranded };
+  check(): Promise<CheckReport> {
+    return checkDefinitions(this.client);
   }
 
   /**
    * An operator's repair: moves an instance that is not running (runnable, awaiting or failed) to `step`,
    * with `state` when given, runnable now with fresh attempts; recorded in its history as "moved".
    */
-  async move(id: string, options: MoveOptions): Promise<void> {
-    this.assertUsable();
-    checkId(id, "move: id", (m) => new ValidationError(m));
-    const { machines, channel, maxPayloadBytes } = this.config;
-    await withTransaction(this.pool, (client) =>
-      moveInstance(client, this.versions, machines, id, options, channel, maxPayloadBytes),
-    );
+  move(id: string, options: MoveOptions): Promise<void> {
+    return moveTo(this.client, id, options);
   }
 
   /** This node, as its heartbeat row records it. */

@@ -30,3 +30,22 @@ export function setLongTimeout(callback: () => void, delayMs: number, options: {
   if (remaining !== Infinity) arm();
   return { clear: () => clearTimeout(handle) };
 }
+
+/**
+ * Waits for `work` at most `ms`; true when it gave up (the work goes on, unwatched). A part of a
+ * graceful stop that the database never answers (a dead network drops no connection) must not
+ * hang the process.
+ */
+export async function bounded(work: Promise<unknown> | undefined, ms: number): Promise<boolean> {
+  if (!work) return false;
+  let timer: LongTimeout | undefined;
+  const gaveUp = await Promise.race([
+    work.then(
+      () => false,
+      () => false,
+    ),
+    new Promise<boolean>((resolve) => (timer = setLongTimeout(() => resolve(true), ms))),
+  ]);
+  timer?.clear();
+  return gaveUp;
+}

@@ -28,24 +28,14 @@ import type { Leases } from "./runtime/leases.js";
 import type { Notifier } from "./runtime/notifier.js";
 import type { RateLimiter } from "./runtime/rate-limits.js";
 import type { Wakeups } from "./runtime/wakeups.js";
-import type { ChildQueries } from "./sql/children.js";
-import type { ClaimQueries } from "./sql/claims.js";
-import type { FlowQueries } from "./sql/flow.js";
-import type { InstanceQueries } from "./sql/instances.js";
-import type { SignalQueries } from "./sql/signals.js";
-import { sqlApiQueries } from "./sql/sql-api.js";
+import type { Queries } from "./sql/index.js";
 import { setLongTimeout, type LongTimeout } from "./timers.js";
 
 export interface WorkerNodeDeps {
   pool: pg.Pool;
   config: ResolvedConfig;
-  queries: {
-    claims: ClaimQueries;
-    signals: SignalQueries;
-    children: ChildQueries;
-    instances: InstanceQueries;
-    flow: FlowQueries;
-  };
+  /** Every statement, by aggregate (src/sql/). */
+  queries: Queries;
   events: TypedEmitter;
   notifier: Notifier;
   completer: Completer;
@@ -57,8 +47,6 @@ export interface WorkerNodeDeps {
   clock: EngineClock;
   /** The node's clock against the database's, read at every heartbeat (loops/clock-skew.ts). */
   clockWatch: ClockWatch;
-  published: ExecutorDeps["published"];
-  versions: ExecutorDeps["versions"];
   cancelRemaining: ExecutorDeps["cancelRemaining"];
   /** A NOTIFY payload that is not a queue's: true when it was someone's (published values). */
   onNotify(payload: string): boolean;
@@ -68,6 +56,22 @@ export interface WorkerNodeDeps {
   reportError(loop: string, error: unknown): void;
   /** Waits for one part of stop(), giving up after a bound (see GenDurable.stop). */
   bounded(what: string, work: Promise<unknown> | undefined): Promise<void>;
+}
+
+/**
+ * How the parts of a node say that work may be due (runtime/wakeups.ts): through its worker's
+ * schedulers and loops when it has one, and to every node through NOTIFY (`notify`).
+ */
+export function nodeWakeups(worker: () => WorkerNode | undefined, notify: (queue: string) => void): Wakeups {
+  return {
+    queue: (queue, delayMs = 0) => worker()?.schedulers.get(queue)?.wake(delayMs),
+    broadcast: (queue) => {
+      worker()?.schedulers.get(queue)?.wake();
+      notify(queue);
+    },
+    joins: () => worker()?.loops.joins.trigger(),
+    timeouts: (delayMs) => worker()?.loops.timeouts.triggerIn(delayMs),
+  };
 }
 
 export type LoopName = "poll" | "timeouts" | "joins" | "lease" | "reaper" | "gc" | "tables";
@@ -102,10 +106,10 @@ export class WorkerNode {
       channel: config.channel,
       rateLimiter: deps.rateLimiter,
       stopReason: () => this.stopReason,
-      published: deps.published,
-      versions: deps.versions,
+      published: queries.published,
+      versions: queries.versions,
       cancelRemaining: deps.cancelRemaining,
-      sqlApi: sqlApiQueries(config.schema),
+      sqlApi: queries.sqlApi,
       idempotencyWindowMs: config.idempotencyWindowMs,
     });
     // Any queue may hold any machine (insert's `queue` option), so every scheduler claims every machine.

@@ -93,7 +93,8 @@ class CancelTree {
    * held between them).
    */
   private async once(client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> {
-    const { instances, config } = this.ctx;
+    const { config } = this.ctx;
+    const { instances } = this.ctx.sql;
     const { rows } = await client.query<CancelTarget>(instances.cancel, [
       this.id,
       this.errorJson,

@@ -7,16 +7,13 @@ import type pg from "pg";
 import type { ResolvedConfig } from "../config.js";
 import type { TypedEmitter } from "../events.js";
 import type { Wakeups } from "../runtime/wakeups.js";
-import type { FlowQueries } from "../sql/flow.js";
-import type { InstanceQueries } from "../sql/instances.js";
-import type { SignalQueries } from "../sql/signals.js";
+import type { Queries } from "../sql/index.js";
 
 export interface ClientContext {
   readonly pool: pg.Pool;
   readonly config: ResolvedConfig;
-  readonly instances: InstanceQueries;
-  readonly signals: SignalQueries;
-  readonly flow: FlowQueries;
+  /** Every statement, by aggregate (src/sql/). */
+  readonly sql: Queries;
   readonly events: TypedEmitter;
   /** Work became due: this node's schedulers (and, by `broadcast`, every node) look. */
   readonly wake: Wakeups;

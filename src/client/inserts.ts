@@ -76,7 +76,7 @@ async function insertRows(
       queue: string;
       due: boolean;
       rejected: boolean;
-    }>(prepared(ctx.instances.insert, [JSON.stringify(pending), channel, ctx.config.idempotencyWindowMs]));
+    }>(prepared(ctx.sql.instances.insert, [JSON.stringify(pending), channel, ctx.config.idempotencyWindowMs]));
     const rejected = out.find((row) => row.rejected);
     // Nothing was inserted: the statement inserts no row when one is rejected.
     if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);

@@ -19,11 +19,11 @@ export async function getInstance(
   const bad = (m: string) => new ValidationError(`get: ${m}`);
   if (typeof target === "object" && target !== null && "correlationKey" in target) {
     const key = checkKey(target.correlationKey, "correlationKey", bad);
-    const { rows } = await ctx.pool.query<InstanceRow>(ctx.instances.getByKey, [key]);
+    const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.getByKey, [key]);
     return rows[0] ? toInstance(rows[0]) : null;
   }
   if (typeof target !== "string") throw bad(`expected an id or { correlationKey }, got ${describe(target)}`);
-  const { rows } = await ctx.pool.query<InstanceRow>(ctx.instances.get, [checkId(target, "id", bad)]);
+  const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.get, [checkId(target, "id", bad)]);
   return rows[0] ? toInstance(rows[0]) : null;
 }
 
@@ -42,7 +42,7 @@ export async function listInstances(ctx: ClientContext, filter: ListFilter = {})
       throw bad(`status must be one of ${STATUSES.join(", ")}; got ${describe(status)}${suggestion}`);
     }
   }
-  const { rows } = await ctx.pool.query<InstanceRow>(ctx.instances.list, [
+  const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.list, [
     filter.machine === undefined ? null : checkName(filter.machine, "machine", bad),
     statuses,
     filter.queue === undefined ? null : checkName(filter.queue, "queue", bad),
@@ -56,7 +56,7 @@ export async function listInstances(ctx: ClientContext, filter: ListFilter = {})
 export async function history(ctx: ClientContext, id: string): Promise<Transition[]> {
   ctx.assertUsable();
   checkId(id, "history: id", (m) => new ValidationError(m));
-  const { rows } = await ctx.pool.query<TransitionRow>(ctx.instances.history, [id]);
+  const { rows } = await ctx.pool.query<TransitionRow>(ctx.sql.instances.history, [id]);
   return rows.map(toTransition);
 }
 

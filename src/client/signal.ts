@@ -51,8 +51,8 @@ export async function sendSignal(
     await assertReadCommitted(options.client, "signal", why);
   }
   const delivered = options.client
-    ? await deliverSignal(options.client, ctx.signals, input)
-    : await withTransaction(ctx.pool, (client) => deliverSignal(client, ctx.signals, input));
+    ? await deliverSignal(options.client, ctx.sql.signals, input)
+    : await withTransaction(ctx.pool, (client) => deliverSignal(client, ctx.sql.signals, input));
   // Other nodes hear the NOTIFY; this one need not wait for it.
   if (delivered.resumedQueue && !options.client) ctx.wake.queue(delivered.resumedQueue);
   return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };

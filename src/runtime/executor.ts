@@ -36,7 +36,8 @@ import { storePublished } from "./published.js";
 import type { JoinRule } from "./join-rule.js";
 import type { PublishedQueries } from "../sql/published.js";
 import { checkAwaited } from "../machine-typing.js";
-import { recordUpcast, upcastState, type VersionQueries } from "./versions.js";
+import { recordUpcast, upcastState } from "./versions.js";
+import type { VersionQueries } from "../sql/versions.js";
 import type { EngineClock } from "./clock.js";
 import { routeFacts } from "./routes.js";
 

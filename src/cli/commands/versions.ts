@@ -8,7 +8,8 @@ import { pathToFileURL } from "node:url";
 import { EXIT_FAILURE, EXIT_OK, UsageError, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, idFrom, printJson, withClient } from "../client.js";
 import type { AnyMachine } from "../../define.js";
-import { findStranded, moveInstance, versionQueries } from "../../runtime/versions.js";
+import { findStranded, moveInstance } from "../../runtime/versions.js";
+import { versionQueries } from "../../sql/versions.js";
 import { withTransaction } from "../../db/pool.js";
 
 export const MACHINES_OPTION = {
