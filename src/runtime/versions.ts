@@ -35,7 +35,8 @@ export function versionQueries(schema: string) {
       from ${s}.instances i join jsonb_each($1::jsonb) m on m.key = i.machine
       where i.status not in ${TERMINAL_SQL} and not (m.value ? i.step)
       order by i.id limit $2`,
-    lockForMove: `select id::text as id, machine, step, status, queue, version from ${s}.instances where id = $1 for update`,
+    lockForMove: `select id::text as id, machine, step, status, queue, version
+      from ${s}.instances where id = $1 for update`,
     /**
      * Moves an instance to step $2 (state $3 when not null), runnable now with fresh attempts; what the old
      * step was waiting for (an await, a lease) is dropped. $5: NOTIFY channel.
@@ -68,7 +69,8 @@ export async function upcastState(machine: AnyMachine, from: number, state: unkn
   const where = `machine "${machine.name}"`;
   if (from > machine.version) {
     throw new ValidationError(
-      `${where}: the instance was written by version ${from} of its machine; this node runs version ${machine.version} (deploy the newer definition)`,
+      `${where}: the instance was written by version ${from} of its machine; ` +
+        `this node runs version ${machine.version} (deploy the newer definition)`,
     );
   }
   let value = state;
