@@ -242,7 +242,8 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
         (typeof global !== "number" || !Number.isInteger(global) || global < 1 || global > 1_000_000)
       ) {
         throw fail(
-          `queues.${name}.global must be an integer from 1 to 1000000 (running steps across all nodes), got ${describe(global)}`,
+          `queues.${name}.global must be an integer from 1 to 1000000 (running steps across all nodes), ` +
+            `got ${describe(global)}`,
         );
       }
       queues.set(name, { concurrency, global });
@@ -265,7 +266,8 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
       if (twin && twin !== machine) throw fail(`two different machines are named "${machine.name}"`);
       if (queues.size > 0 && !queues.has(machine.queue)) {
         throw fail(
-          `machine "${machine.name}" runs on queue "${machine.queue}", which is not in queues (${[...queues.keys()].join(", ")})`,
+          `machine "${machine.name}" runs on queue "${machine.queue}", ` +
+            `which is not in queues (${[...queues.keys()].join(", ")})`,
         );
       }
       machines.set(machine.name, machine);

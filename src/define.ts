@@ -325,7 +325,10 @@ export interface MachineDefinition<
   result?: RS;
   /** Version of this definition (default 1): bump it when the state's shape changes, with an upcaster in `migrate`. */
   version?: number;
-  /** Upcasters by the version they produce: `{ 2: (stateV1) => stateV2 }`, applied when an older instance is claimed. */
+  /**
+   * Upcasters by the version they produce: `{ 2: (stateV1) => stateV2 }`, applied when an older instance is
+   * claimed.
+   */
   migrate?: Record<number, (state: unknown) => unknown>;
   /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
   maxAttempts?: number;
@@ -406,7 +409,8 @@ export function defineMachine<
   const initial = definition.initial ?? "start";
   if (!steps.has(initial)) {
     throw new ConfigError(
-      `${where}: initial step "${initial}" is not one of its steps (${[...steps.keys()].join(", ")})${didYouMean(initial, steps.keys())}`,
+      `${where}: initial step "${initial}" is not one of its steps (${[...steps.keys()].join(", ")})` +
+        `${didYouMean(initial, steps.keys())}`,
     );
   }
   const typing = resolveTyping({ ...definition, name: common.name }, steps, initial, where);
@@ -600,7 +604,8 @@ function resolveStep(name: string, step: unknown, where: string): ResolvedStep {
   }
   if (typeof step !== "object" || step === null || typeof (step as { run?: unknown }).run !== "function") {
     throw new ConfigError(
-      `${where} must be a function (ctx) => outcome or an object { run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit?, onFailure?, retry? }`,
+      `${where} must be a function (ctx) => outcome or an object ` +
+        "{ run, timeout?, maxAttempts?, backoff?, transactional?, rateLimit?, onFailure?, retry? }",
     );
   }
   rejectUnknownKeys(
@@ -649,7 +654,8 @@ function checkStepRateLimit(value: unknown, where: string): StepRateLimit {
     !(typeof weight === "number" && Number.isInteger(weight) && weight >= 1 && weight <= 2 ** 31 - 1)
   ) {
     throw new ConfigError(
-      `${where}.weight must be a whole number of tokens from 1 to ${2 ** 31 - 1} or a function (ctx) => number, got ${describe(weight)}`,
+      `${where}.weight must be a whole number of tokens from 1 to ${2 ** 31 - 1} or a function (ctx) => number, ` +
+        `got ${describe(weight)}`,
     );
   }
   return Object.freeze({ ...limit });

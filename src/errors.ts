@@ -93,7 +93,8 @@ export class NotMigratedError extends GenDurableError {
       "NOT_MIGRATED",
       have === 0
         ? `schema "${schema}" is not migrated: run \`npx gen-durable migrate\` or call migrate() first`
-        : `schema "${schema}" is at migration ${have} but this version of gen-durable needs ${want}: run \`npx gen-durable migrate\``,
+        : `schema "${schema}" is at migration ${have} but this version of gen-durable needs ${want}: ` +
+            "run `npx gen-durable migrate`",
     );
   }
 }
@@ -112,7 +113,10 @@ export class EngineStoppedError extends GenDurableError {
   }
 }
 
-/** An insert with `ifExists: "reject"` found an instance with its correlation key, live or finished within the window. */
+/**
+ * An insert with `ifExists: "reject"` found an instance with its correlation key, live or finished within the
+ * window.
+ */
 export class KeyExistsError extends GenDurableError {
   constructor(
     /** The correlation key of the insert. */

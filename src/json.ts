@@ -104,7 +104,8 @@ function copyJson(root: unknown, maxBytes: number): { copy: unknown; atLeast: nu
         // the step would then see null where its schema promised undefined.
         if (keys.length === 0)
           return bad(
-            "is undefined, which cannot be stored (JSON has no undefined): pass a value, or null if the schema accepts it",
+            "is undefined, which cannot be stored (JSON has no undefined): " +
+              "pass a value, or null if the schema accepts it",
           );
         if (typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
         continue; // an undefined property is simply omitted, as JSON.stringify does

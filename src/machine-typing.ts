@@ -78,7 +78,8 @@ export function resolveTyping(
     for (const target of step.to ?? []) {
       if (!steps.has(target)) {
         throw bad(
-          `step "${step.name}" declares to "${target}", which is not one of its steps (${[...steps.keys()].join(", ")})`,
+          `step "${step.name}" declares to "${target}", ` +
+            `which is not one of its steps (${[...steps.keys()].join(", ")})`,
         );
       }
     }
@@ -144,7 +145,8 @@ export async function checkSignal(
   const schema = signals[event];
   if (!schema) {
     throw new ValidationError(
-      `${where}: machine "${machine.name}" declares no signal "${event}" (its signals: ${Object.keys(signals).join(", ") || "none"})`,
+      `${where}: machine "${machine.name}" declares no signal "${event}" ` +
+        `(its signals: ${Object.keys(signals).join(", ") || "none"})`,
     );
   }
   return validate(schema, payload ?? null, `${where}: the payload of signal "${event}" to ${machine.name}`);

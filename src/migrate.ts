@@ -31,7 +31,10 @@ import { rejectUnknownKeys } from "./suggest.js";
 export const DEFAULT_SCHEMA = "gen_durable";
 export const LATEST_MIGRATION = MIGRATIONS.length;
 
-/** Options of `migrate()` and `Migration.down()`: where the database is (`connectionString` or `pool`), which schema. */
+/**
+ * Options of `migrate()` and `Migration.down()`: where the database is (`connectionString` or `pool`),
+ * which schema.
+ */
 export interface MigrateOptions extends ConnectionOptions {
   /** Schema to hold the tables; default "gen_durable". */
   schema?: string;

@@ -63,7 +63,8 @@ function usageLine(command: Command): string {
 export function commandHelp(command: Command): string {
   const all = { ...command.options, ...GLOBAL_OPTIONS };
   const rows = Object.entries(all).map(([name, spec]) => {
-    const flag = `${spec.short ? `-${spec.short}, ` : "    "}--${name}${spec.type === "string" ? ` <${spec.valueName ?? "value"}>` : ""}`;
+    const value = spec.type === "string" ? ` <${spec.valueName ?? "value"}>` : "";
+    const flag = `${spec.short ? `-${spec.short}, ` : "    "}--${name}${value}`;
     return `  ${flag.padEnd(30)} ${spec.description}`;
   });
   const operands = (command.positionals ?? []).map((p) => `  ${p.name.padEnd(30)} ${p.description}`);
@@ -129,11 +130,9 @@ function parseCommandArgs(
     }
     if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
       const arg = /Unexpected argument '([^']*)'/.exec(message)?.[1];
+      const shown = arg === undefined ? "" : JSON.stringify(arg);
       throw new UsageError(
-        `unexpected argument ${arg === undefined ? "" : JSON.stringify(arg)}: ${command.name} takes only options`.replace(
-          "  ",
-          " ",
-        ),
+        `unexpected argument ${shown}: ${command.name} takes only options`.replace("  ", " "),
         command,
       );
     }
@@ -217,7 +216,8 @@ function checkPositionals(command: Command, positionals: string[]): void {
   if (missing) throw new UsageError(`missing argument <${missing.name}>: ${missing.description}`, command);
   if (positionals.length > specs.length && !specs[specs.length - 1]?.variadic) {
     throw new UsageError(
-      `unexpected argument ${JSON.stringify(positionals[specs.length])}: ${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`,
+      `unexpected argument ${JSON.stringify(positionals[specs.length])}: ` +
+        `${command.name} takes ${specs.length === 1 ? "one argument" : `${specs.length} arguments`}`,
       command,
     );
   }

@@ -77,13 +77,11 @@ export async function withClient(
       }
       return fail(`cannot connect to ${redact(url)}: ${describeConnectError(error)}`);
     }
-    if (version === 0)
-      return fail(
-        `schema ${schema} is not migrated: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`,
-      );
+    const migrate = `gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`;
+    if (version === 0) return fail(`schema ${schema} is not migrated: run ${migrate}`);
     if (version < LATEST_MIGRATION) {
       return fail(
-        `schema ${schema} is at migration ${version} but this gen-durable needs ${LATEST_MIGRATION}: run gen-durable migrate${schema === "gen_durable" ? "" : ` --schema ${schema}`}`,
+        `schema ${schema} is at migration ${version} but this gen-durable needs ${LATEST_MIGRATION}: run ${migrate}`,
       );
     }
     engine = new GenDurable({ pool, schema });

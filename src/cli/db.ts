@@ -55,7 +55,8 @@ function parses(url: string): boolean {
 }
 
 const ENCODE_HINT =
-  "percent-encode the special characters of the password: @ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as %20";
+  "percent-encode the special characters of the password: " +
+  "@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as %20";
 const EXPECTED = "expected postgres://user:password@host:5432/database";
 
 /**
@@ -66,7 +67,10 @@ const EXPECTED = "expected postgres://user:password@host:5432/database";
  */
 export function urlProblem(url: string): string | undefined {
   if (!/^[a-z][a-z0-9+.-]*:/i.test(url.trim()) && /^\s*[a-z_]+\s*=/i.test(url)) {
-    return `${redact(url)} looks like a key=value connection string; gen-durable takes a URL: postgres://user:password@host:5432/database`;
+    return (
+      `${redact(url)} looks like a key=value connection string; ` +
+      "gen-durable takes a URL: postgres://user:password@host:5432/database"
+    );
   }
   let parsed: URL;
   try {

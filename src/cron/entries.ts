@@ -159,7 +159,8 @@ export async function checkDeferredCron(
   return Promise.all(
     entries.map(async (entry) => {
       if (!entry.deferred) return entry;
-      const label = `cron entry "${entry.name}": ${entry.machine.kind === "job" ? "args" : "state"} of ${entry.machine.name}`;
+      const what = entry.machine.kind === "job" ? "args" : "state";
+      const label = `cron entry "${entry.name}": ${what} of ${entry.machine.name}`;
       let value: unknown;
       try {
         ({ value } = await validate(entry.machine.schema, entry.state, label));
@@ -203,7 +204,8 @@ function checkTimezone(value: unknown, where: string, fail: (m: string) => Confi
 function parseSchedule(value: unknown, timezone: string, where: string, fail: (m: string) => ConfigError): Cron {
   if (typeof value !== "string" || value.trim() === "") {
     throw fail(
-      `${where}: schedule must be a cron expression such as "*/5 * * * *" (5 fields, or 6 with seconds first), got ${describe(value)}`,
+      `${where}: schedule must be a cron expression such as "*/5 * * * *" (5 fields, or 6 with seconds first), ` +
+        `got ${describe(value)}`,
     );
   }
   let cron: Cron;
@@ -212,7 +214,8 @@ function parseSchedule(value: unknown, timezone: string, where: string, fail: (m
     cron = new Cron(value, { paused: true, timezone, mode: "5-or-6-parts" });
   } catch (error) {
     throw fail(
-      `${where}: schedule "${value}" is not a valid cron expression (5 fields, or 6 with seconds first): ${(error as Error).message}`,
+      `${where}: schedule "${value}" is not a valid cron expression (5 fields, or 6 with seconds first): ` +
+        `${(error as Error).message}`,
     );
   }
   // A pattern that parses may still never match (say, February 30th): better said now than never fired.

@@ -11,10 +11,12 @@
  */
 
 export const STYLESHEET = `
-:root{--fg:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#fff;--panel:#f8fafc;--accent:#2563eb;--bad:#b91c1c;--ok:#15803d;--warn:#b45309}
+:root{--fg:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#fff;--panel:#f8fafc;--accent:#2563eb;
+  --bad:#b91c1c;--ok:#15803d;--warn:#b45309}
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{display:flex;gap:18px;align-items:center;padding:10px 20px;border-bottom:1px solid var(--line);background:var(--panel)}
+header{display:flex;gap:18px;align-items:center;padding:10px 20px;border-bottom:1px solid var(--line);
+  background:var(--panel)}
 header .brand{font-weight:700}
 header nav a{margin-right:14px;color:var(--fg);text-decoration:none}
 header nav a.active{font-weight:600;border-bottom:2px solid var(--accent)}
@@ -28,8 +30,10 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertic
 th{font-size:12px;color:var(--muted);font-weight:600;text-transform:uppercase;letter-spacing:.03em}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;background:#e2e8f0}
-.s-runnable{background:#dbeafe}.s-running{background:#fef3c7}.s-awaiting{background:#e0e7ff}.s-joining{background:#ede9fe}
-.s-done{background:#dcfce7}.s-failed{background:#fee2e2;color:var(--bad)}.s-cancelled{background:#f1f5f9;color:var(--muted)}
+.s-runnable{background:#dbeafe}.s-running{background:#fef3c7}.s-awaiting{background:#e0e7ff}
+.s-joining{background:#ede9fe}
+.s-done{background:#dcfce7}.s-failed{background:#fee2e2;color:var(--bad)}
+.s-cancelled{background:#f1f5f9;color:var(--muted)}
 .muted{color:var(--muted)}
 .flash{padding:8px 12px;border-radius:6px;margin:0 0 12px;background:#ecfdf5;border:1px solid #a7f3d0}
 .flash.error{background:#fef2f2;border-color:#fecaca;color:var(--bad)}
@@ -53,8 +57,10 @@ button.danger{border-color:var(--bad);color:var(--bad)}
 pre{white-space:pre-wrap;word-break:break-word;font:12px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;margin:4px 0}
 ol.timeline{list-style:none;padding:0;margin:0;border-left:2px solid var(--line)}
 ol.timeline li{position:relative;padding:4px 0 8px 16px}
-ol.timeline li::before{content:"";position:absolute;left:-6px;top:9px;width:10px;height:10px;border-radius:50%;background:#94a3b8}
-ol.timeline li.o-failed::before,ol.timeline li.o-error::before,ol.timeline li.o-lease_expired::before{background:var(--bad)}
+ol.timeline li::before{content:"";position:absolute;left:-6px;top:9px;width:10px;height:10px;border-radius:50%;
+  background:#94a3b8}
+ol.timeline li.o-failed::before,ol.timeline li.o-error::before,
+ol.timeline li.o-lease_expired::before{background:var(--bad)}
 ol.timeline li.o-done::before{background:var(--ok)}
 ol.timeline li.o-await::before,ol.timeline li.o-resumed::before{background:var(--accent)}
 .tree ul{list-style:none;padding-left:18px;margin:2px 0}

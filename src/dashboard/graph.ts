@@ -242,16 +242,23 @@ export function toSvg(graph: MachineGraph, current?: string): string {
   const { width = 100, height = 60 } = g.graph();
   const parts: string[] = [];
   parts.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" class="machine-graph" width="${Math.ceil(width)}" height="${Math.ceil(height)}" viewBox="0 0 ${Math.ceil(width)} ${Math.ceil(height)}" role="img" aria-label="${esc(`graph of machine ${graph.machine}`)}">`,
-    `<style>.machine-graph text{font:12px system-ui,sans-serif;fill:#0f172a}.machine-graph .edge-label{font-size:10px;fill:#334155;paint-order:stroke;stroke:#fff;stroke-width:4px;stroke-linejoin:round}` +
+    `<svg xmlns="http://www.w3.org/2000/svg" class="machine-graph" ` +
+      `width="${Math.ceil(width)}" height="${Math.ceil(height)}" ` +
+      `viewBox="0 0 ${Math.ceil(width)} ${Math.ceil(height)}" ` +
+      `role="img" aria-label="${esc(`graph of machine ${graph.machine}`)}">`,
+    `<style>.machine-graph text{font:12px system-ui,sans-serif;fill:#0f172a}` +
+      `.machine-graph .edge-label{font-size:10px;fill:#334155;paint-order:stroke;stroke:#fff;stroke-width:4px;` +
+      `stroke-linejoin:round}` +
       `.machine-graph .step rect{fill:#f8fafc;stroke:#64748b;stroke-width:1.2}` +
-      `.machine-graph .step.unrecorded rect{fill:#fff;stroke-dasharray:4 3}.machine-graph .step.initial rect{stroke-width:2.5}` +
+      `.machine-graph .step.unrecorded rect{fill:#fff;stroke-dasharray:4 3}` +
+      `.machine-graph .step.initial rect{stroke-width:2.5}` +
       `.machine-graph .step.current rect{fill:#fde68a;stroke:#b45309;stroke-width:3}` +
       `.machine-graph .end circle,.machine-graph .end rect{fill:#f1f5f9;stroke:#94a3b8}</style>`,
     `<defs>${Object.entries(EDGE_COLORS)
       .map(
         ([kind, color]) =>
-          `<marker id="arrow-${kind}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="${color}"/></marker>`,
+          `<marker id="arrow-${kind}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" ` +
+          `orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="${color}"/></marker>`,
       )
       .join("")}</defs>`,
   );
@@ -265,11 +272,15 @@ export function toSvg(graph: MachineGraph, current?: string): string {
     parts.push(
       `<g class="edge edge-${edge.kind}" data-from="${esc(edge.from)}" data-to="${esc(nodeLabel(edge.to))}">` +
         `<title>${esc(`${edge.from} → ${nodeLabel(edge.to)}: ${edgeLabel(edge)}`)}</title>` +
-        `<path d="${d}" fill="none" stroke="${color}" stroke-width="${widthAttr}"${dash} marker-end="url(#arrow-${edge.kind})"/>` +
+        `<path d="${d}" fill="none" stroke="${color}" stroke-width="${widthAttr}"${dash} ` +
+        `marker-end="url(#arrow-${edge.kind})"/>` +
         (label.x !== undefined && label.y !== undefined
           ? // dagre routes the edge through its label's box: a white box under the text keeps it legible.
-            `<rect class="edge-label-box" x="${(label.x - labelWidth(edgeLabel(edge)) / 2).toFixed(1)}" y="${(label.y - 7).toFixed(1)}" width="${labelWidth(edgeLabel(edge)).toFixed(1)}" height="14" rx="3" fill="#fff" fill-opacity="0.9"/>` +
-            `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y + 3.5).toFixed(1)}" text-anchor="middle">${esc(edgeLabel(edge))}</text>`
+            `<rect class="edge-label-box" x="${(label.x - labelWidth(edgeLabel(edge)) / 2).toFixed(1)}" ` +
+            `y="${(label.y - 7).toFixed(1)}" width="${labelWidth(edgeLabel(edge)).toFixed(1)}" height="14" rx="3" ` +
+            `fill="#fff" fill-opacity="0.9"/>` +
+            `<text class="edge-label" x="${label.x.toFixed(1)}" y="${(label.y + 3.5).toFixed(1)}" ` +
+            `text-anchor="middle">${esc(edgeLabel(edge))}</text>`
           : "") +
         `</g>`,
     );
@@ -287,8 +298,11 @@ export function toSvg(graph: MachineGraph, current?: string): string {
     parts.push(
       `<g class="edge edge-${edge.kind}" data-from="${esc(edge.from)}" data-to="${esc(edge.from)}">` +
         `<title>${esc(`${edge.from} → ${edge.from}: ${edgeLabel(edge)}`)}</title>` +
-        `<path d="M${f(x - 12)},${f(top)}C${f(x - 30 - k * 8)},${f(top - rise)} ${f(x + 30 + k * 8)},${f(top - rise)} ${f(x + 12)},${f(top)}" fill="none" stroke="${color}" stroke-width="1.5" marker-end="url(#arrow-${edge.kind})"/>` +
-        `<text class="edge-label" x="${f(x)}" y="${f(top - rise + 4)}" text-anchor="middle">${esc(edgeLabel(edge))}</text></g>`,
+        `<path d="M${f(x - 12)},${f(top)}C${f(x - 30 - k * 8)},${f(top - rise)} ` +
+        `${f(x + 30 + k * 8)},${f(top - rise)} ${f(x + 12)},${f(top)}" ` +
+        `fill="none" stroke="${color}" stroke-width="1.5" marker-end="url(#arrow-${edge.kind})"/>` +
+        `<text class="edge-label" x="${f(x)}" y="${f(top - rise + 4)}" text-anchor="middle">` +
+        `${esc(edgeLabel(edge))}</text></g>`,
     );
   }
   for (const node of nodes) {
@@ -296,7 +310,9 @@ export function toSvg(graph: MachineGraph, current?: string): string {
     const label = nodeLabel(node);
     if (isEnd(node)) {
       parts.push(
-        `<g class="end end-${esc(label)}"><rect x="${(x - w / 2).toFixed(1)}" y="${(y - h / 2).toFixed(1)}" width="${w.toFixed(1)}" height="${h}" rx="${h / 2}"/>` +
+        `<g class="end end-${esc(label)}">` +
+          `<rect x="${(x - w / 2).toFixed(1)}" y="${(y - h / 2).toFixed(1)}" width="${w.toFixed(1)}" height="${h}" ` +
+          `rx="${h / 2}"/>` +
           `<text x="${x.toFixed(1)}" y="${(y + 4).toFixed(1)}" text-anchor="middle">${esc(label)}</text></g>`,
       );
     } else {
@@ -309,7 +325,9 @@ export function toSvg(graph: MachineGraph, current?: string): string {
         .filter(Boolean)
         .join(" ");
       parts.push(
-        `<g class="${cls}" data-step="${esc(label)}"${node === current ? ` aria-current="step"` : ""}><rect x="${(x - w / 2).toFixed(1)}" y="${(y - h / 2).toFixed(1)}" width="${w.toFixed(1)}" height="${h}" rx="6"/>` +
+        `<g class="${cls}" data-step="${esc(label)}"${node === current ? ` aria-current="step"` : ""}>` +
+          `<rect x="${(x - w / 2).toFixed(1)}" y="${(y - h / 2).toFixed(1)}" width="${w.toFixed(1)}" height="${h}" ` +
+          `rx="6"/>` +
           `<text x="${x.toFixed(1)}" y="${(y + 4).toFixed(1)}" text-anchor="middle">${esc(label)}</text></g>`,
       );
     }

@@ -54,7 +54,10 @@ export interface DashboardOptions {
   schema?: string;
   /** Hide every action and refuse every POST. */
   readOnly?: boolean;
-  /** Where the dashboard is mounted, e.g. "/admin/durable" (default: the root). Works whether or not the router strips it. */
+  /**
+   * Where the dashboard is mounted, e.g. "/admin/durable" (default: the root). Works whether or not the router
+   * strips it.
+   */
   basePath?: string;
   /** When set, every request must present it (HTTP Basic password, `Authorization: Bearer`, or `?token=` once). */
   token?: string;
@@ -270,7 +273,8 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
     if (count === 0)
       return redirect(
         res,
-        `${backToList}${backToList.includes("?") ? "&" : "?"}error=${encodeURIComponent(`No instance to ${verb}: none ${what}.`)}`,
+        `${backToList}${backToList.includes("?") ? "&" : "?"}` +
+          `error=${encodeURIComponent(`No instance to ${verb}: none ${what}.`)}`,
       );
     if (form.get("confirmed") !== "yes") {
       const capped = count > maxBulk;
@@ -331,7 +335,8 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
     }.`;
     redirect(
       res,
-      `${backToList}${backToList.includes("?") ? "&" : "?"}${failures.length && done === 0 ? "error" : "ok"}=${encodeURIComponent(message)}`,
+      `${backToList}${backToList.includes("?") ? "&" : "?"}` +
+        `${failures.length && done === 0 ? "error" : "ok"}=${encodeURIComponent(message)}`,
     );
   }
 
@@ -388,7 +393,11 @@ function layout(ctx: PageContext, page: Page, livePath?: string): string {
         <header>
           <span class="brand">gen-durable</span>
           <nav>
-            ${nav("overview", "/", "Overview")}${nav("instances", "/instances", "Instances")}${nav("machines", "/machines", "Machines")}
+            ${[
+              nav("overview", "/", "Overview"),
+              nav("instances", "/instances", "Instances"),
+              nav("machines", "/machines", "Machines"),
+            ]}
           </nav>
           <span class="meta"
             >schema ${ctx.schema}${ctx.readOnly ? raw(' · <span class="badge">read-only</span>') : ""}</span
@@ -403,7 +412,8 @@ function layout(ctx: PageContext, page: Page, livePath?: string): string {
 
 const SECURITY_HEADERS = {
   "content-security-policy":
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " +
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
   "x-content-type-options": "nosniff",
   "referrer-policy": "same-origin",
   "x-frame-options": "DENY",

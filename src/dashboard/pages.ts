@@ -260,7 +260,10 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                             : html`<form
                                 class="inline"
                                 method="post"
-                                action="${link(ctx, `/queues/${encodeURIComponent(q.queue)}/${q.paused ? "resume" : "pause"}`)}"
+                                action="${link(
+                                  ctx,
+                                  `/queues/${encodeURIComponent(q.queue)}/${q.paused ? "resume" : "pause"}`,
+                                )}"
                               >
                                 ${csrfField(ctx)}<button type="submit" class="small">
                                   ${q.paused ? "Resume" : "Pause"}
@@ -381,7 +384,17 @@ function throughputChart(rows: Array<{ minute: Date; n: number; failures: number
         width="${(bar - 1).toFixed(1)}"
         height="${h.toFixed(1)}"
       />
-      ${fh > 0 ? html`<rect class="bad" x="${(i * bar).toFixed(1)}" y="${(H - fh).toFixed(1)}" width="${(bar - 1).toFixed(1)}" height="${fh.toFixed(1)}" />` : ""}</g
+      ${
+        fh > 0
+          ? html`<rect
+              class="bad"
+              x="${(i * bar).toFixed(1)}"
+              y="${(H - fh).toFixed(1)}"
+              width="${(bar - 1).toFixed(1)}"
+              height="${fh.toFixed(1)}"
+            />`
+          : ""
+      }</g
     >`;
   });
   return html`<p class="muted">${total} transitions, ${failures} failed attempts in the last hour (peak ${max}/min)</p>
@@ -497,6 +510,8 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
   const hidden = Object.entries(query).map(([k, v]) =>
     v ? html`<input type="hidden" name="${k}" value="${v}" />` : "",
   );
+  const selectBox = (id: string) =>
+    html`<td><input type="checkbox" name="id" value="${id}" aria-label="select ${id}" /></td>`;
   const actions = ctx.readOnly
     ? ""
     : html`<div class="bulk">
@@ -521,7 +536,9 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
       <label>inserted before (UTC) <input name="to" type="datetime-local" value="${localInput(filter.to)}" /></label>
       <button type="submit" class="primary">Filter</button> <a href="${link(ctx, "/instances")}">clear</a>
     </form>
-    ${raw(ctx.readOnly ? `<div id="bulk">` : `<form method="post" action="${esc(link(ctx, "/actions/bulk"))}" id="bulk">`)}
+    ${raw(
+      ctx.readOnly ? `<div id="bulk">` : `<form method="post" action="${esc(link(ctx, "/actions/bulk"))}" id="bulk">`,
+    )}
     ${ctx.readOnly ? "" : html`${csrfField(ctx)}${hidden}`} ${actions}
     <div id="instance-list" data-live-region>
       ${
@@ -530,7 +547,9 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
           : html`<table>
               <thead>
                 <tr>
-                  ${ctx.readOnly ? "" : html`<th><input type="checkbox" data-select-all aria-label="select all" /></th>`}
+                  ${
+                    ctx.readOnly ? "" : html`<th><input type="checkbox" data-select-all aria-label="select all" /></th>`
+                  }
                   <th class="n">Id</th>
                   <th>Machine</th>
                   <th>Status</th>
@@ -546,7 +565,7 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
                 ${instances.map(
                   (i) =>
                     html`<tr data-id="${i.id}">
-                      ${ctx.readOnly ? "" : html`<td><input type="checkbox" name="id" value="${i.id}" aria-label="select ${i.id}" /></td>`}
+                      ${ctx.readOnly ? "" : selectBox(i.id)}
                       <td class="n"><a href="${link(ctx, `/instances/${i.id}`)}">${i.id}</a></td>
                       <td><a href="${link(ctx, `/machines/${encodeURIComponent(i.machine)}`)}">${i.machine}</a></td>
                       <td>${statusBadge(i.status)}</td>
@@ -644,7 +663,11 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
           <td>${when(instance.updatedAt, now)}</td>
           <th>Parent</th>
           <td>
-            ${instance.parentId ? html`<a href="${link(ctx, `/instances/${instance.parentId}`)}">${instance.parentId}</a>` : "-"}
+            ${
+              instance.parentId
+                ? html`<a href="${link(ctx, `/instances/${instance.parentId}`)}">${instance.parentId}</a>`
+                : "-"
+            }
           </td>
         </tr>
       </table>
@@ -754,7 +777,11 @@ function actionForms(ctx: PageContext, instance: Instance, terminal: boolean): S
             </form>`
           : ""
       }
-      ${terminal && instance.status !== "failed" ? html`<p class="muted">No action: the instance is ${instance.status}.</p>` : ""}
+      ${
+        terminal && instance.status !== "failed"
+          ? html`<p class="muted">No action: the instance is ${instance.status}.</p>`
+          : ""
+      }
     </div>
   </section>`;
 }
@@ -1009,7 +1036,10 @@ export async function machinePage(ctx: PageContext, url: URL, machine: string): 
                     html`<tr>
                       <td>
                         <a
-                          href="${link(ctx, `/machines/${encodeURIComponent(machine)}`, { window: window.name, step: r.step })}"
+                          href="${link(ctx, `/machines/${encodeURIComponent(machine)}`, {
+                            window: window.name,
+                            step: r.step,
+                          })}"
                           >${r.step}</a
                         >
                       </td>

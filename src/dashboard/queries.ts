@@ -37,10 +37,16 @@ export function dashboardQueries(schema: string) {
       where ${filter} and ($7::bigint is null or id < $7)
       order by id desc limit $8`,
 
-    /** How many instances match the filter, counted up to $7 (a confirmation states it; past the cap it says "at least"). */
+    /**
+     * How many instances match the filter, counted up to $7 (a confirmation states it; past the cap it says
+     * "at least").
+     */
     count: `select count(*)::int as n from (select 1 from ${s}.instances where ${filter} limit $7) m`,
 
-    /** Ids matching the filter (ordered by the bigint column, not its text alias), newest first, before id $7, at most $8: the bulk actions walk them in batches. */
+    /**
+     * Ids matching the filter (ordered by the bigint column, not its text alias), newest first, before id $7, at
+     * most $8: the bulk actions walk them in batches.
+     */
     ids: `
       select i.id::text as id from ${s}.instances i
       where ${filter} and ($7::bigint is null or i.id < $7)
@@ -62,7 +68,8 @@ export function dashboardQueries(schema: string) {
       from ${s}.instances i where i.parent_id = any($1::bigint[]) order by i.parent_id, i.id limit $2`,
 
     /** One instance's parent link, for walking up to the root. */
-    parentOf: `select id::text as id, machine, status, step, parent_id::text as parent_id from ${s}.instances where id = $1`,
+    parentOf: `select id::text as id, machine, status, step, parent_id::text as parent_id
+      from ${s}.instances where id = $1`,
 
     /** The machines that have instances (one index probe per machine: a loose index scan on instances_machine). */
     machines: `

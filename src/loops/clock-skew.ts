@@ -50,8 +50,10 @@ export class ClockWatch {
     this.lastSaid = localAfter;
     const skewMs = Math.round(-this.offsetMs);
     const message =
-      `the clock of node ${this.o.node} is ${Math.abs(skewMs / 1000).toFixed(1)} s ${skewMs > 0 ? "ahead of" : "behind"} the database's. ` +
-      "Leases, due times and cron slots follow the database's clock and are not affected, but Date.now() in step code " +
+      `the clock of node ${this.o.node} is ${Math.abs(skewMs / 1000).toFixed(1)} s ` +
+      `${skewMs > 0 ? "ahead of" : "behind"} the database's. ` +
+      "Leases, due times and cron slots follow the database's clock and are not affected, " +
+      "but Date.now() in step code " +
       "and any runAt computed from it are off by as much: fix the node's time synchronisation (see docs/operations.md)";
     this.o.events.emit("engine:warning", { kind: "clock_skew", skewMs, message });
     this.o.logger.warn({ kind: "clock_skew", skewMs }, `gen-durable: ${message}`);

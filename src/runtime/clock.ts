@@ -27,7 +27,8 @@ export class EngineClock {
   async sync(pool: pg.Pool, schema: string): Promise<void> {
     const before = Date.now();
     const { rows } = await pool.query<{ db: number; skew: number }>(
-      `select extract(epoch from clock_timestamp()) * 1000 as db, (select skew_ms from ${quoteIdent(schema)}.engine_clock) as skew`,
+      `select extract(epoch from clock_timestamp()) * 1000 as db,
+        (select skew_ms from ${quoteIdent(schema)}.engine_clock) as skew`,
     );
     const local = (before + Date.now()) / 2;
     this.offsetMs = Number(rows[0]!.db) - local;

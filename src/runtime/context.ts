@@ -45,7 +45,8 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
     get client(): pg.ClientBase {
       if (!client) {
         throw new ConfigError(
-          `ctx.client is only available in transactional steps: declare step "${input.step}" of machine "${input.machine}" as { run, transactional: true }`,
+          "ctx.client is only available in transactional steps: " +
+            `declare step "${input.step}" of machine "${input.machine}" as { run, transactional: true }`,
         );
       }
       return client;

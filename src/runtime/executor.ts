@@ -417,7 +417,8 @@ export class Executor {
         ? `the correlation key ${JSON.stringify(child!.correlation_key)} of a child already names instance ` +
           `${taken.id} and the child's ifExists is "reject"`
         : child?.idempotency_key
-          ? `the idempotency key ${JSON.stringify(child.idempotency_key)} of a child already names instance ${taken!.id}`
+          ? `the idempotency key ${JSON.stringify(child.idempotency_key)} of a child already names instance ` +
+            `${taken!.id}`
           : `the correlation key ${JSON.stringify(child?.correlation_key ?? "?")} of a child already names ` +
             `a live instance`;
       throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);

@@ -25,7 +25,8 @@ export async function upcastState(machine: AnyMachine, from: number, state: unkn
   const where = `machine "${machine.name}"`;
   if (from > machine.version) {
     throw new ValidationError(
-      `${where}: the instance was written by version ${from} of its machine; this node runs version ${machine.version} (deploy the newer definition)`,
+      `${where}: the instance was written by version ${from} of its machine; ` +
+        `this node runs version ${machine.version} (deploy the newer definition)`,
     );
   }
   let value = state;

@@ -40,7 +40,8 @@ export function childQueries(schema: string) {
         select ${s}.lock_keys(array(
           select distinct p.concurrency_key from ${s}.instances p
           where p.concurrency_key is not null
-            and p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL_SQL}))) as n
+            and p.id in (select parent_id from ${s}.instances
+                         where parent_id is not null and not join_counted and status in ${TERMINAL_SQL}))) as n
       ),
       orphans as (
         select c.id from ${s}.instances c
@@ -58,7 +59,8 @@ export function childQueries(schema: string) {
       -- children) is skipped this round, so the sweep never holds a child while waiting for its parent.
       locked as (
         select p.id, p.status as was from ${s}.instances p
-        where p.id in (select parent_id from ${s}.instances where parent_id is not null and not join_counted and status in ${TERMINAL_SQL})
+        where p.id in (select parent_id from ${s}.instances
+                       where parent_id is not null and not join_counted and status in ${TERMINAL_SQL})
           and (select n from keys_locked) >= 0
         order by p.id
         limit $1
@@ -126,7 +128,8 @@ export function childQueries(schema: string) {
       where p.id = $1`,
 
     /** Marks where the latest spawn's children start, with its join condition ($3, null: every child). */
-    markSpawn: `update ${s}.instances set children_from = $2, join_rule = $3::jsonb, children_done = 0, children_failed = 0
+    markSpawn: `
+      update ${s}.instances set children_from = $2, join_rule = $3::jsonb, children_done = 0, children_failed = 0
       where id = $1`,
 
     /**
@@ -134,7 +137,8 @@ export function childQueries(schema: string) {
      * asked for them to be cancelled (the join step's attempt cancels them before it runs).
      */
     remaining: `
-      select c.id::text as id from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
+      select c.id::text as id
+      from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1 and p.join_rule is not null and not p.join_rule ? 'keep' and p.children_pending > 0
         and c.status not in ${TERMINAL_SQL}
       order by c.id`,

@@ -38,7 +38,8 @@ export function claimQueries(schema: string) {
       budget as (
         select case when paused then 0
                when $6::int is null then $3::int
-               else greatest(0, least($3::int, $6::int - (select count(*)::int from ${s}.instances where status = 'running' and queue = $1)))
+               else greatest(0, least($3::int, $6::int - (
+                 select count(*)::int from ${s}.instances where status = 'running' and queue = $1)))
                end as n
         from paused
       ),
@@ -129,7 +130,8 @@ export function claimQueries(schema: string) {
       select id::text as id, true as held from renewed
       union all
       select x.id::text, false from mine x
-      where not exists (select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running')`,
+      where not exists (
+        select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running')`,
 
     /**
      * Counts the attempt of rows claimed ahead whose step is starting now, before
@@ -148,7 +150,8 @@ export function claimQueries(schema: string) {
     release: `
       with ${ASYNC_COMMIT},
       -- Keys first, in the one global order (see lock_keys), then the rows in id order (as the group commit).
-      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = any($1::bigint[]))) as n),
+      keys_locked as (
+        select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = any($1::bigint[]))) as n),
       rows_locked as (
         select i.id from ${s}.instances i join unnest($1::bigint[], $2::bigint[]) as x(id, token) on x.id = i.id
         where i.claim_token = x.token and i.status = 'running' and (select n from keys_locked) >= 0
@@ -195,7 +198,8 @@ export function claimQueries(schema: string) {
           state = case when x.set_state then coalesce(x.state, 'null'::jsonb) else i.state end,
           run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
           priority = coalesce(x.priority, i.priority),
-          attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0) else i.attempt end,
+          attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0)
+                    else i.attempt end,
           result = x.result, error = x.error, await_spec = x.await_spec,
           -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
           awaited = case when x.step is null then i.awaited end,
@@ -245,7 +249,8 @@ export function claimQueries(schema: string) {
           and not exists (select 1 from ${s}.instances i where i.id = $2::bigint and i.status = 'running')
         returning c.queue, c.run_at
       )
-      select queue, count(pg_notify($3::text, queue)) as n from released where queue is not null and run_at is not null group by queue`,
+      select queue, count(pg_notify($3::text, queue)) as n from released
+      where queue is not null and run_at is not null group by queue`,
 
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
     lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
@@ -275,7 +280,8 @@ export function claimQueries(schema: string) {
         set status = 'runnable', run_at = case when e.unstarted then i.run_at else now() end,
             claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now(),
             error = case when e.unstarted then i.error else jsonb_build_object('name', 'LeaseExpired',
-              'message', format('attempt %s of step "%s" lost its worker %s: its lease expired', i.attempt, i.step, coalesce(i.leased_by, ''))) end
+              'message', format('attempt %s of step "%s" lost its worker %s: its lease expired',
+                                i.attempt, i.step, coalesce(i.leased_by, ''))) end
         from expired e, async_commit where i.id = e.id
         returning i.id, i.step, i.attempt, i.queue, i.error, e.unstarted
       ),

@@ -7,11 +7,15 @@ import { quoteIdent } from "../names.js";
 export function cronQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
-    /** Records entries (the registry `gen-durable cron` reads); $1: jsonb array of { name, schedule, timezone, machine, queue, missed }. */
+    /**
+     * Records entries (the registry `gen-durable cron` reads); $1: jsonb array of
+     * { name, schedule, timezone, machine, queue, missed }.
+     */
     record: `
       insert into ${s}.cron_entries (name, schedule, timezone, machine, queue, missed)
       select name, schedule, timezone, machine, queue, missed
-      from jsonb_to_recordset($1::jsonb) as x(name text, schedule text, timezone text, machine text, queue text, missed text)
+      from jsonb_to_recordset($1::jsonb)
+        as x(name text, schedule text, timezone text, machine text, queue text, missed text)
       on conflict (name) do update set schedule = excluded.schedule, timezone = excluded.timezone,
         machine = excluded.machine, queue = excluded.queue, missed = excluded.missed, recorded_at = now()`,
 
@@ -54,7 +58,8 @@ export function cronQueries(schema: string) {
     fire: `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
-        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb, queue text, priority integer, concurrency_key text,
+        from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb,
+          queue text, priority integer, concurrency_key text,
           concurrency_limit integer, version integer)
       ),
       -- Keys (from the definitions' concurrency option) before any row, in the one global order (see lock_keys).
@@ -66,7 +71,8 @@ export function cronQueries(schema: string) {
         returning instance_id
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, concurrency_key, concurrency_limit, version)
+        insert into ${s}.instances
+          (id, machine, step, state, queue, priority, concurrency_key, concurrency_limit, version)
         -- A JSON null state reads as SQL NULL here: stored as JSON null.
         select i.id, i.machine, i.step, coalesce(i.state, 'null'::jsonb), i.queue, i.priority, i.concurrency_key,
                i.concurrency_limit, coalesce(i.version, 1)

@@ -71,8 +71,10 @@ export function flowQueries(schema: string) {
 
     forgetIdleKeys: `
       delete from ${s}.concurrency_keys c
-      where c.key in (select key from ${s}.concurrency_keys where cardinality(holders) = 0 and run_at is null limit $1 for update skip locked)
-        and not exists (select 1 from ${s}.instances i where i.concurrency_key = c.key and i.status in ('runnable', 'running'))`,
+      where c.key in (select key from ${s}.concurrency_keys where cardinality(holders) = 0 and run_at is null
+                      limit $1 for update skip locked)
+        and not exists (select 1 from ${s}.instances i
+                        where i.concurrency_key = c.key and i.status in ('runnable', 'running'))`,
 
     /**
      * Buckets full for a minute with nobody in line, up to $1: the same as no

@@ -116,9 +116,12 @@ const CANCEL_SET = `
   updated_at = now()`;
 /** Rows routed to their cleanup step are runnable: wake their queues on every node with the commit ($5: channel). */
 const CANCEL_WAKE = `woke as (
-  select count(pg_notify($5::text, q.queue)) as n from (select distinct queue from changed where status = 'runnable') q)`;
+  select count(pg_notify($5::text, q.queue)) as n
+  from (select distinct queue from changed where status = 'runnable') q)`;
 /** The history row's to_step and outcome for a cancelled row: its cleanup step when routed to one. */
-const CANCEL_TO = `case when status = 'runnable' then cleanup end, case when status = 'runnable' then 'cancelling' else 'cancelled' end`;
+const CANCEL_TO =
+  "case when status = 'runnable' then cleanup end, " +
+  "case when status = 'runnable' then 'cancelling' else 'cancelled' end";
 
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -148,7 +151,8 @@ export function instanceQueries(schema: string) {
           correlation_key text, concurrency_key text, concurrency_limit integer, parent_id bigint, idempotency_key text,
           if_exists text, trace_context jsonb, version integer)
       ),
-      -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any row (see lock_keys).
+      -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any
+      -- row (see lock_keys).
       keys_locked as (
         select ${s}.lock_keys(array(
           select concurrency_key from input
@@ -165,13 +169,16 @@ export function instanceQueries(schema: string) {
           from input x
           cross join lateral (select case when x.idempotency_key is not null
             then ${s}.remembered_instance(x.idempotency_key) end as by_idempotency) r
-          where (x.idempotency_key is not null or x.if_exists in ('reuse', 'reject')) and (select n from keys_locked) >= 0
+          where (x.idempotency_key is not null or x.if_exists in ('reuse', 'reject'))
+            and (select n from keys_locked) >= 0
         ) p
       ),
       ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key, concurrency_key,
+        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key,
+                                    concurrency_key,
                                     concurrency_limit, parent_id, trace_context, version)
-        -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is stored as JSON null.
+        -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is
+        -- stored as JSON null.
         select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
                max_attempts, correlation_key, concurrency_key, concurrency_limit, parent_id, trace_context,
@@ -253,7 +260,8 @@ export function instanceQueries(schema: string) {
       keys as (
         select array(
           select distinct k from (
-            select concurrency_key as k from ${s}.instances where id in (select id from tree) and status not in ${TERMINAL_SQL}
+            select concurrency_key as k from ${s}.instances
+            where id in (select id from tree) and status not in ${TERMINAL_SQL}
             union all select unnest($3::text[])) x
           where k is not null) as list
       ),
@@ -347,7 +355,8 @@ export function instanceQueries(schema: string) {
         select i.parent_id from ${s}.instances i join lineage l on i.id = l.id where i.parent_id is not null
       ),
       keys_locked as (
-        select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id in (select id from lineage))) as n
+        select ${s}.lock_keys(array(
+          select concurrency_key from ${s}.instances where id in (select id from lineage))) as n
       )
       select i.id::text as id, i.parent_id::text as parent_id, i.status, i.joined, i.join_counted,
              i.children_from::text as children_from

@@ -20,14 +20,18 @@ export function signalQueries(schema: string) {
       for update`,
     lockLiveByKey: `select ${lockColumns} from ${s}.instances
       where correlation_key = $1 and status not in ${TERMINAL_SQL}
-        and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where correlation_key = $1 and status not in ${TERMINAL_SQL}))) >= 0
+        and (select ${s}.lock_keys(array(
+               select concurrency_key from ${s}.instances
+               where correlation_key = $1 and status not in ${TERMINAL_SQL}))) >= 0
       for update`,
-    lastByKey: `select id::text as id, status from ${s}.instances where correlation_key = $1 order by instances.id desc limit 1`,
+    lastByKey: `select id::text as id, status from ${s}.instances
+      where correlation_key = $1 order by instances.id desc limit 1`,
 
     /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
     insert: `
       insert into ${s}.signals (instance_id, correlation_key, event, payload, dedup_key, expires_at, trace_context)
-      values ($1, $2, $3, $4::jsonb, $5, case when $1::bigint is null then now() + $6 * interval '1 millisecond' end, $7::jsonb)
+      values ($1, $2, $3, $4::jsonb, $5,
+              case when $1::bigint is null then now() + $6 * interval '1 millisecond' end, $7::jsonb)
       on conflict do nothing
       returning id::text as id`,
 

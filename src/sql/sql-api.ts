@@ -14,7 +14,8 @@ export function sqlApiQueries(schema: string) {
     /** The machines an engine defines ($1 names, $2 kinds, $3 initial steps, $4 queues), sorted by name. */
     recordMachines: `
       insert into ${s}.machines (name, kind, initial_step, queue)
-      select * from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as x(name, kind, initial_step, queue) order by 1
+      select * from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as x(name, kind, initial_step, queue)
+      order by 1
       on conflict (name) do update set kind = excluded.kind, initial_step = excluded.initial_step,
         queue = excluded.queue, updated_at = now()
       where (machines.kind, machines.initial_step, machines.queue)

@@ -69,7 +69,8 @@ export function resolveTelemetry(value: unknown, fail: (message: string) => Erro
       typeof (candidate as Record<string, unknown>)[method] !== "function"
     ) {
       throw fail(
-        `telemetry.${key} must be an OpenTelemetry ${key === "tracerProvider" ? "TracerProvider" : "MeterProvider"} (with ${method}()), got ${describe(candidate)}`,
+        `telemetry.${key} must be an OpenTelemetry ${key === "tracerProvider" ? "TracerProvider" : "MeterProvider"} ` +
+          `(with ${method}()), got ${describe(candidate)}`,
       );
     }
     return candidate;

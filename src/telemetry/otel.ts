@@ -132,7 +132,8 @@ export class OtelBridge {
     this.meter = deps.meterProvider.getMeter(SCOPE);
     this.stepDuration = this.meter.createHistogram(METRIC.stepDuration, {
       description:
-        "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), per machine, step and outcome.",
+        "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), " +
+        "per machine, step and outcome.",
       unit: "ms",
       valueType: ValueType.DOUBLE,
     });
@@ -170,7 +171,8 @@ export class OtelBridge {
     const [dead, live, age] = (this.tableGauges = [
       this.meter.createObservableGauge(METRIC.tableDeadTuples, {
         description:
-          "Dead tuples in gen-durable's busiest tables (pg_stat_all_tables; every node reports the same figure): what vacuum has not reclaimed yet.",
+          "Dead tuples in gen-durable's busiest tables (pg_stat_all_tables; every node reports the same figure): " +
+          "what vacuum has not reclaimed yet.",
         unit: "{tuple}",
         valueType: ValueType.INT,
       }),
@@ -181,7 +183,8 @@ export class OtelBridge {
       }),
       this.meter.createObservableGauge(METRIC.tableVacuumAge, {
         description:
-          "Time since the last vacuum (manual or autovacuum) of each of gen-durable's busiest tables; absent for a table never vacuumed.",
+          "Time since the last vacuum (manual or autovacuum) of each of gen-durable's busiest tables; " +
+          "absent for a table never vacuumed.",
         unit: "s",
         valueType: ValueType.DOUBLE,
       }),

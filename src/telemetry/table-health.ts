@@ -89,8 +89,10 @@ export function horizonWarnings(holders: readonly HorizonHolder[], tables: reado
     kind: "horizon_held" as const,
     pid: h.pid,
     message:
-      `session pid ${h.pid} (application_name "${h.applicationName}", user "${h.user}", ${h.state || "state unknown"}) ` +
-      `has held the xmin horizon for ${Math.round(h.heldMs / 1000)} s (${h.xminAge} transactions): vacuum can remove no row ` +
+      `session pid ${h.pid} (application_name "${h.applicationName}", user "${h.user}", ` +
+      `${h.state || "state unknown"}) ` +
+      `has held the xmin horizon for ${Math.round(h.heldMs / 1000)} s (${h.xminAge} transactions): ` +
+      "vacuum can remove no row " +
       `version that died since, and dead tuples grow at the rate steps run (now: ${dead || "none"}). ` +
       `End that transaction (pg_terminate_backend(${h.pid}) if it is forgotten); see docs/operations.md, Vacuum`,
   }));
@@ -156,8 +158,11 @@ export function vacuumWarnings(
     warnings.push({
       kind: "autovacuum_off",
       message:
-        `autovacuum cannot run on gen-durable's tables: the server has ${!autovacuum ? "autovacuum = off" : "track_counts = off"} (per-table settings cannot turn it on). ` +
-        `Every step leaves dead rows in ${names || "its tables"}; without vacuum they slow every claim. Turn it on, or VACUUM these tables on a schedule (see docs/operations.md)`,
+        "autovacuum cannot run on gen-durable's tables: " +
+        `the server has ${!autovacuum ? "autovacuum = off" : "track_counts = off"} ` +
+        "(per-table settings cannot turn it on). " +
+        `Every step leaves dead rows in ${names || "its tables"}; without vacuum they slow every claim. ` +
+        "Turn it on, or VACUUM these tables on a schedule (see docs/operations.md)",
     });
   }
   for (const t of tables) {
@@ -165,7 +170,10 @@ export function vacuumWarnings(
       warnings.push({
         kind: "autovacuum_off",
         table: t.table,
-        message: `autovacuum is off for table ${t.table} (autovacuum_enabled = false): its dead rows pile up and slow every claim. Reset it (alter table ... reset (autovacuum_enabled)) or VACUUM it on a schedule`,
+        message:
+          `autovacuum is off for table ${t.table} (autovacuum_enabled = false): ` +
+          "its dead rows pile up and slow every claim. " +
+          "Reset it (alter table ... reset (autovacuum_enabled)) or VACUUM it on a schedule",
       });
     }
     if (t.deadTuples >= DEAD_TUPLES_WARN.atLeast && t.deadTuples >= DEAD_TUPLES_WARN.perLiveTuple * t.liveTuples) {
@@ -176,7 +184,9 @@ export function vacuumWarnings(
         kind: "dead_tuples",
         table: t.table,
         message:
-          `table ${t.table} holds ${Math.round(t.deadTuples)} dead tuples against ${Math.round(t.liveTuples)} live ones (last vacuum: ${last ? last.toISOString() : "never"}): ` +
+          `table ${t.table} holds ${Math.round(t.deadTuples)} dead tuples ` +
+          `against ${Math.round(t.liveTuples)} live ones ` +
+          `(last vacuum: ${last ? last.toISOString() : "never"}): ` +
           "vacuum is not keeping up, and claims slow down as they pile up (see docs/operations.md, Vacuum)",
       });
     }

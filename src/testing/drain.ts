@@ -143,9 +143,8 @@ function timeoutError(
   if (hook.inFlight() > 0) parts.push(`${hook.inFlight()} steps still running on this engine`);
   for (const loop of lagging) {
     const error = lastError.get(loop);
-    parts.push(
-      `the ${loop} loop has not completed a tick${error ? ` (its last error: ${error instanceof Error ? error.message : String(error)})` : ""}`,
-    );
+    const cause = error ? ` (its last error: ${error instanceof Error ? error.message : String(error)})` : "";
+    parts.push(`the ${loop} loop has not completed a tick${cause}`);
   }
   return new DrainTimeoutError(
     `drain: not idle after ${timeoutMs} ms: ${parts.join("; ") || "work kept arriving"}`,

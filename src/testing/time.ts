@@ -53,7 +53,9 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
   {
     table: "rate_limit_buckets",
     columns: ["updated_at", "line_end", "full_at"],
-    why: "token refill is computed from updated_at; line_end is when the waiting line clears; full_at when an idle bucket may be forgotten",
+    why:
+      "token refill is computed from updated_at; line_end is when the waiting line clears; " +
+      "full_at when an idle bucket may be forgotten",
   },
   { table: "gc_retention", columns: ["updated_at"], why: "when a retention was recorded" },
   {
@@ -79,7 +81,9 @@ export const NOT_SHIFTED: ReadonlyArray<{ table: string; column: string; why: st
   {
     table: "concurrency_keys",
     column: "run_at",
-    why: "derived from instances.run_at by a trigger, which recomputes it when instances.run_at is shifted (shifting it too would move it twice)",
+    why:
+      "derived from instances.run_at by a trigger, which recomputes it when instances.run_at is shifted " +
+      "(shifting it too would move it twice)",
   },
 ];
 
@@ -148,7 +152,8 @@ async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTar
     try {
       await withTransaction(pool, async (client) => {
         const { rows } = await client.query<{ table: string }>(
-          `select c.relname as table from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relkind = 'r'`,
+          `select c.relname as table from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = $1 and c.relkind = 'r'`,
           [schema],
         );
         const tables = new Set(rows.map((r) => r.table));
@@ -164,7 +169,8 @@ async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTar
           if (unique) await shiftUnique(client, `${s}.${quoteIdent(table)}`, columns, by);
           else
             await client.query(
-              `update ${s}.${quoteIdent(table)} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`,
+              `update ${s}.${quoteIdent(table)} ` +
+                `set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`,
             );
         }
       });

@@ -95,7 +95,8 @@ export const insertCommand: Command = {
         io.out(
           inserted
             ? `inserted instance ${id} of ${name} (step ${step}, queue ${queue})`
-            : `instance ${id} already holds correlation key ${JSON.stringify(options.correlationKey)}: nothing inserted`,
+            : `instance ${id} already holds correlation key ${JSON.stringify(options.correlationKey)}: ` +
+                "nothing inserted",
         );
       return EXIT_OK;
     });

@@ -67,7 +67,8 @@ export const listCommand: Command = {
       }
       io.out("");
       io.out(
-        `${instances.length} instance${instances.length === 1 ? "" : "s"}${nextAfter ? `; next page: --after ${nextAfter}` : ""}`,
+        `${instances.length} instance${instances.length === 1 ? "" : "s"}` +
+          `${nextAfter ? `; next page: --after ${nextAfter}` : ""}`,
       );
       return EXIT_OK;
     });
@@ -93,7 +94,8 @@ function statusesFrom(text: string, command: Command): Status[] {
   for (const part of parts) {
     if (!(STATUSES as readonly string[]).includes(part)) {
       throw new UsageError(
-        `unknown status ${JSON.stringify(part)} in --status${didYouMean(part, STATUSES)}; statuses are ${STATUSES.join(", ")}`,
+        `unknown status ${JSON.stringify(part)} in --status${didYouMean(part, STATUSES)}; ` +
+          `statuses are ${STATUSES.join(", ")}`,
         command,
       );
     }

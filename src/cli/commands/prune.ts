@@ -35,7 +35,8 @@ export const pruneCommand: Command = {
       type: "string",
       valueName: "duration",
       description:
-        'prune instances finished longer ago than this, e.g. 7d, 12h, 30m (default: each machine\'s retention, else "7d")',
+        "prune instances finished longer ago than this, e.g. 7d, 12h, 30m " +
+        '(default: each machine\'s retention, else "7d")',
     },
     machine: { type: "string", valueName: "name", description: "only instances of this machine" },
     json: { type: "boolean", description: "print the counts as JSON" },

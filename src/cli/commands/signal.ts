@@ -66,11 +66,14 @@ export const signalCommand: Command = {
       }
       if (result.duplicate)
         io.out(
-          `duplicate: a signal with dedup key ${JSON.stringify(dedupKey)} was already sent to instance ${result.instanceId ?? "(inbox)"}; stored once`,
+          `duplicate: a signal with dedup key ${JSON.stringify(dedupKey)} was already sent to instance ` +
+            `${result.instanceId ?? "(inbox)"}; stored once`,
         );
       else if (result.instanceId === null)
         io.out(
-          `signal ${result.signalId} kept for correlation key ${JSON.stringify("correlationKey" in target ? target.correlationKey : "")} until an instance with it is inserted`,
+          `signal ${result.signalId} kept for correlation key ` +
+            `${JSON.stringify("correlationKey" in target ? target.correlationKey : "")} ` +
+            "until an instance with it is inserted",
         );
       else io.out(`signal ${result.signalId} (${event}) sent to instance ${result.instanceId}`);
       return EXIT_OK;
@@ -84,7 +87,8 @@ function payloadFrom(text: unknown, command: Command): unknown {
     return JSON.parse(text);
   } catch (error) {
     throw new UsageError(
-      `--payload is not valid JSON (${error instanceof Error ? error.message : String(error)}); quote strings, e.g. --payload '"text"' or --payload '{"amount":100}'`,
+      `--payload is not valid JSON (${error instanceof Error ? error.message : String(error)}); ` +
+        `quote strings, e.g. --payload '"text"' or --payload '{"amount":100}'`,
       command,
     );
   }

@@ -47,7 +47,8 @@ export interface StatusReport {
 export const statusCommand: Command = {
   name: "status",
   summary:
-    "counts per queue (runnable, scheduled, running, awaiting, joining, failed), live nodes, and the busiest tables' dead tuples and last vacuum",
+    "counts per queue (runnable, scheduled, running, awaiting, joining, failed), live nodes, " +
+    "and the busiest tables' dead tuples and last vacuum",
   description: [
     "Per queue: instances runnable now, scheduled for later, running, awaiting",
     "signals, joining children and failed; how long the oldest runnable instance",

@@ -41,7 +41,8 @@ export const uiCommand: Command = {
     if (token !== undefined && token.length < 8) throw new UsageError("--token must be at least 8 characters", this);
     if (!isLoopback(host) && token === undefined && !readOnly)
       throw new UsageError(
-        `refusing to serve actions on ${host} without a token: pass --token (or set GEN_DURABLE_UI_TOKEN), or --read-only, or bind 127.0.0.1`,
+        `refusing to serve actions on ${host} without a token: ` +
+          "pass --token (or set GEN_DURABLE_UI_TOKEN), or --read-only, or bind 127.0.0.1",
         this,
       );
     const basePath = typeof values["base-path"] === "string" ? values["base-path"] : undefined;
@@ -58,7 +59,8 @@ export const uiCommand: Command = {
       const bound = typeof address === "object" && address ? address.port : port;
       const shown = host.includes(":") ? `[${host}]` : host;
       io.out(
-        `gen-durable dashboard on http://${shown}:${bound}${dashboard.basePath}/ (schema ${schema}${readOnly ? ", read-only" : ""}${token ? ", token required" : ""}); Ctrl-C stops it`,
+        `gen-durable dashboard on http://${shown}:${bound}${dashboard.basePath}/ ` +
+          `(schema ${schema}${readOnly ? ", read-only" : ""}${token ? ", token required" : ""}); Ctrl-C stops it`,
       );
       await new Promise<void>((resolve) => {
         process.once("SIGINT", resolve);
