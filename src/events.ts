@@ -55,7 +55,7 @@ export interface EngineEvents {
     /** The result it stored. */
     result: unknown;
   };
-  /** An instance ended `failed`: its last attempt failed with no onFailure step to route to. */
+  /** An instance ended `failed`. */
   "instance:failed": {
     /** The instance's id. */
     id: string;
