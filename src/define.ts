@@ -251,6 +251,7 @@ export interface ResolvedStep {
 
 declare const TYPES: unique symbol;
 
+/** A checked definition, as `defineMachine` and `defineJob` return it: what the engine runs. */
 export interface Machine<
   Schema extends StandardSchemaV1 = StandardSchemaV1,
   K extends string = string,

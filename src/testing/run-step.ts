@@ -39,7 +39,7 @@ export interface NextResult<State = unknown, K extends string = string> {
   delay?: number;
   /** The time given as `runAt`. */
   runAt?: Date;
-  /** The new priority, when the step set one. */
+  /** The priority given to `ctx.next`. */
   priority?: number;
 }
 
@@ -117,7 +117,7 @@ export interface SnoozeResult {
 export interface CancelResult {
   /** The kind of outcome. */
   type: "cancel";
-  /** The reason the step gave ("cancelled" when none). */
+  /** The reason the step gave; without one, `cancelled by step "<step>" of machine "<machine>"`. */
   reason: string;
 }
 
