@@ -17,7 +17,7 @@ export interface Instance<State = unknown, Result = unknown> {
   id: string;
   /** The name of its machine. */
   machine: string;
-  /** Where it is in its life: runnable, running, awaiting, done, failed or cancelled. */
+  /** Where it is in its life: runnable, running, awaiting, joining, done, failed or cancelled. */
   status: Status;
   /** The step it is at (the last one it ran once finished). */
   step: string;
@@ -27,7 +27,7 @@ export interface Instance<State = unknown, Result = unknown> {
   attempt: number;
   /** Set once `done` (null before). */
   result: Result | null;
-  /** The last error a step threw (or the failure's), null when none. */
+  /** The error of its last failed attempt (or of its cancel); null once a step commits an outcome. */
   error: ErrorRecord | null;
   /** The queue it runs on. */
   queue: string;
@@ -55,13 +55,13 @@ export interface Instance<State = unknown, Result = unknown> {
 export interface Transition {
   /** When it was committed. */
   at: Date;
-  /** The step it left; null for an insert. */
+  /** The step it left. */
   fromStep: string | null;
   /** The step it went to; null when the instance finished. */
   toStep: string | null;
   /** What happened: next, done, error, snooze, failed, cancelled, resumed, retried, ... */
   outcome: string;
-  /** The attempt of `fromStep` that produced it (0 when no step ran). */
+  /** The attempt of `fromStep` it ended. */
   attempt: number;
   /** How long the step ran, in milliseconds; null when no step ran. */
   durationMs: number | null;

@@ -75,7 +75,7 @@ export interface ChildOutcome<M extends AnyMachine = AnyMachine> {
   status: string;
   /** Its result when `done`, else null. */
   result: ResultOf<M> | null;
-  /** Its error when it failed, else null. */
+  /** Its error when it failed (or was cancelled), else null. */
   error: unknown;
 }
 
