@@ -48,19 +48,29 @@ export interface StepCancellation {
 export type { AwaitSpec, JoinCondition, SpawnOptions, StepOutcome } from "./outcome.js";
 export type { ChildOutcome, ChildSpec, ReceivedSignal, SignalSchemas } from "./machine-types.js";
 
+/** `ctx.log`: the engine's logger, each line tagged with the instance, machine, step and attempt. */
 export interface StepLogger {
+  /** Logs `message` with `fields` at level debug. */
   debug(message: string, fields?: Record<string, unknown>): void;
+  /** Logs `message` with `fields` at level info. */
   info(message: string, fields?: Record<string, unknown>): void;
+  /** Logs `message` with `fields` at level warn. */
   warn(message: string, fields?: Record<string, unknown>): void;
+  /** Logs `message` with `fields` at level error. */
   error(message: string, fields?: Record<string, unknown>): void;
 }
 
 /** Insert options shared by `engine.insert` and `ctx.spawn` children. */
 export interface InstanceOptions {
+  /** The queue it runs on. Default: the machine's `queue`. */
   queue?: string;
+  /** Lower runs first among the due instances of its queue. Default 0. */
   priority?: number;
+  /** Run its first step after this long (not with `runAt`). Default: at once. */
   delay?: Duration;
+  /** Run its first step at this time (not with `delay`). Default: now. */
   runAt?: Date;
+  /** The attempts each of its steps has, over the step's and the machine's `maxAttempts`. */
   maxAttempts?: number;
   /** Business key, unique among live instances; addresses signals. */
   correlationKey?: string;
@@ -96,9 +106,13 @@ export interface StepContext<
   RIn = unknown,
   To extends string = K,
 > {
+  /** The instance's id. */
   readonly id: string;
+  /** The name of its machine. */
   readonly machine: string;
+  /** The step running. */
   readonly step: K;
+  /** The instance's state, as committed by the step before (validated by the machine's schema). */
   readonly state: State;
   /** 1-based attempt number of this step. */
   readonly attempt: number;
@@ -112,13 +126,17 @@ export interface StepContext<
   readonly failure: StepFailure | undefined;
   /** Set in the machine's onCancel step: the cancel it cleans up after. */
   readonly cancellation: StepCancellation | undefined;
+  /** In the step a spawn joins on: how each child finished; empty elsewhere. */
   readonly children: readonly ChildOutcome[];
   /** The children of a join that are instances of `machine`, their results typed by it. */
   childrenOf<M extends AnyMachine>(machine: M): readonly ChildOutcome<M>[];
+  /** The instance's correlation key, null when it has none. */
   readonly correlationKey: string | null;
+  /** When the instance was inserted. */
   readonly insertedAt: Date;
   /** Aborted on step timeout, cancel, lost lease and shutdown. */
   readonly abortSignal: AbortSignal;
+  /** Logs tagged with this instance and step. */
   readonly log: StepLogger;
   /** The transaction that will commit this step's outcome. Only in steps declared `transactional: true`. */
   readonly client: pg.ClientBase;
@@ -165,6 +183,7 @@ export type StepFn<
   To extends string = K,
 > = (ctx: StepContext<State, StateIn, K, Ev, RIn, To>) => StepOutcome | Promise<StepOutcome>;
 
+/** A step declared as an object: its `run` function with per-step options. */
 export interface StepOptions<
   State,
   StateIn,
@@ -173,12 +192,15 @@ export interface StepOptions<
   RIn = unknown,
   To extends string = K,
 > {
+  /** The step's code: returns the outcome (`ctx.next`, `ctx.done`, ...). */
   run: StepFn<State, StateIn, K, Ev, RIn, To>;
   /** The steps this one may go to (ctx.next, await, spawn, onTimeout): checked at compile time and at run time. */
   to?: readonly NoInfer<To>[];
   /** Abort `ctx.abortSignal` and fail the attempt after this long. */
   timeout?: Duration;
+  /** The attempts this step has before it fails (or routes to `onFailure`). Default: the machine's, else 20. */
   maxAttempts?: number;
+  /** How long to wait before retrying a failed attempt. Default: the machine's, else exponential from 1 s to 1 h. */
   backoff?: Backoff;
   /** Run inside the transaction that commits the outcome; `ctx.client` is that transaction. */
   transactional?: boolean;
@@ -200,6 +222,7 @@ export interface StepRateLimit<State = unknown, StateIn = unknown, K extends str
   weight?: number | ((ctx: StepContext<State, StateIn, K>) => number);
 }
 
+/** A step: its run function alone, or {@link StepOptions}. */
 export type StepDefinition<
   State,
   StateIn,
@@ -228,6 +251,7 @@ export interface ResolvedStep {
 
 declare const TYPES: unique symbol;
 
+/** A checked definition, as `defineMachine` and `defineJob` return it: what the engine runs. */
 export interface Machine<
   Schema extends StandardSchemaV1 = StandardSchemaV1,
   K extends string = string,
@@ -235,18 +259,31 @@ export interface Machine<
   Sig extends SignalSchemas = SignalSchemas,
   R = unknown,
 > {
+  /** "machine" from defineMachine, "job" from defineJob. */
   readonly kind: Kind;
+  /** Its stable name, stored in every row. */
   readonly name: string;
+  /** The queue its instances run on unless inserted with another. */
   readonly queue: string;
+  /** The schema of its state (a job's args). */
   readonly schema: Schema;
+  /** The step a new instance starts at ("perform" for a job). */
   readonly initial: K;
+  /** Its steps by name, resolved. */
   readonly steps: ReadonlyMap<string, ResolvedStep>;
+  /** The default attempts of its steps; undefined: 20. */
   readonly maxAttempts: number | undefined;
+  /** The default backoff of its steps; undefined: the engine's exponential default. */
   readonly backoff: BackoffFn | undefined;
   /** How long terminal instances are kept before the GC prunes them; undefined: the engine's `retention`. */
   readonly retentionMs?: number;
   /** The concurrency key of every new instance, from its input (definition-flow.ts). */
-  readonly concurrency?: { key: (input: unknown) => string; limit: number };
+  readonly concurrency?: {
+    /** Computes the key from the instance's input. */
+    key: (input: unknown) => string;
+    /** How many steps of instances with one key may run at once. */
+    limit: number;
+  };
   /** Declared signal payload schemas; undefined: any event, payloads unchecked. */
   readonly signals: Readonly<SignalSchemas> | undefined;
   /** Schema of the result, checked before `done` commits. */
@@ -262,11 +299,20 @@ export interface Machine<
   /** The step a cancel runs before the instance ends cancelled. */
   readonly onCancel?: string;
   /** Type-level only. */
-  readonly [TYPES]?: { steps: K; signals: Sig; result: R };
+  readonly [TYPES]?: {
+    /** Its step names. */
+    steps: K;
+    /** Its declared signal schemas. */
+    signals: Sig;
+    /** Its result type. */
+    result: R;
+  };
 }
 
+/** Any machine or job, whatever its types: what engine options and helpers take. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyMachine = Machine<any, any, "machine" | "job", any, any>;
+/** A job: a machine of the one step "perform", defined by `defineJob`. */
 export type Job<Schema extends StandardSchemaV1 = StandardSchemaV1, R = unknown> = Machine<
   Schema,
   "perform",
@@ -303,9 +349,13 @@ export interface MachineDefinition<
 > {
   /** Stable name, stored in every row. */
   name: string;
+  /** The queue its instances run on unless inserted with another. Default "default". */
   queue?: string;
+  /** The schema of its state, checked on insert and on every transition. */
   state: Schema;
+  /** The step a new instance starts at. Default "start". */
   initial?: NoInfer<K>;
+  /** Its steps by name: a run function, or {@link StepOptions}. */
   // The first mapped type gives the step names and each step's ctx; the second only infers each `to` (S).
   steps: {
     [P in K]: DeclaredStep<
@@ -317,7 +367,12 @@ export interface MachineDefinition<
       P extends keyof S ? S[P] : unknown
     >;
   } & {
-    [P in keyof S]: StepFn<Out<Schema>, In<Schema>, K, PayloadsOf<Sig>, ResultInOf<RS>> | { to?: readonly S[P][] };
+    [P in keyof S]:
+      | StepFn<Out<Schema>, In<Schema>, K, PayloadsOf<Sig>, ResultInOf<RS>>
+      | {
+          /** The steps this one may go to. */
+          to?: readonly S[P][];
+        };
   };
   /** Declared events and their payload schemas: ctx.await takes only these, and payloads are checked when sent. */
   signals?: Sig;
@@ -332,6 +387,7 @@ export interface MachineDefinition<
   migrate?: Record<number, (state: unknown) => unknown>;
   /** Default for the machine's steps (a step's own `maxAttempts` wins). Default 20. */
   maxAttempts?: number;
+  /** Default for the machine's steps (a step's own `backoff` wins). Default exponential, from 1 s to 1 h. */
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
@@ -349,6 +405,10 @@ export interface MachineDefinition<
 
 export const DEFAULT_QUEUE = "default";
 
+/**
+ * Defines a machine: checks the definition (names, steps, targets, options) once and throws a
+ * ConfigError naming what is wrong. Pass the result to the engine's `machines`.
+ */
 export function defineMachine<
   Schema extends StandardSchemaV1,
   K extends string,
@@ -430,22 +490,29 @@ type ResultOutOf<RS> = RS extends StandardSchemaV1 ? Out<RS> : unknown;
 /** The args of a job that declares none: any JSON value, or nothing (null). */
 export type AnyArgs = StandardSchemaV1<unknown, unknown>;
 
+/** What `defineJob` takes. */
 export interface JobDefinition<
   Schema extends StandardSchemaV1,
   R,
   RS extends StandardSchemaV1 | undefined = undefined,
 > {
+  /** Stable name, stored in every row. */
   name: string;
+  /** The queue its instances run on unless inserted with another. Default "default". */
   queue?: string;
   /** Schema of the args. Optional: without it a job takes any JSON value, or none. */
   args?: Schema;
   /** Schema of the result (what perform returns), checked before `done` commits. */
   result?: RS;
+  /** The attempts `perform` has before the job fails. Default 20. */
   maxAttempts?: number;
+  /** How long to wait before retrying a failed attempt. Default exponential, from 1 s to 1 h. */
   backoff?: Backoff;
   /** Keep terminal instances this long before the GC prunes them. Default: the engine's `retention`. */
   retention?: Duration;
+  /** Abort `ctx.abortSignal` and fail the attempt after this long. Default: no timeout. */
   timeout?: Duration;
+  /** Run `perform` inside the transaction that commits its outcome; `ctx.client` is that transaction. */
   transactional?: boolean;
   /** Draw from one of the engine's `rateLimits` before each run. */
   rateLimit?: StepRateLimit<Out<Schema>, In<Schema>, "perform">;
@@ -460,6 +527,10 @@ export interface JobDefinition<
   ) => R | Promise<R>;
 }
 
+/**
+ * Defines a job: a machine of one step, `perform`, whose return value is the result. Checks the
+ * definition once and throws a ConfigError naming what is wrong.
+ */
 export function defineJob<
   Schema extends StandardSchemaV1 = AnyArgs,
   R = unknown,

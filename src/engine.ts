@@ -240,7 +240,14 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   }
 
   /** The instance by id, handle or `{ correlationKey }` (the live one, else the newest), or null. */
-  get<R extends InstanceRef | { correlationKey: string }>(target: R): Promise<InstanceOf<R> | null>;
+  get<
+    R extends
+      | InstanceRef
+      | {
+          /** The correlation key of the instance. */
+          correlationKey: string;
+        },
+  >(target: R): Promise<InstanceOf<R> | null>;
   get(target: unknown): Promise<Instance | null> {
     return getInstance(this.client, idOf(target) as string | { correlationKey: string });
   }

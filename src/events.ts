@@ -4,16 +4,22 @@ import type { ErrorRecord } from "./json.js";
 
 /** What identifies one attempt of one step; part of every step event. */
 export interface StepFacts {
+  /** The instance's id. */
   id: string;
+  /** The name of its machine. */
   machine: string;
+  /** The step. */
   step: string;
+  /** The attempt, 1-based. */
   attempt: number;
+  /** The queue the instance runs on. */
   queue: string;
 }
 
 /** The background loops that report `loop:tick`. */
 export type LoopName = "scheduler" | "poll" | "reaper" | "lease" | "timeouts" | "joins" | "gc" | "cron" | "tables";
 
+/** Every event of `engine.on(event, listener)` with its payload. */
 export interface EngineEvents {
   /**
    * An attempt of a step is about to run its code (not emitted for an attempt refused before running: see
@@ -25,29 +31,89 @@ export interface EngineEvents {
    * commit excluded). A failed attempt emits it too, after step:exception, with
    * outcome "error" (retried) or "failed" (no attempts left).
    */
-  "step:stop": StepFacts & { outcome: string; durationMs: number };
+  "step:stop": StepFacts & {
+    /** The outcome committed: next, done, await, spawn, snooze, cancel, error, failed, ... */
+    outcome: string;
+    /** How long the step's code ran, in milliseconds. */
+    durationMs: number;
+  };
   /** A step threw, returned something invalid or timed out; `willRetry` says whether another attempt follows. */
-  "step:exception": StepFacts & { error: ErrorRecord; durationMs: number; willRetry: boolean };
-  "instance:done": { id: string; machine: string; result: unknown };
-  "instance:failed": { id: string; machine: string; error: ErrorRecord };
-  "instance:cancelled": { id: string; machine: string; reason: string | undefined };
+  "step:exception": StepFacts & {
+    /** The error, as stored. */
+    error: ErrorRecord;
+    /** How long the attempt ran, in milliseconds. */
+    durationMs: number;
+    /** true when another attempt follows. */
+    willRetry: boolean;
+  };
+  /** An instance finished `done`. */
+  "instance:done": {
+    /** The instance's id. */
+    id: string;
+    /** The name of its machine. */
+    machine: string;
+    /** The result it stored. */
+    result: unknown;
+  };
+  /** An instance ended `failed`. */
+  "instance:failed": {
+    /** The instance's id. */
+    id: string;
+    /** The name of its machine. */
+    machine: string;
+    /** The last attempt's error. */
+    error: ErrorRecord;
+  };
+  /** An instance ended `cancelled`, by engine.cancel or its own `ctx.cancel`. */
+  "instance:cancelled": {
+    /** The instance's id. */
+    id: string;
+    /** The name of its machine. */
+    machine: string;
+    /** The reason given, if any. */
+    reason: string | undefined;
+  };
   /** The step's rate-limit bucket was short: its tokens are reserved and it runs after `waitMs`, no attempt used. */
-  "step:rate_limited": StepFacts & { limit: string; waitMs: number };
+  "step:rate_limited": StepFacts & {
+    /** The name of the rate limit. */
+    limit: string;
+    /** How long until the step runs, in milliseconds. */
+    waitMs: number;
+  };
   /** The claim was lost before the outcome committed; the outcome was discarded. */
   "lease:lost": StepFacts;
   /**
    * This node stopped before the step finished: the step was abandoned and its
    * instance released to run again elsewhere, no attempt counted (graceful stop).
    */
-  "step:released": StepFacts & { durationMs: number };
+  "step:released": StepFacts & {
+    /** How long the step had run when it was released, in milliseconds. */
+    durationMs: number;
+  };
   /** A background loop finished a tick. */
-  "loop:tick": { loop: LoopName; durationMs: number; count: number; queue?: string };
+  "loop:tick": {
+    /** The loop. */
+    loop: LoopName;
+    /** How long the tick took, in milliseconds. */
+    durationMs: number;
+    /** What the tick handled: rows claimed, reaped, deleted, ... (poll: the queues it polls). */
+    count: number;
+    /** The scheduler's queue (scheduler ticks only). */
+    queue?: string;
+  };
   /**
    * A background loop or connection failed; the engine carries on. `step` is
    * set when the failure belongs to one attempt (its outcome could not be
    * committed: the step re-runs after its lease expires).
    */
-  "engine:error": { loop: string; error: unknown; step?: StepFacts };
+  "engine:error": {
+    /** Where it failed: a loop's name, "executor", "notify", "check", "stop", ... */
+    loop: string;
+    /** The error. */
+    error: unknown;
+    /** The attempt whose outcome could not be committed, when there is one. */
+    step?: StepFacts;
+  };
   /**
    * Something an operator should fix, found by a worker node's checks (once a
    * minute; repeated every 15 minutes while it holds): autovacuum cannot run
@@ -59,16 +125,20 @@ export interface EngineEvents {
    * logged at warn. See docs/operations.md, Vacuum and Clocks.
    */
   "engine:warning": {
+    /** What is wrong (see above). */
     kind: "autovacuum_off" | "dead_tuples" | "horizon_held" | "clock_skew" | "listen_pooled";
+    /** autovacuum_off, dead_tuples: the table. */
     table?: string;
     /** horizon_held: the session that holds it. */
     pid?: number;
     /** clock_skew: node clock minus database clock, in milliseconds (positive: the node is ahead). */
     skewMs?: number;
+    /** What is wrong and what to do, in words (the line logged). */
     message: string;
   };
 }
 
+/** The name of an engine event. */
 export type EngineEventName = keyof EngineEvents;
 
 const ignore = () => {};

@@ -22,9 +22,13 @@ export type PayloadInputsOf<Sig extends SignalSchemas> = { [E in keyof Sig & str
 
 /** A signal consumed by an await, as seen in `ctx.awaited`: narrowed by `event` when the machine declares signals. */
 export interface ReceivedSignal<E extends string = string, P = unknown> {
+  /** The signal's id. */
   id: string;
+  /** Its event name. */
   event: E;
+  /** Its payload (the schema's output when the event declares one). */
   payload: P;
+  /** When it was stored. */
   insertedAt: Date;
 }
 
@@ -56,14 +60,22 @@ declare const MACHINE: unique symbol;
  * An instance id that remembers its machine: a plain string at run time (the
  * id as today), typed for `engine.wait`, `engine.get` and `ctx.childrenOf`.
  */
-export type InstanceId<M extends AnyMachine = AnyMachine> = string & { readonly [MACHINE]?: M };
+export type InstanceId<M extends AnyMachine = AnyMachine> = string & {
+  /** Type-only brand: the machine the id belongs to; never set at run time. */
+  readonly [MACHINE]?: M;
+};
 
 /** A child's outcome, as seen in `ctx.children` on a join; `ctx.childrenOf(M)` types `result` by M. */
 export interface ChildOutcome<M extends AnyMachine = AnyMachine> {
+  /** The child's id. */
   id: InstanceId<M>;
+  /** The name of its machine. */
   machine: string;
+  /** How it finished: done, failed or cancelled. */
   status: string;
+  /** Its result when `done`, else null. */
   result: ResultOf<M> | null;
+  /** Its error when it failed (or was cancelled), else null. */
   error: unknown;
 }
 
@@ -80,7 +92,10 @@ export type InputOf<M> =
         : { state?: unknown; args?: unknown };
 
 /** A child for `ctx.spawn`: a machine with its `state`, or a job with its `args`. */
-export type ChildSpec<M extends AnyMachine = AnyMachine> = InstanceOptions & { machine: M } & InputOf<M>;
+export type ChildSpec<M extends AnyMachine = AnyMachine> = InstanceOptions & {
+  /** The machine (or job) of the child. */
+  machine: M;
+} & InputOf<M>;
 
 /** Any child or insertMany item, before it is checked against its machine. */
 export type AnySpec = InstanceOptions & { machine: AnyMachine; state?: unknown; args?: unknown };
@@ -93,14 +108,22 @@ type SpecFor<X> = X extends { machine: infer M extends AnyMachine } ? ChildSpec<
 export type MachinesOf<T extends readonly AnySpec[]> = T[number]["machine"];
 
 /** `{ state }` for a machine, `{ args }` for a job, plus the common options. */
-export type InsertOptions<M extends AnyMachine> = InstanceOptions & { client?: pg.ClientBase } & InputOf<M>;
+export type InsertOptions<M extends AnyMachine> = InstanceOptions & {
+  /** A pg client inside your transaction: the instance exists (and runs) only if it commits. */
+  client?: pg.ClientBase;
+} & InputOf<M>;
 
 /** The options argument of `engine.insert`: optional when the machine needs no input (a job without args). */
 export type InsertArgs<M extends AnyMachine> =
   Partial<InputOf<M>> extends InputOf<M> ? [options?: InsertOptions<M>] : [options: InsertOptions<M>];
 
 /** What `engine.wait` / `engine.get` take: an id (typed or not) or a handle `{ id }`. */
-export type InstanceRef<M extends AnyMachine = AnyMachine> = InstanceId<M> | { readonly id: InstanceId<M> };
+export type InstanceRef<M extends AnyMachine = AnyMachine> =
+  | InstanceId<M>
+  | {
+      /** The instance's id. */
+      readonly id: InstanceId<M>;
+    };
 
 type MachineOfId<I> = I extends { readonly [MACHINE]?: infer M } ? (M extends AnyMachine ? M : never) : never;
 /** The machine an id or handle remembers (never when it is a plain string). */

@@ -16,11 +16,24 @@ export type Migrations = ReadonlyMap<number, (state: unknown) => unknown>;
 
 /** A machine's static graph: every step with the steps it declares it may go to (null: any step). */
 export interface MachineGraph {
+  /** The machine's name. */
   machine: string;
+  /** The step instances start at. */
   initial: string;
-  steps: Array<{ name: string; to: string[] | null }>;
+  /** Every step, in declaration order. */
+  steps: Array<{
+    /** The step's name. */
+    name: string;
+    /** Its declared targets; null when it declares none (any step). */
+    to: string[] | null;
+  }>;
   /** Every declared edge, plus one from the start to `initial`. */
-  edges: Array<{ from: string | null; to: string }>;
+  edges: Array<{
+    /** The step the edge leaves; null for the start. */
+    from: string | null;
+    /** The step it goes to. */
+    to: string;
+  }>;
 }
 
 interface TypingInput {

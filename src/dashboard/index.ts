@@ -45,6 +45,7 @@ import {
   type PageContext,
 } from "./pages.js";
 
+/** What `createDashboard` takes: a `pool` or a `connectionString`, and how to serve. */
 export interface DashboardOptions {
   /** A pg.Pool to use (not ended by close()), or... */
   pool?: pg.Pool;
@@ -74,6 +75,7 @@ export interface DashboardOptions {
   machines?: readonly AnyMachine[];
 }
 
+/** The dashboard: a Node request handler for http.createServer, Express, or a raw Fastify request. */
 export type DashboardHandler = ((req: IncomingMessage, res: ServerResponse) => void) & {
   /** Ends live streams and timers, and the pool if the dashboard opened it. */
   close(): Promise<void>;
@@ -87,6 +89,11 @@ const MAX_LIVE_PAGES = 100;
 const MAX_BODY = 1024 * 1024;
 const DEFAULTS = { liveIntervalMs: 2000, cacheMs: 10_000, maxBulk: 10_000 };
 
+/**
+ * The web dashboard of a gen-durable schema: machines, queues, instances and their history, with
+ * actions (signal, cancel, retry) unless `readOnly`. It reads the database directly; no engine
+ * needs to run. Throws a ConfigError on a bad option.
+ */
 export function createDashboard(options: DashboardOptions): DashboardHandler {
   if (typeof options !== "object" || options === null) throw new ConfigError("createDashboard: options are required");
   const schema = checkSchemaName(options.schema ?? "gen_durable", (m) => new ConfigError(`createDashboard: ${m}`));

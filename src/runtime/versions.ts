@@ -60,9 +60,13 @@ export async function recordUpcast(
 
 /** A live instance parked at a step its machine no longer has. */
 export interface StrandedInstance {
+  /** The instance's id. */
   id: string;
+  /** The name of its machine. */
   machine: string;
+  /** The step it is parked at, which its machine does not have. */
   step: string;
+  /** Its status (a live one). */
   status: string;
 }
 
@@ -81,7 +85,9 @@ export async function findStranded(
 
 /** What engine.check() reports: live instances the current definitions cannot run. */
 export interface CheckReport {
+  /** true when no live instance is stranded. */
   ok: boolean;
+  /** The stranded instances (at most 1000). */
   stranded: StrandedInstance[];
 }
 
@@ -100,8 +106,11 @@ export function strandedError(stranded: StrandedInstance[]): Error {
   );
 }
 
+/** Where `engine.move` puts an instance. */
 export interface MoveOptions {
+  /** The step to move it to, runnable now. */
   step: string;
+  /** Its new state, checked by its machine's schema; default: the state it has. */
   state?: unknown;
 }
 

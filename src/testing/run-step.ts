@@ -29,70 +29,95 @@ import { didYouMean, rejectUnknownKeys } from "../suggest.js";
 
 /** `ctx.next(...)`: commit `state`, then run `step` now, after `delay` ms, or at `runAt`. */
 export interface NextResult<State = unknown, K extends string = string> {
+  /** The kind of outcome. */
   type: "next";
+  /** The step to run next. */
   step: K;
   /** The state that would be committed: the new one, validated, or the input state when the step kept it. */
   state: State;
   /** Milliseconds (a `"5m"` given to the step is reported as 300000). */
   delay?: number;
+  /** The time given as `runAt`. */
   runAt?: Date;
+  /** The priority given to `ctx.next`. */
   priority?: number;
 }
 
 /** `ctx.await(...)`: park until `spec` is satisfied, then run `step`; on timeout run `onTimeout`. */
 export interface AwaitResult<State = unknown, K extends string = string> {
+  /** The kind of outcome. */
   type: "await";
   /** As the step wrote it. */
   spec: AwaitSpec;
+  /** The step to run once `spec` is satisfied. */
   step: K;
+  /** The state that would be committed (as in {@link NextResult}). */
   state: State;
   /** Milliseconds. */
   timeout?: number;
   /** The deadline given as `until`. */
   until?: Date;
+  /** The step to run when `timeout` or `until` passes first. */
   onTimeout?: K;
 }
 
 /** A child of `ctx.spawn`, validated as the engine would insert it. */
 export interface SpawnedChild {
+  /** The name of its machine. */
   machine: string;
   /** The child's validated state (machines) ... */
   state?: unknown;
   /** ... or args (jobs). */
   args?: unknown;
+  /** Its queue: the one given, else its machine's. */
   queue: string;
+  /** Its priority (default 0). */
   priority: number;
   /** Milliseconds. */
   delay?: number;
+  /** The time given as `runAt`. */
   runAt?: Date;
+  /** The `maxAttempts` given. */
   maxAttempts?: number;
+  /** The correlation key given. */
   correlationKey?: string;
+  /** Its concurrency key: the one given, else its machine's `concurrency.key`. */
   concurrencyKey?: string;
 }
 
 /** `ctx.spawn(...)`: insert `children`, park until all are terminal, then run `step`. */
 export interface SpawnResult<State = unknown, K extends string = string> {
+  /** The kind of outcome. */
   type: "spawn";
+  /** The children that would be inserted, in order. */
   children: SpawnedChild[];
+  /** The step to run once they are terminal (the join). */
   step: K;
+  /** The state that would be committed (as in {@link NextResult}). */
   state: State;
 }
 
 /** `ctx.done(result)`, or what a job's `perform` returned. `result` is as stored: JSON, `undefined` became `null`. */
 export interface DoneResult {
+  /** The kind of outcome. */
   type: "done";
+  /** The result, as it would be stored. */
   result: unknown;
 }
 
 /** `ctx.snooze(delay)`: the same step again after `delay` ms; not a failure. */
 export interface SnoozeResult {
+  /** The kind of outcome. */
   type: "snooze";
+  /** Milliseconds. */
   delay: number;
 }
 
 /** `ctx.cancel(reason)`: terminal `cancelled`. `reason` is the message the engine records. */
 export interface CancelResult {
+  /** The kind of outcome. */
   type: "cancel";
+  /** The reason the step gave; without one, `cancelled by step "<step>" of machine "<machine>"`. */
   reason: string;
 }
 
@@ -101,6 +126,7 @@ export interface CancelResult {
  * that is not a valid outcome, or a new state its schema rejects.
  */
 export interface ErrorResult {
+  /** The kind of outcome. */
   type: "error";
   /** What was thrown, e.g. your own Error, or the engine's ValidationError. */
   error: unknown;
@@ -114,6 +140,7 @@ export interface ErrorResult {
   routedTo?: string;
 }
 
+/** What `runStep` returns: the outcome the step returned (with what it published), or the failed attempt. */
 export type StepResult<State = unknown, K extends string = string> =
   | ((
       NextResult<State, K> | AwaitResult<State, K> | SpawnResult<State, K> | DoneResult | SnoozeResult | CancelResult
@@ -125,9 +152,13 @@ export type StepResult<State = unknown, K extends string = string> =
 
 /** A signal for `ctx.awaited`; `id` and `insertedAt` are made up when omitted. */
 export interface AwaitedInput {
+  /** The event name. */
   event: string;
+  /** The payload, as JSON would carry it. Default null. */
   payload?: unknown;
+  /** The signal's id. Default: its 1-based position in `awaited`. */
   id?: string;
+  /** When it was stored. Default: now. */
   insertedAt?: Date;
 }
 
@@ -135,13 +166,17 @@ export interface AwaitedInput {
 export interface ChildInput {
   /** The child's machine, or its name. */
   machine: AnyMachine | string;
+  /** How it finished. */
   status: "done" | "failed" | "cancelled";
+  /** Its result (when `done`). Default null. */
   result?: unknown;
   /** An error record ({ name, message, ... }), or an Error that is turned into one. */
   error?: unknown;
+  /** The child's id. Default: its position in `children` plus 2 (the parent is "1"). */
   id?: string;
 }
 
+/** The options of `runStep` that set up the step's context, for machines and jobs alike. */
 export interface RunStepCommonOptions {
   /** `ctx.awaited`: the signals consumed by the await that led to this step. Default []. */
   awaited?: readonly AwaitedInput[];
@@ -149,6 +184,7 @@ export interface RunStepCommonOptions {
   children?: readonly ChildInput[];
   /** `ctx.attempt`, from 1 to the step's maxAttempts. Default 1. */
   attempt?: number;
+  /** `ctx.correlationKey`. Default null. */
   correlationKey?: string | null;
   /** `ctx.id`. Default "1". */
   id?: string;
@@ -168,9 +204,19 @@ export interface RunStepCommonOptions {
   /** `ctx.resumedBy`: how the await that led to this step ended. Default undefined. */
   resumedBy?: "signal" | "timeout";
   /** `ctx.failure`, as in an onFailure step (its `error`: an Error or a stored error record). */
-  failure?: { error: Error | ErrorRecord; step: string; attempts: number };
+  failure?: {
+    /** The last attempt's error. */
+    error: Error | ErrorRecord;
+    /** The step that failed. */
+    step: string;
+    /** The attempts it made. */
+    attempts: number;
+  };
   /** `ctx.cancellation`, as in an onCancel step (the engine ends the instance cancelled whatever it returns). */
-  cancellation?: { reason: string };
+  cancellation?: {
+    /** The reason given to engine.cancel. */
+    reason: string;
+  };
 }
 
 type Out<M> = M extends Machine<infer S, string, "machine" | "job"> ? StandardSchemaV1.InferOutput<S> : unknown;
@@ -181,10 +227,21 @@ export type StepName<M> = M extends Machine<StandardSchemaV1, infer K, "machine"
 /** `{ state }` for a machine, `{ args }` for a job, plus the context options. */
 export type RunStepOptions<M extends AnyMachine> = RunStepCommonOptions &
   (M extends Machine<StandardSchemaV1, string, "job">
-    ? { args: In<M> }
+    ? {
+        /** The job's args, checked by its schema. */
+        args: In<M>;
+      }
     : M extends Machine<StandardSchemaV1, string, "machine">
-      ? { state: In<M> }
-      : { state?: unknown; args?: unknown });
+      ? {
+          /** `ctx.state`: the instance's state before the step, checked by the machine's schema. */
+          state: In<M>;
+        }
+      : {
+          /** The state of a machine. */
+          state?: unknown;
+          /** The args of a job. */
+          args?: unknown;
+        });
 
 const OPTION_KEYS = [
   "state",
