@@ -67,10 +67,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   /** Schedulers, executor and loops: started by start() on a node with queues (src/worker.ts). */
   private worker: WorkerNode | undefined;
   /** How the executor and the loops say that work may be due (see runtime/wakeups.ts). */
-  private readonly wakeups: Wakeups = nodeWakeups(
-    () => this.worker,
-    (queue) => this.notifier.request(queue),
-  );
+  private readonly wakeups: Wakeups;
   /** The cron entries with every value checked (asynchronous schemas in start()). */
   private cronEntries: readonly ResolvedCronEntry[] = [];
   /** Spans, metrics and event log lines; attached in start() so an SDK registered after construction is used. */
@@ -83,6 +80,8 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
 
   constructor(options: GenDurableOptions & { cron?: Cron & CheckedCron<Cron> }) {
     const config = (this.config = resolveConfig(options));
+    const notify = (queue: string) => this.notifier.request(queue);
+    this.wakeups = nodeWakeups(() => this.worker, notify);
     const { events, clock } = this;
     const { pool, owned } = openPool(options, "GenDurable", "gen-durable", config.poolSize);
     this.pool = pool;
@@ -379,19 +378,14 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
    * scheduler now (due work found by the database clock runs without waiting).
    */
   _testing() {
-    const { pool, config, worker } = this;
-    return {
-      pool,
-      schema: config.schema,
-      nodeId: config.nodeId,
-      queues: [...(worker?.schedulers.keys() ?? [])],
-      machines: [...config.machines.keys()],
-      loops: Object.keys(worker?.loops ?? {}),
-      running: this.state === "started" && worker !== undefined,
-      inFlight: () => this.leases.held.size,
-      clock: this.clock,
-      wake: () => worker?.wakeAll(),
-    };
+    const { pool, config, worker, clock } = this;
+    const { schema, nodeId } = config;
+    const queues = [...(worker?.schedulers.keys() ?? [])];
+    const machines = [...config.machines.keys()];
+    const loops = Object.keys(worker?.loops ?? {});
+    const running = this.state === "started" && worker !== undefined;
+    const inFlight = () => this.leases.held.size;
+    return { pool, schema, nodeId, queues, machines, loops, running, inFlight, clock, wake: () => worker?.wakeAll() };
   }
 
   private reportError(loop: string, error: unknown): void {
