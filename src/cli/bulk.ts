@@ -11,7 +11,8 @@ import { quoteIdent } from "../names.js";
 import { STATUSES, type Status } from "../status.js";
 import { checkName } from "../names.js";
 import { EXIT_OK, UsageError, type Command, type Io } from "./cli.js";
-import { printJson, withoutPrefix } from "./client.js";
+import { printJson, withClient, withoutPrefix } from "./client.js";
+import type { GenDurable } from "../engine.js";
 
 export const FILTER_OPTIONS = {
   machine: { type: "string", valueName: "name", description: "bulk: instances of this machine" },
@@ -144,4 +145,29 @@ export async function applyToFilter(
     }
   }
   return EXIT_OK;
+}
+
+/**
+ * The shared front of `cancel` and `retry`: an instance id or a filter, never both, never neither.
+ * With a filter, applies `act` to what it selects and resolves to the exit code; with an id,
+ * returns undefined for the command to handle it.
+ */
+export function runOnFilter(
+  command: Command,
+  values: Record<string, unknown>,
+  io: Io,
+  id: string | undefined,
+  spec: { statuses: readonly Status[]; defaults: readonly Status[]; verb: string; past: string; hint: string },
+  act: (engine: GenDurable, id: string) => Promise<void>,
+): Promise<number> | undefined {
+  const filter = filterFrom(values, command, spec.statuses, spec.defaults);
+  if (filter && id !== undefined) throw new UsageError("pass an instance id or a filter, not both", command);
+  if (!filter && id === undefined) throw new UsageError(`pass an instance id, or a filter (${spec.hint})`, command);
+  if (!filter) return undefined;
+  const { verb, past } = spec;
+  return withClient(command, values, io, ({ engine, pool, schema, json }) =>
+    applyToFilter(io, pool, schema, filter, { verb, past, dryRun: values["dry-run"] === true, json }, (id) =>
+      act(engine, id),
+    ),
+  );
 }

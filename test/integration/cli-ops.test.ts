@@ -145,7 +145,8 @@ describe("status", () => {
     await db.pool.query(
       `insert into ${db.schema}.nodes (id, machines, queues, started_at, heartbeat_at, lease_ms) values
          ('cli-alive', '{Quick}', '{idle,extra}', now() - interval '1 hour', now(), 60000),
-         ('cli-gone', '{Quick}', '{idle}', now() - interval '2 hours', now() - interval '1 hour', 30000)`,
+         -- Gone (no heartbeat within its lease), but not yet forgotten by a reaper (ten leases: 5 minutes).
+         ('cli-gone', '{Quick}', '{idle}', now() - interval '2 hours', now() - interval '2 minutes', 30000)`,
     );
 
     type Report = {

@@ -1,5 +1,5 @@
-import { EXIT_OK, UsageError, type Command } from "../cli.js";
-import { applyToFilter, FILTER_OPTIONS, filterFrom } from "../bulk.js";
+import { EXIT_OK, type Command } from "../cli.js";
+import { FILTER_OPTIONS, runOnFilter } from "../bulk.js";
 import { CLIENT_OPTIONS, idFrom, printJson, withClient } from "../client.js";
 
 const LIVE = ["runnable", "running", "awaiting", "joining"] as const;
@@ -27,22 +27,10 @@ export const cancelCommand: Command = {
   },
   async run(values, io, [text]) {
     const reason = typeof values.reason === "string" ? values.reason : undefined;
-    const filter = filterFrom(values, this, LIVE, LIVE);
-    if (filter && text !== undefined) throw new UsageError("pass an instance id or a filter, not both", this);
-    if (!filter && text === undefined)
-      throw new UsageError("pass an instance id, or a filter (--machine, --status, --queue, --older-than)", this);
-    if (filter) {
-      return withClient(this, values, io, ({ engine, pool, schema, json }) =>
-        applyToFilter(
-          io,
-          pool,
-          schema,
-          filter,
-          { verb: "cancel", past: "cancelled", dryRun: values["dry-run"] === true, json },
-          (id) => engine.cancel(id, reason),
-        ),
-      );
-    }
+    const hint = "--machine, --status, --queue, --older-than";
+    const spec = { statuses: LIVE, defaults: LIVE, verb: "cancel", past: "cancelled", hint };
+    const bulk = runOnFilter(this, values, io, text, spec, (engine, id) => engine.cancel(id, reason));
+    if (bulk) return bulk;
     const id = idFrom(text!, this);
     return withClient(this, values, io, async ({ engine, json }) => {
       await engine.cancel(id, reason);

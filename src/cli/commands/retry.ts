@@ -1,5 +1,8 @@
-import { EXIT_OK, UsageError, type Command } from "../cli.js";
-import { applyToFilter, FILTER_OPTIONS, filterFrom } from "../bulk.js";
+import { EXIT_OK, type Command } from "../cli.js";
+import { FILTER_OPTIONS, runOnFilter } from "../bulk.js";
+import type { Status } from "../../status.js";
+
+const FAILED: readonly Status[] = ["failed"];
 import { CLIENT_OPTIONS, idFrom, printJson, withClient } from "../client.js";
 
 export const retryCommand: Command = {
@@ -15,22 +18,15 @@ export const retryCommand: Command = {
   positionals: [{ name: "id", description: "the instance id (or a filter instead)", optional: true }],
   options: { ...FILTER_OPTIONS, ...CLIENT_OPTIONS },
   async run(values, io, [text]) {
-    const filter = filterFrom(values, this, ["failed"], ["failed"]);
-    if (filter && text !== undefined) throw new UsageError("pass an instance id or a filter, not both", this);
-    if (!filter && text === undefined)
-      throw new UsageError("pass an instance id, or a filter (--machine, --queue, --older-than)", this);
-    if (filter) {
-      return withClient(this, values, io, ({ engine, pool, schema, json }) =>
-        applyToFilter(
-          io,
-          pool,
-          schema,
-          filter,
-          { verb: "retry", past: "retried", dryRun: values["dry-run"] === true, json },
-          (id) => engine.retry(id),
-        ),
-      );
-    }
+    const spec = {
+      statuses: FAILED,
+      defaults: FAILED,
+      verb: "retry",
+      past: "retried",
+      hint: "--machine, --queue, --older-than",
+    };
+    const bulk = runOnFilter(this, values, io, text, spec, (engine, id) => engine.retry(id));
+    if (bulk) return bulk;
     const id = idFrom(text!, this);
     return withClient(this, values, io, async ({ engine, json }) => {
       await engine.retry(id);
