@@ -67,16 +67,18 @@ describe("money transfer saga", () => {
     expect(await balances()).toEqual({ alice: 65, bob: 35 });
   });
 
-  it("a transfer requested twice with the same key runs once", async () => {
-    const first = await engine.insert(MoneyTransfer, {
+  it("a transfer requested twice with the same key runs once, even after the first finished", async () => {
+    // ifExists "reuse": an instance with the key, live or finished within the idempotency window, is
+    // the answer; without it a finished transfer would not stop a second one.
+    const request = {
       state: { from: "alice", to: "bob", amount: 1 },
       correlationKey: "transfer:42",
-    });
-    const again = await engine.insert(MoneyTransfer, {
-      state: { from: "alice", to: "bob", amount: 1 },
-      correlationKey: "transfer:42",
-    });
-    expect(again.id).toBe(first.id);
+      ifExists: "reuse",
+    } as const;
+    const first = await engine.insert(MoneyTransfer, request);
+    await drain(engine);
+    const again = await engine.insert(MoneyTransfer, request);
+    expect(again).toEqual({ id: first.id, inserted: false });
     await drain(engine);
     expect(await balances()).toEqual({ alice: 64, bob: 36 });
   });

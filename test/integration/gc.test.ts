@@ -17,7 +17,7 @@ import {
 } from "../../src/index.js";
 import { TypedEmitter } from "../../src/events.js";
 import { Pruner } from "../../src/loops/gc.js";
-import { databaseUrl, eventually, useTestDatabase } from "../support/db.js";
+import { databaseUrl, dropDatabase, eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = db.schema;
@@ -509,14 +509,8 @@ describe("100,000 terminal instances under load", () => {
       } finally {
         for (const e of engines) await e.stop().catch(() => {});
         await pool.end();
-        // pool.end() resolves before its connections are closed: wait for them, then drop.
-        await eventually("the test's connections to close", async () => {
-          const { rows } = await admin.query("select count(*)::int as n from pg_stat_activity where datname = $1", [
-            name,
-          ]);
-          return rows[0].n === 0;
-        }).catch(() => {});
-        await admin.query(`drop database if exists ${name} with (force)`);
+        // pool.end() resolves before its connections are closed: dropDatabase waits for them.
+        await dropDatabase(admin, name);
         await admin.end();
       }
     },

@@ -11,7 +11,7 @@ import { COMMANDS } from "../../src/cli/commands/index.js";
 import { ConfigError, GenDurable, migrate, Migration, NotMigratedError } from "../../src/index.js";
 import { currentVersion } from "../../src/migrate.js";
 import { MIGRATIONS } from "../../src/sql/migrations.generated.js";
-import { databaseUrl } from "../support/db.js";
+import { databaseUrl, dropDatabase } from "../support/db.js";
 
 const url = databaseUrl();
 const admin = new pg.Pool({ connectionString: url, max: 2 });
@@ -108,7 +108,7 @@ describe("schemas that are not gen-durable's", () => {
   });
   afterAll(async () => {
     await pool?.end();
-    await admin.query(`drop database if exists ${database} with (force)`);
+    await dropDatabase(admin, database);
   });
 
   it("refuses public, for migrate() and Migration.up(), and creates nothing", async () => {

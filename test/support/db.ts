@@ -83,5 +83,32 @@ export async function createDatabase(
   await admin(`create database ${name}`);
   const url = new URL(server);
   url.pathname = `/${name}`;
-  return { name, url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+  const drop = async () => {
+    const client = new pg.Client({ connectionString: server });
+    await client.connect();
+    try {
+      await dropDatabase(client, name);
+    } finally {
+      await client.end();
+    }
+  };
+  return { name, url: url.toString(), drop };
+}
+
+/**
+ * Drops a test's database once the connections to it have closed. `with (force)` terminates those
+ * still open, and a client of this process still closing would get that as an error nobody listens
+ * to any more: so wait a while for them to go (pools ended just before may still be closing).
+ */
+export async function dropDatabase(admin: pg.ClientBase | pg.Pool, name: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const { rows } = await admin.query<{ n: number }>(
+      "select count(*)::int as n from pg_stat_activity where datname = $1",
+      [name],
+    );
+    if (rows[0]!.n === 0 || Date.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await admin.query(`drop database if exists ${name} with (force)`);
 }
