@@ -13,7 +13,7 @@ import { describe, toMs, type Duration } from "../duration.js";
 import { EventTimeoutError, InstanceTerminatedError, UnknownInstanceError, ValidationError } from "../errors.js";
 import { encodeJson } from "../json.js";
 import { checkId, checkKey, checkName } from "../names.js";
-import type { PublishedQueries } from "../sql/published.js";
+import type { PublishedQueries, PublishedRow } from "../sql/published.js";
 import { isTerminal } from "../status.js";
 import type { Completion } from "./completion.js";
 
@@ -47,14 +47,14 @@ export async function storePublished(
   maxBytes: number,
 ): Promise<void> {
   const values = JSON.stringify(completion.publish);
-  const { rowCount } = await client.query(q.store, [
-    completion.id,
+  const { rowCount } = await q.store(client, {
+    id: completion.id,
     values,
-    completion.from_step,
+    fromStep: completion.from_step,
     channel,
     maxBytes,
-    NOTICE + completion.id,
-  ]);
+    notice: NOTICE + completion.id,
+  });
   if (rowCount === 0) {
     throw new ValidationError(
       `the values published by instance ${completion.id} would exceed ${maxBytes} bytes of JSON in all ` +
@@ -100,6 +100,24 @@ export interface WaitForEventDeps {
   pollMs: number;
 }
 
+type Lookup = (key: string) => Promise<{ rows: PublishedRow[] }>;
+
+/** How to read the target (checked now, before the key) and how to name it in errors. */
+function lookupFor(deps: WaitForEventDeps, target: EventTarget, bad: (m: string) => Error): [Lookup, string] {
+  const isObject = typeof target === "object" && target !== null;
+  if (isObject && "correlationKey" in target) {
+    const correlationKey = checkKey(target.correlationKey, "correlationKey", bad);
+    return [
+      (key) => deps.q.byKey(deps.pool, { correlationKey, key }),
+      `with correlation key ${JSON.stringify(correlationKey)}`,
+    ];
+  }
+  const raw = typeof target === "string" ? target : isObject && "id" in target ? target.id : undefined;
+  if (raw === undefined) throw bad(`expected an id, { id } or { correlationKey }, got ${describe(target)}`);
+  const id = checkId(raw, "id", bad);
+  return [(key) => deps.q.byId(deps.pool, { id, key }), id];
+}
+
 /**
  * Resolves with the value instance `target` published as `key`: at once when it already has, else
  * when the commit that publishes it lands. Throws UnknownInstanceError for no such instance,
@@ -112,30 +130,14 @@ export async function waitForEvent(
   options: { timeout?: Duration } = {},
 ): Promise<unknown> {
   const bad = (m: string) => new ValidationError(`waitForEvent: ${m}`);
-  const [lookup, param, label] =
-    typeof target === "string"
-      ? [deps.q.byId, checkId(target, "id", bad), target]
-      : typeof target === "object" && target !== null && "correlationKey" in target
-        ? [
-            deps.q.byKey,
-            checkKey(target.correlationKey, "correlationKey", bad),
-            `with correlation key ${JSON.stringify(target.correlationKey)}`,
-          ]
-        : typeof target === "object" && target !== null && "id" in target
-          ? [deps.q.byId, checkId(target.id, "id", bad), target.id]
-          : (() => {
-              throw bad(`expected an id, { id } or { correlationKey }, got ${describe(target)}`);
-            })();
+  const [lookup, label] = lookupFor(deps, target, bad);
   const eventKey = checkName(key, "event key", bad);
   const timeoutMs = options.timeout === undefined ? undefined : toMs(options.timeout, "timeout", bad);
   const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
   let armed: { id: string; woken: Promise<void>; disarm: () => void } | undefined;
   try {
     for (;;) {
-      const { rows } = await deps.pool.query<{ id: string; status: string; has: boolean | null; value: unknown }>(
-        lookup,
-        [param, eventKey],
-      );
+      const { rows } = await lookup(eventKey);
       const row = rows[0];
       if (!row) throw new UnknownInstanceError(label);
       if (row.has) return row.value;
