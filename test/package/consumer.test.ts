@@ -4,7 +4,7 @@
  * ES module and a CommonJS file (`require("gen-durable")`, Node.js >= 20.19) run against Postgres.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,6 +12,7 @@ import { promisify } from "node:util";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { databaseUrl } from "../support/db.js";
+import { linkTargets, localFile } from "../support/markdown-links.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("../../", import.meta.url));
@@ -137,11 +138,29 @@ describe("the packed package in a consumer project", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it("ships the build, the sources, README and LICENSE, and no tests or benchmarks", () => {
-    expect(files).toEqual(expect.arrayContaining(["LICENSE", "README.md", "package.json", "dist/index.js"]));
-    expect(files).toEqual(expect.arrayContaining(["dist/index.d.ts", "dist/testing/index.js", "dist/cli/main.js"]));
-    const stray = files.filter((f) => /^(test|bench|examples|dev|scripts|\.ci)\//.test(f) || /\.test\.[jt]s$/.test(f));
+  it("ships the build, the sources, README, LICENSE, the guides and recipes, and no tests or benchmarks", () => {
+    expect(files).toEqual(expect.arrayContaining(["LICENSE", "README.md", "CHANGELOG.md", "package.json"]));
+    expect(files).toEqual(expect.arrayContaining(["dist/index.js", "dist/index.d.ts", "dist/testing/index.js"]));
+    expect(files).toEqual(expect.arrayContaining(["dist/cli/main.js", "docs/getting-started.md", "examples/demo.ts"]));
+    const stray = files.filter((f) => /^(test|bench|dev|scripts|\.ci|docs\/api)\//.test(f) || /\.test\.[jt]s$/.test(f));
     expect(stray).toEqual([]);
+  });
+
+  // The package has no public web address yet, so the README cannot link to one: its links are relative,
+  // and they must work where a user reads them, in the installed package. The benchmarks are the one
+  // part left in the repository (they install the peers they compare against).
+  it("resolves every relative link of the shipped README and guides inside the package", () => {
+    const shipped = new Set(files);
+    const pages = files.filter((f) => f === "README.md" || /^docs\/[^/]+\.md$/.test(f));
+    expect(pages.length).toBeGreaterThan(20);
+    const broken = pages.flatMap((page) =>
+      linkTargets(readFileSync(join(dir, "node_modules", "gen-durable", page), "utf8"))
+        .map((target) => ({ target, file: localFile(page, target) }))
+        .filter(({ file }) => file !== undefined && !file.startsWith("bench/"))
+        .filter(({ file }) => !shipped.has(file!) && !files.some((f) => f.startsWith(`${file!.replace(/\/$/, "")}/`)))
+        .map(({ target }) => `${page}: ${target}`),
+    );
+    expect(broken).toEqual([]);
   });
 
   it("compiles a strict TypeScript file with skipLibCheck false", async () => {

@@ -4,27 +4,15 @@
  * links are not checked here; the API reference's links are checked by `npm run docs:check`).
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { dirname, join, normalize } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { linkTargets, localFile } from "../support/markdown-links.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const guides = readdirSync(join(root, "docs"))
   .filter((f) => f.endsWith(".md"))
   .sort();
-
-/** The targets of a markdown text's inline links and images, outside code blocks and code spans. */
-export function linkTargets(markdown: string): string[] {
-  const prose = markdown.replace(/^(\s*)(`{3,}|~{3,})[^\n]*\n[\s\S]*?^\1\2[^\n]*$/gm, "").replace(/`[^`\n]*`/g, "");
-  return [...prose.matchAll(/!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)/g)].map((m) => m[1]!);
-}
-
-/** The file a relative link points to (relative to the page), or undefined for external links and anchors. */
-function localFile(page: string, target: string): string | undefined {
-  if (/^[a-z][a-z0-9+.-]*:/i.test(target) || target.startsWith("#")) return undefined;
-  const path = decodeURIComponent(target.split("#")[0]!.split("?")[0]!);
-  return normalize(join(dirname(page), path));
-}
 
 describe("documentation links", () => {
   const readme = linkTargets(readFileSync(join(root, "README.md"), "utf8"))
