@@ -1,12 +1,13 @@
 // The engine needs READ COMMITTED: it sets it on its own connections and transactions whatever the
 // database's or role's default, and refuses a caller's transaction (or pool) in a stricter level
-// where a stricter snapshot would lose a signal or miss a child.
+// where a stricter snapshot would lose a signal or miss a child; so do the SQL API's signal and its
+// insert with a correlation key.
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineMachine, GenDurable, ValidationError } from "../../src/index.js";
 import { useTestDatabase } from "../support/db.js";
-import { Gates, sideClient, waitForLockWait } from "../support/locks.js";
+import { Gates, outcome, sideClient, waitForLockWait } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
 const gates = new Gates();
@@ -117,6 +118,22 @@ describe("a caller's transaction stricter than READ COMMITTED", () => {
     await client.cancel(id);
   });
 
+  it("insert with an idempotency key, no correlation key: never a second instance (Postgres refuses the stale one)", async () => {
+    // The key's row committed after the snapshot: the remembered-key upsert fails with a serialization
+    // failure, and the caller's retry of its transaction finds the first instance.
+    const side = await repeatableRead();
+    const first = await client.insert(Parker, { state: {}, idempotencyKey: "iso-4" });
+    const stale = await outcome(client.insert(Parker, { state: {}, idempotencyKey: "iso-4", client: side }));
+    await side.query("rollback");
+    expect(stale).toMatchObject({ ok: false, error: { code: "40001" } });
+    await side.query("begin isolation level repeatable read");
+    expect(await client.insert(Parker, { state: {}, idempotencyKey: "iso-4", client: side })).toEqual({
+      id: first.id,
+      inserted: false,
+    });
+    await side.query("commit");
+  });
+
   it("a pool whose connections default to REPEATABLE READ is refused by start(), and by a pure client's insert with a correlation key", async () => {
     const engine = new GenDurable({ pool: rrPool, schema: db.schema, queues: { iso: 1 }, machines: [Parker] });
     await expect(engine.start()).rejects.toBeInstanceOf(ConfigError);
@@ -126,5 +143,64 @@ describe("a caller's transaction stricter than READ COMMITTED", () => {
     await expect(pure.insert(Parker, { state: {}, correlationKey: "iso-3" })).rejects.toBeInstanceOf(ConfigError);
     expect((await pure.insert(Parker, { state: {} })).inserted).toBe(true);
     await pure.stop();
+  });
+});
+
+describe("the SQL API in a transaction stricter than READ COMMITTED", () => {
+  const s = `"${db.schema}"`;
+  /** What `text` gives in a REPEATABLE READ transaction whose snapshot was taken before `meanwhile` committed. */
+  async function inRepeatableRead(meanwhile: () => Promise<unknown>, text: string) {
+    const side = await repeatableRead();
+    await meanwhile();
+    const result = await outcome(side.query(text));
+    await side.query("rollback");
+    return result;
+  }
+  const refusal = (what: string) =>
+    expect.objectContaining({
+      code: "25000",
+      message: expect.stringMatching(
+        new RegExp(`^gen-durable: ${what}: the transaction is REPEATABLE READ; gen-durable needs READ COMMITTED`),
+      ),
+    });
+
+  it("signal is refused (an instance inserted after its snapshot would be missed: the signal kept in the inbox)", async () => {
+    const result = await inRepeatableRead(
+      () => client.insert(Parker, { state: {}, correlationKey: "iso-sql-1" }),
+      `select * from ${s}.signal('iso-sql-1', 'go', '1', '{"ifMissing": "keep"}')`,
+    );
+    expect(result).toMatchObject({ ok: false, error: refusal("signal") });
+  });
+
+  it("insert with a correlation key is refused (a signal kept after its snapshot would stay in the inbox)", async () => {
+    const result = await inRepeatableRead(
+      () => client.signal("iso-sql-2", "go", 2, { ifMissing: "keep" }),
+      `select * from ${s}.insert('Parker', '{}', '{"correlationKey": "iso-sql-2"}')`,
+    );
+    expect(result).toMatchObject({ ok: false, error: refusal("insert") });
+  });
+
+  it('insert with ifExists "reuse" is refused (an instance finished after its snapshot would be missed)', async () => {
+    const result = await inRepeatableRead(async () => {
+      const { id } = await client.insert(Parker, { state: {}, correlationKey: "iso-sql-3" });
+      await client.cancel(id);
+    }, `select * from ${s}.insert('Parker', '{}', '{"correlationKey": "iso-sql-3", "ifExists": "reuse"}')`);
+    expect(result).toMatchObject({ ok: false, error: refusal("insert") });
+  });
+
+  it("insert with an idempotency key, no correlation key: never a second instance (Postgres refuses the stale one)", async () => {
+    const result = await inRepeatableRead(
+      () => client.insert(Parker, { state: {}, idempotencyKey: "iso-sql-4" }),
+      `select * from ${s}.insert('Parker', '{}', '{"idempotencyKey": "iso-sql-4"}')`,
+    );
+    expect(result).toMatchObject({ ok: false, error: { code: "40001" } });
+  });
+
+  it("insert without a correlation key runs at any level", async () => {
+    const result = await inRepeatableRead(
+      async () => undefined,
+      `select * from ${s}.insert('Parker', '{}', '{"concurrencyKey": "iso-sql-5"}')`,
+    );
+    expect(result).toMatchObject({ ok: true });
   });
 });

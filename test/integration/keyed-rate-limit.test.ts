@@ -12,7 +12,7 @@
  * Figures (runs/s, postponements) are printed. The rate assertions leave wide margins: CI runs
  * this file beside others on two cores. The defects they catch ran well below them: the keyed job
  * beside busy work ran only when a buffer ran dry (about 0–48/s), and a drain postponed each run
- * about 8 times.
+ * about 8 times (on a loaded machine under once on average, but 9–13 times for its unluckiest run).
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
@@ -149,6 +149,10 @@ describe("a keyed, rate-limited queue", () => {
     // Every one ran (a run repeated after a lost lease would start twice; that is allowed).
     expect(ids.every((id) => started.has(id))).toBe(true);
     expect(rate, "runs per second after the burst").toBeGreaterThanOrEqual(0.6 * LIMIT);
-    expect(perRun, "postponements per run").toBeLessThanOrEqual(1.2);
+    // One postponement per run that found the bucket short; a few more when a waiter came back so late that
+    // its tokens overflowed the burst. Never a claim/postpone cycle while it waits: that showed as 9 to 67 for
+    // one instance, even where a loaded machine kept the average under one (a slow claim finds the bucket full).
+    expect(perRun, "postponements per run").toBeLessThanOrEqual(1.5);
+    expect(most, "postponements of the instance postponed most").toBeLessThanOrEqual(4);
   });
 });

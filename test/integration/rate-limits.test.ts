@@ -198,6 +198,35 @@ describe("rate limits", () => {
     });
   });
 
+  it("a new draw never takes the tokens promised to a waiter in line; at its turn the waiter takes them", async () => {
+    // One token a second, burst 5: the bucket emptied, then a draw told to wait its turn (~1 s).
+    const take = async (weight: number, line: "join" | "retry") => {
+      const { rows } = await db.pool.query<{ taken: boolean; wait_ms: number }>(
+        `select taken, wait_ms from ${s}.take_tokens('line', '', 5, 1, $1::float8[], $2::text[])`,
+        [[weight], [line]],
+      );
+      return rows[0]!;
+    };
+    expect(await take(5, "join")).toMatchObject({ taken: true });
+    const waiter = await take(1, "join");
+    expect(waiter.taken).toBe(false);
+    expect(waiter.wait_ms).toBeGreaterThan(500);
+    // Once the waiter's token exists (by the database clock), a new draw comes before the waiter is back.
+    const { rows } = await db.pool.query<{ turn: Date }>(
+      `select clock_timestamp() + $1 * interval '1 millisecond' as turn`,
+      [waiter.wait_ms],
+    );
+    await eventually("the waiter's turn", async () => {
+      const { rows: now } = await db.pool.query<{ due: boolean }>(`select clock_timestamp() >= $1 as due`, [
+        rows[0]!.turn,
+      ]);
+      return now[0]!.due;
+    });
+    const newcomer = await take(1, "join");
+    expect(newcomer.taken, "a new draw took the waiter's token").toBe(false);
+    expect(await take(1, "retry"), "the waiter at its turn").toMatchObject({ taken: true });
+  });
+
   it("rejects bad input with errors that name it", async () => {
     await expect(client.consume("nope")).rejects.toThrow(
       new ValidationError('unknown rate limit "nope" (declared in rateLimits: ten, perAccount, tokens)'),
