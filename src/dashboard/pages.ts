@@ -11,7 +11,7 @@ import type { Instance, Transition } from "../instance.js";
 import type { ErrorRecord } from "../json.js";
 import { UnknownInstanceError } from "../errors.js";
 import { STATUSES, TERMINAL, type Status } from "../status.js";
-import { statusQueries, type StatusQueries } from "../sql/status.js";
+import { readStatusReport, type QueueStatus } from "../status-report.js";
 import { duration, relative } from "../cli/table.js";
 import { buildGraph, edgeLabel, formatMs, toSvg, type EdgeRow, type MachineGraph } from "./graph.js";
 import { esc, html, jsonTree, raw, type Safe } from "./html.js";
@@ -23,7 +23,6 @@ export interface PageContext {
   schema: string;
   engine: GenDurable;
   q: DashboardQueries;
-  sq: StatusQueries;
   /** The base path, without a trailing slash ("" at the root). */
   base: string;
   readOnly: boolean;
@@ -72,7 +71,6 @@ export function makeContext(
     schema,
     engine,
     q: dashboardQueries(schema),
-    sq: statusQueries(schema),
     base,
     readOnly,
     csrf,
@@ -139,99 +137,32 @@ function errorBlock(error: ErrorRecord | null | undefined): Safe | "" {
 
 // ------------------------------------------------------------------ overview
 
-interface QueueRow {
-  queue: string;
-  paused: boolean;
-  runnable: number;
-  scheduled: number;
-  running: number;
-  awaiting: number;
-  joining: number;
-  failed: number;
-  oldestDue: Date | null;
-}
-
 export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
-  const client = await ctx.pool.connect();
-  let now: Date;
-  const queues = new Map<string, QueueRow>();
-  let nodes: Array<{
-    id: string;
-    machines: string[];
-    queues: string[];
-    started_at: Date;
-    heartbeat_at: Date;
-    alive: boolean;
-  }>;
-  let buckets: Array<{
+  const report = await readStatusReport(ctx.pool, ctx.schema, { maxNodes: MAX_NODES });
+  const now = report.databaseTime;
+  const { rows: buckets } = await ctx.pool.query<{
     name: string;
     partition: string;
     tokens: number;
     updated_at: Date;
     line_end: Date | null;
     full_at: Date;
-  }>;
-  try {
-    // One snapshot, so the counts agree with each other (as `gen-durable status` reads them).
-    await client.query("begin isolation level repeatable read read only");
-    now = (await client.query<{ now: Date }>(ctx.sq.now)).rows[0]!.now;
-    const entry = (queue: string) => {
-      let found = queues.get(queue);
-      if (!found) {
-        found = {
-          queue,
-          paused: false,
-          runnable: 0,
-          scheduled: 0,
-          running: 0,
-          awaiting: 0,
-          joining: 0,
-          failed: 0,
-          oldestDue: null,
-        };
-        queues.set(queue, found);
-      }
-      return found;
-    };
-    const runnable = await client.query<{ queue: string; due: string; scheduled: string; oldest_due: Date | null }>(
-      ctx.sq.runnable,
-    );
-    for (const row of runnable.rows) {
-      const e = entry(row.queue);
-      e.runnable = Number(row.due);
-      e.scheduled = Number(row.scheduled);
-      e.oldestDue = row.oldest_due;
-    }
-    const counts = await client.query<{ queue: string; status: string; n: string }>(ctx.sq.counts);
-    for (const row of counts.rows)
-      entry(row.queue)[row.status as "running" | "awaiting" | "joining" | "failed"] = Number(row.n);
-    const paused = await client.query<{ name: string; paused: boolean }>(ctx.sq.queues);
-    for (const row of paused.rows) if (row.paused || queues.has(row.name)) entry(row.name).paused = row.paused;
-    nodes = (await client.query(ctx.sq.nodes, [MAX_NODES])).rows;
-    for (const node of nodes) if (node.alive) for (const queue of node.queues) entry(queue);
-    buckets = (await client.query(ctx.q.buckets, [MAX_BUCKETS])).rows;
-    await client.query("commit");
-  } catch (error) {
-    await client.query("rollback").catch(() => {});
-    throw error;
-  } finally {
-    client.release();
-  }
+  }>(ctx.q.buckets, [MAX_BUCKETS]);
   const chart = await ctx.cache.get("throughput", async () => {
     const { rows } = await ctx.pool.query<{ minute: Date; n: number; failures: number }>(ctx.q.throughput);
     return rows;
   });
-  const sorted = [...queues.values()].sort((a, b) => a.queue.localeCompare(b.queue));
   const filterLink = (queue: string, status?: string) => link(ctx, "/instances", { queue, status });
-  const cell = (q: QueueRow, status: keyof QueueRow & Status, n: number) =>
+  const cell = (q: QueueStatus, status: keyof QueueStatus & Status, n: number) =>
     html`<td class="n">${n > 0 ? html`<a href="${filterLink(q.queue, status)}">${n}</a>` : "0"}</td>`;
-  const alive = nodes.filter((n) => n.alive);
+  const alive = report.nodes.list.filter((n) => n.alive);
+  const gone = report.nodes.total - report.nodes.alive;
   const body = html` ${flash(url)}
     <h1>Overview <span class="muted">schema ${ctx.schema}</span></h1>
     <section id="queues" data-live-region>
       <h2>Queues</h2>
       ${
-        sorted.length === 0
+        report.queues.length === 0
           ? html`<p class="muted">No queues: no live or failed instances, and no node serving a queue.</p>`
           : html`<table>
               <thead>
@@ -248,7 +179,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                 </tr>
               </thead>
               <tbody>
-                ${sorted.map(
+                ${report.queues.map(
                   (q) =>
                     html`<tr data-queue="${q.queue}">
                       <td><a href="${filterLink(q.queue)}">${q.queue}</a></td>
@@ -275,9 +206,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                       <td class="n">${q.scheduled}</td>
                       ${cell(q, "running", q.running)}${cell(q, "awaiting", q.awaiting)}${cell(q, "joining", q.joining)}
                       ${cell(q, "failed", q.failed)}
-                      <td class="n">
-                        ${q.oldestDue ? duration(Math.max(0, now.getTime() - q.oldestDue.getTime())) : "-"}
-                      </td>
+                      <td class="n">${q.oldestDueMs === null ? "-" : duration(q.oldestDueMs)}</td>
                     </tr>`,
                 )}
               </tbody>
@@ -292,9 +221,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
       <section id="nodes" data-live-region>
         <h2>
           Nodes
-          <span class="muted"
-            >${alive.length} alive${nodes.length > alive.length ? `, ${nodes.length - alive.length} gone` : ""}</span
-          >
+          <span class="muted">${report.nodes.alive} alive${gone > 0 ? `, ${gone} gone` : ""}</span>
         </h2>
         ${
           alive.length === 0
@@ -316,8 +243,8 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                         <td>${n.id}</td>
                         <td>${n.queues.join(", ") || "-"}</td>
                         <td>${n.machines.join(", ") || "-"}</td>
-                        <td>${when(n.started_at, now)}</td>
-                        <td>${when(n.heartbeat_at, now)}</td>
+                        <td>${when(n.startedAt, now)}</td>
+                        <td>${when(n.heartbeatAt, now)}</td>
                       </tr>`,
                   )}
                 </tbody>
