@@ -7,9 +7,9 @@
 import type pg from "pg";
 import { parseDuration } from "../duration.js";
 import { GenDurableError } from "../errors.js";
-import { quoteIdent } from "../names.js";
 import { STATUSES, type Status } from "../status.js";
 import { checkName } from "../names.js";
+import { cliQueries } from "../sql/cli.js";
 import { EXIT_OK, UsageError, type Command, type Io } from "./cli.js";
 import { printJson, withClient, withoutPrefix } from "./client.js";
 import type { GenDurable } from "../engine.js";
@@ -86,19 +86,6 @@ export function describeFilter(filter: Filter): string {
 
 const BATCH = 500;
 
-function selection(schema: string, what: "ids" | "count"): string {
-  const where = `status = any($1::text[]) and ($2::text is null or machine = $2) and ($3::text is null or queue = $3)
-    and ($4::double precision is null or updated_at <= now() - $4 * interval '1 millisecond')`;
-  const table = `${quoteIdent(schema)}.instances`;
-  return what === "count"
-    ? `select count(*)::int as n from ${table} where ${where}`
-    : `select id::text as id from ${table} where ${where} and id > $5::bigint order by id limit ${BATCH}`;
-}
-
-function params(filter: Filter): unknown[] {
-  return [filter.statuses, filter.machine, filter.queue, filter.olderThanMs];
-}
-
 /**
  * Applies `act` to every instance the filter selects (or counts them with --dry-run); prints
  * the counts, and the first few skipped instances with their reasons.
@@ -111,8 +98,9 @@ export async function applyToFilter(
   options: { verb: string; past: string; dryRun: boolean; json: boolean },
   act: (id: string) => Promise<void>,
 ): Promise<number> {
+  const q = cliQueries(schema);
   if (options.dryRun) {
-    const { rows } = await pool.query<{ n: number }>(selection(schema, "count"), params(filter));
+    const { rows } = await q.count(pool, { selection: filter });
     const n = rows[0]!.n;
     if (options.json) printJson(io, { dryRun: true, matched: n, filter });
     else io.out(`would ${options.verb} ${n} ${n === 1 ? "instance" : "instances"} (${describeFilter(filter)})`);
@@ -121,7 +109,7 @@ export async function applyToFilter(
   let done = 0;
   const skipped: Array<{ id: string; reason: string }> = [];
   for (let after = "0"; ;) {
-    const { rows } = await pool.query<{ id: string }>(selection(schema, "ids"), [...params(filter), after]);
+    const { rows } = await q.ids(pool, { selection: filter, after, limit: BATCH });
     for (const { id } of rows) {
       try {
         await act(id);

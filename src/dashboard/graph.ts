@@ -5,17 +5,8 @@
  * standalone SVG, or written as a Mermaid flowchart.
  */
 import dagre from "@dagrejs/dagre";
+import type { EdgeRow } from "../sql/dashboard.js";
 import { esc } from "./html.js";
-
-/** One row of the `edges` query: transitions grouped by (from, to, outcome). */
-export interface EdgeRow {
-  from_step: string | null;
-  to_step: string | null;
-  outcome: string;
-  n: number;
-  p50_ms: number | null;
-  errors: number;
-}
 
 /** How an edge is drawn: what moved the instance along it. */
 export type EdgeKind = "next" | "await" | "timeout" | "spawn" | "retry" | "snooze" | "done" | "failed" | "cancelled";

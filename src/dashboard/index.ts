@@ -30,7 +30,6 @@ import {
   csrfField,
   describeFilter,
   filterFrom,
-  filterParams,
   filterQuery,
   instancePage,
   instancesPage,
@@ -269,9 +268,7 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
     let count: number;
     if (all) {
       count =
-        statuses.length === 0
-          ? 0
-          : (await ctx.pool.query<{ n: number }>(ctx.q.count, [...filterParams(scoped), maxBulk + 1])).rows[0]!.n;
+        statuses.length === 0 ? 0 : (await ctx.q.count(ctx.pool, { filter: scoped, limit: maxBulk + 1 })).rows[0]!.n;
     } else {
       ids = form.getAll("id").filter((id) => /^[1-9][0-9]{0,18}$/.test(id));
       count = ids.length;
@@ -310,17 +307,16 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
       return sendPage(res, ctx, { title: "Confirm", section: "instances", body });
     }
     if (all) {
-      // Walk the filter newest first in batches; each instance is acted on through the engine.
-      let cursor: string | null = null;
+      // Walk the filter newest first in batches, each older than the last id read; each instance is acted on
+      // through the engine.
       while (ids.length < maxBulk) {
-        const { rows }: { rows: Array<{ id: string }> } = await ctx.pool.query(ctx.q.ids, [
-          ...filterParams(scoped),
-          cursor,
-          Math.min(500, maxBulk - ids.length),
-        ]);
+        const { rows } = await ctx.q.ids(ctx.pool, {
+          filter: scoped,
+          before: ids.at(-1) ?? null,
+          limit: Math.min(500, maxBulk - ids.length),
+        });
         if (rows.length === 0) break;
         ids.push(...rows.map((r) => r.id));
-        cursor = rows[rows.length - 1]!.id;
       }
     }
     let done = 0;

@@ -1,8 +1,8 @@
 /**
  * The dashboard's pages: each reads what it shows (through the engine's client
- * API where one exists, else dashboardQueries) and renders it with `html`, which
- * escapes every value. Regions marked data-live-region are what the live
- * script swaps when the page changes.
+ * API where one exists, else the status report or src/sql/dashboard.ts) and
+ * renders it with `html`, which escapes every value. Regions marked
+ * data-live-region are what the live script swaps when the page changes.
  */
 import type pg from "pg";
 import type { AnyMachine } from "../define.js";
@@ -11,11 +11,18 @@ import type { Instance, Transition } from "../instance.js";
 import type { ErrorRecord } from "../json.js";
 import { UnknownInstanceError } from "../errors.js";
 import { STATUSES, TERMINAL, type Status } from "../status.js";
-import { statusQueries, type StatusQueries } from "../sql/status.js";
+import { readStatusReport, type QueueStatus } from "../status-report.js";
 import { duration, relative } from "../cli/table.js";
-import { buildGraph, edgeLabel, formatMs, toSvg, type EdgeRow, type MachineGraph } from "./graph.js";
+import { buildGraph, edgeLabel, formatMs, toSvg, type MachineGraph } from "./graph.js";
 import { esc, html, jsonTree, raw, type Safe } from "./html.js";
-import { dashboardQueries, type DashboardQueries } from "./queries.js";
+import {
+  dashboardQueries,
+  type DashboardQueries,
+  type InstanceFilter,
+  type MailboxRow,
+  type ThroughputRow,
+  type TreeRow,
+} from "../sql/dashboard.js";
 
 /** What every page needs: the database, the engine client (actions, explain) and how to build links. */
 export interface PageContext {
@@ -23,7 +30,6 @@ export interface PageContext {
   schema: string;
   engine: GenDurable;
   q: DashboardQueries;
-  sq: StatusQueries;
   /** The base path, without a trailing slash ("" at the root). */
   base: string;
   readOnly: boolean;
@@ -72,7 +78,6 @@ export function makeContext(
     schema,
     engine,
     q: dashboardQueries(schema),
-    sq: statusQueries(schema),
     base,
     readOnly,
     csrf,
@@ -139,99 +144,22 @@ function errorBlock(error: ErrorRecord | null | undefined): Safe | "" {
 
 // ------------------------------------------------------------------ overview
 
-interface QueueRow {
-  queue: string;
-  paused: boolean;
-  runnable: number;
-  scheduled: number;
-  running: number;
-  awaiting: number;
-  joining: number;
-  failed: number;
-  oldestDue: Date | null;
-}
-
 export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
-  const client = await ctx.pool.connect();
-  let now: Date;
-  const queues = new Map<string, QueueRow>();
-  let nodes: Array<{
-    id: string;
-    machines: string[];
-    queues: string[];
-    started_at: Date;
-    heartbeat_at: Date;
-    alive: boolean;
-  }>;
-  let buckets: Array<{
-    name: string;
-    partition: string;
-    tokens: number;
-    updated_at: Date;
-    line_end: Date | null;
-    full_at: Date;
-  }>;
-  try {
-    // One snapshot, so the counts agree with each other (as `gen-durable status` reads them).
-    await client.query("begin isolation level repeatable read read only");
-    now = (await client.query<{ now: Date }>(ctx.sq.now)).rows[0]!.now;
-    const entry = (queue: string) => {
-      let found = queues.get(queue);
-      if (!found) {
-        found = {
-          queue,
-          paused: false,
-          runnable: 0,
-          scheduled: 0,
-          running: 0,
-          awaiting: 0,
-          joining: 0,
-          failed: 0,
-          oldestDue: null,
-        };
-        queues.set(queue, found);
-      }
-      return found;
-    };
-    const runnable = await client.query<{ queue: string; due: string; scheduled: string; oldest_due: Date | null }>(
-      ctx.sq.runnable,
-    );
-    for (const row of runnable.rows) {
-      const e = entry(row.queue);
-      e.runnable = Number(row.due);
-      e.scheduled = Number(row.scheduled);
-      e.oldestDue = row.oldest_due;
-    }
-    const counts = await client.query<{ queue: string; status: string; n: string }>(ctx.sq.counts);
-    for (const row of counts.rows)
-      entry(row.queue)[row.status as "running" | "awaiting" | "joining" | "failed"] = Number(row.n);
-    const paused = await client.query<{ name: string; paused: boolean }>(ctx.sq.queues);
-    for (const row of paused.rows) if (row.paused || queues.has(row.name)) entry(row.name).paused = row.paused;
-    nodes = (await client.query(ctx.sq.nodes, [MAX_NODES])).rows;
-    for (const node of nodes) if (node.alive) for (const queue of node.queues) entry(queue);
-    buckets = (await client.query(ctx.q.buckets, [MAX_BUCKETS])).rows;
-    await client.query("commit");
-  } catch (error) {
-    await client.query("rollback").catch(() => {});
-    throw error;
-  } finally {
-    client.release();
-  }
-  const chart = await ctx.cache.get("throughput", async () => {
-    const { rows } = await ctx.pool.query<{ minute: Date; n: number; failures: number }>(ctx.q.throughput);
-    return rows;
-  });
-  const sorted = [...queues.values()].sort((a, b) => a.queue.localeCompare(b.queue));
+  const report = await readStatusReport(ctx.pool, ctx.schema, { maxNodes: MAX_NODES });
+  const now = report.databaseTime;
+  const { rows: buckets } = await ctx.q.buckets(ctx.pool, { limit: MAX_BUCKETS });
+  const chart = await ctx.cache.get("throughput", async () => (await ctx.q.throughput(ctx.pool)).rows);
   const filterLink = (queue: string, status?: string) => link(ctx, "/instances", { queue, status });
-  const cell = (q: QueueRow, status: keyof QueueRow & Status, n: number) =>
+  const cell = (q: QueueStatus, status: keyof QueueStatus & Status, n: number) =>
     html`<td class="n">${n > 0 ? html`<a href="${filterLink(q.queue, status)}">${n}</a>` : "0"}</td>`;
-  const alive = nodes.filter((n) => n.alive);
+  const alive = report.nodes.list.filter((n) => n.alive);
+  const gone = report.nodes.total - report.nodes.alive;
   const body = html` ${flash(url)}
     <h1>Overview <span class="muted">schema ${ctx.schema}</span></h1>
     <section id="queues" data-live-region>
       <h2>Queues</h2>
       ${
-        sorted.length === 0
+        report.queues.length === 0
           ? html`<p class="muted">No queues: no live or failed instances, and no node serving a queue.</p>`
           : html`<table>
               <thead>
@@ -248,7 +176,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                 </tr>
               </thead>
               <tbody>
-                ${sorted.map(
+                ${report.queues.map(
                   (q) =>
                     html`<tr data-queue="${q.queue}">
                       <td><a href="${filterLink(q.queue)}">${q.queue}</a></td>
@@ -275,9 +203,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                       <td class="n">${q.scheduled}</td>
                       ${cell(q, "running", q.running)}${cell(q, "awaiting", q.awaiting)}${cell(q, "joining", q.joining)}
                       ${cell(q, "failed", q.failed)}
-                      <td class="n">
-                        ${q.oldestDue ? duration(Math.max(0, now.getTime() - q.oldestDue.getTime())) : "-"}
-                      </td>
+                      <td class="n">${q.oldestDueMs === null ? "-" : duration(q.oldestDueMs)}</td>
                     </tr>`,
                 )}
               </tbody>
@@ -292,9 +218,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
       <section id="nodes" data-live-region>
         <h2>
           Nodes
-          <span class="muted"
-            >${alive.length} alive${nodes.length > alive.length ? `, ${nodes.length - alive.length} gone` : ""}</span
-          >
+          <span class="muted">${report.nodes.alive} alive${gone > 0 ? `, ${gone} gone` : ""}</span>
         </h2>
         ${
           alive.length === 0
@@ -316,8 +240,8 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
                         <td>${n.id}</td>
                         <td>${n.queues.join(", ") || "-"}</td>
                         <td>${n.machines.join(", ") || "-"}</td>
-                        <td>${when(n.started_at, now)}</td>
-                        <td>${when(n.heartbeat_at, now)}</td>
+                        <td>${when(n.startedAt, now)}</td>
+                        <td>${when(n.heartbeatAt, now)}</td>
                       </tr>`,
                   )}
                 </tbody>
@@ -360,7 +284,7 @@ export async function overviewPage(ctx: PageContext, url: URL): Promise<Page> {
   return { title: "Overview", section: "overview", body };
 }
 
-function throughputChart(rows: Array<{ minute: Date; n: number; failures: number }>, now: Date): Safe {
+function throughputChart(rows: readonly ThroughputRow[], now: Date): Safe {
   const byMinute = new Map(rows.map((r) => [Math.floor(r.minute.getTime() / 60_000), r]));
   const last = Math.floor(now.getTime() / 60_000);
   const minutes = Array.from({ length: 60 }, (_, i) => last - 59 + i);
@@ -413,13 +337,9 @@ function throughputChart(rows: Array<{ minute: Date; n: number; failures: number
 
 // ------------------------------------------------------------------ instance list
 
-export interface ListFilterForm {
-  machine: string | null;
+/** The instance list's filter as the form gives it. */
+export interface ListFilterForm extends InstanceFilter {
   statuses: Status[] | null;
-  queue: string | null;
-  key: string | null;
-  from: Date | null;
-  to: Date | null;
 }
 
 /** The filter of the instance list, from a query string or a form: unknown statuses and bad dates are errors. */
@@ -454,8 +374,6 @@ export function filterFrom(params: URLSearchParams): ListFilterForm {
   };
 }
 
-export const filterParams = (f: ListFilterForm) => [f.machine, f.statuses, f.queue, f.key, f.from, f.to];
-
 export function filterQuery(f: ListFilterForm): Record<string, string | undefined> {
   return {
     machine: f.machine ?? undefined,
@@ -489,19 +407,9 @@ export async function instancesPage(ctx: PageContext, url: URL): Promise<Page> {
   const after = url.searchParams.get("after");
   if (after !== null && !ID.test(after))
     throw new BadRequest(`after must be an instance id, got ${JSON.stringify(after)}`);
-  const { rows } = await ctx.pool.query(ctx.q.list, [...filterParams(filter), after, PAGE_SIZE + 1]);
+  const { rows } = await ctx.q.list(ctx.pool, { filter, before: after, limit: PAGE_SIZE + 1 });
   const more = rows.length > PAGE_SIZE;
-  const instances = rows.slice(0, PAGE_SIZE) as Array<{
-    id: string;
-    machine: string;
-    status: string;
-    step: string;
-    queue: string;
-    attempt: number;
-    correlation_key: string | null;
-    run_at: Date;
-    updated_at: Date;
-  }>;
+  const instances = rows.slice(0, PAGE_SIZE);
   const now = new Date();
   const query = filterQuery(filter);
   const statusOptions = STATUSES.map(
@@ -618,11 +526,11 @@ export async function instancePage(ctx: PageContext, url: URL, id: string): Prom
       if (error instanceof UnknownInstanceError) return null;
       throw error;
     }),
-    ctx.pool.query(ctx.q.mailbox, [id, MAILBOX_ROWS]),
+    ctx.q.mailbox(ctx.pool, { id, limit: MAILBOX_ROWS }),
     // Signals kept for the key (ifMissing: "keep") wait for the next instance inserted with it.
     instance.correlationKey === null
       ? { rows: [] }
-      : ctx.pool.query(ctx.q.inbox, [instance.correlationKey, MAILBOX_ROWS]),
+      : ctx.q.inbox(ctx.pool, { correlationKey: instance.correlationKey, limit: MAILBOX_ROWS }),
     familyTree(ctx, instance),
     machineGraph(ctx, instance.machine, INSTANCE_GRAPH_WINDOW_S, [instance.step]),
   ]);
@@ -814,17 +722,7 @@ function timeline(history: Transition[], instance: Instance, now: Date): Safe {
     </ol>`;
 }
 
-function mailboxTable(
-  rows: Array<{
-    id: string;
-    event: string;
-    payload: unknown;
-    dedup_key: string | null;
-    inserted_at: Date;
-    consumed_at: Date | null;
-  }>,
-  now: Date,
-): Safe {
+function mailboxTable(rows: readonly MailboxRow[], now: Date): Safe {
   if (rows.length === 0) return html`<p class="muted">No signal.</p>`;
   return html`<table>
     <thead>
@@ -853,14 +751,6 @@ function mailboxTable(
   </table>`;
 }
 
-interface TreeRow {
-  id: string;
-  machine: string;
-  status: string;
-  step: string;
-  parent_id: string | null;
-}
-
 /** The instance's ancestors up to the root, and the root's descendants three levels down (bounded). */
 async function familyTree(ctx: PageContext, instance: Instance): Promise<Safe> {
   const self: TreeRow = {
@@ -872,7 +762,7 @@ async function familyTree(ctx: PageContext, instance: Instance): Promise<Safe> {
   };
   let root = self;
   for (let depth = 0; root.parent_id !== null && depth < 20; depth++) {
-    const { rows } = await ctx.pool.query<TreeRow>(ctx.q.parentOf, [root.parent_id]);
+    const { rows } = await ctx.q.parentOf(ctx.pool, { id: root.parent_id });
     if (!rows[0]) break;
     root = rows[0];
   }
@@ -880,7 +770,7 @@ async function familyTree(ctx: PageContext, instance: Instance): Promise<Safe> {
   let level = [root.id];
   let budget = TREE_ROWS;
   for (let depth = 0; depth < 4 && level.length > 0 && budget > 0; depth++) {
-    const { rows } = await ctx.pool.query<TreeRow>(ctx.q.children, [level, budget]);
+    const { rows } = await ctx.q.children(ctx.pool, { parents: level, limit: budget });
     budget -= rows.length;
     for (const row of rows) children.set(row.parent_id!, [...(children.get(row.parent_id!) ?? []), row]);
     level = rows.map((r) => r.id);
@@ -915,17 +805,17 @@ export async function machineGraph(
   windowS: number,
   extraSteps: string[] = [],
 ): Promise<MachineGraph> {
-  const rows = await ctx.cache.get(`edges:${machine}:${windowS}`, async () => {
-    const { rows } = await ctx.pool.query<EdgeRow>(ctx.q.edges, [machine, windowS]);
-    return rows;
-  });
+  const rows = await ctx.cache.get(
+    `edges:${machine}:${windowS}`,
+    async () => (await ctx.q.edges(ctx.pool, { machine, windowS })).rows,
+  );
   const definition = ctx.machines.get(machine);
   const declared = definition ? [...definition.steps.keys()] : [];
   return buildGraph(machine, rows, [...declared, ...extraSteps], definition?.initial);
 }
 
 export async function machinesPage(ctx: PageContext, url: URL): Promise<Page> {
-  const { rows: stored } = await ctx.pool.query<{ machine: string }>(ctx.q.machines, [500]);
+  const { rows: stored } = await ctx.q.machines(ctx.pool, { limit: 500 });
   const names = new Set([...stored.map((r) => r.machine), ...ctx.machines.keys()]);
   const rows = [...names].sort().map((machine) => ({ machine }));
   const body = html`${flash(url)}
@@ -958,10 +848,7 @@ export async function machinePage(ctx: PageContext, url: URL, machine: string): 
   const window = windowFrom(url);
   const [graph, live] = await Promise.all([
     machineGraph(ctx, machine, window.seconds),
-    ctx.cache.get(`live:${machine}`, async () => {
-      const { rows } = await ctx.pool.query<{ step: string; status: string; n: number }>(ctx.q.liveSteps, [machine]);
-      return rows;
-    }),
+    ctx.cache.get(`live:${machine}`, async () => (await ctx.q.liveSteps(ctx.pool, { machine })).rows),
   ]);
   const focus = url.searchParams.get("step") ?? undefined;
   const exportLink = (ext: string) =>

@@ -1,8 +1,8 @@
 import { EXIT_OK, UsageError, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
 import { loadMachines, MACHINES_OPTION } from "./versions.js";
-import { dashboardQueries } from "../../dashboard/queries.js";
-import { buildGraph, toMermaid, toSvg, type EdgeRow } from "../../dashboard/graph.js";
+import { dashboardQueries } from "../../sql/dashboard.js";
+import { buildGraph, toMermaid, toSvg } from "../../dashboard/graph.js";
 import { WINDOWS } from "../../dashboard/pages.js";
 
 export const graphCommand: Command = {
@@ -48,7 +48,7 @@ export const graphCommand: Command = {
       throw new UsageError(`--format must be mermaid or svg, got ${JSON.stringify(format)}`, this);
     const step = typeof values.step === "string" ? values.step : undefined;
     return withClient(this, values, io, async ({ pool, schema }) => {
-      const { rows } = await pool.query<EdgeRow>(dashboardQueries(schema).edges, [machine, seconds]);
+      const { rows } = await dashboardQueries(schema).edges(pool, { machine: machine!, windowS: seconds });
       const graph = buildGraph(machine!, rows, step === undefined ? [] : [step]);
       if (rows.length === 0)
         io.err(`gen-durable graph: no transition of machine ${machine} recorded in the last ${windowName}`);

@@ -1,7 +1,6 @@
-import type pg from "pg";
 import type { GenDurable } from "../../engine.js";
 import type { Instance, Transition } from "../../instance.js";
-import { quoteIdent } from "../../names.js";
+import { cliQueries, type ShownChildRow, type ShownSignalRow } from "../../sql/cli.js";
 import { isTerminal } from "../../status.js";
 import { UnknownInstanceError } from "../../errors.js";
 import { EXIT_OK, type Command, type Io } from "../cli.js";
@@ -56,8 +55,9 @@ export const showCommand: Command = {
         // Pruned between get and explain: show what was read.
         if (!(error instanceof UnknownInstanceError)) throw error;
       }
-      const signals = await signalsOf(pool, schema, instance.id);
-      const children = await childrenOf(pool, schema, instance.id);
+      const q = cliQueries(schema);
+      const { rows: signals } = await q.signals(pool, { id: instance.id, limit: SHOWN });
+      const { rows: children } = await q.children(pool, { id: instance.id, limit: SHOWN });
       if (json) {
         printJson(io, { instance, history, signals, children, explanation: explanation ?? null });
         if (values.follow) await follow(engine, instance, history, io, true);
@@ -172,42 +172,7 @@ function indent(text: string): string[] {
 /** Signals and children shown at most. */
 const SHOWN = 50;
 
-interface SignalRow {
-  id: string;
-  event: string;
-  payload: unknown;
-  insertedAt: Date;
-  consumedAt: Date | null;
-}
-
-async function signalsOf(pool: pg.Pool, schema: string, id: string): Promise<SignalRow[]> {
-  const { rows } = await pool.query<SignalRow>(
-    `select id::text as id, event, payload, inserted_at as "insertedAt", consumed_at as "consumedAt"
-     from ${quoteIdent(schema)}.signals where instance_id = $1 order by id limit ${SHOWN}`,
-    [id],
-  );
-  return rows;
-}
-
-interface ChildRow {
-  id: string;
-  machine: string;
-  status: string;
-  step: string;
-  result: unknown;
-  error: { name: string; message: string } | null;
-}
-
-async function childrenOf(pool: pg.Pool, schema: string, id: string): Promise<ChildRow[]> {
-  const { rows } = await pool.query<ChildRow>(
-    `select id::text as id, machine, status, step, result, error
-     from ${quoteIdent(schema)}.instances where parent_id = $1 order by id limit ${SHOWN}`,
-    [id],
-  );
-  return rows;
-}
-
-function signalTable(signals: SignalRow[]): string[] {
+function signalTable(signals: ShownSignalRow[]): string[] {
   return table(
     [{ header: "ID" }, { header: "EVENT" }, { header: "SENT" }, { header: "CONSUMED" }, { header: "PAYLOAD" }],
     signals.map((s) => [
@@ -220,7 +185,7 @@ function signalTable(signals: SignalRow[]): string[] {
   );
 }
 
-function childTable(children: ChildRow[]): string[] {
+function childTable(children: ShownChildRow[]): string[] {
   return table(
     [{ header: "ID" }, { header: "MACHINE" }, { header: "STATUS" }, { header: "STEP" }, { header: "RESULT / ERROR" }],
     children.map((c) => [
