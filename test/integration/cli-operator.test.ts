@@ -27,6 +27,9 @@ function json<T = Record<string, unknown>>(run: Run): T {
 }
 
 let failNext = true;
+/** Holds order 1 at its pick step (so it is live) until the twin insert has been refused. */
+let releaseOrderOne!: () => void;
+const orderOneHeld = new Promise<void>((resolve) => (releaseOrderOne = resolve));
 
 const Order = defineMachine({
   name: "Order",
@@ -34,11 +37,13 @@ const Order = defineMachine({
   state: z.object({ order: z.number() }),
   steps: {
     start: (ctx) => ctx.await("paid", "pick", undefined, { timeout: "1h", onTimeout: "expire" }),
-    pick: (ctx) =>
-      ctx.spawn(
+    pick: async (ctx) => {
+      if (ctx.state.order === 1) await orderOneHeld;
+      return ctx.spawn(
         [1, 2].map((item) => ({ machine: Item, args: { item } })),
         "join",
-      ),
+      );
+    },
     join: (ctx) => ctx.done({ order: ctx.state.order, items: ctx.children.length }),
     expire: (ctx) => ctx.cancel("expired"),
   },
@@ -133,6 +138,7 @@ describe("insert", () => {
       "order:cli",
     ]);
     expect(ok(twin)).toContain(`instance ${first.id} already holds correlation key "order:cli"`);
+    releaseOrderOne();
     const done = await engine.wait(first.id, { timeout: 20_000 });
     expect(done.result).toEqual({ order: 1, items: 2 });
   });

@@ -150,9 +150,10 @@ describe("a keyed, rate-limited queue", () => {
     expect(ids.every((id) => started.has(id))).toBe(true);
     expect(rate, "runs per second after the burst").toBeGreaterThanOrEqual(0.6 * LIMIT);
     // One postponement per run that found the bucket short; a few more when a waiter came back so late that
-    // its tokens overflowed the burst. Never a claim/postpone cycle while it waits: that showed as 9 to 67 for
-    // one instance, even where a loaded machine kept the average under one (a slow claim finds the bucket full).
+    // its tokens overflowed the burst (2-3 for the unluckiest run on a loaded machine, 5 on one starved of
+    // CPU). Never a claim/postpone cycle while it waits: that showed as 9 to 67 for one instance, even where
+    // a loaded machine kept the average under one (a slow claim finds the bucket full).
     expect(perRun, "postponements per run").toBeLessThanOrEqual(1.5);
-    expect(most, "postponements of the instance postponed most").toBeLessThanOrEqual(4);
+    expect(most, "postponements of the instance postponed most").toBeLessThanOrEqual(6);
   });
 });
