@@ -91,4 +91,24 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
     expect((await worker.wait(second, { timeout: 5_000 })).status).toBe("done");
     await worker.stop();
   });
+
+  it("an insert of a delayed keyed instance: the key's due instance starts", async () => {
+    const { id: due } = await client.insert(Job, { state: { n: 1 }, concurrencyKey: "k2", delay: HOUR });
+    const worker = await whileHeld((held) =>
+      client.insertMany([{ machine: Job, state: { n: 2 }, concurrencyKey: "k2", delay: HOUR }], { client: held }),
+    );
+    expect((await worker.wait(due, { timeout: 5_000 })).status).toBe("done");
+    await worker.stop();
+  });
+
+  it("an insert of a delayed keyed instance from SQL: the key's due instance starts", async () => {
+    const { id: due } = await client.insert(Job, { state: { n: 1 }, concurrencyKey: "k3", delay: HOUR });
+    const worker = await whileHeld((held) =>
+      held.query(
+        `select * from "${db.schema}".insert('HeldJob', '{"n": 2}', '{"concurrencyKey": "k3", "delay": "1h"}')`,
+      ),
+    );
+    expect((await worker.wait(due, { timeout: 5_000 })).status).toBe("done");
+    await worker.stop();
+  });
 });
