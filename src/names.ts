@@ -53,7 +53,8 @@ export function checkKey(value: unknown, what: string, make: (message: string) =
   return value;
 }
 
-const MAX_ID = "9223372036854775807";
+/** The largest instance id (Postgres bigint). */
+export const MAX_ID = "9223372036854775807";
 
 /**
  * Instance ids: the decimal text of a positive bigint, 1 to 9223372036854775807,

@@ -10,6 +10,7 @@ import type pg from "pg";
 import { GenDurable } from "../engine.js";
 import { GenDurableError, ValidationError } from "../errors.js";
 import { currentVersion, LATEST_MIGRATION } from "../migrate.js";
+import { checkId, MAX_ID } from "../names.js";
 import { EXIT_FAILURE, UsageError, type Command, type Io } from "./cli.js";
 import {
   DATABASE_URL_OPTION,
@@ -145,10 +146,10 @@ export function targetFrom(text: string, values: Record<string, unknown>, comman
   return { correlationKey: text };
 }
 
-/** An instance id: a positive integer. */
+/** An instance id: a positive integer within bigint's range (a larger one is bad input, not a database error). */
 export function idFrom(text: string, command: Command, what = "instance id"): string {
   if (!ID.test(text)) throw new UsageError(`${what} must be a positive integer, got ${JSON.stringify(text)}`, command);
-  return text;
+  return checkId(text, what, () => new UsageError(`${what} must be at most ${MAX_ID}, got ${text}`, command));
 }
 
 export function describeTarget(target: Target): string {

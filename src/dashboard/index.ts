@@ -21,6 +21,7 @@ import type { AnyMachine } from "../define.js";
 import { GenDurable } from "../engine.js";
 import { openPool } from "../db/pool.js";
 import { ConfigError, GenDurableError, ValidationError } from "../errors.js";
+import { describe as describeValue } from "../duration.js";
 import { checkSchemaName } from "../names.js";
 import { CLIENT_SCRIPT, STYLESHEET } from "./assets.js";
 import { toMermaid, toSvg } from "./graph.js";
@@ -88,6 +89,22 @@ const MAX_LIVE_PAGES = 100;
 const MAX_BODY = 1024 * 1024;
 const DEFAULTS = { liveIntervalMs: 2000, cacheMs: 10_000, maxBulk: 10_000 };
 
+/** A numeric option (its default when absent), or a ConfigError naming its range. */
+function numberOption(
+  options: DashboardOptions,
+  key: keyof typeof DEFAULTS,
+  min: number,
+  max: number,
+  integer: boolean,
+): number {
+  const value: unknown = options[key] ?? DEFAULTS[key];
+  if (typeof value !== "number" || !(value >= min && value <= max) || (integer && !Number.isInteger(value))) {
+    const kind = integer ? "an integer" : "a number of milliseconds";
+    throw new ConfigError(`createDashboard: ${key} must be ${kind} from ${min} to ${max}, got ${describeValue(value)}`);
+  }
+  return value;
+}
+
 /**
  * The web dashboard of a gen-durable schema: machines, queues, instances and their history, with
  * actions (signal, cancel, retry) unless `readOnly`. It reads the database directly; no engine
@@ -99,21 +116,15 @@ export function createDashboard(options: DashboardOptions): DashboardHandler {
   const base = basePathFrom(options.basePath);
   if (options.token !== undefined && (typeof options.token !== "string" || options.token.length < 8))
     throw new ConfigError("createDashboard: token must be a string of at least 8 characters");
+  // A live page's timer fires after 1 ms beyond 2^31 - 1 ms, and maxBulk + 1 is a SQL limit: bounded here.
+  const liveIntervalMs = numberOption(options, "liveIntervalMs", 100, 86_400_000, false);
+  const cacheMs = numberOption(options, "cacheMs", 0, 86_400_000, false);
+  const maxBulk = numberOption(options, "maxBulk", 1, 1_000_000, true);
   const { pool, owned } = openPool(options, "createDashboard", "gen-durable-dashboard", 4);
   const engine = new GenDurable({ pool, schema });
   const csrf = randomBytes(24).toString("base64url");
-  const ctx = makeContext(
-    pool,
-    schema,
-    engine,
-    base,
-    options.readOnly === true,
-    csrf,
-    options.cacheMs ?? DEFAULTS.cacheMs,
-    options.machines ?? [],
-  );
-  const live = new LiveHub(ctx, options.liveIntervalMs ?? DEFAULTS.liveIntervalMs);
-  const maxBulk = options.maxBulk ?? DEFAULTS.maxBulk;
+  const ctx = makeContext(pool, schema, engine, base, options.readOnly === true, csrf, cacheMs, options.machines ?? []);
+  const live = new LiveHub(ctx, liveIntervalMs);
   const token = options.token;
 
   const handler = ((req: IncomingMessage, res: ServerResponse) => {

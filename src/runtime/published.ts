@@ -13,6 +13,7 @@ import { describe, toMs, type Duration } from "../duration.js";
 import { EventTimeoutError, InstanceTerminatedError, UnknownInstanceError, ValidationError } from "../errors.js";
 import { encodeJson } from "../json.js";
 import { checkId, checkKey, checkName } from "../names.js";
+import { setLongTimeout } from "../timers.js";
 import type { PublishedQueries, PublishedRow } from "../sql/published.js";
 import { isTerminal } from "../status.js";
 import type { Completion } from "./completion.js";
@@ -78,12 +79,13 @@ export class PublishedWaiters {
   arm(id: string, ms: number): { woken: Promise<void>; disarm: () => void } {
     let wake!: () => void;
     const woken = new Promise<void>((resolve) => (wake = resolve));
-    const timer = setTimeout(wake, ms);
+    // `ms` may be the poll interval, which may exceed Node's largest timer: setLongTimeout waits in chunks.
+    const timer = setLongTimeout(wake, ms);
     let set = this.waiters.get(id);
     if (!set) this.waiters.set(id, (set = new Set()));
     set.add(wake);
     const disarm = () => {
-      clearTimeout(timer);
+      timer.clear();
       set.delete(wake);
       if (set.size === 0 && this.waiters.get(id) === set) this.waiters.delete(id);
     };

@@ -114,10 +114,18 @@ const CANCEL_SET = `
   leased_by = case when i.status = 'running' and not $4::jsonb ? i.machine then i.leased_by end,
   lease_expires_at = case when i.status = 'running' and not $4::jsonb ? i.machine then i.lease_expires_at end,
   updated_at = now()`;
-/** Rows routed to their cleanup step are runnable: wake their queues on every node with the commit ($5: channel). */
-const CANCEL_WAKE = `woke as (
+/**
+ * Queues to wake on every node with the commit ($5: channel): of rows routed to their cleanup step,
+ * and of rows a claim skipped meanwhile because this statement locked them and left them runnable:
+ * those sharing a key with a changed row (the key's row was locked) and `held` (rows locked, not changed).
+ */
+const cancelWake = (s: string, held = "") => `woke as (
   select count(pg_notify($5::text, q.queue)) as n
-  from (select distinct queue from changed where status = 'runnable') q)`;
+  from (
+    select queue from changed where status = 'runnable'
+    union select k.queue from ${s}.instances k
+    where k.status = 'runnable' and k.concurrency_key in (select concurrency_key from changed)
+    ${held}) q)`;
 /** The history row's to_step and outcome for a cancelled row: its cleanup step when routed to one. */
 const CANCEL_TO =
   "case when status = 'runnable' then cleanup end, " +
@@ -267,7 +275,7 @@ export function instanceQueries(schema: string) {
       ),
       keys_locked as (select ${s}.lock_keys((select list from keys)) as n),
       target as (
-        select id, status, step, attempt, machine, cancel_requested is not null as cleaning from ${s}.instances
+        select id, status, step, attempt, machine, queue, cancel_requested is not null as cleaning from ${s}.instances
         where id = $1 and (select n from keys_locked) >= 0
         for update
       ),
@@ -275,9 +283,10 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from target t where i.id = t.id and t.status not in ${TERMINAL_SQL} and not t.cleaning
-        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue
+        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key
       ),
-      ${CANCEL_WAKE},
+      -- One already cleaning up is locked and left as it is.
+      ${cancelWake(s, "union select queue from target where cleaning and status = 'runnable'")},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
@@ -330,9 +339,9 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from live l where i.id = l.id
-        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue
+        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key
       ),
-      ${CANCEL_WAKE},
+      ${cancelWake(s)},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed

@@ -2,6 +2,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually, useTestDatabase } from "../support/db.js";
 import { cliInProcess } from "../support/cli.js";
+import { ConfigError, createDashboard } from "../../src/index.js";
 import { Approval, Batch, chargeSwitch, MACHINES, Order, serveDashboard } from "./fixture.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -338,5 +339,29 @@ describe("bulk actions and live updates", () => {
     await engine.signal({ id }, "approve", "ops");
     await read((t) => t.includes('data-status=\\"done\\"'));
     controller.abort();
+  });
+});
+
+describe("numeric options", () => {
+  // A live page is re-read by a timer: beyond 2^31 - 1 ms Node fires it after 1 ms, re-reading
+  // the database without pause; maxBulk + 1 is a SQL limit. Out-of-range values are refused.
+  it.each([
+    [
+      "liveIntervalMs of 30 days",
+      { liveIntervalMs: 30 * 86_400_000 },
+      /liveIntervalMs must be .* from 100 to 86400000/,
+    ],
+    ["liveIntervalMs 0", { liveIntervalMs: 0 }, /liveIntervalMs must be/],
+    ["liveIntervalMs NaN", { liveIntervalMs: Number.NaN }, /liveIntervalMs must be/],
+    ["liveIntervalMs as a string", { liveIntervalMs: "2000" }, /liveIntervalMs must be/],
+    ["a negative cacheMs", { cacheMs: -1 }, /cacheMs must be .* from 0 to 86400000/],
+    ["cacheMs Infinity", { cacheMs: Infinity }, /cacheMs must be/],
+    ["maxBulk 0", { maxBulk: 0 }, /maxBulk must be an integer from 1 to 1000000/],
+    ["a fractional maxBulk", { maxBulk: 1.5 }, /maxBulk must be/],
+    ["maxBulk 1e300", { maxBulk: 1e300 }, /maxBulk must be/],
+  ])("refuses %s with a ConfigError, before opening a pool", (_what, options, message) => {
+    const make = () => createDashboard({ connectionString: "postgres://u@127.0.0.1:1/x", ...options } as never);
+    expect(make).toThrowError(ConfigError);
+    expect(make).toThrowError(message);
   });
 });

@@ -252,6 +252,32 @@ const cases: Case[] = [
     V,
     /^signal: dedupKey must be/,
   ],
+  [
+    "move: an id over the bigint maximum",
+    () => client.move(OVER, { step: "start" }),
+    V,
+    /^move: id must be an instance id/,
+  ],
+  ["move: a step with NUL", () => client.move(live, { step: "a\u0000" }), V, /step/],
+  ["move: a step with a lone surrogate", () => client.move(live, { step: "\ud800" }), V, /step/],
+  [
+    "waitForEvent: an id over the bigint maximum",
+    () => client.waitForEvent(OVER, "ready"),
+    V,
+    /^waitForEvent: id must be an instance id/,
+  ],
+  [
+    "waitForEvent: a key with a lone surrogate",
+    () => client.waitForEvent(live, "ready\ud800"),
+    V,
+    /^waitForEvent: event key must be/,
+  ],
+  [
+    "waitForEvent: a correlationKey with NUL",
+    () => client.waitForEvent({ correlationKey: "a\u0000" }, "ready"),
+    V,
+    /^waitForEvent: correlationKey must be/,
+  ],
   // list filters
   [
     "list: an unknown status",
@@ -639,6 +665,7 @@ describe("the CLI refuses an id over the bigint maximum as bad input (exit 2), b
     [["retry", OVER]],
     [["signal", "--id", OVER, "go"]],
     [["list", "--after", OVER]],
+    [["move", OVER, "--step", "start"]],
   ])("gen-durable %j", async (args) => {
     const before = await snapshot();
     let stderr = "";

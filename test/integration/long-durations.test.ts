@@ -3,7 +3,7 @@
 // setLongTimeout. A 30-day step timeout, shutdown grace or poll interval must mean 30 days.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { ConfigError, defineJob, GenDurable, type EngineEvents } from "../../src/index.js";
+import { ConfigError, defineJob, defineMachine, GenDurable, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -93,6 +93,43 @@ describe("durations beyond 2^31 - 1 ms", () => {
     await eventually("five more reaper ticks", () => (ticks.get("reaper") ?? 0) >= reaped + 5);
     await engine.stop();
     for (const loop of looped) expect(ticks.get(loop), loop).toBe(1);
+  });
+
+  it('pollInterval "30d": waitForEvent waits for the publication, not re-reading every millisecond', async () => {
+    const Publisher = defineMachine({
+      name: "PublishesOnSignal",
+      queue: "long-publish",
+      state: z.object({}),
+      steps: {
+        start: (ctx) => ctx.await("go", "publish"),
+        publish: (ctx) => {
+          ctx.publish("ready", "yes");
+          return ctx.done();
+        },
+      },
+    });
+    const engine = db.engine({ queues: { "long-publish": 1 }, machines: [Publisher], pollInterval: "30d" });
+    await engine.start();
+    const { id } = await engine.insert(Publisher, { state: {} });
+    await eventually("the instance awaiting its signal", async () => (await engine.get(id))?.status === "awaiting");
+    const { pool } = engine._testing();
+    let reads = 0;
+    const query = pool.query.bind(pool);
+    pool.query = ((...args: Parameters<typeof query>) => {
+      const text = typeof args[0] === "string" ? args[0] : (args[0] as { text?: string }).text;
+      if (text?.includes("published ? $2")) reads++;
+      return query(...args);
+    }) as typeof pool.query;
+    const published = engine.waitForEvent(id, "ready");
+    // A window of 300 ms: the wait reads the instance once, arms its wake-up and sleeps (the bug:
+    // a 30-day timer fired after 1 ms, and it read again and again).
+    await timerAfter(300);
+    const readsWhileWaiting = reads;
+    await engine.signal({ id }, "go");
+    expect(await published).toBe("yes");
+    pool.query = query;
+    await engine.stop();
+    expect(readsWhileWaiting).toBeLessThanOrEqual(2);
   });
 
   it("leaseDuration and listenerHeartbeat are bounded by a ConfigError that names the limit", async () => {

@@ -113,6 +113,14 @@ describe("an outcome the database would refuse", () => {
     expect(done.error?.message).toMatch(/delay/);
   });
 
+  it("gives its concurrency key back at once: the key's next instance runs within the lease", async () => {
+    const { id: refused } = await engine.insert(Outcomes, { state: { how: "huge delay" }, concurrencyKey: "refused" });
+    const { id: next } = await engine.insert(Nullable, { state: { n: 2 }, concurrencyKey: "refused" });
+    // A wedged first instance would hold the key until its 60 s lease expired.
+    expect((await engine.wait(refused, { timeout: 10_000 })).status).toBe("failed");
+    expect((await engine.wait(next, { timeout: 10_000 })).status).toBe("done");
+  });
+
   it("fails the attempt on a runAt outside Postgres's range", async () => {
     const { id } = await engine.insert(Outcomes, { state: { how: "ancient runAt" } });
     const done = await engine.wait(id, { timeout: 10_000 });
