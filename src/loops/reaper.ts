@@ -28,7 +28,7 @@ async function reap({ pool, claims, signals, flow, events, wake }: ReaperDeps): 
   const started = performance.now();
   let total = 0;
   for (;;) {
-    const { rows } = await pool.query<{ queue: string; n: number }>(claims.reap, [BATCH]);
+    const { rows } = await claims.reap(pool, { limit: BATCH });
     const count = rows.reduce((sum, r) => sum + r.n, 0);
     total += count;
     for (const row of rows) wake.queue(row.queue);

@@ -320,7 +320,9 @@ export class Executor {
   ): Promise<{ completion: Completion; resumedQueue: string | null } | undefined> {
     if (completion === undefined) return undefined;
     try {
-      const { rows } = await this.deps.pool.query(this.deps.claims.committedBy, [[row.id], [row.claim_token]]);
+      const { rows } = await this.deps.claims.committedBy(this.deps.pool, {
+        claims: [{ id: row.id, token: row.claim_token }],
+      });
       if (rows.length === 0) return undefined;
     } catch {
       // Unknown: handled as before (a fenced retry, or a failed attempt that cannot land twice).
@@ -380,13 +382,13 @@ export class Executor {
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
     const keys = [completion.concurrency_key, ...(spawn ?? []).flatMap(lockNamesOf)].filter((k) => k !== null);
-    if (keys.length > 0) await client.query(prepared(this.deps.claims.lockKeys, [keys]));
+    if (keys.length > 0) await this.deps.claims.lockKeys(client, { keys });
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
-      const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);
+      const locked = await this.deps.claims.lockClaimed(client, { id: completion.id, token: completion.token });
       if (locked.rowCount === 0) return { won: false, resumedQueue: null };
     }
-    const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
+    const { rows } = await this.deps.claims.complete(client, { outcomes: [row] });
     if (rows.length === 0) return { won: false, resumedQueue: null };
     if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn, join_rule ?? null);
     if (publish)
@@ -534,11 +536,11 @@ export class Executor {
   private async handBackKey(row: ClaimedRow, key: string): Promise<void> {
     await this.running.get(`${row.id}:${row.claim_token}`);
     try {
-      const { rows } = await this.deps.pool.query<{ queue: string }>(this.deps.claims.releaseHold, [
+      const { rows } = await this.deps.claims.releaseHold(this.deps.pool, {
         key,
-        row.id,
-        this.deps.channel,
-      ]);
+        id: row.id,
+        channel: this.deps.channel,
+      });
       for (const { queue } of rows) this.deps.wake.queue(queue);
     } catch (error) {
       // The reaper frees it after the lease instead.

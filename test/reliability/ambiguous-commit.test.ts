@@ -145,7 +145,7 @@ afterAll(async () => {
 /** The group commit's statement (sql/claims.ts `complete`), alone or inside a step's transaction. */
 // The engine's own statements, matched exactly (sql/claims.ts, sql/children.ts, sql/instances.ts).
 const claimsSql = claimQueries(db.schema);
-const isGroupCommit = (sql: string) => sql === claimsSql.complete;
+const isGroupCommit = (sql: string) => sql === claimsSql.complete.text;
 const inStepTransaction = (st: Statement) =>
   st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => isGroupCommit(q));
 
@@ -282,7 +282,7 @@ describe("ambiguous commits", () => {
     await node.start();
     try {
       for (let round = 0; round < ROUNDS; round++) {
-        const cut = cutter.cut((st) => st.sql === claimsSql.start);
+        const cut = cutter.cut((st) => st.sql === claimsSql.start.text);
         const ids = (await client.insertMany([0, 1, 2].map((n) => ({ machine: Ahead, state: { n } })))).map(
           (r) => r.id,
         );
