@@ -7,7 +7,6 @@
 import type pg from "pg";
 import type { AnyMachine, ChildOutcome, ReceivedSignal } from "../define.js";
 import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
-import { prepared } from "../db/prepared.js";
 import { LeaseLostError, ValidationError } from "../errors.js";
 import type { StepFacts, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
@@ -407,9 +406,11 @@ export class Executor {
     joinRule: JoinRule | null,
   ): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
-    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null; rejected: boolean }>(
-      prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel, this.deps.idempotencyWindowMs]),
-    );
+    const { rows: out } = await this.deps.instances.insert(client, {
+      rows,
+      channel: this.deps.channel,
+      windowMs: this.deps.idempotencyWindowMs,
+    });
     const results = out.filter((r) => r.idx >= 0);
     const taken = results.find((r) => !r.inserted);
     if (taken || results.length !== children.length) {

@@ -245,7 +245,7 @@ describe("ambiguous commits", () => {
       for (let round = 0; round < ROUNDS; round++) {
         const key = `ambiguous-insert-${round}`;
         // The insert's own statement, or the COMMIT of the transaction it runs in.
-        const isInsert = (sql: string) => sql === instanceQueries(db.schema).insert;
+        const isInsert = (sql: string) => sql === instanceQueries(db.schema).insert.text;
         const cut = cutter.cut((st) =>
           st.sql.trim().toLowerCase() === "commit" ? st.transaction.some(isInsert) : isInsert(st.sql) && !st.inBlock,
         );
