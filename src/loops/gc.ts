@@ -17,7 +17,7 @@ import type { TypedEmitter } from "../events.js";
 import { withTransaction } from "../db/pool.js";
 import { checkName } from "../names.js";
 import { gcQueries, type GcQueries } from "../sql/gc.js";
-import { signalQueries } from "../sql/signals.js";
+import { signalQueries, type SignalQueries } from "../sql/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
 /** Options of `engine.prune`: which terminal instances to delete now. */
@@ -76,7 +76,7 @@ export interface PrunerOptions {
 export class Pruner {
   private readonly q: GcQueries;
   /** The same sweep of expired inbox signals the reaper runs. */
-  private readonly expireInbox: string;
+  private readonly expireInbox: SignalQueries["expireInbox"];
   /** Where the next tick starts in the machine list, so a large backlog of one machine does not starve the others. */
   private rotation = 0;
 
@@ -181,7 +181,7 @@ export class Pruner {
     }
     if (options.machine === undefined) {
       for (;;) {
-        const { rowCount } = await pool.query(this.expireInbox, [GC_BATCH]);
+        const { rowCount } = await this.expireInbox(pool, { limit: GC_BATCH });
         total.signals += rowCount ?? 0;
         if ((rowCount ?? 0) < GC_BATCH) break;
       }

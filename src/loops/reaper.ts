@@ -34,7 +34,7 @@ async function reap({ pool, claims, signals, flow, events, wake }: ReaperDeps): 
     for (const row of rows) wake.queue(row.queue);
     if (count < BATCH) break;
   }
-  while ((await pool.query(signals.expireInbox, [BATCH])).rowCount === BATCH);
+  while ((await signals.expireInbox(pool, { limit: BATCH })).rowCount === BATCH);
   const { rows: freed } = await pool.query<{ queue: string }>(flow.freeCancelledHolds, [BATCH]);
   for (const row of freed) wake.queue(row.queue);
   while ((await pool.query(flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);

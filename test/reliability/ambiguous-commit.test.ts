@@ -302,7 +302,7 @@ describe("ambiguous commits", () => {
   it("a signal's reply is lost: a retry with its dedupKey is a duplicate, the await consumes one", async () => {
     const direct = new GenDurable({ connectionString: cutter.url(db.url), schema: db.schema });
     await direct.start();
-    const insertSignal = signalQueries(db.schema).insert;
+    const insertSignal = signalQueries(db.schema).insert.text;
     try {
       let errors = 0;
       for (let round = 0; round < ROUNDS; round++) {
