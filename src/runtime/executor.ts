@@ -427,7 +427,7 @@ export class Executor {
       throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
-    await client.query(this.deps.children.markSpawn, [parentId, first, JSON.stringify(joinRule)]);
+    await this.deps.children.markSpawn(client, { parentId, first, joinRule });
   }
 
   /**
@@ -491,7 +491,7 @@ export class Executor {
    * transactional joins run as the pool has connections (each waits for one another holds).
    */
   private async loadChildren(parentId: string, client: pg.ClientBase | undefined): Promise<ChildOutcome[]> {
-    const { rows } = await (client ?? this.deps.pool).query<ChildOutcome>(this.deps.children.children, [parentId]);
+    const { rows } = await this.deps.children.children(client ?? this.deps.pool, { parentId });
     return rows;
   }
 

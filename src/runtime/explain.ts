@@ -3,7 +3,6 @@ import type pg from "pg";
 import type { Instance } from "../instance.js";
 import { explainQueries, type ExplainRow } from "../sql/explain.js";
 import { describeTree } from "./composite-spec.js";
-import type { JoinRule } from "./join-rule.js";
 import { childQueries } from "../sql/children.js";
 
 /** What `engine.explain(id)` says: why the instance is not running right now, in sentences and as data. */
@@ -107,10 +106,7 @@ export async function explainInstance(
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number; join_rule: JoinRule | null }>(
-        childQueries(schema).progress,
-        [instance.id],
-      );
+      const { rows: progress } = await childQueries(schema).progress(pool, { parentId: instance.id });
       const { total, live, join_rule: rule } = progress[0]!;
       const when = !rule
         ? "all have finished"
