@@ -35,10 +35,10 @@ async function reap({ pool, claims, signals, flow, events, wake }: ReaperDeps): 
     if (count < BATCH) break;
   }
   while ((await signals.expireInbox(pool, { limit: BATCH })).rowCount === BATCH);
-  const { rows: freed } = await pool.query<{ queue: string }>(flow.freeCancelledHolds, [BATCH]);
+  const { rows: freed } = await flow.freeCancelledHolds(pool, { limit: BATCH });
   for (const row of freed) wake.queue(row.queue);
-  while ((await pool.query(flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
-  while ((await pool.query(flow.forgetIdleBuckets, [BATCH])).rowCount === BATCH);
-  await pool.query(flow.forgetDeadNodes);
+  while ((await flow.forgetIdleKeys(pool, { limit: BATCH })).rowCount === BATCH);
+  while ((await flow.forgetIdleBuckets(pool, { limit: BATCH })).rowCount === BATCH);
+  await flow.forgetDeadNodes(pool);
   events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
 }
