@@ -32,7 +32,7 @@ export async function explainInstance(
   const q = explainQueries(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
-  const { rows } = await pool.query<ExplainRow>(q.facts, [instance.id]);
+  const { rows } = await q.facts(pool, { id: instance.id });
   const row = rows[0];
   const now = row?.now ?? new Date();
   details.databaseTime = now;
@@ -82,7 +82,7 @@ export async function explainInstance(
     case "awaiting": {
       const spec = row?.await_spec;
       if (spec) {
-        const arrived = await pool.query<{ event: string; n: number }>(q.arrived, [instance.id, spec.events]);
+        const arrived = await q.arrived(pool, { id: instance.id, events: spec.events });
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
         const wanted =
           spec.mode === "tree"
