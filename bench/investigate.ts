@@ -383,8 +383,8 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
     await producer.stop();
     await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
     const q = claimQueries(schema);
-    const complete = variant.history ? q.complete : withoutHistory(q.complete);
-    if (!variant.history && complete === q.complete)
+    const complete = variant.history ? q.complete.text : withoutHistory(q.complete.text);
+    if (!variant.history && complete === q.complete.text)
       throw new Error("could not strip the history CTE from the complete statement");
     const client = new pg.Client({ connectionString: url });
     await client.connect();
@@ -421,14 +421,14 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
       let claimWal = 0;
       let completeWal = 0;
       let rowsDone = 0;
-      const claimPlan = await planning(q.claim, claimArgs(k));
+      const claimPlan = await planning(q.claim.text, claimArgs(k));
       let completePlan = 0;
       for (let r = 0; r < rounds; r++) {
         let mark = await lsn();
         let t = performance.now();
         const { rows } = await client.query<{ id: string; claim_token: string; step: string; attempt: number }>({
           name: "inv_claim",
-          text: q.claim,
+          text: q.claim.text,
           values: claimArgs(k),
         });
         claimMs += performance.now() - t;

@@ -209,8 +209,8 @@ export class WorkerNode {
     await bounded("steps to settle", settled);
     await bounded("the lease loop's tick", lease.stop());
     await bounded("the lease connection to close", leases.close());
-    const unregister = this.deps.pool
-      .query(this.deps.queries.flow.unregister, [config.nodeId])
+    const unregister = this.deps.queries.flow
+      .unregister(this.deps.pool, { id: config.nodeId })
       .catch((error: unknown) => this.deps.reportError("stop", error));
     await bounded("unregistering this node", unregister);
     await bounded("the listener to close", this.listener.stop());

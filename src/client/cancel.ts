@@ -10,6 +10,7 @@ import { storableMessage } from "../json.js";
 import { checkId } from "../names.js";
 import { TERMINAL } from "../status.js";
 import { onCancelSteps } from "../runtime/routes.js";
+import type { CancelTargetRow } from "../sql/instances.js";
 import type { ClientContext } from "./context.js";
 
 /** A try is undone and made again with the keys it met; after this many, keys are taken as they come. */
@@ -24,17 +25,6 @@ export interface Cancelled {
   machine: string;
   reason: string;
   ids: string[];
-  routed: boolean;
-}
-
-/** The instance a cancel locked, as it was before. */
-interface CancelTarget {
-  status: string;
-  machine: string;
-  keys: string[];
-  /** Already cleaning up after an earlier cancel. */
-  cleaning: boolean;
-  /** Routed now to its onCancel step. */
   routed: boolean;
 }
 
@@ -64,7 +54,7 @@ export async function cancelInstance(
 
 /** One try of a cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
 interface CancelTry {
-  target: CancelTarget | undefined;
+  target: CancelTargetRow | undefined;
   cancelled: string[];
   missing: string[];
 }
@@ -80,8 +70,8 @@ class CancelTree {
     private readonly ctx: ClientContext,
     private readonly id: string,
     private readonly errorJson: string,
-    /** Machines with an onCancel step, and that step (runtime/routes.ts). */
-    private readonly cleanups: unknown,
+    /** JSON of the machines with an onCancel step, and that step (runtime/routes.ts). */
+    private readonly cleanups: string,
   ) {}
 
   /**
@@ -93,25 +83,16 @@ class CancelTree {
    * held between them).
    */
   private async once(client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> {
-    const { config } = this.ctx;
     const { instances } = this.ctx.sql;
-    const { rows } = await client.query<CancelTarget>(instances.cancel, [
-      this.id,
-      this.errorJson,
-      extraKeys,
-      this.cleanups,
-      config.channel,
-    ]);
+    const common = { error: this.errorJson, cleanups: this.cleanups, channel: this.ctx.config.channel };
+    const { rows } = await instances.cancel(client, { ...common, id: this.id, extraKeys });
     const cancelled: string[] = [];
     const target = rows[0];
     if (!target || TERMINAL.has(target.status)) return { target, cancelled, missing: [] };
     const held = holdsKeys ? target.keys : null;
     for (let level = [this.id]; level.length > 0;) {
       cancelled.push(...level);
-      const { rows: round } = await client.query<{ missing: string[]; cancelled: string[] }>(
-        instances.cancelDescendants,
-        [level, this.errorJson, held, this.cleanups, config.channel],
-      );
+      const { rows: round } = await instances.cancelDescendants(client, { ...common, parents: level, held });
       if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
       level = round[0]!.cancelled;
     }

@@ -3,7 +3,6 @@ import type pg from "pg";
 import type { AnyMachine } from "../define.js";
 import { describe } from "../duration.js";
 import { assertReadCommitted } from "../db/pool.js";
-import { prepared } from "../db/prepared.js";
 import { KeyExistsError, ValidationError } from "../errors.js";
 import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js";
 import { firstOfEachKey, prepareInsert, type InsertRow } from "../runtime/insert.js";
@@ -69,21 +68,18 @@ async function insertRows(
   for (let round = 0; pending.length > 0; round++) {
     if (round === MAX_ROUNDS)
       throw new Error(`insert: could not settle correlation keys after ${MAX_ROUNDS} rounds of concurrent inserts`);
-    const { rows: out } = await runner.query<{
-      idx: number;
-      id: string;
-      inserted: boolean;
-      queue: string;
-      due: boolean;
-      rejected: boolean;
-    }>(prepared(ctx.sql.instances.insert, [JSON.stringify(pending), channel, ctx.config.idempotencyWindowMs]));
+    const { rows: out } = await ctx.sql.instances.insert(runner, {
+      rows: pending,
+      channel,
+      windowMs: ctx.config.idempotencyWindowMs,
+    });
     const rejected = out.find((row) => row.rejected);
     // Nothing was inserted: the statement inserts no row when one is rejected.
     if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
     for (const row of out) {
       if (row.idx < 0) continue;
       results[row.idx] = { id: row.id, inserted: row.inserted };
-      if (row.inserted && row.due && !client) ctx.wake.broadcast(row.queue);
+      if (row.inserted && row.due && !client) ctx.wake.broadcast(row.queue!);
     }
     // Rows whose twin committed after this statement's snapshot: look again.
     pending = pending.filter((row) => results[row.idx] === undefined);

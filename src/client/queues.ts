@@ -7,11 +7,11 @@ import type { ClientContext } from "./context.js";
 export async function setPaused(ctx: ClientContext, queue: string, paused: boolean): Promise<void> {
   ctx.assertUsable();
   checkName(queue, `${paused ? "pauseQueue" : "resumeQueue"}: queue`, (m) => new ValidationError(m));
-  await ctx.pool.query(ctx.sql.flow.setPaused, [queue, paused]);
+  await ctx.sql.flow.setPaused(ctx.pool, { queue, paused });
   if (!paused) await ctx.notifyQueue(queue);
 }
 
 export async function pausedQueues(ctx: ClientContext): Promise<string[]> {
   ctx.assertUsable();
-  return (await ctx.pool.query<{ name: string }>(ctx.sql.flow.pausedQueues, [null])).rows.map((r) => r.name);
+  return (await ctx.sql.flow.pausedQueues(ctx.pool, { queue: null })).rows.map((r) => r.name);
 }

@@ -4,7 +4,7 @@ import { UnknownInstanceError, ValidationError, WaitTimeoutError } from "../erro
 import type { Instance, ListFilter, Transition } from "../instance.js";
 import { checkId, checkKey, checkName } from "../names.js";
 import { explainInstance, type Explanation } from "../runtime/explain.js";
-import { toInstance, toTransition, type InstanceRow, type TransitionRow } from "../sql/instances.js";
+import { toInstance, toTransition } from "../sql/instances.js";
 import { STATUSES, TERMINAL } from "../status.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
 import type { ClientContext } from "./context.js";
@@ -19,11 +19,11 @@ export async function getInstance(
   const bad = (m: string) => new ValidationError(`get: ${m}`);
   if (typeof target === "object" && target !== null && "correlationKey" in target) {
     const key = checkKey(target.correlationKey, "correlationKey", bad);
-    const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.getByKey, [key]);
+    const { rows } = await ctx.sql.instances.getByKey(ctx.pool, { correlationKey: key });
     return rows[0] ? toInstance(rows[0]) : null;
   }
   if (typeof target !== "string") throw bad(`expected an id or { correlationKey }, got ${describe(target)}`);
-  const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.get, [checkId(target, "id", bad)]);
+  const { rows } = await ctx.sql.instances.get(ctx.pool, { id: checkId(target, "id", bad) });
   return rows[0] ? toInstance(rows[0]) : null;
 }
 
@@ -42,21 +42,21 @@ export async function listInstances(ctx: ClientContext, filter: ListFilter = {})
       throw bad(`status must be one of ${STATUSES.join(", ")}; got ${describe(status)}${suggestion}`);
     }
   }
-  const { rows } = await ctx.pool.query<InstanceRow>(ctx.sql.instances.list, [
-    filter.machine === undefined ? null : checkName(filter.machine, "machine", bad),
+  const { rows } = await ctx.sql.instances.list(ctx.pool, {
+    machine: filter.machine === undefined ? null : checkName(filter.machine, "machine", bad),
     statuses,
-    filter.queue === undefined ? null : checkName(filter.queue, "queue", bad),
-    filter.correlationKey === undefined ? null : checkKey(filter.correlationKey, "correlationKey", bad),
-    filter.after === undefined ? null : checkId(filter.after, "after", bad),
+    queue: filter.queue === undefined ? null : checkName(filter.queue, "queue", bad),
+    correlationKey: filter.correlationKey === undefined ? null : checkKey(filter.correlationKey, "correlationKey", bad),
+    after: filter.after === undefined ? null : checkId(filter.after, "after", bad),
     limit,
-  ]);
+  });
   return rows.map(toInstance);
 }
 
 export async function history(ctx: ClientContext, id: string): Promise<Transition[]> {
   ctx.assertUsable();
   checkId(id, "history: id", (m) => new ValidationError(m));
-  const { rows } = await ctx.pool.query<TransitionRow>(ctx.sql.instances.history, [id]);
+  const { rows } = await ctx.sql.instances.history(ctx.pool, { id });
   return rows.map(toTransition);
 }
 

@@ -10,7 +10,7 @@ export async function retryInstance(ctx: ClientContext, id: string): Promise<voi
   checkId(id, "retry: id", (m) => new ValidationError(m));
   await withTransaction(ctx.pool, async (client) => {
     // Root first, as cancel locks a tree: a retry and a cancel of the same tree take turns.
-    const { rows } = await client.query<LineageRow>(ctx.sql.instances.lockLineage, [id]);
+    const { rows } = await ctx.sql.instances.lockLineage(client, { id });
     const target = rows.find((r) => r.id === id);
     if (!target) throw new UnknownInstanceError(id);
     if (target.status !== "failed")
@@ -21,7 +21,7 @@ export async function retryInstance(ctx: ClientContext, id: string): Promise<voi
     // A parent that was pruned waits for nothing: the child is retried like any instance.
     const parent = rows.find((r) => r.id === target.parent_id);
     const join = parent ? parentJoin(id, target, parent) : "none";
-    await client.query(ctx.sql.instances.retry, [id, ctx.config.channel, parent?.id ?? null, join]);
+    await ctx.sql.instances.retry(client, { id, channel: ctx.config.channel, parentId: parent?.id ?? null, join });
   });
 }
 

@@ -107,7 +107,7 @@ export class CronLoop {
     const fresh = this.entries.filter((e) => !this.cursors.has(e.name)).map((e) => e.name);
     if (fresh.length > 0) await this.record(fresh);
     const before = Date.now();
-    const { rows } = await this.o.pool.query<{ now: number; last: Record<string, number> }>(this.q.clock, [fresh]);
+    const { rows } = await this.q.clock(this.o.pool, { names: fresh });
     const after = Date.now();
     const now = rows[0]!.now;
     // The reading was taken somewhere during the round trip: assume its middle.
@@ -129,7 +129,7 @@ export class CronLoop {
 
   /** Records the entries of `names` where `gen-durable cron` reads them (their first pass on this node). */
   private async record(names: string[]): Promise<void> {
-    const rows = this.entries
+    const entries = this.entries
       .filter((e) => names.includes(e.name))
       .map((e) => ({
         name: e.name,
@@ -139,11 +139,11 @@ export class CronLoop {
         queue: e.queue,
         missed: e.missed,
       }));
-    await this.o.pool.query(this.q.record, [JSON.stringify(rows)]);
+    await this.q.record(this.o.pool, { entries });
   }
 
   private async fire(plan: Planned[]): Promise<number> {
-    const rows = plan.flatMap(({ entry, ticks }) =>
+    const due = plan.flatMap(({ entry, ticks }) =>
       ticks.map((tick) => {
         const key = concurrencyKeyOf(entry.machine, entry.state, undefined, `cron entry "${entry.name}"`);
         return {
@@ -160,10 +160,7 @@ export class CronLoop {
         };
       }),
     );
-    const { rows: inserted } = await this.o.pool.query<{ id: string; queue: string }>(this.q.fire, [
-      JSON.stringify(rows),
-      this.o.channel,
-    ]);
+    const { rows: inserted } = await this.q.fire(this.o.pool, { ticks: due, channel: this.o.channel });
     for (const queue of new Set(inserted.map((r) => r.queue))) this.o.wake(queue);
     return inserted.length;
   }
@@ -188,7 +185,7 @@ export class CronLoop {
 
   private async prune(): Promise<void> {
     this.lastPrune = Date.now();
-    while ((await this.o.pool.query(this.q.prune, [PRUNE_BATCH])).rowCount === PRUNE_BATCH);
+    while ((await this.q.prune(this.o.pool, { limit: PRUNE_BATCH })).rowCount === PRUNE_BATCH);
   }
 }
 

@@ -16,8 +16,8 @@ import { ValidationError } from "../errors.js";
 import type { TypedEmitter } from "../events.js";
 import { withTransaction } from "../db/pool.js";
 import { checkName } from "../names.js";
-import { gcQueries, type GcQueries } from "../sql/gc.js";
-import { signalQueries } from "../sql/signals.js";
+import { gcQueries, type GcQueries, type PruneBatchRow, type PruneCursor } from "../sql/gc.js";
+import { signalQueries, type SignalQueries } from "../sql/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
 /** Options of `engine.prune`: which terminal instances to delete now. */
@@ -50,15 +50,6 @@ export const GC_BATCH = 1000;
 /** Instances per loop tick before it yields (and ticks again at once): bounds how long stop() waits for a tick. */
 export const GC_TICK_LIMIT = 20 * GC_BATCH;
 
-interface BatchRow {
-  instances: number;
-  transitions: number;
-  signals: number;
-  /** Keyset cursor: the last deleted row's updated_at (as text, to keep microseconds) and id. */
-  after_at: string | null;
-  after_id: string | null;
-}
-
 export interface PrunerOptions {
   pool: pg.Pool;
   schema: string;
@@ -76,7 +67,7 @@ export interface PrunerOptions {
 export class Pruner {
   private readonly q: GcQueries;
   /** The same sweep of expired inbox signals the reaper runs. */
-  private readonly expireInbox: string;
+  private readonly expireInbox: SignalQueries["expireInbox"];
   /** Where the next tick starts in the machine list, so a large backlog of one machine does not starve the others. */
   private rotation = 0;
 
@@ -91,12 +82,12 @@ export class Pruner {
     if (machines.length === 0) return;
     const withOverride = machines.filter((m) => m.retentionMs !== undefined).sort((a, b) => (a.name < b.name ? -1 : 1));
     const without = machines.filter((m) => m.retentionMs === undefined).map((m) => m.name);
-    const values = [withOverride.map((m) => m.name), withOverride.map((m) => Math.round(m.retentionMs!)), without];
+    const overrides = withOverride.map((m) => ({ machine: m.name, ms: Math.round(m.retentionMs!) }));
     // Serialised per schema: engines of two versions starting together (one adding M's
     // override, the other removing it) would otherwise lock rows in opposite orders.
     await withTransaction(this.options.pool, async (client) => {
-      await client.query(this.q.lockRetentions, [`gen_durable:gc_retention:${this.options.schema}`]);
-      await client.query(this.q.recordRetentions, values);
+      await this.q.lockRetentions(client, { key: `gen_durable:gc_retention:${this.options.schema}` });
+      await this.q.recordRetentions(client, { overrides, without });
     });
   }
 
@@ -145,7 +136,7 @@ export class Pruner {
     if (options.machine !== undefined) {
       machines = [options.machine];
     } else {
-      machines = (await pool.query<{ machine: string }>(this.q.machines)).rows.map((r) => r.machine);
+      machines = (await this.q.machines(pool)).rows.map((r) => r.machine);
       if (options.rotate && machines.length > 0) {
         const start = this.rotation++ % machines.length;
         machines = [...machines.slice(start), ...machines.slice(0, start)];
@@ -158,18 +149,18 @@ export class Pruner {
         this.options.machines.get(machine)?.retentionMs ??
         recorded.get(machine) ??
         this.options.retentionMs;
-      let after: { at: string; id: string } | null = null;
+      let after: PruneCursor | null = null;
       while (total.instances < options.limit) {
         const batch = Math.min(GC_BATCH, options.limit - total.instances);
-        const { rows }: pg.QueryResult<BatchRow> = await pool.query<BatchRow>(this.q.pruneBatch, [
+        // Typed: `after` is read from the row the loop before returned.
+        const { rows }: pg.QueryResult<PruneBatchRow> = await this.q.pruneBatch(pool, {
           machine,
           retentionMs,
-          batch,
-          after?.at ?? null,
-          after?.id ?? null,
-          this.options.idempotencyWindowMs ?? 86_400_000, // the engine's default, 24 h
-        ]);
-        const row: BatchRow = rows[0]!;
+          limit: batch,
+          after,
+          windowMs: this.options.idempotencyWindowMs ?? 86_400_000, // the engine's default, 24 h
+        });
+        const row: PruneBatchRow = rows[0]!;
         total.instances += row.instances;
         total.transitions += row.transitions;
         total.signals += row.signals;
@@ -181,12 +172,12 @@ export class Pruner {
     }
     if (options.machine === undefined) {
       for (;;) {
-        const { rowCount } = await pool.query(this.expireInbox, [GC_BATCH]);
+        const { rowCount } = await this.expireInbox(pool, { limit: GC_BATCH });
         total.signals += rowCount ?? 0;
         if ((rowCount ?? 0) < GC_BATCH) break;
       }
       for (;;) {
-        const { rowCount } = await pool.query(this.q.expireRemembered, [GC_BATCH]);
+        const { rowCount } = await this.q.expireRemembered(pool, { limit: GC_BATCH });
         if ((rowCount ?? 0) < GC_BATCH) break;
       }
     }
@@ -194,7 +185,7 @@ export class Pruner {
   }
 
   private async recordedRetentions(): Promise<Map<string, number>> {
-    const { rows } = await this.options.pool.query<{ machine: string; retention_ms: number }>(this.q.retentions);
+    const { rows } = await this.q.retentions(this.options.pool);
     return new Map(rows.map((r) => [r.machine, r.retention_ms]));
   }
 }

@@ -6,7 +6,6 @@
  * src/sql/children.ts for the locking). Ticks every poll interval, and at once
  * when a child on this node finishes.
  */
-import { prepared } from "../db/prepared.js";
 import type { ChildQueries } from "../sql/children.js";
 import type { LoopDeps } from "./deps.js";
 import { Loop } from "./loop.js";
@@ -26,7 +25,7 @@ async function sweep({ pool, children, events, wake }: JoinSweepDeps): Promise<v
   const started = performance.now();
   let total = 0;
   for (;;) {
-    const { rows } = await pool.query<{ counted: number; woken: string[] }>(prepared(children.sweep, [JOIN_BATCH]));
+    const { rows } = await children.sweep(pool, { limit: JOIN_BATCH });
     const { counted, woken } = rows[0]!;
     total += counted;
     for (const queue of woken) wake.broadcast(queue);

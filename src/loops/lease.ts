@@ -5,7 +5,6 @@
  * node's heartbeat row (what `explain` and `status` call a live node). A lease
  * found lost aborts its step.
  */
-import { prepared } from "../db/prepared.js";
 import type { Leases } from "../runtime/leases.js";
 import type { ClockWatch } from "./clock-skew.js";
 import type { FlowQueries } from "../sql/flow.js";
@@ -54,9 +53,8 @@ export async function heartbeat({
   clock,
 }: Pick<LeaseLoopDeps, "leases" | "flow" | "node" | "clock">): Promise<void> {
   const before = Date.now();
-  const { rows } = await leases.query<{ database_ms: number }>(
-    prepared(flow.heartbeat, [node.id, node.machines, node.queues, node.leaseMs]),
-  );
+  // On the lease connection: Leases runs a statement there like a pool would.
+  const { rows } = await flow.heartbeat(leases, node);
   const after = Date.now();
   if (rows[0]) clock?.observe(Number(rows[0].database_ms), before, after);
 }

@@ -28,17 +28,17 @@ async function reap({ pool, claims, signals, flow, events, wake }: ReaperDeps): 
   const started = performance.now();
   let total = 0;
   for (;;) {
-    const { rows } = await pool.query<{ queue: string; n: number }>(claims.reap, [BATCH]);
+    const { rows } = await claims.reap(pool, { limit: BATCH });
     const count = rows.reduce((sum, r) => sum + r.n, 0);
     total += count;
     for (const row of rows) wake.queue(row.queue);
     if (count < BATCH) break;
   }
-  while ((await pool.query(signals.expireInbox, [BATCH])).rowCount === BATCH);
-  const { rows: freed } = await pool.query<{ queue: string }>(flow.freeCancelledHolds, [BATCH]);
+  while ((await signals.expireInbox(pool, { limit: BATCH })).rowCount === BATCH);
+  const { rows: freed } = await flow.freeCancelledHolds(pool, { limit: BATCH });
   for (const row of freed) wake.queue(row.queue);
-  while ((await pool.query(flow.forgetIdleKeys, [BATCH])).rowCount === BATCH);
-  while ((await pool.query(flow.forgetIdleBuckets, [BATCH])).rowCount === BATCH);
-  await pool.query(flow.forgetDeadNodes);
+  while ((await flow.forgetIdleKeys(pool, { limit: BATCH })).rowCount === BATCH);
+  while ((await flow.forgetIdleBuckets(pool, { limit: BATCH })).rowCount === BATCH);
+  await flow.forgetDeadNodes(pool);
   events.emit("loop:tick", { loop: "reaper", durationMs: performance.now() - started, count: total });
 }

@@ -10,7 +10,6 @@
  * has what this gained).
  * Woken by NOTIFY, by local commits and by the poll loop.
  */
-import { prepared } from "../db/prepared.js";
 import { withTransaction } from "../db/pool.js";
 import type pg from "pg";
 import type { TypedEmitter } from "../events.js";
@@ -194,14 +193,14 @@ export class QueueScheduler {
   }
 
   private async claim(want: number, keyedAtMost: number): Promise<ClaimedRow[]> {
-    const { queue, machines, nodeId, leaseMs, global } = this.o;
-    const claim = prepared(this.o.claims.claim, [queue, machines, want, nodeId, leaseMs, global ?? null, keyedAtMost]);
-    if (this.o.global === undefined) return (await this.o.pool.query<ClaimedRow>(claim)).rows;
+    const { queue, machines, nodeId, leaseMs, global, claims } = this.o;
+    const args = { queue, machines, want, nodeId, leaseMs, global: global ?? null, keyedAtMost };
+    if (global === undefined) return (await claims.claim(this.o.pool, args)).rows;
     // Under a global limit the count of running rows and the claim must not interleave with
     // another node's: the queue's advisory lock serialises them for this transaction.
     return withTransaction(this.o.pool, async (client) => {
-      await client.query(this.o.claims.lockQueue, [this.o.queue]);
-      return (await client.query<ClaimedRow>(claim)).rows;
+      await claims.lockQueue(client, { queue });
+      return (await claims.claim(client, args)).rows;
     });
   }
 

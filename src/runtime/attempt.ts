@@ -5,45 +5,11 @@
  * step returned or threw into a row update.
  */
 import type { AnyMachine, ResolvedStep } from "../define.js";
-import type { ErrorRecord } from "../json.js";
+import type { ClaimedRow } from "../sql/claims.js";
 import { SYSTEM_CLOCK, type EngineClock } from "./clock.js";
 
-/** A row as the claim query returns it. */
-export interface ClaimedRow {
-  id: string;
-  machine: string;
-  step: string;
-  state: unknown;
-  attempt: number;
-  max_attempts: number | null;
-  claim_token: string;
-  correlation_key: string | null;
-  /** `traceContext`: the sender's, when one was active (not shown to the step; its span links to it). */
-  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string; traceContext?: unknown }> | null;
-  /** This step is a join: ctx.children is loaded for it. */
-  joined: boolean;
-  parent_id: string | null;
-  inserted_at: Date;
-  queue: string;
-  error: ErrorRecord | null;
-  concurrency_key: string | null;
-  /** The rate limit this step waited in line for (it was postponed); null when it did not wait. */
-  rate_limited: string | null;
-  /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
-  claimed_ahead: boolean;
-  /** Inserted from SQL and not yet checked against the machine's schema (runtime/sql-api.ts). */
-  unvalidated?: boolean;
-  /** The trace context active where the instance was inserted (see telemetry/propagation.ts), or null. */
-  trace_context: unknown;
-  /** The version of the machine definition that wrote the state (older ones are upcast before the step runs). */
-  version: number;
-  /** Set once the instance was routed to its onFailure step (ctx.failure). */
-  failure?: { error: ErrorRecord; step: string; attempts: number } | null;
-  /** Set while the instance runs its onCancel step: the cancel's error record. */
-  cancel_requested?: ErrorRecord | null;
-  /** How the await that led to this step ended. */
-  resumed_by?: "signal" | "timeout" | null;
-}
+/** A row as the claim query returns it (declared beside that query). */
+export type { ClaimedRow };
 
 export interface Attempt {
   row: ClaimedRow;

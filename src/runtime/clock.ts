@@ -6,7 +6,7 @@
  * comes due when the engine's clock reaches it.
  */
 import type pg from "pg";
-import { quoteIdent } from "../names.js";
+import { clockQueries } from "../sql/clock.js";
 
 export class EngineClock {
   /** How far the database's clock is ahead of this process's. */
@@ -26,10 +26,7 @@ export class EngineClock {
   /** Reads the database's clock and the schema's skew. */
   async sync(pool: pg.Pool, schema: string): Promise<void> {
     const before = Date.now();
-    const { rows } = await pool.query<{ db: number; skew: number }>(
-      `select extract(epoch from clock_timestamp()) * 1000 as db,
-        (select skew_ms from ${quoteIdent(schema)}.engine_clock) as skew`,
-    );
+    const { rows } = await clockQueries(schema).read(pool);
     const local = (before + Date.now()) / 2;
     this.offsetMs = Number(rows[0]!.db) - local;
     this.skewMs = Number(rows[0]!.skew ?? 0);

@@ -5,9 +5,9 @@
  * why processing beats per-job completion). A step's promise resolves only
  * after its batch has committed: the guarantee holds per step.
  */
-import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { isConnectionError, isTransient } from "../db/pool.js";
+import type { ClaimQueries } from "../sql/claims.js";
 import type { Completion } from "./completion.js";
 
 interface Pending {
@@ -27,9 +27,10 @@ export class Completer {
 
   constructor(
     private readonly pool: pg.Pool,
-    private readonly sql: string,
+    /** sql/claims.ts `complete`: the group commit itself. */
+    private readonly complete: ClaimQueries["complete"],
     /** sql/claims.ts `committedBy`: which claims' outcomes are in the database. */
-    private readonly committedSql?: string,
+    private readonly committedBy?: ClaimQueries["committedBy"],
   ) {}
 
   /** Resolves true when committed, false when the claim was lost (fenced: nothing written). */
@@ -85,11 +86,11 @@ export class Completer {
   private async commit(completions: Completion[]): Promise<Set<string>> {
     // Sorted so that concurrent statements lock in one order: concurrency keys first (their
     // rows are locked by a trigger, as an insert does in the same order), then instance ids.
-    const payload = JSON.stringify([...completions].sort(byKeyThenId));
+    const outcomes = [...completions].sort(byKeyThenId);
     let broke = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        const { rows } = await this.pool.query<{ id: string }>(prepared(this.sql, [payload]));
+        const { rows } = await this.complete(this.pool, { outcomes });
         const won = new Set(rows.map((r) => r.id));
         return broke ? this.withEarlierCommits(completions, won) : won;
       } catch (error) {
@@ -110,11 +111,8 @@ export class Completer {
    */
   private async withEarlierCommits(completions: Completion[], won: Set<string>): Promise<Set<string>> {
     const unsure = completions.filter((c) => !won.has(c.id));
-    if (unsure.length === 0 || this.committedSql === undefined) return won;
-    const { rows } = await this.pool.query<{ id: string }>(this.committedSql, [
-      unsure.map((c) => c.id),
-      unsure.map((c) => c.token),
-    ]);
+    if (unsure.length === 0 || this.committedBy === undefined) return won;
+    const { rows } = await this.committedBy(this.pool, { claims: unsure });
     for (const { id } of rows) won.add(id);
     return won;
   }

@@ -7,7 +7,6 @@
 import type pg from "pg";
 import type { AnyMachine, ChildOutcome, ReceivedSignal } from "../define.js";
 import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
-import { prepared } from "../db/prepared.js";
 import { LeaseLostError, ValidationError } from "../errors.js";
 import type { StepFacts, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
@@ -320,7 +319,9 @@ export class Executor {
   ): Promise<{ completion: Completion; resumedQueue: string | null } | undefined> {
     if (completion === undefined) return undefined;
     try {
-      const { rows } = await this.deps.pool.query(this.deps.claims.committedBy, [[row.id], [row.claim_token]]);
+      const { rows } = await this.deps.claims.committedBy(this.deps.pool, {
+        claims: [{ id: row.id, token: row.claim_token }],
+      });
       if (rows.length === 0) return undefined;
     } catch {
       // Unknown: handled as before (a fenced retry, or a failed attempt that cannot land twice).
@@ -380,13 +381,13 @@ export class Executor {
     const awaiting = completion.status === "awaiting";
     // Every key this commit changes (its own, its children's), before any row lock: one global order.
     const keys = [completion.concurrency_key, ...(spawn ?? []).flatMap(lockNamesOf)].filter((k) => k !== null);
-    if (keys.length > 0) await client.query(prepared(this.deps.claims.lockKeys, [keys]));
+    if (keys.length > 0) await this.deps.claims.lockKeys(client, { keys });
     if (awaiting) {
       // Lock first, read the mailbox after: a signal committed before the lock is seen, one after it sees us parked.
-      const locked = await client.query(this.deps.claims.lockClaimed, [completion.id, completion.token]);
+      const locked = await this.deps.claims.lockClaimed(client, { id: completion.id, token: completion.token });
       if (locked.rowCount === 0) return { won: false, resumedQueue: null };
     }
-    const { rows } = await client.query(prepared(this.deps.claims.complete, [JSON.stringify([row])]));
+    const { rows } = await this.deps.claims.complete(client, { outcomes: [row] });
     if (rows.length === 0) return { won: false, resumedQueue: null };
     if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn, join_rule ?? null);
     if (publish)
@@ -405,9 +406,11 @@ export class Executor {
     joinRule: JoinRule | null,
   ): Promise<void> {
     const rows = children.map((child) => ({ ...child, parent_id: parentId }));
-    const { rows: out } = await client.query<{ idx: number; id: string; inserted: boolean | null; rejected: boolean }>(
-      prepared(this.deps.instances.insert, [JSON.stringify(rows), this.deps.channel, this.deps.idempotencyWindowMs]),
-    );
+    const { rows: out } = await this.deps.instances.insert(client, {
+      rows,
+      channel: this.deps.channel,
+      windowMs: this.deps.idempotencyWindowMs,
+    });
     const results = out.filter((r) => r.idx >= 0);
     const taken = results.find((r) => !r.inserted);
     if (taken || results.length !== children.length) {
@@ -424,7 +427,7 @@ export class Executor {
       throw new ValidationError(`ctx.spawn: ${message}; no child was inserted`);
     }
     const first = results.reduce((min, r) => (BigInt(r.id) < BigInt(min) ? r.id : min), results[0]!.id);
-    await client.query(this.deps.children.markSpawn, [parentId, first, JSON.stringify(joinRule)]);
+    await this.deps.children.markSpawn(client, { parentId, first, joinRule });
   }
 
   /**
@@ -488,7 +491,7 @@ export class Executor {
    * transactional joins run as the pool has connections (each waits for one another holds).
    */
   private async loadChildren(parentId: string, client: pg.ClientBase | undefined): Promise<ChildOutcome[]> {
-    const { rows } = await (client ?? this.deps.pool).query<ChildOutcome>(this.deps.children.children, [parentId]);
+    const { rows } = await this.deps.children.children(client ?? this.deps.pool, { parentId });
     return rows;
   }
 
@@ -534,11 +537,11 @@ export class Executor {
   private async handBackKey(row: ClaimedRow, key: string): Promise<void> {
     await this.running.get(`${row.id}:${row.claim_token}`);
     try {
-      const { rows } = await this.deps.pool.query<{ queue: string }>(this.deps.claims.releaseHold, [
+      const { rows } = await this.deps.claims.releaseHold(this.deps.pool, {
         key,
-        row.id,
-        this.deps.channel,
-      ]);
+        id: row.id,
+        channel: this.deps.channel,
+      });
       for (const { queue } of rows) this.deps.wake.queue(queue);
     } catch (error) {
       // The reaper frees it after the lease instead.

@@ -3,7 +3,6 @@ import type pg from "pg";
 import type { Instance } from "../instance.js";
 import { explainQueries, type ExplainRow } from "../sql/explain.js";
 import { describeTree } from "./composite-spec.js";
-import type { JoinRule } from "./join-rule.js";
 import { childQueries } from "../sql/children.js";
 
 /** What `engine.explain(id)` says: why the instance is not running right now, in sentences and as data. */
@@ -33,7 +32,7 @@ export async function explainInstance(
   const q = explainQueries(schema);
   const reasons: string[] = [];
   const details: Record<string, unknown> = {};
-  const { rows } = await pool.query<ExplainRow>(q.facts, [instance.id]);
+  const { rows } = await q.facts(pool, { id: instance.id });
   const row = rows[0];
   const now = row?.now ?? new Date();
   details.databaseTime = now;
@@ -83,7 +82,7 @@ export async function explainInstance(
     case "awaiting": {
       const spec = row?.await_spec;
       if (spec) {
-        const arrived = await pool.query<{ event: string; n: number }>(q.arrived, [instance.id, spec.events]);
+        const arrived = await q.arrived(pool, { id: instance.id, events: spec.events });
         const counts = Object.fromEntries(arrived.rows.map((r) => [r.event, r.n]));
         const wanted =
           spec.mode === "tree"
@@ -107,10 +106,7 @@ export async function explainInstance(
       break;
     }
     case "joining": {
-      const { rows: progress } = await pool.query<{ total: number; live: number; join_rule: JoinRule | null }>(
-        childQueries(schema).progress,
-        [instance.id],
-      );
+      const { rows: progress } = await childQueries(schema).progress(pool, { parentId: instance.id });
       const { total, live, join_rule: rule } = progress[0]!;
       const when = !rule
         ? "all have finished"

@@ -8,32 +8,11 @@ import { checkKey, checkName } from "../names.js";
 import { isStandardSchema, validate } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { concurrencyKeyOf, concurrencyLimitOf } from "./definition-flow.js";
-import { captureTraceContext, type TraceCarrier } from "../telemetry/propagation.js";
+import { captureTraceContext } from "../telemetry/propagation.js";
+import type { InsertRow } from "../sql/instances.js";
 
-export interface InsertRow {
-  idx: number;
-  machine: string;
-  step: string;
-  state: unknown;
-  queue: string;
-  priority: number;
-  run_at: string | null;
-  delay_ms: number | null;
-  max_attempts: number | null;
-  correlation_key: string | null;
-  concurrency_key: string | null;
-  /** Steps of the key that may run at once, when above 1 (null: 1). */
-  concurrency_limit: number | null;
-  parent_id: string | null;
-  /** The trace context active where it was inserted (a spawned child: its parent's step), or null. */
-  trace_context: TraceCarrier | null;
-  /** Remembered for the idempotency window: a retried insert with it returns the instance it made. */
-  idempotency_key: string | null;
-  /** With a correlation key: what an instance with it, live or finished within the window, means. Null: "allow". */
-  if_exists: "reuse" | "reject" | null;
-  /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
-  version: number;
-}
+/** A row of the bulk insert statement (declared beside it). */
+export type { InsertRow };
 
 /**
  * The advisory locks (lock_keys) an insert of `row` takes: its concurrency key, its idempotency

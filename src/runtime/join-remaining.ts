@@ -15,6 +15,6 @@ export async function cancelRemaining(
   parentId: string,
   cancel: (id: string, reason: string) => Promise<void>,
 ): Promise<void> {
-  const { rows } = await pool.query<{ id: string }>(q.remaining, [parentId]);
+  const { rows } = await q.remaining(pool, { parentId });
   for (const { id } of rows) await cancel(id, `the join of instance ${parentId} no longer needs it`);
 }

@@ -11,7 +11,6 @@
  * pure client opens none; a node with queues holds one connection more than its
  * pool (two with the LISTEN connection).
  */
-import { prepared } from "../db/prepared.js";
 import type pg from "pg";
 import { openSidePool } from "../db/pool.js";
 import { LeaseLostError } from "../errors.js";
@@ -76,9 +75,7 @@ export class Leases {
     const batch = this.starting;
     this.starting = [];
     try {
-      const { rows } = await this.connection().query<{ id: string; attempt: number }>(
-        prepared(this.q.start, [batch.map((r) => r.id), batch.map((r) => r.token)]),
-      );
+      const { rows } = await this.q.start(this.connection(), { claims: batch });
       const attempts = new Map(rows.map((r) => [r.id, r.attempt]));
       for (const r of batch) r.resolve(attempts.get(r.id) ?? null);
     } catch (error) {
@@ -93,9 +90,8 @@ export class Leases {
   async renew(): Promise<number> {
     if (this.held.size === 0) return 0;
     const entries = [...this.held];
-    const { rows } = await this.connection().query<{ id: string; held: boolean }>(
-      prepared(this.q.renew, [entries.map(([id]) => id), entries.map(([, h]) => h.token), this.leaseMs]),
-    );
+    const claims = entries.map(([id, h]) => ({ id, token: h.token }));
+    const { rows } = await this.q.renew(this.connection(), { claims, leaseMs: this.leaseMs });
     const tokens = new Map(entries.map(([id, h]) => [id, h.token]));
     let renewed = 0;
     for (const row of rows) {
@@ -124,10 +120,8 @@ export class Leases {
     if (this.held.size === 0) return [];
     const entries = [...this.held];
     try {
-      const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [
-        entries.map(([id]) => id),
-        entries.map(([, h]) => h.token),
-      ]);
+      const claims = entries.map(([id, h]) => ({ id, token: h.token }));
+      const { rows } = await this.q.release(this.connection(), { claims });
       return [...new Set(rows.map((r) => r.queue))];
     } finally {
       for (const [, held] of entries) held.controller.abort(reason);
@@ -136,7 +130,7 @@ export class Leases {
 
   /** Gives one claimed row back at once (runnable now, attempt refunded); returns its queue, if released. */
   async release(id: string, token: string): Promise<string[]> {
-    const { rows } = await this.connection().query<{ queue: string }>(this.q.release, [[id], [token]]);
+    const { rows } = await this.q.release(this.connection(), { claims: [{ id, token }] });
     return rows.map((r) => r.queue);
   }
 

@@ -4,7 +4,7 @@
  * are merged into the next one, so a burst of 10,000 inserts costs a handful
  * of notifications, not 10,000 (each NOTIFY takes a global lock at commit).
  */
-import { NOTIFY_QUEUES } from "../sql/notify.js";
+import { notifyQueues } from "../sql/notify.js";
 import type pg from "pg";
 
 export class Notifier {
@@ -41,7 +41,7 @@ export class Notifier {
     while (this.pending.size > 0) {
       const queues = [...this.pending];
       this.pending.clear();
-      await this.pool.query(NOTIFY_QUEUES, [this.channel, queues]).catch((error: unknown) => this.onError(error));
+      await notifyQueues(this.pool, { channel: this.channel, queues }).catch((error: unknown) => this.onError(error));
     }
   }
 }

@@ -17,8 +17,7 @@ import type { AnyMachine, StepContext, StepRateLimit } from "../define.js";
 import { describe, MAX_DURATION_MS, toMs, type Duration } from "../duration.js";
 import { ConfigError, ValidationError } from "../errors.js";
 import { checkKey, checkName } from "../names.js";
-import { prepared } from "../db/prepared.js";
-import type { FlowQueries } from "../sql/flow.js";
+import type { DrawRow as Draw, FlowQueries, TakeTokensArgs } from "../sql/flow.js";
 import { rejectUnknownKeys } from "../suggest.js";
 
 export interface RateLimitOption {
@@ -159,12 +158,7 @@ function partitionKey(partition: unknown, what: string): string {
   return checkKey(partition, what, (m) => new ValidationError(m));
 }
 
-type Line = "join" | "retry" | "none";
-interface Draw {
-  taken: boolean;
-  balance: number;
-  wait_ms: number;
-}
+type Line = TakeTokensArgs["lines"][number];
 interface PendingDraws {
   limit: RateLimit;
   partition: string;
@@ -217,9 +211,14 @@ export class RateLimiter {
 
   private async flush({ limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
     try {
-      const { rows } = await this.pool.query<Draw>(
-        prepared(this.queries.takeTokens, [limit.name, partition, limit.burst, limit.perSecond, weights, lines]),
-      );
+      const { rows } = await this.queries.takeTokens(this.pool, {
+        bucket: limit.name,
+        partition,
+        capacity: limit.burst,
+        perSecond: limit.perSecond,
+        weights,
+        lines,
+      });
       waiters.forEach((waiter, i) => waiter.resolve(rows[i]!));
     } catch (error) {
       for (const waiter of waiters) waiter.reject(error);
@@ -264,14 +263,7 @@ export class RateLimiter {
   /** The stored buckets of one limit (or all), refilled to the database's now. */
   async buckets(name?: string, max = 1000): Promise<BucketState[]> {
     if (name !== undefined) this.limit(checkName(name, "rateLimitBuckets: name", (m) => new ValidationError(m)));
-    const { rows } = await this.pool.query<{
-      name: string;
-      partition: string;
-      tokens: number;
-      updated_at: Date;
-      line_end: Date | null;
-      now: Date;
-    }>(this.queries.buckets, [name ?? null, max]);
+    const { rows } = await this.queries.buckets(this.pool, { name: name ?? null, limit: max });
     return rows.flatMap((row) => {
       const limit = this.limits.get(row.name);
       if (!limit) return []; // a limit another deployment declared

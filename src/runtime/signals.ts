@@ -7,19 +7,10 @@
 import type pg from "pg";
 import { withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
-import type { SignalQueries } from "../sql/signals.js";
+import type { MailboxRow, SignalQueries } from "../sql/signals.js";
 import { isTerminal } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
-
-interface LockedInstance {
-  id: string;
-  status: string;
-  queue: string;
-  step: string;
-  await_spec: NormalizedSpec | null;
-  machine: string;
-}
 
 export interface DeliverInput {
   target: string | { id: string };
@@ -51,32 +42,29 @@ export async function deliverSignal(
   input: DeliverInput,
 ): Promise<DeliverResult> {
   const byKey = typeof input.target === "string";
-  const lookup = byKey ? q.lockLiveByKey : q.lockById;
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
   // A kept signal must not slip past an insert of its key in flight: take the key's lock, then look.
-  if (byKey && input.keepIfMissing) await client.query(q.lockInboxKey, [key]);
-  const { rows } = await client.query<LockedInstance>(lookup, [key]);
+  if (byKey && input.keepIfMissing) await q.lockInboxKey(client, { correlationKey: key });
+  const { rows } = byKey
+    ? await q.lockLiveByKey(client, { correlationKey: key })
+    : await q.lockById(client, { id: key });
   const instance = rows[0];
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
 
   if (!instance || isTerminal(instance.status)) {
-    const last =
-      instance ??
-      (byKey ? (await client.query<{ id: string; status: string }>(q.lastByKey, [key])).rows[0] : undefined);
+    const last = instance ?? (byKey ? (await q.lastByKey(client, { correlationKey: key })).rows[0] : undefined);
     // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
-    if (last && input.dedupKey !== null && (await client.query(q.seenDedupKey, [last.id, input.dedupKey])).rowCount) {
+    const dedupKey = input.dedupKey;
+    if (last && dedupKey !== null && (await q.seenDedupKey(client, { instanceId: last.id, dedupKey })).rowCount) {
       return { signalId: null, instanceId: last.id, resumedQueue: null };
     }
     if (byKey && input.keepIfMissing) {
-      const kept = await client.query<{ id: string }>(q.insert, [
-        null,
-        key,
-        input.event,
-        input.payloadJson,
-        input.dedupKey,
-        input.inboxRetentionMs,
-        traceJson(input),
-      ]);
+      const kept = await q.insert(client, {
+        ...signalOf(input),
+        instanceId: null,
+        correlationKey: key,
+        retentionMs: input.inboxRetentionMs,
+      });
       return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
     }
     if (last) throw new InstanceTerminatedError(label, last.status);
@@ -84,15 +72,12 @@ export async function deliverSignal(
   }
 
   await input.check?.(instance.machine);
-  const stored = await client.query<{ id: string }>(q.insert, [
-    instance.id,
-    null,
-    input.event,
-    input.payloadJson,
-    input.dedupKey,
-    0,
-    traceJson(input),
-  ]);
+  const stored = await q.insert(client, {
+    ...signalOf(input),
+    instanceId: instance.id,
+    correlationKey: null,
+    retentionMs: 0,
+  });
   let resumedQueue: string | null = null;
   if (instance.status === "awaiting" && instance.await_spec) {
     resumedQueue = await tryResume(client, q, instance.id, instance.await_spec, input.notifyChannel);
@@ -100,7 +85,7 @@ export async function deliverSignal(
     // We hold its row lock until our commit, and a claim skips locked rows: one that ran meanwhile
     // passed it over and may have found nothing else, leaving it to the next poll. Wake the queue
     // again with our commit, so the row is claimed within milliseconds whatever the poll interval.
-    if (input.notifyChannel !== null) await client.query(q.notify, [input.notifyChannel, instance.queue]);
+    if (input.notifyChannel !== null) await q.notify(client, { channel: input.notifyChannel, queue: instance.queue });
     resumedQueue = instance.queue;
   }
   return { signalId: stored.rows[0]?.id ?? null, instanceId: instance.id, resumedQueue };
@@ -123,21 +108,13 @@ export async function tryResume(
   return resume(client, q, instanceId, matched, null, "resumed", notifyChannel);
 }
 
-type MailboxRow = {
-  id: string;
-  event: string;
-  payload: unknown;
-  inserted_at: Date;
-  trace_context: TraceCarrier | null;
-};
-
 function readMailbox(
   client: pg.ClientBase,
   q: SignalQueries,
   instanceId: string,
   spec: NormalizedSpec,
 ): Promise<MailboxRow[]> {
-  return client.query<MailboxRow>(q.mailbox, [instanceId, spec.events]).then((r) => r.rows);
+  return q.mailbox(client, { instanceId, events: spec.events }).then((r) => r.rows);
 }
 
 async function resume(
@@ -157,14 +134,14 @@ async function resume(
     // Not part of ctx.awaited: the resumed step's span links to each sender's context.
     ...(m.trace_context ? { traceContext: m.trace_context } : {}),
   }));
-  const { rows } = await client.query<{ queue: string }>(q.resume, [
+  const { rows } = await q.resume(client, {
     instanceId,
-    consumed.map((m) => m.id),
-    JSON.stringify(awaited),
-    notifyChannel,
+    signalIds: consumed.map((m) => m.id),
+    awaited: JSON.stringify(awaited),
+    channel: notifyChannel,
     step,
     outcome,
-  ]);
+  });
   return rows[0]?.queue ?? null;
 }
 
@@ -177,10 +154,7 @@ async function resume(
  */
 export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: number): Promise<string[]> {
   return withTransaction(pool, async (client) => {
-    const { rows } = await client.query<{ id: string; await_spec: NormalizedSpec & { onTimeout: string } }>(
-      q.timedOut,
-      [batch],
-    );
+    const { rows } = await q.timedOut(client, { limit: batch });
     const queues: string[] = [];
     for (const row of rows) {
       const arrived = partialMatch(row.await_spec, await readMailbox(client, q, row.id, row.await_spec));
@@ -191,6 +165,8 @@ export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: numbe
   });
 }
 
-function traceJson(input: DeliverInput): string | null {
-  return input.traceContext ? JSON.stringify(input.traceContext) : null;
+/** The signal's own columns, wherever it is stored. */
+function signalOf(input: DeliverInput) {
+  const traceContext = input.traceContext ? JSON.stringify(input.traceContext) : null;
+  return { event: input.event, payload: input.payloadJson, dedupKey: input.dedupKey, traceContext };
 }

@@ -26,19 +26,14 @@ export async function recordForSql(
 ): Promise<void> {
   const defined = [...machines.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
   await withTransaction(pool, async (client) => {
-    await client.query(q.lock, [`gen_durable:sql_api:${schema}`]);
-    if (defined.length > 0) {
-      await client.query(q.recordMachines, [
-        defined.map((m) => m.name),
-        defined.map((m) => m.kind),
-        defined.map((m) => m.initial),
-        defined.map((m) => m.queue),
-      ]);
-    }
-    await client.query(q.recordSettings, [
-      ["idempotency_window_ms", "signal_retention_ms"],
-      [String(settings.idempotencyWindowMs), String(settings.signalRetentionMs)],
-    ]);
+    await q.lock(client, { key: `gen_durable:sql_api:${schema}` });
+    if (defined.length > 0) await q.recordMachines(client, { machines: defined });
+    await q.recordSettings(client, {
+      settings: {
+        idempotency_window_ms: String(settings.idempotencyWindowMs),
+        signal_retention_ms: String(settings.signalRetentionMs),
+      },
+    });
   });
 }
 
@@ -57,6 +52,11 @@ export async function acceptSqlState(
   const what = `${machine.kind === "job" ? "args" : "state"} of ${machine.name} (inserted from SQL)`;
   const { value: state } = await validate(machine.schema, row.state, what);
   const json = encodeJson(state, what, maxPayloadBytes);
-  const { rowCount } = await pool.query(q.acceptState, [row.id, row.claim_token, json, machine.version ?? 1]);
+  const { rowCount } = await q.acceptState(pool, {
+    id: row.id,
+    token: row.claim_token,
+    state: json,
+    version: machine.version ?? 1,
+  });
   return rowCount === 0 ? null : { state };
 }

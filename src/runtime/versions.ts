@@ -54,7 +54,7 @@ export async function recordUpcast(
   maxPayloadBytes: number,
 ): Promise<boolean> {
   const json = encodeJson(state, "the upcast state", maxPayloadBytes);
-  const { rowCount } = await pool.query(q.upcast, [row.id, row.claim_token, json, version]);
+  const { rowCount } = await q.upcast(pool, { id: row.id, token: row.claim_token, state: json, version });
   return (rowCount ?? 0) > 0;
 }
 
@@ -79,7 +79,7 @@ export async function findStranded(
 ): Promise<StrandedInstance[]> {
   if (machines.size === 0) return [];
   const steps = Object.fromEntries([...machines].map(([name, m]) => [name, [...m.steps.keys()]]));
-  const { rows } = await pool.query<StrandedInstance>(q.stranded, [JSON.stringify(steps), limit]);
+  const { rows } = await q.stranded(pool, { steps, limit });
   return rows;
 }
 
@@ -131,7 +131,7 @@ export async function moveInstance(
   if (typeof options !== "object" || options === null)
     throw bad(`options must be { step, state? }, got ${describe(options)}`);
   const step = checkName(options.step, "step", bad);
-  const { rows } = await client.query<{ machine: string; step: string; status: string }>(q.lockForMove, [id]);
+  const { rows } = await q.lockForMove(client, { id });
   const row = rows[0];
   if (!row) throw new UnknownInstanceError(id);
   if (!["runnable", "awaiting", "failed"].includes(row.status)) {
@@ -151,5 +151,5 @@ export async function moveInstance(
   const json = state === undefined ? null : encodeJson(state, "move: state", maxPayloadBytes);
   // A new state is written by this definition's version; without one the stored state keeps its own.
   const version = machine && state !== undefined ? machine.version : null;
-  await client.query(q.move, [id, step, json, version, channel, row.step]);
+  await q.move(client, { id, step, state: json, version, channel, fromStep: row.step });
 }

@@ -4,8 +4,21 @@
  * finishing do not queue 10,000 updates on one parent row, and no completion
  * ever locks a row it did not claim (no lock cycles with cancel).
  */
+import type { ErrorRecord } from "../json.js";
 import { quoteIdent } from "../names.js";
+import type { JoinRule } from "../runtime/join-rule.js";
+import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import { statement } from "./query.js";
+
+/** A child of the latest spawn, as ctx.children shows it. */
+export interface ChildRow {
+  id: string;
+  machine: string;
+  status: Status;
+  result: unknown;
+  error: ErrorRecord | null;
+}
 
 export function childQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -21,7 +34,7 @@ export function childQueries(schema: string) {
               or (p.join_rule ? 'failFast' and p.children_failed + pp.f > 0)), false)`;
   return {
     /**
-     * Counts up to $1 finished, uncounted children, each exactly once (row
+     * Counts up to $1 (`limit`) finished, uncounted children, each exactly once (row
      * lock + join_counted), and subtracts them from their parents. Parents are
      * locked first and never waited for (skip locked): one held by a cancel, a
      * retry or another sweeper is simply counted on a later tick, so the sweep
@@ -33,7 +46,8 @@ export function childQueries(schema: string) {
      * happens once, under the parent's row lock. Returns the number of
      * children counted (set-aside ones included) and the queues of woken parents.
      */
-    sweep: `
+    sweep: statement<{ limit: number }, { counted: number; woken: string[] }>(
+      `
       -- Waking a keyed parent changes its key's row: the keys of every parent this sweep may
       -- wake are locked first, in the one global order (see lock_keys), before any row is.
       with keys_locked as (
@@ -113,35 +127,50 @@ export function childQueries(schema: string) {
       )
       select (select count(*)::int from finished) + (select count(*)::int from set_aside) as counted,
              array(select distinct queue from woke) as woken`,
+      (a) => [a.limit],
+      { prepare: true },
+    ),
 
     /** The children of a parent's latest spawn, in spawn order, for ctx.children. */
-    children: `
+    children: statement<{ parentId: string }, ChildRow>(
+      `
       select c.id::text as id, c.machine, c.status, c.result, c.error
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1 order by c.id`,
+      (a) => [a.parentId],
+    ),
 
     /** Live and total children of the latest spawn (explain). */
-    progress: `
+    progress: statement<{ parentId: string }, { total: number; live: number; join_rule: JoinRule | null }>(
+      `
       select count(*)::int as total, count(*) filter (where c.status not in ${TERMINAL_SQL})::int as live,
              (select join_rule from ${s}.instances where id = $1) as join_rule
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1`,
+      (a) => [a.parentId],
+    ),
 
-    /** Marks where the latest spawn's children start, with its join condition ($3, null: every child). */
-    markSpawn: `
+    /** Marks where the latest spawn's children start (`first`), with its join condition (null: every child). */
+    markSpawn: statement<{ parentId: string; first: string; joinRule: JoinRule | null }>(
+      `
       update ${s}.instances set children_from = $2, join_rule = $3::jsonb, children_done = 0, children_failed = 0
       where id = $1`,
+      (a) => [a.parentId, a.first, JSON.stringify(a.joinRule)],
+    ),
 
     /**
      * The live children of the parent's latest spawn when its join condition resumed it early and
      * asked for them to be cancelled (the join step's attempt cancels them before it runs).
      */
-    remaining: `
+    remaining: statement<{ parentId: string }, { id: string }>(
+      `
       select c.id::text as id
       from ${s}.instances p join ${s}.instances c on c.parent_id = p.id and c.id >= p.children_from
       where p.id = $1 and p.join_rule is not null and not p.join_rule ? 'keep' and p.children_pending > 0
         and c.status not in ${TERMINAL_SQL}
       order by c.id`,
+      (a) => [a.parentId],
+    ),
   };
 }
 

@@ -3,7 +3,106 @@
  * reap. Every write after a claim is fenced on (id, claim_token, status =
  * 'running'), so an execution whose lease was lost updates nothing.
  */
+import type { ErrorRecord } from "../json.js";
 import { quoteIdent } from "../names.js";
+import type { Status } from "../status.js";
+import { statement } from "./query.js";
+
+/** A row as the claim query returns it (CLAIMED_COLUMNS). */
+export interface ClaimedRow {
+  id: string;
+  machine: string;
+  step: string;
+  state: unknown;
+  attempt: number;
+  max_attempts: number | null;
+  claim_token: string;
+  correlation_key: string | null;
+  /** `traceContext`: the sender's, when one was active (not shown to the step; its span links to it). */
+  awaited: Array<{ id: string; event: string; payload: unknown; insertedAt: string; traceContext?: unknown }> | null;
+  /** This step is a join: ctx.children is loaded for it. */
+  joined: boolean;
+  parent_id: string | null;
+  inserted_at: Date;
+  queue: string;
+  error: ErrorRecord | null;
+  concurrency_key: string | null;
+  /** The rate limit this step waited in line for (it was postponed); null when it did not wait. */
+  rate_limited: string | null;
+  /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
+  claimed_ahead: boolean;
+  /** Inserted from SQL and not yet checked against the machine's schema (runtime/sql-api.ts). */
+  unvalidated?: boolean;
+  /** The trace context active where the instance was inserted (see telemetry/propagation.ts), or null. */
+  trace_context: unknown;
+  /** The version of the machine definition that wrote the state (older ones are upcast before the step runs). */
+  version: number;
+  /** Set once the instance was routed to its onFailure step (ctx.failure). */
+  failure?: { error: ErrorRecord; step: string; attempts: number } | null;
+  /** Set while the instance runs its onCancel step: the cancel's error record. */
+  cancel_requested?: ErrorRecord | null;
+  /** How the await that led to this step ended. */
+  resumed_by?: "signal" | "timeout" | null;
+}
+
+/** What `claim` takes ($1 … $7, in that order). */
+export interface ClaimArgs {
+  queue: string;
+  /** The machines this node runs. */
+  machines: readonly string[];
+  /** How many rows to claim at most. */
+  want: number;
+  /** Leased by: this node. */
+  nodeId: string;
+  leaseMs: number;
+  /** The queue's global limit, or null. */
+  global: number | null;
+  /** At most this many keyed rows; also how many start at once (free slots). */
+  keyedAtMost: number;
+}
+
+/** A claim this node holds: the instance and the token its claim was fenced with. */
+export interface Claim {
+  id: string;
+  token: string;
+}
+
+/** One step outcome as `complete` writes it: the columns of its input recordset. */
+export interface OutcomeRow {
+  id: string;
+  token: string;
+  /** Not written: orders the batch (see Completer.commit), and its key is locked first. */
+  concurrency_key: string | null;
+  status: Status;
+  /** New current step; null keeps it. */
+  step: string | null;
+  set_state: boolean;
+  state: unknown;
+  run_at: string | null;
+  delay_ms: number | null;
+  priority: number | null;
+  attempt_op: "reset" | "keep" | "refund";
+  result: unknown;
+  error: unknown;
+  await_spec: unknown;
+  /** Set when parking as joining: children still to finish. */
+  children_pending: number | null;
+  /** The next step runs as a join (ctx.children is loaded for it). */
+  joined: boolean | null;
+  from_step: string;
+  to_step: string | null;
+  outcome: string;
+  attempt: number;
+  duration_ms: number;
+  hist_error: unknown;
+  /** Set when routing to the onFailure step: what failed (ctx.failure). */
+  failure?: { error: unknown; step: string; attempts: number };
+  /** Postponed by this rate limit, waiting in its line. */
+  rate_limited?: string;
+}
+
+/** The claims' ids and tokens as the two parallel arrays the statements unnest. */
+const claimArrays = (claims: readonly Claim[]) => [claims.map((c) => c.id), claims.map((c) => c.token)];
 
 const CLAIMED_COLUMNS =
   "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, " +
@@ -24,12 +123,13 @@ export function claimQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
     /**
-     * Claims up to $3 due rows of queue $1 whose machine this node runs ($2),
-     * at most $7 of them keyed; $7 is also how many start at once (free slots). Walks
-     * instances_claim (and, for keyed rows, concurrency_keys) in order and skips
-     * rows another node is claiming. $6: the queue's global limit, or null.
+     * Claims up to `want` ($3) due rows of `queue` ($1) whose machine this node runs ($2), at
+     * most `keyedAtMost` ($7) of them keyed; $7 is also how many start at once (free slots). Walks
+     * instances_claim (and, for keyed rows, concurrency_keys) in order and skips rows another
+     * node is claiming. $6: the queue's global limit, or null.
      */
-    claim: `
+    claim: statement<ClaimArgs, ClaimedRow>(
+      `
       with paused as (
         select coalesce(bool_or(paused), false) as paused from ${s}.queues where name = $1
       ),
@@ -103,16 +203,23 @@ export function claimQueries(schema: string) {
           leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
       from next, async_commit where i.id = next.id
       returning ${CLAIMED_COLUMNS}`,
+      (a) => [a.queue, a.machines, a.want, a.nodeId, a.leaseMs, a.global, a.keyedAtMost],
+      { prepare: true },
+    ),
 
     /** Serialises the claims of a queue with a global limit, across nodes, for one transaction. */
-    lockQueue: `select pg_advisory_xact_lock(hashtextextended('gen_durable:queue:' || $1, 0))`,
+    lockQueue: statement<{ queue: string }>(
+      `select pg_advisory_xact_lock(hashtextextended('gen_durable:queue:' || $1, 0))`,
+      (a) => [a.queue],
+    ),
 
     /**
      * Extends the leases of the steps this node is running. Rows locked by a
      * commit in progress are skipped, not waited for (so renewal never queues
      * behind step work); `held = false` marks a claim that is really gone.
      */
-    renew: `
+    renew: statement<{ claims: readonly Claim[]; leaseMs: number }, { id: string; held: boolean }>(
+      `
       with mine as (
         select x.id, x.token from unnest($1::bigint[], $2::bigint[]) as x(id, token)
       ),
@@ -132,22 +239,30 @@ export function claimQueries(schema: string) {
       select x.id::text, false from mine x
       where not exists (
         select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running')`,
+      (a) => [...claimArrays(a.claims), a.leaseMs],
+      { prepare: true },
+    ),
 
     /**
      * Counts the attempt of rows claimed ahead whose step is starting now, before
      * its code runs: from here on, a crash charges it. Returns the rows still held
      * (a row missing from the result lost its claim: its step must not run).
      */
-    start: `
+    start: statement<{ claims: readonly Claim[] }, { id: string; attempt: number }>(
+      `
       with ${ASYNC_COMMIT}
       update ${s}.instances i
       set attempt = i.attempt + 1, claimed_ahead = false
       from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
       where i.id = x.id and i.claim_token = x.token and i.status = 'running' and i.claimed_ahead
       returning i.id::text as id, i.attempt`,
+      (a) => claimArrays(a.claims),
+      { prepare: true },
+    ),
 
     /** Gives claimed rows back at once (graceful stop): runnable now, the attempt not counted. */
-    release: `
+    release: statement<{ claims: readonly Claim[] }, { queue: string }>(
+      `
       with ${ASYNC_COMMIT},
       -- Keys first, in the one global order (see lock_keys), then the rows in id order (as the group commit).
       keys_locked as (
@@ -165,12 +280,15 @@ export function claimQueries(schema: string) {
       from rows_locked l, async_commit
       where i.id = l.id and i.status = 'running'
       returning i.queue`,
+      (a) => claimArrays(a.claims),
+    ),
 
     /**
      * Commits a batch of step outcomes in one statement (group commit): one
      * fenced UPDATE and the matching history rows. Returns the ids that won.
      */
-    complete: `
+    complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
+      `
       with input as (
         select * from jsonb_to_recordset($1::jsonb) as x(
           id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
@@ -223,26 +341,35 @@ export function claimQueries(schema: string) {
         from input x join won w on w.id = x.id where x.outcome <> 'rate_limited'
       )
       select id::text as id, parent_id::text as parent_id from won`,
+      (a) => [JSON.stringify(a.outcomes)],
+      { prepare: true },
+    ),
 
     /**
      * Of the claims ($1 ids, $2 tokens), those whose outcome is committed: asked after a commit was
      * repeated on a fresh connection and won nothing, to tell an earlier commit whose reply was lost
      * (the row carries the claim's token) from a claim that was really lost. By primary key.
      */
-    committedBy: `
+    committedBy: statement<{ claims: readonly Claim[] }, { id: string }>(
+      `
       select i.id::text as id from ${s}.instances i
       join unnest($1::bigint[], $2::bigint[]) as x(id, token) on i.id = x.id
       where i.committed_token = x.token`,
+      (a) => claimArrays(a.claims),
+    ),
 
     /** Takes the transaction's concurrency-key locks in the one global order (see lock_keys). */
-    lockKeys: `select ${s}.lock_keys($1::text[])`,
+    lockKeys: statement<{ keys: readonly string[] }>(`select ${s}.lock_keys($1::text[])`, (a) => [a.keys], {
+      prepare: true,
+    }),
 
     /**
      * Hands back the key of a cancelled step whose code has now settled ($2: the
      * instance, $1: its key), and wakes the key's queue (NOTIFY channel $3).
      * Only while that instance still holds it and is no longer running.
      */
-    releaseHold: `
+    releaseHold: statement<{ key: string; id: string; channel: string }, { queue: string; n: string }>(
+      `
       with released as (
         update ${s}.concurrency_keys c set holders = array_remove(c.holders, $2::bigint)
         where c.key = $1 and $2::bigint = any(c.holders)
@@ -251,9 +378,14 @@ export function claimQueries(schema: string) {
       )
       select queue, count(pg_notify($3::text, queue)) as n from released
       where queue is not null and run_at is not null group by queue`,
+      (a) => [a.key, a.id, a.channel],
+    ),
 
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
-    lockClaimed: `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
+    lockClaimed: statement<{ id: string; token: string }, { id: string }>(
+      `select id from ${s}.instances where id = $1 and claim_token = $2 and status = 'running' for update`,
+      (a) => [a.id, a.token],
+    ),
 
     /**
      * Makes rows whose lease expired runnable again, at most $1 per call, and
@@ -261,7 +393,8 @@ export function claimQueries(schema: string) {
      * killing its worker still runs out of attempts. A row that was only claimed
      * ahead never started: it goes back uncharged, in its place, unrecorded.
      */
-    reap: `
+    reap: statement<{ limit: number }, { queue: string; n: number }>(
+      `
       with candidates as (
         select id, concurrency_key from ${s}.instances
         where status = 'running' and lease_expires_at < now()
@@ -290,6 +423,8 @@ export function claimQueries(schema: string) {
         select id, step, step, 'lease_expired', attempt, error from reaped where not unstarted
       )
       select queue, count(*)::int as n from reaped group by queue`,
+      (a) => [a.limit],
+    ),
   };
 }
 

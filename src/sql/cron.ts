@@ -3,24 +3,69 @@
  * validated schema is the only identifier in the text.
  */
 import { quoteIdent } from "../names.js";
+import type { Status } from "../status.js";
+import { probe, statement } from "./query.js";
+
+/** A cron entry as `record` stores it (what `gen-durable cron` shows). */
+export interface CronEntryRecord {
+  name: string;
+  schedule: string;
+  timezone: string;
+  machine: string;
+  queue: string;
+  missed: string;
+}
+
+/** An entry of the registry (or a name that only left ticks), with its latest tick. */
+export interface CronEntryRow {
+  name: string;
+  schedule: string | null;
+  timezone: string | null;
+  machine: string | null;
+  queue: string | null;
+  missed: string | null;
+  recordedAt: Date | null;
+  lastTick: Date | null;
+  lastInstance: string | null;
+  lastStatus: Status | null;
+  /** The database clock, epoch ms. */
+  now: number;
+}
+
+/** A tick to fire: the instance it inserts, if no node recorded the tick before. */
+export interface CronTick {
+  name: string;
+  /** ISO timestamp. */
+  tick_at: string;
+  machine: string;
+  step: string;
+  state: unknown;
+  queue: string;
+  priority: number;
+  concurrency_key: string | null;
+  concurrency_limit: number | null;
+  version: number;
+}
 
 export function cronQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
     /**
-     * Records entries (the registry `gen-durable cron` reads); $1: jsonb array of
-     * { name, schedule, timezone, machine, queue, missed }.
+     * Records entries (the registry `gen-durable cron` reads), sent as one jsonb array.
      */
-    record: `
+    record: statement<{ entries: readonly CronEntryRecord[] }>(
+      `
       insert into ${s}.cron_entries (name, schedule, timezone, machine, queue, missed)
       select name, schedule, timezone, machine, queue, missed
       from jsonb_to_recordset($1::jsonb)
         as x(name text, schedule text, timezone text, machine text, queue text, missed text)
       on conflict (name) do update set schedule = excluded.schedule, timezone = excluded.timezone,
         machine = excluded.machine, queue = excluded.queue, missed = excluded.missed, recorded_at = now()`,
+      (a) => [JSON.stringify(a.entries)],
+    ),
 
     /** The registry with each entry's latest tick and the instance it inserted (for `gen-durable cron`). */
-    entries: `
+    entries: probe<CronEntryRow>(`
       with names as (select name from ${s}.cron_entries union select distinct name from ${s}.cron_ticks)
       select n.name, e.schedule, e.timezone, e.machine, e.queue, e.missed, e.recorded_at as "recordedAt",
         t.tick_at as "lastTick", t.instance_id::text as "lastInstance", i.status as "lastStatus",
@@ -30,19 +75,22 @@ export function cronQueries(schema: string) {
       left join lateral (select tick_at, instance_id from ${s}.cron_ticks c where c.name = n.name
                          order by tick_at desc limit 1) t on true
       left join ${s}.instances i on i.id = t.instance_id
-      order by n.name`,
+      order by n.name`),
 
     /**
-     * The database clock (epoch ms) and, for each name in $1, its latest
+     * The database clock (epoch ms) and, for each of `names`, its latest
      * recorded tick (epoch ms; absent when never fired). Each lookup is one
      * backward step on the primary key.
      */
-    clock: `
+    clock: statement<{ names: readonly string[] }, { now: number; last: Record<string, number> }>(
+      `
       select (extract(epoch from now()) * 1000)::float8 as now,
         coalesce((select jsonb_object_agg(n.name, (extract(epoch from l.tick_at) * 1000)::float8)
                   from unnest($1::text[]) as n(name)
                   cross join lateral (select max(t.tick_at) as tick_at from ${s}.cron_ticks t where t.name = n.name) l
                   where l.tick_at is not null), '{}'::jsonb) as last`,
+      (a) => [a.names],
+    ),
 
     /**
      * Fires ticks, all or nothing, in one statement: each tick row goes in with
@@ -52,10 +100,11 @@ export function cronQueries(schema: string) {
      * back tick is fired here instead). Instance ids are drawn up front so the
      * tick row can name its instance. A tick later than the database clock is
      * never fired. Inserted instances NOTIFY their queue with the commit.
-     * $1: jsonb array of { name, tick_at, machine, step, state, queue, priority }; $2: NOTIFY channel.
+     * The ticks go as one jsonb array; `channel`: the NOTIFY channel.
      * Returns one row per inserted instance.
      */
-    fire: `
+    fire: statement<{ ticks: readonly CronTick[]; channel: string }, { id: string; queue: string; notified: string }>(
+      `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
         from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb,
@@ -82,13 +131,16 @@ export function cronQueries(schema: string) {
       ),
       woke as (select count(pg_notify($2::text, q.queue)) as n from (select distinct queue from ins) q)
       select ins.id::text as id, ins.queue, (select n from woke) as notified from ins`,
+      (a) => [JSON.stringify(a.ticks), a.channel],
+    ),
 
     /**
-     * Deletes up to $1 tick rows older than a day, never the latest of a name
+     * Deletes up to `limit` tick rows older than a day, never the latest of a name
      * (the missed-tick check of the next start reads it). Rows another node is
      * deleting are skipped rather than waited for.
      */
-    prune: `
+    prune: statement<{ limit: number }>(
+      `
       delete from ${s}.cron_ticks d
       using (
         select t.name, t.tick_at from ${s}.cron_ticks t
@@ -98,6 +150,8 @@ export function cronQueries(schema: string) {
         for update skip locked
       ) old
       where d.name = old.name and d.tick_at = old.tick_at`,
+      (a) => [a.limit],
+    ),
   };
 }
 

@@ -1,6 +1,7 @@
 /** The reads behind engine.explain (runtime/explain.ts): one row of facts, and the signals an await has. */
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "../runtime/await-spec.js";
+import { statement } from "./query.js";
 
 /** What explain needs beyond the instance: lease, await, rate limit, queue, key and nodes. */
 export interface ExplainRow {
@@ -21,8 +22,9 @@ export interface ExplainRow {
 export function explainQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
-    /** $1: the instance. */
-    facts: `
+    /** The facts of instance `id`. */
+    facts: statement<{ id: string }, ExplainRow>(
+      `
       select now() as now, leased_by, lease_expires_at, await_spec, rate_limited,
         exists (select 1 from ${s}.queues q where q.name = i.queue and q.paused) as paused,
         (select k.holders::text[] from ${s}.concurrency_keys k
@@ -32,10 +34,15 @@ export function explainQueries(schema: string) {
          where i.machine = any(n.machines) and i.queue = any(n.queues)
            and n.heartbeat_at + n.lease_ms * interval '1 millisecond' > now()) as nodes
       from ${s}.instances i where id = $1`,
+      (a) => [a.id],
+    ),
 
-    /** Unconsumed signals of the instance $1 for the events $2, counted per event. */
-    arrived: `
+    /** Unconsumed signals of instance `id` for `events`, counted per event. */
+    arrived: statement<{ id: string; events: readonly string[] }, { event: string; n: number }>(
+      `
       select event, count(*)::int as n from ${s}.signals
       where instance_id = $1 and event = any($2::text[]) and consumed_at is null group by event`,
+      (a) => [a.id, a.events],
+    ),
   };
 }

@@ -24,6 +24,35 @@
  */
 import { quoteIdent } from "../names.js";
 import { TERMINAL_SQL } from "../status.js";
+import { probe, statement } from "./query.js";
+
+/** Keyset cursor: the last deleted row's updated_at (as text, to keep microseconds) and id. */
+export interface PruneCursor {
+  at: string;
+  id: string;
+}
+
+/** What `pruneBatch` takes ($1 … $6; the cursor is $4 and $5). */
+export interface PruneBatchArgs {
+  machine: string;
+  /** Terminal for longer than this (database clock). */
+  retentionMs: number;
+  limit: number;
+  /** Where the previous batch ended; null for the first. */
+  after: PruneCursor | null;
+  /** The idempotency window: correlation keys of victims that finished within it are remembered. */
+  windowMs: number;
+}
+
+/** What one batch deleted, and where the next one starts. */
+export interface PruneBatchRow {
+  instances: number;
+  transitions: number;
+  signals: number;
+  /** The cursor's updated_at; null when nothing was deleted. */
+  after_at: string | null;
+  after_id: string | null;
+}
 
 export function gcQueries(schema: string) {
   const s = quoteIdent(schema);
@@ -33,7 +62,7 @@ export function gcQueries(schema: string) {
      * or instances_machine, both lead with machine), one index probe per
      * machine instead of a scan of the table.
      */
-    machines: `
+    machines: probe<{ machine: string }>(`
       with recursive m(machine) as (
         (select machine from ${s}.instances where status in ${TERMINAL_SQL} order by machine limit 1)
         union all
@@ -41,20 +70,26 @@ export function gcQueries(schema: string) {
                 where i.status in ${TERMINAL_SQL} and i.machine > m.machine order by i.machine limit 1)
         from m where m.machine is not null
       )
-      select machine from m where machine is not null`,
+      select machine from m where machine is not null`),
 
     /** The recorded per-machine retention overrides. */
-    retentions: `select machine, retention_ms::float8 as retention_ms from ${s}.gc_retention`,
+    retentions: probe<{ machine: string; retention_ms: number }>(
+      `select machine, retention_ms::float8 as retention_ms from ${s}.gc_retention`,
+    ),
 
-    /** Serialises recordRetentions of engines starting together on one schema ($1: a key naming the schema). */
-    lockRetentions: `select pg_advisory_xact_lock(hashtextextended($1, 0))`,
+    /** Serialises recordRetentions of engines starting together on one schema (`key` names the schema). */
+    lockRetentions: statement<{ key: string }>(`select pg_advisory_xact_lock(hashtextextended($1, 0))`, (a) => [a.key]),
 
     /**
-     * Records the overrides of the machines an engine defines ($1, $2: names
-     * and milliseconds) and forgets those of its machines without one ($3).
+     * Records the overrides of the machines an engine defines (`overrides`)
+     * and forgets those of its machines without one (`without`).
      * Names are sorted, so engines starting together lock rows in one order.
      */
-    recordRetentions: `
+    recordRetentions: statement<{
+      overrides: ReadonlyArray<{ machine: string; ms: number }>;
+      without: readonly string[];
+    }>(
+      `
       with upserted as (
         insert into ${s}.gc_retention (machine, retention_ms)
         select machine, ms from unnest($1::text[], $2::bigint[]) as x(machine, ms) order by machine
@@ -62,6 +97,8 @@ export function gcQueries(schema: string) {
         where gc_retention.retention_ms is distinct from excluded.retention_ms
       )
       delete from ${s}.gc_retention where machine in (select unnest($3::text[]) order by 1)`,
+      (a) => [a.overrides.map((o) => o.machine), a.overrides.map((o) => o.ms), a.without],
+    ),
 
     /**
      * Deletes up to $3 instances of machine $1 that became terminal more than
@@ -73,7 +110,8 @@ export function gcQueries(schema: string) {
      * remembered_keys, so ifExists "reuse" / "reject" still see it: only when the
      * retention is shorter than the window. Keys in order, so two pruners lock them alike.
      */
-    pruneBatch: `
+    pruneBatch: statement<PruneBatchArgs, PruneBatchRow>(
+      `
       with victims as (
         select c.id, c.updated_at from ${s}.instances c
         where c.machine = $1 and c.status in ${TERMINAL_SQL}
@@ -107,12 +145,17 @@ export function gcQueries(schema: string) {
              (select count(*) from gone_signals)::int as signals,
              (select updated_at::text from last) as after_at,
              (select id::text from last) as after_id`,
+      (a) => [a.machine, a.retentionMs, a.limit, a.after?.at ?? null, a.after?.id ?? null, a.windowMs],
+    ),
 
     /** Remembered idempotency and correlation keys past their window, up to $1 (index remembered_keys_expiry). */
-    expireRemembered: `
+    expireRemembered: statement<{ limit: number }>(
+      `
       delete from ${s}.remembered_keys where (kind, key) in (
         select kind, key from ${s}.remembered_keys where expires_at < now()
         order by expires_at limit $1 for update skip locked)`,
+      (a) => [a.limit],
+    ),
   };
 }
 

@@ -8,6 +8,8 @@ import type { Instance, Transition } from "../instance.js";
 import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import type { TraceCarrier } from "../telemetry/propagation.js";
+import { statement } from "./query.js";
 
 export const INSTANCE_COLUMNS =
   "id, machine, status, step, state, attempt, result, error, queue, priority, run_at, correlation_key, " +
@@ -93,6 +95,101 @@ export interface LineageRow {
   children_from: string | null;
 }
 
+/** One instance to insert: a row of `insert`'s input recordset (runtime/insert.ts builds them, checked). */
+export interface InsertRow {
+  idx: number;
+  machine: string;
+  step: string;
+  state: unknown;
+  queue: string;
+  priority: number;
+  run_at: string | null;
+  delay_ms: number | null;
+  max_attempts: number | null;
+  correlation_key: string | null;
+  concurrency_key: string | null;
+  /** Steps of the key that may run at once, when above 1 (null: 1). */
+  concurrency_limit: number | null;
+  parent_id: string | null;
+  /** The trace context active where it was inserted (a spawned child: its parent's step), or null. */
+  trace_context: TraceCarrier | null;
+  /** Remembered for the idempotency window: a retried insert with it returns the instance it made. */
+  idempotency_key: string | null;
+  /** With a correlation key: what an instance with it, live or finished within the window, means. Null: "allow". */
+  if_exists: "reuse" | "reject" | null;
+  /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
+  version: number;
+}
+
+/** What `insert` says of one input row (by its `idx`); a row missing was taken by a twin after the snapshot. */
+export interface InsertedRow {
+  idx: number;
+  /** The new instance, or the existing one the row names (`inserted` false). */
+  id: string;
+  inserted: boolean;
+  /** The new instance's queue; null for an existing one found by a remembered key. */
+  queue: string | null;
+  /** Inserted and due now: its queue is woken. */
+  due: boolean;
+  /** Refused by ifExists "reject": then nothing at all was inserted. */
+  rejected: boolean;
+}
+
+/** engine.list's filter; null: any. */
+export interface ListArgs {
+  machine: string | null;
+  statuses: readonly Status[] | null;
+  queue: string | null;
+  correlationKey: string | null;
+  /** Only ids below this one (the previous page's last). */
+  after: string | null;
+  limit: number;
+}
+
+/** What `cancel` and `cancelDescendants` both take beside their instances. */
+interface CancelCommon {
+  /** The cancel's error record, as JSON. */
+  error: string;
+  /** JSON { machine: onCancel step } of the machines the cancelling engine routes to a cleanup step. */
+  cleanups: string;
+  /** NOTIFY channel for the queues of rows routed to their cleanup step. */
+  channel: string;
+}
+
+export interface CancelArgs extends CancelCommon {
+  id: string;
+  /** Keys to take with the tree's own (met by an earlier try in a level below). */
+  extraKeys: readonly string[];
+}
+
+export interface CancelDescendantsArgs extends CancelCommon {
+  /** The instances whose descendants go: those the previous level cancelled. */
+  parents: readonly string[];
+  /** The keys the transaction holds, or null when each statement is its own transaction. */
+  held: readonly string[] | null;
+}
+
+/** The instance a cancel locked, as it was before. */
+export interface CancelTargetRow {
+  status: Status;
+  machine: string;
+  /** The concurrency keys the statement took (the tree's live ones and the extra ones). */
+  keys: string[];
+  /** Already cleaning up after an earlier cancel. */
+  cleaning: boolean;
+  /** Routed now to its onCancel step. */
+  routed: boolean;
+}
+
+export interface RetryArgs {
+  id: string;
+  /** NOTIFY channel: the retried instance's queue is woken with the commit. */
+  channel: string;
+  parentId: string | null;
+  /** What the parent's join must do (see `retry`). */
+  join: "none" | "count" | "reopen";
+}
+
 /**
  * What a cancel sets on a live row ($2: the cancel's error, $4: { machine: onCancel step } of the
  * machines the cancelling engine knows to clean up). Such a machine's instance becomes runnable at
@@ -147,10 +244,11 @@ export function instanceQueries(schema: string) {
      * inserted at all and the rejected rows come back with `rejected`. Both
      * lookups run after the keys' locks with a fresh snapshot (VOLATILE
      * functions), and the same function serves the SQL API's insert.
-     * $1: jsonb array of rows; $2: NOTIFY channel, or null to leave waking to the caller;
-     * $3: the window in ms.
+     * $1 (`rows`): jsonb array of rows; $2 (`channel`): NOTIFY channel, or null to leave waking to
+     * the caller; $3 (`windowMs`): the window in ms.
      */
-    insert: `
+    insert: statement<{ rows: readonly InsertRow[]; channel: string | null; windowMs: number }, InsertedRow>(
+      `
       with input as (
         select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
         from jsonb_to_recordset($1::jsonb) as x(
@@ -232,21 +330,35 @@ export function instanceQueries(schema: string) {
       union all
       -- never a row: makes the statement evaluate the NOTIFYs
       select -1, null, null, null, null, null from woke where n < 0`,
+      (a) => [JSON.stringify(a.rows), a.channel, a.windowMs],
+      { prepare: true },
+    ),
 
-    get: `select ${INSTANCE_COLUMNS} from ${s}.instances where id = $1`,
-    getByKey: `select ${INSTANCE_COLUMNS} from ${s}.instances where correlation_key = $1
+    get: statement<{ id: string }, InstanceRow>(`select ${INSTANCE_COLUMNS} from ${s}.instances where id = $1`, (a) => [
+      a.id,
+    ]),
+    getByKey: statement<{ correlationKey: string }, InstanceRow>(
+      `select ${INSTANCE_COLUMNS} from ${s}.instances where correlation_key = $1
                order by (status not in ${TERMINAL_SQL}) desc, id desc limit 1`,
+      (a) => [a.correlationKey],
+    ),
 
-    list: `
+    list: statement<ListArgs, InstanceRow>(
+      `
       select ${INSTANCE_COLUMNS} from ${s}.instances
       where ($1::text is null or machine = $1) and ($2::text[] is null or status = any($2))
         and ($3::text is null or queue = $3) and ($4::text is null or correlation_key = $4)
         and ($5::bigint is null or id < $5)
       order by id desc limit $6`,
+      (a) => [a.machine, a.statuses, a.queue, a.correlationKey, a.after, a.limit],
+    ),
 
-    history: `
+    history: statement<{ id: string }, TransitionRow>(
+      `
       select at, from_step, to_step, outcome, attempt, duration_ms, error, published
       from ${s}.transitions where instance_id = $1 order by id`,
+      (a) => [a.id],
+    ),
 
     /**
      * Terminal `cancelled` unless already terminal: locks the instance, and
@@ -255,10 +367,11 @@ export function instanceQueries(schema: string) {
      * after this lock was granted: a spawn that held the row committed its
      * children before that, and one that comes after is fenced off (the row is
      * no longer running). The concurrency keys of the instance and of the live
-     * descendants it has now, and the keys $3, come first, in the one global
+     * descendants it has now, and the keys $3 (`extraKeys`), come first, in the one global
      * order (lock_keys); they are returned.
      */
-    cancel: `
+    cancel: statement<CancelArgs, CancelTargetRow>(
+      `
       -- cancel: the instance
       with recursive tree(id) as (
         select $1::bigint
@@ -294,9 +407,11 @@ export function instanceQueries(schema: string) {
       select status, machine, (select list from keys) as keys, cleaning,
              exists (select 1 from changed where changed.status = 'runnable') as routed
       from target, woke where woke.n >= 0`,
+      (a) => [a.id, a.error, a.extraKeys, a.cleanups, a.channel],
+    ),
 
     /**
-     * Cancels the live descendants of the instances $1 (just cancelled by this
+     * Cancels the live descendants of the instances $1 (`parents`, just cancelled by this
      * transaction), whatever their depth; returns their ids. They are locked in
      * id order, parents before children (a child's id is always greater), the
      * order cancel and retry lock a tree in. A descendant whose own spawn holds
@@ -304,7 +419,7 @@ export function instanceQueries(schema: string) {
      * committed are not in this statement's snapshot: the caller runs this
      * again on the ids it returned (`cancelled`), until it returns none.
      *
-     * Keys: $3 are the concurrency keys the transaction holds from earlier
+     * Keys: $3 (`held`) are the concurrency keys the transaction holds from earlier
      * statements (with their rows). A live descendant whose key is not among
      * them (a child spawned meanwhile) cannot have it taken now without
      * breaking the one key lock order: then nothing is locked and the key is
@@ -312,7 +427,8 @@ export function instanceQueries(schema: string) {
      * With $3 null (nothing held: each statement its own transaction), the
      * keys are taken here, before any row.
      */
-    cancelDescendants: `
+    cancelDescendants: statement<CancelDescendantsArgs, { missing: string[]; cancelled: string[] }>(
+      `
       -- cancel: its live descendants
       with recursive tree(id) as (
         select c.id from ${s}.instances c where c.parent_id = any($1::bigint[])
@@ -349,14 +465,17 @@ export function instanceQueries(schema: string) {
       select case when $3::text[] is null then '{}'::text[] else (select list from needed) end as missing,
              array(select id::text from changed) as cancelled
       from woke where woke.n >= 0`,
+      (a) => [a.parents, a.error, a.held, a.cleanups, a.channel],
+    ),
 
     /**
-     * The instance $1 and its ancestors, locked root first (the order cancel
+     * The instance $1 (`id`) and its ancestors, locked root first (the order cancel
      * takes them in, so a retry and a cancel of the same tree serialise), as
      * they are once locked; their concurrency keys first (lock_keys: the retry
      * changes the instance's key and may change its parent's).
      */
-    lockLineage: `
+    lockLineage: statement<{ id: string }, LineageRow>(
+      `
       -- retry: the instance and its ancestors
       with recursive lineage(id) as (
         select $1::bigint
@@ -372,15 +491,18 @@ export function instanceQueries(schema: string) {
       from ${s}.instances i where i.id in (select id from lineage) and (select n from keys_locked) >= 0
       order by i.id
       for update of i`,
+      (a) => [a.id],
+    ),
 
     /**
      * A failed instance runs its failed step again, with fresh attempts. Run
-     * with its lineage locked (lockLineage). $3, $4: its parent and what the
+     * with its lineage locked (lockLineage). $3, $4 (`parentId`, `join`): its parent and what the
      * parent's join must do: "none"; "count" (the sweep had counted the child:
      * one more to wait for); "reopen" (the parent had joined but its join step
      * had not started: back to joining, waiting for this child).
      */
-    retry: `
+    retry: statement<RetryArgs, { retried: number; woke: string }>(
+      `
       with changed as (
         update ${s}.instances i
         set status = 'runnable', attempt = 0, run_at = now(), updated_at = now(),
@@ -405,6 +527,8 @@ export function instanceQueries(schema: string) {
       ),
       woke as (select count(pg_notify($2::text, queue)) as n from changed)
       select (select count(*) from changed)::int as retried, (select n from woke) as woke`,
+      (a) => [a.id, a.channel, a.parentId, a.join],
+    ),
   };
 }
 

@@ -1,2 +1,7 @@
-/** Wake-ups to every node: one NOTIFY per queue on the engine's channel. $1: the channel, $2: the queues. */
-export const NOTIFY_QUEUES = "select pg_notify($1, q) from unnest($2::text[]) as q";
+import { statement } from "./query.js";
+
+/** Wake-ups to every node: one NOTIFY per queue on the engine's channel. */
+export const notifyQueues = statement<{ channel: string; queues: readonly string[] }>(
+  "select pg_notify($1, q) from unnest($2::text[]) as q",
+  (a) => [a.channel, a.queues],
+);

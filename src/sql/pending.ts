@@ -4,6 +4,7 @@
  */
 import { quoteIdent } from "../names.js";
 import { TERMINAL_SQL } from "../status.js";
+import { statement } from "./query.js";
 
 /**
  * Due work, one probe per kind: the one place to extend when a feature adds
@@ -47,10 +48,21 @@ export const PENDING: ReadonlyArray<{ name: string; what: string; sql: (s: strin
   },
 ];
 
-/** $1: the engine's queues, $2: its machines, $3: its node id; one column per probe, named after it. */
-export function probeSql(schema: string): string {
+/** The engine whose due work is probed: its queues ($1), its machines ($2) and its node id ($3). */
+export interface PendingArgs {
+  queues: readonly string[];
+  machines: readonly string[];
+  nodeId: string;
+}
+
+/** Every probe in one statement: one column per probe, named after it, counting up to 1000 rows. */
+export function pendingProbe(schema: string) {
   const s = quoteIdent(schema);
   const columns = PENDING.map((p) => `(select count(*)::int from (${p.sql(s)} limit 1000) x) as "${p.name}"`);
   // One statement: every probe sees the same snapshot.
-  return `select ${columns.join(",\n")}`;
+  return statement<PendingArgs, Record<string, number>>(`select ${columns.join(",\n")}`, (a) => [
+    a.queues,
+    a.machines,
+    a.nodeId,
+  ]);
 }

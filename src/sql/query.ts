@@ -42,7 +42,8 @@ export function statement<Args, Row extends QueryResultRow = Record<string, neve
   values: (args: Args) => unknown[],
   options: StatementOptions = {},
 ): Statement<Args, Row> {
-  const run = (db: Queryable, args: Args) => {
+  // Async so that arguments that cannot be bound (JSON.stringify throwing) reject like the query would.
+  const run = async (db: Queryable, args: Args) => {
     const bound = values(args);
     return db.query<Row>(options.prepare ? prepared(text, bound) : { text, values: bound });
   };

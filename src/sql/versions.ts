@@ -1,12 +1,38 @@
 /** The statements of evolving machines (runtime/versions.ts): upcasts, the start-up check, moves. */
 import { quoteIdent } from "../names.js";
+import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import { statement } from "./query.js";
+
+/** A live instance parked at a step its machine lacks (runtime/versions.ts: StrandedInstance). */
+export interface StrandedRow {
+  id: string;
+  machine: string;
+  step: string;
+  status: Status;
+}
+
+/** What `move` takes ($1 … $6, in that order). */
+export interface MoveArgs {
+  id: string;
+  /** The step it moves to. */
+  step: string;
+  /** Its new state as JSON, or null to keep the one it has. */
+  state: string | null;
+  /** The version that state was written by, or null to keep the stored one. */
+  version: number | null;
+  /** NOTIFY channel: its queue is woken with the commit. */
+  channel: string;
+  /** The step it was at, for its history row. */
+  fromStep: string;
+}
 
 export function versionQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
     /** Writes the upcast state of a claimed row (fenced by its claim) and its history row. */
-    upcast: `
+    upcast: statement<{ id: string; token: string; state: string; version: number }, { instance_id: string }>(
+      `
       with u as (
         update ${s}.instances set state = $3::jsonb, version = $4, updated_at = now()
         where id = $1 and claim_token = $2 and status = 'running'
@@ -15,20 +41,32 @@ export function versionQueries(schema: string) {
       insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)
       select id, step, step, 'migrated', attempt from u
       returning instance_id`,
-    /** Live instances of the given machines ($1: { machine: [steps] }) parked at a step their machine lacks. */
-    stranded: `
+      (a) => [a.id, a.token, a.state, a.version],
+    ),
+    /** Live instances of the given machines (`steps`: { machine: [steps] }) parked at a step their machine lacks. */
+    stranded: statement<{ steps: Record<string, string[]>; limit: number }, StrandedRow>(
+      `
       select i.id::text as id, i.machine, i.step, i.status
       from ${s}.instances i join jsonb_each($1::jsonb) m on m.key = i.machine
       where i.status not in ${TERMINAL_SQL} and not (m.value ? i.step)
       order by i.id limit $2`,
-    /** The instance $1, locked for a move. */
-    lockForMove: `
+      (a) => [JSON.stringify(a.steps), a.limit],
+    ),
+    /** The instance, locked for a move. */
+    lockForMove: statement<
+      { id: string },
+      { id: string; machine: string; step: string; status: Status; queue: string; version: number }
+    >(
+      `
       select id::text as id, machine, step, status, queue, version from ${s}.instances where id = $1 for update`,
+      (a) => [a.id],
+    ),
     /**
-     * Moves an instance to step $2 (state $3 when not null), runnable now with fresh attempts; what the old
-     * step was waiting for (an await, a lease) is dropped. $5: NOTIFY channel.
+     * Moves an instance to `step` (`state` when not null), runnable now with fresh attempts; what the old
+     * step was waiting for (an await, a lease) is dropped.
      */
-    move: `
+    move: statement<MoveArgs>(
+      `
       with u as (
         update ${s}.instances set
           step = $2, state = coalesce($3::jsonb, state), version = coalesce($4, version), status = 'runnable',
@@ -42,6 +80,8 @@ export function versionQueries(schema: string) {
         select id, $6, $2, 'moved', 0 from u
       )
       select pg_notify($5::text, queue) from u`,
+      (a) => [a.id, a.step, a.state, a.version, a.channel, a.fromStep],
+    ),
   };
 }
 export type VersionQueries = ReturnType<typeof versionQueries>;

@@ -19,7 +19,7 @@ import type { GenDurable } from "../engine.js";
 import { describe, toMs, type Duration } from "../duration.js";
 import { GenDurableError, ValidationError } from "../errors.js";
 import type { LoopName } from "../events.js";
-import { PENDING, probeSql } from "../sql/pending.js";
+import { PENDING, pendingProbe } from "../sql/pending.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { testingHook, type TestingHook } from "./hook.js";
 
@@ -101,7 +101,7 @@ export async function drain(engine: GenDurable, options: DrainOptions = {}): Pro
     }),
     engine.on("engine:error", (e) => lastError.set(e.loop, e.error)),
   ];
-  const sql = probeSql(hook.schema);
+  const sql = pendingProbe(hook.schema);
   const deadline = Date.now() + timeoutMs;
   try {
     for (let pause = 1; ; pause = Math.min(pause * 2, 50)) {
@@ -125,8 +125,8 @@ export async function drain(engine: GenDurable, options: DrainOptions = {}): Pro
   }
 }
 
-async function probe(hook: TestingHook, sql: string): Promise<Record<string, number>> {
-  const { rows } = await hook.pool.query<Record<string, number>>(sql, [hook.queues, hook.machines, hook.nodeId]);
+async function probe(hook: TestingHook, sql: ReturnType<typeof pendingProbe>): Promise<Record<string, number>> {
+  const { rows } = await sql(hook.pool, { queues: hook.queues, machines: hook.machines, nodeId: hook.nodeId });
   return Object.fromEntries(Object.entries(rows[0]!).filter(([, n]) => n > 0));
 }
 

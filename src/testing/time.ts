@@ -24,8 +24,9 @@ import { withTransaction } from "../db/pool.js";
 import { describe, toMs, type Duration } from "../duration.js";
 import type { GenDurable } from "../engine.js";
 import { ValidationError } from "../errors.js";
-import { checkSchemaName, quoteIdent } from "../names.js";
+import { checkSchemaName } from "../names.js";
 import { DEFAULT_SCHEMA } from "../migrate.js";
+import { timeQueries } from "../sql/time.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { drain } from "./drain.js";
 import { testingHook, type TestingHook } from "./hook.js";
@@ -66,7 +67,7 @@ export const SHIFTED: ReadonlyArray<{ table: string; columns: readonly string[];
   { table: "machines", columns: ["updated_at"], why: "when an engine recorded a machine for the SQL API" },
   { table: "settings", columns: ["updated_at"], why: "when an engine recorded an option for the SQL API" },
   { table: "cron_entries", columns: ["recorded_at"], why: "when a node recorded its cron entries (gen-durable cron)" },
-  // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique.
+  // (name, tick_at) is the primary key: shifted in two steps, see shiftUnique in sql/time.ts.
   {
     table: "cron_ticks",
     columns: ["tick_at", "inserted_at"],
@@ -133,45 +134,27 @@ const END_SLACK_MS = 1000;
  */
 async function nextTimer(hook: TestingHook, withinMs: number): Promise<number | undefined> {
   if (withinMs <= 0) return undefined;
-  const s = quoteIdent(hook.schema);
-  const { rows } = await hook.pool.query<{ ms: number | null }>(
-    `select ceil(extract(epoch from min(run_at) - now()) * 1000)::float8 as ms from ${s}.instances
-     where ((status = 'runnable' and queue = any($1::text[]) and machine = any($2::text[])) or status = 'awaiting')
-       and run_at > now() and run_at < now() + $3 * interval '1 millisecond' and run_at <> 'infinity'`,
-    [hook.queues, hook.machines, withinMs],
-  );
+  const { queues, machines } = hook;
+  const { rows } = await timeQueries(hook.schema).nextTimer(hook.pool, { queues, machines, withinMs });
   const ms = rows[0]?.ms;
   return ms === null || ms === undefined || ms >= withinMs ? undefined : Math.max(1, ms);
 }
 
 async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTarget>, ms: number): Promise<void> {
-  const s = quoteIdent(schema);
-  // Seconds only: an interval of hours/minutes/seconds is exact, unlike days or months across DST.
-  const by = `make_interval(secs => ${ms / 1000})`;
+  const q = timeQueries(schema);
   for (let attempt = 1; ; attempt++) {
     try {
       await withTransaction(pool, async (client) => {
-        const { rows } = await client.query<{ table: string }>(
-          `select c.relname as table from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            where n.nspname = $1 and c.relkind = 'r'`,
-          [schema],
-        );
+        const { rows } = await q.tables(client, { schema });
         const tables = new Set(rows.map((r) => r.table));
         if (!tables.has("instances"))
           throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
-        // The engine clock moves forward as far as the stored times move back.
-        if (tables.has("engine_clock")) {
-          await client.query(`update ${s}.engine_clock set skew_ms = skew_ms + $1`, [ms]);
-        }
+        if (tables.has("engine_clock")) await q.addSkew(client, { ms });
         for (const { table, columns, unique } of SHIFTED) {
           // A table of a later migration than this schema has: nothing to shift.
           if (!tables.has(table)) continue;
-          if (unique) await shiftUnique(client, `${s}.${quoteIdent(table)}`, columns, by);
-          else
-            await client.query(
-              `update ${s}.${quoteIdent(table)} ` +
-                `set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${by}`).join(", ")}`,
-            );
+          for (const statement of unique ? q.shiftUnique(table, columns, ms) : [q.shift(table, columns, ms)])
+            await statement(client);
         }
       });
       break;
@@ -182,27 +165,6 @@ async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTar
   }
   await clock?.sync(pool, schema);
   wake();
-}
-
-/**
- * A unique index over a time column is checked row by row during an UPDATE,
- * so shifting ticks one minute apart by one minute would collide with the
- * next row. Moving every row far away first (100,000 years, in hours: exact),
- * then back by that plus the shift, never lands a row on an unmoved one.
- */
-async function shiftUnique(
-  client: pg.ClientBase,
-  table: string,
-  columns: readonly string[],
-  by: string,
-): Promise<void> {
-  const far = "interval '876000000 hours'";
-  await client.query(
-    `update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} + ${far}`).join(", ")}`,
-  );
-  await client.query(
-    `update ${table} set ${columns.map((c) => `${quoteIdent(c)} = ${quoteIdent(c)} - ${far} - ${by}`).join(", ")}`,
-  );
 }
 
 function resolveTarget(target: TimeTarget): {

@@ -4,8 +4,7 @@
 // rows make the planner hash the join, which walks the heap): with the lowest id locked from a
 // side connection, the commit must be waiting for it holding no other row.
 import { describe, expect, it } from "vitest";
-import { claimQueries } from "../../src/sql/claims.js";
-import { prepared } from "../../src/db/prepared.js";
+import { claimQueries, type OutcomeRow } from "../../src/sql/claims.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -19,7 +18,7 @@ describe("the group commit's lock order", () => {
        select g, 'M', 'start', '{}', 'running', 'q', 1, now() + interval '1 hour' from generate_series(${N}, 1, -1) g`,
     );
     await db.pool.query(`analyze ${s}.instances`);
-    const rows = Array.from({ length: N }, (_, i) => ({
+    const rows = Array.from({ length: N }, (_, i): OutcomeRow => ({
       id: String(i + 1),
       token: "1",
       concurrency_key: null,
@@ -46,7 +45,7 @@ describe("the group commit's lock order", () => {
     const side = await db.pool.connect();
     await side.query("begin");
     await side.query(`select id from ${s}.instances where id = 1 for update`);
-    const commit = db.pool.query(prepared(claimQueries(db.schema).complete, [JSON.stringify(rows)]));
+    const commit = claimQueries(db.schema).complete(db.pool, { outcomes: rows });
     try {
       await eventually("the commit waiting for row 1", async () => {
         const { rows: waiting } = await db.pool.query(

@@ -176,13 +176,13 @@ describe("concurrency limits", () => {
       (await db.pool.query(`select holders::text[] from ${s}.concurrency_keys where key = 'three:reaped'`)).rows[0]
         .holders;
     // The engines' own reapers may get there first: either way, only "gone" goes.
-    await db.pool.query(flowQueries(db.schema).freeCancelledHolds, [100]);
+    await flowQueries(db.schema).freeCancelledHolds(db.pool, { limit: 100 });
     expect(await holders()).toEqual([settling, running]);
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where id = $1`, [running]);
     await db.pool.query(`update ${s}.instances set lease_expires_at = null where id = any($1::bigint[])`, [
       [settling, running],
     ]);
-    await db.pool.query(flowQueries(db.schema).freeCancelledHolds, [100]);
+    await flowQueries(db.schema).freeCancelledHolds(db.pool, { limit: 100 });
     expect(await holders()).toEqual([]);
   });
 

@@ -164,7 +164,7 @@ describe("join conditions", () => {
       const signals = ids.flatMap((_, p) =>
         Array.from({ length: 5 }, (_, i) => go(`${tag}-${p}:${i}`, i === 4 ? "fail" : "ok")),
       );
-      const sweeps = Array.from({ length: 6 }, () => db.pool.query(q.sweep, [3]));
+      const sweeps = Array.from({ length: 6 }, () => q.sweep(db.pool, { limit: 3 }));
       await Promise.all([...signals, ...sweeps]);
       for (const id of ids) {
         const done = await engine.wait(id, { timeout: 20_000 });

@@ -111,7 +111,7 @@ describe("scheduler", () => {
     try {
       await conn.query("begin");
       const { rows } = await conn.query(
-        `explain ${claimQueries(db.schema).claim}`
+        `explain ${claimQueries(db.schema).claim.text}`
           .replace(/\$1/g, "'ordered'")
           .replace(/\$2::text\[\]/g, "array['Ordered']")
           .replace(/\$3/g, "10")

@@ -145,7 +145,7 @@ afterAll(async () => {
 /** The group commit's statement (sql/claims.ts `complete`), alone or inside a step's transaction. */
 // The engine's own statements, matched exactly (sql/claims.ts, sql/children.ts, sql/instances.ts).
 const claimsSql = claimQueries(db.schema);
-const isGroupCommit = (sql: string) => sql === claimsSql.complete;
+const isGroupCommit = (sql: string) => sql === claimsSql.complete.text;
 const inStepTransaction = (st: Statement) =>
   st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => isGroupCommit(q));
 
@@ -245,7 +245,7 @@ describe("ambiguous commits", () => {
       for (let round = 0; round < ROUNDS; round++) {
         const key = `ambiguous-insert-${round}`;
         // The insert's own statement, or the COMMIT of the transaction it runs in.
-        const isInsert = (sql: string) => sql === instanceQueries(db.schema).insert;
+        const isInsert = (sql: string) => sql === instanceQueries(db.schema).insert.text;
         const cut = cutter.cut((st) =>
           st.sql.trim().toLowerCase() === "commit" ? st.transaction.some(isInsert) : isInsert(st.sql) && !st.inBlock,
         );
@@ -282,7 +282,7 @@ describe("ambiguous commits", () => {
     await node.start();
     try {
       for (let round = 0; round < ROUNDS; round++) {
-        const cut = cutter.cut((st) => st.sql === claimsSql.start);
+        const cut = cutter.cut((st) => st.sql === claimsSql.start.text);
         const ids = (await client.insertMany([0, 1, 2].map((n) => ({ machine: Ahead, state: { n } })))).map(
           (r) => r.id,
         );
@@ -302,7 +302,7 @@ describe("ambiguous commits", () => {
   it("a signal's reply is lost: a retry with its dedupKey is a duplicate, the await consumes one", async () => {
     const direct = new GenDurable({ connectionString: cutter.url(db.url), schema: db.schema });
     await direct.start();
-    const insertSignal = signalQueries(db.schema).insert;
+    const insertSignal = signalQueries(db.schema).insert.text;
     try {
       let errors = 0;
       for (let round = 0; round < ROUNDS; round++) {
@@ -334,7 +334,7 @@ describe("ambiguous commits", () => {
   it("a connection that breaks before a step's code ran releases the row, which then runs once", async () => {
     for (let round = 0; round < ROUNDS; round++) {
       // The join step's ctx.children is read before its code runs: that read never reaches the server.
-      const cut = cutter.cut((st) => st.sql === childQueries(db.schema).children, {
+      const cut = cutter.cut((st) => st.sql === childQueries(db.schema).children.text, {
         mode: "before-send",
       });
       const { id } = await client.insert(Spawns, { state: { n: round } });

@@ -9,20 +9,6 @@ import { EXIT_OK, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
 import { table, timestamp } from "../table.js";
 
-interface EntryRow {
-  name: string;
-  schedule: string | null;
-  timezone: string | null;
-  machine: string | null;
-  queue: string | null;
-  missed: string | null;
-  recordedAt: Date | null;
-  lastTick: Date | null;
-  lastInstance: string | null;
-  lastStatus: string | null;
-  now: number;
-}
-
 /** The first tick of `schedule` after `afterMs`, or null (never again, or a schedule this version cannot read). */
 export function nextTick(schedule: string, timezone: string, afterMs: number): Date | null {
   try {
@@ -45,7 +31,7 @@ export const cronCommand: Command = {
   options: CLIENT_OPTIONS,
   async run(values, io) {
     return withClient(this, values, io, async ({ pool, schema, json }) => {
-      const { rows } = await pool.query<EntryRow>(cronQueries(schema).entries);
+      const { rows } = await cronQueries(schema).entries(pool);
       const entries = rows.map((r) => ({
         name: r.name,
         schedule: r.schedule,
