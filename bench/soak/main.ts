@@ -484,6 +484,8 @@ async function main(): Promise<void> {
     dead: Record<string, number>;
     live: Record<string, number>;
     rss: Record<string, number>;
+    /** The host's 1-minute load average: the machine may be shared. */
+    load: number;
   }> = [];
   const lastVacuum: Record<string, string | null> = {};
   let checkedUpTo = new Date(0);
@@ -550,7 +552,7 @@ async function main(): Promise<void> {
         .sort((x, y) => y.getTime() - x.getTime())[0];
       lastVacuum[r.relname] = last ? last.toISOString() : null;
     }
-    samples.push({ t, dead, live, rss });
+    samples.push({ t, dead, live, rss, load: round(loadavg()[0]!, 1) });
   };
 
   const progress = (t: number) => {
@@ -876,6 +878,7 @@ async function main(): Promise<void> {
         t: x.t,
         ...Object.fromEntries(Object.entries(x.rss).map(([k, v]) => [k.replace(`${id}-`, ""), round(v / 2 ** 20)])),
       })),
+    loadAverage: samples.map((x) => ({ t: x.t, oneMinute: x.load })),
     errors: {
       engine: seconds.reduce((sum, x) => sum + x.errors, 0),
       engineByMessage: [...errorKinds.entries()]
@@ -959,6 +962,7 @@ function printReport(r: Report): void {
     deadTuples: Array<{ t: number; dead: Record<string, number>; live: Record<string, number> }>;
     lastVacuum: Record<string, string | null>;
     rssMB: Array<Record<string, number>>;
+    loadAverage: Array<{ t: number; oneMinute: number }>;
     errors: {
       engine: number;
       engineByMessage: Array<{ message: string; seconds: number }>;
@@ -1038,8 +1042,11 @@ function printReport(r: Report): void {
   );
   out("");
   const procs = Object.keys(x.rssMB.at(-1) ?? {}).filter((k) => k !== "t");
-  out(`RSS MB over time:   ${procs.join(" | ")}`);
-  for (const m of x.rssMB) out(`  ${String(m.t).padStart(5)} s  ${procs.map((p) => String(m[p] ?? "-")).join(" | ")}`);
+  out(`RSS MB over time:   ${procs.join(" | ")}   (the host's 1-min load average)`);
+  for (const m of x.rssMB) {
+    const load = x.loadAverage.find((l) => l.t === m.t)?.oneMinute ?? "-";
+    out(`  ${String(m.t).padStart(5)} s  ${procs.map((p) => String(m[p] ?? "-")).join(" | ")}   (${load})`);
+  }
   out("");
   out(
     `Invariants: ${x.invariants.held ? "held" : "VIOLATED"} (lost: ${x.invariants.lost.orders} orders, ${x.invariants.lost.charges} charges; key overlaps, two accepted or consumed signals, failed instances: checked every 10 s)`,
