@@ -695,24 +695,35 @@ async function main(): Promise<void> {
   await ticker;
   await checker;
 
-  // ---- lost instances: every order joined, every charge has a finished run
+  // ---- after the drain, every order joined and every charge has a finished run. Those that did
+  // not are lost when their instance is gone or finished without its ledger row, and unfinished
+  // when it is still live (a backlog the drain did not clear: late, not lost).
+  const TERMINAL = "('done', 'failed', 'cancelled')";
+  type Missing = { lost: number; unfinished: number; sample: string[] | null };
+  const summarizeMissing = (missing: string) => `
+    select count(*) filter (where i.id is null or i.status in ${TERMINAL})::int as lost,
+           count(*) filter (where i.status not in ${TERMINAL})::int as unfinished,
+           (array_agg(x.id::text || ' ' || coalesce(i.status, 'gone')))[1:10] as sample
+    from unnest($1::bigint[]) as x(id) left join ${s}.instances i on i.id = x.id where ${missing}`;
   const { rows: missingOrders } = await persist("check", () =>
-    admin.query<{ id: string; status: string | null }>(
-      `select x.id::text, i.status from unnest($1::bigint[]) as x(id) left join ${s}.soak_orders o on o.order_id = x.id
-       left join ${s}.instances i on i.id = x.id where o.order_id is null limit 20`,
-      [[...orders.keys()]],
-    ),
+    admin.query<Missing>(summarizeMissing(`not exists (select 1 from ${s}.soak_orders o where o.order_id = x.id)`), [
+      [...orders.keys()],
+    ]),
   );
   const { rows: missingCharges } = await persist("check", () =>
-    admin.query<{ id: string; status: string | null }>(
-      `select x.id::text, i.status from unnest($1::bigint[]) as x(id) left join ${s}.instances i on i.id = x.id
-       where not exists (select 1 from ${s}.soak_b_runs r where r.instance_id = x.id and r.ended_at is not null) limit 20`,
+    admin.query<Missing>(
+      summarizeMissing(
+        `not exists (select 1 from ${s}.soak_b_runs r where r.instance_id = x.id and r.ended_at is not null)`,
+      ),
       [charges],
     ),
   );
-  if (missingOrders.length > 0) violation(`orders not joined after the drain: ${JSON.stringify(missingOrders)}`);
-  if (missingCharges.length > 0)
-    violation(`charges with no finished run after the drain: ${JSON.stringify(missingCharges)}`);
+  const missing = { orders: missingOrders[0]!, charges: missingCharges[0]! };
+  for (const [what, m] of Object.entries(missing)) {
+    if (m.lost > 0) violation(`${m.lost} ${what} lost (e.g. ${JSON.stringify(m.sample)})`);
+    if (m.unfinished > 0)
+      violation(`${m.unfinished} ${what} still unfinished after the drain (e.g. ${JSON.stringify(m.sample)})`);
+  }
   const multiAccepted = [...orders.values()].filter((o) => o.accepted > 1).length;
 
   // ---- figures
@@ -895,7 +906,8 @@ async function main(): Promise<void> {
     workerExits: workers.exits.map((e) => ({ ...e, at: round((e.at - t0) / 1000, 1) })),
     invariants: {
       violations,
-      lost: { orders: missingOrders.length, charges: missingCharges.length },
+      lost: { orders: missing.orders.lost, charges: missing.charges.lost },
+      unfinishedAfterDrain: { orders: missing.orders.unfinished, charges: missing.charges.unfinished },
       ordersWithTwoAcceptedSignals: multiAccepted,
       held: violations.length === 0,
     },
@@ -972,7 +984,12 @@ function printReport(r: Report): void {
       orchestratorRetries: Record<string, number>;
     };
     warnings: string[];
-    invariants: { violations: string[]; lost: { orders: number; charges: number }; held: boolean };
+    invariants: {
+      violations: string[];
+      lost: { orders: number; charges: number };
+      unfinishedAfterDrain: { orders: number; charges: number };
+      held: boolean;
+    };
   };
   const e = r.environment;
   out("");
@@ -1049,7 +1066,7 @@ function printReport(r: Report): void {
   }
   out("");
   out(
-    `Invariants: ${x.invariants.held ? "held" : "VIOLATED"} (lost: ${x.invariants.lost.orders} orders, ${x.invariants.lost.charges} charges; key overlaps, two accepted or consumed signals, failed instances: checked every 10 s)`,
+    `Invariants: ${x.invariants.held ? "held" : "VIOLATED"} (lost: ${x.invariants.lost.orders} orders, ${x.invariants.lost.charges} charges; unfinished after the drain: ${x.invariants.unfinishedAfterDrain.orders} orders, ${x.invariants.unfinishedAfterDrain.charges} charges; key overlaps, two accepted or consumed signals, failed instances: checked every 10 s)`,
   );
   for (const v of x.invariants.violations) out(`  ${v}`);
 }
