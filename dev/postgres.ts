@@ -25,6 +25,11 @@ export interface DevDatabase {
   url: string;
   /** true when this process started the server (and `stop` will remove it). */
   embedded: boolean;
+  /**
+   * The embedded server, to stop and start again on the same port and data directory (a soak's
+   * restarts); absent with DATABASE_URL. `stop()` above also removes the data directory.
+   */
+  server?: EmbeddedServer;
   stop(): Promise<void>;
 }
 
@@ -231,9 +236,16 @@ export interface EmbeddedServer {
   initialise(): Promise<void>;
   /** Starts the server and resolves when it accepts connections. */
   start(): Promise<void>;
-  /** Fast shutdown (every connection is terminated); the data directory stays. */
-  stop(): Promise<void>;
+  /**
+   * Stops the server; the data directory stays and `start()` runs it again on the same port. "fast" (the
+   * default): every connection is terminated and a checkpoint written. "immediate": the server stops at
+   * once without a checkpoint, as in a crash, and the next start recovers from the WAL.
+   */
+  stop(mode?: StopMode): Promise<void>;
 }
+
+/** How `EmbeddedServer.stop` shuts the server down (Postgres' fast and immediate shutdown modes). */
+export type StopMode = "fast" | "immediate";
 
 const PASSWORD = "postgres";
 
@@ -355,20 +367,27 @@ export async function embeddedServer(options: EmbeddedServerOptions): Promise<Em
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     },
-    async stop() {
+    async stop(mode: StopMode = "fast") {
       const child = server;
       if (!child) return;
       server = undefined;
       process.off("exit", killOnExit);
       if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGINT");
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), 10_000)));
-        if ((await Promise.race([exited, late])) === "late") {
-          child.kill("SIGKILL");
-          await exited;
+        // The postmaster's signals for its shutdown modes: SIGINT fast, SIGQUIT immediate. A fast
+        // shutdown still busy after 10 s (its checkpoint on a slow disk) goes immediate rather than
+        // straight to SIGKILL, which would leave its backends behind holding the shared memory.
+        const signals: NodeJS.Signals[] =
+          mode === "immediate" ? ["SIGQUIT", "SIGKILL"] : ["SIGINT", "SIGQUIT", "SIGKILL"];
+        for (const signal of signals) {
+          child.kill(signal);
+          if (signal === "SIGKILL") break;
+          let timer: NodeJS.Timeout | undefined;
+          const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), 10_000)));
+          const outcome = await Promise.race([exited.then(() => "exited" as const), late]);
+          clearTimeout(timer);
+          if (outcome === "exited") return;
         }
-        clearTimeout(timer);
+        await exited;
       }
     },
   };
@@ -428,6 +447,7 @@ export async function startDevDatabase(options: DevDatabaseOptions = {}): Promis
   return {
     url: server.url,
     embedded: true,
+    server,
     stop: async () => {
       await server.stop().catch(() => {});
       await remove();

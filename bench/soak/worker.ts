@@ -22,6 +22,8 @@ const name = process.env.SOAK_NAME!;
 
 const ledgerPool = new pg.Pool({ connectionString: url, max: 4, application_name: `${name}-ledger` });
 ledgerPool.on("error", () => {});
+// A restart of the database breaks busy connections too; the failure reaches the step's query.
+ledgerPool.on("connect", (connection) => connection.on("error", () => {}));
 useLedger(ledgerPool, schema);
 const pool = new pg.Pool({ connectionString: url, max: Number(process.env.SOAK_POOL ?? 10), application_name: name });
 pool.on("error", () => {});

@@ -8,6 +8,7 @@ import { chmod, cp, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from
 import { arch, platform, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { DevDatabaseError, startDevDatabase } from "../../dev/postgres.js";
 
@@ -144,5 +145,31 @@ describe("the embedded development database", { timeout: 240_000 }, () => {
   it("uses DATABASE_URL when it is set", async () => {
     const db = await startDevDatabase({ env: { DATABASE_URL: "postgres://u@h/db" } });
     expect(db).toMatchObject({ url: "postgres://u@h/db", embedded: false });
+    expect(db.server).toBeUndefined();
+  });
+
+  it("restarts on its port and data after a fast or an immediate stop, committed rows kept", async () => {
+    const db = await startDevDatabase({ env: {}, durable: true });
+    const query = async (sql: string) => {
+      const client = new pg.Client(db.url);
+      await client.connect();
+      try {
+        return (await client.query<{ n: number }>(sql)).rows;
+      } finally {
+        await client.end();
+      }
+    };
+    try {
+      await query("create table kept (n integer)");
+      for (const mode of ["fast", "immediate"] as const) {
+        await query("insert into kept values (1)");
+        await db.server!.stop(mode);
+        await expect(query("select 1 as n")).rejects.toThrow(/ECONNREFUSED|connect/);
+        await db.server!.start();
+      }
+      expect(await query("select count(*)::int as n from kept")).toEqual([{ n: 2 }]);
+    } finally {
+      await db.stop();
+    }
   });
 });
