@@ -9,6 +9,7 @@ import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
 import { INSTANCE_COLUMNS, type InstanceRow } from "./instances.js";
+import type { BucketRow as StoredBucketRow } from "./flow.js";
 import { probe, statement } from "./query.js";
 
 /** The instance list's filter: each field null for "any". */
@@ -34,17 +35,9 @@ export interface ThroughputRow {
   failures: number;
 }
 
-/** A stored rate-limit bucket. */
-export interface BucketRow {
-  name: string;
-  partition: string;
-  tokens: number;
-  updated_at: Date;
-  /** Until when draws wait in line (null: no line). */
-  line_end: Date | null;
-  /** When the bucket will be full again. */
+/** A stored rate-limit bucket as the dashboard shows it: also when it will be full again. */
+export interface BucketRow extends StoredBucketRow {
   full_at: Date;
-  now: Date;
 }
 
 /** A signal in an instance's mailbox. */

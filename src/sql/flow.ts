@@ -29,6 +29,7 @@ export interface BucketRow {
   partition: string;
   tokens: number;
   updated_at: Date;
+  /** Until when draws wait in line (null: no line). */
   line_end: Date | null;
   now: Date;
 }
