@@ -1035,6 +1035,8 @@ function printReport(r: Report): void {
       `checks: ${x.errors.orchestratorRetries.check ?? 0} tries failed and were retried`,
   );
   if (insert.lastError) out(`  last insert given up: ${insert.lastError.slice(0, 200)}`);
+  if (x.errors.engineByMessage.length > 0)
+    out("  most frequent engine errors (in how many worker-seconds the last one):");
   for (const { message, seconds } of x.errors.engineByMessage) out(`  ${seconds} × ${message}`);
   if (x.warnings.length > 0) out(`Warnings: ${x.warnings.map((w) => w.slice(0, 160)).join(" | ")}`);
   out("");
