@@ -10,20 +10,15 @@ import { checkSchemaName, quoteIdent } from "./names.js";
 import { MIGRATIONS } from "./sql/migrations.generated.js";
 import {
   ADOPTED_MARK,
-  appliedRows,
   CREATED_MARK,
   downScript,
-  INSTANCES_SIGNATURE,
-  lockKey,
+  instancesSignature,
+  lifecycleQueries,
   MARK,
-  markSchema,
-  MIGRATE_LOCK,
-  MIGRATIONS_TABLE,
-  NAMESPACE,
-  recordMigration,
-  SCHEMA_CONTENTS,
-  sqlFor,
-  TABLE_COLUMNS,
+  migrateLock,
+  namespace as namespaceOf,
+  schemaContents,
+  tableColumns,
   upScript,
 } from "./sql/schema-lifecycle.js";
 import { rejectUnknownKeys } from "./suggest.js";
@@ -46,29 +41,29 @@ export async function migrate(options: MigrateOptions): Promise<number[]> {
   rejectUnknownKeys(options, ["connectionString", "pool", "schema"], "migrate", (m) => new ConfigError(m));
   const schema = checkSchemaName(options.schema ?? DEFAULT_SCHEMA, (m) => new ConfigError(`migrate: ${m}`));
   const { pool, owned } = openPool(options, "migrate", "gen-durable-migrate", 1);
-  const q = quoteIdent(schema);
+  const q = lifecycleQueries(schema);
   try {
     return await withTransaction(pool, async (client) => {
-      await client.query(MIGRATE_LOCK, [lockKey(schema)]);
+      await migrateLock(client, { schema });
       // Only what is missing is created: a role that owns the schema (or may create in
       // it) but may not create schemas in the database migrates a schema someone made for it.
       const found = await inspect(client, schema);
       if (!found.exists) {
         if (schema === "public") throw new ConfigError(publicRefused("migrate"));
-        await client.query(`create schema ${q}`);
-        await client.query(markSchema(q, CREATED_MARK));
+        await q.createSchema(client);
+        await q.mark(CREATED_MARK)(client);
       } else if (!found.ours) {
         if (schema === "public") throw new ConfigError(publicRefused("migrate"));
         if (found.objects.length > 0) throw new ConfigError(foreignRefused("migrate", schema, found.objects));
         // Empty: someone made it for us. Marked when we may, so down() keeps it.
-        if (found.owned) await client.query(markSchema(q, ADOPTED_MARK));
+        if (found.owned) await q.mark(ADOPTED_MARK)(client);
       }
-      if (!found.migrationsTable) await client.query(`create table ${q}.migrations ${MIGRATIONS_TABLE}`);
+      if (!found.migrationsTable) await q.createMigrationsTable(client);
       const current = await currentVersion(client, schema);
       const applied: number[] = [];
       for (const migration of MIGRATIONS.slice(current)) {
-        await client.query(sqlFor(migration.id, schema));
-        await client.query(recordMigration(q), [migration.id, migration.name]);
+        await q.apply(migration.id)(client);
+        await q.record(client, { id: migration.id, name: migration.name });
         applied.push(migration.id);
       }
       return applied;
@@ -107,10 +102,10 @@ interface Found {
 }
 
 async function inspect(client: pg.ClientBase, schema: string): Promise<Found> {
-  const { rows } = await client.query<{ oid: number; owned: boolean; mark: string | null }>(NAMESPACE, [schema]);
+  const { rows } = await namespaceOf(client, { schema });
   const namespace = rows[0];
   if (!namespace) return { exists: false, owned: false, ours: false, migrationsTable: false, objects: [] };
-  const contents = await client.query<{ object: string }>(SCHEMA_CONTENTS, [namespace.oid]);
+  const contents = await schemaContents(client, { oid: namespace.oid });
   const applied = await appliedMigrations(client, schema);
   return {
     exists: true,
@@ -129,7 +124,7 @@ async function inspect(client: pg.ClientBase, schema: string): Promise<Found> {
  */
 async function recognise(client: pg.ClientBase, schema: string, applied: Applied | undefined): Promise<boolean> {
   if (!applied || applied.foreign !== undefined || applied.version === 0) return false;
-  const { rows } = await client.query<{ n: number }>(INSTANCES_SIGNATURE, [`${quoteIdent(schema)}.instances`]);
+  const { rows } = await instancesSignature(client, { table: `${quoteIdent(schema)}.instances` });
   return rows[0]!.n === 5;
 }
 
@@ -142,13 +137,12 @@ interface Applied {
 
 /** The migrations table of `schema` read and checked against ours; undefined when there is none. */
 async function appliedMigrations(client: pg.ClientBase | pg.Pool, schema: string): Promise<Applied | undefined> {
-  const table = `${quoteIdent(schema)}.migrations`;
-  const columns = await client.query<{ name: string; type: string }>(TABLE_COLUMNS, [table]);
+  const columns = await tableColumns(client, { table: `${quoteIdent(schema)}.migrations` });
   if (columns.rows.length === 0) return undefined;
   const types = new Map(columns.rows.map((c) => [c.name, c.type]));
   if (types.get("id") !== "integer" || types.get("name") !== "text")
     return { version: 0, foreign: "its columns are not id integer, name text" };
-  const { rows } = await client.query<{ id: number; name: string }>(appliedRows(table));
+  const { rows } = await lifecycleQueries(schema).applied(client);
   for (const [i, row] of rows.entries()) {
     const ours = MIGRATIONS[i];
     // A newer gen-durable may have applied migrations this one does not know: their names are not checked.

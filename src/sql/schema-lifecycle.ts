@@ -5,18 +5,22 @@
  */
 import { quoteIdent } from "../names.js";
 import { MIGRATIONS } from "./migrations.generated.js";
+import { probe, statement } from "./query.js";
 
+/** Migration `id`'s script for `schema`: several statements, sent as one simple query. */
 export function sqlFor(id: number, schema: string): string {
   const migration = MIGRATIONS[id - 1]!;
   return migration.sql.replaceAll("{{schema}}", quoteIdent(schema));
 }
 
-export function lockKey(schema: string): string {
+function lockKey(schema: string): string {
   return `gen_durable:migrate:${schema}`;
 }
 
-/** Serialises migrations of one schema across processes. $1: lockKey(schema). */
-export const MIGRATE_LOCK = "select pg_advisory_xact_lock(hashtext($1))";
+/** Serialises migrations of one schema across processes (for the transaction). */
+export const migrateLock = statement<{ schema: string }>("select pg_advisory_xact_lock(hashtext($1))", (a) => [
+  lockKey(a.schema),
+]);
 
 /**
  * What marks a schema as gen-durable's: a comment that migrate() (or the SQL of
@@ -35,20 +39,28 @@ function literal(text: string): string {
   return `'${text.replace(/'/g, "''")}'`;
 }
 
-export const MIGRATIONS_TABLE =
-  "(id integer primary key, name text not null, applied_at timestamptz not null default now())";
+const MIGRATIONS_TABLE = "(id integer primary key, name text not null, applied_at timestamptz not null default now())";
 
-export function markSchema(quotedSchema: string, mark: string): string {
-  return `comment on schema ${quotedSchema} is ${literal(mark)}`;
-}
-
-/** $1: id, $2: name. */
-export function recordMigration(quotedSchema: string): string {
-  return `insert into ${quotedSchema}.migrations (id, name) values ($1, $2)`;
-}
-
-export function appliedRows(quotedTable: string): string {
-  return `select id, name from ${quotedTable} order by id`;
+/**
+ * What migrate() writes into a schema: the schema, its mark, the migrations table, each migration
+ * and its record; and the record it reads back. The schema (quoted) is the only identifier.
+ */
+export function lifecycleQueries(schema: string) {
+  const q = quoteIdent(schema);
+  return {
+    createSchema: probe(`create schema ${q}`),
+    /** Marks the schema (MARK, CREATED_MARK or ADOPTED_MARK); a comment takes no bound value. */
+    mark: (mark: string) => probe(`comment on schema ${q} is ${literal(mark)}`),
+    createMigrationsTable: probe(`create table ${q}.migrations ${MIGRATIONS_TABLE}`),
+    /** Applies migration `id` (its script, several statements). */
+    apply: (id: number) => probe(sqlFor(id, schema)),
+    record: statement<{ id: number; name: string }>(`insert into ${q}.migrations (id, name) values ($1, $2)`, (a) => [
+      a.id,
+      a.name,
+    ]),
+    /** The migrations table's rows, in order (checked against ours by migrate.ts). */
+    applied: probe<{ id: number; name: string }>(`select id, name from ${q}.migrations order by id`),
+  };
 }
 
 // Everything a schema can hold that makes it "not empty", by catalog.
@@ -65,24 +77,36 @@ const CONTENTS = `
   union all select pg_describe_object('pg_ts_config'::regclass, oid, 0) from pg_ts_config where cfgnamespace = $1
   union all select pg_describe_object('pg_ts_dict'::regclass, oid, 0) from pg_ts_dict where dictnamespace = $1`;
 
-/** $1: the schema's name. */
-export const NAMESPACE = `
+/** The schema, if it exists: whether the current role owns it, and its comment (the mark). */
+export const namespace = statement<{ schema: string }, { oid: number; owned: boolean; mark: string | null }>(
+  `
   select oid, pg_has_role(nspowner, 'MEMBER') as owned, obj_description(oid, 'pg_namespace') as mark
-  from pg_namespace where nspname = $1`;
+  from pg_namespace where nspname = $1`,
+  (a) => [a.schema],
+);
 
-/** $1: the schema's oid; at most 11, to say why a schema is refused. */
-export const SCHEMA_CONTENTS = `select object from (${CONTENTS}) c order by object limit 11`;
+/** What the schema (by oid) holds; at most 11, to say why a schema is refused. */
+export const schemaContents = statement<{ oid: number }, { object: string }>(
+  `select object from (${CONTENTS}) c order by object limit 11`,
+  (a) => [a.oid],
+);
 
-/** $1: the instances table; 5 when it is gen-durable's. */
-export const INSTANCES_SIGNATURE = `
+/** `table` is the instances table (a name, quoted, as a value); `n` is 5 when it is gen-durable's. */
+export const instancesSignature = statement<{ table: string }, { n: number }>(
+  `
   select count(*)::int as n from pg_attribute
   where attrelid = to_regclass($1) and not attisdropped
-    and attname in ('machine', 'step', 'state', 'claim_token', 'lease_expires_at')`;
+    and attname in ('machine', 'step', 'state', 'claim_token', 'lease_expires_at')`,
+  (a) => [a.table],
+);
 
-/** $1: a table. */
-export const TABLE_COLUMNS = `
+/** The columns of `table` (a name, quoted, as a value) and their types; none when it does not exist. */
+export const tableColumns = statement<{ table: string }, { name: string; type: string }>(
+  `
   select attname as name, format_type(atttypid, atttypmod) as type from pg_attribute
-  where attrelid = to_regclass($1) and attnum > 0 and not attisdropped`;
+  where attrelid = to_regclass($1) and attnum > 0 and not attisdropped`,
+  (a) => [a.table],
+);
 
 // ---------------------------------------------------------------- Migration.up/down
 

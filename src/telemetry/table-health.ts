@@ -17,7 +17,7 @@
 import type pg from "pg";
 import type { TypedEmitter } from "../events.js";
 import type { Logger } from "../logger.js";
-import { HORIZON_HOLDERS_SQL, HOT_TABLES, TABLE_HEALTH_SQL } from "../sql/tables.js";
+import { horizonHolders, HOT_TABLES, tableHealth } from "../sql/tables.js";
 
 export interface TableHealth {
   table: string;
@@ -40,7 +40,7 @@ export interface VacuumWarning {
   message: string;
 }
 
-/** A session whose snapshot keeps vacuum from removing dead rows (see HORIZON_HOLDERS_SQL). */
+/** A session whose snapshot keeps vacuum from removing dead rows (see horizonHolders in sql/tables.ts). */
 export interface HorizonHolder {
   pid: number;
   applicationName: string;
@@ -61,14 +61,7 @@ export const HORIZON_WARN_MS = 2 * 60_000;
 
 /** The sessions holding the xmin horizon of this database for longer than `heldMs`, oldest first (at most 5). */
 export async function readHorizonHolders(db: pg.Pool | pg.ClientBase, heldMs: number): Promise<HorizonHolder[]> {
-  const { rows } = await db.query<{
-    pid: number;
-    application_name: string;
-    usename: string;
-    state: string;
-    held_ms: number;
-    xmin_age: number;
-  }>(HORIZON_HOLDERS_SQL, [heldMs]);
+  const { rows } = await horizonHolders(db, { heldMs });
   return rows.map((r) => ({
     pid: r.pid,
     applicationName: r.application_name,
@@ -111,21 +104,9 @@ export interface VacuumHealth {
 /** Dead tuples above both of these (so many, and more than live ones) mean vacuum is not keeping up. */
 export const DEAD_TUPLES_WARN = { atLeast: 100_000, perLiveTuple: 1 } as const;
 
-interface Row {
-  table: string;
-  live: number;
-  dead: number;
-  last_vacuum: Date | null;
-  last_autovacuum: Date | null;
-  table_autovacuum: boolean;
-  server_autovacuum: boolean;
-  track_counts: boolean;
-  now: Date;
-}
-
 /** Reads the hot tables of `schema` (one catalog query). */
 export async function readVacuumHealth(db: pg.Pool | pg.ClientBase, schema: string): Promise<VacuumHealth> {
-  const { rows } = await db.query<Row>(TABLE_HEALTH_SQL, [schema, HOT_TABLES]);
+  const { rows } = await tableHealth(db, { schema, tables: HOT_TABLES });
   const first = rows[0];
   const autovacuum = first?.server_autovacuum ?? true;
   const trackCounts = first?.track_counts ?? true;

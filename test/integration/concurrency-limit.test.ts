@@ -7,7 +7,7 @@ import { z } from "zod";
 import { defineJob, migrate } from "../../src/index.js";
 import { flowQueries } from "../../src/sql/flow.js";
 import { MIGRATIONS } from "../../src/sql/migrations.generated.js";
-import { CREATED_MARK, MIGRATIONS_TABLE, markSchema, recordMigration, sqlFor } from "../../src/sql/schema-lifecycle.js";
+import { CREATED_MARK, lifecycleQueries } from "../../src/sql/schema-lifecycle.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -224,13 +224,14 @@ describe("upgrading a schema whose keys are held", () => {
     const q = `"${schema}"`;
     const version = MIGRATIONS.findIndex((m) => m.name === "concurrency_limit");
     expect(version).toBeGreaterThan(0);
-    await db.pool.query(`create schema ${q}`);
+    const lifecycle = lifecycleQueries(schema);
+    await lifecycle.createSchema(db.pool);
     try {
-      await db.pool.query(markSchema(q, CREATED_MARK));
-      await db.pool.query(`create table ${q}.migrations ${MIGRATIONS_TABLE}`);
+      await lifecycle.mark(CREATED_MARK)(db.pool);
+      await lifecycle.createMigrationsTable(db.pool);
       for (const m of MIGRATIONS.slice(0, version)) {
-        await db.pool.query(sqlFor(m.id, schema));
-        await db.pool.query(recordMigration(q), [m.id, m.name]);
+        await lifecycle.apply(m.id)(db.pool);
+        await lifecycle.record(db.pool, { id: m.id, name: m.name });
       }
       const { rows } = await db.pool.query<{ id: string }>(
         `insert into ${q}.instances (machine, step, state, queue, concurrency_key)
