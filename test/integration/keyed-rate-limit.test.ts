@@ -106,7 +106,10 @@ describe("a keyed, rate-limited queue", () => {
       `beside busy lower-priority work: keyed ${rate.toFixed(1)} runs/s (limit ${LIMIT}/s, inserted 120/s); instances ${JSON.stringify(rows)}`,
     );
     await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
-    expect(rate, "keyed runs per second once warmed up").toBeGreaterThanOrEqual(0.6 * LIMIT);
+    // The defect starved keyed work (0 runs/s). How close to the limit it comes beside the filler depends
+    // on the CPUs the nodes get (100/s on a quiet host, 52/s at a load average of 20 on 2 cores), so the
+    // floor only says it is not starved; the flow benchmark measures the rate.
+    expect(rate, "keyed runs per second once warmed up").toBeGreaterThanOrEqual(0.3 * LIMIT);
   });
 
   it("drains a backlog at its limit, postponing each run about once", { timeout: 90_000 }, async () => {
