@@ -90,14 +90,6 @@ export function flowQueries(schema: string) {
       `delete from ${s}.nodes where heartbeat_at + lease_ms * 10 * interval '1 millisecond' < now()`,
     ),
 
-    /** Live nodes that run machine $1 on queue $2. */
-    nodesRunning: statement<{ machine: string; queue: string }, { n: number }>(
-      `
-      select count(*)::int as n from ${s}.nodes
-      where $1 = any(machines) and $2 = any(queues) and heartbeat_at + lease_ms * interval '1 millisecond' > now()`,
-      (a) => [a.machine, a.queue],
-    ),
-
     /**
      * Keys still held by a cancelled step whose lease expired (its node died or
      * froze before the code settled), or by an instance that is gone: freed.
