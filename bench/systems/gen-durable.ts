@@ -133,19 +133,20 @@ export function genDurable(url: string, options: { schema?: string; poolSize?: n
           parentId = (await producer!.insert(FanOut, { state: { children } })).id;
         },
         check: async () => {
-          const { rows } = await admin!.query<{ done: number; unfinished: number; joins: number; finished: boolean }>(
+          const { rows } = await admin!.query<{ done: number; unfinished: number; finished: boolean }>(
             `select (select count(*)::int from ${schema}.instances where parent_id = $1 and status = 'done') as done,
                     (select count(*)::int from ${schema}.instances where parent_id = $1 and status <> 'done') as unfinished,
-                    -- the join step's own committed outcomes (the sweep's wake-up is recorded as from 'join' too, outcome 'joined')
-                    (select count(*)::int from ${schema}.transitions where instance_id = $1 and from_step = 'join' and outcome <> 'joined') as joins,
                     (select status = 'done' from ${schema}.instances where id = $1) as finished`,
             [parentId],
           );
+          // The join step's own committed outcomes, from its history (the sweep's wake-up is recorded
+          // as from 'join' too, outcome 'joined').
+          const history = await producer!.history(parentId!);
           const row = rows[0]!;
           return {
             childrenFinished: row.done,
             childrenUnfinished: row.unfinished,
-            joinCommits: row.joins,
+            joinCommits: history.filter((t) => t.fromStep === "join" && t.outcome !== "joined").length,
             finished: row.finished,
           };
         },

@@ -285,7 +285,9 @@ export function claimQueries(schema: string) {
 
     /**
      * Commits a batch of step outcomes in one statement (group commit): one
-     * fenced UPDATE and the matching history rows. Returns the ids that won.
+     * fenced UPDATE and the matching history rows, but for a done, whose
+     * transition stays in the instance row (`done_duration_ms`; see
+     * `doneTransition`). Returns the ids that won.
      */
     complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
       `
@@ -329,6 +331,9 @@ export function claimQueries(schema: string) {
           rate_limited = x.rate_limited,
           -- Recognises this commit if its reply is lost (see committedBy).
           committed_token = x.token,
+          -- A step that finishes the instance keeps that transition here, not in transitions
+          -- (migration 20): the row already holds its step, attempt and time.
+          done_duration_ms = case when x.outcome = 'done' then coalesce(x.duration_ms, 0) end,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x join rows_locked l on l.id = x.id
         where i.id = x.id and i.claim_token = x.token and i.status = 'running'
@@ -337,8 +342,8 @@ export function claimQueries(schema: string) {
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, duration_ms, error)
         select x.id, x.from_step, x.to_step, x.outcome, x.attempt, x.duration_ms, x.hist_error
-        -- A step postponed by its rate limit did not run: nothing to record.
-        from input x join won w on w.id = x.id where x.outcome <> 'rate_limited'
+        -- A step postponed by its rate limit did not run: nothing to record. A done is in the row.
+        from input x join won w on w.id = x.id where x.outcome not in ('rate_limited', 'done')
       )
       select id::text as id, parent_id::text as parent_id from won`,
       (a) => [JSON.stringify(a.outcomes)],

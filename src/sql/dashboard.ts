@@ -8,6 +8,7 @@
 import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import { doneTransitions } from "./done-transition.js";
 import { INSTANCE_COLUMNS, type InstanceRow } from "./instances.js";
 import type { BucketRow as StoredBucketRow } from "./flow.js";
 import { probe, statement } from "./query.js";
@@ -94,12 +95,30 @@ export function dashboardQueries(schema: string) {
         and ($3::text is null or queue = $3) and ($4::text is null or correlation_key = $4)
         and ($5::timestamptz is null or inserted_at >= $5) and ($6::timestamptz is null or inserted_at < $6)`;
   return {
-    /** Transitions per minute over the last hour: all of them, and those that failed an attempt or the instance. */
+    /**
+     * Transitions per minute over the last hour: all of them, and those that failed an attempt or
+     * the instance. The dones kept in instance rows are found per machine on instances_gc (a
+     * loose index scan lists the machines with terminal rows), so the hour costs what it holds.
+     */
     throughput: probe<ThroughputRow>(`
+      with recursive machines as (
+        (select machine from ${s}.instances where status in ${TERMINAL_SQL} order by machine limit 1)
+        union all
+        select (select i.machine from ${s}.instances i
+                where i.status in ${TERMINAL_SQL} and i.machine > m.machine order by i.machine limit 1)
+        from machines m where m.machine is not null
+      ),
+      recent as (
+        select at, outcome from ${s}.transitions where at > now() - interval '1 hour'
+        union all
+        select d.at, d.outcome from machines m cross join lateral (${doneTransitions(
+          s,
+          `i.machine = m.machine and i.status in ${TERMINAL_SQL} and i.updated_at > now() - interval '1 hour'`,
+        )}) d
+      )
       select date_trunc('minute', at) as minute, count(*)::int as n,
              count(*) filter (where outcome in ('error', 'failed', 'lease_expired'))::int as failures
-      from ${s}.transitions where at > now() - interval '1 hour'
-      group by 1 order by 1`),
+      from recent group by 1 order by 1`),
 
     /** Stored rate-limit buckets (a bucket with no row is full). */
     buckets: statement<{ limit: number }, BucketRow>(
@@ -186,15 +205,24 @@ export function dashboardQueries(schema: string) {
     /**
      * A machine's recorded edges over the last `windowS` seconds: count, median duration and how many carried an
      * error, per (from step, to step, outcome). Instances of the machine by instances_machine, their
-     * transitions by transitions_instance.
+     * transitions by transitions_instance; the dones kept in instance rows by instances_gc.
      */
     edges: statement<{ machine: string; windowS: number }, EdgeRow>(
       `
+      with recorded as (
+        select t.from_step, t.to_step, t.outcome, t.duration_ms, t.error
+        from ${s}.instances i join ${s}.transitions t on t.instance_id = i.id
+        where i.machine = $1 and t.at > now() - $2::float8 * interval '1 second'
+        union all
+        select d.from_step, d.to_step, d.outcome, d.duration_ms, d.error from (${doneTransitions(
+          s,
+          `i.machine = $1 and i.status in ${TERMINAL_SQL} and i.updated_at > now() - $2::float8 * interval '1 second'`,
+        )}) d
+      )
       select t.from_step, t.to_step, t.outcome, count(*)::int as n,
              percentile_cont(0.5) within group (order by t.duration_ms) as p50_ms,
              count(*) filter (where t.error is not null)::int as errors
-      from ${s}.instances i join ${s}.transitions t on t.instance_id = i.id
-      where i.machine = $1 and t.at > now() - $2::float8 * interval '1 second'
+      from recorded t
       group by 1, 2, 3
       order by 4 desc
       limit 500`,

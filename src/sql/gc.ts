@@ -24,6 +24,7 @@
  */
 import { quoteIdent } from "../names.js";
 import { TERMINAL_SQL } from "../status.js";
+import { HOLDS_DONE } from "./done-transition.js";
 import { probe, statement } from "./query.js";
 
 /** Keyset cursor: the last deleted row's updated_at (as text, to keep microseconds) and id. */
@@ -138,10 +139,13 @@ export function gcQueries(schema: string) {
       ),
       gone_transitions as (delete from ${s}.transitions where instance_id in (select id from victims) returning 1),
       gone_signals as (delete from ${s}.signals where instance_id in (select id from victims) returning 1),
-      gone as (delete from ${s}.instances where id in (select id from victims) returning id, updated_at),
+      gone as (delete from ${s}.instances i where id in (select id from victims)
+               returning id, updated_at, ${HOLDS_DONE} as held_done),
       last as (select updated_at, id from gone order by updated_at desc, id desc limit 1)
       select (select count(*) from gone)::int as instances,
-             (select count(*) from gone_transitions)::int as transitions,
+             -- History rows: those of transitions, and the dones kept in instance rows (doneTransitions).
+             ((select count(*) from gone_transitions) + (select count(*) from gone where held_done))::int
+               as transitions,
              (select count(*) from gone_signals)::int as signals,
              (select updated_at::text from last) as after_at,
              (select id::text from last) as after_id`,

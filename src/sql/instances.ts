@@ -9,6 +9,7 @@ import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
+import { doneTransitions } from "./done-transition.js";
 import { statement } from "./query.js";
 
 export const INSTANCE_COLUMNS =
@@ -353,10 +354,21 @@ export function instanceQueries(schema: string) {
       (a) => [a.machine, a.statuses, a.queue, a.correlationKey, a.after, a.limit],
     ),
 
+    /**
+     * An instance's transitions, oldest first. A done kept in the row (see doneTransitions) goes
+     * where its history row would have been: after every earlier transition, before the
+     * `published` row its own commit wrote (same transaction, so `at` no earlier than the done's).
+     */
     history: statement<{ id: string }, TransitionRow>(
       `
-      select at, from_step, to_step, outcome, attempt, duration_ms, error, published
-      from ${s}.transitions where instance_id = $1 order by id`,
+      with done as (${doneTransitions(s, "i.id = $1")})
+      select at, from_step, to_step, outcome, attempt, duration_ms, error, published from (
+        select case when t.outcome = 'published' and t.at >= (select at from done) then 2 else 0 end as rank, t.id,
+               t.at, t.from_step, t.to_step, t.outcome, t.attempt, t.duration_ms, t.error, t.published
+        from ${s}.transitions t where t.instance_id = $1
+        union all
+        select 1, 0, d.* from done d
+      ) h order by rank, id`,
       (a) => [a.id],
     ),
 

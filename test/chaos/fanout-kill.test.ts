@@ -206,7 +206,8 @@ describe("fan-out under SIGKILL", () => {
       expect(children[0]).toEqual({ total: CHILDREN, indexes: CHILDREN, lo: 0, hi: CHILDREN - 1, done: CHILDREN });
       const { rows: childHistory } = await db.pool.query<{ bad: number; reaped: number }>(
         `select count(*) filter (where dones <> 1)::int as bad, coalesce(sum(reaped), 0)::int as reaped from (
-         select c.id, count(*) filter (where t.outcome = 'done') as dones, count(*) filter (where t.outcome = 'lease_expired') as reaped
+         select c.id, count(*) filter (where t.outcome = 'done') + max((c.done_duration_ms is not null)::int) as dones,
+                count(*) filter (where t.outcome = 'lease_expired') as reaped
          from ${s}.instances c left join ${s}.transitions t on t.instance_id = c.id where c.parent_id = $1 group by c.id) x`,
         [parent],
       );
@@ -331,7 +332,10 @@ describe("fan-out under SIGKILL", () => {
 
       // Each child's history ends exactly once: a cancelled child has no "done", a done child no "cancelled".
       const { rows: ends } = await db.pool.query<{ id: string; status: string; dones: number; cancels: number }>(
-        `select c.id::text, c.status, count(*) filter (where t.outcome = 'done')::int as dones, count(*) filter (where t.outcome = 'cancelled')::int as cancels
+        // A done is kept in the instance row (done_duration_ms), every other outcome in transitions.
+        `select c.id::text, c.status,
+                (count(*) filter (where t.outcome = 'done') + max((c.done_duration_ms is not null)::int))::int as dones,
+                count(*) filter (where t.outcome = 'cancelled')::int as cancels
        from ${s}.instances c left join ${s}.transitions t on t.instance_id = c.id where c.parent_id = $1 group by c.id, c.status`,
         [parent],
       );

@@ -10,6 +10,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { useTestDatabase } from "../support/db.js";
+import { instanceQueries } from "../../src/sql/instances.js";
 import { forkChild, useChildren, type Child } from "../support/worker-process.js";
 import { LongStep, RunAt, RunAtStep, Timed } from "./fixtures/skew-machines.js";
 import { eventually } from "../support/db.js";
@@ -59,12 +60,10 @@ afterAll(async () => {
 const figures: string[] = [];
 afterAll(() => console.log(`clock skew ±${SKEW_MS / 60_000} min:\n  ${figures.join("\n  ")}`));
 
+/** The instance's history as engine.history reads it (a done is kept in the instance row), by database time. */
 async function transitions(id: string): Promise<Array<{ outcome: string; at: number; to: string | null }>> {
-  const { rows } = await db.pool.query(
-    `select outcome, to_step as to, extract(epoch from at) * 1000 as at from ${s}.transitions where instance_id = $1 order by id`,
-    [id],
-  );
-  return rows.map((r) => ({ outcome: r.outcome, to: r.to, at: Number(r.at) }));
+  const { rows } = await instanceQueries(db.schema).history(db.pool, { id });
+  return rows.map((r) => ({ outcome: r.outcome, to: r.to_step, at: r.at.getTime() }));
 }
 
 describe("workers with clocks ten minutes off", () => {

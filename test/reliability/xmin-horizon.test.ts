@@ -69,8 +69,11 @@ describe("a transaction holding the xmin horizon", () => {
       for (const [i, id] of ids.entries()) {
         expect((await engine.wait(id, { timeout: 60_000 })).result).toBe(i + 2);
       }
+      // Three transitions each: two history rows, and the done kept in the instance row.
       const { rows: history } = await admin.query<{ n: number }>(
-        `select count(*)::int as n from gd.transitions group by instance_id having count(*) <> 3`,
+        `select count(*)::int as n from gd.transitions group by instance_id having count(*) <> 2
+         union all
+         select count(*)::int from gd.instances where done_duration_ms is null having count(*) > 0`,
       );
       expect(history).toEqual([]);
 
