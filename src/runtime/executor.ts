@@ -447,9 +447,15 @@ export class Executor {
 
   private async context(attempt: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
     const { row, machine } = attempt;
+    const route = routeFacts(attempt);
+    // Every fact by name (no spread): see Context in runtime/context.ts.
     return createContext({
       published: (attempt.published ??= new Map()),
-      ...routeFacts(attempt),
+      maxAttempts: route.maxAttempts,
+      resumedBy: route.resumedBy,
+      failure: route.failure,
+      cancellation: route.cancellation,
+      now: route.now,
       id: row.id,
       machine: row.machine,
       step: row.step,
@@ -557,9 +563,21 @@ export class Executor {
   ): void {
     if (!won) return this.lost(row);
     const { events } = this.deps;
-    events.emit("step:stop", { ...facts(row), outcome: completion.outcome, durationMs: completion.duration_ms });
+    // Literals, not `{ ...facts(row), outcome }`: adding to a spread leaves V8's fast path, once per step.
+    const { id, step, attempt, queue } = row;
+    events.emit("step:stop", {
+      id,
+      machine: row.machine,
+      step,
+      attempt,
+      queue,
+      outcome: completion.outcome,
+      durationMs: completion.duration_ms,
+    });
     const instance = { id: row.id, machine: machine.name };
-    if (completion.status === "done") events.emit("instance:done", { ...instance, result: completion.result });
+    if (completion.status === "done") {
+      events.emit("instance:done", { id, machine: machine.name, result: completion.result });
+    }
     if (completion.status === "failed") {
       events.emit("instance:failed", { ...instance, error: completion.error as ErrorRecord });
     }
