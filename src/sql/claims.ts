@@ -8,7 +8,7 @@ import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { statement } from "./query.js";
 
-/** A row as the claim query returns it (CLAIMED_COLUMNS). */
+/** A row as the claim returns it (the columns of the function claim, migration 21). */
 export interface ClaimedRow {
   id: string;
   machine: string;
@@ -104,12 +104,6 @@ export interface OutcomeRow {
 /** The claims' ids and tokens as the two parallel arrays the statements unnest. */
 const claimArrays = (claims: readonly Claim[]) => [claims.map((c) => c.id), claims.map((c) => c.token)];
 
-const CLAIMED_COLUMNS =
-  "i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts, i.claim_token::text as claim_token, " +
-  "i.correlation_key, i.awaited, i.joined, i.parent_id::text as parent_id, i.inserted_at, i.queue, i.error, " +
-  "i.concurrency_key, i.rate_limited, i.claimed_ahead, i.unvalidated, i.trace_context, i.version, " +
-  "i.failure, i.cancel_requested, i.resumed_by";
-
 /**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
  * off for that transaction only): if the database crashes and loses one, the row
@@ -129,80 +123,8 @@ export function claimQueries(schema: string) {
      * node is claiming. $6: the queue's global limit, or null.
      */
     claim: statement<ClaimArgs, ClaimedRow>(
-      `
-      with paused as (
-        select coalesce(bool_or(paused), false) as paused from ${s}.queues where name = $1
-      ),
-      -- A queue with a global limit ($6) claims no more than its free global slots; the
-      -- caller holds the queue's advisory lock, so this count sees every committed claim.
-      budget as (
-        select case when paused then 0
-               when $6::int is null then $3::int
-               else greatest(0, least($3::int, $6::int - (
-                 select count(*)::int from ${s}.instances where status = 'running' and queue = $1)))
-               end as n
-        from paused
-      ),
-      unkeyed as (
-        select id, priority, run_at from ${s}.instances
-        -- "machine || ''" keeps the planner off instances_machine: with stale statistics
-        -- (a newly deployed machine) it would sort all of that machine's rows instead of
-        -- walking instances_claim, many times slower per claim (bench/README.md has the figures).
-        where status = 'runnable' and concurrency_key is null and queue = $1 and run_at <= now()
-          and machine || '' = any($2::text[])
-        order by priority, run_at, id
-        limit (select n from budget)
-        for update skip locked
-      ),
-      -- Keyed work: keys with a free slot (fewer holders than their limit) and something due,
-      -- one row per key whatever queues behind it; the key row's lock makes two nodes never
-      -- fill one slot twice. At most $7 keys and $7 keyed rows: the caller's free slots, since a
-      -- claimed row holds its key, and a keyed row claimed ahead would hold it while it waits.
-      free_keys as (
-        select key, max_running - cardinality(holders) as slots from ${s}.concurrency_keys
-        where queue = $1 and cardinality(holders) < max_running and run_at <= now()
-        order by priority, run_at
-        limit least((select n from budget), $7::int)
-        for update skip locked
-      ),
-      -- The key's next instances (one for a key of limit 1) are found first and locked after:
-      -- when something else holds such a row (a signal, a cancel in a caller's transaction), the
-      -- key waits its turn rather than run the instance behind it; the holder's commit wakes the
-      -- queue again.
-      keyed as (
-        select i.id, i.priority, i.run_at from free_keys k cross join lateral (
-          select id from ${s}.instances h
-          where h.concurrency_key = k.key and h.status = 'runnable' and h.queue = $1 and h.run_at <= now()
-            and h.machine || '' = any($2::text[])
-          order by priority, run_at, id
-          limit k.slots
-        ) head
-        join ${s}.instances i on i.id = head.id
-        where i.status = 'runnable'
-        order by i.priority, i.run_at, i.id
-        limit least((select n from budget), $7::int)
-        for update of i skip locked
-      ),
-      chosen as (
-        select id, keyed, priority, run_at
-        from (select *, false as keyed from unkeyed union all select *, true from keyed) x
-        order by priority, run_at, id
-        limit (select n from budget)
-      ),
-      -- The first $7 rows (keyed ones first: they only ever go to free slots) start at once and
-      -- are charged their attempt now; the rest wait in the node's buffer, claimed ahead and
-      -- uncharged until they start (see \`start\`).
-      next as (
-        select id, row_number() over (order by keyed desc, priority, run_at, id) <= $7::int as starts_now
-        from chosen
-      ),
-      ${ASYNC_COMMIT}
-      update ${s}.instances i
-      set status = 'running', attempt = i.attempt + next.starts_now::int, claimed_ahead = not next.starts_now,
-          claim_token = i.claim_token + 1,
-          leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
-      from next, async_commit where i.id = next.id
-      returning ${CLAIMED_COLUMNS}`,
+      // The statement is the function claim (migration 21), which plans it once per session.
+      `select * from ${s}.claim($1, $2, $3, $4, $5, $6, $7)`,
       (a) => [a.queue, a.machines, a.want, a.nodeId, a.leaseMs, a.global, a.keyedAtMost],
       { prepare: true },
     ),
@@ -287,7 +209,7 @@ export function claimQueries(schema: string) {
      * Commits a batch of step outcomes in one statement (group commit): one
      * fenced UPDATE and the matching history rows, but for a done, whose
      * transition stays in the instance row (`done_duration_ms`; see
-     * `doneTransition`). Returns the ids that won.
+     * `doneTransitions`). Returns the ids that won.
      */
     complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
       `
