@@ -229,6 +229,25 @@ const CANCEL_TO =
   "case when status = 'runnable' then cleanup end, " +
   "case when status = 'runnable' then 'cancelling' else 'cancelled' end";
 
+/**
+ * The INSERT of `insert`'s input rows that match `where` (without its ON CONFLICT and RETURNING).
+ * jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is
+ * stored as JSON null.
+ */
+const insertInstances = (s: string, where: string) => `
+        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key,
+                                    concurrency_key, concurrency_limit, parent_id, trace_context, version)
+        select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
+               coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
+               max_attempts, correlation_key, concurrency_key, concurrency_limit, parent_id, trace_context,
+               coalesce(version, 1)
+        from input where ${where} and (select n from keys_locked) >= 0
+          and id not in (select id from prior where existing is not null)
+          and not exists (select 1 from prior where rejected)
+        -- One order for every insert, so concurrent batches take key locks (the correlation
+        -- key's unique entry, the concurrency key's row in its trigger) in the same order.
+        order by correlation_key, concurrency_key collate "C" nulls last, idx`;
+
 export function instanceQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
@@ -251,7 +270,7 @@ export function instanceQueries(schema: string) {
     insert: statement<{ rows: readonly InsertRow[]; channel: string | null; windowMs: number }, InsertedRow>(
       `
       with input as (
-        select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
+        select x.*, nextval((select pg_get_serial_sequence('${s}.instances', 'id')::regclass)) as id
         from jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
@@ -262,8 +281,8 @@ export function instanceQueries(schema: string) {
       -- row (see lock_keys).
       keys_locked as (
         select ${s}.lock_keys(array(
-          select concurrency_key from input
-          union all select 'idempotency:' || idempotency_key from input
+          select concurrency_key from input where concurrency_key is not null
+          union all select 'idempotency:' || idempotency_key from input where idempotency_key is not null
           union all select 'correlation:' || correlation_key from input where if_exists in ('reuse', 'reject'))) as n
       ),
       prior as (
@@ -280,26 +299,23 @@ export function instanceQueries(schema: string) {
             and (select n from keys_locked) >= 0
         ) p
       ),
-      ins as (
-        insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key,
-                                    concurrency_key,
-                                    concurrency_limit, parent_id, trace_context, version)
-        -- jsonb_to_recordset reads a JSON null as SQL NULL: a state of null (the schema accepted it) is
-        -- stored as JSON null.
-        select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
-               coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
-               max_attempts, correlation_key, concurrency_key, concurrency_limit, parent_id, trace_context,
-               coalesce(version, 1)
-        -- One order for every insert, so concurrent batches take key locks (the correlation
-        -- key's unique entry, the concurrency key's row in its trigger) in the same order.
-        from input where (select n from keys_locked) >= 0
-          and id not in (select id from prior where existing is not null)
-          and not exists (select 1 from prior where rejected)
-        order by correlation_key nulls last, concurrency_key collate "C" nulls last, idx
+      -- The rows with a correlation key: a live twin's unique entry conflicts.
+      ins_keyed as (
+        ${insertInstances(s, "correlation_key is not null")}
         on conflict (correlation_key) where correlation_key is not null and status not in ${TERMINAL_SQL} do nothing
         -- take_inbox (see the migration) moves signals kept for the key into the new mailbox.
-        returning id, correlation_key, queue, run_at <= now() as due,
-          case when correlation_key is not null then ${s}.take_inbox(correlation_key, id) end as inbox
+        returning id, queue, run_at <= now() as due, ${s}.take_inbox(correlation_key, id) as inbox
+      ),
+      -- The rows without: nothing can conflict, so no speculative insertion (its extra WAL record and
+      -- lock per row).
+      ins_plain as (
+        ${insertInstances(s, "correlation_key is null")}
+        returning id, queue, run_at <= now() as due
+      ),
+      -- Read in this order: the keyed rows are inserted first, as "order by correlation_key nulls last" had it.
+      ins as (
+        select id, queue, due from ins_keyed
+        union all select id, queue, due from ins_plain
       ),
       results as (
         select x.idx, x.id as input_id, ins.id, true as inserted, ins.queue, ins.due, false as rejected
