@@ -101,7 +101,8 @@ export interface InsertRow {
   idx: number;
   machine: string;
   step: string;
-  state: unknown;
+  /** The state (a job's args) as JSON text, checked (json.ts checkJson): it goes into the statement as it is. */
+  state: string;
   queue: string;
   priority: number;
   run_at: string | null;
@@ -120,6 +121,48 @@ export interface InsertRow {
   if_exists: "reuse" | "reject" | null;
   /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
   version: number;
+}
+
+/**
+ * `insert`'s $1: the rows as a JSON array, built by hand. The state goes in as the text that was
+ * checked, not stringified again, and a null field is left out (jsonb_to_recordset reads a missing
+ * key as null): a plain job's row is a third of its JSON.stringify, and a batch of 1,000 is built
+ * in a fraction of the time.
+ */
+export function insertRowsJson(rows: readonly InsertRow[]): string {
+  const parts: string[] = new Array(rows.length);
+  // The fields a batch's rows mostly share, as JSON, kept from the previous row while they match.
+  let last: InsertRow | undefined;
+  let shared = "";
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i]!;
+    if (
+      last === undefined ||
+      r.machine !== last.machine ||
+      r.step !== last.step ||
+      r.queue !== last.queue ||
+      r.priority !== last.priority ||
+      r.version !== last.version
+    ) {
+      shared =
+        `,"machine":${JSON.stringify(r.machine)},"step":${JSON.stringify(r.step)},"queue":${JSON.stringify(r.queue)}` +
+        `,"priority":${r.priority},"version":${r.version}`;
+      last = r;
+    }
+    let json = `{"idx":${r.idx}${shared},"state":${r.state}`;
+    if (r.run_at !== null) json += `,"run_at":${JSON.stringify(r.run_at)}`;
+    if (r.delay_ms !== null) json += `,"delay_ms":${JSON.stringify(r.delay_ms)}`;
+    if (r.max_attempts !== null) json += `,"max_attempts":${r.max_attempts}`;
+    if (r.correlation_key !== null) json += `,"correlation_key":${JSON.stringify(r.correlation_key)}`;
+    if (r.concurrency_key !== null) json += `,"concurrency_key":${JSON.stringify(r.concurrency_key)}`;
+    if (r.concurrency_limit !== null) json += `,"concurrency_limit":${r.concurrency_limit}`;
+    if (r.parent_id !== null) json += `,"parent_id":${JSON.stringify(r.parent_id)}`;
+    if (r.trace_context !== null) json += `,"trace_context":${JSON.stringify(r.trace_context)}`;
+    if (r.idempotency_key !== null) json += `,"idempotency_key":${JSON.stringify(r.idempotency_key)}`;
+    if (r.if_exists !== null) json += `,"if_exists":${JSON.stringify(r.if_exists)}`;
+    parts[i] = json + "}";
+  }
+  return `[${parts.join(",")}]`;
 }
 
 /** What `insert` says of one input row (by its `idx`); a row missing was taken by a twin after the snapshot. */
@@ -347,7 +390,7 @@ export function instanceQueries(schema: string) {
       union all
       -- never a row: makes the statement evaluate the NOTIFYs
       select -1, null, null, null, null, null from woke where n < 0`,
-      (a) => [JSON.stringify(a.rows), a.channel, a.windowMs],
+      (a) => [insertRowsJson(a.rows), a.channel, a.windowMs],
       { prepare: true },
     ),
 
