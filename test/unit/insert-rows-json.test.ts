@@ -21,13 +21,21 @@ const plain: InsertRow = {
   version: 1,
 };
 
-/** What jsonb_to_recordset reads from a row: a missing key is null, the state its JSON. */
-const asRead = (row: Record<string, unknown>) =>
-  Object.fromEntries(Object.keys(plain).map((k) => [k, k in row ? row[k] : null]));
+/**
+ * The rows as the statement reads them: jsonb_to_recordset reads a missing key as null, and a
+ * missing shared field (machine, step, queue, priority, version) is taken from `shared`.
+ */
+function read(rows: readonly InsertRow[]): Array<Record<string, unknown>> {
+  const json = insertRowsJson(rows);
+  const shared = JSON.parse(json.shared) as Record<string, unknown>;
+  return (JSON.parse(json.rows) as Array<Record<string, unknown>>).map((row) =>
+    Object.fromEntries(Object.keys(plain).map((k) => [k, k in row ? row[k] : k in shared ? shared[k] : null])),
+  );
+}
 const expected = (row: InsertRow) => ({ ...row, state: JSON.parse(row.state) as unknown });
 
-describe("insertRowsJson (the bulk insert's rows)", () => {
-  it("is the rows' JSON, the state as its checked text, null fields left out", () => {
+describe("insertRowsJson (the bulk insert's rows and the fields they share)", () => {
+  it("is the rows' JSON, the state as its checked text, null and shared fields left out", () => {
     const full: InsertRow = {
       idx: 7,
       machine: 'Odd "name" \\ é \u2028',
@@ -47,13 +55,16 @@ describe("insertRowsJson (the bulk insert's rows)", () => {
       if_exists: "reuse",
       version: 3,
     };
-    const json = insertRowsJson([plain, full, { ...plain, idx: 2, state: "null" }]);
-    const parsed = JSON.parse(json) as Array<Record<string, unknown>>;
-    expect(parsed.map(asRead)).toEqual([expected(plain), expected(full), { ...expected(plain), idx: 2, state: null }]);
-    expect(Object.keys(parsed[0]!).sort()).toEqual(["idx", "machine", "priority", "queue", "state", "step", "version"]);
+    const rows = [plain, full, { ...plain, idx: 2, state: "null" }];
+    expect(read(rows)).toEqual([expected(plain), expected(full), { ...expected(plain), idx: 2, state: null }]);
+    // A plain job's row: its idx and state, the rest shared.
+    expect(JSON.parse(insertRowsJson([plain, plain]).rows)).toEqual([
+      { idx: 0, state: { i: 0 } },
+      { idx: 0, state: { i: 0 } },
+    ]);
   });
 
-  it("gives each row its own machine, step, queue, priority and version (they are shared only while equal)", () => {
+  it("gives each row its own machine, step, queue, priority and version when they differ from the first row's", () => {
     const rows: InsertRow[] = [
       plain,
       { ...plain, idx: 1, queue: "other" },
@@ -61,12 +72,10 @@ describe("insertRowsJson (the bulk insert's rows)", () => {
       { ...plain, idx: 3, machine: "Other", step: "start", version: 2 },
       { ...plain, idx: 4 },
     ];
-    expect((JSON.parse(insertRowsJson(rows)) as Array<Record<string, unknown>>).map(asRead)).toEqual(
-      rows.map(expected),
-    );
+    expect(read(rows)).toEqual(rows.map(expected));
   });
 
   it("is an empty array for no rows", () => {
-    expect(insertRowsJson([])).toBe("[]");
+    expect(insertRowsJson([])).toEqual({ rows: "[]", shared: "{}" });
   });
 });
