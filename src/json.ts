@@ -61,114 +61,162 @@ interface Problem {
   message: string;
 }
 
-interface Frame {
-  value: unknown;
-  keys: PropertyKey[];
-  /** Stores this value's copy in its parent's copy. */
-  put: (copy: unknown) => void;
+/** An object or array being copied: its children are visited in order, one at a time. */
+interface Level {
+  /** The original (on the path while its subtree is walked: a cycle comes back to it). */
+  object: object;
+  copy: unknown[] | Record<string, unknown>;
+  /** Its own keys, in order; null for an array (the keys are the indices). */
+  keys: string[] | null;
+  /** Its children, read once, in the order of `keys`. */
+  values: unknown[];
+  /** The next child to visit. */
+  next: number;
+  /** Its key in its parent (undefined for the root). */
+  key: PropertyKey | undefined;
+}
+
+/** What `visit` made of a value, besides a problem (its text). */
+const COPIED = 0; // the copy is in walk.out (a primitive, or a new Level's copy, already on walk.levels)
+const OMITTED = 1; // an undefined property: left out, as JSON.stringify does
+const TOO_BIG = 2; // the strings alone are over maxBytes: stop
+/** Where a visited value sits: the root, an array element or an object property. */
+const ROOT = 0;
+const ELEMENT = 1;
+const PROPERTY = 2;
+
+interface Walk {
+  maxBytes: number;
+  atLeast: number;
+  out: unknown;
+  /** The objects and arrays from the root down to the one whose children are being visited. */
+  levels: Level[];
+  onPath: Set<object>;
 }
 
 /**
  * Walks `root` once, iteratively, and returns a copy made only of plain objects, arrays and
  * primitives (so JSON.stringify of it cannot call user code), or the first problem found.
  * `atLeast` is a lower bound of its UTF-8 size (the length of its strings); the walk stops
- * early once that exceeds `maxBytes`.
+ * early once that exceeds `maxBytes`. Only objects and arrays take a frame (a Level): a
+ * primitive is checked and copied where it is met.
  */
 function copyJson(root: unknown, maxBytes: number): { copy: unknown; atLeast: number } | { problem: Problem } {
-  const result = { copy: undefined as unknown, atLeast: 0 };
-  const stack: Frame[] = [{ value: root, keys: [], put: (copy) => (result.copy = copy) }];
-  const onPath = new Set<object>();
-  const exits: Array<{ object: object; depth: number }> = [];
-  while (stack.length > 0) {
-    const { value, keys, put } = stack.pop()!;
-    // Leave objects whose subtree is done (we are back at a shallower depth).
-    while (exits.length > 0 && exits[exits.length - 1]!.depth >= keys.length) onPath.delete(exits.pop()!.object);
-    const bad = (message: string) => ({ problem: { path: formatPath(keys), keys, message } });
-    switch (typeof value) {
-      case "string":
-        if (value.includes("\u0000")) return bad("contains a NUL character (\\u0000), which Postgres cannot store");
-        if (LONE_SURROGATE.test(value)) return bad("contains a lone UTF-16 surrogate, which is not valid Unicode");
-        result.atLeast += value.length;
-        if (result.atLeast > maxBytes) return result;
-        put(value);
-        continue;
-      case "number":
-        if (!Number.isFinite(value)) return bad(`is ${value}, which is not a JSON number`);
-        put(value);
-        continue;
-      case "boolean":
-        put(value);
-        continue;
-      case "undefined":
-        // A state, args or payload of undefined (a schema may accept it) is refused, not turned into null:
-        // the step would then see null where its schema promised undefined.
-        if (keys.length === 0)
-          return bad(
-            "is undefined, which cannot be stored (JSON has no undefined): " +
-              "pass a value, or null if the schema accepts it",
-          );
-        if (typeof keys[keys.length - 1] === "number") return bad("is undefined, which is not JSON");
-        continue; // an undefined property is simply omitted, as JSON.stringify does
-      case "bigint":
-      case "function":
-      case "symbol":
-        return bad(`is ${describe(value)}, which is not JSON`);
-    }
-    if (value === null) {
-      put(null);
+  const walk: Walk = { maxBytes, atLeast: 0, out: undefined, levels: [], onPath: new Set() };
+  const first = visit(walk, root, ROOT, undefined);
+  if (typeof first === "string") return { problem: problemAt(walk.levels, [], first) };
+  const copy = walk.out;
+  if (first === TOO_BIG) return { copy, atLeast: walk.atLeast };
+  const { levels } = walk;
+  while (levels.length > 0) {
+    const level = levels[levels.length - 1]!;
+    if (level.next === level.values.length) {
+      levels.pop();
+      walk.onPath.delete(level.object);
       continue;
     }
-    if (keys.length >= MAX_DEPTH) return bad(`is nested deeper than ${MAX_DEPTH} levels`);
-    const object = value as object;
-    if (onPath.has(object)) return bad("is a circular reference");
-    // Every read of user data below may run user code (getters, Proxy traps) that throws.
-    let children: Array<[PropertyKey, unknown]>;
-    let copy: unknown[] | Record<string, unknown>;
-    try {
-      const proto = Object.getPrototypeOf(object);
-      if (Array.isArray(object)) {
-        if (proto !== Array.prototype) return bad("is an array with a prototype of its own, not a plain array");
-        if (Object.hasOwn(object, "toJSON")) return bad("is an array with its own toJSON, not a plain array");
-        // Each element takes a byte at least: a sparse array of a billion holes stops here.
-        result.atLeast += object.length;
-        if (result.atLeast > maxBytes) return result;
-        children = [];
-        for (let i = 0; i < object.length; i++) children.push([i, object[i]]);
-        copy = new Array(object.length);
-      } else {
-        if (proto !== Object.prototype && proto !== null) {
-          const hint = object instanceof Date ? "; store an ISO string (date.toISOString()) instead" : "";
-          return bad(`is ${describe(object)}, not a plain object${hint}`);
-        }
-        children = Object.entries(object);
-        copy = {};
+    const i = level.next++;
+    const key = level.keys === null ? i : level.keys[i]!;
+    const outcome = visit(walk, level.values[i], level.keys === null ? ELEMENT : PROPERTY, key);
+    if (typeof outcome === "string") return { problem: problemAt(levels, [key], outcome) };
+    if (outcome === TOO_BIG) return { copy, atLeast: walk.atLeast };
+    if (outcome === OMITTED) continue;
+    if (level.keys === null) (level.copy as unknown[])[i] = walk.out;
+    // defineProperty: a "__proto__" key stays an own key of the copy and sets no prototype.
+    else
+      Object.defineProperty(level.copy, key, { value: walk.out, enumerable: true, writable: true, configurable: true });
+  }
+  return { copy, atLeast: walk.atLeast };
+}
+
+/** The problem of the value at `tail` below the levels on the stack (the root's level has no key). */
+function problemAt(levels: readonly Level[], tail: PropertyKey[], message: string): Problem {
+  const keys: PropertyKey[] = [];
+  for (let i = 1; i < levels.length; i++) keys.push(levels[i]!.key!);
+  keys.push(...tail);
+  return { path: formatPath(keys), keys, message };
+}
+
+/**
+ * Checks one value and copies it into walk.out; an object or array also gets its Level pushed
+ * (its children are visited later, by the loop). Returns a problem's text, or what it did.
+ */
+function visit(walk: Walk, value: unknown, where: number, key: PropertyKey | undefined): string | number {
+  switch (typeof value) {
+    case "string":
+      if (value.includes("\u0000")) return "contains a NUL character (\\u0000), which Postgres cannot store";
+      if (LONE_SURROGATE.test(value)) return "contains a lone UTF-16 surrogate, which is not valid Unicode";
+      walk.atLeast += value.length;
+      if (walk.atLeast > walk.maxBytes) return TOO_BIG;
+      walk.out = value;
+      return COPIED;
+    case "number":
+      if (!Number.isFinite(value)) return `is ${value}, which is not a JSON number`;
+      walk.out = value;
+      return COPIED;
+    case "boolean":
+      walk.out = value;
+      return COPIED;
+    case "undefined":
+      // A state, args or payload of undefined (a schema may accept it) is refused, not turned into null:
+      // the step would then see null where its schema promised undefined.
+      if (where === ROOT)
+        return (
+          "is undefined, which cannot be stored (JSON has no undefined): " +
+          "pass a value, or null if the schema accepts it"
+        );
+      if (where === ELEMENT) return "is undefined, which is not JSON";
+      return OMITTED; // an undefined property is simply omitted, as JSON.stringify does
+    case "bigint":
+    case "function":
+    case "symbol":
+      return `is ${describe(value)}, which is not JSON`;
+  }
+  if (value === null) {
+    walk.out = null;
+    return COPIED;
+  }
+  if (walk.levels.length >= MAX_DEPTH) return `is nested deeper than ${MAX_DEPTH} levels`;
+  const object = value as object;
+  if (walk.onPath.has(object)) return "is a circular reference";
+  // Every read of user data below may run user code (getters, Proxy traps) that throws.
+  let level: Level;
+  try {
+    const proto = Object.getPrototypeOf(object);
+    if (Array.isArray(object)) {
+      if (proto !== Array.prototype) return "is an array with a prototype of its own, not a plain array";
+      if (Object.hasOwn(object, "toJSON")) return "is an array with its own toJSON, not a plain array";
+      // Each element takes a byte at least: a sparse array of a billion holes stops here.
+      walk.atLeast += object.length;
+      if (walk.atLeast > walk.maxBytes) return TOO_BIG;
+      const values: unknown[] = new Array(object.length);
+      for (let i = 0; i < object.length; i++) values[i] = (object as unknown[])[i];
+      level = { object, copy: new Array(object.length), keys: null, values, next: 0, key };
+    } else {
+      if (proto !== Object.prototype && proto !== null) {
+        const hint = object instanceof Date ? "; store an ISO string (date.toISOString()) instead" : "";
+        return `is ${describe(object)}, not a plain object${hint}`;
       }
-    } catch (error) {
-      return bad(`could not be read: ${toErrorRecord(error).message}`);
+      const entries = Object.entries(object);
+      const keys: string[] = new Array(entries.length);
+      const values: unknown[] = new Array(entries.length);
+      for (let i = 0; i < entries.length; i++) [keys[i], values[i]] = entries[i]!;
+      level = { object, copy: {}, keys, values, next: 0, key };
     }
-    put(copy);
-    onPath.add(object);
-    exits.push({ object, depth: keys.length });
-    for (let i = children.length - 1; i >= 0; i--) {
-      const [key, child] = children[i]!;
-      if (typeof key === "string") {
-        if (key.includes("\u0000")) return bad(`has a key containing a NUL character`);
-        if (LONE_SURROGATE.test(key)) return bad(`has a key containing a lone UTF-16 surrogate`);
-        result.atLeast += key.length;
-      }
-      const target = copy;
-      stack.push({
-        value: child,
-        keys: [...keys, key],
-        // defineProperty: a "__proto__" key stays an own key of the copy and sets no prototype.
-        put: Array.isArray(target)
-          ? (v) => (target[key as number] = v)
-          : (v) =>
-              Object.defineProperty(target, key, { value: v, enumerable: true, writable: true, configurable: true }),
-      });
+  } catch (error) {
+    return `could not be read: ${toErrorRecord(error).message}`;
+  }
+  if (level.keys !== null) {
+    for (const k of level.keys) {
+      if (k.includes("\u0000")) return "has a key containing a NUL character";
+      if (LONE_SURROGATE.test(k)) return "has a key containing a lone UTF-16 surrogate";
+      walk.atLeast += k.length;
     }
   }
-  return result;
+  walk.out = level.copy;
+  walk.onPath.add(object);
+  walk.levels.push(level);
+  return COPIED;
 }
 
 function formatPath(keys: PropertyKey[]): string {

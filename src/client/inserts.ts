@@ -5,7 +5,7 @@ import { describe } from "../duration.js";
 import { assertReadCommitted } from "../db/pool.js";
 import { KeyExistsError, ValidationError } from "../errors.js";
 import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js";
-import { firstOfEachKey, prepareInsert, type InsertRow } from "../runtime/insert.js";
+import { firstOfEachKey, prepareInsert, prepareItems, type InsertRow } from "../runtime/insert.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import type { ClientContext } from "./context.js";
 
@@ -31,15 +31,14 @@ export async function insertMany(
 ): Promise<InsertResult[]> {
   if (!Array.isArray(items)) throw new ValidationError(`insertMany: items must be an array, got ${describe(items)}`);
   rejectUnknownKeys(options, ["client"], "insertMany", (m) => new ValidationError(m));
-  const rows = await Promise.all(
-    items.map((item: unknown, i) => {
-      if (typeof item !== "object" || item === null)
-        throw new ValidationError(
-          `insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`,
-        );
-      const { machine, ...rest } = item as InsertManyItem;
-      return prepareInsert(machine, rest, i, `insertMany[${i}]`, ctx.config.maxPayloadBytes);
-    }),
+  const rows = await prepareItems(
+    items,
+    (i) => `insertMany[${i}]`,
+    (i, item) =>
+      new ValidationError(
+        `insertMany[${i}]: each item must be { machine, state | args, ...options }, got ${describe(item)}`,
+      ),
+    ctx.config.maxPayloadBytes,
   );
   return insertRows(ctx, rows, options.client);
 }

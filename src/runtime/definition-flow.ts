@@ -49,6 +49,9 @@ export function concurrencyLimitOf(machine: AnyMachine, key: string | null): num
   return key !== null && limit > 1 ? limit : null;
 }
 
+/** The error maker of checkKey, made only when a key is checked (a plain insert makes no closure). */
+const keyError = (where: string) => (m: string) => new ValidationError(`${where}: ${m}`);
+
 /** The concurrency key of a new instance: the call's own (null: none), else the definition's, else none. */
 export function concurrencyKeyOf(
   machine: AnyMachine,
@@ -56,9 +59,8 @@ export function concurrencyKeyOf(
   explicit: string | null | undefined,
   where: string,
 ): string | null {
-  const bad = (m: string) => new ValidationError(`${where}: ${m}`);
   if (explicit === null) return null;
-  if (explicit !== undefined) return checkKey(explicit, "concurrencyKey", bad);
+  if (explicit !== undefined) return checkKey(explicit, "concurrencyKey", keyError(where));
   if (!machine.concurrency) return null;
   let key: unknown;
   try {
@@ -67,5 +69,5 @@ export function concurrencyKeyOf(
     const message = error instanceof Error ? error.message : String(error);
     throw new ValidationError(`${where}: the concurrency.key of ${machine.name} threw: ${message}`);
   }
-  return checkKey(key, `the key from ${machine.name}'s concurrency.key`, bad);
+  return checkKey(key, `the key from ${machine.name}'s concurrency.key`, keyError(where));
 }

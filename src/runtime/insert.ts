@@ -5,7 +5,7 @@ import { checkRunAt, describe, toMs } from "../duration.js";
 import { ValidationError } from "../errors.js";
 import { checkJson } from "../json.js";
 import { checkKey, checkName } from "../names.js";
-import { isStandardSchema, validate } from "../schema.js";
+import { isStandardSchema, validateNow } from "../schema.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import { concurrencyKeyOf, concurrencyLimitOf } from "./definition-flow.js";
 import { captureTraceContext } from "../telemetry/propagation.js";
@@ -42,14 +42,23 @@ const OPTION_KEYS = [
   "client",
 ];
 
-export async function prepareInsert(
+/** An item of insertMany or of a spawn: the options with the machine among them. */
+const ITEM_KEYS = [...OPTION_KEYS, "machine"];
+
+/**
+ * The row that inserts `machine` with `options`, every option checked. Synchronous unless the
+ * machine's schema validates asynchronously: a bulk insert of plain jobs makes no promise per row.
+ * Throws (or rejects with) a ValidationError. `inItem`: the options are an item of a list, which
+ * holds `machine` too.
+ */
+export function prepareInsert(
   machine: AnyMachine,
   options: InstanceOptions & { state?: unknown; args?: unknown },
   idx: number,
   where: string,
   maxPayloadBytes: number,
-): Promise<InsertRow> {
-  const bad = (m: string) => new ValidationError(`${where}: ${m}`);
+  inItem = false,
+): InsertRow | Promise<InsertRow> {
   // Before any await: the caller's context (its request's span).
   const traceContext = captureTraceContext();
   if (
@@ -58,48 +67,110 @@ export async function prepareInsert(
     !(machine.steps instanceof Map) ||
     !isStandardSchema(machine.schema)
   ) {
-    throw bad(`the first argument must be a machine from defineMachine or defineJob, got ${describe(machine)}`);
+    throw invalid(
+      where,
+      `the first argument must be a machine from defineMachine or defineJob, got ${describe(machine)}`,
+    );
   }
   const label = `${where} ${machine.name}`;
-  if (typeof options !== "object" || options === null) throw bad(`options must be an object, got ${describe(options)}`);
-  rejectUnknownKeys(options, OPTION_KEYS, label, (m) => new ValidationError(m));
+  if (typeof options !== "object" || options === null)
+    throw invalid(where, `options must be an object, got ${describe(options)}`);
+  rejectUnknownKeys(options, inItem ? ITEM_KEYS : OPTION_KEYS, label, toValidationError);
   const isJob = machine.kind === "job";
-  if (isJob && "state" in options) throw bad(`${machine.name} is a job: pass { args }, not { state }`);
-  if (!isJob && "args" in options) throw bad(`${machine.name} is a machine: pass { state }, not { args }`);
+  if (isJob && "state" in options) throw invalid(where, `${machine.name} is a job: pass { args }, not { state }`);
+  if (!isJob && "args" in options) throw invalid(where, `${machine.name} is a machine: pass { state }, not { args }`);
   const input = isJob ? options.args : options.state;
-  const { value: validated } = await validate(machine.schema, input, `${isJob ? "args" : "state"} of ${machine.name}`);
-  // The checked copy is what is stored: a second read of the original (a getter, a Proxy) may differ.
-  const { value: state } = checkJson(validated, `${isJob ? "args" : "state"} of ${machine.name}`, maxPayloadBytes);
+  const what = `${isJob ? "args" : "state"} of ${machine.name}`;
+  const validated = validateNow(machine.schema, input, what);
+  if (validated instanceof Promise) {
+    return validated.then(({ value }) =>
+      rowOf(machine, options, idx, where, maxPayloadBytes, value, what, traceContext),
+    );
+  }
+  return rowOf(machine, options, idx, where, maxPayloadBytes, validated.value, what, traceContext);
+}
 
-  if (options.delay !== undefined && options.runAt !== undefined) throw bad("pass delay or runAt, not both");
-  const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", bad);
+const toValidationError = (m: string) => new ValidationError(m);
+/** The ValidationError of an insert option, named by `where`. */
+const invalid = (where: string, m: string) => new ValidationError(`${where}: ${m}`);
+/** `invalid` for checks that take a function (made only for an option that is there: no closure per plain row). */
+const badIn = (where: string) => (m: string) => invalid(where, m);
+
+/**
+ * prepareInsert of each item ({ machine, ...options }) of a list, in order, every one checked
+ * before anything is written; a promise only when a schema validates asynchronously.
+ * `where(i)` names item i in errors; `notAnItem` is the error for an item that is not an object.
+ */
+export function prepareItems(
+  items: readonly unknown[],
+  where: (i: number) => string,
+  notAnItem: (i: number, item: unknown) => Error,
+  maxPayloadBytes: number,
+): InsertRow[] | Promise<InsertRow[]> {
+  const rows: Array<InsertRow | Promise<InsertRow>> = new Array(items.length);
+  let pending = false;
+  try {
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      if (typeof item !== "object" || item === null) throw notAnItem(i, item);
+      const options = item as InstanceOptions & { machine: AnyMachine };
+      const row = prepareInsert(options.machine, options, i, where(i), maxPayloadBytes, true);
+      if (row instanceof Promise) pending = true;
+      rows[i] = row;
+    }
+  } catch (error) {
+    // The rows still validating: their rejections are not this call's error.
+    for (const row of rows) if (row instanceof Promise) row.catch(() => {});
+    throw error;
+  }
+  return pending ? Promise.all(rows) : (rows as InsertRow[]);
+}
+
+/** The rest of prepareInsert, once the state is validated: the state checked and every other option. */
+function rowOf(
+  machine: AnyMachine,
+  options: InstanceOptions,
+  idx: number,
+  where: string,
+  maxPayloadBytes: number,
+  validated: unknown,
+  what: string,
+  traceContext: InsertRow["trace_context"],
+): InsertRow {
+  // The checked copy is what is stored: a second read of the original (a getter, a Proxy) may differ.
+  const checked = checkJson(validated, what, maxPayloadBytes);
+  if (options.delay !== undefined && options.runAt !== undefined) throw invalid(where, "pass delay or runAt, not both");
+  const runAt = options.runAt === undefined ? null : checkRunAt(options.runAt, "runAt", badIn(where));
   const ifExists = options.ifExists;
   if (ifExists !== undefined && ifExists !== "reuse" && ifExists !== "reject" && ifExists !== "allow")
-    throw bad(`ifExists must be "reuse", "reject" or "allow", got ${describe(ifExists)}`);
+    throw invalid(where, `ifExists must be "reuse", "reject" or "allow", got ${describe(ifExists)}`);
   if (ifExists !== undefined && options.correlationKey === undefined)
-    throw bad("ifExists needs a correlationKey: it says what to do when an instance with that key exists");
+    throw invalid(where, "ifExists needs a correlationKey: it says what to do when an instance with that key exists");
   const priority = options.priority ?? 0;
-  const concurrencyKey = concurrencyKeyOf(machine, state, options.concurrencyKey, where);
+  const concurrencyKey = concurrencyKeyOf(machine, checked.value, options.concurrencyKey, where);
   if (!Number.isInteger(priority) || Math.abs(priority) > 2 ** 31 - 1)
-    throw bad(`priority must be an integer, got ${describe(options.priority)}`);
+    throw invalid(where, `priority must be an integer, got ${describe(options.priority)}`);
   return {
     idx,
     machine: machine.name,
     step: machine.initial,
-    // Never undefined here (encodeJson refused it); null is stored as JSON null (see sql/instances.ts).
-    state,
-    queue: options.queue === undefined ? machine.queue : checkName(options.queue, "queue", bad),
+    // The checked text (never of undefined: checkJson refused it); null is stored as JSON null (see sql/instances.ts).
+    state: checked.text,
+    queue: options.queue === undefined ? machine.queue : checkName(options.queue, "queue", badIn(where)),
     priority,
     run_at: runAt,
-    delay_ms: options.delay === undefined ? null : toMs(options.delay, "delay", bad),
-    max_attempts: checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, (m) => new ValidationError(m)) ?? null,
+    delay_ms: options.delay === undefined ? null : toMs(options.delay, "delay", badIn(where)),
+    max_attempts:
+      options.maxAttempts === undefined
+        ? null
+        : checkMaxAttempts(options.maxAttempts, `${where}: maxAttempts`, toValidationError)!,
     correlation_key:
-      options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", bad),
+      options.correlationKey === undefined ? null : checkKey(options.correlationKey, "correlationKey", badIn(where)),
     concurrency_key: concurrencyKey,
     concurrency_limit: concurrencyLimitOf(machine, concurrencyKey),
     parent_id: null,
     idempotency_key:
-      options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", bad),
+      options.idempotencyKey === undefined ? null : checkKey(options.idempotencyKey, "idempotencyKey", badIn(where)),
     if_exists: ifExists === undefined || ifExists === "allow" ? null : ifExists,
     trace_context: traceContext,
     version: machine.version ?? 1,

@@ -15,7 +15,7 @@ import type { AnyMachine } from "../define.js";
 import type { Attempt } from "./attempt.js";
 import { normalizeSpec } from "./await-spec.js";
 import type { Completion } from "./completion.js";
-import { prepareInsert, type InsertRow } from "./insert.js";
+import { prepareItems, type InsertRow } from "./insert.js";
 import { publishedOf } from "./published.js";
 import { joinRule } from "./join-rule.js";
 import { checkResult, checkTransition } from "../machine-typing.js";
@@ -313,15 +313,12 @@ async function prepareChildren(children: unknown[], where: string, maxPayloadByt
   if (children.length > MAX_CHILDREN) {
     throw new ValidationError(`${where}: at most ${MAX_CHILDREN} children per spawn, got ${children.length}`);
   }
-  const rows = await Promise.all(
-    children.map((child, i) => {
-      if (typeof child !== "object" || child === null) {
-        const got = describe(child);
-        throw new ValidationError(`${where}: child ${i} must be { machine, state | args, ... }, got ${got}`);
-      }
-      const { machine, ...options } = child as { machine: AnyMachine };
-      return prepareInsert(machine, options, i, `${where} child ${i}:`, maxPayloadBytes);
-    }),
+  const rows = await prepareItems(
+    children,
+    (i) => `${where} child ${i}:`,
+    (i, child) =>
+      new ValidationError(`${where}: child ${i} must be { machine, state | args, ... }, got ${describe(child)}`),
+    maxPayloadBytes,
   );
   const idempotencyKeys = new Set<string>();
   for (const row of rows) {

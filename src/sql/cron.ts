@@ -106,7 +106,7 @@ export function cronQueries(schema: string) {
     fire: statement<{ ticks: readonly CronTick[]; channel: string }, { id: string; queue: string; notified: string }>(
       `
       with input as (
-        select x.*, nextval(pg_get_serial_sequence('${s}.instances', 'id')) as id
+        select x.*, nextval((select pg_get_serial_sequence('${s}.instances', 'id')::regclass)) as id
         from jsonb_to_recordset($1::jsonb) as x(name text, tick_at timestamptz, machine text, step text, state jsonb,
           queue text, priority integer, concurrency_key text,
           concurrency_limit integer, version integer)

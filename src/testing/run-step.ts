@@ -621,7 +621,7 @@ async function toResult(attempt: Attempt, input: CheckedInput, returned: unknown
         type: "spawn",
         children: (completion.spawn ?? []).map((row, i) => {
           const spec = data.children[i] as { machine: AnyMachine };
-          const state = fromJson(JSON.stringify(row.state));
+          const state = fromJson(row.state);
           return {
             machine: row.machine,
             ...(spec.machine.kind === "job" ? { args: state } : { state }),

@@ -15,6 +15,7 @@ import {
   ValidationError,
   type GenDurableOptions,
 } from "../../src/index.js";
+import type { StandardSchemaV1 } from "../../src/schema.js";
 import { useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -583,6 +584,83 @@ describe("bad input is refused before it reaches Postgres, naming the option, wr
     expect(messages[0]).toMatch(/ctx\.spawn child 0:.* runAt must be a valid Date from 0001-01-01 to 9999-12-31/);
     expect(messages[1]).toMatch(/ctx\.spawn child 0:.* delay must be at most 100 years/);
     expect(messages[2]).toMatch(/args of MaybeArgs is undefined, which cannot be stored/);
+  });
+});
+
+describe("insertMany and a schema that validates asynchronously", () => {
+  /** The validations started, to wait until every one has settled. */
+  const started: Array<Promise<unknown>> = [];
+  // A Standard Schema whose validate returns a promise (as zod's async refinements make it).
+  const doubled: StandardSchemaV1<unknown, { n: number; doubled: number }> = {
+    "~standard": {
+      version: 1,
+      vendor: "test",
+      validate: (value) => {
+        const result = new Promise<StandardSchemaV1.Result<{ n: number; doubled: number }>>((resolve) =>
+          setImmediate(() => {
+            const n = (value as { n?: unknown } | null)?.n;
+            resolve(
+              typeof n === "number"
+                ? { value: { n, doubled: n * 2 } }
+                : { issues: [{ message: "must be a number", path: ["n"] }] },
+            );
+          }),
+        );
+        started.push(result);
+        return result;
+      },
+    },
+  };
+  const Doubled = defineJob({ name: "Doubled", queue: "idle", args: doubled, perform: async () => null });
+  const stored = async () =>
+    (await db.pool.query(`select state from ${S}.instances where machine = 'Doubled' order by id`)).rows.map(
+      (r: { state: unknown }) => r.state,
+    );
+
+  it("stores each item's validated output beside items validated synchronously", async () => {
+    const results = await client.insertMany([
+      { machine: Doubled, args: { n: 1 } },
+      { machine: Parked, state: { order: 7 } },
+      { machine: Doubled, args: { n: 2 } },
+    ]);
+    expect(results.map((r) => r.inserted)).toEqual([true, true, true]);
+    expect(await stored()).toEqual([
+      { n: 1, doubled: 2 },
+      { n: 2, doubled: 4 },
+    ]);
+    expect((await client.get(results[1]!.id))!.state).toEqual({ order: 7 });
+  });
+
+  it("refuses the whole batch when one item fails, asynchronously or synchronously, writing nothing", async () => {
+    const before = await snapshot();
+    const storedBefore = await stored();
+    await expect(
+      client.insertMany([
+        { machine: Doubled, args: { n: 3 } },
+        { machine: Doubled, args: { n: "three" } },
+      ]),
+    ).rejects.toThrow(/args of Doubled is invalid: n: must be a number/);
+    // A later item refused synchronously while earlier ones still validate: its error, and the
+    // others' refusals handled (an unhandled rejection would fail the run).
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      started.length = 0;
+      await expect(
+        client.insertMany([
+          { machine: Doubled, args: { n: "x" } },
+          { machine: Parked, state: { order: "eight" } } as never,
+        ]),
+      ).rejects.toThrow(/state of Parked is invalid: order/);
+      await Promise.allSettled(started);
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+    expect(unhandled).toEqual([]);
+    expect(await stored()).toEqual(storedBefore);
+    expect(await snapshot()).toEqual(before);
   });
 });
 
