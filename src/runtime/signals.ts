@@ -2,15 +2,18 @@
  * Signals: durable delivery into an instance's mailbox (or a correlation key's
  * inbox), and resumption of an awaiting instance once its spec is satisfied.
  * Consumption and resumption commit together; see sql/signals.ts for why the
- * lock-then-read order makes the signal/await race safe.
+ * lock-then-read order makes the signal/await race safe. A signal's delivery
+ * is one statement (deliver_signal, migration 0022); an await's own resume and
+ * a timeout's are here.
  */
 import type pg from "pg";
 import { withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
+import type { Queryable } from "../sql/query.js";
 import type { MailboxRow, SignalQueries } from "../sql/signals.js";
-import { isTerminal } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
+import type { SignalCheck } from "./typed-client.js";
 
 export interface DeliverInput {
   target: string | { id: string };
@@ -23,8 +26,8 @@ export interface DeliverInput {
   notifyChannel: string | null;
   /** The sender's trace context (see telemetry/propagation.ts); the step it resumes links to it. */
   traceContext?: TraceCarrier | null;
-  /** Checks the payload against the live target's machine (throws a ValidationError), before anything is stored. */
-  check?: (machine: string) => Promise<void>;
+  /** The payload's check against the target's machine (see SignalCheck), decided before it is sent. */
+  check?: Awaited<ReturnType<SignalCheck>>;
 }
 
 export interface DeliverResult {
@@ -35,60 +38,46 @@ export interface DeliverResult {
   resumedQueue: string | null;
 }
 
-/** Runs inside a transaction on `client`. */
-export async function deliverSignal(
-  client: pg.ClientBase,
-  q: SignalQueries,
-  input: DeliverInput,
-): Promise<DeliverResult> {
+/**
+ * One statement (deliver_signal): on the pool it commits on its own, in a caller's transaction it
+ * commits with it. Nothing is stored when it throws.
+ */
+export async function deliverSignal(db: Queryable, q: SignalQueries, input: DeliverInput): Promise<DeliverResult> {
   const byKey = typeof input.target === "string";
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
-  // A kept signal must not slip past an insert of its key in flight: take the key's lock, then look.
-  if (byKey && input.keepIfMissing) await q.lockInboxKey(client, { correlationKey: key });
-  const { rows } = byKey
-    ? await q.lockLiveByKey(client, { correlationKey: key })
-    : await q.lockById(client, { id: key });
-  const instance = rows[0];
-  const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
-
-  if (!instance || isTerminal(instance.status)) {
-    const last = instance ?? (byKey ? (await q.lastByKey(client, { correlationKey: key })).rows[0] : undefined);
-    // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
-    const dedupKey = input.dedupKey;
-    if (last && dedupKey !== null && (await q.seenDedupKey(client, { instanceId: last.id, dedupKey })).rowCount) {
-      return { signalId: null, instanceId: last.id, resumedQueue: null };
-    }
-    if (byKey && input.keepIfMissing) {
-      const kept = await q.insert(client, {
-        ...signalOf(input),
-        instanceId: null,
-        correlationKey: key,
-        retentionMs: input.inboxRetentionMs,
-      });
-      return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
-    }
-    if (last) throw new InstanceTerminatedError(label, last.status);
-    throw new UnknownInstanceError(label);
-  }
-
-  await input.check?.(instance.machine);
-  const stored = await q.insert(client, {
-    ...signalOf(input),
-    instanceId: instance.id,
-    correlationKey: null,
-    retentionMs: 0,
+  const { rows } = await q.deliver(db, {
+    target: key,
+    byId: !byKey,
+    event: input.event,
+    payload: input.payloadJson,
+    dedupKey: input.dedupKey,
+    keep: byKey && input.keepIfMissing,
+    retentionMs: input.inboxRetentionMs,
+    traceContext: input.traceContext ? JSON.stringify(input.traceContext) : null,
+    channel: input.notifyChannel,
+    machineIs: input.check?.machineIs?.name ?? null,
+    machineNot: [...(input.check?.refused.keys() ?? [])],
   });
-  let resumedQueue: string | null = null;
-  if (instance.status === "awaiting" && instance.await_spec) {
-    resumedQueue = await tryResume(client, q, instance.id, instance.await_spec, input.notifyChannel);
-  } else if (instance.status === "runnable") {
-    // We hold its row lock until our commit, and a claim skips locked rows: one that ran meanwhile
-    // passed it over and may have found nothing else, leaving it to the next poll. Wake the queue
-    // again with our commit, so the row is claimed within milliseconds whatever the poll interval.
-    if (input.notifyChannel !== null) await q.notify(client, { channel: input.notifyChannel, queue: instance.queue });
-    resumedQueue = instance.queue;
+  const row = rows[0]!;
+  const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
+  switch (row.outcome) {
+    case "delivered":
+      return { signalId: row.signal_id, instanceId: row.instance_id, resumedQueue: row.wake_queue };
+    case "kept":
+      return { signalId: row.signal_id, instanceId: null, resumedQueue: null };
+    case "duplicate":
+      return { signalId: null, instanceId: row.instance_id, resumedQueue: null };
+    case "terminated":
+      throw new InstanceTerminatedError(label, row.status!);
+    case "missing":
+      throw new UnknownInstanceError(label);
+    case "refused": {
+      const machine = row.machine!;
+      const is = input.check?.machineIs;
+      if (is && is.name !== machine) throw is.refused(machine);
+      throw input.check?.refused.get(machine);
+    }
   }
-  return { signalId: stored.rows[0]?.id ?? null, instanceId: instance.id, resumedQueue };
 }
 
 /**
@@ -163,10 +152,4 @@ export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: numbe
     }
     return queues;
   });
-}
-
-/** The signal's own columns, wherever it is stored. */
-function signalOf(input: DeliverInput) {
-  const traceContext = input.traceContext ? JSON.stringify(input.traceContext) : null;
-  return { event: input.event, payload: input.payloadJson, dedupKey: input.dedupKey, traceContext };
 }
