@@ -50,8 +50,11 @@ export async function sendSignal(
       "signals committed in between (the signal would be kept in the inbox, or an await never resume)";
     await assertReadCommitted(options.client, "signal", why);
   }
-  // One statement: on the pool it is its own transaction (committed, synchronously, before it returns).
-  const delivered = await deliverSignal(options.client ?? ctx.pool, ctx.sql.signals, input);
+  // One statement: in the caller's transaction, or on the pool (committed, synchronously, before it
+  // returns; with other signals of this engine sent at the same time).
+  const delivered = options.client
+    ? await deliverSignal(options.client, ctx.sql.signals, input)
+    : await ctx.signals.send(input);
   // Other nodes hear the NOTIFY; this one need not wait for it.
   if (delivered.resumedQueue && !options.client) ctx.wake.queue(delivered.resumedQueue);
   return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };

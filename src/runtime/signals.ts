@@ -7,10 +7,10 @@
  * a timeout's are here.
  */
 import type pg from "pg";
-import { withTransaction } from "../db/pool.js";
+import { isConnectionError, withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
 import type { Queryable } from "../sql/query.js";
-import type { MailboxRow, SignalQueries } from "../sql/signals.js";
+import type { DeliverRow, MailboxRow, SignalQueries } from "../sql/signals.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
 import type { SignalCheck } from "./typed-client.js";
@@ -43,9 +43,14 @@ export interface DeliverResult {
  * commits with it. Nothing is stored when it throws.
  */
 export async function deliverSignal(db: Queryable, q: SignalQueries, input: DeliverInput): Promise<DeliverResult> {
+  const { rows } = await q.deliver(db, deliverArgs(input));
+  return settle(input, rows[0]!);
+}
+
+function deliverArgs(input: DeliverInput) {
   const byKey = typeof input.target === "string";
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
-  const { rows } = await q.deliver(db, {
+  return {
     target: key,
     byId: !byKey,
     event: input.event,
@@ -57,8 +62,12 @@ export async function deliverSignal(db: Queryable, q: SignalQueries, input: Deli
     channel: input.notifyChannel,
     machineIs: input.check?.machineIs?.name ?? null,
     machineNot: [...(input.check?.refused.keys() ?? [])],
-  });
-  const row = rows[0]!;
+  };
+}
+
+function settle(input: DeliverInput, row: DeliverRow): DeliverResult {
+  const byKey = typeof input.target === "string";
+  const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
   switch (row.outcome) {
     case "delivered":
@@ -71,6 +80,8 @@ export async function deliverSignal(db: Queryable, q: SignalQueries, input: Deli
       throw new InstanceTerminatedError(label, row.status!);
     case "missing":
       throw new UnknownInstanceError(label);
+    case "single":
+      throw new Error(`signal: outcome "single" of a signal delivered alone`);
     case "refused": {
       const machine = row.machine!;
       const is = input.check?.machineIs;
@@ -78,6 +89,131 @@ export async function deliverSignal(db: Queryable, q: SignalQueries, input: Deli
       throw input.check?.refused.get(machine);
     }
   }
+}
+
+interface PendingSignal {
+  input: DeliverInput;
+  /** Its target, as this engine names it: signals to one target go one statement after another. */
+  target: string;
+  resolve: (r: DeliverResult) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Signals one statement delivers at most. */
+const MAX_BATCH = 100;
+
+/**
+ * Sends an engine's signals (those not in a caller's transaction) with deliver_signals, which
+ * never waits for an instance's row or key lock. While `maxInFlight` of those statements are running, further signals
+ * wait, and go together in the next one (one commit for all); an engine that signals one at a time
+ * sends each as soon as it comes, with no added wait. Signals to one target are
+ * never in two statements at once (they would contend for its row): a signal waits while its
+ * target is in flight, and goes in the next statement, in arrival order. A signal the batch could
+ * not take without waiting (its row locked by someone else, a concurrency key, no live instance)
+ * is sent alone at once, where it waits its turn without holding up the others. Each signal()'s
+ * promise resolves after the commit that stored it.
+ */
+export class SignalSender {
+  private queue: PendingSignal[] = [];
+  private inFlight = 0;
+  /** Targets with a signal in a statement now, and how many. */
+  private readonly busy = new Map<string, number>();
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly q: SignalQueries,
+    private readonly maxInFlight: number,
+  ) {}
+
+  send(input: DeliverInput): Promise<DeliverResult> {
+    // Keeping a signal takes the key's inbox lock first: always alone (see deliver_signal).
+    if (input.keepIfMissing && typeof input.target === "string") return deliverSignal(this.pool, this.q, input);
+    const target = typeof input.target === "string" ? `key:${input.target}` : `id:${input.target.id}`;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ input, target, resolve, reject });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    while (this.inFlight < this.maxInFlight) {
+      const batch = this.take();
+      if (batch.length === 0) return;
+      this.inFlight++;
+      void this.write(batch).finally(() => {
+        this.inFlight--;
+        this.kick();
+      });
+    }
+  }
+
+  /** The next statement's signals: the oldest whose target is not in flight (with any of theirs queued after). */
+  private take(): PendingSignal[] {
+    const batch: PendingSignal[] = [];
+    const taken = new Set<string>();
+    const rest: PendingSignal[] = [];
+    for (const p of this.queue) {
+      if (batch.length < MAX_BATCH && (taken.has(p.target) || !this.busy.has(p.target))) {
+        batch.push(p);
+        taken.add(p.target);
+      } else rest.push(p);
+    }
+    this.queue = rest;
+    for (const p of batch) this.busy.set(p.target, (this.busy.get(p.target) ?? 0) + 1);
+    return batch;
+  }
+
+  private done(p: PendingSignal): void {
+    const n = this.busy.get(p.target)! - 1;
+    if (n === 0) this.busy.delete(p.target);
+    else this.busy.set(p.target, n);
+  }
+
+  /** Resolves when the statement returned: signals it sends on alone settle later, without holding a slot. */
+  private async write(batch: PendingSignal[]): Promise<void> {
+    let rows: Array<DeliverRow & { idx: number }>;
+    try {
+      ({ rows } = await this.q.deliverMany(this.pool, { items: batchItems(batch.map((p) => p.input)) }));
+    } catch (error) {
+      // The statement rolled back: nothing of it is stored (a broken connection leaves it unknown,
+      // as for a signal sent alone). Otherwise one bad item must not sink the others: each alone.
+      if (isConnectionError(error)) {
+        for (const p of batch) this.settle(p, () => Promise.reject(error));
+        return;
+      }
+      for (const p of batch) void this.alone(p).then(() => this.kick());
+      return;
+    }
+    for (const row of rows) {
+      const p = batch[row.idx]!;
+      if (row.outcome === "single") void this.alone(p).then(() => this.kick());
+      else this.settle(p, async () => settle(p.input, row));
+    }
+  }
+
+  private alone(p: PendingSignal): Promise<void> {
+    return this.settle(p, () => deliverSignal(this.pool, this.q, p.input));
+  }
+
+  private async settle(p: PendingSignal, result: () => Promise<DeliverResult>): Promise<void> {
+    try {
+      p.resolve(await result());
+    } catch (error) {
+      p.reject(error);
+    } finally {
+      this.done(p);
+    }
+  }
+}
+
+/** deliver_signals' `items`: each payload spliced in as the JSON it already is. */
+function batchItems(inputs: DeliverInput[]): string {
+  const items = inputs.map((input) => {
+    const { payload, retentionMs: _r, keep: _k, traceContext: _t, ...rest } = deliverArgs(input);
+    const fields = JSON.stringify({ ...rest, traceContext: input.traceContext ?? null });
+    return `{"payload":${payload ?? "null"},${fields.slice(1)}`;
+  });
+  return `[${items.join(",")}]`;
 }
 
 /**

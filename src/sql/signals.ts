@@ -35,7 +35,8 @@ export interface DeliverArgs {
 
 /** What `deliver` returns: see deliver_signal in migration 0022 for each outcome. */
 export interface DeliverRow {
-  outcome: "delivered" | "kept" | "duplicate" | "terminated" | "missing" | "refused";
+  /** "single": from deliverMany only, nothing stored: the item is to be sent alone. */
+  outcome: "delivered" | "kept" | "duplicate" | "terminated" | "missing" | "refused" | "single";
   signal_id: string | null;
   instance_id: string | null;
   status: Status | null;
@@ -90,6 +91,19 @@ export function signalQueries(schema: string) {
         a.machineIs,
         a.machineNot,
       ],
+      { prepare: true },
+    ),
+
+    /**
+     * Several signals in one statement and one commit (deliver_signals, migration 0022): each as
+     * `deliver` would, for the targets whose row it could lock without waiting (in id order, no
+     * concurrency key); the others come back with outcome "single", nothing stored. `items` is the
+     * JSON array of deliver's arguments (no keep); `idx` the item's position.
+     */
+    deliverMany: statement<{ items: string }, DeliverRow & { idx: number }>(
+      `select idx, outcome, signal_id::text as signal_id, instance_id::text as instance_id, status, machine, wake_queue
+      from ${s}.deliver_signals($1::jsonb)`,
+      (a) => [a.items],
       { prepare: true },
     ),
 

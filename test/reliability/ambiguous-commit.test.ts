@@ -302,8 +302,9 @@ describe("ambiguous commits", () => {
   it("a signal's reply is lost: a retry with its dedupKey is a duplicate, the await consumes one", async () => {
     const direct = new GenDurable({ connectionString: cutter.url(db.url), schema: db.schema });
     await direct.start();
-    // One statement, committed on its own: its reply lost is the ambiguous commit.
-    const deliverSignal = signalQueries(db.schema).deliver.text;
+    // One statement (with whatever other signals the engine sent meanwhile), committed on its own:
+    // its reply lost is the ambiguous commit.
+    const deliverSignal = signalQueries(db.schema).deliverMany.text;
     try {
       let errors = 0;
       for (let round = 0; round < ROUNDS; round++) {

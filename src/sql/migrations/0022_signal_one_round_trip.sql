@@ -175,3 +175,67 @@ begin
   end if;
 end
 $$;
+
+-- engine.signal on the pool (runtime/signals.ts SignalSender): one signal, or the signals an engine
+-- sent while others were in flight, in one statement and one commit. `items` is a JSON array of
+-- deliver_signal's arguments ({ byId, target, event, payload, dedupKey, traceContext, channel,
+-- machineIs, machineNot }; no keep). It never waits for an instance's row or concurrency key, so
+-- it cannot be part of a deadlock through them: it locks the targets' rows in id order skipping
+-- any locked by someone else (an await's commit, a caller's transaction), then tries their
+-- concurrency keys; each item whose row (and key) it holds is then delivered by deliver_signal,
+-- in the order given, which finds them already locked. Any other item (its row or key locked, no live instance) comes back with outcome
+-- 'single', nothing stored: the engine sends it alone (deliver_signal), where it waits its turn.
+-- Returns one row per item, `idx` its 0-based position.
+create function {{schema}}.deliver_signals(items jsonb)
+returns table (idx integer, outcome text, signal_id bigint, instance_id bigint, status text, machine text,
+               wake_queue text)
+language plpgsql volatile as $$
+declare
+  ids bigint[] := array(select (e ->> 'target')::bigint from jsonb_array_elements(items) e
+                        where (e ->> 'byId')::boolean);
+  keys text[] := array(select e ->> 'target' from jsonb_array_elements(items) e
+                       where not (e ->> 'byId')::boolean);
+  held_ids bigint[];
+  held_keys text[];
+  it jsonb;
+  r record;
+  n integer := 0;
+begin
+  with held as (
+    select i.id, i.correlation_key, i.status, i.concurrency_key from {{schema}}.instances i
+    where i.id = any(ids) or (i.correlation_key = any(keys) and i.status not in ('done', 'failed', 'cancelled'))
+    order by i.id
+    for update skip locked
+  )
+  -- A row whose key someone holds stays locked until our commit, unused: its signal, sent alone,
+  -- then takes the key and the row in order (see lock_keys), waiting for us at most.
+  select array_agg(h.id), array_agg(h.correlation_key) filter (where h.status not in ('done', 'failed', 'cancelled'))
+  into held_ids, held_keys from held h
+  where h.concurrency_key is null
+     or pg_try_advisory_xact_lock(hashtextextended('gen_durable:{{schema}}:key:' || h.concurrency_key, 0));
+  for it in select e from jsonb_array_elements(items) e loop
+    idx := n;
+    n := n + 1;
+    if ((it ->> 'byId')::boolean and (it ->> 'target')::bigint = any(held_ids))
+       or (not (it ->> 'byId')::boolean and (it ->> 'target') = any(held_keys)) then
+      select * into r from {{schema}}.deliver_signal((it ->> 'byId')::boolean, it ->> 'target', it ->> 'event',
+        it -> 'payload', it ->> 'dedupKey', false, 0, nullif(it -> 'traceContext', 'null'::jsonb), it ->> 'channel',
+        it ->> 'machineIs', array(select jsonb_array_elements_text(it -> 'machineNot')));
+      outcome := r.outcome;
+      signal_id := r.signal_id;
+      instance_id := r.instance_id;
+      status := r.status;
+      machine := r.machine;
+      wake_queue := r.wake_queue;
+    else
+      outcome := 'single';
+      signal_id := null;
+      instance_id := null;
+      status := null;
+      machine := null;
+      wake_queue := null;
+    end if;
+    return next;
+  end loop;
+end
+$$;
