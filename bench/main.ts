@@ -739,6 +739,7 @@ async function main(): Promise<void> {
       const s = gdSignals.sustained;
       log(
         `signal() call under sustained load: p50 ${fmt(s.signalCall.p50)} ms, p99 ${fmt(s.signalCall.p99)} ms; ` +
+          `under that load, an instance's last signal → its resumed step: p50 ${fmt(s.resumeAfterLastSignal.p50)} ms, p99 ${fmt(s.resumeAfterLastSignal.p99)} ms; ` +
           `idle, separate client: signal() p50 ${fmt(gdSignals.latency.signalCall.p50)} ms + commit→step p50 ${fmt(gdSignals.latency.afterCommit.p50)} ms; ` +
           `idle, worker's engine: signal() p50 ${fmt(gdSignals.latencySameNode.signalCall.p50)} ms + commit→step p50 ${fmt(gdSignals.latencySameNode.afterCommit.p50)} ms; ` +
           `verified from the database: ${s.verified.instancesDone}/${s.instances} instances done, ${s.verified.signalsConsumed}/${s.signals} signals consumed, ` +

@@ -61,6 +61,11 @@ export interface SignalsResult {
     allResumedMs: number;
     /** Latency of one signal() call under this load. */
     signalCall: LatencyStats;
+    /**
+     * Signal→resume under this load: for each instance, from the start of the last signal() call
+     * to it (the one that completes its pack) to the first line of its "resumed" step.
+     */
+    resumeAfterLastSignal: LatencyStats;
     /** From the database: instances done, signals consumed, and resumed steps that saw `count` signals. */
     verified: { instancesDone: number; signalsConsumed: number; resumedWithFullPack: number; ok: boolean };
   };
@@ -99,6 +104,7 @@ export async function benchSignals(
   let packsResumed = 0;
   let fullPacks = 0;
   let lastPackAt = 0;
+  const packResumedAt = new Map<number, number>();
 
   const Waiter = defineMachine({
     name: "Waiter",
@@ -120,6 +126,7 @@ export async function benchSignals(
       start: (ctx) => ctx.await({ event: "item", count: params.packCount }, "resumed"),
       resumed: (ctx) => {
         lastPackAt = performance.now();
+        packResumedAt.set(ctx.state.j, lastPackAt);
         packsResumed++;
         if (ctx.awaited.length === params.packCount) fullPacks++;
         return ctx.done();
@@ -198,10 +205,12 @@ export async function benchSignals(
       `  gen-durable: ${total} signals to ${instances} instances awaiting packs of ${params.packCount}, ${params.senders} concurrent senders`,
     );
     const calls: number[] = [];
+    const lastSignalAt = new Map<number, number>();
     const t0 = performance.now();
     await withTimeout(
       runConcurrently(total, params.senders, async (k) => {
         const started = performance.now();
+        lastSignalAt.set(k % instances, started);
         await client.signal(`pack:${k % instances}`, "item", { k });
         calls.push(performance.now() - started);
       }),
@@ -216,6 +225,7 @@ export async function benchSignals(
       await sleep(5);
     }
     const allResumedMs = lastPackAt - t0;
+    const afterLastSignal = [...packResumedAt].map(([j, at]) => at - lastSignalAt.get(j)!);
     // Verify from the database once every resumed step has committed.
     let instancesDone = 0;
     for (let tries = 0; tries < 200; tries++) {
@@ -256,6 +266,7 @@ export async function benchSignals(
         signalsPerSecond: round(total / (sendMs / 1000)),
         allResumedMs: round(allResumedMs, 1),
         signalCall: stats(calls),
+        resumeAfterLastSignal: stats(afterLastSignal),
         verified: { instancesDone, signalsConsumed, resumedWithFullPack: fullPacks, ok },
       },
     };

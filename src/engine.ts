@@ -33,6 +33,7 @@ import { idOf, typedSignal, type SignalName, type SignalRest } from "./runtime/t
 import { strandedError, type CheckReport, type MoveOptions } from "./runtime/versions.js";
 import type { Wakeups } from "./runtime/wakeups.js";
 import type { ClientContext } from "./client/context.js";
+import { SignalSender } from "./runtime/signals.js";
 import { cancelInstance } from "./client/cancel.js";
 import { insertMany, insertOne } from "./client/inserts.js";
 import { pausedQueues, setPaused } from "./client/queues.js";
@@ -99,7 +100,9 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     const notifyQueue = (queue: string) => (this.notifier.request(queue), this.notifier.drain());
     const assertUsable = () => this.assertUsable();
     const { wakeups: wake, checkPool } = this;
-    this.client = { pool, config, sql, events, wake, notifyQueue, assertUsable, checkPool };
+    // A quarter of the pool at most runs deliveries at once; concurrent signals beyond share them.
+    const signals = new SignalSender(pool, sql.signals, Math.max(2, Math.floor(config.poolSize / 4)));
+    this.client = { pool, config, sql, events, wake, notifyQueue, assertUsable, checkPool, signals };
   }
 
   /** Subscribe to an engine event; returns a function that unsubscribes. */

@@ -6,6 +6,7 @@
 import type pg from "pg";
 import type { ResolvedConfig } from "../config.js";
 import type { TypedEmitter } from "../events.js";
+import type { SignalSender } from "../runtime/signals.js";
 import type { Wakeups } from "../runtime/wakeups.js";
 import type { Queries } from "../sql/index.js";
 
@@ -19,6 +20,8 @@ export interface ClientContext {
   readonly wake: Wakeups;
   /** NOTIFY `queue` to every node, resolving once it went out. */
   notifyQueue(queue: string): Promise<void>;
+  /** Sends engine.signal's deliveries (not those in a caller's transaction), batching concurrent ones. */
+  readonly signals: SignalSender;
   /** Throws EngineStoppedError once the engine stopped (its pool is closed). */
   assertUsable(): void;
   /** Refuses a caller's pool stricter than READ COMMITTED (see db/pool.ts). */

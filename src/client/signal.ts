@@ -1,5 +1,5 @@
-/** engine.signal: the arguments checked, the signal delivered (and its instance resumed) in one transaction. */
-import { assertReadCommitted, withTransaction } from "../db/pool.js";
+/** engine.signal: the arguments checked, the signal delivered (and its instance resumed) in one statement. */
+import { assertReadCommitted } from "../db/pool.js";
 import { describe } from "../duration.js";
 import { ValidationError } from "../errors.js";
 import type { SignalOptions, SignalResult } from "../instance.js";
@@ -42,7 +42,7 @@ export async function sendSignal(
     // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
     notifyChannel: ctx.config.channel,
     traceContext: captureTraceContext(),
-    check,
+    check: await check?.(),
   };
   if (options.client) {
     const why =
@@ -50,9 +50,11 @@ export async function sendSignal(
       "signals committed in between (the signal would be kept in the inbox, or an await never resume)";
     await assertReadCommitted(options.client, "signal", why);
   }
+  // One statement: in the caller's transaction, or on the pool (committed, synchronously, before it
+  // returns; with other signals of this engine sent at the same time).
   const delivered = options.client
     ? await deliverSignal(options.client, ctx.sql.signals, input)
-    : await withTransaction(ctx.pool, (client) => deliverSignal(client, ctx.sql.signals, input));
+    : await ctx.signals.send(input);
   // Other nodes hear the NOTIFY; this one need not wait for it.
   if (delivered.resumedQueue && !options.client) ctx.wake.queue(delivered.resumedQueue);
   return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };

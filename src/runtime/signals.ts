@@ -2,15 +2,18 @@
  * Signals: durable delivery into an instance's mailbox (or a correlation key's
  * inbox), and resumption of an awaiting instance once its spec is satisfied.
  * Consumption and resumption commit together; see sql/signals.ts for why the
- * lock-then-read order makes the signal/await race safe.
+ * lock-then-read order makes the signal/await race safe. A signal's delivery
+ * is one statement (deliver_signal, migration 0022); an await's own resume and
+ * a timeout's are here.
  */
 import type pg from "pg";
-import { withTransaction } from "../db/pool.js";
+import { isConnectionError, withTransaction } from "../db/pool.js";
 import { InstanceTerminatedError, UnknownInstanceError } from "../errors.js";
-import type { MailboxRow, SignalQueries } from "../sql/signals.js";
-import { isTerminal } from "../status.js";
+import type { Queryable } from "../sql/query.js";
+import type { DeliverRow, MailboxRow, SignalQueries } from "../sql/signals.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
 import { matchSpec, partialMatch, type NormalizedSpec } from "./await-spec.js";
+import type { SignalCheck } from "./typed-client.js";
 
 export interface DeliverInput {
   target: string | { id: string };
@@ -23,8 +26,8 @@ export interface DeliverInput {
   notifyChannel: string | null;
   /** The sender's trace context (see telemetry/propagation.ts); the step it resumes links to it. */
   traceContext?: TraceCarrier | null;
-  /** Checks the payload against the live target's machine (throws a ValidationError), before anything is stored. */
-  check?: (machine: string) => Promise<void>;
+  /** The payload's check against the target's machine (see SignalCheck), decided before it is sent. */
+  check?: Awaited<ReturnType<SignalCheck>>;
 }
 
 export interface DeliverResult {
@@ -35,60 +38,182 @@ export interface DeliverResult {
   resumedQueue: string | null;
 }
 
-/** Runs inside a transaction on `client`. */
-export async function deliverSignal(
-  client: pg.ClientBase,
-  q: SignalQueries,
-  input: DeliverInput,
-): Promise<DeliverResult> {
+/**
+ * One statement (deliver_signal): on the pool it commits on its own, in a caller's transaction it
+ * commits with it. Nothing is stored when it throws.
+ */
+export async function deliverSignal(db: Queryable, q: SignalQueries, input: DeliverInput): Promise<DeliverResult> {
+  const { rows } = await q.deliver(db, deliverArgs(input));
+  return settle(input, rows[0]!);
+}
+
+function deliverArgs(input: DeliverInput) {
   const byKey = typeof input.target === "string";
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
-  // A kept signal must not slip past an insert of its key in flight: take the key's lock, then look.
-  if (byKey && input.keepIfMissing) await q.lockInboxKey(client, { correlationKey: key });
-  const { rows } = byKey
-    ? await q.lockLiveByKey(client, { correlationKey: key })
-    : await q.lockById(client, { id: key });
-  const instance = rows[0];
+  return {
+    target: key,
+    byId: !byKey,
+    event: input.event,
+    payload: input.payloadJson,
+    dedupKey: input.dedupKey,
+    keep: byKey && input.keepIfMissing,
+    retentionMs: input.inboxRetentionMs,
+    traceContext: input.traceContext ? JSON.stringify(input.traceContext) : null,
+    channel: input.notifyChannel,
+    machineIs: input.check?.machineIs?.name ?? null,
+    machineNot: [...(input.check?.refused.keys() ?? [])],
+  };
+}
+
+function settle(input: DeliverInput, row: DeliverRow): DeliverResult {
+  const byKey = typeof input.target === "string";
+  const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
-
-  if (!instance || isTerminal(instance.status)) {
-    const last = instance ?? (byKey ? (await q.lastByKey(client, { correlationKey: key })).rows[0] : undefined);
-    // A retried webhook whose signal was already delivered is harmless, even after the instance finished.
-    const dedupKey = input.dedupKey;
-    if (last && dedupKey !== null && (await q.seenDedupKey(client, { instanceId: last.id, dedupKey })).rowCount) {
-      return { signalId: null, instanceId: last.id, resumedQueue: null };
+  switch (row.outcome) {
+    case "delivered":
+      return { signalId: row.signal_id, instanceId: row.instance_id, resumedQueue: row.wake_queue };
+    case "kept":
+      return { signalId: row.signal_id, instanceId: null, resumedQueue: null };
+    case "duplicate":
+      return { signalId: null, instanceId: row.instance_id, resumedQueue: null };
+    case "terminated":
+      throw new InstanceTerminatedError(label, row.status!);
+    case "missing":
+      throw new UnknownInstanceError(label);
+    case "single":
+      throw new Error(`signal: outcome "single" of a signal delivered alone`);
+    case "refused": {
+      const machine = row.machine!;
+      const is = input.check?.machineIs;
+      if (is && is.name !== machine) throw is.refused(machine);
+      throw input.check?.refused.get(machine);
     }
-    if (byKey && input.keepIfMissing) {
-      const kept = await q.insert(client, {
-        ...signalOf(input),
-        instanceId: null,
-        correlationKey: key,
-        retentionMs: input.inboxRetentionMs,
+  }
+}
+
+interface PendingSignal {
+  input: DeliverInput;
+  /** Its target, as this engine names it: signals to one target go one statement after another. */
+  target: string;
+  resolve: (r: DeliverResult) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Signals one statement delivers at most. */
+const MAX_BATCH = 100;
+
+/**
+ * Sends an engine's signals (those not in a caller's transaction) with deliver_signals, which
+ * never waits for an instance's row or key lock. While `maxInFlight` of those statements are running, further signals
+ * wait, and go together in the next one (one commit for all); an engine that signals one at a time
+ * sends each as soon as it comes, with no added wait. Signals to one target are
+ * never in two statements at once (they would contend for its row): a signal waits while its
+ * target is in flight, and goes in the next statement, in arrival order. A signal the batch could
+ * not take without waiting (its row locked by someone else, a concurrency key, no live instance)
+ * is sent alone at once, where it waits its turn without holding up the others. Each signal()'s
+ * promise resolves after the commit that stored it.
+ */
+export class SignalSender {
+  private queue: PendingSignal[] = [];
+  private inFlight = 0;
+  /** Targets with a signal in a statement now, and how many. */
+  private readonly busy = new Map<string, number>();
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly q: SignalQueries,
+    private readonly maxInFlight: number,
+  ) {}
+
+  send(input: DeliverInput): Promise<DeliverResult> {
+    // Keeping a signal takes the key's inbox lock first: always alone (see deliver_signal).
+    if (input.keepIfMissing && typeof input.target === "string") return deliverSignal(this.pool, this.q, input);
+    const target = typeof input.target === "string" ? `key:${input.target}` : `id:${input.target.id}`;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ input, target, resolve, reject });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    while (this.inFlight < this.maxInFlight) {
+      const batch = this.take();
+      if (batch.length === 0) return;
+      this.inFlight++;
+      void this.write(batch).finally(() => {
+        this.inFlight--;
+        this.kick();
       });
-      return { signalId: kept.rows[0]?.id ?? null, instanceId: null, resumedQueue: null };
     }
-    if (last) throw new InstanceTerminatedError(label, last.status);
-    throw new UnknownInstanceError(label);
   }
 
-  await input.check?.(instance.machine);
-  const stored = await q.insert(client, {
-    ...signalOf(input),
-    instanceId: instance.id,
-    correlationKey: null,
-    retentionMs: 0,
-  });
-  let resumedQueue: string | null = null;
-  if (instance.status === "awaiting" && instance.await_spec) {
-    resumedQueue = await tryResume(client, q, instance.id, instance.await_spec, input.notifyChannel);
-  } else if (instance.status === "runnable") {
-    // We hold its row lock until our commit, and a claim skips locked rows: one that ran meanwhile
-    // passed it over and may have found nothing else, leaving it to the next poll. Wake the queue
-    // again with our commit, so the row is claimed within milliseconds whatever the poll interval.
-    if (input.notifyChannel !== null) await q.notify(client, { channel: input.notifyChannel, queue: instance.queue });
-    resumedQueue = instance.queue;
+  /** The next statement's signals: the oldest whose target is not in flight (with any of theirs queued after). */
+  private take(): PendingSignal[] {
+    const batch: PendingSignal[] = [];
+    const taken = new Set<string>();
+    const rest: PendingSignal[] = [];
+    for (const p of this.queue) {
+      if (batch.length < MAX_BATCH && (taken.has(p.target) || !this.busy.has(p.target))) {
+        batch.push(p);
+        taken.add(p.target);
+      } else rest.push(p);
+    }
+    this.queue = rest;
+    for (const p of batch) this.busy.set(p.target, (this.busy.get(p.target) ?? 0) + 1);
+    return batch;
   }
-  return { signalId: stored.rows[0]?.id ?? null, instanceId: instance.id, resumedQueue };
+
+  private done(p: PendingSignal): void {
+    const n = this.busy.get(p.target)! - 1;
+    if (n === 0) this.busy.delete(p.target);
+    else this.busy.set(p.target, n);
+  }
+
+  /** Resolves when the statement returned: signals it sends on alone settle later, without holding a slot. */
+  private async write(batch: PendingSignal[]): Promise<void> {
+    let rows: Array<DeliverRow & { idx: number }>;
+    try {
+      ({ rows } = await this.q.deliverMany(this.pool, { items: batchItems(batch.map((p) => p.input)) }));
+    } catch (error) {
+      // The statement rolled back: nothing of it is stored (a broken connection leaves it unknown,
+      // as for a signal sent alone). Otherwise one bad item must not sink the others: each alone.
+      if (isConnectionError(error)) {
+        for (const p of batch) this.settle(p, () => Promise.reject(error));
+        return;
+      }
+      for (const p of batch) void this.alone(p).then(() => this.kick());
+      return;
+    }
+    for (const row of rows) {
+      const p = batch[row.idx]!;
+      if (row.outcome === "single") void this.alone(p).then(() => this.kick());
+      else this.settle(p, async () => settle(p.input, row));
+    }
+  }
+
+  private alone(p: PendingSignal): Promise<void> {
+    return this.settle(p, () => deliverSignal(this.pool, this.q, p.input));
+  }
+
+  private async settle(p: PendingSignal, result: () => Promise<DeliverResult>): Promise<void> {
+    try {
+      p.resolve(await result());
+    } catch (error) {
+      p.reject(error);
+    } finally {
+      this.done(p);
+    }
+  }
+}
+
+/** deliver_signals' `items`: each payload spliced in as the JSON it already is. */
+function batchItems(inputs: DeliverInput[]): string {
+  const items = inputs.map((input) => {
+    const { payload, retentionMs: _r, keep: _k, traceContext: _t, ...rest } = deliverArgs(input);
+    const fields = JSON.stringify({ ...rest, traceContext: input.traceContext ?? null });
+    return `{"payload":${payload ?? "null"},${fields.slice(1)}`;
+  });
+  return `[${items.join(",")}]`;
 }
 
 /**
@@ -163,10 +288,4 @@ export async function fireTimeouts(pool: pg.Pool, q: SignalQueries, batch: numbe
     }
     return queues;
   });
-}
-
-/** The signal's own columns, wherever it is stored. */
-function signalOf(input: DeliverInput) {
-  const traceContext = input.traceContext ? JSON.stringify(input.traceContext) : null;
-  return { event: input.event, payload: input.payloadJson, dedupKey: input.dedupKey, traceContext };
 }

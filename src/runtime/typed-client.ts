@@ -29,8 +29,16 @@ export type SignalRest<M, E extends string> =
       : [payload: I, options?: SignalOptions]
     : [payload?: unknown, options?: SignalOptions];
 
-/** Checks a signal against the machine of the instance it reaches (by name), once that instance is locked. */
-export type SignalCheck = (machine: string) => Promise<void>;
+/**
+ * The check of a signal against the machine of the instance it reaches, decided before the signal
+ * is sent (delivery is one statement, see sql/signals.ts `deliver`): the machine its target must be
+ * an instance of (the typed form), and the machines whose signal schema refuses the payload, each
+ * with the error to raise when the target is one of theirs.
+ */
+export type SignalCheck = () => Promise<{
+  machineIs: { name: string; refused: (actual: string) => Error } | null;
+  refused: ReadonlyMap<string, unknown>;
+}>;
 
 function isMachine(value: unknown): value is AnyMachine {
   return typeof value === "object" && value !== null && (value as { steps?: unknown }).steps instanceof Map;
@@ -61,17 +69,24 @@ export async function typedSignal(
       SignalOptions,
     ];
     if (typeof event === "string") await checkSignal(machine, event, payload, "signal");
-    const check: SignalCheck = async (name) => {
-      if (name !== machine.name) {
-        throw new ValidationError(`signal: the target is an instance of "${name}", not of "${machine.name}"`);
-      }
-    };
+    const check: SignalCheck = async () => ({
+      machineIs: {
+        name: machine.name,
+        refused: (actual) =>
+          new ValidationError(`signal: the target is an instance of "${actual}", not of "${machine.name}"`),
+      },
+      refused: new Map(),
+    });
     return { target, event, payload, options, check };
   }
   const [target, event, payload, options] = args as [string | { id: string }, string, unknown, SignalOptions];
-  const check: SignalCheck = async (name) => {
-    const machine = machines.get(name);
-    if (machine) await checkSignal(machine, event, payload, "signal");
+  // Against every machine this engine has: the target's, when it is one of them, is known only server-side.
+  const check: SignalCheck = async () => {
+    const refused = new Map<string, unknown>();
+    for (const machine of machines.values()) {
+      await checkSignal(machine, event, payload, "signal").catch((error: unknown) => refused.set(machine.name, error));
+    }
+    return { machineIs: null, refused };
   };
   return { target, event, payload, options, check };
 }

@@ -1,38 +1,47 @@
 /**
  * Signal delivery and await resumption. Both sides lock the instance row first
- * and read the mailbox in a later statement: whichever of "signal arrives" and
+ * and read the mailbox in a later statement (deliver_signal's are statements of
+ * one function, each with its own snapshot): whichever of "signal arrives" and
  * "step parks on await" commits second sees the other, so no wake-up is lost.
  */
 import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "../runtime/await-spec.js";
 import type { Status } from "../status.js";
-import { TERMINAL_SQL } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
 import { statement } from "./query.js";
 
-/** The instance a signal is for, locked (lockById, lockLiveByKey). */
-export interface LockedInstanceRow {
-  id: string;
-  status: Status;
-  queue: string;
-  step: string;
-  await_spec: NormalizedSpec | null;
-  machine: string;
-}
-
-/** A signal to store: in an instance's mailbox (`instanceId`), or kept in a correlation key's inbox. */
-export interface SignalInsertArgs {
-  instanceId: string | null;
-  /** The inbox's key, when kept for an instance not inserted yet. */
-  correlationKey: string | null;
+/** What `deliver` takes: engine.signal's arguments, already checked. */
+export interface DeliverArgs {
+  /** A correlation key, or an instance id when `byId`. */
+  target: string;
+  byId: boolean;
   event: string;
   /** The payload as JSON (null: SQL null). */
   payload: string | null;
   dedupKey: string | null;
-  /** How long a kept signal waits in the inbox (ignored for a mailbox). */
+  /** Keep it in the key's inbox when no instance is live (ifMissing "keep"). */
+  keep: boolean;
+  /** How long a kept signal waits in the inbox. */
   retentionMs: number;
   /** The sender's trace context as JSON, or null. */
   traceContext: string | null;
+  /** NOTIFY channel to wake the instance's queue with the commit, or null. */
+  channel: string | null;
+  /** Deliver only to an instance of this machine (the typed engine.signal), or null. */
+  machineIs: string | null;
+  /** Machines whose signal schema refuses the payload: nothing is delivered to their instances. */
+  machineNot: readonly string[];
+}
+
+/** What `deliver` returns: see deliver_signal in migration 0022 for each outcome. */
+export interface DeliverRow {
+  /** "single": from deliverMany only, nothing stored: the item is to be sent alone. */
+  outcome: "delivered" | "kept" | "duplicate" | "terminated" | "missing" | "refused" | "single";
+  signal_id: string | null;
+  instance_id: string | null;
+  status: Status | null;
+  machine: string | null;
+  wake_queue: string | null;
 }
 
 /** An unconsumed signal in an instance's mailbox. */
@@ -60,46 +69,42 @@ export interface ResumeArgs {
 
 export function signalQueries(schema: string) {
   const s = quoteIdent(schema);
-  const lockColumns = "id::text as id, status, queue, step, await_spec, machine";
   return {
-    /** Serialises a kept signal with an insert of the same key (see take_inbox in the migration). */
-    lockInboxKey: statement<{ correlationKey: string }>(
-      `select pg_advisory_xact_lock(hashtextextended('gen_durable:inbox:' || $1, 0))`,
-      (a) => [a.correlationKey],
-    ),
-    // The instance's concurrency key is locked before its row (see lock_keys in the migrations):
-    // resuming it changes its key's row, and a cancel or group commit holding that key may be
-    // waiting for this very row. The key never changes, so reading it unlocked first is exact.
-    lockById: statement<{ id: string }, LockedInstanceRow>(
-      `select ${lockColumns} from ${s}.instances
-      where id = $1 and (select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where id = $1))) >= 0
-      for update`,
-      (a) => [a.id],
-    ),
-    lockLiveByKey: statement<{ correlationKey: string }, LockedInstanceRow>(
-      `select ${lockColumns} from ${s}.instances
-      where correlation_key = $1 and status not in ${TERMINAL_SQL}
-        and (select ${s}.lock_keys(array(
-               select concurrency_key from ${s}.instances
-               where correlation_key = $1 and status not in ${TERMINAL_SQL}))) >= 0
-      for update`,
-      (a) => [a.correlationKey],
-    ),
-    lastByKey: statement<{ correlationKey: string }, { id: string; status: Status }>(
-      `select id::text as id, status from ${s}.instances
-      where correlation_key = $1 order by instances.id desc limit 1`,
-      (a) => [a.correlationKey],
+    /**
+     * engine.signal in one statement (deliver_signal, migration 0022): locks the instance's
+     * concurrency key and row, stores the signal, and resumes the instance when its mailbox now
+     * satisfies its await, all server-side in that order.
+     */
+    deliver: statement<DeliverArgs, DeliverRow>(
+      `select outcome, signal_id::text as signal_id, instance_id::text as instance_id, status, machine, wake_queue
+      from ${s}.deliver_signal($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11::text[])`,
+      (a) => [
+        a.byId,
+        a.target,
+        a.event,
+        a.payload,
+        a.dedupKey,
+        a.keep,
+        a.retentionMs,
+        a.traceContext,
+        a.channel,
+        a.machineIs,
+        a.machineNot,
+      ],
+      { prepare: true },
     ),
 
-    /** Stores a signal; a repeated dedup key stores nothing and returns no row. */
-    insert: statement<SignalInsertArgs, { id: string }>(
-      `
-      insert into ${s}.signals (instance_id, correlation_key, event, payload, dedup_key, expires_at, trace_context)
-      values ($1, $2, $3, $4::jsonb, $5,
-              case when $1::bigint is null then now() + $6 * interval '1 millisecond' end, $7::jsonb)
-      on conflict do nothing
-      returning id::text as id`,
-      (a) => [a.instanceId, a.correlationKey, a.event, a.payload, a.dedupKey, a.retentionMs, a.traceContext],
+    /**
+     * Several signals in one statement and one commit (deliver_signals, migration 0022): each as
+     * `deliver` would, for the targets whose row it could lock without waiting (in id order, no
+     * concurrency key); the others come back with outcome "single", nothing stored. `items` is the
+     * JSON array of deliver's arguments (no keep); `idx` the item's position.
+     */
+    deliverMany: statement<{ items: string }, DeliverRow & { idx: number }>(
+      `select idx, outcome, signal_id::text as signal_id, instance_id::text as instance_id, status, machine, wake_queue
+      from ${s}.deliver_signals($1::jsonb)`,
+      (a) => [a.items],
+      { prepare: true },
     ),
 
     mailbox: statement<{ instanceId: string; events: readonly string[] }, MailboxRow>(
@@ -107,15 +112,6 @@ export function signalQueries(schema: string) {
       select id::text as id, event, payload, inserted_at, trace_context from ${s}.signals
       where instance_id = $1 and event = any($2::text[]) and consumed_at is null order by signals.id`,
       (a) => [a.instanceId, a.events],
-    ),
-
-    /** Wakes the schedulers of `queue` ($2) on every node, when the transaction commits. */
-    notify: statement<{ channel: string; queue: string }>(`select pg_notify($1, $2)`, (a) => [a.channel, a.queue]),
-
-    /** Whether a signal with this dedup key was ever delivered to the instance (consumed or not). */
-    seenDedupKey: statement<{ instanceId: string; dedupKey: string }>(
-      `select 1 from ${s}.signals where instance_id = $1 and dedup_key = $2`,
-      (a) => [a.instanceId, a.dedupKey],
     ),
 
     /**

@@ -82,6 +82,38 @@ describe("the engine's own connections", () => {
     // Its mailbox read comes after the lock, in a statement of its own: it must see the signal.
     expect((await client.wait(id, { timeout: 10_000 })).result).toBe(42);
   });
+
+  it("a signal that waits for the row lock of an await's commit sees the instance parked, and resumes it", async () => {
+    // On a queue nobody serves: the park below is the only change to the row.
+    const { id } = await client.insert(Parker, { state: {}, queue: "iso-idle" });
+    const s = `"${db.schema}"`;
+    // The await's commit: the row locked and parked on "go", not committed yet...
+    const side = await sideClient(db.url);
+    await side.query("begin");
+    await side.query(
+      `update ${s}.instances set status = 'awaiting', step = 'end', run_at = 'infinity',
+         await_spec = '{"mode":"one","events":["go"],"count":1}' where id = $1`,
+      [id],
+    );
+    // ...while the signal (one statement) waits for that lock.
+    const signal = outcome(client.signal({ id }, "go", 7));
+    await waitForLockWait(db.pool, "the signal", [db.schema, "deliver_signal("]);
+    await side.query("commit");
+    await side.end();
+    const sent = await signal;
+    expect(sent.ok).toBe(true);
+    // It read the row after the lock: parked, so its signal resumed it, consumed.
+    const { rows } = await db.pool.query<{ status: string; step: string; awaited: Array<{ payload: unknown }> }>(
+      `select status, step, awaited from ${s}.instances where id = $1`,
+      [id],
+    );
+    expect(rows[0]).toMatchObject({ status: "runnable", step: "end", awaited: [{ payload: 7 }] });
+    const { rows: left } = await db.pool.query(
+      `select 1 from ${s}.signals where instance_id = $1 and consumed_at is null`,
+      [id],
+    );
+    expect(left).toHaveLength(0);
+  });
 });
 
 describe("a caller's transaction stricter than READ COMMITTED", () => {

@@ -1,0 +1,164 @@
+// Concurrent engine.signal calls of one engine share a statement (deliver_signals): each resolves
+// after the commit that stored it, with the outcome it would have had alone; a signal whose row the
+// batch cannot lock without waiting is sent alone and waits there, holding up no other.
+import pg from "pg";
+import { afterAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import {
+  defineMachine,
+  GenDurable,
+  InstanceTerminatedError,
+  UnknownInstanceError,
+  ValidationError,
+} from "../../src/index.js";
+import { eventually, useTestDatabase } from "../support/db.js";
+import { outcome, sideClient, waitForLockWait } from "../support/locks.js";
+
+const db = await useTestDatabase(import.meta.url);
+const s = `"${db.schema}"`;
+
+const Waiter = defineMachine({
+  name: "Waiter",
+  queue: "batches",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => ctx.await("go", "end"),
+    end: (ctx) => ctx.done(ctx.awaited.map((a) => a.payload)),
+  },
+});
+
+const Packer = defineMachine({
+  name: "Packer",
+  queue: "batches",
+  state: z.object({}),
+  steps: {
+    start: (ctx) => ctx.await({ event: "item", count: 5 }, "end"),
+    end: (ctx) => ctx.done(ctx.awaited.map((a) => a.payload)),
+  },
+});
+
+/** Only for the typed form of signal: its target must be one of these. */
+const Other = defineMachine({
+  name: "Other",
+  state: z.object({}),
+  signals: { go: z.number() },
+  steps: { start: (ctx) => ctx.done() },
+});
+
+const node = db.engine({ queues: { batches: 20 }, machines: [Waiter, Packer] });
+await node.start();
+
+// A pure client on a pool of its own (at most 2 deliveries in flight), whose statements are counted.
+const texts: string[] = [];
+const senderPool = new pg.Pool({ connectionString: db.url, max: 4 });
+const query = senderPool.query.bind(senderPool) as (...args: unknown[]) => unknown;
+(senderPool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+  const first = args[0];
+  texts.push(typeof first === "string" ? first : ((first as { text?: string }).text ?? ""));
+  return query(...args);
+};
+const sender = new GenDurable({ pool: senderPool, schema: db.schema });
+await sender.start();
+afterAll(async () => {
+  await sender.stop();
+  await senderPool.end();
+});
+const batches = () => texts.filter((t) => t.includes("deliver_signals(")).length;
+
+async function awaiting(ids: string[]): Promise<void> {
+  await eventually(`${ids.length} instances awaiting`, async () => {
+    const { rows } = await db.pool.query<{ n: number }>(
+      `select count(*)::int as n from ${s}.instances where id = any($1::bigint[]) and status = 'awaiting'`,
+      [ids],
+    );
+    return rows[0]!.n === ids.length;
+  });
+}
+
+describe("concurrent signals of one engine", () => {
+  it("share statements; each gets its own outcome; one whose row is locked waits alone", async () => {
+    const plain = await node.insertMany(
+      Array.from({ length: 40 }, (_, i) => ({ machine: Waiter, state: {}, correlationKey: `b:${i}` })),
+    );
+    const keyed = await node.insert(Waiter, { state: {}, correlationKey: "b:keyed", concurrencyKey: "b-key" });
+    const finished = await node.insert(Waiter, { state: {}, correlationKey: "b:finished" });
+    await awaiting([...plain.map((r) => r.id), keyed.id, finished.id]);
+    await node.signal("b:finished", "go", "first");
+    expect((await node.wait(finished.id, { timeout: 10_000 })).status).toBe("done");
+
+    // An await's commit in progress: the row locked and parked on "go", not committed yet.
+    const parked = await node.insert(Waiter, { state: {}, queue: "batches-idle" });
+    const side = await sideClient(db.url);
+    await side.query("begin");
+    await side.query(
+      `update ${s}.instances set status = 'awaiting', step = 'end', run_at = 'infinity',
+         await_spec = '{"mode":"one","events":["go"],"count":1}' where id = $1`,
+      [parked.id],
+    );
+
+    const before = batches();
+    const sent = [
+      ...plain.map((_, i) => outcome(sender.signal(`b:${i}`, "go", i))),
+      outcome(sender.signal("b:keyed", "go", "keyed")),
+      outcome(sender.signal("b:nobody", "go", 1)),
+      outcome(sender.signal("b:finished", "go", 2)),
+      outcome(sender.signal(Other, "b:0", "go", 3)),
+    ];
+    const blocked = outcome(sender.signal({ id: parked.id }, "go", "parked"));
+    // Every other signal resolves while that row stays locked: the batch skipped it.
+    const results = await Promise.all(sent);
+    expect(batches()).toBeGreaterThan(before);
+    for (const r of results.slice(0, 41)) expect(r.ok).toBe(true);
+    const error = (i: number) => (results[i] as { error: unknown }).error;
+    expect(error(41)).toBeInstanceOf(UnknownInstanceError);
+    expect(error(42)).toBeInstanceOf(InstanceTerminatedError);
+    expect(error(43)).toBeInstanceOf(ValidationError);
+    expect(String(error(43))).toMatch(/the target is an instance of "Waiter", not of "Other"/);
+
+    // The parked instance's signal, sent alone, waits for the await's commit, then sees it parked.
+    await waitForLockWait(db.pool, "the signal sent alone", [db.schema, "deliver_signal($1"]);
+    await side.query("commit");
+    await side.end();
+    expect((await blocked).ok).toBe(true);
+    const { rows } = await db.pool.query<{ status: string; awaited: Array<{ payload: unknown }> }>(
+      `select status, awaited from ${s}.instances where id = $1`,
+      [parked.id],
+    );
+    expect(rows[0]).toMatchObject({ status: "runnable", awaited: [{ payload: "parked" }] });
+
+    const done = await Promise.all([...plain, keyed].map((r) => node.wait(r.id, { timeout: 15_000 })));
+    expect(done.map((d) => d.result)).toEqual([...plain.map((_, i) => [i]), ["keyed"]]);
+    // Nothing stored for the refused ones; every stored signal consumed.
+    const { rows: stored } = await db.pool.query<{ n: number; left: number }>(
+      `select count(*)::int as n, count(*) filter (where consumed_at is null)::int as left from ${s}.signals
+       where instance_id = any($1::bigint[])`,
+      [[...plain.map((r) => r.id), keyed.id, finished.id, parked.id]],
+    );
+    expect(stored[0]).toEqual({ n: 43, left: 0 });
+  });
+
+  it("to one instance, in one batch: a pack resumes once with the oldest, the rest stay; a dedup key stores once", async () => {
+    const { id } = await node.insert(Packer, { state: {} });
+    await awaiting([id]);
+    const before = batches();
+    const sent = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => sender.signal({ id }, "item", i, { dedupKey: `item-${i % 7}` })),
+    );
+    expect(batches()).toBeGreaterThan(before);
+    expect(sent.filter((r) => r.duplicate)).toHaveLength(1);
+    const done = await node.wait(id, { timeout: 15_000 });
+    const { rows } = await db.pool.query<{ n: number; left: number }>(
+      `select count(*)::int as n, count(*) filter (where consumed_at is null)::int as left from ${s}.signals
+       where instance_id = $1`,
+      [id],
+    );
+    expect(rows[0]).toEqual({ n: 7, left: 2 });
+    // The five oldest stored, in arrival order.
+    const { rows: consumed } = await db.pool.query<{ payload: number }>(
+      `select payload from ${s}.signals where instance_id = $1 and consumed_at is not null order by id`,
+      [id],
+    );
+    expect(done.result).toEqual(consumed.map((r) => r.payload));
+    expect(consumed).toHaveLength(5);
+  });
+});
