@@ -154,7 +154,9 @@ describe("leases", () => {
 
 describe("graceful stop", () => {
   it("lets quick steps commit and releases unfinished ones at once, attempt not counted", async () => {
-    const first = db.engine({ queues: { leases: 4 }, machines: [Held, Quick], shutdownGrace: 300 });
+    // The grace must cover the quick step's commit on a loaded CI host (it failed once at 300 ms);
+    // the stuck step holds the stop for the whole grace, so it stays at 2 s rather than more.
+    const first = db.engine({ queues: { leases: 4 }, machines: [Held, Quick], shutdownGrace: 2000 });
     await first.start();
     const finishing = await first.insert(Held, { state: { n: 10 } });
     const stuck = await first.insert(Held, { state: { n: 20 } });
