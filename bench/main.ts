@@ -28,6 +28,11 @@ const BULK_BATCH = intEnv("BENCH_BULK_BATCH", 1_000);
 const SINGLE_CONCURRENCY = intEnv("BENCH_SINGLE_CONCURRENCY", 10);
 const CONCURRENCIES = [10, 32] as const;
 const LATENCY_JOBS = intEnv("BENCH_LATENCY_JOBS", 200);
+/**
+ * The deep-queue run: this many jobs queued, the first JOBS of them processed at the last
+ * concurrency, compared with the same run's processing from a queue of only JOBS.
+ */
+const DEEP_QUEUE = intEnv("BENCH_DEEP_QUEUE", 200_000);
 const LATENCY_CONCURRENCY = 10;
 const WARMUP_JOBS = Math.min(2_000, JOBS);
 const FANOUT_CHILDREN = intEnv("BENCH_FANOUT_CHILDREN", 10_000);
@@ -111,6 +116,8 @@ interface SystemResult {
   enqueueBulk: Rate & { batchSize: number };
   enqueueSingle: Rate & { concurrency: number };
   processing: Record<string, Processing>;
+  /** JOBS processed at the last concurrency out of a queue of `queued` (DEEP_QUEUE). */
+  deepQueue: Processing & { queued: number };
   latency: Latency;
   latencySameNode: Latency;
   fanout: Fanout;
@@ -148,11 +155,11 @@ async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
 }
 
 /**
- * Starts a worker on `jobs` queued jobs and times until the database (not the
- * callbacks) says all of them are finished. Polls the count slowly while
- * handlers are still being called, then every 5 ms for the last commits.
+ * Starts a worker on `queued` jobs and times until the database (not the callbacks) says
+ * `jobs` of them are finished (all of them unless the queue is deeper). Polls the count
+ * slowly while handlers are still being called, then every 5 ms for the last commits.
  */
-async function processAll(system: BenchSystem, concurrency: number, jobs: number): Promise<Processing> {
+async function processAll(system: BenchSystem, concurrency: number, jobs: number, queued = jobs): Promise<Processing> {
   let calls = 0;
   const t0 = performance.now();
   const worker = await system.startWorker(concurrency, () => {
@@ -161,7 +168,7 @@ async function processAll(system: BenchSystem, concurrency: number, jobs: number
   const startupMs = performance.now() - t0;
   try {
     for (;;) {
-      const finished = await system.countFinished(jobs);
+      const finished = await system.countFinished(queued);
       if (finished >= jobs) break;
       if (performance.now() - t0 > PHASE_TIMEOUT_MS)
         throw new Error(`${system.name}: only ${finished} of ${jobs} jobs finished after ${PHASE_TIMEOUT_MS} ms`);
@@ -352,6 +359,22 @@ async function benchAll(
       }
     }
 
+    // A deep queue: the claim must still cost the same per job with DEEP_QUEUE rows waiting.
+    const deepConcurrency = CONCURRENCIES[CONCURRENCIES.length - 1]!;
+    for (const system of rotated()) {
+      await system.reset();
+      step(
+        system,
+        `enqueue ${DEEP_QUEUE} (not timed), then process the first ${JOBS} at concurrency ${deepConcurrency}`,
+      );
+      await system.enqueueBulk(0, DEEP_QUEUE, BULK_BATCH);
+      await vacuum(admin, system.schema);
+      const result = await processAll(system, deepConcurrency, JOBS, DEEP_QUEUE);
+      partial.get(system)!.deepQueue = { ...result, queued: DEEP_QUEUE };
+      const empty = partial.get(system)!.processing[`c${deepConcurrency}`]!.perSecond;
+      step(system, `  ${fmt(result.perSecond)} jobs/s, ${fmtRatio(result.perSecond / empty)} of a queue of ${JOBS}`);
+    }
+
     for (const system of rotated()) {
       await system.reset();
       await vacuum(admin, system.schema);
@@ -469,6 +492,13 @@ const METRICS: Metric[] = [
     better: "higher",
     value: (r) => r.processing[`c${c}`]!.perSecond,
   })),
+  {
+    key: "processingDeepQueue",
+    label: `processing c=${CONCURRENCIES[CONCURRENCIES.length - 1]}, ${DEEP_QUEUE} queued`,
+    unit: "jobs/s",
+    better: "higher",
+    value: (r) => r.deepQueue.perSecond,
+  },
   {
     key: "latencyP50",
     label: "insert→start p50 (separate producer)",
@@ -718,6 +748,13 @@ async function main(): Promise<void> {
     );
     for (const c of comparisons) log(c.line);
     if (COST_CONCURRENCY !== null) printCosts(results, COST_CONCURRENCY);
+    const deepConcurrency = CONCURRENCIES[CONCURRENCIES.length - 1]!;
+    log(
+      `\nDeep queue (${DEEP_QUEUE} queued ÷ ${JOBS} queued, processing c=${deepConcurrency}, same run; 1× is flat): ` +
+        results
+          .map((r) => `${r.name} ${fmtRatio(r.deepQueue.perSecond / r.processing[`c${deepConcurrency}`]!.perSecond)}`)
+          .join(" | "),
+    );
     for (const r of results) {
       if (!r.fanout.verified) log(`  WARNING: ${r.name} fan-out not verified: ${r.fanout.problems.join("; ")}`);
     }
