@@ -110,7 +110,8 @@ const MAX_BATCH = 100;
  * never in two statements at once (they would contend for its row): a signal waits while its
  * target is in flight, and goes in the next statement, in arrival order. A signal the batch could
  * not take without waiting (its row locked by someone else, a concurrency key, no live instance)
- * is sent alone at once, where it waits its turn without holding up the others. Each signal()'s
+ * is sent alone at once (after any signal to its target ahead of it in the batch), where it waits
+ * its turn without holding up the others. Each signal()'s
  * promise resolves after the commit that stored it.
  */
 export class SignalSender {
@@ -181,18 +182,38 @@ export class SignalSender {
         for (const p of batch) this.settle(p, () => Promise.reject(error));
         return;
       }
-      for (const p of batch) void this.alone(p).then(() => this.kick());
+      this.alone(batch);
       return;
     }
+    const single: PendingSignal[] = [];
     for (const row of rows) {
       const p = batch[row.idx]!;
-      if (row.outcome === "single") void this.alone(p).then(() => this.kick());
+      if (row.outcome === "single") single.push(p);
       else this.settle(p, async () => settle(p.input, row));
     }
+    this.alone(single);
   }
 
-  private alone(p: PendingSignal): Promise<void> {
-    return this.settle(p, () => deliverSignal(this.pool, this.q, p.input));
+  /**
+   * Sends each signal in a statement of its own. Those to one target go one after the other, in
+   * arrival order: sent together, they would queue for its row in whatever order they reached
+   * the server, and be stored in that order.
+   */
+  private alone(signals: PendingSignal[]): void {
+    const byTarget = new Map<string, PendingSignal[]>();
+    for (const p of signals) {
+      const same = byTarget.get(p.target);
+      if (same) same.push(p);
+      else byTarget.set(p.target, [p]);
+    }
+    for (const same of byTarget.values()) {
+      void (async () => {
+        for (const p of same) {
+          await this.settle(p, () => deliverSignal(this.pool, this.q, p.input));
+          this.kick();
+        }
+      })();
+    }
   }
 
   private async settle(p: PendingSignal, result: () => Promise<DeliverResult>): Promise<void> {

@@ -137,6 +137,40 @@ describe("concurrent signals of one engine", () => {
     expect(stored[0]).toEqual({ n: 43, left: 0 });
   });
 
+  it("signals to one target that the batch could not take are sent alone one after another, in arrival order", async () => {
+    // Never claimed (no engine runs this queue): the signals are only stored, in its mailbox.
+    const { id } = await node.insert(Packer, { state: {}, queue: "batches-idle" });
+    const lockRow = async () => {
+      const side = await sideClient(db.url);
+      await side.query("begin");
+      return { side, locked: side.query(`select id from ${s}.instances where id = $1 for update`, [id]) };
+    };
+    const first = await lockRow();
+    await first.locked;
+    const aloneSent = () => texts.filter((t) => t.includes("deliver_signal($1")).length;
+    const sent = [outcome(sender.signal({ id }, "item", 0))];
+    await waitForLockWait(db.pool, "the first signal, sent alone", [db.schema, "deliver_signal($1"]);
+    // Three more queue behind it (its target is in flight), and go in the next statement together.
+    for (const i of [1, 2, 3]) sent.push(outcome(sender.signal({ id }, "item", i)));
+    // Someone else takes the row right after the first signal: the batch of three cannot lock it.
+    const second = await lockRow();
+    await waitForLockWait(db.pool, "the second holder", [db.schema, "for update"]);
+    const before = aloneSent();
+    await first.side.query("commit");
+    await second.locked;
+    await sent[0];
+    await waitForLockWait(db.pool, "the next signal, sent alone", [db.schema, "deliver_signal($1"]);
+    // Only the oldest of the three is on its way; the others wait for it rather than race it for the row.
+    expect(aloneSent() - before).toBe(1);
+    await second.side.query("commit");
+    for (const r of await Promise.all(sent)) expect(r.ok).toBe(true);
+    const { rows } = await db.pool.query<{ payload: number }>(
+      `select payload from ${s}.signals where instance_id = $1 order by id`,
+      [id],
+    );
+    expect(rows.map((r) => r.payload)).toEqual([0, 1, 2, 3]);
+  });
+
   it("to one instance, in one batch: a pack resumes once with the oldest, the rest stay; a dedup key stores once", async () => {
     const { id } = await node.insert(Packer, { state: {} });
     await awaiting([id]);
