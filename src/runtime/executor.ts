@@ -5,7 +5,7 @@
  * in a commit attempt or in a lease left to expire.
  */
 import type pg from "pg";
-import type { AnyMachine, ChildOutcome, ReceivedSignal } from "../define.js";
+import type { AnyMachine, ChildOutcome, ReceivedSignal, StepRateLimit } from "../define.js";
 import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
 import { LeaseLostError, ValidationError } from "../errors.js";
 import type { StepFacts, TypedEmitter } from "../events.js";
@@ -118,9 +118,12 @@ export class Executor {
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();
     try {
+      let drawn: EarlyDraw | undefined;
       if (row.claimed_ahead) {
         // Its attempt is counted in the database before its code runs: a crash from
         // here on charges it, a crash before it does not (the row never started).
+        // A rate-limited step draws its tokens meanwhile, not after: see drawEarly.
+        drawn = this.drawEarly(row, controller, started);
         let counted: number | null;
         try {
           counted = await this.deps.leases.start(row.id, row.claim_token);
@@ -131,10 +134,13 @@ export class Executor {
           throw error;
         }
         if (counted === null) return this.lost(row);
+        // The draw was made for the attempt the start was expected to count; for any other (never
+        // seen: the start adds one under the claim's token) the step draws again, as before.
+        if (drawn?.attempt !== counted) drawn = undefined;
         row = { ...row, attempt: counted, claimed_ahead: false };
       }
       const machine = this.deps.machines.get(row.machine)!;
-      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, onSettled);
+      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, onSettled, drawn?.waitMs);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -149,7 +155,51 @@ export class Executor {
     }
   }
 
-  private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+  /**
+   * A row claimed ahead is charged (leases.start) before its step runs, and a rate-limited step
+   * draws its tokens before it runs too. One after the other, they put two round trips before
+   * the step, the draw's with a synchronous commit, and split every wave of starting steps into
+   * two waves of statements (bench/README.md, "Figures behind choices in the code"). So the draw
+   * goes out beside the start when nothing the step does before its draw can touch the database
+   * or end the attempt: its state validated and of the machine's current version, not resumed by
+   * a join, its attempt within its limit. The draw is made for the attempt the start will count
+   * (one more than the claim's), with the ctx the step would have drawn with. Tokens are still
+   * taken before the step runs, never before the slot it runs in frees; a start that finds the
+   * claim gone leaves them spent, as a step that fails after its draw does: a bucket may run short
+   * early, never over.
+   */
+  private drawEarly(row: ClaimedRow, controller: AbortController, started: number): EarlyDraw | undefined {
+    const machine = this.deps.machines.get(row.machine);
+    const spec = machine?.steps.get(row.step)?.rateLimit;
+    if (!machine || !spec || row.unvalidated || row.joined || row.version !== machine.version) return undefined;
+    const attempt = attemptOf(
+      { ...row, attempt: row.attempt + 1, claimed_ahead: false },
+      machine,
+      started,
+      this.deps.clock,
+    );
+    if (attempt.row.attempt > attempt.maxAttempts) return undefined;
+    const waitMs = this.draw(attempt, spec, controller);
+    // Awaited only if the start counts the attempt; a lost claim or a failed start drops it.
+    waitMs.catch(() => {});
+    return { attempt: attempt.row.attempt, waitMs };
+  }
+
+  /** Takes the step's tokens: 0 when it may run now, else how many ms until its turn in the bucket's line. */
+  private draw(attempt: Attempt, spec: StepRateLimit, controller: AbortController): Promise<number> {
+    const { row, machine } = attempt;
+    const where = `machine "${machine.name}" step "${row.step}"`;
+    // The ctx is built only for a partition or weight that reads it.
+    const ctx = () => this.context(attempt, controller, undefined);
+    return this.deps.rateLimiter.drawForStep(spec, ctx, row.rate_limited !== null, where);
+  }
+
+  private async run(
+    claimed: Attempt,
+    controller: AbortController,
+    settled: () => void,
+    drawn?: Promise<number>,
+  ): Promise<void> {
     const accepted = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
     if (accepted === null) return;
     const attempt = await this.upcast(accepted, settled);
@@ -171,9 +221,7 @@ export class Executor {
     if (step.rateLimit) {
       let waitMs: number;
       try {
-        const ctx = await this.context(attempt, controller, undefined);
-        const where = `machine "${machine.name}" step "${row.step}"`;
-        waitMs = await this.deps.rateLimiter.drawForStep(step.rateLimit, ctx, row.rate_limited !== null, where);
+        waitMs = await (drawn ?? this.draw(attempt, step.rateLimit, controller));
       } catch (error) {
         if (isConnectionError(error)) throw error;
         return this.fail(attempt, error, settled);
@@ -601,6 +649,12 @@ export class Executor {
       this.deps.wake.timeouts(Math.max(0, Date.parse(completion.run_at) - Date.now() - offset));
     }
   }
+}
+
+/** A rate-limited step's draw, made while its start was in flight, for the attempt the start was to count. */
+interface EarlyDraw {
+  attempt: number;
+  waitMs: Promise<number>;
 }
 
 /** What identifies the attempt in every event about it. */

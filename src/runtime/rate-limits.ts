@@ -232,14 +232,16 @@ export class RateLimiter {
    */
   async drawForStep(
     spec: StepRateLimit,
-    ctx: StepContext<unknown, unknown, string>,
+    context: () => Promise<StepContext<unknown, unknown, string>>,
     waited: boolean,
     where: string,
   ): Promise<number> {
     const limit = this.limit(spec.name);
-    const partition = partitionKey(spec.partition?.(ctx), `${where}: rateLimit.partition(ctx)`);
+    // Only a partition or weight function reads the ctx: otherwise it is not built.
+    const ctx = spec.partition || typeof spec.weight === "function" ? await context() : undefined;
+    const partition = partitionKey(spec.partition?.(ctx!), `${where}: rateLimit.partition(ctx)`);
     const weight = checkWeight(
-      typeof spec.weight === "function" ? spec.weight(ctx) : (spec.weight ?? 1),
+      typeof spec.weight === "function" ? spec.weight(ctx!) : (spec.weight ?? 1),
       `${where}: rateLimit.weight`,
       limit,
     );

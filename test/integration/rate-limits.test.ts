@@ -271,3 +271,76 @@ describe("rate limits", () => {
     );
   });
 });
+
+describe("a rate-limited step claimed ahead", () => {
+  let openGate: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  let gateStarted = false;
+  let aheadRan = false;
+  const Gate = defineJob({
+    name: "Gate",
+    queue: "ahead",
+    args: z.object({}),
+    perform: async () => {
+      gateStarted = true;
+      await gate;
+    },
+  });
+  const Ahead = defineJob({
+    name: "Ahead",
+    queue: "ahead",
+    args: z.object({}),
+    rateLimit: { name: "ahead" },
+    perform: () => {
+      aheadRan = true;
+    },
+  });
+
+  it("draws its tokens while its start is in flight, and runs only once both are back", async () => {
+    // One slot: the first claim starts Gate and takes Ahead ahead of its slot.
+    const [gateId, aheadId] = (
+      await client.insertMany([
+        { machine: Gate, args: {} },
+        { machine: Ahead, args: {} },
+      ])
+    ).map((r) => r.id);
+    const node = db.engine({
+      queues: { ahead: 1 },
+      machines: [Gate, Ahead],
+      rateLimits: { ahead: { limit: 1000, period: "1s" } },
+    });
+    await node.start();
+    await eventually("Ahead claimed ahead while Gate runs", async () => {
+      const { rows } = await db.pool.query(
+        `select 1 from ${s}.instances where id = $1 and status = 'running' and claimed_ahead`,
+        [aheadId],
+      );
+      return gateStarted && rows.length === 1;
+    });
+    // Ahead's row locked: its start (which counts the attempt) waits for the lock.
+    const locker = await db.pool.connect();
+    try {
+      await locker.query("begin");
+      await locker.query(`select 1 from ${s}.instances where id = $1 for update`, [aheadId]);
+      openGate();
+      await client.wait(gateId!, { timeout: 10_000 });
+      // The draw does not wait for the start: the bucket is created by it while the start is blocked.
+      await eventually(
+        "the draw while the start waits",
+        async () => (await db.pool.query(`select 1 from ${s}.rate_limit_buckets where name = 'ahead'`)).rowCount === 1,
+        10_000,
+      );
+      expect(aheadRan, "the step ran before its attempt was counted").toBe(false);
+    } finally {
+      await locker.query("rollback");
+      locker.release();
+    }
+    const done = await client.wait(aheadId!, { timeout: 10_000 });
+    expect(done.status).toBe("done");
+    expect(aheadRan).toBe(true);
+    const { rows } = await db.pool.query<{ attempt: number }>(`select attempt from ${s}.instances where id = $1`, [
+      aheadId,
+    ]);
+    expect(rows[0]!.attempt).toBe(1);
+  });
+});
