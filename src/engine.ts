@@ -102,7 +102,8 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     const { wakeups: wake, checkPool } = this;
     // A quarter of the pool at most runs deliveries at once; concurrent signals beyond share them.
     const signals = new SignalSender(pool, sql.signals, Math.max(2, Math.floor(config.poolSize / 4)));
-    this.client = { pool, config, sql, events, wake, notifyQueue, assertUsable, checkPool, signals };
+    const { notifier } = this;
+    this.client = { pool, config, sql, events, wake, notifier, notifyQueue, assertUsable, checkPool, signals };
   }
 
   /** Subscribe to an engine event; returns a function that unsubscribes. */

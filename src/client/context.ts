@@ -6,6 +6,7 @@
 import type pg from "pg";
 import type { ResolvedConfig } from "../config.js";
 import type { TypedEmitter } from "../events.js";
+import type { Notifier } from "../runtime/notifier.js";
 import type { SignalSender } from "../runtime/signals.js";
 import type { Wakeups } from "../runtime/wakeups.js";
 import type { Queries } from "../sql/index.js";
@@ -18,6 +19,8 @@ export interface ClientContext {
   readonly events: TypedEmitter;
   /** Work became due: this node's schedulers (and, by `broadcast`, every node) look. */
   readonly wake: Wakeups;
+  /** How an insert outside a caller's transaction wakes other nodes (runtime/notifier.ts). */
+  readonly notifier: Pick<Notifier, "beginInsert" | "endInsert">;
   /** NOTIFY `queue` to every node, resolving once it went out. */
   notifyQueue(queue: string): Promise<void>;
   /** Sends engine.signal's deliveries (not those in a caller's transaction), batching concurrent ones. */

@@ -60,28 +60,37 @@ async function insertRows(
     else await ctx.checkPool();
   }
   const runner = client ?? ctx.pool;
-  // In the caller's transaction the NOTIFY goes out with its commit; otherwise this node wakes
-  // every node itself once the rows are committed.
-  const channel = client ? ctx.config.channel : null;
-  let pending = unique;
-  for (let round = 0; pending.length > 0; round++) {
-    if (round === MAX_ROUNDS)
-      throw new Error(`insert: could not settle correlation keys after ${MAX_ROUNDS} rounds of concurrent inserts`);
-    const { rows: out } = await ctx.sql.instances.insert(runner, {
-      rows: pending,
-      channel,
-      windowMs: ctx.config.idempotencyWindowMs,
-    });
-    const rejected = out.find((row) => row.rejected);
-    // Nothing was inserted: the statement inserts no row when one is rejected.
-    if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
-    for (const row of out) {
-      if (row.idx < 0) continue;
-      results[row.idx] = { id: row.id, inserted: row.inserted };
-      if (row.inserted && row.due && !client) ctx.wake.broadcast(row.queue!);
+  // In the caller's transaction the NOTIFY goes out with its commit. So it does for an insert
+  // alone in flight on this engine; otherwise the engine wakes every node itself once the rows are
+  // committed (see Notifier.beginInsert).
+  const alone = !client && ctx.notifier.beginInsert();
+  const channel = client || alone ? ctx.config.channel : null;
+  try {
+    let pending = unique;
+    for (let round = 0; pending.length > 0; round++) {
+      if (round === MAX_ROUNDS)
+        throw new Error(`insert: could not settle correlation keys after ${MAX_ROUNDS} rounds of concurrent inserts`);
+      const { rows: out } = await ctx.sql.instances.insert(runner, {
+        rows: pending,
+        channel,
+        windowMs: ctx.config.idempotencyWindowMs,
+      });
+      const rejected = out.find((row) => row.rejected);
+      // Nothing was inserted: the statement inserts no row when one is rejected.
+      if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
+      for (const row of out) {
+        if (row.idx < 0) continue;
+        results[row.idx] = { id: row.id, inserted: row.inserted };
+        if (!row.inserted || !row.due || client) continue;
+        // Notified with the commit: only this node's own scheduler is left to wake.
+        if (alone) ctx.wake.queue(row.queue!);
+        else ctx.wake.broadcast(row.queue!);
+      }
+      // Rows whose twin committed after this statement's snapshot: look again.
+      pending = pending.filter((row) => results[row.idx] === undefined);
     }
-    // Rows whose twin committed after this statement's snapshot: look again.
-    pending = pending.filter((row) => results[row.idx] === undefined);
+  } finally {
+    if (!client) ctx.notifier.endInsert();
   }
   for (const row of rows) {
     if (results[row.idx] === undefined) results[row.idx] = { id: results[firstOf(row)]!.id, inserted: false };

@@ -1,7 +1,8 @@
 // NOTIFY wakes other nodes without polling, and the LISTEN connection recovers by itself.
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, type EngineEvents } from "../../src/index.js";
+import { defineJob, GenDurable, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -38,6 +39,34 @@ describe("notify", () => {
     await eventually("listener connected", async () => (await listenBackends()).length === 1);
     const { id } = await client.insert(Ping, { args: { n: 1 } });
     expect((await client.wait(id, { timeout: 10_000 })).result).toBe(1);
+  });
+
+  it("a lone insert notifies with its own commit; inserts in flight together share a NOTIFY after theirs", async () => {
+    // A producer on a pool of its own, whose statements are counted.
+    const texts: string[] = [];
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
+    (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const first = args[0];
+      texts.push(typeof first === "string" ? first : ((first as { text?: string }).text ?? ""));
+      return query(...args);
+    };
+    const producer = new GenDurable({ pool, schema: db.schema });
+    await producer.start();
+    try {
+      const notifies = () => texts.filter((t) => t.includes("pg_notify($1, q)")).length;
+      const { id } = await producer.insert(Ping, { args: { n: 3 } });
+      // No NOTIFY after the commit: it went out with it, and woke the runner (which polls every 10 minutes).
+      expect(notifies()).toBe(0);
+      expect((await producer.wait(id, { timeout: 10_000 })).result).toBe(3);
+      const together = await Promise.all([4, 5, 6].map((n) => producer.insert(Ping, { args: { n } })));
+      expect(notifies()).toBeGreaterThan(0);
+      const done = await Promise.all(together.map((r) => producer.wait(r.id, { timeout: 10_000 })));
+      expect(done.map((d) => d.result)).toEqual([4, 5, 6]);
+    } finally {
+      await producer.stop();
+      await pool.end();
+    }
   });
 
   it("inserts in a caller's transaction notify on commit", async () => {
