@@ -14,6 +14,8 @@ export interface MachineRecord {
   initial: string;
   /** Its default queue. */
   queue: string;
+  /** Its `concurrency` option: the limit a row inserted from SQL with a key takes. */
+  concurrency?: { readonly limit?: number } | undefined;
 }
 
 export function sqlApiQueries(schema: string) {
@@ -25,18 +27,21 @@ export function sqlApiQueries(schema: string) {
     /** The machines an engine defines (sorted by name: engines starting together lock rows in one order). */
     recordMachines: statement<{ machines: readonly MachineRecord[] }>(
       `
-      insert into ${s}.machines (name, kind, initial_step, queue)
-      select * from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as x(name, kind, initial_step, queue)
+      insert into ${s}.machines (name, kind, initial_step, queue, concurrency_limit)
+      select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[])
+        as x(name, kind, initial_step, queue, concurrency_limit)
       order by 1
       on conflict (name) do update set kind = excluded.kind, initial_step = excluded.initial_step,
-        queue = excluded.queue, updated_at = now()
-      where (machines.kind, machines.initial_step, machines.queue)
-        is distinct from (excluded.kind, excluded.initial_step, excluded.queue)`,
+        queue = excluded.queue, concurrency_limit = excluded.concurrency_limit, updated_at = now()
+      where (machines.kind, machines.initial_step, machines.queue, machines.concurrency_limit)
+        is distinct from (excluded.kind, excluded.initial_step, excluded.queue, excluded.concurrency_limit)`,
       (a) => [
         a.machines.map((m) => m.name),
         a.machines.map((m) => m.kind),
         a.machines.map((m) => m.initial),
         a.machines.map((m) => m.queue),
+        // Null for 1, as an instance stores it (the column's check starts at 2).
+        a.machines.map((m) => ((m.concurrency?.limit ?? 1) > 1 ? m.concurrency!.limit! : null)),
       ],
     ),
 

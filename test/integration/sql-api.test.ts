@@ -66,6 +66,15 @@ const Parked = defineMachine({
   steps: { begin: (ctx) => ctx.done() },
 });
 
+// Never claimed either; up to 3 steps of one key's instances at once.
+const Paired = defineJob({
+  name: "Paired",
+  queue: "parked",
+  args: z.object({ n: z.number() }),
+  concurrency: { key: (args) => `pair:${args.n}`, limit: 3 },
+  perform: async (args) => args.n,
+});
+
 // At version 3: a state inserted from SQL is the current definition's, and no upcaster may touch it.
 const Versioned = defineMachine({
   name: "Versioned",
@@ -87,7 +96,7 @@ const runner = db.engine({
 });
 await runner.start();
 // A client that defines Parked too, so the SQL API knows its initial step and queue.
-const client = db.engine({ machines: [Parked, Order, Mail, Both, Keyed, Versioned, Approval] });
+const client = db.engine({ machines: [Parked, Paired, Order, Mail, Both, Keyed, Versioned, Approval] });
 await client.start();
 await eventually(
   "the runner listening",
@@ -213,6 +222,21 @@ describe("insert from SQL", () => {
     }
     for (const id of ids) expect((await client.wait(id, { timeout: 10_000 })).status).toBe("done");
     expect(mostInFlight).toBe(1);
+  });
+
+  it("a concurrency key given from SQL takes the limit of the machine's definition", async () => {
+    const [paired] = await sql(`select * from ${s}.insert('Paired', '{"n": 1}', '{"concurrencyKey": "pair:sql"}')`);
+    const [parked] = await sql(`select * from ${s}.insert('Parked', '{"n": 1}', '{"concurrencyKey": "parked:sql"}')`);
+    const limits = await sql(
+      `select i.id::text as id, i.concurrency_limit, k.max_running from ${s}.instances i
+       join ${s}.concurrency_keys k on k.key = i.concurrency_key where i.id = any($1::bigint[]) order by i.id`,
+      [[paired.id, parked.id]],
+    );
+    expect(limits).toEqual([
+      { id: String(paired.id), concurrency_limit: 3, max_running: 3 },
+      // A machine without a limit: 1, stored as null like an engine's insert stores it.
+      { id: String(parked.id), concurrency_limit: null, max_running: 1 },
+    ]);
   });
 
   it("a state the schema refuses fails the instance with a ValidationError, without retries", async () => {
