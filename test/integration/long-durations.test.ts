@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineJob, defineMachine, GenDurable, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { recordStatements } from "../support/statements.js";
 
 const db = await useTestDatabase(import.meta.url);
 
@@ -113,21 +114,16 @@ describe("durations beyond 2^31 - 1 ms", () => {
     const { id } = await engine.insert(Publisher, { state: {} });
     await eventually("the instance awaiting its signal", async () => (await engine.get(id))?.status === "awaiting");
     const { pool } = engine._testing();
-    let reads = 0;
-    const query = pool.query.bind(pool);
-    pool.query = ((...args: Parameters<typeof query>) => {
-      const text = typeof args[0] === "string" ? args[0] : (args[0] as { text?: string }).text;
-      if (text?.includes("published ? $2")) reads++;
-      return query(...args);
-    }) as typeof pool.query;
+    const { texts, restore } = recordStatements(pool);
+    const reads = () => texts.filter((t) => t.includes("published ? $2")).length;
     const published = engine.waitForEvent(id, "ready");
     // A window of 300 ms: the wait reads the instance once, arms its wake-up and sleeps (the bug:
     // a 30-day timer fired after 1 ms, and it read again and again).
     await timerAfter(300);
-    const readsWhileWaiting = reads;
+    const readsWhileWaiting = reads();
     await engine.signal({ id }, "go");
     expect(await published).toBe("yes");
-    pool.query = query;
+    restore();
     await engine.stop();
     expect(readsWhileWaiting).toBeLessThanOrEqual(2);
   });

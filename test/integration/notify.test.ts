@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, GenDurable, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { recordStatements } from "../support/statements.js";
 
 const db = await useTestDatabase(import.meta.url);
 const Ping = defineJob({
@@ -43,14 +44,8 @@ describe("notify", () => {
 
   it("a lone insert notifies with its own commit; inserts in flight together share a NOTIFY after theirs", async () => {
     // A producer on a pool of its own, whose statements are counted.
-    const texts: string[] = [];
     const pool = new pg.Pool({ connectionString: db.url, max: 4 });
-    const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
-    (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const first = args[0];
-      texts.push(typeof first === "string" ? first : ((first as { text?: string }).text ?? ""));
-      return query(...args);
-    };
+    const { texts } = recordStatements(pool);
     const producer = new GenDurable({ pool, schema: db.schema });
     await producer.start();
     try {

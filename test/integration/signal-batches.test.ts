@@ -13,6 +13,7 @@ import {
 } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 import { outcome, sideClient, waitForLockWait } from "../support/locks.js";
+import { recordStatements } from "../support/statements.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -49,14 +50,8 @@ const node = db.engine({ queues: { batches: 20 }, machines: [Waiter, Packer] });
 await node.start();
 
 // A pure client on a pool of its own (at most 2 deliveries in flight), whose statements are counted.
-const texts: string[] = [];
 const senderPool = new pg.Pool({ connectionString: db.url, max: 4 });
-const query = senderPool.query.bind(senderPool) as (...args: unknown[]) => unknown;
-(senderPool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-  const first = args[0];
-  texts.push(typeof first === "string" ? first : ((first as { text?: string }).text ?? ""));
-  return query(...args);
-};
+const { texts } = recordStatements(senderPool);
 const sender = new GenDurable({ pool: senderPool, schema: db.schema });
 await sender.start();
 afterAll(async () => {
