@@ -111,8 +111,8 @@ const MAX_BATCH = 100;
  * target is in flight, and goes in the next statement, in arrival order. A signal the batch could
  * not take without waiting (its row locked by someone else, a concurrency key, no live instance)
  * is sent alone at once (after any signal to its target ahead of it in the batch), where it waits
- * its turn without holding up the others. Each signal()'s
- * promise resolves after the commit that stored it.
+ * its turn without holding up the others. Each signal()'s promise resolves after the commit that
+ * stored it.
  */
 export class SignalSender {
   private queue: PendingSignal[] = [];
