@@ -124,13 +124,19 @@ export class QueueScheduler {
     });
   }
 
-  /** How many more rows this node should hold: free slots plus room in the claim-ahead buffer. */
+  /**
+   * How many more rows this node should hold: free slots plus room in the claim-ahead buffer.
+   * While a slot's worth of outcomes is committing, free slots are still filled but nothing is
+   * claimed ahead; at twice that (a slow database) nothing is claimed, rather than pile up leases.
+   * Filling free slots through a commit is what keyed work needs: it is claimed only into free
+   * slots, and a batch of short keyed steps settles at once, so the slots of a whole claim
+   * would idle through its group commit (bench/README.md, "Figures behind choices in the code").
+   */
   private get wanted(): number {
     const { concurrency } = this.o;
-    // Commits lagging behind (a slow database) stop further claims rather than pile up leases.
-    if (this.committing >= concurrency) return 0;
+    if (this.committing >= 2 * concurrency) return 0;
     // No claim-ahead under a global limit: a buffered row would hold a global slot idle.
-    const ahead = this.o.global === undefined ? concurrency : 0;
+    const ahead = this.o.global === undefined && this.committing < concurrency ? concurrency : 0;
     return Math.max(0, concurrency + ahead - this.running - this.buffer.length);
   }
 
@@ -226,9 +232,15 @@ export class QueueScheduler {
     return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS ? this.keyedHold : 0;
   }
 
+  /**
+   * Launches buffered rows into free slots, keeping `hold` of them for the next claim. The hold
+   * only keeps back rows claimed ahead: a row its claim charged to start now (at the buffer's
+   * head) has its slot, and a keyed one holds its key, so it starts whatever is held.
+   */
   private launchBuffered(hold = 0): void {
-    const slots = this.o.concurrency - this.reserved - hold;
-    while (!this.stopped && this.running < slots && this.buffer.length > 0) this.launch(this.buffer.shift()!);
+    const slots = this.o.concurrency - this.reserved;
+    while (!this.stopped && this.buffer.length > 0 && this.running < slots - (this.buffer[0]!.claimed_ahead ? hold : 0))
+      this.launch(this.buffer.shift()!);
   }
 
   private launch(row: ClaimedRow): void {

@@ -41,6 +41,19 @@ const Later = defineMachine({
   steps: { start: (ctx) => ctx.done() },
 });
 
+let gate: Promise<void> = Promise.resolve();
+const keyedRuns: string[] = [];
+const Keyed = defineJob({
+  name: "Keyed",
+  queue: "keyed",
+  args: z.object({ name: z.string() }),
+  perform: async (args) => {
+    keyedRuns.push(args.name);
+    if (args.name === "first") await gate;
+    return null;
+  },
+});
+
 describe("scheduler", () => {
   it("never runs more than the queue's concurrency on a node", async () => {
     const engine = db.engine({ queues: { limited: 3 }, machines: [Limited] });
@@ -58,6 +71,43 @@ describe("scheduler", () => {
     for (const id of ids) expect((await engine.wait(id, { timeout: 5000 })).status).toBe("done");
     expect(peak).toBe(3);
     await engine.stop();
+  });
+
+  it("fills a free slot with keyed work while the previous outcome is still committing", async () => {
+    // Keyed rows are claimed only into free slots. A slot freed by a settled step must take the
+    // next key's row at once, not idle until the settled step's outcome has committed.
+    const engine = db.engine({ queues: { keyed: 1 }, machines: [Keyed] });
+    let open!: () => void;
+    gate = new Promise<void>((resolve) => (open = resolve));
+    const holder = await db.pool.connect();
+    try {
+      await engine.start();
+      await engine.insert(Keyed, { args: { name: "first" }, concurrencyKey: "a" });
+      await eventually("the first step running", () => keyedRuns.includes("first"));
+      await engine.insert(Keyed, { args: { name: "second" }, concurrencyKey: "b" });
+      // The first outcome's commit locks key "a" first (lock_keys): held here, it cannot commit.
+      await holder.query("begin");
+      await holder.query(`select ${db.schema}.lock_keys(array['a'])`);
+      open();
+      await eventually("the second key's step running while the first commit waits", () =>
+        keyedRuns.includes("second"),
+      );
+      const { rows } = await holder.query(
+        `select status from ${db.schema}.instances where machine = 'Keyed' order by id`,
+      );
+      expect(rows.map((r) => r.status)).toEqual(["running", "running"]);
+      await holder.query("commit");
+      await eventually("both done", async () => {
+        const done = await db.pool.query(
+          `select count(*)::int as n from ${db.schema}.instances where machine = 'Keyed' and status = 'done'`,
+        );
+        return done.rows[0].n === 2;
+      });
+    } finally {
+      await holder.query("rollback").catch(() => {});
+      holder.release();
+      await engine.stop();
+    }
   });
 
   it("runs an instance inserted into another queue than its machine's default", async () => {
