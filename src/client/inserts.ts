@@ -61,9 +61,11 @@ async function insertRows(
   }
   const runner = client ?? ctx.pool;
   // In the caller's transaction the NOTIFY goes out with its commit. So it does for an insert
-  // alone in flight on this engine; otherwise the engine wakes every node itself once the rows are
-  // committed (see Notifier.beginInsert).
-  const alone = !client && ctx.notifier.beginInsert();
+  // alone in flight on a pure client engine; otherwise the engine wakes every node itself once the
+  // rows are committed (see Notifier.beginInsert). Not on an engine that runs queues: its own
+  // listener could then start the step before insert() returns, and a test's drain(engine) right
+  // after it would miss that step's events; it wakes its own schedulers at once anyway.
+  const alone = !client && ctx.notifier.beginInsert() && ctx.config.queues.size === 0;
   const channel = client || alone ? ctx.config.channel : null;
   try {
     let pending = unique;

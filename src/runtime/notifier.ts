@@ -23,10 +23,10 @@ export class Notifier {
   /**
    * An insert outside a caller's transaction starts; endInsert() when it is done. Returns whether it
    * may send its NOTIFY with its own commit, a round trip sooner than a NOTIFY after it: when nothing
-   * else is in flight here. Otherwise it requests one, which wakes every node for all the inserts
-   * that committed meanwhile: a NOTIFY in a transaction holds Postgres's notify lock through the
-   * commit's WAL flush, so concurrent inserts that each sent one (and this notifier's own NOTIFY)
-   * would wait for each other's flush.
+   * else is in flight here (the caller may still decide against it). Otherwise it requests one,
+   * which wakes every node for all the inserts that committed meanwhile: a NOTIFY in a transaction
+   * holds Postgres's notify lock through the commit's WAL flush, so concurrent inserts that each
+   * sent one (and this notifier's own NOTIFY) would wait for each other's flush.
    */
   beginInsert(): boolean {
     const alone = this.inserts === 0 && this.inFlight === undefined && this.pending.size === 0;

@@ -64,6 +64,24 @@ describe("notify", () => {
     }
   });
 
+  it("an engine that runs queues notifies after its insert returned, never with its commit", async () => {
+    // Its own listener would otherwise hear of the row as it commits, and could start the step
+    // before insert() returned: a drain(engine) right after the insert would miss its events.
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    const { texts } = recordStatements(pool);
+    const worker = new GenDurable({ pool, schema: db.schema, queues: { notify: 1 }, machines: [Ping] });
+    await worker.start();
+    try {
+      const before = texts.filter((t) => t.includes("pg_notify($1, q)")).length;
+      const { id } = await worker.insert(Ping, { args: { n: 7 } });
+      expect(texts.filter((t) => t.includes("pg_notify($1, q)")).length).toBe(before + 1);
+      expect((await worker.wait(id, { timeout: 10_000 })).result).toBe(7);
+    } finally {
+      await worker.stop();
+      await pool.end();
+    }
+  });
+
   it("inserts in a caller's transaction notify on commit", async () => {
     const conn = await db.pool.connect();
     try {
