@@ -249,12 +249,16 @@ describe("ambiguous commits", () => {
         const cut = cutter.cut((st) =>
           st.sql.trim().toLowerCase() === "commit" ? st.transaction.some(isInsert) : isInsert(st.sql) && !st.inBlock,
         );
-        const first = await direct.insert(Child, { state: { n: round }, correlationKey: key }).then(
+        // A queue no node runs: the first stays live, for the retry to meet as its live twin (in
+        // Child's own queue a worker of this file, woken by the insert's commit, could finish it
+        // first, and a finished twin does not stop a new instance).
+        const options = { state: { n: round }, correlationKey: key, queue: "ambiguous-idle" };
+        const first = await direct.insert(Child, options).then(
           (r) => r,
           (error: unknown) => (errors++, error),
         );
         await cut;
-        const again = await direct.insert(Child, { state: { n: round }, correlationKey: key });
+        const again = await direct.insert(Child, options);
         if (!(first instanceof Error)) expect(again.id).toBe((first as { id: string }).id);
         expect(again.inserted).toBe(false);
         const { rows } = await db.pool.query(`select id::text from ${s}.instances where correlation_key = $1`, [key]);
