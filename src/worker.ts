@@ -189,7 +189,7 @@ export class WorkerNode {
    */
   async stop(): Promise<void> {
     const { bounded, config, leases, notifier } = this.deps;
-    for (const scheduler of this.schedulers.values()) await scheduler.stop();
+    await Promise.all([...this.schedulers].map(([queue, s]) => bounded(`queue ${queue}'s claim in flight`, s.stop())));
     await bounded("the cron loop's tick", this.cron?.stop());
     const { lease, ...others } = this.loops;
     await Promise.all(Object.entries(others).map(([name, loop]) => bounded(`the ${name} loop's tick`, loop.stop())));

@@ -50,6 +50,8 @@ export class QueueScheduler {
   /** Claimed rows waiting for a slot. */
   private buffer: ClaimedRow[] = [];
   private claiming = false;
+  /** The claim statement in flight, settled either way: stop() waits for it. */
+  private claimInFlight: Promise<unknown> | undefined;
   /** Set by every wake-up; cleared when a claim comes back short (nothing more is due). */
   private mayHaveMore = true;
   /**
@@ -79,12 +81,18 @@ export class QueueScheduler {
     this.wake();
   }
 
-  /** Stops claiming and launching; buffered rows stay leased until the engine releases them. */
+  /**
+   * Stops claiming and launching; buffered rows stay leased until the engine releases them.
+   * Resolves once the claim in flight, if any, has come back: its rows are leased by then, so the
+   * engine's release at the end of its stop gives them back too (otherwise they would wait, leased
+   * by a stopped node, for their lease to expire).
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     this.buffer = [];
     for (const timer of this.timers) timer.clear();
     this.timers.clear();
+    await this.claimInFlight;
   }
 
   /** Resolves when every launched step has committed (or given up). */
@@ -152,10 +160,13 @@ export class QueueScheduler {
         const started = performance.now();
         this.reserved = freeSlots;
         let rows: ClaimedRow[];
+        const claim = this.claim(want, freeSlots);
+        this.claimInFlight = claim.catch(() => {});
         try {
-          rows = await this.claim(want, freeSlots);
+          rows = await claim;
         } finally {
           this.reserved = 0;
+          this.claimInFlight = undefined;
         }
         this.o.events.emit("loop:tick", {
           loop: "scheduler",

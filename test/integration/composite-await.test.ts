@@ -1,11 +1,12 @@
 // Composite await specs: alternatives of packs and sets, matched under concurrent signals and timeouts.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineMachine, ValidationError } from "../../src/index.js";
+import { defineMachine, InstanceTerminatedError, ValidationError } from "../../src/index.js";
 import { matchSpec, normalizeSpec } from "../../src/runtime/await-spec.js";
 import { fireTimeouts } from "../../src/runtime/signals.js";
 import { signalQueries } from "../../src/sql/signals.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { outcome } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
 
@@ -115,18 +116,26 @@ describe("composite await specs", () => {
     await db.pool.query(`update ${db.schema}.instances set run_at = now() - interval '1 second' where id = any($1)`, [
       ids,
     ]);
-    await Promise.all([
+    const [, seconds] = await Promise.all([
       fireTimeouts(db.pool, q, 5),
-      ...ids.map((id) => engine.signal({ id }, "approve", "second")),
+      Promise.all(ids.map((id) => outcome(engine.signal({ id }, "approve", "second")))),
       fireTimeouts(db.pool, q, 5),
     ]);
     while ((await fireTimeouts(db.pool, q, 100)).length > 0);
-    for (const id of ids) {
+    for (const [i, id] of ids.entries()) {
       const done = await engine.wait(id, { timeout: 10_000 });
       const outcomes = (await engine.history(id)).map((h) => h.outcome);
-      if (outcomes.includes("timeout")) expect(done.result).toEqual(["approve:first"]);
-      else expect(done.result).toEqual(["approve:first", "approve:second"]);
       expect(outcomes.filter((o) => o === "timeout" || o === "resumed")).toHaveLength(1);
+      if (outcomes.includes("timeout")) {
+        expect(done.result).toEqual(["approve:first"]);
+        // The late signal is stored for the instance resumed by its timeout, or, when the step
+        // after the timeout has already finished it, refused as sent to a finished instance.
+        const second = seconds[i]!;
+        if (!second.ok) expect(second.error).toBeInstanceOf(InstanceTerminatedError);
+      } else {
+        expect(done.result).toEqual(["approve:first", "approve:second"]);
+        expect(seconds[i]!.ok).toBe(true);
+      }
     }
   });
 

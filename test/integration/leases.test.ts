@@ -1,8 +1,9 @@
 // Leases: renewal, fencing of late commits, the reaper, and graceful stop.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineMachine, type EngineEvents } from "../../src/index.js";
+import { defineMachine, type EngineEvents, type GenDurable } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { sideClient, waitForLockWait } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
 const state = z.object({ n: z.number() });
@@ -36,6 +37,14 @@ const Quick = defineMachine({
   steps: { start: (ctx) => ctx.done(ctx.attempt) },
 });
 
+/** On a globally limited queue, whose claims take the queue's lock first. */
+const Limited = defineMachine({
+  name: "Limited",
+  queue: "leases-global",
+  state,
+  steps: { start: (ctx) => ctx.done(ctx.attempt) },
+});
+
 /** Makes a row look claimed by a node that died: running, with a lease that already expired. */
 async function orphan(id: string, attempt: number) {
   await db.pool.query(
@@ -46,6 +55,15 @@ async function orphan(id: string, attempt: number) {
 }
 async function stealClaim(id: string) {
   await db.pool.query(`update ${db.schema}.instances set claim_token = claim_token + 1 where id = $1`, [id]);
+}
+
+/**
+ * Cancels an instance whose claim a test stole: its row stays running under a lease nobody renews,
+ * and once that expires a later test's engine would reap it and run it beside its own instances.
+ */
+async function leaveNothingRunning(engine: GenDurable, id: string) {
+  await engine.cancel(id);
+  expect(await engine.get(id)).toMatchObject({ status: "cancelled" });
 }
 
 describe("leases", () => {
@@ -122,6 +140,7 @@ describe("leases", () => {
     const row = await engine.get(id);
     expect(row).toMatchObject({ status: "running", step: "start", state: { n: 1 } });
     expect(await engine.history(id)).toEqual([]);
+    await leaveNothingRunning(engine, id);
     await engine.stop();
   });
 
@@ -136,6 +155,7 @@ describe("leases", () => {
     running.get(id)!.release();
     await eventually("lease:lost event", () => lost.includes(id));
     expect(await engine.get(id)).toMatchObject({ status: "running", step: "start", state: { n: 1 } });
+    await leaveNothingRunning(engine, id);
     await engine.stop();
   });
 
@@ -154,17 +174,19 @@ describe("leases", () => {
 
 describe("graceful stop", () => {
   it("lets quick steps commit and releases unfinished ones at once, attempt not counted", async () => {
-    // The grace must cover the quick step's commit on a loaded CI host (it failed once at 300 ms);
-    // the stuck step holds the stop for the whole grace, so it stays at 2 s rather than more.
+    // The grace must cover the quick step's commit on a loaded host; the stuck step holds the stop
+    // for the whole grace, so it stays at 2 s rather than more. Only this test's instances count:
+    // an instance another test left running could be reaped and claimed here.
     const first = db.engine({ queues: { leases: 4 }, machines: [Held, Quick], shutdownGrace: 2000 });
     await first.start();
     const finishing = await first.insert(Held, { state: { n: 10 } });
     const stuck = await first.insert(Held, { state: { n: 20 } });
     await eventually("both running", () => running.has(finishing.id) && running.has(stuck.id));
     const seen: string[] = [];
-    first.on("step:released", (e) => seen.push(`released ${e.id}`));
-    first.on("step:exception", (e) => seen.push(`exception ${e.id}`));
-    first.on("lease:lost", (e) => seen.push(`lease lost ${e.id}`));
+    const ours = (e: { id: string }) => e.id === finishing.id || e.id === stuck.id;
+    first.on("step:released", (e) => ours(e) && seen.push(`released ${e.id}`));
+    first.on("step:exception", (e) => ours(e) && seen.push(`exception ${e.id}`));
+    first.on("lease:lost", (e) => ours(e) && seen.push(`lease lost ${e.id}`));
     const stopping = first.stop();
     running.get(finishing.id)!.release(); // finishes within the grace period
     await stopping;
@@ -189,5 +211,30 @@ describe("graceful stop", () => {
     running.get(stuck.id)!.release();
     expect((await second.wait(stuck.id, { timeout: 5000 })).result).toEqual({ n: 21, attempt: 1 });
     await second.stop();
+  });
+
+  it("gives back what a claim in flight at the stop claims, not leaving it leased by the stopped node", async () => {
+    // A globally limited queue's claim first takes the queue's lock: held here, the claim waits.
+    const side = await sideClient(db.url);
+    await side.query("begin");
+    await side.query("select pg_advisory_xact_lock(hashtextextended('gen_durable:queue:' || $1, 0))", [Limited.queue]);
+    const node = db.engine({
+      queues: { [Limited.queue]: { concurrency: 2, global: 2 } },
+      machines: [Limited],
+      shutdownGrace: 0,
+    });
+    await node.start();
+    const { id } = await node.insert(Limited, { state: { n: 1 } });
+    await waitForLockWait(db.pool, "the claim", ["gen_durable:queue:"]);
+    const stopping = node.stop();
+    // The claim goes on once stop() has begun: it takes the row for a node that is stopping.
+    await side.query("commit");
+    await stopping;
+    const { rows } = await db.pool.query(
+      `select status, attempt, leased_by from ${db.schema}.instances where id = $1`,
+      [id],
+    );
+    expect(rows[0]).toEqual({ status: "runnable", attempt: 0, leased_by: null });
+    await db.pool.query(`delete from ${db.schema}.instances where id = $1`, [id]);
   });
 });

@@ -12,7 +12,7 @@ import {
   ValidationError,
 } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
-import { outcome, sideClient, waitForLockWait } from "../support/locks.js";
+import { cancelLockWaiters, outcome, sideClient, waitForLockWait } from "../support/locks.js";
 import { recordStatements } from "../support/statements.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -77,7 +77,10 @@ describe("concurrent signals of one engine", () => {
     );
     const keyed = await node.insert(Waiter, { state: {}, correlationKey: "b:keyed", concurrencyKey: "b-key" });
     const finished = await node.insert(Waiter, { state: {}, correlationKey: "b:finished" });
-    await awaiting([...plain.map((r) => r.id), keyed.id, finished.id]);
+    // Signalled only by the typed form naming the wrong machine (had another signal resumed it,
+    // it could finish first, and the typed one would meet a finished instance).
+    const other = await node.insert(Waiter, { state: {}, correlationKey: "b:other" });
+    await awaiting([...plain.map((r) => r.id), keyed.id, finished.id, other.id]);
     await node.signal("b:finished", "go", "first");
     expect((await node.wait(finished.id, { timeout: 10_000 })).status).toBe("done");
 
@@ -97,7 +100,7 @@ describe("concurrent signals of one engine", () => {
       outcome(sender.signal("b:keyed", "go", "keyed")),
       outcome(sender.signal("b:nobody", "go", 1)),
       outcome(sender.signal("b:finished", "go", 2)),
-      outcome(sender.signal(Other, "b:0", "go", 3)),
+      outcome(sender.signal(Other, "b:other", "go", 3)),
     ];
     const blocked = outcome(sender.signal({ id: parked.id }, "go", "parked"));
     // Every other signal resolves while that row stays locked: the batch skipped it.
@@ -135,35 +138,31 @@ describe("concurrent signals of one engine", () => {
   it("signals to one target that the batch could not take are sent alone one after another, in arrival order", async () => {
     // Never claimed (no engine runs this queue): the signals are only stored, in its mailbox.
     const { id } = await node.insert(Packer, { state: {}, queue: "batches-idle" });
-    const lockRow = async () => {
-      const side = await sideClient(db.url);
-      await side.query("begin");
-      return { side, locked: side.query(`select id from ${s}.instances where id = $1 for update`, [id]) };
-    };
-    const first = await lockRow();
-    await first.locked;
+    // Someone holds the row for the whole test: no statement can deliver to it until they commit.
+    const holder = await sideClient(db.url);
+    await holder.query("begin");
+    await holder.query(`select id from ${s}.instances where id = $1 for update`, [id]);
     const aloneSent = () => texts.filter((t) => t.includes("deliver_signal($1")).length;
-    const sent = [outcome(sender.signal({ id }, "item", 0))];
+    const first = outcome(sender.signal({ id }, "item", 0));
     await waitForLockWait(db.pool, "the first signal, sent alone", [db.schema, "deliver_signal($1"]);
     // Three more queue behind it (its target is in flight), and go in the next statement together.
-    for (const i of [1, 2, 3]) sent.push(outcome(sender.signal({ id }, "item", i)));
-    // Someone else takes the row right after the first signal: the batch of three cannot lock it.
-    const second = await lockRow();
-    await waitForLockWait(db.pool, "the second holder", [db.schema, "for update"]);
+    const sent = [1, 2, 3].map((i) => outcome(sender.signal({ id }, "item", i)));
+    // The first one's statement ends (cancelled) while the row is still held: the batch of three
+    // that follows cannot lock it, so each of them is sent alone.
     const before = aloneSent();
-    await first.side.query("commit");
-    await second.locked;
-    await sent[0];
+    expect(await cancelLockWaiters(db.pool, [db.schema, "deliver_signal($1"])).toBe(1);
+    expect(String(((await first) as { error: unknown }).error)).toMatch(/canceling statement/);
     await waitForLockWait(db.pool, "the next signal, sent alone", [db.schema, "deliver_signal($1"]);
     // Only the oldest of the three is on its way; the others wait for it rather than race it for the row.
     expect(aloneSent() - before).toBe(1);
-    await second.side.query("commit");
+    await holder.query("commit");
     for (const r of await Promise.all(sent)) expect(r.ok).toBe(true);
+    expect(aloneSent() - before).toBe(3);
     const { rows } = await db.pool.query<{ payload: number }>(
       `select payload from ${s}.signals where instance_id = $1 order by id`,
       [id],
     );
-    expect(rows.map((r) => r.payload)).toEqual([0, 1, 2, 3]);
+    expect(rows.map((r) => r.payload)).toEqual([1, 2, 3]);
   });
 
   it("to one instance, in one batch: a pack resumes once with the oldest, the rest stay; a dedup key stores once", async () => {

@@ -41,6 +41,13 @@ export async function waitForLockWait(
   );
 }
 
+/** Cancels the statements containing every one of `fragments` that wait for a lock; returns how many. */
+export async function cancelLockWaiters(pool: pg.Pool, fragments: string[]): Promise<number> {
+  const pids = await lockWaiters(pool, fragments);
+  await pool.query("select pg_cancel_backend(pid) from unnest($1::int[]) pid", [pids]);
+  return pids.length;
+}
+
 /**
  * Waits until `promise` settled or a statement containing `fragments` waits
  * for a lock, whichever comes first (the code before a fix may not block
