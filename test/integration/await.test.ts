@@ -109,23 +109,38 @@ describe("await specs", () => {
   });
 
   it("a timeout and a last signal racing resolve to exactly one of the two (200 races)", async () => {
-    // 200 instances parked on "go" whose timeout has already passed, written directly so that
-    // nothing has swept them yet; then two timeout sweepers and 200 signals go at once.
-    const { rows } = await db.pool.query(
-      `insert into ${db.schema}.instances (machine, step, state, status, queue, run_at, await_spec)
-       select 'Awaiter', 'resumed', '{"wait": "race"}', 'awaiting', 'parked', now() - interval '1 second',
-              '{"mode": "one", "events": ["go"], "count": 1, "onTimeout": "late"}'
-       from generate_series(1, 200) returning id::text as id`,
-    );
-    const ids = rows.map((r) => r.id as string);
+    // Instances parked on "go" (written directly, in a queue no engine runs), whose timeout is due
+    // at `runAt`: the engine's timeouts loop takes part in the race too.
+    const park = async (n: number, runAt: string) =>
+      (
+        await db.pool.query(
+          `insert into ${db.schema}.instances (machine, step, state, status, queue, run_at, await_spec)
+           select 'Awaiter', 'resumed', '{"wait": "race"}', 'awaiting', 'parked', ${runAt},
+                  '{"mode": "one", "events": ["go"], "count": 1, "onTimeout": "late"}'
+           from generate_series(1, $1::int) returning id::text as id`,
+          [n],
+        )
+      ).rows.map((r) => r.id as string);
     const q = signalQueries(db.schema);
+    const sweep = async () => {
+      while ((await fireTimeouts(db.pool, q, 100)).length > 0);
+    };
+    // Each outcome at least once, whatever the timing: five signalled before their timeout is due,
+    // five signalled after theirs fired.
+    const signalFirst = await park(5, "now() + interval '1 hour'");
+    const timeoutFirst = await park(5, "now() - interval '1 hour'");
+    await sweep();
+    const racing = await park(190, "now() - interval '1 second'");
+    const ids = [...signalFirst, ...timeoutFirst, ...racing];
+    for (const id of [...signalFirst, ...timeoutFirst]) await engine.signal({ id }, "go", ids.indexOf(id));
+    // Then two timeout sweepers and 190 signals at once.
     await Promise.all([
       fireTimeouts(db.pool, q, 10),
-      ...ids.map((id, i) => engine.signal({ id }, "go", i)),
+      ...racing.map((id) => engine.signal({ id }, "go", ids.indexOf(id))),
       fireTimeouts(db.pool, q, 10),
     ]);
-    while ((await fireTimeouts(db.pool, q, 100)).length > 0);
-    let resumed = 0;
+    await sweep();
+    const outcomes = new Map<string, string>();
     for (const [i, id] of ids.entries()) {
       const row = (await db.pool.query(`select status, step, awaited from ${db.schema}.instances where id = $1`, [id]))
         .rows[0];
@@ -137,8 +152,8 @@ describe("await specs", () => {
       ).rows;
       expect(history).toHaveLength(1);
       expect(row.status).toBe("runnable");
+      outcomes.set(id, history[0]!);
       if (history[0] === "resumed") {
-        resumed++;
         expect(row.step).toBe("resumed");
         expect(row.awaited.map((s: { payload: number }) => s.payload)).toEqual([i]);
         expect(mailbox).toEqual([]);
@@ -149,8 +164,8 @@ describe("await specs", () => {
         expect(mailbox).toEqual([{ payload: i }]); // the late signal is kept, not lost and not consumed
       }
     }
-    expect(resumed).toBeGreaterThan(0);
-    expect(resumed).toBeLessThan(200);
+    expect(signalFirst.map((id) => outcomes.get(id))).toEqual(Array(5).fill("resumed"));
+    expect(timeoutFirst.map((id) => outcomes.get(id))).toEqual(Array(5).fill("timeout"));
   });
 
   it("rejects malformed awaits: the attempt fails with a clear error", async () => {
