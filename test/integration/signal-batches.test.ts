@@ -165,6 +165,29 @@ describe("concurrent signals of one engine", () => {
     expect(rows.map((r) => r.payload)).toEqual([1, 2, 3]);
   });
 
+  it("a signal sent while none is in flight goes alone, and waiting there for its row holds up no other", async () => {
+    const [a, b, c] = await node.insertMany(
+      ["a", "b", "c"].map((k) => ({ machine: Waiter, state: {}, correlationKey: `lone:${k}` })),
+    );
+    await awaiting([a!.id, b!.id, c!.id]);
+    const aloneSent = () => texts.filter((t) => t.includes("deliver_signal($1")).length;
+    const [aloneBefore, batchesBefore] = [aloneSent(), batches()];
+    await sender.signal("lone:a", "go", "a");
+    expect([aloneSent() - aloneBefore, batches() - batchesBefore]).toEqual([1, 0]);
+    // Someone holds b's row: its lone signal waits, and the signal to c goes past it in a batch.
+    const holder = await sideClient(db.url);
+    await holder.query("begin");
+    await holder.query(`select id from ${s}.instances where id = $1 for update`, [b!.id]);
+    const blocked = outcome(sender.signal({ id: b!.id }, "go", "b"));
+    await waitForLockWait(db.pool, "the signal to b", [db.schema, "deliver_signal($1"]);
+    await sender.signal("lone:c", "go", "c");
+    expect(batches() - batchesBefore).toBe(1);
+    await holder.query("commit");
+    expect((await blocked).ok).toBe(true);
+    const done = await Promise.all([a, b, c].map((r) => node.wait(r!.id, { timeout: 15_000 })));
+    expect(done.map((d) => d.result)).toEqual([["a"], ["b"], ["c"]]);
+  });
+
   it("to one instance, in one batch: a pack resumes once with the oldest, the rest stay; a dedup key stores once", async () => {
     const { id } = await node.insert(Packer, { state: {} });
     await awaiting([id]);
