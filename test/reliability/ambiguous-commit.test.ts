@@ -306,20 +306,30 @@ describe("ambiguous commits", () => {
   it("a signal's reply is lost: a retry with its dedupKey is a duplicate, the await consumes one", async () => {
     const direct = new GenDurable({ connectionString: cutter.url(db.url), schema: db.schema });
     await direct.start();
-    // One statement (with whatever other signals the engine sent meanwhile), committed on its own:
-    // its reply lost is the ambiguous commit.
-    const deliverSignal = signalQueries(db.schema).deliverMany.text;
+    // One statement, committed on its own: its reply lost is the ambiguous commit. A signal sent
+    // while none is in flight goes alone (deliver_signal); one sent while another is in flight goes
+    // in a batch (deliver_signals). Rounds alternate: in odd ones a signal to a second instance is
+    // sent first and is in flight.
+    const { deliver, deliverMany } = signalQueries(db.schema);
     try {
       let errors = 0;
       for (let round = 0; round < ROUNDS; round++) {
-        const { id } = await client.insert(Awaits, { state: { n: round } });
-        await eventually(`instance ${id} awaiting`, async () => (await client.get(id))?.status === "awaiting");
-        const cut = cutter.cut((st) => st.sql === deliverSignal && !st.inBlock);
+        const batched = round % 2 === 1;
+        const [{ id }, other] = await Promise.all([
+          client.insert(Awaits, { state: { n: round } }),
+          client.insert(Awaits, { state: { n: -round } }),
+        ]);
+        for (const i of [id, other.id])
+          await eventually(`instance ${i} awaiting`, async () => (await client.get(i))?.status === "awaiting");
+        const text = batched ? deliverMany.text : deliver.text;
+        const cut = cutter.cut((st) => st.sql === text && !st.inBlock);
+        const before = batched ? direct.signal({ id: other.id }, "go", {}) : undefined;
         const first = await direct.signal({ id }, "go", { round }, { dedupKey: `go-${round}` }).then(
           (r) => r,
           (error: unknown) => (errors++, error),
         );
         await cut;
+        await before;
         const again = await direct.signal({ id }, "go", { round }, { dedupKey: `go-${round}` });
         if (first instanceof Error) expect(again.duplicate).toBe(true);
         expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
