@@ -169,11 +169,15 @@ interface PendingDraws {
 
 export class RateLimiter {
   /**
-   * Draws asked for in one event-loop turn, per bucket: they go to the database
-   * together, one statement and one lock of the bucket's row for all of them
-   * (in order), instead of queueing one by one on that lock.
+   * Draws waiting to be sent, per bucket: those asked for in one event-loop turn, and all those
+   * asked for while the bucket's previous statement was in flight, go to the database together,
+   * one statement and one lock of the bucket's row for all of them (in order). One statement per
+   * bucket at a time: a second would only wait for the first's row lock, which is held through
+   * its commit, and be one more commit of its own.
    */
   private readonly pending = new Map<string, PendingDraws>();
+  /** Buckets with a statement in flight (or about to be sent). */
+  private readonly busy = new Set<string>();
 
   constructor(
     private readonly pool: pg.Pool,
@@ -196,20 +200,29 @@ export class RateLimiter {
     const key = `${limit.name}\u0000${partition}`;
     let batch = this.pending.get(key);
     if (!batch) {
-      const fresh: PendingDraws = { limit, partition, weights: [], lines: [], waiters: [] };
-      this.pending.set(key, fresh);
-      setImmediate(() => {
-        this.pending.delete(key);
-        void this.flush(fresh);
-      });
-      batch = fresh;
+      batch = { limit, partition, weights: [], lines: [], waiters: [] };
+      this.pending.set(key, batch);
+      if (!this.busy.has(key)) {
+        this.busy.add(key);
+        setImmediate(() => void this.flush(key));
+      }
     }
     batch.weights.push(weight);
     batch.lines.push(line);
-    return new Promise((resolve, reject) => batch.waiters.push({ resolve, reject }));
+    const waiters = batch.waiters;
+    return new Promise((resolve, reject) => waiters.push({ resolve, reject }));
   }
 
-  private async flush({ limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
+  /** Sends the bucket's pending draws, then those that came meanwhile, until none is left. */
+  private async flush(key: string): Promise<void> {
+    for (let batch = this.pending.get(key); batch; batch = this.pending.get(key)) {
+      this.pending.delete(key);
+      await this.send(batch);
+    }
+    this.busy.delete(key);
+  }
+
+  private async send({ limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
     try {
       const { rows } = await this.queries.takeTokens(this.pool, {
         bucket: limit.name,

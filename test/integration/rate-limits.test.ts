@@ -4,10 +4,13 @@
  * database clock: no one-second window holds more than limit + burst runs, and
  * the total over 10 s is within 10% of the ideal; partitions and weights alike.
  */
+import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineJob, GenDurable, ValidationError } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { sideClient, waitForLockWait } from "../support/locks.js";
+import { recordStatements } from "../support/statements.js";
 import { busiestSecondSql, takeLogSql } from "../support/take-log.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -233,6 +236,44 @@ describe("rate limits", () => {
     const newcomer = await take(1, "join");
     expect(newcomer.taken, "a new draw took the waiter's token").toBe(false);
     expect(await take(1, "retry"), "the waiter at its turn").toMatchObject({ taken: true });
+  });
+
+  it("draws asked for while the bucket's statement is in flight go together in the next one, in order", async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    const { texts } = recordStatements(pool);
+    const engine = new GenDurable({ pool, schema: db.schema, rateLimits });
+    await engine.start();
+    const holder = await sideClient(db.url);
+    try {
+      await engine.consume("hourly", { partition: "convoy", weight: 1 }); // the bucket's row exists now
+      await holder.query("begin");
+      await holder.query(
+        `select 1 from ${s}.rate_limit_buckets where name = 'hourly' and partition = 'convoy' for update`,
+      );
+      const draws = () => texts.filter((t) => t.includes("take_tokens(")).length;
+      const before = draws();
+      const first = engine.consume("hourly", { partition: "convoy", weight: 1 });
+      await waitForLockWait(db.pool, "the first draw", [db.schema, "take_tokens("]);
+      // Four more, each in an event-loop turn of its own, while the first waits for the row.
+      const later: Array<Promise<{ ok: boolean; remaining: number }>> = [];
+      for (let i = 0; i < 4; i++) {
+        later.push(engine.consume("hourly", { partition: "convoy", weight: 2 }));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      expect(draws() - before).toBe(1);
+      await holder.query("commit");
+      expect((await first).ok).toBe(true);
+      const results = await Promise.all(later);
+      expect(draws() - before).toBe(2);
+      // 10 tokens an hour: 9 left after the first two draws of 1, then 2 each, in the order asked.
+      expect(results.map((r) => r.ok)).toEqual([true, true, true, true]);
+      expect(results.map((r) => Math.round(r.remaining))).toEqual([6, 4, 2, 0]);
+    } finally {
+      // Draws still waiting for the row would hold the pool's connections, and its end, forever.
+      await holder.query("rollback");
+      await engine.stop();
+      await pool.end();
+    }
   });
 
   it("rejects bad input with errors that name it", async () => {
