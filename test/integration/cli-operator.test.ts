@@ -155,6 +155,31 @@ describe("insert", () => {
     await engine.cancel(id!);
   });
 
+  it("a --concurrency-key takes the limit the machine's definition gives its keys", async () => {
+    const Keyed = defineJob({
+      name: "KeyedByCli",
+      queue: "cli-idle",
+      args: z.object({}),
+      concurrency: { key: () => "unused", limit: 3 },
+      perform: () => null,
+    });
+    const recorder = db.engine({ machines: [Keyed] }); // an engine that defines it records its limit
+    await recorder.start();
+    await recorder.stop();
+    const limitOf = async (args: string[]) => {
+      const { id } = json<{ id: string }>(
+        await cli(["insert", "KeyedByCli", "--args", "{}", "--queue", "cli-idle", ...args, "--json"]),
+      );
+      const { rows } = await db.pool.query(`select concurrency_limit from "${db.schema}".instances where id = $1`, [
+        id,
+      ]);
+      await engine.cancel(id);
+      return rows[0].concurrency_limit as number | null;
+    };
+    expect(await limitOf(["--concurrency-key", "tenant:1"])).toBe(3);
+    expect(await limitOf([])).toBeNull();
+  });
+
   it("refuses bad input before connecting (exit 2)", async () => {
     for (const [args, message] of [
       [["insert", "Order"], "pass --state <json> (a machine) or --args <json> (a job)"],

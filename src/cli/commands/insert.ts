@@ -13,8 +13,18 @@ import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
 /** Any JSON value is accepted here: the CLI cannot know the machine's schema. */
 const ANY_STATE = { "~standard": { version: 1, vendor: "gen-durable-cli", validate: (value: unknown) => ({ value }) } };
 
-/** Enough of a machine for engine.insert: its name, kind, initial step and queue. */
-export function standIn(name: string, kind: "machine" | "job", initial: string, queue: string): AnyMachine {
+/**
+ * Enough of a machine for engine.insert: its name, kind, initial step and queue, and the limit its
+ * concurrency keys take (`concurrencyLimit`, as the machine's engines recorded it; only ever used
+ * with a key given on the command line, so the key function is never called).
+ */
+export function standIn(
+  name: string,
+  kind: "machine" | "job",
+  initial: string,
+  queue: string,
+  concurrencyLimit: number | null = null,
+): AnyMachine {
   return Object.freeze({
     kind,
     name,
@@ -24,6 +34,7 @@ export function standIn(name: string, kind: "machine" | "job", initial: string, 
     steps: new Map([[initial, {}]]),
     maxAttempts: undefined,
     backoff: undefined,
+    concurrency: concurrencyLimit === null ? undefined : { key: () => null, limit: concurrencyLimit },
   }) as unknown as AnyMachine;
 }
 
@@ -35,7 +46,9 @@ export const insertCommand: Command = {
     "twin is returned instead, signals kept for the key are handed over, nodes are woken",
     "by NOTIFY). The CLI has no machine definitions: the machine's initial step is",
     '--step (default "start"; "perform" for a job) and its queue is --queue (default',
-    '"default"); the state cannot be checked against the machine\'s schema here.',
+    '"default"); the state cannot be checked against the machine\'s schema here. A',
+    "--concurrency-key takes the limit the machine's definition gives its keys, as its",
+    "engines recorded it.",
     "Prints the instance id, and whether it was inserted or an existing twin.",
   ].join("\n"),
   positionals: [{ name: "machine", description: "the machine or job name" }],
@@ -87,8 +100,18 @@ export const insertCommand: Command = {
     }
     if (values["correlation-key"] !== undefined) options.correlationKey = values["correlation-key"];
     if (values["concurrency-key"] !== undefined) options.concurrencyKey = values["concurrency-key"];
-    const machine = standIn(name, isJob ? "job" : "machine", step, queue);
-    return withClient(this, values, io, async ({ engine, json }) => {
+    return withClient(this, values, io, async ({ engine, pool, schema, json }) => {
+      // A key gets the limit the machine's definition gives its keys, recorded by its engines.
+      const limit =
+        options.concurrencyKey === undefined
+          ? null
+          : ((
+              await pool.query<{ limit: number | null }>(
+                `select concurrency_limit as limit from "${schema}".machines where name = $1`,
+                [name],
+              )
+            ).rows[0]?.limit ?? null);
+      const machine = standIn(name, isJob ? "job" : "machine", step, queue, limit);
       const { id, inserted } = await engine.insert(machine, options as never);
       if (json) printJson(io, { id, inserted, machine: name, step, queue });
       else
