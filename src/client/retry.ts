@@ -8,9 +8,25 @@ import type { ClientContext } from "./context.js";
 export async function retryInstance(ctx: ClientContext, id: string): Promise<void> {
   ctx.assertUsable();
   checkId(id, "retry: id", (m) => new ValidationError(m));
+  // A claim skips locked rows: one that met a runnable row of the lineage while this transaction
+  // held it (an ancestor, or a target it refuses) left it to the next poll, so those queues are
+  // woken again once it ends, either way.
+  let held: string[] = [];
+  try {
+    await retryLocked(ctx, id, (queues) => (held = queues));
+  } finally {
+    for (const queue of new Set(held)) {
+      ctx.wake.queue(queue);
+      await ctx.notifyQueue(queue).catch(() => {});
+    }
+  }
+}
+
+async function retryLocked(ctx: ClientContext, id: string, locked: (runnableQueues: string[]) => void): Promise<void> {
   await withTransaction(ctx.pool, async (client) => {
     // Root first, as cancel locks a tree: a retry and a cancel of the same tree take turns.
     const { rows } = await ctx.sql.instances.lockLineage(client, { id });
+    locked(rows.filter((r) => r.status === "runnable").map((r) => r.queue));
     const target = rows.find((r) => r.id === id);
     if (!target) throw new UnknownInstanceError(id);
     if (target.status !== "failed")

@@ -91,6 +91,7 @@ export interface LineageRow {
   id: string;
   parent_id: string | null;
   status: Status;
+  queue: string;
   joined: boolean;
   join_counted: boolean;
   children_from: string | null;
@@ -562,7 +563,7 @@ export function instanceQueries(schema: string) {
         select ${s}.lock_keys(array(
           select concurrency_key from ${s}.instances where id in (select id from lineage))) as n
       )
-      select i.id::text as id, i.parent_id::text as parent_id, i.status, i.joined, i.join_counted,
+      select i.id::text as id, i.parent_id::text as parent_id, i.status, i.queue, i.joined, i.join_counted,
              i.children_from::text as children_from
       from ${s}.instances i where i.id in (select id from lineage) and (select n from keys_locked) >= 0
       order by i.id
