@@ -131,15 +131,12 @@ export async function moveInstance(
   if (typeof options !== "object" || options === null)
     throw bad(`options must be { step, state? }, got ${describe(options)}`);
   const step = checkName(options.step, "step", bad);
-  const { rows } = await q.lockForMove(client, { id });
-  const row = rows[0];
-  if (!row) throw new UnknownInstanceError(id);
-  if (!["runnable", "awaiting", "failed"].includes(row.status)) {
-    throw new InvalidStateError(
-      `move: instance ${id} is ${row.status}; only runnable, awaiting or failed instances can be moved`,
-    );
-  }
-  const machine = machines.get(row.machine);
+  // The step and the state are checked before the row is locked: a claim skips a locked row, and
+  // one that met it runnable while a move it then refused held it would leave it to the next poll.
+  // An instance's machine never changes, so it is read without the lock.
+  const found = (await q.machineOf(client, { id })).rows[0];
+  if (!found) throw new UnknownInstanceError(id);
+  const machine = machines.get(found.machine);
   let state = options.state;
   if (machine) {
     if (!machine.steps.has(step)) {
@@ -149,6 +146,15 @@ export async function moveInstance(
       ({ value: state } = await validate(machine.schema, state, `move: the state of ${machine.name}`));
   }
   const json = state === undefined ? null : encodeJson(state, "move: state", maxPayloadBytes);
+  // Refused from here on only when it is running, joining or finished: never a runnable row.
+  const { rows } = await q.lockForMove(client, { id });
+  const row = rows[0];
+  if (!row) throw new UnknownInstanceError(id);
+  if (!["runnable", "awaiting", "failed"].includes(row.status)) {
+    throw new InvalidStateError(
+      `move: instance ${id} is ${row.status}; only runnable, awaiting or failed instances can be moved`,
+    );
+  }
   // A new state is written by this definition's version; without one the stored state keeps its own.
   const version = machine && state !== undefined ? machine.version : null;
   await q.move(client, { id, step, state: json, version, channel, fromStep: row.step });

@@ -52,6 +52,11 @@ export function versionQueries(schema: string) {
       order by i.id limit $2`,
       (a) => [JSON.stringify(a.steps), a.limit],
     ),
+    /** The machine of an instance (it never changes), read without a lock: a move checks its input first. */
+    machineOf: statement<{ id: string }, { machine: string }>(
+      `select machine from ${s}.instances where id = $1`,
+      (a) => [a.id],
+    ),
     /** The instance, locked for a move. */
     lockForMove: statement<
       { id: string },

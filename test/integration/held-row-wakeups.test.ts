@@ -3,11 +3,21 @@
 // waits for the next poll. Each case parks its rows an hour ahead, starts a node (its poll a
 // minute away), makes the rows due unannounced (as when their time comes), holds a lock in a
 // caller's transaction while the node claims, then commits: only that commit can wake the node.
+// Operations that run their own transaction (retry, move) are held open by a lock or a check the
+// test controls instead.
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineMachine, type GenDurable } from "../../src/index.js";
-import { useTestDatabase } from "../support/db.js";
+import {
+  defineJob,
+  defineMachine,
+  InvalidStateError,
+  ValidationError,
+  type EngineEvents,
+  type GenDurable,
+} from "../../src/index.js";
+import { eventually, useTestDatabase } from "../support/db.js";
+import { outcome, sideClient, waitForLockWait } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
 const caller = new pg.Pool({ connectionString: db.url, max: 2 });
@@ -110,5 +120,86 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
     );
     expect((await worker.wait(due, { timeout: 5_000 })).status).toBe("done");
     await worker.stop();
+  });
+});
+
+const Wake = defineJob({ name: "HeldWake", queue: "held-retry", args: z.object({}), perform: () => "ran" });
+
+/** Its state check waits for the test when asked to (`hold`). */
+let releaseCheck: () => void = () => {};
+let checkWaiting = false;
+const checkGate = new Promise<void>((resolve) => (releaseCheck = resolve));
+const Gated = defineMachine({
+  name: "HeldGated",
+  queue: "held-move",
+  state: z.object({ hold: z.boolean() }).refine(async (state) => {
+    if (!state.hold) return true;
+    checkWaiting = true;
+    await checkGate;
+    return false;
+  }, "held states are refused"),
+  steps: { start: (ctx) => ctx.done("ran") },
+});
+
+const listening = async () =>
+  (
+    await db.pool.query(
+      `select pid from pg_stat_activity where application_name = 'gen-durable-listen' and query ilike $1`,
+      [`%listen "gen_durable_${db.schema}"%`],
+    )
+  ).rows.length;
+
+/** A node of `queue` polling once an hour, once it has made its first claim and listens; and its claims. */
+async function startNode(queue: string, machines: NonNullable<Parameters<typeof db.engine>[0]>["machines"]) {
+  const node = db.engine({ queues: { [queue]: 1 }, machines, pollInterval: "1h" });
+  const claims: Array<EngineEvents["loop:tick"]> = [];
+  node.on("loop:tick", (e) => e.loop === "scheduler" && claims.push(e));
+  await node.start();
+  await eventually("the node's first claim", () => claims.length > 0);
+  await eventually("the node listening", async () => (await listening()) === 1);
+  return { node, claims };
+}
+
+describe("operations with a transaction of their own", () => {
+  it("a refused retry wakes the runnable ancestor it held while a claim skipped it", async () => {
+    // Written directly: a runnable root and a failed child of it from an earlier spawn, so the
+    // retry is refused once it has locked both.
+    const insert = async (status: string, queue: string, parent: string | null) =>
+      (
+        await db.pool.query(
+          `insert into "${db.schema}".instances (machine, step, state, status, queue, run_at, parent_id)
+           values ('HeldWake', 'perform', '{}', $1, $2, now(), $3) returning id::text as id`,
+          [status, queue, parent],
+        )
+      ).rows[0]!.id as string;
+    const root = await insert("runnable", Wake.queue, null);
+    const child = await insert("failed", "held-idle", root);
+    // The child's row held elsewhere: the retry locks the root (first, in id order), then waits.
+    const holder = await sideClient(db.url);
+    await holder.query("begin");
+    await holder.query(`select 1 from "${db.schema}".instances where id = $1 for update`, [child]);
+    const retrying = outcome(client.retry(child));
+    await waitForLockWait(db.pool, "the retry", [db.schema, "with recursive lineage"]);
+    // The node's first claim meets the root locked and skips it.
+    const { node, claims } = await startNode(Wake.queue, [Wake]);
+    expect(claims[0]!.count).toBe(0);
+    await holder.query("commit");
+    const refused = await retrying;
+    expect((refused as { error: unknown }).error).toBeInstanceOf(InvalidStateError);
+    expect((await node.wait(root, { timeout: 10_000 })).result).toBe("ran");
+    await node.stop();
+  });
+
+  it("a move refused for its state never held the runnable row: a claim meanwhile takes it", async () => {
+    const mover = db.engine({ machines: [Gated] });
+    await mover.start();
+    const { id } = await mover.insert(Gated, { state: { hold: false } });
+    const moving = outcome(mover.move(id, { step: "start", state: { hold: true } }));
+    await eventually("the move's state check waiting", () => checkWaiting);
+    const { node } = await startNode(Gated.queue, [Gated]);
+    releaseCheck();
+    expect(((await moving) as { error: unknown }).error).toBeInstanceOf(ValidationError);
+    expect((await node.wait(id, { timeout: 10_000 })).result).toBe("ran");
+    await node.stop();
   });
 });
