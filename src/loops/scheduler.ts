@@ -50,7 +50,7 @@ export class QueueScheduler {
   /** Claimed rows waiting for a slot. */
   private buffer: ClaimedRow[] = [];
   private claiming = false;
-  /** The claim statement in flight, settled either way: stop() waits for it. */
+  /** The claim statement in flight: stop() waits for it to settle. */
   private claimInFlight: Promise<unknown> | undefined;
   /** Set by every wake-up; cleared when a claim comes back short (nothing more is due). */
   private mayHaveMore = true;
@@ -92,7 +92,7 @@ export class QueueScheduler {
     this.buffer = [];
     for (const timer of this.timers) timer.clear();
     this.timers.clear();
-    await this.claimInFlight;
+    await this.claimInFlight?.catch(() => {}); // a failed claim is fill()'s to report
   }
 
   /** Resolves when every launched step has committed (or given up). */
@@ -160,10 +160,8 @@ export class QueueScheduler {
         const started = performance.now();
         this.reserved = freeSlots;
         let rows: ClaimedRow[];
-        const claim = this.claim(want, freeSlots);
-        this.claimInFlight = claim.catch(() => {});
         try {
-          rows = await claim;
+          rows = await (this.claimInFlight = this.claim(want, freeSlots));
         } finally {
           this.reserved = 0;
           this.claimInFlight = undefined;

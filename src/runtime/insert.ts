@@ -15,6 +15,14 @@ import type { InsertRow } from "../sql/instances.js";
 export type { InsertRow };
 
 /**
+ * Set on a machine whose state the engine cannot check at insert (the CLI's stand-in, which has no
+ * schema): its rows are stored unvalidated, as rows inserted from SQL are, and checked against the
+ * real definition by the node that claims them (which also stores its version, and from which a
+ * concurrency key takes the machine's recorded limit).
+ */
+export const UNCHECKED_STATE = Symbol("gen-durable: state not checked at insert");
+
+/**
  * The advisory locks (lock_keys) an insert of `row` takes: its concurrency key, its idempotency
  * key, and its correlation key when ifExists looks for finished twins. A transaction that inserts
  * rows after locking other keys (a spawn) takes these with them, in the one global order.
@@ -174,6 +182,7 @@ function rowOf(
     if_exists: ifExists === undefined || ifExists === "allow" ? null : ifExists,
     trace_context: traceContext,
     version: machine.version ?? 1,
+    unvalidated: UNCHECKED_STATE in machine,
   };
 }
 

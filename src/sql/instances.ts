@@ -122,6 +122,8 @@ export interface InsertRow {
   if_exists: "reuse" | "reject" | null;
   /** The machine definition's version, stored with the instance (see machine-typing.ts: upcasters). */
   version: number;
+  /** The state has not met the machine's schema (the CLI's insert): checked when a node claims it. */
+  unvalidated?: boolean;
 }
 
 /**
@@ -158,6 +160,7 @@ export function insertRowsJson(rows: readonly InsertRow[]): { rows: string; shar
     if (r.trace_context !== null) json += `,"trace_context":${JSON.stringify(r.trace_context)}`;
     if (r.idempotency_key !== null) json += `,"idempotency_key":${JSON.stringify(r.idempotency_key)}`;
     if (r.if_exists !== null) json += `,"if_exists":${JSON.stringify(r.if_exists)}`;
+    if (r.unvalidated) json += `,"unvalidated":true`;
     parts[i] = json + "}";
   }
   return { rows: `[${parts.join(",")}]`, shared };
@@ -277,11 +280,11 @@ const CANCEL_TO =
  */
 const insertInstances = (s: string, where: string) => `
         insert into ${s}.instances (id, machine, step, state, queue, priority, run_at, max_attempts, correlation_key,
-                                    concurrency_key, concurrency_limit, parent_id, trace_context, version)
+                                    concurrency_key, concurrency_limit, parent_id, trace_context, version, unvalidated)
         select id, machine, step, coalesce(state, 'null'::jsonb), queue, priority,
                coalesce(run_at, now() + make_interval(secs => coalesce(delay_ms, 0) / 1000.0)),
                max_attempts, correlation_key, concurrency_key, concurrency_limit, parent_id, trace_context,
-               coalesce(version, 1)
+               coalesce(version, 1), coalesce(unvalidated, false)
         from input where ${where} and (select n from keys_locked) >= 0
           and id not in (select id from prior where existing is not null)
           and not exists (select 1 from prior where rejected)
@@ -315,13 +318,14 @@ export function instanceQueries(schema: string) {
                coalesce(x.queue, d.queue) as queue, coalesce(x.priority, d.priority) as priority, x.run_at, x.delay_ms,
                x.max_attempts, x.correlation_key, x.concurrency_key, x.concurrency_limit, x.parent_id,
                x.idempotency_key, x.if_exists, x.trace_context, coalesce(x.version, d.version) as version,
+               x.unvalidated,
                nextval((select pg_get_serial_sequence('${s}.instances', 'id')::regclass)) as id
         from jsonb_to_record($4::jsonb) as d(machine text, step text, queue text, priority integer, version integer)
         cross join jsonb_to_recordset($1::jsonb) as x(
           idx integer, machine text, step text, state jsonb, queue text, priority integer,
           run_at timestamptz, delay_ms double precision, max_attempts integer,
           correlation_key text, concurrency_key text, concurrency_limit integer, parent_id bigint, idempotency_key text,
-          if_exists text, trace_context jsonb, version integer)
+          if_exists text, trace_context jsonb, version integer, unvalidated boolean)
       ),
       -- The batch's concurrency keys (and its remembered keys' locks), in the one global order, before any
       -- row (see lock_keys).

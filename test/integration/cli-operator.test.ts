@@ -155,6 +155,15 @@ describe("insert", () => {
     await engine.cancel(id!);
   });
 
+  it("a state the machine's schema refuses is refused by the node that claims it", async () => {
+    const { id } = json<{ id: string }>(
+      await cli(["insert", "Item", "--args", '{"item": "not a number"}', "--queue", QUEUE, "--json"]),
+    );
+    const failed = await engine.wait(id, { timeout: 20_000 });
+    expect(failed.status).toBe("failed");
+    expect(failed.error!.message).toMatch(/args of Item \(inserted from SQL\) is invalid: item: /);
+  });
+
   it("a --concurrency-key takes the limit the machine's definition gives its keys", async () => {
     const Keyed = defineJob({
       name: "KeyedByCli",

@@ -6,6 +6,7 @@
  */
 import type { AnyMachine } from "../../define.js";
 import { parseDuration } from "../../duration.js";
+import { UNCHECKED_STATE } from "../../runtime/insert.js";
 import { checkName } from "../../names.js";
 import { EXIT_OK, UsageError, type Command } from "../cli.js";
 import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
@@ -14,17 +15,12 @@ import { CLIENT_OPTIONS, printJson, withClient } from "../client.js";
 const ANY_STATE = { "~standard": { version: 1, vendor: "gen-durable-cli", validate: (value: unknown) => ({ value }) } };
 
 /**
- * Enough of a machine for engine.insert: its name, kind, initial step and queue, and the limit its
- * concurrency keys take (`concurrencyLimit`, as the machine's engines recorded it; only ever used
- * with a key given on the command line, so the key function is never called).
+ * Enough of a machine for engine.insert: its name, kind, initial step and queue. Its rows are
+ * stored unchecked (UNCHECKED_STATE), like rows inserted from SQL: the node that claims one checks
+ * its state against the machine's schema, and a concurrency key takes the limit the machine's
+ * engines recorded.
  */
-export function standIn(
-  name: string,
-  kind: "machine" | "job",
-  initial: string,
-  queue: string,
-  concurrencyLimit: number | null = null,
-): AnyMachine {
+export function standIn(name: string, kind: "machine" | "job", initial: string, queue: string): AnyMachine {
   return Object.freeze({
     kind,
     name,
@@ -34,7 +30,7 @@ export function standIn(
     steps: new Map([[initial, {}]]),
     maxAttempts: undefined,
     backoff: undefined,
-    concurrency: concurrencyLimit === null ? undefined : { key: () => null, limit: concurrencyLimit },
+    [UNCHECKED_STATE]: true,
   }) as unknown as AnyMachine;
 }
 
@@ -46,9 +42,9 @@ export const insertCommand: Command = {
     "twin is returned instead, signals kept for the key are handed over, nodes are woken",
     "by NOTIFY). The CLI has no machine definitions: the machine's initial step is",
     '--step (default "start"; "perform" for a job) and its queue is --queue (default',
-    '"default"); the state cannot be checked against the machine\'s schema here. A',
-    "--concurrency-key takes the limit the machine's definition gives its keys, as its",
-    "engines recorded it.",
+    '"default"). The state cannot be checked against the machine\'s schema here: the',
+    "node that claims the instance checks it, as for an insert from SQL. A --concurrency-key",
+    "takes the limit the machine's definition gives its keys, as its engines recorded it.",
     "Prints the instance id, and whether it was inserted or an existing twin.",
   ].join("\n"),
   positionals: [{ name: "machine", description: "the machine or job name" }],
@@ -100,18 +96,8 @@ export const insertCommand: Command = {
     }
     if (values["correlation-key"] !== undefined) options.correlationKey = values["correlation-key"];
     if (values["concurrency-key"] !== undefined) options.concurrencyKey = values["concurrency-key"];
-    return withClient(this, values, io, async ({ engine, pool, schema, json }) => {
-      // A key gets the limit the machine's definition gives its keys, recorded by its engines.
-      const limit =
-        options.concurrencyKey === undefined
-          ? null
-          : ((
-              await pool.query<{ limit: number | null }>(
-                `select concurrency_limit as limit from "${schema}".machines where name = $1`,
-                [name],
-              )
-            ).rows[0]?.limit ?? null);
-      const machine = standIn(name, isJob ? "job" : "machine", step, queue, limit);
+    const machine = standIn(name, isJob ? "job" : "machine", step, queue);
+    return withClient(this, values, io, async ({ engine, json }) => {
       const { id, inserted } = await engine.insert(machine, options as never);
       if (json) printJson(io, { id, inserted, machine: name, step, queue });
       else
