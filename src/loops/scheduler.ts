@@ -1,7 +1,7 @@
 /**
  * The scheduler of one queue on this node: keeps up to `concurrency` steps
- * running. It claims due rows in batches into a small local buffer (claim-ahead,
- * up to `concurrency` rows beyond the running ones, leased and renewed like
+ * running. It claims due rows in batches into a local buffer (claim-ahead: about
+ * AHEAD_WINDOW_MS of work beyond the running rows, leased and renewed like
  * running rows), and frees a slot as soon as a step's code has settled: the
  * next step starts while the previous outcome is still in the group commit.
  * Each instance still waits for its own commit, because its row stays
@@ -17,6 +17,17 @@ import type { ClaimQueries } from "../sql/claims.js";
 import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
+
+/**
+ * The claim-ahead buffer holds about this much of the queue's work: as many rows as this node
+ * starts in this time at its current pace, at least `concurrency`, at most MAX_AHEAD. Short steps
+ * thus come in claims of hundreds (each claim and each group commit costs about as much again per
+ * statement as per row), while slow steps are not hoarded away from other nodes.
+ */
+const AHEAD_WINDOW_MS = 50;
+const MAX_AHEAD = 1_000;
+/** How often the pace of starts is measured (launches per second, smoothed). */
+const PACE_SAMPLE_MS = 100;
 
 /** A queue whose claims returned keyed rows this recently keeps slots for them (see slotsForKeyed). */
 const KEYED_RECENT_MS = 10_000;
@@ -69,6 +80,10 @@ export class QueueScheduler {
   private keyedHold = 1;
   /** Free slots the claim in flight was told of: its rows charged to start now take them, not buffered ones. */
   private reserved = 0;
+  /** Steps launched since the pace was last sampled, when that was, and the smoothed pace (steps/s). */
+  private launches = 0;
+  private paceSampledAt = performance.now();
+  private pace = 0;
   private stopped = true;
   private fillScheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
@@ -133,19 +148,35 @@ export class QueueScheduler {
   }
 
   /**
-   * How many more rows this node should hold: free slots plus room in the claim-ahead buffer.
-   * While a slot's worth of outcomes is committing, free slots are still filled but nothing is
-   * claimed ahead; at twice that (a slow database) nothing is claimed, rather than pile up leases.
-   * Filling free slots through a commit is what keyed work needs: it is claimed only into free
-   * slots, and a batch of short keyed steps settles at once, so the slots of a whole claim
-   * would idle through its group commit (bench/README.md, "Figures behind choices in the code").
+   * How many more rows this node should hold: free slots plus room in the claim-ahead buffer
+   * (`ahead`). While that many outcomes are committing, free slots are still filled but nothing
+   * is claimed ahead; at `concurrency` more (a slow database) nothing is claimed, rather than pile
+   * up leases. Filling free slots through a commit is what keyed work needs: it is claimed only
+   * into free slots, and a batch of short keyed steps settles at once, so the slots of a whole
+   * claim would idle through its group commit (bench/README.md, "Figures behind choices in the code").
    */
   private get wanted(): number {
     const { concurrency } = this.o;
-    if (this.committing >= 2 * concurrency) return 0;
     // No claim-ahead under a global limit: a buffered row would hold a global slot idle.
-    const ahead = this.o.global === undefined && this.committing < concurrency ? concurrency : 0;
-    return Math.max(0, concurrency + ahead - this.running - this.buffer.length);
+    const ahead = this.o.global === undefined ? this.aheadSize() : 0;
+    if (this.committing >= concurrency + Math.max(ahead, concurrency)) return 0;
+    const buffered = this.committing < Math.max(ahead, concurrency) ? ahead : 0;
+    return Math.max(0, concurrency + buffered - this.running - this.buffer.length);
+  }
+
+  /** The claim-ahead buffer's size: about AHEAD_WINDOW_MS of work at this node's pace. */
+  private aheadSize(): number {
+    const now = performance.now();
+    const elapsed = now - this.paceSampledAt;
+    if (elapsed >= PACE_SAMPLE_MS) {
+      const sampled = (this.launches * 1000) / elapsed;
+      // An idle spell counts as one sample, so a burst after it starts from a small buffer.
+      this.pace = elapsed > 4 * PACE_SAMPLE_MS ? sampled : (this.pace + sampled) / 2;
+      this.launches = 0;
+      this.paceSampledAt = now;
+    }
+    const { concurrency } = this.o;
+    return Math.min(MAX_AHEAD, Math.max(concurrency, Math.round((this.pace * AHEAD_WINDOW_MS) / 1000)));
   }
 
   private async fill(): Promise<void> {
@@ -254,6 +285,7 @@ export class QueueScheduler {
 
   private launch(row: ClaimedRow): void {
     this.running++;
+    this.launches++;
     let settled = false;
     const onSettled = () => {
       if (settled) return;

@@ -114,33 +114,24 @@ export class Executor {
 
   private async executeNow(claimed: ClaimedRow, onSettled: () => void): Promise<void> {
     let row = claimed;
+    const settle = () => {
+      // Its outcome's commit counts the attempt now: no start mark needed (see Leases.markStarted).
+      this.deps.leases.settled(row.id, row.claim_token);
+      onSettled();
+    };
     const controller = new AbortController();
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();
     try {
-      let drawn: EarlyDraw | undefined;
       if (row.claimed_ahead) {
-        // Its attempt is counted in the database before its code runs: a crash from
-        // here on charges it, a crash before it does not (the row never started).
-        // A rate-limited step draws its tokens meanwhile, not after: see drawEarly.
-        drawn = this.drawEarly(row, controller, started);
-        let counted: number | null;
-        try {
-          counted = await this.deps.leases.start(row.id, row.claim_token);
-        } catch (error) {
-          // Its code has not run, and whether the charge landed is unknown (the reply may be what
-          // was lost): give the row back now, refunded either way, rather than after its lease.
-          if (isConnectionError(error)) return await this.releaseNow(row);
-          throw error;
-        }
-        if (counted === null) return this.lost(row);
-        // The draw was made for the attempt the start was expected to count; for any other (never
-        // seen: the start adds one under the claim's token) the step draws again, as before.
-        if (drawn?.attempt !== counted) drawn = undefined;
-        row = { ...row, attempt: counted, claimed_ahead: false };
+        // Its code runs now, without a round trip first. Its attempt is counted by its outcome's
+        // commit, or by a start mark if it is still running a moment from now, whichever lands
+        // first (Leases.markStarted).
+        row = { ...row, attempt: row.attempt + 1, claimed_ahead: false };
+        this.deps.leases.markStarted(row.id, row.claim_token);
       }
       const machine = this.deps.machines.get(row.machine)!;
-      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, onSettled, drawn?.waitMs);
+      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, settle);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -150,39 +141,9 @@ export class Executor {
         "could not record a step's start or outcome; it will re-run after its lease expires",
       );
     } finally {
-      onSettled();
+      settle();
       this.deps.leases.delete(row.id, row.claim_token);
     }
-  }
-
-  /**
-   * A row claimed ahead is charged (leases.start) before its step runs, and a rate-limited step
-   * draws its tokens before it runs too. One after the other, they put two round trips before
-   * the step, the draw's with a synchronous commit, and split every wave of starting steps into
-   * two waves of statements (bench/README.md, "Figures behind choices in the code"). So the draw
-   * goes out beside the start when nothing the step does before its draw can touch the database
-   * or end the attempt: its state validated and of the machine's current version, not resumed by
-   * a join, its attempt within its limit. The draw is made for the attempt the start will count
-   * (one more than the claim's), with the ctx the step would have drawn with. Tokens are still
-   * taken before the step runs, never before the slot it runs in frees; a start that finds the
-   * claim gone leaves them spent, as a step that fails after its draw does: a bucket may run short
-   * early, never over.
-   */
-  private drawEarly(row: ClaimedRow, controller: AbortController, started: number): EarlyDraw | undefined {
-    const machine = this.deps.machines.get(row.machine);
-    const spec = machine?.steps.get(row.step)?.rateLimit;
-    if (!machine || !spec || row.unvalidated || row.joined || row.version !== machine.version) return undefined;
-    const attempt = attemptOf(
-      { ...row, attempt: row.attempt + 1, claimed_ahead: false },
-      machine,
-      started,
-      this.deps.clock,
-    );
-    if (attempt.row.attempt > attempt.maxAttempts) return undefined;
-    const waitMs = this.draw(attempt, spec, controller);
-    // Awaited only if the start counts the attempt; a lost claim or a failed start drops it.
-    waitMs.catch(() => {});
-    return { attempt: attempt.row.attempt, waitMs };
   }
 
   /** Takes the step's tokens: 0 when it may run now, else how many ms until its turn in the bucket's line. */
@@ -194,12 +155,7 @@ export class Executor {
     return this.deps.rateLimiter.drawForStep(spec, ctx, row.rate_limited !== null, where);
   }
 
-  private async run(
-    claimed: Attempt,
-    controller: AbortController,
-    settled: () => void,
-    drawn?: Promise<number>,
-  ): Promise<void> {
+  private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
     const accepted = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
     if (accepted === null) return;
     const attempt = await this.upcast(accepted, settled);
@@ -221,7 +177,7 @@ export class Executor {
     if (step.rateLimit) {
       let waitMs: number;
       try {
-        waitMs = await (drawn ?? this.draw(attempt, step.rateLimit, controller));
+        waitMs = await this.draw(attempt, step.rateLimit, controller);
       } catch (error) {
         if (isConnectionError(error)) throw error;
         return this.fail(attempt, error, settled);
@@ -652,11 +608,6 @@ export class Executor {
 }
 
 /** A rate-limited step's draw, made while its start was in flight, for the attempt the start was to count. */
-interface EarlyDraw {
-  attempt: number;
-  waitMs: Promise<number>;
-}
-
 /** What identifies the attempt in every event about it. */
 function facts(row: ClaimedRow): StepFacts {
   return { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };

@@ -22,18 +22,27 @@ export interface Held {
   controller: AbortController;
 }
 
-interface StartRequest {
-  id: string;
-  token: string;
-  resolve: (attempt: number | null) => void;
-  reject: (error: unknown) => void;
-}
+/**
+ * How long a step taken from the claim-ahead buffer runs before its start is marked in the
+ * database. A step that settles sooner has its attempt counted by its outcome's commit instead,
+ * so short steps start and finish without a statement of their own. A node that dies within this
+ * window leaves the row looking unstarted; the reaper bounds how often that is forgiven
+ * (MAX_UNCHARGED_RETURNS in sql/claims.ts).
+ */
+export const START_MARK_DELAY_MS = 50;
 
+/** A step claimed ahead that has started; its start is marked once `dueAt` passes, unless it settles first. */
+interface PendingMark {
+  token: string;
+  dueAt: number;
+}
 export class Leases {
   readonly held = new Map<string, Held>();
-  /** Rows claimed ahead whose steps are starting, to be charged in the next statement. */
-  private starting: StartRequest[] = [];
-  private startFlushing = false;
+  /** Steps claimed ahead that have started and whose start is not marked yet, by instance id. */
+  private readonly unmarked = new Map<string, PendingMark>();
+  private markTimer: NodeJS.Timeout | undefined;
+  private marking = false;
+  private closed = false;
   /** The dedicated connection; `pool` itself when the pool does not say how it connects. */
   private side: pg.Pool | undefined;
 
@@ -56,34 +65,70 @@ export class Leases {
   }
 
   /**
-   * Charges the attempt of a row claimed ahead, now that its step starts; resolves
-   * with the attempt number, or null when the claim is gone (the step must not
-   * run). The starts of one event-loop turn share one statement, on the lease
-   * connection so that busy step connections never delay a start.
+   * A step claimed ahead has started (its code runs now, without waiting for the database). Its
+   * attempt is counted by its outcome's commit; if it is still running START_MARK_DELAY_MS from
+   * now, a start mark counts it first, so that a crash from then on charges it. The marks due
+   * together share one statement, on the lease connection, like renewals.
    */
-  start(id: string, token: string): Promise<number | null> {
-    return new Promise((resolve, reject) => {
-      this.starting.push({ id, token, resolve, reject });
-      if (!this.startFlushing) {
-        this.startFlushing = true;
-        setImmediate(() => void this.flushStarts());
-      }
-    });
+  markStarted(id: string, token: string): void {
+    this.closed = false; // a restarted engine
+    this.queueMark(id, token);
   }
 
-  private async flushStarts(): Promise<void> {
-    const batch = this.starting;
-    this.starting = [];
-    try {
-      const { rows } = await this.q.start(this.connection(), { claims: batch });
-      const attempts = new Map(rows.map((r) => [r.id, r.attempt]));
-      for (const r of batch) r.resolve(attempts.get(r.id) ?? null);
-    } catch (error) {
-      for (const r of batch) r.reject(error);
-    } finally {
-      if (this.starting.length > 0) setImmediate(() => void this.flushStarts());
-      else this.startFlushing = false;
+  private queueMark(id: string, token: string): void {
+    // Deleted first, so that the map stays in order of due time (set keeps an existing key's place).
+    this.unmarked.delete(id);
+    this.unmarked.set(id, { token, dueAt: performance.now() + START_MARK_DELAY_MS });
+    this.scheduleMarks();
+  }
+
+  /** The step settled: its outcome's commit counts the attempt, no mark is needed any more. */
+  settled(id: string, token: string): void {
+    if (this.unmarked.get(id)?.token === token) this.unmarked.delete(id);
+  }
+
+  private scheduleMarks(): void {
+    if (this.markTimer || this.marking || this.closed || this.unmarked.size === 0) return;
+    // Entries are added in order of their due time: the first is the next due.
+    const next = this.unmarked.values().next().value!.dueAt;
+    this.markTimer = setTimeout(
+      () => {
+        this.markTimer = undefined;
+        void this.flushMarks();
+      },
+      Math.max(0, next - performance.now()),
+    );
+    this.markTimer.unref();
+  }
+
+  private async flushMarks(): Promise<void> {
+    const now = performance.now();
+    const due: Array<{ id: string; token: string }> = [];
+    for (const [id, mark] of this.unmarked) {
+      if (mark.dueAt > now) break;
+      due.push({ id, token: mark.token });
     }
+    if (due.length === 0) return this.scheduleMarks();
+    this.marking = true;
+    try {
+      const { rows } = await this.q.start(this.connection(), { claims: due });
+      const tokens = new Map(due.map((d) => [d.id, d.token]));
+      for (const [id, token] of tokens) if (this.unmarked.get(id)?.token === token) this.unmarked.delete(id);
+      for (const row of rows) if (!row.held) this.lost(row.id, tokens.get(row.id)!);
+    } catch {
+      // Kept for the next try (the statement is repeatable); a renewal that fails the same way
+      // reports the database's trouble, and until a mark lands a crash is forgiven (see reap).
+      for (const d of due) if (this.unmarked.get(d.id)?.token === d.token) this.queueMark(d.id, d.token);
+    } finally {
+      this.marking = false;
+      this.scheduleMarks();
+    }
+  }
+
+  /** The claim is gone: abort its step if it is still the one running here. */
+  private lost(id: string, token: string): void {
+    const held = this.held.get(id);
+    if (held && held.token === token) held.controller.abort(new LeaseLostError(id));
   }
 
   /** Renews every held lease; returns how many were renewed. */
@@ -100,8 +145,7 @@ export class Leases {
         continue;
       }
       // Abort only if the same claim is still running here (not a newer claim of the same id).
-      const held = this.held.get(row.id);
-      if (held && held.token === tokens.get(row.id)) held.controller.abort(new LeaseLostError(row.id));
+      this.lost(row.id, tokens.get(row.id)!);
     }
     return renewed;
   }
@@ -144,6 +188,10 @@ export class Leases {
 
   /** Closes the dedicated connection (engine stop, after the last renewal and release). */
   async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.markTimer);
+    this.markTimer = undefined;
+    this.unmarked.clear();
     const side = this.side;
     this.side = undefined;
     if (side && side !== this.pool) await side.end().catch(() => {});

@@ -29,7 +29,7 @@ export interface ClaimedRow {
   concurrency_key: string | null;
   /** The rate limit this step waited in line for (it was postponed); null when it did not wait. */
   rate_limited: string | null;
-  /** Claimed into the node's buffer: its attempt is counted when the step starts (Leases.start). */
+  /** Claimed into the node's buffer, uncharged: its outcome or start mark counts the attempt (Leases.markStarted). */
   claimed_ahead: boolean;
   /** Inserted from SQL and not yet checked against the machine's schema (runtime/sql-api.ts). */
   unvalidated?: boolean;
@@ -111,6 +111,12 @@ const claimArrays = (claims: readonly Claim[]) => [claims.map((c) => c.id), clai
  * saves a WAL flush per claim round trip. Outcome commits stay synchronous: a
  * committed transition is never lost.
  */
+/**
+ * How often the reaper gives back a row claimed ahead uncharged before it charges it (see reap):
+ * twice, since its last committed outcome.
+ */
+export const MAX_UNCHARGED_RETURNS = 2;
+
 const ASYNC_COMMIT = "async_commit as (select set_config('synchronous_commit', 'off', true) as ok)";
 
 export function claimQueries(schema: string) {
@@ -166,18 +172,26 @@ export function claimQueries(schema: string) {
     ),
 
     /**
-     * Counts the attempt of rows claimed ahead whose step is starting now, before
-     * its code runs: from here on, a crash charges it. Returns the rows still held
-     * (a row missing from the result lost its claim: its step must not run).
+     * Counts the attempt of rows claimed ahead whose steps have been running for a while (see
+     * Leases.markStarted): from here on, a crash charges it. Repeatable: a row already counted
+     * is left as it is. Returns every claim with `held = false` for one that is gone.
      */
-    start: statement<{ claims: readonly Claim[] }, { id: string; attempt: number }>(
+    start: statement<{ claims: readonly Claim[] }, { id: string; held: boolean }>(
       `
-      with ${ASYNC_COMMIT}
-      update ${s}.instances i
-      set attempt = i.attempt + 1, claimed_ahead = false
-      from unnest($1::bigint[], $2::bigint[]) as x(id, token), async_commit
-      where i.id = x.id and i.claim_token = x.token and i.status = 'running' and i.claimed_ahead
-      returning i.id::text as id, i.attempt`,
+      with mine as (
+        select x.id, x.token from unnest($1::bigint[], $2::bigint[]) as x(id, token)
+      ),
+      ${ASYNC_COMMIT},
+      counted as (
+        update ${s}.instances i set attempt = i.attempt + 1, claimed_ahead = false
+        from mine x, async_commit
+        where i.id = x.id and i.claim_token = x.token and i.status = 'running' and i.claimed_ahead
+        returning i.id
+      )
+      select x.id::text as id, exists (
+        select 1 from ${s}.instances i where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+      ) or x.id in (select id from counted) as held
+      from mine x`,
       (a) => claimArrays(a.claims),
       { prepare: true },
     ),
@@ -240,8 +254,11 @@ export function claimQueries(schema: string) {
           state = case when x.set_state then coalesce(x.state, 'null'::jsonb) else i.state end,
           run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
           priority = coalesce(x.priority, i.priority),
-          attempt = case x.attempt_op when 'reset' then 0 when 'refund' then greatest(i.attempt - 1, 0)
-                    else i.attempt end,
+          -- A step claimed ahead whose start was not marked yet is counted here (Leases.markStarted).
+          attempt = case x.attempt_op when 'reset' then 0
+                    when 'refund' then greatest(i.attempt + i.claimed_ahead::int - 1, 0)
+                    else i.attempt + i.claimed_ahead::int end,
+          claimed_ahead = false, ahead_returns = 0,
           result = x.result, error = x.error, await_spec = x.await_spec,
           -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
           awaited = case when x.step is null then i.awaited end,
@@ -317,8 +334,12 @@ export function claimQueries(schema: string) {
     /**
      * Makes rows whose lease expired runnable again, at most $1 per call, and
      * records the lost attempt. The attempt stays counted, so a step that keeps
-     * killing its worker still runs out of attempts. A row that was only claimed
-     * ahead never started: it goes back uncharged, in its place, unrecorded.
+     * killing its worker still runs out of attempts. A row still marked claimed
+     * ahead may never have started: it goes back uncharged, in its place,
+     * unrecorded, and `ahead_returns` counts it. Its step may also have run
+     * without its start being marked yet (Leases.markStarted), so the third such
+     * return since the row's last outcome is charged like any other: a step that
+     * kills its worker at once still runs out of attempts.
      */
     reap: statement<{ limit: number }, { queue: string; n: number }>(
       `
@@ -330,7 +351,8 @@ export function claimQueries(schema: string) {
       -- Their keys first, in the one global order (see lock_keys); then the rows, skipping locked ones.
       keys_locked as (select ${s}.lock_keys(array(select concurrency_key from candidates)) as n),
       expired as (
-        select i.id, i.claimed_ahead as unstarted from ${s}.instances i join candidates c on c.id = i.id
+        select i.id, i.claimed_ahead and i.ahead_returns < ${MAX_UNCHARGED_RETURNS} as unstarted
+        from ${s}.instances i join candidates c on c.id = i.id
         where i.status = 'running' and i.lease_expires_at < now() and (select n from keys_locked) >= 0
         for update of i skip locked
       ),
@@ -338,10 +360,12 @@ export function claimQueries(schema: string) {
       reaped as (
         update ${s}.instances i
         set status = 'runnable', run_at = case when e.unstarted then i.run_at else now() end,
+            attempt = i.attempt + (i.claimed_ahead and not e.unstarted)::int,
+            ahead_returns = i.ahead_returns + e.unstarted::int,
             claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now(),
             error = case when e.unstarted then i.error else jsonb_build_object('name', 'LeaseExpired',
               'message', format('attempt %s of step "%s" lost its worker %s: its lease expired',
-                                i.attempt, i.step, coalesce(i.leased_by, ''))) end
+                                i.attempt + i.claimed_ahead::int, i.step, coalesce(i.leased_by, ''))) end
         from expired e, async_commit where i.id = e.id
         returning i.id, i.step, i.attempt, i.queue, i.error, e.unstarted
       ),

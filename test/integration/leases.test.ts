@@ -98,6 +98,51 @@ describe("leases", () => {
     await engine.stop();
   });
 
+  it("a row claimed ahead by a node that died goes back uncharged twice, then is charged like any lost step", async () => {
+    // The reaper cannot tell a row that never left the dead node's buffer from one whose step ran
+    // before its start was marked; forgiving that forever would let a step that kills its worker
+    // run forever. This engine reaps but does not run the queue, so the row stays where it lands.
+    const reaper = db.engine({ queues: { elsewhere: 1 }, machines: [], reaperInterval: 50 });
+    const { id } = await db.engine().insert(Quick, { state: { n: 1 } });
+    const row = async () =>
+      (
+        await db.pool.query<{
+          status: string;
+          attempt: number;
+          ahead_returns: number;
+          error: { message: string } | null;
+        }>(`select status, attempt, ahead_returns, error from ${db.schema}.instances where id = $1`, [id])
+      ).rows[0]!;
+    await reaper.start();
+    try {
+      const seen: Array<[number, number, string | null]> = [];
+      for (let round = 1; round <= 3; round++) {
+        await db.pool.query(
+          `update ${db.schema}.instances set status = 'running', claimed_ahead = true, claim_token = claim_token + 1,
+             leased_by = 'dead-node', lease_expires_at = now() - interval '1 second' where id = $1`,
+          [id],
+        );
+        await eventually(`reaped, round ${round}`, async () => (await row()).status === "runnable");
+        const { attempt, ahead_returns, error } = await row();
+        seen.push([attempt, ahead_returns, error?.message ?? null]);
+      }
+      expect(seen).toEqual([
+        [0, 1, null],
+        [0, 2, null],
+        [1, 2, 'attempt 1 of step "start" lost its worker dead-node: its lease expired'],
+      ]);
+      expect((await reaper.history(id)).map((h) => h.outcome)).toEqual(["lease_expired"]);
+    } finally {
+      await reaper.stop();
+    }
+    // Its next outcome counts from there, and clears the count of returns.
+    const node = db.engine({ queues: { leases: 4 }, machines: [Held, Quick] });
+    await node.start();
+    expect((await node.wait(id, { timeout: 10_000 })).result).toBe(2);
+    await node.stop();
+    expect(await row()).toMatchObject({ status: "done", attempt: 2, ahead_returns: 0 });
+  });
+
   it("renews the lease while a step runs longer than the lease", async () => {
     const engine = db.engine({
       queues: { leases: 4 },

@@ -317,7 +317,7 @@ describe("a rate-limited step claimed ahead", () => {
   let openGate: () => void = () => {};
   const gate = new Promise<void>((resolve) => (openGate = resolve));
   let gateStarted = false;
-  let aheadRan = false;
+  let bucketWhenRun: number | undefined;
   const Gate = defineJob({
     name: "Gate",
     queue: "ahead",
@@ -332,12 +332,15 @@ describe("a rate-limited step claimed ahead", () => {
     queue: "ahead",
     args: z.object({}),
     rateLimit: { name: "ahead" },
-    perform: () => {
-      aheadRan = true;
+    perform: async () => {
+      const { rows } = await db.pool.query<{ n: number }>(
+        `select count(*)::int as n from ${s}.rate_limit_buckets where name = 'ahead'`,
+      );
+      bucketWhenRun = rows[0]!.n;
     },
   });
 
-  it("draws its tokens while its start is in flight, and runs only once both are back", async () => {
+  it("draws its tokens before its code runs, and its outcome's commit counts its attempt", async () => {
     // One slot: the first claim starts Gate and takes Ahead ahead of its slot.
     const [gateId, aheadId] = (
       await client.insertMany([
@@ -353,35 +356,21 @@ describe("a rate-limited step claimed ahead", () => {
     await node.start();
     await eventually("Ahead claimed ahead while Gate runs", async () => {
       const { rows } = await db.pool.query(
-        `select 1 from ${s}.instances where id = $1 and status = 'running' and claimed_ahead`,
+        `select 1 from ${s}.instances where id = $1 and status = 'running' and claimed_ahead and attempt = 0`,
         [aheadId],
       );
       return gateStarted && rows.length === 1;
     });
-    // Ahead's row locked: its start (which counts the attempt) waits for the lock.
-    const locker = await db.pool.connect();
-    try {
-      await locker.query("begin");
-      await locker.query(`select 1 from ${s}.instances where id = $1 for update`, [aheadId]);
-      openGate();
-      await client.wait(gateId!, { timeout: 10_000 });
-      // The draw does not wait for the start: the bucket is created by it while the start is blocked.
-      await eventually(
-        "the draw while the start waits",
-        async () => (await db.pool.query(`select 1 from ${s}.rate_limit_buckets where name = 'ahead'`)).rowCount === 1,
-        10_000,
-      );
-      expect(aheadRan, "the step ran before its attempt was counted").toBe(false);
-    } finally {
-      await locker.query("rollback");
-      locker.release();
-    }
+    openGate();
+    await client.wait(gateId!, { timeout: 10_000 });
     const done = await client.wait(aheadId!, { timeout: 10_000 });
     expect(done.status).toBe("done");
-    expect(aheadRan).toBe(true);
-    const { rows } = await db.pool.query<{ attempt: number }>(`select attempt from ${s}.instances where id = $1`, [
-      aheadId,
-    ]);
-    expect(rows[0]!.attempt).toBe(1);
+    // The draw committed (it created the bucket) before the step's first line.
+    expect(bucketWhenRun).toBe(1);
+    const { rows } = await db.pool.query<{ attempt: number; claimed_ahead: boolean }>(
+      `select attempt, claimed_ahead from ${s}.instances where id = $1`,
+      [aheadId],
+    );
+    expect(rows[0]).toEqual({ attempt: 1, claimed_ahead: false });
   });
 });

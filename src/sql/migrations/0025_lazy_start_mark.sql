@@ -1,0 +1,12 @@
+-- gen-durable schema, version 25: a row claimed ahead starts without a round trip.
+--
+-- Until now the node counted a claimed-ahead row's attempt (claimed_ahead = false, attempt + 1) in
+-- a statement of its own and ran the step only once it came back: a round trip before every step
+-- taken from the buffer. Now the step runs at once. Its outcome's commit counts the attempt; a
+-- step still running a short while later has it counted by a start mark. A node that dies in
+-- between leaves a row that looks as if it never started, and the reaper would give it back
+-- uncharged, however often: a step that kills its worker at once could run forever.
+-- `ahead_returns` bounds that: the reaper counts each such return, and charges the attempt of a
+-- row given back this way for the third time since its last committed outcome, as for any step
+-- whose worker died. Not indexed, so its updates stay on their page.
+alter table {{schema}}.instances add column ahead_returns smallint not null default 0;
