@@ -120,6 +120,7 @@ export class WorkerNode {
         concurrency,
         global,
         onGlobalSlotFreed: global === undefined ? undefined : () => deps.notifier.request(queue),
+        onGivenBack: () => deps.notifier.request(queue),
         machines,
         nodeId: config.nodeId,
         leaseMs: config.leaseMs,

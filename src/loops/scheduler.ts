@@ -28,6 +28,11 @@ const AHEAD_WINDOW_MS = 50;
 const MAX_AHEAD = 1_000;
 /** How often the pace of starts is measured (launches per second, smoothed). */
 const PACE_SAMPLE_MS = 100;
+/**
+ * A row claimed ahead that has waited this long for a slot is given back (uncharged, in its place)
+ * for other nodes: the pace it was claimed for did not hold (the running steps turned slow or hang).
+ */
+const BUFFER_WAIT_MAX_MS = 1_000;
 
 /** A queue whose claims returned keyed rows this recently keeps slots for them (see slotsForKeyed). */
 const KEYED_RECENT_MS = 10_000;
@@ -41,6 +46,8 @@ export interface QueueSchedulerOptions {
   global: number | undefined;
   /** A step of a globally limited queue finished: other nodes may now claim (NOTIFY them). */
   onGlobalSlotFreed?: () => void;
+  /** Rows of this queue were given back to the database: other nodes may take them (NOTIFY them). */
+  onGivenBack: () => void;
   machines: string[];
   nodeId: string;
   leaseMs: number;
@@ -60,6 +67,11 @@ export class QueueScheduler {
   private committing = 0;
   /** Claimed rows waiting for a slot. */
   private buffer: ClaimedRow[] = [];
+  /** When each row claimed ahead entered the buffer (performance.now()), by instance id. */
+  private readonly bufferedAt = new Map<string, number>();
+  private staleCheck: NodeJS.Timeout | undefined;
+  /** Set when rows were given back: nothing is claimed ahead until a running step settles. */
+  private slotsStuck = false;
   private claiming = false;
   /** The claim statement in flight: stop() waits for it to settle. */
   private claimInFlight: Promise<unknown> | undefined;
@@ -105,6 +117,9 @@ export class QueueScheduler {
   async stop(): Promise<void> {
     this.stopped = true;
     this.buffer = [];
+    this.bufferedAt.clear();
+    clearTimeout(this.staleCheck);
+    this.staleCheck = undefined;
     for (const timer of this.timers) timer.clear();
     this.timers.clear();
     await this.claimInFlight?.catch(() => {}); // a failed claim is fill()'s to report
@@ -158,7 +173,7 @@ export class QueueScheduler {
   private get wanted(): number {
     const { concurrency } = this.o;
     // No claim-ahead under a global limit: a buffered row would hold a global slot idle.
-    const ahead = this.o.global === undefined ? this.aheadSize() : 0;
+    const ahead = this.o.global === undefined && !this.slotsStuck ? this.aheadSize() : 0;
     if (this.committing >= concurrency + Math.max(ahead, concurrency)) return 0;
     const buffered = this.committing < Math.max(ahead, concurrency) ? ahead : 0;
     return Math.max(0, concurrency + buffered - this.running - this.buffer.length);
@@ -221,12 +236,15 @@ export class QueueScheduler {
         for (const row of rows.sort((a, b) => order(a) - order(b))) {
           // Leased from now on: renewed while it waits, released if the node stops first.
           this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
-          if (row.claimed_ahead) this.buffer.push(row);
-          else startNow.push(row);
+          if (row.claimed_ahead) {
+            this.buffer.push(row);
+            this.bufferedAt.set(row.id, performance.now());
+          } else startNow.push(row);
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
         this.buffer.unshift(...startNow);
         this.launchBuffered(this.slotsForKeyed());
+        this.watchBuffer();
       }
     } catch (error) {
       this.o.onError(`scheduler:${this.o.queue}`, error);
@@ -279,8 +297,46 @@ export class QueueScheduler {
    */
   private launchBuffered(hold = 0): void {
     const slots = this.o.concurrency - this.reserved;
-    while (!this.stopped && this.buffer.length > 0 && this.running < slots - (this.buffer[0]!.claimed_ahead ? hold : 0))
-      this.launch(this.buffer.shift()!);
+    while (
+      !this.stopped &&
+      this.buffer.length > 0 &&
+      this.running < slots - (this.buffer[0]!.claimed_ahead ? hold : 0)
+    ) {
+      const row = this.buffer.shift()!;
+      this.bufferedAt.delete(row.id);
+      this.launch(row);
+    }
+  }
+
+  /** While rows wait in the buffer, looks now and then for rows that waited too long. */
+  private watchBuffer(): void {
+    if (this.staleCheck || this.stopped || this.bufferedAt.size === 0) return;
+    this.staleCheck = setTimeout(() => {
+      this.staleCheck = undefined;
+      this.giveBackStale();
+      this.watchBuffer();
+    }, BUFFER_WAIT_MAX_MS / 4);
+    this.staleCheck.unref();
+  }
+
+  /**
+   * Gives back the rows that waited in the buffer longer than BUFFER_WAIT_MAX_MS: every slot is
+   * taken by steps slower than the pace they were claimed at (or hung), and another node may be
+   * idle. Until one of those steps settles, this node claims only into free slots.
+   */
+  private giveBackStale(): void {
+    const now = performance.now();
+    const stale = this.buffer.filter((row) => now - (this.bufferedAt.get(row.id) ?? now) > BUFFER_WAIT_MAX_MS);
+    if (stale.length === 0) return;
+    const leaving = new Set(stale);
+    this.buffer = this.buffer.filter((row) => !leaving.has(row));
+    for (const row of stale) this.bufferedAt.delete(row.id);
+    this.slotsStuck = true;
+    const claims = stale.map((row) => ({ id: row.id, token: row.claim_token }));
+    this.o.leases.giveBack(claims).then(
+      () => this.o.onGivenBack(),
+      (error: unknown) => this.o.onError(`scheduler:${this.o.queue}`, error),
+    );
   }
 
   private launch(row: ClaimedRow): void {
@@ -291,6 +347,7 @@ export class QueueScheduler {
       if (settled) return;
       settled = true;
       this.running--;
+      this.slotsStuck = false;
       this.committing++;
       if (this.keyedWaiting) this.mayHaveMore = true;
       this.scheduleFill();
@@ -302,6 +359,7 @@ export class QueueScheduler {
       if (settled) this.committing--;
       else {
         this.running--;
+        this.slotsStuck = false;
         if (this.keyedWaiting) this.mayHaveMore = true;
       }
       this.o.onGlobalSlotFreed?.();

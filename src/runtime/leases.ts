@@ -14,7 +14,7 @@
 import type pg from "pg";
 import { openSidePool } from "../db/pool.js";
 import { LeaseLostError } from "../errors.js";
-import type { ClaimQueries } from "../sql/claims.js";
+import type { Claim, ClaimQueries } from "../sql/claims.js";
 
 export interface Held {
   token: string;
@@ -114,7 +114,11 @@ export class Leases {
       const { rows } = await this.q.start(this.connection(), { claims: due });
       const tokens = new Map(due.map((d) => [d.id, d.token]));
       for (const [id, token] of tokens) if (this.unmarked.get(id)?.token === token) this.unmarked.delete(id);
-      for (const row of rows) if (!row.held) this.lost(row.id, tokens.get(row.id)!);
+      for (const row of rows) {
+        if (!row.held) this.lost(row.id, tokens.get(row.id)!);
+        // Skipped while another statement held its row: tried again unless that settled it.
+        else if (!row.marked) this.queueMark(row.id, tokens.get(row.id)!);
+      }
     } catch {
       // Kept for the next try (the statement is repeatable); a renewal that fails the same way
       // reports the database's trouble, and until a mark lands a crash is forgiven (see reap).
@@ -176,6 +180,20 @@ export class Leases {
   async release(id: string, token: string): Promise<string[]> {
     const { rows } = await this.q.release(this.connection(), { claims: [{ id, token }] });
     return rows.map((r) => r.queue);
+  }
+
+  /**
+   * Gives rows claimed ahead back, uncharged and in their place, and forgets their leases; returns
+   * the queues that got work back. Forgotten even if the release fails: their leases then expire
+   * and the reaper hands them out, rather than this node renewing rows it will not run.
+   */
+  async giveBack(claims: readonly Claim[]): Promise<string[]> {
+    try {
+      const { rows } = await this.q.release(this.connection(), { claims });
+      return [...new Set(rows.map((r) => r.queue))];
+    } finally {
+      for (const { id, token } of claims) this.delete(id, token);
+    }
   }
 
   /**

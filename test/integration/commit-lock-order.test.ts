@@ -49,7 +49,7 @@ describe("the group commit's lock order", () => {
     try {
       await eventually("the commit waiting for row 1", async () => {
         const { rows: waiting } = await db.pool.query(
-          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%jsonb_to_recordset%' and pid <> pg_backend_pid()`,
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%json_to_recordset($1::json)%' and pid <> pg_backend_pid()`,
         );
         return waiting.length > 0;
       });
