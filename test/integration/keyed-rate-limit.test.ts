@@ -105,7 +105,16 @@ describe("a keyed, rate-limited queue", () => {
     console.log(
       `beside busy lower-priority work: keyed ${rate.toFixed(1)} runs/s (limit ${LIMIT}/s, inserted 120/s); instances ${JSON.stringify(rows)}`,
     );
-    await db.pool.query(`update ${s}.instances set status = 'cancelled' where status = 'runnable'`);
+    // In the engine's lock order (keys, then rows in id order), as any writer beside running nodes
+    // must: changing a keyed row's status also changes its key's row.
+    await db.pool.query(
+      `with keys_locked as (
+         select ${s}.lock_keys(array(select concurrency_key from ${s}.instances where status = 'runnable')) as n),
+       rows_locked as (
+         select id from ${s}.instances where status = 'runnable' and (select n from keys_locked) >= 0
+         order by id for update skip locked)
+       update ${s}.instances i set status = 'cancelled' from rows_locked r where i.id = r.id`,
+    );
     // The defect starved keyed work (0 runs/s). How close to the limit it comes beside the filler depends
     // on the CPUs the nodes get (100/s on a quiet host, 52/s at a load average of 20 on 2 cores), so the
     // floor only says it is not starved; the flow benchmark measures the rate.
