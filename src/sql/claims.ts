@@ -233,7 +233,8 @@ export function claimQueries(schema: string) {
           attempt = case when i.claimed_ahead then i.attempt else greatest(i.attempt - 1, 0) end,
           claimed_ahead = false, leased_by = null, lease_expires_at = null, updated_at = now()
       from rows_locked l, async_commit
-      where i.id = l.id and i.status = 'running'
+      -- By id alone, as the group commit's update (see there): rows_locked holds and checked them.
+      where i.id = l.id
       returning i.queue`,
       (a) => claimArrays(a.claims),
     ),
@@ -295,7 +296,11 @@ export function claimQueries(schema: string) {
           done_duration_ms = case when x.outcome = 'done' then coalesce(x.duration_ms, 0) end,
           leased_by = null, lease_expires_at = null, updated_at = now()
         from input x join rows_locked l on l.id = x.id
-        where i.id = x.id and i.claim_token = x.token and i.status = 'running'
+        -- rows_locked checked the fence (token, running) once it held each row's lock, and no one
+        -- else can change a locked row: by id alone, so that the planner finds each row by its
+        -- primary key. With the fence repeated here, statistics that saw few running rows (a deep
+        -- queue) made it walk instances_lease once per row: 66 ms instead of 9 for 500 outcomes.
+        where i.id = l.id
         returning i.id, i.parent_id
       ),
       history as (
