@@ -4,8 +4,9 @@
 // rows make the planner hash the join, which walks the heap): with the lowest id locked from a
 // side connection, the commit must be waiting for it holding no other row.
 import { describe, expect, it } from "vitest";
-import { claimQueries, type OutcomeRow } from "../../src/sql/claims.js";
+import { claimQueries } from "../../src/sql/claims.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -18,30 +19,7 @@ describe("the group commit's lock order", () => {
        select g, 'M', 'start', '{}', 'running', 'q', 1, now() + interval '1 hour' from generate_series(${N}, 1, -1) g`,
     );
     await db.pool.query(`analyze ${s}.instances`);
-    const rows = Array.from({ length: N }, (_, i): OutcomeRow => ({
-      id: String(i + 1),
-      token: "1",
-      concurrency_key: null,
-      status: "done",
-      step: null,
-      set_state: false,
-      state: null,
-      run_at: null,
-      delay_ms: null,
-      priority: null,
-      attempt_op: "keep",
-      result: null,
-      error: null,
-      await_spec: null,
-      children_pending: null,
-      joined: null,
-      from_step: "start",
-      to_step: null,
-      outcome: "done",
-      attempt: 1,
-      duration_ms: 0,
-      hist_error: null,
-    }));
+    const rows = Array.from({ length: N }, (_, i) => doneOutcome(String(i + 1)));
     const side = await db.pool.connect();
     await side.query("begin");
     await side.query(`select id from ${s}.instances where id = 1 for update`);

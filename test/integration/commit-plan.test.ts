@@ -4,8 +4,9 @@
 // every row of a batch read every other, quadratic in the batch (500 outcomes filtered 124,750
 // rows and took 66 ms instead of 9). Counted here in rows, not timed.
 import { describe, expect, it } from "vitest";
-import { claimQueries, type OutcomeRow } from "../../src/sql/claims.js";
+import { claimQueries } from "../../src/sql/claims.js";
 import { useTestDatabase } from "../support/db.js";
+import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -37,30 +38,7 @@ describe("the group commit's plan", () => {
       `update ${s}.instances set status = 'running', claim_token = 1, lease_expires_at = now() + interval '1 hour'
        where id <= ${BATCH}`,
     );
-    const outcomes = Array.from({ length: BATCH }, (_, i): OutcomeRow => ({
-      id: String(i + 1),
-      token: "1",
-      concurrency_key: null,
-      status: "done",
-      step: null,
-      set_state: false,
-      state: null,
-      run_at: null,
-      delay_ms: null,
-      priority: null,
-      attempt_op: "keep",
-      result: null,
-      error: null,
-      await_spec: null,
-      children_pending: null,
-      joined: null,
-      from_step: "start",
-      to_step: null,
-      outcome: "done",
-      attempt: 1,
-      duration_ms: 0,
-      hist_error: null,
-    }));
+    const outcomes = Array.from({ length: BATCH }, (_, i) => doneOutcome(String(i + 1)));
     const complete = claimQueries(db.schema).complete;
     const client = await db.pool.connect();
     try {
