@@ -607,7 +607,6 @@ export class Executor {
   }
 }
 
-/** A rate-limited step's draw, made while its start was in flight, for the attempt the start was to count. */
 /** What identifies the attempt in every event about it. */
 function facts(row: ClaimedRow): StepFacts {
   return { id: row.id, machine: row.machine, step: row.step, attempt: row.attempt, queue: row.queue };

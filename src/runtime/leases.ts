@@ -36,6 +36,7 @@ interface PendingMark {
   token: string;
   dueAt: number;
 }
+
 export class Leases {
   readonly held = new Map<string, Held>();
   /** Steps claimed ahead that have started and whose start is not marked yet, by instance id. */

@@ -116,18 +116,18 @@ function withoutNullFields(outcome: OutcomeRow): Partial<OutcomeRow> {
 const claimArrays = (claims: readonly Claim[]) => [claims.map((c) => c.id), claims.map((c) => c.token)];
 
 /**
+ * How often the reaper gives back a row claimed ahead uncharged before it charges it (see reap):
+ * twice, since its last committed outcome.
+ */
+export const MAX_UNCHARGED_RETURNS = 2;
+
+/**
  * Claims, renewals, releases and reaps commit asynchronously (synchronous_commit
  * off for that transaction only): if the database crashes and loses one, the row
  * simply is runnable or expired again, which at-least-once already allows. It
  * saves a WAL flush per claim round trip. Outcome commits stay synchronous: a
  * committed transition is never lost.
  */
-/**
- * How often the reaper gives back a row claimed ahead uncharged before it charges it (see reap):
- * twice, since its last committed outcome.
- */
-export const MAX_UNCHARGED_RETURNS = 2;
-
 const ASYNC_COMMIT = "async_commit as (select set_config('synchronous_commit', 'off', true) as ok)";
 
 export function claimQueries(schema: string) {
