@@ -25,10 +25,10 @@ const Quick = defineJob({ name: "Quick", queue: "ahead", args: z.object({ n: z.n
 describe("the claim-ahead buffer", () => {
   it("claims short steps in batches well beyond the concurrency", async () => {
     const JOBS = 3_000;
-    const client = db.engine();
+    const client = db.engine({ poolSize: 2 });
     for (let i = 0; i < JOBS; i += 1_000)
       await client.insertMany(Array.from({ length: 1_000 }, (_, k) => ({ machine: Quick, args: { n: i + k } })));
-    const node = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick] });
+    const node = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], poolSize: 3 });
     const claimed: number[] = [];
     node.on("loop:tick", (e: EngineEvents["loop:tick"]) => {
       if (e.loop === "scheduler" && e.count !== undefined) claimed.push(e.count);
@@ -56,9 +56,9 @@ describe("the claim-ahead buffer", () => {
   });
 
   it("gives back rows that waited a second behind a step that hangs, and another node runs them", async () => {
-    const client = db.engine();
+    const client = db.engine({ poolSize: 2 });
     const hung = await client.insert(Hangs, { args: {} });
-    const first = db.engine({ queues: { ahead: 1 }, machines: [Hangs, Quick], nodeId: "first" });
+    const first = db.engine({ queues: { ahead: 1 }, machines: [Hangs, Quick], nodeId: "first", poolSize: 3 });
     await first.start();
     try {
       await eventually("the hanging step running", async () => (await client.get(hung.id))?.status === "running");
@@ -80,7 +80,7 @@ describe("the claim-ahead buffer", () => {
         );
         return rows[0].n === 3;
       });
-      const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second" });
+      const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second", poolSize: 3 });
       const startedOn: string[] = [];
       second.on("step:start", (e) => void startedOn.push(e.id));
       await second.start();
