@@ -169,9 +169,7 @@ export class Leases {
     if (this.held.size === 0) return [];
     const entries = [...this.held];
     try {
-      const claims = entries.map(([id, h]) => ({ id, token: h.token }));
-      const { rows } = await this.q.release(this.connection(), { claims });
-      return [...new Set(rows.map((r) => r.queue))];
+      return await this.releaseClaims(entries.map(([id, h]) => ({ id, token: h.token })));
     } finally {
       for (const [, held] of entries) held.controller.abort(reason);
     }
@@ -179,8 +177,7 @@ export class Leases {
 
   /** Gives one claimed row back at once (runnable now, attempt refunded); returns its queue, if released. */
   async release(id: string, token: string): Promise<string[]> {
-    const { rows } = await this.q.release(this.connection(), { claims: [{ id, token }] });
-    return rows.map((r) => r.queue);
+    return this.releaseClaims([{ id, token }]);
   }
 
   /**
@@ -190,11 +187,16 @@ export class Leases {
    */
   async giveBack(claims: readonly Claim[]): Promise<string[]> {
     try {
-      const { rows } = await this.q.release(this.connection(), { claims });
-      return [...new Set(rows.map((r) => r.queue))];
+      return await this.releaseClaims(claims);
     } finally {
       for (const { id, token } of claims) this.delete(id, token);
     }
+  }
+
+  /** The release statement on the lease connection; the queues that got work back, each once. */
+  private async releaseClaims(claims: readonly Claim[]): Promise<string[]> {
+    const { rows } = await this.q.release(this.connection(), { claims });
+    return [...new Set(rows.map((r) => r.queue))];
   }
 
   /**
