@@ -5,9 +5,10 @@
  * running rows), and frees a slot as soon as a step's code has settled: the
  * next step starts while the previous outcome is still in the group commit.
  * Each instance still waits for its own commit, because its row stays
- * `running` until then. A slot thus need not idle through a claim's or a
- * commit's round trip (bench/README.md, "Figures behind choices in the code",
- * has what this gained).
+ * `running` until then. Rows whose step has a rate limit draw their tokens
+ * before a slot is free (EARLY_DRAW_WINDOW_MS). A slot thus need not idle
+ * through a claim's, a commit's or a draw's round trip (bench/README.md,
+ * "Figures behind choices in the code", has what this gained).
  * Woken by NOTIFY, by local commits and by the poll loop.
  */
 import { withTransaction } from "../db/pool.js";
@@ -33,6 +34,18 @@ const PACE_SAMPLE_MS = 100;
  * for other nodes: the pace it was claimed for did not hold (the running steps turned slow or hang).
  */
 const BUFFER_WAIT_MAX_MS = 1_000;
+/**
+ * A rate-limited step takes its tokens before its code runs: a synchronous commit whose round trip
+ * idled its slot (no-op steps with a limit that never ran short ran at 0.42–0.44 of the pace without
+ * one). So rows claimed ahead whose step draws tokens are launched before a slot is free: as many as
+ * this node starts in this time at its pace, at most EARLY_DRAW_MAX × `concurrency`. Each draws its
+ * tokens (the draws of one bucket share a statement), then waits for a slot: at the node's pace it
+ * takes its tokens about this long before its code runs. No more tokens are taken than the limit
+ * allows; a row refused a slot (the node stops, or it waited BUFFER_WAIT_MAX_MS) is given back
+ * unstarted and its tokens stay spent.
+ */
+const EARLY_DRAW_WINDOW_MS = 10;
+const EARLY_DRAW_MAX = 4;
 
 /** A queue whose claims returned keyed rows this recently keeps slots for them (see slotsForKeyed). */
 const KEYED_RECENT_MS = 10_000;
@@ -67,6 +80,12 @@ export class QueueScheduler {
   private committing = 0;
   /** Claimed rows waiting for a slot. */
   private buffer: ClaimedRow[] = [];
+  /** Buffered rows whose step draws rate-limit tokens first (see EARLY_DRAW_WINDOW_MS). */
+  private bufferedDraws = 0;
+  /** Rows launched before a slot was free (drawing their tokens, or waiting for a slot). */
+  private early = 0;
+  /** Early rows that have their tokens and wait for a slot, in order, and since when (performance.now()). */
+  private slotWaiters: Array<{ grant: (granted: boolean) => void; since: number }> = [];
   /** When each row claimed ahead entered the buffer (performance.now()), by instance id. */
   private readonly bufferedAt = new Map<string, number>();
   private staleCheck: NodeJS.Timeout | undefined;
@@ -117,7 +136,10 @@ export class QueueScheduler {
   async stop(): Promise<void> {
     this.stopped = true;
     this.buffer = [];
+    this.bufferedDraws = 0;
     this.bufferedAt.clear();
+    // Given back unstarted by their executors (Executor.giveBack), like the buffer's rows.
+    for (const waiter of this.slotWaiters.splice(0)) waiter.grant(false);
     clearTimeout(this.staleCheck);
     this.staleCheck = undefined;
     for (const timer of this.timers) timer.clear();
@@ -176,7 +198,7 @@ export class QueueScheduler {
     const ahead = this.o.global === undefined && !this.slotsStuck ? this.aheadSize() : 0;
     if (this.committing >= concurrency + Math.max(ahead, concurrency)) return 0;
     const buffered = this.committing < Math.max(ahead, concurrency) ? ahead : 0;
-    return Math.max(0, concurrency + buffered - this.running - this.buffer.length);
+    return Math.max(0, concurrency + buffered - this.running - this.early - this.buffer.length);
   }
 
   /** The claim-ahead buffer's size: about AHEAD_WINDOW_MS of work at this node's pace. */
@@ -239,6 +261,7 @@ export class QueueScheduler {
           if (row.claimed_ahead) {
             this.buffer.push(row);
             this.bufferedAt.set(row.id, performance.now());
+            if (this.o.executor.drawsTokens(row)) this.bufferedDraws++;
           } else startNow.push(row);
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
@@ -297,20 +320,60 @@ export class QueueScheduler {
    */
   private launchBuffered(hold = 0): void {
     const slots = this.o.concurrency - this.reserved;
+    // Early rows that have their tokens go first: they were ahead of the buffer's rows.
+    while (!this.stopped && this.slotWaiters.length > 0 && this.running < slots - hold) {
+      this.early--;
+      this.running++;
+      this.launches++;
+      this.slotWaiters.shift()!.grant(true);
+    }
     while (
       !this.stopped &&
       this.buffer.length > 0 &&
       this.running < slots - (this.buffer[0]!.claimed_ahead ? hold : 0)
     ) {
-      const row = this.buffer.shift()!;
-      this.bufferedAt.delete(row.id);
-      this.launch(row);
+      this.launch(this.unbuffer(0));
     }
+    this.launchEarly();
+  }
+
+  /** Takes the row at `index` out of the buffer. */
+  private unbuffer(index: number): ClaimedRow {
+    const [row] = this.buffer.splice(index, 1);
+    this.bufferedAt.delete(row!.id);
+    if (this.o.executor.drawsTokens(row!)) this.bufferedDraws--;
+    return row!;
+  }
+
+  /**
+   * Launches buffered rows whose step draws tokens before a slot is free (EARLY_DRAW_WINDOW_MS):
+   * their draws are then in flight while the running steps finish.
+   */
+  private launchEarly(): void {
+    if (this.stopped || this.bufferedDraws === 0 || this.slotsStuck) return;
+    const atPace = Math.round((this.pace * EARLY_DRAW_WINDOW_MS) / 1000);
+    let room = Math.min(EARLY_DRAW_MAX * this.o.concurrency, atPace) - this.early;
+    for (let i = 0; room > 0 && this.bufferedDraws > 0 && i < this.buffer.length;) {
+      if (this.o.executor.drawsTokens(this.buffer[i]!)) {
+        this.launch(this.unbuffer(i), true);
+        room--;
+      } else i++;
+    }
+  }
+
+  /** An early row has its tokens: it waits for a slot (granted by launchBuffered), or is refused one. */
+  private slotFor(): Promise<boolean> {
+    if (this.stopped) return Promise.resolve(false);
+    return new Promise((grant) => {
+      this.slotWaiters.push({ grant, since: performance.now() });
+      this.launchBuffered(this.slotsForKeyed());
+      this.watchBuffer();
+    });
   }
 
   /** While rows wait in the buffer, looks now and then for rows that waited too long. */
   private watchBuffer(): void {
-    if (this.staleCheck || this.stopped || this.bufferedAt.size === 0) return;
+    if (this.staleCheck || this.stopped || (this.bufferedAt.size === 0 && this.slotWaiters.length === 0)) return;
     this.staleCheck = setTimeout(() => {
       this.staleCheck = undefined;
       this.giveBackStale();
@@ -326,11 +389,21 @@ export class QueueScheduler {
    */
   private giveBackStale(): void {
     const now = performance.now();
+    // Early rows refused a slot are given back by their executors, their tokens spent.
+    const waited = this.slotWaiters.filter((waiter) => now - waiter.since > BUFFER_WAIT_MAX_MS);
+    if (waited.length > 0) {
+      this.slotWaiters = this.slotWaiters.filter((waiter) => !waited.includes(waiter));
+      for (const waiter of waited) waiter.grant(false);
+      this.slotsStuck = true;
+    }
     const stale = this.buffer.filter((row) => now - (this.bufferedAt.get(row.id) ?? now) > BUFFER_WAIT_MAX_MS);
     if (stale.length === 0) return;
     const leaving = new Set(stale);
     this.buffer = this.buffer.filter((row) => !leaving.has(row));
-    for (const row of stale) this.bufferedAt.delete(row.id);
+    for (const row of stale) {
+      this.bufferedAt.delete(row.id);
+      if (this.o.executor.drawsTokens(row)) this.bufferedDraws--;
+    }
     this.slotsStuck = true;
     const claims = stale.map((row) => ({ id: row.id, token: row.claim_token }));
     this.o.leases.giveBack(claims).then(
@@ -339,27 +412,38 @@ export class QueueScheduler {
     );
   }
 
-  private launch(row: ClaimedRow): void {
-    this.running++;
-    this.launches++;
+  /** Starts a row in a free slot, or `early`: before one is free, to draw its tokens (launchEarly). */
+  private launch(row: ClaimedRow, early = false): void {
+    let slotted = !early;
+    if (early) this.early++;
+    else {
+      this.running++;
+      this.launches++;
+    }
     let settled = false;
+    /** Its slot is free again (or, an early row that never got one, it leaves `early`). */
+    const leave = () => {
+      if (!slotted) return void this.early--;
+      this.running--;
+      this.slotsStuck = false;
+    };
     const onSettled = () => {
       if (settled) return;
       settled = true;
-      this.running--;
-      this.slotsStuck = false;
+      leave();
       this.committing++;
       if (this.keyedWaiting) this.mayHaveMore = true;
       this.scheduleFill();
     };
-    const task = this.o.executor.execute(row, onSettled).finally(() => {
+    // launchBuffered moves it from `early` to `running` as it grants the slot.
+    const slot = early ? () => this.slotFor().then((granted) => (slotted = granted)) : undefined;
+    const task = this.o.executor.execute(row, onSettled, slot).finally(() => {
       // A keyed row's outcome has committed and freed its key only now: the claim made when its
       // code settled found the key still held, so the key's next instance would wait for the poll.
       if (row.concurrency_key !== null) this.mayHaveMore = true;
       if (settled) this.committing--;
       else {
-        this.running--;
-        this.slotsStuck = false;
+        leave();
         if (this.keyedWaiting) this.mayHaveMore = true;
       }
       this.o.onGlobalSlotFreed?.();

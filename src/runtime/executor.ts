@@ -42,6 +42,12 @@ import { routeFacts } from "./routes.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
+/**
+ * Given to a row launched before a slot was free: resolves true once the row has one and its code
+ * may run, false when it is refused one (it is then given back unstarted).
+ */
+export type SlotGate = () => Promise<boolean>;
+
 export interface ExecutorDeps {
   pool: pg.Pool;
   machines: ReadonlyMap<string, AnyMachine>;
@@ -101,9 +107,10 @@ export class Executor {
    * step's code is done and only the commit remains, so the scheduler can
    * start other work meanwhile.
    */
-  async execute(row: ClaimedRow, onSettled: () => void = () => {}): Promise<void> {
+  async execute(row: ClaimedRow, onSettled: () => void = () => {}, slot?: SlotGate): Promise<void> {
     const previous = this.finishing.get(row.id);
-    const current = previous ? previous.then(() => this.executeNow(row, onSettled)) : this.executeNow(row, onSettled);
+    const run = () => this.executeNow(row, onSettled, slot);
+    const current = previous ? previous.then(run) : run();
     this.finishing.set(row.id, current);
     try {
       await current;
@@ -112,7 +119,12 @@ export class Executor {
     }
   }
 
-  private async executeNow(claimed: ClaimedRow, onSettled: () => void): Promise<void> {
+  /** Whether the row's step takes rate-limit tokens before its code runs (the scheduler starts such rows early). */
+  drawsTokens(row: ClaimedRow): boolean {
+    return this.deps.machines.get(row.machine)?.steps.get(row.step)?.rateLimit !== undefined;
+  }
+
+  private async executeNow(claimed: ClaimedRow, onSettled: () => void, slot: SlotGate | undefined): Promise<void> {
     let row = claimed;
     const settle = () => {
       // Its outcome's commit counts the attempt now: no start mark needed (see Leases.markStarted).
@@ -123,15 +135,25 @@ export class Executor {
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
     const started = performance.now();
     try {
-      if (row.claimed_ahead) {
+      const ahead = row.claimed_ahead;
+      if (ahead) {
         // Its code runs now, without a round trip first. Its attempt is counted by its outcome's
         // commit, or by a start mark if it is still running a moment from now, whichever lands
         // first (Leases.markStarted).
         row = { ...row, attempt: row.attempt + 1, claimed_ahead: false };
-        this.deps.leases.markStarted(row.id, row.claim_token);
+        if (!slot) this.deps.leases.markStarted(row.id, row.claim_token);
       }
+      // Started before a slot was free: its code waits for one, and only then counts as started.
+      const { id, claim_token } = row;
+      const begin = slot
+        ? async () => {
+            if (!(await slot())) return false;
+            if (ahead) this.deps.leases.markStarted(id, claim_token);
+            return true;
+          }
+        : undefined;
       const machine = this.deps.machines.get(row.machine)!;
-      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, settle);
+      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, settle, begin);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -155,7 +177,12 @@ export class Executor {
     return this.deps.rateLimiter.drawForStep(spec, ctx, row.rate_limited !== null, where);
   }
 
-  private async run(claimed: Attempt, controller: AbortController, settled: () => void): Promise<void> {
+  private async run(
+    claimed: Attempt,
+    controller: AbortController,
+    settled: () => void,
+    begin?: () => Promise<boolean>,
+  ): Promise<void> {
     const accepted = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
     if (accepted === null) return;
     const attempt = await this.upcast(accepted, settled);
@@ -184,6 +211,8 @@ export class Executor {
       }
       if (waitMs > 0) return this.postpone(attempt, step.rateLimit.name, waitMs, settled);
     }
+    // Refused a slot (the node stops, or its steps turned slow): given back unstarted, its tokens spent.
+    if (begin && !(await begin())) return this.giveBack(row);
 
     if (row.joined && this.deps.cancelRemaining) {
       // A join condition resumed it early: the children it no longer needs end before its code runs.
@@ -360,6 +389,12 @@ export class Executor {
       return undefined;
     }
     return { ...attempt, row: { ...row, state, version: machine.version } };
+  }
+
+  /** Gives a row claimed ahead back unstarted, in its place, for any node to take. */
+  private async giveBack(row: ClaimedRow): Promise<void> {
+    const queues = await this.deps.leases.giveBack([{ id: row.id, token: row.claim_token }]);
+    for (const queue of queues) this.deps.wake.broadcast(queue);
   }
 
   /** Gives a claimed row back at once (runnable now, attempt refunded) and wakes its queue here. */

@@ -1,4 +1,5 @@
-// The claim-ahead buffer: sized by the node's pace, and given back when its rows wait too long.
+// The claim-ahead buffer: sized by the node's pace, given back when its rows wait too long, and
+// drawing rate-limit tokens for its rows before a slot is free.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, type EngineEvents } from "../../src/index.js";
@@ -21,6 +22,41 @@ const Hangs = defineJob({
   },
 });
 const Quick = defineJob({ name: "Quick", queue: "ahead", args: z.object({ n: z.number() }), perform: (a) => a.n });
+
+/**
+ * Rate-limited: hangs while `tappedHang` is set and its n is at least HANG_FROM, else returns at once.
+ * Rows claimed ahead come back in no particular order, so which of them hang first is not known.
+ */
+const HANG_FROM = 400;
+let tappedHang = true;
+const hanging = new Set<() => void>();
+const Tapped = defineJob({
+  name: "Tapped",
+  queue: "early",
+  args: z.object({ n: z.number() }),
+  rateLimit: { name: "tap" },
+  perform: async (a, ctx) => {
+    tapped.mostRunning = Math.max(tapped.mostRunning, ++tapped.running);
+    try {
+      if (!tappedHang || a.n < HANG_FROM) return a.n;
+      await new Promise<void>((resolve, reject) => {
+        hanging.add(resolve);
+        ctx.abortSignal.addEventListener("abort", () => {
+          hanging.delete(resolve);
+          reject(ctx.abortSignal.reason);
+        });
+      });
+      return a.n;
+    } finally {
+      tapped.running--;
+    }
+  },
+});
+/** Tapped steps whose code runs now, and the most seen at once. */
+const tapped = { running: 0, mostRunning: 0 };
+/** Refills one token an hour: what the bucket lacks of its burst is what was drawn. */
+const BURST = 100_000;
+const rateLimits = { tap: { limit: 1, period: "1h", burst: BURST } } as const;
 
 describe("the claim-ahead buffer", () => {
   it("claims short steps in batches well beyond the concurrency", async () => {
@@ -97,5 +133,93 @@ describe("the claim-ahead buffer", () => {
     } finally {
       await first.stop();
     }
+  });
+});
+
+describe("rate-limited rows claimed ahead", () => {
+  const JOBS = HANG_FROM + 100;
+
+  /**
+   * Quick steps first, so the node's pace is high, then steps that hang in both slots: the rows
+   * claimed ahead behind them draw their tokens and wait for a slot.
+   */
+  async function drawnAhead(nodeId: string) {
+    tappedHang = true;
+    await db.pool.query(`delete from ${s}.instances; delete from ${s}.rate_limit_buckets`);
+    const client = db.engine({ poolSize: 2, rateLimits });
+    for (let i = 0; i < JOBS; i += 250)
+      await client.insertMany(Array.from({ length: 250 }, (_, k) => ({ machine: Tapped, args: { n: i + k } })));
+    const node = db.engine({
+      queues: { early: 2 },
+      machines: [Tapped],
+      nodeId,
+      poolSize: 3,
+      rateLimits,
+      shutdownGrace: 0,
+    });
+    const started: string[] = [];
+    node.on("step:start", (e) => void started.push(e.id));
+    tapped.mostRunning = 0;
+    await node.start();
+    const drawn = async () => BURST - Math.round((await client.rateLimitBuckets("tap"))[0]?.tokens ?? BURST);
+    // More tokens drawn than steps started: rows drew theirs while both slots hang.
+    await eventually(
+      "rows drawing ahead of a slot",
+      async () => hanging.size === 2 && (await drawn()) > started.length,
+    );
+    return { client, node, started, drawn };
+  }
+
+  async function unstarted(): Promise<number> {
+    const { rows } = await db.pool.query(
+      `select count(*)::int as n from ${s}.instances
+       where status = 'runnable' and attempt = 0 and leased_by is null and not claimed_ahead`,
+    );
+    return rows[0].n;
+  }
+
+  it("never runs more steps than the concurrency, and a stop gives the waiting rows back at once", async () => {
+    const { node, started } = await drawnAhead("early-stop");
+    const errors: unknown[] = [];
+    node.on("engine:error", (e) => void errors.push(e.error));
+    await node.stop();
+    // Nothing of the stop waited out its bound (a row left waiting for a slot would, for a lease).
+    expect(errors).toEqual([]);
+    expect(tapped.mostRunning).toBe(2);
+    // Released by the stop, not left leased until their lease expires: every row but the finished
+    // ones (the two that hung were released too, their attempt refunded).
+    expect(new Set(started).size).toBe(started.length);
+    expect(await unstarted()).toBe(JOBS - (started.length - 2));
+  });
+
+  it("gives back rows that waited a second for a slot, their tokens spent; another node runs them once", async () => {
+    const { client, node, started, drawn } = await drawnAhead("early-slow");
+    try {
+      // Refused a slot after a second behind the hanging steps: runnable, uncharged, leased by nobody.
+      await eventually("given back", async () => (await unstarted()) === JOBS - started.length, 10_000);
+      // The tokens they drew are spent: a limit is never exceeded by rows that did not run.
+      expect(await drawn()).toBeGreaterThan(started.length);
+      const rest = JOBS - started.length;
+      tappedHang = false;
+      const second = db.engine({ queues: { early: 4 }, machines: [Tapped], nodeId: "early-second", rateLimits });
+      const ran: string[] = [];
+      second.on("step:start", (e) => void ran.push(e.id));
+      await second.start();
+      try {
+        await eventually("the rest done", async () => {
+          const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.instances where status = 'done'`);
+          return rows[0].n === JOBS - 2;
+        });
+        expect(new Set([...started, ...ran]).size).toBe(JOBS);
+        expect(ran.length).toBe(rest);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      for (const resolve of hanging) resolve();
+      hanging.clear();
+      await node.stop();
+    }
+    expect((await client.rateLimitBuckets("tap"))[0]).toBeDefined();
   });
 });
