@@ -255,8 +255,8 @@ function genDurableFlow(url: string, admin: pg.Pool, throttleRate: number): GenD
   const postponed = new Map<string, number>();
   // The hot key's holder runs in a queue of its own on a node that runs nothing else (a key spans
   // queues, so it still holds "hot" for the default queue). On the default queue, the holder's node
-  // would claim one more row ahead of its busy slot — and a keyed row claimed ahead holds its key
-  // until the long step ends (see README, "Flow control"), which is a finding, not what this run measures.
+  // would claim rows ahead of its busy slot, and a keyed row claimed ahead holds its key until the
+  // node gives it back a second later (see README, "Flow control"): not what this run measures.
   const Hold = defineJob({ name: "Hold", queue: HOLD_QUEUE, args, perform });
   const rateLimits = {
     free: { limit: 1e9, period: "1s" },

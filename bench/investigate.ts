@@ -85,7 +85,7 @@ function instrument(pool: pg.Pool) {
 function classify(text: string): string {
   const t = text.replace(/\s+/g, " ").toLowerCase();
   // gen-durable
-  if (t.includes(".claim($1, $2")) return "gd claim";
+  if (t.includes(".claim_rows($1, $2")) return "gd claim";
   if (t.includes("set attempt = i.attempt + 1, claimed_ahead = false")) return "gd start (claimed ahead)";
   if (t.includes("json_to_recordset($1::json) as x( id bigint, token bigint")) return "gd complete (group commit)";
   if (t.includes("pg_notify($1, q)")) return "gd notify";
@@ -387,7 +387,7 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     // queue, machines, want, node, lease ms, no global limit, all k start at once (as a node with k free slots).
-    const claimArgs = (k: number) => ["default", ["Noop"], k, "investigate", 30_000, null, k];
+    const claimArgs = (k: number) => ["default", ["Noop"], k, "investigate", 30_000, null, k, k];
     const planning = async (sql: string, args: unknown[]) => {
       const { rows } = await client.query<{ "QUERY PLAN": Array<{ "Planning Time": number }> }>(
         `explain (summary, format json) ${sql}`,

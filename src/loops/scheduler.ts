@@ -47,11 +47,6 @@ const BUFFER_WAIT_MAX_MS = 1_000;
 const EARLY_DRAW_WINDOW_MS = 10;
 const EARLY_DRAW_MAX = 4;
 
-/** A queue whose claims returned keyed rows this recently keeps slots for them (see slotsForKeyed). */
-const KEYED_RECENT_MS = 10_000;
-/** Otherwise it looks for keyed work this often while busy. */
-const KEYED_PROBE_MS = 1_000;
-
 export interface QueueSchedulerOptions {
   queue: string;
   concurrency: number;
@@ -96,19 +91,6 @@ export class QueueScheduler {
   private claimInFlight: Promise<unknown> | undefined;
   /** Set by every wake-up; cleared when a claim comes back short (nothing more is due). */
   private mayHaveMore = true;
-  /**
-   * Keyed rows are claimed only into free slots (a claimed row holds its key,
-   * so one claimed ahead would hold it idle). Set when the last claim took as
-   * many as it was allowed: more may be due, so a freed slot claims again.
-   */
-  private keyedWaiting = false;
-  /** When a claim last returned a keyed row, and when one last had a free slot to take one (performance.now()). */
-  private keyedSeenAt = -Infinity;
-  private keyedProbedAt = -Infinity;
-  /**
-   * Slots kept free for the next claim when keyed work may be due: doubled while claims fill them all with keyed rows.
-   */
-  private keyedHold = 1;
   /** Free slots the claim in flight was told of: its rows charged to start now take them, not buffered ones. */
   private reserved = 0;
   /** Steps launched since the pace was last sampled, when that was, and the smoothed pace (steps/s). */
@@ -169,7 +151,6 @@ export class QueueScheduler {
       return;
     }
     this.mayHaveMore = true;
-    this.keyedWaiting = true;
     this.scheduleFill();
   }
 
@@ -179,7 +160,7 @@ export class QueueScheduler {
     this.fillScheduled = true;
     setImmediate(() => {
       this.fillScheduled = false;
-      this.launchBuffered(this.slotsForKeyed());
+      this.launchBuffered();
       void this.fill();
     });
   }
@@ -188,9 +169,10 @@ export class QueueScheduler {
    * How many more rows this node should hold: free slots plus room in the claim-ahead buffer
    * (`ahead`). While that many outcomes are committing, free slots are still filled but nothing
    * is claimed ahead; at `concurrency` more (a slow database) nothing is claimed, rather than pile
-   * up leases. Filling free slots through a commit is what keyed work needs: it is claimed only
-   * into free slots, and a batch of short keyed steps settles at once, so the slots of a whole
-   * claim would idle through its group commit (bench/README.md, "Figures behind choices in the code").
+   * up leases. Filling free slots through a commit matters where nothing is claimed ahead (under a
+   * global limit, or after a give-back): a batch of short steps settles at once, and the slots of a
+   * whole claim would idle through its group commit (bench/README.md, "Figures behind choices in
+   * the code").
    */
   private get wanted(): number {
     const { concurrency } = this.o;
@@ -222,7 +204,7 @@ export class QueueScheduler {
     try {
       while (!this.stopped && this.mayHaveMore && this.wanted > 0) {
         const want = this.wanted;
-        // A slot is free only when the buffer is empty, or when one was held for this claim.
+        // A slot is free only when nothing buffered is waiting for one.
         const freeSlots = Math.max(0, this.o.concurrency - this.running);
         this.mayHaveMore = false;
         const started = performance.now();
@@ -241,17 +223,6 @@ export class QueueScheduler {
           count: rows.length,
         });
         if (rows.length === want) this.mayHaveMore = true;
-        const keyed = rows.filter((row) => row.concurrency_key !== null);
-        this.keyedWaiting = keyed.length >= freeSlots;
-        if (freeSlots > 0) {
-          this.keyedProbedAt = performance.now();
-          // Every free slot went to a keyed row: more may be due than one claim's slots can take.
-          this.keyedHold =
-            keyed.length >= freeSlots
-              ? Math.min(this.keyedHold * 2, Math.max(1, Math.floor(this.o.concurrency / 4)))
-              : 1;
-        }
-        if (keyed.length > 0) this.keyedSeenAt = performance.now();
         // Rows charged for the free slots first (keyed ones among them), then those claimed ahead.
         const order = (row: ClaimedRow) => (row.claimed_ahead ? 2 : row.concurrency_key !== null ? 0 : 1);
         const startNow: ClaimedRow[] = [];
@@ -266,7 +237,7 @@ export class QueueScheduler {
         }
         // Those for the free slots go ahead of rows claimed ahead earlier: they take those slots now.
         this.buffer.unshift(...startNow);
-        this.launchBuffered(this.slotsForKeyed());
+        this.launchBuffered();
         this.watchBuffer();
       }
     } catch (error) {
@@ -279,9 +250,14 @@ export class QueueScheduler {
     }
   }
 
-  private async claim(want: number, keyedAtMost: number): Promise<ClaimedRow[]> {
+  /**
+   * Claims up to `want` rows, the first `startNow` of them charged for free slots. Keyed rows are
+   * claimed ahead like the others: a buffered keyed row holds its key while it waits, which the
+   * buffer's size (about AHEAD_WINDOW_MS of work) and its give-back (BUFFER_WAIT_MAX_MS) bound.
+   */
+  private async claim(want: number, startNow: number): Promise<ClaimedRow[]> {
     const { queue, machines, nodeId, leaseMs, global, claims } = this.o;
-    const args = { queue, machines, want, nodeId, leaseMs, global: global ?? null, keyedAtMost };
+    const args = { queue, machines, want, nodeId, leaseMs, global: global ?? null, startNow, keyedAtMost: want };
     if (global === undefined) return (await claims.claim(this.o.pool, args)).rows;
     // Under a global limit the count of running rows and the claim must not interleave with
     // another node's: the queue's advisory lock serialises them for this transaction.
@@ -291,47 +267,17 @@ export class QueueScheduler {
     });
   }
 
-  /**
-   * How many slots to keep free for the next claim. Keyed rows go
-   * only into free slots, and on a busy node the claim-ahead buffer takes every
-   * slot that frees: keyed work waited until the buffer ran dry, which under
-   * steady unkeyed load is never (test/integration/keyed-rate-limit.test.ts: a
-   * keyed job ran at 0/s beside unkeyed work of lower priority). So when keyed
-   * work may be due, the next claim gets free slots (the claim in flight, if
-   * any, already has its own): one, doubled up to a quarter of the concurrency
-   * while claims fill them all with keyed rows, since a claim under load takes
-   * tens of ms (one keyed row per claim held the soak's keyed queue, limited
-   * to 100/s and fed 90/s, to ~85/s). A held slot idles for a claim's round trip
-   * or two. Only where keyed rows were claimed lately, or once a second to
-   * find out, so a queue without keyed work pays almost nothing. Held only
-   * while another claim will follow (mayHaveMore), else filled at once.
-   */
-  private slotsForKeyed(): number {
-    if (this.stopped || this.reserved > 0 || !this.mayHaveMore || !this.keyedWaiting || this.buffer.length === 0)
-      return 0;
-    const now = performance.now();
-    return now - this.keyedSeenAt < KEYED_RECENT_MS || now - this.keyedProbedAt >= KEYED_PROBE_MS ? this.keyedHold : 0;
-  }
-
-  /**
-   * Launches buffered rows into free slots, keeping `hold` of them for the next claim. The hold
-   * only keeps back rows claimed ahead: a row its claim charged to start now (at the buffer's
-   * head) has its slot, and a keyed one holds its key, so it starts whatever is held.
-   */
-  private launchBuffered(hold = 0): void {
+  /** Launches buffered rows into free slots (rows for slots their claim charged are at the head). */
+  private launchBuffered(): void {
     const slots = this.o.concurrency - this.reserved;
     // Early rows that have their tokens go first: they were ahead of the buffer's rows.
-    while (!this.stopped && this.slotWaiters.length > 0 && this.running < slots - hold) {
+    while (!this.stopped && this.slotWaiters.length > 0 && this.running < slots) {
       this.early--;
       this.running++;
       this.launches++;
       this.slotWaiters.shift()!.grant(true);
     }
-    while (
-      !this.stopped &&
-      this.buffer.length > 0 &&
-      this.running < slots - (this.buffer[0]!.claimed_ahead ? hold : 0)
-    ) {
+    while (!this.stopped && this.buffer.length > 0 && this.running < slots) {
       this.launch(this.unbuffer(0));
     }
     this.launchEarly();
@@ -366,7 +312,7 @@ export class QueueScheduler {
     if (this.stopped) return Promise.resolve(false);
     return new Promise((grant) => {
       this.slotWaiters.push({ grant, since: performance.now() });
-      this.launchBuffered(this.slotsForKeyed());
+      this.launchBuffered();
       this.watchBuffer();
     });
   }
@@ -432,7 +378,6 @@ export class QueueScheduler {
       settled = true;
       leave();
       this.committing++;
-      if (this.keyedWaiting) this.mayHaveMore = true;
       this.scheduleFill();
     };
     // launchBuffered moves it from `early` to `running` as it grants the slot.
@@ -442,10 +387,7 @@ export class QueueScheduler {
       // code settled found the key still held, so the key's next instance would wait for the poll.
       if (row.concurrency_key !== null) this.mayHaveMore = true;
       if (settled) this.committing--;
-      else {
-        leave();
-        if (this.keyedWaiting) this.mayHaveMore = true;
-      }
+      else leave();
       this.o.onGlobalSlotFreed?.();
       this.inFlight.delete(task);
       this.scheduleFill();

@@ -57,7 +57,9 @@ export interface ClaimArgs {
   leaseMs: number;
   /** The queue's global limit, or null. */
   global: number | null;
-  /** At most this many keyed rows; also how many start at once (free slots). */
+  /** How many of the rows start at once (free slots): charged their attempt now, the rest claimed ahead. */
+  startNow: number;
+  /** At most this many keyed rows. */
   keyedAtMost: number;
 }
 
@@ -135,14 +137,14 @@ export function claimQueries(schema: string) {
   return {
     /**
      * Claims up to `want` ($3) due rows of `queue` ($1) whose machine this node runs ($2), at
-     * most `keyedAtMost` ($7) of them keyed; $7 is also how many start at once (free slots). Walks
-     * instances_claim (and, for keyed rows, concurrency_keys) in order and skips rows another
-     * node is claiming. $6: the queue's global limit, or null.
+     * most `keyedAtMost` ($8) of them keyed; the first `startNow` ($7) start at once (free slots).
+     * Walks instances_claim (and, for keyed rows, concurrency_keys) in order and skips rows
+     * another node is claiming. $6: the queue's global limit, or null.
      */
     claim: statement<ClaimArgs, ClaimedRow>(
-      // The statement is the function claim (migration 21), which plans it once per session.
-      `select * from ${s}.claim($1, $2, $3, $4, $5, $6, $7)`,
-      (a) => [a.queue, a.machines, a.want, a.nodeId, a.leaseMs, a.global, a.keyedAtMost],
+      // The statement is the function claim_rows (migration 26), which plans it once per session.
+      `select * from ${s}.claim_rows($1, $2, $3, $4, $5, $6, $7, $8)`,
+      (a) => [a.queue, a.machines, a.want, a.nodeId, a.leaseMs, a.global, a.startNow, a.keyedAtMost],
       { prepare: true },
     ),
 

@@ -23,11 +23,24 @@ const Hangs = defineJob({
 });
 const Quick = defineJob({ name: "Quick", queue: "ahead", args: z.object({ n: z.number() }), perform: (a) => a.n });
 
-/**
- * Rate-limited: hangs while `tappedHang` is set and its n is at least HANG_FROM, else returns at once.
- * Rows claimed ahead come back in no particular order, so which of them hang first is not known.
- */
-const HANG_FROM = 400;
+/** Steps whose code runs now in queue "early", and the most seen at once. */
+const inCode = { now: 0, most: 0 };
+async function counted<T>(run: () => Promise<T> | T): Promise<T> {
+  inCode.most = Math.max(inCode.most, ++inCode.now);
+  try {
+    return await run();
+  } finally {
+    inCode.now--;
+  }
+}
+/** No rate limit: quick steps that set the node's pace. */
+const Paced = defineJob({
+  name: "Paced",
+  queue: "early",
+  args: z.object({ n: z.number() }),
+  perform: (a) => counted(() => a.n),
+});
+/** Rate-limited: hangs while `tappedHang` is set (until its engine stops), else returns at once. */
 let tappedHang = true;
 const hanging = new Set<() => void>();
 const Tapped = defineJob({
@@ -35,10 +48,9 @@ const Tapped = defineJob({
   queue: "early",
   args: z.object({ n: z.number() }),
   rateLimit: { name: "tap" },
-  perform: async (a, ctx) => {
-    tapped.mostRunning = Math.max(tapped.mostRunning, ++tapped.running);
-    try {
-      if (!tappedHang || a.n < HANG_FROM) return a.n;
+  perform: (a, ctx) =>
+    counted(async () => {
+      if (!tappedHang) return a.n;
       await new Promise<void>((resolve, reject) => {
         hanging.add(resolve);
         ctx.abortSignal.addEventListener("abort", () => {
@@ -47,13 +59,8 @@ const Tapped = defineJob({
         });
       });
       return a.n;
-    } finally {
-      tapped.running--;
-    }
-  },
+    }),
 });
-/** Tapped steps whose code runs now, and the most seen at once. */
-const tapped = { running: 0, mostRunning: 0 };
 /** Refills one token an hour: what the bucket lacks of its burst is what was drawn. */
 const BURST = 100_000;
 const rateLimits = { tap: { limit: 1, period: "1h", burst: BURST } } as const;
@@ -137,43 +144,50 @@ describe("the claim-ahead buffer", () => {
 });
 
 describe("rate-limited rows claimed ahead", () => {
-  const JOBS = HANG_FROM + 100;
+  const PACED = 400;
+  const TAPPED = 100;
+  /**
+   * The node's concurrency. Rows draw ahead as many as the node starts in about 10 ms at its pace:
+   * the quick steps before the rate-limited ones make that pace high even on a loaded host.
+   */
+  const SLOTS = 8;
 
   /**
-   * Quick steps first, so the node's pace is high, then steps that hang in both slots: the rows
+   * Quick steps first, then rate-limited steps that hang in every slot: the rate-limited rows
    * claimed ahead behind them draw their tokens and wait for a slot.
    */
   async function drawnAhead(nodeId: string) {
     tappedHang = true;
     await db.pool.query(`delete from ${s}.instances; delete from ${s}.rate_limit_buckets`);
     const client = db.engine({ poolSize: 2, rateLimits });
-    for (let i = 0; i < JOBS; i += 250)
-      await client.insertMany(Array.from({ length: 250 }, (_, k) => ({ machine: Tapped, args: { n: i + k } })));
+    await client.insertMany(Array.from({ length: PACED }, (_, n) => ({ machine: Paced, args: { n } })));
+    await client.insertMany(Array.from({ length: TAPPED }, (_, n) => ({ machine: Tapped, args: { n } })));
     const node = db.engine({
-      queues: { early: 2 },
-      machines: [Tapped],
+      queues: { early: SLOTS },
+      machines: [Paced, Tapped],
       nodeId,
       poolSize: 3,
       rateLimits,
       shutdownGrace: 0,
     });
     const started: string[] = [];
-    node.on("step:start", (e) => void started.push(e.id));
-    tapped.mostRunning = 0;
+    node.on("step:start", (e) => void (e.machine === "Tapped" && started.push(e.id)));
+    inCode.most = 0;
     await node.start();
     const drawn = async () => BURST - Math.round((await client.rateLimitBuckets("tap"))[0]?.tokens ?? BURST);
-    // More tokens drawn than steps started: rows drew theirs while both slots hang.
+    // More tokens drawn than rate-limited steps started: rows drew theirs while every slot hangs.
     await eventually(
       "rows drawing ahead of a slot",
-      async () => hanging.size === 2 && (await drawn()) > started.length,
+      async () => hanging.size === SLOTS && (await drawn()) > started.length,
     );
     return { client, node, started, drawn };
   }
 
+  /** Rate-limited rows that are runnable, uncharged and leased by nobody. */
   async function unstarted(): Promise<number> {
     const { rows } = await db.pool.query(
       `select count(*)::int as n from ${s}.instances
-       where status = 'runnable' and attempt = 0 and leased_by is null and not claimed_ahead`,
+       where machine = 'Tapped' and status = 'runnable' and attempt = 0 and leased_by is null and not claimed_ahead`,
     );
     return rows[0].n;
   }
@@ -185,33 +199,38 @@ describe("rate-limited rows claimed ahead", () => {
     await node.stop();
     // Nothing of the stop waited out its bound (a row left waiting for a slot would, for a lease).
     expect(errors).toEqual([]);
-    expect(tapped.mostRunning).toBe(2);
-    // Released by the stop, not left leased until their lease expires: every row but the finished
-    // ones (the two that hung were released too, their attempt refunded).
-    expect(new Set(started).size).toBe(started.length);
-    expect(await unstarted()).toBe(JOBS - (started.length - 2));
+    expect(inCode.most).toBe(SLOTS);
+    expect(started.length).toBe(SLOTS);
+    // Released by the stop, not left leased until their lease expires: those that drew ahead, and
+    // those that hung (their attempt refunded).
+    expect(await unstarted()).toBe(TAPPED);
   });
 
   it("gives back rows that waited a second for a slot, their tokens spent; another node runs them once", async () => {
     const { client, node, started, drawn } = await drawnAhead("early-slow");
     try {
       // Refused a slot after a second behind the hanging steps: runnable, uncharged, leased by nobody.
-      await eventually("given back", async () => (await unstarted()) === JOBS - started.length, 10_000);
+      await eventually("given back", async () => (await unstarted()) === TAPPED - SLOTS, 10_000);
       // The tokens they drew are spent: a limit is never exceeded by rows that did not run.
       expect(await drawn()).toBeGreaterThan(started.length);
-      const rest = JOBS - started.length;
       tappedHang = false;
-      const second = db.engine({ queues: { early: 4 }, machines: [Tapped], nodeId: "early-second", rateLimits });
+      const second = db.engine({
+        queues: { early: 4 },
+        machines: [Paced, Tapped],
+        nodeId: "early-second",
+        poolSize: 3,
+        rateLimits,
+      });
       const ran: string[] = [];
-      second.on("step:start", (e) => void ran.push(e.id));
+      second.on("step:start", (e) => void (e.machine === "Tapped" && ran.push(e.id)));
       await second.start();
       try {
         await eventually("the rest done", async () => {
           const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.instances where status = 'done'`);
-          return rows[0].n === JOBS - 2;
+          return rows[0].n === PACED + TAPPED - SLOTS;
         });
-        expect(new Set([...started, ...ran]).size).toBe(JOBS);
-        expect(ran.length).toBe(rest);
+        expect(new Set([...started, ...ran]).size).toBe(TAPPED);
+        expect(ran.length).toBe(TAPPED - SLOTS);
       } finally {
         await second.stop();
       }

@@ -74,18 +74,6 @@ afterAll(() => {
 });
 
 /** Resolves after `engine` has made `n` more claims of `queue`. */
-function claimsBy(engine: ReturnType<typeof db.engine>, queue: string, n: number): Promise<void> {
-  return new Promise((resolve) => {
-    let seen = 0;
-    const off = engine.on("loop:tick", (tick) => {
-      if (tick.loop === "scheduler" && tick.queue === queue && ++seen >= n) {
-        off();
-        resolve();
-      }
-    });
-  });
-}
-
 async function overlaps(): Promise<unknown[]> {
   const { rows } = await db.pool.query(
     `select a.key, a.instance_id, b.instance_id as other from ${s}.runs a join ${s}.runs b
@@ -231,7 +219,7 @@ describe("concurrency keys", () => {
   );
 
   it(
-    "a busy node does not claim keyed work ahead (it would hold the key while the work waits)",
+    "a busy node gives keyed work it claimed ahead back within a second (it holds the key while the work waits)",
     { timeout: 30_000 },
     async () => {
       const GatedAhead = defineJob({
@@ -254,7 +242,24 @@ describe("concurrency keys", () => {
       const keyed = await client.insertMany(
         Array.from({ length: 5 }, () => ({ machine: KeyedAhead, args: {}, concurrencyKey: "ahead:x" })),
       );
-      await claimsBy(busy, "ahead", 3); // the busy node claims (ahead) while its slot is taken
+      const ids = keyed.map((k) => k.id);
+      // The busy node claims the key's next instance ahead while its slot is taken: the key is held...
+      await eventually("keyed work claimed ahead by the busy node", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${s}.instances where id = any($1) and claimed_ahead and leased_by = 'busy'`,
+          [ids],
+        );
+        return rows[0].n === 1;
+      });
+      // ...until its buffer gives it back, uncharged, having waited a second for the slot.
+      await eventually("given back", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${s}.instances
+           where id = any($1) and status = 'runnable' and attempt = 0 and leased_by is null`,
+          [ids],
+        );
+        return rows[0].n === 5;
+      });
       const idle = db.engine({ queues: { ahead: 4 }, machines: [KeyedAhead], nodeId: "idle", pollInterval: 50 });
       await idle.start();
       for (const { id } of keyed) expect((await client.wait(id, { timeout: 10_000 })).result).toBe("ran");

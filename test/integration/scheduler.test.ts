@@ -74,8 +74,8 @@ describe("scheduler", () => {
   });
 
   it("fills a free slot with keyed work while the previous outcome is still committing", async () => {
-    // Keyed rows are claimed only into free slots. A slot freed by a settled step must take the
-    // next key's row at once, not idle until the settled step's outcome has committed.
+    // A slot freed by a settled step must take the next key's row at once (claimed then, or
+    // ahead into the buffer), not idle until the settled step's outcome has committed.
     const engine = db.engine({ queues: { keyed: 1 }, machines: [Keyed] });
     let open!: () => void;
     gate = new Promise<void>((resolve) => (open = resolve));
