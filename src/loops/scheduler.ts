@@ -285,10 +285,11 @@ export class QueueScheduler {
 
   /** Takes the row at `index` out of the buffer. */
   private unbuffer(index: number): ClaimedRow {
-    const [row] = this.buffer.splice(index, 1);
-    this.bufferedAt.delete(row!.id);
-    if (this.o.executor.drawsTokens(row!)) this.bufferedDraws--;
-    return row!;
+    // shift() at the head, which V8 does without moving the rest of the array.
+    const row = index === 0 ? this.buffer.shift()! : this.buffer.splice(index, 1)[0]!;
+    this.bufferedAt.delete(row.id);
+    if (this.o.executor.drawsTokens(row)) this.bufferedDraws--;
+    return row;
   }
 
   /**

@@ -211,8 +211,12 @@ export class Executor {
       }
       if (waitMs > 0) return this.postpone(attempt, step.rateLimit.name, waitMs, settled);
     }
-    // Refused a slot (the node stops, or its steps turned slow): given back unstarted, its tokens spent.
-    if (begin && !(await begin())) return this.giveBack(row);
+    if (begin) {
+      // Refused a slot (the node stops, or its steps turned slow): given back unstarted, its tokens spent.
+      if (!(await begin())) return this.giveBack(row);
+      // Its duration counts from the slot, not from the wait for one.
+      attempt.started = performance.now();
+    }
 
     if (row.joined && this.deps.cancelRemaining) {
       // A join condition resumed it early: the children it no longer needs end before its code runs.

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, type EngineEvents } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { sideClient, waitForLockWait } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -135,6 +136,70 @@ describe("the claim-ahead buffer", () => {
         await second.stop();
       }
       expect((await client.get(hung.id))?.status).toBe("running");
+      letGo();
+      expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
+    } finally {
+      await first.stop();
+    }
+  });
+});
+
+describe("a give-back that fails", () => {
+  it("leaves the rows to their lease: the reaper hands them out uncharged, and they run once", async () => {
+    const client = db.engine({ poolSize: 2 });
+    const hung = await client.insert(Hangs, { args: {} });
+    const first = db.engine({
+      queues: { ahead: 1 },
+      machines: [Hangs, Quick],
+      nodeId: "first",
+      poolSize: 3,
+      leaseDuration: "2s",
+      reaperInterval: 50,
+    });
+    const errors: Array<EngineEvents["engine:error"]> = [];
+    first.on("engine:error", (e) => void errors.push(e));
+    await first.start();
+    try {
+      await eventually("the hanging step running", async () => (await client.get(hung.id))?.status === "running");
+      const ids = (await client.insertMany([1, 2, 3].map((n) => ({ machine: Quick, args: { n } })))).map((r) => r.id);
+      await eventually("claimed ahead by the first node", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${s}.instances where id = any($1) and claimed_ahead and leased_by = 'first'`,
+          [ids],
+        );
+        return rows[0].n === 1;
+      });
+      // The give-back a second later waits for the row's lock, held here; its connection then dies.
+      const side = await sideClient(db.url);
+      await side.query("begin");
+      await side.query(`select id from ${s}.instances where id = any($1) and leased_by = 'first' for update`, [ids]);
+      const release = "set status = 'runnable', run_at = case when i.claimed_ahead";
+      await waitForLockWait(db.pool, "the give-back", [release]);
+      await db.pool.query(
+        `select pg_terminate_backend(pid) from pg_stat_activity where strpos(query, $1) > 0 and pid <> pg_backend_pid()`,
+        [release],
+      );
+      await eventually("the failure reported", () => errors.some((e) => e.loop === "scheduler:ahead"));
+      await side.query("rollback");
+      // Forgotten by the node, not renewed: once its lease expires the reaper gives it back, uncharged.
+      await eventually("reaped", async () => {
+        const { rows } = await db.pool.query(
+          `select count(*)::int as n from ${s}.instances
+           where id = any($1) and status = 'runnable' and attempt = 0 and ahead_returns = 1 and leased_by is null`,
+          [ids],
+        );
+        return rows[0].n === 1;
+      });
+      const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second", poolSize: 3 });
+      const startedOn: string[] = [];
+      second.on("step:start", (e) => void startedOn.push(e.id));
+      await second.start();
+      try {
+        for (const [k, id] of ids.entries()) expect((await client.wait(id, { timeout: 10_000 })).result).toBe(k + 1);
+        expect(startedOn.sort()).toEqual([...ids].sort());
+      } finally {
+        await second.stop();
+      }
       letGo();
       expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
     } finally {
