@@ -6,6 +6,7 @@ import { assertReadCommitted } from "../db/pool.js";
 import { KeyExistsError, ValidationError } from "../errors.js";
 import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js";
 import { firstOfEachKey, prepareInsert, prepareItems, type InsertRow } from "../runtime/insert.js";
+import { plainRows } from "../sql/instances.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import type { ClientContext } from "./context.js";
 
@@ -72,11 +73,10 @@ async function insertRows(
     for (let round = 0; pending.length > 0; round++) {
       if (round === MAX_ROUNDS)
         throw new Error(`insert: could not settle correlation keys after ${MAX_ROUNDS} rounds of concurrent inserts`);
-      const { rows: out } = await ctx.sql.instances.insert(runner, {
-        rows: pending,
-        channel,
-        windowMs: ctx.config.idempotencyWindowMs,
-      });
+      // Rows without keys (most jobs) take a statement without the keys' locks and lookups.
+      const { rows: out } = plainRows(pending)
+        ? await ctx.sql.instances.insertPlain(runner, { rows: pending, channel })
+        : await ctx.sql.instances.insert(runner, { rows: pending, channel, windowMs: ctx.config.idempotencyWindowMs });
       const rejected = out.find((row) => row.rejected);
       // Nothing was inserted: the statement inserts no row when one is rejected.
       if (rejected) throw new KeyExistsError(rows[rejected.idx]!.correlation_key!, rejected.id);
