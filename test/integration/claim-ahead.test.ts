@@ -2,8 +2,9 @@
 // drawing rate-limit tokens for its rows before a slot is free.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, type EngineEvents } from "../../src/index.js";
+import { defineJob, type EngineEvents, type GenDurable } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { claimedAhead, givenBack } from "../support/buffer.js";
 import { sideClient, waitForLockWait } from "../support/locks.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -66,6 +67,20 @@ const Tapped = defineJob({
 const BURST = 100_000;
 const rateLimits = { tap: { limit: 1, period: "1h", burst: BURST } } as const;
 
+/** Starts a node "second" that runs the Quick jobs `ids` (args n = 1, 2, 3…): each once, there. */
+async function runOnceOnSecond(client: GenDurable, ids: readonly string[]): Promise<void> {
+  const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second", poolSize: 3 });
+  const startedOn: string[] = [];
+  second.on("step:start", (e) => void startedOn.push(e.id));
+  await second.start();
+  try {
+    for (const [k, id] of ids.entries()) expect((await client.wait(id, { timeout: 10_000 })).result).toBe(k + 1);
+    expect(startedOn.sort()).toEqual([...ids].sort());
+  } finally {
+    await second.stop();
+  }
+}
+
 describe("the claim-ahead buffer", () => {
   it("claims short steps in batches well beyond the concurrency", async () => {
     const JOBS = 3_000;
@@ -108,33 +123,11 @@ describe("the claim-ahead buffer", () => {
       await eventually("the hanging step running", async () => (await client.get(hung.id))?.status === "running");
       const ids = (await client.insertMany([1, 2, 3].map((n) => ({ machine: Quick, args: { n } })))).map((r) => r.id);
       // Claimed ahead by the first node, whose only slot hangs.
-      await eventually("claimed ahead by the first node", async () => {
-        const { rows } = await db.pool.query(
-          `select count(*)::int as n from ${s}.instances where id = any($1) and claimed_ahead and leased_by = 'first'`,
-          [ids],
-        );
-        return rows[0].n === 1;
-      });
+      await claimedAhead(db, ids, "first", 1);
       // Given back after about a second: runnable, uncharged, leased by nobody.
-      await eventually("given back", async () => {
-        const { rows } = await db.pool.query(
-          `select count(*)::int as n from ${s}.instances
-           where id = any($1) and status = 'runnable' and attempt = 0 and leased_by is null`,
-          [ids],
-        );
-        return rows[0].n === 3;
-      });
-      const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second", poolSize: 3 });
-      const startedOn: string[] = [];
-      second.on("step:start", (e) => void startedOn.push(e.id));
-      await second.start();
-      try {
-        for (const [k, id] of ids.entries()) expect((await client.wait(id, { timeout: 10_000 })).result).toBe(k + 1);
-        expect(startedOn.sort()).toEqual([...ids].sort());
-        for (const id of ids) expect((await client.history(id)).map((t) => t.outcome)).toEqual(["done"]);
-      } finally {
-        await second.stop();
-      }
+      await givenBack(db, ids, 3);
+      await runOnceOnSecond(client, ids);
+      for (const id of ids) expect((await client.history(id)).map((t) => t.outcome)).toEqual(["done"]);
       expect((await client.get(hung.id))?.status).toBe("running");
       letGo();
       expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
@@ -162,13 +155,7 @@ describe("a give-back that fails", () => {
     try {
       await eventually("the hanging step running", async () => (await client.get(hung.id))?.status === "running");
       const ids = (await client.insertMany([1, 2, 3].map((n) => ({ machine: Quick, args: { n } })))).map((r) => r.id);
-      await eventually("claimed ahead by the first node", async () => {
-        const { rows } = await db.pool.query(
-          `select count(*)::int as n from ${s}.instances where id = any($1) and claimed_ahead and leased_by = 'first'`,
-          [ids],
-        );
-        return rows[0].n === 1;
-      });
+      await claimedAhead(db, ids, "first", 1);
       // The give-back a second later waits for the row's lock, held here; its connection then dies.
       const side = await sideClient(db.url);
       await side.query("begin");
@@ -190,16 +177,7 @@ describe("a give-back that fails", () => {
         );
         return rows[0].n === 1;
       });
-      const second = db.engine({ queues: { ahead: 2 }, machines: [Hangs, Quick], nodeId: "second", poolSize: 3 });
-      const startedOn: string[] = [];
-      second.on("step:start", (e) => void startedOn.push(e.id));
-      await second.start();
-      try {
-        for (const [k, id] of ids.entries()) expect((await client.wait(id, { timeout: 10_000 })).result).toBe(k + 1);
-        expect(startedOn.sort()).toEqual([...ids].sort());
-      } finally {
-        await second.stop();
-      }
+      await runOnceOnSecond(client, ids);
       letGo();
       expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
     } finally {

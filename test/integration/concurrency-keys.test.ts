@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, defineMachine } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { claimedAhead, givenBack } from "../support/buffer.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -244,22 +245,9 @@ describe("concurrency keys", () => {
       );
       const ids = keyed.map((k) => k.id);
       // The busy node claims the key's next instance ahead while its slot is taken: the key is held...
-      await eventually("keyed work claimed ahead by the busy node", async () => {
-        const { rows } = await db.pool.query(
-          `select count(*)::int as n from ${s}.instances where id = any($1) and claimed_ahead and leased_by = 'busy'`,
-          [ids],
-        );
-        return rows[0].n === 1;
-      });
+      await claimedAhead(db, ids, "busy", 1);
       // ...until its buffer gives it back, uncharged, having waited a second for the slot.
-      await eventually("given back", async () => {
-        const { rows } = await db.pool.query(
-          `select count(*)::int as n from ${s}.instances
-           where id = any($1) and status = 'runnable' and attempt = 0 and leased_by is null`,
-          [ids],
-        );
-        return rows[0].n === 5;
-      });
+      await givenBack(db, ids, 5);
       const idle = db.engine({ queues: { ahead: 4 }, machines: [KeyedAhead], nodeId: "idle", pollInterval: 50 });
       await idle.start();
       for (const { id } of keyed) expect((await client.wait(id, { timeout: 10_000 })).result).toBe("ran");

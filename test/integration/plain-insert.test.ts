@@ -5,6 +5,7 @@ import { z } from "zod";
 import { defineJob, defineMachine } from "../../src/index.js";
 import { plainRows } from "../../src/sql/instances.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { PLAIN_ROW } from "../support/insert-row.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -51,25 +52,7 @@ describe("plain inserts", () => {
   });
 
   it("take only rows without keys; a batch with one keyed row goes the general way", () => {
-    const row = {
-      idx: 0,
-      machine: "M",
-      step: "s",
-      state: "{}",
-      queue: "q",
-      priority: 0,
-      run_at: null,
-      delay_ms: null,
-      max_attempts: null,
-      correlation_key: null,
-      concurrency_key: null,
-      concurrency_limit: null,
-      parent_id: null,
-      trace_context: null,
-      idempotency_key: null,
-      if_exists: null,
-      version: 1,
-    };
+    const row = PLAIN_ROW;
     expect(plainRows([row, { ...row, idx: 1 }])).toBe(true);
     for (const key of [
       { correlation_key: "c" },

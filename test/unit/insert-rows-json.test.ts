@@ -1,25 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { insertRowsJson, type InsertRow } from "../../src/sql/instances.js";
+import { PLAIN_ROW } from "../support/insert-row.js";
 
-const plain: InsertRow = {
-  idx: 0,
-  machine: "Noop",
-  step: "perform",
-  state: '{"i":0}',
-  queue: "default",
-  priority: 0,
-  run_at: null,
-  delay_ms: null,
-  max_attempts: null,
-  correlation_key: null,
-  concurrency_key: null,
-  concurrency_limit: null,
-  parent_id: null,
-  trace_context: null,
-  idempotency_key: null,
-  if_exists: null,
-  version: 1,
-};
+const plain = PLAIN_ROW;
 
 /**
  * The rows as the statement reads them: jsonb_to_recordset reads a missing key as null, and a
