@@ -144,7 +144,9 @@ describe("status", () => {
     await db.pool.query(`insert into ${db.schema}.queues (name, paused) values ('frozen', true), ('idle', true)`);
     await db.pool.query(
       `insert into ${db.schema}.nodes (id, machines, queues, started_at, heartbeat_at, lease_ms) values
-         ('cli-alive', '{Quick}', '{idle,extra}', now() - interval '1 hour', now(), 60000),
+         -- Alive with a heartbeat 40 s old (its lease is an hour), so the age it shows is known
+         -- however long the commands below take.
+         ('cli-alive', '{Quick}', '{idle,extra}', now() - interval '1 hour', now() - interval '40 seconds', 3600000),
          -- Gone (no heartbeat within its lease), but not yet forgotten by a reaper (ten leases: 5 minutes).
          ('cli-gone', '{Quick}', '{idle}', now() - interval '2 hours', now() - interval '2 minutes', 30000)`,
     );
@@ -207,7 +209,7 @@ describe("status", () => {
     expect(ops.indexOf(" 2 ") + 2).toBe(header.indexOf("AWAITING") + "AWAITING".length);
     expect(lines.find((l) => l.startsWith("idle "))).toMatch(/^idle\s+yes\s+2\s+1\s+0\s+0\s+0\s+0\s+1m \d+s$/);
     expect(text.stdout).toMatch(/nodes: \d+ alive, \d+ gone \(no heartbeat within their lease\)/);
-    expect(text.stdout).toMatch(/^cli-alive\s+idle,extra\s+Quick\s+1h ago\s+\d+ms ago$/m);
+    expect(text.stdout).toMatch(/^cli-alive\s+idle,extra\s+Quick\s+1h ago\s+4\ds ago$/m);
     expect(text.stdout).not.toContain("cli-gone");
 
     release();
