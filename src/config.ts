@@ -81,6 +81,11 @@ export interface GenDurableOptions {
   maxPayloadBytes?: number;
   /** Size of the pool the engine creates from connectionString. Default 10. */
   poolSize?: number;
+  /**
+   * How many connections of that pool stay open while idle, opened by start() (at most poolSize).
+   * Default 2; 0 lets every idle connection close after 10 s, as a plain pg.Pool does.
+   */
+  idleConnections?: number;
   /** A pino-style logger. Default: silent. */
   logger?: Logger;
   /** Name of this node in leases (`leased_by`). Default host:pid:random. */
@@ -114,6 +119,8 @@ export interface ResolvedConfig {
   gcMs: number;
   maxPayloadBytes: number;
   poolSize: number;
+  /** Already capped at poolSize. */
+  idleConnections: number;
   logger: Logger;
   nodeId: string;
   telemetry: ResolvedTelemetry;
@@ -132,10 +139,11 @@ interface DurationSpec {
   min: number;
   max?: { ms: number; text: string };
 }
-/** A whole number from 1 to `max`. */
+/** A whole number from `min` to `max`. */
 interface IntegerSpec {
   kind: "integer";
   default: number;
+  min: number;
   max: number;
 }
 /** The spec an option of type T may have: a duration or integer spec only for an option of that type. */
@@ -155,7 +163,12 @@ const durationOption = <D extends Duration>(def: D, min: number, max?: { ms: num
   min,
   ...(max ? { max } : {}),
 });
-const integerOption = <N extends number>(def: N, max: number) => ({ kind: "integer" as const, default: def, max });
+const integerOption = <N extends number>(def: N, max: number, min = 1) => ({
+  kind: "integer" as const,
+  default: def,
+  min,
+  max,
+});
 
 /**
  * Every engine option, once: its key, its default and, for durations and
@@ -186,6 +199,7 @@ export const OPTIONS = {
   gcInterval: durationOption("1m", 10),
   maxPayloadBytes: integerOption(1024 * 1024, 256 * 1024 * 1024),
   poolSize: integerOption(10, 1000),
+  idleConnections: integerOption(2, 1000, 0),
   logger: custom,
   nodeId: custom,
   telemetry: custom,
@@ -285,11 +299,11 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     return parsed;
   };
   const wholeNumber = (key: KeyOf<IntegerSpec>) => {
-    const { default: def, max }: IntegerSpec = OPTIONS[key];
+    const { default: def, min, max }: IntegerSpec = OPTIONS[key];
     const value: unknown = options[key];
     if (value === undefined) return def;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max)
-      throw fail(`${key} must be an integer from 1 to ${max}, got ${describe(value)}`);
+    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max)
+      throw fail(`${key} must be an integer from ${min} to ${max}, got ${describe(value)}`);
     return value;
   };
 
@@ -317,6 +331,7 @@ export function resolveConfig(options: GenDurableOptions): ResolvedConfig {
     gcMs: durationMs("gcInterval"),
     maxPayloadBytes: wholeNumber("maxPayloadBytes"),
     poolSize: wholeNumber("poolSize"),
+    idleConnections: Math.min(wholeNumber("idleConnections"), wholeNumber("poolSize")),
     logger,
     nodeId,
     telemetry: resolveTelemetry(options.telemetry, fail),

@@ -8,7 +8,7 @@ import type pg from "pg";
 import { resolveConfig, type GenDurableOptions, type ResolvedConfig } from "./config.js";
 import type { AnyMachine } from "./define.js";
 import type { Duration } from "./duration.js";
-import { openPool, poolIsolationCheck } from "./db/pool.js";
+import { openIdleConnections, openPool, poolIsolationCheck } from "./db/pool.js";
 import { EngineStoppedError, InvalidStateError } from "./errors.js";
 import { TypedEmitter, type EngineEventName, type EngineEvents } from "./events.js";
 import { attachTelemetry, type Telemetry } from "./telemetry/index.js";
@@ -84,7 +84,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     const notify = (queue: string) => this.notifier.request(queue);
     this.wakeups = nodeWakeups(() => this.worker, notify);
     const { events, clock } = this;
-    const { pool, owned } = openPool(options, "GenDurable", "gen-durable", config.poolSize);
+    const { pool, owned } = openPool(options, "GenDurable", "gen-durable", config.poolSize, config.idleConnections);
     this.pool = pool;
     this.ownsPool = owned;
     const sql = (this.sql = queriesFor(config.schema));
@@ -152,6 +152,8 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       onError: (error) => this.reportError("telemetry", error),
     });
     await recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node() });
+    // Your own pool keeps what you configured it to.
+    if (this.ownsPool) await openIdleConnections(pool, config.idleConnections);
   }
 
   private startLoops(): void {

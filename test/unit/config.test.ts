@@ -51,7 +51,11 @@ describe("engine options", () => {
         expect(
           () => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.max + 1 }),
           key,
-        ).toThrowError(`${key} must be an integer from 1 to ${spec.max}`);
+        ).toThrowError(`${key} must be an integer from ${spec.min} to ${spec.max}`);
+        expect(
+          () => resolveConfig({ connectionString: "postgres://localhost/x", [key]: spec.min - 1 }),
+          key,
+        ).toThrowError(`${key} must be an integer from ${spec.min} to ${spec.max}`);
       }
     }
   });
