@@ -44,7 +44,7 @@ export interface DeliverResult {
  */
 export async function deliverSignal(db: Queryable, q: SignalQueries, input: DeliverInput): Promise<DeliverResult> {
   const { rows } = await q.deliver(db, deliverArgs(input));
-  return settle(input, rows[0]!);
+  return settle(db, q, input, rows[0]!);
 }
 
 function deliverArgs(input: DeliverInput) {
@@ -65,7 +65,7 @@ function deliverArgs(input: DeliverInput) {
   };
 }
 
-function settle(input: DeliverInput, row: DeliverRow): DeliverResult {
+async function settle(db: Queryable, q: SignalQueries, input: DeliverInput, row: DeliverRow): Promise<DeliverResult> {
   const byKey = typeof input.target === "string";
   const key = byKey ? (input.target as string) : (input.target as { id: string }).id;
   const label = byKey ? `with correlation key ${JSON.stringify(key)}` : key;
@@ -77,18 +77,31 @@ function settle(input: DeliverInput, row: DeliverRow): DeliverResult {
     case "duplicate":
       return { signalId: null, instanceId: row.instance_id, resumedQueue: null };
     case "terminated":
-      throw new InstanceTerminatedError(label, row.status!);
+      // The database checks the machine of live instances only. A finished one of a machine the
+      // signal does not fit is refused as a live one is: the target is wrong, whatever its status.
+      throw (await refusal(db, q, input, row.instance_id!)) ?? new InstanceTerminatedError(label, row.status!);
     case "missing":
       throw new UnknownInstanceError(label);
     case "single":
       throw new Error(`signal: outcome "single" of a signal delivered alone`);
-    case "refused": {
-      const machine = row.machine!;
-      const is = input.check?.machineIs;
-      if (is && is.name !== machine) throw is.refused(machine);
-      throw input.check?.refused.get(machine);
-    }
+    case "refused":
+      throw refusedFor(input, row.machine!);
   }
+}
+
+/** The error for a signal whose check refuses `machine`, or undefined when it fits. */
+function refusedFor(input: DeliverInput, machine: string): unknown {
+  const is = input.check?.machineIs;
+  if (is && is.name !== machine) return is.refused(machine);
+  return input.check?.refused.get(machine);
+}
+
+/** Why the signal does not fit the finished instance `id`, if it does not; asked only when there is a check. */
+async function refusal(db: Queryable, q: SignalQueries, input: DeliverInput, id: string): Promise<unknown> {
+  const { check } = input;
+  if (!check || (check.machineIs === null && check.refused.size === 0)) return undefined;
+  const { rows } = await q.machineOf(db, { id });
+  return rows[0] ? refusedFor(input, rows[0].machine) : undefined;
 }
 
 interface PendingSignal {
@@ -199,7 +212,7 @@ export class SignalSender {
     for (const row of rows) {
       const p = batch[row.idx]!;
       if (row.outcome === "single") single.push(p);
-      else this.settle(p, async () => settle(p.input, row));
+      else this.settle(p, () => settle(this.pool, this.q, p.input, row));
     }
     this.alone(single);
   }

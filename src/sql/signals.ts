@@ -107,6 +107,12 @@ export function signalQueries(schema: string) {
       { prepare: true },
     ),
 
+    /** The machine of an instance, finished or not: why a signal to it was refused (runtime/signals.ts settle). */
+    machineOf: statement<{ id: string }, { machine: string }>(
+      `select machine from ${s}.instances where id = $1`,
+      (a) => [a.id],
+    ),
+
     mailbox: statement<{ instanceId: string; events: readonly string[] }, MailboxRow>(
       `
       select id::text as id, event, payload, inserted_at, trace_context from ${s}.signals

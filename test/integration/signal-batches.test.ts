@@ -77,8 +77,7 @@ describe("concurrent signals of one engine", () => {
     );
     const keyed = await node.insert(Waiter, { state: {}, correlationKey: "b:keyed", concurrencyKey: "b-key" });
     const finished = await node.insert(Waiter, { state: {}, correlationKey: "b:finished" });
-    // Signalled only by the typed form naming the wrong machine (had another signal resumed it,
-    // it could finish first, and the typed one would meet a finished instance).
+    // Signalled only by the typed form naming the wrong machine.
     const other = await node.insert(Waiter, { state: {}, correlationKey: "b:other" });
     await awaiting([...plain.map((r) => r.id), keyed.id, finished.id, other.id]);
     await node.signal("b:finished", "go", "first");
@@ -101,6 +100,7 @@ describe("concurrent signals of one engine", () => {
       outcome(sender.signal("b:nobody", "go", 1)),
       outcome(sender.signal("b:finished", "go", 2)),
       outcome(sender.signal(Other, "b:other", "go", 3)),
+      outcome(sender.signal(Other, "b:finished", "go", 4)),
     ];
     const blocked = outcome(sender.signal({ id: parked.id }, "go", "parked"));
     // Every other signal resolves while that row stays locked: the batch skipped it.
@@ -112,6 +112,8 @@ describe("concurrent signals of one engine", () => {
     expect(error(42)).toBeInstanceOf(InstanceTerminatedError);
     expect(error(43)).toBeInstanceOf(ValidationError);
     expect(String(error(43))).toMatch(/the target is an instance of "Waiter", not of "Other"/);
+    // Finished, and of another machine than the signal names: refused as a live one is.
+    expect(String(error(44))).toMatch(/the target is an instance of "Waiter", not of "Other"/);
 
     // The parked instance's signal, sent alone, waits for the await's commit, then sees it parked.
     await waitForLockWait(db.pool, "the signal sent alone", [db.schema, "deliver_signal($1"]);

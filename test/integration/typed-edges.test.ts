@@ -2,7 +2,7 @@
 // handles usable as ids, jobs without args.
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineJob, defineMachine, ValidationError } from "../../src/index.js";
+import { defineJob, defineMachine, InstanceTerminatedError, ValidationError } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -86,6 +86,30 @@ describe("typed signals", () => {
       /instance of "Checkout", not of "Remote"/,
     );
     await engine.cancel(id);
+  });
+
+  it("a signal to a finished instance of a machine it does not fit is refused, not reported finished", async () => {
+    const { id } = await engine.insert(Checkout, { state: { order: 5 }, correlationKey: "order:5" });
+    await engine.cancel(id);
+    // Typed with another machine, by id and by correlation key (signal-batches.test.ts: in a batch).
+    await expect(engine.signal(Remote, { id }, "go", { n: 1 })).rejects.toThrow(
+      /instance of "Checkout", not of "Remote"/,
+    );
+    await expect(engine.signal(Remote, "order:5", "go", { n: 1 })).rejects.toThrow(
+      /instance of "Checkout", not of "Remote"/,
+    );
+    // Untyped, with a payload Checkout refuses: the payload's error, as for a live instance.
+    await expect(engine.signal({ id }, "payment_confirmed", { amount: "x" })).rejects.toThrow(
+      /payload of signal "payment_confirmed" to Checkout is invalid/,
+    );
+    // One that fits is told the instance finished.
+    const finished = engine.signal({ id }, "payment_confirmed", { amount: 1 });
+    await expect(finished).rejects.toBeInstanceOf(InstanceTerminatedError);
+    await expect(finished).rejects.toThrow(/instance \d+ is already cancelled/);
+    const { rows } = await db.pool.query(`select count(*)::int as n from ${db.schema}.signals where instance_id = $1`, [
+      id,
+    ]);
+    expect(rows[0].n).toBe(0);
   });
 
   it("a payload the sender could not check is checked when consumed: the step never sees it", async () => {
