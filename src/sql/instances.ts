@@ -320,6 +320,13 @@ const notifyDue = (channel: string) => `
         from (select distinct queue from ins where due and ${channel}::text is not null) q
       )`;
 
+/**
+ * The machine of an instance, finished or not, read without a lock (it never changes): a move
+ * checks its input with it before it locks the row, and a refused signal names it.
+ */
+export const machineOf = (s: string) =>
+  statement<{ id: string }, { machine: string }>(`select machine from ${s}.instances where id = $1`, (a) => [a.id]);
+
 /** Whether `insertPlain` may insert these rows: no key of any kind, so nothing to lock, look up or remember. */
 export function plainRows(rows: readonly InsertRow[]): boolean {
   return rows.every(

@@ -8,6 +8,7 @@ import { quoteIdent } from "../names.js";
 import type { NormalizedSpec } from "../runtime/await-spec.js";
 import type { Status } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
+import { machineOf } from "./instances.js";
 import { statement } from "./query.js";
 
 /** What `deliver` takes: engine.signal's arguments, already checked. */
@@ -107,11 +108,8 @@ export function signalQueries(schema: string) {
       { prepare: true },
     ),
 
-    /** The machine of an instance, finished or not: why a signal to it was refused (runtime/signals.ts settle). */
-    machineOf: statement<{ id: string }, { machine: string }>(
-      `select machine from ${s}.instances where id = $1`,
-      (a) => [a.id],
-    ),
+    /** Why a signal to a finished instance was refused (runtime/signals.ts settle). */
+    machineOf: machineOf(s),
 
     mailbox: statement<{ instanceId: string; events: readonly string[] }, MailboxRow>(
       `

@@ -2,6 +2,7 @@
 import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import { machineOf } from "./instances.js";
 import { statement } from "./query.js";
 
 /** A live instance parked at a step its machine lacks (runtime/versions.ts: StrandedInstance). */
@@ -52,11 +53,7 @@ export function versionQueries(schema: string) {
       order by i.id limit $2`,
       (a) => [JSON.stringify(a.steps), a.limit],
     ),
-    /** The machine of an instance (it never changes), read without a lock: a move checks its input first. */
-    machineOf: statement<{ id: string }, { machine: string }>(
-      `select machine from ${s}.instances where id = $1`,
-      (a) => [a.id],
-    ),
+    machineOf: machineOf(s),
     /** The instance, locked for a move. */
     lockForMove: statement<
       { id: string },
