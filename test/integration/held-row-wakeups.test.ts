@@ -43,6 +43,11 @@ const Job = defineMachine({
 
 const client = db.engine({ machines: [Cleaned, Job], pollInterval: "60s" });
 const HOUR = "1h";
+/**
+ * Long enough for a loaded CI host (one run waited more than 5 s there), well short of the node's
+ * 60 s poll: a row that starts within it was woken, not polled.
+ */
+const WAKE_DEADLINE = 20_000;
 
 /**
  * Starts a node, makes the rows parked an hour ahead due (no notification), and runs `hold` in a
@@ -53,7 +58,7 @@ async function whileHeld(hold: (client: pg.PoolClient) => Promise<unknown>): Pro
   const worker = db.engine({ queues: { held: 2 }, machines: [Cleaned, Job], pollInterval: "60s" });
   await worker.start();
   // The node is up and hears notifications: an instance inserted now runs at once.
-  await worker.wait((await worker.insert(Job, { state: { n: 0 } })).id, { timeout: 5_000 });
+  await worker.wait((await worker.insert(Job, { state: { n: 0 } })).id, { timeout: WAKE_DEADLINE });
   await db.pool.query(
     `update "${db.schema}".instances set run_at = now() where status = 'runnable' and run_at > now() + interval '30 minutes'`,
   );
@@ -61,7 +66,7 @@ async function whileHeld(hold: (client: pg.PoolClient) => Promise<unknown>): Pro
   try {
     await held.query("begin");
     await hold(held);
-    await worker.wait((await worker.insert(Job, { state: { n: -1 } })).id, { timeout: 5_000 });
+    await worker.wait((await worker.insert(Job, { state: { n: -1 } })).id, { timeout: WAKE_DEADLINE });
     await held.query("commit");
     return worker;
   } catch (error) {
@@ -76,7 +81,7 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
   it("a signal to a runnable instance", async () => {
     const { id } = await client.insert(Job, { state: { n: 1 }, delay: HOUR });
     const worker = await whileHeld((held) => client.signal({ id }, "noise", null, { client: held }));
-    expect((await worker.wait(id, { timeout: 5_000 })).status).toBe("done");
+    expect((await worker.wait(id, { timeout: WAKE_DEADLINE })).status).toBe("done");
     await worker.stop();
   });
 
@@ -87,7 +92,7 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
     await db.pool.query(`update "${db.schema}".instances set run_at = now() + interval '1 hour' where id = $1`, [id]);
     expect(await client.get(id)).toMatchObject({ status: "runnable", step: "cleanup" });
     const worker = await whileHeld((held) => client.cancel(id, "second", { client: held }));
-    expect(await worker.wait(id, { timeout: 5_000 })).toMatchObject({
+    expect(await worker.wait(id, { timeout: WAKE_DEADLINE })).toMatchObject({
       status: "cancelled",
       error: { message: "first" },
     });
@@ -98,7 +103,7 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
     const { id: first } = await client.insert(Job, { state: { n: 1 }, concurrencyKey: "k1", delay: HOUR });
     const { id: second } = await client.insert(Job, { state: { n: 2 }, concurrencyKey: "k1", delay: HOUR });
     const worker = await whileHeld((held) => client.cancel(first, "not needed", { client: held }));
-    expect((await worker.wait(second, { timeout: 5_000 })).status).toBe("done");
+    expect((await worker.wait(second, { timeout: WAKE_DEADLINE })).status).toBe("done");
     await worker.stop();
   });
 
@@ -107,7 +112,7 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
     const worker = await whileHeld((held) =>
       client.insertMany([{ machine: Job, state: { n: 2 }, concurrencyKey: "k2", delay: HOUR }], { client: held }),
     );
-    expect((await worker.wait(due, { timeout: 5_000 })).status).toBe("done");
+    expect((await worker.wait(due, { timeout: WAKE_DEADLINE })).status).toBe("done");
     await worker.stop();
   });
 
@@ -118,7 +123,7 @@ describe("a commit that held a runnable row's lock wakes its queue", () => {
         `select * from "${db.schema}".insert('HeldJob', '{"n": 2}', '{"concurrencyKey": "k3", "delay": "1h"}')`,
       ),
     );
-    expect((await worker.wait(due, { timeout: 5_000 })).status).toBe("done");
+    expect((await worker.wait(due, { timeout: WAKE_DEADLINE })).status).toBe("done");
     await worker.stop();
   });
 });
