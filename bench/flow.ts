@@ -15,9 +15,10 @@
  *     Equivalents: graphile-worker `queueName` (a named queue runs one job at
  *     a time), pg-boss a queue with policy "singleton" and `singletonKey`
  *     (one active job per key, enforced by a unique index over active jobs).
+ *     (a) and (b) run in pairs, back to back (FlowParams.pairs).
  *  2. gen-durable's rate limits: a no-op job whose step takes a token from a
  *     bucket that never runs short (limit 1e9 per second) against the same job
- *     without `rateLimit`, run back to back; and one throttled run (default
+ *     without `rateLimit`, in pairs run back to back; and one throttled run (default
  *     5,000 jobs at 500/s, burst = limit as by default): the rate achieved
  *     after the burst, against the limit; and a keyed throttled run (default
  *     2,000 jobs over 50 keys, one bucket of 100/s, burst 20). Both count the
@@ -53,6 +54,13 @@ export interface FlowParams {
   keyedThrottleKeys: number;
   warmupJobs: number;
   bulkBatch: number;
+  /**
+   * Pairs of runs behind each within-system ratio (keyed ÷ unkeyed, never-short ÷ without a limit):
+   * the two runs of a pair go back to back, and the ratio is the median of the pairs' ratios. Runs
+   * of 10,000 jobs take about a second, and a shared host's load (CPU steal among it) moves one
+   * such run by a factor of two; a pair sees the same host, and the median drops a pair that did not.
+   */
+  pairs: number;
 }
 
 export function flowParamsFromEnv(intEnv: (name: string, fallback: number) => number): FlowParams {
@@ -68,6 +76,7 @@ export function flowParamsFromEnv(intEnv: (name: string, fallback: number) => nu
     keyedThrottleKeys: intEnv("BENCH_FLOW_KEYED_THROTTLE_KEYS", 50),
     warmupJobs: Math.min(2_000, jobs),
     bulkBatch: 1_000,
+    pairs: intEnv("BENCH_FLOW_PAIRS", 3),
   };
 }
 
@@ -140,15 +149,26 @@ export interface HotKeyRun extends FlowRun {
   problems: string[];
 }
 
+/** The runs of one within-system ratio, pair by pair (see FlowParams.pairs). */
+export interface RunPair {
+  /** jobs/s of the run measured (keyed, or with the rate limit) and of its baseline. */
+  measured: number;
+  baseline: number;
+  /** measured ÷ baseline. */
+  ratio: number;
+}
+
 export interface FlowSystemResult {
   name: string;
   schema: string;
   config: Record<string, unknown>;
+  /** The median run of each kind, by jobs/s. */
   unkeyed: FlowRun;
   keyed: FlowRun;
   hotKey: HotKeyRun;
-  /** keyed ÷ unkeyed jobs/s. */
+  /** keyed ÷ unkeyed jobs/s: the median of `keyedPairs`' ratios. */
   keyedRatio: number;
+  keyedPairs: RunPair[];
   /** Others of the hot-key run ÷ unkeyed, and ÷ keyed. */
   hotOthersVsUnkeyed: number;
   hotOthersVsKeyed: number;
@@ -176,12 +196,13 @@ export interface ThrottledRun extends FlowRun {
 }
 
 export interface RateLimitResult {
-  /** The same no-op job without rateLimit, run just before. */
+  /** The same no-op job without rateLimit, run beside it (the median run, by jobs/s). */
   baseline: FlowRun;
-  /** With `rateLimit: { name: "free" }`, free = { limit: 1e9, period: "1s" }. */
+  /** With `rateLimit: { name: "free" }`, free = { limit: 1e9, period: "1s" } (the median run). */
   neverThrottled: FlowRun;
-  /** neverThrottled ÷ baseline jobs/s. */
+  /** neverThrottled ÷ baseline jobs/s: the median of `pairs`' ratios. */
   overheadRatio: number;
+  pairs: RunPair[];
   throttled: ThrottledRun;
   /** The same no-op job keyed over `keys` keys, one bucket of 100/s with burst 20. */
   keyedThrottled: ThrottledRun & { keys: number };
@@ -627,6 +648,60 @@ async function hotKeyRun(system: FlowSystem, admin: pg.Pool, p: FlowParams): Pro
   }
 }
 
+/** Runs behind a within-system ratio (see FlowParams.pairs). */
+interface Paired {
+  pairs: RunPair[];
+  measuredRuns: FlowRun[];
+  baselineRuns: FlowRun[];
+  /** The median of the pairs' ratios. */
+  ratio: number;
+}
+
+/**
+ * `count` pairs of a measured run and its baseline, back to back; which goes first alternates from
+ * pair to pair (`first` shifts it), so neither always meets the host as the other left it.
+ */
+async function runPairs(
+  count: number,
+  measured: () => Promise<FlowRun>,
+  baseline: () => Promise<FlowRun>,
+  log: (line: string) => void,
+  first = 0,
+): Promise<Paired> {
+  const out: Paired = { pairs: [], measuredRuns: [], baselineRuns: [], ratio: NaN };
+  for (let k = 0; k < count; k++) {
+    let m: FlowRun;
+    let b: FlowRun;
+    if ((k + first) % 2 === 0) {
+      m = await measured();
+      b = await baseline();
+    } else {
+      b = await baseline();
+      m = await measured();
+    }
+    const ratio = round(m.perSecond / b.perSecond, 3);
+    log(`${fmt(m.perSecond)} against ${fmt(b.perSecond)} jobs/s (${fmtRatio(ratio)})`);
+    out.pairs.push({ measured: m.perSecond, baseline: b.perSecond, ratio });
+    out.measuredRuns.push(m);
+    out.baselineRuns.push(b);
+  }
+  out.ratio = median(out.pairs.map((x) => x.ratio));
+  return out;
+}
+
+/** The median of `values` (the mean of the middle two for an even count), to 3 digits. */
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return round(sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2, 3);
+}
+
+/** The run of median jobs/s (the lower middle one for an even count). */
+function medianRun<T extends FlowRun>(runs: readonly T[]): T {
+  const sorted = [...runs].sort((a, b) => a.perSecond - b.perSecond);
+  return sorted[(sorted.length - 1) >> 1]!;
+}
+
 function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
@@ -657,21 +732,27 @@ async function rateLimitRuns(
   await gd.enqueueKind("free", p.warmupJobs, p.bulkBatch);
   const warm = p.warmupJobs;
   await (await timeRun(gd, p.concurrency, { keyed: false }, "all", { all: warm, others: warm, hot: 0 })).stop();
-  log(`  gen-durable: ${p.jobs} no-op jobs without rateLimit (baseline for the next run)`);
-  const baseline = await plainRun(gd, admin, p, false);
-  log(`    ${fmt(baseline.perSecond)} jobs/s`);
-
-  log(`  gen-durable: ${p.jobs} no-op jobs with rateLimit { name: "free" } (limit 1e9 per second: never short)`);
-  await gd.reset();
-  await gd.enqueueKind("free", p.jobs, p.bulkBatch);
-  await vacuum(admin, gd.schema);
-  const { stop: stopFree, ...neverThrottled } = await timeRun(gd, p.concurrency, { keyed: false }, "all", {
-    all: p.jobs,
-    others: p.jobs,
-    hot: 0,
-  });
-  await stopFree();
-  log(`    ${fmt(neverThrottled.perSecond)} jobs/s`);
+  const withLimit = async (): Promise<FlowRun> => {
+    await gd.reset();
+    await gd.enqueueKind("free", p.jobs, p.bulkBatch);
+    await vacuum(admin, gd.schema);
+    const { stop, ...run } = await timeRun(gd, p.concurrency, { keyed: false }, "all", {
+      all: p.jobs,
+      others: p.jobs,
+      hot: 0,
+    });
+    await stop();
+    return run;
+  };
+  log(
+    `  gen-durable: ${p.pairs} pairs of ${p.jobs} no-op jobs with rateLimit { name: "free" } (limit 1e9 per second: never short) and without`,
+  );
+  const paired = await runPairs(
+    p.pairs,
+    withLimit,
+    () => plainRun(gd, admin, p, false),
+    (line) => log(`    ${line}`),
+  );
 
   log(`  gen-durable: ${p.throttleJobs} no-op jobs limited to ${p.throttleRate}/s (burst ${p.throttleRate})`);
   const throttled = await throttledRun(
@@ -700,8 +781,8 @@ async function rateLimitRuns(
       `${keyedThrottled.postponementsPerRun} postponements per run (at most ${keyedThrottled.mostPostponementsOfOne} for one job)`,
   );
 
-  checkRun("rate limit baseline", baseline, problems);
-  checkRun("rate limit never throttled", neverThrottled, problems);
+  for (const run of paired.baselineRuns) checkRun("rate limit baseline", run, problems);
+  for (const run of paired.measuredRuns) checkRun("rate limit never throttled", run, problems);
   for (const [label, run] of [
     ["throttled", throttled],
     ["keyed throttled", keyedThrottled],
@@ -718,9 +799,10 @@ async function rateLimitRuns(
       );
   }
   return {
-    baseline,
-    neverThrottled,
-    overheadRatio: round(neverThrottled.perSecond / baseline.perSecond, 3),
+    baseline: medianRun(paired.baselineRuns),
+    neverThrottled: medianRun(paired.measuredRuns),
+    overheadRatio: paired.ratio,
+    pairs: paired.pairs,
     throttled,
     keyedThrottled,
     verified: problems.length === 0,
@@ -812,6 +894,9 @@ export async function benchFlow(
     systems.map((s) => [s, { name: s.name, schema: s.schema, config: s.config }]),
   );
   let rateLimit: RateLimitResult | null = null;
+  const keyedPairs = new Map<FlowSystem, Omit<Paired, "ratio">>(
+    systems.map((s) => [s, { pairs: [], measuredRuns: [], baselineRuns: [] }]),
+  );
 
   for (const s of systems) {
     await admin.query(`drop schema if exists ${s.schema} cascade`);
@@ -823,17 +908,33 @@ export async function benchFlow(
       await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, false);
       await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, true);
     }
-    for (const s of rotated()) {
-      step(s, `flow: ${p.jobs} unkeyed jobs at concurrency ${p.concurrency}`);
-      const r = await plainRun(s, admin, p, false);
-      partial.get(s)!.unkeyed = r;
-      step(s, `  ${fmt(r.perSecond)} jobs/s`);
+    for (let pair = 0; pair < p.pairs; pair++) {
+      for (const s of rotated()) {
+        step(
+          s,
+          `flow, pair ${pair + 1} of ${p.pairs}: ${p.jobs} jobs over ${p.keys} keys, and ${p.jobs} unkeyed, at concurrency ${p.concurrency}`,
+        );
+        const one = await runPairs(
+          1,
+          () => plainRun(s, admin, p, true),
+          () => plainRun(s, admin, p, false),
+          (line) => step(s, `  ${line}`),
+          pair,
+        );
+        const all = keyedPairs.get(s)!;
+        all.pairs.push(...one.pairs);
+        all.measuredRuns.push(...one.measuredRuns);
+        all.baselineRuns.push(...one.baselineRuns);
+      }
     }
-    for (const s of rotated()) {
-      step(s, `flow: ${p.jobs} jobs over ${p.keys} keys at concurrency ${p.concurrency}`);
-      const r = await plainRun(s, admin, p, true);
-      partial.get(s)!.keyed = r;
-      step(s, `  ${fmt(r.perSecond)} jobs/s`);
+    for (const s of systems) {
+      const all = keyedPairs.get(s)!;
+      Object.assign(partial.get(s)!, {
+        unkeyed: medianRun(all.baselineRuns),
+        keyed: medianRun(all.measuredRuns),
+        keyedPairs: all.pairs,
+        keyedRatio: median(all.pairs.map((x) => x.ratio)),
+      });
     }
     for (const s of rotated()) {
       step(
@@ -858,12 +959,12 @@ export async function benchFlow(
   const results = systems.map((s) => {
     const r = partial.get(s)! as FlowSystemResult;
     const problems: string[] = [];
-    checkRun("unkeyed", r.unkeyed, problems);
-    checkRun("keyed", r.keyed, problems);
+    const all = keyedPairs.get(s)!;
+    for (const run of all.baselineRuns) checkRun("unkeyed", run, problems);
+    for (const run of all.measuredRuns) checkRun("keyed", run, problems);
     problems.push(...r.hotKey.problems.map((x) => `hot key: ${x}`));
     return {
       ...r,
-      keyedRatio: round(r.keyed.perSecond / r.unkeyed.perSecond, 3),
       hotOthersVsUnkeyed: round(r.hotKey.perSecond / r.unkeyed.perSecond, 3),
       hotOthersVsKeyed: round(r.hotKey.perSecond / r.keyed.perSecond, 3),
       verified: problems.length === 0,
@@ -940,7 +1041,7 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
     );
   }
   log(
-    `keyed ÷ unkeyed: ` +
+    `keyed ÷ unkeyed (median of ${p.pairs} pairs): ` +
       flow.systems.map((s) => `${s.name} ${fmtRatio(s.keyedRatio)}`).join(" | ") +
       `;  hot-key others ÷ unkeyed: ` +
       flow.systems.map((s) => `${s.name} ${fmtRatio(s.hotOthersVsUnkeyed)}`).join(" | ") +
@@ -964,7 +1065,8 @@ export function printFlow(flow: FlowResult, log: (line: string) => void): void {
   const rl = flow.rateLimit;
   if (rl) {
     log(
-      `rate limit, never short (limit 1e9/s): ${fmt(rl.neverThrottled.perSecond)} jobs/s vs ${fmt(rl.baseline.perSecond)} without rateLimit (${fmtRatio(rl.overheadRatio)}); ` +
+      `rate limit, never short (limit 1e9/s): ${fmt(rl.neverThrottled.perSecond)} jobs/s vs ${fmt(rl.baseline.perSecond)} without rateLimit (median runs; ` +
+        `median of ${rl.pairs.length} pairs' ratios ${fmtRatio(rl.overheadRatio)}: ${rl.pairs.map((x) => fmtRatio(x.ratio)).join(", ")}); ` +
         `throttled to ${rl.throttled.limitPerSecond}/s over ${fmt(rl.throttled.jobs)} jobs: ${fmt(rl.throttled.achievedPerSecond)}/s after the burst of ${rl.throttled.burst} ` +
         `(${fmtRatio(rl.throttled.achievedVsLimit)} of the limit), ${fmt(rl.throttled.perSecond)}/s overall; most starts in any 1 s: ${rl.throttled.maxStartsInOnePeriod} (bound ${rl.throttled.bound}); ` +
         `${rl.throttled.postponementsPerRun} postponements per run` +
