@@ -1,0 +1,160 @@
+// A claim brings the rows of the concurrency keys it claims from up to date itself, in one
+// statement for all of them (migration 27), not through the per-row trigger on instances: the keys'
+// rows must then read exactly as the trigger left them (holders = the key's running rows; run_at,
+// queue and priority = the key's next runnable work), and later changes (outcomes, releases) still
+// go through the trigger from there.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { defineJob, type GenDurable } from "../../src/index.js";
+import { claimQueries } from "../../src/sql/claims.js";
+import { eventually, useTestDatabase } from "../support/db.js";
+
+const db = await useTestDatabase(import.meta.url);
+const s = `"${db.schema}"`;
+const QUEUE = "claimkeys";
+
+const Keyed = defineJob({ name: "Keyed", queue: QUEUE, args: z.object({ n: z.number() }), perform: () => null });
+const Pair = defineJob({
+  name: "Pair",
+  queue: QUEUE,
+  args: z.object({ k: z.string(), n: z.number() }),
+  concurrency: { key: (a) => `pair:${a.k}`, limit: 2 },
+  perform: () => null,
+});
+
+let client: GenDurable;
+beforeAll(async () => {
+  client = db.engine({ machines: [Keyed, Pair] });
+  await client.start();
+});
+afterAll(async () => {
+  await client.stop();
+});
+
+interface KeyRow {
+  key: string;
+  holders: string[];
+  max_running: number;
+  queue: string | null;
+  priority: number | null;
+  run_at: Date | null;
+  /** What the keys' rows must say, read from the instances. */
+  running: string[];
+  next_queue: string | null;
+  next_priority: number | null;
+  next_run_at: Date | null;
+}
+
+/** Every key's row beside what its instances say it must hold. */
+async function keyRows(): Promise<KeyRow[]> {
+  const { rows } = await db.pool.query<KeyRow>(`
+    select c.key, array(select unnest(c.holders)::text order by 1) as holders, c.max_running, c.queue, c.priority, c.run_at,
+           array(select i.id::text from ${s}.instances i where i.concurrency_key = c.key and i.status = 'running' order by 1) as running,
+           (select i.queue from ${s}.instances i where i.concurrency_key = c.key and i.status = 'runnable' order by i.run_at, i.id limit 1) as next_queue,
+           (select min(i.priority) from ${s}.instances i where i.concurrency_key = c.key and i.status = 'runnable') as next_priority,
+           (select min(i.run_at) from ${s}.instances i where i.concurrency_key = c.key and i.status = 'runnable') as next_run_at
+    from ${s}.concurrency_keys c order by c.key`);
+  return rows;
+}
+
+function expectKeysCurrent(rows: KeyRow[]): void {
+  for (const row of rows) {
+    expect({ key: row.key, holders: row.holders }).toEqual({ key: row.key, holders: row.running });
+    expect(row.holders.length).toBeLessThanOrEqual(row.max_running);
+    expect({ key: row.key, queue: row.queue, priority: row.priority, run_at: row.run_at }).toEqual({
+      key: row.key,
+      queue: row.next_queue,
+      priority: row.next_priority,
+      run_at: row.next_run_at,
+    });
+  }
+}
+
+describe("a claim and the rows of its keys", () => {
+  it("updates them itself, without the per-row trigger, to what the trigger would have made of them", async () => {
+    const later = new Date(Date.now() + 3_600_000);
+    await client.insertMany([
+      // Three of one key: one is claimed, the next two stay queued in order.
+      { machine: Keyed, args: { n: 1 }, concurrencyKey: "a" },
+      { machine: Keyed, args: { n: 2 }, concurrencyKey: "a" },
+      { machine: Keyed, args: { n: 3 }, concurrencyKey: "a", priority: -1, runAt: later },
+      // One due now and one due later: the key's next work is the later one.
+      { machine: Keyed, args: { n: 4 }, concurrencyKey: "b" },
+      { machine: Keyed, args: { n: 5 }, concurrencyKey: "b", runAt: later },
+      // A key of limit 2 with three due: two claimed at once.
+      { machine: Pair, args: { k: "x", n: 6 } },
+      { machine: Pair, args: { k: "x", n: 7 } },
+      { machine: Pair, args: { k: "x", n: 8 } },
+      // A key whose only work is claimed: left with nothing queued.
+      { machine: Keyed, args: { n: 9 }, concurrencyKey: "c" },
+      // Unkeyed rows in the same claim.
+      { machine: Keyed, args: { n: 10 } },
+      { machine: Keyed, args: { n: 11 } },
+    ]);
+    expectKeysCurrent(await keyRows());
+
+    const conn = await db.pool.connect();
+    let claimed: Array<{ concurrency_key: string | null }>;
+    let triggerCalls: number;
+    try {
+      await conn.query("begin");
+      // Counts this transaction's calls of the schema's functions (pg_stat_xact_user_functions).
+      await conn.query("set local track_functions = 'pl'");
+      ({ rows: claimed } = await claimQueries(db.schema).claim(conn, {
+        queue: QUEUE,
+        machines: ["Keyed", "Pair"],
+        want: 100,
+        nodeId: "claim-keys-test",
+        leaseMs: 60_000,
+        global: null,
+        startNow: 3,
+        keyedAtMost: 100,
+      }));
+      const { rows } = await conn.query<{ calls: number }>(
+        `select coalesce(sum(calls), 0)::int as calls from pg_stat_xact_user_functions
+         where schemaname = $1 and funcname = 'concurrency_key_changed'`,
+        [db.schema],
+      );
+      triggerCalls = rows[0]!.calls;
+      await conn.query("commit");
+    } finally {
+      conn.release();
+    }
+    const byKey = (key: string | null) => claimed.filter((r) => r.concurrency_key === key).length;
+    expect([byKey("a"), byKey("b"), byKey("pair:x"), byKey("c"), byKey(null)]).toEqual([1, 1, 2, 1, 2]);
+    // Five keyed rows claimed: before, five calls of the row trigger.
+    expect(triggerCalls).toBe(0);
+
+    const rows = await keyRows();
+    expectKeysCurrent(rows);
+    const of = (key: string) => rows.find((r) => r.key === key)!;
+    expect(of("a").holders).toHaveLength(1);
+    expect(of("pair:x").holders).toHaveLength(2);
+    expect(of("pair:x").max_running).toBe(2);
+    expect(of("c").run_at).toBeNull();
+    expect(of("b").run_at).toEqual(later);
+    // The key's best priority among what still waits, whatever its due time.
+    expect(of("a").priority).toBe(-1);
+
+    // A node works the queue to the end (the rows claimed above go back when their lease
+    // is given up: released here by the reaper's path, through the trigger).
+    await db.pool.query(
+      `update ${s}.instances set lease_expires_at = now() - interval '1 second' where leased_by = 'claim-keys-test'`,
+    );
+    await db.pool.query(`update ${s}.instances set run_at = now() where run_at > now()`);
+    const worker = db.engine({ queues: { [QUEUE]: 4 }, machines: [Keyed, Pair], reaperInterval: "100ms" });
+    await worker.start();
+    try {
+      await eventually(
+        "every instance done",
+        async () => (await db.pool.query(`select 1 from ${s}.instances where status <> 'done'`)).rows.length === 0,
+        30_000,
+      );
+    } finally {
+      await worker.stop();
+    }
+    const after = await keyRows();
+    expectKeysCurrent(after);
+    for (const row of after) expect(row.holders).toEqual([]);
+  });
+});
