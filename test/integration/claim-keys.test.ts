@@ -1,13 +1,16 @@
-// A claim brings the rows of the concurrency keys it claims from up to date itself, in one
-// statement for all of them (migration 27), not through the per-row trigger on instances: the keys'
-// rows must then read exactly as the trigger left them (holders = the key's running rows; run_at,
-// queue and priority = the key's next runnable work), and later changes (outcomes, releases) still
-// go through the trigger from there.
+// A claim, and the group commit of outcomes, bring the rows of their concurrency keys up to date
+// themselves, one statement for all of them (migration 27), not through the per-row trigger on
+// instances: the keys' rows must then read exactly as the trigger would have left them (holders =
+// the key's running rows; run_at, queue and priority = the key's next runnable work), and every
+// other change (a retry, an outcome in a transaction that goes on, a release) still goes through
+// the trigger.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, type GenDurable } from "../../src/index.js";
-import { claimQueries } from "../../src/sql/claims.js";
+import type pg from "pg";
+import { claimQueries, type ClaimedRow, type OutcomeRow } from "../../src/sql/claims.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = `"${db.schema}"`;
@@ -70,6 +73,64 @@ function expectKeysCurrent(rows: KeyRow[]): void {
   }
 }
 
+/**
+ * Runs `work` in a transaction of its own on one connection and returns what it returned with the
+ * calls of the key trigger it made: the change in pg_stat_xact_user_functions over the
+ * transaction (which may also count calls of earlier transactions on the connection whose
+ * statistics are not reported yet, hence a difference).
+ */
+async function countingTriggerCalls<T>(work: (conn: pg.PoolClient) => Promise<T>): Promise<[T, number]> {
+  const conn = await db.pool.connect();
+  try {
+    await conn.query("begin");
+    await conn.query("set local track_functions = 'pl'");
+    const calls = async () =>
+      (
+        await conn.query<{ calls: number }>(
+          `select coalesce(sum(calls), 0)::int as calls from pg_stat_xact_user_functions
+           where schemaname = $1 and funcname = 'concurrency_key_changed'`,
+          [db.schema],
+        )
+      ).rows[0]!.calls;
+    const before = await calls();
+    const result = await work(conn);
+    const made = (await calls()) - before;
+    await conn.query("commit");
+    return [result, made];
+  } catch (error) {
+    await conn.query("rollback");
+    throw error;
+  } finally {
+    conn.release();
+  }
+}
+
+const claim = (conn: pg.PoolClient) =>
+  claimQueries(db.schema).claim(conn, {
+    queue: QUEUE,
+    machines: ["Keyed", "Pair"],
+    want: 100,
+    nodeId: "claim-keys-test",
+    leaseMs: 60_000,
+    global: null,
+    startNow: 3,
+    keyedAtMost: 100,
+  });
+
+/** A claimed row's outcome as the executor writes it: done, or a retry of the same step a minute later. */
+function outcomeOf(row: ClaimedRow, kind: "done" | "retry"): OutcomeRow {
+  const done = { ...doneOutcome(row.id, row.claim_token), concurrency_key: row.concurrency_key, from_step: row.step };
+  if (kind === "done") return done;
+  return {
+    ...done,
+    status: "runnable",
+    delay_ms: 60_000,
+    to_step: row.step,
+    outcome: "error",
+    error: { message: "x" },
+  };
+}
+
 describe("a claim and the rows of its keys", () => {
   it("updates them itself, without the per-row trigger, to what the trigger would have made of them", async () => {
     const later = new Date(Date.now() + 3_600_000);
@@ -93,33 +154,7 @@ describe("a claim and the rows of its keys", () => {
     ]);
     expectKeysCurrent(await keyRows());
 
-    const conn = await db.pool.connect();
-    let claimed: Array<{ concurrency_key: string | null }>;
-    let triggerCalls: number;
-    try {
-      await conn.query("begin");
-      // Counts this transaction's calls of the schema's functions (pg_stat_xact_user_functions).
-      await conn.query("set local track_functions = 'pl'");
-      ({ rows: claimed } = await claimQueries(db.schema).claim(conn, {
-        queue: QUEUE,
-        machines: ["Keyed", "Pair"],
-        want: 100,
-        nodeId: "claim-keys-test",
-        leaseMs: 60_000,
-        global: null,
-        startNow: 3,
-        keyedAtMost: 100,
-      }));
-      const { rows } = await conn.query<{ calls: number }>(
-        `select coalesce(sum(calls), 0)::int as calls from pg_stat_xact_user_functions
-         where schemaname = $1 and funcname = 'concurrency_key_changed'`,
-        [db.schema],
-      );
-      triggerCalls = rows[0]!.calls;
-      await conn.query("commit");
-    } finally {
-      conn.release();
-    }
+    const [{ rows: claimed }, triggerCalls] = await countingTriggerCalls(claim);
     const byKey = (key: string | null) => claimed.filter((r) => r.concurrency_key === key).length;
     expect([byKey("a"), byKey("b"), byKey("pair:x"), byKey("c"), byKey(null)]).toEqual([1, 1, 2, 1, 2]);
     // Five keyed rows claimed: before, five calls of the row trigger.
@@ -135,6 +170,29 @@ describe("a claim and the rows of its keys", () => {
     expect(of("b").run_at).toEqual(later);
     // The key's best priority among what still waits, whatever its due time.
     expect(of("a").priority).toBe(-1);
+
+    // The group commit: outcomes that leave their key's slot are taken out of the holders by the
+    // statement; a retry (back to runnable) still goes through the trigger.
+    const keyed = claimed.filter((r) => r.concurrency_key !== null);
+    const retried = keyed.find((r) => r.concurrency_key === "pair:x")!;
+    const [, commitCalls] = await countingTriggerCalls((conn) =>
+      claimQueries(db.schema).complete(conn, {
+        outcomes: keyed.map((r) => outcomeOf(r, r === retried ? "retry" : "done")),
+      }),
+    );
+    expect(commitCalls).toBe(1);
+    expectKeysCurrent(await keyRows());
+    expect((await keyRows()).every((r) => r.holders.length === 0)).toBe(true);
+
+    // In a transaction that goes on after it, every outcome goes through the trigger.
+    const [{ rows: again }] = await countingTriggerCalls(claim);
+    const keyedAgain = again.filter((r) => r.concurrency_key !== null);
+    expect(keyedAgain.length).toBeGreaterThan(0);
+    const [, inTransactionCalls] = await countingTriggerCalls((conn) =>
+      claimQueries(db.schema).completeInTransaction(conn, { outcomes: keyedAgain.map((r) => outcomeOf(r, "done")) }),
+    );
+    expect(inTransactionCalls).toBe(keyedAgain.length);
+    expectKeysCurrent(await keyRows());
 
     // A node works the queue to the end (the rows claimed above go back when their lease
     // is given up: released here by the reaper's path, through the trigger).
