@@ -36,7 +36,7 @@ import pg from "pg";
 import { z } from "zod";
 import { defineJob, GenDurable, migrate, type InsertManyItem } from "../src/index.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
-import { fmt, fmtRatio, round, sleep } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, round, sleep } from "./util.js";
 
 export interface FlowParams {
   /** Jobs per run: unkeyed, keyed, and the others of the hot-key run. */
@@ -535,10 +535,10 @@ async function timeRun(
   onCall: Handler = () => {},
 ): Promise<FlowRun & { stop(): Promise<void> }> {
   const target = totals[which];
-  let calls = 0;
+  const calls = new HandlerCalls(target);
   const t0 = performance.now();
   const worker = await system.startWorker(concurrency, role, (i) => {
-    calls++;
+    calls.call();
     return onCall(i);
   });
   const startupMs = performance.now() - t0;
@@ -552,7 +552,7 @@ async function timeRun(
         completed = false;
         break;
       }
-      await sleep(calls >= target ? 5 : 200);
+      await calls.pause();
     }
   } catch (error) {
     await worker.stop();
@@ -564,7 +564,7 @@ async function timeRun(
     ms: round(ms, 1),
     perSecond: round(finished / (ms / 1000)),
     startupMs: round(startupMs, 1),
-    handlerCalls: calls,
+    handlerCalls: calls.count,
     finished,
     completed,
     stop: () => worker.stop(),

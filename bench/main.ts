@@ -20,7 +20,7 @@ import { pgBoss } from "./systems/pg-boss.js";
 import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
-import { fmt, fmtRatio, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
 import { countStatements, measureCost, type Cost } from "./cost.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
@@ -157,14 +157,13 @@ async function vacuum(admin: pg.Pool, schema: string): Promise<void> {
 /**
  * Starts a worker on `queued` jobs and times until the database (not the callbacks) says
  * `jobs` of them are finished (all of them unless the queue is deeper). Polls the count
- * slowly while handlers are still being called, then every 5 ms for the last commits.
+ * slowly while handlers are still being called, then every 5 ms for the last commits (see
+ * HandlerCalls).
  */
 async function processAll(system: BenchSystem, concurrency: number, jobs: number, queued = jobs): Promise<Processing> {
-  let calls = 0;
+  const calls = new HandlerCalls(jobs);
   const t0 = performance.now();
-  const worker = await system.startWorker(concurrency, () => {
-    calls++;
-  });
+  const worker = await system.startWorker(concurrency, () => calls.call());
   const startupMs = performance.now() - t0;
   try {
     for (;;) {
@@ -172,10 +171,10 @@ async function processAll(system: BenchSystem, concurrency: number, jobs: number
       if (finished >= jobs) break;
       if (performance.now() - t0 > PHASE_TIMEOUT_MS)
         throw new Error(`${system.name}: only ${finished} of ${jobs} jobs finished after ${PHASE_TIMEOUT_MS} ms`);
-      await sleep(calls >= jobs ? 5 : 200);
+      await calls.pause();
     }
     const ms = performance.now() - t0;
-    return { ...rate(jobs, ms), concurrency, startupMs: round(startupMs, 1), handlerCalls: calls };
+    return { ...rate(jobs, ms), concurrency, startupMs: round(startupMs, 1), handlerCalls: calls.count };
   } finally {
     await worker.stop();
   }

@@ -2,6 +2,36 @@
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Handler calls of a timed run, and the pause between two polls of the database's count: `slowMs`
+ * while handlers are still being called, cut short by the `target`-th call, then `fastMs`. A plain
+ * sleep of `slowMs` let a run end up to `slowMs` after its last commit: runs of about a second
+ * then read in steps of 200 ms (9,350, 11,650 or 7,850 jobs/s for 10,000 jobs, nothing between).
+ */
+export class HandlerCalls {
+  count = 0;
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly target: number) {}
+
+  /** A handler was called. */
+  call(): void {
+    if (++this.count >= this.target) this.wake?.();
+  }
+
+  async pause(slowMs = 200, fastMs = 5): Promise<void> {
+    if (this.count >= this.target) return sleep(fastMs);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.wake?.(), slowMs);
+      this.wake = () => {
+        clearTimeout(timer);
+        this.wake = undefined;
+        resolve();
+      };
+    });
+  }
+}
+
 /** Rejects after `ms` so that a stuck system fails the run instead of hanging it. */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
