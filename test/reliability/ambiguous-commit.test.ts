@@ -155,12 +155,13 @@ afterAll(async () => {
   await cutter.close();
 });
 
-/** The group commit's statement (sql/claims.ts `complete`), alone or inside a step's transaction. */
 // The engine's own statements, matched exactly (sql/claims.ts, sql/children.ts, sql/instances.ts).
 const claimsSql = claimQueries(db.schema);
+/** The group commit's statement (sql/claims.ts `complete`), a transaction of its own. */
 const isGroupCommit = (sql: string) => sql === claimsSql.complete.text;
+/** The COMMIT of a step's transaction, which writes its outcome with `completeInTransaction`. */
 const inStepTransaction = (st: Statement) =>
-  st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => isGroupCommit(q));
+  st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => q === claimsSql.completeInTransaction.text);
 
 const figures: string[] = [];
 afterAll(() => {
