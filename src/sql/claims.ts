@@ -152,10 +152,8 @@ function completeSql(s: string, keysHere: boolean): string {
           concurrency_key text, failure jsonb)
       ),
       -- The batch's keys, locked in the one global order before any row is (see lock_keys).
-      keys_locked as (select ${s}.lock_keys(array(select concurrency_key from input)) as n${keysHere ? `,
-        -- The key trigger leaves this statement's outcomes to keys_released (migration 27): set
-        -- before any row is locked or written (rows_locked waits for this CTE).
-        set_config('gen_durable.completing', 'on', true) as marked` : ""}),
+      keys_locked as (
+        select ${s}.lock_keys(array(select concurrency_key from input)) as n${keysHere ? MARK_COMPLETING : ""}),
       -- Then the rows, in id order whatever join the planner picks (with a few hundred rows it
       -- hashes, in heap order): cancel, retry and release lock rows in id order too, so no two
       -- of them can each hold a row the other waits for.
@@ -210,6 +208,13 @@ function completeSql(s: string, keysHere: boolean): string {
       ${keysHere ? KEYS_RELEASED(s) : ""}
       select id::text as id, parent_id::text as parent_id from won`;
 }
+
+/**
+ * Tells the key trigger to leave this statement's outcomes to keys_released (migration 27). In
+ * keys_locked, so it is set before any row is locked or written: rows_locked waits for that CTE.
+ */
+const MARK_COMPLETING = `,
+          set_config('gen_durable.completing', 'on', true) as marked`;
 
 /**
  * Takes the outcomes that `won` and that leave their key's slot out of their keys' holders. The
