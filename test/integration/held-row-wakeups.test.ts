@@ -53,12 +53,18 @@ const WAKE_DEADLINE = 20_000;
  * Starts a node, makes the rows parked an hour ahead due (no notification), and runs `hold` in a
  * caller's transaction; while it is open, another insert makes the node claim (that claim skips
  * what `hold` locked); then commits. Returns the node.
+ *
+ * The queue is paused from before the rows are due until `hold` has run: a wake-up that comes late
+ * (the NOTIFY of the node's first insert, delivered after that instance finished) would otherwise
+ * let the node claim a due row before `hold` locks it, and run it (seen once on CI: a signal
+ * found its runnable instance already done).
  */
 async function whileHeld(hold: (client: pg.PoolClient) => Promise<unknown>): Promise<GenDurable> {
   const worker = db.engine({ queues: { held: 2 }, machines: [Cleaned, Job], pollInterval: "60s" });
   await worker.start();
   // The node is up and hears notifications: an instance inserted now runs at once.
   await worker.wait((await worker.insert(Job, { state: { n: 0 } })).id, { timeout: WAKE_DEADLINE });
+  await client.pauseQueue("held");
   await db.pool.query(
     `update "${db.schema}".instances set run_at = now() where status = 'runnable' and run_at > now() + interval '30 minutes'`,
   );
@@ -66,6 +72,8 @@ async function whileHeld(hold: (client: pg.PoolClient) => Promise<unknown>): Pro
   try {
     await held.query("begin");
     await hold(held);
+    // Resuming wakes the node: its claim skips what `hold` locked.
+    await client.resumeQueue("held");
     await worker.wait((await worker.insert(Job, { state: { n: -1 } })).id, { timeout: WAKE_DEADLINE });
     await held.query("commit");
     return worker;
@@ -74,6 +82,7 @@ async function whileHeld(hold: (client: pg.PoolClient) => Promise<unknown>): Pro
     throw error;
   } finally {
     held.release();
+    await client.resumeQueue("held");
   }
 }
 

@@ -17,6 +17,23 @@ export interface TestDatabase {
   engine(options?: Omit<GenDurableOptions, "connectionString" | "schema">): GenDurable;
 }
 
+/**
+ * Drops the file's schema. The drop locks the schema's tables one by one; a statement still in
+ * flight from the file (a child process being killed, a step's late commit) locks several of them
+ * too, and Postgres may end the cycle by failing the drop (deadlock detected; seen once on CI,
+ * after the hung-steps file). The drop is then tried again: a teardown, not what a test checks.
+ */
+async function dropSchema(pool: pg.Pool, schema: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await pool.query(`drop schema if exists ${schema} cascade`);
+      return;
+    } catch (error) {
+      if ((error as { code?: string }).code !== "40P01" || attempt >= 5) throw error;
+    }
+  }
+}
+
 export async function useTestDatabase(file: string): Promise<TestDatabase> {
   const url = databaseUrl();
   const schema = `t_${createHash("sha1").update(file).digest("hex").slice(0, 8)}_${randomBytes(3).toString("hex")}`;
@@ -25,7 +42,7 @@ export async function useTestDatabase(file: string): Promise<TestDatabase> {
   const engines: GenDurable[] = [];
   afterAll(async () => {
     for (const engine of engines) await engine.stop();
-    await pool.query(`drop schema if exists ${schema} cascade`);
+    await dropSchema(pool, schema);
     await pool.end();
   });
   return {
