@@ -1,1 +1,2 @@
 export function render(): string;
+export function writeIfChanged(path: string, text: string): boolean;

@@ -2,8 +2,13 @@ import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, GenDurable, migrate, Migration } from "../../src/index.js";
-import { render } from "../../scripts/embed-migrations.mjs";
-import { readFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { render, writeIfChanged } from "../../scripts/embed-migrations.mjs";
 import { databaseUrl } from "../support/db.js";
 
 const url = databaseUrl();
@@ -62,5 +67,34 @@ describe("migrate", () => {
 
   it("the generated migrations module matches the .sql files", () => {
     expect(readFileSync(new URL("../../src/sql/migrations.generated.ts", import.meta.url), "utf8")).toBe(render());
+  });
+
+  // The build (run by npm pack, which a test runs) regenerates the module while other test files
+  // import it: rewritten in place, it was empty for a moment, and a module loaded then had no
+  // MIGRATIONS export.
+  it("the build leaves a current generated module untouched", async () => {
+    const generated = fileURLToPath(new URL("../../src/sql/migrations.generated.ts", import.meta.url));
+    const before = statSync(generated);
+    await promisify(execFile)(process.execPath, [
+      fileURLToPath(new URL("../../scripts/embed-migrations.mjs", import.meta.url)),
+    ]);
+    const after = statSync(generated);
+    expect({ ino: after.ino, mtimeMs: after.mtimeMs }).toEqual({ ino: before.ino, mtimeMs: before.mtimeMs });
+  });
+
+  it("a changed generated module is written beside the old one and renamed over it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "gen-durable-embed-"));
+    try {
+      const file = join(dir, "generated.ts");
+      writeFileSync(file, "old");
+      const before = statSync(file);
+      expect(writeIfChanged(file, "new")).toBe(true);
+      expect(readFileSync(file, "utf8")).toBe("new");
+      // A new file (inode): a reader that opened the old one reads it whole, never a truncated one.
+      expect(statSync(file).ino).not.toBe(before.ino);
+      expect(writeIfChanged(file, "new")).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
