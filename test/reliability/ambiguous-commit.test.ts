@@ -13,7 +13,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { GenDurable, defineMachine, type EngineEvents } from "../../src/index.js";
+import { GenDurable, WaitTimeoutError, defineMachine, type EngineEvents } from "../../src/index.js";
 import { childQueries } from "../../src/sql/children.js";
 import { claimQueries } from "../../src/sql/claims.js";
 import { instanceQueries } from "../../src/sql/instances.js";
@@ -139,12 +139,13 @@ const worker = new GenDurable({
   leaseDuration: "60s",
 });
 const client = db.engine();
-const events: Array<{ name: string; id?: string }> = [];
+const events: Array<{ name: string; id?: string; error?: string }> = [];
 for (const name of ["lease:lost", "step:released", "engine:error"] as const) {
   worker.on(name, (e: EngineEvents[typeof name]) =>
     events.push({
       name,
       id: (e as { id?: string; step?: { id: string } }).id ?? (e as { step?: { id: string } }).step?.id,
+      ...("error" in e ? { error: String(e.error) } : {}),
     }),
   );
 }
@@ -174,6 +175,31 @@ async function history(id: string): Promise<string[]> {
   return (await client.history(id)).map((t) => t.outcome);
 }
 
+/**
+ * Waits for the instance to finish. If it does not, the error says where it stands: its row, its
+ * children, its history and the worker's events (a timeout alone told nothing of why).
+ */
+async function finished(id: string) {
+  try {
+    return await client.wait(id, { timeout: 15_000 });
+  } catch (error) {
+    if (!(error instanceof WaitTimeoutError)) throw error;
+    const { rows } = await db.pool.query(
+      `select id, status, step, attempt, claimed_ahead, joined, children_pending, leased_by, claim_token::text,
+              round(extract(epoch from lease_expires_at - now()) * 1000) as lease_left_ms,
+              round(extract(epoch from run_at - now()) * 1000) as due_in_ms
+       from ${s}.instances where id = $1 or parent_id = $1 order by id`,
+      [id],
+    );
+    const seen = events.filter((e) => e.id === id || e.name === "engine:error");
+    throw new Error(
+      `${error.message}. Its row and its children: ${JSON.stringify(rows)}; its history: ${(await history(id)).join(", ")}; ` +
+        `the worker's events: ${JSON.stringify(seen)}`,
+      { cause: error },
+    );
+  }
+}
+
 describe("ambiguous commits", () => {
   it("the group commit's reply is lost: the outcome counts once and the instance moves on", async () => {
     const started = performance.now();
@@ -181,7 +207,7 @@ describe("ambiguous commits", () => {
       const cut = cutter.cut((st) => isGroupCommit(st.sql));
       const { id } = await client.insert(Plain, { state: { n: round } });
       await cut;
-      const done = await client.wait(id, { timeout: 15_000 });
+      const done = await finished(id);
       expect(done.result).toBe(round + 1);
       expect([runsOf(id, "start"), runsOf(id, "second")]).toEqual([1, 1]);
       expect(await history(id)).toEqual(["next", "done"]);
@@ -199,7 +225,7 @@ describe("ambiguous commits", () => {
       await cut;
       await eventually(`instance ${id} awaiting`, async () => (await client.get(id))?.status === "awaiting");
       await client.signal({ id }, "go");
-      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
+      expect((await finished(id)).result).toBe(1);
       expect([runsOf(id, "start"), runsOf(id, "finish")]).toEqual([1, 1]);
       expect(await history(id)).toEqual(["await", "resumed", "done"]);
       expect(events.filter((e) => e.id === id && e.name === "lease:lost")).toEqual([]);
@@ -215,7 +241,7 @@ describe("ambiguous commits", () => {
       const cut = cutter.cut(inStepTransaction);
       opened.get(id)!();
       await cut;
-      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
+      expect((await finished(id)).result).toBe(1);
       expect([runsOf(id, "start"), runsOf(id, "finish")]).toEqual([1, 1]);
       expect(events.filter((e) => e.id === id && e.name === "lease:lost")).toEqual([]);
     }
@@ -227,7 +253,7 @@ describe("ambiguous commits", () => {
       const cut = cutter.cut(inStepTransaction);
       const { id } = await client.insert(Spawns, { state: { n: round } });
       await cut;
-      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(3);
+      expect((await finished(id)).result).toBe(3);
       const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.instances where parent_id = $1`, [id]);
       expect(rows[0].n).toBe(3);
       expect([runsOf(id, "start"), runsOf(id, "join")]).toEqual([1, 1]);
@@ -241,7 +267,7 @@ describe("ambiguous commits", () => {
       const cut = cutter.cut(inStepTransaction);
       const { id } = await client.insert(Transactional, { state: { n: round } });
       await cut;
-      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(round);
+      expect((await finished(id)).result).toBe(round);
       const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.effects where instance_id = $1`, [id]);
       expect(rows[0].n).toBe(1);
       expect(runsOf(id, "start")).toBe(1);
@@ -307,7 +333,7 @@ describe("ambiguous commits", () => {
         );
         await cut;
         for (const [n, id] of ids.entries()) {
-          const done = await client.wait(id, { timeout: 15_000 });
+          const done = await finished(id);
           expect(done.result).toBe(n);
           expect(done.attempt).toBe(1);
           expect(runsOf(id, "start")).toBe(1);
@@ -350,7 +376,7 @@ describe("ambiguous commits", () => {
         await before;
         const again = await direct.signal({ id }, "go", { round }, { dedupKey: `go-${round}` });
         if (first instanceof Error) expect(again.duplicate).toBe(true);
-        expect((await client.wait(id, { timeout: 15_000 })).result).toBe(1);
+        expect((await finished(id)).result).toBe(1);
         const { rows } = await db.pool.query(`select count(*)::int as n from ${s}.signals where instance_id = $1`, [
           id,
         ]);
@@ -371,7 +397,7 @@ describe("ambiguous commits", () => {
       });
       const { id } = await client.insert(Spawns, { state: { n: round } });
       await cut;
-      expect((await client.wait(id, { timeout: 15_000 })).result).toBe(3);
+      expect((await finished(id)).result).toBe(3);
       expect(runsOf(id, "join")).toBe(1);
       expect(events.filter((e) => e.id === id && e.name === "step:released").length).toBe(1);
     }
