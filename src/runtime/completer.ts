@@ -27,8 +27,11 @@ export class Completer {
 
   constructor(
     private readonly pool: pg.Pool,
-    /** sql/claims.ts `complete`: the group commit itself. */
-    private readonly complete: ClaimQueries["complete"],
+    /**
+     * sql/claims.ts: the group commit's statements. `completeReleasingKeys` for a batch with keyed
+     * outcomes; `complete`, which never names the keys' table, for the others.
+     */
+    private readonly statements: Pick<ClaimQueries, "complete" | "completeReleasingKeys">,
     /** sql/claims.ts `committedBy`: which claims' outcomes are in the database. */
     private readonly committedBy?: ClaimQueries["committedBy"],
   ) {}
@@ -87,10 +90,12 @@ export class Completer {
     // Sorted so that concurrent statements lock in one order: concurrency keys first (their
     // rows are locked by a trigger, as an insert does in the same order), then instance ids.
     const outcomes = [...completions].sort(byKeyThenId);
+    const keyed = outcomes.some((o) => o.concurrency_key !== null);
+    const statement = keyed ? this.statements.completeReleasingKeys : this.statements.complete;
     let broke = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        const { rows } = await this.complete(this.pool, { outcomes });
+        const { rows } = await statement(this.pool, { outcomes });
         const won = new Set(rows.map((r) => r.id));
         return broke ? this.withEarlierCommits(completions, won) : won;
       } catch (error) {

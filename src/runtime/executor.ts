@@ -431,7 +431,7 @@ export class Executor {
       if (locked.rowCount === 0) return { won: false, resumedQueue: null };
     }
     // The transaction goes on after it (children, the mailbox): keys are left to the row trigger.
-    const { rows } = await this.deps.claims.completeInTransaction(client, { outcomes: [row] });
+    const { rows } = await this.deps.claims.complete(client, { outcomes: [row] });
     if (rows.length === 0) return { won: false, resumedQueue: null };
     if (spawn && spawn.length > 0) await this.insertChildren(client, completion.id, spawn, join_rule ?? null);
     if (publish)

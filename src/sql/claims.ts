@@ -346,22 +346,25 @@ export function claimQueries(schema: string) {
      * Commits a batch of step outcomes in one statement (group commit): one
      * fenced UPDATE and the matching history rows, but for a done, whose
      * transition stays in the instance row (`done_duration_ms`; see
-     * `doneTransitions`). Returns the ids that won. Keyed outcomes that give up
-     * their key's slot are taken out of their keys' holders here, for the whole
-     * batch (see completeSql). A statement of its own transaction only.
+     * `doneTransitions`). Returns the ids that won. The keys of keyed outcomes
+     * are left to the row trigger, as for any other update: a statement that
+     * may run alone or inside a transaction that goes on after it (children
+     * inserted, a mailbox read). An unkeyed batch thus never names
+     * concurrency_keys, nor locks it.
      */
     complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
-      completeSql(s, true),
+      completeSql(s, false),
       (a) => [JSON.stringify(a.outcomes.map(withoutNullFields))],
       { prepare: true },
     ),
 
     /**
-     * `complete` inside a transaction that goes on after it (children inserted, a mailbox read):
-     * every key's row is left to the row trigger, as for any other update.
+     * `complete` for a batch with keyed outcomes: those that give up their key's slot are taken out
+     * of their keys' holders here, for the whole batch (see completeSql). A statement of its own
+     * transaction only.
      */
-    completeInTransaction: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
-      completeSql(s, false),
+    completeReleasingKeys: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
+      completeSql(s, true),
       (a) => [JSON.stringify(a.outcomes.map(withoutNullFields))],
       { prepare: true },
     ),

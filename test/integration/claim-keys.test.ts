@@ -3,11 +3,12 @@
 // instances: the keys' rows must then read exactly as the trigger would have left them (holders =
 // the key's running rows; run_at, queue and priority = the key's next runnable work), and every
 // other change (a retry, an outcome in a transaction that goes on, a release) still goes through
-// the trigger.
+// the trigger. A group commit without keyed outcomes leaves the keys' table alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineJob, type GenDurable } from "../../src/index.js";
 import type pg from "pg";
+import { Completer } from "../../src/runtime/completer.js";
 import { claimQueries, type ClaimedRow, type OutcomeRow } from "../../src/sql/claims.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 import { doneOutcome } from "../support/outcomes.js";
@@ -176,7 +177,7 @@ describe("a claim and the rows of its keys", () => {
     const keyed = claimed.filter((r) => r.concurrency_key !== null);
     const retried = keyed.find((r) => r.concurrency_key === "pair:x")!;
     const [, commitCalls] = await countingTriggerCalls((conn) =>
-      claimQueries(db.schema).complete(conn, {
+      claimQueries(db.schema).completeReleasingKeys(conn, {
         outcomes: keyed.map((r) => outcomeOf(r, r === retried ? "retry" : "done")),
       }),
     );
@@ -189,7 +190,7 @@ describe("a claim and the rows of its keys", () => {
     const keyedAgain = again.filter((r) => r.concurrency_key !== null);
     expect(keyedAgain.length).toBeGreaterThan(0);
     const [, inTransactionCalls] = await countingTriggerCalls((conn) =>
-      claimQueries(db.schema).completeInTransaction(conn, { outcomes: keyedAgain.map((r) => outcomeOf(r, "done")) }),
+      claimQueries(db.schema).complete(conn, { outcomes: keyedAgain.map((r) => outcomeOf(r, "done")) }),
     );
     expect(inTransactionCalls).toBe(keyedAgain.length);
     expectKeysCurrent(await keyRows());
@@ -214,5 +215,47 @@ describe("a claim and the rows of its keys", () => {
     const after = await keyRows();
     expectKeysCurrent(after);
     for (const row of after) expect(row.holders).toEqual([]);
+  });
+
+  it("a group commit of unkeyed outcomes does not lock the keys' table", async () => {
+    const queue = "claimkeys-plain";
+    const Plain = defineJob({ name: "ClaimKeysPlain", queue, args: z.object({ n: z.number() }), perform: () => null });
+    await client.insertMany([1, 2, 3].map((n) => ({ machine: Plain, args: { n } })));
+    const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
+      queue,
+      machines: [Plain.name],
+      want: 10,
+      nodeId: "claim-keys-test",
+      leaseMs: 60_000,
+      global: null,
+      startNow: 3,
+      keyedAtMost: 10,
+    });
+    expect(claimed).toHaveLength(3);
+    // A migration's CREATE INDEX, say: it waits for every statement that names the table, and
+    // every later one waits behind it. Before, every group commit named it.
+    const side = await db.pool.connect();
+    try {
+      await side.query("begin");
+      await side.query(`lock table ${s}.concurrency_keys in access exclusive mode`);
+      const completer = new Completer(db.pool, claimQueries(db.schema));
+      const committed = Promise.all(claimed.map((row) => completer.submit(outcomeOf(row, "done"))));
+      let settled = false;
+      void committed.finally(() => (settled = true));
+      await eventually("the group commit done, or waiting for the keys' table", async () => {
+        if (settled) return true;
+        const { rows } = await db.pool.query(
+          `select 1 from pg_locks l join pg_class c on c.oid = l.relation
+           where not l.granted and c.relname = 'concurrency_keys' and c.relnamespace = $1::regnamespace`,
+          [db.schema],
+        );
+        return rows.length > 0;
+      });
+      expect(settled).toBe(true);
+      expect(await committed).toEqual([true, true, true]);
+    } finally {
+      await side.query("rollback");
+      side.release();
+    }
   });
 });

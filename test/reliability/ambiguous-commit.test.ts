@@ -158,11 +158,15 @@ afterAll(async () => {
 
 // The engine's own statements, matched exactly (sql/claims.ts, sql/children.ts, sql/instances.ts).
 const claimsSql = claimQueries(db.schema);
-/** The group commit's statement (sql/claims.ts `complete`), a transaction of its own. */
-const isGroupCommit = (sql: string) => sql === claimsSql.complete.text;
-/** The COMMIT of a step's transaction, which writes its outcome with `completeInTransaction`. */
+/**
+ * The group commit's statement (sql/claims.ts `complete`, or `completeReleasingKeys` for a batch
+ * with keyed outcomes), a transaction of its own.
+ */
+const isGroupCommit = (st: Statement) =>
+  !st.inBlock && (st.sql === claimsSql.complete.text || st.sql === claimsSql.completeReleasingKeys.text);
+/** The COMMIT of a step's transaction, which writes its outcome with `complete`. */
 const inStepTransaction = (st: Statement) =>
-  st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => q === claimsSql.completeInTransaction.text);
+  st.sql.trim().toLowerCase() === "commit" && st.transaction.some((q) => q === claimsSql.complete.text);
 
 const figures: string[] = [];
 afterAll(() => {
@@ -204,7 +208,7 @@ describe("ambiguous commits", () => {
   it("the group commit's reply is lost: the outcome counts once and the instance moves on", async () => {
     const started = performance.now();
     for (let round = 0; round < ROUNDS; round++) {
-      const cut = cutter.cut((st) => isGroupCommit(st.sql));
+      const cut = cutter.cut(isGroupCommit);
       const { id } = await client.insert(Plain, { state: { n: round } });
       await cut;
       const done = await finished(id);
