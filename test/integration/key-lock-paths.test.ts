@@ -234,3 +234,32 @@ describe("a path that touches two keys waits for the first in the global order h
     for (const { id } of [early, late]) expect((await client.wait(id, { timeout: 10_000 })).result).toBe("joined");
   });
 });
+
+describe("lock_keys", () => {
+  // Every version of the schema takes these locks: nodes of different versions running side by
+  // side must exclude each other on the same key.
+  it("takes each distinct key's advisory lock once, the lock every version takes, and counts them", async () => {
+    const conn = await db.pool.connect();
+    try {
+      await conn.query("begin");
+      const { rows } = await conn.query<{ n: number }>(`select ${s}.lock_keys($1::text[]) as n`, [
+        ["b", null, "a", "b"],
+      ]);
+      expect(rows[0]!.n).toBe(2);
+      const { rows: held } = await conn.query<{ h: string }>(
+        `select ((classid::bigint << 32) | objid::bigint)::text as h from pg_locks
+         where locktype = 'advisory' and objsubid = 1 and pid = pg_backend_pid() order by 1`,
+      );
+      const { rows: expected } = await conn.query<{ h: string }>(
+        `select hashtextextended('gen_durable:' || $2 || ':key:' || k, 0)::text as h
+         from unnest($1::text[]) as k order by 1`,
+        [["a", "b"], s],
+      );
+      expect(held.map((r) => r.h).sort()).toEqual(expected.map((r) => r.h).sort());
+      expect((await conn.query<{ n: number }>(`select ${s}.lock_keys('{}') as n`)).rows[0]!.n).toBe(0);
+    } finally {
+      await conn.query("rollback");
+      conn.release();
+    }
+  });
+});
