@@ -347,10 +347,10 @@ export function claimQueries(schema: string) {
      * fenced UPDATE and the matching history rows, but for a done, whose
      * transition stays in the instance row (`done_duration_ms`; see
      * `doneTransitions`). Returns the ids that won. The keys of keyed outcomes
-     * are left to the row trigger, as for any other update: a statement that
-     * may run alone or inside a transaction that goes on after it (children
-     * inserted, a mailbox read). An unkeyed batch thus never names
-     * concurrency_keys, nor locks it.
+     * are left to the row trigger, as for any other update, so it may run alone
+     * or inside a transaction that goes on after it (children inserted, a
+     * mailbox read). The statement never names concurrency_keys: a batch with
+     * no keyed outcome takes no lock on that table.
      */
     complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
       completeSql(s, false),
