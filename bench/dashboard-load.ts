@@ -1,7 +1,7 @@
 /**
  * What the dashboard costs the database with live tabs open.
  *
- *   DATABASE_URL=postgres://... node --import tsx bench/dashboard-load.ts [--seconds 30] [--instances 100000]
+ *   npm run build && DATABASE_URL=postgres://... node --import tsx bench/dashboard-load.ts [--seconds 30] [--instances 100000]
  *
  * Creates a database of its own on that server (so pg_stat_database counts only
  * this run), migrates it, loads --instances instances (90% done, the rest failed,
@@ -25,7 +25,7 @@ import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { createDashboard, migrate } from "../src/index.js";
+import { createDashboard, migrate } from "./engine.js";
 import { round, sleep } from "./util.js";
 
 const { values } = parseArgs({

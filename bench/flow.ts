@@ -34,7 +34,7 @@ import { loadavg } from "node:os";
 import { dirname } from "node:path";
 import pg from "pg";
 import { z } from "zod";
-import { defineJob, GenDurable, migrate, type InsertManyItem } from "../src/index.js";
+import { defineJob, GenDurable, migrate, type InsertManyItem } from "./engine.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
 import { fmt, fmtRatio, HandlerCalls, round, sleep } from "./util.js";
 

@@ -27,4 +27,7 @@ if [ "${1:-}" = "--investigate" ]; then
   shift
   exec "$NODE_BIN" --import tsx bench/investigate.ts "$@"
 fi
+# gen-durable runs from its compiled package, as users install it (bench/engine.ts says why).
+echo "bench: building dist/ (npm run build)…" >&2
+npm run --silent build >&2
 exec "$NODE_BIN" --import tsx bench/main.ts "$@"

@@ -20,7 +20,7 @@
  */
 import pg from "pg";
 import { z } from "zod";
-import { defineMachine, GenDurable, migrate } from "../src/index.js";
+import { defineMachine, GenDurable, migrate } from "./engine.js";
 import { percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
 
 export interface SignalsParams {

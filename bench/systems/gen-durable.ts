@@ -7,7 +7,7 @@
  */
 import pg from "pg";
 import { z } from "zod";
-import { defineJob, defineMachine, GenDurable, migrate } from "../../src/index.js";
+import { defineJob, defineMachine, GenDurable, migrate } from "../engine.js";
 import type { BenchSystem, FanoutHooks, OnStart } from "./types.js";
 
 export function genDurable(url: string, options: { schema?: string; poolSize?: number } = {}): BenchSystem {
