@@ -6,17 +6,13 @@
  * about a tenth of its Node CPU per job and a tenth of its throughput here: a handicap its users
  * never have. Types come from the sources, so the bench type-checks without a build.
  */
-import { existsSync, statSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { existsSync } from "node:fs";
 import type * as Engine from "../src/index.js";
 
 const compiled = new URL("../dist/index.js", import.meta.url);
 if (!existsSync(compiled)) {
   throw new Error("bench: dist/ is missing; run `npm run build` first (bench/run.sh does)");
 }
-/** When dist/ was built (its index), for the run's report. */
-export const engineBuiltAt = statSync(fileURLToPath(compiled)).mtime;
-
 const engine = (await import(compiled.href)) as typeof Engine;
 export const { defineJob, defineMachine, GenDurable, migrate, createDashboard } = engine;
 export type GenDurable = Engine.GenDurable;

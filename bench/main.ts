@@ -14,7 +14,6 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { startDevDatabase } from "../dev/postgres.js";
-import { engineBuiltAt } from "./engine.js";
 import { genDurable } from "./systems/gen-durable.js";
 import { graphileWorker } from "./systems/graphile-worker.js";
 import { pgBoss } from "./systems/pg-boss.js";
@@ -709,8 +708,8 @@ async function main(): Promise<void> {
       /** 1/5/15-minute load averages when the run began; other work on the host skews absolute figures. */
       loadAverageAtStart: loadavg().map((x) => round(x, 2)),
       loadAverageAtEnd: [] as number[],
-      /** gen-durable runs from its compiled package (bench/engine.ts); when that was built. */
-      genDurableBuild: `dist/, built ${engineBuiltAt.toISOString()}`,
+      /** gen-durable runs from its compiled package (bench/engine.ts), which bench/run.sh builds first. */
+      genDurableBuild: "dist/ (compiled)",
     };
     log(
       `gen-durable benchmark — ${JOBS} no-op jobs; Node ${environment.node}; Postgres ${environment.postgres} (${environment.database}); ` +
