@@ -43,7 +43,10 @@ export function timeQueries(schema: string) {
     ),
 
     /** The engine clock moves forward as far as the stored times move back. */
-    addSkew: statement<{ ms: number }>(`update ${s}.engine_clock set skew_ms = skew_ms + $1`, (a) => [a.ms]),
+    addSkew: statement<{ ms: number }, { skew: string }>(
+      `update ${s}.engine_clock set skew_ms = skew_ms + $1 returning skew_ms as skew`,
+      (a) => [a.ms],
+    ),
 
     /** Moves `columns` of `table` back by `ms`. */
     shift: (table: string, columns: readonly string[], ms: number) =>

@@ -149,16 +149,23 @@ async function shift({ pool, schema, wake, clock }: ReturnType<typeof resolveTar
         const tables = new Set(rows.map((r) => r.table));
         if (!tables.has("instances"))
           throw new ValidationError(`advanceTime: schema "${schema}" has no gen-durable tables; is it migrated?`);
-        if (tables.has("engine_clock")) await q.addSkew(client, { ms });
+        const skew = tables.has("engine_clock") ? (await q.addSkew(client, { ms })).rows[0]?.skew : undefined;
         for (const { table, columns, unique } of SHIFTED) {
           // A table of a later migration than this schema has: nothing to shift.
           if (!tables.has(table)) continue;
           for (const statement of unique ? q.shiftUnique(table, columns, ms) : [q.shift(table, columns, ms)])
             await statement(client);
         }
+        // The rows shifted here come due at this commit, and the engine may run one at once (its
+        // poll, a wake-up): its clock must read the new time by then, not only after the sync below,
+        // or that step's ctx.now() is the time before the shift.
+        if (clock && skew !== undefined) clock.skewMs = Number(skew);
       });
       break;
     } catch (error) {
+      // The clock's skew is the database's again (the transaction may have rolled back); a
+      // database that cannot answer fails the call with the first error.
+      await clock?.sync(pool, schema).catch(() => {});
       // The engine's own transactions lock rows in other orders; a deadlock aborts us, not them: try again.
       if ((error as { code?: unknown }).code !== "40P01" || attempt === 5) throw error;
     }

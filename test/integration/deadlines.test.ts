@@ -1,10 +1,11 @@
 // Deadlines on the engine's clock: ctx.await's until, ctx.now(), ctx.resumedBy, and advanceTime
 // firing every timer of its span in order.
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { defineMachine } from "../../src/index.js";
+import { defineMachine, GenDurable } from "../../src/index.js";
 import { advanceTime, drain } from "../../src/testing/index.js";
-import { useTestDatabase } from "../support/db.js";
+import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 const DAY = 86_400_000;
@@ -155,5 +156,60 @@ describe("advanceTime fires every timer of its span, in order", () => {
     expect(days("start", patienceStarts)).toEqual([10, 20, 30]);
     await engine.cancel(reminders.id);
     await engine.cancel(patience.id);
+  });
+});
+
+describe("advanceTime and a step that comes due at its commit", () => {
+  // The shift's commit makes rows due; the engine's poll may claim one before advanceTime has read
+  // the new time back into the engine's clock. A CI run saw a weekly reminder's second run report
+  // day 10 (the time before the shift) instead of day 14.
+  it("the step's ctx.now() is already the new time", async () => {
+    const ticks: number[] = [];
+    const Tick = defineMachine({
+      name: "ShiftTick",
+      queue: "shift-tick",
+      state: z.object({}),
+      steps: {
+        start: (ctx) => (ticks.push(ctx.now().getTime()), ctx.next("tick", ctx.state, { delay: "7d" })),
+        tick: (ctx) => (ticks.push(ctx.now().getTime()), ctx.done()),
+      },
+    });
+    // The engine's own pool, so that the test can hold back the clock's read after the shift.
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    let held: Promise<void> | undefined;
+    const query = pool.query.bind(pool) as (config: unknown) => Promise<unknown>;
+    pool.query = (async (config: unknown) => {
+      const text = (config as { text?: unknown } | null)?.text;
+      if (held && typeof text === "string" && text.includes("clock_timestamp()")) await held;
+      return query(config);
+    }) as unknown as typeof pool.query;
+    // A short poll: it claims the row as soon as the shift commits.
+    const node = new GenDurable({
+      pool,
+      schema: db.schema,
+      queues: { "shift-tick": 1 },
+      machines: [Tick],
+      pollInterval: "20ms",
+    });
+    await node.start();
+    let release = () => {};
+    try {
+      const { id } = await node.insert(Tick, { state: {} });
+      await eventually("the tick scheduled", async () => (await node.get(id))?.step === "tick");
+      held = new Promise((resolve) => (release = resolve));
+      const advanced = advanceTime(node, "7d");
+      // The tick runs while advanceTime still waits for its read of the clock.
+      await eventually("the tick ran", () => ticks.length === 2);
+      release();
+      held = undefined;
+      await advanced;
+      // Engine time from the start step to the tick: the 7 days the shift moved.
+      expect(ticks[1]! - ticks[0]!).toBeGreaterThanOrEqual(7 * DAY);
+    } finally {
+      release();
+      held = undefined;
+      await node.stop();
+      await pool.end();
+    }
   });
 });
