@@ -89,7 +89,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     this.ownsPool = owned;
     const sql = (this.sql = queriesFor(config.schema));
     this.notifier = new Notifier(pool, config.channel, (error) => this.reportError("notify", error));
-    this.completer = new Completer(pool, sql.claims, sql.claims.committedBy);
+    this.completer = new Completer(pool, sql.claims);
     this.leases = new Leases(pool, sql.claims, config.leaseMs);
     this.clockWatch = new ClockWatch({ events, logger: config.logger, node: config.nodeId, clock });
     this.rateLimiter = new RateLimiter(pool, sql.flow, config.rateLimits);

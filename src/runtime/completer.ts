@@ -28,12 +28,11 @@ export class Completer {
   constructor(
     private readonly pool: pg.Pool,
     /**
-     * sql/claims.ts: the group commit's statements. `completeReleasingKeys` for a batch with keyed
-     * outcomes; `complete`, which never names the keys' table, for the others.
+     * sql/claims.ts: the group commit's statements (`completeReleasingKeys` for a batch with keyed
+     * outcomes; `complete`, which never names the keys' table, for the others), and `committedBy`:
+     * which claims' outcomes are in the database.
      */
-    private readonly statements: Pick<ClaimQueries, "complete" | "completeReleasingKeys">,
-    /** sql/claims.ts `committedBy`: which claims' outcomes are in the database. */
-    private readonly committedBy?: ClaimQueries["committedBy"],
+    private readonly statements: Pick<ClaimQueries, "complete" | "completeReleasingKeys" | "committedBy">,
   ) {}
 
   /** Resolves true when committed, false when the claim was lost (fenced: nothing written). */
@@ -116,8 +115,8 @@ export class Completer {
    */
   private async withEarlierCommits(completions: Completion[], won: Set<string>): Promise<Set<string>> {
     const unsure = completions.filter((c) => !won.has(c.id));
-    if (unsure.length === 0 || this.committedBy === undefined) return won;
-    const { rows } = await this.committedBy(this.pool, { claims: unsure });
+    if (unsure.length === 0) return won;
+    const { rows } = await this.statements.committedBy(this.pool, { claims: unsure });
     for (const { id } of rows) won.add(id);
     return won;
   }
