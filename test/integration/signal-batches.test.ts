@@ -215,3 +215,92 @@ describe("concurrent signals of one engine", () => {
     expect(consumed).toHaveLength(5);
   });
 });
+
+describe("a batch's targets", () => {
+  it("a key and an instance id that share a correlation key: the finished one by id, the live one by key, in one batch", async () => {
+    const old = await node.insert(Waiter, { state: {}, correlationKey: "shared" });
+    await awaiting([old.id]);
+    await node.signal("shared", "go", "old");
+    expect((await node.wait(old.id, { timeout: 10_000 })).status).toBe("done");
+    const live = await node.insert(Waiter, { state: {}, correlationKey: "shared" });
+    await awaiting([live.id]);
+    const aloneSent = () => texts.filter((t) => t.includes("deliver_signal($1")).length;
+    // Two in flight first, so that the two that follow share the next statement.
+    const [others] = [
+      await node.insertMany([0, 1].map((i) => ({ machine: Waiter, state: {}, correlationKey: `s:${i}` }))),
+    ];
+    await awaiting(others.map((r) => r.id));
+    const [aloneBefore, batchesBefore] = [aloneSent(), batches()];
+    const sent = [
+      outcome(sender.signal("s:0", "go", 0)),
+      outcome(sender.signal("s:1", "go", 1)),
+      outcome(sender.signal({ id: old.id }, "go", "to the old one")),
+      outcome(sender.signal("shared", "go", "to the live one")),
+    ];
+    const results = await Promise.all(sent);
+    expect(results.map((r) => r.ok)).toEqual([true, true, false, true]);
+    expect((results[2] as { error: unknown }).error).toBeInstanceOf(InstanceTerminatedError);
+    // Each went in a batch: none was left for a statement of its own.
+    expect(aloneSent() - aloneBefore).toBeLessThanOrEqual(1);
+    expect(batches() - batchesBefore).toBeGreaterThanOrEqual(1);
+    expect((await node.wait(live.id, { timeout: 10_000 })).result).toEqual(["to the live one"]);
+  });
+
+  it("deliveries keep to their indexes on a session whose plans were made while the tables were nearly empty", async () => {
+    // A connection of its own: its plans of the delivery functions are made on its first call,
+    // when the mailbox holds almost nothing, and kept. Whatever the mailbox holds later, a
+    // delivery looks rows up by key and never scans a table (counted for this transaction).
+    const client = await sideClient(db.url);
+    try {
+      const targets = await node.insertMany(
+        Array.from({ length: 30 }, (_, i) => ({
+          machine: Packer,
+          state: {},
+          correlationKey: `scan:${i}`,
+        })),
+      );
+      await awaiting(targets.map((r) => r.id));
+      const deliver = (keys: string[]) =>
+        client.query<{ outcome: string; wake_queue: string | null }>(
+          `select outcome, wake_queue from ${s}.deliver_signals($1::jsonb)`,
+          [
+            JSON.stringify(
+              keys.map((target) => ({
+                byId: false,
+                target,
+                event: "item",
+                payload: target,
+                channel: null,
+                machineNot: [],
+              })),
+            ),
+          ],
+        );
+      expect((await deliver(["scan:0"])).rows).toEqual([{ outcome: "delivered", wake_queue: null }]);
+      await client.query(
+        `insert into ${s}.signals (instance_id, event, payload, consumed_at)
+         select i.id, 'item', 'null', now() from ${s}.instances i, generate_series(1, 100) where i.machine = 'Packer'`,
+      );
+      await client.query("begin");
+      const rows: Array<{ outcome: string; wake_queue: string | null }> = [];
+      // Four rounds to all, a fifth to all but the first (its pack filled in the fourth).
+      for (let round = 0; round < 5; round++)
+        rows.push(...(await deliver(targets.map((_, i) => `scan:${i}`).slice(round === 4 ? 1 : 0))).rows);
+      const { rows: scans } = await client.query<{ relname: string; seq_scan: number }>(
+        `select relname, seq_scan::int from pg_stat_xact_user_tables
+         where schemaname = $1 and relname in ('instances', 'signals') order by relname`,
+        [db.schema],
+      );
+      await client.query("commit");
+      expect(rows.every((r) => r.outcome === "delivered")).toBe(true);
+      // Every pack of five filled, each once.
+      expect(rows.filter((r) => r.wake_queue === "batches")).toHaveLength(30);
+      expect(scans).toEqual([
+        { relname: "instances", seq_scan: 0 },
+        { relname: "signals", seq_scan: 0 },
+      ]);
+    } finally {
+      await client.end();
+    }
+  });
+});
