@@ -4,6 +4,7 @@
  * when it is claimed. Text only; values are bound parameters, the schema the only identifier.
  */
 import { quoteIdent } from "../names.js";
+import { stillRunning } from "./claims.js";
 import { statement } from "./query.js";
 
 /** A machine as the SQL API needs it: what `insert` from SQL starts it with. */
@@ -63,7 +64,7 @@ export function sqlApiQueries(schema: string) {
     acceptState: statement<{ id: string; token: string; state: string; version: number }>(
       `
       update ${s}.instances set state = $3::jsonb, unvalidated = false, version = $4
-      where id = $1 and claim_token = $2 and status = 'running'`,
+      where id = $1 and claim_token = $2 and ${stillRunning("")}`,
       (a) => [a.id, a.token, a.state, a.version],
     ),
   };

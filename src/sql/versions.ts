@@ -3,6 +3,7 @@ import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
 import { machineOf } from "./instances.js";
+import { stillRunning } from "./claims.js";
 import { statement } from "./query.js";
 
 /** A live instance parked at a step its machine lacks (runtime/versions.ts: StrandedInstance). */
@@ -36,7 +37,7 @@ export function versionQueries(schema: string) {
       `
       with u as (
         update ${s}.instances set state = $3::jsonb, version = $4, updated_at = now()
-        where id = $1 and claim_token = $2 and status = 'running'
+        where id = $1 and claim_token = $2 and ${stillRunning("")}
         returning id, step, attempt
       )
       insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)
