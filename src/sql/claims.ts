@@ -116,13 +116,13 @@ function withoutNullFields(outcome: OutcomeRow): Partial<OutcomeRow> {
 
 /**
  * The fence's status check (the row is still running), for statements that find their rows by id
- * (`alias` the instances table's, or "" for none). Written so that the partial index
+ * (`alias`: the instances table's, when the statement names it). Written so that the partial index
  * instances_lease (where status = 'running') cannot serve it: with the plain comparison, a plan
  * made from statistics that saw few running rows (a queue analysed while deep, or while nothing
  * ran) walks that index instead of the primary key, and reads every running row of every node once
  * per call: 5,003 rows for a commit of three claims, with 5,000 other rows running.
  */
-export const stillRunning = (alias: string) => `${alias ? `${alias}.` : ""}status || '' = 'running'`;
+export const stillRunning = (alias?: string) => `${alias ? `${alias}.` : ""}status || '' = 'running'`;
 
 /** The claims' ids and tokens as the two parallel arrays the statements unnest. */
 const claimArrays = (claims: readonly Claim[]) => [claims.map((c) => c.id), claims.map((c) => c.token)];
@@ -417,7 +417,7 @@ export function claimQueries(schema: string) {
 
     /** Locks a claimed row for a commit that must read other tables after the lock (await). */
     lockClaimed: statement<{ id: string; token: string }, { id: string }>(
-      `select id from ${s}.instances where id = $1 and claim_token = $2 and ${stillRunning("")} for update`,
+      `select id from ${s}.instances where id = $1 and claim_token = $2 and ${stillRunning()} for update`,
       (a) => [a.id, a.token],
     ),
 

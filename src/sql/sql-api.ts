@@ -64,7 +64,7 @@ export function sqlApiQueries(schema: string) {
     acceptState: statement<{ id: string; token: string; state: string; version: number }>(
       `
       update ${s}.instances set state = $3::jsonb, unvalidated = false, version = $4
-      where id = $1 and claim_token = $2 and ${stillRunning("")}`,
+      where id = $1 and claim_token = $2 and ${stillRunning()}`,
       (a) => [a.id, a.token, a.state, a.version],
     ),
   };

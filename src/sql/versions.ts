@@ -37,7 +37,7 @@ export function versionQueries(schema: string) {
       `
       with u as (
         update ${s}.instances set state = $3::jsonb, version = $4, updated_at = now()
-        where id = $1 and claim_token = $2 and ${stillRunning("")}
+        where id = $1 and claim_token = $2 and ${stillRunning()}
         returning id, step, attempt
       )
       insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt)

@@ -13,8 +13,9 @@
 -- (try_resume, match_tree): nothing else on the connection sees it. Every statement they run is
 -- a lookup by primary key, by live correlation key or by the mailbox index (instance, event), so
 -- one plan fits every call; but a plan kept for the session is made once, and one made while a
--- table was nearly empty (a new schema, statistics not gathered yet) scans the whole table, for
--- as long as the connection lives. enable_seqscan = off keeps them on their indexes: measured on
+-- table was nearly empty (a new schema, statistics not gathered yet) scans the whole table until
+-- something replans it (a vacuum or ANALYZE of the table, never on a server with autovacuum
+-- off). enable_seqscan = off keeps them on their indexes: measured on
 -- a new schema, 200 instances awaiting packs of 25, try_resume took 208 us a call with generic
 -- plans made when the mailbox was empty, and 63 with this setting.
 --
