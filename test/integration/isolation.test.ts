@@ -6,6 +6,7 @@ import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { ConfigError, defineMachine, GenDurable, ValidationError } from "../../src/index.js";
+import { claimQueries } from "../../src/sql/claims.js";
 import { useTestDatabase } from "../support/db.js";
 import { Gates, outcome, sideClient, waitForLockWait } from "../support/locks.js";
 
@@ -74,10 +75,7 @@ describe("the engine's own connections", () => {
     await client.signal({ id }, "go", 42, { client: side });
     // ...while the step parks: its commit locks the row first and waits.
     gates.open(id);
-    await waitForLockWait(db.pool, "the await's commit", [
-      db.schema,
-      "claim_token = $2 and status = 'running' for update",
-    ]);
+    await waitForLockWait(db.pool, "the await's commit", [claimQueries(db.schema).lockClaimed.text]);
     await side.query("commit");
     // Its mailbox read comes after the lock, in a statement of its own: it must see the signal.
     expect((await client.wait(id, { timeout: 10_000 })).result).toBe(42);
