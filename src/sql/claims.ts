@@ -110,7 +110,12 @@ export interface OutcomeRow {
  */
 function withoutNullFields(outcome: OutcomeRow): Partial<OutcomeRow> {
   const fields: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(outcome)) if (value !== null && value !== undefined) fields[key] = value;
+  // for…in, not Object.entries: that built an array of [key, value] pairs per outcome, about 7% of
+  // the bytes a worker allocated per no-op job. An outcome is a plain object: nothing inherited.
+  for (const key in outcome) {
+    const value = outcome[key as keyof OutcomeRow];
+    if (value !== null && value !== undefined) fields[key] = value;
+  }
   return fields;
 }
 

@@ -46,7 +46,19 @@ const Other = defineMachine({
   steps: { start: (ctx) => ctx.done() },
 });
 
-const node = db.engine({ queues: { batches: 20 }, machines: [Waiter, Packer] });
+/** Parks on a signal whose payload its schema checks: a signal it refuses is not stored. */
+const Typed = defineMachine({
+  name: "Typed",
+  queue: "batches",
+  state: z.object({}),
+  signals: { go: z.number() },
+  steps: {
+    start: (ctx) => ctx.await("go", "end"),
+    end: (ctx) => ctx.done(ctx.awaited.map((a) => a.payload)),
+  },
+});
+
+const node = db.engine({ queues: { batches: 20 }, machines: [Waiter, Packer, Typed] });
 await node.start();
 
 // A pure client on a pool of its own (at most 2 deliveries in flight), whose statements are counted.
@@ -244,6 +256,41 @@ describe("a batch's targets", () => {
     expect(aloneSent() - aloneBefore).toBeLessThanOrEqual(1);
     expect(batches() - batchesBefore).toBeGreaterThanOrEqual(1);
     expect((await node.wait(live.id, { timeout: 10_000 })).result).toEqual(["to the live one"]);
+  });
+
+  it("a batch refuses an item whose payload the target's machine refuses, and delivers the others", async () => {
+    const [refused, fine] = await node.insertMany(
+      ["refused", "fine"].map((k) => ({ machine: Typed, state: {}, correlationKey: `typed:${k}` })),
+    );
+    await awaiting([refused!.id, fine!.id]);
+    // As the engine sends them: machineNot names the machines whose signal schema refuses the payload.
+    const item = (target: string, payload: unknown, machineNot: string[]) => ({
+      byId: false,
+      target,
+      event: "go",
+      payload,
+      dedupKey: null,
+      traceContext: null,
+      channel: null,
+      machineIs: null,
+      machineNot,
+    });
+    const { rows } = await db.pool.query<{ outcome: string; machine: string | null }>(
+      `select outcome, machine from ${s}.deliver_signals($1::jsonb) order by idx`,
+      [JSON.stringify([item("typed:refused", "not a number", ["Typed"]), item("typed:fine", 2, ["Other"])])],
+    );
+    expect(rows).toEqual([
+      { outcome: "refused", machine: "Typed" },
+      { outcome: "delivered", machine: "Typed" },
+    ]);
+    expect((await node.wait(fine!.id, { timeout: 10_000 })).result).toEqual([2]);
+    // Nothing stored for the refused one: it still awaits, its mailbox empty.
+    const { rows: left } = await db.pool.query<{ status: string; n: number }>(
+      `select i.status, (select count(*)::int from ${s}.signals g where g.instance_id = i.id) as n
+       from ${s}.instances i where i.id = $1`,
+      [refused!.id],
+    );
+    expect(left[0]).toEqual({ status: "awaiting", n: 0 });
   });
 
   it("deliveries keep to their indexes on a session whose plans were made while the tables were nearly empty", async () => {
