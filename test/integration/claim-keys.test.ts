@@ -259,36 +259,3 @@ describe("a claim and the rows of its keys", () => {
     }
   });
 });
-
-describe("a claim of keyed work", () => {
-  it("reads one row per free key, however many rows are queued behind each key", async () => {
-    // 100 keys with 40 runnable rows each, the statistics taken over them as on a busy queue.
-    await db.pool.query(`delete from ${s}.instances where queue = $1`, [QUEUE]);
-    await db.pool.query(`delete from ${s}.concurrency_keys where queue = $1`, [QUEUE]);
-    await db.pool.query(
-      `insert into ${s}.instances (machine, step, state, queue, status, concurrency_key)
-       select 'Keyed', 'start', '{"n": 0}', $1, 'runnable', 'deep:' || (g % 100) from generate_series(1, 4000) g`,
-      [QUEUE],
-    );
-    await db.pool.query(`analyze ${s}.instances`);
-    await db.pool.query(`analyze ${s}.concurrency_keys`);
-    const conn = await db.pool.connect();
-    try {
-      await conn.query("begin");
-      const { rows: claimed } = await claim(conn);
-      // Rows fetched from instances through an index in this transaction, the claim's only statement.
-      const { rows } = await conn.query<{ fetched: number }>(
-        `select idx_tup_fetch::int as fetched from pg_stat_xact_user_tables where relid = $1::regclass`,
-        [`${s}.instances`],
-      );
-      await conn.query("rollback");
-      expect(claimed).toHaveLength(100);
-      // About seven a claimed row (737 here): its key's next row found in the key's order, the row
-      // locked and claimed, and the key's next work read again after it (step 3), each through the
-      // index entries of the row's earlier versions too. A walk of each key's backlog read 4,648.
-      expect(rows[0]!.fetched).toBeLessThan(10 * claimed.length);
-    } finally {
-      conn.release();
-    }
-  });
-});
