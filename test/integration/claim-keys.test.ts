@@ -217,6 +217,74 @@ describe("a claim and the rows of its keys", () => {
     for (const row of after) expect(row.holders).toEqual([]);
   });
 
+  it("a claim reads each key's next instance, not the key's whole backlog", { timeout: 60_000 }, async () => {
+    // The claim finds a free key's next instance by walking instances_key_runnable in the key's
+    // order and stopping at the first. Under the generic plan a session keeps, the planner took
+    // the checks the walk adds (this queue, the node's machines) for selective, expected it to
+    // read the whole key, and read every runnable row of each key and sorted them instead; with
+    // index reads priced high it scanned the whole table once per key. Each case makes its plans
+    // on a connection of its own: from statistics taken before the backlog was queued, from
+    // current ones, and with random_page_cost raised, as a server may be tuned.
+    const Deep = defineJob({
+      name: "ClaimKeysDeep",
+      queue: "claimkeys-deep",
+      args: z.object({ n: z.number() }),
+      perform: () => null,
+    });
+    const KEYS = 1000;
+    const BACKLOG = 30;
+    const CLAIMED = 200;
+    /** A claim of CLAIMED rows on a connection whose plans are made now; the rows of instances it read. */
+    const claimOnFreshConnection = async (settings?: string) => {
+      const conn = await db.pool.connect();
+      try {
+        await conn.query("begin");
+        if (settings) await conn.query(settings);
+        const { rows } = await claimQueries(db.schema).claim(conn, {
+          queue: "claimkeys-deep",
+          machines: [Deep.name],
+          want: CLAIMED,
+          nodeId: "claim-keys-test",
+          leaseMs: 60_000,
+          global: null,
+          startNow: CLAIMED,
+          keyedAtMost: CLAIMED,
+        });
+        const { rows: read } = await conn.query<{ n: number }>(
+          `select (idx_tup_fetch + seq_tup_read)::int as n from pg_stat_xact_user_tables where relid = $1::regclass`,
+          [`${s}.instances`],
+        );
+        return { keys: new Set(rows.map((r) => r.concurrency_key)).size, read: read[0]!.n };
+      } finally {
+        await conn.query("rollback");
+        // Destroyed, not returned to the pool: its plans must not serve the next case.
+        conn.release(true);
+      }
+    };
+
+    await db.pool.query(`analyze ${s}.instances`);
+    // In SQL, the key trigger keeping the keys' rows: 30,000 rows through insertMany take seconds.
+    await db.pool.query(
+      `insert into ${s}.instances (machine, step, state, status, queue, concurrency_key)
+       select $1, 'perform', jsonb_build_object('n', g), 'runnable', 'claimkeys-deep', 'deep:' || (g % $2)
+       from generate_series(1, $3) g`,
+      [Deep.name, KEYS, KEYS * BACKLOG],
+    );
+    const cases = { staleStatistics: await claimOnFreshConnection() };
+    await db.pool.query(`analyze ${s}.instances`);
+    Object.assign(cases, {
+      currentStatistics: await claimOnFreshConnection(),
+      indexReadsPricedHigh: await claimOnFreshConnection("set local random_page_cost = 400"),
+    });
+    // Each key's next instance, its row locked and claimed, the key's next work looked up: 6 rows
+    // per key, 1,200 in every case. Before: 7,002 with current statistics (each key's backlog read
+    // and sorted), and 6,060,602 with index reads priced high (the table scanned for each key).
+    const offending = Object.entries(cases).filter(([, { keys, read }]) => keys !== CLAIMED || read > 10 * CLAIMED);
+    expect(offending).toEqual([]);
+    await db.pool.query(`delete from ${s}.instances where queue = 'claimkeys-deep'`);
+    await db.pool.query(`delete from ${s}.concurrency_keys where key like 'deep:%'`);
+  });
+
   it("a group commit of unkeyed outcomes does not lock the keys' table", async () => {
     const queue = "claimkeys-plain";
     const Plain = defineJob({ name: "ClaimKeysPlain", queue, args: z.object({ n: z.number() }), perform: () => null });
