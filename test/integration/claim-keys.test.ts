@@ -10,7 +10,7 @@ import { defineJob, type GenDurable } from "../../src/index.js";
 import type pg from "pg";
 import { Completer } from "../../src/runtime/completer.js";
 import { claimQueries, type ClaimedRow, type OutcomeRow } from "../../src/sql/claims.js";
-import { eventually, useTestDatabase } from "../support/db.js";
+import { eventually, rowsReadSoFar, useTestDatabase } from "../support/db.js";
 import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -240,6 +240,7 @@ describe("a claim and the rows of its keys", () => {
       try {
         await conn.query("begin");
         if (settings) await conn.query(settings);
+        const before = await rowsReadSoFar(conn, `${s}.instances`);
         const { rows } = await claimQueries(db.schema).claim(conn, {
           queue: "claimkeys-deep",
           machines: [Deep.name],
@@ -250,11 +251,8 @@ describe("a claim and the rows of its keys", () => {
           startNow: CLAIMED,
           keyedAtMost: CLAIMED,
         });
-        const { rows: read } = await conn.query<{ n: number }>(
-          `select (idx_tup_fetch + seq_tup_read)::int as n from pg_stat_xact_user_tables where relid = $1::regclass`,
-          [`${s}.instances`],
-        );
-        return { keys: new Set(rows.map((r) => r.concurrency_key)).size, read: read[0]!.n };
+        const read = (await rowsReadSoFar(conn, `${s}.instances`)) - before;
+        return { keys: new Set(rows.map((r) => r.concurrency_key)).size, read };
       } finally {
         await conn.query("rollback");
         // Destroyed, not returned to the pool: its plans must not serve the next case.

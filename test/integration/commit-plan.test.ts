@@ -13,7 +13,7 @@ import type { QueryConfig, QueryResultRow } from "pg";
 import type { Queryable, Statement } from "../../src/sql/query.js";
 import { sqlApiQueries } from "../../src/sql/sql-api.js";
 import { versionQueries } from "../../src/sql/versions.js";
-import { useTestDatabase } from "../support/db.js";
+import { rowsReadSoFar, useTestDatabase } from "../support/db.js";
 import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -162,4 +162,41 @@ describe("the group commit's plan", () => {
       expect(Object.entries(read).filter(([, n]) => n > 30)).toEqual([]);
     },
   );
+});
+
+describe("the claim's plan", () => {
+  it("reads only the rows it claims, however index reads are priced", { timeout: 60_000 }, async () => {
+    // A server tuned to price random reads high (random_page_cost) made the claim's generic plan
+    // scan instances whole, twice, to claim 200 of 30,000 queued rows: 60,002 rows read. The
+    // claim runs with sequential scans and bitmaps off (migration 30), so it walks its indexes.
+    await db.pool.query(`truncate ${s}.instances, ${s}.transitions`);
+    await db.pool.query(
+      `insert into ${s}.instances (machine, step, state, status, queue)
+       select 'M', 'start', '{}', 'runnable', 'q' from generate_series(1, 30000)`,
+    );
+    await db.pool.query(`analyze ${s}.instances`);
+    const conn = await db.pool.connect();
+    try {
+      await conn.query("begin");
+      await conn.query("set local random_page_cost = 400");
+      const before = await rowsReadSoFar(conn, `${s}.instances`);
+      const { rows } = await claimQueries(db.schema).claim(conn, {
+        queue: "q",
+        machines: ["M"],
+        want: 200,
+        nodeId: "n",
+        leaseMs: 60_000,
+        global: null,
+        startNow: 200,
+        keyedAtMost: 200,
+      });
+      const read = (await rowsReadSoFar(conn, `${s}.instances`)) - before;
+      // Each claimed row found through instances_claim, then updated by its primary key: 400.
+      expect({ claimed: rows.length, readAtMost600: read <= 600 }).toEqual({ claimed: 200, readAtMost600: true });
+    } finally {
+      await conn.query("rollback");
+      // Its plans were made under that setting: not for anyone else.
+      conn.release(true);
+    }
+  });
 });

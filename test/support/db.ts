@@ -79,6 +79,20 @@ export async function eventually<T>(
 }
 
 /**
+ * Rows of `table` (a qualified name) this connection has read, by index fetches and sequential
+ * scans, and not yet reported to the statistics: its current transaction's and those of earlier
+ * transactions still pending. So a difference taken inside one transaction counts what ran in
+ * between.
+ */
+export async function rowsReadSoFar(conn: pg.ClientBase, table: string): Promise<number> {
+  const { rows } = await conn.query<{ n: number }>(
+    `select (idx_tup_fetch + seq_tup_read)::int as n from pg_stat_xact_user_tables where relid = $1::regclass`,
+    [table],
+  );
+  return rows[0]!.n;
+}
+
+/**
  * A database of its own on the test server (name `prefix_<random>`), for what must not share one:
  * server-wide counters such as pg_stat_database.deadlocks, the `public` schema, whole-database
  * settings. `drop` removes it, closing whatever is still connected.
