@@ -644,6 +644,26 @@ describe("global providers", () => {
     metrics.disable();
   });
 
+  it("a tracer registered after start() traces the steps that start after it", async () => {
+    trace.disable();
+    metrics.disable();
+    const otel = sdk();
+    const engine = engineWith({ machines: [Flow] });
+    await engine.start();
+    const before = await engine.insert(Flow, { state: { n: 1 } });
+    await engine.wait(before.id, { timeout: 10_000 });
+    // Steps that ran with nothing registered made no span (not even a no-op one kept open).
+    trace.setGlobalTracerProvider(otel.tracerProvider);
+    const after = await engine.insert(Flow, { state: { n: 2 } });
+    await engine.wait(after.id, { timeout: 10_000 });
+    await eventually("spans of the instance started after the registration", () => otel.spans(after.id).length === 2);
+    expect(otel.spans(before.id)).toEqual([]);
+    // The meter is the one the engine took at start(): the API's no-op one.
+    expect(await otel.metric("gen_durable.step.duration")).toBeUndefined();
+    await engine.stop();
+    trace.disable();
+  });
+
   it("telemetry: false exports nothing even with global providers registered", async () => {
     const otel = sdk();
     trace.setGlobalTracerProvider(otel.tracerProvider);
