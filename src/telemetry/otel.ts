@@ -2,7 +2,7 @@
  * OpenTelemetry spans and metrics, through `@opentelemetry/api` only: without
  * an SDK every call below would land on the API's no-op implementations, and
  * an application that registers nothing exports nothing; steps then skip
- * their spans and metrics altogether (see `observed`).
+ * their spans and metrics altogether (see `metering` and `tracing`).
  *
  * Everything is driven by the engine's own events (src/events.ts), so the
  * executor knows nothing of OpenTelemetry. A step's span opens on
@@ -121,14 +121,15 @@ export class OtelBridge {
   private readonly tracer: Tracer;
   private readonly meter: Meter;
   /**
-   * Whether a step's span and metrics can go anywhere now. Without an SDK every span and metric
-   * call is a no-op, but making the spans, their attributes and the context the step runs in cost
-   * about a tenth of a no-op job's CPU in Node; so while nothing is registered, steps skip them.
-   * False only for the API's no-op meter (fixed when the engine started) and a global tracer
-   * provider that delegates to nothing: asked per step, since that provider is a proxy and an SDK
-   * registered after start() is used from the next step on.
+   * Whether spans and metric points can go anywhere. Without an SDK every span and metric call is
+   * a no-op, but making the spans, their attributes and the context the step runs in cost about a
+   * tenth of a no-op job's CPU in Node; so while nothing is registered, steps skip them. Metrics go
+   * nowhere for good when the meter is the API's no-op one (taken when the engine started); spans,
+   * while the global tracer provider delegates to nothing: asked per step, since that provider is
+   * a proxy and an SDK registered after start() is used from the next step on.
    */
-  private readonly observed: () => boolean;
+  private readonly metering: boolean;
+  private readonly tracing: () => boolean;
   /** Spans of attempts in flight on this node, by `id:attempt`. */
   private readonly open = new Map<string, OpenSpan>();
   private readonly offs: Array<() => void> = [];
@@ -145,11 +146,10 @@ export class OtelBridge {
   constructor(deps: OtelDeps) {
     this.tracer = deps.tracerProvider.getTracer(SCOPE);
     this.meter = deps.meterProvider.getMeter(SCOPE);
+    this.metering = Object.getPrototypeOf(this.meter) !== NOOP_METER_PROTOTYPE;
     const provider = deps.tracerProvider;
-    this.observed =
-      Object.getPrototypeOf(this.meter) !== NOOP_METER_PROTOTYPE || !(provider instanceof ProxyTracerProvider)
-        ? () => true
-        : () => provider.getDelegate() !== NO_SDK_TRACER_PROVIDER;
+    this.tracing =
+      provider instanceof ProxyTracerProvider ? () => provider.getDelegate() !== NO_SDK_TRACER_PROVIDER : () => true;
     this.stepDuration = this.meter.createHistogram(METRIC.stepDuration, {
       description:
         "Time a step's code ran, from the start of its attempt to its outcome (commit excluded), " +
@@ -276,7 +276,7 @@ export class OtelBridge {
   }
 
   private onStart(e: StepFacts): void {
-    if (!this.observed()) return;
+    if (!this.observed) return;
     const k = key(e);
     // A second start of the same attempt (a snooze refunds the attempt number) supersedes a span left open.
     this.open.get(k)?.span.end();
@@ -288,7 +288,7 @@ export class OtelBridge {
   private onStop(e: EngineEvents["step:stop"]): void {
     const k = key(e);
     const open = this.open.get(k);
-    if (!open && !this.observed()) return;
+    if (!open && !this.observed) return;
     this.open.delete(k);
     const span = open?.span ?? this.startSpan(e, e.durationMs);
     span.setAttribute(ATTR.outcome, e.outcome);
@@ -376,7 +376,12 @@ export class OtelBridge {
   }
 
   private finished(machine: string, status: "done" | "failed" | "cancelled"): void {
-    this.instancesFinished.add(1, { [ATTR.machine]: machine, [ATTR.status]: status });
+    if (this.metering) this.instancesFinished.add(1, { [ATTR.machine]: machine, [ATTR.status]: status });
+  }
+
+  /** Whether a step's span or its metrics go anywhere now (see `tracing`). */
+  private get observed(): boolean {
+    return this.metering || this.tracing();
   }
 
   /** A step's root span; back-dated by `durationMs` for one created when the attempt is already over. */
