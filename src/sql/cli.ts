@@ -6,6 +6,7 @@
 import { quoteIdent } from "../names.js";
 import type { ErrorRecord } from "../json.js";
 import type { Status } from "../status.js";
+import { machineRows, type MachineRows } from "./by-machine.js";
 import { statement } from "./query.js";
 
 /** A signal of one instance, as `show` lists it. */
@@ -39,9 +40,17 @@ export interface Selection {
 
 export function cliQueries(schema: string) {
   const s = quoteIdent(schema);
-  /** The selection as $1 to $4. */
-  const where = `status = any($1::text[]) and ($2::text is null or machine = $2) and ($3::text is null or queue = $3)
-    and ($4::double precision is null or updated_at <= now() - $4 * interval '1 millisecond')`;
+  /** The selection as $1 to $4, over the branches of by-machine.ts (`$2`, the machine, may be null for any). */
+  const selected = (where: string, order?: MachineRows["order"]) =>
+    machineRows(s, {
+      machine: "$2",
+      anyWhenNull: true,
+      statuses: "$1::text[]",
+      columns: "id",
+      where: `status = any($1::text[]) and ($3::text is null or queue = $3)
+        and ($4::double precision is null or updated_at <= now() - $4 * interval '1 millisecond') and ${where}`,
+      ...(order ? { order } : {}),
+    });
   const selection = (f: Selection) => [f.statuses, f.machine, f.queue, f.olderThanMs];
   return {
     /** An instance's signals, oldest first. */
@@ -60,13 +69,18 @@ export function cliQueries(schema: string) {
 
     /** How many instances the selection holds (`--dry-run`). */
     count: statement<{ selection: Selection }, { n: number }>(
-      `select count(*)::int as n from ${s}.instances where ${where}`,
+      `select count(*)::int as n from (${selected("true")}) i`,
       (a) => selection(a.selection),
     ),
 
-    /** Ids the selection holds after id `after`, in id order, at most `limit`: bulk actions walk them in batches. */
+    /**
+     * Ids the selection holds after id `after`, in id order (the bigint's: ordered by the text
+     * alias, 10000 came before 9999 and a batch's last id skipped smaller ones), at most `limit`:
+     * bulk actions walk them in batches.
+     */
     ids: statement<{ selection: Selection; after: string; limit: number }, { id: string }>(
-      `select id::text as id from ${s}.instances where ${where} and id > $5::bigint order by id limit $6`,
+      `select i.id::text as id from (${selected("id > $5::bigint", { by: "id", limit: "$6" })}) i
+      order by i.id limit $6`,
       (a) => [...selection(a.selection), a.after, a.limit],
     ),
   };

@@ -8,6 +8,7 @@
 import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
+import { IN_FLIGHT_SQL, LIVE_BRANCHES, machineRows, type MachineRows } from "./by-machine.js";
 import { doneTransitions } from "./done-transition.js";
 import { INSTANCE_COLUMNS, type InstanceRow } from "./instances.js";
 import type { BucketRow as StoredBucketRow } from "./flow.js";
@@ -90,10 +91,22 @@ export interface LiveStepRow {
 
 export function dashboardQueries(schema: string) {
   const s = quoteIdent(schema);
-  /** The instance-list filter, shared by the page, its count and the bulk actions so the three agree. */
-  const filter = `($1::text is null or machine = $1) and ($2::text[] is null or status = any($2))
-        and ($3::text is null or queue = $3) and ($4::text is null or correlation_key = $4)
-        and ($5::timestamptz is null or inserted_at >= $5) and ($6::timestamptz is null or inserted_at < $6)`;
+  /**
+   * The instance-list filter ($1 to $6, over the branches of by-machine.ts), shared by the page,
+   * its count and the bulk actions so the three agree; `where` adds to it.
+   */
+  const filtered = (columns: string, where: string, order: NonNullable<MachineRows["order"]>) =>
+    machineRows(s, {
+      machine: "$1",
+      anyWhenNull: true,
+      statuses: "$2::text[]",
+      columns,
+      where: `($2::text[] is null or status = any($2)) and ($3::text is null or queue = $3)
+        and ($4::text is null or correlation_key = $4)
+        and ($5::timestamptz is null or inserted_at >= $5) and ($6::timestamptz is null or inserted_at < $6)
+        and ${where}`,
+      order,
+    });
   return {
     /**
      * Transitions per minute over the last hour: all of them, and those that failed an attempt or
@@ -131,8 +144,9 @@ export function dashboardQueries(schema: string) {
     /** A page of the instance list, newest first, before id `before` (the keyset cursor). */
     list: statement<{ filter: InstanceFilter; before: string | null; limit: number }, InstanceRow>(
       `
-      select ${INSTANCE_COLUMNS} from ${s}.instances
-      where ${filter} and ($7::bigint is null or id < $7)
+      select ${INSTANCE_COLUMNS} from (
+      ${filtered(INSTANCE_COLUMNS, "($7::bigint is null or id < $7)", { by: "id desc", limit: "$8" })}
+      ) i
       order by id desc limit $8`,
       (a) => [...filterValues(a.filter), a.before, a.limit],
     ),
@@ -142,7 +156,8 @@ export function dashboardQueries(schema: string) {
      * "at least").
      */
     count: statement<{ filter: InstanceFilter; limit: number }, { n: number }>(
-      `select count(*)::int as n from (select 1 from ${s}.instances where ${filter} limit $7) m`,
+      `select count(*)::int as n from (
+        select 1 from (${filtered("id", "true", { by: "id desc", limit: "$7" })}) i limit $7) m`,
       (a) => [...filterValues(a.filter), a.limit],
     ),
 
@@ -152,8 +167,9 @@ export function dashboardQueries(schema: string) {
      */
     ids: statement<{ filter: InstanceFilter; before: string | null; limit: number }, { id: string }>(
       `
-      select i.id::text as id from ${s}.instances i
-      where ${filter} and ($7::bigint is null or i.id < $7)
+      select i.id::text as id from (
+      ${filtered("id", "($7::bigint is null or id < $7)", { by: "id desc", limit: "$8" })}
+      ) i
       order by i.id desc limit $8`,
       (a) => [...filterValues(a.filter), a.before, a.limit],
     ),
@@ -189,30 +205,41 @@ export function dashboardQueries(schema: string) {
       (a) => [a.id],
     ),
 
-    /** The machines that have instances (one index probe per machine: a loose index scan on instances_machine). */
+    /**
+     * The machines that have instances, and those the engines define: a loose index scan of
+     * instances_machine (one probe per machine) for the rows that stay put, the running rows
+     * (instances_lease), and the machines every engine records when it starts. A machine whose
+     * only rows are queued, and that no engine defines, shows once one of them has run.
+     */
     machines: statement<{ limit: number }, { machine: string }>(
       `
       with recursive m as (
-        (select machine from ${s}.instances order by machine limit 1)
+        (select machine from ${s}.instances where status not in ${IN_FLIGHT_SQL} order by machine limit 1)
         union all
-        select (select i.machine from ${s}.instances i where i.machine > m.machine order by i.machine limit 1)
+        select (select i.machine from ${s}.instances i
+                where i.status not in ${IN_FLIGHT_SQL} and i.machine > m.machine order by i.machine limit 1)
         from m where m.machine is not null
       )
-      select machine from m where machine is not null limit $1`,
+      select machine from m where machine is not null
+      union select machine from ${s}.instances where status = 'running'
+      union select name from ${s}.machines
+      order by machine limit $1`,
       (a) => [a.limit],
     ),
 
     /**
      * A machine's recorded edges over the last `windowS` seconds: count, median duration and how many carried an
-     * error, per (from step, to step, outcome). Instances of the machine by instances_machine, their
-     * transitions by transitions_instance; the dones kept in instance rows by instances_gc.
+     * error, per (from step, to step, outcome). Instances of the machine through the branches of
+     * by-machine.ts, their transitions by transitions_instance; the dones kept in instance rows by
+     * instances_gc.
      */
     edges: statement<{ machine: string; windowS: number }, EdgeRow>(
       `
       with recorded as (
         select t.from_step, t.to_step, t.outcome, t.duration_ms, t.error
-        from ${s}.instances i join ${s}.transitions t on t.instance_id = i.id
-        where i.machine = $1 and t.at > now() - $2::float8 * interval '1 second'
+        from (${machineRows(s, { machine: "$1", columns: "id", where: "true" })}) i
+        join ${s}.transitions t on t.instance_id = i.id
+        where t.at > now() - $2::float8 * interval '1 second'
         union all
         select d.from_step, d.to_step, d.outcome, d.duration_ms, d.error from (${doneTransitions(
           s,
@@ -229,11 +256,18 @@ export function dashboardQueries(schema: string) {
       (a) => [a.machine, a.windowS],
     ),
 
-    /** Steps where the machine's live instances are now, with counts (for the graph's node badges). */
+    /**
+     * Steps where the machine's live instances are now, with counts (for the graph's node badges):
+     * one branch per live status, each read through its status's index (O(live rows), however many
+     * finished rows the machine has).
+     */
     liveSteps: statement<{ machine: string }, LiveStepRow>(
       `
-      select step, status, count(*)::int as n from ${s}.instances
-      where machine = $1 and status not in ${TERMINAL_SQL}
+      select step, status, count(*)::int as n from (
+        ${LIVE_BRANCHES.map((live) => `select step, status from ${s}.instances where ${live} and machine = $1`).join(
+          "\n        union all ",
+        )}
+      ) i
       group by 1, 2`,
       (a) => [a.machine],
     ),

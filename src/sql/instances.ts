@@ -9,6 +9,7 @@ import { quoteIdent } from "../names.js";
 import type { Status } from "../status.js";
 import { TERMINAL_SQL } from "../status.js";
 import type { TraceCarrier } from "../telemetry/propagation.js";
+import { machineRows } from "./by-machine.js";
 import { doneTransitions } from "./done-transition.js";
 import { statement } from "./query.js";
 
@@ -470,12 +471,20 @@ export function instanceQueries(schema: string) {
       (a) => [a.correlationKey],
     ),
 
+    /** Newest first; filtered by machine, through the branches of by-machine.ts. */
     list: statement<ListArgs, InstanceRow>(
       `
-      select ${INSTANCE_COLUMNS} from ${s}.instances
-      where ($1::text is null or machine = $1) and ($2::text[] is null or status = any($2))
-        and ($3::text is null or queue = $3) and ($4::text is null or correlation_key = $4)
-        and ($5::bigint is null or id < $5)
+      select ${INSTANCE_COLUMNS} from (
+      ${machineRows(s, {
+        machine: "$1",
+        anyWhenNull: true,
+        statuses: "$2::text[]",
+        columns: INSTANCE_COLUMNS,
+        where: `($2::text[] is null or status = any($2)) and ($3::text is null or queue = $3)
+          and ($4::text is null or correlation_key = $4) and ($5::bigint is null or id < $5)`,
+        order: { by: "id desc", limit: "$6" },
+      })}
+      ) i
       order by id desc limit $6`,
       (a) => [a.machine, a.statuses, a.queue, a.correlationKey, a.after, a.limit],
     ),

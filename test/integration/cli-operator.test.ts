@@ -239,6 +239,24 @@ describe("bulk retry and cancel", () => {
     for (const id of ids) expect((await engine.get(id))?.error?.message).toBe("bulk");
   });
 
+  it("walks a selection in id order across batches, where the ids gain a digit", async () => {
+    // Batches of 500 after the last id: ordered as text, 10000-10499 came first and 9990-9999
+    // (numerically smaller) were never reached.
+    const { rows } = await db.pool.query<{ next: string }>(
+      `select (10::numeric ^ length((coalesce(max(id), 0) + 20)::text))::bigint - 10 as next from ${db.schema}.instances`,
+    );
+    await db.pool.query(`alter table ${db.schema}.instances alter column id restart with ${rows[0]!.next}`);
+    const ids = (
+      await engine.insertMany(
+        Array.from({ length: 600 }, (_, n) => ({ machine: Flaky, args: { n }, queue: "nowhere" })),
+      )
+    ).map((r) => r.id);
+    expect(ids.filter((id) => id.length < ids[ids.length - 1]!.length)).toHaveLength(10);
+    const out = ok(await cli(["cancel", "--status", "runnable", "--queue", "nowhere", "--reason", "bulk"]));
+    expect(out).toContain("cancelled 600 instances");
+    for (const id of [ids[0]!, ids[9]!, ids[599]!]) expect((await engine.get(id))?.status).toBe("cancelled");
+  });
+
   it("refuses a status the command does not apply to, an id with a filter, and neither", async () => {
     const wrong = await cli(["retry", "--status", "done"]);
     expect(wrong.code).toBe(2);
