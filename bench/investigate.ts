@@ -362,7 +362,8 @@ async function pgBossRun(url: string, admin: pg.Pool, pmPid: number | null, conc
  * at several batch sizes, as named (prepared) statements like the engine's. Wall-clock per job separates a round trip's fixed
  * cost from the per-row cost; WAL bytes per job and planning time are
  * load-independent measures of the work each statement does. A variant shows
- * what the `instances_machine` index costs. (A no-op job's done writes no
+ * what the `instances_machine` index costs (a job enters it once, when it
+ * finishes: sql/by-machine.ts). (A no-op job's done writes no
  * history row: the instance row keeps it, see sql/done-transition.ts.)
  */
 async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
