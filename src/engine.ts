@@ -296,7 +296,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     const { machine, reason: message, ids, routed } = await cancelInstance(this.client, id, reason, options);
     if (ids.length === 0) return;
     for (const instance of ids) {
-      this.leases.held.get(instance)?.controller.abort(new InvalidStateError(`instance ${instance} was cancelled`));
+      this.leases.held.get(instance)?.attempt.abort(new InvalidStateError(`instance ${instance} was cancelled`));
     }
     this.wakeups.joins();
     // Routed to its onCancel step, it ends cancelled when that step has run.

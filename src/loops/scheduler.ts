@@ -18,6 +18,7 @@ import type { ClaimQueries } from "../sql/claims.js";
 import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
+import { StepAbort } from "../runtime/step-abort.js";
 
 /**
  * The claim-ahead buffer holds about this much of the queue's work: as many rows as this node
@@ -228,7 +229,7 @@ export class QueueScheduler {
         const startNow: ClaimedRow[] = [];
         for (const row of rows.sort((a, b) => order(a) - order(b))) {
           // Leased from now on: renewed while it waits, released if the node stops first.
-          this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller: new AbortController() });
+          this.o.leases.add(row.id, { token: row.claim_token, queue: row.queue, attempt: new StepAbort() });
           if (row.claimed_ahead) {
             this.buffer.push(row);
             this.bufferedAt.set(row.id, performance.now());

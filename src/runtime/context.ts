@@ -12,6 +12,7 @@ import type {
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
 import { checkPublish } from "./published.js";
+import type { StepAbort } from "./step-abort.js";
 import { captureTraceContext } from "../telemetry/propagation.js";
 import { makeOutcome, type AwaitOptions, type AwaitSpec, type ScheduleOptions, type SpawnOptions } from "../outcome.js";
 
@@ -31,7 +32,8 @@ export interface ContextInput {
   children: readonly ChildOutcome[];
   correlationKey: string | null;
   insertedAt: Date;
-  abortSignal: AbortSignal;
+  /** What aborts the attempt: ctx.abortSignal is its signal. */
+  abort: StepAbort;
   log: StepLogger;
   client: pg.ClientBase | undefined;
   /** Where ctx.publish records values; the judge takes them from there. */
@@ -44,7 +46,8 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
 
 /**
  * ctx as a class: facts and outcome helpers are own properties (a step may destructure them), and
- * `client`, which throws outside a transactional step, is a getter on the prototype. An object
+ * `client`, which throws outside a transactional step, and `abortSignal`, made when first read
+ * (see StepAbort), are getters on the prototype. An object
  * literal with a getter, or one that spreads the facts and then adds properties, leaves V8's fast
  * path: built that way, ctx cost several microseconds per step and left an object slow to read.
  */
@@ -63,7 +66,6 @@ class Context {
   readonly children: readonly ChildOutcome[];
   readonly correlationKey: string | null;
   readonly insertedAt: Date;
-  readonly abortSignal: AbortSignal;
   readonly log: StepLogger;
   readonly next: (step: string, ...rest: [unknown?, ScheduleOptions?]) => unknown;
   readonly await: (spec: AwaitSpec, step: string, ...rest: [unknown?, AwaitOptions?]) => unknown;
@@ -74,6 +76,7 @@ class Context {
   readonly snooze: (delay: Duration) => unknown;
   readonly cancel: (reason?: string) => unknown;
   readonly #client: pg.ClientBase | undefined;
+  readonly #abort: StepAbort;
 
   constructor(input: ContextInput) {
     const published = input.published ?? new Map<string, unknown>();
@@ -91,7 +94,7 @@ class Context {
     this.children = input.children;
     this.correlationKey = input.correlationKey;
     this.insertedAt = input.insertedAt;
-    this.abortSignal = input.abortSignal;
+    this.#abort = input.abort;
     this.log = input.log;
     this.#client = input.client;
     this.next = (step, ...rest) =>
@@ -131,6 +134,10 @@ class Context {
     this.done = (result) => makeOutcome({ kind: "done", result });
     this.snooze = (delay) => makeOutcome({ kind: "snooze", delay });
     this.cancel = (reason) => makeOutcome({ kind: "cancel", reason });
+  }
+
+  get abortSignal(): AbortSignal {
+    return this.#abort.signal;
   }
 
   get client(): pg.ClientBase {

@@ -39,6 +39,7 @@ import { recordUpcast, upcastState } from "./versions.js";
 import type { VersionQueries } from "../sql/versions.js";
 import type { EngineClock } from "./clock.js";
 import { routeFacts } from "./routes.js";
+import { StepAbort } from "./step-abort.js";
 
 export type { ClaimedRow } from "./attempt.js";
 
@@ -131,8 +132,8 @@ export class Executor {
       this.deps.leases.settled(row.id, row.claim_token);
       onSettled();
     };
-    const controller = new AbortController();
-    this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, controller });
+    const abort = new StepAbort();
+    this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, attempt: abort });
     const started = performance.now();
     try {
       const ahead = row.claimed_ahead;
@@ -153,7 +154,7 @@ export class Executor {
           }
         : undefined;
       const machine = this.deps.machines.get(row.machine)!;
-      await this.run(attemptOf(row, machine, started, this.deps.clock), controller, settle, begin);
+      await this.run(attemptOf(row, machine, started, this.deps.clock), abort, settle, begin);
     } catch (error) {
       // Only the database can land here (it is gone, or refused even a failed attempt's
       // record): the lease will expire and the reaper hands the step to another attempt.
@@ -169,17 +170,17 @@ export class Executor {
   }
 
   /** Takes the step's tokens: 0 when it may run now, else how many ms until its turn in the bucket's line. */
-  private draw(attempt: Attempt, spec: StepRateLimit, controller: AbortController): Promise<number> {
+  private draw(attempt: Attempt, spec: StepRateLimit, abort: StepAbort): Promise<number> {
     const { row, machine } = attempt;
     const where = `machine "${machine.name}" step "${row.step}"`;
     // The ctx is built only for a partition or weight that reads it.
-    const ctx = () => this.context(attempt, controller, undefined);
+    const ctx = () => this.context(attempt, abort, undefined);
     return this.deps.rateLimiter.drawForStep(spec, ctx, row.rate_limited !== null, where);
   }
 
   private async run(
     claimed: Attempt,
-    controller: AbortController,
+    abort: StepAbort,
     settled: () => void,
     begin?: () => Promise<boolean>,
   ): Promise<void> {
@@ -204,7 +205,7 @@ export class Executor {
     if (step.rateLimit) {
       let waitMs: number;
       try {
-        waitMs = await this.draw(attempt, step.rateLimit, controller);
+        waitMs = await this.draw(attempt, step.rateLimit, abort);
       } catch (error) {
         if (isConnectionError(error)) throw error;
         return this.fail(attempt, error, settled);
@@ -232,12 +233,12 @@ export class Executor {
     if (step.transactional) {
       // The step and its outcome share one transaction: ctx.client writes commit with the new state, or not at all.
       return this.inTransaction(attempt, async (client) =>
-        judgeReturn(attempt, await this.invoke(attempt, controller, client), maxPayloadBytes),
+        judgeReturn(attempt, await this.invoke(attempt, abort, client), maxPayloadBytes),
       );
     }
     let completion: Completion;
     try {
-      const returned = await this.invoke(attempt, controller, undefined);
+      const returned = await this.invoke(attempt, abort, undefined);
       completion = await judgeReturn(attempt, returned, maxPayloadBytes);
     } catch (error) {
       // Not the step's failure: its code never ran. It runs again now, its attempt refunded.
@@ -489,7 +490,7 @@ export class Executor {
     this.deps.wake.queue(row.queue, delay);
   }
 
-  private async context(attempt: Attempt, controller: AbortController, client: pg.ClientBase | undefined) {
+  private async context(attempt: Attempt, abort: StepAbort, client: pg.ClientBase | undefined) {
     const { row, machine } = attempt;
     const route = routeFacts(attempt);
     // Every fact by name (no spread): see Context in runtime/context.ts.
@@ -510,7 +511,7 @@ export class Executor {
       children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
       insertedAt: row.inserted_at,
-      abortSignal: controller.signal,
+      abort,
       log: stepLogger(this.deps.logger, { id: row.id, machine: machine.name, step: row.step, attempt: row.attempt }),
       client,
     });
@@ -518,17 +519,17 @@ export class Executor {
 
   private async invoke(
     attempt: RunnableAttempt,
-    controller: AbortController,
+    abort: StepAbort,
     client: pg.ClientBase | undefined,
   ): Promise<unknown> {
     const { row, machine, step } = attempt;
-    const ctx = await this.context(attempt, controller, client).catch((error: unknown) => {
+    const ctx = await this.context(attempt, abort, client).catch((error: unknown) => {
       throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
     });
     const run = () => step.run(ctx);
     const { around } = this.deps;
     const execution = `${row.id}:${row.claim_token}`;
-    return invokeStep(machine.name, step, controller, around ? () => around(row, run) : run, (settled) => {
+    return invokeStep(machine.name, step, abort, around ? () => around(row, run) : run, (settled) => {
       // Until it settles, a cancelled step keeps its concurrency key (see lost()).
       this.running.set(execution, settled);
       void settled.then(() => this.running.delete(execution));

@@ -15,11 +15,12 @@ import type pg from "pg";
 import { openSidePool } from "../db/pool.js";
 import { LeaseLostError } from "../errors.js";
 import type { Claim, ClaimQueries } from "../sql/claims.js";
+import type { StepAbort } from "./step-abort.js";
 
 export interface Held {
   token: string;
   queue: string;
-  controller: AbortController;
+  attempt: StepAbort;
 }
 
 /**
@@ -56,7 +57,7 @@ export class Leases {
   add(id: string, held: Held): void {
     // A new claim of the same instance supersedes an attempt still running here.
     const previous = this.held.get(id);
-    if (previous && previous.token !== held.token) previous.controller.abort(new LeaseLostError(id));
+    if (previous && previous.token !== held.token) previous.attempt.abort(new LeaseLostError(id));
     this.held.set(id, held);
   }
 
@@ -133,7 +134,7 @@ export class Leases {
   /** The claim is gone: abort its step if it is still the one running here. */
   private lost(id: string, token: string): void {
     const held = this.held.get(id);
-    if (held && held.token === token) held.controller.abort(new LeaseLostError(id));
+    if (held && held.token === token) held.attempt.abort(new LeaseLostError(id));
   }
 
   /** Renews every held lease; returns how many were renewed. */
@@ -171,7 +172,7 @@ export class Leases {
     try {
       return await this.releaseClaims(entries.map(([id, h]) => ({ id, token: h.token })));
     } finally {
-      for (const [, held] of entries) held.controller.abort(reason);
+      for (const [, held] of entries) held.attempt.abort(reason);
     }
   }
 

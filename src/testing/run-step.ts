@@ -24,6 +24,7 @@ import { attemptLimit, type Attempt, type ClaimedRow } from "../runtime/attempt.
 import { createContext } from "../runtime/context.js";
 import { invokeStep } from "../runtime/invoke.js";
 import { judgeReturn, judgeThrow, readOutcome } from "../runtime/judge.js";
+import { StepAbort } from "../runtime/step-abort.js";
 import { isStandardSchema, validate, type StandardSchemaV1 } from "../schema.js";
 import { didYouMean, rejectUnknownKeys } from "../suggest.js";
 
@@ -273,9 +274,9 @@ export async function runStep<M extends AnyMachine>(
 ): Promise<StepResult<Out<M>, StepName<M>>> {
   const input = await checkInput(machine, step, options);
   const { resolved, client } = input;
-  const controller = new AbortController();
+  const abort = new StepAbort();
   const published = new Map<string, unknown>();
-  const ctx = makeContext(machine, input, controller.signal, published);
+  const ctx = makeContext(machine, input, abort, published);
 
   if (client) {
     try {
@@ -293,7 +294,7 @@ export async function runStep<M extends AnyMachine>(
   let result: StepResult;
   try {
     // As the executor runs it: abandoned, not killed, on timeout.
-    const returned = await invokeStep(machine.name, resolved, controller, () => resolved.run(ctx));
+    const returned = await invokeStep(machine.name, resolved, abort, () => resolved.run(ctx));
     result = await toResult(attempt, input, returned);
     if (published.size > 0) result = { ...result, published: Object.fromEntries(published) } as StepResult;
   } catch (thrown) {
@@ -519,7 +520,7 @@ function checkChildren(children: unknown, bad: (m: string) => Error): ChildOutco
 function makeContext(
   machine: AnyMachine,
   input: CheckedInput,
-  abortSignal: AbortSignal,
+  abort: StepAbort,
   published: Map<string, unknown>,
 ): StepContext<unknown, unknown, string> {
   const { resolved } = input;
@@ -539,13 +540,14 @@ function makeContext(
     children: input.children,
     correlationKey: input.correlationKey,
     insertedAt: input.insertedAt,
-    abortSignal,
+    abort,
     log: stepLogger(input.logger, { id: input.id, machine: machine.name, step: resolved.name, attempt: input.attempt }),
     client: input.client,
   });
   if (input.client || !resolved.transactional) return ctx;
   // The engine's message ("declare the step transactional") would mislead here: the step is; the test gave no client.
   const descriptors: PropertyDescriptorMap = Object.getOwnPropertyDescriptors(ctx);
+  descriptors.abortSignal = { enumerable: true, get: () => abort.signal };
   descriptors.client = {
     enumerable: true,
     get() {
