@@ -510,7 +510,7 @@ export class Executor {
       awaited: await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
       children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
-      insertedAt: row.inserted_at,
+      insertedAt: new Date(row.inserted_ms),
       abort,
       log: stepLogger(this.deps.logger, { id: row.id, machine: machine.name, step: row.step, attempt: row.attempt }),
       client,

@@ -23,7 +23,8 @@ export interface ClaimedRow {
   /** This step is a join: ctx.children is loaded for it. */
   joined: boolean;
   parent_id: string | null;
-  inserted_at: Date;
+  /** When the instance was inserted, in epoch milliseconds (ctx.insertedAt). */
+  inserted_ms: number;
   queue: string;
   error: ErrorRecord | null;
   concurrency_key: string | null;
@@ -259,7 +260,13 @@ export function claimQueries(schema: string) {
      */
     claim: statement<ClaimArgs, ClaimedRow>(
       // The statement is the function claim_rows (migration 26), which plans it once per session.
-      `select * from ${s}.claim_rows($1, $2, $3, $4, $5, $6, $7, $8)`,
+      // inserted_at as epoch milliseconds: a number, where the driver parsed each row's timestamp
+      // text with a regular expression (about 2% of a no-op job's time in Node).
+      `select id, machine, step, state, attempt, max_attempts, claim_token, correlation_key, awaited, joined,
+              parent_id, (extract(epoch from inserted_at) * 1000)::float8 as inserted_ms, queue, error,
+              concurrency_key, rate_limited, claimed_ahead, unvalidated, trace_context, version, failure,
+              cancel_requested, resumed_by
+       from ${s}.claim_rows($1, $2, $3, $4, $5, $6, $7, $8)`,
       (a) => [a.queue, a.machines, a.want, a.nodeId, a.leaseMs, a.global, a.startNow, a.keyedAtMost],
       { prepare: true },
     ),

@@ -574,7 +574,7 @@ function attemptFor(machine: AnyMachine, input: CheckedInput): Attempt {
     awaited: null,
     joined: input.children.length > 0,
     parent_id: null,
-    inserted_at: input.insertedAt,
+    inserted_ms: input.insertedAt.getTime(),
     queue: machine.queue,
     error: null,
     concurrency_key: null,
