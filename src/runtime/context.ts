@@ -11,6 +11,7 @@ import type {
 } from "../define.js";
 import type { Duration } from "../duration.js";
 import { ConfigError } from "../errors.js";
+import { stepLogger, type Logger } from "../logger.js";
 import { checkPublish } from "./published.js";
 import type { StepAbort } from "./step-abort.js";
 import { captureTraceContext } from "../telemetry/propagation.js";
@@ -34,7 +35,8 @@ export interface ContextInput {
   insertedAt: Date;
   /** What aborts the attempt: ctx.abortSignal is its signal. */
   abort: StepAbort;
-  log: StepLogger;
+  /** The engine's logger: ctx.log binds the step's id, machine, step and attempt to it. */
+  logger: Logger;
   client: pg.ClientBase | undefined;
   /** Where ctx.publish records values; the judge takes them from there. */
   published?: Map<string, unknown>;
@@ -46,8 +48,8 @@ export function createContext(input: ContextInput): StepContext<unknown, unknown
 
 /**
  * ctx as a class: facts and outcome helpers are own properties (a step may destructure them), and
- * `client`, which throws outside a transactional step, and `abortSignal`, made when first read
- * (see StepAbort), are getters on the prototype. An object
+ * `client`, which throws outside a transactional step, `abortSignal` (see StepAbort) and `log`,
+ * each made when first read (most steps never read them), are getters on the prototype. An object
  * literal with a getter, or one that spreads the facts and then adds properties, leaves V8's fast
  * path: built that way, ctx cost several microseconds per step and left an object slow to read.
  */
@@ -66,7 +68,6 @@ class Context {
   readonly children: readonly ChildOutcome[];
   readonly correlationKey: string | null;
   readonly insertedAt: Date;
-  readonly log: StepLogger;
   readonly next: (step: string, ...rest: [unknown?, ScheduleOptions?]) => unknown;
   readonly await: (spec: AwaitSpec, step: string, ...rest: [unknown?, AwaitOptions?]) => unknown;
   readonly childrenOf: <M extends AnyMachine>(machine: M) => ChildOutcome<M>[];
@@ -77,6 +78,8 @@ class Context {
   readonly cancel: (reason?: string) => unknown;
   readonly #client: pg.ClientBase | undefined;
   readonly #abort: StepAbort;
+  readonly #logger: Logger;
+  #log: StepLogger | undefined;
 
   constructor(input: ContextInput) {
     const published = input.published ?? new Map<string, unknown>();
@@ -95,7 +98,7 @@ class Context {
     this.correlationKey = input.correlationKey;
     this.insertedAt = input.insertedAt;
     this.#abort = input.abort;
-    this.log = input.log;
+    this.#logger = input.logger;
     this.#client = input.client;
     this.next = (step, ...rest) =>
       makeOutcome({
@@ -138,6 +141,15 @@ class Context {
 
   get abortSignal(): AbortSignal {
     return this.#abort.signal;
+  }
+
+  get log(): StepLogger {
+    return (this.#log ??= stepLogger(this.#logger, {
+      id: this.id,
+      machine: this.machine,
+      step: this.step,
+      attempt: this.attempt,
+    }));
   }
 
   get client(): pg.ClientBase {

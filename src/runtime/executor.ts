@@ -10,7 +10,7 @@ import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
 import { LeaseLostError, ValidationError } from "../errors.js";
 import type { StepFacts, TypedEmitter } from "../events.js";
 import type { ErrorRecord } from "../json.js";
-import { stepLogger, type Logger } from "../logger.js";
+import type { Logger } from "../logger.js";
 import type { ChildQueries } from "../sql/children.js";
 import type { StepTraceFacts } from "../telemetry/otel.js";
 import type { ClaimQueries } from "../sql/claims.js";
@@ -186,7 +186,8 @@ export class Executor {
   ): Promise<void> {
     const accepted = claimed.row.unvalidated ? await this.acceptSqlState(claimed, settled) : claimed;
     if (accepted === null) return;
-    const attempt = await this.upcast(accepted, settled);
+    // (Most rows were written by this definition: no upcast, and no await for one.)
+    const attempt = accepted.row.version === accepted.machine.version ? accepted : await this.upcast(accepted, settled);
     if (!attempt) return;
     const { row, machine, maxAttempts } = attempt;
     if (!isRunnable(attempt)) {
@@ -507,12 +508,15 @@ export class Executor {
       state: row.state,
       attempt: row.attempt,
       // A payload its machine's schema refuses fails the attempt: a step never sees it.
-      awaited: await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
+      awaited:
+        row.awaited === null
+          ? []
+          : await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
       children: row.joined ? await this.loadChildren(row.id, client) : [],
       correlationKey: row.correlation_key,
       insertedAt: new Date(row.inserted_ms),
       abort,
-      log: stepLogger(this.deps.logger, { id: row.id, machine: machine.name, step: row.step, attempt: row.attempt }),
+      logger: this.deps.logger,
       client,
     });
   }
@@ -675,8 +679,8 @@ function refused(error: unknown): Error {
   return new Error(`the database refused the step's outcome: ${message}`, { cause: error });
 }
 
-function toReceived(awaited: ClaimedRow["awaited"]): ReceivedSignal[] {
-  return (awaited ?? []).map((s) => ({
+function toReceived(awaited: NonNullable<ClaimedRow["awaited"]>): ReceivedSignal[] {
+  return awaited.map((s) => ({
     id: s.id,
     event: s.event,
     payload: s.payload,

@@ -16,7 +16,7 @@ import type { AnyMachine, ChildOutcome, Machine, ReceivedSignal, ResolvedStep, S
 import { describe } from "../duration.js";
 import { ValidationError } from "../errors.js";
 import { encodeJson, toErrorRecord, type ErrorRecord } from "../json.js";
-import { silentLogger, stepLogger, type Logger } from "../logger.js";
+import { silentLogger, type Logger } from "../logger.js";
 import { checkKey, checkName } from "../names.js";
 import { isTerminal } from "../status.js";
 import type { AwaitSpec } from "../outcome.js";
@@ -541,13 +541,14 @@ function makeContext(
     correlationKey: input.correlationKey,
     insertedAt: input.insertedAt,
     abort,
-    log: stepLogger(input.logger, { id: input.id, machine: machine.name, step: resolved.name, attempt: input.attempt }),
+    logger: input.logger,
     client: input.client,
   });
   if (input.client || !resolved.transactional) return ctx;
   // The engine's message ("declare the step transactional") would mislead here: the step is; the test gave no client.
   const descriptors: PropertyDescriptorMap = Object.getOwnPropertyDescriptors(ctx);
   descriptors.abortSignal = { enumerable: true, get: () => abort.signal };
+  descriptors.log = { enumerable: true, get: () => ctx.log };
   descriptors.client = {
     enumerable: true,
     get() {
