@@ -570,7 +570,8 @@ export function defineJob<
     "perform",
     {
       // A job's return value is its result, unless it is an outcome (snooze, cancel, done).
-      run: async (ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => perform(ctx.state, ctx),
+      // Not async: a value returned at once settles the step without a promise (invokeStep).
+      run: (ctx: StepContext<Out<Schema>, In<Schema>, "perform">) => perform(ctx.state, ctx),
       timeout: definition.timeout,
       transactional: definition.transactional,
       rateLimit: definition.rateLimit,

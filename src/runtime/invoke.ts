@@ -15,7 +15,9 @@ import type { StepAbort } from "./step-abort.js";
  * resolves to what it returns, or rejects with what it throws, unless
  * `abort` aborts first: at `step.timeoutMs` this function aborts it
  * itself. `onCode`, if given, receives a promise that settles (never rejects)
- * when the code itself does, however long after the race it is.
+ * when the code itself does, however long after the race it is; code that
+ * settled before this function returned (it returned a value, or threw) is
+ * not given to it.
  */
 export async function invokeStep(
   machine: string,
@@ -33,17 +35,29 @@ export async function invokeStep(
   let stopListening = () => {};
   try {
     // What the code throws is made safe to inspect here, where it enters the engine.
-    const code = Promise.resolve()
-      .then(() => run())
-      .catch((thrown: unknown) => {
-        throw safeThrown(thrown);
-      });
-    onCode?.(
-      code.then(
-        () => undefined,
-        () => undefined,
-      ),
-    );
+    let code: Promise<unknown>;
+    try {
+      const returned = run();
+      if (!isThenable(returned)) {
+        // Settled already: nothing to race, unless the attempt was aborted before it returned.
+        if (!abort.aborted) return returned;
+        code = Promise.resolve(returned);
+      } else {
+        code = Promise.resolve(returned).catch((thrown: unknown) => {
+          throw safeThrown(thrown);
+        });
+        onCode?.(
+          code.then(
+            () => undefined,
+            () => undefined,
+          ),
+        );
+      }
+    } catch (thrown) {
+      if (!abort.aborted) throw safeThrown(thrown);
+      code = Promise.reject(safeThrown(thrown));
+      code.catch(() => {});
+    }
     // The code's outcome, or the abort's reason if that comes first.
     return await new Promise((resolve, reject) => {
       stopListening = abort.onAbort(reject);
@@ -53,4 +67,13 @@ export async function invokeStep(
     timer?.clear();
     stopListening();
   }
+}
+
+/** A promise, or anything else with a `then` method (awaiting it would call that). */
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    value !== null &&
+    (typeof value === "object" || typeof value === "function") &&
+    typeof (value as { then?: unknown }).then === "function"
+  );
 }

@@ -51,13 +51,50 @@ describe("StepAbort", () => {
 });
 
 describe("invokeStep", () => {
-  it("resolves with what the code returns, and rejects with what it throws", async () => {
-    expect(await invokeStep("M", step(), new StepAbort(), () => 42)).toBe(42);
+  it("resolves with what the code returns, and rejects with what it throws, at once or later", async () => {
+    const given: Array<Promise<void>> = [];
+    const onCode = (settled: Promise<void>) => given.push(settled);
+    expect(await invokeStep("M", step(), new StepAbort(), () => 42, onCode)).toBe(42);
     await expect(
-      invokeStep("M", step(), new StepAbort(), () => {
-        throw new Error("boom");
-      }),
+      invokeStep(
+        "M",
+        step(),
+        new StepAbort(),
+        () => {
+          throw new Error("boom");
+        },
+        onCode,
+      ),
     ).rejects.toThrow("boom");
+    // Settled before invokeStep returned: nothing for onCode to wait for.
+    expect(given).toHaveLength(0);
+    expect(await invokeStep("M", step(), new StepAbort(), async () => 43, onCode)).toBe(43);
+    await expect(
+      invokeStep(
+        "M",
+        step(),
+        new StepAbort(),
+        async () => {
+          throw new Error("later");
+        },
+        onCode,
+      ),
+    ).rejects.toThrow("later");
+    expect(given).toHaveLength(2);
+  });
+
+  it("rejects with the abort's reason when the attempt was aborted before its code returned", async () => {
+    const before = new StepAbort();
+    const reason = new Error("cancelled first");
+    before.abort(reason);
+    await expect(invokeStep("M", step(), before, () => 42)).rejects.toBe(reason);
+    const during = new StepAbort();
+    await expect(
+      invokeStep("M", step(), during, () => {
+        during.abort(reason);
+        throw new Error("and then threw");
+      }),
+    ).rejects.toBe(reason);
   });
 
   it("abandons code that does not settle when the attempt aborts, with the abort's reason", async () => {
