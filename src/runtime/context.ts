@@ -38,9 +38,44 @@ export interface ContextInput {
   /** The engine's logger: ctx.log binds the step's id, machine, step and attempt to it. */
   logger: Logger;
   client: pg.ClientBase | undefined;
-  /** Where ctx.publish records values; the judge takes them from there. */
-  published?: Map<string, unknown>;
+  /**
+   * Where ctx.publish records values (its `published`, made on the first publish); the judge takes
+   * them from there.
+   */
+  publishTo: { published?: Map<string, unknown> };
 }
+
+const next = (step: string, ...rest: [unknown?, ScheduleOptions?]): unknown =>
+  makeOutcome({
+    kind: "next",
+    step,
+    state: rest[0],
+    hasState: rest.length > 0 && rest[0] !== undefined,
+    options: rest[1] ?? {},
+  });
+const awaitSignals = (spec: AwaitSpec, step: string, ...rest: [unknown?, AwaitOptions?]): unknown =>
+  makeOutcome({
+    kind: "await",
+    spec,
+    step,
+    state: rest[0],
+    hasState: rest.length > 0 && rest[0] !== undefined,
+    options: rest[1] ?? {},
+  });
+const spawn = (children: readonly unknown[], step: string, ...rest: [unknown?, SpawnOptions?]): unknown =>
+  makeOutcome({
+    kind: "spawn",
+    children: [...children],
+    step,
+    state: rest[0],
+    hasState: rest.length > 0 && rest[0] !== undefined,
+    ...(rest[1] === undefined ? {} : { options: rest[1] }),
+    // Called in the step's code, where its span is active: the children's steps link to it.
+    traceContext: captureTraceContext(),
+  });
+const done = (result?: unknown): unknown => makeOutcome({ kind: "done", result });
+const snooze = (delay: Duration): unknown => makeOutcome({ kind: "snooze", delay });
+const cancel = (reason?: string): unknown => makeOutcome({ kind: "cancel", reason });
 
 export function createContext(input: ContextInput): StepContext<unknown, unknown, string> {
   return Object.freeze(new Context(input)) as unknown as StepContext<unknown, unknown, string>;
@@ -82,7 +117,7 @@ class Context {
   #log: StepLogger | undefined;
 
   constructor(input: ContextInput) {
-    const published = input.published ?? new Map<string, unknown>();
+    const { publishTo } = input;
     this.id = input.id;
     this.machine = input.machine;
     this.step = input.step;
@@ -100,43 +135,21 @@ class Context {
     this.#abort = input.abort;
     this.#logger = input.logger;
     this.#client = input.client;
-    this.next = (step, ...rest) =>
-      makeOutcome({
-        kind: "next",
-        step,
-        state: rest[0],
-        hasState: rest.length > 0 && rest[0] !== undefined,
-        options: rest[1] ?? {},
-      });
-    this.await = (spec, step, ...rest) =>
-      makeOutcome({
-        kind: "await",
-        spec,
-        step,
-        state: rest[0],
-        hasState: rest.length > 0 && rest[0] !== undefined,
-        options: rest[1] ?? {},
-      });
+    // The outcome helpers that read nothing of this step are shared, not made for every step.
+    this.next = next;
+    this.await = awaitSignals;
     // Typed by the caller's machine: a child's result was checked by that machine's `result` schema.
-    this.childrenOf = <M extends AnyMachine>(machine: M) =>
-      input.children.filter((child) => child.machine === machine?.name) as unknown as ChildOutcome<M>[];
-    this.spawn = (children, step, ...rest) =>
-      makeOutcome({
-        kind: "spawn",
-        children: [...children],
-        step,
-        state: rest[0],
-        hasState: rest.length > 0 && rest[0] !== undefined,
-        ...(rest[1] === undefined ? {} : { options: rest[1] }),
-        // Called in the step's code, where its span is active: the children's steps link to it.
-        traceContext: captureTraceContext(),
-      });
+    const { children, step, machine } = input;
+    this.childrenOf = <M extends AnyMachine>(of: M) =>
+      children.filter((child) => child.machine === of?.name) as unknown as ChildOutcome<M>[];
+    this.spawn = spawn;
     this.publish = (key, value) => {
-      published.set(checkPublish(key, value, `step "${input.step}" of machine "${input.machine}"`), value);
+      const checked = checkPublish(key, value, `step "${step}" of machine "${machine}"`);
+      (publishTo.published ??= new Map()).set(checked, value);
     };
-    this.done = (result) => makeOutcome({ kind: "done", result });
-    this.snooze = (delay) => makeOutcome({ kind: "snooze", delay });
-    this.cancel = (reason) => makeOutcome({ kind: "cancel", reason });
+    this.done = done;
+    this.snooze = snooze;
+    this.cancel = cancel;
   }
 
   get abortSignal(): AbortSignal {

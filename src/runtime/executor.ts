@@ -5,7 +5,7 @@
  * in a commit attempt or in a lease left to expire.
  */
 import type pg from "pg";
-import type { AnyMachine, ChildOutcome, ReceivedSignal, StepRateLimit } from "../define.js";
+import type { AnyMachine, ChildOutcome, ReceivedSignal, StepContext, StepRateLimit } from "../define.js";
 import { isConnectionError, isTransient, withTransaction } from "../db/pool.js";
 import { LeaseLostError, ValidationError } from "../errors.js";
 import type { StepFacts, TypedEmitter } from "../events.js";
@@ -174,7 +174,7 @@ export class Executor {
     const { row, machine } = attempt;
     const where = `machine "${machine.name}" step "${row.step}"`;
     // The ctx is built only for a partition or weight that reads it.
-    const ctx = () => this.context(attempt, abort, undefined);
+    const ctx = async () => this.context(attempt, abort, undefined);
     return this.deps.rateLimiter.drawForStep(spec, ctx, row.rate_limited !== null, where);
   }
 
@@ -491,12 +491,44 @@ export class Executor {
     this.deps.wake.queue(row.queue, delay);
   }
 
-  private async context(attempt: Attempt, abort: StepAbort, client: pg.ClientBase | undefined) {
+  /**
+   * The step's ctx. A row with awaited signals (checked against the machine's schemas) or a join
+   * (its children loaded) needs the database or a schema first; any other gets its ctx at once,
+   * without a promise.
+   */
+  private context(
+    attempt: Attempt,
+    abort: StepAbort,
+    client: pg.ClientBase | undefined,
+  ): StepContext<unknown, unknown, string> | Promise<StepContext<unknown, unknown, string>> {
+    const { row } = attempt;
+    if (row.awaited === null && !row.joined) return this.contextOf(attempt, abort, client, [], []);
+    return this.loadedContext(attempt, abort, client);
+  }
+
+  private async loadedContext(attempt: Attempt, abort: StepAbort, client: pg.ClientBase | undefined) {
     const { row, machine } = attempt;
+    // A payload its machine's schema refuses fails the attempt: a step never sees it.
+    const awaited =
+      row.awaited === null
+        ? []
+        : await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`);
+    const children = row.joined ? await this.loadChildren(row.id, client) : [];
+    return this.contextOf(attempt, abort, client, awaited, children);
+  }
+
+  private contextOf(
+    attempt: Attempt,
+    abort: StepAbort,
+    client: pg.ClientBase | undefined,
+    awaited: readonly ReceivedSignal[],
+    children: readonly ChildOutcome[],
+  ) {
+    const { row } = attempt;
     const route = routeFacts(attempt);
     // Every fact by name (no spread): see Context in runtime/context.ts.
     return createContext({
-      published: (attempt.published ??= new Map()),
+      publishTo: attempt,
       maxAttempts: route.maxAttempts,
       resumedBy: route.resumedBy,
       failure: route.failure,
@@ -507,12 +539,8 @@ export class Executor {
       step: row.step,
       state: row.state,
       attempt: row.attempt,
-      // A payload its machine's schema refuses fails the attempt: a step never sees it.
-      awaited:
-        row.awaited === null
-          ? []
-          : await checkAwaited(machine, toReceived(row.awaited), `step "${row.step}" of machine "${machine.name}"`),
-      children: row.joined ? await this.loadChildren(row.id, client) : [],
+      awaited,
+      children,
       correlationKey: row.correlation_key,
       insertedAt: new Date(row.inserted_ms),
       abort,
@@ -527,14 +555,18 @@ export class Executor {
     client: pg.ClientBase | undefined,
   ): Promise<unknown> {
     const { row, machine, step } = attempt;
-    const ctx = await this.context(attempt, abort, client).catch((error: unknown) => {
-      throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
-    });
+    const made = this.context(attempt, abort, client);
+    const ctx =
+      made instanceof Promise
+        ? await made.catch((error: unknown) => {
+            throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
+          })
+        : made;
     const run = () => step.run(ctx);
     const { around } = this.deps;
-    const execution = `${row.id}:${row.claim_token}`;
     return invokeStep(machine.name, step, abort, around ? () => around(row, run) : run, (settled) => {
       // Until it settles, a cancelled step keeps its concurrency key (see lost()).
+      const execution = `${row.id}:${row.claim_token}`;
       this.running.set(execution, settled);
       void settled.then(() => this.running.delete(execution));
     });

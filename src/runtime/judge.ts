@@ -151,7 +151,11 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       const { value: checked } = await checkResult(machine, data.result, where);
       // The checked copy is what is stored: a second read of the original may differ.
       const { value: result } = checkJson(checked ?? null, `the result of ${where}`, maxPayloadBytes);
-      return { ...base, status: "done", result, outcome: "done" };
+      // base is this call's own: set in place rather than copied (a job's every outcome comes here).
+      base.status = "done";
+      base.result = result;
+      base.outcome = "done";
+      return base;
     }
     case "snooze": {
       const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));

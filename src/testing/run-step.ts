@@ -276,7 +276,7 @@ export async function runStep<M extends AnyMachine>(
   const { resolved, client } = input;
   const abort = new StepAbort();
   const published = new Map<string, unknown>();
-  const ctx = makeContext(machine, input, abort, published);
+  const ctx = makeContext(machine, input, abort, { published });
 
   if (client) {
     try {
@@ -521,11 +521,11 @@ function makeContext(
   machine: AnyMachine,
   input: CheckedInput,
   abort: StepAbort,
-  published: Map<string, unknown>,
+  publishTo: { published?: Map<string, unknown> },
 ): StepContext<unknown, unknown, string> {
   const { resolved } = input;
   const ctx = createContext({
-    published,
+    publishTo,
     id: input.id,
     machine: machine.name,
     step: resolved.name,
