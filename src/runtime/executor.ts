@@ -125,8 +125,7 @@ export class Executor {
     return this.deps.machines.get(row.machine)?.steps.get(row.step)?.rateLimit !== undefined;
   }
 
-  private async executeNow(claimed: ClaimedRow, onSettled: () => void, slot: SlotGate | undefined): Promise<void> {
-    let row = claimed;
+  private async executeNow(row: ClaimedRow, onSettled: () => void, slot: SlotGate | undefined): Promise<void> {
     const settle = () => {
       // Its outcome's commit counts the attempt now: no start mark needed (see Leases.markStarted).
       this.deps.leases.settled(row.id, row.claim_token);
@@ -140,8 +139,10 @@ export class Executor {
       if (ahead) {
         // Its code runs now, without a round trip first. Its attempt is counted by its outcome's
         // commit, or by a start mark if it is still running a moment from now, whichever lands
-        // first (Leases.markStarted).
-        row = { ...row, attempt: row.attempt + 1, claimed_ahead: false };
+        // first (Leases.markStarted). The row is this execution's own (the scheduler that claimed
+        // it keeps none of its fields but the key): updated in place, not copied.
+        row.attempt += 1;
+        row.claimed_ahead = false;
         if (!slot) this.deps.leases.markStarted(row.id, row.claim_token);
       }
       // Started before a slot was free: its code waits for one, and only then counts as started.

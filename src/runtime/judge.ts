@@ -74,17 +74,11 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
   const { row } = attempt;
   const where = whereOf(attempt);
   const data = readOutcome(attempt, returned);
-  // A step that declares `to` may only go there (checkTransition), and only to steps of the machine.
   const machine = attempt.machine;
-  const checkStep = (m: AnyMachine, step: unknown, w: string, helper: string) => {
-    const target = checkMachineStep(m, step, w, helper);
-    checkTransition(attempt.step, target, w, helper);
-    return target;
-  };
   const base = baseCompletion(attempt);
   switch (data.kind) {
     case "next": {
-      const target = checkStep(machine, data.step, where, "ctx.next");
+      const target = checkTarget(attempt, machine, data.step, where, "ctx.next");
       const schedule = checkSchedule(data.options, where, attempt);
       return {
         ...base,
@@ -98,7 +92,7 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       };
     }
     case "await": {
-      const target = checkStep(machine, data.step, where, "ctx.await");
+      const target = checkTarget(attempt, machine, data.step, where, "ctx.await");
       const spec = normalizeSpec(data.spec, `${where}: ctx.await`);
       const { timeout, onTimeout } = data.options;
       const until = awaitUntil(attempt, data.options.until, timeout, where);
@@ -107,7 +101,8 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
           `${where}: ctx.await needs both timeout and onTimeout, or neither (until counts as a timeout)`,
         );
       }
-      if (onTimeout !== undefined) spec.onTimeout = checkStep(machine, onTimeout, where, "ctx.await's onTimeout");
+      if (onTimeout !== undefined)
+        spec.onTimeout = checkTarget(attempt, machine, onTimeout, where, "ctx.await's onTimeout");
       return {
         ...base,
         ...(await newState(machine, data, where, maxPayloadBytes)),
@@ -126,7 +121,7 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       };
     }
     case "spawn": {
-      const target = checkStep(machine, data.step, where, "ctx.spawn");
+      const target = checkTarget(attempt, machine, data.step, where, "ctx.spawn");
       const spawn = (await prepareChildren(data.children, `${where}: ctx.spawn`, maxPayloadBytes)).map((row) => ({
         ...row,
         trace_context: data.traceContext ?? null,
@@ -148,7 +143,8 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
       };
     }
     case "done": {
-      const { value: checked } = await checkResult(machine, data.result, where);
+      // (No schema: no promise to await for one.)
+      const checked = machine.result ? (await checkResult(machine, data.result, where)).value : data.result;
       // The checked copy is what is stored: a second read of the original may differ.
       const { value: result } = checkJson(checked ?? null, `the result of ${where}`, maxPayloadBytes);
       // base is this call's own: set in place rather than copied (a job's every outcome comes here).
@@ -265,6 +261,13 @@ function baseCompletion({ row, started }: Attempt): Completion {
     duration_ms: Math.round(performance.now() - started),
     hist_error: null,
   };
+}
+
+/** A step that declares `to` may only go there (checkTransition), and only to steps of the machine. */
+function checkTarget(attempt: Attempt, machine: AnyMachine, step: unknown, where: string, helper: string): string {
+  const target = checkMachineStep(machine, step, where, helper);
+  checkTransition(attempt.step, target, where, helper);
+  return target;
 }
 
 function checkMachineStep(machine: AnyMachine, step: unknown, where: string, helper: string): string {
