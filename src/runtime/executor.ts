@@ -550,19 +550,20 @@ export class Executor {
     });
   }
 
-  private async invoke(
-    attempt: RunnableAttempt,
-    abort: StepAbort,
-    client: pg.ClientBase | undefined,
-  ): Promise<unknown> {
-    const { row, machine, step } = attempt;
+  /** Runs the step's code in its ctx (see invokeStep). Not async: it hands on invokeStep's promise. */
+  private invoke(attempt: RunnableAttempt, abort: StepAbort, client: pg.ClientBase | undefined): Promise<unknown> {
     const made = this.context(attempt, abort, client);
-    const ctx =
-      made instanceof Promise
-        ? await made.catch((error: unknown) => {
-            throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
-          })
-        : made;
+    if (!(made instanceof Promise)) return this.invokeIn(attempt, abort, made);
+    return made.then(
+      (ctx) => this.invokeIn(attempt, abort, ctx),
+      (error: unknown) => {
+        throw isConnectionError(error) ? new ConnectionBrokeBeforeStart(error) : error;
+      },
+    );
+  }
+
+  private invokeIn(attempt: RunnableAttempt, abort: StepAbort, ctx: StepContext<unknown, unknown, string>) {
+    const { row, machine, step } = attempt;
     const run = () => step.run(ctx);
     const { around } = this.deps;
     return invokeStep(machine.name, step, abort, around ? () => around(row, run) : run, (settled) => {
