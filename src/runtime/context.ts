@@ -45,6 +45,7 @@ export interface ContextInput {
   publishTo: { published?: Map<string, unknown> };
 }
 
+// The outcome helpers every ctx shares: they read nothing of the step they are called in.
 const next = (step: string, ...rest: [unknown?, ScheduleOptions?]): unknown =>
   makeOutcome({
     kind: "next",
