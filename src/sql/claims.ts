@@ -261,7 +261,7 @@ export function claimQueries(schema: string) {
     claim: statement<ClaimArgs, ClaimedRow>(
       // The statement is the function claim_rows (migration 26), which plans it once per session.
       // inserted_at as epoch milliseconds: a number, where the driver parsed each row's timestamp
-      // text with a regular expression (about 2% of a no-op job's time in Node).
+      // text with a regular expression (0.26 us a row against 0.05, about 1% of a no-op job in Node).
       `select id, machine, step, state, attempt, max_attempts, claim_token, correlation_key, awaited, joined,
               parent_id, (extract(epoch from inserted_at) * 1000)::float8 as inserted_ms, queue, error,
               concurrency_key, rate_limited, claimed_ahead, unvalidated, trace_context, version, failure,
