@@ -124,9 +124,14 @@ describe("queues", () => {
     single.on("step:start", (e) => void (firstStarts.includes(e.id) || firstStarts.push(e.id)));
     await client.pauseQueue("ordered");
     await single.start();
+    // Due since a minute ago, all of them: a claim is due-checked against its transaction's start
+    // (now()), and one the node's poll began before the last inserts, whose statement ran after the
+    // resume, saw those rows but not yet due (run_at = their insert's now()) and started the others
+    // first (seen once on a loaded CI host).
+    const runAt = new Date(Date.now() - 60_000);
     const inserted = [];
     for (const priority of [3, 1, 2, 1, 3, 0, 2, 1])
-      inserted.push({ priority, id: (await client.insert(Ordered, { args: { ms: 1 }, priority })).id });
+      inserted.push({ priority, id: (await client.insert(Ordered, { args: { ms: 1 }, priority, runAt })).id });
     await client.resumeQueue("ordered");
     await Promise.all(inserted.map((r) => client.wait(r.id, { timeout: 10_000 })));
     const expected = [...inserted]
