@@ -86,9 +86,9 @@ export class Completer {
   }
 
   private async commit(completions: Completion[]): Promise<Set<string>> {
-    // Sorted so that concurrent statements lock in one order: concurrency keys first (their
-    // rows are locked by a trigger, as an insert does in the same order), then instance ids.
-    const outcomes = [...completions].sort(byKeyThenId);
+    // The statement locks the batch's keys and then its rows in the one global order (keys by
+    // lock_keys, rows by id): the batch needs no order of its own.
+    const outcomes = completions;
     const keyed = outcomes.some((o) => o.concurrency_key !== null);
     const statement = keyed ? this.statements.completeReleasingKeys : this.statements.complete;
     let broke = false;
@@ -120,14 +120,4 @@ export class Completer {
     for (const { id } of rows) won.add(id);
     return won;
   }
-}
-
-/** Keyed rows first, by key in code point order (the SQL side uses collate "C"), then by id. */
-function byKeyThenId(a: Completion, b: Completion): number {
-  if (a.concurrency_key !== b.concurrency_key) {
-    if (a.concurrency_key === null) return 1;
-    if (b.concurrency_key === null) return -1;
-    return a.concurrency_key < b.concurrency_key ? -1 : 1;
-  }
-  return Number(BigInt(a.id) - BigInt(b.id));
 }

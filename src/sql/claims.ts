@@ -149,105 +149,17 @@ export const MAX_UNCHARGED_RETURNS = 2;
 const ASYNC_COMMIT = "async_commit as (select set_config('synchronous_commit', 'off', true) as ok)";
 
 /**
- * The group commit's SQL over `${schema}` (quoted). With `keysHere`, the outcomes that leave their
- * key's slot (every status but runnable, which the trigger's upsert handles, and cancelled, whose
- * key is handed back once its code settles: releaseHold) are taken out of their keys' holders by
- * the statement, one update per key, and the row trigger skips them (gen_durable.completing, set
- * until the end of the transaction: hence only for a statement that is its transaction). Before,
- * the trigger did it one plpgsql call per row: about 30 us of a keyed outcome's 77.
+ * The group commit: the function complete_outcomes (migration 32) writes a batch of outcomes in
+ * one statement, locking each row once, in id order, as it updates it. With `releaseKeys`, the
+ * outcomes that leave their key's slot (every status but runnable, which the trigger's upsert
+ * handles, and cancelled, whose key is handed back once its code settles: releaseHold) are taken
+ * out of their keys' holders by the function, one update per key, and the row trigger skips them
+ * (gen_durable.completing, set until the end of the transaction: hence only for a call that is its
+ * transaction). Before, the trigger did it one plpgsql call per row: about 30 us of a keyed
+ * outcome's 77. Without it the function never names concurrency_keys.
  */
-function completeSql(s: string, keysHere: boolean): string {
-  return `
-      with input as (
-        -- json, not jsonb: parsed once, without building a jsonb document of the whole batch first.
-        select * from json_to_recordset($1::json) as x(
-          id bigint, token bigint, status text, step text, set_state boolean, state jsonb,
-          run_at timestamptz, delay_ms double precision, priority integer, attempt_op text,
-          result jsonb, error jsonb, await_spec jsonb, children_pending integer, joined boolean, rate_limited text,
-          from_step text, to_step text, outcome text, attempt integer, duration_ms integer, hist_error jsonb,
-          concurrency_key text, failure jsonb)
-      ),
-      -- The batch's keys, locked in the one global order before any row is (see lock_keys).
-      keys_locked as (
-        select ${s}.lock_keys(array(select concurrency_key from input)) as n${keysHere ? MARK_COMPLETING : ""}),
-      -- Then the rows, in id order whatever join the planner picks (with a few hundred rows it
-      -- hashes, in heap order): cancel, retry and release lock rows in id order too, so no two
-      -- of them can each hold a row the other waits for.
-      rows_locked as (
-        select i.id from ${s}.instances i join input x on x.id = i.id
-        where i.claim_token = x.token and ${stillRunning("i")} and (select n from keys_locked) >= 0
-        order by i.id
-        for update of i
-      ),
-      won as (
-        update ${s}.instances i set
-          status = x.status,
-          step = coalesce(x.step, i.step),
-          -- json_to_recordset reads a JSON null (or a missing key) as SQL NULL: a state of null is stored as JSON null.
-          state = case when x.set_state then coalesce(x.state, 'null'::jsonb) else i.state end,
-          run_at = coalesce(x.run_at, now() + make_interval(secs => coalesce(x.delay_ms, 0) / 1000.0)),
-          priority = coalesce(x.priority, i.priority),
-          -- A step claimed ahead whose start was not marked yet is counted here (Leases.markStarted).
-          attempt = case x.attempt_op when 'reset' then 0
-                    when 'refund' then greatest(i.attempt + i.claimed_ahead::int - 1, 0)
-                    else i.attempt + i.claimed_ahead::int end,
-          claimed_ahead = false, ahead_returns = 0,
-          result = x.result, error = x.error, await_spec = x.await_spec,
-          -- A retry or snooze of the same step sees the same ctx.awaited; a new step starts empty.
-          awaited = case when x.step is null then i.awaited end,
-          resumed_by = case when x.step is null then i.resumed_by end,
-          -- Set once, when the instance is routed to its onFailure step; kept after (routing happens once).
-          failure = coalesce(x.failure, i.failure),
-          joined = case when x.step is null then i.joined else coalesce(x.joined, false) end,
-          children_pending = x.children_pending,
-          rate_limited = x.rate_limited,
-          -- Recognises this commit if its reply is lost (see committedBy).
-          committed_token = x.token,
-          -- A step that finishes the instance keeps that transition here, not in transitions
-          -- (migration 20): the row already holds its step, attempt and time.
-          done_duration_ms = case when x.outcome = 'done' then coalesce(x.duration_ms, 0) end,
-          leased_by = null, lease_expires_at = null, updated_at = now()
-        from input x join rows_locked l on l.id = x.id
-        -- rows_locked checked the fence (token, running) once it held each row's lock, and no one
-        -- else can change a locked row: by id alone, so that the planner finds each row by its
-        -- primary key. With the fence repeated here, statistics that saw few running rows (a deep
-        -- queue) made it walk instances_lease once per row: 66 ms instead of 9 for 500 outcomes.
-        where i.id = l.id
-        returning i.id, i.parent_id, i.concurrency_key, i.status
-      ),
-      history as (
-        insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, duration_ms, error)
-        select x.id, x.from_step, x.to_step, x.outcome, x.attempt, x.duration_ms, x.hist_error
-        -- A step postponed by its rate limit did not run: nothing to record. A done is in the row.
-        from input x join won w on w.id = x.id where x.outcome not in ('rate_limited', 'done')
-      )
-      ${keysHere ? KEYS_RELEASED(s) : ""}
-      select id::text as id, parent_id::text as parent_id from won`;
-}
-
-/**
- * Tells the key trigger to leave this statement's outcomes to keys_released (migration 27). In
- * keys_locked, so it is set before any row is locked or written: rows_locked waits for that CTE.
- */
-const MARK_COMPLETING = `,
-          set_config('gen_durable.completing', 'on', true) as marked`;
-
-/**
- * Takes the outcomes that `won` and that leave their key's slot out of their keys' holders. The
- * key's row lock is taken here; the batch's keys were locked (lock_keys) before its rows, as the
- * trigger's update ran after them. A claim that appended to holders since this statement's
- * snapshot is seen: the update reads the newest row it locks.
- */
-const KEYS_RELEASED = (s: string) => `,
-      keys_released as (
-        update ${s}.concurrency_keys c set holders = array(select h from unnest(c.holders) as h where h <> all(r.ids))
-        from (
-          select w.concurrency_key as key, array_agg(w.id) as ids from won w
-          where w.concurrency_key is not null and w.status not in ('runnable', 'cancelled')
-          group by 1
-        ) r
-        where c.key = r.key
-      )`;
+const completeSql = (s: string, releaseKeys: boolean) =>
+  `select id, parent_id from ${s}.complete_outcomes($1::json, ${releaseKeys})`;
 
 export function claimQueries(schema: string) {
   const s = quoteIdent(schema);
