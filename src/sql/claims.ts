@@ -104,18 +104,37 @@ export interface OutcomeRow {
   rate_limited?: string;
 }
 
+/** The outcome's flags, false unless sent (a state or result of `false` is data, and is sent). */
+const FLAGS = new Set(["set_state", "joined"]);
+
 /**
- * An outcome without its null fields, for the group commit's JSON (a missing key reads as SQL NULL,
- * as a JSON null does): a plain outcome sends about a third of the bytes, for Postgres to parse and
- * Node to write. Only the outcome's own fields: nulls inside a state or result are the step's data.
+ * An outcome as the group commit's JSON carries it: without the fields whose missing key
+ * complete_outcomes reads the same way (a missing key reads as SQL NULL, as a JSON null does):
+ *   - nulls;
+ *   - `set_state: false` (the state is kept), `joined: false` and `attempt_op: "keep"`, the
+ *     statement's defaults;
+ *   - for a done, the transition's `from_step` and `attempt`: only a history row reads them, and a
+ *     done writes none (its transition stays in the instance row).
+ * A plain done sends 76 bytes (148 without these defaults, 358 with every field), for Postgres to
+ * parse and Node to write. Only the outcome's own fields: nulls inside a state or result are the
+ * step's data.
  */
-function withoutNullFields(outcome: OutcomeRow): Partial<OutcomeRow> {
+function sentFields(outcome: OutcomeRow): Partial<OutcomeRow> {
   const fields: Record<string, unknown> = {};
+  const done = outcome.outcome === "done";
   // for…in, not Object.entries: that built an array of [key, value] pairs per outcome, about 7% of
   // the bytes a worker allocated per no-op job. An outcome is a plain object: nothing inherited.
   for (const key in outcome) {
     const value = outcome[key as keyof OutcomeRow];
-    if (value !== null && value !== undefined) fields[key] = value;
+    if (
+      value === null ||
+      value === undefined ||
+      (value === false && FLAGS.has(key)) ||
+      (value === "keep" && key === "attempt_op")
+    )
+      continue;
+    if (done && (key === "from_step" || key === "attempt")) continue;
+    fields[key] = value;
   }
   return fields;
 }
@@ -288,7 +307,7 @@ export function claimQueries(schema: string) {
      */
     complete: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
       completeSql(s, false),
-      (a) => [JSON.stringify(a.outcomes.map(withoutNullFields))],
+      (a) => [JSON.stringify(a.outcomes.map(sentFields))],
       { prepare: true },
     ),
 
@@ -299,7 +318,7 @@ export function claimQueries(schema: string) {
      */
     completeReleasingKeys: statement<{ outcomes: readonly OutcomeRow[] }, { id: string; parent_id: string | null }>(
       completeSql(s, true),
-      (a) => [JSON.stringify(a.outcomes.map(withoutNullFields))],
+      (a) => [JSON.stringify(a.outcomes.map(sentFields))],
       { prepare: true },
     ),
 
