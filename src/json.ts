@@ -102,6 +102,9 @@ interface Walk {
  * primitive is checked and copied where it is met.
  */
 function copyJson(root: unknown, maxBytes: number): { copy: unknown; atLeast: number } | { problem: Problem } {
+  // null, a boolean or a finite number (a job's usual result) is its own copy: no walk to set up.
+  if (root === null || typeof root === "boolean" || (typeof root === "number" && Number.isFinite(root)))
+    return { copy: root, atLeast: 0 };
   const walk: Walk = { maxBytes, atLeast: 0, out: undefined, levels: [], onPath: new Set() };
   const first = visit(walk, root, ROOT, undefined);
   if (typeof first === "string") return { problem: problemAt(walk.levels, [], first) };

@@ -240,8 +240,9 @@ export class Executor {
     }
     let completion: Completion;
     try {
-      const returned = await this.invoke(attempt, abort, undefined);
-      completion = await judgeReturn(attempt, returned, maxPayloadBytes);
+      const judged = judgeReturn(attempt, await this.invoke(attempt, abort, undefined), maxPayloadBytes);
+      // (A done is judged at once: no await, and no turn of the event loop, for it.)
+      completion = judged instanceof Promise ? await judged : judged;
     } catch (error) {
       // Not the step's failure: its code never ran. It runs again now, its attempt refunded.
       if (error instanceof ConnectionBrokeBeforeStart) return this.releaseNow(row);

@@ -57,23 +57,64 @@ export function readOutcome({ machine, row }: Attempt, returned: unknown): Outco
  * names no step of the machine, or carries a state, a result or children the
  * engine would refuse: the attempt then fails with that error (judgeThrow).
  */
-export async function judgeReturn(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
+export function judgeReturn(
+  attempt: Attempt,
+  returned: unknown,
+  maxPayloadBytes: number,
+): Completion | Promise<Completion> {
+  let judged: Completion | Promise<Completion>;
   try {
-    const judged = await judgeOutcome(attempt, returned, maxPayloadBytes);
-    // A cancel's cleanup step: whatever it returned (a valid outcome), the instance ends cancelled.
-    const completion = attempt.row.cancel_requested ? endCancelled(attempt, baseCompletion(attempt), null) : judged;
-    const publish = publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes);
-    return publish ? { ...completion, publish } : completion;
+    judged = judgeOutcome(attempt, returned, maxPayloadBytes);
   } catch (thrown) {
     // Judging reads what the step returned (children, Proxies): whatever that throws is made safe to inspect.
     throw safeThrown(thrown);
   }
+  // A done without a result schema is judged at once: no promise for a job's every outcome.
+  return judged instanceof Promise
+    ? judged.then(
+        (completion) => withCancelAndPublished(attempt, completion, maxPayloadBytes),
+        (thrown: unknown) => {
+          throw safeThrown(thrown);
+        },
+      )
+    : withCancelAndPublished(attempt, judged, maxPayloadBytes);
 }
 
-async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Promise<Completion> {
+function withCancelAndPublished(attempt: Attempt, judged: Completion, maxPayloadBytes: number): Completion {
+  try {
+    // A cancel's cleanup step: whatever it returned (a valid outcome), the instance ends cancelled.
+    const completion = attempt.row.cancel_requested ? endCancelled(attempt, baseCompletion(attempt), null) : judged;
+    const publish = attempt.published?.size
+      ? publishedOf(attempt.published, whereOf(attempt), maxPayloadBytes)
+      : undefined;
+    return publish ? { ...completion, publish } : completion;
+  } catch (thrown) {
+    throw safeThrown(thrown);
+  }
+}
+
+/** The outcome's row update; a promise only where a schema check may be one. */
+function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes: number): Completion | Promise<Completion> {
+  const data = readOutcome(attempt, returned);
+  if (data.kind === "done" && !attempt.machine.result) return judgeDone(attempt, data.result, maxPayloadBytes);
+  return judgeOutcomeChecked(attempt, data, maxPayloadBytes);
+}
+
+/** A done: its result (the schema's output, when the machine has one) checked and copied as JSON. */
+function judgeDone(attempt: Attempt, result: unknown, maxPayloadBytes: number): Completion {
+  // The checked copy is what is stored: a second read of the original may differ.
+  const { value } = checkJson(result ?? null, `the result of ${whereOf(attempt)}`, maxPayloadBytes);
+  // base is this call's own: set in place rather than copied (a job's every outcome comes here).
+  const base = baseCompletion(attempt);
+  base.status = "done";
+  base.result = value;
+  base.outcome = "done";
+  return base;
+}
+
+async function judgeOutcomeChecked(attempt: Attempt, data: OutcomeData, maxPayloadBytes: number): Promise<Completion> {
   const { row } = attempt;
   const where = whereOf(attempt);
-  const data = readOutcome(attempt, returned);
   const machine = attempt.machine;
   const base = baseCompletion(attempt);
   switch (data.kind) {
@@ -142,17 +183,9 @@ async function judgeOutcome(attempt: Attempt, returned: unknown, maxPayloadBytes
         outcome: "spawn",
       };
     }
-    case "done": {
-      // (No schema: no promise to await for one.)
-      const checked = machine.result ? (await checkResult(machine, data.result, where)).value : data.result;
-      // The checked copy is what is stored: a second read of the original may differ.
-      const { value: result } = checkJson(checked ?? null, `the result of ${where}`, maxPayloadBytes);
-      // base is this call's own: set in place rather than copied (a job's every outcome comes here).
-      base.status = "done";
-      base.result = result;
-      base.outcome = "done";
-      return base;
-    }
+    case "done":
+      // With a result schema (judgeOutcome judges a done without one at once).
+      return judgeDone(attempt, (await checkResult(machine, data.result, where)).value, maxPayloadBytes);
     case "snooze": {
       const delay = toMs(data.delay, `${where}: ctx.snooze(delay)`, (m) => new ValidationError(m));
       return {

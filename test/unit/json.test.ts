@@ -130,6 +130,16 @@ describe("toErrorRecord", () => {
 });
 
 describe("checkJson", () => {
+  it("takes a root of null, a boolean or a finite number as it is, and refuses a non-finite one", () => {
+    for (const value of [null, true, false, 0, -1.5, Number.MAX_VALUE])
+      expect(checkJson(value, "the result", MAX)).toEqual({ text: JSON.stringify(value), value });
+    expect(checkJson(-0, "the result", MAX).text).toBe("0");
+    for (const value of [NaN, Infinity, -Infinity])
+      expect(() => checkJson(value, "the result", MAX)).toThrow(`the result is ${value}, which is not a JSON number`);
+    expect(() => checkJson(undefined, "the result", MAX)).toThrow(ValidationError);
+    expect(() => checkJson(1n, "the result", MAX)).toThrow(ValidationError);
+  });
+
   it("returns a plain copy read once: a getter's second answer is never stored", () => {
     let reads = 0;
     const fickle = {
