@@ -88,13 +88,12 @@ export class Completer {
   private async commit(completions: Completion[]): Promise<Set<string>> {
     // The statement locks the batch's keys and then its rows in the one global order (keys by
     // lock_keys, rows by id): the batch needs no order of its own.
-    const outcomes = completions;
-    const keyed = outcomes.some((o) => o.concurrency_key !== null);
+    const keyed = completions.some((o) => o.concurrency_key !== null);
     const statement = keyed ? this.statements.completeReleasingKeys : this.statements.complete;
     let broke = false;
     for (let attempt = 1; ; attempt++) {
       try {
-        const { rows } = await statement(this.pool, { outcomes });
+        const { rows } = await statement(this.pool, { outcomes: completions });
         const won = new Set(rows.map((r) => r.id));
         return broke ? this.withEarlierCommits(completions, won) : won;
       } catch (error) {
