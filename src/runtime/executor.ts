@@ -131,7 +131,10 @@ export class Executor {
       this.deps.leases.settled(row.id, row.claim_token);
       onSettled();
     };
-    const abort = new StepAbort();
+    // The abort its claim was leased with (the scheduler's, while the row waited in the buffer): a
+    // cancel or a lost lease that came meanwhile aborts this attempt before its code runs.
+    const held = this.deps.leases.held.get(row.id);
+    const abort = held?.token === row.claim_token ? held.attempt : new StepAbort();
     this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, attempt: abort });
     const started = performance.now();
     try {

@@ -17,7 +17,8 @@ import type { StepAbort } from "./step-abort.js";
  * itself. `onCode`, if given, receives a promise that settles (never rejects)
  * when the code itself does, however long after the race it is; code that
  * settled before this function returned (it returned a value, or threw) is
- * not given to it.
+ * not given to it. An attempt aborted before the call rejects with the abort's
+ * reason without running the code.
  */
 export async function invokeStep(
   machine: string,
@@ -26,6 +27,8 @@ export async function invokeStep(
   run: () => unknown,
   onCode?: (settled: Promise<void>) => void,
 ): Promise<unknown> {
+  // Aborted before it started (cancelled, or its lease lost, while it waited for a slot): its code never runs.
+  if (abort.reason !== undefined) throw abort.reason;
   // A timeout may exceed Node's largest timer ("30d"): setLongTimeout waits in chunks.
   let timer: LongTimeout | undefined;
   const { timeoutMs } = step;

@@ -15,6 +15,11 @@ export class StepAbort {
     return this.#reason !== undefined;
   }
 
+  /** Why the attempt was aborted (the first reason given); undefined while it was not. */
+  get reason(): Error | undefined {
+    return this.#reason;
+  }
+
   /** The AbortSignal the step's code sees (made on first read). */
   get signal(): AbortSignal {
     if (!this.#controller) {

@@ -24,6 +24,17 @@ const Hangs = defineJob({
   },
 });
 const Quick = defineJob({ name: "Quick", queue: "ahead", args: z.object({ n: z.number() }), perform: (a) => a.n });
+/** Counts the runs of its code. */
+let recordedRuns = 0;
+const Recorded = defineJob({
+  name: "Recorded",
+  queue: "ahead",
+  args: z.object({}),
+  perform: () => {
+    recordedRuns++;
+    return null;
+  },
+});
 
 /** Steps whose code runs now in queue "early", and the most seen at once. */
 const inCode = { now: 0, most: 0 };
@@ -133,6 +144,31 @@ describe("the claim-ahead buffer", () => {
       expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
     } finally {
       await first.stop();
+    }
+  });
+});
+
+describe("an attempt aborted while its row waits in the buffer", () => {
+  it("never runs its code: a row cancelled there is not started when a slot frees", async () => {
+    const client = db.engine({ poolSize: 2 });
+    const node = db.engine({ queues: { ahead: 1 }, machines: [Hangs, Recorded], nodeId: "aborts", poolSize: 3 });
+    const lost: string[] = [];
+    node.on("lease:lost", (e) => void lost.push(e.id));
+    const hung = await client.insert(Hangs, { args: {} });
+    await node.start();
+    try {
+      await eventually("the hanging step running", async () => (await client.get(hung.id))?.status === "running");
+      const { id } = await client.insert(Recorded, { args: {} });
+      // Claimed ahead by the node, whose only slot hangs; cancelled there (its attempt aborted).
+      await claimedAhead(db, [id], "aborts", 1);
+      await node.cancel(id);
+      letGo();
+      await eventually("the buffered row's attempt given up", async () => lost.includes(id));
+      expect(recordedRuns).toBe(0);
+      expect((await client.get(id))?.status).toBe("cancelled");
+      expect((await client.wait(hung.id, { timeout: 10_000 })).status).toBe("done");
+    } finally {
+      await node.stop();
     }
   });
 });

@@ -83,11 +83,20 @@ describe("invokeStep", () => {
     expect(given).toHaveLength(2);
   });
 
-  it("rejects with the abort's reason when the attempt was aborted before its code returned", async () => {
+  it("rejects with the abort's reason when the attempt was aborted before its code ran or returned", async () => {
     const before = new StepAbort();
     const reason = new Error("cancelled first");
     before.abort(reason);
-    await expect(invokeStep("M", step(), before, () => 42)).rejects.toBe(reason);
+    let ran = false;
+    await expect(
+      invokeStep("M", step(), before, () => {
+        ran = true;
+        return 42;
+      }),
+    ).rejects.toBe(reason);
+    // Aborted before it started: its code never ran.
+    expect(ran).toBe(false);
+    expect(before.reason).toBe(reason);
     const during = new StepAbort();
     await expect(
       invokeStep("M", step(), during, () => {
