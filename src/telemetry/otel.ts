@@ -288,9 +288,12 @@ export class OtelBridge {
   private onStop(e: EngineEvents["step:stop"]): void {
     const k = key(e);
     const open = this.open.get(k);
-    if (!open && !this.observed) return;
+    // Every attempt that stops was opened by step:start or step:exception when anything observed
+    // it; none open means it started unobserved, and a tracer registered since is used from the
+    // next attempt on (a back-dated span here would trace a step that started before it).
+    if (!open) return;
     this.open.delete(k);
-    const span = open?.span ?? this.startSpan(e, e.durationMs);
+    const { span } = open;
     span.setAttribute(ATTR.outcome, e.outcome);
     span.end();
     this.stepDuration.record(e.durationMs, {

@@ -664,6 +664,34 @@ describe("global providers", () => {
     trace.disable();
   });
 
+  it("a step running when a tracer is registered makes no span: it started before the registration", async () => {
+    trace.disable();
+    metrics.disable();
+    const otel = sdk();
+    let release: (() => void) | undefined;
+    const Straddles = defineJob({
+      name: "StraddlesRegistration",
+      queue: QUEUE,
+      args: empty,
+      perform: () => new Promise<string>((resolve) => (release = () => resolve("after"))),
+    });
+    const engine = engineWith({ machines: [Straddles, Flow] });
+    const stopped: string[] = [];
+    engine.on("step:stop", (e) => stopped.push(e.id));
+    await engine.start();
+    const straddling = await engine.insert(Straddles, { args: {} });
+    await eventually("step running", () => release);
+    trace.setGlobalTracerProvider(otel.tracerProvider);
+    release!();
+    await eventually("its step:stop", () => stopped.includes(straddling.id));
+    const after = await engine.insert(Flow, { state: { n: 1 } });
+    await engine.wait(after.id, { timeout: 10_000 });
+    await eventually("spans of the instance started after the registration", () => otel.spans(after.id).length === 2);
+    expect(otel.spans(straddling.id)).toEqual([]);
+    await engine.stop();
+    trace.disable();
+  });
+
   it("telemetry: false exports nothing even with global providers registered", async () => {
     const otel = sdk();
     trace.setGlobalTracerProvider(otel.tracerProvider);
