@@ -212,6 +212,9 @@ describe("onCancel", () => {
     await eventually("parked on its delay", async () => (await engine.get(id))?.step === "charged");
     await engine.cancel(id, "customer left");
     const end = await engine.wait(id, { timeout: "20s" });
+    // Routed to its cleanup, the instance:cancelled comes from that step's commit, once its reply
+    // is back: wait() can see the row cancelled (by the commit's notification) a moment before.
+    await eventually("instance:cancelled", () => cancelled.includes(id));
     off();
     expect(end.status).toBe("cancelled");
     expect(end.error).toEqual({ name: "Cancelled", message: "customer left" });

@@ -194,7 +194,10 @@ describe("outcomes", () => {
       ["finish", null, "done", 1],
     ]);
     expect(history[1]!.at.getTime()).toBeLessThanOrEqual(history[2]!.at.getTime() - 40); // the 50 ms delay, by database time
-    expect(events.filter((e) => e.name === "instance:done" && (e.payload as { id: string }).id === id)).toHaveLength(1);
+    // instance:done is emitted once the commit's reply is back, which can be after wait() saw the row done.
+    const doneOf = () => events.filter((e) => e.name === "instance:done" && (e.payload as { id: string }).id === id);
+    await eventually("instance:done event", () => doneOf().length > 0);
+    expect(doneOf()).toHaveLength(1);
   });
 
   it("snooze runs the same step again without consuming an attempt", async () => {

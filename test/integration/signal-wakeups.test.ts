@@ -51,6 +51,8 @@ async function runChain(everyMs: number): Promise<{ steps: number; signals: numb
       async () => (await engine.get(id))?.status === "done",
       30_000,
     );
+    // The last step's step:stop is emitted once its commit's reply is back: the row can read done first.
+    await eventually(`the step:stop of each of the ${STEPS + 1} steps`, () => steps >= STEPS + 1);
   } finally {
     off();
   }

@@ -8,7 +8,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineMachine, GenDurable, InstanceTerminatedError, migrate, UnknownInstanceError } from "../../src/index.js";
-import { createDatabase } from "../support/db.js";
+import { createDatabase, eventually } from "../support/db.js";
 
 const ROUNDS = process.env.RELIABILITY_FULL === "1" ? 5 : 1;
 const IDS = 1_000;
@@ -137,6 +137,15 @@ describe("cancel, complete, reaper and GC on the same ids", () => {
         }
         live = false;
         await Promise.all([...cancels, lapses, prunes]);
+        // A worker emits instance:done once its commit's reply is back: the rows can read done first.
+        // (A cancel emits instance:cancelled before cancel() returns: those are all in.)
+        const unreported = () => ids.filter((id) => (done.get(id) ?? 0) + (cancelled.get(id) ?? 0) === 0);
+        await eventually("an instance:done or instance:cancelled for each instance", () => {
+          const missing = unreported();
+          if (missing.length > 0)
+            throw new Error(`none yet for ${missing.length}, e.g. ${missing.slice(0, 5).join(", ")}`);
+          return true;
+        });
         for (const id of ids) {
           const ends = (done.get(id) ?? 0) + (cancelled.get(id) ?? 0);
           expect(ends, `instance ${id}: done ${done.get(id) ?? 0}, cancelled ${cancelled.get(id) ?? 0}`).toBe(1);
