@@ -89,6 +89,13 @@ interface Latency {
   p99: number;
   max: number;
   mean: number;
+  /** The insert call alone (its transaction, committed), p50. */
+  callP50: number;
+  /**
+   * The insert call's return → the first line of the handler, p50: the wake-up, claim and start.
+   * Below 0 when the worker started the job before the producer's call returned.
+   */
+  afterCallP50: number;
 }
 interface Fanout {
   children: number;
@@ -198,12 +205,18 @@ async function latency(system: BenchSystem, count: number): Promise<{ separate: 
     await sleep(1_000);
     const measure = async (offset: number, enqueue: (i: number) => Promise<void>): Promise<Latency> => {
       const samples: number[] = [];
+      const calls: number[] = [];
+      const afterCalls: number[] = [];
       for (let k = 0; k < count; k++) {
         const i = offset + k;
         const started = new Promise<number>((resolve) => waiting.set(i, resolve));
         const t0 = performance.now();
         await enqueue(i);
-        samples.push((await withTimeout(started, 30_000, `${system.name}: job ${i} never started`)) - t0);
+        const t1 = performance.now();
+        const at = await withTimeout(started, 30_000, `${system.name}: job ${i} never started`);
+        samples.push(at - t0);
+        calls.push(t1 - t0);
+        afterCalls.push(at - t1);
         // Give the completion time to commit so the next job meets an idle worker.
         await sleep(10);
       }
@@ -214,6 +227,8 @@ async function latency(system: BenchSystem, count: number): Promise<{ separate: 
         p99: round(percentile(samples, 99), 2),
         max: round(Math.max(...samples), 2),
         mean: round(samples.reduce((a, b) => a + b, 0) / samples.length, 2),
+        callP50: round(percentile(calls, 50), 2),
+        afterCallP50: round(percentile(afterCalls, 50), 2),
       };
     };
     const separate = await measure(1_000_000, (i) => system.enqueueOne(i));
@@ -764,6 +779,16 @@ async function main(): Promise<void> {
       `fan-out breakdown (first child started / last child started / join started, ms after the parent's insert): ` +
         results
           .map((r) => `${r.name} ${fmt(r.fanout.firstChildMs)} / ${fmt(r.fanout.lastChildMs)} / ${fmt(r.fanout.ms)}`)
+          .join(" | "),
+    );
+    log(
+      `insert→start split (p50, separate producer; insert on the worker's instance): insert call + call→start, ms: ` +
+        results
+          .map(
+            (r) =>
+              `${r.name} ${fmt(r.latency.callP50)} + ${fmt(r.latency.afterCallP50)}; ` +
+              `${fmt(r.latencySameNode.callP50)} + ${fmt(r.latencySameNode.afterCallP50)}`,
+          )
           .join(" | "),
     );
     const signalComparisons = compareSignals(results);
