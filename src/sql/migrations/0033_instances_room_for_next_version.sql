@@ -1,0 +1,25 @@
+-- gen-durable schema, version 33: each page of instances keeps room for its rows' next versions.
+--
+-- A job's row is written three times (inserted runnable, claimed running, finished done), and
+-- every one of those updates changes the status that the partial indexes read, so none is HOT.
+-- A non-HOT update still puts the new version on the old one's page when the page has room, and
+-- then its WAL record carries only the bytes that differ from the old version (the rest is
+-- shared prefix and suffix) and names one page, not two. With fillfactor 80 (version 9) a page
+-- filled by inserts had room for few of its rows' claimed versions: the rest went to other
+-- pages, whole, each update dirtying and logging a second page.
+--
+-- 45 leaves a little more than half of each page free after inserts: a claim takes rows in
+-- order, so most of a page's rows are claimed together, and their running versions (a little
+-- wider than the inserted ones: the node's name, the lease) fit beside them. By the outcome, the
+-- runnable versions are dead and any reader prunes them (Postgres prunes a page whose free space
+-- is under its fillfactor's share), so the done versions fit too.
+--
+-- Measured on Postgres 15 with fsync on: 20,000 queued no-op jobs at concurrency 32, six
+-- alternating pairs of runs (80 then 45): WAL 948 -> 798 bytes a job, Postgres CPU median 52 -> 42
+-- us a job, jobs/s ahead in five of six pairs (median ratio 1.09), the table 11.0 -> 8.2 MB after
+-- the run; bulk inserts wrote more pages (median 49,000 -> 47,000 jobs/s). Lower settings
+-- (40, 25) wrote no less WAL.
+--
+-- A storage parameter: it takes a SHARE UPDATE EXCLUSIVE lock (reads and writes go on) and
+-- rewrites nothing; pages filled before it keep their layout until their rows are gone.
+alter table {{schema}}.instances set (fillfactor = 45);
