@@ -3,6 +3,8 @@
  * indexes read, so it is never a HOT update; but when the row's page has room, the new version
  * stays on that page, and its WAL record then holds only what changed. The table's fillfactor
  * (migration 33) keeps that room: rows inserted together and claimed together do not move.
+ * A claimed row carries its node's name, so a longer name needs more room: the engine here is
+ * named with 80 characters (a default name is the host's name, the pid and six hex digits).
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
@@ -11,6 +13,7 @@ import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
 const ROWS = 60;
+const LONG_NODE_ID = `node-${"x".repeat(75)}`;
 
 let release: () => void = () => {};
 const gate = new Promise<void>((resolve) => (release = resolve));
@@ -37,7 +40,7 @@ async function pages(): Promise<Map<string, number>> {
 
 describe("instances pages", () => {
   it("a claimed row's running version is written on the page of its inserted one", async () => {
-    const engine = db.engine({ machines: [Held], queues: { pages: ROWS + 4 } });
+    const engine = db.engine({ machines: [Held], queues: { pages: ROWS + 4 }, nodeId: LONG_NODE_ID });
     await engine.insertMany(Array.from({ length: ROWS }, (_, i) => ({ machine: Held, args: { i } })));
     const inserted = await pages();
     expect(inserted.size).toBe(ROWS);

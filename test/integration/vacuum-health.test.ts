@@ -57,7 +57,7 @@ function health(over: Partial<TableHealth>): TableHealth {
 describe("vacuum health", () => {
   it("the migration gives the busy tables fillfactor and autovacuum settings of their own", async () => {
     expect(await reloptions("instances")).toMatchObject({
-      fillfactor: "45",
+      fillfactor: "40",
       autovacuum_vacuum_scale_factor: "0.02",
       autovacuum_vacuum_threshold: "1000",
       autovacuum_vacuum_cost_limit: "2000",

@@ -8,19 +8,20 @@
 -- filled by inserts had room for few of its rows' claimed versions: the rest went to other
 -- pages, whole, each update dirtying and logging a second page.
 --
--- 45 leaves a little more than half of each page free after inserts: a claim takes rows in
--- order, so most of a page's rows are claimed together, and their running versions (a little
--- wider than the inserted ones: the node's name, the lease) fit beside them. By the outcome, the
--- runnable versions are dead and any reader prunes them (Postgres prunes a page whose free space
--- is under its fillfactor's share), so the done versions fit too.
+-- 40 leaves 60% of each page free after inserts: a claim takes rows in order, so most of a
+-- page's rows are claimed together, and their running versions are wider than the inserted ones
+-- (the node's name and the lease: a no-op job's row grows from 178 bytes to 234 with a node name
+-- of 40 characters, to 274 with 80). At 40 a page's rows all fit claimed beside themselves with
+-- names up to 80 characters; at 45 some moved with 40. By the outcome the runnable versions are
+-- dead and any reader prunes them (Postgres prunes a page whose free space is under its
+-- fillfactor's share), so the done versions fit too.
 --
 -- Measured on Postgres 15 with fsync on: 20,000 queued no-op jobs at concurrency 32, six
--- alternating pairs of runs (80 then 45): WAL 948 -> 798 bytes a job, Postgres CPU median 52 -> 42
--- us a job, jobs/s ahead in five of six pairs (median ratio 1.09), the table 11.0 -> 8.2 MB after
--- the run; bulk inserts wrote more pages (median 49,000 -> 47,000 jobs/s). Lower settings
--- (40, 25) wrote no less WAL. A backlog takes more pages: 200,000 queued rows 52 -> 82 MB of heap,
--- processed at the same rate within the noise.
+-- alternating pairs of runs (80 then 40): WAL 947 -> 798 bytes a job, Postgres CPU median 46 -> 44
+-- us a job, jobs/s median ratio 1.02 (ahead in four pairs of six), the table 11.0 -> 9.1 MB after
+-- the run; bulk inserts write more pages (median 54,000 -> 48,000 jobs/s), and a backlog takes
+-- more room: 200,000 queued rows 52 -> 91 MB of heap.
 --
 -- A storage parameter: it takes a SHARE UPDATE EXCLUSIVE lock (reads and writes go on) and
 -- rewrites nothing; pages filled before it keep their layout until their rows are gone.
-alter table {{schema}}.instances set (fillfactor = 45);
+alter table {{schema}}.instances set (fillfactor = 40);
