@@ -28,10 +28,15 @@ export const IN_FLIGHT_SQL = `(${quoted(IN_FLIGHT_STATUSES)})`;
 /** The statuses instances_machine holds, as a SQL array. */
 const SETTLED_ARRAY = `array[${quoted(STATUSES.filter((status) => !IN_FLIGHT_STATUSES.includes(status)))}]`;
 
+/** Runnable rows without a concurrency key: instances_claim's predicate. */
+export const RUNNABLE_UNKEYED = "status = 'runnable' and concurrency_key is null";
+/** Runnable rows with one: instances_key_runnable's predicate. */
+export const RUNNABLE_KEYED = "status = 'runnable' and concurrency_key is not null";
+
 /** The rows in flight, by the index that holds them: its predicate, and the status it is. */
 const IN_FLIGHT = [
-  { status: "runnable", predicate: "status = 'runnable' and concurrency_key is null" }, // instances_claim
-  { status: "runnable", predicate: "status = 'runnable' and concurrency_key is not null" }, // instances_key_runnable
+  { status: "runnable", predicate: RUNNABLE_UNKEYED }, // instances_claim
+  { status: "runnable", predicate: RUNNABLE_KEYED }, // instances_key_runnable
   { status: "running", predicate: "status = 'running'" }, // instances_lease
 ] as const;
 

@@ -13,6 +13,7 @@
  * acts on their number.
  */
 import { quoteIdent } from "../names.js";
+import { RUNNABLE_KEYED, RUNNABLE_UNKEYED } from "./by-machine.js";
 import { probe, statement } from "./query.js";
 
 /** The live statuses other than runnable: counted per queue by `live`. */
@@ -59,8 +60,8 @@ export function statusQueries(schema: string) {
     `select queue, '${status}'::text as status, count(*)::bigint as n
      from ${s}.instances where status = '${status}' group by queue`;
   const branches = {
-    runnableUnkeyed: `select queue, run_at from ${s}.instances where status = 'runnable' and concurrency_key is null`,
-    runnableKeyed: `select queue, run_at from ${s}.instances where status = 'runnable' and concurrency_key is not null`,
+    runnableUnkeyed: `select queue, run_at from ${s}.instances where ${RUNNABLE_UNKEYED}`,
+    runnableKeyed: `select queue, run_at from ${s}.instances where ${RUNNABLE_KEYED}`,
     running: count("running"),
     awaiting: count("awaiting"),
     joining: count("joining"),
