@@ -11,6 +11,9 @@
  * per-row cost.
  *
  *   bash bench/run.sh --investigate      (BENCH_JOBS, BENCH_INVESTIGATE=a,b,… to choose)
+ *
+ * `gd-fillfactor` (not in the default set) runs three alternating pairs at c=32: `instances` at
+ * fillfactor 80, as before migration 33, and as the migrations leave it.
  */
 import { readFileSync, readdirSync } from "node:fs";
 import { Logger, run, runMigrations } from "graphile-worker";
@@ -239,10 +242,13 @@ async function genDurableRun(
   concurrency: number,
   poolSize: number,
   engines = 1,
+  fillfactor?: number,
 ): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
   await migrate({ connectionString: url, schema });
+  // Set before the rows go in: it decides how full the inserts leave each page.
+  if (fillfactor !== undefined) await admin.query(`alter table ${schema}.instances set (fillfactor = ${fillfactor})`);
   const producer = new GenDurable({ connectionString: url, schema });
   for (let i = 0; i < JOBS; i += 1000)
     await producer.insertMany(
@@ -253,9 +259,10 @@ async function genDurableRun(
   const pool = new pg.Pool({ connectionString: url, max: poolSize * engines });
   const inst = instrument(pool);
   const result = await measure(
-    engines === 1
+    (engines === 1
       ? `gen-durable c=${concurrency} pool=${poolSize}`
-      : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`,
+      : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`) +
+      (fillfactor === undefined ? "" : ` instances fillfactor=${fillfactor}`),
     admin,
     pmPid,
     async () =>
@@ -498,6 +505,13 @@ async function main(): Promise<void> {
       await genDurableRun(db.url, admin, pmPid, 32, 10, 2);
     }
     if (which.includes("gd-big")) for (const c of [100, 500]) await genDurableRun(db.url, admin, pmPid, c, 10);
+    if (which.includes("gd-fillfactor")) {
+      // instances at version 9's fillfactor (80) against the migrations' current one, in alternating pairs.
+      for (let pair = 0; pair < 3; pair++) {
+        await genDurableRun(db.url, admin, pmPid, 32, 10, 1, 80);
+        await genDurableRun(db.url, admin, pmPid, 32, 10);
+      }
+    }
     if (which.includes("gw")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, false);
     if (which.includes("gwb")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, true);
     if (which.includes("boss")) for (const c of [10, 32]) await pgBossRun(db.url, admin, pmPid, c);
