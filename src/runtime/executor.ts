@@ -131,11 +131,15 @@ export class Executor {
       this.deps.leases.settled(row.id, row.claim_token);
       onSettled();
     };
-    // The abort its claim was leased with (the scheduler's, while the row waited in the buffer): a
-    // cancel or a lost lease that came meanwhile aborts this attempt before its code runs.
+    // The lease its claim holds already (the scheduler's, from the claim on): a cancel or a lost
+    // lease that came while the row waited for a slot has aborted this attempt before its code runs.
     const held = this.deps.leases.held.get(row.id);
-    const abort = held?.token === row.claim_token ? held.attempt : new StepAbort();
-    this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, attempt: abort });
+    let abort: StepAbort;
+    if (held?.token === row.claim_token) abort = held.attempt;
+    else {
+      abort = new StepAbort();
+      this.deps.leases.add(row.id, { token: row.claim_token, queue: row.queue, attempt: abort });
+    }
     const started = performance.now();
     try {
       const ahead = row.claimed_ahead;
