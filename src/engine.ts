@@ -293,10 +293,12 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
    * now is aborted and its outcome discarded.
    */
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
-    const { machine, reason: message, ids, routed } = await cancelInstance(this.client, id, reason, options);
+    const { machine, reason: message, ids, claims, routed } = await cancelInstance(this.client, id, reason, options);
     if (ids.length === 0) return;
-    for (const instance of ids) {
-      this.leases.held.get(instance)?.attempt.abort(new InvalidStateError(`instance ${instance} was cancelled`));
+    // The claims the cancel took away, not whatever runs here now: the cleanup of an instance routed
+    // to its onCancel step may have been claimed here since the cancel committed.
+    for (const claim of claims) {
+      this.leases.abort(claim, new InvalidStateError(`instance ${claim.id} was cancelled`));
     }
     this.wakeups.joins();
     // Routed to its onCancel step, it ends cancelled when that step has run.

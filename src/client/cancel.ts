@@ -10,6 +10,7 @@ import { storableMessage } from "../json.js";
 import { checkId } from "../names.js";
 import { TERMINAL } from "../status.js";
 import { onCancelSteps } from "../runtime/routes.js";
+import type { Claim } from "../sql/claims.js";
 import type { CancelTargetRow } from "../sql/instances.js";
 import type { ClientContext } from "./context.js";
 
@@ -18,13 +19,16 @@ const MAX_TRIES = 5;
 
 /**
  * What a cancel did: the instances it cancelled (the target first); none when it was already
- * cancelled or is running its onCancel step after an earlier cancel. `routed`: the target was sent to
- * its onCancel step, and ends cancelled when that step has run.
+ * cancelled or is running its onCancel step after an earlier cancel. `claims`: their claims as the
+ * cancel found them, whose steps still running are to be aborted (a claim made after the commit,
+ * of an onCancel step, has a greater token). `routed`: the target was sent to its onCancel step, and
+ * ends cancelled when that step has run.
  */
 export interface Cancelled {
   machine: string;
   reason: string;
   ids: string[];
+  claims: Claim[];
   routed: boolean;
 }
 
@@ -42,20 +46,21 @@ export async function cancelInstance(
   const error = { name: "Cancelled", message: reason === undefined ? "cancelled" : storableMessage(reason) };
   const tree = new CancelTree(ctx, id, JSON.stringify(error), onCancelSteps(ctx.config.machines));
   const result = options.client ? await tree.inCallerTransaction(options.client) : await tree.inOwnTransaction();
-  const { target, cancelled } = result;
+  const { target, cancelled, claims } = result;
   if (!target) throw new UnknownInstanceError(id);
-  const none = { machine: target.machine, reason: error.message, ids: [], routed: false };
+  const none = { machine: target.machine, reason: error.message, ids: [], claims: [], routed: false };
   if (target.status === "cancelled") return none;
   if (TERMINAL.has(target.status)) throw new InstanceTerminatedError(id, target.status);
   // Already running its onCancel step: that step ends it cancelled.
   if (target.cleaning) return none;
-  return { machine: target.machine, reason: error.message, ids: cancelled, routed: target.routed };
+  return { machine: target.machine, reason: error.message, ids: cancelled, claims, routed: target.routed };
 }
 
 /** One try of a cancel: `missing` keys (not held, met in a level) make the caller undo it and try again. */
 interface CancelTry {
   target: CancelTargetRow | undefined;
   cancelled: string[];
+  claims: Claim[];
   missing: string[];
 }
 
@@ -87,16 +92,20 @@ class CancelTree {
     const common = { error: this.errorJson, cleanups: this.cleanups, channel: this.ctx.config.channel };
     const { rows } = await instances.cancel(client, { ...common, id: this.id, extraKeys });
     const cancelled: string[] = [];
+    const claims: Claim[] = [];
     const target = rows[0];
-    if (!target || TERMINAL.has(target.status)) return { target, cancelled, missing: [] };
+    if (!target || TERMINAL.has(target.status)) return { target, cancelled, claims, missing: [] };
+    if (target.token !== null) claims.push({ id: this.id, token: target.token });
     const held = holdsKeys ? target.keys : null;
     for (let level = [this.id]; level.length > 0;) {
       cancelled.push(...level);
       const { rows: round } = await instances.cancelDescendants(client, { ...common, parents: level, held });
-      if (round[0]!.missing.length > 0) return { target, cancelled, missing: round[0]!.missing };
-      level = round[0]!.cancelled;
+      const { missing, cancelled: next, tokens } = round[0]!;
+      if (missing.length > 0) return { target, cancelled, claims, missing };
+      next.forEach((id, i) => claims.push({ id, token: tokens[i]! }));
+      level = next;
     }
-    return { target, cancelled, missing: [] };
+    return { target, cancelled, claims, missing: [] };
   }
 
   /**

@@ -133,8 +133,13 @@ export class Leases {
 
   /** The claim is gone: abort its step if it is still the one running here. */
   private lost(id: string, token: string): void {
-    const held = this.held.get(id);
-    if (held && held.token === token) held.attempt.abort(new LeaseLostError(id));
+    this.abort({ id, token }, new LeaseLostError(id));
+  }
+
+  /** Aborts the step of this claim, if it is running here; a newer claim of the instance runs on. */
+  abort(claim: Claim, reason: Error): void {
+    const held = this.held.get(claim.id);
+    if (held && held.token === claim.token) held.attempt.abort(reason);
   }
 
   /** Renews every held lease; returns how many were renewed. */

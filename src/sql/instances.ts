@@ -225,6 +225,11 @@ export interface CancelTargetRow {
   cleaning: boolean;
   /** Routed now to its onCancel step. */
   routed: boolean;
+  /**
+   * Its claim's token when this cancel changed it: a step of that claim still running on a node
+   * is aborted, and no later claim (the cleanup's) is (claim tokens only grow).
+   */
+  token: string | null;
 }
 
 export interface RetryArgs {
@@ -543,7 +548,7 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from target t where i.id = t.id and t.status not in ${TERMINAL_SQL} and not t.cleaning
-        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key
+        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token
       ),
       -- One already cleaning up is locked and left as it is.
       ${cancelWake(s, "union select queue from target where cleaning and status = 'runnable'")},
@@ -552,14 +557,16 @@ export function instanceQueries(schema: string) {
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
       )
       select status, machine, (select list from keys) as keys, cleaning,
-             exists (select 1 from changed where changed.status = 'runnable') as routed
+             exists (select 1 from changed where changed.status = 'runnable') as routed,
+             (select claim_token::text from changed) as token
       from target, woke where woke.n >= 0`,
       (a) => [a.id, a.error, a.extraKeys, a.cleanups, a.channel],
     ),
 
     /**
      * Cancels the live descendants of the instances $1 (`parents`, just cancelled by this
-     * transaction), whatever their depth; returns their ids. They are locked in
+     * transaction), whatever their depth; returns their ids (`cancelled`) and, in the same order, the
+     * tokens of their claims as the cancel found them (`tokens`: see CancelTargetRow). They are locked in
      * id order, parents before children (a child's id is always greater), the
      * order cancel and retry lock a tree in. A descendant whose own spawn holds
      * its row is waited for and cancelled as it is then; the children that spawn
@@ -574,7 +581,7 @@ export function instanceQueries(schema: string) {
      * With $3 null (nothing held: each statement its own transaction), the
      * keys are taken here, before any row.
      */
-    cancelDescendants: statement<CancelDescendantsArgs, { missing: string[]; cancelled: string[] }>(
+    cancelDescendants: statement<CancelDescendantsArgs, { missing: string[]; cancelled: string[]; tokens: string[] }>(
       `
       -- cancel: its live descendants
       with recursive tree(id) as (
@@ -602,7 +609,7 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from live l where i.id = l.id
-        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key
+        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token
       ),
       ${cancelWake(s)},
       history as (
@@ -610,7 +617,8 @@ export function instanceQueries(schema: string) {
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
       )
       select case when $3::text[] is null then '{}'::text[] else (select list from needed) end as missing,
-             array(select id::text from changed) as cancelled
+             array(select id::text from changed order by id) as cancelled,
+             array(select claim_token::text from changed order by id) as tokens
       from woke where woke.n >= 0`,
       (a) => [a.parents, a.error, a.held, a.cleanups, a.channel],
     ),

@@ -1,5 +1,6 @@
 // onFailure, NonRetryableError, retry.nonRetryable, ctx.maxAttempts and onCancel, against Postgres.
 import { describe, expect, it } from "vitest";
+import type pg from "pg";
 import { z } from "zod";
 import { ConfigError, defineJob, defineMachine, NonRetryableError } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
@@ -86,7 +87,12 @@ const SubscriptionChild = defineMachine({
 const Subscription = defineMachine({
   name: "Subscription",
   queue: "routing",
-  state: z.object({ key: z.string(), cleanupThrows: z.number().default(0), at: z.string().default("wait") }),
+  state: z.object({
+    key: z.string(),
+    cleanupThrows: z.number().default(0),
+    at: z.string().default("wait"),
+    cleanupGate: z.boolean().default(false),
+  }),
   onCancel: "cleanup",
   backoff: { type: "fixed", delay: 0 },
   steps: {
@@ -103,9 +109,11 @@ const Subscription = defineMachine({
     charged: (ctx) => ctx.done("charged"),
     cleanup: {
       maxAttempts: 3,
-      run: (ctx) => {
+      run: async (ctx) => {
         seen.push({ step: "cleanup", key: ctx.state.key, attempt: ctx.attempt, cancellation: ctx.cancellation });
         if (ctx.attempt <= ctx.state.cleanupThrows) throw new Error(`cleanup attempt ${ctx.attempt} failed`);
+        if (ctx.state.cleanupGate && ctx.attempt === 1)
+          await new Promise<void>((resolve) => gates.set(`${ctx.state.key}.cleanup`, resolve));
         return ctx.done("cleaned");
       },
     },
@@ -263,6 +271,37 @@ describe("onCancel", () => {
     const end = await engine.wait(id, { timeout: "20s" });
     expect(end.status).toBe("cancelled");
     expect(end.step).toBe("cleanup");
+    expect(await outcomes(id)).toEqual(["cancelling:cleanup", "cancelled:"]);
+  });
+
+  it("the cancel of a running step aborts that attempt only, not the cleanup claimed right after its commit", async () => {
+    seen.length = 0;
+    const { id } = await engine.insert(Subscription, { state: { key: "reclaimed", at: "gate", cleanupGate: true } });
+    await eventually("running", () => gates.has("reclaimed"));
+    // The cancel runs on a client outside a transaction: each statement commits as it returns. The
+    // client holds the first statement's reply (the cancel is committed, the row routed to its
+    // cleanup) until this node has claimed the cleanup and runs it: then engine.cancel aborts what it
+    // cancelled. Before, it aborted whatever this node held for the instance by then: the cleanup.
+    const conn = await db.pool.connect();
+    try {
+      const held = {
+        query: async (config: string | pg.QueryConfig) => {
+          const result = await conn.query(config);
+          if (typeof config !== "string" && config.text.includes("-- cancel: the instance")) {
+            await eventually("cleanup running", () => gates.has("reclaimed.cleanup"));
+          }
+          return result;
+        },
+      } as unknown as pg.ClientBase;
+      await engine.cancel(id, "stop", { client: held });
+    } finally {
+      conn.release();
+    }
+    gates.get("reclaimed.cleanup")!();
+    gates.get("reclaimed")!();
+    const end = await engine.wait(id, { timeout: "20s" });
+    expect(end.status).toBe("cancelled");
+    expect(cleanups("reclaimed").map((s) => s.attempt)).toEqual([1]);
     expect(await outcomes(id)).toEqual(["cancelling:cleanup", "cancelled:"]);
   });
 
