@@ -32,9 +32,11 @@ import { RateLimiter, type BucketState, type ConsumeOptions, type ConsumeResult 
 import { idOf, typedSignal, type SignalName, type SignalRest } from "./runtime/typed-client.js";
 import { strandedError, type CheckReport, type MoveOptions } from "./runtime/versions.js";
 import type { Wakeups } from "./runtime/wakeups.js";
+import type { Claim } from "./sql/claims.js";
 import type { ClientContext } from "./client/context.js";
 import { SignalSender } from "./runtime/signals.js";
 import { cancelInstance } from "./client/cancel.js";
+import { cancelledClaims } from "./runtime/cancel-notice.js";
 import { insertMany, insertOne } from "./client/inserts.js";
 import { pausedQueues, setPaused } from "./client/queues.js";
 import { explain, getInstance, history, listInstances, waitFor } from "./client/reads.js";
@@ -164,7 +166,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       clock: this.clock,
       clockWatch: this.clockWatch,
       cancelRemaining: (parentId) => cancelRemaining(pool, this.sql.children, parentId, (id, r) => this.cancel(id, r)),
-      onNotify: (payload) => this.publishedWaiters.onNotify(payload),
+      onNotify: (payload) => this.publishedWaiters.onNotify(payload) || this.onCancelledNotice(payload),
       around: this.telemetry?.around,
       node: this.node(),
       reportError: (loop, error) => this.reportError(loop, error),
@@ -295,14 +297,30 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
     const { machine, reason: message, ids, claims, routed } = await cancelInstance(this.client, id, reason, options);
     if (ids.length === 0) return;
-    // The claims the cancel took away, not whatever runs here now: the cleanup of an instance routed
-    // to its onCancel step may have been claimed here since the cancel committed.
-    for (const claim of claims) {
-      this.leases.abort(claim, new InvalidStateError(`instance ${claim.id} was cancelled`));
-    }
+    // Committed: its steps running here stop now, without waiting for the notification that stops
+    // them on every node (runtime/cancel-notice.ts). In a caller's transaction, which may still roll
+    // back, only that notification does, with the commit.
+    if (!options.client) this.abortCancelled(claims);
     this.wakeups.joins();
     // Routed to its onCancel step, it ends cancelled when that step has run.
     if (!routed) this.events.emit("instance:cancelled", { id, machine, reason: message });
+  }
+
+  /**
+   * Aborts the steps of the claims a cancel took away, if they run here: those claims only, not
+   * whatever runs here now (an instance routed to its onCancel step may have had that step claimed
+   * here since the cancel committed; its token is greater).
+   */
+  private abortCancelled(claims: readonly Claim[]): void {
+    for (const claim of claims) this.leases.abort(claim, new InvalidStateError(`instance ${claim.id} was cancelled`));
+  }
+
+  /** A cancel's notification (runtime/cancel-notice.ts): true when the payload was one. */
+  private onCancelledNotice(payload: string): boolean {
+    const claims = cancelledClaims(payload);
+    if (claims === null) return false;
+    this.abortCancelled(claims);
+    return true;
   }
 
   /**

@@ -9,6 +9,7 @@ import { InstanceTerminatedError, UnknownInstanceError, ValidationError } from "
 import { storableMessage } from "../json.js";
 import { checkId } from "../names.js";
 import { TERMINAL } from "../status.js";
+import { CANCELLED_NOTICE } from "../runtime/cancel-notice.js";
 import { onCancelSteps } from "../runtime/routes.js";
 import type { Claim } from "../sql/claims.js";
 import type { CancelTargetRow } from "../sql/instances.js";
@@ -89,7 +90,8 @@ class CancelTree {
    */
   private async once(client: pg.ClientBase, extraKeys: string[], holdsKeys: boolean): Promise<CancelTry> {
     const { instances } = this.ctx.sql;
-    const common = { error: this.errorJson, cleanups: this.cleanups, channel: this.ctx.config.channel };
+    const { channel } = this.ctx.config;
+    const common = { error: this.errorJson, cleanups: this.cleanups, channel, notice: CANCELLED_NOTICE };
     const { rows } = await instances.cancel(client, { ...common, id: this.id, extraKeys });
     const cancelled: string[] = [];
     const claims: Claim[] = [];

@@ -198,8 +198,10 @@ interface CancelCommon {
   error: string;
   /** JSON { machine: onCancel step } of the machines the cancelling engine routes to a cleanup step. */
   cleanups: string;
-  /** NOTIFY channel for the queues of rows routed to their cleanup step. */
+  /** NOTIFY channel for the queues of rows routed to their cleanup step, and for `notice`. */
   channel: string;
+  /** The payload's prefix that tells nodes which running claims the cancel took away (see cancelTell). */
+  notice: string;
 }
 
 export interface CancelArgs extends CancelCommon {
@@ -278,6 +280,19 @@ const cancelWake = (s: string, held = "") => `woke as (
 const CANCEL_TO =
   "case when status = 'runnable' then cleanup end, " +
   "case when status = 'runnable' then 'cancelling' else 'cancelled' end";
+
+/**
+ * Tells every node, with the commit, which running claims the cancel took away: $6 (`notice`,
+ * runtime/cancel-notice.ts) and "id:token" pairs, at most 150 to a notification (a payload holds
+ * under 8,000 bytes). Each node aborts the steps of those claims it runs. Sent with the commit, it
+ * aborts nothing when a caller's transaction rolls the cancel back.
+ */
+const cancelTell = `told as (
+  select count(pg_notify($5::text, $6::text || x.claims)) as n
+  from (
+    select string_agg(c.id || ':' || c.claim_token, ' ') as claims
+    from (select id, claim_token, (row_number() over (order by id) - 1) / 150 as chunk from changed where was_running) c
+    group by c.chunk) x)`;
 
 /**
  * The INSERT of `insert`'s input rows that match `where` (without its ON CONFLICT and RETURNING).
@@ -548,10 +563,12 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from target t where i.id = t.id and t.status not in ${TERMINAL_SQL} and not t.cleaning
-        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token
+        returning i.id, t.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token,
+                  t.status = 'running' as was_running
       ),
       -- One already cleaning up is locked and left as it is.
       ${cancelWake(s, "union select queue from target where cleaning and status = 'runnable'")},
+      ${cancelTell},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
@@ -559,8 +576,8 @@ export function instanceQueries(schema: string) {
       select status, machine, (select list from keys) as keys, cleaning,
              exists (select 1 from changed where changed.status = 'runnable') as routed,
              (select claim_token::text from changed) as token
-      from target, woke where woke.n >= 0`,
-      (a) => [a.id, a.error, a.extraKeys, a.cleanups, a.channel],
+      from target, woke, told where woke.n >= 0 and told.n >= 0`,
+      (a) => [a.id, a.error, a.extraKeys, a.cleanups, a.channel, a.notice],
     ),
 
     /**
@@ -597,7 +614,7 @@ export function instanceQueries(schema: string) {
       ),
       keys_locked as (select ${s}.lock_keys(case when $3::text[] is null then (select list from needed) end) as n),
       live as (
-        select i.id, i.step from ${s}.instances i
+        select i.id, i.step, i.status from ${s}.instances i
         -- One already cleaning up after a cancel (onCancel) finishes that.
         where i.id in (select id from tree) and i.status not in ${TERMINAL_SQL} and (select n from keys_locked) >= 0
           and i.cancel_requested is null
@@ -609,9 +626,11 @@ export function instanceQueries(schema: string) {
         update ${s}.instances i
         set ${CANCEL_SET}
         from live l where i.id = l.id
-        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token
+        returning i.id, l.step, i.attempt, i.step as cleanup, i.status, i.queue, i.concurrency_key, i.claim_token,
+                  l.status = 'running' as was_running
       ),
       ${cancelWake(s)},
+      ${cancelTell},
       history as (
         insert into ${s}.transitions (instance_id, from_step, to_step, outcome, attempt, error)
         select id, step, ${CANCEL_TO}, attempt, $2::jsonb from changed
@@ -619,8 +638,8 @@ export function instanceQueries(schema: string) {
       select case when $3::text[] is null then '{}'::text[] else (select list from needed) end as missing,
              array(select id::text from changed order by id) as cancelled,
              array(select claim_token::text from changed order by id) as tokens
-      from woke where woke.n >= 0`,
-      (a) => [a.parents, a.error, a.held, a.cleanups, a.channel],
+      from woke, told where woke.n >= 0 and told.n >= 0`,
+      (a) => [a.parents, a.error, a.held, a.cleanups, a.channel, a.notice],
     ),
 
     /**
