@@ -297,11 +297,12 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
   async cancel(id: string, reason?: string, options: { client?: pg.ClientBase } = {}): Promise<void> {
     const { machine, reason: message, ids, claims, routed } = await cancelInstance(this.client, id, reason, options);
     if (ids.length === 0) return;
-    // Committed: its steps running here stop now, without waiting for the notification that stops
-    // them on every node (runtime/cancel-notice.ts). In a caller's transaction, which may still roll
-    // back, only that notification does, with the commit.
-    if (!options.client) this.abortCancelled(claims);
     this.wakeups.joins();
+    // In a caller's transaction, which may still roll back, nothing here says it happened: the
+    // notification its commit sends stops its running steps on every node (runtime/cancel-notice.ts).
+    if (options.client) return;
+    // Committed: its steps running here stop now, without waiting for that notification.
+    this.abortCancelled(claims);
     // Routed to its onCancel step, it ends cancelled when that step has run.
     if (!routed) this.events.emit("instance:cancelled", { id, machine, reason: message });
   }

@@ -75,6 +75,8 @@ describe("a cancel aborts the steps it stops", () => {
     const { id } = await worker.insert(Gated, { args: { name: "rolled back" } });
     await started("rolled back");
     const caller = await sideClient(db.url);
+    const said: string[] = [];
+    const off = worker.on("instance:cancelled", (e) => said.push(e.id));
     await caller.query("begin");
     await worker.cancel(id, "never mind", { client: caller });
     await caller.query("rollback");
@@ -84,6 +86,8 @@ describe("a cancel aborts the steps it stops", () => {
     expect(end.result).toBe("rolled back");
     expect(runs.get("rolled back")).toEqual(["1 ran"]);
     expect(await outcomes(id)).toEqual(["done:"]);
+    off();
+    expect(said).toEqual([]);
   });
 
   it("several cancels committed together abort each of their steps", async () => {
