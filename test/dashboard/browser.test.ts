@@ -1,6 +1,8 @@
 // End to end in a real Chromium: click through the dashboard while an engine runs in this process.
 // Skipped only where /usr/bin/chromium is absent and CI is unset; under CI a missing browser fails.
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +12,12 @@ import { Approval, Batch, chargeSwitch, MACHINES, Order, serveDashboard } from "
 const CHROMIUM = "/usr/bin/chromium";
 const available = existsSync(CHROMIUM) || Boolean(process.env.CI);
 if (!available) console.warn(`dashboard browser tests skipped: ${CHROMIUM} is absent (apt-get install -y chromium)`);
-const IMAGES = fileURLToPath(new URL("../../docs/images/", import.meta.url));
+// The docs' pictures are taken here, and written over docs/images/ only when asked
+// (npm run docs:screenshots): a test run leaves the working tree as it found it.
+const UPDATE_SCREENSHOTS = Boolean(process.env.UPDATE_SCREENSHOTS);
+const IMAGES = UPDATE_SCREENSHOTS
+  ? fileURLToPath(new URL("../../docs/images/", import.meta.url))
+  : join(mkdtempSync(join(tmpdir(), "gen-durable-screenshots-")), "/");
 
 describe.skipIf(!available)("dashboard in Chromium", async () => {
   const db = await useTestDatabase(import.meta.url);
@@ -53,6 +60,7 @@ describe.skipIf(!available)("dashboard in Chromium", async () => {
     await browser?.close();
     for (const stop of stops) await stop();
     stops = [];
+    if (!UPDATE_SCREENSHOTS) rmSync(IMAGES, { recursive: true, force: true });
   });
 
   it("overview → a failed instance → retry → it completes, seen live", async () => {
