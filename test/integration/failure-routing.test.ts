@@ -1,8 +1,8 @@
 // onFailure, NonRetryableError, retry.nonRetryable, ctx.maxAttempts and onCancel, against Postgres.
 import { describe, expect, it } from "vitest";
-import type pg from "pg";
+import pg from "pg";
 import { z } from "zod";
-import { ConfigError, defineJob, defineMachine, NonRetryableError } from "../../src/index.js";
+import { ConfigError, defineJob, defineMachine, GenDurable, NonRetryableError } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -274,35 +274,56 @@ describe("onCancel", () => {
     expect(await outcomes(id)).toEqual(["cancelling:cleanup", "cancelled:"]);
   });
 
-  it("the cancel of a running step aborts that attempt only, not the cleanup claimed right after its commit", async () => {
+  it("the cancel of a running step aborts that attempt only, not the cleanup claimed after its commit", async () => {
     seen.length = 0;
-    const { id } = await engine.insert(Subscription, { state: { key: "reclaimed", at: "gate", cleanupGate: true } });
-    await eventually("running", () => gates.has("reclaimed"));
-    // The cancel runs on a client outside a transaction: each statement commits as it returns. The
-    // client holds the first statement's reply (the cancel is committed, the row routed to its
-    // cleanup) until this node has claimed the cleanup and runs it: then engine.cancel aborts what it
-    // cancelled. Before, it aborted whatever this node held for the instance by then: the cleanup.
-    const conn = await db.pool.connect();
+    const key = "reclaimed";
+    // The cleanup of an instance routed to it is runnable at the cancel's commit, and the node that
+    // cancels may claim it before engine.cancel goes on. The engine's clients hold the reply to
+    // the cancel's commit until that node runs the cleanup (its other statements, and the node's
+    // claims, go through untouched). Before, engine.cancel then aborted whatever its node held for
+    // the instance: the cleanup, which failed once and ran again.
+    let held = false;
+    const holdOn = (client: pg.ClientBase) => {
+      const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+      let cancelling = false;
+      (client as unknown as { query: unknown }).query = (...args: unknown[]) => {
+        const first = args[0] as string | { text?: string } | undefined;
+        const text = (typeof first === "string" ? first : first?.text)?.trim() ?? "";
+        if (text.startsWith("-- cancel: the instance")) cancelling = true;
+        const result = query(...args);
+        if (!cancelling || held || text !== "commit") return result;
+        held = true;
+        return result.then(async (r) => {
+          await eventually("the cleanup running", () => gates.has(`${key}.cleanup`));
+          return r;
+        });
+      };
+      return client;
+    };
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    pool.on("connect", holdOn);
+    // A queue only this engine runs: the node that cancels is the one that claims the cleanup.
+    const queues = { reclaim: 2, routing: 1 };
+    const node = new GenDurable({ pool, schema: db.schema, queues, machines: [Subscription, SubscriptionChild] });
     try {
-      const held = {
-        query: async (config: string | pg.QueryConfig) => {
-          const result = await conn.query(config);
-          if (typeof config !== "string" && config.text.includes("-- cancel: the instance")) {
-            await eventually("cleanup running", () => gates.has("reclaimed.cleanup"));
-          }
-          return result;
-        },
-      } as unknown as pg.ClientBase;
-      await engine.cancel(id, "stop", { client: held });
+      await node.start();
+      const { id } = await node.insert(Subscription, {
+        state: { key, at: "gate", cleanupGate: true },
+        queue: "reclaim",
+      });
+      await eventually("running", () => gates.has(key));
+      await node.cancel(id, "stop");
+      expect(held).toBe(true);
+      gates.get(`${key}.cleanup`)!();
+      gates.get(key)!();
+      const end = await node.wait(id, { timeout: "20s" });
+      expect(end.status).toBe("cancelled");
+      expect(cleanups(key).map((s) => s.attempt)).toEqual([1]);
+      expect(await outcomes(id)).toEqual(["cancelling:cleanup", "cancelled:"]);
     } finally {
-      conn.release();
+      await node.stop();
+      await pool.end();
     }
-    gates.get("reclaimed.cleanup")!();
-    gates.get("reclaimed")!();
-    const end = await engine.wait(id, { timeout: "20s" });
-    expect(end.status).toBe("cancelled");
-    expect(cleanups("reclaimed").map((s) => s.attempt)).toEqual([1]);
-    expect(await outcomes(id)).toEqual(["cancelling:cleanup", "cancelled:"]);
   });
 
   it("cancel of a parent runs the cleanup of the parent and of its children", async () => {
