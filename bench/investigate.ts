@@ -14,6 +14,10 @@
  *
  * `gd-fillfactor` (not in the default set) runs three alternating pairs at c=32: `instances` at
  * fillfactor 80, as before migration 33, and as the migrations leave it.
+ *
+ * `gd-rate-limit` (not in the default set) runs six alternating pairs at c=32: the no-op job, and
+ * the same job with `rateLimit: { name: "free" }` where free = { limit: 1e9, period: "1s" } (never
+ * short), on an engine that declares the limit in both; it prints each pair's ratio, limited ÷ not.
  */
 import { readFileSync, readdirSync } from "node:fs";
 import { Logger, run, runMigrations } from "graphile-worker";
@@ -143,6 +147,18 @@ function pgCpuMs(postmasterPid: number | null): number | null {
   }
 }
 
+/**
+ * Each run drops its schema and migrates it anew, leaving dead rows in the system catalogs; with
+ * autovacuum off (the local server's setting) they pile up run after run and slow every catalog
+ * lookup of the later runs. Vacuumed before each run, so the order of runs does not weigh on them.
+ */
+async function vacuumCatalogs(admin: pg.Pool): Promise<void> {
+  const { rows } = await admin.query<{ t: string }>(
+    "select format('%I.%I', schemaname, relname) as t from pg_stat_sys_tables where schemaname = 'pg_catalog' and n_dead_tup > 0",
+  );
+  if (rows.length > 0) await admin.query(`vacuum ${rows.map((r) => r.t).join(", ")}`);
+}
+
 async function postmasterPid(admin: pg.Pool): Promise<number | null> {
   const { rows } = await admin.query<{ pid: number }>(
     "select pid from pg_stat_activity where backend_type = 'checkpointer'",
@@ -228,6 +244,23 @@ async function measure(
 }
 
 const Noop = defineJob({ name: "Noop", args: z.object({ i: z.number() }), perform: () => null });
+/** The same job drawing from a limit that is never short: the cost of the draw alone. */
+const NoopLimited = defineJob({
+  name: "NoopLimited",
+  args: z.object({ i: z.number() }),
+  rateLimit: { name: "free" },
+  perform: () => null,
+});
+const RATE_LIMITS = { free: { limit: 1e9, period: "1s" } };
+
+interface GenDurableRunOptions {
+  /** Engines in this process, the concurrency split among them (see genDurableRun). */
+  engines?: number;
+  /** instances' fillfactor, set before the rows go in; the migrations' own when not given. */
+  fillfactor?: number;
+  /** The jobs draw from a limit that is never short (NoopLimited). */
+  limited?: boolean;
+}
 
 /**
  * `engines` > 1 splits the concurrency over several engines in this process (as
@@ -241,18 +274,21 @@ async function genDurableRun(
   pmPid: number | null,
   concurrency: number,
   poolSize: number,
-  engines = 1,
-  fillfactor?: number,
+  { engines = 1, fillfactor, limited = false }: GenDurableRunOptions = {},
 ): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
+  await vacuumCatalogs(admin);
   await migrate({ connectionString: url, schema });
   // Set before the rows go in: it decides how full the inserts leave each page.
   if (fillfactor !== undefined) await admin.query(`alter table ${schema}.instances set (fillfactor = ${fillfactor})`);
   const producer = new GenDurable({ connectionString: url, schema });
   for (let i = 0; i < JOBS; i += 1000)
     await producer.insertMany(
-      Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({ machine: Noop, args: { i: i + k } })),
+      Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({
+        machine: limited ? NoopLimited : Noop,
+        args: { i: i + k },
+      })),
     );
   await producer.stop();
   await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
@@ -262,7 +298,8 @@ async function genDurableRun(
     (engines === 1
       ? `gen-durable c=${concurrency} pool=${poolSize}`
       : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`) +
-      (fillfactor === undefined ? "" : ` instances fillfactor=${fillfactor}`),
+      (fillfactor === undefined ? "" : ` instances fillfactor=${fillfactor}`) +
+      (limited ? ", rateLimit never short" : ""),
     admin,
     pmPid,
     async () =>
@@ -271,7 +308,14 @@ async function genDurableRun(
     async () => {
       const all = Array.from(
         { length: engines },
-        () => new GenDurable({ pool, schema, queues: { default: concurrency / engines }, machines: [Noop] }),
+        () =>
+          new GenDurable({
+            pool,
+            schema,
+            queues: { default: concurrency / engines },
+            machines: [Noop, NoopLimited],
+            rateLimits: RATE_LIMITS,
+          }),
       );
       await Promise.all(all.map((engine) => engine.start()));
       return async () => {
@@ -293,6 +337,7 @@ async function graphileRun(
 ): Promise<Run> {
   const schema = "inv_graphile";
   await admin.query(`drop schema if exists ${schema} cascade`);
+  await vacuumCatalogs(admin);
   await runMigrations({ connectionString: url, schema, logger: silent });
   const pool = new pg.Pool({ connectionString: url, max: Math.max(10, concurrency + 2) });
   const inst = instrument(pool);
@@ -336,6 +381,7 @@ async function graphileRun(
 async function pgBossRun(url: string, admin: pg.Pool, pmPid: number | null, concurrency: number): Promise<Run> {
   const schema = "inv_pgboss";
   await admin.query(`drop schema if exists ${schema} cascade`);
+  await vacuumCatalogs(admin);
   const producer = new PgBoss({ connectionString: url, schema });
   producer.on("error", () => {});
   await producer.start();
@@ -381,6 +427,7 @@ async function statementCosts(url: string, admin: pg.Pool): Promise<void> {
   for (const variant of variants) {
     const schema = "inv_statements";
     await admin.query(`drop schema if exists ${schema} cascade`);
+    await vacuumCatalogs(admin);
     await migrate({ connectionString: url, schema });
     if (variant.dropMachineIndex) await admin.query(`drop index ${schema}.instances_machine`);
     const producer = new GenDurable({ connectionString: url, schema });
@@ -501,16 +548,29 @@ async function main(): Promise<void> {
     if (which.includes("gd")) for (const c of [10, 32]) await genDurableRun(db.url, admin, pmPid, c, 10);
     if (which.includes("gd-pool")) await genDurableRun(db.url, admin, pmPid, 32, 34);
     if (which.includes("gd-split")) {
-      await genDurableRun(db.url, admin, pmPid, 10, 10, 2);
-      await genDurableRun(db.url, admin, pmPid, 32, 10, 2);
+      await genDurableRun(db.url, admin, pmPid, 10, 10, { engines: 2 });
+      await genDurableRun(db.url, admin, pmPid, 32, 10, { engines: 2 });
     }
     if (which.includes("gd-big")) for (const c of [100, 500]) await genDurableRun(db.url, admin, pmPid, c, 10);
     if (which.includes("gd-fillfactor")) {
       // instances at version 9's fillfactor (80) against the migrations' current one, in alternating pairs.
       for (let pair = 0; pair < 3; pair++) {
-        await genDurableRun(db.url, admin, pmPid, 32, 10, 1, 80);
+        await genDurableRun(db.url, admin, pmPid, 32, 10, { fillfactor: 80 });
         await genDurableRun(db.url, admin, pmPid, 32, 10);
       }
+    }
+    if (which.includes("gd-rate-limit")) {
+      const ratios: number[] = [];
+      for (let pair = 0; pair < 6; pair++) {
+        const plain = await genDurableRun(db.url, admin, pmPid, 32, 10);
+        const limited = await genDurableRun(db.url, admin, pmPid, 32, 10, { limited: true });
+        ratios.push(plain.ms / limited.ms);
+      }
+      const sorted = [...ratios].sort((a, b) => a - b);
+      const median = (sorted[2]! + sorted[3]!) / 2;
+      console.log(
+        `\nrateLimit never short ÷ without, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median.toFixed(3)}`,
+      );
     }
     if (which.includes("gw")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, false);
     if (which.includes("gwb")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, true);

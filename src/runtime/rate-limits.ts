@@ -170,15 +170,18 @@ interface PendingDraws {
 }
 
 /**
- * Tokens a node draws ahead for its own next steps, from a bucket that is far from short. When a
- * bucket's steps come RESERVE_MIN_DEMAND or more to a statement, the statement also draws up to
- * RESERVE_FACTOR × their tokens, never more than 1/RESERVE_RICH of what the bucket had free after
- * this node's previous statement, as a draw that never joins the line. The node's next steps of
- * that bucket take those tokens without a statement for RESERVE_MS; what is left then is dropped,
- * spent. A step's tokens are thus taken at most about RESERVE_MS before it asks, and a bucket near
- * its limit, or one whose steps come a few at a time, is drawn from step by step as before. With
- * a limit that is never short, this cut the draw statements about threefold (bench/README.md,
- * "Figures behind choices in the code").
+ * Tokens a node draws ahead for its own next steps, from a bucket that is far from short. The
+ * demand a statement sees is its own steps' tokens and those its node's steps took from the
+ * bucket's reserve since the previous statement was sent: the bucket's pace here, not only the
+ * steps that found the reserve gone. When that demand comes from RESERVE_MIN_DEMAND or more steps,
+ * the statement also draws up to RESERVE_FACTOR × its tokens, never more than 1/RESERVE_RICH of
+ * what the bucket had free after this node's previous statement, as a draw that never joins the
+ * line. The node's next steps of that bucket take those tokens without a statement for RESERVE_MS;
+ * what is left then is dropped, spent. A step's tokens are thus taken at most about RESERVE_MS
+ * before it asks, and a bucket near its limit, or one whose steps come a few at a time, is drawn
+ * from step by step as before. With a limit that is never short, drawing ahead cut the draw
+ * statements about threefold, and counting the steps the reserve served about fivefold more
+ * (bench/README.md, "Figures behind choices in the code").
  */
 const RESERVE_MIN_DEMAND = 8;
 const RESERVE_FACTOR = 4;
@@ -187,11 +190,16 @@ const RESERVE_MS = 50;
 /** Buckets whose state below is kept, the most recently drawn from. */
 const RESERVE_BUCKETS = 1_000;
 
-/** A bucket as this node last saw it: what was free, and the tokens it drew ahead until when. */
+/**
+ * A bucket as this node last saw it: what was free, the tokens it drew ahead until when, and the
+ * steps (`served`) and tokens (`servedTokens`) those served since the last statement was sent.
+ */
 interface Ahead {
   free: number;
   tokens: number;
   until: number;
+  served: number;
+  servedTokens: number;
 }
 
 export class RateLimiter {
@@ -212,6 +220,8 @@ export class RateLimiter {
     private readonly pool: pg.Pool,
     private readonly queries: FlowQueries,
     private readonly limits: ReadonlyMap<string, RateLimit>,
+    /** The clock of RESERVE_MS, in milliseconds: performance.now, or a test's own. */
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   private limit(name: string): RateLimit {
@@ -256,6 +266,9 @@ export class RateLimiter {
 
   private async send({ key, limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
     const ahead = this.drawAhead(key, weights, lines);
+    const seen = this.ahead.get(key);
+    // The steps the reserve serves from now on count toward the next statement's demand.
+    if (seen) seen.served = seen.servedTokens = 0;
     try {
       const { rows } = await this.queries.takeTokens(this.pool, {
         bucket: limit.name,
@@ -266,11 +279,15 @@ export class RateLimiter {
         lines: ahead > 0 ? [...lines, "none"] : lines,
       });
       // Tokens drawn ahead replace any left from before (those are dropped, spent).
-      const kept =
-        ahead > 0 && rows[weights.length]!.taken
-          ? { tokens: ahead, until: performance.now() + RESERVE_MS }
-          : this.ahead.get(key);
-      this.remember(key, { free: rows[rows.length - 1]!.balance, tokens: kept?.tokens ?? 0, until: kept?.until ?? 0 });
+      const state = this.ahead.get(key);
+      const kept = ahead > 0 && rows[weights.length]!.taken ? { tokens: ahead, until: this.now() + RESERVE_MS } : state;
+      this.remember(key, {
+        free: rows[rows.length - 1]!.balance,
+        tokens: kept?.tokens ?? 0,
+        until: kept?.until ?? 0,
+        served: state?.served ?? 0,
+        servedTokens: state?.servedTokens ?? 0,
+      });
       waiters.forEach((waiter, i) => waiter.resolve(rows[i]!));
     } catch (error) {
       for (const waiter of waiters) waiter.reject(error);
@@ -280,22 +297,25 @@ export class RateLimiter {
   /** Takes `weight` tokens drawn ahead for this bucket, if it holds that many still valid. */
   private fromReserve(key: string, weight: number): boolean {
     const ahead = this.ahead.get(key);
-    if (!ahead || ahead.tokens < weight || ahead.until <= performance.now()) return false;
+    if (!ahead || ahead.tokens < weight || ahead.until <= this.now()) return false;
     ahead.tokens -= weight;
+    ahead.served++;
+    ahead.servedTokens += weight;
     return true;
   }
 
   /** How many tokens this batch's statement draws ahead (see RESERVE_MS): 0 unless the bucket is far from short. */
   private drawAhead(key: string, weights: readonly number[], lines: readonly Line[]): number {
-    let demand = 0;
-    let draws = 0;
+    const seen = this.ahead.get(key);
+    let demand = seen?.servedTokens ?? 0;
+    let draws = seen?.served ?? 0;
     for (let i = 0; i < lines.length; i++) {
       if (lines[i] !== "join") continue;
       demand += weights[i]!;
       draws++;
     }
     if (draws < RESERVE_MIN_DEMAND) return 0;
-    return Math.floor(Math.min(RESERVE_FACTOR * demand, (this.ahead.get(key)?.free ?? 0) / RESERVE_RICH));
+    return Math.floor(Math.min(RESERVE_FACTOR * demand, (seen?.free ?? 0) / RESERVE_RICH));
   }
 
   /** Keeps `state` as the bucket's latest, dropping the least recently drawn from beyond RESERVE_BUCKETS. */

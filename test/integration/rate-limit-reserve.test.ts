@@ -1,8 +1,9 @@
 /**
  * Tokens drawn ahead: a node whose steps come many to a statement, from a bucket far from short,
  * draws a few times their tokens in the same statement and hands them to its next steps without
- * one, for a moment. Driven through the engine's RateLimiter on a pool whose statements are
- * counted, against the bucket's row: what the database let through is what counts.
+ * one, for a moment; the steps those tokens served count toward the next statement's. Driven
+ * through the engine's RateLimiter on a pool whose statements are counted, with a clock of the
+ * test's own, against the bucket's row: what the database let through is what counts.
  */
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
@@ -27,6 +28,10 @@ const limits = resolveRateLimits(
 );
 const context = () => Promise.reject(new Error("no partition or weight function here"));
 
+/** The limiters' clock: it moves only when a test moves it. */
+let clock = 0;
+const newLimiter = () => new RateLimiter(pool, flowQueries(db.schema), limits, () => clock);
+
 /** `n` steps asking for one token each in the same event-loop turn; resolves with their waits (0: run now). */
 function steps(limiter: RateLimiter, name: string, n: number, waited = false): Promise<number[]> {
   return Promise.all(Array.from({ length: n }, () => limiter.drawForStep({ name }, context, waited, "test")));
@@ -43,7 +48,7 @@ async function drawn(name: string): Promise<number> {
 
 describe("tokens drawn ahead", () => {
   it("a bucket far from short: the next steps take tokens drawn ahead, without a statement", async () => {
-    const limiter = new RateLimiter(pool, flowQueries(db.schema), limits);
+    const limiter = newLimiter();
     const before = statements();
     // The first statement of a bucket knows nothing of it yet: it draws for its own steps only.
     expect(await steps(limiter, "plenty", 20)).toEqual(Array(20).fill(0));
@@ -57,39 +62,46 @@ describe("tokens drawn ahead", () => {
     expect(await steps(limiter, "plenty", 80)).toEqual(Array(80).fill(0));
     expect(statements() - before).toBe(2);
     expect(await drawn("plenty")).toBe(120);
+    // Alone in its statement, it still counts the 80 steps the reserve served: 4 × 81 drawn ahead.
     expect(await steps(limiter, "plenty", 1)).toEqual([0]);
     expect(statements() - before).toBe(3);
-    expect(await drawn("plenty")).toBe(121);
+    expect(await drawn("plenty")).toBe(121 + 324);
+    // The next 324 steps take those; the one after draws for the 325 since the last statement.
+    expect(await steps(limiter, "plenty", 324)).toEqual(Array(324).fill(0));
+    expect(statements() - before).toBe(3);
+    expect(await steps(limiter, "plenty", 1)).toEqual([0]);
+    expect(statements() - before).toBe(4);
+    expect(await drawn("plenty")).toBe(446 + 4 * 325);
   });
 
   it("tokens drawn ahead are dropped, spent, once their moment has passed", async () => {
-    const limiter = new RateLimiter(pool, flowQueries(db.schema), limits);
+    const limiter = newLimiter();
     await steps(limiter, "plenty", 10);
     await steps(limiter, "plenty", 10); // and 40 ahead
     const before = statements();
     const gone = await drawn("plenty");
-    // Past the 50 ms they may be used for (a wait on the rule's own clock, not on luck).
-    await new Promise((resolve) => setTimeout(resolve, 80));
+    // Past the 50 ms they may be used for.
+    clock += 50;
     await steps(limiter, "plenty", 1);
     expect(statements() - before).toBe(1);
     expect(await drawn("plenty")).toBe(gone + 1);
   });
 
   it("a bucket near its limit, or steps a few at a time, are drawn step by step", async () => {
-    const limiter = new RateLimiter(pool, flowQueries(db.schema), limits);
+    const limiter = newLimiter();
     // 50 tokens at most: a hundredth of what is free is under one token, nothing is drawn ahead.
     await steps(limiter, "tight", 10);
     await steps(limiter, "tight", 10);
     expect(await drawn("tight")).toBe(20);
     // Far from short, but a few steps to a statement.
-    const other = new RateLimiter(pool, flowQueries(db.schema), limits);
+    const other = newLimiter();
     const gone = await drawn("plenty");
     for (let i = 0; i < 5; i++) await steps(other, "plenty", 3);
     expect(await drawn("plenty")).toBe(gone + 15);
   });
 
   it("a waiter at its turn and consume() never take tokens drawn ahead", async () => {
-    const limiter = new RateLimiter(pool, flowQueries(db.schema), limits);
+    const limiter = newLimiter();
     await steps(limiter, "plenty", 10);
     await steps(limiter, "plenty", 10); // and 40 ahead
     const before = statements();
