@@ -180,8 +180,8 @@ interface PendingDraws {
  * what is left then is dropped, spent. A step's tokens are thus taken at most about RESERVE_MS
  * before it asks, and a bucket near its limit, or one whose steps come a few at a time, is drawn
  * from step by step as before. With a limit that is never short, drawing ahead cut the draw
- * statements about threefold, and counting the steps the reserve served about fivefold more
- * (bench/README.md, "Figures behind choices in the code").
+ * statements about threefold, and counting the steps the reserve served cut them two- to fivefold
+ * again (bench/README.md, "Figures behind choices in the code").
  */
 const RESERVE_MIN_DEMAND = 8;
 const RESERVE_FACTOR = 4;
