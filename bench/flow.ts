@@ -36,7 +36,7 @@ import pg from "pg";
 import { z } from "zod";
 import { defineJob, GenDurable, migrate, type InsertManyItem } from "./engine.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
-import { fmt, fmtRatio, HandlerCalls, round, sleep } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, median, round, sleep } from "./util.js";
 
 export interface FlowParams {
   /** Jobs per run: unkeyed, keyed, and the others of the hot-key run. */
@@ -687,13 +687,6 @@ async function runPairs(
   }
   out.ratio = median(out.pairs.map((x) => x.ratio));
   return out;
-}
-
-/** The median of `values` (the mean of the middle two for an even count), to 3 digits. */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return round(sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2, 3);
 }
 
 /** The run of median jobs/s (the lower middle one for an even count). */

@@ -32,7 +32,7 @@ import { startDevDatabase } from "../dev/postgres.js";
 import { defineJob, GenDurable, migrate } from "../src/index.js";
 import { claimQueries } from "../src/sql/claims.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
-import { fmt, HandlerCalls } from "./util.js";
+import { fmt, HandlerCalls, median } from "./util.js";
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
 const silent = new Logger(() => () => {});
@@ -624,10 +624,8 @@ async function main(): Promise<void> {
         const limited = await genDurableRun(db.url, admin, pmPid, 32, 10, { limited: true });
         ratios.push(plain.ms / limited.ms);
       }
-      const sorted = [...ratios].sort((a, b) => a - b);
-      const median = (sorted[2]! + sorted[3]!) / 2;
       console.log(
-        `\nrateLimit never short ÷ without, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median.toFixed(3)}`,
+        `\nrateLimit never short ÷ without, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
       );
     }
     if (which.includes("gd-delete-done")) {
