@@ -7,11 +7,20 @@
  * never have. Types come from the sources, so the bench type-checks without a build.
  */
 import { existsSync } from "node:fs";
+import { pathToFileURL } from "node:url";
 import type * as Engine from "../src/index.js";
 
-const compiled = new URL("../dist/index.js", import.meta.url);
+/**
+ * BENCH_GEN_DURABLE_DIST names another compiled build (a directory like dist/), to measure one
+ * revision against another: bench/README.md, "Before and after a change".
+ */
+const chosen = process.env.BENCH_GEN_DURABLE_DIST;
+export const genDurableBuild = chosen ?? "dist/";
+const compiled = chosen
+  ? pathToFileURL(`${chosen.replace(/\/$/, "")}/index.js`)
+  : new URL("../dist/index.js", import.meta.url);
 if (!existsSync(compiled)) {
-  throw new Error("bench: dist/ is missing; run `npm run build` first (bench/run.sh does)");
+  throw new Error(`bench: ${compiled.pathname} is missing; run \`npm run build\` first (bench/run.sh does)`);
 }
 const engine = (await import(compiled.href)) as typeof Engine;
 export const { defineJob, defineMachine, GenDurable, migrate, createDashboard } = engine;

@@ -29,7 +29,7 @@ import { PgBoss } from "pg-boss";
 import pg from "pg";
 import { z } from "zod";
 import { startDevDatabase } from "../dev/postgres.js";
-import { defineJob, GenDurable, migrate } from "../src/index.js";
+import { defineJob, GenDurable, migrate } from "./engine.js";
 import { claimQueries } from "../src/sql/claims.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
 import { fmt, HandlerCalls, median } from "./util.js";

@@ -20,6 +20,7 @@ import { pgBoss } from "./systems/pg-boss.js";
 import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
+import { genDurableBuild } from "./engine.js";
 import { fmt, fmtRatio, HandlerCalls, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
 import { countStatements, measureCost, type Cost } from "./cost.js";
 
@@ -724,8 +725,8 @@ async function main(): Promise<void> {
       /** 1/5/15-minute load averages when the run began; other work on the host skews absolute figures. */
       loadAverageAtStart: loadavg().map((x) => round(x, 2)),
       loadAverageAtEnd: [] as number[],
-      /** gen-durable runs from its compiled package (bench/engine.ts), which bench/run.sh builds first. */
-      genDurableBuild: "dist/ (compiled)",
+      /** gen-durable runs from its compiled package (bench/engine.ts): dist/, which bench/run.sh builds first, or BENCH_GEN_DURABLE_DIST. */
+      genDurableBuild: `${genDurableBuild} (compiled)`,
     };
     log(
       `gen-durable benchmark — ${JOBS} no-op jobs; Node ${environment.node}; Postgres ${environment.postgres} (${environment.database}); ` +

@@ -23,11 +23,14 @@ fi
 
 # `node_modules/.bin/tsx` starts with `#!/usr/bin/env node`, i.e. the system Node;
 # `--import tsx` loads the same loader into the Node we choose.
+# gen-durable runs from its compiled package, as users install it (bench/engine.ts says why):
+# dist/, built now, or the build BENCH_GEN_DURABLE_DIST names (another revision's, as it is).
+if [ -z "${BENCH_GEN_DURABLE_DIST:-}" ]; then
+  echo "bench: building dist/ (npm run build)…" >&2
+  npm run --silent build >&2
+fi
 if [ "${1:-}" = "--investigate" ]; then
   shift
   exec "$NODE_BIN" --import tsx bench/investigate.ts "$@"
 fi
-# gen-durable runs from its compiled package, as users install it (bench/engine.ts says why).
-echo "bench: building dist/ (npm run build)…" >&2
-npm run --silent build >&2
 exec "$NODE_BIN" --import tsx bench/main.ts "$@"
