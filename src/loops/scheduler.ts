@@ -19,6 +19,7 @@ import type { ClaimedRow, Executor } from "../runtime/executor.js";
 import type { Leases } from "../runtime/leases.js";
 import { setLongTimeout, type LongTimeout } from "../timers.js";
 import { StepAbort } from "../runtime/step-abort.js";
+import { MAX_BATCH } from "../runtime/completer.js";
 
 /**
  * The claim-ahead buffer holds about this much of the queue's work: as many rows as this node
@@ -47,6 +48,27 @@ const BUFFER_WAIT_MAX_MS = 1_000;
  */
 const EARLY_DRAW_WINDOW_MS = 10;
 const EARLY_DRAW_MAX = 4;
+/** Outcomes the group commit may have waiting beyond the buffer's worth: two full batches (see rowsWanted). */
+const COMMIT_ROOM = 2 * MAX_BATCH;
+
+/**
+ * How many more rows a node should hold: free slots plus room in the claim-ahead buffer (`ahead`
+ * rows), less what it holds (running, launched early, buffered). Outcomes waiting for the group
+ * commit get room of their own: the buffer's worth and two full batches (one being written, the
+ * next filling). Past that nothing is claimed ahead, and at `concurrency` more (a slow database)
+ * nothing is claimed, rather than pile up leases. With room for only the buffer's worth, a big
+ * batch's commit stopped the claims, the buffer ran dry, and the slots idled through the rest of
+ * the commit and the next claim's round trip (bench/README.md, "Figures behind choices in the
+ * code"). Filling free slots through a commit matters where nothing is claimed ahead (under a
+ * global limit, or after a give-back): a batch of short steps settles at once, and the slots of a
+ * whole claim would idle through its group commit.
+ */
+export function rowsWanted(o: { concurrency: number; ahead: number; committing: number; held: number }): number {
+  const commitRoom = Math.max(o.ahead, o.concurrency) + COMMIT_ROOM;
+  if (o.committing >= o.concurrency + commitRoom) return 0;
+  const buffered = o.committing < commitRoom ? o.ahead : 0;
+  return Math.max(0, o.concurrency + buffered - o.held);
+}
 
 export interface QueueSchedulerOptions {
   queue: string;
@@ -166,22 +188,12 @@ export class QueueScheduler {
     });
   }
 
-  /**
-   * How many more rows this node should hold: free slots plus room in the claim-ahead buffer
-   * (`ahead`). While that many outcomes are committing, free slots are still filled but nothing
-   * is claimed ahead; at `concurrency` more (a slow database) nothing is claimed, rather than pile
-   * up leases. Filling free slots through a commit matters where nothing is claimed ahead (under a
-   * global limit, or after a give-back): a batch of short steps settles at once, and the slots of a
-   * whole claim would idle through its group commit (bench/README.md, "Figures behind choices in
-   * the code").
-   */
+  /** How many more rows this node should hold (rowsWanted). */
   private get wanted(): number {
-    const { concurrency } = this.o;
     // No claim-ahead under a global limit: a buffered row would hold a global slot idle.
     const ahead = this.o.global === undefined && !this.slotsStuck ? this.aheadSize() : 0;
-    if (this.committing >= concurrency + Math.max(ahead, concurrency)) return 0;
-    const buffered = this.committing < Math.max(ahead, concurrency) ? ahead : 0;
-    return Math.max(0, concurrency + buffered - this.running - this.early - this.buffer.length);
+    const held = this.running + this.early + this.buffer.length;
+    return rowsWanted({ concurrency: this.o.concurrency, ahead, committing: this.committing, held });
   }
 
   /** The claim-ahead buffer's size: about AHEAD_WINDOW_MS of work at this node's pace. */

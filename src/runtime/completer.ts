@@ -16,7 +16,8 @@ interface Pending {
   reject: (error: unknown) => void;
 }
 
-const MAX_BATCH = 500;
+/** The most outcomes one statement writes. */
+export const MAX_BATCH = 500;
 const CONNECTION_RETRIES = 3;
 
 export class Completer {
