@@ -341,7 +341,9 @@ async function genDurableRun(
     );
   await producer.stop();
   await admin.query(`vacuum analyze ${schema}.instances, ${schema}.transitions`);
-  const pool = new pg.Pool({ connectionString: url, max: poolSize * engines });
+  const pool = new pg.Pool({ connectionString: url, max: poolSize * engines, application_name: SERVER_TIME_APP });
+  // Server time per function (claim_rows, complete_outcomes): how the database's share splits.
+  pool.on("connect", (client) => void client.query("set track_functions = 'all'").catch(() => {}));
   const inst = instrument(pool);
   const result = await measure(
     (engines === 1
@@ -377,7 +379,38 @@ async function genDurableRun(
     inst,
   );
   await pool.end();
+  await reportServerTime(admin, schema);
   return result;
+}
+
+const SERVER_TIME_APP = "gen-durable-investigate";
+
+/**
+ * Time spent inside each of the schema's functions during the run, per job, from
+ * pg_stat_user_functions (the engine's connections set track_functions, which takes a superuser;
+ * without one nothing is printed). A backend reports its counts when it exits at the latest: read
+ * once the run's connections are gone. Elapsed time in the function, which on a busy server
+ * includes waiting for a CPU.
+ */
+async function reportServerTime(admin: pg.Pool, schema: string): Promise<void> {
+  const deadline = performance.now() + 5_000;
+  for (;;) {
+    const { rows } = await admin.query<{ n: number }>(
+      "select count(*)::int as n from pg_stat_activity where application_name = $1",
+      [SERVER_TIME_APP],
+    );
+    if (rows[0]!.n === 0 || performance.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await admin.query("select pg_stat_clear_snapshot()");
+  const { rows } = await admin.query<{ funcname: string; calls: number; ms: number }>(
+    "select funcname, calls::int, total_time as ms from pg_stat_user_functions where schemaname = $1 order by total_time desc",
+    [schema],
+  );
+  const shown = rows.filter((r) => r.ms >= 1);
+  if (shown.length === 0) return;
+  const parts = shown.map((r) => `${r.funcname} ${fmt((r.ms / JOBS) * 1000)} µs/job (${r.calls} calls)`);
+  console.log(`  server time in functions: ${parts.join(", ")}`);
 }
 
 async function graphileRun(
