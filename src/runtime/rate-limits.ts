@@ -177,11 +177,15 @@ interface PendingDraws {
  * the statement also draws up to RESERVE_FACTOR × its tokens, never more than 1/RESERVE_RICH of
  * what the bucket had free after this node's previous statement, as a draw that never joins the
  * line. The node's next steps of that bucket take those tokens without a statement for RESERVE_MS;
- * what is left then is dropped, spent. A step's tokens are thus taken at most about RESERVE_MS
- * before it asks, and a bucket near its limit, or one whose steps come a few at a time, is drawn
- * from step by step as before. With a limit that is never short, drawing ahead cut the draw
- * statements about threefold, and counting the steps the reserve served cut them two- to fivefold
- * again (bench/README.md, "Figures behind choices in the code").
+ * what is left then is dropped, spent. Each statement's tokens are a lot of their own, beside those
+ * left from before: a statement for a few steps, sent right after one that drew for many, used to
+ * replace that larger lot with its own small one. And steps that ask while a statement is in
+ * flight first take from what its reply drew ahead. A step's tokens are thus taken at most about
+ * RESERVE_MS before it asks, and a bucket near its limit, or one whose steps come a few at a time,
+ * is drawn from step by step as before. With a limit that is never short, drawing ahead cut the
+ * draw statements about threefold, counting the steps the reserve served cut them two- to fivefold
+ * again, and lots that add up fourfold again (bench/README.md, "Figures behind choices in the
+ * code").
  */
 const RESERVE_MIN_DEMAND = 8;
 const RESERVE_FACTOR = 4;
@@ -190,14 +194,20 @@ const RESERVE_MS = 50;
 /** Buckets whose state below is kept, the most recently drawn from. */
 const RESERVE_BUCKETS = 1_000;
 
+/** Tokens one statement drew ahead, usable until `until` (the limiter's clock). */
+interface Lot {
+  tokens: number;
+  until: number;
+}
+
 /**
- * A bucket as this node last saw it: what was free, the tokens it drew ahead until when, and the
- * steps (`served`) and tokens (`servedTokens`) those served since the last statement was sent.
+ * A bucket as this node last saw it: what was free, the lots of tokens it drew ahead (oldest
+ * first, each usable for RESERVE_MS from its statement's reply), and the steps (`served`) and
+ * tokens (`servedTokens`) those served since the last statement was sent.
  */
 interface Ahead {
   free: number;
-  tokens: number;
-  until: number;
+  lots: Lot[];
   served: number;
   servedTokens: number;
 }
@@ -255,13 +265,39 @@ export class RateLimiter {
     return new Promise((resolve, reject) => waiters.push({ resolve, reject }));
   }
 
-  /** Sends the bucket's pending draws, then those that came meanwhile, until none is left. */
+  /**
+   * Sends the bucket's pending draws, then those that came meanwhile, until none is left. Those that
+   * came while a statement was in flight first take what its reply drew ahead: a statement of their
+   * own would stall them a round trip more, and draw for far fewer steps than the one before it.
+   */
   private async flush(key: string): Promise<void> {
     for (let batch = this.pending.get(key); batch; batch = this.pending.get(key)) {
       this.pending.delete(key);
-      await this.send(batch);
+      const rest = this.serveFromReserve(batch);
+      if (rest) await this.send(rest);
     }
     this.busy.delete(key);
+  }
+
+  /**
+   * Hands tokens drawn ahead to the batch's first draws of steps that have not stood in line, in
+   * order, as take() would have had they come now; the draws left, or null when none is.
+   */
+  private serveFromReserve(batch: PendingDraws): PendingDraws | null {
+    const { key, weights, lines, waiters } = batch;
+    let served = 0;
+    while (served < lines.length && lines[served] === "join" && this.fromReserve(key, weights[served]!)) {
+      waiters[served]!.resolve({ taken: true, balance: 0, wait_ms: 0 });
+      served++;
+    }
+    if (served === lines.length) return null;
+    if (served === 0) return batch;
+    return {
+      ...batch,
+      weights: weights.slice(served),
+      lines: lines.slice(served),
+      waiters: waiters.slice(served),
+    };
   }
 
   private async send({ key, limit, partition, weights, lines, waiters }: PendingDraws): Promise<void> {
@@ -278,13 +314,14 @@ export class RateLimiter {
         weights: ahead > 0 ? [...weights, ahead] : weights,
         lines: ahead > 0 ? [...lines, "none"] : lines,
       });
-      // Tokens drawn ahead replace any left from before (those are dropped, spent).
+      // A new lot joins those left from before, each used within RESERVE_MS of its own statement:
+      // a statement for a few steps never throws away the larger lot the one before it drew.
       const state = this.ahead.get(key);
-      const kept = ahead > 0 && rows[weights.length]!.taken ? { tokens: ahead, until: this.now() + RESERVE_MS } : state;
+      const lots = state?.lots ?? [];
+      if (ahead > 0 && rows[weights.length]!.taken) lots.push({ tokens: ahead, until: this.now() + RESERVE_MS });
       this.remember(key, {
         free: rows[rows.length - 1]!.balance,
-        tokens: kept?.tokens ?? 0,
-        until: kept?.until ?? 0,
+        lots,
         served: state?.served ?? 0,
         servedTokens: state?.servedTokens ?? 0,
       });
@@ -294,14 +331,25 @@ export class RateLimiter {
     }
   }
 
-  /** Takes `weight` tokens drawn ahead for this bucket, if it holds that many still valid. */
+  /**
+   * Takes `weight` tokens drawn ahead for this bucket from its oldest lot still valid that holds
+   * that many; lots past their RESERVE_MS, or emptied, are dropped (what was left is spent).
+   */
   private fromReserve(key: string, weight: number): boolean {
     const ahead = this.ahead.get(key);
-    if (!ahead || ahead.tokens < weight || ahead.until <= this.now()) return false;
-    ahead.tokens -= weight;
-    ahead.served++;
-    ahead.servedTokens += weight;
-    return true;
+    if (!ahead) return false;
+    const { lots } = ahead;
+    const now = this.now();
+    // Lots expire in the order they were drawn: the oldest first.
+    while (lots.length > 0 && (lots[0]!.until <= now || lots[0]!.tokens === 0)) lots.shift();
+    for (const lot of lots) {
+      if (lot.tokens < weight) continue;
+      lot.tokens -= weight;
+      ahead.served++;
+      ahead.servedTokens += weight;
+      return true;
+    }
+    return false;
   }
 
   /** How many tokens this batch's statement draws ahead (see RESERVE_MS): 0 unless the bucket is far from short. */

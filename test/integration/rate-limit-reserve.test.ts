@@ -111,3 +111,49 @@ describe("tokens drawn ahead", () => {
     expect(statements() - before).toBe(2);
   });
 });
+
+describe("draws asked for while a statement is in flight", () => {
+  it("take the tokens its reply drew ahead, without a statement of their own", async () => {
+    const limiter = newLimiter();
+    await steps(limiter, "plenty", 20);
+    await steps(limiter, "plenty", 20); // and 80 ahead
+    const before = statements();
+    const gone = await drawn("plenty");
+    // 80 take the tokens drawn ahead; the other 20 go to a statement, which counts the 80 served.
+    const first = steps(limiter, "plenty", 100);
+    await new Promise((resolve) => setImmediate(resolve)); // that statement is on its way
+    // Asked for while it is in flight: nothing is left ahead, so they wait for its reply…
+    const second = steps(limiter, "plenty", 30);
+    expect(await first).toEqual(Array(100).fill(0));
+    // …and take what it drew ahead (4 × 100), not a statement of their own.
+    expect(await second).toEqual(Array(30).fill(0));
+    expect(statements() - before).toBe(1);
+    expect(await drawn("plenty")).toBe(gone + 20 + 400);
+    // The 370 left serve the next steps, still without a statement.
+    expect(await steps(limiter, "plenty", 370)).toEqual(Array(370).fill(0));
+    expect(statements() - before).toBe(1);
+  });
+
+  it("a statement for a few steps adds its tokens drawn ahead to those left, never replaces them", async () => {
+    const limiter = newLimiter();
+    await steps(limiter, "plenty", 20);
+    await steps(limiter, "plenty", 20); // and 80 ahead
+    const first = steps(limiter, "plenty", 100); // 80 served, 20 in a statement drawing 400 ahead
+    await new Promise((resolve) => setImmediate(resolve));
+    // A waiter at its turn never takes tokens drawn ahead: it needs a statement after this one,
+    // which draws 4 × the 10 steps served meanwhile (40) ahead.
+    const second = Promise.all([steps(limiter, "plenty", 10), steps(limiter, "plenty", 1, true)]);
+    await first;
+    await second;
+    const before = statements();
+    const gone = await drawn("plenty");
+    // 390 left of the first lot and 40 of the second: 430 steps without a statement.
+    expect(await steps(limiter, "plenty", 430)).toEqual(Array(430).fill(0));
+    expect(statements() - before).toBe(0);
+    expect(await drawn("plenty")).toBe(gone);
+    // Each lot is still dropped once its own moment has passed.
+    clock += 50;
+    await steps(limiter, "plenty", 1);
+    expect(statements() - before).toBe(1);
+  });
+});
