@@ -37,6 +37,14 @@ function steps(limiter: RateLimiter, name: string, n: number, waited = false): P
   return Promise.all(Array.from({ length: n }, () => limiter.drawForStep({ name }, context, waited, "test")));
 }
 
+/** A limiter whose second statement of "plenty" drew 4 × `n` ahead (its first draws for its own steps only). */
+async function withReserve(n: number): Promise<RateLimiter> {
+  const limiter = newLimiter();
+  await steps(limiter, "plenty", n);
+  await steps(limiter, "plenty", n);
+  return limiter;
+}
+
 /** Tokens gone from the bucket (its refill over a test is under a token). */
 async function drawn(name: string): Promise<number> {
   const { rows } = await db.pool.query<{ tokens: number }>(
@@ -75,9 +83,7 @@ describe("tokens drawn ahead", () => {
   });
 
   it("tokens drawn ahead are dropped, spent, once their moment has passed", async () => {
-    const limiter = newLimiter();
-    await steps(limiter, "plenty", 10);
-    await steps(limiter, "plenty", 10); // and 40 ahead
+    const limiter = await withReserve(10); // 40 ahead
     const before = statements();
     const gone = await drawn("plenty");
     // Past the 50 ms they may be used for.
@@ -101,9 +107,7 @@ describe("tokens drawn ahead", () => {
   });
 
   it("a waiter at its turn and consume() never take tokens drawn ahead", async () => {
-    const limiter = newLimiter();
-    await steps(limiter, "plenty", 10);
-    await steps(limiter, "plenty", 10); // and 40 ahead
+    const limiter = await withReserve(10); // 40 ahead
     const before = statements();
     // A waiter's tokens are set aside in the bucket (its line); consume() reports the bucket itself.
     await steps(limiter, "plenty", 1, true);
@@ -114,9 +118,7 @@ describe("tokens drawn ahead", () => {
 
 describe("draws asked for while a statement is in flight", () => {
   it("take the tokens its reply drew ahead, without a statement of their own", async () => {
-    const limiter = newLimiter();
-    await steps(limiter, "plenty", 20);
-    await steps(limiter, "plenty", 20); // and 80 ahead
+    const limiter = await withReserve(20); // 80 ahead
     const before = statements();
     const gone = await drawn("plenty");
     // 80 take the tokens drawn ahead; the other 20 go to a statement, which counts the 80 served.
@@ -135,9 +137,7 @@ describe("draws asked for while a statement is in flight", () => {
   });
 
   it("a statement for a few steps adds its tokens drawn ahead to those left, never replaces them", async () => {
-    const limiter = newLimiter();
-    await steps(limiter, "plenty", 20);
-    await steps(limiter, "plenty", 20); // and 80 ahead
+    const limiter = await withReserve(20); // 80 ahead
     const first = steps(limiter, "plenty", 100); // 80 served, 20 in a statement drawing 400 ahead
     await new Promise((resolve) => setImmediate(resolve));
     // A waiter at its turn never takes tokens drawn ahead: it needs a statement after this one,
