@@ -12,7 +12,7 @@ if [ $# -ne 2 ]; then
   exit 2
 fi
 revision=$1
-out=$(mkdir -p "$2" && cd "$2" && pwd)
+out=$(realpath -m "$2")
 case "$out/" in
   "$PWD"/*) ;;
   *)
@@ -20,6 +20,7 @@ case "$out/" in
     exit 2
     ;;
 esac
+mkdir -p "$out"
 # Inside the checkout, so that the sources find its node_modules.
 mkdir -p node_modules/.cache
 work=$(mktemp -d node_modules/.cache/gd-build.XXXXXX)

@@ -39,8 +39,12 @@ console.log("\nafter ÷ before, by pair:");
 for (const label of new Set(runs.map((r) => r.label))) {
   const ratios = [];
   for (const pair of new Set(runs.map((r) => r.pair))) {
-    const of = (build) => runs.find((r) => r.pair === pair && r.label === label && r.build === build);
-    if (of("before") && of("after")) ratios.push(of("after").rate / of("before").rate);
+    // A section that runs a label several times in one run (gd-rate-limit) counts their median.
+    const of = (build) => {
+      const rates = runs.filter((r) => r.pair === pair && r.label === label && r.build === build).map((r) => r.rate);
+      return rates.length > 0 ? median(rates) : undefined;
+    };
+    if (of("before") && of("after")) ratios.push(of("after") / of("before"));
   }
   if (ratios.length > 0)
     console.log(`  ${label}: ${ratios.map((r) => r.toFixed(3)).join(" ")}; median ${median(ratios).toFixed(3)}`);
