@@ -27,26 +27,4 @@ for ((i = 1; i <= pairs; i++)); do
       grep -E '^[^ ].*: [0-9,]+ jobs/s' | sed "s/^/$i $build | /" | tee -a "$results"
   done
 done
-node - "$results" <<'JS'
-const { readFileSync } = require("node:fs");
-// "3 after | gen-durable c=10 pool=10: 12,024 jobs/s; …" → pair 3, build after, label, jobs/s
-const runs = readFileSync(process.argv[2], "utf8").trim().split("\n").map((line) => {
-  const [, pair, build, label, rate] = /^(\d+) (\w+) \| (.*?): ([\d,]+) jobs\/s/.exec(line);
-  return { pair, build, label, rate: Number(rate.replaceAll(",", "")) };
-});
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
-console.log("\nafter ÷ before, by pair:");
-for (const label of new Set(runs.map((r) => r.label))) {
-  const ratios = [];
-  for (const pair of new Set(runs.map((r) => r.pair))) {
-    // A section that runs a label several times in one run (gd-rate-limit) counts their median.
-    const of = (build) => {
-      const rates = runs.filter((r) => r.pair === pair && r.label === label && r.build === build).map((r) => r.rate);
-      return rates.length > 0 ? median(rates) : undefined;
-    };
-    if (of("before") && of("after")) ratios.push(of("after") / of("before"));
-  }
-  if (ratios.length > 0)
-    console.log(`  ${label}: ${ratios.map((r) => r.toFixed(3)).join(" ")}; median ${median(ratios).toFixed(3)}`);
-}
-JS
+node --import tsx bench/compare-summary.ts "$results"
