@@ -36,7 +36,7 @@ import pg from "pg";
 import { z } from "zod";
 import { defineJob, GenDurable, migrate, type InsertManyItem } from "./engine.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
-import { fmt, fmtRatio, HandlerCalls, median, round, sleep } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, median, round, sleep, warmUp } from "./util.js";
 
 export interface FlowParams {
   /** Jobs per run: unkeyed, keyed, and the others of the hot-key run. */
@@ -52,7 +52,10 @@ export interface FlowParams {
   /** Jobs of the keyed throttled run: over `keyedThrottleKeys` keys, one bucket of 100/s, burst 20. */
   keyedThrottleJobs: number;
   keyedThrottleKeys: number;
+  /** The keyed warm-up's jobs, and the first round of the unkeyed one (see warmUp in util.ts). */
   warmupJobs: number;
+  /** Untimed unkeyed processing before the first measured pair, in ms (BENCH_WARMUP_MS, as main.ts). */
+  warmupMs: number;
   bulkBatch: number;
   /**
    * Pairs of runs behind each within-system ratio (keyed ÷ unkeyed, never-short ÷ without a limit):
@@ -75,6 +78,7 @@ export function flowParamsFromEnv(intEnv: (name: string, fallback: number) => nu
     keyedThrottleJobs: intEnv("BENCH_FLOW_KEYED_THROTTLE_JOBS", 2_000),
     keyedThrottleKeys: intEnv("BENCH_FLOW_KEYED_THROTTLE_KEYS", 50),
     warmupJobs: Math.min(2_000, jobs),
+    warmupMs: intEnv("BENCH_WARMUP_MS", 3_000),
     bulkBatch: 1_000,
     pairs: intEnv("BENCH_FLOW_PAIRS", 3),
   };
@@ -897,9 +901,15 @@ export async function benchFlow(
   }
   try {
     for (const s of rotated()) {
-      step(s, `flow warm-up (${p.warmupJobs} unkeyed, then ${p.warmupJobs} keyed)`);
-      await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, false);
+      step(s, `flow warm-up (about ${p.warmupMs / 1000} s of unkeyed processing, then ${p.warmupJobs} keyed)`);
+      const unkeyed = await warmUp(async (n) => (await plainRun(s, admin, { ...p, jobs: n }, false)).ms, {
+        budgetMs: p.warmupMs,
+        first: p.warmupJobs,
+        most: p.jobs,
+        total: 3 * p.jobs,
+      });
       await plainRun(s, admin, { ...p, jobs: p.warmupJobs }, true);
+      step(s, `  warmed up on ${unkeyed} unkeyed jobs and ${p.warmupJobs} keyed`);
     }
     for (let pair = 0; pair < p.pairs; pair++) {
       for (const s of rotated()) {

@@ -19,6 +19,10 @@
  * the same job with `rateLimit: { name: "free" }` where free = { limit: 1e9, period: "1s" } (never
  * short), on an engine that declares the limit in both; it prints each pair's ratio, limited ÷ not.
  *
+ * `gd-keyed` (not in the default set) runs six alternating pairs at c=32: the no-op job, and the
+ * same job over JOBS / 10 concurrency keys of limit 1 (ten jobs a key, as the flow phase's keyed
+ * run); it prints each pair's ratio, keyed ÷ unkeyed.
+ *
  * `gd-delete-done` (not in the default set) prices keeping finished rows: three alternating pairs at
  * c=32, the group commit as migrated and one rewritten to delete the rows of done outcomes, as
  * graphile-worker does with its jobs (an experiment: the contract keeps finished instances).
@@ -35,6 +39,24 @@ import { pgBossSplit } from "./systems/pg-boss.js";
 import { fmt, HandlerCalls, median } from "./util.js";
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
+/**
+ * Runs of each system before its first measured one (BENCH_INVESTIGATE_WARMUP, default 2): a
+ * process is not at its steady pace at once (see warmUp in util.ts). Without them the first
+ * section measured paid gen-durable's warm-up: c=10 always ran first and showed 10–15 µs of Node
+ * CPU a job more than c=32.
+ */
+const WARMUP_RUNS = Number(process.env.BENCH_INVESTIGATE_WARMUP ?? 2);
+/** Set during warm-up runs: report() prints one line for them, reportServerTime nothing. */
+let warmingUp = false;
+
+async function warmedUp(run: () => Promise<unknown>): Promise<void> {
+  warmingUp = true;
+  try {
+    for (let i = 0; i < WARMUP_RUNS; i++) await run();
+  } finally {
+    warmingUp = false;
+  }
+}
 const silent = new Logger(() => () => {});
 
 // ------------------------------------------------------------------ instruments
@@ -191,6 +213,12 @@ interface Run {
 
 function report(r: Run): void {
   const perJob = (x: number) => x / r.jobs;
+  if (warmingUp) {
+    console.log(
+      `\n${r.label}, warm-up (untimed): ${fmt(r.jobs / (r.ms / 1000))} jobs/s, Node CPU ${fmt(perJob(r.nodeCpuMs) * 1000)} µs/job`,
+    );
+    return;
+  }
   const cpu =
     `Node CPU ${fmt(perJob(r.nodeCpuMs) * 1000)} µs/job` +
     (r.pgCpuMs === null ? "" : `, Postgres CPU ${fmt(perJob(r.pgCpuMs) * 1000)} µs/job`);
@@ -308,6 +336,8 @@ interface GenDurableRunOptions {
   limited?: boolean;
   /** The group commit deletes the rows of done outcomes (see deleteDoneRows). */
   deleteDone?: boolean;
+  /** Job i gets concurrency key `k${i mod keys}` (limit 1 a key), as the flow phase's keyed run. */
+  keys?: number;
 }
 
 /**
@@ -322,7 +352,7 @@ async function genDurableRun(
   pmPid: number | null,
   concurrency: number,
   poolSize: number,
-  { engines = 1, fillfactor, limited = false, deleteDone = false }: GenDurableRunOptions = {},
+  { engines = 1, fillfactor, limited = false, deleteDone = false, keys }: GenDurableRunOptions = {},
 ): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
@@ -337,6 +367,7 @@ async function genDurableRun(
       Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({
         machine: limited ? NoopLimited : Noop,
         args: { i: i + k },
+        ...(keys === undefined ? {} : { concurrencyKey: `k${(i + k) % keys}` }),
       })),
     );
   await producer.stop();
@@ -351,6 +382,7 @@ async function genDurableRun(
       : `gen-durable ${engines} engines × c=${concurrency / engines} (pool ${poolSize} each)`) +
       (fillfactor === undefined ? "" : ` instances fillfactor=${fillfactor}`) +
       (limited ? ", rateLimit never short" : "") +
+      (keys === undefined ? "" : `, ${keys} concurrency keys`) +
       (deleteDone ? ", done rows deleted" : ""),
     admin,
     pmPid,
@@ -393,6 +425,7 @@ const SERVER_TIME_APP = "gen-durable-investigate";
  * includes waiting for a CPU.
  */
 async function reportServerTime(admin: pg.Pool, schema: string): Promise<void> {
+  if (warmingUp) return;
   const deadline = performance.now() + 5_000;
   for (;;) {
     const { rows } = await admin.query<{ n: number }>(
@@ -636,6 +669,7 @@ async function main(): Promise<void> {
     console.log(
       `investigation — ${JOBS} no-op jobs per run; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,
     );
+    if (which.some((w) => w.startsWith("gd"))) await warmedUp(() => genDurableRun(db.url, admin, pmPid, 32, 10));
     if (which.includes("gd")) for (const c of [10, 32]) await genDurableRun(db.url, admin, pmPid, c, 10);
     if (which.includes("gd-pool")) await genDurableRun(db.url, admin, pmPid, 32, 34);
     if (which.includes("gd-split")) {
@@ -661,14 +695,29 @@ async function main(): Promise<void> {
         `\nrateLimit never short ÷ without, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
       );
     }
+    if (which.includes("gd-keyed")) {
+      // As the flow phase's keyed run: ten jobs a key, limit 1 a key.
+      const ratios: number[] = [];
+      for (let pair = 0; pair < 6; pair++) {
+        const plain = await genDurableRun(db.url, admin, pmPid, 32, 10);
+        const keyed = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys: JOBS / 10 });
+        ratios.push(plain.ms / keyed.ms);
+      }
+      console.log(
+        `\nkeyed ÷ unkeyed, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
+      );
+    }
     if (which.includes("gd-delete-done")) {
       for (let pair = 0; pair < 3; pair++) {
         await genDurableRun(db.url, admin, pmPid, 32, 10);
         await genDurableRun(db.url, admin, pmPid, 32, 10, { deleteDone: true });
       }
     }
+    if (which.includes("gw") || which.includes("gwb"))
+      await warmedUp(() => graphileRun(db.url, admin, pmPid, 32, true));
     if (which.includes("gw")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, false);
     if (which.includes("gwb")) for (const c of [10, 32]) await graphileRun(db.url, admin, pmPid, c, true);
+    if (which.includes("boss")) await warmedUp(() => pgBossRun(db.url, admin, pmPid, 32));
     if (which.includes("boss")) for (const c of [10, 32]) await pgBossRun(db.url, admin, pmPid, c);
     if (which.includes("sql")) await statementCosts(db.url, admin);
   } finally {

@@ -21,7 +21,7 @@ import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
 import { genDurableBuild } from "./engine.js";
-import { fmt, fmtRatio, HandlerCalls, percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, percentile, round, runConcurrently, sleep, warmUp, withTimeout } from "./util.js";
 import { countStatements, measureCost, type Cost } from "./cost.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
@@ -36,7 +36,11 @@ const LATENCY_JOBS = intEnv("BENCH_LATENCY_JOBS", 1_000);
  */
 const DEEP_QUEUE = intEnv("BENCH_DEEP_QUEUE", 200_000);
 const LATENCY_CONCURRENCY = 10;
-const WARMUP_JOBS = Math.min(2_000, JOBS);
+/** Untimed work each system does before its first measured run (see warmUp in util.ts): ms of processing. */
+const WARMUP_MS = intEnv("BENCH_WARMUP_MS", 3_000);
+/** The warm-up's first round, and its jobs in all at most. */
+const WARMUP_FIRST = Math.min(2_000, JOBS);
+const WARMUP_MAX_JOBS = 3 * JOBS;
 const FANOUT_CHILDREN = intEnv("BENCH_FANOUT_CHILDREN", 10_000);
 const FANOUT_CONCURRENCY = intEnv("BENCH_FANOUT_CONCURRENCY", 10);
 const FANOUT_WARMUP_CHILDREN = Math.min(1_000, FANOUT_CHILDREN);
@@ -124,6 +128,8 @@ interface SystemResult {
   config: Record<string, unknown>;
   enqueueBulk: Rate & { batchSize: number };
   enqueueSingle: Rate & { concurrency: number };
+  /** Jobs processed, untimed, before the first measured run (see warmUp). */
+  warmupJobs: number;
   processing: Record<string, Processing>;
   /** JOBS processed at the last concurrency out of a queue of `queued` (DEEP_QUEUE). */
   deepQueue: Processing & { queued: number };
@@ -339,13 +345,22 @@ async function benchAll(
     await system.setup();
   }
   try {
-    // Warm-up: JIT, connection pools, prepared statements and catalog caches, so the first system measured is not penalised.
+    // Warm-up: JIT, heap, connection pools, prepared statements and catalog caches, so that the
+    // measured runs see each system at its steady pace.
     for (const system of rotated()) {
-      step(system, `warm-up (${WARMUP_JOBS} jobs)`);
-      await system.enqueueBulk(0, WARMUP_JOBS, BULK_BATCH);
-      await processAll(system, CONCURRENCIES[0], WARMUP_JOBS);
-      await system.reset();
-      await vacuum(admin, system.schema);
+      step(system, `warm-up (about ${WARMUP_MS / 1000} s of processing, up to ${WARMUP_MAX_JOBS} jobs)`);
+      const jobs = await warmUp(
+        async (n) => {
+          await system.enqueueBulk(0, n, BULK_BATCH);
+          const { ms } = await processAll(system, CONCURRENCIES[0], n);
+          await system.reset();
+          await vacuum(admin, system.schema);
+          return ms;
+        },
+        { budgetMs: WARMUP_MS, first: WARMUP_FIRST, most: JOBS, total: WARMUP_MAX_JOBS },
+      );
+      partial.get(system)!.warmupJobs = jobs;
+      step(system, `  warmed up on ${jobs} jobs`);
     }
 
     // The jobs enqueued here are the ones processed at the first concurrency.
@@ -834,7 +849,8 @@ async function main(): Promise<void> {
         concurrencies: CONCURRENCIES,
         latencyJobs: LATENCY_JOBS,
         latencyWorkerConcurrency: LATENCY_CONCURRENCY,
-        warmupJobs: WARMUP_JOBS,
+        warmupMs: WARMUP_MS,
+        warmupMaxJobs: WARMUP_MAX_JOBS,
         fanoutChildren: FANOUT_CHILDREN,
         fanoutConcurrency: FANOUT_CONCURRENCY,
         fanoutWarmupChildren: FANOUT_WARMUP_CHILDREN,
