@@ -37,8 +37,8 @@ export class HandlerCalls {
  * Untimed work before a system's first measured run. A worker process does not reach its steady
  * pace at once: V8 compiles the hot paths and sizes its heap as it goes. gen-durable's Node CPU per
  * no-op job fell from 32–44 µs in its first run of 20,000 to 17–21 µs by its fourth, and its time
- * in the garbage collector from 7 to 2 µs a job; a warm-up of 2,000 jobs left the first measured
- * runs partly cold (bench/README.md, "Warm-up").
+ * in the garbage collector from 7 to 2 µs a job, in a process where nothing ran before it
+ * (bench/README.md, "Warm-up").
  *
  * Calls `round(jobs)` (enqueue that many, process them untimed, clean up; it returns the processing
  * ms) until `budgetMs` of processing is spent: the first round `first` jobs, each next one sized to
