@@ -66,8 +66,14 @@ export function nodeWakeups(worker: () => WorkerNode | undefined, notify: (queue
   return {
     queue: (queue, delayMs = 0) => worker()?.schedulers.get(queue)?.wake(delayMs),
     broadcast: (queue) => {
-      worker()?.schedulers.get(queue)?.wake();
-      notify(queue);
+      const scheduler = worker()?.schedulers.get(queue);
+      if (scheduler === undefined) return notify(queue);
+      scheduler.wake();
+      // The NOTIFY for the other nodes goes out after this node's own claim (wake() sends it from
+      // a setImmediate queued before this one): sent first, it ran beside the claim on a 2-core
+      // server and an insert on the worker's own engine started its step later
+      // (bench/README.md, "Figures behind choices in the code").
+      setImmediate(() => notify(queue));
     },
     joins: () => worker()?.loops.joins.trigger(),
     timeouts: (delayMs) => worker()?.loops.timeouts.triggerIn(delayMs),

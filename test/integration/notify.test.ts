@@ -72,9 +72,11 @@ describe("notify", () => {
     const worker = new GenDurable({ pool, schema: db.schema, queues: { notify: 1 }, machines: [Ping] });
     await worker.start();
     try {
-      const before = texts.filter((t) => t.includes("pg_notify($1, q)")).length;
+      const notifies = () => texts.filter((t) => t.includes("pg_notify($1, q)")).length;
+      const before = notifies();
       const { id } = await worker.insert(Ping, { args: { n: 7 } });
-      expect(texts.filter((t) => t.includes("pg_notify($1, q)")).length).toBe(before + 1);
+      // A NOTIFY of its own, sent once this node's own claim has gone out (nodeWakeups.broadcast).
+      await eventually("the NOTIFY for the other nodes", async () => notifies() === before + 1);
       expect((await worker.wait(id, { timeout: 10_000 })).result).toBe(7);
     } finally {
       await worker.stop();
