@@ -24,7 +24,7 @@ for ((i = 1; i <= pairs; i++)); do
   if ((i % 2 == 0)); then order="after before"; fi
   for build in $order; do
     BENCH_GEN_DURABLE_DIST="$builds/$build" bash bench/run.sh --investigate 2>&1 |
-      grep -E '^[^ ].*: [0-9,]+ jobs/s' | sed "s/^/$i $build | /" | tee -a "$results"
+      grep -E '^[^ ].*: [0-9,]+ jobs/s' | grep -v 'warm-up (untimed)' | sed "s/^/$i $build | /" | tee -a "$results"
   done
 done
 node --import tsx bench/compare-summary.ts "$results"

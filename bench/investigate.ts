@@ -700,7 +700,7 @@ async function main(): Promise<void> {
       const ratios: number[] = [];
       for (let pair = 0; pair < 6; pair++) {
         const plain = await genDurableRun(db.url, admin, pmPid, 32, 10);
-        const keyed = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys: JOBS / 10 });
+        const keyed = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys: Math.max(1, Math.round(JOBS / 10)) });
         ratios.push(plain.ms / keyed.ms);
       }
       console.log(

@@ -32,7 +32,6 @@ export class HandlerCalls {
   }
 }
 
-/** Rejects after `ms` so that a stuck system fails the run instead of hanging it. */
 /**
  * Untimed work before a system's first measured run. A worker process does not reach its steady
  * pace at once: V8 compiles the hot paths and sizes its heap as it goes. gen-durable's Node CPU per
@@ -63,6 +62,7 @@ export async function warmUp(
   return jobs;
 }
 
+/** Rejects after `ms` so that a stuck system fails the run instead of hanging it. */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
