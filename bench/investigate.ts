@@ -120,7 +120,7 @@ function classify(text: string): string {
   // gen-durable
   if (t.includes(".claim_rows($1, $2")) return "gd claim";
   if (t.includes("set attempt = i.attempt + 1, claimed_ahead = false")) return "gd start (claimed ahead)";
-  if (t.includes("json_to_recordset($1::json) as x( id bigint, token bigint")) return "gd complete (group commit)";
+  if (t.includes(".complete_outcomes($1::json")) return "gd complete (group commit)";
   if (t.includes("pg_notify($1, q)")) return "gd notify";
   if (t.includes("lease_expires_at = now() +") && t.includes("renewable")) return "gd lease renew";
   if (t.includes("lease_expires_at < now()")) return "gd reaper";
