@@ -10,6 +10,7 @@
 # times (default 30), each statement its own transaction, as the engine does. Only that loop is
 # counted (the DO block that runs it), its own building of the outcomes' JSON included.
 #   BENCH_KEYS=2000                         jobs over that many concurrency keys (limit 1)
+#   BENCH_QUEUED=200000                     jobs inserted before the loop (default 20,000)
 #   BENCH_GEN_DURABLE_DIST=<dir>            the build to take the schema from (default dist/, built
 #                                           now); see bench/build-revision.sh for another revision's
 #   BENCH_SETUP_SQL=<file>                  SQL run after the rows are in, before the loop: a variant
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 BATCH=${BENCH_BATCH:-256}
 ROUNDS=${BENCH_ROUNDS:-30}
 KEYS=${BENCH_KEYS:-0}
+QUEUED=${BENCH_QUEUED:-20000}
 DIST=${BENCH_GEN_DURABLE_DIST:-}
 BINDIR=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || true)}
 
@@ -71,7 +73,7 @@ node "$DIST/cli/main.js" sql --schema gen_durable | psql -d bench >/dev/null
 psql -d bench >/dev/null <<SQL
 insert into gen_durable.instances (machine, step, state, queue, concurrency_key)
 select 'Noop', 'perform', jsonb_build_object('i', g), 'default', case when $KEYS > 0 then 'k' || (g % $KEYS) end
-from generate_series(1, 20000) g;
+from generate_series(1, $QUEUED) g;
 SQL
 if [ -n "${BENCH_SETUP_SQL:-}" ]; then psql -d bench -f "$BENCH_SETUP_SQL" >/dev/null; fi
 psql -d bench -c "vacuum analyze" -c "checkpoint" >/dev/null
@@ -109,7 +111,7 @@ out="$work/callgrind.$backend"
 for _ in $(seq 1 100); do [ -s "$out" ] && grep -q '^totals:\|^summary:' "$out" && break; sleep 0.2; done
 ir=$(grep -m1 '^totals:\|^summary:' "$out" | awk '{print $2}')
 [ -n "$ir" ] || fail "no callgrind counts in $out"
-echo "claim + group commit of $done_rows no-op jobs, batches of $BATCH$([ "$KEYS" -gt 0 ] && echo ", $KEYS concurrency keys"): $((ir / done_rows)) instructions a job in the Postgres backend ($ir in all; $DIST)"
+echo "claim + group commit of $done_rows no-op jobs of $QUEUED queued, batches of $BATCH$([ "$KEYS" -gt 0 ] && echo ", $KEYS concurrency keys"): $((ir / done_rows)) instructions a job in the Postgres backend ($ir in all; $DIST)"
 if [ -n "${BENCH_ANNOTATE:-}" ]; then
   callgrind_annotate --inclusive=yes "$out" | head -80
 fi
