@@ -62,7 +62,6 @@ port=$((20000 + RANDOM % 20000))
 as_server "valgrind --tool=callgrind --collect-atstart=no --toggle-collect=plpgsql_inline_handler \
   --callgrind-out-file='$work/callgrind.%p' '$BINDIR/postgres' -D '$work/data' -p $port -k '$work' \
   -c listen_addresses= -c autovacuum=off >'$work/server.log' 2>&1 & echo \$! > '$work/pid'"
-sleep 0.5
 server=$(cat "$work/pid")
 psql() { "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
 for _ in $(seq 1 300); do psql -d postgres -c "select 1" >/dev/null 2>&1 && break; sleep 0.2; done

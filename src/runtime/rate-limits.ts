@@ -194,6 +194,9 @@ const RESERVE_MS = 50;
 /** Buckets whose state below is kept, the most recently drawn from. */
 const RESERVE_BUCKETS = 1_000;
 
+/** A draw served from tokens drawn ahead, without a statement (what the bucket holds is not known). */
+const FROM_RESERVE: Draw = { taken: true, balance: 0, wait_ms: 0 };
+
 /** Tokens one statement drew ahead, usable until `until` (the limiter's clock). */
 interface Lot {
   tokens: number;
@@ -248,8 +251,7 @@ export class RateLimiter {
   private take(limit: RateLimit, partition: string, weight: number, line: Line): Promise<Draw> {
     const key = `${limit.name}\u0000${partition}`;
     // Only a step's first draw: a waiter at its turn has tokens set aside, and consume() reports the bucket.
-    if (line === "join" && this.fromReserve(key, weight))
-      return Promise.resolve({ taken: true, balance: 0, wait_ms: 0 });
+    if (line === "join" && this.fromReserve(key, weight)) return Promise.resolve(FROM_RESERVE);
     let batch = this.pending.get(key);
     if (!batch) {
       batch = { key, limit, partition, weights: [], lines: [], waiters: [] };
@@ -287,7 +289,7 @@ export class RateLimiter {
     const { key, weights, lines, waiters } = batch;
     let served = 0;
     while (served < lines.length && lines[served] === "join" && this.fromReserve(key, weights[served]!)) {
-      waiters[served]!.resolve({ taken: true, balance: 0, wait_ms: 0 });
+      waiters[served]!.resolve(FROM_RESERVE);
       served++;
     }
     if (served === lines.length) return null;
