@@ -10,6 +10,7 @@
  */
 import type { TypedEmitter } from "../events.js";
 import type { Logger } from "../logger.js";
+import type { EngineClock } from "../runtime/clock.js";
 
 /** A difference between the node's clock and the database's that is worth a warning. */
 export const CLOCK_SKEW_WARN_MS = 5_000;
@@ -26,8 +27,8 @@ export class ClockWatch {
       logger: Logger;
       node: string;
       thresholdMs?: number;
-      /** Kept current with every reading: the engine's clock (ctx.now()) reckons from it. */
-      clock?: { offsetMs: number };
+      /** Given every reading: the engine's clock (ctx.now(), wake-ups at a database time) reckons from them. */
+      clock?: Pick<EngineClock, "observe">;
     },
   ) {}
 
@@ -39,7 +40,7 @@ export class ClockWatch {
   observe(databaseMs: number, localBefore: number, localAfter: number): void {
     if (!Number.isFinite(databaseMs)) return;
     this.offsetMs = databaseMs - (localBefore + localAfter) / 2;
-    if (this.o.clock) this.o.clock.offsetMs = this.offsetMs;
+    this.o.clock?.observe(databaseMs, localBefore, localAfter);
     const threshold = this.o.thresholdMs ?? CLOCK_SKEW_WARN_MS;
     const roundTrip = localAfter - localBefore;
     if (Math.abs(this.offsetMs) <= threshold + roundTrip / 2) {

@@ -37,7 +37,7 @@ import type { PublishedQueries } from "../sql/published.js";
 import { checkAwaited } from "../machine-typing.js";
 import { recordUpcast, upcastState } from "./versions.js";
 import type { VersionQueries } from "../sql/versions.js";
-import type { EngineClock } from "./clock.js";
+import { SYSTEM_CLOCK, type EngineClock } from "./clock.js";
 import { routeFacts } from "./routes.js";
 import { StepAbort } from "./step-abort.js";
 
@@ -102,6 +102,10 @@ export class Executor {
   private readonly running = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: ExecutorDeps) {}
+
+  private get clock(): EngineClock {
+    return this.deps.clock ?? SYSTEM_CLOCK;
+  }
 
   /**
    * Runs the step and commits its outcome. `onSettled` is called once the
@@ -678,18 +682,16 @@ export class Executor {
     if (completion.status === "runnable") {
       // A runAt is a time by the database's clock: reckoned from this node's clock corrected by the
       // offset the heartbeat measured, or a node minutes off wakes minutes early or late.
-      const now = Date.now() + (this.deps.clock?.offsetMs ?? 0);
-      const delay = completion.run_at ? Date.parse(completion.run_at) - now : (completion.delay_ms ?? 0);
-      this.deps.wake.queue(row.queue, Math.max(0, delay));
+      const delay = completion.run_at ? this.clock.msUntil(Date.parse(completion.run_at)) : completion.delay_ms;
+      this.deps.wake.queue(row.queue, delay ?? 0);
     }
     if (row.parent_id !== null && isTerminal(completion.status)) this.deps.wake.joins();
     if (resumedQueue) this.deps.wake.queue(resumedQueue);
     else if (completion.status === "awaiting" && completion.delay_ms !== null) {
       this.deps.wake.timeouts(completion.delay_ms);
     } else if (completion.status === "awaiting" && completion.run_at !== null && completion.run_at !== "infinity") {
-      // A deadline given as a date (until): its run_at is in database time, as the clock's offset reads it.
-      const offset = this.deps.clock?.offsetMs ?? 0;
-      this.deps.wake.timeouts(Math.max(0, Date.parse(completion.run_at) - Date.now() - offset));
+      // A deadline given as a date (until): its run_at is in database time.
+      this.deps.wake.timeouts(this.clock.msUntil(Date.parse(completion.run_at)));
     }
   }
 }
