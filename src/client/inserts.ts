@@ -8,7 +8,7 @@ import type { InsertManyItem, InsertOptions, InsertResult } from "../instance.js
 import { firstOfEachKey, prepareInsert, prepareItems, type InsertRow } from "../runtime/insert.js";
 import { plainRows } from "../sql/instances.js";
 import { rejectUnknownKeys } from "../suggest.js";
-import type { ClientContext } from "./context.js";
+import { beginWrite, type ClientContext } from "./context.js";
 
 /** How many times an insert looks again for twins committed after its snapshot before it gives up. */
 const MAX_ROUNDS = 10;
@@ -61,13 +61,9 @@ async function insertRows(
     else await ctx.checkPool();
   }
   const runner = client ?? ctx.pool;
-  // In the caller's transaction the NOTIFY goes out with its commit. So it does for an insert
-  // alone in flight on a pure client engine; otherwise the engine wakes every node itself once the
-  // rows are committed (see Notifier.beginInsert). Not on an engine that runs queues: its own
-  // listener could then start the step before insert() returns, and a test's drain(engine) right
-  // after it would miss that step's events; it wakes its own schedulers at once anyway.
-  const alone = !client && ctx.notifier.beginInsert() && ctx.config.queues.size === 0;
-  const channel = client || alone ? ctx.config.channel : null;
+  // In the caller's transaction the NOTIFY goes out with its commit (see beginWrite otherwise).
+  const write = client ? undefined : beginWrite(ctx);
+  const channel = write ? write.channel : ctx.config.channel;
   try {
     let pending = unique;
     for (let round = 0; pending.length > 0; round++) {
@@ -83,16 +79,13 @@ async function insertRows(
       for (const row of out) {
         if (row.idx < 0) continue;
         results[row.idx] = { id: row.id, inserted: row.inserted };
-        if (!row.inserted || !row.due || client) continue;
-        // Notified with the commit: only this node's own scheduler is left to wake.
-        if (alone) ctx.wake.queue(row.queue!);
-        else ctx.wake.broadcast(row.queue!);
+        if (row.inserted && row.due) write?.due(row.queue!);
       }
       // Rows whose twin committed after this statement's snapshot: look again.
       pending = pending.filter((row) => results[row.idx] === undefined);
     }
   } finally {
-    if (!client) ctx.notifier.endInsert();
+    write?.end();
   }
   for (const row of rows) {
     if (results[row.idx] === undefined) results[row.idx] = { id: results[firstOf(row)]!.id, inserted: false };

@@ -5,11 +5,11 @@ import { ValidationError } from "../errors.js";
 import type { SignalOptions, SignalResult } from "../instance.js";
 import { encodeJson } from "../json.js";
 import { checkId, checkKey, checkName } from "../names.js";
-import { deliverSignal } from "../runtime/signals.js";
+import { deliverSignal, type DeliverInput, type DeliverResult } from "../runtime/signals.js";
 import { rejectUnknownKeys } from "../suggest.js";
 import type { SignalCheck } from "../runtime/typed-client.js";
 import { captureTraceContext } from "../telemetry/propagation.js";
-import type { ClientContext } from "./context.js";
+import { beginWrite, type ClientContext } from "./context.js";
 
 export async function sendSignal(
   ctx: ClientContext,
@@ -39,7 +39,7 @@ export async function sendSignal(
     dedupKey: options.dedupKey ?? null,
     keepIfMissing: options.ifMissing === "keep",
     inboxRetentionMs: ctx.config.signalRetentionMs,
-    // NOTIFY inside the transaction: it goes out with the commit, one round trip fewer than after it.
+    // In the caller's transaction the NOTIFY goes out with its commit (see beginWrite otherwise).
     notifyChannel: ctx.config.channel,
     traceContext: captureTraceContext(),
     check: await check?.(),
@@ -54,8 +54,18 @@ export async function sendSignal(
   // returns; with other signals of this engine sent at the same time).
   const delivered = options.client
     ? await deliverSignal(options.client, ctx.sql.signals, input)
-    : await ctx.signals.send(input);
-  // Other nodes hear the NOTIFY; this one need not wait for it.
-  if (delivered.resumedQueue && !options.client) ctx.wake.queue(delivered.resumedQueue);
+    : await deliverOnPool(ctx, input);
   return { signalId: delivered.signalId, instanceId: delivered.instanceId, duplicate: delivered.signalId === null };
+}
+
+/** A signal not in a caller's transaction: committed when it returns, the instance it resumed woken. */
+async function deliverOnPool(ctx: ClientContext, input: DeliverInput): Promise<DeliverResult> {
+  const write = beginWrite(ctx);
+  try {
+    const delivered = await ctx.signals.send({ ...input, notifyChannel: write.channel });
+    if (delivered.resumedQueue) write.due(delivered.resumedQueue);
+    return delivered;
+  } finally {
+    write.end();
+  }
 }

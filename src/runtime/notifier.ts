@@ -11,8 +11,8 @@ export class Notifier {
   private readonly pending = new Set<string>();
   /** The flush in progress, if any: drain() waits on it. */
   private inFlight: Promise<void> | undefined;
-  /** Inserts in flight outside a caller's transaction (see beginInsert). */
-  private inserts = 0;
+  /** Inserts and signals in flight outside a caller's transaction (see beginWrite). */
+  private writes = 0;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -21,21 +21,21 @@ export class Notifier {
   ) {}
 
   /**
-   * An insert outside a caller's transaction starts; endInsert() when it is done. Returns whether it
-   * may send its NOTIFY with its own commit, a round trip sooner than a NOTIFY after it: when nothing
-   * else is in flight here (the caller may still decide against it). Otherwise it requests one,
-   * which wakes every node for all the inserts that committed meanwhile: a NOTIFY in a transaction
-   * holds Postgres's notify lock through the commit's WAL flush, so concurrent inserts that each
-   * sent one (and this notifier's own NOTIFY) would wait for each other's flush.
+   * An insert or a signal outside a caller's transaction starts; endWrite() when it is done. Returns
+   * whether it may send its NOTIFY with its own commit, a round trip sooner than a NOTIFY after it:
+   * when nothing else is in flight here (the caller may still decide against it). Otherwise it
+   * requests one, which wakes every node for all the writes that committed meanwhile: a NOTIFY in a
+   * transaction holds Postgres's notify lock through the commit's WAL flush, so concurrent writes
+   * that each sent one (and this notifier's own NOTIFY) would wait for each other's flush.
    */
-  beginInsert(): boolean {
-    const alone = this.inserts === 0 && this.inFlight === undefined && this.pending.size === 0;
-    this.inserts++;
+  beginWrite(): boolean {
+    const alone = this.writes === 0 && this.inFlight === undefined && this.pending.size === 0;
+    this.writes++;
     return alone;
   }
 
-  endInsert(): void {
-    this.inserts--;
+  endWrite(): void {
+    this.writes--;
   }
 
   request(queue: string): void {
