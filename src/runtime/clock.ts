@@ -53,7 +53,8 @@ export class EngineClock {
    * database time): the offset's error and a timer's rounding included. 0 when it has already.
    */
   msUntil(databaseMs: number): number {
-    const error = this.errorMs + DRIFT * (performance.now() - this.estimatedAt);
+    // Without a reading the clock is this process's own, taken as exact.
+    const error = this.readings.length === 0 ? 0 : this.errorMs + DRIFT * (performance.now() - this.estimatedAt);
     const wait = databaseMs - (Date.now() + this.offsetMs) + error;
     return wait > 0 ? Math.ceil(wait) + TIMER_EARLY_MS : 0;
   }

@@ -32,6 +32,11 @@ describe("EngineClock", () => {
     expect(wait).toBeLessThanOrEqual(102);
   });
 
+  it("takes this process's clock as exact before its first reading", () => {
+    vi.advanceTimersByTime(3_600_000); // an hour of uptime adds no drift to a clock never read
+    expect(new EngineClock().msUntil(Date.now() + 100)).toBe(101);
+  });
+
   it("says 0 for a time the database's clock has surely passed", () => {
     const clock = new EngineClock();
     read(clock, T0, 10); // 5 ms ahead, give or take 5: at least 0
