@@ -19,8 +19,9 @@
 -- become free just after the three statements' snapshot; what frees it wakes the queue. A queue
 -- with a global limit, or with keyed work due, takes the three statements as before.
 --
--- Counted the same way: 964,132 instructions a claim of one row (-24.6 %). Same signature, same
--- rows returned: nodes of versions 27 and up call claim_rows unchanged.
+-- Counted the same way: 973,566 instructions a claim of one row (-23.8 %); claims of 256 and their
+-- commits 265,802 -> 257,767 a job (-3.0 %). Same signature, same rows returned: nodes of versions
+-- 27 and up call claim_rows unchanged.
 create or replace function {{schema}}.claim_rows(queue_name text, machines text[], want integer, node text,
                                   lease_ms double precision, global_limit integer, start_now integer,
                                   keyed_at_most integer)
@@ -59,17 +60,17 @@ begin
       limit $3
       for update skip locked
     ),
-    -- The first $7 start at once and are charged their attempt now; the rest wait in the node's
-    -- buffer, claimed ahead (as in step 1).
-    next as (
-      select n.id, row_number() over (order by n.priority, n.run_at, n.id) <= $7::int as starts_now from chosen n
-    ),
     async_commit as (select set_config('synchronous_commit', 'off', true) as ok)
+    -- The ids in claim order as an array, unnested with their place: the first $7 start at once and
+    -- are charged their attempt now, the rest wait in the node's buffer, claimed ahead (as in step
+    -- 1). Found by the primary key one by one, whatever index reads are priced at: a join to the
+    -- chosen rows as a table could be planned as a walk of the whole primary key.
     update {{schema}}.instances i
-    set status = 'running', attempt = i.attempt + x.starts_now::int, claimed_ahead = not x.starts_now,
+    set status = 'running', attempt = i.attempt + (x.n <= $7::int)::int, claimed_ahead = x.n > $7::int,
         claim_token = i.claim_token + 1,
         leased_by = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
-    from next x, async_commit
+    from unnest(array(select c.id from chosen c order by c.priority, c.run_at, c.id)) with ordinality as x(id, n),
+         async_commit
     where i.id = x.id
     returning i.id::text as id, i.machine, i.step, i.state, i.attempt, i.max_attempts,
               i.claim_token::text as claim_token, i.correlation_key, i.awaited, i.joined,
