@@ -31,9 +31,8 @@ interface Reading {
 export class EngineClock {
   /** How far the database's clock is ahead of this process's (the middle of what the readings allow). */
   offsetMs = 0;
-  /** How far offsetMs may be off, as of `estimatedAt` (half the span the readings allow). */
+  /** How far offsetMs may be off when the newest reading was taken (half the span the readings allow). */
   private errorMs = 0;
-  private estimatedAt = 0;
   /** How far the engine's clock is ahead of the database's (advanceTime adds to it). */
   skewMs = 0;
   /** Newest first; those still consistent with the newest. */
@@ -54,7 +53,8 @@ export class EngineClock {
    */
   msUntil(databaseMs: number): number {
     // Without a reading the clock is this process's own, taken as exact.
-    const error = this.readings.length === 0 ? 0 : this.errorMs + DRIFT * (performance.now() - this.estimatedAt);
+    const newest = this.readings[0];
+    const error = newest ? this.errorMs + DRIFT * (performance.now() - newest.at) : 0;
     const wait = databaseMs - (Date.now() + this.offsetMs) + error;
     return wait > 0 ? Math.ceil(wait) + TIMER_EARLY_MS : 0;
   }
@@ -89,7 +89,6 @@ export class EngineClock {
     this.readings = kept;
     this.offsetMs = (low + high) / 2;
     this.errorMs = (high - low) / 2;
-    this.estimatedAt = at;
   }
 
   /** Reads the database's clock and the schema's skew. */

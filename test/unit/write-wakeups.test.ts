@@ -63,6 +63,16 @@ describe("beginWrite", () => {
 });
 
 describe("engine.signal's wake-ups", () => {
+  it("ends its write when the delivery fails, so the next one is alone again", async () => {
+    const { ctx, woken } = context([]);
+    const failing = { ...ctx, signals: { send: () => Promise.reject(new Error("connection lost")) } };
+    await expect(sendSignal(failing as unknown as ClientContext, "order-1", "paid", {})).rejects.toThrow(
+      "connection lost",
+    );
+    expect(woken).toEqual([]);
+    expect(beginWrite(ctx).channel).toBe("gd_wake");
+  });
+
   it("on an engine that runs queues: no NOTIFY in the signal's commit, its node's scheduler first after it", async () => {
     const { ctx, woken, sent } = context(["q"]);
     await sendSignal(ctx, "order-1", "paid", { ok: true });
