@@ -39,6 +39,7 @@ import { pgBossSplit } from "./systems/pg-boss.js";
 import { fmt, HandlerCalls, median } from "./util.js";
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 20_000);
+const DEEP_QUEUE = Number(process.env.BENCH_DEEP_QUEUE ?? 200_000);
 /**
  * Runs of each system before its first measured one (BENCH_INVESTIGATE_WARMUP, default 2): a
  * process is not at its steady pace at once (see warmUp in util.ts). Without them the first
@@ -338,6 +339,8 @@ interface GenDurableRunOptions {
   deleteDone?: boolean;
   /** Job i gets concurrency key `k${i mod keys}` (limit 1 a key), as the flow phase's keyed run. */
   keys?: number;
+  /** Jobs queued before the start, of which the run times the first JOBS (as the bench's deep-queue run). */
+  queued?: number;
 }
 
 /**
@@ -352,7 +355,7 @@ async function genDurableRun(
   pmPid: number | null,
   concurrency: number,
   poolSize: number,
-  { engines = 1, fillfactor, limited = false, deleteDone = false, keys }: GenDurableRunOptions = {},
+  { engines = 1, fillfactor, limited = false, deleteDone = false, keys, queued = JOBS }: GenDurableRunOptions = {},
 ): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
@@ -361,10 +364,22 @@ async function genDurableRun(
   // Set before the rows go in: it decides how full the inserts leave each page.
   if (fillfactor !== undefined) await admin.query(`alter table ${schema}.instances set (fillfactor = ${fillfactor})`);
   if (deleteDone) await deleteDoneRows(admin, schema);
+  // A node started before on these definitions, as in `npm run bench` (one schema for all its phases):
+  // the measured start then skips the stranded-instance check, which reads every queued row the
+  // first time a definition starts.
+  const first = new GenDurable({
+    connectionString: url,
+    schema,
+    queues: { default: 1 },
+    machines: [Noop, NoopLimited],
+    rateLimits: RATE_LIMITS,
+  });
+  await first.start();
+  await first.stop();
   const producer = new GenDurable({ connectionString: url, schema });
-  for (let i = 0; i < JOBS; i += 1000)
+  for (let i = 0; i < queued; i += 1000)
     await producer.insertMany(
-      Array.from({ length: Math.min(1000, JOBS - i) }, (_, k) => ({
+      Array.from({ length: Math.min(1000, queued - i) }, (_, k) => ({
         machine: limited ? NoopLimited : Noop,
         args: { i: i + k },
         ...(keys === undefined ? {} : { concurrencyKey: `k${(i + k) % keys}` }),
@@ -383,7 +398,8 @@ async function genDurableRun(
       (fillfactor === undefined ? "" : ` instances fillfactor=${fillfactor}`) +
       (limited ? ", rateLimit never short" : "") +
       (keys === undefined ? "" : `, ${keys} concurrency keys`) +
-      (deleteDone ? ", done rows deleted" : ""),
+      (deleteDone ? ", done rows deleted" : "") +
+      (queued === JOBS ? "" : `, ${queued} queued`),
     admin,
     pmPid,
     async () =>
@@ -705,6 +721,18 @@ async function main(): Promise<void> {
       }
       console.log(
         `\nkeyed ÷ unkeyed, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
+      );
+    }
+    if (which.includes("gd-deep")) {
+      // As the bench's deep-queue run: the first JOBS of DEEP_QUEUE queued, against JOBS queued.
+      const ratios: number[] = [];
+      for (let pair = 0; pair < 3; pair++) {
+        const shallow = await genDurableRun(db.url, admin, pmPid, 32, 10);
+        const deep = await genDurableRun(db.url, admin, pmPid, 32, 10, { queued: DEEP_QUEUE });
+        ratios.push(shallow.ms / deep.ms);
+      }
+      console.log(
+        `\n${DEEP_QUEUE} queued ÷ ${JOBS} queued, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
       );
     }
     if (which.includes("gd-delete-done")) {

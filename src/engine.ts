@@ -42,7 +42,7 @@ import { pausedQueues, setPaused } from "./client/queues.js";
 import { explain, getInstance, history, listInstances, waitFor } from "./client/reads.js";
 import { retryInstance } from "./client/retry.js";
 import { sendSignal } from "./client/signal.js";
-import { checkDefinitions, moveTo } from "./client/versions.js";
+import { checkDefinitions, moveTo, strandedAtStart } from "./client/versions.js";
 import { bounded } from "./timers.js";
 
 /**
@@ -129,9 +129,9 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
     }
     if (this.config.queues.size > 0) {
       // Before any loop claims one: instances parked at steps these definitions lack would burn their attempts.
-      const { stranded } = await this.check().catch((error: unknown) => {
+      const stranded = await strandedAtStart(this.client).catch((error: unknown) => {
         this.reportError("check", error);
-        return { stranded: [] };
+        return [];
       });
       if (stranded.length > 0) this.reportError("check", strandedError(stranded));
       this.startLoops();

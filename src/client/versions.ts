@@ -2,7 +2,14 @@
 import { withTransaction } from "../db/pool.js";
 import { ValidationError } from "../errors.js";
 import { checkId } from "../names.js";
-import { findStranded, moveInstance, type CheckReport, type MoveOptions } from "../runtime/versions.js";
+import {
+  findStranded,
+  findStrandedAtStart,
+  moveInstance,
+  type CheckReport,
+  type MoveOptions,
+  type StrandedInstance,
+} from "../runtime/versions.js";
 import type { ClientContext } from "./context.js";
 
 /** Live instances of the engine's machines parked at steps the definitions no longer have. */
@@ -10,6 +17,11 @@ export async function checkDefinitions(ctx: ClientContext): Promise<CheckReport>
   ctx.assertUsable();
   const stranded = await findStranded(ctx.pool, ctx.sql.versions, ctx.config.machines);
   return { ok: stranded.length === 0, stranded };
+}
+
+/** What a node's start reports: the stranded instances of machines whose definition is new to the check. */
+export function strandedAtStart(ctx: ClientContext): Promise<StrandedInstance[]> {
+  return findStrandedAtStart(ctx.pool, ctx.sql.versions, ctx.config.machines);
 }
 
 /** Moves an instance that is not running to `options.step` (with `options.state`), recorded as "moved". */

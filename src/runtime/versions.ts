@@ -78,9 +78,35 @@ export async function findStranded(
   limit = 1000,
 ): Promise<StrandedInstance[]> {
   if (machines.size === 0) return [];
-  const steps = Object.fromEntries([...machines].map(([name, m]) => [name, [...m.steps.keys()]]));
-  const { rows } = await q.stranded(pool, { steps, limit });
+  const { rows } = await q.stranded(pool, { steps: stepsOf(machines), limit });
   return rows;
+}
+
+/** { machine: [its steps] }, as the statements take them. */
+function stepsOf(machines: ReadonlyMap<string, AnyMachine>): Record<string, string[]> {
+  return Object.fromEntries([...machines].map(([name, m]) => [name, [...m.steps.keys()]]));
+}
+
+/**
+ * What engine.start() checks: the stranded instances of the machines whose definition the last
+ * check did not run against, or that it found stranded (findStranded reads every live instance of
+ * a machine; a start on an unchanged definition need not). What it finds is recorded per machine.
+ */
+export async function findStrandedAtStart(
+  pool: pg.Pool,
+  q: VersionQueries,
+  machines: ReadonlyMap<string, AnyMachine>,
+  limit = 1000,
+): Promise<StrandedInstance[]> {
+  if (machines.size === 0) return [];
+  const { rows: due } = await q.checksDue(pool, { steps: stepsOf(machines) });
+  if (due.length === 0) return [];
+  const checked = new Map(due.map(({ machine }) => [machine, machines.get(machine)!]));
+  const stranded = await findStranded(pool, q, checked, limit);
+  // At the limit, a machine without a row in the list may still have some: it is checked again.
+  const found = stranded.length >= limit ? [...checked.keys()] : [...new Set(stranded.map((s) => s.machine))];
+  await q.recordChecks(pool, { steps: stepsOf(checked), stranded: found });
+  return stranded;
 }
 
 /** What engine.check() reports: live instances the current definitions cannot run. */

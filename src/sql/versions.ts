@@ -54,6 +54,30 @@ export function versionQueries(schema: string) {
       order by i.id limit $2`,
       (a) => [JSON.stringify(a.steps), a.limit],
     ),
+    /**
+     * Of the given machines (`steps`: { machine: [steps] }), those a start must check for stranded
+     * instances: never checked, checked against other steps (compared as sets), or found stranded.
+     */
+    checksDue: statement<{ steps: Record<string, string[]> }, { machine: string }>(
+      `
+      select m.key as machine
+      from jsonb_each($1::jsonb) m left join ${s}.stranded_checks c on c.machine = m.key
+      where c.machine is null or c.stranded
+         or not (c.steps @> array(select jsonb_array_elements_text(m.value))
+                 and c.steps <@ array(select jsonb_array_elements_text(m.value)))
+      order by 1`,
+      (a) => [JSON.stringify(a.steps)],
+    ),
+    /** Records what a check of these machines ran against and whether it found them stranded. */
+    recordChecks: statement<{ steps: Record<string, string[]>; stranded: readonly string[] }>(
+      `
+      insert into ${s}.stranded_checks (machine, steps, stranded)
+      select m.key, array(select jsonb_array_elements_text(m.value)), m.key = any($2::text[])
+      from jsonb_each($1::jsonb) m
+      order by 1
+      on conflict (machine) do update set steps = excluded.steps, stranded = excluded.stranded`,
+      (a) => [JSON.stringify(a.steps), a.stranded],
+    ),
     machineOf: machineOf(s),
     /** The instance, locked for a move. */
     lockForMove: statement<

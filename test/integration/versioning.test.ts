@@ -177,6 +177,72 @@ describe("start-up check and move", () => {
     await engine.stop();
   });
 
+  it("a start reads the instances again only for a definition new to the check, or after one found some stranded", async () => {
+    const One = defineMachine({
+      name: "Checked",
+      state: z.object({}),
+      steps: { start: (ctx) => ctx.await("go", "finish"), finish: (ctx) => ctx.done(ctx.state) },
+    });
+    const Two = defineMachine({
+      name: "Checked",
+      state: z.object({}),
+      steps: {
+        start: (ctx) => ctx.await("go", "finish"),
+        finish: (ctx) => ctx.done(ctx.state),
+        extra: (ctx) => ctx.done(ctx.state),
+      },
+    });
+    // Parks an instance at a step no definition has, as a node running another definition could
+    // after a check: the row is written directly.
+    const strand = async (engine: ReturnType<typeof db.engine>) => {
+      const { id } = await engine.insert(One, { state: {} });
+      await parked(engine, id);
+      await db.pool.query(`update ${db.schema}.instances set step = 'gone' where id = $1`, [id]);
+      return id;
+    };
+    const start = async (machine: typeof One | typeof Two) => {
+      const engine = db.engine({ queues: { default: 1 }, machines: [machine] });
+      const reported: string[] = [];
+      engine.on("engine:error", (e) => e.loop === "check" && reported.push(String(e.error)));
+      await engine.start();
+      return { engine, reported };
+    };
+
+    // The first start of a definition checks; nothing is stranded.
+    const first = await start(One);
+    expect(first.reported).toEqual([]);
+    const id = await strand(first.engine);
+    await first.engine.stop();
+    // The same definition again: the start does not read the instances (engine.check() does).
+    const same = await start(One);
+    expect(same.reported).toEqual([]);
+    expect((await same.engine.check()).stranded).toEqual([
+      { id, machine: "Checked", step: "gone", status: "awaiting" },
+    ]);
+    await same.engine.stop();
+    // Another definition: checked, and found.
+    const changed = await start(Two);
+    expect(changed.reported).toEqual([expect.stringContaining(`${id} (Checked at "gone", awaiting)`)]);
+    await changed.engine.stop();
+    // Found last time: checked again at every start until none is left.
+    const again = await start(Two);
+    expect(again.reported).toEqual([expect.stringContaining(`${id} (Checked at "gone", awaiting)`)]);
+    await again.engine.move(id, { step: "finish" });
+    await again.engine.wait(id, { timeout: 20_000 });
+    await again.engine.stop();
+    const repaired = await start(Two);
+    expect(repaired.reported).toEqual([]);
+    const later = await strand(repaired.engine);
+    await repaired.engine.stop();
+    // That check found none: the next start of the same definition skips it again.
+    const skipped = await start(Two);
+    expect(skipped.reported).toEqual([]);
+    expect((await skipped.engine.check()).stranded).toEqual([
+      { id: later, machine: "Checked", step: "gone", status: "awaiting" },
+    ]);
+    await skipped.engine.stop();
+  });
+
   it("a step that declares `to` may not go elsewhere; the graph shows the declared edges", async () => {
     const engine = db.engine({ queues: { default: 2 }, machines: [V3] });
     await engine.start();
