@@ -341,6 +341,8 @@ interface GenDurableRunOptions {
   keys?: number;
   /** Jobs queued before the start, of which the run times the first JOBS (as the bench's deep-queue run). */
   queued?: number;
+  /** SQL run after the migrations, `{{schema}}` standing for the schema: a variant to time (gd-variant). */
+  variantSql?: string;
 }
 
 /**
@@ -355,7 +357,15 @@ async function genDurableRun(
   pmPid: number | null,
   concurrency: number,
   poolSize: number,
-  { engines = 1, fillfactor, limited = false, deleteDone = false, keys, queued = JOBS }: GenDurableRunOptions = {},
+  {
+    engines = 1,
+    fillfactor,
+    limited = false,
+    deleteDone = false,
+    keys,
+    queued = JOBS,
+    variantSql,
+  }: GenDurableRunOptions = {},
 ): Promise<Run> {
   const schema = "inv_gen_durable";
   await admin.query(`drop schema if exists ${schema} cascade`);
@@ -364,6 +374,7 @@ async function genDurableRun(
   // Set before the rows go in: it decides how full the inserts leave each page.
   if (fillfactor !== undefined) await admin.query(`alter table ${schema}.instances set (fillfactor = ${fillfactor})`);
   if (deleteDone) await deleteDoneRows(admin, schema);
+  if (variantSql !== undefined) await admin.query(variantSql.replaceAll("{{schema}}", schema));
   // A node started before on these definitions, as in `npm run bench` (one schema for all its phases):
   // the measured start then skips the stranded-instance check, which reads every queued row the
   // first time a definition starts.
@@ -399,7 +410,8 @@ async function genDurableRun(
       (limited ? ", rateLimit never short" : "") +
       (keys === undefined ? "" : `, ${keys} concurrency keys`) +
       (deleteDone ? ", done rows deleted" : "") +
-      (queued === JOBS ? "" : `, ${queued} queued`),
+      (queued === JOBS ? "" : `, ${queued} queued`) +
+      (variantSql === undefined ? "" : ", variant"),
     admin,
     pmPid,
     async () =>
@@ -733,6 +745,21 @@ async function main(): Promise<void> {
       }
       console.log(
         `\n${DEEP_QUEUE} queued ÷ ${JOBS} queued, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
+      );
+    }
+    if (which.includes("gd-variant")) {
+      // The schema as migrated against the same with BENCH_VARIANT_SQL run after the migrations
+      // (`{{schema}}` for the schema), over BENCH_VARIANT_KEYS concurrency keys when set.
+      const variantSql = readFileSync(process.env.BENCH_VARIANT_SQL ?? "", "utf8");
+      const keys = process.env.BENCH_VARIANT_KEYS === undefined ? undefined : Number(process.env.BENCH_VARIANT_KEYS);
+      const ratios: number[] = [];
+      for (let pair = 0; pair < 4; pair++) {
+        const migrated = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys });
+        const variant = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys, variantSql });
+        ratios.push(migrated.ms / variant.ms);
+      }
+      console.log(
+        `\nvariant ÷ as migrated, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
       );
     }
     if (which.includes("gd-delete-done")) {

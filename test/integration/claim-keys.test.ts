@@ -324,4 +324,59 @@ describe("a claim and the rows of its keys", () => {
       side.release();
     }
   });
+
+  it("a group commit gives a key back in place: its row's update enters no index", async () => {
+    // concurrency_keys_claim does not read `holders` (migration 36), so taking a finished step out
+    // of its key's holders changes no indexed column: a HOT update, where it wrote a new entry into
+    // both of the table's indexes while the index held only keys with a free slot.
+    const queue = "claimkeys-release";
+    const Released = defineJob({
+      name: "ClaimKeysReleased",
+      queue,
+      args: z.object({ k: z.number(), n: z.number() }),
+      concurrency: { key: (a) => `release:${a.k}` },
+      perform: () => null,
+    });
+    // Two a key: the second keeps the key's work (run_at) while the first runs and after.
+    await client.insertMany([1, 2, 3].flatMap((k) => [1, 2].map((n) => ({ machine: Released, args: { k, n } }))));
+    const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
+      queue,
+      machines: [Released.name],
+      want: 10,
+      nodeId: "claim-keys-test",
+      leaseMs: 60_000,
+      global: null,
+      startNow: 10,
+      keyedAtMost: 10,
+    });
+    expect(claimed.map((r) => r.concurrency_key).sort()).toEqual(["release:1", "release:2", "release:3"]);
+    const conn = await db.pool.connect();
+    try {
+      await conn.query("begin");
+      const updates = async () =>
+        (
+          await conn.query<{ updated: number; hot: number }>(
+            `select n_tup_upd::int as updated, n_tup_hot_upd::int as hot from pg_stat_xact_user_tables
+             where relid = $1::regclass`,
+            [`${s}.concurrency_keys`],
+          )
+        ).rows[0]!;
+      const before = await updates();
+      const { rows: won } = await claimQueries(db.schema).completeReleasingKeys(conn, {
+        outcomes: claimed.map((r) => outcomeOf(r, "done")),
+      });
+      expect(won).toHaveLength(3);
+      const after = await updates();
+      expect({ updated: after.updated - before.updated, hot: after.hot - before.hot }).toEqual({ updated: 3, hot: 3 });
+      await conn.query("commit");
+    } catch (error) {
+      await conn.query("rollback");
+      throw error;
+    } finally {
+      conn.release();
+    }
+    const keys = await keyRows();
+    expectKeysCurrent(keys);
+    expect(keys.filter((k) => k.key.startsWith("release:")).map((k) => k.holders)).toEqual([[], [], []]);
+  });
 });
