@@ -32,6 +32,15 @@ const MAX_AHEAD = 1_000;
 /** How often the pace of starts is measured (launches per second, smoothed). */
 const PACE_SAMPLE_MS = 100;
 /**
+ * Ramping up (a node's first work, or work after an idle spell), the pace is sampled early, after at
+ * least this long: once the slots have turned over twice at more than twice the pace known, the
+ * steps are short and their pace shows. Until then the buffer holds `concurrency` rows and few steps
+ * draw their tokens early, so waiting out a whole sample ran the first tenth of a second of short
+ * steps nearly a claim and a draw at a time. Steps that run longer never turn the slots over that
+ * fast and wait for the full sample, as before.
+ */
+const RAMP_PACE_SAMPLE_MS = 5;
+/**
  * A row claimed ahead that has waited this long for a slot is given back (uncharged, in its place)
  * for other nodes: the pace it was claimed for did not hold (the running steps turned slow or hang).
  */
@@ -68,6 +77,24 @@ export function rowsWanted(o: { concurrency: number; ahead: number; committing: 
   if (o.committing >= o.concurrency + commitRoom) return 0;
   const buffered = o.committing < commitRoom ? o.ahead : 0;
   return Math.max(0, o.concurrency + buffered - o.held);
+}
+
+/**
+ * The node's pace of starts (steps a second) after `launches` in the `elapsed` ms since the last
+ * sample, or undefined while the sample goes on. Smoothed over samples of PACE_SAMPLE_MS; an idle
+ * spell counts as one sample, so a burst after it starts from a small buffer. A burst of short
+ * steps is sampled early and replaces the pace it outran (RAMP_PACE_SAMPLE_MS).
+ */
+export function sampledPace(o: {
+  pace: number;
+  launches: number;
+  elapsed: number;
+  concurrency: number;
+}): number | undefined {
+  const sampled = (o.launches * 1000) / o.elapsed;
+  const rampingUp = o.elapsed >= RAMP_PACE_SAMPLE_MS && o.launches >= 2 * o.concurrency && sampled > 2 * o.pace;
+  if (rampingUp || o.elapsed > 4 * PACE_SAMPLE_MS) return sampled;
+  return o.elapsed >= PACE_SAMPLE_MS ? (o.pace + sampled) / 2 : undefined;
 }
 
 export interface QueueSchedulerOptions {
@@ -199,15 +226,18 @@ export class QueueScheduler {
   /** The claim-ahead buffer's size: about AHEAD_WINDOW_MS of work at this node's pace. */
   private aheadSize(): number {
     const now = performance.now();
-    const elapsed = now - this.paceSampledAt;
-    if (elapsed >= PACE_SAMPLE_MS) {
-      const sampled = (this.launches * 1000) / elapsed;
-      // An idle spell counts as one sample, so a burst after it starts from a small buffer.
-      this.pace = elapsed > 4 * PACE_SAMPLE_MS ? sampled : (this.pace + sampled) / 2;
+    const { concurrency } = this.o;
+    const pace = sampledPace({
+      pace: this.pace,
+      launches: this.launches,
+      elapsed: now - this.paceSampledAt,
+      concurrency,
+    });
+    if (pace !== undefined) {
+      this.pace = pace;
       this.launches = 0;
       this.paceSampledAt = now;
     }
-    const { concurrency } = this.o;
     return Math.min(MAX_AHEAD, Math.max(concurrency, Math.round((this.pace * AHEAD_WINDOW_MS) / 1000)));
   }
 
