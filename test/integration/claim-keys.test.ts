@@ -118,6 +118,19 @@ const claim = (conn: pg.PoolClient) =>
     keyedAtMost: 100,
   });
 
+/** A claim of up to 10 rows of `machine` from `queue` on the pool, the first `startNow` charged. */
+const claimUpTo10 = (queue: string, machine: string, startNow: number) =>
+  claimQueries(db.schema).claim(db.pool, {
+    queue,
+    machines: [machine],
+    want: 10,
+    nodeId: "claim-keys-test",
+    leaseMs: 60_000,
+    global: null,
+    startNow,
+    keyedAtMost: 10,
+  });
+
 /** A claimed row's outcome as the executor writes it: done, or a retry of the same step a minute later. */
 function outcomeOf(row: ClaimedRow, kind: "done" | "retry"): OutcomeRow {
   const done = { ...doneOutcome(row.id, row.claim_token), concurrency_key: row.concurrency_key, from_step: row.step };
@@ -287,16 +300,7 @@ describe("a claim and the rows of its keys", () => {
     const queue = "claimkeys-plain";
     const Plain = defineJob({ name: "ClaimKeysPlain", queue, args: z.object({ n: z.number() }), perform: () => null });
     await client.insertMany([1, 2, 3].map((n) => ({ machine: Plain, args: { n } })));
-    const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
-      queue,
-      machines: [Plain.name],
-      want: 10,
-      nodeId: "claim-keys-test",
-      leaseMs: 60_000,
-      global: null,
-      startNow: 3,
-      keyedAtMost: 10,
-    });
+    const { rows: claimed } = await claimUpTo10(queue, Plain.name, 3);
     expect(claimed).toHaveLength(3);
     // A migration's CREATE INDEX, say: it waits for every statement that names the table, and
     // every later one waits behind it. Before, every group commit named it.
@@ -339,16 +343,7 @@ describe("a claim and the rows of its keys", () => {
     });
     // Two a key: the second keeps the key's work (run_at) while the first runs and after.
     await client.insertMany([1, 2, 3].flatMap((k) => [1, 2].map((n) => ({ machine: Released, args: { k, n } }))));
-    const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
-      queue,
-      machines: [Released.name],
-      want: 10,
-      nodeId: "claim-keys-test",
-      leaseMs: 60_000,
-      global: null,
-      startNow: 10,
-      keyedAtMost: 10,
-    });
+    const { rows: claimed } = await claimUpTo10(queue, Released.name, 10);
     expect(claimed.map((r) => r.concurrency_key).sort()).toEqual(["release:1", "release:2", "release:3"]);
     const conn = await db.pool.connect();
     try {
