@@ -712,55 +712,37 @@ async function main(): Promise<void> {
         await genDurableRun(db.url, admin, pmPid, 32, 10);
       }
     }
-    if (which.includes("gd-rate-limit")) {
+    /**
+     * `count` alternating pairs at c=32 of the run as migrated (`base` options) and of `options`;
+     * prints each pair's ratio (how much faster the second ran: base time ÷ its time) and the median.
+     */
+    const pairs = async (
+      label: string,
+      count: number,
+      options: GenDurableRunOptions,
+      base: GenDurableRunOptions = {},
+    ) => {
       const ratios: number[] = [];
-      for (let pair = 0; pair < 6; pair++) {
-        const plain = await genDurableRun(db.url, admin, pmPid, 32, 10);
-        const limited = await genDurableRun(db.url, admin, pmPid, 32, 10, { limited: true });
-        ratios.push(plain.ms / limited.ms);
+      for (let pair = 0; pair < count; pair++) {
+        const before = await genDurableRun(db.url, admin, pmPid, 32, 10, base);
+        const after = await genDurableRun(db.url, admin, pmPid, 32, 10, options);
+        ratios.push(before.ms / after.ms);
       }
       console.log(
-        `\nrateLimit never short ÷ without, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
+        `\n${label}, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
       );
-    }
-    if (which.includes("gd-keyed")) {
-      // As the flow phase's keyed run: ten jobs a key, limit 1 a key.
-      const ratios: number[] = [];
-      for (let pair = 0; pair < 6; pair++) {
-        const plain = await genDurableRun(db.url, admin, pmPid, 32, 10);
-        const keyed = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys: Math.max(1, Math.round(JOBS / 10)) });
-        ratios.push(plain.ms / keyed.ms);
-      }
-      console.log(
-        `\nkeyed ÷ unkeyed, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
-      );
-    }
-    if (which.includes("gd-deep")) {
-      // As the bench's deep-queue run: the first JOBS of DEEP_QUEUE queued, against JOBS queued.
-      const ratios: number[] = [];
-      for (let pair = 0; pair < 3; pair++) {
-        const shallow = await genDurableRun(db.url, admin, pmPid, 32, 10);
-        const deep = await genDurableRun(db.url, admin, pmPid, 32, 10, { queued: DEEP_QUEUE });
-        ratios.push(shallow.ms / deep.ms);
-      }
-      console.log(
-        `\n${DEEP_QUEUE} queued ÷ ${JOBS} queued, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
-      );
-    }
+    };
+    if (which.includes("gd-rate-limit")) await pairs("rateLimit never short ÷ without", 6, { limited: true });
+    // As the flow phase's keyed run: ten jobs a key, limit 1 a key.
+    if (which.includes("gd-keyed")) await pairs("keyed ÷ unkeyed", 6, { keys: Math.max(1, Math.round(JOBS / 10)) });
+    // As the bench's deep-queue run: the first JOBS of DEEP_QUEUE queued, against JOBS queued.
+    if (which.includes("gd-deep")) await pairs(`${DEEP_QUEUE} queued ÷ ${JOBS} queued`, 3, { queued: DEEP_QUEUE });
     if (which.includes("gd-variant")) {
       // The schema as migrated against the same with BENCH_VARIANT_SQL run after the migrations
       // (`{{schema}}` for the schema), over BENCH_VARIANT_KEYS concurrency keys when set.
       const variantSql = readFileSync(process.env.BENCH_VARIANT_SQL ?? "", "utf8");
       const keys = process.env.BENCH_VARIANT_KEYS === undefined ? undefined : Number(process.env.BENCH_VARIANT_KEYS);
-      const ratios: number[] = [];
-      for (let pair = 0; pair < 4; pair++) {
-        const migrated = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys });
-        const variant = await genDurableRun(db.url, admin, pmPid, 32, 10, { keys, variantSql });
-        ratios.push(migrated.ms / variant.ms);
-      }
-      console.log(
-        `\nvariant ÷ as migrated, by pair: ${ratios.map((r) => r.toFixed(3)).join(", ")}; median ${median(ratios).toFixed(3)}`,
-      );
+      await pairs("variant ÷ as migrated", 4, { keys, variantSql }, { keys });
     }
     if (which.includes("gd-delete-done")) {
       for (let pair = 0; pair < 3; pair++) {
