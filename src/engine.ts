@@ -127,15 +127,7 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       this.state = "new";
       throw error;
     }
-    if (this.config.queues.size > 0) {
-      // Before any loop claims one: instances parked at steps these definitions lack would burn their attempts.
-      const stranded = await strandedAtStart(this.client).catch((error: unknown) => {
-        this.reportError("check", error);
-        return [];
-      });
-      if (stranded.length > 0) this.reportError("check", strandedError(stranded));
-      this.startLoops();
-    }
+    if (this.config.queues.size > 0) this.startLoops();
     this.state = "started";
   }
 
@@ -153,7 +145,15 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
       options: config.telemetry,
       onError: (error) => this.reportError("telemetry", error),
     });
-    await recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node() });
+    // Before any loop claims one: instances parked at steps these definitions lack would burn their
+    // attempts. Reported, not thrown: the node runs the rest.
+    const strandedCheck = () =>
+      strandedAtStart(this.client).then(
+        (stranded) => void (stranded.length > 0 && this.reportError("check", strandedError(stranded))),
+        (error: unknown) => this.reportError("check", error),
+      );
+    const alongside = config.queues.size > 0 ? [strandedCheck()] : [];
+    await recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node(), alongside });
     // Your own pool keeps what you configured it to.
     if (this.ownsPool) await openIdleConnections(pool, config.idleConnections);
   }

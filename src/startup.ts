@@ -1,7 +1,11 @@
 /**
  * What GenDurable.start() checks and records before any loop runs: that the schema is migrated and
  * the pool is fit, the clock; then what other nodes, pruners and the SQL API read from the database
- * (retentions, machine defaults, this node's heartbeat row).
+ * (retentions, machine defaults, this node's heartbeat row). The checks are independent reads, and
+ * the records independent writes (each its own transaction, or the lease connection's statement):
+ * each group runs side by side, on connections of their own. One after another, their round trips
+ * and the connections opened for them one by one were most of a start (bench/README.md, "Figures
+ * behind choices in the code").
  */
 import type pg from "pg";
 import type { ResolvedConfig } from "./config.js";
@@ -26,10 +30,16 @@ export async function checkBeforeStart(deps: {
   const { pool, config } = deps;
   // Values of asynchronous schemas could not be checked in the constructor: before anything runs.
   const cron = await checkDeferredCron(config.cron, config.maxPayloadBytes, (m) => new ConfigError(`GenDurable: ${m}`));
-  const version = await currentVersion(pool, config.schema);
-  if (version < LATEST_MIGRATION) throw new NotMigratedError(config.schema, version, LATEST_MIGRATION);
-  await deps.checkPool();
-  await deps.clock.sync(pool, config.schema);
+  const [version, poolChecked, clockRead] = await Promise.allSettled([
+    currentVersion(pool, config.schema),
+    deps.checkPool(),
+    deps.clock.sync(pool, config.schema),
+  ]);
+  // The schema's version is told first: a schema not migrated also fails the clock's read.
+  const migrated = valueOf(version);
+  if (migrated < LATEST_MIGRATION) throw new NotMigratedError(config.schema, migrated, LATEST_MIGRATION);
+  valueOf(poolChecked);
+  valueOf(clockRead);
   return cron;
 }
 
@@ -42,12 +52,32 @@ export async function recordStart(deps: {
   leases: Leases;
   clockWatch: ClockWatch;
   node: NodeInfo;
+  /** More of the start's own work, run beside the records and waited for with them. */
+  alongside?: ReadonlyArray<Promise<unknown>>;
 }): Promise<void> {
   const { pool, config, sql } = deps;
-  // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
-  await deps.pruner.recordRetentions();
-  // The SQL API's insert and signal take machines' defaults and these options from the database.
-  await recordForSql(pool, sql.sqlApi, config.schema, config.machines, config);
-  if (config.queues.size > 0)
-    await heartbeat({ leases: deps.leases, flow: sql.flow, node: deps.node, clock: deps.clockWatch });
+  await allSettledOrFirstError([
+    // Every pruner (any node, the CLI) must honour this engine's per-machine retention.
+    deps.pruner.recordRetentions(),
+    // The SQL API's insert and signal take machines' defaults and these options from the database.
+    recordForSql(pool, sql.sqlApi, config.schema, config.machines, config),
+    config.queues.size > 0
+      ? heartbeat({ leases: deps.leases, flow: sql.flow, node: deps.node, clock: deps.clockWatch })
+      : undefined,
+    ...(deps.alongside ?? []),
+  ]);
+}
+
+/** The value of a settled promise, or its error thrown. */
+function valueOf<T>(settled: PromiseSettledResult<T>): T {
+  if (settled.status === "rejected") throw settled.reason;
+  return settled.value;
+}
+
+/**
+ * Waits for every one of `work` and then throws the first error, if any: a start that fails leaves
+ * nothing of its own still writing (start() may be called again at once).
+ */
+async function allSettledOrFirstError(work: ReadonlyArray<Promise<unknown> | undefined>): Promise<void> {
+  for (const settled of await Promise.allSettled(work)) valueOf(settled);
 }

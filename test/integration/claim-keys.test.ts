@@ -374,4 +374,59 @@ describe("a claim and the rows of its keys", () => {
     expectKeysCurrent(keys);
     expect(keys.filter((k) => k.key.startsWith("release:")).map((k) => k.holders)).toEqual([[], [], []]);
   });
+
+  it("two group commits written at once over the same keys: every outcome commits, every key is given back", async () => {
+    // The group commit writes a full batch beside the one in flight (runtime/completer.ts): both
+    // lock their keys before any row, in one global order, so sharing every key they wait on each
+    // other's keys at most, never in a cycle.
+    const queue = "claimkeys-two-commits";
+    const Shared = defineJob({
+      name: "ClaimKeysShared",
+      queue,
+      args: z.object({ k: z.number(), n: z.number() }),
+      concurrency: { key: (a) => `shared:${a.k}`, limit: 11 },
+      perform: () => null,
+    });
+    const jobs = 1_100;
+    await client.insertMany(Array.from({ length: jobs }, (_, n) => ({ machine: Shared, args: { k: n % 100, n } })));
+    const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
+      queue,
+      machines: [Shared.name],
+      want: jobs,
+      nodeId: "claim-keys-test",
+      leaseMs: 60_000,
+      global: null,
+      startNow: jobs,
+      keyedAtMost: jobs,
+    });
+    expect(claimed).toHaveLength(jobs);
+    const queries = claimQueries(db.schema);
+    let writing = 0;
+    let mostAtOnce = 0;
+    const completeReleasingKeys: typeof queries.completeReleasingKeys = Object.assign(
+      async (...args: Parameters<typeof queries.completeReleasingKeys>) => {
+        mostAtOnce = Math.max(mostAtOnce, ++writing);
+        try {
+          return await queries.completeReleasingKeys(...args);
+        } finally {
+          writing--;
+        }
+      },
+      { text: queries.completeReleasingKeys.text },
+    );
+    const completer = new Completer(db.pool, { ...queries, completeReleasingKeys });
+    // Round robin over the keys: every batch of the 1,100 outcomes holds all 100 of them.
+    const byKey = [...claimed].sort((a, b) => a.id.localeCompare(b.id, "en", { numeric: true }));
+    const won = await Promise.all(byKey.map((row) => completer.submit(outcomeOf(row, "done"))));
+    expect(won.every(Boolean)).toBe(true);
+    expect(mostAtOnce).toBe(2);
+    const { rows } = await db.pool.query<{ status: string; n: number }>(
+      `select status, count(*)::int as n from ${s}.instances where queue = $1 group by 1`,
+      [queue],
+    );
+    expect(rows).toEqual([{ status: "done", n: jobs }]);
+    const keys = await keyRows();
+    expectKeysCurrent(keys);
+    expect(keys.filter((k) => k.key.startsWith("shared:") && k.holders.length > 0)).toEqual([]);
+  });
 });
