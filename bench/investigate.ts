@@ -231,7 +231,9 @@ function report(r: Run): void {
   if (total > 0) console.log(`  round trips: ${fmt(total / r.jobs)} per job (${total} statements)`);
   for (const [kind, s] of [...r.stats].sort((a, b) => b[1].n - a[1].n)) {
     console.log(
-      `    ${kind.padEnd(34)} ${String(s.n).padStart(6)} × ${fmt(s.ms / s.n).padStart(6)} ms   rows/stmt ${fmt(s.rows / s.n)}`,
+      // Statement time ÷ run time: how busy that kind of statement kept its connection(s) — above 1
+      // when several run at once (the group commit writes up to two batches at a time).
+      `    ${kind.padEnd(34)} ${String(s.n).padStart(6)} × ${fmt(s.ms / s.n).padStart(6)} ms   rows/stmt ${fmt(s.rows / s.n).padEnd(6)} in flight ${(s.ms / r.ms).toFixed(2)}`,
     );
   }
 }
