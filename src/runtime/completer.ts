@@ -81,7 +81,8 @@ export class Completer {
   private async flush(): Promise<void> {
     const batch = this.queue.splice(0, MAX_BATCH);
     try {
-      await this.write(batch);
+      // Empty when a full batch submitted in the turn this flush waited for went out beside it.
+      if (batch.length > 0) await this.write(batch);
     } finally {
       this.flushing--;
       this.kick();

@@ -31,6 +31,18 @@ const turn = async () => {
 };
 
 describe("Completer: group commits in flight", () => {
+  it("writes a full batch submitted in one turn once, with no empty statement after it", async () => {
+    const { batches, statements } = heldStatements();
+    const completer = new Completer({} as pg.Pool, statements);
+    const submitted = Array.from({ length: MAX_BATCH }, (_, n) => completer.submit(outcome(n)));
+    await turn();
+    expect(batches.map((b) => b.ids.length)).toEqual([MAX_BATCH]);
+    batches[0]!.answer();
+    expect((await Promise.all(submitted)).every(Boolean)).toBe(true);
+    await completer.whenIdle();
+    expect(batches).toHaveLength(1);
+  });
+
   it("writes a full batch waiting behind the one in flight beside it, never more than two at once", async () => {
     const { batches, statements } = heldStatements();
     const completer = new Completer({} as pg.Pool, statements);
