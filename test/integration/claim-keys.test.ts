@@ -131,6 +131,16 @@ const claimUpTo10 = (queue: string, machine: string, startNow: number) =>
     keyedAtMost: 10,
   });
 
+/** A no-op job of `queue` keyed `<prefix>:<k>`, `limit` steps a key at once (1 unless given). */
+const keyedJob = (name: string, queue: string, prefix: string, limit?: number) =>
+  defineJob({
+    name,
+    queue,
+    args: z.object({ k: z.number(), n: z.number() }),
+    concurrency: { key: (a) => `${prefix}:${a.k}`, ...(limit === undefined ? {} : { limit }) },
+    perform: () => null,
+  });
+
 /** A claimed row's outcome as the executor writes it: done, or a retry of the same step a minute later. */
 function outcomeOf(row: ClaimedRow, kind: "done" | "retry"): OutcomeRow {
   const done = { ...doneOutcome(row.id, row.claim_token), concurrency_key: row.concurrency_key, from_step: row.step };
@@ -334,13 +344,7 @@ describe("a claim and the rows of its keys", () => {
     // of its key's holders changes no indexed column: a HOT update, where it wrote a new entry into
     // both of the table's indexes while the index held only keys with a free slot.
     const queue = "claimkeys-release";
-    const Released = defineJob({
-      name: "ClaimKeysReleased",
-      queue,
-      args: z.object({ k: z.number(), n: z.number() }),
-      concurrency: { key: (a) => `release:${a.k}` },
-      perform: () => null,
-    });
+    const Released = keyedJob("ClaimKeysReleased", queue, "release");
     // Two a key: the second keeps the key's work (run_at) while the first runs and after.
     await client.insertMany([1, 2, 3].flatMap((k) => [1, 2].map((n) => ({ machine: Released, args: { k, n } }))));
     const { rows: claimed } = await claimUpTo10(queue, Released.name, 10);
@@ -380,13 +384,7 @@ describe("a claim and the rows of its keys", () => {
     // lock their keys before any row, in one global order, so sharing every key they wait on each
     // other's keys at most, never in a cycle.
     const queue = "claimkeys-two-commits";
-    const Shared = defineJob({
-      name: "ClaimKeysShared",
-      queue,
-      args: z.object({ k: z.number(), n: z.number() }),
-      concurrency: { key: (a) => `shared:${a.k}`, limit: 11 },
-      perform: () => null,
-    });
+    const Shared = keyedJob("ClaimKeysShared", queue, "shared", 11);
     const jobs = 1_100;
     await client.insertMany(Array.from({ length: jobs }, (_, n) => ({ machine: Shared, args: { k: n % 100, n } })));
     const { rows: claimed } = await claimQueries(db.schema).claim(db.pool, {
