@@ -7,7 +7,8 @@
 // commit must be waiting for it holding no other row.
 import { describe, expect, it } from "vitest";
 import { claimQueries } from "../../src/sql/claims.js";
-import { eventually, useTestDatabase } from "../support/db.js";
+import { useTestDatabase } from "../support/db.js";
+import { waitForLockWait } from "../support/locks.js";
 import { doneOutcome } from "../support/outcomes.js";
 
 const db = await useTestDatabase(import.meta.url);
@@ -28,12 +29,8 @@ describe("the group commit's lock order", () => {
     await side.query(`select id from ${s}.instances where id = 1 for update`);
     const commit = claimQueries(db.schema).complete(db.pool, { outcomes: rows });
     try {
-      await eventually("the commit waiting for row 1", async () => {
-        const { rows: waiting } = await db.pool.query(
-          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%complete_outcomes(%' and pid <> pg_backend_pid()`,
-        );
-        return waiting.length > 0;
-      });
+      // This schema's commit: other test files' group commits on the server may wait for locks too.
+      await waitForLockWait(db.pool, "the commit, for row 1,", [`${s}.complete_outcomes(`]);
       // Every other row is still free: the commit holds none of them while it waits.
       const { rows: free } = await db.pool.query(`select id from ${s}.instances where id > 1 for update skip locked`);
       expect(free.length).toBe(TABLE - 1);

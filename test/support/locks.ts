@@ -41,6 +41,17 @@ export async function waitForLockWait(
   );
 }
 
+/**
+ * Terminates the backends whose statement contains every one of `fragments` and waits for a lock;
+ * returns how many. Name the schema among the fragments: other test files' engines on the same
+ * server run the same statements.
+ */
+export async function terminateLockWaiters(pool: pg.Pool, fragments: string[]): Promise<number> {
+  const pids = await lockWaiters(pool, fragments);
+  await pool.query("select pg_terminate_backend(pid) from unnest($1::int[]) pid", [pids]);
+  return pids.length;
+}
+
 /** Cancels the statements containing every one of `fragments` that wait for a lock; returns how many. */
 export async function cancelLockWaiters(pool: pg.Pool, fragments: string[]): Promise<number> {
   const pids = await lockWaiters(pool, fragments);
