@@ -16,7 +16,7 @@ import { silentLogger } from "./logger.js";
 import { Pruner, type PruneOptions, type PruneResult } from "./loops/gc.js";
 import { ClockWatch } from "./loops/clock-skew.js";
 import type { CheckedCron, CronEntry, ResolvedCronEntry } from "./cron/entries.js";
-import { checkBeforeStart, recordStart } from "./startup.js";
+import { allSettledOrFirstError, checkBeforeStart, recordStart } from "./startup.js";
 import { nodeWakeups, WorkerNode } from "./worker.js";
 import type { AnySpec, CheckedSpecs, InsertArgs, InstanceOf, InstanceRef, MachinesOf } from "./machine-types.js";
 import type { Instance, InsertResult, ListFilter, SignalOptions, SignalResult, Transition } from "./instance.js";
@@ -152,8 +152,10 @@ export class GenDurable<const Cron extends readonly CronEntry[] = readonly CronE
         (stranded) => void (stranded.length > 0 && this.reportError("check", strandedError(stranded))),
         (error: unknown) => this.reportError("check", error),
       );
-    const alongside = config.queues.size > 0 ? [strandedCheck()] : [];
-    await recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node(), alongside });
+    await allSettledOrFirstError([
+      recordStart({ pool, config, sql, pruner, leases, clockWatch, node: this.node() }),
+      config.queues.size > 0 ? strandedCheck() : undefined,
+    ]);
     // Your own pool keeps what you configured it to.
     if (this.ownsPool) await openIdleConnections(pool, config.idleConnections);
   }

@@ -52,8 +52,6 @@ export async function recordStart(deps: {
   leases: Leases;
   clockWatch: ClockWatch;
   node: NodeInfo;
-  /** More of the start's own work, run beside the records and waited for with them. */
-  alongside?: ReadonlyArray<Promise<unknown>>;
 }): Promise<void> {
   const { pool, config, sql } = deps;
   await allSettledOrFirstError([
@@ -64,7 +62,6 @@ export async function recordStart(deps: {
     config.queues.size > 0
       ? heartbeat({ leases: deps.leases, flow: sql.flow, node: deps.node, clock: deps.clockWatch })
       : undefined,
-    ...(deps.alongside ?? []),
   ]);
 }
 
@@ -78,6 +75,6 @@ function valueOf<T>(settled: PromiseSettledResult<T>): T {
  * Waits for every one of `work` and then throws the first error, if any: a start that fails leaves
  * nothing of its own still writing (start() may be called again at once).
  */
-async function allSettledOrFirstError(work: ReadonlyArray<Promise<unknown> | undefined>): Promise<void> {
+export async function allSettledOrFirstError(work: ReadonlyArray<Promise<unknown> | undefined>): Promise<void> {
   for (const settled of await Promise.allSettled(work)) valueOf(settled);
 }
