@@ -68,12 +68,12 @@ export function nodeWakeups(worker: () => WorkerNode | undefined, notify: (queue
     broadcast: (queue) => {
       const scheduler = worker()?.schedulers.get(queue);
       if (scheduler === undefined) return notify(queue);
-      scheduler.wake();
-      // The NOTIFY for the other nodes goes out after this node's own claim (wake() sends it from
-      // a setImmediate queued before this one): sent first, it ran beside the claim on a 2-core
-      // server and an insert on the worker's own engine started its step later
-      // (bench/README.md, "Figures behind choices in the code").
-      setImmediate(() => notify(queue));
+      // The NOTIFY for the other nodes goes out once this node's own claim is back: sent beside
+      // it, its commit and the listeners it woke shared a 2-core server with the claim, and an
+      // insert on the worker's own engine started its step later (bench/README.md, "Figures
+      // behind choices in the code"). When this node has no room, no claim goes out and it is
+      // sent at once.
+      scheduler.wakeThen(() => notify(queue));
     },
     joins: () => worker()?.loops.joins.trigger(),
     timeouts: (delayMs) => worker()?.loops.timeouts.triggerIn(delayMs),

@@ -149,6 +149,8 @@ export class QueueScheduler {
   private pace = 0;
   private stopped = true;
   private fillScheduled = false;
+  /** Callers of wakeThen waiting for the claim their wake-up leads to (or to learn none goes out). */
+  private afterClaim: Array<() => void> = [];
   private readonly inFlight = new Set<Promise<void>>();
   private readonly timers = new Set<LongTimeout>();
 
@@ -176,6 +178,7 @@ export class QueueScheduler {
     this.staleCheck = undefined;
     for (const timer of this.timers) timer.clear();
     this.timers.clear();
+    this.tellAfterClaim();
     await this.claimInFlight?.catch(() => {}); // a failed claim is fill()'s to report
   }
 
@@ -202,6 +205,22 @@ export class QueueScheduler {
     }
     this.mayHaveMore = true;
     this.scheduleFill();
+  }
+
+  /**
+   * Wakes the scheduler now; `after` runs once the claim this wake-up leads to has come back
+   * (its rows leased), or as soon as it is clear that no claim goes out (no room, or stopped).
+   */
+  wakeThen(after: () => void): void {
+    if (this.stopped) return after();
+    this.afterClaim.push(after);
+    this.wake();
+  }
+
+  /** Runs the wakeThen callbacks that wait. */
+  private tellAfterClaim(told = this.afterClaim): void {
+    if (told === this.afterClaim) this.afterClaim = [];
+    for (const after of told) after();
   }
 
   /** Coalesces the wake-ups and freed slots of one event-loop turn into one claim. */
@@ -242,6 +261,7 @@ export class QueueScheduler {
   }
 
   private async fill(): Promise<void> {
+    // A claim going on tells the wakeThen callers once its loop is over; a stopped one told them.
     if (this.claiming || this.stopped) return;
     this.claiming = true;
     try {
@@ -252,12 +272,17 @@ export class QueueScheduler {
         this.mayHaveMore = false;
         const started = performance.now();
         this.reserved = freeSlots;
+        // Woken before this claim went out: told once it is back (a claim already out when they
+        // woke it may predate their rows, and the loop claims again for them).
+        const told = this.afterClaim;
+        this.afterClaim = [];
         let rows: ClaimedRow[];
         try {
           rows = await (this.claimInFlight = this.claim(want, freeSlots));
         } finally {
           this.reserved = 0;
           this.claimInFlight = undefined;
+          this.tellAfterClaim(told);
         }
         this.o.events.emit("loop:tick", {
           loop: "scheduler",
@@ -290,6 +315,8 @@ export class QueueScheduler {
       this.wake(250);
     } finally {
       this.claiming = false;
+      // No claim goes out for those still waiting: nothing more is wanted.
+      this.tellAfterClaim();
     }
   }
 

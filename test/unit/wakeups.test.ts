@@ -1,30 +1,35 @@
 import { describe, expect, it } from "vitest";
 import { nodeWakeups, type WorkerNode } from "../../src/worker.js";
 
-/** One turn of the event loop's check phase: setImmediate callbacks queued before this one have run. */
-const nextImmediate = () => new Promise<void>((resolve) => setImmediate(resolve));
-
 /**
- * A node whose scheduler of queue "q" claims as QueueScheduler.wake() does: from a setImmediate
- * (coalescing the wake-ups of one turn), recorded in `sent` as the claim goes out.
+ * A node whose scheduler of queue "q" claims as QueueScheduler.wakeThen() does: the claim goes
+ * out, recorded in `sent`, and the callback runs once the test answers it (`answerClaim`).
  */
 function nodeWithScheduler(sent: string[]) {
-  const scheduler = { wake: () => void setImmediate(() => sent.push("claim q")) };
+  const waiting: Array<() => void> = [];
+  const scheduler = {
+    wakeThen: (after: () => void) => {
+      sent.push("claim q");
+      waiting.push(after);
+    },
+  };
   const worker = { schedulers: new Map([["q", scheduler]]) } as unknown as WorkerNode;
-  return nodeWakeups(
+  const wakeups = nodeWakeups(
     () => worker,
     (queue) => sent.push(`notify ${queue}`),
   );
+  return Object.assign(wakeups, { answerClaim: () => waiting.splice(0).forEach((after) => after()) });
 }
 
 describe("nodeWakeups.broadcast", () => {
-  it("sends this node's claim before the NOTIFY that wakes the other nodes", async () => {
-    // Sent first, the NOTIFY ran beside the claim on the server, and an insert on the worker's
+  it("sends the NOTIFY that wakes the other nodes once this node's own claim is back", () => {
+    // Sent beside the claim, the NOTIFY ran beside it on the server, and an insert on the worker's
     // own engine started its step later.
     const sent: string[] = [];
-    nodeWithScheduler(sent).broadcast("q");
-    expect(sent).toEqual([]);
-    await nextImmediate();
+    const node = nodeWithScheduler(sent);
+    node.broadcast("q");
+    expect(sent).toEqual(["claim q"]);
+    node.answerClaim();
     expect(sent).toEqual(["claim q", "notify q"]);
   });
 
