@@ -72,9 +72,11 @@ export function signalQueries(schema: string) {
   const s = quoteIdent(schema);
   return {
     /**
-     * engine.signal in one statement (deliver_signal, migration 0022): locks the instance's
-     * concurrency key and row, stores the signal, and resumes the instance when its mailbox now
-     * satisfies its await, all server-side in that order.
+     * engine.signal in one statement (deliver_signal, migrations 0022 and 0037): locks the
+     * instance's concurrency key and row, stores the signal, and resumes the instance when its
+     * mailbox now satisfies its await, all server-side in that order. A signal that completes an
+     * await of its event on its own, with nothing older waiting, is stored consumed
+     * (store_signal): one row written, where the mailbox's way wrote it and then consumed it.
      */
     deliver: statement<DeliverArgs, DeliverRow>(
       `select outcome, signal_id::text as signal_id, instance_id::text as instance_id, status, machine, wake_queue
