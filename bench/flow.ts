@@ -36,7 +36,7 @@ import pg from "pg";
 import { z } from "zod";
 import { defineJob, GenDurable, migrate, type InsertManyItem } from "./engine.js";
 import { pgBossSplit } from "./systems/pg-boss.js";
-import { fmt, fmtRatio, HandlerCalls, median, round, sleep, warmUp } from "./util.js";
+import { fmt, fmtRatio, HandlerCalls, median, medianRun, round, sleep, warmUp } from "./util.js";
 
 export interface FlowParams {
   /** Jobs per run: unkeyed, keyed, and the others of the hot-key run. */
@@ -691,12 +691,6 @@ async function runPairs(
   }
   out.ratio = median(out.pairs.map((x) => x.ratio));
   return out;
-}
-
-/** The run of median jobs/s (the lower middle one for an even count). */
-function medianRun<T extends FlowRun>(runs: readonly T[]): T {
-  const sorted = [...runs].sort((a, b) => a.perSecond - b.perSecond);
-  return sorted[(sorted.length - 1) >> 1]!;
 }
 
 function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

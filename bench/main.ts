@@ -4,9 +4,10 @@
  * one system works at any moment).
  * See bench/README.md for what is measured and why it is measured that way.
  *
- *   npm run bench                        # everything, 3-5 minutes on 2 cores (depends on load)
+ *   npm run bench                        # everything, 12-16 minutes on 2 cores (depends on load)
  *   BENCH_SYSTEMS=gen-durable,pg-boss …  # a subset (keys below)
  *   BENCH_JOBS=5000 …                    # a quicker, noisier run
+ *   BENCH_ROUNDS=1 …                     # one processing round a concurrency instead of five
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, loadavg, platform, release } from "node:os";
@@ -21,13 +22,34 @@ import type { BenchSystem, FanoutCheck } from "./systems/types.js";
 import { benchSignals, type SignalsResult } from "./signals.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
 import { genDurableBuild } from "./engine.js";
-import { fmt, fmtRatio, HandlerCalls, percentile, round, runConcurrently, sleep, warmUp, withTimeout } from "./util.js";
+import {
+  fmt,
+  fmtRatio,
+  HandlerCalls,
+  median,
+  medianRun,
+  percentile,
+  round,
+  runConcurrently,
+  sleep,
+  warmUp,
+  withTimeout,
+} from "./util.js";
 import { countStatements, measureCost, type Cost } from "./cost.js";
 
 const JOBS = intEnv("BENCH_JOBS", 20_000);
 const BULK_BATCH = intEnv("BENCH_BULK_BATCH", 1_000);
 const SINGLE_CONCURRENCY = intEnv("BENCH_SINGLE_CONCURRENCY", 10);
 const CONCURRENCIES = [10, 32] as const;
+/**
+ * Rounds of the processing phase: each round, every system processes JOBS at each concurrency once
+ * (the systems' order rotating), and a system's figure is its median round. One round of 20,000
+ * jobs lasts about a second for the fastest systems, and the same build measured 19,000 and 35,000
+ * jobs/s in two runs on a shared 2-core host: a single round decides a ratio by when the host was
+ * busy. Ratios against a peer are the median of the rounds' ratios (each round's runs go back to
+ * back), as the flow phase pairs its runs.
+ */
+const ROUNDS = intEnv("BENCH_ROUNDS", 5);
 // 1,000 a system and path: a p99 of 200 samples was their second-worst, and one pause decided it.
 const LATENCY_JOBS = intEnv("BENCH_LATENCY_JOBS", 1_000);
 /**
@@ -84,8 +106,10 @@ interface Processing extends Rate {
   startupMs: number;
   /** Handler invocations seen; more than `jobs` means at-least-once re-runs happened. */
   handlerCalls: number;
-  /** Per job, on the run at COST_CONCURRENCY (see bench/cost.ts). */
+  /** Per job, on the run at COST_CONCURRENCY (see bench/cost.ts): the first round's. */
   cost?: Cost;
+  /** Jobs/s of every round, in order (the figures above are the median round's). */
+  rounds?: number[];
 }
 interface Latency {
   jobs: number;
@@ -370,23 +394,36 @@ async function benchAll(
       partial.get(system)!.enqueueSingle = { ...rate(JOBS, ms), concurrency: SINGLE_CONCURRENCY };
     }
 
-    for (const [n, concurrency] of CONCURRENCIES.entries()) {
-      for (const system of rotated()) {
-        if (n > 0) {
-          await system.reset();
-          await system.enqueueBulk(0, JOBS, BULK_BATCH);
+    const runs = new Map(systems.map((s) => [s, new Map(CONCURRENCIES.map((c) => [c, [] as Processing[]]))]));
+    for (let k = 0; k < ROUNDS; k++) {
+      for (const [n, concurrency] of CONCURRENCIES.entries()) {
+        for (const system of rotated()) {
+          if (k > 0 || n > 0) {
+            await system.reset();
+            await system.enqueueBulk(0, JOBS, BULK_BATCH);
+          }
+          await vacuum(admin, system.schema);
+          step(system, `round ${k + 1} of ${ROUNDS}: process ${JOBS} at concurrency ${concurrency}`);
+          let result: Processing;
+          if (k === 0 && concurrency === COST_CONCURRENCY) {
+            const [processed, cost] = await measureCost(admin, JOBS, () => processAll(system, concurrency, JOBS));
+            result = { ...processed, cost };
+          } else {
+            result = await processAll(system, concurrency, JOBS);
+          }
+          runs.get(system)!.get(concurrency)!.push(result);
+          step(system, `  ${fmt(result.perSecond)} jobs/s`);
         }
-        await vacuum(admin, system.schema);
-        step(system, `process ${JOBS} at concurrency ${concurrency}`);
-        let result: Processing;
-        if (concurrency === COST_CONCURRENCY) {
-          const [processed, cost] = await measureCost(admin, JOBS, () => processAll(system, concurrency, JOBS));
-          result = { ...processed, cost };
-        } else {
-          result = await processAll(system, concurrency, JOBS);
-        }
-        partial.get(system)!.processing[`c${concurrency}`] = result;
-        step(system, `  ${fmt(result.perSecond)} jobs/s`);
+      }
+    }
+    for (const system of systems) {
+      for (const [concurrency, rounds] of runs.get(system)!) {
+        const { cost } = rounds[0]!;
+        partial.get(system)!.processing[`c${concurrency}`] = {
+          ...medianRun(rounds),
+          ...(cost ? { cost } : {}),
+          rounds: rounds.map((r) => r.perSecond),
+        };
       }
     }
 
@@ -499,6 +536,8 @@ interface Metric {
   unit: string;
   better: "higher" | "lower";
   value: (r: SystemResult) => number;
+  /** gen-durable ÷ peer, when it is not the ratio of the two values. */
+  ratio?: (gd: SystemResult, peer: SystemResult) => number;
 }
 
 const METRICS: Metric[] = [
@@ -522,6 +561,7 @@ const METRICS: Metric[] = [
     unit: "jobs/s",
     better: "higher",
     value: (r) => r.processing[`c${c}`]!.perSecond,
+    ratio: (gd, peer) => roundsRatio(gd.processing[`c${c}`]!, peer.processing[`c${c}`]!),
   })),
   {
     key: "processingDeepQueue",
@@ -679,22 +719,32 @@ function signalGoal(signals: SignalsResult) {
   };
 }
 
+/** The median of the rounds' ratios, a's ÷ b's, pairing each round's runs (see ROUNDS). */
+function roundsRatio(a: Processing, b: Processing): number {
+  const pairs = Math.min(a.rounds?.length ?? 0, b.rounds?.length ?? 0);
+  if (pairs === 0) return a.perSecond / b.perSecond;
+  return median(Array.from({ length: pairs }, (_, k) => a.rounds![k]! / b.rounds![k]!));
+}
+
 function compare(results: SystemResult[]) {
   const gd = results.find((r) => r.name === "gen-durable") ?? results[0]!;
   const peers = results.filter((r) => r !== gd);
-  return METRICS.map((m) => ({
-    metric: m.key,
-    label: m.label,
-    unit: m.unit,
-    better: m.better,
-    [gd.name]: m.value(gd),
+  return METRICS.map((m) => {
     // ratio = gen-durable ÷ peer, always: > 1 is better for rates, < 1 is better for latencies.
-    peers: peers.map((p) => ({ name: p.name, value: m.value(p), ratio: round(m.value(gd) / m.value(p), 3) })),
-    line:
-      `${m.label}: ${gd.name} ${fmt(m.value(gd))} ${m.unit}` +
-      peers.map((p) => ` | ${p.name} ${fmt(m.value(p))} (${fmtRatio(m.value(gd) / m.value(p))})`).join("") +
-      `   [${m.better} is better]`,
-  }));
+    const ratio = (p: SystemResult) => (m.ratio ? m.ratio(gd, p) : m.value(gd) / m.value(p));
+    return {
+      metric: m.key,
+      label: m.label,
+      unit: m.unit,
+      better: m.better,
+      [gd.name]: m.value(gd),
+      peers: peers.map((p) => ({ name: p.name, value: m.value(p), ratio: round(ratio(p), 3) })),
+      line:
+        `${m.label}: ${gd.name} ${fmt(m.value(gd))} ${m.unit}` +
+        peers.map((p) => ` | ${p.name} ${fmt(m.value(p))} (${fmtRatio(ratio(p))})`).join("") +
+        `   [${m.better} is better]`,
+    };
+  });
 }
 
 /** Per job, at the concurrency measured: what each system asked of Postgres and of the CPUs. */
@@ -780,6 +830,14 @@ async function main(): Promise<void> {
       "Ratios are gen-durable ÷ peer: above 1× gen-durable is faster for rates; below 1× it is quicker for latencies.",
     );
     for (const c of comparisons) log(c.line);
+    log(
+      `processing, jobs/s of each round (the median round is the figure above): ` +
+        CONCURRENCIES.map(
+          (c) =>
+            `c=${c}: ` +
+            results.map((r) => `${r.name} ${(r.processing[`c${c}`]!.rounds ?? []).map(fmt).join(", ")}`).join("; "),
+        ).join(" | "),
+    );
     if (COST_CONCURRENCY !== null) printCosts(results, COST_CONCURRENCY);
     const deepConcurrency = CONCURRENCIES[CONCURRENCIES.length - 1]!;
     log(
@@ -847,6 +905,7 @@ async function main(): Promise<void> {
         bulkBatchSize: BULK_BATCH,
         singleConcurrency: SINGLE_CONCURRENCY,
         concurrencies: CONCURRENCIES,
+        processingRounds: ROUNDS,
         latencyJobs: LATENCY_JOBS,
         latencyWorkerConcurrency: LATENCY_CONCURRENCY,
         warmupMs: WARMUP_MS,

@@ -78,6 +78,12 @@ export function median(values: readonly number[]): number {
   return round(sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2, 3);
 }
 
+/** The run of median jobs/s (the lower middle one for an even count). */
+export function medianRun<T extends { perSecond: number }>(runs: readonly T[]): T {
+  const sorted = [...runs].sort((a, b) => a.perSecond - b.perSecond);
+  return sorted[(sorted.length - 1) >> 1]!;
+}
+
 /** Nearest-rank percentile of an unsorted sample (p in 0..100). */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return NaN;
