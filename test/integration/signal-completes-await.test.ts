@@ -131,8 +131,27 @@ describe("a signal that completes an await on its own", () => {
       inserted: 1,
       updated: 0,
     });
-    // Signals sent while another is in flight share a statement (deliver_signals).
-    await Promise.all([engine.signal(b.key, "go", 2), engine.signal(c.key, "go", 3)]);
+    // The statement that signals sent while another is in flight share (deliver_signals); without
+    // a NOTIFY channel the engine's poll finds the resumed instances.
+    const item = (target: string, payload: number) => ({
+      byId: false,
+      target,
+      event: "go",
+      payload,
+      dedupKey: null,
+      traceContext: null,
+      channel: null,
+      machineIs: null,
+      machineNot: [],
+    });
+    const batch = await signalWrites(async (client) => {
+      const { rows } = await client.query<{ outcome: string }>(
+        `select outcome from ${s}.deliver_signals($1::jsonb) order by idx`,
+        [JSON.stringify([item(b.key, 2), item(c.key, 3)])],
+      );
+      expect(rows.map((r) => r.outcome)).toEqual(["delivered", "delivered"]);
+    });
+    expect(batch).toEqual({ inserted: 2, updated: 0 });
     for (const [w, payload] of [
       [a, 1],
       [b, 2],
