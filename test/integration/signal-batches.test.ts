@@ -12,6 +12,7 @@ import {
   ValidationError,
 } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { signalItem } from "../support/signal-items.js";
 import { cancelLockWaiters, outcome, sideClient, waitForLockWait } from "../support/locks.js";
 import { recordStatements } from "../support/statements.js";
 
@@ -263,17 +264,8 @@ describe("a batch's targets", () => {
     );
     await awaiting([refused!.id, fine!.id]);
     // As the engine sends them: machineNot names the machines whose signal schema refuses the payload.
-    const item = (target: string, payload: unknown, machineNot: string[]) => ({
-      byId: false,
-      target,
-      event: "go",
-      payload,
-      dedupKey: null,
-      traceContext: null,
-      channel: null,
-      machineIs: null,
-      machineNot,
-    });
+    const item = (target: string, payload: unknown, machineNot: string[]) =>
+      signalItem(target, "go", payload, { machineNot });
     const { rows } = await db.pool.query<{ outcome: string; machine: string | null }>(
       `select outcome, machine from ${s}.deliver_signals($1::jsonb) order by idx`,
       [JSON.stringify([item("typed:refused", "not a number", ["Typed"]), item("typed:fine", 2, ["Other"])])],
@@ -309,18 +301,7 @@ describe("a batch's targets", () => {
       const deliver = (keys: string[]) =>
         client.query<{ outcome: string; wake_queue: string | null }>(
           `select outcome, wake_queue from ${s}.deliver_signals($1::jsonb)`,
-          [
-            JSON.stringify(
-              keys.map((target) => ({
-                byId: false,
-                target,
-                event: "item",
-                payload: target,
-                channel: null,
-                machineNot: [],
-              })),
-            ),
-          ],
+          [JSON.stringify(keys.map((target) => signalItem(target, "item", target)))],
         );
       expect((await deliver(["scan:0"])).rows).toEqual([{ outcome: "delivered", wake_queue: null }]);
       // By id: this statement's own reads would count in the transaction below (its statistics

@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineMachine } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
+import { signalItem } from "../support/signal-items.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = db.schema;
@@ -133,21 +134,10 @@ describe("a signal that completes an await on its own", () => {
     });
     // The statement that signals sent while another is in flight share (deliver_signals); without
     // a NOTIFY channel the engine's poll finds the resumed instances.
-    const item = (target: string, payload: number) => ({
-      byId: false,
-      target,
-      event: "go",
-      payload,
-      dedupKey: null,
-      traceContext: null,
-      channel: null,
-      machineIs: null,
-      machineNot: [],
-    });
     const batch = await signalWrites(async (client) => {
       const { rows } = await client.query<{ outcome: string }>(
         `select outcome from ${s}.deliver_signals($1::jsonb) order by idx`,
-        [JSON.stringify([item(b.key, 2), item(c.key, 3)])],
+        [JSON.stringify([signalItem(b.key, "go", 2), signalItem(c.key, "go", 3)])],
       );
       expect(rows.map((r) => r.outcome)).toEqual(["delivered", "delivered"]);
     });
