@@ -1,7 +1,8 @@
 /**
  * The benchmark: gen-durable against graphile-worker and pg-boss, on the same
  * Postgres, in the same process, each in its own schema, phase by phase (only
- * one system works at any moment).
+ * one system works at any moment; in the latency phase every system's worker
+ * is started and idle, and the jobs go to one system at a time, in turn).
  * See bench/README.md for what is measured and why it is measured that way.
  *
  *   npm run bench                        # everything, 12-16 minutes on 2 cores (depends on load)
@@ -19,7 +20,8 @@ import { genDurable } from "./systems/gen-durable.js";
 import { graphileWorker } from "./systems/graphile-worker.js";
 import { pgBoss } from "./systems/pg-boss.js";
 import type { BenchSystem, FanoutCheck } from "./systems/types.js";
-import { benchSignals, type SignalsResult } from "./signals.js";
+import { openSignalsBench, type SignalsResult } from "./signals.js";
+import { interleavedLatency, stats, timeOne, type LatencyProbe, type Sample } from "./latency.js";
 import { benchFlow, flowParamsFromEnv, mergeFlowInto, printFlow } from "./flow.js";
 import { genDurableBuild } from "./engine.js";
 import {
@@ -220,54 +222,55 @@ async function processAll(system: BenchSystem, concurrency: number, jobs: number
 }
 
 /**
- * Insert-to-start latency on an idle, started worker: one job at a time, from
- * `performance.now()` just before the insert call to the first line of the
- * handler, same process and clock. The worker is left idle between jobs.
+ * Insert-to-start latency on an idle, started worker (concurrency LATENCY_CONCURRENCY): the
+ * system's probe for the interleaved phase (latency.ts), and the worker to stop after it.
  */
-async function latency(system: BenchSystem, count: number): Promise<{ separate: Latency; sameNode: Latency }> {
+async function insertLatencyProbe(
+  system: BenchSystem,
+  count: number,
+): Promise<{ probe: LatencyProbe; stop: () => Promise<void> }> {
   const waiting = new Map<number, (t: number) => void>();
   const worker = await system.startWorker(LATENCY_CONCURRENCY, (i) => {
     const at = performance.now();
     waiting.get(i)?.(at);
     waiting.delete(i);
   });
-  try {
-    // Let the worker settle: LISTEN connected, first (empty) claims and polls done.
-    await sleep(1_000);
-    const measure = async (offset: number, enqueue: (i: number) => Promise<void>): Promise<Latency> => {
-      const samples: number[] = [];
-      const calls: number[] = [];
-      const afterCalls: number[] = [];
-      for (let k = 0; k < count; k++) {
-        const i = offset + k;
-        const started = new Promise<number>((resolve) => waiting.set(i, resolve));
-        const t0 = performance.now();
-        await enqueue(i);
-        const t1 = performance.now();
-        const at = await withTimeout(started, 30_000, `${system.name}: job ${i} never started`);
-        samples.push(at - t0);
-        calls.push(t1 - t0);
-        afterCalls.push(at - t1);
-        // Give the completion time to commit so the next job meets an idle worker.
-        await sleep(10);
-      }
-      return {
-        jobs: count,
-        p50: round(percentile(samples, 50), 2),
-        p90: round(percentile(samples, 90), 2),
-        p99: round(percentile(samples, 99), 2),
-        max: round(Math.max(...samples), 2),
-        mean: round(samples.reduce((a, b) => a + b, 0) / samples.length, 2),
-        callP50: round(percentile(calls, 50), 2),
-        afterCallP50: round(percentile(afterCalls, 50), 2),
-      };
-    };
-    const separate = await measure(1_000_000, (i) => system.enqueueOne(i));
-    const sameNode = await measure(2_000_000, (i) => worker.enqueue(i));
-    return { separate, sameNode };
-  } finally {
-    await worker.stop();
-  }
+  const one = (i: number, enqueue: (i: number) => Promise<void>) =>
+    timeOne(() => enqueue(i), new Promise<number>((resolve) => waiting.set(i, resolve)), `${system.name}: job ${i}`);
+  const probe: LatencyProbe = {
+    name: system.name,
+    count,
+    separate: (k) => one(1_000_000 + k, (i) => system.enqueueOne(i)),
+    sameNode: (k) => one(2_000_000 + k, (i) => worker.enqueue(i)),
+  };
+  return { probe, stop: () => worker.stop() };
+}
+
+/** A system's insert→start samples as the results report them. */
+function latencyOf(samples: Sample[]): Latency {
+  const total = stats(samples.map((s) => s.total));
+  return {
+    jobs: samples.length,
+    p50: total.p50,
+    p90: total.p90,
+    p99: total.p99,
+    max: total.max,
+    mean: total.mean,
+    callP50: round(
+      percentile(
+        samples.map((s) => s.call),
+        50,
+      ),
+      2,
+    ),
+    afterCallP50: round(
+      percentile(
+        samples.map((s) => s.after),
+        50,
+      ),
+      2,
+    ),
+  };
 }
 
 /**
@@ -451,29 +454,49 @@ async function benchAll(
       partial.get(system)!.enqueueBulk = { ...rate(JOBS, ms), batchSize: BULK_BATCH };
     }
 
-    for (const system of rotated()) {
-      await system.reset();
-      await vacuum(admin, system.schema);
-      step(system, `latency over ${LATENCY_JOBS} jobs, one at a time`);
-      const { separate, sameNode } = await latency(system, LATENCY_JOBS);
-      Object.assign(partial.get(system)!, { latency: separate, latencySameNode: sameNode });
-    }
-
-    // Signals: gen-durable only (no peer has them), in a schema of its own.
+    // Latency: every system's workers started and idle at once, their samples interleaved
+    // (latency.ts); gen-durable's signal→resume among them, in a schema of its own (no peer has
+    // signals: its figure is compared with their insert→start).
     const gd = systems.find((s) => s.name === "gen-durable");
-    if (gd) {
-      partial.get(gd)!.signals = await benchSignals(
-        url,
-        admin,
-        {
+    const signalsBench = gd
+      ? await openSignalsBench(url, admin, {
           latencySignals: SIGNAL_LATENCY_SIGNALS,
           concurrency: LATENCY_CONCURRENCY,
           packInstances: SIGNAL_PACK_INSTANCES,
           packCount: SIGNAL_PACK_COUNT,
           senders: SIGNAL_SENDERS,
-        },
-        log,
-      );
+        })
+      : undefined;
+    try {
+      const started: Array<{ system: BenchSystem; probe: LatencyProbe; stop: () => Promise<void> }> = [];
+      try {
+        for (const system of rotated()) {
+          await system.reset();
+          await vacuum(admin, system.schema);
+          started.push({ system, ...(await insertLatencyProbe(system, LATENCY_JOBS)) });
+        }
+        const probes = [...started.map((s) => s.probe), ...(signalsBench ? [signalsBench.latencyProbe] : [])];
+        log(
+          `latency: ${LATENCY_JOBS} jobs a system, one at a time, interleaved` +
+            (signalsBench ? `; ${SIGNAL_LATENCY_SIGNALS} signals to parked gen-durable instances among them` : ""),
+        );
+        const samples = await interleavedLatency(probes, (path) =>
+          log(path === "separate" ? "  from a separate producer" : "  on the worker's own instance"),
+        );
+        for (const { system, probe } of started) {
+          const { separate, sameNode } = samples.get(probe)!;
+          Object.assign(partial.get(system)!, { latency: latencyOf(separate), latencySameNode: latencyOf(sameNode) });
+        }
+        if (signalsBench) {
+          const { separate, sameNode } = samples.get(signalsBench.latencyProbe)!;
+          signalsBench.latencyDone({ separate, sameNode });
+        }
+      } finally {
+        for (const { stop } of started) await stop();
+      }
+      if (gd && signalsBench) partial.get(gd)!.signals = await signalsBench.sustained(log);
+    } finally {
+      await signalsBench?.close();
     }
 
     // Fan-out: a warm-up fan-out (spawn, join and their statements), then the measured one.

@@ -8,7 +8,8 @@
  *    line of step "resumed" (same process, same clock). Measured once with the
  *    signal sent from a separate pure-client engine (the webhook on another
  *    node: the wake-up crosses over NOTIFY) and once from the worker's own
- *    engine (which can wake its own scheduler directly).
+ *    engine (which can wake its own scheduler directly). Its samples are taken
+ *    by the latency phase (latency.ts), interleaved with the peers' insert→start.
  *  - signals/s sustained: instances each awaiting a pack
  *    `{ event: "item", count }`; all signals sent round-robin over the
  *    instances by concurrent senders on a separate client engine. Rate =
@@ -21,7 +22,8 @@
 import pg from "pg";
 import { z } from "zod";
 import { defineMachine, GenDurable, migrate } from "./engine.js";
-import { percentile, round, runConcurrently, sleep, withTimeout } from "./util.js";
+import { stats, timeOne, type LatencyProbe, type LatencyStats, type ProbeSamples, type Sample } from "./latency.js";
+import { round, runConcurrently, sleep, withTimeout } from "./util.js";
 
 export interface SignalsParams {
   /** Signals per latency run (each to its own parked instance). */
@@ -31,15 +33,6 @@ export interface SignalsParams {
   packInstances: number;
   packCount: number;
   senders: number;
-}
-
-export interface LatencyStats {
-  samples: number;
-  p50: number;
-  p90: number;
-  p99: number;
-  max: number;
-  mean: number;
 }
 
 export interface SignalsResult {
@@ -82,23 +75,19 @@ export interface SignalLatency {
 
 export const SIGNALS_SCHEMA = "bench_gen_durable_signals";
 
-export function stats(samples: number[]): LatencyStats {
-  return {
-    samples: samples.length,
-    p50: round(percentile(samples, 50), 2),
-    p90: round(percentile(samples, 90), 2),
-    p99: round(percentile(samples, 99), 2),
-    max: round(Math.max(...samples), 2),
-    mean: round(samples.reduce((a, b) => a + b, 0) / samples.length, 2),
-  };
+/** The signals phase, opened: its latency probe for the interleaved phase, then the sustained run. */
+export interface SignalsBench {
+  /** signal→resume, one signal at a time to an instance parked beforehand. */
+  latencyProbe: LatencyProbe;
+  /** The probe's samples, once the latency phase has taken them. */
+  latencyDone(samples: ProbeSamples): void;
+  /** The sustained run; the results, the latency figures included. */
+  sustained(log: (line: string) => void): Promise<SignalsResult>;
+  /** Stops the engines and drops the schema. */
+  close(): Promise<void>;
 }
 
-export async function benchSignals(
-  url: string,
-  admin: pg.Pool,
-  params: SignalsParams,
-  log: (line: string) => void,
-): Promise<SignalsResult> {
+export async function openSignalsBench(url: string, admin: pg.Pool, params: SignalsParams): Promise<SignalsBench> {
   const schema = SIGNALS_SCHEMA;
   const resumed = new Map<number, (t: number) => void>();
   let packsResumed = 0;
@@ -143,6 +132,11 @@ export async function benchSignals(
     queues: { default: params.concurrency },
     machines: [Waiter, Packer],
   });
+  const close = async () => {
+    await worker.stop();
+    await client.stop();
+    await admin.query(`drop schema if exists ${schema} cascade`).catch(() => {});
+  };
   await client.start();
   await worker.start();
 
@@ -162,36 +156,48 @@ export async function benchSignals(
     }
   };
 
+  // The instances the latency probe signals, parked before the phase starts: one for each signal
+  // from the separate client (keys from 1,000,000), one for each from the worker's own engine.
+  const separateKey = (k: number) => `wait:${1_000_000 + k}`;
+  const sameNodeKey = (k: number) => `wait:${2_000_000 + k}`;
+  const parked = Array.from({ length: params.latencySignals }, (_, k) => k);
   try {
-    const latencyRun = async (sender: GenDurable, offset: number, label: string) => {
-      // Park the instances first, then leave the engine idle before the first signal.
-      const keys = Array.from({ length: params.latencySignals }, (_, n) => offset + n);
-      await client.insertMany(keys.map((k) => ({ machine: Waiter, state: { k }, correlationKey: `wait:${k}` })));
-      await waitAwaiting("Waiter", params.latencySignals);
-      await sleep(1_000);
-      log(`  gen-durable: signal→resume latency over ${params.latencySignals} signals, ${label}`);
-      const resume: number[] = [];
-      const call: number[] = [];
-      const after: number[] = [];
-      for (const k of keys) {
-        const started = new Promise<number>((resolve) => resumed.set(k, resolve));
-        const t0 = performance.now();
-        await sender.signal(`wait:${k}`, "go");
-        const t1 = performance.now();
-        const at = await withTimeout(started, 30_000, `signal to wait:${k} never resumed its instance`);
-        call.push(t1 - t0);
-        resume.push(at - t0);
-        after.push(at - t1);
-        // Let the resumed step's outcome commit, so the next signal meets an idle engine.
-        await sleep(10);
-      }
-      // Nothing left awaiting: the next run counts only its own instances.
-      const deadline = performance.now() + 30_000;
-      while ((await countAwaiting("Waiter")) > 0 && performance.now() < deadline) await sleep(20);
-      return { resume: stats(resume), signalCall: stats(call), afterCommit: stats(after) };
-    };
-    const latency = await latencyRun(client, 1_000_000, "sent from a separate client engine");
-    const latencySameNode = await latencyRun(worker, 2_000_000, "sent from the worker's own engine");
+    await client.insertMany(
+      parked.flatMap((k) => [
+        { machine: Waiter, state: { k: 1_000_000 + k }, correlationKey: separateKey(k) },
+        { machine: Waiter, state: { k: 2_000_000 + k }, correlationKey: sameNodeKey(k) },
+      ]),
+    );
+    await waitAwaiting("Waiter", 2 * params.latencySignals);
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  const one = (sender: GenDurable, key: string, k: number) =>
+    timeOne(
+      () => sender.signal(key, "go"),
+      new Promise<number>((resolve) => resumed.set(k, resolve)),
+      `the instance signalled at ${key}`,
+    );
+  const latencyProbe: LatencyProbe = {
+    name: "gen-durable signal→resume",
+    count: params.latencySignals,
+    separate: (k) => one(client, separateKey(k), 1_000_000 + k),
+    sameNode: (k) => one(worker, sameNodeKey(k), 2_000_000 + k),
+  };
+  let latency: SignalLatency | undefined;
+  let latencySameNode: SignalLatency | undefined;
+  const latencyOf = (samples: Sample[]): SignalLatency => ({
+    resume: stats(samples.map((s) => s.total)),
+    signalCall: stats(samples.map((s) => s.call)),
+    afterCommit: stats(samples.map((s) => s.after)),
+  });
+
+  const sustained = async (log: (line: string) => void): Promise<SignalsResult> => {
+    if (!latency || !latencySameNode) throw new Error("signals: the sustained run comes after the latency phase");
+    // Nothing left awaiting: the packs count only their own instances.
+    const settledBy = performance.now() + 30_000;
+    while ((await countAwaiting("Waiter")) > 0 && performance.now() < settledBy) await sleep(20);
 
     // Sustained: every instance awaits a pack; signals go round-robin over the instances.
     const instances = params.packInstances;
@@ -290,9 +296,15 @@ export async function benchSignals(
         verified: { instancesDone, signalsConsumed, resumedWithFullPack: fullPacks, ok },
       },
     };
-  } finally {
-    await worker.stop();
-    await client.stop();
-    await admin.query(`drop schema if exists ${schema} cascade`).catch(() => {});
-  }
+  };
+
+  return {
+    latencyProbe,
+    latencyDone: (samples) => {
+      latency = latencyOf(samples.separate);
+      latencySameNode = latencyOf(samples.sameNode);
+    },
+    sustained,
+    close,
+  };
 }
