@@ -6,7 +6,10 @@
  * other: a ratio of two p50s was then also a ratio of two moments of the host, and on a shared
  * 2-core host those moved by more than the engines differ (a round trip that follows 10 ms of
  * idleness cost 0.2 to 0.6 ms, by the minute). Interleaved, a slow minute slows every system's
- * samples alike. Each round starts with a different system, so none always follows the same one.
+ * samples alike. Each round takes the systems in an order of its own (a seeded shuffle, the same
+ * in every run): whatever a system leaves running after its sample (its completion, a fetch of the
+ * next jobs, a poll) lands on every other system's samples alike, where a fixed order (only the
+ * first rotating) put it on the same neighbour's every time.
  */
 import { percentile, round, sleep, withTimeout } from "./util.js";
 
@@ -59,9 +62,9 @@ export async function interleavedLatency(
   await sleep(1_000);
   for (const path of ["separate", "sameNode"] as const) {
     onPath(path);
+    const random = seeded(path === "separate" ? 1 : 2);
     for (let k = 0; k < rounds; k++) {
-      for (let j = 0; j < probes.length; j++) {
-        const probe = probes[(k + j) % probes.length]!;
+      for (const probe of shuffled(probes, random)) {
         if (k >= probe.count) continue;
         samples.get(probe)![path].push(await probe[path](k));
         await sleep(10);
@@ -69,6 +72,27 @@ export async function interleavedLatency(
     }
   }
   return samples;
+}
+
+/** A copy of `items` in random order (Fisher–Yates), drawn from `random`. */
+function shuffled<T>(items: readonly T[], random: () => number): T[] {
+  const order = [...items];
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
+/** A small seeded generator of numbers in [0, 1) (mulberry32): the same orders in every run. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 export interface LatencyStats {
