@@ -252,7 +252,7 @@ export class SignalSender {
 }
 
 /** deliver_signals' `items`: each payload spliced in as the JSON it already is. */
-function batchItems(inputs: DeliverInput[]): string {
+export function batchItems(inputs: DeliverInput[]): string {
   const items = inputs.map((input) => {
     const { payload, retentionMs: _r, keep: _k, traceContext: _t, ...rest } = deliverArgs(input);
     const fields = JSON.stringify({ ...rest, traceContext: input.traceContext ?? null });

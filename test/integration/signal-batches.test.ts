@@ -12,7 +12,7 @@ import {
   ValidationError,
 } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
-import { signalItem } from "../support/signal-items.js";
+import { signalItems } from "../support/signal-items.js";
 import { cancelLockWaiters, outcome, sideClient, waitForLockWait } from "../support/locks.js";
 import { recordStatements } from "../support/statements.js";
 
@@ -264,11 +264,14 @@ describe("a batch's targets", () => {
     );
     await awaiting([refused!.id, fine!.id]);
     // As the engine sends them: machineNot names the machines whose signal schema refuses the payload.
-    const item = (target: string, payload: unknown, machineNot: string[]) =>
-      signalItem(target, "go", payload, { machineNot });
     const { rows } = await db.pool.query<{ outcome: string; machine: string | null }>(
       `select outcome, machine from ${s}.deliver_signals($1::jsonb) order by idx`,
-      [JSON.stringify([item("typed:refused", "not a number", ["Typed"]), item("typed:fine", 2, ["Other"])])],
+      [
+        signalItems([
+          { target: "typed:refused", event: "go", payload: "not a number", refused: ["Typed"] },
+          { target: "typed:fine", event: "go", payload: 2, refused: ["Other"] },
+        ]),
+      ],
     );
     expect(rows).toEqual([
       { outcome: "refused", machine: "Typed" },
@@ -301,7 +304,7 @@ describe("a batch's targets", () => {
       const deliver = (keys: string[]) =>
         client.query<{ outcome: string; wake_queue: string | null }>(
           `select outcome, wake_queue from ${s}.deliver_signals($1::jsonb)`,
-          [JSON.stringify(keys.map((target) => signalItem(target, "item", target)))],
+          [signalItems(keys.map((target) => ({ target, event: "item", payload: target })))],
         );
       expect((await deliver(["scan:0"])).rows).toEqual([{ outcome: "delivered", wake_queue: null }]);
       // By id: this statement's own reads would count in the transaction below (its statistics

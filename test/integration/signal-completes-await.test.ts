@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { z } from "zod";
 import { defineMachine } from "../../src/index.js";
 import { eventually, useTestDatabase } from "../support/db.js";
-import { signalItem } from "../support/signal-items.js";
+import { signalItems } from "../support/signal-items.js";
 
 const db = await useTestDatabase(import.meta.url);
 const s = db.schema;
@@ -137,7 +137,12 @@ describe("a signal that completes an await on its own", () => {
     const batch = await signalWrites(async (client) => {
       const { rows } = await client.query<{ outcome: string }>(
         `select outcome from ${s}.deliver_signals($1::jsonb) order by idx`,
-        [JSON.stringify([signalItem(b.key, "go", 2), signalItem(c.key, "go", 3)])],
+        [
+          signalItems([
+            { target: b.key, event: "go", payload: 2 },
+            { target: c.key, event: "go", payload: 3 },
+          ]),
+        ],
       );
       expect(rows.map((r) => r.outcome)).toEqual(["delivered", "delivered"]);
     });

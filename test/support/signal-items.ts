@@ -1,18 +1,28 @@
 /**
- * An item of deliver_signals' JSON array, as the engine's SignalSender builds it: a signal by
- * correlation key, no dedup key, trace context or NOTIFY channel unless `more` sets them.
+ * deliver_signals' JSON array, built by the engine's own builder (SignalSender's): signals by
+ * correlation key, no dedup key, trace context or NOTIFY channel; `refused` names the machines
+ * whose signal schema refuses the payload (the item's machineNot).
  */
-export function signalItem(target: string, event: string, payload: unknown, more: Record<string, unknown> = {}) {
-  return {
-    byId: false,
-    target,
-    event,
-    payload,
-    dedupKey: null,
-    traceContext: null,
-    channel: null,
-    machineIs: null,
-    machineNot: [] as string[],
-    ...more,
-  };
+import { batchItems } from "../../src/runtime/signals.js";
+
+export interface SignalItem {
+  target: string;
+  event: string;
+  payload: unknown;
+  refused?: string[];
+}
+
+export function signalItems(items: SignalItem[]): string {
+  return batchItems(
+    items.map(({ target, event, payload, refused = [] }) => ({
+      target,
+      event,
+      payloadJson: JSON.stringify(payload),
+      dedupKey: null,
+      keepIfMissing: false,
+      inboxRetentionMs: 0,
+      notifyChannel: null,
+      check: { machineIs: null, refused: new Map(refused.map((machine) => [machine, undefined])) },
+    })),
+  );
 }
