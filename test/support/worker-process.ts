@@ -119,9 +119,12 @@ export function forkChild(
     for (const waiter of [...waiters]) waiter();
   });
   let hasExited = false;
+  /** How it exited, for the errors of waitFor: a child that dies without a word says only this. */
+  let exitedWith = "";
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once("exit", (code, signal) => {
       hasExited = true;
+      exitedWith = signal ? `signal ${signal}` : `code ${code}`;
       live.delete(child);
       for (const waiter of [...waiters]) waiter();
       resolve({ code, signal });
@@ -150,7 +153,7 @@ export function forkChild(
             finish();
             reject(
               new Error(
-                `${options.name} (pid ${child.pid}) exited before sending "${type}"; output:\n${output.slice(-4000)}`,
+                `${options.name} (pid ${child.pid}) exited (${exitedWith}) before sending "${type}"; output:\n${output.slice(-4000)}`,
               ),
             );
           }
