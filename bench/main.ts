@@ -54,10 +54,18 @@ const ROUNDS = intEnv("BENCH_ROUNDS", 5);
 // 1,000 a system and path: a p99 of 200 samples was their second-worst, and one pause decided it.
 const LATENCY_JOBS = intEnv("BENCH_LATENCY_JOBS", 1_000);
 /**
- * The deep-queue run: this many jobs queued, the first JOBS of them processed at the last
- * concurrency, compared with the same run's processing from a queue of only JOBS.
+ * The deep-queue runs: this many jobs queued, the first JOBS of them processed at the last
+ * concurrency, each run paired with one from a queue of only JOBS right beside it (DEEP_PAIRS).
  */
 const DEEP_QUEUE = intEnv("BENCH_DEEP_QUEUE", 200_000);
+/**
+ * Pairs of a deep and a shallow run, back to back, the first of the two alternating from pair to
+ * pair; the deep ÷ shallow ratio is the median of the pairs' ratios. A single deep run set against
+ * the median of the c=32 rounds, run minutes before, read 0.86 and 0.80 in two full runs while
+ * three alternating pairs of the investigation (`gd-deep`) read 0.981, 1.155 and 0.834: what the
+ * host did in those few seconds decided the figure.
+ */
+const DEEP_PAIRS = intEnv("BENCH_DEEP_PAIRS", 3);
 const LATENCY_CONCURRENCY = 10;
 /** Untimed work each system does before its first measured run (see warmUp in util.ts): ms of processing. */
 const WARMUP_MS = intEnv("BENCH_WARMUP_MS", 3_000);
@@ -112,6 +120,12 @@ interface Processing extends Rate {
   /** Jobs/s of every round, in order (the figures above are the median round's). */
   rounds?: number[];
 }
+/** A deep run and the shallow run beside it (see DEEP_PAIRS). */
+interface DeepPair {
+  deep: number;
+  shallow: number;
+  ratio: number;
+}
 interface Latency {
   jobs: number;
   p50: number;
@@ -156,8 +170,11 @@ interface SystemResult {
   /** Jobs processed, untimed, before the first measured run (see warmUp). */
   warmupJobs: number;
   processing: Record<string, Processing>;
-  /** JOBS processed at the last concurrency out of a queue of `queued` (DEEP_QUEUE). */
-  deepQueue: Processing & { queued: number };
+  /**
+   * JOBS processed at the last concurrency out of a queue of `queued` (DEEP_QUEUE): the median
+   * deep run (its `rounds`: every pair's deep run, in order), and each pair's deep and shallow runs.
+   */
+  deepQueue: Processing & { queued: number; pairs: DeepPair[]; ratio: number };
   latency: Latency;
   latencySameNode: Latency;
   fanout: Fanout;
@@ -418,19 +435,41 @@ async function benchAll(
     }
 
     // A deep queue: the claim must still cost the same per job with DEEP_QUEUE rows waiting.
+    // Each deep run is paired with a shallow one beside it (DEEP_PAIRS).
     const deepConcurrency = CONCURRENCIES[CONCURRENCIES.length - 1]!;
-    for (const system of rotated()) {
-      await system.reset();
-      step(
-        system,
-        `enqueue ${DEEP_QUEUE} (not timed), then process the first ${JOBS} at concurrency ${deepConcurrency}`,
-      );
-      await system.enqueueBulk(0, DEEP_QUEUE, BULK_BATCH);
-      await vacuum(admin, system.schema);
-      const result = await processAll(system, deepConcurrency, JOBS, DEEP_QUEUE);
-      partial.get(system)!.deepQueue = { ...result, queued: DEEP_QUEUE };
-      const empty = partial.get(system)!.processing[`c${deepConcurrency}`]!.perSecond;
-      step(system, `  ${fmt(result.perSecond)} jobs/s, ${fmtRatio(result.perSecond / empty)} of a queue of ${JOBS}`);
+    const deepRuns = new Map(systems.map((s) => [s, { deep: [] as Processing[], pairs: [] as DeepPair[] }]));
+    for (let pair = 0; pair < DEEP_PAIRS; pair++) {
+      for (const system of rotated()) {
+        const run = async (queued: number) => {
+          await system.reset();
+          await system.enqueueBulk(0, queued, BULK_BATCH);
+          await vacuum(admin, system.schema);
+          return processAll(system, deepConcurrency, JOBS, queued);
+        };
+        step(
+          system,
+          `deep queue, pair ${pair + 1} of ${DEEP_PAIRS}: the first ${JOBS} of ${DEEP_QUEUE} queued (enqueued untimed), ` +
+            `and ${JOBS} of ${JOBS}, at concurrency ${deepConcurrency}`,
+        );
+        const shallowFirst = pair % 2 === 1;
+        const shallow = shallowFirst ? await run(JOBS) : undefined;
+        const deep = await run(DEEP_QUEUE);
+        const beside = shallow ?? (await run(JOBS));
+        const ratio = round(deep.perSecond / beside.perSecond, 3);
+        deepRuns.get(system)!.deep.push(deep);
+        deepRuns.get(system)!.pairs.push({ deep: deep.perSecond, shallow: beside.perSecond, ratio });
+        step(system, `  ${fmt(deep.perSecond)} against ${fmt(beside.perSecond)} jobs/s (${fmtRatio(ratio)})`);
+      }
+    }
+    for (const system of systems) {
+      const { deep, pairs } = deepRuns.get(system)!;
+      partial.get(system)!.deepQueue = {
+        ...medianRun(deep),
+        rounds: deep.map((r) => r.perSecond),
+        queued: DEEP_QUEUE,
+        pairs,
+        ratio: median(pairs.map((p) => p.ratio)),
+      };
     }
 
     for (const system of rotated()) {
@@ -579,6 +618,7 @@ const METRICS: Metric[] = [
     unit: "jobs/s",
     better: "higher",
     value: (r) => r.deepQueue.perSecond,
+    ratio: (gd, peer) => roundsRatio(gd.deepQueue, peer.deepQueue),
   },
   {
     key: "latencyP50",
@@ -851,9 +891,13 @@ async function main(): Promise<void> {
     if (COST_CONCURRENCY !== null) printCosts(results, COST_CONCURRENCY);
     const deepConcurrency = CONCURRENCIES[CONCURRENCIES.length - 1]!;
     log(
-      `\nDeep queue (${DEEP_QUEUE} queued ÷ ${JOBS} queued, processing c=${deepConcurrency}, same run; 1× is flat): ` +
+      `\nDeep queue (${DEEP_QUEUE} queued ÷ ${JOBS} queued, processing c=${deepConcurrency}, median of ${DEEP_PAIRS} ` +
+        `pairs run back to back; 1× is flat): ` +
         results
-          .map((r) => `${r.name} ${fmtRatio(r.deepQueue.perSecond / r.processing[`c${deepConcurrency}`]!.perSecond)}`)
+          .map(
+            (r) =>
+              `${r.name} ${fmtRatio(r.deepQueue.ratio)} (${r.deepQueue.pairs.map((p) => fmtRatio(p.ratio)).join(", ")})`,
+          )
           .join(" | "),
     );
     for (const r of results) {
